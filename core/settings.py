@@ -1,0 +1,149 @@
+"""Settings, validated at start-up.
+
+Every value can come from the environment (``LIANFANG_`` prefix, ``__`` for nesting, e.g.
+``LIANFANG_MQTT__PORT=1884``) or from a YAML config file named by ``LIANFANG_CONFIG`` or ``--config``.
+Environment variables win over the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from core.errors import UserError
+
+
+class MqttSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1884, ge=1, le=65535)
+    username: str = "lianfang-platform"
+    password: SecretStr = SecretStr("dev-only-platform-secret")
+    client_id: str = "lianfang-ingest"
+    # Shared subscription group; several ingest processes with the same group split the load.
+    shared_group: str | None = None
+    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+    receive_maximum: int = Field(default=2000, ge=1, le=65535)
+    keepalive_s: int = Field(default=30, ge=5)
+    tls_ca: Path | None = None
+    # Start Mosquitto as a child process with generated config (one-machine mode).
+    embedded_broker: bool = True
+    broker_dir: Path = Path("var/mosquitto")
+
+
+class StoreSettings(BaseModel):
+    kind: Literal["sqlite"] = "sqlite"
+    sqlite_path: Path = Path("var/telemetry.db")
+    retention_days: int = Field(default=400, ge=1)
+
+
+class IngestSettings(BaseModel):
+    queue_size: int = Field(default=20000, ge=1)
+    batch_size: int = Field(default=1000, ge=1)
+    batch_wait_ms: int = Field(default=20, ge=0)
+    registry_refresh_s: float = Field(default=5.0, gt=0)
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_points: int = Field(default=10000, ge=1)
+    max_range_days: int = Field(default=92, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LIANFANG_", env_nested_delimiter="__", extra="forbid")
+
+    env: Literal["dev", "prod"] = "dev"
+    data_dir: Path = Path("var")
+    database_url: str = "sqlite:///var/registry.db"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    mqtt: MqttSettings = MqttSettings()
+    store: StoreSettings = StoreSettings()
+    ingest: IngestSettings = IngestSettings()
+    api: ApiSettings = ApiSettings()
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, v: str) -> str:
+        if not v.startswith(("sqlite:", "postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        return v
+
+    def refuse_placeholders(self) -> None:
+        """Outside dev, the built-in development secrets are refused."""
+        if self.env == "prod" and self.mqtt.password.get_secret_value().startswith("dev-only"):
+            raise UserError("mqtt.password: a real secret is required when env=prod")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, file_secret_settings)
+
+
+def _format_error(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid settings in {origin}:"]
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"  {path}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Load settings from an optional YAML file, the environment and explicit overrides.
+
+    Raises UserError naming the file and the field path of every problem.
+    """
+    path = config_file or (Path(os.environ["LIANFANG_CONFIG"]) if os.environ.get("LIANFANG_CONFIG") else None)
+    data: dict[str, Any] = {}
+    origin = "environment"
+    if path is not None:
+        origin = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise UserError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise UserError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise UserError(f"config file {path}: the top level must be a mapping")
+        data = loaded
+    # Environment overrides file: pydantic-settings gives init values priority, so merge by hand.
+    try:
+        from_env = _EnvOnly()
+    except ValidationError as exc:
+        raise UserError(_format_error(exc, "environment")) from exc
+    merged = _deep_merge(data, from_env.model_dump(exclude_unset=True))
+    merged = _deep_merge(merged, overrides)
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise UserError(_format_error(exc, origin)) from exc
+    settings.refuse_placeholders()
+    return settings
+
+
+class _EnvOnly(Settings):
+    """Reads only the environment; used to layer env over the config file."""
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

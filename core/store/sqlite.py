@@ -1,0 +1,311 @@
+"""Embedded SQLite telemetry store (one machine).
+
+One writer connection, used by one thread at a time (ingest's writer); readers get their own connection per
+thread. WAL mode; ``synchronous=FULL`` by default so a committed batch survives power loss, not just a crash.
+One row per message (fields as a JSON object) with a unique (device, ts): a replayed message merges into the
+same row, so writes are idempotent on device + time + field.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from core.errors import StoreUnavailable
+from core.protocol import Rejection
+from core.store import Agg, Bucket, DeviceState, StoredEvent, WriteBatch
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS telemetry (
+    device_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    seq INTEGER,
+    fields TEXT NOT NULL,
+    UNIQUE (device_id, ts)
+);
+CREATE TABLE IF NOT EXISTS events (
+    device_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    region_id TEXT NOT NULL,
+    seq INTEGER,
+    data TEXT NOT NULL,
+    UNIQUE (device_id, ts, type)
+);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+CREATE TABLE IF NOT EXISTS rejections (
+    id INTEGER PRIMARY KEY,
+    received_ms INTEGER NOT NULL,
+    device_id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rejections_device ON rejections (device_id, id);
+CREATE TABLE IF NOT EXISTS device_state (
+    device_id TEXT PRIMARY KEY,
+    last_seen_ms INTEGER,
+    status TEXT,
+    status_ms INTEGER,
+    fw TEXT,
+    messages INTEGER NOT NULL DEFAULT 0,
+    gaps INTEGER NOT NULL DEFAULT 0,
+    duplicates INTEGER NOT NULL DEFAULT 0,
+    nonstandard INTEGER NOT NULL DEFAULT 0,
+    rejected INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+_AGG_SQL = {"mean": "avg(v)", "min": "min(v)", "max": "max(v)", "sum": "sum(v)", "count": "count(v)"}
+
+
+class SqliteStore:
+    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+        self.path = path
+        self._synchronous = synchronous
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._writer = self._connect()
+        self._writer.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute("PRAGMA busy_timeout=30000")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open telemetry store {self.path}: {exc}") from exc
+        return conn
+
+    @property
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        try:
+            yield self._reader
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"telemetry store read failed: {exc}") from exc
+
+    # --- write ------------------------------------------------------------------------------------------
+
+    def write(self, batch: WriteBatch) -> None:
+        telemetry = [(r.device_id, r.ts_ms, r.seq, json.dumps(r.fields, separators=(",", ":"))) for r in batch.readings]
+        events = [
+            (e.device_id, e.ts_ms, e.type, e.region_id, e.seq, json.dumps(e.data, ensure_ascii=False))
+            for e in batch.events
+        ]
+        rejections = [(x.received_ms, x.device_id, x.topic, x.reason, x.detail, x.payload) for x in batch.rejections]
+        counters = [
+            (dev, c.last_seen_ms or None, c.messages, c.gaps, c.duplicates, c.nonstandard, c.rejected)
+            for dev, c in batch.counters.items()
+        ]
+        statuses = [(s.device_id, s.state, s.ts_ms, s.fw) for s in batch.statuses]
+        with self._write_lock:
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                if telemetry:
+                    conn.executemany(
+                        "INSERT INTO telemetry (device_id, ts, seq, fields) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (device_id, ts) DO UPDATE SET "
+                        "fields = json_patch(telemetry.fields, excluded.fields), "
+                        "seq = coalesce(excluded.seq, telemetry.seq)",
+                        telemetry,
+                    )
+                if events:
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO events (device_id, ts, type, region_id, seq, data) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        events,
+                    )
+                if rejections:
+                    conn.executemany(
+                        "INSERT INTO rejections (received_ms, device_id, topic, reason, detail, payload) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        rejections,
+                    )
+                if counters:
+                    conn.executemany(
+                        "INSERT INTO device_state (device_id, last_seen_ms, messages, gaps, duplicates, "
+                        "nonstandard, rejected) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
+                        "last_seen_ms = max(coalesce(device_state.last_seen_ms, 0), "
+                        "coalesce(excluded.last_seen_ms, 0)), "
+                        "messages = device_state.messages + excluded.messages, "
+                        "gaps = device_state.gaps + excluded.gaps, "
+                        "duplicates = device_state.duplicates + excluded.duplicates, "
+                        "nonstandard = device_state.nonstandard + excluded.nonstandard, "
+                        "rejected = device_state.rejected + excluded.rejected",
+                        counters,
+                    )
+                if statuses:
+                    conn.executemany(
+                        "INSERT INTO device_state (device_id, status, status_ms, fw) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (device_id) DO UPDATE SET status = excluded.status, "
+                        "status_ms = excluded.status_ms, fw = coalesce(excluded.fw, device_state.fw) "
+                        "WHERE coalesce(device_state.status_ms, 0) <= excluded.status_ms",
+                        statuses,
+                    )
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StoreUnavailable(f"telemetry store write failed: {exc}") from exc
+
+    # --- read -------------------------------------------------------------------------------------------
+
+    def raw(self, device_id: str, fld: str, start_ms: int, end_ms: int, limit: int) -> list[tuple[int, float]]:
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT ts, v FROM (SELECT ts, json_extract(fields, ?) AS v FROM telemetry "
+                "WHERE device_id = ? AND ts >= ? AND ts < ?) WHERE v IS NOT NULL ORDER BY ts LIMIT ?",
+                (f"$.{fld}", device_id, start_ms, end_ms, limit),
+            ).fetchall()
+        return [(int(ts), float(v)) for ts, v in rows]
+
+    def aggregate(
+        self, device_id: str, fld: str, start_ms: int, end_ms: int, bucket_ms: int, agg: Agg, limit: int
+    ) -> list[Bucket]:
+        base = (
+            "SELECT (ts / :b) * :b AS bucket, ts, json_extract(fields, :f) AS v FROM telemetry "
+            "WHERE device_id = :d AND ts >= :s AND ts < :e"
+        )
+        params: dict[str, Any] = {"b": bucket_ms, "f": f"$.{fld}", "d": device_id, "s": start_ms, "e": end_ms}
+        if agg == "last":
+            # SQLite: a bare column next to max() comes from the row holding the max.
+            sql = (
+                f"SELECT bucket, v, n FROM (SELECT bucket, v, max(ts), count(v) AS n FROM ({base}) "
+                f"WHERE v IS NOT NULL GROUP BY bucket) ORDER BY bucket LIMIT :l"
+            )
+        else:
+            sql = (
+                f"SELECT bucket, {_AGG_SQL[agg]}, count(v) FROM ({base}) WHERE v IS NOT NULL "
+                f"GROUP BY bucket ORDER BY bucket LIMIT :l"
+            )
+        params["l"] = limit
+        with self._reading() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [Bucket(int(b), None if v is None else float(v), int(n)) for b, v, n in rows]
+
+    def last_values(self, device_id: str) -> dict[str, tuple[int, float | bool]]:
+        out: dict[str, tuple[int, float | bool]] = {}
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT ts, fields FROM telemetry WHERE device_id = ? ORDER BY ts DESC LIMIT 200", (device_id,)
+            ).fetchall()
+        for ts, fields in rows:  # newest first: the first time a field appears is its last value
+            for key, value in json.loads(fields).items():
+                out.setdefault(key, (int(ts), value))
+        return out
+
+    def device_states(self, device_ids: list[str] | None = None) -> dict[str, DeviceState]:
+        sql = (
+            "SELECT device_id, last_seen_ms, status, status_ms, fw, messages, gaps, duplicates, nonstandard, "
+            "rejected FROM device_state"
+        )
+        params: list[Any] = []
+        if device_ids is not None:
+            if not device_ids:
+                return {}
+            sql += f" WHERE device_id IN ({','.join('?' * len(device_ids))})"
+            params = list(device_ids)
+        with self._reading() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return {r[0]: DeviceState(*r) for r in rows}
+
+    def events(
+        self, device_ids: list[str] | None, start_ms: int, end_ms: int, types: list[str] | None, limit: int
+    ) -> list[StoredEvent]:
+        sql = "SELECT device_id, region_id, ts, type, seq, data FROM events WHERE ts >= ? AND ts < ?"
+        params: list[Any] = [start_ms, end_ms]
+        if device_ids is not None:
+            if not device_ids:
+                return []
+            sql += f" AND device_id IN ({','.join('?' * len(device_ids))})"
+            params += device_ids
+        if types:
+            sql += f" AND type IN ({','.join('?' * len(types))})"
+            params += types
+        sql += " ORDER BY ts DESC LIMIT ?"
+        params.append(limit)
+        with self._reading() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [StoredEvent(d, r, int(ts), t, s, json.loads(data)) for d, r, ts, t, s, data in rows]
+
+    def rejections(self, device_id: str | None, reason: str | None, limit: int) -> list[Rejection]:
+        sql = "SELECT device_id, topic, reason, detail, payload, received_ms FROM rejections WHERE 1=1"
+        params: list[Any] = []
+        if device_id is not None:
+            sql += " AND device_id = ?"
+            params.append(device_id)
+        if reason is not None:
+            sql += " AND reason = ?"
+            params.append(reason)
+        sql += " ORDER BY id DESC LIMIT ?"
+        params.append(limit)
+        with self._reading() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [Rejection(d, t, r, de, bytes(p), int(ms)) for d, t, r, de, p, ms in rows]
+
+    def rejection_counts(self) -> dict[tuple[str, str], int]:
+        with self._reading() as conn:
+            rows = conn.execute("SELECT device_id, reason, count(*) FROM rejections GROUP BY 1, 2").fetchall()
+        return {(d, r): int(n) for d, r, n in rows}
+
+    def recent_seqs(self, max_rows: int) -> list[tuple[str, int]]:
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT device_id, seq FROM (SELECT device_id, seq, rowid FROM telemetry ORDER BY rowid DESC "
+                "LIMIT ?) WHERE seq IS NOT NULL "
+                "UNION ALL SELECT device_id, seq FROM (SELECT device_id, seq, rowid FROM events "
+                "ORDER BY rowid DESC LIMIT ?) WHERE seq IS NOT NULL",
+                (max_rows, max_rows),
+            ).fetchall()
+        return [(d, int(s)) for d, s in rows]
+
+    def count_readings(self, device_id: str | None = None) -> int:
+        with self._reading() as conn:
+            if device_id is None:
+                row = conn.execute("SELECT count(*) FROM telemetry").fetchone()
+            else:
+                row = conn.execute("SELECT count(*) FROM telemetry WHERE device_id = ?", (device_id,)).fetchone()
+        return int(row[0])
+
+    def prune(self, older_than_ms: int) -> int:
+        with self._write_lock:
+            try:
+                n = self._writer.execute("DELETE FROM telemetry WHERE ts < ?", (older_than_ms,)).rowcount
+                n += self._writer.execute("DELETE FROM events WHERE ts < ?", (older_than_ms,)).rowcount
+                n += self._writer.execute("DELETE FROM rejections WHERE received_ms < ?", (older_than_ms,)).rowcount
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"telemetry store prune failed: {exc}") from exc
+        return n
+
+    def ping(self) -> bool:
+        try:
+            with self._reading() as conn:
+                conn.execute("SELECT 1").fetchone()
+        except StoreUnavailable:
+            return False
+        return True
+
+    def close(self) -> None:
+        with self._write_lock:
+            self._writer.close()
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
