@@ -47,7 +47,7 @@ def migrate(engine: Engine) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, "heads")  # packages add their own branches off 0001
 
 
 def session_factory(engine: Engine) -> sessionmaker:  # type: ignore[type-arg]

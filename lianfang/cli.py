@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 app = typer.Typer(
@@ -10,6 +12,20 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config", "-c", envvar="LIANFANG_CONFIG", help="YAML settings file (see docs/configuration.md)."
+        ),
+    ] = None,
+) -> None:
+    """Lianfang (联防): IoT monitoring and joint risk control for facility-management bureaus."""
+    ctx.obj = {"config": config}
 
 
 def main() -> None:

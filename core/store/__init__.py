@@ -7,6 +7,7 @@ and device + time + type (events), so redelivery is harmless.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -114,3 +115,7 @@ class TelemetryStore(Protocol):
     def ping(self) -> bool: ...
 
     def close(self) -> None: ...
+
+
+# Called by ingest after a batch is durable (alert engine, live stream). Must be quick and must not raise.
+BatchListener = Callable[[WriteBatch], None]
