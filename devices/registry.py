@@ -6,6 +6,7 @@ The registry is the only source of a device's region and type; ingest reads a sn
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +21,8 @@ from core.errors import StoreUnavailable, UserError
 from core.protocol import DEFAULT_INTERVAL_S, DEVICE_ID_RE, DEVICE_TYPES, DeviceInfo
 from devices.models import LEVELS, Device, Region
 
-REGION_ID_RE = DEVICE_ID_RE
+# Region codes may be as short as two characters (a province code such as "gd"); otherwise like device ids.
+REGION_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,63}$")
 
 
 @dataclass(frozen=True, slots=True)
