@@ -37,6 +37,13 @@ class AlertChange:
     title_zh: str
     title_en: str
     detail: dict[str, object] = field(default_factory=dict)
+    # Additive (alert engine): the region path root..region for subtree scoping, the rule's kind, and the
+    # inhibition roles: ``offline_signal`` marks a device-offline alert, ``inhibitable`` a stale-value alert
+    # that an open offline alert of the same device holds back.
+    region_path: tuple[str, ...] = ()
+    kind: str = ""
+    offline_signal: bool = False
+    inhibitable: bool = False
 
 
 @dataclass(slots=True)
@@ -62,3 +69,24 @@ class Alert:
     assignee: str | None = None
     escalation_level: int = 0
     flapping: bool = False
+    # Additive (alert lifecycle): how many fires this alert absorbed (dedup), whether a silence holds its
+    # notifications back, whether the rule's condition is active right now, and the region path for scoping.
+    count: int = 1
+    silenced: bool = False
+    active: bool = True
+    region_path: tuple[str, ...] = ()
+
+    @property
+    def open(self) -> bool:
+        return self.state is not AlertState.RESOLVED
+
+
+@dataclass(frozen=True, slots=True)
+class Comment:
+    """A comment or a lifecycle action (ack, assign, resolve) on an alert's timeline."""
+
+    alert_id: int
+    author: str
+    text: str
+    at: datetime
+    kind: str = "comment"
