@@ -55,6 +55,7 @@ class Reading:
     seq: int | None
     fields: dict[str, float | bool]
     nonstandard: int = 0
+    ts_from_device: bool = True
 
 
 @dataclass(slots=True)
@@ -66,6 +67,7 @@ class Event:
     seq: int | None
     type: str
     data: dict[str, Any] = field(default_factory=dict)
+    ts_from_device: bool = True
 
 
 @dataclass(slots=True)
@@ -283,7 +285,7 @@ def decode_telemetry(obj: Mapping[str, Any], device: DeviceInfo, now_ms: int, pa
         raise InvalidMessage("schema", f"{path}: a sensor reading needs at least one numeric field")
     if device.device_type == "sensor":
         nonstandard = 0  # a sensor's fields are free-form by definition
-    return Reading(device.device_id, device.region_id, device.device_type, ts, seq, fields, nonstandard)
+    return Reading(device.device_id, device.region_id, device.device_type, ts, seq, fields, nonstandard, "ts" in obj)
 
 
 def decode_event(obj: Mapping[str, Any], device: DeviceInfo, now_ms: int, path: str) -> Event:
@@ -321,7 +323,7 @@ def decode_event(obj: Mapping[str, Any], device: DeviceInfo, now_ms: int, path: 
             data[key] = value
         else:
             raise InvalidMessage("schema", f"{path}.{key}: extra event fields must be scalars")
-    return Event(device.device_id, device.region_id, device.device_type, ts, seq, etype, data)
+    return Event(device.device_id, device.region_id, device.device_type, ts, seq, etype, data, "ts" in obj)
 
 
 def decode_status(obj: Mapping[str, Any], device: DeviceInfo, now_ms: int, path: str) -> Status:

@@ -106,8 +106,8 @@ class TelemetryStore(Protocol):
     def rejection_counts(self) -> dict[tuple[str, str], int]:
         """(device_id, reason) -> count."""
 
-    def recent_seqs(self, max_rows: int) -> list[tuple[str, int]]:
-        """(device_id, seq) of the most recently written messages, to warm duplicate detection."""
+    def recent_seqs(self, max_rows: int) -> list[tuple[str, int, int]]:
+        """(device_id, seq, ts_ms) of the most recently written messages, to warm duplicate detection."""
 
     def prune(self, older_than_ms: int) -> int:
         """Delete data older than the retention horizon; returns rows deleted."""

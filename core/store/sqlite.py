@@ -265,16 +265,16 @@ class SqliteStore:
             rows = conn.execute("SELECT device_id, reason, count(*) FROM rejections GROUP BY 1, 2").fetchall()
         return {(d, r): int(n) for d, r, n in rows}
 
-    def recent_seqs(self, max_rows: int) -> list[tuple[str, int]]:
+    def recent_seqs(self, max_rows: int) -> list[tuple[str, int, int]]:
         with self._reading() as conn:
             rows = conn.execute(
-                "SELECT device_id, seq FROM (SELECT device_id, seq, rowid FROM telemetry ORDER BY rowid DESC "
-                "LIMIT ?) WHERE seq IS NOT NULL "
-                "UNION ALL SELECT device_id, seq FROM (SELECT device_id, seq, rowid FROM events "
+                "SELECT device_id, seq, ts FROM (SELECT device_id, seq, ts, rowid FROM telemetry "
+                "ORDER BY rowid DESC LIMIT ?) WHERE seq IS NOT NULL "
+                "UNION ALL SELECT device_id, seq, ts FROM (SELECT device_id, seq, ts, rowid FROM events "
                 "ORDER BY rowid DESC LIMIT ?) WHERE seq IS NOT NULL",
                 (max_rows, max_rows),
             ).fetchall()
-        return [(d, int(s)) for d, s in rows]
+        return [(d, int(s), int(t)) for d, s, t in rows]
 
     def count_readings(self, device_id: str | None = None) -> int:
         with self._reading() as conn:

@@ -1,0 +1,220 @@
+"""Ingest orchestration: MQTT consumer -> bounded queue -> writer thread (decode, dedup, durable batch write,
+listeners) -> acknowledgements.
+
+At-least-once: a message is acked only after the batch that holds it (records or rejection) is committed. A
+failed write is retried with backoff and nothing is acked meanwhile; on SIGTERM the writer finishes and acks
+what it holds, and whatever the broker sent after that is redelivered to the next session.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from core.errors import StoreUnavailable
+from core.protocol import DeviceInfo
+from core.protocol import decode as default_decoder
+from core.settings import IngestSettings, MqttSettings
+from core.store import BatchListener, TelemetryStore, WriteBatch
+from ingest import metrics
+from ingest.consumer import MqttConsumer
+from ingest.dedup import SeqTracker
+from ingest.pipeline import Decoder, RawMessage, build_batch
+
+logger = logging.getLogger(__name__)
+
+WARM_ROWS = 200_000
+
+
+class RegistryCache:
+    """The registry's view of every device, refreshed periodically and on an unknown device (rate-limited)."""
+
+    def __init__(self, load: Callable[[], Mapping[str, DeviceInfo]], refresh_s: float, miss_refresh_s: float = 1.0):
+        self._load = load
+        self.refresh_s = refresh_s
+        self.miss_refresh_s = miss_refresh_s
+        self.devices: Mapping[str, DeviceInfo] = {}
+        self._loaded_at = 0.0
+
+    def refresh(self) -> None:
+        self.devices = self._load()
+        self._loaded_at = time.monotonic()
+
+    def view(self, device_ids: Sequence[str]) -> Mapping[str, DeviceInfo]:
+        age = time.monotonic() - self._loaded_at
+        if age > self.refresh_s or (age > self.miss_refresh_s and any(d not in self.devices for d in device_ids)):
+            try:
+                self.refresh()
+            except StoreUnavailable:
+                logger.warning("registry unavailable; using the cached view of %d devices", len(self.devices))
+        return self.devices
+
+
+@dataclass
+class IngestStats:
+    received: int = 0
+    acked: int = 0
+    batches: int = 0
+    records: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    store_errors: int = 0
+
+
+class IngestService:
+    def __init__(
+        self,
+        mqtt_settings: MqttSettings,
+        ingest_settings: IngestSettings,
+        store: TelemetryStore,
+        load_devices: Callable[[], Mapping[str, DeviceInfo]],
+        *,
+        listeners: Sequence[BatchListener] = (),
+        decode: Decoder = default_decoder,
+        retry_backoff_s: tuple[float, float] = (0.1, 5.0),
+        client_id: str | None = None,
+    ) -> None:
+        self.settings = ingest_settings
+        self.store = store
+        self.listeners = list(listeners)
+        self.decode = decode
+        self.retry_backoff_s = retry_backoff_s
+        self.queue: queue.Queue[RawMessage] = queue.Queue(
+            maxsize=max(ingest_settings.queue_size, mqtt_settings.receive_maximum)
+        )
+        self.consumer = MqttConsumer(mqtt_settings, self.queue, client_id=client_id)
+        self.registry = RegistryCache(load_devices, ingest_settings.registry_refresh_s)
+        self.seqs = SeqTracker()
+        self.stats = IngestStats()
+        self._stop = threading.Event()
+        self._writer = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
+        self._started = False
+
+    # --- lifecycle --------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.registry.refresh()
+        warmed = self.store.recent_seqs(WARM_ROWS)
+        for device_id, seq, ts in reversed(warmed):  # oldest first
+            self.seqs.warm(device_id, seq, ts)
+        logger.info("ingest starting: %d devices known, %d recent seqs warmed", len(self.registry.devices), len(warmed))
+        self._writer.start()
+        self._started = True
+        self.consumer.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Graceful: stop taking messages, write and ack what is held, then disconnect."""
+        if not self._started:
+            return
+        self.consumer.stop_accepting()
+        self._stop.set()
+        self._writer.join(timeout)
+        self.consumer.stop()
+        self._started = False
+        logger.info("ingest stopped: %d received, %d acked", self.stats.received, self.stats.acked)
+
+    def status(self) -> dict[str, object]:
+        return {
+            "connected": self.consumer.connected.is_set(),
+            "queue_depth": self.queue.qsize(),
+            "received": self.stats.received,
+            "acked": self.stats.acked,
+            "records": self.stats.records,
+            "duplicates": self.stats.duplicates,
+            "rejected": dict(self.stats.rejected),
+            "store_errors": self.stats.store_errors,
+            "writer_alive": self._writer.is_alive(),
+        }
+
+    # --- writer thread ----------------------------------------------------------------------------------
+
+    def _take(self) -> list[RawMessage]:
+        try:
+            first = self.queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        msgs = [first]
+        deadline = time.monotonic() + self.settings.batch_wait_ms / 1000
+        while len(msgs) < self.settings.batch_size:
+            try:
+                msgs.append(self.queue.get_nowait())
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    msgs.append(self.queue.get(timeout=remaining))
+                except queue.Empty:
+                    break
+        return msgs
+
+    def _run(self) -> None:
+        while True:
+            msgs = self._take()
+            if not msgs:
+                if self._stop.is_set():
+                    return
+                continue
+            try:
+                self._process(msgs)
+            except Exception:  # the writer must not die; nothing was acked, so the broker will redeliver
+                logger.exception("ingest batch of %d failed unexpectedly; not acked", len(msgs))
+            metrics.QUEUE_DEPTH.set(self.queue.qsize())
+
+    def _process(self, msgs: list[RawMessage]) -> None:
+        devices = self.registry.view([m.topic.split("/")[2] for m in msgs if m.topic.count("/") == 3])
+        batch = build_batch(msgs, devices, self.seqs, decode=self.decode)
+        self._write_until_durable(batch)
+        for listener in self.listeners:
+            try:
+                listener(batch)
+            except Exception:
+                logger.exception("batch listener %r failed", listener)
+        for m in msgs:
+            self.consumer.ack(m.mid, m.qos)
+        self._account(msgs, batch)
+
+    def _write_until_durable(self, batch: WriteBatch) -> None:
+        delay, max_delay = self.retry_backoff_s
+        failing = False
+        while True:
+            started = time.perf_counter()
+            try:
+                self.store.write(batch)
+            except StoreUnavailable as exc:
+                metrics.STORE_ERRORS.inc()
+                self.stats.store_errors += 1
+                if not failing:
+                    logger.error("store unavailable, holding %d records unacked: %s", len(batch), exc)
+                    failing = True
+                time.sleep(delay)
+                delay = min(delay * 2, max_delay)
+                continue
+            metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
+            if failing:
+                logger.warning("store back; batch of %d records written", len(batch))
+            return
+
+    def _account(self, msgs: list[RawMessage], batch: WriteBatch) -> None:
+        n = len(msgs)
+        records = len(batch.readings) + len(batch.events) + len(batch.statuses)
+        dups = sum(c.duplicates for c in batch.counters.values())
+        gaps = sum(c.gaps for c in batch.counters.values())
+        self.stats.received += n
+        self.stats.acked += n
+        self.stats.batches += 1
+        self.stats.records += records
+        self.stats.duplicates += dups
+        for rej in batch.rejections:
+            self.stats.rejected[rej.reason] = self.stats.rejected.get(rej.reason, 0) + 1
+            metrics.REJECTED.labels(rej.reason).inc()
+        metrics.RECEIVED.inc(n)
+        metrics.ACKED.inc(n)
+        metrics.STORED.inc(records)
+        metrics.DUPLICATES.inc(dups)
+        metrics.GAPS.inc(gaps)
+        metrics.BATCH_SIZE.observe(n)
