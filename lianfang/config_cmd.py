@@ -1,0 +1,57 @@
+"""`lianfang config check`: load and validate the settings without starting anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from sqlalchemy.engine import make_url
+
+from core.errors import UserError
+from core.settings import Settings, load_settings
+
+config_app = typer.Typer(
+    help="Check the settings (the --config YAML file and LIANFANG_* environment variables).",
+    no_args_is_help=True,
+)
+
+
+@config_app.command("check")
+def config_check(ctx: typer.Context) -> None:
+    """Load the settings and print a summary, or the exact problem naming the field; exit 1 on error.
+
+    Settings come from the YAML file given with `lianfang --config FILE` (or LIANFANG_CONFIG) and from
+    LIANFANG_* environment variables, which win over the file (nested fields use '__', e.g. LIANFANG_MQTT__PORT).
+    """
+    root = ctx.find_root()
+    config = root.obj.get("config") if isinstance(root.obj, dict) else None
+    try:
+        settings = load_settings(Path(config) if config else None)
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"settings OK (from {config or 'environment and defaults'})")
+    for key, value in summary(settings):
+        typer.echo(f"  {key:<16} {value}")
+
+
+def summary(settings: Settings) -> list[tuple[str, str]]:
+    """The settings a person checks first, secrets hidden."""
+    try:
+        db = make_url(settings.database_url).render_as_string(hide_password=True)
+    except Exception:
+        db = "(unparseable URL)"
+    mqtt = settings.mqtt
+    broker = f"{mqtt.host}:{mqtt.port} as {mqtt.username}" + (" (embedded Mosquitto)" if mqtt.embedded_broker else "")
+    return [
+        ("env", settings.env),
+        ("database", db),
+        (
+            "telemetry store",
+            f"{settings.store.kind} {settings.store.sqlite_path} (keep {settings.store.retention_days} days)",
+        ),
+        ("mqtt broker", broker),
+        ("ingest", f"queue {settings.ingest.queue_size}, batch {settings.ingest.batch_size}"),
+        ("api", f"http://{settings.api.host}:{settings.api.port}"),
+        ("log level", settings.log_level),
+    ]
