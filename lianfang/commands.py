@@ -2,5 +2,11 @@
 
 from __future__ import annotations
 
+from devices.cli import devices_app, regions_app
+from lianfang.cli import app
+from lianfang.config_cmd import config_app
 
 # Each package owns its commands; add one line per sub-app here.
+app.add_typer(regions_app, name="regions")
+app.add_typer(devices_app, name="devices")
+app.add_typer(config_app, name="config")
