@@ -1,0 +1,34 @@
+"""What the gateway needs from its caller: resources made outside (composition root), kept on ``app.state``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from core import clock
+from core.settings import Settings
+from core.store import TelemetryStore
+from devices.registry import Registry
+from gateway.live import Broadcaster
+
+# A health callback returns a JSON-ready dict with "ok" (or "connected") as a bool, plus any detail to show,
+# e.g. ingest: {"connected": True, "queue_depth": 12}. It runs in a worker thread and should answer quickly.
+HealthCallback = Callable[[], dict[str, Any]]
+
+
+@dataclass
+class GatewayContext:
+    settings: Settings
+    registry: Registry
+    store: TelemetryStore
+    broker_status: HealthCallback
+    ingest_status: HealthCallback
+    # Only with settings.env == "dev" and no API user in the database: requests without a token act as an admin
+    # of the whole tree. The caller decides (from settings); never on by default.
+    dev_open: bool = False
+    # Register ``broadcaster.publish`` as an ingest BatchListener to feed /api/v1/stream.
+    broadcaster: Broadcaster = field(default_factory=Broadcaster)
+    clock: Callable[[], datetime] = clock.now
+    stream_keepalive_s: float = 15.0

@@ -1,0 +1,100 @@
+"""FastAPI dependencies: every resource a route uses comes through one of these aliases.
+
+Tests swap them with ``app.dependency_overrides[get_registry] = ...``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, cast
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from core.settings import Settings
+from core.store import TelemetryStore
+from devices.registry import Registry
+from gateway.auth import Principal, any_users, find_user
+from gateway.context import GatewayContext
+from gateway.live import Broadcaster
+
+logger = logging.getLogger(__name__)
+
+_bearer = HTTPBearer(auto_error=False, description="API token from `lianfang users add`")
+
+
+def get_ctx(request: Request) -> GatewayContext:
+    return cast(GatewayContext, request.app.state.ctx)
+
+
+ContextDep = Annotated[GatewayContext, Depends(get_ctx)]
+
+
+def get_settings(ctx: ContextDep) -> Settings:
+    return ctx.settings
+
+
+def get_registry(ctx: ContextDep) -> Registry:
+    return ctx.registry
+
+
+def get_store(ctx: ContextDep) -> TelemetryStore:
+    return ctx.store
+
+
+def get_broadcaster(ctx: ContextDep) -> Broadcaster:
+    return ctx.broadcaster
+
+
+def get_now(ctx: ContextDep) -> datetime:
+    return ctx.clock()
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+StoreDep = Annotated[TelemetryStore, Depends(get_store)]
+BroadcasterDep = Annotated[Broadcaster, Depends(get_broadcaster)]
+NowDep = Annotated[datetime, Depends(get_now)]
+
+_UNAUTHORIZED = HTTPException(
+    status_code=status.HTTP_401_UNAUTHORIZED,
+    detail="missing or invalid API token",
+    headers={"WWW-Authenticate": "Bearer"},
+)
+
+
+def get_principal(
+    ctx: ContextDep,
+    registry: RegistryDep,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The caller, from ``Authorization: Bearer <token>``; 401 without a valid token.
+
+    The development bypass applies only when the caller enabled ``dev_open``, settings say env=dev, and no API
+    user exists yet.
+    """
+    if creds is None or not creds.credentials:
+        if ctx.dev_open and ctx.settings.env == "dev" and not any_users(registry.engine):
+            return Principal(name="dev-open", role="admin", region_id=None, region_ids=None)
+        raise _UNAUTHORIZED
+    user = find_user(registry.engine, creds.credentials)
+    if user is None:
+        raise _UNAUTHORIZED
+    region_ids = None if user.region_id is None else frozenset(registry.subtree_ids(user.region_id))
+    return Principal(name=user.name, role=user.role, region_id=user.region_id, region_ids=region_ids)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require_role(*roles: str) -> Callable[[Principal], Principal]:
+    """A dependency for routes that change things: ``dependencies=[Depends(require_role("admin"))]``."""
+
+    def check(principal: PrincipalDep) -> Principal:
+        if principal.role not in roles:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"needs role {' or '.join(roles)}")
+        return principal
+
+    return check

@@ -1,0 +1,206 @@
+"""Live stream: fan a durable write batch out to the SSE subscribers, each seeing only its own regions.
+
+``Broadcaster.publish`` is a ``core.store.BatchListener``: ingest's writer thread calls it after every durable
+batch. It must be quick and must never block or raise, so each subscriber has a bounded queue; when a slow client
+falls behind, the oldest message is dropped and counted (the client is told how many it missed). The async side
+(``Subscriber.next``) is woken with ``loop.call_soon_threadsafe``, which does not block the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+
+from core.store import WriteBatch
+
+logger = logging.getLogger(__name__)
+
+STREAM_SUBSCRIBERS = Gauge("lianfang_stream_subscribers", "Open live-stream (SSE) connections")
+STREAM_DROPPED = Counter(
+    "lianfang_stream_dropped_total", "Live-stream messages dropped because a subscriber fell behind"
+)
+
+# Per batch and subscriber, at most this many items of each kind are sent; the rest is summarised as counts.
+MAX_ITEMS = 200
+_MAX_DATA_KEYS = 16
+
+
+Message = dict[str, Any]
+
+
+class Subscriber:
+    """One SSE connection: a bounded queue filled by the writer thread, drained by the event loop."""
+
+    def __init__(self, region_ids: frozenset[str] | None, loop: asyncio.AbstractEventLoop, max_queue: int) -> None:
+        self.region_ids = region_ids
+        self._loop = loop
+        self._queue: deque[Message] = deque()
+        self._max_queue = max_queue
+        self._lock = threading.Lock()
+        self._wake = asyncio.Event()
+        self.dropped = 0
+        self.closed = False
+
+    def sees(self, region_id: str) -> bool:
+        return self.region_ids is None or region_id in self.region_ids
+
+    def offer(self, message: Message) -> None:
+        """Called from any thread; never blocks. Drops the oldest message when full."""
+        with self._lock:
+            if len(self._queue) >= self._max_queue:
+                self._queue.popleft()
+                self.dropped += 1
+                STREAM_DROPPED.inc()
+            self._queue.append(message)
+        self._notify()
+
+    def close(self) -> None:
+        self.closed = True
+        self._notify()
+
+    def _notify(self) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._wake.set)
+        except RuntimeError:  # the loop is closed: the connection is gone
+            self.closed = True
+
+    def drain(self) -> list[Message]:
+        with self._lock:
+            items = list(self._queue)
+            self._queue.clear()
+        return items
+
+    async def next(self, timeout: float) -> list[Message]:
+        """Messages queued so far, waiting up to ``timeout`` seconds for the first; [] on timeout or close."""
+        items = self.drain()
+        if items or self.closed:
+            return items
+        self._wake.clear()
+        items = self.drain()  # a message may have arrived between the two lines above
+        if items:
+            return items
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            return []
+        return self.drain()
+
+
+class Broadcaster:
+    """Holds the live subscribers; ``publish`` is the ingest BatchListener."""
+
+    def __init__(self, *, max_queue: int = 256, max_items: int = MAX_ITEMS) -> None:
+        self.max_queue = max_queue
+        self.max_items = max_items
+        self._subscribers: set[Subscriber] = set()
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def subscribe(self, region_ids: frozenset[str] | None, loop: asyncio.AbstractEventLoop) -> Subscriber:
+        sub = Subscriber(region_ids, loop, self.max_queue)
+        with self._lock:
+            if self.closed:
+                sub.closed = True
+            self._subscribers.add(sub)
+        STREAM_SUBSCRIBERS.inc()
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        with self._lock:
+            if sub not in self._subscribers:
+                return
+            self._subscribers.discard(sub)
+        STREAM_SUBSCRIBERS.dec()
+
+    @property
+    def subscriber_count(self) -> int:
+        with self._lock:
+            return len(self._subscribers)
+
+    def close(self) -> None:
+        """End every stream (at shutdown)."""
+        with self._lock:
+            self.closed = True
+            subs = list(self._subscribers)
+        for sub in subs:
+            sub.close()
+
+    def publish(self, batch: WriteBatch) -> None:
+        """BatchListener: queue a region-scoped summary of the batch for every subscriber. Never raises."""
+        try:
+            with self._lock:
+                subs = [s for s in self._subscribers if not s.closed]
+            if not subs:
+                return
+            items = summarise(batch)
+            for sub in subs:
+                message = scoped(items, sub, self.max_items)
+                if message is not None:
+                    sub.offer(message)
+        except Exception:
+            logger.exception("live stream: publishing a batch failed")
+
+
+def summarise(batch: WriteBatch) -> dict[str, list[Message]]:
+    """The batch as small JSON-ready items, each with its region (rejections have none: the device may be unknown)."""
+    last_reading: dict[str, Message] = {}
+    for r in batch.readings:
+        prev = last_reading.get(r.device_id)
+        if prev is None or r.ts_ms >= prev["ts_ms"]:
+            last_reading[r.device_id] = {
+                "device_id": r.device_id,
+                "region_id": r.region_id,
+                "device_type": r.device_type,
+                "ts_ms": r.ts_ms,
+                "fields": dict(r.fields),
+            }
+    events = [
+        {
+            "device_id": e.device_id,
+            "region_id": e.region_id,
+            "device_type": e.device_type,
+            "ts_ms": e.ts_ms,
+            "type": e.type,
+            "data": _small(e.data),
+        }
+        for e in batch.events
+    ]
+    statuses = [
+        {"device_id": s.device_id, "region_id": s.region_id, "ts_ms": s.ts_ms, "state": s.state} for s in batch.statuses
+    ]
+    rejections = [
+        {"device_id": x.device_id, "reason": x.reason, "detail": x.detail[:200], "received_ms": x.received_ms}
+        for x in batch.rejections
+    ]
+    return {"readings": list(last_reading.values()), "events": events, "statuses": statuses, "rejections": rejections}
+
+
+def scoped(items: dict[str, list[Message]], sub: Subscriber, limit: int = MAX_ITEMS) -> Message | None:
+    """What one subscriber may see of a summarised batch, or None when nothing. Rejections carry no region, so
+    only subscribers with the whole tree get them live (scoped users read them through the REST API)."""
+    out: Message = {}
+    for kind in ("events", "statuses", "readings"):
+        visible = [x for x in items[kind] if sub.sees(x["region_id"])]
+        if visible:
+            out[kind] = visible[-limit:]
+            if len(visible) > limit:
+                out[f"{kind}_omitted"] = len(visible) - limit
+    if sub.region_ids is None and items["rejections"]:
+        out["rejections"] = items["rejections"][-limit:]
+    if not out:
+        return None
+    return out
+
+
+def _small(data: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for i, (k, v) in enumerate(data.items()):
+        if i >= _MAX_DATA_KEYS:
+            break
+        out[k] = v[:200] if isinstance(v, str) else v
+    return out

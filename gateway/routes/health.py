@@ -1,0 +1,54 @@
+"""Liveness and readiness (store, registry, broker, ingest). Unauthenticated, for probes and the page header."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Response, status
+from sqlalchemy import text
+
+from gateway.context import HealthCallback
+from gateway.deps import ContextDep, RegistryDep, StoreDep
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+def health() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+def _component(callback: HealthCallback) -> dict[str, Any]:
+    try:
+        info = dict(callback())
+    except Exception as exc:
+        logger.warning("health callback failed: %s", exc)
+        return {"ok": False, "error": str(exc)[:200]}
+    ok = info.get("ok", info.get("connected", False))
+    info["ok"] = bool(ok)
+    return info
+
+
+@router.get("/health/ready")
+def ready(ctx: ContextDep, store: StoreDep, registry: RegistryDep, response: Response) -> dict[str, Any]:
+    """Readiness: 200 when the store, the registry database, the broker and ingest are all fine, else 503."""
+    checks: dict[str, dict[str, Any]] = {}
+    try:
+        checks["store"] = {"ok": bool(store.ping())}
+    except Exception as exc:
+        checks["store"] = {"ok": False, "error": str(exc)[:200]}
+    try:
+        with registry.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["registry"] = {"ok": True}
+    except Exception as exc:
+        checks["registry"] = {"ok": False, "error": type(exc).__name__}
+    checks["broker"] = _component(ctx.broker_status)
+    checks["ingest"] = _component(ctx.ingest_status)
+    is_ready = all(c["ok"] for c in checks.values())
+    if not is_ready:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return {"ready": is_ready, "checks": checks}

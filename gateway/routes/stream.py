@@ -1,0 +1,60 @@
+"""GET /api/v1/stream: Server-Sent Events with region-scoped summaries of every durable batch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from gateway.deps import BroadcasterDep, ContextDep, PrincipalDep
+from gateway.live import Broadcaster, Subscriber
+
+router = APIRouter(tags=["stream"])
+
+
+def _sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+async def _events(
+    request: Request, broadcaster: Broadcaster, sub: Subscriber, hello: dict[str, Any], keepalive_s: float
+) -> AsyncIterator[str]:
+    try:
+        yield "retry: 3000\n" + _sse("hello", hello)
+        reported_drops = 0
+        while True:
+            messages = await sub.next(keepalive_s)
+            if messages:
+                for message in messages:
+                    if sub.dropped != reported_drops:
+                        message = {**message, "dropped": sub.dropped - reported_drops}
+                        reported_drops = sub.dropped
+                    yield _sse("batch", message)
+            elif sub.closed:
+                return
+            else:
+                yield ": keepalive\n\n"
+            if await request.is_disconnected():
+                return
+    finally:
+        broadcaster.unsubscribe(sub)
+
+
+@router.get("/stream", response_class=StreamingResponse)
+async def stream(
+    request: Request, ctx: ContextDep, broadcaster: BroadcasterDep, principal: PrincipalDep
+) -> StreamingResponse:
+    """Live feed (``text/event-stream``): ``hello`` once, then ``batch`` events with the new events, status
+    changes and latest readings of the caller's regions (and rejections for whole-tree users). A ``dropped``
+    count says how many batches a slow client missed."""
+    sub = broadcaster.subscribe(principal.region_ids, asyncio.get_running_loop())
+    hello = {"user": principal.name, "region_id": principal.region_id}
+    return StreamingResponse(
+        _events(request, broadcaster, sub, hello, ctx.stream_keepalive_s),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
