@@ -1,0 +1,188 @@
+"""Message templates: one alert, or a group of alerts in one message; zh-CN by default, English available.
+
+Pure: ``render(notifications, language)`` returns a title, a Markdown body (robots) and a plain-text body
+(e-mail). Times are shown in China Standard Time (UTC+8, no daylight saving).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Literal
+
+from alerts.notify.routing import Notification, NotificationKind
+from alerts.types import Severity
+
+Language = Literal["zh-CN", "en"]
+CST = timezone(timedelta(hours=8), "CST")
+
+SEVERITY_LABEL: dict[str, dict[Severity, str]] = {
+    "zh-CN": {Severity.INFO: "提示", Severity.WARNING: "警告", Severity.MAJOR: "严重", Severity.CRITICAL: "紧急"},
+    "en": {Severity.INFO: "INFO", Severity.WARNING: "WARNING", Severity.MAJOR: "MAJOR", Severity.CRITICAL: "CRITICAL"},
+}
+
+KIND_LABEL: dict[str, dict[NotificationKind, str]] = {
+    "zh-CN": {
+        NotificationKind.FIRING: "新告警",
+        NotificationKind.ESCALATED: "告警升级",
+        NotificationKind.RENOTIFY: "告警仍在持续",
+        NotificationKind.RESOLVED: "告警已恢复",
+    },
+    "en": {
+        NotificationKind.FIRING: "New alert",
+        NotificationKind.ESCALATED: "Escalated alert",
+        NotificationKind.RENOTIFY: "Alert still firing",
+        NotificationKind.RESOLVED: "Alert resolved",
+    },
+}
+
+TEXT: dict[str, dict[str, str]] = {
+    "zh-CN": {
+        "device": "设备",
+        "region": "区域",
+        "rule": "规则",
+        "started": "开始时间",
+        "resolved": "恢复时间",
+        "id": "告警编号",
+        "escalated_to": "升级至",
+        "level": "第 {level} 级",
+        "unacked": "已持续 {duration} 未确认，请尽快处理",
+        "resolved_tag": "已恢复",
+        "group_title": "【联防】{count} 条告警通知",
+        "group_summary": "新告警 {firing} 条，升级 {escalated} 条，持续 {renotify} 条，已恢复 {resolved} 条",
+        "minutes": "{n} 分钟",
+        "hours": "{h} 小时 {m} 分钟",
+        "footer": "联防 · 物联网监测与联防联控平台",
+    },
+    "en": {
+        "device": "Device",
+        "region": "Region",
+        "rule": "Rule",
+        "started": "Started",
+        "resolved": "Resolved",
+        "id": "Alert",
+        "escalated_to": "Escalated to",
+        "level": "level {level}",
+        "unacked": "Not acknowledged for {duration}; please act now",
+        "resolved_tag": "RESOLVED",
+        "group_title": "[Lianfang] {count} alert notifications",
+        "group_summary": "{firing} new, {escalated} escalated, {renotify} still firing, {resolved} resolved",
+        "minutes": "{n} min",
+        "hours": "{h} h {m} min",
+        "footer": "Lianfang · IoT monitoring and joint risk control",
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    title: str
+    markdown: str
+    text: str
+
+
+def fmt_time(at: datetime) -> str:
+    return at.astimezone(CST).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def fmt_duration(d: timedelta, language: Language) -> str:
+    minutes = max(0, int(d.total_seconds() // 60))
+    t = TEXT[language]
+    if minutes < 60:
+        return t["minutes"].format(n=minutes)
+    return t["hours"].format(h=minutes // 60, m=minutes % 60)
+
+
+def _title(n: Notification, language: Language) -> str:
+    a = n.alert
+    name = a.title_zh if language == "zh-CN" else a.title_en
+    kind = KIND_LABEL[language][n.kind]
+    if n.kind == NotificationKind.RESOLVED:
+        tag = TEXT[language]["resolved_tag"]
+    else:
+        tag = SEVERITY_LABEL[language][a.severity]
+    sep = "：" if language == "zh-CN" else ": "
+    if language == "zh-CN":
+        return f"【{tag}】{kind}{sep}{name}"
+    return f"[{tag}] {kind}{sep}{name}"
+
+
+class Renderer:
+    """Renders notifications in one language; ``region_name`` turns a region id into a display name."""
+
+    def __init__(self, language: Language = "zh-CN", region_name: Callable[[str], str] | None = None) -> None:
+        if language not in TEXT:
+            raise ValueError(f"unknown language {language!r}")
+        self.language: Language = language
+        self.region_name = region_name or (lambda rid: rid)
+
+    def render(self, notifications: Sequence[Notification]) -> Rendered:
+        if not notifications:
+            raise ValueError("nothing to render")
+        if len(notifications) == 1:
+            return self.render_one(notifications[0])
+        return self.render_group(notifications)
+
+    def _fields(self, n: Notification) -> list[tuple[str, str]]:
+        t = TEXT[self.language]
+        a = n.alert
+        sep = "：" if self.language == "zh-CN" else ": "
+        fields = [
+            (t["device"], a.device_id),
+            (t["region"], self.region_name(a.region_id)),
+            (t["rule"], a.rule_id),
+            (t["started"], fmt_time(a.started_at)),
+        ]
+        if n.kind == NotificationKind.RESOLVED:
+            fields.append((t["resolved"], fmt_time(a.resolved_at or n.at)))
+        if n.kind == NotificationKind.ESCALATED:
+            level = t["level"].format(level=n.level)
+            fields.append(
+                (
+                    t["escalated_to"],
+                    f"{self.region_name(n.target)}（{level}）"
+                    if self.language == "zh-CN"
+                    else f"{self.region_name(n.target)} ({level})",
+                )
+            )
+        fields.append((t["id"], f"#{a.id}"))
+        return [(k + sep, v) for k, v in fields]
+
+    def render_one(self, n: Notification) -> Rendered:
+        t = TEXT[self.language]
+        title = _title(n, self.language)
+        fields = self._fields(n)
+        md = [f"### {title}"] + [f"- {k}{v}" for k, v in fields]
+        text = [title, ""] + [f"{k}{v}" for k, v in fields]
+        if n.kind == NotificationKind.ESCALATED:
+            note = t["unacked"].format(duration=fmt_duration(n.at - n.alert.started_at, self.language))
+            md.append(f"\n**{note}**")
+            text += ["", note]
+        text += ["", "-- ", t["footer"]]
+        return Rendered(title=title, markdown="\n".join(md), text="\n".join(text))
+
+    def render_group(self, notifications: Sequence[Notification]) -> Rendered:
+        t = TEXT[self.language]
+        counts = {k: sum(1 for n in notifications if n.kind == k) for k in NotificationKind}
+        title = t["group_title"].format(count=len(notifications))
+        summary = t["group_summary"].format(
+            firing=counts[NotificationKind.FIRING],
+            escalated=counts[NotificationKind.ESCALATED],
+            renotify=counts[NotificationKind.RENOTIFY],
+            resolved=counts[NotificationKind.RESOLVED],
+        )
+        md = [f"### {title}", summary, ""]
+        text = [title, summary, ""]
+        for i, n in enumerate(notifications, 1):
+            a = n.alert
+            line = (
+                f"{_title(n, self.language)} · {a.device_id} · {self.region_name(a.region_id)} · "
+                f"{fmt_time(a.started_at)} · #{a.id}"
+            )
+            if n.kind == NotificationKind.ESCALATED:
+                line += f" → {self.region_name(n.target)}"
+            md.append(f"{i}. {line}")
+            text.append(f"{i}. {line}")
+        text += ["", "-- ", t["footer"]]
+        return Rendered(title=title, markdown="\n".join(md), text="\n".join(text))
