@@ -1,0 +1,477 @@
+"""MQTT adapter of the simulator: publishes SimMessages with paho-mqtt 2.x on MQTT v5, QoS 1.
+
+paho keeps every unacknowledged QoS 1 message in a table keyed by its 16-bit message id; past 65,535 messages
+in flight the ids wrap and paho refuses (or, in older versions, overwrites) messages without raising. Every
+publisher here therefore bounds the messages not yet acknowledged with a semaphore taken before ``publish``
+and given back in ``on_publish`` (the PUBACK), so ``publish`` blocks when the broker falls behind instead of
+losing data. paho's own in-flight window is capped to the broker's Receive Maximum.
+
+Two connection modes:
+
+- :class:`SharedPublisher`: one connection (the dev simulator account ``lianfang-sim``, allowed to publish on
+  every device's telemetry, event and status topics) for benchmarks and the demo. A device going silent has its
+  Last Will published on its behalf.
+- :class:`DevicePublisher`: one connection per device with the device's own credentials (client id = username
+  = device id) and its Last Will (retained ``{"state":"offline"}`` on ``lf/v1/{id}/status``), as real devices
+  connect. A device going silent is disconnected with reason code 0x04 so the broker itself sends its Will.
+  One paho network thread per device: fine for a few hundred devices; use the shared mode beyond that.
+
+:func:`publish_bulk` pushes a list of messages as fast as possible (bounded in flight) and waits for every ack.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from core.errors import BrokerUnavailable
+from core.protocol import topic_for
+from devices.simulator import OFFLINE_PAYLOAD, SimMessage
+
+logger = logging.getLogger(__name__)
+
+SIM_USERNAME = "lianfang-sim"
+DEFAULT_MAX_OUTSTANDING = 10_000  # well under paho's 65,535 message ids
+DEFAULT_MAX_INFLIGHT = 1_000
+
+
+@dataclass(slots=True)
+class PublishCounts:
+    published: int = 0  # handed to paho
+    acked: int = 0  # PUBACK with a success reason code
+    rejected: int = 0  # PUBACK with a failure reason code (e.g. 0x87 Not authorized)
+    reconnects: int = 0
+
+    @property
+    def pending(self) -> int:
+        return self.published - self.acked - self.rejected
+
+
+class Publisher(Protocol):
+    """What the simulation loop needs from a publisher."""
+
+    counts: PublishCounts
+
+    def start(self) -> None: ...
+
+    def publish(self, msg: SimMessage) -> None: ...
+
+    def flush(self, timeout: float) -> bool: ...
+
+    def close(self, timeout: float = 5.0) -> None: ...
+
+
+class _Window:
+    """Bounds messages published but not yet acknowledged; counts them."""
+
+    def __init__(self, max_outstanding: int) -> None:
+        if not 1 <= max_outstanding < 65_535:
+            raise ValueError("max_outstanding must be between 1 and 65,534")
+        self.counts = PublishCounts()
+        self._slots = threading.BoundedSemaphore(max_outstanding)
+        self._cond = threading.Condition()
+
+    def acquire(self, timeout: float) -> None:
+        if not self._slots.acquire(timeout=timeout):
+            raise BrokerUnavailable(f"no PUBACK from the broker for {timeout:.0f} s ({self.counts.pending} pending)")
+
+    def published(self) -> None:
+        with self._cond:
+            self.counts.published += 1
+
+    def give_back(self) -> None:
+        """A publish that paho refused: it will never be acked."""
+        self._slots.release()
+
+    def acked(self, ok: bool) -> None:
+        with self._cond:
+            if ok:
+                self.counts.acked += 1
+            else:
+                self.counts.rejected += 1
+            self._cond.notify_all()
+        self._slots.release()
+
+    def wait_drained(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.counts.pending > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+
+def _new_client(
+    client_id: str,
+    username: str,
+    password: str,
+    *,
+    tls_ca: Path | None,
+    reconnect_min_s: float,
+    reconnect_max_s: float,
+) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.username_pw_set(username, password)
+    client.reconnect_delay_set(max(1, round(reconnect_min_s)), max(1, round(reconnect_max_s)))
+    if tls_ca is not None:
+        client.tls_set(ca_certs=str(tls_ca), cert_reqs=ssl.CERT_REQUIRED)
+    return client
+
+
+def _safe(fn: Any) -> Any:
+    """Wrap a paho callback so an exception is logged and never kills the network thread."""
+
+    def wrapper(*args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            logger.exception("error in MQTT callback %s", getattr(fn, "__name__", fn))
+
+    return wrapper
+
+
+class _Base:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        max_outstanding: int,
+        max_inflight: int,
+        keepalive_s: int,
+        connect_timeout_s: float,
+        ack_timeout_s: float,
+        tls_ca: Path | None,
+    ) -> None:
+        self.host, self.port = host, port
+        self.max_inflight = max_inflight
+        self.keepalive_s = keepalive_s
+        self.connect_timeout_s = connect_timeout_s
+        self.ack_timeout_s = ack_timeout_s
+        self.tls_ca = tls_ca
+        self._window = _Window(max_outstanding)
+
+    @property
+    def counts(self) -> PublishCounts:
+        return self._window.counts
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every published message is acknowledged; False on timeout."""
+        return self._window.wait_drained(timeout)
+
+    def _send(self, client: mqtt.Client, topic: str, payload: bytes, retain: bool) -> None:
+        self._window.acquire(self.ack_timeout_s)
+        info = client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            # NO_CONN keeps the message queued in paho, sent on reconnect; anything else was refused.
+            self._window.give_back()
+            raise BrokerUnavailable(f"paho refused a publish on {topic}: {mqtt.error_string(info.rc)}")
+        self._window.published()
+
+    def _wire(self, client: mqtt.Client, name: str) -> None:
+        def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, props: Properties | None) -> None:
+            if rc.is_failure:
+                logger.warning("%s: broker refused the connection: %s", name, rc)
+                self._refused(name, str(rc))
+                return
+            inflight = self.max_inflight
+            receive_max = getattr(props, "ReceiveMaximum", None) if props is not None else None
+            if isinstance(receive_max, int) and receive_max > 0:
+                inflight = min(inflight, receive_max)
+            c.max_inflight_messages_set(inflight)
+            self._connected(name)
+
+        def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Properties | None) -> None:
+            self._disconnected(name, rc)
+
+        def on_publish(_c: mqtt.Client, _u: Any, _mid: int, rc: ReasonCode, _p: Properties | None) -> None:
+            self._window.acked(not rc.is_failure)
+
+        client.on_connect = _safe(on_connect)
+        client.on_disconnect = _safe(on_disconnect)
+        client.on_publish = _safe(on_publish)
+
+    def _connected(self, name: str) -> None:
+        raise NotImplementedError
+
+    def _refused(self, name: str, reason: str) -> None:
+        raise NotImplementedError
+
+    def _disconnected(self, name: str, rc: ReasonCode) -> None:
+        raise NotImplementedError
+
+
+class SharedPublisher(_Base):
+    """One connection publishing on behalf of every simulated device (dev simulator account)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        username: str,
+        password: str,
+        *,
+        client_id: str = SIM_USERNAME,
+        max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        keepalive_s: int = 30,
+        connect_timeout_s: float = 10.0,
+        ack_timeout_s: float = 60.0,
+        reconnect_min_s: float = 1.0,
+        reconnect_max_s: float = 10.0,
+        tls_ca: Path | None = None,
+    ) -> None:
+        super().__init__(
+            host,
+            port,
+            max_outstanding=max_outstanding,
+            max_inflight=max_inflight,
+            keepalive_s=keepalive_s,
+            connect_timeout_s=connect_timeout_s,
+            ack_timeout_s=ack_timeout_s,
+            tls_ca=tls_ca,
+        )
+        self.client = _new_client(
+            client_id,
+            username,
+            password,
+            tls_ca=tls_ca,
+            reconnect_min_s=reconnect_min_s,
+            reconnect_max_s=reconnect_max_s,
+        )
+        self.client.max_inflight_messages_set(max_inflight)
+        self._up = threading.Event()
+        self._answered = threading.Event()
+        self._refusal: str | None = None
+        self._ever_connected = False
+        self._wire(self.client, client_id)
+
+    def _connected(self, name: str) -> None:
+        if self._ever_connected:
+            self.counts.reconnects += 1
+            logger.info("%s reconnected, %d messages pending", name, self.counts.pending)
+        self._ever_connected = True
+        self._up.set()
+        self._answered.set()
+
+    def _refused(self, name: str, reason: str) -> None:
+        self._refusal = reason
+        self._answered.set()
+
+    def _disconnected(self, name: str, rc: ReasonCode) -> None:
+        self._up.clear()
+        if rc.is_failure:
+            logger.warning("%s disconnected: %s; %d messages pending", name, rc, self.counts.pending)
+
+    def start(self) -> None:
+        try:
+            self.client.connect(self.host, self.port, keepalive=self.keepalive_s)
+        except OSError as exc:
+            raise BrokerUnavailable(f"cannot connect to MQTT broker {self.host}:{self.port}: {exc}") from exc
+        self.client.loop_start()
+        self._answered.wait(self.connect_timeout_s)
+        if not self._up.is_set():
+            self.client.disconnect()
+            self.client.loop_stop()
+            why = f"refused: {self._refusal}" if self._refusal else f"no answer within {self.connect_timeout_s:.0f} s"
+            raise BrokerUnavailable(f"MQTT broker {self.host}:{self.port} did not accept the simulator ({why})")
+        logger.info("simulator publisher connected to %s:%s", self.host, self.port)
+
+    def publish(self, msg: SimMessage) -> None:
+        self._send(self.client, msg.topic, msg.payload, msg.retain)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.flush(timeout)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+_WILL_REASON = ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message")
+
+
+class DevicePublisher(_Base):
+    """One connection per device with its own credentials and Last Will (as real devices connect).
+
+    ``credentials`` maps device id -> password; the device id is both client id and username.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        credentials: Mapping[str, str],
+        *,
+        max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
+        max_inflight: int = 100,
+        keepalive_s: int = 30,
+        connect_timeout_s: float = 30.0,
+        ack_timeout_s: float = 60.0,
+        reconnect_min_s: float = 1.0,
+        reconnect_max_s: float = 10.0,
+        tls_ca: Path | None = None,
+    ) -> None:
+        super().__init__(
+            host,
+            port,
+            max_outstanding=max_outstanding,
+            max_inflight=max_inflight,
+            keepalive_s=keepalive_s,
+            connect_timeout_s=connect_timeout_s,
+            ack_timeout_s=ack_timeout_s,
+            tls_ca=tls_ca,
+        )
+        self._credentials = dict(credentials)
+        self._reconnect = (reconnect_min_s, reconnect_max_s)
+        self.clients: dict[str, mqtt.Client] = {}
+        self._lock = threading.Lock()
+        self._up: set[str] = set()
+        self._silent: set[str] = set()
+        self._all_up = threading.Condition(self._lock)
+        self._ever: set[str] = set()
+        self._retired: list[mqtt.Client] = []
+        self._refusals: dict[str, str] = {}
+
+    def _make(self, device_id: str) -> mqtt.Client:
+        client = _new_client(
+            device_id,
+            device_id,
+            self._credentials[device_id],
+            tls_ca=self.tls_ca,
+            reconnect_min_s=self._reconnect[0],
+            reconnect_max_s=self._reconnect[1],
+        )
+        client.will_set(topic_for(device_id, "status"), OFFLINE_PAYLOAD, qos=1, retain=True)
+        client.max_inflight_messages_set(self.max_inflight)
+        self._wire(client, device_id)
+        return client
+
+    def _connected(self, name: str) -> None:
+        with self._lock:
+            if name in self._ever:
+                self.counts.reconnects += 1
+            self._ever.add(name)
+            self._up.add(name)
+            self._all_up.notify_all()
+
+    def _refused(self, name: str, reason: str) -> None:
+        with self._lock:
+            self._refusals[name] = reason
+            self._all_up.notify_all()
+
+    def _disconnected(self, name: str, rc: ReasonCode) -> None:
+        with self._lock:
+            self._up.discard(name)
+        if rc.is_failure and name not in self._silent:
+            logger.warning("device %s disconnected: %s", name, rc)
+
+    @property
+    def connected(self) -> int:
+        with self._lock:
+            return len(self._up)
+
+    def _open(self, device_id: str) -> None:
+        client = self._make(device_id)
+        self.clients[device_id] = client
+        try:
+            client.connect(self.host, self.port, keepalive=self.keepalive_s)
+        except OSError as exc:
+            raise BrokerUnavailable(f"cannot connect device {device_id} to {self.host}:{self.port}: {exc}") from exc
+        client.loop_start()
+
+    def start(self) -> None:
+        for device_id in self._credentials:
+            self._open(device_id)
+        deadline = time.monotonic() + self.connect_timeout_s
+        with self._lock:
+            while len(self._up) < len(self._credentials) and not self._refusals:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._all_up.wait(left)
+            missing = sorted(set(self._credentials) - self._up)
+            refusals = dict(self._refusals)
+        if missing:
+            self.close(0)
+            first = next(iter(sorted(refusals.items())), None)
+            why = f"{first[0]} refused: {first[1]}" if first else f"first: {missing[0]}, no answer"
+            raise BrokerUnavailable(f"{len(missing)} simulated devices could not connect ({why})")
+        logger.info("%d simulated devices connected with their own credentials", len(self.clients))
+
+    def publish(self, msg: SimMessage) -> None:
+        client = self.clients.get(msg.device_id)
+        if client is None:
+            raise BrokerUnavailable(f"no credentials for device {msg.device_id}")
+        if msg.will:
+            # Going silent: let the broker publish the device's own Last Will.
+            # Its network thread ends by itself once the DISCONNECT is written.
+            self._silent.add(msg.device_id)
+            client.disconnect(reasoncode=_WILL_REASON)
+            self._retired.append(client)
+            return
+        if msg.device_id in self._silent:
+            if msg.kind != "status":
+                return
+            self._silent.discard(msg.device_id)
+            self._open(msg.device_id)  # back online: a fresh connection, then its online status
+            client = self.clients[msg.device_id]
+        self._send(client, msg.topic, msg.payload, msg.retain)
+
+    def close(self, timeout: float = 5.0) -> None:
+        if timeout > 0:
+            self.flush(timeout)
+        for client in self.clients.values():
+            client.disconnect()
+        for client in [*self.clients.values(), *self._retired]:
+            client.loop_stop()
+
+
+def publish_bulk(
+    messages: Iterable[SimMessage],
+    *,
+    host: str,
+    port: int,
+    username: str = SIM_USERNAME,
+    password: str,
+    client_id: str = "lianfang-bulk",
+    max_outstanding: int = 20_000,
+    max_inflight: int = DEFAULT_MAX_INFLIGHT,
+    timeout_s: float = 120.0,
+) -> PublishCounts:
+    """Publish every message (QoS 1, bounded in flight) on one connection and wait for all acks.
+
+    Used by the ingest benchmark to pre-fill a persistent session. Raises BrokerUnavailable if the acks do not
+    all arrive within ``timeout_s``.
+    """
+    pub = SharedPublisher(
+        host,
+        port,
+        username,
+        password,
+        client_id=client_id,
+        max_outstanding=max_outstanding,
+        max_inflight=max_inflight,
+        ack_timeout_s=timeout_s,
+    )
+    pub.start()
+    try:
+        for msg in messages:
+            pub.publish(msg)
+        if not pub.flush(timeout_s):
+            raise BrokerUnavailable(f"{pub.counts.pending} messages not acknowledged after {timeout_s:.0f} s")
+    finally:
+        pub.close(0)
+    return pub.counts
