@@ -516,13 +516,14 @@ def plan_devices(rows: Iterable[DeviceRow], existing: Mapping[str, DeviceSpec]) 
 def existing_devices(registry: Registry, ids: Sequence[str], *, chunk: int = 500) -> dict[str, DeviceSpec]:
     """The stored devices among ``ids``, as specs."""
     out: dict[str, DeviceSpec] = {}
+    columns = (Device.id, Device.type, Device.region_id, Device.name, Device.expected_interval_s, Device.attributes)
     with registry.session() as s:
         for start in range(0, len(ids), chunk):
             part = list(ids[start : start + chunk])
-            for d in s.scalars(select(Device).where(Device.id.in_(part))):
-                out[d.id] = DeviceSpec(
-                    d.id, d.type, d.region_id, d.name, d.expected_interval_s, dict(d.attributes or {})
-                )
+            for d_id, d_type, region_id, name, interval, attributes in s.execute(
+                select(*columns).where(Device.id.in_(part))
+            ):
+                out[d_id] = DeviceSpec(d_id, d_type, region_id, name, interval, dict(attributes or {}))
     return out
 
 
