@@ -1,0 +1,485 @@
+"""The alert lifecycle: a pure state machine over the engine's AlertChanges and people's actions.
+
+    firing --ack(who, why)--> acknowledged --+
+       |                                     +--> resolved (automatically when the rule clears, or by hand + reason)
+       +-------------------------------------+
+
+- One open alert per dedup key: a repeated or replayed firing change only bumps ``count``.
+- Flapping: when a key fires ``flap_threshold`` times within ``flap_window_s``, the alert it last resolved is
+  reopened as one *flapping* alert that absorbs further fires and clears; it ends after ``flap_quiet_s`` without a
+  transition (resolved if the condition is clear by then).
+- Inhibition: while a device has an open offline alert (an absence rule), its *inhibitable* (stale-value) fires
+  are held back; they become alerts if they are still firing when the device is back.
+- Silences: scoped by region subtree, device and rule (all given parts must match), with reason, creator,
+  approver, start and expiry. Alerts raised under a silence are recorded but not notified; when the window ends
+  an alert that still fires is re-notified (``renotify``).
+
+No I/O, no clock. Every operation returns ``LifecycleEvent``s; ``notify`` says whether people should be told.
+Changed alerts, silences and new comments are collected for the repository (``take_dirty``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from alerts.types import Alert, AlertChange, AlertState, Comment
+from core.errors import UserError
+
+SYSTEM = "system"
+
+
+class AlertNotFound(UserError):
+    """No such alert (or not open for the requested action)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleConfig:
+    flap_window_s: float = 3600
+    flap_threshold: int = 5
+    flap_quiet_s: float = 1800
+
+
+@dataclass(slots=True)
+class Silence:
+    id: int
+    reason: str
+    creator: str
+    starts_at: datetime
+    ends_at: datetime
+    region_id: str | None = None  # the whole subtree
+    device_id: str | None = None
+    rule_id: str | None = None
+    approver: str | None = None
+    renotify: bool = True
+    created_at: datetime | None = None
+    ended: bool = False  # its end has been processed (re-notifications sent)
+
+    def covers(self, alert: Alert) -> bool:
+        if self.region_id is not None and self.region_id not in alert.region_path and self.region_id != alert.region_id:
+            return False
+        if self.device_id is not None and self.device_id != alert.device_id:
+            return False
+        return self.rule_id is None or self.rule_id == alert.rule_id
+
+    def active(self, at: datetime) -> bool:
+        return not self.ended and self.starts_at <= at < self.ends_at
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleEvent:
+    """What happened to an alert. ``alert`` is a snapshot taken at the time of the event."""
+
+    kind: str  # created | repeated | flapping | flapping_ended | resolved | acknowledged | assigned | commented |
+    #            renotify | unsilenced | inhibited
+    alert: Alert
+    at: datetime
+    notify: bool
+    comment: Comment | None = None
+
+
+def _snap(alert: Alert) -> Alert:
+    return replace(alert, detail=dict(alert.detail))
+
+
+@dataclass(slots=True)
+class _Dirty:
+    alerts: set[int] = field(default_factory=set)
+    silences: set[int] = field(default_factory=set)
+    comments: list[Comment] = field(default_factory=list)
+
+
+class AlertBook:
+    """Open alerts, recent history for flapping, held (inhibited) fires and silences."""
+
+    def __init__(self, config: LifecycleConfig | None = None, *, next_id: int = 1, next_silence_id: int = 1) -> None:
+        self.config = config or LifecycleConfig()
+        self.alerts: dict[int, Alert] = {}  # open alerts and recently resolved ones (flap window)
+        self.open_by_key: dict[str, int] = {}
+        self.fires: dict[str, list[datetime]] = {}
+        self.last_resolved: dict[str, int] = {}
+        self.held: dict[str, AlertChange] = {}
+        self.offline: dict[str, set[str]] = {}  # device -> dedup keys of its open offline alerts
+        self.silences: dict[int, Silence] = {}
+        self.next_id = next_id
+        self.next_silence_id = next_silence_id
+        self._dirty = _Dirty()
+
+    # --- queries -----------------------------------------------------------------------------------------
+
+    def open_alerts(self) -> list[Alert]:
+        return [self.alerts[i] for i in self.open_by_key.values()]
+
+    def get(self, alert_id: int) -> Alert:
+        alert = self.alerts.get(alert_id)
+        if alert is None:
+            raise AlertNotFound(f"alert {alert_id} is not open")
+        return alert
+
+    def take_dirty(self) -> tuple[list[Alert], list[Silence], list[Comment]]:
+        d, self._dirty = self._dirty, _Dirty()
+        return (
+            [_snap(self.alerts[i]) for i in sorted(d.alerts) if i in self.alerts],
+            [replace(self.silences[i]) for i in sorted(d.silences) if i in self.silences],
+            d.comments,
+        )
+
+    def _silenced(self, alert: Alert, at: datetime) -> bool:
+        return any(s.active(at) and s.covers(alert) for s in self.silences.values())
+
+    # --- engine changes ----------------------------------------------------------------------------------
+
+    def apply(self, change: AlertChange) -> list[LifecycleEvent]:
+        return self._fire(change) if change.firing else self._clear(change)
+
+    def _record_fire(self, key: str, at: datetime) -> int:
+        horizon = at - timedelta(seconds=self.config.flap_window_s)
+        times = [t for t in self.fires.get(key, []) if t > horizon]
+        times.append(at)
+        self.fires[key] = times
+        return len(times)
+
+    def _fire(self, ch: AlertChange) -> list[LifecycleEvent]:
+        key, at = ch.dedup_key, ch.at
+        if ch.offline_signal:
+            self.offline.setdefault(ch.device_id, set()).add(key)
+        open_id = self.open_by_key.get(key)
+        if open_id is not None:
+            alert = self.alerts[open_id]
+            events: list[LifecycleEvent] = []
+            transition = not alert.active
+            alert.count += 1
+            alert.active = True
+            alert.updated_at = max(alert.updated_at, at)
+            alert.detail.update(ch.detail)
+            self._dirty.alerts.add(alert.id)
+            if transition:
+                n = self._record_fire(key, at)
+                if not alert.flapping and n >= self.config.flap_threshold:
+                    alert.flapping = True
+                    events.append(LifecycleEvent("flapping", _snap(alert), at, not alert.silenced))
+            if not events:
+                events.append(LifecycleEvent("repeated", _snap(alert), at, False))
+            return events
+        if ch.inhibitable and self.offline.get(ch.device_id):
+            self.held[key] = ch
+            ghost = self._new_alert(ch, alert_id=0)
+            return [LifecycleEvent("inhibited", ghost, at, False)]
+        n = self._record_fire(key, at)
+        prev_id = self.last_resolved.get(key)
+        if n >= self.config.flap_threshold and prev_id is not None and prev_id in self.alerts:
+            alert = self.alerts[prev_id]
+            alert.state = AlertState.FIRING
+            alert.resolved_at = alert.resolved_by = alert.resolve_reason = None
+            alert.acknowledged_at = alert.acknowledged_by = alert.ack_reason = None
+            alert.flapping = True
+            alert.active = True
+            alert.count += 1
+            alert.updated_at = at
+            alert.silenced = self._silenced(alert, at)
+            self.open_by_key[key] = alert.id
+            del self.last_resolved[key]
+            self._dirty.alerts.add(alert.id)
+            return [LifecycleEvent("flapping", _snap(alert), at, not alert.silenced)]
+        alert = self._new_alert(ch, alert_id=self.next_id)
+        self.next_id += 1
+        alert.silenced = self._silenced(alert, at)
+        self.alerts[alert.id] = alert
+        self.open_by_key[key] = alert.id
+        self._dirty.alerts.add(alert.id)
+        return [LifecycleEvent("created", _snap(alert), at, not alert.silenced)]
+
+    @staticmethod
+    def _new_alert(ch: AlertChange, *, alert_id: int) -> Alert:
+        return Alert(
+            id=alert_id,
+            dedup_key=ch.dedup_key,
+            rule_id=ch.rule_id,
+            device_id=ch.device_id,
+            region_id=ch.region_id,
+            severity=ch.severity,
+            state=AlertState.FIRING,
+            title_zh=ch.title_zh,
+            title_en=ch.title_en,
+            started_at=ch.at,
+            updated_at=ch.at,
+            detail=dict(ch.detail),
+            region_path=tuple(ch.region_path),
+        )
+
+    def _clear(self, ch: AlertChange) -> list[LifecycleEvent]:
+        key, at = ch.dedup_key, ch.at
+        events: list[LifecycleEvent] = []
+        self.held.pop(key, None)
+        open_id = self.open_by_key.get(key)
+        if open_id is not None:
+            alert = self.alerts[open_id]
+            alert.active = False
+            alert.updated_at = max(alert.updated_at, at)
+            self._dirty.alerts.add(alert.id)
+            if not alert.flapping:
+                events.append(self._resolve(alert, SYSTEM, "condition cleared", at, notify=not alert.silenced))
+        if ch.offline_signal:
+            keys = self.offline.get(ch.device_id, set())
+            keys.discard(key)
+            if not keys:
+                self.offline.pop(ch.device_id, None)
+                for hk, held in list(self.held.items()):
+                    if held.device_id == ch.device_id:
+                        del self.held[hk]
+                        events.extend(self._fire(replace(held, at=max(held.at, at))))
+        return events
+
+    def _resolve(self, alert: Alert, who: str, reason: str, at: datetime, *, notify: bool) -> LifecycleEvent:
+        alert.state = AlertState.RESOLVED
+        alert.resolved_at, alert.resolved_by, alert.resolve_reason = at, who, reason
+        alert.updated_at = max(alert.updated_at, at)
+        if self.open_by_key.get(alert.dedup_key) == alert.id:
+            del self.open_by_key[alert.dedup_key]
+        self.last_resolved[alert.dedup_key] = alert.id
+        for keys in self.offline.values():
+            keys.discard(alert.dedup_key)
+        self._dirty.alerts.add(alert.id)
+        return LifecycleEvent("resolved", _snap(alert), at, notify)
+
+    # --- people --------------------------------------------------------------------------------------------
+
+    def _open(self, alert_id: int) -> Alert:
+        alert = self.alerts.get(alert_id)
+        if alert is None or not alert.open:
+            raise AlertNotFound(f"alert {alert_id} is not open")
+        return alert
+
+    def _note(self, alert: Alert, who: str, text: str, at: datetime, kind: str) -> Comment:
+        c = Comment(alert.id, who, text, at, kind)
+        self._dirty.comments.append(c)
+        self._dirty.alerts.add(alert.id)
+        return c
+
+    def acknowledge(self, alert_id: int, who: str, why: str, *, now: datetime) -> list[LifecycleEvent]:
+        if not who:
+            raise UserError("acknowledge: who is required")
+        alert = self._open(alert_id)
+        if alert.state is AlertState.ACKNOWLEDGED:
+            raise UserError(f"alert {alert_id} is already acknowledged by {alert.acknowledged_by}")
+        alert.state = AlertState.ACKNOWLEDGED
+        alert.acknowledged_by, alert.acknowledged_at, alert.ack_reason = who, now, why
+        alert.updated_at = now
+        c = self._note(alert, who, why, now, "ack")
+        return [LifecycleEvent("acknowledged", _snap(alert), now, False, c)]
+
+    def resolve(self, alert_id: int, who: str, reason: str, *, now: datetime) -> list[LifecycleEvent]:
+        if not reason.strip():
+            raise UserError("resolve: a reason is required to resolve an alert by hand")
+        alert = self._open(alert_id)
+        c = self._note(alert, who, reason, now, "resolve")
+        ev = self._resolve(alert, who, reason, now, notify=False)
+        return [replace(ev, comment=c)]
+
+    def comment(self, alert_id: int, who: str, text: str, *, now: datetime) -> list[LifecycleEvent]:
+        if not text.strip():
+            raise UserError("comment: text is empty")
+        alert = self.alerts.get(alert_id)
+        if alert is None:
+            raise AlertNotFound(f"alert {alert_id} is not known to the live book")
+        c = self._note(alert, who, text, now, "comment")
+        return [LifecycleEvent("commented", _snap(alert), now, False, c)]
+
+    def assign(self, alert_id: int, who: str, assignee: str | None, *, now: datetime) -> list[LifecycleEvent]:
+        alert = self._open(alert_id)
+        alert.assignee = assignee
+        alert.updated_at = now
+        c = self._note(alert, who, f"assigned to {assignee}" if assignee else "unassigned", now, "assign")
+        return [LifecycleEvent("assigned", _snap(alert), now, assignee is not None, c)]
+
+    # --- silences ------------------------------------------------------------------------------------------
+
+    def add_silence(
+        self,
+        *,
+        reason: str,
+        creator: str,
+        starts_at: datetime,
+        ends_at: datetime,
+        now: datetime,
+        region_id: str | None = None,
+        device_id: str | None = None,
+        rule_id: str | None = None,
+        approver: str | None = None,
+        renotify: bool = True,
+    ) -> Silence:
+        if not reason.strip():
+            raise UserError("silence: a reason is required")
+        if not creator:
+            raise UserError("silence: creator is required")
+        if ends_at <= starts_at:
+            raise UserError("silence: ends_at must be after starts_at")
+        if region_id is None and device_id is None and rule_id is None:
+            raise UserError("silence: give a scope (region, device and/or rule)")
+        s = Silence(
+            self.next_silence_id,
+            reason,
+            creator,
+            starts_at,
+            ends_at,
+            region_id,
+            device_id,
+            rule_id,
+            approver,
+            renotify,
+            now,
+        )
+        self.next_silence_id += 1
+        self.silences[s.id] = s
+        self._dirty.silences.add(s.id)
+        if s.active(now):
+            self._apply_silence(s)
+        return s
+
+    def _apply_silence(self, s: Silence) -> None:
+        for alert in self.open_alerts():
+            if not alert.silenced and s.covers(alert):
+                alert.silenced = True
+                self._dirty.alerts.add(alert.id)
+
+    def end_silence(self, silence_id: int, *, now: datetime) -> list[LifecycleEvent]:
+        s = self.silences.get(silence_id)
+        if s is None or s.ended:
+            raise UserError(f"silence {silence_id} is not active")
+        s.ends_at = min(s.ends_at, now)
+        return self.tick(now=now)
+
+    # --- timers ----------------------------------------------------------------------------------------------
+
+    def tick(self, *, now: datetime) -> list[LifecycleEvent]:
+        events: list[LifecycleEvent] = []
+        for s in list(self.silences.values()):
+            if s.ended:
+                continue
+            if s.starts_at <= now < s.ends_at:
+                self._apply_silence(s)
+            elif now >= s.ends_at:
+                s.ended = True
+                self._dirty.silences.add(s.id)
+                for alert in self.open_alerts():
+                    if alert.silenced and s.covers(alert) and not self._silenced(alert, now):
+                        alert.silenced = False
+                        self._dirty.alerts.add(alert.id)
+                        if alert.active and s.renotify:
+                            events.append(LifecycleEvent("renotify", _snap(alert), now, True))
+                        else:
+                            events.append(LifecycleEvent("unsilenced", _snap(alert), now, False))
+        quiet = timedelta(seconds=self.config.flap_quiet_s)
+        for alert in self.open_alerts():
+            if not alert.flapping:
+                continue
+            last = self._last_transition(alert)
+            if now - last < quiet:
+                continue
+            alert.flapping = False
+            self._dirty.alerts.add(alert.id)
+            if alert.active:
+                events.append(LifecycleEvent("flapping_ended", _snap(alert), now, False))
+            else:
+                events.append(self._resolve(alert, SYSTEM, "flapping ended, condition clear", now, notify=False))
+        horizon = now - timedelta(seconds=self.config.flap_window_s)
+        for key in [k for k, ts in self.fires.items() if not ts or ts[-1] <= horizon]:
+            del self.fires[key]
+        for key, aid in list(self.last_resolved.items()):
+            a = self.alerts.get(aid)
+            if a is None or (a.resolved_at is not None and a.resolved_at <= horizon):
+                del self.last_resolved[key]
+        live = set(self.open_by_key.values()) | set(self.last_resolved.values())
+        for aid in [i for i in self.alerts if i not in live]:
+            del self.alerts[aid]
+        return events
+
+    def _last_transition(self, alert: Alert) -> datetime:
+        return max([*self.fires.get(alert.dedup_key, []), alert.updated_at])
+
+    def next_deadline(self) -> datetime | None:
+        due: list[datetime] = []
+        for s in self.silences.values():
+            if not s.ended:
+                due.append(s.ends_at)
+        quiet = timedelta(seconds=self.config.flap_quiet_s)
+        for alert in self.open_alerts():
+            if alert.flapping:
+                due.append(self._last_transition(alert) + quiet)
+        return min(due) if due else None
+
+    # --- persistence of the aux state ------------------------------------------------------------------------
+
+    def aux_to_json(self) -> dict[str, Any]:
+        return {
+            "fires": {k: [t.isoformat() for t in v] for k, v in self.fires.items()},
+            "last_resolved": dict(self.last_resolved),
+            "offline": {d: sorted(keys) for d, keys in self.offline.items()},
+            "held": {k: _change_to_json(c) for k, c in self.held.items()},
+        }
+
+    def restore(
+        self,
+        alerts: Iterable[Alert],
+        silences: Iterable[Silence],
+        aux: dict[str, Any] | None,
+        *,
+        next_id: int,
+        next_silence_id: int,
+    ) -> None:
+        """Load open (and recently resolved) alerts, silences and the aux state after a restart."""
+        for a in alerts:
+            self.alerts[a.id] = a
+            if a.open:
+                self.open_by_key[a.dedup_key] = a.id
+        for s in silences:
+            self.silences[s.id] = s
+        self.next_id = max(self.next_id, next_id)
+        self.next_silence_id = max(self.next_silence_id, next_silence_id)
+        aux = aux or {}
+        self.fires = {k: [datetime.fromisoformat(t) for t in v] for k, v in aux.get("fires", {}).items()}
+        self.last_resolved = {k: int(v) for k, v in aux.get("last_resolved", {}).items() if int(v) in self.alerts}
+        self.offline = {d: set(v) for d, v in aux.get("offline", {}).items()}
+        self.held = {k: _change_from_json(v) for k, v in aux.get("held", {}).items()}
+
+
+def _change_to_json(c: AlertChange) -> dict[str, Any]:
+    return {
+        "rule_id": c.rule_id,
+        "dedup_key": c.dedup_key,
+        "device_id": c.device_id,
+        "region_id": c.region_id,
+        "severity": str(c.severity),
+        "firing": c.firing,
+        "at": c.at.isoformat(),
+        "title_zh": c.title_zh,
+        "title_en": c.title_en,
+        "detail": c.detail,
+        "region_path": list(c.region_path),
+        "kind": c.kind,
+        "offline_signal": c.offline_signal,
+        "inhibitable": c.inhibitable,
+    }
+
+
+def _change_from_json(d: dict[str, Any]) -> AlertChange:
+    from alerts.types import Severity
+
+    return AlertChange(
+        rule_id=d["rule_id"],
+        dedup_key=d["dedup_key"],
+        device_id=d["device_id"],
+        region_id=d["region_id"],
+        severity=Severity(d["severity"]),
+        firing=bool(d["firing"]),
+        at=datetime.fromisoformat(d["at"]),
+        title_zh=d["title_zh"],
+        title_en=d["title_en"],
+        detail=dict(d.get("detail", {})),
+        region_path=tuple(d.get("region_path", ())),
+        kind=d.get("kind", ""),
+        offline_signal=bool(d.get("offline_signal")),
+        inhibitable=bool(d.get("inhibitable")),
+    )
