@@ -1,0 +1,890 @@
+"""Device credentials: create, rotate, disable/enable, delete, reprovision, check, reconcile, export config.
+
+Each device gets a random secret (``secrets.token_urlsafe(32)``: 256 bits), shown once to the installer and
+stored here only as a salted scrypt hash; the broker keeps its own PBKDF2 copy. On the broker (Mosquitto's
+dynamic-security plugin) the device is a client whose username and client id are the device id, holding one
+role ``lf-dev-{id}`` with exactly the ACLs of PROTOCOL.md; everything else is denied by default.
+
+Nothing is reported as done before it was read back from the broker: single changes with ``getClient`` /
+``getRole``, bulk changes with ``listClients`` / ``listRoles``. Registry rows are written only for what was
+verified, so an interrupted run can simply be run again.
+
+Bulk provisioning sends many commands per request message. Mosquitto 2.0 rewrites its whole dynsec JSON file
+after every single command, so a large import into a running broker costs O(n^2) file writes; when the
+caller owns the broker process (embedded broker, first install, benchmarks), ``Provisioner`` can instead merge
+the identities into the dynsec file while the broker is briefly stopped (``offline_threshold``), then verify
+them over ``$CONTROL`` like any other change.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+from sqlalchemy import DateTime, ForeignKey, String, delete, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Mapped, mapped_column
+
+from core.db import Base
+from core.errors import BrokerUnavailable, LianfangError, StoreUnavailable, UserError
+from core.protocol import DEVICE_ID_RE
+from devices.audit import Actor, AuditLog
+from devices.broker import MosquittoProcess, hash_password
+from devices.dynsec import DynsecClient, DynsecCommandError, device_acls, role_name
+from devices.models import Device
+from devices.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+SECRET_BYTES = 32
+NOT_AUTHORIZED = 135  # MQTT v5 reason code "Not authorized" (CONNACK, PUBACK, SUBACK)
+
+
+class DeviceCredential(Base):
+    __tablename__ = "device_credentials"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ProvisioningError(LianfangError):
+    """Some devices could not be provisioned. ``failed`` maps id -> reason; ``provisioned`` maps id -> the new
+    secret of every device that DID make it (verified and recorded), so the caller can still hand them out."""
+
+    def __init__(self, failed: Mapping[str, str], provisioned: Mapping[str, str]) -> None:
+        self.failed = dict(failed)
+        self.provisioned = dict(provisioned)
+        ids = sorted(self.failed)
+        shown = ", ".join(f"{i} ({self.failed[i]})" for i in ids[:20])
+        more = f" and {len(ids) - 20} more" if len(ids) > 20 else ""
+        super().__init__(f"{len(ids)} device(s) not provisioned: {shown}{more}")
+
+
+# --- secrets and their hashes (pure) --------------------------------------------------------------------------
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(SECRET_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class SecretHasher:
+    """Salted scrypt; the parameters are stored in each hash, so they can be raised without breaking old ones.
+
+    Device secrets carry 256 random bits, so the work factor is defence in depth rather than what protects
+    them (NIST SP 800-63B: secrets with >= 112 bits of entropy need only a salted one-way function); the
+    default (n=2**10, r=8: 1 MiB, a few ms) keeps a 10,000-device import and HTTP-ingress verification fast.
+    """
+
+    n: int = 2**10
+    r: int = 8
+    p: int = 1
+
+    def hash(self, secret: str) -> str:
+        salt = secrets.token_bytes(16)
+        digest = hashlib.scrypt(secret.encode(), salt=salt, n=self.n, r=self.r, p=self.p, dklen=32)
+        b64 = base64.urlsafe_b64encode
+        return f"scrypt${self.n}${self.r}${self.p}${b64(salt).decode()}${b64(digest).decode()}"
+
+    def hash_many(self, values: Sequence[str], *, workers: int = 2) -> list[str]:
+        if len(values) < 64 or workers <= 1:
+            return [self.hash(v) for v in values]
+        with ThreadPoolExecutor(workers, thread_name_prefix="lf-hash") as pool:
+            return list(pool.map(self.hash, values, chunksize=64))
+
+
+def verify_secret(secret: str, stored: str) -> bool:
+    """Constant-time check of a presented secret against a stored ``scrypt$...`` hash."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        want = base64.urlsafe_b64decode(digest)
+        got = hashlib.scrypt(
+            secret.encode(), salt=base64.urlsafe_b64decode(salt), n=int(n), r=int(r), p=int(p), dklen=len(want)
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, want)
+
+
+def write_secrets_file(path: Path, device_secrets: Mapping[str, str]) -> None:
+    """Write ``device_id,secret`` lines to a file only its owner can read (mode 0600), replacing it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            fd = -1
+            f.write("device_id,secret\n")
+            for device_id, secret in device_secrets.items():
+                f.write(f"{device_id},{secret}\n")
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def read_secret_file(path: Path, device_id: str) -> str:
+    """The secret of ``device_id`` from a file written by write_secrets_file, or a file holding only a secret."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read secret file {path}: {exc.strerror}") from exc
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) == 1 and "," not in lines[0]:
+        return lines[0]
+    for ln in lines:
+        dev, _, secret = ln.partition(",")
+        if dev == device_id and secret:
+            return secret
+    raise UserError(f"{path}: no secret for device {device_id}")
+
+
+# --- what the broker should hold (pure) ----------------------------------------------------------------------
+
+
+def expected_acls(device_id: str) -> set[tuple[str, str, bool]]:
+    return {(a["acltype"], a["topic"], bool(a["allow"])) for a in device_acls(device_id)}
+
+
+def acl_set(role: Mapping[str, Any]) -> set[tuple[str, str, bool]]:
+    return {(str(a.get("acltype")), str(a.get("topic")), bool(a.get("allow"))) for a in role.get("acls", [])}
+
+
+def client_problems(device_id: str, client: Mapping[str, Any] | None, role: Mapping[str, Any] | None) -> list[str]:
+    """What is wrong with a device's identity on the broker (empty: as it should be, enabled or not)."""
+    if client is None:
+        return ["client missing"]
+    problems = []
+    if client.get("clientid") != device_id:
+        problems.append(f"client id {client.get('clientid')!r} is not bound to the username")
+    roles = [r.get("rolename") for r in client.get("roles", []) if isinstance(r, dict)]
+    if roles != [role_name(device_id)]:
+        problems.append(f"roles {roles} instead of [{role_name(device_id)}]")
+    if client.get("groups"):
+        problems.append("member of groups")
+    if role is None:
+        problems.append("role missing")
+    elif acl_set(role) != expected_acls(device_id):
+        problems.append("role ACLs differ from PROTOCOL.md")
+    return problems
+
+
+def installer_config(
+    device_id: str,
+    *,
+    host: str,
+    port: int,
+    tls_port: int | None,
+    secret: str | None = None,
+    ca_file: str | None = None,
+) -> dict[str, Any]:
+    """What an installer types into the device."""
+    root = f"lf/v1/{device_id}"
+    return {
+        "host": host,
+        "port": port,
+        "tls_port": tls_port,
+        "tls_ca": ca_file,
+        "protocol": "MQTT v5 (v3.1.1 also accepted)",
+        "client_id": device_id,
+        "username": device_id,
+        "password": secret if secret is not None else "<the secret issued at provisioning; not stored in clear>",
+        "keepalive_s": 60,
+        "clean_start": False,
+        "publish": {
+            "telemetry": {"topic": f"{root}/telemetry", "qos": 1, "retain": False},
+            "event": {"topic": f"{root}/event", "qos": 1, "retain": False},
+            "status": {"topic": f"{root}/status", "qos": 1, "retain": True},
+        },
+        "subscribe": {"cmd": {"topic": f"{root}/cmd", "qos": 1}},
+        "last_will": {"topic": f"{root}/status", "payload": '{"state":"offline"}', "qos": 1, "retain": True},
+        "on_connect": {"topic": f"{root}/status", "payload": '{"state":"online"}', "qos": 1, "retain": True},
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Expiring:
+    device_id: str
+    expires_at: datetime
+
+
+@dataclass(slots=True)
+class Drift:
+    device_id: str
+    kind: str  # missing_on_broker | wrong_on_broker | enabled_mismatch | orphan_on_broker | unprovisioned
+    detail: str
+    fixed: bool = False
+
+
+@dataclass(slots=True)
+class ReconcileReport:
+    drift: list[Drift] = field(default_factory=list)
+    new_secrets: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def changes(self) -> int:
+        return sum(1 for d in self.drift if d.fixed)
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    action: str  # connect | publish | subscribe
+    topic: str
+    expect_allowed: bool
+    allowed: bool
+    reason: str
+
+    @property
+    def ok(self) -> bool:
+        return self.expect_allowed == self.allowed
+
+
+@dataclass(slots=True)
+class CheckReport:
+    device_id: str
+    probes: list[Probe] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.probes) and all(p.ok for p in self.probes)
+
+
+# --- the provisioner ---------------------------------------------------------------------------------------
+
+
+class Provisioner:
+    """Keeps the registry's device credentials and the broker's dynsec identities in step.
+
+    ``dynsec`` must be connected. ``process``: the broker process when the caller owns it; then batches of at
+    least ``offline_threshold`` new identities are merged into the dynsec file with the broker stopped.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        dynsec: DynsecClient,
+        *,
+        actor: Actor,
+        validity: timedelta | None = timedelta(days=365),
+        hasher: SecretHasher | None = None,
+        process: MosquittoProcess | None = None,
+        offline_threshold: int = 1000,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.dynsec = dynsec
+        self.actor = actor
+        self.validity = validity
+        self.hasher = hasher or SecretHasher()
+        self.process = process
+        self.offline_threshold = offline_threshold
+        self.audit = AuditLog(registry.session)
+        self._progress = progress
+
+    # --- reading the registry ---------------------------------------------------------------------------
+
+    def credential(self, device_id: str) -> DeviceCredential | None:
+        with self.registry.session() as s:
+            return s.get(DeviceCredential, device_id)
+
+    def credentials(self) -> dict[str, DeviceCredential]:
+        with self.registry.session() as s:
+            return {c.device_id: c for c in s.scalars(select(DeviceCredential))}
+
+    def expiring(self, now: datetime, within: timedelta) -> list[Expiring]:
+        """Credentials that expire before ``now + within`` (already expired ones included), soonest first."""
+        with self.registry.session() as s:
+            rows = s.execute(
+                select(DeviceCredential.device_id, DeviceCredential.expires_at)
+                .where(DeviceCredential.expires_at.is_not(None), DeviceCredential.expires_at <= now + within)
+                .order_by(DeviceCredential.expires_at, DeviceCredential.device_id)
+            ).all()
+        return [Expiring(d, e) for d, e in rows if e is not None]
+
+    def _device(self, device_id: str) -> Device:
+        device = self.registry.device(device_id)
+        if device is None:
+            raise UserError(f"device {device_id!r} does not exist in the registry")
+        return device
+
+    def _expires(self, now: datetime) -> datetime | None:
+        return None if self.validity is None else now + self.validity
+
+    def _tick(self, what: str, done: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress(what, done, total)
+
+    # --- bulk ----------------------------------------------------------------------------------------------
+
+    def provision_new(self, device_ids: Sequence[str], now: datetime) -> dict[str, str]:
+        """Create broker identities for devices that have none yet; return ``{device_id: secret}`` for those.
+
+        Devices that already hold a credential are left alone (re-running is harmless). A device whose broker
+        client exists without a registry credential (an earlier run interrupted between broker and registry)
+        gets a new secret. Raises ProvisioningError naming every id that did not make it, after recording the
+        ones that did (their secrets are on the exception).
+        """
+        ids = list(dict.fromkeys(device_ids))
+        bad = [i for i in ids if not DEVICE_ID_RE.match(i)]
+        if bad:
+            raise UserError(f"invalid device id(s): {', '.join(bad[:20])}")
+        with self.registry.session() as s:
+            known = set(s.scalars(select(Device.id).where(Device.id.in_(ids)))) if ids else set()
+            have = set(s.scalars(select(DeviceCredential.device_id).where(DeviceCredential.device_id.in_(ids))))
+        failed: dict[str, str] = {i: "not in the registry" for i in ids if i not in known}
+        todo = [i for i in ids if i in known and i not in have]
+        if not todo:
+            if failed:
+                raise ProvisioningError(failed, {})
+            return {}
+        self._tick("hash", 0, len(todo))
+        fresh = {i: new_secret() for i in todo}
+        hashes = dict(zip(todo, self.hasher.hash_many(list(fresh.values())), strict=True))
+        self._tick("hash", len(todo), len(todo))
+        if self.process is not None and len(todo) >= self.offline_threshold:
+            errors = self._apply_offline(fresh)
+        else:
+            errors = self._apply_online(fresh)
+        failed.update(errors)
+        verified = self._verify_many([i for i in todo if i not in errors])
+        failed.update({i: why for i, why in verified.items() if why})
+        ok = [i for i in todo if i not in failed]
+        self._record_new(ok, hashes, now, action="provision")
+        if failed:
+            self.audit.write(self.actor, "provision", sorted(failed), now=now, outcome="failed")
+            logger.warning("provisioned %d device(s), %d failed", len(ok), len(failed))
+            raise ProvisioningError(failed, {i: fresh[i] for i in ok})
+        logger.info("provisioned %d device(s)", len(ok))
+        return {i: fresh[i] for i in ok}
+
+    def _apply_online(self, fresh: Mapping[str, str]) -> dict[str, str]:
+        """Create (or take over) role + client per device, in batched request messages."""
+        existing_clients = {c["username"]: c for c in self.dynsec.list_clients()}
+        existing_roles = {r["rolename"] for r in self.dynsec.list_roles()}
+        commands: list[dict[str, Any]] = []
+        owner: list[str] = []
+        for device_id, secret in fresh.items():
+            role = role_name(device_id)
+            if role not in existing_roles:
+                commands.append({"command": "createRole", "rolename": role, "acls": device_acls(device_id)})
+                owner.append(device_id)
+            if device_id in existing_clients:
+                takeover = _takeover_commands(device_id, secret)
+                commands += takeover
+                owner += [device_id] * len(takeover)
+            else:
+                commands.append(
+                    {
+                        "command": "createClient",
+                        "username": device_id,
+                        "clientid": device_id,
+                        "password": secret,
+                        "roles": [{"rolename": role, "priority": 0}],
+                    }
+                )
+                owner.append(device_id)
+        errors: dict[str, str] = {}
+        done = 0
+        step = max(1, self.dynsec.batch_size)
+        for start in range(0, len(commands), step):
+            part = commands[start : start + step]
+            for dev, cmd, resp in zip(owner[start : start + step], part, self.dynsec.execute(part), strict=True):
+                if resp.error is not None:
+                    errors.setdefault(dev, f"{cmd['command']}: {resp.error}")
+            done = min(len(commands), start + step)
+            self._tick("broker", done, len(commands))
+        return errors
+
+    def _apply_offline(self, fresh: Mapping[str, str]) -> dict[str, str]:
+        """Stop the owned broker, merge identities into its dynsec file, start it, reconnect."""
+        assert self.process is not None
+        path = self.process.cfg.dynsec_path
+        self.dynsec.close()
+        self.process.stop()
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            clients = {c["username"]: c for c in doc.get("clients", [])}
+            roles = {r["rolename"]: r for r in doc.get("roles", [])}
+            for device_id, secret in fresh.items():
+                role = role_name(device_id)
+                roles[role] = {"rolename": role, "acls": device_acls(device_id)}
+                old = clients.get(device_id, {})
+                clients[device_id] = {
+                    "username": device_id,
+                    "clientid": device_id,
+                    **({"disabled": True} if old.get("disabled") else {}),
+                    "roles": [{"rolename": role}],
+                    **hash_password(secret),
+                }
+            doc["clients"], doc["roles"] = list(clients.values()), list(roles.values())
+            tmp = path.with_suffix(".lianfang-tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(doc, f, separators=(",", ":"))
+            tmp.replace(path)
+        finally:
+            self.process.start()
+            self.dynsec.connect()
+        self._tick("broker", len(fresh), len(fresh))
+        return {}
+
+    def _verify_many(self, device_ids: Sequence[str]) -> dict[str, str]:
+        """Read identities back: batched getClient/getRole for a few, listClients/listRoles for many."""
+        if not device_ids:
+            return {}
+        if len(device_ids) <= 50:
+            cmds: list[dict[str, Any]] = []
+            for d in device_ids:
+                cmds += [{"command": "getClient", "username": d}, {"command": "getRole", "rolename": role_name(d)}]
+            resp = self.dynsec.execute(cmds)
+            clients = {d: resp[2 * k].data.get("client") for k, d in enumerate(device_ids) if resp[2 * k].ok}
+            roles = {role_name(d): resp[2 * k + 1].data.get("role") for k, d in enumerate(device_ids)}
+        else:
+            clients = {c["username"]: c for c in self.dynsec.list_clients()}
+            roles = {r["rolename"]: r for r in self.dynsec.list_roles()}
+        out = {}
+        for d in device_ids:
+            problems = client_problems(d, clients.get(d), roles.get(role_name(d)))
+            out[d] = "; ".join(problems)
+        return out
+
+    def _record_new(self, ids: Sequence[str], hashes: Mapping[str, str], now: datetime, *, action: str) -> None:
+        if not ids:
+            return
+        expires = self._expires(now)
+        try:
+            with self.registry.session() as s, s.begin():
+                for start in range(0, len(ids), 1000):
+                    part = ids[start : start + 1000]
+                    s.execute(
+                        insert(DeviceCredential),
+                        [
+                            {
+                                "device_id": i,
+                                "secret_hash": hashes[i],
+                                "created_at": now,
+                                "rotated_at": None,
+                                "expires_at": expires,
+                            }
+                            for i in part
+                        ],
+                    )
+                self.audit.write(self.actor, action, ids, now=now, session=s)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"registry write of {len(ids)} credential(s) failed: {exc}") from exc
+
+    # --- single device -----------------------------------------------------------------------------------------
+
+    def create(self, device_id: str, now: datetime) -> str:
+        """Provision one device; UserError if it already has a credential (use rotate or reprovision)."""
+        self._device(device_id)
+        if self.credential(device_id) is not None:
+            raise UserError(f"device {device_id} already has a credential: use rotate or reprovision")
+        try:
+            return self.provision_new([device_id], now)[device_id]
+        except ProvisioningError as exc:
+            raise BrokerUnavailable(f"device {device_id} was not provisioned: {exc.failed[device_id]}") from exc
+
+    def rotate(self, device_id: str, now: datetime) -> str:
+        """New secret; a connected device is disconnected and its old secret refused from now on."""
+        self._device(device_id)
+        cred = self.credential(device_id)
+        if cred is None:
+            raise UserError(f"device {device_id} has no credential yet: provision it first")
+        client = self.dynsec.get_client(device_id)
+        if client is None:
+            raise UserError(
+                f"device {device_id} is missing on the broker: run 'lianfang credentials reprovision {device_id}'"
+            )
+        secret = new_secret()
+        cmds = _takeover_commands(device_id, secret, keep_disabled=bool(client.get("disabled")))
+        self._run(cmds)
+        self._verify_one(device_id, disabled=bool(client.get("disabled")))
+        self._update_secret(device_id, self.hasher.hash(secret), now, action="rotate")
+        return secret
+
+    def reprovision(self, device_id: str, now: datetime) -> str:
+        """After a factory reset (or a lost identity): a new secret and a fresh broker identity matching the
+        registry; the registry row and its history stay."""
+        device = self._device(device_id)
+        client = self.dynsec.get_client(device_id)
+        role = self.dynsec.get_role(role_name(device_id))
+        secret = new_secret()
+        cmds: list[dict[str, Any]] = []
+        if role is None:
+            cmds.append({"command": "createRole", "rolename": role_name(device_id), "acls": device_acls(device_id)})
+        elif acl_set(role) != expected_acls(device_id):
+            cmds += _fix_acl_commands(device_id, role)
+        if client is None:
+            cmds.append(_create_client_command(device_id, secret))
+            if not device.enabled:
+                cmds.append({"command": "disableClient", "username": device_id})
+        else:
+            cmds += _takeover_commands(device_id, secret, keep_disabled=not device.enabled)
+        self._run(cmds)
+        self._verify_one(device_id, disabled=not device.enabled)
+        self._update_secret(device_id, self.hasher.hash(secret), now, action="reprovision")
+        return secret
+
+    def disable(self, device_id: str, now: datetime) -> None:
+        """Refuse the device on the broker (a connected session is kicked) and mark it disabled in the registry."""
+        self._set_enabled(device_id, False, now)
+
+    def enable(self, device_id: str, now: datetime) -> None:
+        self._set_enabled(device_id, True, now)
+
+    def _set_enabled(self, device_id: str, enabled: bool, now: datetime) -> None:
+        self._device(device_id)
+        if self.credential(device_id) is None:
+            raise UserError(f"device {device_id} has no credential: nothing to {'en' if enabled else 'dis'}able")
+        self._run([{"command": "enableClient" if enabled else "disableClient", "username": device_id}])
+        self._verify_one(device_id, disabled=not enabled)
+        self.registry.set_enabled(device_id, enabled, now=now)
+        self.audit.write(self.actor, "enable" if enabled else "disable", [device_id], now=now)
+
+    def delete(self, device_id: str, now: datetime) -> None:
+        """Remove the broker identity (a connected session is kicked) and the credential; the registry row stays
+        (history), disabled, so ingest rejects anything that still arrives."""
+        self._device(device_id)
+        resp = self.dynsec.execute(
+            [
+                {"command": "deleteClient", "username": device_id},
+                {"command": "deleteRole", "rolename": role_name(device_id)},
+            ]
+        )
+        for r in resp:
+            if r.error is not None and "not found" not in r.error.lower():
+                raise DynsecCommandError(r.command, device_id, r.error)
+        if self.dynsec.get_client(device_id) is not None or self.dynsec.get_role(role_name(device_id)) is not None:
+            raise BrokerUnavailable(f"device {device_id} is still on the broker after delete")
+        try:
+            with self.registry.session() as s, s.begin():
+                s.execute(delete(DeviceCredential).where(DeviceCredential.device_id == device_id))
+                s.execute(update(Device).where(Device.id == device_id).values(enabled=False, updated_at=now))
+                self.audit.write(self.actor, "delete", [device_id], now=now, session=s)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"registry write failed: {exc}") from exc
+
+    def _run(self, cmds: Sequence[Mapping[str, Any]]) -> None:
+        for cmd, resp in zip(cmds, self.dynsec.execute(cmds), strict=True):
+            if resp.error is not None:
+                target = str(cmd.get("username") or cmd.get("rolename") or "")
+                raise DynsecCommandError(str(cmd.get("command")), target, resp.error)
+
+    def _verify_one(self, device_id: str, *, disabled: bool) -> None:
+        client = self.dynsec.get_client(device_id)
+        problems = client_problems(device_id, client, self.dynsec.get_role(role_name(device_id)))
+        if client is not None and bool(client.get("disabled")) != disabled:
+            problems.append("disabled" if client.get("disabled") else "enabled")
+        if problems:
+            raise BrokerUnavailable(f"device {device_id}: broker read-back failed: {'; '.join(problems)}")
+
+    def _update_secret(self, device_id: str, secret_hash: str, now: datetime, *, action: str) -> None:
+        try:
+            with self.registry.session() as s, s.begin():
+                row = s.get(DeviceCredential, device_id)
+                if row is None:
+                    s.add(
+                        DeviceCredential(
+                            device_id=device_id,
+                            secret_hash=secret_hash,
+                            created_at=now,
+                            rotated_at=None,
+                            expires_at=self._expires(now),
+                        )
+                    )
+                else:
+                    row.secret_hash, row.rotated_at, row.expires_at = secret_hash, now, self._expires(now)
+                self.audit.write(self.actor, action, [device_id], now=now, session=s)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"registry write failed: {exc}") from exc
+
+    # --- reconcile ---------------------------------------------------------------------------------------------
+
+    def reconcile(self, now: datetime, *, fix: bool = True, reprovision_missing: bool = False) -> ReconcileReport:
+        """Compare the registry with the broker; report drift and (``fix``) repair it. Running it twice changes
+        nothing the second time. Broker passwords cannot be read back, so a device missing on the broker is
+        re-created (with a NEW secret, returned in the report) only with ``reprovision_missing``."""
+        report = ReconcileReport()
+        creds = self.credentials()
+        with self.registry.session() as s:
+            devices = {d: bool(e) for d, e in s.execute(select(Device.id, Device.enabled))}
+        clients = {c["username"]: c for c in self.dynsec.list_clients()}
+        roles = {r["rolename"]: r for r in self.dynsec.list_roles()}
+        fixes: list[tuple[Drift, list[dict[str, Any]]]] = []
+        for device_id in sorted(creds):
+            client, role = clients.get(device_id), roles.get(role_name(device_id))
+            enabled = devices.get(device_id, False)
+            if client is None:
+                drift = Drift(device_id, "missing_on_broker", "credential in the registry, no client on the broker")
+                report.drift.append(drift)
+                if fix and reprovision_missing:
+                    report.new_secrets[device_id] = self.reprovision(device_id, now)
+                    drift.fixed = True
+                continue
+            problems = client_problems(device_id, client, role)
+            if problems:
+                cmds: list[dict[str, Any]] = []
+                if role is None:
+                    cmds.append(
+                        {"command": "createRole", "rolename": role_name(device_id), "acls": device_acls(device_id)}
+                    )
+                elif acl_set(role) != expected_acls(device_id):
+                    cmds += _fix_acl_commands(device_id, role)
+                cmds.append(
+                    {
+                        "command": "modifyClient",
+                        "username": device_id,
+                        "clientid": device_id,
+                        "roles": [{"rolename": role_name(device_id), "priority": 0}],
+                        "groups": [],
+                    }
+                )
+                fixes.append((Drift(device_id, "wrong_on_broker", "; ".join(problems)), cmds))
+            if bool(client.get("disabled")) == enabled:
+                state = "enabled" if enabled else "disabled"
+                cmd = {"command": "enableClient" if enabled else "disableClient", "username": device_id}
+                fixes.append((Drift(device_id, "enabled_mismatch", f"registry {state}, broker not"), [cmd]))
+        for username, client in sorted(clients.items()):
+            ours = any(r.get("rolename") == role_name(username) for r in client.get("roles", []))
+            if ours and username not in creds:
+                cmds = [{"command": "deleteClient", "username": username}]
+                if role_name(username) in roles:
+                    cmds.append({"command": "deleteRole", "rolename": role_name(username)})
+                fixes.append((Drift(username, "orphan_on_broker", "device client without a registry credential"), cmds))
+        for rolename in sorted(roles):
+            dev = rolename.removeprefix("lf-dev-")
+            if rolename.startswith("lf-dev-") and dev not in creds and dev not in clients:
+                cmd = {"command": "deleteRole", "rolename": rolename}
+                fixes.append((Drift(dev, "orphan_on_broker", "device role without a client"), [cmd]))
+        for device_id in sorted(set(devices) - set(creds) - set(clients)):
+            report.drift.append(Drift(device_id, "unprovisioned", "no credential yet (provision it)"))
+        for drift, cmds in fixes:
+            report.drift.append(drift)
+            if fix:
+                self._run(cmds)
+                drift.fixed = True
+        touched = sorted({d.device_id for d, _ in fixes} if fix else set())
+        if touched:
+            self._verify_after_reconcile(touched, creds, devices)
+            self.audit.write(self.actor, "reconcile", touched, now=now, detail={"changes": len(fixes)})
+        report.drift.sort(key=lambda d: (d.device_id, d.kind))
+        return report
+
+    def _verify_after_reconcile(
+        self, touched: Sequence[str], creds: Mapping[str, DeviceCredential], devices: Mapping[str, bool]
+    ) -> None:
+        clients = {c["username"]: c for c in self.dynsec.list_clients()}
+        roles = {r["rolename"]: r for r in self.dynsec.list_roles()}
+        bad = []
+        for d in touched:
+            if d in creds:
+                client = clients.get(d)
+                problems = client_problems(d, client, roles.get(role_name(d)))
+                if client is not None and bool(client.get("disabled")) == devices.get(d, False):
+                    problems.append("enabled state")
+            else:
+                problems = ["still on the broker"] if d in clients or role_name(d) in roles else []
+            if problems:
+                bad.append(f"{d} ({'; '.join(problems)})")
+        if bad:
+            raise BrokerUnavailable(f"reconcile read-back failed for: {', '.join(bad)}")
+
+    # --- check -------------------------------------------------------------------------------------------------
+
+    def check(
+        self, device_id: str, secret: str, *, host: str, port: int, now: datetime, timeout: float = 5.0
+    ) -> CheckReport:
+        """Connect as the device and prove what it may and may not do (see ``check_device``)."""
+        self._device(device_id)
+        report = check_device(device_id, secret, host=host, port=port, timeout=timeout)
+        self.audit.write(self.actor, "check", [device_id], now=now, outcome="ok" if report.ok else "failed")
+        return report
+
+
+def _create_client_command(device_id: str, secret: str) -> dict[str, Any]:
+    return {
+        "command": "createClient",
+        "username": device_id,
+        "clientid": device_id,
+        "password": secret,
+        "roles": [{"rolename": role_name(device_id), "priority": 0}],
+    }
+
+
+def _takeover_commands(device_id: str, secret: str, *, keep_disabled: bool = False) -> list[dict[str, Any]]:
+    """Set a new password and binding on an existing client, then kick any session (disable, re-enable)."""
+    cmds: list[dict[str, Any]] = [
+        {
+            "command": "modifyClient",
+            "username": device_id,
+            "clientid": device_id,
+            "password": secret,
+            "roles": [{"rolename": role_name(device_id), "priority": 0}],
+            "groups": [],
+        },
+        {"command": "disableClient", "username": device_id},
+    ]
+    if not keep_disabled:
+        cmds.append({"command": "enableClient", "username": device_id})
+    return cmds
+
+
+def _fix_acl_commands(device_id: str, role: Mapping[str, Any]) -> list[dict[str, Any]]:
+    want = expected_acls(device_id)
+    have = acl_set(role)
+    rolename = role_name(device_id)
+    cmds: list[dict[str, Any]] = [
+        {"command": "removeRoleACL", "rolename": rolename, "acltype": t, "topic": topic}
+        for t, topic, allow in sorted(have - want)
+    ]
+    cmds += [
+        {"command": "addRoleACL", "rolename": rolename, "acltype": t, "topic": topic, "allow": allow, "priority": 0}
+        for t, topic, allow in sorted(want - have)
+    ]
+    return cmds
+
+
+# --- proving a device's rights with its own credentials --------------------------------------------------------
+
+
+class _Session:
+    """A short MQTT v5 session that records CONNACK, PUBACK and SUBACK reason codes."""
+
+    def __init__(self, host: str, port: int, username: str | None, password: str | None, client_id: str) -> None:
+        self.host, self.port = host, port
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        self.cond = threading.Condition()
+        self.connack: ReasonCode | None = None
+        self.acks: dict[int, int] = {}
+        self.client.on_connect = self._on_connect
+        self.client.on_publish = self._on_publish
+        self.client.on_subscribe = self._on_subscribe
+
+    def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any = None) -> None:
+        with self.cond:
+            self.connack = rc
+            self.cond.notify_all()
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, rc: ReasonCode, _p: Any = None) -> None:
+        with self.cond:
+            self.acks[mid] = rc.value
+            self.cond.notify_all()
+
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, rcs: list[ReasonCode], _p: Any = None) -> None:
+        with self.cond:
+            self.acks[mid] = rcs[0].value if rcs else 128
+            self.cond.notify_all()
+
+    def wait(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
+        with self.cond:
+            if not self.cond.wait_for(cond, timeout):
+                raise BrokerUnavailable(f"{what}: no answer from {self.host}:{self.port} within {timeout:g} s")
+
+    def ack(self, mid: int, timeout: float, what: str) -> int:
+        self.wait(lambda: mid in self.acks, timeout, what)
+        return self.acks[mid]
+
+    def connect(self, timeout: float) -> ReasonCode:
+        try:
+            self.client.connect(self.host, self.port, keepalive=30)
+        except OSError as exc:
+            raise BrokerUnavailable(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+        self.client.loop_start()
+        self.wait(lambda: self.connack is not None, timeout, "CONNACK")
+        assert self.connack is not None
+        return self.connack
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _reason(code: int) -> str:
+    if code == NOT_AUTHORIZED:
+        return "Not authorized (135)"
+    return "Success" if code < 128 else f"refused ({code})"
+
+
+def check_device(device_id: str, secret: str, *, host: str, port: int, timeout: float = 5.0) -> CheckReport:
+    """Connect with the device's credentials and prove its rights with v5 reason codes.
+
+    Allowed: publish to its own telemetry/event/status, subscribe to its own cmd. Refused (135): publish to
+    another device's topics, its own cmd, ``$CONTROL/...`` and ``$SYS/...``; subscribe to ``#``, ``$SYS/#``,
+    ``$CONTROL/#`` and another device's cmd; and the same secret with a different client id at CONNECT.
+    The allowed publishes are real messages ingest will see: a ``cmd_result`` event marked as a check,
+    a non-retained ``online`` status and an empty telemetry object (a heartbeat for gates, a schema rejection
+    for other types).
+    """
+    report = CheckReport(device_id)
+    other = "lf-check-other" if device_id != "lf-check-other" else "lf-check-another"
+    root = f"lf/v1/{device_id}"
+    probe_id = f"lianfang-check-{uuid.uuid4().hex[:8]}"
+    # The client id must be bound to the username: the same secret under another client id is refused.
+    wrong = _Session(host, port, device_id, secret, f"{device_id}-check-{uuid.uuid4().hex[:6]}")
+    try:
+        rc = wrong.connect(timeout)
+        report.probes.append(Probe("connect", "(other client id)", False, not rc.is_failure, _reason(rc.value)))
+    finally:
+        wrong.close()
+    sess = _Session(host, port, device_id, secret, device_id)
+    try:
+        rc = sess.connect(timeout)
+        report.probes.append(Probe("connect", f"(client id {device_id})", True, not rc.is_failure, _reason(rc.value)))
+        if rc.is_failure:
+            return report
+        event = json.dumps(
+            {"type": "cmd_result", "cmd_id": probe_id, "ok": True, "detail": "lianfang credential check"}
+        )
+        publishes: list[tuple[str, bytes, bool]] = [
+            (f"{root}/telemetry", b"{}", True),
+            (f"{root}/event", event.encode(), True),
+            (f"{root}/status", b'{"state":"online","fw":"lianfang-check"}', True),
+            (f"{root}/cmd", b"{}", False),
+            (f"lf/v1/{other}/telemetry", b"{}", False),
+            (f"lf/v1/{other}/status", b'{"state":"offline"}', False),
+            ("$CONTROL/dynamic-security/v1", b'{"commands":[]}', False),
+            ("$SYS/lianfang-check", b"{}", False),
+        ]
+        for topic, payload, expect in publishes:
+            info = sess.client.publish(topic, payload, qos=1)
+            code = sess.ack(info.mid, timeout, f"PUBACK for {topic}")
+            report.probes.append(Probe("publish", topic, expect, code < 128, _reason(code)))
+        subscribes = [
+            (f"{root}/cmd", True),
+            ("#", False),
+            (f"lf/v1/{other}/cmd", False),
+            ("lf/v1/+/cmd", False),
+            ("$SYS/#", False),
+            ("$CONTROL/#", False),
+        ]
+        for topic, expect in subscribes:
+            _res, mid = sess.client.subscribe(topic, qos=1)
+            if mid is None:
+                raise BrokerUnavailable(f"cannot subscribe to {topic} on {host}:{port}")
+            code = sess.ack(mid, timeout, f"SUBACK for {topic}")
+            report.probes.append(Probe("subscribe", topic, expect, code < 128, _reason(code)))
+    finally:
+        sess.close()
+    return report
