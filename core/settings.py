@@ -12,13 +12,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.errors import UserError
 
 
-class MqttSettings(BaseModel):
+class _Section(BaseModel):
+    """A nested settings section; an unknown key (a typo in the config file) is an error naming its path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class MqttSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=1884, ge=1, le=65535)
     username: str = "lianfang-platform"
@@ -35,20 +41,20 @@ class MqttSettings(BaseModel):
     broker_dir: Path = Path("var/mosquitto")
 
 
-class StoreSettings(BaseModel):
+class StoreSettings(_Section):
     kind: Literal["sqlite"] = "sqlite"
     sqlite_path: Path = Path("var/telemetry.db")
     retention_days: int = Field(default=400, ge=1)
 
 
-class IngestSettings(BaseModel):
+class IngestSettings(_Section):
     queue_size: int = Field(default=20000, ge=1)
     batch_size: int = Field(default=1000, ge=1)
     batch_wait_ms: int = Field(default=20, ge=0)
     registry_refresh_s: float = Field(default=5.0, gt=0)
 
 
-class ApiSettings(BaseModel):
+class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_points: int = Field(default=10000, ge=1)
