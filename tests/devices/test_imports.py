@@ -143,7 +143,7 @@ def test_import_regions_csv_rows_named_by_line(sqlite_registry: Registry, tmp_pa
 def test_read_region_file_rejects_bad_header_and_unknown_suffix(tmp_path: Path) -> None:
     with pytest.raises(ImportProblems, match=r"bad\.csv:1: bad header: missing column\(s\) level"):
         read_region_file(_write(tmp_path, "bad.csv", "id,name,parent\ngd,广东省,\n"))
-    with pytest.raises(UserError, match="unknown file type '.txt'"):
+    with pytest.raises(UserError, match=r"unknown file type '\.txt'"):
         read_region_file(_write(tmp_path, "regions.txt", "gd"))
     with pytest.raises(ImportProblems, match=r"broken\.yaml:3: not valid YAML"):
         read_region_file(_write(tmp_path, "broken.yaml", "regions:\n  - id: gd\n    name: a: b\n"))

@@ -33,7 +33,7 @@ def test_sample_tree_imports_into_the_registry(registry: Registry) -> None:
     assert len(registry.subtree_ids("gd-sz")) == 1 + 3 + 6
     devices = demo_device_specs(registry.regions())  # registry rows work as input too
     assert registry.add_devices(devices, now=NOW) == (len(devices), 0)
-    page, total = registry.devices(region_ids=registry.subtree_ids("gd-gz-a01"))
+    _page, total = registry.devices(region_ids=registry.subtree_ids("gd-gz-a01"))
     assert total == len([d for d in devices if d.region_id.startswith("gd-gz-a01")])
 
 
