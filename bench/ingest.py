@@ -1,0 +1,183 @@
+"""Ingest drain benchmark: pre-fill a persistent session with N messages, then time the drain to durable storage.
+
+    python bench/ingest.py [--messages N] [--devices D] [--processes P] [--short]
+
+Starts its own Mosquitto (generated config, free port) and a temporary registry and SQLite store. Mixed device
+types (energy meters, vehicles, gates). Prints one line: messages/s and lost count (published seqs that are
+not stored). With --processes > 1, ingest runs as several processes sharing the subscription
+($share/ingest/...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import random
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import SecretStr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.db import make_engine, migrate  # noqa: E402
+from core.settings import IngestSettings, MqttSettings  # noqa: E402
+from core.store.sqlite import SqliteStore  # noqa: E402
+from devices.broker import BrokerConfig, MosquittoProcess, free_port  # noqa: E402
+from devices.registry import DeviceSpec, RegionSpec, Registry  # noqa: E402
+from ingest.service import IngestService  # noqa: E402
+
+NOW = datetime.now(UTC)
+TYPES = ("energy_meter", "vehicle", "gate")
+
+
+def make_payload(dtype: str, seq: int, ts: int, rng: random.Random) -> bytes:
+    if dtype == "energy_meter":
+        doc: dict[str, object] = {
+            "ts": ts, "seq": seq, "energy_kwh": 1000 + seq * 0.01, "power_kw": round(rng.uniform(1, 50), 2),
+            "voltage_v": round(rng.uniform(218, 232), 1), "current_a": round(rng.uniform(5, 80), 1),
+            "power_factor": 0.95,
+        }
+    elif dtype == "vehicle":
+        doc = {
+            "ts": ts, "seq": seq, "lat": 23.1 + rng.random() / 10, "lon": 113.3 + rng.random() / 10,
+            "speed_kmh": round(rng.uniform(0, 80), 1), "heading_deg": rng.randrange(360), "ignition": True,
+        }
+    else:
+        doc = {"ts": ts, "seq": seq, "door_open": rng.random() < 0.1, "occupancy": rng.randrange(200)}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def prefill(port: int, password: str, devices: list[tuple[str, str]], n: int, max_inflight: int = 10_000) -> int:
+    """Publish n QoS 1 messages with at most max_inflight unacked (paho loses messages past 65,535)."""
+    rng = random.Random(7)
+    sem = threading.Semaphore(max_inflight)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="lianfang-sim", protocol=mqtt.MQTTv5)
+    client.username_pw_set("lianfang-sim", password)
+    client.max_inflight_messages_set(max_inflight)
+    client.max_queued_messages_set(0)
+    acked = 0
+
+    def on_publish(c: mqtt.Client, u: object, mid: int, rc: object, props: object) -> None:
+        nonlocal acked
+        acked += 1
+        sem.release()
+
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    base_ts = int(time.time() * 1000) - n - 60_000
+    seqs = dict.fromkeys((d for d, _ in devices), 0)
+    for i in range(n):
+        device, dtype = devices[i % len(devices)]
+        seqs[device] += 1
+        sem.acquire()
+        client.publish(f"lf/v1/{device}/telemetry", make_payload(dtype, seqs[device], base_ts + i, rng), qos=1)
+    deadline = time.monotonic() + 120
+    while acked < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    client.disconnect()
+    client.loop_stop()
+    return acked
+
+
+def _ingest_settings(port: int, password: str, group: str | None) -> MqttSettings:
+    return MqttSettings(port=port, username="lianfang-platform", password=SecretStr(password), shared_group=group,
+                        embedded_broker=False, receive_maximum=4000)
+
+
+def run_ingest(port: int, password: str, db_url: str, store_path: str, group: str | None, client_id: str,
+               n_expected: int, done: object, subscribe_only: bool = False) -> None:
+    registry = Registry(make_engine(db_url))
+    store = SqliteStore(Path(store_path))
+    svc = IngestService(_ingest_settings(port, password, group), IngestSettings(batch_size=2000, batch_wait_ms=10),
+                        store, registry.snapshot, client_id=client_id)
+    svc.start()
+    if subscribe_only:
+        svc.stop()
+        return
+    assert isinstance(done, mp.synchronize.Event)  # type: ignore[attr-defined]
+    while not done.is_set():
+        time.sleep(0.05)
+    svc.stop()
+
+
+def count_stored(store_path: Path) -> int:
+    with sqlite3.connect(store_path) as conn:
+        return int(conn.execute("SELECT count(*) FROM telemetry").fetchone()[0])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=200_000)
+    ap.add_argument("--devices", type=int, default=3000)
+    ap.add_argument("--processes", type=int, default=1)
+    ap.add_argument("--short", action="store_true", help="CI mode: 20,000 messages")
+    args = ap.parse_args()
+    n = 20_000 if args.short else args.messages
+    tmp = Path(tempfile.mkdtemp(prefix="lf-bench-ingest-"))
+    cfg = BrokerConfig(directory=tmp / "mosquitto", port=free_port(), admin_password="bench-admin-x",
+                       platform_password="bench-platform-x", sim_password="bench-sim-x",
+                       max_inflight_messages=10_000, autosave_interval_s=int(__import__("os").environ.get("AUTOSAVE", "1")))
+    db_url = f"sqlite:///{tmp}/registry.db"
+    engine = make_engine(db_url)
+    migrate(engine)
+    registry = Registry(engine)
+    registry.upsert_regions([RegionSpec("gd", "广东省", "province"), RegionSpec("gd-gz", "广州市", "city", "gd")], now=NOW)
+    devices = [(f"{t.split('_')[0]}-{i:05d}", t) for i in range(args.devices) for t in (TYPES[i % 3],)]
+    registry.add_devices([DeviceSpec(d, t, "gd-gz") for d, t in devices], now=NOW)
+    store_path = tmp / "telemetry.db"
+    SqliteStore(store_path).close()
+    group = "ingest" if args.processes > 1 else None
+    with MosquittoProcess(cfg):
+        # 1) create the persistent session(s) and subscription, then go away
+        for p in range(args.processes):
+            run_ingest(cfg.port, cfg.platform_password, db_url, str(store_path), group, f"lianfang-ingest-{p}", 0,
+                       None, subscribe_only=True)
+        # 2) pre-fill the session(s) while ingest is away
+        t0 = time.perf_counter()
+        acked = prefill(cfg.port, cfg.sim_password or "", devices, n)
+        fill_s = time.perf_counter() - t0
+        if acked != n:
+            print(f"ingest: prefill failed, broker acked {acked}/{n}")
+            sys.exit(1)
+        # 3) start ingest and time the drain until everything is durable
+        ctx = mp.get_context("spawn")
+        done = ctx.Event()
+        t0 = time.perf_counter()
+        procs = [
+            ctx.Process(target=run_ingest, args=(cfg.port, cfg.platform_password, db_url, str(store_path), group,
+                                                 f"lianfang-ingest-{p}", n, done))
+            for p in range(args.processes)
+        ]
+        for proc in procs:
+            proc.start()
+        stored = 0
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            stored = count_stored(store_path)
+            if stored >= n:
+                break
+            time.sleep(0.05)
+        drain_s = time.perf_counter() - t0
+        done.set()
+        for proc in procs:
+            proc.join(60)
+    lost = n - stored
+    print(
+        f"ingest: {n} msgs drained in {drain_s:.2f} s = {n / drain_s:,.0f} msg/s durable, lost {lost} "
+        f"(processes={args.processes}, devices={args.devices}, prefill {n / fill_s:,.0f} msg/s)"
+    )
+    sys.exit(0 if lost == 0 else 1)
+
+
+if __name__ == "__main__":
+    main()
