@@ -9,8 +9,8 @@ from alerts.calendar import BEIJING, Calendar, RosterEntry, SealingPeriod, Worki
 HOURS = WorkingHours.parse("08:30-17:30")
 
 
-def bj(*args: int) -> datetime:
-    return datetime(*args, tzinfo=BEIJING)  # type: ignore[misc]
+def bj(y: int, m: int, d: int, h: int = 0, mi: int = 0) -> datetime:
+    return datetime(y, m, d, h, mi, tzinfo=BEIJING)
 
 
 def test_calendar_weekday_is_working_day() -> None:
