@@ -132,9 +132,11 @@ def regions_import(
 ) -> None:
     """Create or update regions from a file; safe to run again.
 
-    YAML: a list under `regions:`; each entry has id, name, level (province, city, agency, building), optional
-    lat/lon, and either `children:` (nested) or `parent_id:` (flat). CSV: header id,name,level,parent_id,lat,lon.
+    YAML: a list under `regions:`, each entry with id, name, level and optional lat/lon.
+    Levels: province, city, agency, building. Nest entries under `children:`, or give `parent_id:` (flat list).
+    CSV: the header id,name,level,parent_id,lat,lon.
     Every problem is reported as FILE:LINE; if there is any, nothing is written.
+    See devices/sample/regions.yaml for an example.
     """
     with _registry(ctx) as registry:
         report = import_regions(registry, file, now=clock.now(), dry_run=dry_run)
@@ -271,16 +273,17 @@ def devices_import(
         typer.Option("--skip-invalid", help="Import the valid rows and list the invalid ones, instead of refusing."),
     ] = False,
 ) -> None:
-    """Register or update many devices from a CSV file, all in one transaction; safe to run again.
+    """Register or update many devices from a CSV file, in one transaction; safe to run again.
 
-    Every row is checked first (id well formed and unique in the file, type known, region exists). Each bad row
-    is printed as FILE:LINE: reason, and if there is any, nothing is written and the exit code is 1 (unless
-    --skip-invalid). Re-running the same file changes nothing and reports the rows as unchanged.
+    Every row is checked first: id well formed and unique in the file, type known, region exists.
+    Each bad row is printed as FILE:LINE: reason; if there is any, nothing is written and the exit code is 1
+    (with --skip-invalid the valid rows are written and the bad ones listed).
+    Running the same file again changes nothing: its rows are reported as unchanged.
     """
     settings = settings_from(ctx)
     with _registry(ctx) as registry:
         progress = Progress(
-            TextColumn("checking rows"),
+            TextColumn("{task.description:<8}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -288,10 +291,10 @@ def devices_import(
             transient=True,
         )
         with progress:
-            task = progress.add_task("check", total=None)
+            task = progress.add_task("reading", total=None)
 
-            def advance(done: int, total: int) -> None:
-                progress.update(task, completed=done, total=total)
+            def advance(phase: str, done: int, total: int) -> None:
+                progress.update(task, description=phase, completed=done, total=total)
 
             report = import_devices(
                 registry,
@@ -380,7 +383,7 @@ def devices_show(
 ) -> None:
     """Show one device: its registry entry, when it last sent data, and whether it is online now.
 
-    Online means it sent data within 2.5x its expected interval and did not announce 'offline' since.
+    Online: it sent data within 2.5 times its expected interval and has not announced 'offline' since.
     """
     settings = settings_from(ctx)
     with _registry(ctx) as registry:

@@ -42,8 +42,8 @@ _REGION_OPTIONAL = ("parent_id", "lat", "lon")
 _REGION_YAML_KEYS = frozenset(_REGION_REQUIRED + _REGION_OPTIONAL + ("children",))
 _ID_HINT = "lower-case letters, digits and '-', 3 to 64 characters, not starting with '-'"
 
-# Called as progress(rows_done, rows_total) while a file is checked.
-Progress = Callable[[int, int], None]
+# Called as progress(phase, done, total) while a file is imported; phase is "checking" (rows) then "writing".
+Progress = Callable[[str, int, int], None]
 
 
 class DevicesWritten(Protocol):
@@ -466,7 +466,7 @@ def check_devices(
         else:
             good.append(row)
         if progress is not None and (i % 500 == 0 or i == total):
-            progress(i, total)
+            progress("checking", i, total)
     return good, problems
 
 
@@ -566,7 +566,11 @@ def import_devices(
         raise ImportProblems(problems)
     if not good and not problems:
         raise ImportProblems([Problem(source, None, "the file holds no devices")])
+    if progress is not None:
+        progress("writing", 0, 1)
     plan = write_devices(registry, good, now=now, dry_run=dry_run, on_written=on_written)
+    if progress is not None:
+        progress("writing", 1, 1)
     return DeviceImportReport(source, total_rows, plan.created, plan.updated, plan.unchanged, problems, dry_run)
 
 

@@ -20,8 +20,8 @@ config_app = typer.Typer(
 def config_check(ctx: typer.Context) -> None:
     """Load the settings and print a summary, or the exact problem naming the field; exit 1 on error.
 
-    Settings come from the YAML file given with `lianfang --config FILE` (or LIANFANG_CONFIG) and from
-    LIANFANG_* environment variables, which win over the file (nested fields use '__', e.g. LIANFANG_MQTT__PORT).
+    Settings come from the YAML file of `lianfang --config FILE` (or LIANFANG_CONFIG) and from LIANFANG_*
+    environment variables, which win over the file. Nested fields use '__', e.g. LIANFANG_MQTT__PORT=1884.
     """
     root = ctx.find_root()
     config = root.obj.get("config") if isinstance(root.obj, dict) else None

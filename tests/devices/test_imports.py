@@ -259,12 +259,12 @@ def test_import_devices_ten_thousand_rows_in_a_few_seconds(sqlite_registry: Regi
     buildings = [r.id for r in sqlite_registry.regions() if r.level == "building"]
     rows = "".join(f"gate-bulk-{i:05d},gate,{buildings[i % len(buildings)]},门禁{i},\n" for i in range(10_000))
     path = _write(tmp_path, "big.csv", HEADER + rows)
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[str, int, int]] = []
     start = time.perf_counter()
-    report = import_devices(sqlite_registry, path, now=NOW, progress=lambda done, total: seen.append((done, total)))
+    report = import_devices(sqlite_registry, path, now=NOW, progress=lambda *step: seen.append(step))
     elapsed = time.perf_counter() - start
     assert len(report.created) == 10_000 and sqlite_registry.devices(limit=1)[1] == 10_000
-    assert seen[-1] == (10_000, 10_000) and len(seen) == 20
+    assert seen[19] == ("checking", 10_000, 10_000) and seen[20:] == [("writing", 0, 1), ("writing", 1, 1)]
     assert elapsed < 8, f"10,000 rows took {elapsed:.1f} s"
     start = time.perf_counter()
     assert len(import_devices(sqlite_registry, path, now=NOW).unchanged) == 10_000
