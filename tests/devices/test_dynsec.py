@@ -101,7 +101,7 @@ def test_dynsec_silent_server_times_out_without_hanging() -> None:
         srv.bind(("127.0.0.1", 0))
         srv.listen(1)
         start = time.monotonic()
-        with pytest.raises(BrokerUnavailable, match="did not accept the connection within 0.5 s"):
+        with pytest.raises(BrokerUnavailable, match=r"did not accept the connection within 0\.5 s"):
             DynsecClient("127.0.0.1", srv.getsockname()[1], "x", timeout=0.5).connect()
         assert time.monotonic() - start < 3
 
