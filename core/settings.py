@@ -36,6 +36,8 @@ class MqttSettings(_Section):
     receive_maximum: int = Field(default=2000, ge=1, le=65535)
     keepalive_s: int = Field(default=30, ge=5)
     tls_ca: Path | None = None
+    # The dynamic-security admin account (device provisioning). None: the embedded broker's generated one.
+    admin_password: SecretStr | None = None
     # Start Mosquitto as a child process with generated config (one-machine mode).
     embedded_broker: bool = True
     broker_dir: Path = Path("var/mosquitto")
