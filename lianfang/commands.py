@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from devices.cli import devices_app, regions_app
+from devices.cli_security import certs_app, creds_app
 from gateway.cli import users_app
 from lianfang.cli import app
 from lianfang.config_cmd import config_app
@@ -12,3 +13,5 @@ app.add_typer(regions_app, name="regions")
 app.add_typer(devices_app, name="devices")
 app.add_typer(config_app, name="config")
 app.add_typer(users_app, name="users")
+app.add_typer(creds_app, name="credentials")
+app.add_typer(certs_app, name="certs")
