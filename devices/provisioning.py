@@ -268,6 +268,18 @@ class CheckReport:
         return bool(self.probes) and all(p.ok for p in self.probes)
 
 
+def expiring(registry: Registry, now: datetime, within: timedelta) -> list[Expiring]:
+    """Credentials that expire before ``now + within`` (already expired ones included), soonest first.
+    The alert engine raises its warning from this list."""
+    with registry.session() as s:
+        rows = s.execute(
+            select(DeviceCredential.device_id, DeviceCredential.expires_at)
+            .where(DeviceCredential.expires_at.is_not(None), DeviceCredential.expires_at <= now + within)
+            .order_by(DeviceCredential.expires_at, DeviceCredential.device_id)
+        ).all()
+    return [Expiring(d, e) for d, e in rows if e is not None]
+
+
 # --- the provisioner ---------------------------------------------------------------------------------------
 
 
@@ -311,14 +323,7 @@ class Provisioner:
             return {c.device_id: c for c in s.scalars(select(DeviceCredential))}
 
     def expiring(self, now: datetime, within: timedelta) -> list[Expiring]:
-        """Credentials that expire before ``now + within`` (already expired ones included), soonest first."""
-        with self.registry.session() as s:
-            rows = s.execute(
-                select(DeviceCredential.device_id, DeviceCredential.expires_at)
-                .where(DeviceCredential.expires_at.is_not(None), DeviceCredential.expires_at <= now + within)
-                .order_by(DeviceCredential.expires_at, DeviceCredential.device_id)
-            ).all()
-        return [Expiring(d, e) for d, e in rows if e is not None]
+        return expiring(self.registry, now, within)
 
     def _device(self, device_id: str) -> Device:
         device = self.registry.device(device_id)
@@ -888,3 +893,21 @@ def check_device(device_id: str, secret: str, *, host: str, port: int, timeout: 
     finally:
         sess.close()
     return report
+
+
+class ProvisionOnWrite:
+    """A ``devices.imports.DevicesWritten`` hook: gives every written device that has no credential yet its broker
+    identity (``provision_new``), collecting the new secrets in ``secrets`` for the caller to show once or write
+    to a 0600 file. A ProvisioningError propagates after the successful ones were recorded (and collected)."""
+
+    def __init__(self, provisioner: Provisioner, now: datetime) -> None:
+        self.provisioner = provisioner
+        self.now = now
+        self.secrets: dict[str, str] = {}
+
+    def __call__(self, created_ids: Sequence[str], updated_ids: Sequence[str]) -> None:
+        try:
+            self.secrets.update(self.provisioner.provision_new([*created_ids, *updated_ids], self.now))
+        except ProvisioningError as exc:
+            self.secrets.update(exc.provisioned)
+            raise

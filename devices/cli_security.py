@@ -1,0 +1,368 @@
+"""`lianfang credentials ...` (device identities on the broker) and `lianfang certs init` (TLS).
+
+Secrets are shown once on stdout, or written to a file with mode 0600 (``--secret-file``); they are never
+logged and never stored in clear. Errors print one line on stderr and exit with code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from core import clock
+from core.errors import BrokerUnavailable, LianfangError, StoreUnavailable, UserError
+from core.settings import Settings
+from devices.audit import Actor
+from devices.certs import init_certs
+from devices.dynsec import DynsecClient
+from devices.provisioning import (
+    Provisioner,
+    ProvisioningError,
+    installer_config,
+    read_secret_file,
+    write_secrets_file,
+)
+from devices.provisioning import (
+    expiring as expiring_credentials,
+)
+from lianfang.context import open_registry, settings_from
+
+creds_app = typer.Typer(
+    help="Device credentials on the broker: provision, rotate, disable/enable, delete, reprovision, check, "
+    "reconcile, export-config, expiring.",
+    no_args_is_help=True,
+)
+certs_app = typer.Typer(
+    help="TLS for the broker: a private CA and the broker's server certificate.", no_args_is_help=True
+)
+
+SecretFileOpt = Annotated[
+    Path | None,
+    typer.Option("--secret-file", help="Write new secrets here (mode 0600) instead of showing them once."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to wait for the broker before giving up.")]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
+
+
+def admin_password(settings: Settings) -> str:
+    """The dynsec admin password: ``mqtt.admin_password``, else the embedded broker's generated one."""
+    if settings.mqtt.admin_password is not None:
+        return settings.mqtt.admin_password.get_secret_value()
+    if settings.mqtt.embedded_broker:
+        from lianfang.runtime import BrokerSecrets, broker_secrets_path
+
+        path = broker_secrets_path(settings)
+        if path.exists():
+            return BrokerSecrets.load_or_create(path).admin
+        raise UserError(f"{path} does not exist: start the embedded broker once ('lianfang serve') first")
+    raise UserError("mqtt.admin_password is not set (LIANFANG_MQTT__ADMIN_PASSWORD) for the external broker")
+
+
+@contextmanager
+def open_provisioner(settings: Settings, *, timeout: float = 10.0, actor: Actor | None = None) -> Iterator[Provisioner]:
+    """A Provisioner on the configured registry and broker, closed afterwards."""
+    registry = open_registry(settings)
+    try:
+        tls_ca = settings.mqtt.tls_ca
+        with DynsecClient(
+            settings.mqtt.host, settings.mqtt.port, admin_password(settings), timeout=timeout, tls_ca=tls_ca
+        ) as dynsec:
+            yield Provisioner(registry, dynsec, actor=actor or Actor.from_cli())
+    finally:
+        registry.engine.dispose()
+
+
+@contextmanager
+def _provisioner(ctx: typer.Context, timeout: float) -> Iterator[Provisioner]:
+    settings = settings_from(ctx)
+    try:
+        with open_provisioner(settings, timeout=timeout) as prov:
+            yield prov
+    except ProvisioningError:
+        raise
+    except BrokerUnavailable as exc:
+        raise _fail(f"broker unavailable: {exc}") from exc
+    except StoreUnavailable as exc:
+        raise _fail(f"database unavailable: {exc}") from exc
+    except LianfangError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def hand_out_secrets(device_secrets: dict[str, str], secret_file: Path | None) -> None:
+    """Show new secrets once (stdout) or write them to a 0600 file."""
+    if not device_secrets:
+        return
+    if secret_file is not None:
+        write_secrets_file(secret_file, device_secrets)
+        typer.echo(f"{len(device_secrets)} secret(s) written to {secret_file} (mode 0600)", err=True)
+        return
+    typer.echo("new secret(s), shown once — store them now / 新密钥仅显示一次，请立即保存:", err=True)
+    for device_id, secret in device_secrets.items():
+        typer.echo(f"{device_id},{secret}")
+
+
+@creds_app.command("provision")
+def provision(
+    ctx: typer.Context,
+    device_ids: Annotated[list[str], typer.Argument(help="Registered device ids.")],
+    secret_file: SecretFileOpt = None,
+    timeout: TimeoutOpt = 10.0,
+) -> None:
+    """Give devices without a credential their broker identity (already provisioned ones are left alone)."""
+    with _provisioner(ctx, timeout) as prov:
+        try:
+            out = prov.provision_new(device_ids, clock.now())
+        except ProvisioningError as exc:
+            hand_out_secrets(exc.provisioned, secret_file)
+            raise _fail(str(exc)) from exc
+        hand_out_secrets(out, secret_file)
+        skipped = len(set(device_ids)) - len(out)
+        if skipped:
+            typer.echo(f"{skipped} device(s) already had a credential (left alone)", err=True)
+
+
+def _single(ctx: typer.Context, action: str, device_id: str, secret_file: Path | None, timeout: float) -> None:
+    with _provisioner(ctx, timeout) as prov:
+        now = clock.now()
+        try:
+            if action == "rotate":
+                hand_out_secrets({device_id: prov.rotate(device_id, now)}, secret_file)
+            elif action == "reprovision":
+                hand_out_secrets({device_id: prov.reprovision(device_id, now)}, secret_file)
+            elif action == "disable":
+                prov.disable(device_id, now)
+            elif action == "enable":
+                prov.enable(device_id, now)
+            elif action == "delete":
+                prov.delete(device_id, now)
+        except LianfangError as exc:
+            raise _fail(str(exc)) from exc
+        typer.echo(f"{device_id}: {action} done and verified on the broker", err=True)
+
+
+@creds_app.command("rotate")
+def rotate(ctx: typer.Context, device_id: str, secret_file: SecretFileOpt = None, timeout: TimeoutOpt = 10.0) -> None:
+    """New secret; a connected device is disconnected and the old secret is refused from now on."""
+    _single(ctx, "rotate", device_id, secret_file, timeout)
+
+
+@creds_app.command("reprovision")
+def reprovision(
+    ctx: typer.Context, device_id: str, secret_file: SecretFileOpt = None, timeout: TimeoutOpt = 10.0
+) -> None:
+    """After a factory reset: a new secret and a fresh broker identity; the registry row and history stay."""
+    _single(ctx, "reprovision", device_id, secret_file, timeout)
+
+
+@creds_app.command("disable")
+def disable(ctx: typer.Context, device_id: str, timeout: TimeoutOpt = 10.0) -> None:
+    """Refuse the device on the broker (a connected session is kicked) and mark it disabled."""
+    _single(ctx, "disable", device_id, None, timeout)
+
+
+@creds_app.command("enable")
+def enable(ctx: typer.Context, device_id: str, timeout: TimeoutOpt = 10.0) -> None:
+    """Accept the device again with its current secret."""
+    _single(ctx, "enable", device_id, None, timeout)
+
+
+@creds_app.command("delete")
+def delete(
+    ctx: typer.Context,
+    device_id: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    timeout: TimeoutOpt = 10.0,
+) -> None:
+    """Remove the device's broker identity and credential (kicks it); the registry row stays, disabled."""
+    if not yes:
+        typer.confirm(f"delete the broker identity of {device_id}?", abort=True)
+    _single(ctx, "delete", device_id, None, timeout)
+
+
+@creds_app.command("check")
+def check(
+    ctx: typer.Context,
+    device_id: str,
+    secret_file: Annotated[
+        Path | None, typer.Option("--secret-file", help="File with the device's secret (else you are asked).")
+    ] = None,
+    json_out: JsonOpt = False,
+    timeout: TimeoutOpt = 5.0,
+) -> None:
+    """Connect with the device's credentials and prove what it may and may not publish and subscribe."""
+    settings = settings_from(ctx)
+    try:
+        secret = (
+            read_secret_file(secret_file, device_id)
+            if secret_file is not None
+            else typer.prompt(f"secret of {device_id}", hide_input=True)
+        )
+    except UserError as exc:
+        raise _fail(str(exc)) from exc
+    with _provisioner(ctx, timeout) as prov:
+        try:
+            report = prov.check(
+                device_id, secret, host=settings.mqtt.host, port=settings.mqtt.port, now=clock.now(), timeout=timeout
+            )
+        except LianfangError as exc:
+            raise _fail(str(exc)) from exc
+    if json_out:
+        doc = {
+            "device_id": device_id,
+            "ok": report.ok,
+            "probes": [
+                {
+                    "action": p.action,
+                    "topic": p.topic,
+                    "expected": "allowed" if p.expect_allowed else "refused",
+                    "result": p.reason,
+                    "ok": p.ok,
+                }
+                for p in report.probes
+            ],
+        }
+        typer.echo(json.dumps(doc, ensure_ascii=False, indent=1))
+    else:
+        table = Table(title=f"{device_id}: {'OK' if report.ok else 'FAILED'}")
+        for col in ("action", "topic", "expected", "broker said", ""):
+            table.add_column(col)
+        for p in report.probes:
+            table.add_row(
+                p.action, p.topic, "allowed" if p.expect_allowed else "refused", p.reason, "✓" if p.ok else "✗"
+            )
+        Console().print(table)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@creds_app.command("reconcile")
+def reconcile(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show the drift.")] = False,
+    reprovision_missing: Annotated[
+        bool,
+        typer.Option("--reprovision-missing", help="Re-create devices missing on the broker with NEW secrets."),
+    ] = False,
+    secret_file: SecretFileOpt = None,
+    json_out: JsonOpt = False,
+    timeout: TimeoutOpt = 30.0,
+) -> None:
+    """Compare the registry with the broker, show the drift and fix it (idempotent)."""
+    with _provisioner(ctx, timeout) as prov:
+        try:
+            report = prov.reconcile(clock.now(), fix=not dry_run, reprovision_missing=reprovision_missing)
+        except LianfangError as exc:
+            raise _fail(str(exc)) from exc
+    hand_out_secrets(report.new_secrets, secret_file)
+    rows: list[dict[str, Any]] = [
+        {"device_id": d.device_id, "kind": d.kind, "detail": d.detail, "fixed": d.fixed} for d in report.drift
+    ]
+    if json_out:
+        typer.echo(json.dumps({"drift": rows, "changes": report.changes}, ensure_ascii=False, indent=1))
+        return
+    if not rows:
+        typer.echo("registry and broker agree: no drift")
+        return
+    table = Table(title=f"drift: {len(rows)}, fixed: {report.changes}")
+    for col in ("device", "kind", "detail", "fixed"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["device_id"]), str(r["kind"]), str(r["detail"]), "yes" if r["fixed"] else "no")
+    Console().print(table)
+
+
+@creds_app.command("export-config")
+def export_config(
+    ctx: typer.Context,
+    device_id: str,
+    secret_file: Annotated[
+        Path | None, typer.Option("--secret-file", help="Include the secret from this file.")
+    ] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Broker address as the device sees it.")] = None,
+    tls_port: Annotated[int | None, typer.Option("--tls-port", help="The broker's TLS port, if any.")] = None,
+    ca_file: Annotated[str | None, typer.Option("--ca-file", help="CA certificate to load into the device.")] = None,
+) -> None:
+    """What an installer types into the device (JSON)."""
+    settings = settings_from(ctx)
+    try:
+        registry = open_registry(settings)
+        try:
+            if registry.device(device_id) is None:
+                raise UserError(f"device {device_id!r} does not exist in the registry")
+        finally:
+            registry.engine.dispose()
+        secret = read_secret_file(secret_file, device_id) if secret_file is not None else None
+    except LianfangError as exc:
+        raise _fail(str(exc)) from exc
+    doc = installer_config(
+        device_id,
+        host=host or settings.mqtt.host,
+        port=settings.mqtt.port,
+        tls_port=tls_port,
+        secret=secret,
+        ca_file=ca_file,
+    )
+    typer.echo(json.dumps(doc, ensure_ascii=False, indent=1))
+
+
+@creds_app.command("expiring")
+def expiring(
+    ctx: typer.Context,
+    days: Annotated[int, typer.Option("--days", help="Window in days.")] = 30,
+    json_out: JsonOpt = False,
+) -> None:
+    """Credentials that expire within the window (already expired included)."""
+    settings = settings_from(ctx)
+    registry = open_registry(settings)
+    try:
+        due = expiring_credentials(registry, clock.now(), timedelta(days=days))
+    finally:
+        registry.engine.dispose()
+    items: list[dict[str, Any]] = [{"device_id": e.device_id, "expires_at": e.expires_at.isoformat()} for e in due]
+    if json_out:
+        typer.echo(json.dumps(items, indent=1))
+    else:
+        for item in items:
+            typer.echo(f"{item['device_id']}\t{item['expires_at']}")
+        typer.echo(f"{len(items)} credential(s) expire within {days} day(s)", err=True)
+
+
+@certs_app.command("init")
+def certs_init(
+    ctx: typer.Context,
+    directory: Annotated[Path | None, typer.Option("--dir", help="Where to write (default: DATA_DIR/certs).")] = None,
+    hosts: Annotated[
+        list[str] | None, typer.Option("--host", help="Broker DNS name or IP for the certificate (repeatable).")
+    ] = None,
+    organization: Annotated[str, typer.Option("--org", help="Organisation in the certificates.")] = "Lianfang",
+    key_type: Annotated[str, typer.Option("--key-type", help="rsa (widest device support) or ec.")] = "rsa",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing CA and certificate.")] = False,
+) -> None:
+    """Make a CA and a broker server certificate signed by it."""
+    settings = settings_from(ctx)
+    target = directory or settings.data_dir / "certs"
+    names = hosts or list(dict.fromkeys(["localhost", "127.0.0.1", settings.mqtt.host, socket.gethostname()]))
+    try:
+        paths = init_certs(target, names, now=clock.now(), organization=organization, force=force, key_type=key_type)
+    except UserError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"CA certificate (give to devices): {paths.ca_cert}")
+    typer.echo(f"CA key (keep offline, 0600):     {paths.ca_key}")
+    typer.echo(f"broker certificate:              {paths.server_cert} ({', '.join(names)})")
+    typer.echo(f"broker key (0600):               {paths.server_key}")
+    print("set BrokerConfig tls_port/tls_certfile/tls_keyfile/tls_cafile to these files", file=sys.stderr)
