@@ -20,14 +20,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from core.errors import StoreUnavailable
 from gateway.context import GatewayContext
 from gateway.metrics import MetricsMiddleware
-from gateway.routes import devices, events, health, regions, stream
+from gateway.routes import API_PREFIX, devices, events, health, regions, stream
 
 __all__ = ["GatewayContext", "create_app"]
 
 logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
-API_PREFIX = "/api/v1"
 # The page loads nothing from anywhere else (closed government intranets).
 PAGE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -61,7 +60,7 @@ def create_app(ctx: GatewayContext) -> FastAPI:
         return JSONResponse({"detail": "storage is unavailable, retry later"}, status_code=503)
 
     for module in (health, regions, devices, events, stream):
-        app.include_router(module.router, prefix=API_PREFIX)
+        app.include_router(module.router)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

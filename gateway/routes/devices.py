@@ -12,10 +12,11 @@ from devices.liveness import is_online
 from devices.registry import expected_interval
 from gateway.deps import NowDep, PrincipalDep, RegistryDep, SettingsDep, StoreDep
 from gateway.params import DAY_MS, bad_param, iso, parse_bucket, time_range
+from gateway.routes import API_PREFIX
 from gateway.scope import device_or_404, region_filter
 from gateway.views import device_summary, region_json
 
-router = APIRouter(tags=["devices"])
+router = APIRouter(prefix=API_PREFIX, tags=["devices"])
 
 DeviceType = Literal["gate", "vehicle", "energy_meter", "sensor"]
 assert set(DeviceType.__args__) == set(DEVICE_TYPES)  # type: ignore[attr-defined]

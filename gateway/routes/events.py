@@ -13,9 +13,10 @@ from core.protocol import RAW_KEEP, Rejection
 from devices.models import Device
 from gateway.deps import NowDep, PrincipalDep, RegistryDep, SettingsDep, StoreDep
 from gateway.params import DAY_MS, bad_param, iso, time_range
+from gateway.routes import API_PREFIX
 from gateway.scope import device_or_404, region_filter
 
-router = APIRouter(tags=["events"])
+router = APIRouter(prefix=API_PREFIX, tags=["events"])
 
 PAYLOAD_SHOWN = 4096
 

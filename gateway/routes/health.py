@@ -10,9 +10,10 @@ from sqlalchemy import text
 
 from gateway.context import HealthCallback
 from gateway.deps import ContextDep, RegistryDep, StoreDep
+from gateway.routes import API_PREFIX
 
 logger = logging.getLogger(__name__)
-router = APIRouter(tags=["health"])
+router = APIRouter(prefix=API_PREFIX, tags=["health"])
 
 
 @router.get("/health")

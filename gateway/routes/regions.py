@@ -12,10 +12,11 @@ from devices.models import Device, Region
 from devices.registry import expected_interval
 from gateway.auth import Principal
 from gateway.deps import NowDep, PrincipalDep, RegistryDep, StoreDep
+from gateway.routes import API_PREFIX
 from gateway.scope import region_filter, region_or_404
 from gateway.views import region_json
 
-router = APIRouter(tags=["regions"])
+router = APIRouter(prefix=API_PREFIX, tags=["regions"])
 
 
 def build_tree(

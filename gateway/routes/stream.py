@@ -12,8 +12,9 @@ from fastapi.responses import StreamingResponse
 
 from gateway.deps import BroadcasterDep, ContextDep, PrincipalDep
 from gateway.live import Broadcaster, Subscriber
+from gateway.routes import API_PREFIX
 
-router = APIRouter(tags=["stream"])
+router = APIRouter(prefix=API_PREFIX, tags=["stream"])
 
 
 def _sse(event: str, data: dict[str, Any]) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -15,9 +17,11 @@ from core.protocol import Event, Reading, Rejection, Status
 from core.settings import Settings
 from core.store import WriteBatch
 from core.store.sqlite import SqliteStore
+from devices.broker import free_port
 from devices.registry import DeviceSpec, RegionSpec, Registry
 from gateway.app import GatewayContext, create_app
 from gateway.auth import create_user
+from tests.helpers import wait_until
 
 NOW = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
@@ -106,8 +110,17 @@ def seeded(sqlite_registry: Registry, store: SqliteStore) -> tuple[Registry, Sql
     return sqlite_registry, store
 
 
+@dataclass
+class Gateway:
+    ctx: GatewayContext
+    tokens: dict[str, str]
+    health: dict[str, dict[str, Any]]
+
+
 @pytest.fixture
-def api(seeded: tuple[Registry, SqliteStore]) -> Iterator[Api]:
+def gateway(seeded: tuple[Registry, SqliteStore]) -> Gateway:
+    """A context over the seeded registry and store, with four users: admin (whole tree), a Guangzhou operator,
+    a Shenzhen viewer and a viewer of one Guangzhou building."""
     registry, store = seeded
     engine = registry.engine
     tokens = {
@@ -124,7 +137,30 @@ def api(seeded: tuple[Registry, SqliteStore]) -> Iterator[Api]:
         broker_status=lambda: health["broker"],
         ingest_status=lambda: health["ingest"],
         clock=lambda: NOW,
+        stream_keepalive_s=0.2,
     )
-    app = create_app(ctx)
+    return Gateway(ctx, tokens, health)
+
+
+@pytest.fixture
+def served(gateway: Gateway) -> Iterator[str]:
+    """The gateway on a real uvicorn server on a free port; yields its base URL."""
+    app = create_app(gateway.ctx)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="uvicorn-test")
+    thread.start()
+    try:
+        wait_until(lambda: server.started, 10, what="uvicorn started")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        gateway.ctx.broadcaster.close()  # end open streams so the server can stop at once
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def api(gateway: Gateway) -> Iterator[Api]:
+    app = create_app(gateway.ctx)
     with TestClient(app) as client:
-        yield Api(app, client, ctx, tokens, health)
+        yield Api(app, client, gateway.ctx, gateway.tokens, gateway.health)
