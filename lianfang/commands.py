@@ -15,3 +15,8 @@ app.add_typer(config_app, name="config")
 app.add_typer(users_app, name="users")
 app.add_typer(creds_app, name="credentials")
 app.add_typer(certs_app, name="certs")
+
+from lianfang.serve_cmd import ingest, serve  # noqa: E402
+
+app.command("serve")(serve)
+app.command("ingest")(ingest)

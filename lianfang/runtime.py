@@ -1,0 +1,121 @@
+"""The running service: broker (embedded, optional), registry, telemetry store, ingest, gateway.
+
+One process (``lianfang serve``) or one role per process (``lianfang ingest``); the same code either way.
+Start order is broker -> store -> ingest -> gateway; stop is the reverse, so ingest acks what it holds before
+the broker goes away.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from core.errors import BrokerUnavailable
+from core.settings import Settings
+from core.store import BatchListener
+from core.store.sqlite import SqliteStore
+from devices.broker import BrokerConfig, MosquittoProcess
+from devices.registry import Registry
+from ingest.service import IngestService
+from lianfang.context import open_registry, open_store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BrokerSecrets:
+    """Passwords of the embedded broker's built-in accounts, generated once, kept 0600 in the data directory."""
+
+    admin: str
+    platform: str
+    sim: str
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> BrokerSecrets:
+        if path.exists():
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            return cls(doc["admin"], doc["platform"], doc["sim"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        made = cls(*(secrets.token_urlsafe(32) for _ in range(3)))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"admin": made.admin, "platform": made.platform, "sim": made.sim}, fh)
+        return made
+
+
+def broker_secrets_path(settings: Settings) -> Path:
+    return settings.mqtt.broker_dir.parent / "broker-secrets.json"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    with_ingest: bool = True
+    listeners: list[BatchListener] = field(default_factory=list)
+    registry: Registry | None = None
+    store: SqliteStore | None = None
+    broker: MosquittoProcess | None = None
+    ingest: IngestService | None = None
+
+    def start(self) -> None:
+        s = self.settings
+        self.registry = open_registry(s)
+        self.store = open_store(s)
+        if s.mqtt.embedded_broker:
+            sec = BrokerSecrets.load_or_create(broker_secrets_path(s))
+            cfg = BrokerConfig(
+                directory=s.mqtt.broker_dir,
+                port=s.mqtt.port,
+                host=s.mqtt.host,
+                admin_password=sec.admin,
+                platform_username=s.mqtt.username,
+                platform_password=sec.platform,
+                sim_password=sec.sim if s.env == "dev" else None,
+            )
+            self.broker = MosquittoProcess(cfg)
+            self.broker.start()
+            self.settings = s = s.model_copy(
+                update={"mqtt": s.mqtt.model_copy(update={"password": SecretStr(sec.platform)})}
+            )
+        if self.with_ingest:
+            self.ingest = IngestService(s.mqtt, s.ingest, self.store, self.registry.snapshot, listeners=self.listeners)
+            try:
+                self.ingest.start()
+            except BrokerUnavailable:
+                self.stop()
+                raise
+
+    def stop(self) -> None:
+        if self.ingest is not None:
+            self.ingest.stop()
+            self.ingest = None
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        if self.registry is not None:
+            self.registry.engine.dispose()
+
+    def broker_status(self) -> dict[str, Any]:
+        if self.ingest is None:
+            return {"ok": self.broker is not None and self.broker.proc is not None}
+        return {
+            "ok": self.ingest.consumer.connected.is_set(),
+            "host": self.settings.mqtt.host,
+            "port": self.settings.mqtt.port,
+        }
+
+    def ingest_status(self) -> dict[str, Any]:
+        if self.ingest is None:
+            return {"ok": False, "detail": "ingest not running in this process"}
+        st = self.ingest.status()
+        return {"ok": bool(st["connected"]) and bool(st["writer_alive"]), **st}
