@@ -1,0 +1,51 @@
+# Lianfang: the two commands of the quick start are `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
+
+.PHONY: run test setup system-deps lint typecheck unit bench bench-short dashboards clean
+
+## run: set up everything, then start the demo (region tree, simulated fleet, API and page on :8000)
+run: setup
+	$(BIN)/lianfang demo
+
+## test: lint, type-check and run the whole suite (unit + integration against a real Mosquitto)
+test: setup lint typecheck
+	$(BIN)/python -m pytest
+
+setup: system-deps $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+# Mosquitto (with its dynamic-security plugin) comes from the distribution; Lianfang starts its own instance
+# with generated config, so the packaged system service is not needed.
+system-deps:
+	@if [ ! -x /usr/sbin/mosquitto ]; then \
+		echo "installing mosquitto (apt)"; $(APT) update -qq && $(APT) install -y -qq mosquitto mosquitto-clients; \
+	fi
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck:
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+## bench: the benchmarks at full size (minutes); bench-short: the CI mode
+bench: setup
+	$(BIN)/python bench/ingest.py
+
+bench-short: setup
+	$(BIN)/python bench/ingest.py --short
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
