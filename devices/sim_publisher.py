@@ -2,9 +2,11 @@
 
 paho keeps every unacknowledged QoS 1 message in a table keyed by its 16-bit message id; past 65,535 messages
 in flight the ids wrap and paho refuses (or, in older versions, overwrites) messages without raising. Every
-publisher here therefore bounds the messages not yet acknowledged with a semaphore taken before ``publish``
-and given back in ``on_publish`` (the PUBACK), so ``publish`` blocks when the broker falls behind instead of
-losing data. paho's own in-flight window is capped to the broker's Receive Maximum.
+publisher here therefore bounds the messages not yet acknowledged (a counting window taken before ``publish``
+and given back in ``on_publish``, the PUBACK), so ``publish`` blocks when the broker falls behind instead of
+losing data. The window is also lowered to the broker's Receive Maximum from CONNACK (Mosquitto's
+``max_inflight_messages``, 2000 in the generated config). paho's own in-flight limit stays off (0): with one,
+paho rescans every pending message on each PUBACK.
 
 Two connection modes:
 
@@ -25,7 +27,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,8 +45,8 @@ from devices.simulator import OFFLINE_PAYLOAD, SimMessage
 logger = logging.getLogger(__name__)
 
 SIM_USERNAME = "lianfang-sim"
-DEFAULT_MAX_OUTSTANDING = 10_000  # well under paho's 65,535 message ids
-DEFAULT_MAX_INFLIGHT = 1_000
+# In-flight window: well under paho's 65,535 message ids, and lowered to the broker's Receive Maximum at connect.
+DEFAULT_MAX_OUTSTANDING = 1_000
 
 
 @dataclass(slots=True)
@@ -74,45 +76,77 @@ class Publisher(Protocol):
 
 
 class _Window:
-    """Bounds messages published but not yet acknowledged; counts them."""
+    """Bounds the messages published but not yet acknowledged (the in-flight window); counts them.
 
-    def __init__(self, max_outstanding: int) -> None:
-        if not 1 <= max_outstanding < 65_535:
+    ``pump`` (single-threaded use) services the network while waiting for room; without it, the caller
+    blocks until the network thread delivers a PUBACK.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if not 1 <= limit < 65_535:
             raise ValueError("max_outstanding must be between 1 and 65,534")
+        self.limit = limit
         self.counts = PublishCounts()
-        self._slots = threading.BoundedSemaphore(max_outstanding)
+        self._taken = 0
+        self._by_name: dict[str, int] = {}
         self._cond = threading.Condition()
 
-    def acquire(self, timeout: float) -> None:
-        if not self._slots.acquire(timeout=timeout):
-            raise BrokerUnavailable(f"no PUBACK from the broker for {timeout:.0f} s ({self.counts.pending} pending)")
+    def lower_limit(self, limit: int) -> None:
+        with self._cond:
+            self.limit = max(1, min(self.limit, limit))
 
-    def published(self) -> None:
+    def acquire(self, timeout: float, pump: Callable[[float], None] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._cond:
+                if self._taken < self.limit:
+                    self._taken += 1
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BrokerUnavailable(f"no PUBACK from the broker for {timeout:.0f} s ({self._taken} pending)")
+                if pump is None:
+                    self._cond.wait(min(left, 1.0))
+                    continue
+            pump(0.01)
+
+    def published(self, name: str) -> None:
         with self._cond:
             self.counts.published += 1
+            self._by_name[name] = self._by_name.get(name, 0) + 1
 
     def give_back(self) -> None:
         """A publish that paho refused: it will never be acked."""
-        self._slots.release()
-
-    def acked(self, ok: bool) -> None:
         with self._cond:
+            self._taken -= 1
+            self._cond.notify_all()
+
+    def acked(self, name: str, ok: bool) -> None:
+        with self._cond:
+            self._by_name[name] = self._by_name.get(name, 0) - 1
             if ok:
                 self.counts.acked += 1
             else:
                 self.counts.rejected += 1
+            self._taken -= 1
             self._cond.notify_all()
-        self._slots.release()
 
-    def wait_drained(self, timeout: float) -> bool:
+    def wait_drained(
+        self, timeout: float, pump: Callable[[float], None] | None = None, name: str | None = None
+    ) -> bool:
+        """Wait until nothing (or nothing of connection ``name``) awaits a PUBACK."""
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while self.counts.pending > 0:
+        while True:
+            with self._cond:
+                if (self._taken if name is None else self._by_name.get(name, 0)) <= 0:
+                    return True
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._cond.wait(left)
-            return True
+                if pump is None:
+                    self._cond.wait(left)
+                    continue
+            pump(min(left, 0.05))
 
 
 def _new_client(
@@ -151,19 +185,18 @@ class _Base:
         port: int,
         *,
         max_outstanding: int,
-        max_inflight: int,
         keepalive_s: int,
         connect_timeout_s: float,
         ack_timeout_s: float,
         tls_ca: Path | None,
     ) -> None:
         self.host, self.port = host, port
-        self.max_inflight = max_inflight
         self.keepalive_s = keepalive_s
         self.connect_timeout_s = connect_timeout_s
         self.ack_timeout_s = ack_timeout_s
         self.tls_ca = tls_ca
         self._window = _Window(max_outstanding)
+        self._pump: Callable[[float], None] | None = None
 
     @property
     def counts(self) -> PublishCounts:
@@ -171,35 +204,37 @@ class _Base:
 
     def flush(self, timeout: float) -> bool:
         """Wait until every published message is acknowledged; False on timeout."""
-        return self._window.wait_drained(timeout)
+        return self._window.wait_drained(timeout, self._pump)
 
-    def _send(self, client: mqtt.Client, topic: str, payload: bytes, retain: bool) -> None:
-        self._window.acquire(self.ack_timeout_s)
+    def _send(self, client: mqtt.Client, name: str, topic: str, payload: bytes, retain: bool) -> None:
+        self._window.acquire(self.ack_timeout_s, self._pump)
         info = client.publish(topic, payload, qos=1, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             # NO_CONN keeps the message queued in paho, sent on reconnect; anything else was refused.
             self._window.give_back()
             raise BrokerUnavailable(f"paho refused a publish on {topic}: {mqtt.error_string(info.rc)}")
-        self._window.published()
+        self._window.published(name)
 
     def _wire(self, client: mqtt.Client, name: str) -> None:
+        # paho's own window stays unlimited (0): with a limit it rescans every pending message on each PUBACK.
+        # The _Window is the one bound, at most the broker's Receive Maximum.
+        client.max_inflight_messages_set(0)
+
         def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, props: Properties | None) -> None:
             if rc.is_failure:
                 logger.warning("%s: broker refused the connection: %s", name, rc)
                 self._refused(name, str(rc))
                 return
-            inflight = self.max_inflight
             receive_max = getattr(props, "ReceiveMaximum", None) if props is not None else None
             if isinstance(receive_max, int) and receive_max > 0:
-                inflight = min(inflight, receive_max)
-            c.max_inflight_messages_set(inflight)
+                self._window.lower_limit(receive_max)
             self._connected(name)
 
         def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Properties | None) -> None:
             self._disconnected(name, rc)
 
         def on_publish(_c: mqtt.Client, _u: Any, _mid: int, rc: ReasonCode, _p: Properties | None) -> None:
-            self._window.acked(not rc.is_failure)
+            self._window.acked(name, not rc.is_failure)
 
         client.on_connect = _safe(on_connect)
         client.on_disconnect = _safe(on_disconnect)
@@ -216,7 +251,12 @@ class _Base:
 
 
 class SharedPublisher(_Base):
-    """One connection publishing on behalf of every simulated device (dev simulator account)."""
+    """One connection publishing on behalf of every simulated device (dev simulator account).
+
+    ``threaded=True`` (default): paho's network thread runs in the background; ``publish`` may be called from
+    any one thread. ``threaded=False``: no background thread; the caller's ``publish`` and ``flush`` drive the
+    network (fastest for bulk loads: no thread hand-offs), so call ``flush`` before pausing.
+    """
 
     def __init__(
         self,
@@ -227,19 +267,18 @@ class SharedPublisher(_Base):
         *,
         client_id: str = SIM_USERNAME,
         max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
-        max_inflight: int = DEFAULT_MAX_INFLIGHT,
         keepalive_s: int = 30,
         connect_timeout_s: float = 10.0,
         ack_timeout_s: float = 60.0,
         reconnect_min_s: float = 1.0,
         reconnect_max_s: float = 10.0,
         tls_ca: Path | None = None,
+        threaded: bool = True,
     ) -> None:
         super().__init__(
             host,
             port,
             max_outstanding=max_outstanding,
-            max_inflight=max_inflight,
             keepalive_s=keepalive_s,
             connect_timeout_s=connect_timeout_s,
             ack_timeout_s=ack_timeout_s,
@@ -253,12 +292,18 @@ class SharedPublisher(_Base):
             reconnect_min_s=reconnect_min_s,
             reconnect_max_s=reconnect_max_s,
         )
-        self.client.max_inflight_messages_set(max_inflight)
+        self.threaded = threaded
+        self._reconnect_min_s = reconnect_min_s
+        self._next_retry = 0.0
+        self._since_pump = 0
         self._up = threading.Event()
         self._answered = threading.Event()
         self._refusal: str | None = None
         self._ever_connected = False
+        self._name = client_id
         self._wire(self.client, client_id)
+        if not threaded:
+            self._pump = self._service
 
     def _connected(self, name: str) -> None:
         if self._ever_connected:
@@ -277,13 +322,33 @@ class SharedPublisher(_Base):
         if rc.is_failure:
             logger.warning("%s disconnected: %s; %d messages pending", name, rc, self.counts.pending)
 
+    def _service(self, timeout: float) -> None:
+        """Single-threaded mode: read and write what is due, reconnect when the connection dropped."""
+        rc = self.client.loop(timeout)
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return
+        now = time.monotonic()
+        if now < self._next_retry:
+            time.sleep(min(timeout, self._next_retry - now))
+            return
+        self._next_retry = now + self._reconnect_min_s
+        try:
+            self.client.reconnect()
+        except OSError as exc:
+            logger.debug("reconnect failed: %s", exc)
+
     def start(self) -> None:
         try:
             self.client.connect(self.host, self.port, keepalive=self.keepalive_s)
         except OSError as exc:
             raise BrokerUnavailable(f"cannot connect to MQTT broker {self.host}:{self.port}: {exc}") from exc
-        self.client.loop_start()
-        self._answered.wait(self.connect_timeout_s)
+        if self.threaded:
+            self.client.loop_start()
+            self._answered.wait(self.connect_timeout_s)
+        else:
+            deadline = time.monotonic() + self.connect_timeout_s
+            while not self._answered.is_set() and time.monotonic() < deadline:
+                self.client.loop(0.05)
         if not self._up.is_set():
             self.client.disconnect()
             self.client.loop_stop()
@@ -292,12 +357,21 @@ class SharedPublisher(_Base):
         logger.info("simulator publisher connected to %s:%s", self.host, self.port)
 
     def publish(self, msg: SimMessage) -> None:
-        self._send(self.client, msg.topic, msg.payload, msg.retain)
+        self._send(self.client, self._name, msg.topic, msg.payload, msg.retain)
+        if not self.threaded:
+            self._since_pump += 1
+            if self._since_pump >= 64:  # read the PUBACKs that arrived meanwhile
+                self._since_pump = 0
+                self._service(0)
 
     def close(self, timeout: float = 5.0) -> None:
-        self.flush(timeout)
+        if timeout > 0:
+            self.flush(timeout)
         self.client.disconnect()
-        self.client.loop_stop()
+        if self.threaded:
+            self.client.loop_stop()
+        else:
+            self.client.loop(0.05)  # write the DISCONNECT
 
 
 _WILL_REASON = ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message")
@@ -306,7 +380,8 @@ _WILL_REASON = ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message"
 class DevicePublisher(_Base):
     """One connection per device with its own credentials and Last Will (as real devices connect).
 
-    ``credentials`` maps device id -> password; the device id is both client id and username.
+    ``credentials`` maps device id -> password; the device id is both client id and username. Each connection
+    has its own paho network thread; ``publish`` may be called from any one thread.
     """
 
     def __init__(
@@ -316,7 +391,6 @@ class DevicePublisher(_Base):
         credentials: Mapping[str, str],
         *,
         max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
-        max_inflight: int = 100,
         keepalive_s: int = 30,
         connect_timeout_s: float = 30.0,
         ack_timeout_s: float = 60.0,
@@ -328,7 +402,6 @@ class DevicePublisher(_Base):
             host,
             port,
             max_outstanding=max_outstanding,
-            max_inflight=max_inflight,
             keepalive_s=keepalive_s,
             connect_timeout_s=connect_timeout_s,
             ack_timeout_s=ack_timeout_s,
@@ -338,10 +411,10 @@ class DevicePublisher(_Base):
         self._reconnect = (reconnect_min_s, reconnect_max_s)
         self.clients: dict[str, mqtt.Client] = {}
         self._lock = threading.Lock()
-        self._up: set[str] = set()
-        self._silent: set[str] = set()
         self._all_up = threading.Condition(self._lock)
+        self._up: set[str] = set()
         self._ever: set[str] = set()
+        self._silent: set[str] = set()
         self._retired: list[mqtt.Client] = []
         self._refusals: dict[str, str] = {}
 
@@ -355,7 +428,6 @@ class DevicePublisher(_Base):
             reconnect_max_s=self._reconnect[1],
         )
         client.will_set(topic_for(device_id, "status"), OFFLINE_PAYLOAD, qos=1, retain=True)
-        client.max_inflight_messages_set(self.max_inflight)
         self._wire(client, device_id)
         return client
 
@@ -416,8 +488,10 @@ class DevicePublisher(_Base):
         if client is None:
             raise BrokerUnavailable(f"no credentials for device {msg.device_id}")
         if msg.will:
-            # Going silent: let the broker publish the device's own Last Will.
-            # Its network thread ends by itself once the DISCONNECT is written.
+            # Going silent: the broker publishes the device's own Last Will. What it sent before is acked
+            # first (a disconnect would leave it unacked); the network thread ends once DISCONNECT is written.
+            if not self._window.wait_drained(self.ack_timeout_s, name=msg.device_id):
+                raise BrokerUnavailable(f"device {msg.device_id}: no PUBACK for {self.ack_timeout_s:.0f} s")
             self._silent.add(msg.device_id)
             client.disconnect(reasoncode=_WILL_REASON)
             self._retired.append(client)
@@ -428,7 +502,7 @@ class DevicePublisher(_Base):
             self._silent.discard(msg.device_id)
             self._open(msg.device_id)  # back online: a fresh connection, then its online status
             client = self.clients[msg.device_id]
-        self._send(client, msg.topic, msg.payload, msg.retain)
+        self._send(client, msg.device_id, msg.topic, msg.payload, msg.retain)
 
     def close(self, timeout: float = 5.0) -> None:
         if timeout > 0:
@@ -447,14 +521,13 @@ def publish_bulk(
     username: str = SIM_USERNAME,
     password: str,
     client_id: str = "lianfang-bulk",
-    max_outstanding: int = 20_000,
-    max_inflight: int = DEFAULT_MAX_INFLIGHT,
+    max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
     timeout_s: float = 120.0,
 ) -> PublishCounts:
     """Publish every message (QoS 1, bounded in flight) on one connection and wait for all acks.
 
-    Used by the ingest benchmark to pre-fill a persistent session. Raises BrokerUnavailable if the acks do not
-    all arrive within ``timeout_s``.
+    Single-threaded (the fastest paho can go). Used by the ingest benchmark to pre-fill a persistent session.
+    Raises BrokerUnavailable if the acks do not all arrive within ``timeout_s``.
     """
     pub = SharedPublisher(
         host,
@@ -463,8 +536,8 @@ def publish_bulk(
         password,
         client_id=client_id,
         max_outstanding=max_outstanding,
-        max_inflight=max_inflight,
         ack_timeout_s=timeout_s,
+        threaded=False,
     )
     pub.start()
     try:

@@ -1,0 +1,214 @@
+"""The simulator's MQTT publisher against a real Mosquitto (the `broker` fixture)."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from core.errors import BrokerUnavailable
+from core.protocol import DeviceInfo, Status, decode
+from devices.sim_publisher import DevicePublisher, SharedPublisher, publish_bulk
+from devices.simulator import BEIJING, Fleet, Incident, SimMessage, synthetic_fleet
+from tests.conftest import Broker
+from tests.helpers import mqtt_client, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+class Collector:
+    """A platform-account subscriber on lf/v1/# (QoS 1) that records what arrives."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.lock = threading.Lock()
+        self.seqs: dict[str, set[int]] = {}
+        self.received = 0
+        self.status: dict[str, list[tuple[bytes, bool]]] = {}
+        self.client = mqtt_client(
+            broker.port, broker.platform_username, broker.platform_password, "collector-" + uuid.uuid4().hex[:8]
+        )
+        self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_a: subscribed.set()
+        self.client.subscribe("lf/v1/#", qos=1)
+        assert subscribed.wait(5)
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        device, kind = msg.topic.split("/")[2:4]
+        with self.lock:
+            self.received += 1
+            if kind == "status":
+                self.status.setdefault(device, []).append((msg.payload, bool(msg.retain)))
+                return
+            seq = json.loads(msg.payload)["seq"]
+            self.seqs.setdefault(device, set()).add(seq)
+
+    def distinct(self) -> int:
+        with self.lock:
+            return sum(len(s) for s in self.seqs.values())
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def collector(broker: Broker) -> Iterator[Collector]:
+    c = Collector(broker)
+    yield c
+    c.close()
+
+
+def _messages(n: int, devices: int = 100) -> list[SimMessage]:
+    base = 1_780_000_000_000
+    out = []
+    for i in range(n):
+        device, seq = f"bulk-{i % devices:04d}", i // devices
+        payload = json.dumps({"ts": base + i, "seq": seq, "energy_kwh": float(i)}).encode()
+        out.append(SimMessage(device, "telemetry", payload, base + i, seq))
+    return out
+
+
+def test_publish_bulk_more_than_65535_qos1_messages_loses_none(broker: Broker, collector: Collector) -> None:
+    n = 70_000  # past paho's 65,535 message ids
+    messages = _messages(n)
+    counts = publish_bulk(
+        messages, host="127.0.0.1", port=broker.port, username="lianfang-sim", password=broker.sim_password
+    )
+    assert (counts.published, counts.acked, counts.rejected) == (n, n, 0)
+    wait_until(lambda: collector.distinct() >= n, timeout=30, what="every message at the subscriber")
+    assert collector.distinct() == n
+    assert all(collector.seqs[f"bulk-{d:04d}"] == set(range(n // 100)) for d in range(100))
+
+
+def test_shared_publisher_bounds_unacked_publishes(broker: Broker, collector: Collector) -> None:
+    pub = SharedPublisher("127.0.0.1", broker.port, "lianfang-sim", broker.sim_password, max_outstanding=50)
+    pub.start()
+    peak = 0
+    try:
+        for msg in _messages(3_000, devices=10):
+            pub.publish(msg)
+            peak = max(peak, pub.counts.pending)
+        assert pub.flush(10)
+    finally:
+        pub.close()
+    assert peak <= 50
+    assert pub.counts.acked == 3_000
+    wait_until(lambda: collector.distinct() == 3_000, timeout=10, what="3000 at the subscriber")
+
+
+def test_shared_publisher_counts_a_puback_refusal(broker: Broker) -> None:
+    pub = SharedPublisher("127.0.0.1", broker.port, "lianfang-sim", broker.sim_password)
+    pub.start()
+    try:
+        pub.publish(SimMessage("gate-0001", "cmd", b'{"cmd_id":"x","name":"reboot"}', 0))  # not in the sim role
+        pub.publish(SimMessage("gate-0001", "telemetry", b'{"door_open":false}', 0))
+        assert pub.flush(5)
+    finally:
+        pub.close()
+    assert (pub.counts.acked, pub.counts.rejected) == (1, 1)
+
+
+def test_shared_publisher_wrong_password_is_broker_unavailable(broker: Broker) -> None:
+    pub = SharedPublisher("127.0.0.1", broker.port, "lianfang-sim", "wrong", connect_timeout_s=5)
+    with pytest.raises(BrokerUnavailable, match="refused"):
+        pub.start()
+
+
+def test_shared_publisher_reconnects_after_broker_restart(broker: Broker) -> None:
+    pub = SharedPublisher("127.0.0.1", broker.port, "lianfang-sim", broker.sim_password, reconnect_min_s=1)
+    pub.start()
+    try:
+        for msg in _messages(500, devices=5):
+            pub.publish(msg)
+        assert pub.flush(5)
+        broker.restart()
+        for msg in _messages(500, devices=5):
+            pub.publish(msg)
+        assert pub.flush(15)
+    finally:
+        pub.close()
+    assert pub.counts.reconnects >= 1
+    assert pub.counts.acked == 1_000
+
+
+def _provision(broker: Broker, device_ids: list[str]) -> dict[str, str]:
+    """Per-device dynsec clients and roles, as the provisioning service will create them."""
+    creds = {d: "pw-" + uuid.uuid4().hex for d in device_ids}
+    commands: list[dict[str, object]] = []
+    for d in device_ids:
+        commands.append(
+            {
+                "command": "createRole",
+                "rolename": f"dev-{d}",
+                "acls": [
+                    {"acltype": "publishClientSend", "topic": f"lf/v1/{d}/{k}", "allow": True}
+                    for k in ("telemetry", "event", "status")
+                ],
+            }
+        )
+        commands.append(
+            {
+                "command": "createClient",
+                "username": d,
+                "clientid": d,
+                "password": creds[d],
+                "roles": [{"rolename": f"dev-{d}"}],
+            }
+        )
+    admin = mqtt_client(broker.port, "admin", broker.admin_password, "admin-" + uuid.uuid4().hex[:8])
+    answers: list[dict[str, object]] = []
+    admin.on_message = lambda _c, _u, m: answers.extend(json.loads(m.payload)["responses"])
+    admin.subscribe("$CONTROL/dynamic-security/v1/response", qos=1)
+    try:
+        admin.publish("$CONTROL/dynamic-security/v1", json.dumps({"commands": commands}), qos=1)
+        wait_until(lambda: len(answers) == len(commands), timeout=20, what="dynsec answers")
+    finally:
+        admin.disconnect()
+        admin.loop_stop()
+    assert not [a for a in answers if a.get("error")]
+    return creds
+
+
+def test_device_publisher_connects_each_device_and_its_will_reports_silence(
+    broker: Broker, collector: Collector
+) -> None:
+    devices = [d for d in synthetic_fleet(200, prefix="own") if d.type != "sensor"][:150]
+    creds = _provision(broker, [d.id for d in devices])
+    start = datetime(2026, 3, 2, 10, 0, tzinfo=BEIJING)
+    silent = devices[0].id
+    fleet = Fleet(
+        devices,
+        rng=random.Random(3),
+        start=start,
+        incidents=[Incident("silent", silent, start.replace(minute=1))],
+    )
+    pub = DevicePublisher("127.0.0.1", broker.port, creds, connect_timeout_s=30)
+    pub.start()
+    try:
+        assert pub.connected == len(devices)
+        messages = fleet.advance(start.replace(minute=2))
+        for msg in messages:
+            pub.publish(msg)
+        assert pub.flush(10)
+    finally:
+        pub.close()
+    data = [m for m in messages if m.kind != "status"]
+    assert pub.counts.rejected == 0
+    # The Will is sent by the broker, not published by us.
+    assert pub.counts.acked == len(messages) - 1
+    wait_until(lambda: collector.distinct() == len(data), timeout=10, what="all data at the subscriber")
+    wait_until(lambda: len(collector.status.get(silent, [])) == 2, timeout=10, what="the silent device's Will")
+    online, offline = collector.status[silent]
+    info = DeviceInfo(silent, devices[0].type, devices[0].region_id)
+    records, _ = decode("status", offline[0], info, fleet.start_ms)
+    assert isinstance(records[0], Status) and records[0].state == "offline"
+    assert json.loads(online[0])["state"] == "online"
+    # The other devices are still online: their connections closed with a normal DISCONNECT, no Will.
+    assert all(len(collector.status[d.id]) == 1 for d in devices[1:])
