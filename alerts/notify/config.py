@@ -31,15 +31,17 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from alerts.escalation import EscalationPolicies, EscalationPolicy, PolicyOverride
 from alerts.notify.routing import NotificationKind, RetryPolicy, Route
 from alerts.types import Severity
 from core.errors import UserError
+
+if TYPE_CHECKING:  # alerts.escalation imports alerts.notify.routing; import it lazily to avoid a cycle
+    from alerts.escalation import EscalationPolicies, EscalationPolicy, PolicyOverride
 
 Language = Literal["zh-CN", "en"]
 
@@ -184,6 +186,8 @@ class EscalationPolicyConfig(_Model):
         return v
 
     def to_policy(self) -> EscalationPolicy:
+        from alerts.escalation import EscalationPolicy
+
         return EscalationPolicy(
             enabled=self.enabled,
             after=tuple(timedelta(seconds=s) for s in self.after_s),
@@ -206,6 +210,8 @@ class EscalationOverrideConfig(_Model):
         return v
 
     def to_override(self) -> PolicyOverride:
+        from alerts.escalation import PolicyOverride
+
         return PolicyOverride(
             enabled=self.enabled,
             after=None if self.after_s is None else tuple(timedelta(seconds=s) for s in self.after_s),
@@ -219,6 +225,8 @@ class EscalationConfig(_Model):
     regions: dict[str, EscalationOverrideConfig] = {}
 
     def to_policies(self) -> EscalationPolicies:
+        from alerts.escalation import EscalationPolicies
+
         return EscalationPolicies(
             default=self.default.to_policy(),
             overrides={rid: o.to_override() for rid, o in self.regions.items()},
