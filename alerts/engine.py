@@ -467,7 +467,9 @@ class _Absence:
         p: AbsenceParams = rule.params
         if st.firing or not all(st.known.get(k) == v for k, v in p.only_if.items()):
             return None
-        ref = st.last_seen_ms if st.last_seen_ms is not None else st.watch_from_ms
+        # watch_from: when watching started (first start, or a restart: silence before it is not held against
+        # the device, since messages between the last snapshot and the restart may not be in the state)
+        ref = max(st.last_seen_ms or 0, st.watch_from_ms)
         return ref + self._timeout_ms(rule, subj)
 
 

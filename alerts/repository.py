@@ -1,0 +1,314 @@
+"""SQL persistence of alerts, comments, silences and the engine's state (SQLite or PostgreSQL).
+
+Writes are upserts by primary key, so writing the same snapshot twice is harmless: the alert service writes
+everything a batch changed in one transaction (``save``) and, when the database was unavailable, simply writes
+it again later. Library errors become ``StoreUnavailable``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, Table, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from alerts.lifecycle import Silence
+from alerts.models import AlertCommentRow, AlertKvRow, AlertRow, RuleStateRow, SilenceRow
+from alerts.types import Alert, AlertState, Comment, Severity
+from core.errors import StoreUnavailable
+
+LIFECYCLE_KEY = "lifecycle"
+
+StateKey = tuple[str, str]  # (rule_id, subject)
+
+
+def _utc(at: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes: they were written in UTC."""
+    if at is None:
+        return None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def _path_str(path: Sequence[str]) -> str:
+    return "/" + "".join(f"{p}/" for p in path) if path else "/"
+
+
+def _path_tuple(text: str) -> tuple[str, ...]:
+    return tuple(p for p in text.split("/") if p)
+
+
+def alert_to_row(a: Alert) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "dedup_key": a.dedup_key,
+        "open_key": a.dedup_key if a.open else None,
+        "rule_id": a.rule_id,
+        "device_id": a.device_id,
+        "region_id": a.region_id,
+        "region_path": _path_str(a.region_path),
+        "severity": str(a.severity),
+        "state": str(a.state),
+        "title_zh": a.title_zh,
+        "title_en": a.title_en,
+        "started_at": a.started_at,
+        "updated_at": a.updated_at,
+        "detail": _jsonable(a.detail),
+        "acknowledged_by": a.acknowledged_by,
+        "acknowledged_at": a.acknowledged_at,
+        "ack_reason": a.ack_reason,
+        "resolved_at": a.resolved_at,
+        "resolved_by": a.resolved_by,
+        "resolve_reason": a.resolve_reason,
+        "assignee": a.assignee,
+        "escalation_level": a.escalation_level,
+        "flapping": a.flapping,
+        "count": a.count,
+        "silenced": a.silenced,
+        "active": a.active,
+    }
+
+
+def row_to_alert(r: AlertRow) -> Alert:
+    started = _utc(r.started_at)
+    updated = _utc(r.updated_at)
+    assert started is not None and updated is not None
+    return Alert(
+        id=r.id,
+        dedup_key=r.dedup_key,
+        rule_id=r.rule_id,
+        device_id=r.device_id,
+        region_id=r.region_id,
+        severity=Severity(r.severity),
+        state=AlertState(r.state),
+        title_zh=r.title_zh,
+        title_en=r.title_en,
+        started_at=started,
+        updated_at=updated,
+        detail=dict(r.detail or {}),
+        acknowledged_by=r.acknowledged_by,
+        acknowledged_at=_utc(r.acknowledged_at),
+        ack_reason=r.ack_reason,
+        resolved_at=_utc(r.resolved_at),
+        resolved_by=r.resolved_by,
+        resolve_reason=r.resolve_reason,
+        assignee=r.assignee,
+        escalation_level=r.escalation_level,
+        flapping=r.flapping,
+        count=r.count,
+        silenced=r.silenced,
+        active=r.active,
+        region_path=_path_tuple(r.region_path),
+    )
+
+
+def _silence_row(s: Silence) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "region_id": s.region_id,
+        "device_id": s.device_id,
+        "rule_id": s.rule_id,
+        "reason": s.reason,
+        "creator": s.creator,
+        "approver": s.approver,
+        "starts_at": s.starts_at,
+        "ends_at": s.ends_at,
+        "renotify": s.renotify,
+        "ended": s.ended,
+        "created_at": s.created_at,
+    }
+
+
+def _row_silence(r: SilenceRow) -> Silence:
+    starts, ends = _utc(r.starts_at), _utc(r.ends_at)
+    assert starts is not None and ends is not None
+    return Silence(
+        r.id,
+        r.reason,
+        r.creator,
+        starts,
+        ends,
+        r.region_id,
+        r.device_id,
+        r.rule_id,
+        r.approver,
+        r.renotify,
+        _utc(r.created_at),
+        r.ended,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """Everything the alert service needs back after a restart."""
+
+    alerts: list[Alert] = field(default_factory=list)  # open ones and those resolved within the flap window
+    silences: list[Silence] = field(default_factory=list)
+    states: dict[StateKey, tuple[str, dict[str, Any]]] = field(default_factory=dict)  # -> (kind, state)
+    lifecycle: dict[str, Any] | None = None
+    next_alert_id: int = 1
+    next_silence_id: int = 1
+
+
+class AlertRepository:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._pg = engine.dialect.name == "postgresql"
+
+    # --- writes -------------------------------------------------------------------------------------------
+
+    def _upsert(self, conn: Connection, table: Table, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
+        if not rows:
+            return
+        ins = postgresql.insert(table) if self._pg else sqlite.insert(table)
+        cols = [c for c in rows[0] if c not in keys]
+        stmt = ins.on_conflict_do_update(index_elements=list(keys), set_={c: ins.excluded[c] for c in cols})
+        conn.execute(stmt, rows)
+
+    def save(
+        self,
+        *,
+        alerts: Iterable[Alert] = (),
+        silences: Iterable[Silence] = (),
+        comments: Iterable[Comment] = (),
+        states: Mapping[StateKey, tuple[str, dict[str, Any]]] | None = None,
+        lifecycle: dict[str, Any] | None = None,
+        now: datetime,
+    ) -> None:
+        """Write one consistent set of changes in one transaction."""
+        alert_rows = sorted((alert_to_row(a) for a in alerts), key=lambda r: r["id"])
+        # Free the open keys of alerts resolved in this set first, so a new alert with the same key can take it.
+        try:
+            with self.engine.begin() as conn:
+                closing = [r["id"] for r in alert_rows if r["open_key"] is None]
+                if closing:
+                    conn.execute(update(AlertRow).where(AlertRow.id.in_(closing)).values(open_key=None))
+                self._upsert(conn, AlertRow.__table__, alert_rows, ["id"])  # type: ignore[arg-type]
+                self._upsert(
+                    conn,
+                    SilenceRow.__table__,  # type: ignore[arg-type]
+                    [_silence_row(s) for s in silences],
+                    ["id"],
+                )
+                crow = [
+                    {"alert_id": c.alert_id, "kind": c.kind, "author": c.author, "text": c.text, "at": c.at}
+                    for c in comments
+                ]
+                if crow:
+                    conn.execute(insert(AlertCommentRow), crow)
+                if states:
+                    srows = [
+                        {"rule_id": k[0], "subject": k[1], "kind": kind, "state": _jsonable(st), "updated_at": now}
+                        for k, (kind, st) in states.items()
+                    ]
+                    self._upsert(conn, RuleStateRow.__table__, srows, ["rule_id", "subject"])  # type: ignore[arg-type]
+                if lifecycle is not None:
+                    self._upsert(
+                        conn,
+                        AlertKvRow.__table__,  # type: ignore[arg-type]
+                        [{"key": LIFECYCLE_KEY, "value": _jsonable(lifecycle), "updated_at": now}],
+                        ["key"],
+                    )
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"alert store write failed: {exc}") from exc
+
+    # --- reads --------------------------------------------------------------------------------------------
+
+    def load(self, *, resolved_since: datetime) -> Snapshot:
+        """Open alerts (plus those resolved since ``resolved_since``), live silences, rule states, aux state."""
+        snap = Snapshot()
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                s = Session(bind=conn)
+                rows = s.scalars(
+                    select(AlertRow).where(
+                        (AlertRow.state != str(AlertState.RESOLVED)) | (AlertRow.resolved_at >= resolved_since)
+                    )
+                )
+                snap.alerts = [row_to_alert(r) for r in rows]
+                snap.silences = [
+                    _row_silence(r) for r in s.scalars(select(SilenceRow).where(SilenceRow.ended.is_(False)))
+                ]
+                for r in s.scalars(select(RuleStateRow)):
+                    snap.states[(r.rule_id, r.subject)] = (r.kind, dict(r.state))
+                kv = s.get(AlertKvRow, LIFECYCLE_KEY)
+                snap.lifecycle = dict(kv.value) if kv is not None else None
+                snap.next_alert_id = int(s.scalar(select(func.max(AlertRow.id))) or 0) + 1
+                snap.next_silence_id = int(s.scalar(select(func.max(SilenceRow.id))) or 0) + 1
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"alert store read failed: {exc}") from exc
+        return snap
+
+    def alerts(
+        self,
+        *,
+        open_only: bool = False,
+        region_id: str | None = None,
+        device_id: str | None = None,
+        rule_id: str | None = None,
+        limit: int = 100,
+    ) -> list[Alert]:
+        """Alerts newest first; ``region_id`` selects its whole subtree."""
+        q = select(AlertRow)
+        if open_only:
+            q = q.where(AlertRow.state != str(AlertState.RESOLVED))
+        if region_id is not None:
+            q = q.where(AlertRow.region_path.contains(f"/{region_id}/"))
+        if device_id is not None:
+            q = q.where(AlertRow.device_id == device_id)
+        if rule_id is not None:
+            q = q.where(AlertRow.rule_id == rule_id)
+        q = q.order_by(AlertRow.started_at.desc(), AlertRow.id.desc()).limit(limit)
+        try:
+            with self.engine.connect() as conn:
+                return [row_to_alert(r) for r in Session(bind=conn).scalars(q)]
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"alert store read failed: {exc}") from exc
+
+    def comments(self, alert_id: int) -> list[Comment]:
+        q = select(AlertCommentRow).where(AlertCommentRow.alert_id == alert_id).order_by(AlertCommentRow.id)
+        try:
+            with self.engine.connect() as conn:
+                rows = list(Session(bind=conn).scalars(q))
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"alert store read failed: {exc}") from exc
+        return [Comment(r.alert_id, r.author, r.text, _utc(r.at) or r.at, r.kind) for r in rows]
+
+    def silences(self, *, active_only: bool = False) -> list[Silence]:
+        q = select(SilenceRow).order_by(SilenceRow.id)
+        if active_only:
+            q = q.where(SilenceRow.ended.is_(False))
+        with self.engine.connect() as conn:
+            return [_row_silence(r) for r in Session(bind=conn).scalars(q)]
+
+    def delete_states(self, keys: Iterable[StateKey]) -> None:
+        keys = list(keys)
+        if not keys:
+            return
+        try:
+            with self.engine.begin() as conn:
+                for rule_id, subject in keys:
+                    conn.execute(
+                        delete(RuleStateRow).where(
+                            (RuleStateRow.rule_id == rule_id) & (RuleStateRow.subject == subject)
+                        )
+                    )
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"alert store write failed: {exc}") from exc

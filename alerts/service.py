@@ -1,0 +1,501 @@
+"""AlertService: the alert engine on the stream, the lifecycle, persistence and timers.
+
+Ingest hands every durable batch to ``on_batch`` (a ``core.store.BatchListener``). For each record the service
+runs the device's effective rules (indexed by device, computed once per device type + region from the rule
+files), feeds the resulting changes to the lifecycle, writes what changed in one SQL transaction and then tells
+the subscribers (notifications) through ``subscribe(callback)``. No SQL is read per message.
+
+Timers run in an apscheduler 3.x BackgroundScheduler: one job every ``tick_interval_s`` fires what is due
+(absence, held-for, sequence settle windows, quiet-time clears, silence ends, flapping ends) from a heap of
+deadlines; one job every ``snapshot_interval_s`` writes the learning parts of the rule state (baselines, last
+values); one job every ``refresh_interval_s`` re-reads the registry (new devices are watched for absence).
+
+State that decides whether or when an alert fires (held-for start, firing flags, pending triggers) is written
+in the same transaction as the alerts it affects, so a restart keeps a held-for window and never alerts twice.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import Engine
+
+from alerts import engine as eng
+from alerts.engine import AbsenceState, Env, Subject
+from alerts.lifecycle import AlertBook, LifecycleConfig, LifecycleEvent, Silence
+from alerts.repository import AlertRepository, StateKey
+from alerts.rules import EffectiveRule, RuleSet
+from alerts.types import Alert, AlertChange, AlertState, Comment
+from core import clock
+from core.errors import StoreUnavailable
+from core.protocol import DeviceInfo, Event, Reading, Record, Status
+from core.store import WriteBatch
+
+logger = logging.getLogger(__name__)
+
+Subscriber = Callable[[LifecycleEvent], None]
+SEQ_GUARD = 64  # recent seqs remembered per device: a replayed record is evaluated once
+
+
+@dataclass(frozen=True, slots=True)
+class RegionRef:
+    path: tuple[str, ...]  # root first, the region itself last
+    lat: float | None = None
+    lon: float | None = None
+
+
+def regions_from_registry(registry: Any) -> Callable[[], dict[str, RegionRef]]:
+    """A region provider reading ``devices.registry.Registry.regions()``."""
+
+    def load() -> dict[str, RegionRef]:
+        return {r.id: RegionRef(tuple(p for p in r.path.split("/") if p), r.lat, r.lon) for r in registry.regions()}
+
+    return load
+
+
+def notification_kind(event: LifecycleEvent) -> str | None:
+    """What to tell people about an event: "firing", "renotify", "resolved", or None (nothing to send).
+
+    The values match ``alerts.notify.routing.NotificationKind``.
+    """
+    if not event.notify:
+        return None
+    if event.kind in ("created", "flapping"):
+        return "firing"
+    if event.kind == "renotify":
+        return "renotify"
+    if event.kind == "resolved":
+        return "resolved"
+    return None
+
+
+def _order(rec: Record) -> tuple[int, int]:
+    return (rec.ts_ms, 0 if isinstance(rec, Event) else 1 if isinstance(rec, Reading) else 2)
+
+
+class AlertService:
+    def __init__(
+        self,
+        engine: Engine,
+        rules: RuleSet,
+        devices: Callable[[], Mapping[str, DeviceInfo]],
+        regions: Callable[[], Mapping[str, RegionRef]],
+        *,
+        lifecycle: LifecycleConfig | None = None,
+        clock_fn: Callable[[], datetime] = clock.now,
+        tick_interval_s: float = 1.0,
+        snapshot_interval_s: float = 10.0,
+        refresh_interval_s: float = 60.0,
+    ) -> None:
+        self.repo = AlertRepository(engine)
+        self.rules = rules
+        self.env = Env(rules.calendar)
+        self._devices_fn = devices
+        self._regions_fn = regions
+        self._clock = clock_fn
+        self.tick_interval_s = tick_interval_s
+        self.snapshot_interval_s = snapshot_interval_s
+        self.refresh_interval_s = refresh_interval_s
+        self.book = AlertBook(lifecycle)
+        self._lock = threading.RLock()
+        self._subscribers: list[Subscriber] = []
+        self._subjects: dict[str, Subject] = {}
+        self._device_rules: dict[str, list[EffectiveRule]] = {}
+        self._regions: dict[str, RegionRef] = {}
+        self._states: dict[StateKey, eng.State] = {}
+        self._state_kind: dict[StateKey, str] = {}
+        self._tick_subject: dict[StateKey, Subject] = {}
+        self._rule_by_key: dict[StateKey, EffectiveRule] = {}
+        self._heap: list[tuple[int, StateKey]] = []
+        self._armed: dict[StateKey, int] = {}
+        self._essential: set[StateKey] = set()
+        self._lazy: set[StateKey] = set()
+        self._unsaved_alerts: dict[int, Alert] = {}
+        self._unsaved_silences: dict[int, Silence] = {}
+        self._unsaved_comments: list[Comment] = []
+        self._unsaved_aux = False
+        self._seqs: dict[str, deque[int]] = {}
+        self._scheduler: BackgroundScheduler | None = None
+        self._started = False
+        self._store_down = False
+
+    # --- start / stop ---------------------------------------------------------------------------------------
+
+    def load(self, now: datetime | None = None) -> None:
+        """Restore alerts, silences and rule state from SQL and read the registry (no timers)."""
+        now = now or self._clock()
+        window = timedelta(seconds=self.book.config.flap_window_s)
+        snap = self.repo.load(resolved_since=now - window)
+        with self._lock:
+            self.book.restore(
+                snap.alerts,
+                snap.silences,
+                snap.lifecycle,
+                next_id=snap.next_alert_id,
+                next_silence_id=snap.next_silence_id,
+            )
+            now_ms = eng.ms(now)
+            for key, (kind, data) in snap.states.items():
+                try:
+                    st = eng.state_from_json(kind, data)
+                except (TypeError, ValueError, KeyError):
+                    logger.warning("rule state %s/%s could not be restored; starting fresh", *key)
+                    continue
+                if isinstance(st, AbsenceState) and not st.firing:
+                    st.watch_from_ms = max(st.watch_from_ms, now_ms)
+                self._states[key] = st
+                self._state_kind[key] = kind
+            self._refresh(now)
+            for (rule_id, skey), _ in list(self._states.items()):  # re-arm restored timers (held-for, ...)
+                subj = self._subjects.get(skey)
+                if subj is None:
+                    continue  # rule-wide state: re-armed by its next record
+                for rule in self._rules_of(subj):
+                    if rule.rule_id == rule_id and rule.kind == self._state_kind[(rule_id, skey)]:
+                        self._arm(rule, (rule_id, skey), subj)
+        logger.info(
+            "alert service loaded: %d open alerts, %d silences, %d rule states, %d devices",
+            len(self.book.open_by_key),
+            len(snap.silences),
+            len(snap.states),
+            len(self._subjects),
+        )
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self.load()
+        sched = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
+        sched.add_job(self._safe(self.tick), "interval", seconds=self.tick_interval_s, id="alerts-tick")
+        sched.add_job(self._safe(self.flush), "interval", seconds=self.snapshot_interval_s, id="alerts-snapshot")
+        sched.add_job(self._safe(self.refresh), "interval", seconds=self.refresh_interval_s, id="alerts-refresh")
+        sched.start()
+        self._scheduler = sched
+        self._started = True
+
+    def stop(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None
+        self._started = False
+        try:
+            self.flush(everything=True)
+        except StoreUnavailable:
+            logger.exception("alert state could not be written at stop")
+
+    def __enter__(self) -> AlertService:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @staticmethod
+    def _safe(fn: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except Exception:
+                logger.exception("alert service job %s failed", getattr(fn, "__name__", fn))
+
+        return run
+
+    # --- subscribers ------------------------------------------------------------------------------------------
+
+    def subscribe(self, callback: Subscriber) -> None:
+        """Call ``callback(event)`` for every lifecycle event, after it is stored. It must be quick."""
+        self._subscribers.append(callback)
+
+    def _publish(self, events: Iterable[LifecycleEvent]) -> None:
+        for ev in events:
+            for cb in self._subscribers:
+                try:
+                    cb(ev)
+                except Exception:
+                    logger.exception("alert subscriber failed on %s of alert %s", ev.kind, ev.alert.id)
+
+    # --- registry -------------------------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        with self._lock:
+            self._refresh(self._clock())
+
+    def _refresh(self, now: datetime) -> None:
+        self._regions = dict(self._regions_fn())
+        devices = self._devices_fn()
+        subjects: dict[str, Subject] = {}
+        for d in devices.values():
+            if d.enabled:
+                subjects[d.device_id] = self._subject(d.device_id, d.device_type, d.region_id, d.expected_interval_s)
+        self._subjects = subjects
+        self._device_rules.clear()
+        for subj in subjects.values():  # watch every device for absence from now on, reported or not
+            for rule in self._rules_of(subj):
+                if rule.kind == "absence":
+                    key = (rule.rule_id, subj.device_id)
+                    if key not in self._states:
+                        self._states[key] = eng.new_state(rule, now=now)
+                        self._state_kind[key] = rule.kind
+                        self._essential.add(key)
+                    self._arm(rule, key, subj)
+
+    def _subject(self, device_id: str, device_type: str, region_id: str, interval: float = 60) -> Subject:
+        ref = self._regions.get(region_id)
+        path = ref.path if ref is not None else (region_id,)
+        site = None
+        for rid in reversed(path):
+            r = self._regions.get(rid)
+            if r is not None and r.lat is not None and r.lon is not None:
+                site = (r.lat, r.lon)
+                break
+        return Subject(device_id, device_type, region_id, path, interval, site)
+
+    def _rules_of(self, subj: Subject) -> list[EffectiveRule]:
+        rules = self._device_rules.get(subj.device_id)
+        if rules is None:
+            rules = self.rules.for_device(subj.device_id, subj.device_type, subj.region_path)
+            self._device_rules[subj.device_id] = rules
+        return rules
+
+    def set_rules(self, rules: RuleSet) -> None:
+        """Swap in re-loaded rule files; state of rules that still exist is kept."""
+        with self._lock:
+            self.rules = rules
+            self.env = Env(rules.calendar)
+            self._device_rules.clear()
+            self._rule_by_key.clear()
+            self._refresh(self._clock())
+
+    # --- the stream -------------------------------------------------------------------------------------------
+
+    def on_batch(self, batch: WriteBatch) -> None:
+        """BatchListener: evaluate a durable batch. Quick, never raises."""
+        try:
+            records: list[Record] = [*batch.events, *batch.readings, *batch.statuses]
+            self.process(records)
+        except Exception:
+            logger.exception("alert evaluation failed for a batch of %d records", len(batch))
+
+    def process(self, records: list[Record], now: datetime | None = None) -> list[LifecycleEvent]:
+        """Evaluate records (sorted by time here), store the changes, tell subscribers. Returns the events."""
+        records = sorted(records, key=_order)
+        with self._lock:
+            now = now or self._clock()
+            events: list[LifecycleEvent] = []
+            for rec in records:
+                if self._replayed(rec):
+                    continue
+                events.extend(self._evaluate(rec, now))
+            self._persist(now, events)
+        self._publish(events)
+        return events
+
+    def _replayed(self, rec: Record) -> bool:
+        seq = getattr(rec, "seq", None)
+        if seq is None:
+            return False
+        seen = self._seqs.get(rec.device_id)
+        if seen is None:
+            seen = self._seqs[rec.device_id] = deque(maxlen=SEQ_GUARD)
+        elif seq in seen:
+            return True
+        seen.append(seq)
+        return False
+
+    def _evaluate(self, rec: Record, now: datetime) -> list[LifecycleEvent]:
+        subj = self._subjects.get(rec.device_id)
+        if subj is None:
+            if isinstance(rec, Status):
+                return []
+            subj = self._subject(rec.device_id, rec.device_type, rec.region_id)
+            self._subjects[rec.device_id] = subj
+        events: list[LifecycleEvent] = []
+        for rule in self._rules_of(subj):
+            if not eng.interested(rule, rec):
+                continue
+            key = (rule.rule_id, eng.state_key(rule, subj))
+            st = self._states.get(key)
+            if st is None:
+                st = self._states[key] = eng.new_state(rule, now=now)
+                self._state_kind[key] = rule.kind
+            before = st.essential()
+            changes = eng.evaluate(rule, st, subj, rec, now=now, env=self.env)
+            (self._essential if st.essential() != before else self._lazy).add(key)
+            self._arm(rule, key, subj)
+            for ch in changes:
+                events.extend(self.book.apply(ch))
+        return events
+
+    # --- timers -----------------------------------------------------------------------------------------------
+
+    def _arm(self, rule: EffectiveRule, key: StateKey, subj: Subject) -> None:
+        self._rule_by_key[key] = rule
+        self._tick_subject[key] = subj
+        due = eng.next_deadline(rule, self._states[key], subj)
+        if due is None:
+            return
+        armed = self._armed.get(key)
+        if armed is not None and armed <= due:
+            return  # an earlier wake-up is already queued; it re-arms for the later deadline
+        self._armed[key] = due
+        heapq.heappush(self._heap, (due, key))
+
+    def tick(self, now: datetime | None = None) -> list[LifecycleEvent]:
+        """Run what is due at ``now``: rule timers, silence ends, flapping ends; store; tell subscribers."""
+        with self._lock:
+            now = now or self._clock()
+            now_ms = eng.ms(now)
+            events: list[LifecycleEvent] = []
+            while self._heap and self._heap[0][0] <= now_ms:
+                due, key = heapq.heappop(self._heap)
+                if self._armed.get(key) != due:
+                    continue  # superseded by an earlier arm
+                del self._armed[key]
+                rule, subj, st = self._rule_by_key.get(key), self._tick_subject.get(key), self._states.get(key)
+                if rule is None or subj is None or st is None:
+                    continue
+                before = st.essential()
+                changes: list[AlertChange] = eng.tick(rule, st, subj, now=now, env=self.env)
+                (self._essential if st.essential() != before else self._lazy).add(key)
+                for ch in changes:
+                    events.extend(self.book.apply(ch))
+                self._arm(rule, key, subj)
+            book_due = self.book.next_deadline()
+            if book_due is not None and book_due <= now:
+                events.extend(self.book.tick(now=now))
+            self._persist(now, events)
+        self._publish(events)
+        return events
+
+    def next_deadline(self) -> datetime | None:
+        with self._lock:
+            due = [eng.from_ms(self._heap[0][0])] if self._heap else []
+            b = self.book.next_deadline()
+            if b is not None:
+                due.append(b)
+            return min(due) if due else None
+
+    # --- persistence ----------------------------------------------------------------------------------------
+
+    def _persist(self, now: datetime, events: list[LifecycleEvent]) -> None:
+        alerts, silences, comments = self.book.take_dirty()
+        for a in alerts:
+            self._unsaved_alerts[a.id] = a
+        for s in silences:
+            self._unsaved_silences[s.id] = s
+        self._unsaved_comments.extend(comments)
+        if events or alerts or silences:
+            self._unsaved_aux = True
+        if not (
+            self._essential
+            or self._unsaved_alerts
+            or self._unsaved_silences
+            or self._unsaved_comments
+            or self._unsaved_aux
+        ):
+            return
+        self._write(now, self._essential)
+
+    def _write(self, now: datetime, keys: set[StateKey]) -> None:
+        states = {k: (self._state_kind[k], eng.state_to_json(self._states[k])) for k in keys if k in self._states}
+        try:
+            self.repo.save(
+                alerts=self._unsaved_alerts.values(),
+                silences=self._unsaved_silences.values(),
+                comments=self._unsaved_comments,
+                states=states,
+                lifecycle=self.book.aux_to_json() if self._unsaved_aux else None,
+                now=now,
+            )
+        except StoreUnavailable as exc:
+            if not self._store_down:
+                logger.warning(
+                    "alert store unavailable, keeping %d alert changes in memory: %s", len(self._unsaved_alerts), exc
+                )
+            self._store_down = True
+            return
+        if self._store_down:
+            logger.info("alert store back, %d alert changes written", len(self._unsaved_alerts))
+            self._store_down = False
+        self._unsaved_alerts.clear()
+        self._unsaved_silences.clear()
+        self._unsaved_comments.clear()
+        self._unsaved_aux = False
+        self._lazy -= keys
+        if keys is self._essential:
+            self._essential = set()
+        else:
+            self._essential -= keys
+
+    def flush(self, everything: bool = False) -> None:
+        """Write the learning parts of rule state (and anything unsaved). ``everything``: all states."""
+        with self._lock:
+            keys = set(self._states) if everything else self._essential | self._lazy
+            self._write(self._clock(), keys)
+            if everything and not self._store_down:
+                self._lazy.clear()
+                self._essential.clear()
+
+    # --- people ---------------------------------------------------------------------------------------------
+
+    def _act(self, fn: Callable[[], list[LifecycleEvent]]) -> list[LifecycleEvent]:
+        with self._lock:
+            events = fn()
+            self._persist(self._clock(), events)
+        self._publish(events)
+        return events
+
+    def acknowledge(self, alert_id: int, who: str, why: str) -> Alert:
+        return self._act(lambda: self.book.acknowledge(alert_id, who, why, now=self._clock()))[0].alert
+
+    def resolve(self, alert_id: int, who: str, reason: str) -> Alert:
+        return self._act(lambda: self.book.resolve(alert_id, who, reason, now=self._clock()))[0].alert
+
+    def comment(self, alert_id: int, who: str, text: str) -> Alert:
+        return self._act(lambda: self.book.comment(alert_id, who, text, now=self._clock()))[0].alert
+
+    def assign(self, alert_id: int, who: str, assignee: str | None) -> Alert:
+        return self._act(lambda: self.book.assign(alert_id, who, assignee, now=self._clock()))[0].alert
+
+    def add_silence(self, **kw: Any) -> Silence:
+        """See ``AlertBook.add_silence`` (reason, creator, starts_at, ends_at, scope, approver, renotify)."""
+        out: list[Silence] = []
+
+        def run() -> list[LifecycleEvent]:
+            out.append(self.book.add_silence(now=self._clock(), **kw))
+            return []
+
+        self._act(run)
+        return out[0]
+
+    def end_silence(self, silence_id: int) -> list[LifecycleEvent]:
+        return self._act(lambda: self.book.end_silence(silence_id, now=self._clock()))
+
+    def open_alerts(self) -> list[Alert]:
+        with self._lock:
+            return [replace(a, detail=dict(a.detail)) for a in self.book.open_alerts()]
+
+    def set_escalation_level(self, alert_id: int, level: int, now: datetime) -> Alert | None:
+        """For ``alerts.escalation.Escalator``'s ``record``: store the level if the alert still fires below it."""
+        with self._lock:
+            alert = self.book.alerts.get(alert_id)
+            if (
+                alert is None
+                or not alert.open
+                or alert.state is not AlertState.FIRING
+                or alert.escalation_level >= level
+            ):
+                return None
+            alert.escalation_level = level
+            alert.updated_at = max(alert.updated_at, now)
+            self._unsaved_alerts[alert.id] = replace(alert, detail=dict(alert.detail))
+            self._write(now, set())
+            return replace(alert, detail=dict(alert.detail))
