@@ -23,7 +23,9 @@ Two connection modes:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -47,6 +49,8 @@ logger = logging.getLogger(__name__)
 SIM_USERNAME = "lianfang-sim"
 # In-flight window: well under paho's 65,535 message ids, and lowered to the broker's Receive Maximum at connect.
 DEFAULT_MAX_OUTSTANDING = 1_000
+_BURST = 64
+_TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
 
 
 @dataclass(slots=True)
@@ -324,6 +328,9 @@ class SharedPublisher(_Base):
 
     def _service(self, timeout: float) -> None:
         """Single-threaded mode: read and write what is due, reconnect when the connection dropped."""
+        if self._since_pump:
+            self._since_pump = 0
+            self._cork(False)
         rc = self.client.loop(timeout)
         if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             return
@@ -357,12 +364,25 @@ class SharedPublisher(_Base):
         logger.info("simulator publisher connected to %s:%s", self.host, self.port)
 
     def publish(self, msg: SimMessage) -> None:
+        if self.threaded:
+            self._send(self.client, self._name, msg.topic, msg.payload, msg.retain)
+            return
+        # paho writes one packet per send(); corking the socket for a burst of publishes lets the kernel send
+        # full segments, so the broker wakes once per burst instead of once per message.
+        if self._since_pump == 0:
+            self._cork(True)
         self._send(self.client, self._name, msg.topic, msg.payload, msg.retain)
-        if not self.threaded:
-            self._since_pump += 1
-            if self._since_pump >= 64:  # read the PUBACKs that arrived meanwhile
-                self._since_pump = 0
-                self._service(0)
+        self._since_pump += 1
+        if self._since_pump >= _BURST:
+            self._since_pump = 0
+            self._cork(False)
+            self._service(0)  # read the PUBACKs that arrived meanwhile
+
+    def _cork(self, on: bool) -> None:
+        sock = self.client.socket()
+        if _TCP_CORK is not None and isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1 if on else 0)
 
     def close(self, timeout: float = 5.0) -> None:
         if timeout > 0:
