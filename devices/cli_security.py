@@ -204,7 +204,11 @@ def check(
     json_out: JsonOpt = False,
     timeout: TimeoutOpt = 5.0,
 ) -> None:
-    """Connect with the device's credentials and prove what it may and may not publish and subscribe."""
+    """Connect with the device's credentials and prove what it may and may not publish and subscribe.
+
+    The check uses the device's client id, so a connected device is taken over for a moment: run it at
+    installation or while the device is offline.
+    """
     settings = settings_from(ctx)
     try:
         secret = (

@@ -280,6 +280,17 @@ def expiring(registry: Registry, now: datetime, within: timedelta) -> list[Expir
     return [Expiring(d, e) for d, e in rows if e is not None]
 
 
+def device_secret_ok(registry: Registry, device_id: str, secret: str) -> bool:
+    """Whether ``secret`` is the current secret of an enabled device (HTTP ingress ``Bearer`` check)."""
+    with registry.session() as s:
+        row = s.execute(
+            select(DeviceCredential.secret_hash, Device.enabled)
+            .join(Device, Device.id == DeviceCredential.device_id)
+            .where(DeviceCredential.device_id == device_id)
+        ).first()
+    return row is not None and bool(row[1]) and verify_secret(secret, row[0])
+
+
 # --- the provisioner ---------------------------------------------------------------------------------------
 
 
@@ -834,6 +845,10 @@ def _reason(code: int) -> str:
 
 def check_device(device_id: str, secret: str, *, host: str, port: int, timeout: float = 5.0) -> CheckReport:
     """Connect with the device's credentials and prove its rights with v5 reason codes.
+
+    The check IS the device for the broker (same client id): a connected device is taken over (disconnected,
+    it reconnects afterwards) and its persistent session is started afresh. Run it at installation, or while
+    the device is offline.
 
     Allowed: publish to its own telemetry/event/status, subscribe to its own cmd. Refused (135): publish to
     another device's topics, its own cmd, ``$CONTROL/...`` and ``$SYS/...``; subscribe to ``#``, ``$SYS/#``,

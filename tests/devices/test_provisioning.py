@@ -24,6 +24,7 @@ from devices.provisioning import (
     Provisioner,
     ProvisioningError,
     SecretHasher,
+    device_secret_ok,
     installer_config,
     read_secret_file,
     verify_secret,
@@ -291,6 +292,11 @@ def test_bulk_provision_300_verified_and_idempotent(sqlite_registry: Registry, a
         hashes = {c.device_id: c.secret_hash for c in s.scalars(select(DeviceCredential))}
         audit = list(s.scalars(select(AuditRecord).where(AuditRecord.action == "provision")))
     assert verify_secret(out["meter-0123"], hashes["meter-0123"])
+    assert device_secret_ok(sqlite_registry, "meter-0123", out["meter-0123"])
+    assert not device_secret_ok(sqlite_registry, "meter-0123", out["meter-0124"])
+    assert not device_secret_ok(sqlite_registry, "meter-9999", out["meter-0123"])
+    sqlite_registry.set_enabled("meter-0123", False, now=NOW)
+    assert not device_secret_ok(sqlite_registry, "meter-0123", out["meter-0123"])
     assert len(audit) == 300 and {a.actor for a in audit} == {"installer-wang"}
     assert prov.provision_new(ids, NOW) == {}  # second run: nothing to do, nothing changed
     assert verify_secret(out["meter-0123"], prov.credential("meter-0123").secret_hash)  # type: ignore[union-attr]
