@@ -44,7 +44,7 @@ class Collector:
         with self.lock:
             self.received += 1
             if kind == "status":
-                self.status.setdefault(device, []).append((msg.payload, bool(msg.retain)))
+                self.status.setdefault(device, []).append((bytes(msg.payload), bool(msg.retain)))
                 return
             seq = json.loads(msg.payload)["seq"]
             self.seqs.setdefault(device, set()).add(seq)
