@@ -156,7 +156,9 @@ class Receiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = self.server.server_address[1]
         self.base = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, name="test-http-receiver", daemon=False)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, args=(0.05,), name="test-http-receiver", daemon=False
+        )
 
     def fail(self, path: str, statuses: list[int]) -> None:
         """The next requests to ``path`` are answered with these HTTP statuses (then normally)."""
