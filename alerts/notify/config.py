@@ -309,7 +309,11 @@ def load_notify_config(path: Path) -> NotifyConfig:
     except OSError as exc:
         raise UserError(f"cannot read notification config {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise UserError(f"notification config {path} is not valid YAML: {exc}") from exc
+        # Name the place but do not echo the line: it may hold a secret.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise UserError(f"notification config {path} is not valid YAML{where}: {problem}") from exc
     if data is not None and not isinstance(data, dict):
         raise UserError(f"notification config {path}: the top level must be a mapping")
     return parse_notify_config(data, str(path))
