@@ -68,7 +68,8 @@ class PublishCounts:
 class Publisher(Protocol):
     """What the simulation loop needs from a publisher."""
 
-    counts: PublishCounts
+    @property
+    def counts(self) -> PublishCounts: ...
 
     def start(self) -> None: ...
 

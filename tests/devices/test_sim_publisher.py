@@ -8,14 +8,20 @@ import threading
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from typer.testing import CliRunner
 
+from core.db import make_engine, migrate
 from core.errors import BrokerUnavailable
 from core.protocol import DeviceInfo, Status, decode
+from devices.registry import DeviceSpec, RegionSpec, Registry
 from devices.sim_publisher import DevicePublisher, SharedPublisher, publish_bulk
 from devices.simulator import BEIJING, Fleet, Incident, SimMessage, synthetic_fleet
+from lianfang import commands  # noqa: F401  (registers the commands)
+from lianfang.cli import app
 from tests.conftest import Broker
 from tests.helpers import mqtt_client, wait_until
 
@@ -142,9 +148,9 @@ def test_shared_publisher_reconnects_after_broker_restart(broker: Broker) -> Non
 def _provision(broker: Broker, device_ids: list[str]) -> dict[str, str]:
     """Per-device dynsec clients and roles, as the provisioning service will create them."""
     creds = {d: "pw-" + uuid.uuid4().hex for d in device_ids}
-    commands: list[dict[str, object]] = []
+    cmds: list[dict[str, object]] = []
     for d in device_ids:
-        commands.append(
+        cmds.append(
             {
                 "command": "createRole",
                 "rolename": f"dev-{d}",
@@ -154,7 +160,7 @@ def _provision(broker: Broker, device_ids: list[str]) -> dict[str, str]:
                 ],
             }
         )
-        commands.append(
+        cmds.append(
             {
                 "command": "createClient",
                 "username": d,
@@ -168,8 +174,8 @@ def _provision(broker: Broker, device_ids: list[str]) -> dict[str, str]:
     admin.on_message = lambda _c, _u, m: answers.extend(json.loads(m.payload)["responses"])
     admin.subscribe("$CONTROL/dynamic-security/v1/response", qos=1)
     try:
-        admin.publish("$CONTROL/dynamic-security/v1", json.dumps({"commands": commands}), qos=1)
-        wait_until(lambda: len(answers) == len(commands), timeout=20, what="dynsec answers")
+        admin.publish("$CONTROL/dynamic-security/v1", json.dumps({"commands": cmds}), qos=1)
+        wait_until(lambda: len(answers) == len(cmds), timeout=20, what="dynsec answers")
     finally:
         admin.disconnect()
         admin.loop_stop()
@@ -213,3 +219,61 @@ def test_device_publisher_connects_each_device_and_its_will_reports_silence(
     assert json.loads(online[0])["state"] == "online"
     # The other devices are still online: their connections closed with a normal DISCONNECT, no Will.
     assert all(len(collector.status[d.id]) == 1 for d in devices[1:])
+
+
+def test_simulate_command_publishes_the_registry_fleet_and_stops_with_counts(
+    broker: Broker, collector: Collector, tmp_path: Path
+) -> None:
+    db_url = f"sqlite:///{tmp_path}/registry.db"
+    engine = make_engine(db_url)
+    migrate(engine)
+    registry = Registry(engine)
+    now = datetime(2026, 3, 2, 9, 0, tzinfo=BEIJING)
+    registry.upsert_regions(
+        [
+            RegionSpec("gz", "广州市", "city", None, 23.13, 113.26),
+            RegionSpec("gz-a01", "市机关事务管理局", "agency", "gz", 23.14, 113.30),
+            RegionSpec("gz-a02", "市政府办公厅", "agency", "gz", 23.10, 113.20),
+        ],
+        now=now,
+    )
+    registry.add_devices(
+        [
+            DeviceSpec("gate-gz-0001", "gate", "gz-a01"),
+            DeviceSpec("car-gz-0001", "vehicle", "gz-a01"),
+            DeviceSpec("meter-gz-0001", "energy_meter", "gz-a02"),
+        ],
+        now=now,
+    )
+    engine.dispose()
+    env = {
+        "LIANFANG_DATABASE_URL": db_url,
+        "LIANFANG_MQTT__PORT": str(broker.port),
+        "LIANFANG_SIM_PASSWORD": broker.sim_password,
+    }
+    args = [
+        "simulate",
+        "--duration",
+        "1",
+        "--seed",
+        "1",
+        "--rate-multiplier",
+        "60",
+        "--incident",
+        "silent:car-gz-0001:0",
+    ]
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("stopped:"))
+    published = int(line.split()[1])
+    assert published > 3 and f"{published} acknowledged" in line and "0 unacknowledged" in line
+    wait_until(lambda: collector.received == published, timeout=10, what="every simulated message")
+    assert [json.loads(p)["state"] for p, _ in collector.status["car-gz-0001"]] == ["online", "offline"]
+    assert set(collector.status) == {"gate-gz-0001", "car-gz-0001", "meter-gz-0001"}
+
+
+def test_simulate_command_without_password_exits_1(tmp_path: Path) -> None:
+    env = {"LIANFANG_DATABASE_URL": f"sqlite:///{tmp_path}/r.db", "LIANFANG_SIM_PASSWORD": ""}
+    result = CliRunner().invoke(app, ["simulate", "--duration", "1"], env=env)
+    assert result.exit_code == 1
+    assert "LIANFANG_SIM_PASSWORD" in result.output

@@ -1,0 +1,150 @@
+"""`lianfang simulate`: run the simulated fleet of the registry against the broker until Ctrl-C.
+
+Also :func:`run_simulation`, the loop the demo runs in a thread (stop it with a ``threading.Event``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from core import clock
+from core.errors import BrokerUnavailable, StoreUnavailable, UserError
+from devices.registry import Registry
+from devices.sim_publisher import SIM_USERNAME, Publisher, SharedPublisher
+from devices.simulator import Fleet, Incident, RegionPoint, SimDevice, fleet_from_registry, parse_incident
+from lianfang.context import open_registry, settings_from
+
+logger = logging.getLogger(__name__)
+
+
+def devices_from_registry(registry: Registry) -> list[SimDevice]:
+    """Every enabled device of the registry, placed at its region's coordinates."""
+    regions = [RegionPoint(r.id, r.parent_id, r.level, r.lat, r.lon) for r in registry.regions()]
+    rows, _ = registry.devices(enabled=True)
+    return fleet_from_registry([(d.id, d.type, d.region_id, d.expected_interval_s) for d in rows], regions)
+
+
+def run_simulation(
+    fleet: Fleet,
+    publisher: Publisher,
+    *,
+    stop: threading.Event,
+    duration_s: float | None = None,
+    tick_s: float = 1.0,
+    now: Callable[[], datetime] = clock.now,
+) -> None:
+    """Advance the fleet to the wall clock every ``tick_s`` and publish what fell due, until ``stop`` is set
+    or ``duration_s`` has passed."""
+    started = now()
+    while not stop.is_set():
+        current = now()
+        for msg in fleet.advance(current):
+            publisher.publish(msg)
+        if duration_s is not None and (current - started).total_seconds() >= duration_s:
+            return
+        stop.wait(tick_s)
+
+
+def simulate(
+    ctx: typer.Context,
+    devices_from_registry_: Annotated[
+        bool,
+        typer.Option(
+            "--devices-from-registry/--no-devices-from-registry",
+            help="Simulate every enabled device of the registry (the only source today).",
+        ),
+    ] = True,
+    rate_multiplier: Annotated[
+        float,
+        typer.Option(help="Report this many times more often (heartbeats and gate traffic), e.g. 10 for load."),
+    ] = 1.0,
+    incident: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--incident",
+            help="KIND:DEVICE:START_OFFSET_S[:DURATION_S], repeatable. KIND is door_forced, night_vehicle, "
+            "energy_spike or silent; the offset counts from the start of the run.",
+        ),
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed, for a repeatable run.")] = None,
+    host: Annotated[str | None, typer.Option(help="MQTT broker host (default: settings mqtt.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="MQTT broker port (default: settings mqtt.port).")] = None,
+    username: Annotated[str, typer.Option(help="MQTT account allowed to publish for every device.")] = SIM_USERNAME,
+    password: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LIANFANG_SIM_PASSWORD", help="Its password (env LIANFANG_SIM_PASSWORD).", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Simulate the registry's gates, vehicles, energy meters and sensors, publishing to the MQTT broker.
+
+    Gates follow the working day and the official Chinese calendar, vehicles drive between the sites of their
+    region, meters follow an hour-of-week load shape. Ctrl-C stops cleanly and prints the counts.
+    """
+    settings = settings_from(ctx)
+    if not devices_from_registry_:
+        typer.echo("error: --no-devices-from-registry: the registry is the only device source today", err=True)
+        raise typer.Exit(1)
+    if not password:
+        typer.echo("error: the simulator password is required: set LIANFANG_SIM_PASSWORD or --password", err=True)
+        raise typer.Exit(1)
+    start = clock.now()
+    try:
+        devices = devices_from_registry(open_registry(settings))
+        if not devices:
+            raise UserError("the registry has no enabled devices: run 'lianfang devices import FILE.csv' first")
+        incidents: Sequence[Incident] = [parse_incident(text, start) for text in incident or []]
+        fleet = Fleet(
+            devices,
+            rng=random.Random(seed),
+            start=start,
+            incidents=incidents,
+            rate_multiplier=rate_multiplier,
+        )
+        publisher = SharedPublisher(host or settings.mqtt.host, port or settings.mqtt.port, username, password)
+        publisher.start()
+    except (UserError, BrokerUnavailable, StoreUnavailable) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(
+        f"simulating {len(devices)} devices on {publisher.host}:{publisher.port}"
+        f" ({', '.join(f'{i.kind} {i.device_id}' for i in incidents) or 'no incidents'}); Ctrl-C stops"
+    )
+    stop = threading.Event()
+
+    def on_term(_sig: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    failed: BrokerUnavailable | None = None
+    try:
+        run_simulation(fleet, publisher, stop=stop, duration_s=duration)
+    except KeyboardInterrupt:
+        pass
+    except BrokerUnavailable as exc:
+        failed = exc
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        publisher.close(timeout=5.0)
+    counts = publisher.counts
+    by_kind = ", ".join(f"{k} {n}" for k, n in sorted(fleet.counts.by_kind.items()))
+    typer.echo(
+        f"stopped: {counts.published} published ({by_kind}), {counts.acked} acknowledged, "
+        f"{counts.rejected} refused by the broker, {counts.pending} unacknowledged"
+    )
+    if failed is not None:
+        typer.echo(f"error: {failed}", err=True)
+        raise typer.Exit(1)
