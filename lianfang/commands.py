@@ -20,3 +20,7 @@ from lianfang.serve_cmd import ingest, serve  # noqa: E402
 
 app.command("serve")(serve)
 app.command("ingest")(ingest)
+
+from devices.sim_cli import simulate  # noqa: E402
+
+app.command("simulate")(simulate)
