@@ -84,9 +84,23 @@ class Calendar:
     extra_workdays: dict[str, set[date]] = field(default_factory=dict)
     rosters: list[RosterEntry] = field(default_factory=list)
     sealing: list[SealingPeriod] = field(default_factory=list)
+    _cache: dict[tuple[date, tuple[str, ...]], bool] = field(default_factory=dict, repr=False, compare=False)
 
     def is_working_day(self, day: date, region_path: Sequence[str] = ()) -> bool:
         """Official Chinese working day (调休 included), with region-specific extra days off / workdays."""
+        key = (day, tuple(region_path))
+        hit = self._cache.get(key)
+        if hit is None:
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            hit = self._cache[key] = self._working_day(day, region_path)
+        return hit
+
+    def invalidate(self) -> None:
+        """Forget cached answers (after extra days were added)."""
+        self._cache.clear()
+
+    def _working_day(self, day: date, region_path: Sequence[str]) -> bool:
         for region in reversed(region_path):  # the nearest region's exception wins
             if day in self.extra_workdays.get(region, ()):
                 return True

@@ -14,6 +14,7 @@ Device time (``ts_ms`` of a record) drives windows and held-for periods; ``now``
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -59,6 +60,19 @@ class Env:
     """What rules may consult besides the record: the calendar with rosters and sealing periods."""
 
     calendar: Calendar = field(default_factory=Calendar)
+    _hours: dict[tuple[int, tuple[str, ...]], tuple[bool, int, int]] = field(default_factory=dict, repr=False)
+
+    def hour_info(self, ts_ms: int, region_path: tuple[str, ...]) -> tuple[bool, int, int]:
+        """(working day?, hour of week 0..167, hour of day) in Beijing time, cached per hour."""
+        key = (ts_ms // 3_600_000, region_path)
+        hit = self._hours.get(key)
+        if hit is None:
+            if len(self._hours) > 50_000:
+                self._hours.clear()
+            local = beijing(from_ms(ts_ms))
+            working = self.calendar.is_working_day(local.date(), region_path)
+            hit = self._hours[key] = (working, local.weekday() * 24 + local.hour, local.hour)
+        return hit
 
 
 def ms(at: datetime) -> int:
@@ -174,7 +188,7 @@ class AbsenceState:
     known: dict[str, Any] = field(default_factory=dict)
 
     def essential(self) -> tuple[object, ...]:
-        return (self.firing, self.last_seen_ms is None)
+        return (self.firing,)  # last_seen is learning data: a restart watches afresh from its own start
 
 
 @dataclass(slots=True)
@@ -287,6 +301,15 @@ def new_state(rule: EffectiveRule, *, now: datetime) -> State:
 
 def state_to_json(state: State) -> dict[str, Any]:
     return asdict(state)
+
+
+def state_dumps(state: State) -> str:
+    """The state as JSON text: fields are JSON-native, so no deep copy is needed (the snapshot hot path)."""
+    return json.dumps({name: getattr(state, name) for name in state.__dataclass_fields__}, separators=(",", ":"))
+
+
+def state_loads(kind: str, text: str) -> State:
+    return state_from_json(kind, json.loads(text))
 
 
 def state_from_json(kind: str, data: Mapping[str, Any]) -> State:
@@ -740,11 +763,9 @@ class _Baseline:
             x = (v - prev) / ((rec.ts_ms - prev_ts) / 3_600_000)
         else:
             x = v
-        local = beijing(from_ms(rec.ts_ms))
-        working = env.calendar.is_working_day(local.date(), subj.region_path)
-        how = local.weekday() * 24 + local.hour
+        working, how, hour = env.hour_info(rec.ts_ms, subj.region_path)
         applies = (p.days == "any" or (p.days == "working") == working) and (
-            p.hours is None or p.hours[0] <= local.hour < p.hours[1]
+            p.hours is None or p.hours[0] <= hour < p.hours[1]
         )
         base = self.expected(st, working, how, p.min_samples)
         st.baseline = base
@@ -893,3 +914,41 @@ def interested(rule: EffectiveRule, record: Record) -> bool:
     if kind == "geofence":
         return isinstance(record, Reading) and p.lat_field in record.fields
     return True
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Which records a rule needs: readings carrying one of ``fields`` (None: every reading), events, statuses."""
+
+    fields: tuple[str, ...] | None
+    events: bool
+    statuses: bool = False
+
+
+def route(rule: EffectiveRule) -> Route:
+    """Precomputed routing, so a record only reaches the rules it can matter to (see ``interested``)."""
+    kind, p = rule.kind, rule.params
+    if kind == "absence":
+        return Route(None, True, True)
+    if kind == "threshold":
+        return Route(None if p.where else (p.field,), False)
+    if kind == "baseline":
+        return Route((p.field,), False)
+    if kind == "delta":
+        return Route((p.field,), p.reset_event is not None)
+    if kind == "geofence":
+        return Route((p.lat_field,), False)
+    if kind == "schedule":
+        return Route(None if p.match.field is not None or p.min_distance_m > 0 else (), p.match.event is not None)
+    if kind == "event_count":
+        return Route((p.match.field,) if p.match.field else (), p.match.event is not None)
+    if kind == "travel":
+        return Route((), True)
+    return Route(None, True)  # sequence: trigger and required may be readings or events
+
+
+def evaluate_at(
+    rule: EffectiveRule, state: State, subject: Subject, record: Record, now_ms: int, env: Env
+) -> list[AlertChange]:
+    """``evaluate`` with ``now`` already in epoch ms (the service's hot path)."""
+    return KINDS[rule.kind].evaluate(rule, state, subject, record, now_ms, env)

@@ -118,6 +118,10 @@ class AlertBook:
             raise AlertNotFound(f"alert {alert_id} is not open")
         return alert
 
+    def touch(self, alert_id: int) -> None:
+        """Mark an alert changed from outside (e.g. its escalation level) so it is written."""
+        self._dirty.alerts.add(alert_id)
+
     def take_dirty(self) -> tuple[list[Alert], list[Silence], list[Comment]]:
         d, self._dirty = self._dirty, _Dirty()
         return (

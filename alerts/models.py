@@ -81,7 +81,7 @@ class RuleStateRow(Base):
     rule_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     subject: Mapped[str] = mapped_column(String(64), primary_key=True)  # device id, or "*" for rule-wide state
     kind: Mapped[str] = mapped_column(String(32))
-    state: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(Text)  # JSON text, written as is (see alerts.engine.state_dumps)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

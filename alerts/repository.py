@@ -161,7 +161,7 @@ class Snapshot:
 
     alerts: list[Alert] = field(default_factory=list)  # open ones and those resolved within the flap window
     silences: list[Silence] = field(default_factory=list)
-    states: dict[StateKey, tuple[str, dict[str, Any]]] = field(default_factory=dict)  # -> (kind, state)
+    states: dict[StateKey, tuple[str, str]] = field(default_factory=dict)  # -> (kind, state as JSON text)
     lifecycle: dict[str, Any] | None = None
     next_alert_id: int = 1
     next_silence_id: int = 1
@@ -188,7 +188,7 @@ class AlertRepository:
         alerts: Iterable[Alert] = (),
         silences: Iterable[Silence] = (),
         comments: Iterable[Comment] = (),
-        states: Mapping[StateKey, tuple[str, dict[str, Any]]] | None = None,
+        states: Mapping[StateKey, tuple[str, str]] | None = None,
         lifecycle: dict[str, Any] | None = None,
         now: datetime,
     ) -> None:
@@ -215,7 +215,7 @@ class AlertRepository:
                     conn.execute(insert(AlertCommentRow), crow)
                 if states:
                     srows = [
-                        {"rule_id": k[0], "subject": k[1], "kind": kind, "state": _jsonable(st), "updated_at": now}
+                        {"rule_id": k[0], "subject": k[1], "kind": kind, "state": st, "updated_at": now}
                         for k, (kind, st) in states.items()
                     ]
                     self._upsert(conn, RuleStateRow.__table__, srows, ["rule_id", "subject"])  # type: ignore[arg-type]
@@ -247,7 +247,7 @@ class AlertRepository:
                     _row_silence(r) for r in s.scalars(select(SilenceRow).where(SilenceRow.ended.is_(False)))
                 ]
                 for r in s.scalars(select(RuleStateRow)):
-                    snap.states[(r.rule_id, r.subject)] = (r.kind, dict(r.state))
+                    snap.states[(r.rule_id, r.subject)] = (r.kind, r.state)
                 kv = s.get(AlertKvRow, LIFECYCLE_KEY)
                 snap.lifecycle = dict(kv.value) if kv is not None else None
                 snap.next_alert_id = int(s.scalar(select(func.max(AlertRow.id))) or 0) + 1

@@ -427,6 +427,7 @@ class RuleSet:
             cal.sealing.append(SealingPeriod(s.region, _aware(s.start), _aware(s.end), s.reason, frozenset(s.exempt)))
         for d in doc.days:
             (cal.extra_workdays if d.working else cal.extra_days_off).setdefault(d.region, set()).add(d.date)
+        cal.invalidate()
         self._cache.clear()
 
     # effective rules

@@ -16,12 +16,13 @@ in the same transaction as the alerts it affects, so a restart keeps a held-for 
 
 from __future__ import annotations
 
+import gc
 import heapq
 import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -77,6 +78,40 @@ def notification_kind(event: LifecycleEvent) -> str | None:
     return None
 
 
+_Entry = tuple[EffectiveRule, StateKey]
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A device's effective rules, indexed by what records they need."""
+
+    subj: Subject
+    any_reading: list[_Entry] = field(default_factory=list)
+    by_field: dict[str, list[_Entry]] = field(default_factory=dict)
+    events: list[_Entry] = field(default_factory=list)
+    statuses: list[_Entry] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Payload:
+    alerts: dict[int, Alert]
+    silences: dict[int, Silence]
+    comments: list[Comment]
+    states: dict[StateKey, tuple[str, str]]
+    aux: dict[str, Any] | None
+    now: datetime
+
+    def merge(self, newer: _Payload) -> _Payload:
+        return _Payload(
+            {**self.alerts, **newer.alerts},
+            {**self.silences, **newer.silences},
+            self.comments + newer.comments,
+            {**self.states, **newer.states},
+            newer.aux if newer.aux is not None else self.aux,
+            newer.now,
+        )
+
+
 def _order(rec: Record) -> tuple[int, int]:
     return (rec.ts_ms, 0 if isinstance(rec, Event) else 1 if isinstance(rec, Reading) else 2)
 
@@ -94,6 +129,7 @@ class AlertService:
         tick_interval_s: float = 1.0,
         snapshot_interval_s: float = 10.0,
         refresh_interval_s: float = 60.0,
+        snapshot_chunk: int = 5000,
     ) -> None:
         self.repo = AlertRepository(engine)
         self.rules = rules
@@ -104,11 +140,13 @@ class AlertService:
         self.tick_interval_s = tick_interval_s
         self.snapshot_interval_s = snapshot_interval_s
         self.refresh_interval_s = refresh_interval_s
+        self.snapshot_chunk = snapshot_chunk
         self.book = AlertBook(lifecycle)
         self._lock = threading.RLock()
         self._subscribers: list[Subscriber] = []
         self._subjects: dict[str, Subject] = {}
         self._device_rules: dict[str, list[EffectiveRule]] = {}
+        self._plans: dict[str, _Plan] = {}
         self._regions: dict[str, RegionRef] = {}
         self._states: dict[StateKey, eng.State] = {}
         self._state_kind: dict[StateKey, str] = {}
@@ -118,10 +156,8 @@ class AlertService:
         self._armed: dict[StateKey, int] = {}
         self._essential: set[StateKey] = set()
         self._lazy: set[StateKey] = set()
-        self._unsaved_alerts: dict[int, Alert] = {}
-        self._unsaved_silences: dict[int, Silence] = {}
-        self._unsaved_comments: list[Comment] = []
-        self._unsaved_aux = False
+        self._wlock = threading.Lock()  # orders SQL writes; taken while holding _lock, released after writing
+        self._pending: _Payload | None = None  # written or failed to be written; retried with the next write
         self._seqs: dict[str, deque[int]] = {}
         self._scheduler: BackgroundScheduler | None = None
         self._started = False
@@ -145,7 +181,7 @@ class AlertService:
             now_ms = eng.ms(now)
             for key, (kind, data) in snap.states.items():
                 try:
-                    st = eng.state_from_json(kind, data)
+                    st = eng.state_loads(kind, data)
                 except (TypeError, ValueError, KeyError):
                     logger.warning("rule state %s/%s could not be restored; starting fresh", *key)
                     continue
@@ -173,6 +209,9 @@ class AlertService:
         if self._started:
             return
         self.load()
+        # The restored rule state is long-lived: keep it out of the cyclic GC's full passes, which otherwise
+        # cost ~100 ms now and then on the stream (measured: CPU p99 per batch 24 ms frozen vs 120 ms not).
+        gc.freeze()
         sched = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
         sched.add_job(self._safe(self.tick), "interval", seconds=self.tick_interval_s, id="alerts-tick")
         sched.add_job(self._safe(self.flush), "interval", seconds=self.snapshot_interval_s, id="alerts-snapshot")
@@ -237,6 +276,7 @@ class AlertService:
                 subjects[d.device_id] = self._subject(d.device_id, d.device_type, d.region_id, d.expected_interval_s)
         self._subjects = subjects
         self._device_rules.clear()
+        self._plans.clear()
         for subj in subjects.values():  # watch every device for absence from now on, reported or not
             for rule in self._rules_of(subj):
                 if rule.kind == "absence":
@@ -271,7 +311,7 @@ class AlertService:
             self.rules = rules
             self.env = Env(rules.calendar)
             self._device_rules.clear()
-            self._rule_by_key.clear()
+            self._plans.clear()
             self._refresh(self._clock())
 
     # --- the stream -------------------------------------------------------------------------------------------
@@ -290,11 +330,13 @@ class AlertService:
         with self._lock:
             now = now or self._clock()
             events: list[LifecycleEvent] = []
+            now_ms = eng.ms(now)
             for rec in records:
                 if self._replayed(rec):
                     continue
-                events.extend(self._evaluate(rec, now))
-            self._persist(now, events)
+                events.extend(self._evaluate(rec, now, now_ms))
+            payload = self._persist(now)
+        self._commit(payload)
         self._publish(events)
         return events
 
@@ -310,26 +352,61 @@ class AlertService:
         seen.append(seq)
         return False
 
-    def _evaluate(self, rec: Record, now: datetime) -> list[LifecycleEvent]:
+    def _plan(self, subj: Subject) -> _Plan:
+        plan = self._plans.get(subj.device_id)
+        if plan is None or plan.subj is not subj:
+            plan = _Plan(subj)
+            for rule in self._rules_of(subj):
+                entry = (rule, (rule.rule_id, eng.state_key(rule, subj)))
+                r = eng.route(rule)
+                if r.fields is None:
+                    plan.any_reading.append(entry)
+                else:
+                    for f in r.fields:
+                        plan.by_field.setdefault(f, []).append(entry)
+                if r.events:
+                    plan.events.append(entry)
+                if r.statuses:
+                    plan.statuses.append(entry)
+            self._plans[subj.device_id] = plan
+        return plan
+
+    def _evaluate(self, rec: Record, now: datetime, now_ms: int) -> list[LifecycleEvent]:
         subj = self._subjects.get(rec.device_id)
         if subj is None:
             if isinstance(rec, Status):
                 return []
             subj = self._subject(rec.device_id, rec.device_type, rec.region_id)
             self._subjects[rec.device_id] = subj
+        plan = self._plan(subj)
+        if isinstance(rec, Reading):
+            entries = plan.any_reading
+            by_field = plan.by_field
+            extra = [e for f in rec.fields if f in by_field for e in by_field[f]]
+            if extra:
+                entries = entries + extra if entries else extra
+        elif isinstance(rec, Event):
+            entries = plan.events
+        else:
+            entries = plan.statuses
         events: list[LifecycleEvent] = []
-        for rule in self._rules_of(subj):
-            if not eng.interested(rule, rec):
-                continue
-            key = (rule.rule_id, eng.state_key(rule, subj))
-            st = self._states.get(key)
+        states, env = self._states, self.env
+        for rule, key in entries:
+            st = states.get(key)
+            fresh = st is None
             if st is None:
-                st = self._states[key] = eng.new_state(rule, now=now)
+                st = states[key] = eng.new_state(rule, now=now)
                 self._state_kind[key] = rule.kind
             before = st.essential()
-            changes = eng.evaluate(rule, st, subj, rec, now=now, env=self.env)
-            (self._essential if st.essential() != before else self._lazy).add(key)
-            self._arm(rule, key, subj)
+            changes = eng.evaluate_at(rule, st, subj, rec, now_ms, env)
+            # Deadlines only move when the essential state does (absence: re-armed when its wake-up pops).
+            if st.essential() != before:
+                self._essential.add(key)
+                self._arm(rule, key, subj)
+            else:
+                self._lazy.add(key)
+                if fresh:
+                    self._arm(rule, key, subj)
             for ch in changes:
                 events.extend(self.book.apply(ch))
         return events
@@ -337,14 +414,14 @@ class AlertService:
     # --- timers -----------------------------------------------------------------------------------------------
 
     def _arm(self, rule: EffectiveRule, key: StateKey, subj: Subject) -> None:
-        self._rule_by_key[key] = rule
-        self._tick_subject[key] = subj
         due = eng.next_deadline(rule, self._states[key], subj)
         if due is None:
             return
         armed = self._armed.get(key)
         if armed is not None and armed <= due:
             return  # an earlier wake-up is already queued; it re-arms for the later deadline
+        self._rule_by_key[key] = rule
+        self._tick_subject[key] = subj
         self._armed[key] = due
         heapq.heappush(self._heap, (due, key))
 
@@ -371,7 +448,8 @@ class AlertService:
             book_due = self.book.next_deadline()
             if book_due is not None and book_due <= now:
                 events.extend(self.book.tick(now=now))
-            self._persist(now, events)
+            payload = self._persist(now)
+        self._commit(payload)
         self._publish(events)
         return events
 
@@ -385,71 +463,90 @@ class AlertService:
 
     # --- persistence ----------------------------------------------------------------------------------------
 
-    def _persist(self, now: datetime, events: list[LifecycleEvent]) -> None:
+    def _take(self, now: datetime, keys: set[StateKey]) -> _Payload | None:
+        """Collect what must be written (call with the state lock held): changed alerts, silences, comments, the
+        given rule states and the lifecycle's aux state. Serialised here, written later by ``_commit``."""
         alerts, silences, comments = self.book.take_dirty()
-        for a in alerts:
-            self._unsaved_alerts[a.id] = a
-        for s in silences:
-            self._unsaved_silences[s.id] = s
-        self._unsaved_comments.extend(comments)
-        if events or alerts or silences:
-            self._unsaved_aux = True
-        if not (
-            self._essential
-            or self._unsaved_alerts
-            or self._unsaved_silences
-            or self._unsaved_comments
-            or self._unsaved_aux
-        ):
-            return
-        self._write(now, self._essential)
-
-    def _write(self, now: datetime, keys: set[StateKey]) -> None:
-        states = {k: (self._state_kind[k], eng.state_to_json(self._states[k])) for k in keys if k in self._states}
-        try:
-            self.repo.save(
-                alerts=self._unsaved_alerts.values(),
-                silences=self._unsaved_silences.values(),
-                comments=self._unsaved_comments,
-                states=states,
-                lifecycle=self.book.aux_to_json() if self._unsaved_aux else None,
-                now=now,
-            )
-        except StoreUnavailable as exc:
-            if not self._store_down:
-                logger.warning(
-                    "alert store unavailable, keeping %d alert changes in memory: %s", len(self._unsaved_alerts), exc
-                )
-            self._store_down = True
-            return
-        if self._store_down:
-            logger.info("alert store back, %d alert changes written", len(self._unsaved_alerts))
-            self._store_down = False
-        self._unsaved_alerts.clear()
-        self._unsaved_silences.clear()
-        self._unsaved_comments.clear()
-        self._unsaved_aux = False
+        if not (alerts or silences or comments or keys):
+            return None
+        states = {k: (self._state_kind[k], eng.state_dumps(self._states[k])) for k in keys if k in self._states}
         self._lazy -= keys
         if keys is self._essential:
             self._essential = set()
         else:
             self._essential -= keys
+        return _Payload(
+            {a.id: a for a in alerts},
+            {x.id: x for x in silences},
+            list(comments),
+            states,
+            self.book.aux_to_json() if (alerts or silences) else None,
+            now,
+        )
+
+    def _commit(self, payload: _Payload | None) -> None:
+        """Write ``payload`` (and whatever failed before) in one transaction, then release the write lock.
+
+        The caller acquires ``_wlock`` while it still holds the state lock, so payloads are written in the order
+        they were taken, while the next batch may already be evaluated."""
+        try:
+            if payload is not None:
+                self._pending = payload if self._pending is None else self._pending.merge(payload)
+            pending = self._pending
+            if pending is None:
+                return
+            try:
+                self.repo.save(
+                    alerts=pending.alerts.values(),
+                    silences=pending.silences.values(),
+                    comments=pending.comments,
+                    states=pending.states,
+                    lifecycle=pending.aux,
+                    now=pending.now,
+                )
+            except StoreUnavailable as exc:
+                if not self._store_down:
+                    logger.warning(
+                        "alert store unavailable, keeping %d alert changes in memory: %s", len(pending.alerts), exc
+                    )
+                self._store_down = True
+                return
+            if self._store_down:
+                logger.info("alert store back, %d alert changes written", len(pending.alerts))
+                self._store_down = False
+            self._pending = None
+        finally:
+            self._wlock.release()
+
+    def _persist(self, now: datetime) -> _Payload | None:
+        """Take the payload of a batch / tick / action and acquire the write lock (state lock held)."""
+        payload = self._take(now, self._essential)
+        self._wlock.acquire()
+        return payload
 
     def flush(self, everything: bool = False) -> None:
-        """Write the learning parts of rule state (and anything unsaved). ``everything``: all states."""
+        """Write the learning parts of rule state (baselines, last values), at most ``snapshot_chunk`` states per
+        call so the stream is never held up for long; ``everything``: all states (at stop)."""
         with self._lock:
-            keys = set(self._states) if everything else self._essential | self._lazy
-            self._write(self._clock(), keys)
-            if everything and not self._store_down:
-                self._lazy.clear()
-                self._essential.clear()
+            if everything:
+                keys = set(self._states)
+            else:
+                keys = set(self._essential)
+                for key in self._lazy:
+                    if len(keys) >= self.snapshot_chunk:
+                        break
+                    keys.add(key)
+            payload = self._take(self._clock(), keys)
+            self._wlock.acquire()
+        self._commit(payload)
 
     # --- people ---------------------------------------------------------------------------------------------
 
     def _act(self, fn: Callable[[], list[LifecycleEvent]]) -> list[LifecycleEvent]:
         with self._lock:
             events = fn()
-            self._persist(self._clock(), events)
+            payload = self._persist(self._clock())
+        self._commit(payload)
         self._publish(events)
         return events
 
@@ -496,6 +593,8 @@ class AlertService:
                 return None
             alert.escalation_level = level
             alert.updated_at = max(alert.updated_at, now)
-            self._unsaved_alerts[alert.id] = replace(alert, detail=dict(alert.detail))
-            self._write(now, set())
-            return replace(alert, detail=dict(alert.detail))
+            self.book.touch(alert.id)
+            payload = self._persist(now)
+            out = replace(alert, detail=dict(alert.detail))
+        self._commit(payload)
+        return out

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from alerts.rules import PACKS_DIR, RuleSet, ThresholdParams, explain_rows
 from alerts.types import Severity
@@ -169,3 +172,57 @@ def test_rules_default_packs_validate_and_cover_catalogue() -> None:
     assert expected <= ids, expected - ids
     for t in ("gate", "vehicle", "energy_meter"):
         assert rs.for_device("x-1", t, ("gd",)), t
+
+
+# --- the CLI: lianfang rules check / explain ---------------------------------------------------------------------
+
+
+def _cli(tmp_path: Path, *args: str) -> Any:
+    import lianfang.commands  # noqa: F401  (registers the sub-apps)
+    from lianfang.cli import app
+
+    env = {"LIANFANG_DATABASE_URL": f"sqlite:///{tmp_path}/registry.db", "LIANFANG_CONFIG": None}
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+def test_cli_rules_check_packs_and_files(tmp_path: Path) -> None:
+    over = write(tmp_path, "over.yaml", "overrides:\n  - {rule: V6, region: gz, params: {value: 88}}\n")
+    result = _cli(tmp_path, "rules", "check", str(over), "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["ok"] and out["overrides"] == 1 and out["rules"] >= 17
+
+
+def test_cli_rules_check_error_names_file_and_field(tmp_path: Path) -> None:
+    bad = write(tmp_path, "bad.yaml", "overrides:\n  - {rule: V6, region: gz, params: {for_s: -5}}\n")
+    result = _cli(tmp_path, "rules", "check", str(bad))
+    assert result.exit_code == 1
+    assert "bad.yaml" in result.stderr and "overrides[0].params.for_s" in result.stderr
+
+
+def test_cli_rules_explain_device(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from core.db import make_engine, migrate
+    from devices.registry import DeviceSpec, RegionSpec, Registry
+
+    engine = make_engine(f"sqlite:///{tmp_path}/registry.db")
+    migrate(engine)
+    reg = Registry(engine)
+    now = datetime(2026, 3, 2, tzinfo=UTC)
+    reg.upsert_regions([RegionSpec("gd", "广东", "province"), RegionSpec("gz", "广州", "city", "gd")], now=now)
+    reg.add_devices([DeviceSpec("car-1", "vehicle", "gz")], now=now)
+    engine.dispose()
+    over = write(tmp_path, "over.yaml", "overrides:\n  - {rule: V6, region: gz, params: {value: 88}}\n")
+    result = _cli(tmp_path, "rules", "explain", "car-1", "--rules", str(over), "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["region_path"] == ["gd", "gz"]
+    v6 = {r["setting"]: r for r in out["settings"] if r["rule"] == "V6"}
+    assert v6["value"]["value"] == 88 and "over.yaml overrides[0]" in v6["value"]["source"]
+    assert "vehicles.yaml" in v6["for_s"]["source"]
+    assert not any(r["rule"].startswith("G") for r in out["settings"])
+    table = _cli(tmp_path, "rules", "explain", "car-1")
+    assert table.exit_code == 0 and "V6" in table.stdout
+    missing = _cli(tmp_path, "rules", "explain", "car-404")
+    assert missing.exit_code == 1 and "car-404" in missing.stderr

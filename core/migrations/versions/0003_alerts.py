@@ -81,7 +81,7 @@ def upgrade() -> None:
         sa.Column("rule_id", sa.String(128), primary_key=True),
         sa.Column("subject", sa.String(64), primary_key=True),
         sa.Column("kind", sa.String(32), nullable=False),
-        sa.Column("state", sa.JSON, nullable=False),
+        sa.Column("state", sa.Text, nullable=False),  # JSON text
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_table(
