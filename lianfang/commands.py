@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from alerts.cli import rules_app
 from devices.cli import devices_app, regions_app
 from devices.cli_security import certs_app, creds_app
 from gateway.cli import users_app
@@ -15,6 +16,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(users_app, name="users")
 app.add_typer(creds_app, name="credentials")
 app.add_typer(certs_app, name="certs")
+app.add_typer(rules_app, name="rules")
 
 from lianfang.serve_cmd import ingest, serve  # noqa: E402
 
