@@ -126,7 +126,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="lf-bench-ingest-"))
     cfg = BrokerConfig(directory=tmp / "mosquitto", port=free_port(), admin_password="bench-admin-x",
                        platform_password="bench-platform-x", sim_password="bench-sim-x",
-                       max_inflight_messages=10_000, autosave_interval_s=int(__import__("os").environ.get("AUTOSAVE", "1")))
+                       max_inflight_messages=10_000)
     db_url = f"sqlite:///{tmp}/registry.db"
     engine = make_engine(db_url)
     migrate(engine)

@@ -53,7 +53,7 @@ class BrokerConfig:
     sim_password: str | None = None
     max_inflight_messages: int = 2000
     max_queued_messages: int = 2_000_000
-    autosave_interval_s: int = 1
+    autosave_interval_s: int = 5  # broker crash (not restart) loses at most this window; see docs/operations.md
     tls_port: int | None = None
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None

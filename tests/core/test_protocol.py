@@ -92,7 +92,8 @@ def test_not_json_not_object_too_large() -> None:
 
 
 def test_nan_and_infinity_are_rejected() -> None:
-    assert _reason("telemetry", b'{"energy_kwh": NaN}') == "schema"
+    assert _reason("telemetry", b'{"energy_kwh": NaN}') == "not_json"  # not JSON per RFC 8259
+    assert _reason("telemetry", b'{"energy_kwh": Infinity}') == "not_json"
     assert _reason("telemetry", b'{"energy_kwh": 1e999}') == "schema"
 
 
