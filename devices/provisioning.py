@@ -455,7 +455,7 @@ class Provisioner:
             tmp = path.with_suffix(".lianfang-tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, separators=(",", ":"))
+                f.write(json.dumps(doc, separators=(",", ":")))  # the C encoder: json.dump() is pure Python
             tmp.replace(path)
         finally:
             self.process.start()
