@@ -103,6 +103,7 @@ class AlertBook:
         self.held: dict[str, AlertChange] = {}
         self.offline: dict[str, set[str]] = {}  # device -> dedup keys of its open offline alerts
         self.silences: dict[int, Silence] = {}
+        self._started: set[int] = set()  # silences whose start has been applied to the open alerts
         self.next_id = next_id
         self.next_silence_id = next_silence_id
         self._dirty = _Dirty()
@@ -340,6 +341,7 @@ class AlertBook:
         self._dirty.silences.add(s.id)
         if s.active(now):
             self._apply_silence(s)
+            self._started.add(s.id)
         return s
 
     def _apply_silence(self, s: Silence) -> None:
@@ -364,6 +366,7 @@ class AlertBook:
                 continue
             if s.starts_at <= now < s.ends_at:
                 self._apply_silence(s)
+                self._started.add(s.id)
             elif now >= s.ends_at:
                 s.ended = True
                 self._dirty.silences.add(s.id)
@@ -408,6 +411,8 @@ class AlertBook:
         for s in self.silences.values():
             if not s.ended:
                 due.append(s.ends_at)
+                if s.id not in self._started:
+                    due.append(s.starts_at)
         quiet = timedelta(seconds=self.config.flap_quiet_s)
         for alert in self.open_alerts():
             if alert.flapping:

@@ -201,7 +201,9 @@ def test_lifecycle_silence_without_renotify_and_future_start() -> None:
         reason="r", creator="c", starts_at=at(100), ends_at=at(200), now=at(0), device_id="dev-1", renotify=False
     )
     assert not book.get(1).silenced
+    assert book.next_deadline() == at(100)  # the start is a deadline too
     book.tick(now=at(100))
+    assert book.next_deadline() == at(200)
     assert book.get(1).silenced
     (ev,) = book.tick(now=at(200))
     assert ev.kind == "unsilenced" and not ev.notify

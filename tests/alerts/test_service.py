@@ -336,3 +336,89 @@ def test_service_timers_run_in_apscheduler(sqlite_registry: Registry) -> None:
         wait_until(lambda: len(stored(sqlite_registry)) == 2, timeout=5, what="both devices reported offline")
     with sqlite_registry.session() as s:
         assert s.scalar(select(func.count()).select_from(AlertRow)) == 2
+
+
+def test_service_store_outage_keeps_changes_and_writes_them_later(reg: Registry, clock: Clock) -> None:
+    from sqlalchemy import text
+
+    svc = make_service(reg, clock)
+    svc.load()
+    with reg.engine.begin() as conn:  # the alerts table "disappears": every write fails
+        conn.execute(text("ALTER TABLE alerts RENAME TO alerts_away"))
+    told: list[str] = []
+    svc.subscribe(lambda e: told.append(e.kind))
+    svc.on_batch(
+        batch(Event("temp-1", "bldg-1", "sensor", int(T0.timestamp() * 1000), None, "fault", {"code": "tamper"}))
+    )
+    assert told == ["created"]  # people are told; the alert waits in memory
+    assert [a.rule_id for a in svc.open_alerts()] == ["TAMPER"]
+    with reg.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE alerts_away RENAME TO alerts"))
+        assert conn.execute(text("SELECT count(*) FROM alerts")).scalar() == 0
+    clock.set(1)
+    svc.tick()
+    assert [(r.rule_id, r.state) for r in stored(reg)] == [("TAMPER", "firing")]
+
+
+@pytest.mark.integration
+def test_service_behind_real_ingest_and_mosquitto(
+    broker: Any, sqlite_registry: Registry, store: Any, tmp_path: Any
+) -> None:
+    """Device -> Mosquitto -> ingest (BatchListener) -> AlertService with the default packs -> alerts stored."""
+    import json
+    import time
+
+    from pydantic import SecretStr
+
+    from core.settings import IngestSettings, MqttSettings
+    from ingest.service import IngestService
+    from tests.helpers import mqtt_client
+
+    reg = sqlite_registry
+    now = datetime.now(UTC)
+    reg.upsert_regions([RegionSpec("gd", "广东省", "province"), RegionSpec("gz", "广州市", "city", "gd")], now=now)
+    reg.add_devices([DeviceSpec("gate-0001", "gate", "gz")], now=now)
+    no_g5 = tmp_path / "local.yaml"
+    no_g5.write_text("overrides:\n  - {rule: G5, enabled: false}\n", encoding="utf-8")  # time-of-day dependent
+    alerts = AlertService(
+        reg.engine, RuleSet.load([PACKS_DIR, no_g5]), reg.snapshot, regions_from_registry(reg), tick_interval_s=0.05
+    )
+    alerts.start()
+    ingest = IngestService(
+        MqttSettings(
+            port=broker.port,
+            username=broker.platform_username,
+            password=SecretStr(broker.platform_password),
+            embedded_broker=False,
+        ),
+        IngestSettings(batch_wait_ms=5, registry_refresh_s=60),
+        store,
+        reg.snapshot,
+        listeners=[alerts.on_batch],
+    )
+    ingest.start()
+    sim = mqtt_client(broker.port, "lianfang-sim", broker.sim_password)
+    try:
+
+        def pub(kind: str, payload: dict[str, Any]) -> None:
+            sim.publish(f"lf/v1/gate-0001/{kind}", json.dumps(payload), qos=1).wait_for_publish(5)
+
+        t = time.time_ns() // 1_000_000 - 20_000
+        pub("event", {"ts": t, "seq": 1, "type": "access", "credential": "c-1", "result": "granted"})
+        pub("telemetry", {"ts": t + 1000, "seq": 2, "door_open": True})  # near miss: granted 1 s before
+        pub("telemetry", {"ts": t + 5000, "seq": 3, "door_open": False})
+        pub("telemetry", {"ts": t + 10_000, "seq": 4, "door_open": True})  # forced: nothing in the 3 s before
+        pub("telemetry", {"ts": t + 12_000, "seq": 5, "door_open": False})
+        pub("event", {"ts": t + 13_000, "seq": 6, "type": "tamper"})
+        pub("event", {"ts": t + 13_000, "seq": 6, "type": "tamper"})  # redelivered duplicate
+        wait_until(lambda: len(stored(reg)) >= 2, timeout=8, what="G1 and G11.tamper stored")
+        rows = stored(reg)
+        assert sorted(r.rule_id for r in rows) == ["G1", "G11.tamper"]
+        assert all(r.count == 1 for r in rows)
+        forced = next(r for r in rows if r.rule_id == "G1")
+        assert forced.detail["trigger_at"] == t + 10_000
+    finally:
+        sim.loop_stop()
+        sim.disconnect()
+        ingest.stop()
+        alerts.stop()
