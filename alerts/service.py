@@ -439,6 +439,8 @@ class AlertService:
                 rule, subj, st = self._rule_by_key.get(key), self._tick_subject.get(key), self._states.get(key)
                 if rule is None or subj is None or st is None:
                     continue
+                if key[1] != "*" and key[1] not in self._subjects:
+                    continue  # the device was disabled or removed: its timers stop
                 before = st.essential()
                 changes: list[AlertChange] = eng.tick(rule, st, subj, now=now, env=self.env)
                 (self._essential if st.essential() != before else self._lazy).add(key)

@@ -422,3 +422,13 @@ def test_service_behind_real_ingest_and_mosquitto(
         sim.disconnect()
         ingest.stop()
         alerts.stop()
+
+
+def test_service_disabled_device_is_not_reported_offline(reg: Registry, clock: Clock) -> None:
+    svc = make_service(reg, clock)
+    svc.load()
+    reg.set_enabled("temp-2", False, now=T0)
+    svc.refresh()
+    clock.set(100)
+    svc.tick()
+    assert [(r.rule_id, r.device_id) for r in stored(reg)] == [("OFF", "temp-1")]
