@@ -13,6 +13,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy import select
 
 from core.errors import UserError
@@ -71,12 +72,12 @@ class Device:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = lambda _c, _u, mid, rc, _p: self.acks.__setitem__(mid, rc.value)
         self.client.on_subscribe = lambda _c, _u, mid, rcs, _p: self.acks.__setitem__(mid, rcs[0].value)
-        self.client.on_message = lambda _c, _u, m: self.received.append((m.topic, m.payload))
+        self.client.on_message = lambda _c, _u, m: self.received.append((m.topic, bytes(m.payload)))
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         wait_until(lambda: self.connack is not None, 5, what="CONNACK")
 
-    def _on_connect(self, _c: object, _u: object, _f: object, rc: mqtt.ReasonCode, _p: object) -> None:
+    def _on_connect(self, _c: object, _u: object, _f: object, rc: ReasonCode, _p: object) -> None:
         self.connack = rc.value
         if rc.is_failure:
             self.client.disconnect()  # no automatic retries in tests
@@ -90,6 +91,7 @@ class Device:
 
     def subscribe(self, topic: str) -> int:
         _r, mid = self.client.subscribe(topic, qos=1)
+        assert mid is not None
         return int(wait_until(lambda: self.acks.get(mid, -1) + 1, 5, what=f"SUBACK {topic}")) - 1
 
     def close(self) -> None:
@@ -155,7 +157,7 @@ def test_device_publishes_own_topics_and_nothing_else(prov: Provisioner, broker:
     platform.subscribe("lf/v1/#", qos=1)
     admin_sub = mqtt_client(broker.port, "admin", broker.admin_password, "admin-watch")
     control: list[bytes] = []
-    admin_sub.on_message = lambda _c, _u, m: control.append(m.payload)
+    admin_sub.on_message = lambda _c, _u, m: control.append(bytes(m.payload))
     admin_sub.subscribe("$CONTROL/dynamic-security/v1", qos=1)
     dev = Device(broker.port, "gate-0001", secrets_["gate-0001"], "gate-0001")
     try:
