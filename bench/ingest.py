@@ -56,7 +56,7 @@ def make_payload(dtype: str, seq: int, ts: int, rng: random.Random) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def prefill(port: int, password: str, devices: list[tuple[str, str]], n: int, max_inflight: int = 10_000) -> int:
+def prefill(port: int, password: str, devices: list[tuple[str, str]], n: int, max_inflight: int = 200) -> int:
     """Publish n QoS 1 messages with at most max_inflight unacked (paho loses messages past 65,535)."""
     rng = random.Random(7)
     sem = threading.Semaphore(max_inflight)

@@ -21,7 +21,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from core.errors import BrokerUnavailable
 from core.settings import MqttSettings
-from ingest import metrics
+from ingest import metrics, paho_speedups
 from ingest.pipeline import RawMessage
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ def subscription_topic(shared_group: str | None) -> str:
 
 class MqttConsumer:
     def __init__(self, settings: MqttSettings, out: queue.Queue[RawMessage], *, client_id: str | None = None) -> None:
+        paho_speedups.install()
         self.settings = settings
         self.out = out
         self.topic = subscription_topic(settings.shared_group)
