@@ -63,6 +63,19 @@ class ApiSettings(_Section):
     max_range_days: int = Field(default=92, ge=1)
 
 
+class AlertSettings(_Section):
+    """The alert engine and notifications (``alerts.wiring.AlertsRuntime``)."""
+
+    enabled: bool = True
+    # User rule files or directories (*.yaml), loaded after the built-in packs (alerts/packs).
+    rules_paths: list[Path] = []
+    # Notification channels, routes and escalation (YAML, docs/notifications.md). None: no channels; alerts
+    # are still evaluated and stored.
+    notify_config: Path | None = None
+    tick_interval_s: float = Field(default=1.0, gt=0)
+    escalation_tick_s: float = Field(default=5.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LIANFANG_", env_nested_delimiter="__", extra="forbid")
 
@@ -74,6 +87,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     ingest: IngestSettings = IngestSettings()
     api: ApiSettings = ApiSettings()
+    alerts: AlertSettings = AlertSettings()
 
     @field_validator("database_url")
     @classmethod
