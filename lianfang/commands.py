@@ -26,3 +26,7 @@ app.command("ingest")(ingest)
 from devices.sim_cli import simulate  # noqa: E402
 
 app.command("simulate")(simulate)
+
+from lianfang.demo import demo  # noqa: E402
+
+app.command("demo")(demo)

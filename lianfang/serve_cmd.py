@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -12,6 +13,7 @@ import uvicorn
 
 from core.errors import LianfangError
 from core.logs import setup_logging
+from core.settings import Settings
 from gateway.app import GatewayContext, create_app
 from gateway.live import Broadcaster
 from lianfang.context import settings_from
@@ -19,18 +21,19 @@ from lianfang.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
+# Called once everything runs, before the API serves; returns what to call on the way down.
+OnStarted = Callable[[Runtime], Callable[[], None]]
 
-def serve(
-    ctx: typer.Context,
-    host: Annotated[str | None, typer.Option(help="Address of the API and page (default: settings api.host).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port of the API and page (default: settings api.port).")] = None,
+
+def run_service(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    dev_open: bool = False,
+    on_started: OnStarted | None = None,
 ) -> None:
-    """Run everything in one process: the broker (if embedded), ingest, the REST API and the control-room page.
-
-    Stops cleanly on Ctrl-C or SIGTERM: ingest writes and acknowledges what it holds, then the broker stops.
-    """
-    settings = settings_from(ctx)
-    setup_logging(settings.log_level)
+    """Start the runtime and serve the API until SIGINT / SIGTERM; then stop everything in reverse order."""
     broadcaster = Broadcaster()
     runtime = Runtime(settings, listeners=[broadcaster.publish])
     try:
@@ -45,18 +48,41 @@ def serve(
         runtime.store,
         runtime.broker_status,
         runtime.ingest_status,
+        dev_open=dev_open,
         broadcaster=broadcaster,
     )
-    app = create_app(gw)
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host=host or settings.api.host, port=port or settings.api.port, log_config=None, access_log=False
+            create_app(gw),
+            host=host or settings.api.host,
+            port=port or settings.api.port,
+            log_config=None,
+            access_log=False,
         )
     )
+    stop_extra: Callable[[], None] | None = None
     try:
+        if on_started is not None:
+            stop_extra = on_started(runtime)
         server.run()  # handles SIGINT / SIGTERM
     finally:
+        if stop_extra is not None:
+            stop_extra()
         runtime.stop()
+
+
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Address of the API and page (default: settings api.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port of the API and page (default: settings api.port).")] = None,
+) -> None:
+    """Run everything in one process: the broker (if embedded), ingest, the REST API and the control-room page.
+
+    Stops cleanly on Ctrl-C or SIGTERM: ingest writes and acknowledges what it holds, then the broker stops.
+    """
+    settings = settings_from(ctx)
+    setup_logging(settings.log_level)
+    run_service(settings, host=host, port=port)
 
 
 def ingest(ctx: typer.Context) -> None:
