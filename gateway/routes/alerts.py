@@ -1,0 +1,341 @@
+"""Alerts and silences: lists, one alert with its timeline, and people's actions, inside the caller's scope.
+
+Reads go to the alerts tables; actions go through the running ``AlertService`` (so they reach the live lifecycle,
+are stored and notified like any other change). Without a running alert service every endpoint answers 503.
+An alert or silence outside the caller's subtree is answered as if it did not exist (404). Writes need the role
+``operator`` or ``admin``; the acting person is the caller's API user name.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from alerts.lifecycle import Silence
+from alerts.models import AlertRow
+from alerts.repository import row_to_alert
+from alerts.service import AlertService
+from alerts.types import Alert, AlertState, Comment, Severity
+from core.errors import StoreUnavailable, UserError
+from devices.registry import Registry
+from gateway.auth import Principal
+from gateway.deps import AlertsDep, NowDep, PrincipalDep, RegistryDep, require_role
+from gateway.routes import API_PREFIX
+from gateway.scope import device_or_404, not_found, region_or_404
+
+router = APIRouter(prefix=API_PREFIX, tags=["alerts"])
+
+Writer = Annotated[Principal, Depends(require_role("operator", "admin"))]
+StateFilter = Literal["open", "firing", "acknowledged", "resolved"]
+
+
+# --- JSON shapes -------------------------------------------------------------------------------------------------
+
+
+def _iso(at: datetime | None) -> str | None:
+    if at is None:
+        return None
+    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def alert_json(a: Alert) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "rule_id": a.rule_id,
+        "device_id": a.device_id,
+        "region_id": a.region_id,
+        "region_path": list(a.region_path),
+        "severity": str(a.severity),
+        "state": str(a.state),
+        "title_zh": a.title_zh,
+        "title_en": a.title_en,
+        "dedup_key": a.dedup_key,
+        "started_at": _iso(a.started_at),
+        "updated_at": _iso(a.updated_at),
+        "count": a.count,
+        "active": a.active,
+        "flapping": a.flapping,
+        "silenced": a.silenced,
+        "escalation_level": a.escalation_level,
+        "assignee": a.assignee,
+        "acknowledged_by": a.acknowledged_by,
+        "acknowledged_at": _iso(a.acknowledged_at),
+        "ack_reason": a.ack_reason,
+        "resolved_by": a.resolved_by,
+        "resolved_at": _iso(a.resolved_at),
+        "resolve_reason": a.resolve_reason,
+        "detail": a.detail,
+    }
+
+
+def comment_json(c: Comment) -> dict[str, Any]:
+    return {"kind": c.kind, "author": c.author, "text": c.text, "at": _iso(c.at)}
+
+
+def silence_json(s: Silence, now: datetime) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "region_id": s.region_id,
+        "device_id": s.device_id,
+        "rule_id": s.rule_id,
+        "reason": s.reason,
+        "creator": s.creator,
+        "approver": s.approver,
+        "starts_at": _iso(s.starts_at),
+        "ends_at": _iso(s.ends_at),
+        "renotify": s.renotify,
+        "created_at": _iso(s.created_at),
+        "active": s.active(now),
+        "ended": s.ended,
+    }
+
+
+# --- reads -------------------------------------------------------------------------------------------------------
+
+
+def _read(svc: AlertService, query: Any) -> list[AlertRow]:
+    try:
+        with svc.repo.engine.connect() as conn:
+            return list(Session(bind=conn).scalars(query))
+    except SQLAlchemyError as exc:
+        raise StoreUnavailable(f"alert store read failed: {exc}") from exc
+
+
+def _alert_or_404(svc: AlertService, principal: Principal, alert_id: int) -> Alert:
+    rows = _read(svc, select(AlertRow).where(AlertRow.id == alert_id))
+    if not rows or not principal.sees_region(rows[0].region_id):
+        raise not_found("alert", str(alert_id))
+    return row_to_alert(rows[0])
+
+
+@router.get("/alerts")
+def list_alerts(
+    svc: AlertsDep,
+    registry: RegistryDep,
+    principal: PrincipalDep,
+    state: Annotated[StateFilter | None, Query(description="open = firing or acknowledged")] = None,
+    severity: Annotated[list[Severity] | None, Query(description="repeat for several severities")] = None,
+    rule: Annotated[str | None, Query(description="rule id, e.g. G1")] = None,
+    region: Annotated[str | None, Query(description="region id: alerts of its whole subtree")] = None,
+    device: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    """Alerts newest first; ``total`` counts all matches."""
+    q = select(AlertRow)
+    if region is not None:
+        region_or_404(registry, principal, region)
+    scope = region if region is not None else principal.region_id
+    if scope is not None:
+        q = q.where(AlertRow.region_path.contains(f"/{scope}/", autoescape=True))
+    if device is not None:
+        device_or_404(registry, principal, device)
+        q = q.where(AlertRow.device_id == device)
+    if state == "open":
+        q = q.where(AlertRow.state != str(AlertState.RESOLVED))
+    elif state is not None:
+        q = q.where(AlertRow.state == state)
+    if severity:
+        q = q.where(AlertRow.severity.in_([str(s) for s in severity]))
+    if rule is not None:
+        q = q.where(AlertRow.rule_id == rule)
+    try:
+        with svc.repo.engine.connect() as conn:
+            total = int(conn.scalar(select(func.count()).select_from(q.subquery())) or 0)
+    except SQLAlchemyError as exc:
+        raise StoreUnavailable(f"alert store read failed: {exc}") from exc
+    rows = _read(svc, q.order_by(AlertRow.started_at.desc(), AlertRow.id.desc()).offset(offset).limit(limit))
+    return {"total": total, "limit": limit, "offset": offset, "items": [alert_json(row_to_alert(r)) for r in rows]}
+
+
+@router.get("/alerts/{alert_id}")
+def get_alert(alert_id: int, svc: AlertsDep, principal: PrincipalDep) -> dict[str, Any]:
+    """One alert with its timeline (comments, acknowledgement, assignment, resolution), oldest first."""
+    alert = _alert_or_404(svc, principal, alert_id)
+    out = alert_json(alert)
+    out["comments"] = [comment_json(c) for c in svc.repo.comments(alert_id)]
+    return out
+
+
+# --- actions -----------------------------------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AckBody(_Body):
+    reason: str = Field(default="", max_length=2000)
+
+
+class ResolveBody(_Body):
+    reason: str = Field(min_length=1, max_length=2000, pattern=r"\S")
+
+
+class CommentBody(_Body):
+    text: str = Field(min_length=1, max_length=4000, pattern=r"\S")
+
+
+class AssignBody(_Body):
+    assignee: str | None = Field(default=None, max_length=128, description="null to unassign")
+
+
+def _conflict(exc: UserError) -> HTTPException:
+    return HTTPException(status.HTTP_409_CONFLICT, detail=str(exc))
+
+
+@router.post("/alerts/{alert_id}/ack")
+def acknowledge(alert_id: int, body: AckBody, svc: AlertsDep, principal: Writer) -> dict[str, Any]:
+    """Acknowledge a firing alert (stops its escalation)."""
+    _alert_or_404(svc, principal, alert_id)
+    try:
+        return alert_json(svc.acknowledge(alert_id, principal.name, body.reason))
+    except UserError as exc:
+        raise _conflict(exc) from exc
+
+
+@router.post("/alerts/{alert_id}/resolve")
+def resolve(alert_id: int, body: ResolveBody, svc: AlertsDep, principal: Writer) -> dict[str, Any]:
+    """Resolve an open alert by hand; a reason is required."""
+    _alert_or_404(svc, principal, alert_id)
+    try:
+        return alert_json(svc.resolve(alert_id, principal.name, body.reason))
+    except UserError as exc:
+        raise _conflict(exc) from exc
+
+
+@router.post("/alerts/{alert_id}/comments", status_code=status.HTTP_201_CREATED)
+def add_comment(alert_id: int, body: CommentBody, svc: AlertsDep, principal: Writer) -> dict[str, Any]:
+    """Add a comment to the alert's timeline (open alerts and recently resolved ones)."""
+    _alert_or_404(svc, principal, alert_id)
+    try:
+        alert = svc.comment(alert_id, principal.name, body.text)
+    except UserError as exc:
+        raise _conflict(exc) from exc
+    out = alert_json(alert)
+    out["comments"] = [comment_json(c) for c in svc.repo.comments(alert_id)]
+    return out
+
+
+@router.post("/alerts/{alert_id}/assign")
+def assign(alert_id: int, body: AssignBody, svc: AlertsDep, principal: Writer) -> dict[str, Any]:
+    """Assign an open alert to someone (or unassign with null)."""
+    _alert_or_404(svc, principal, alert_id)
+    try:
+        return alert_json(svc.assign(alert_id, principal.name, body.assignee or None))
+    except UserError as exc:
+        raise _conflict(exc) from exc
+
+
+# --- silences ----------------------------------------------------------------------------------------------------
+
+
+def _silence_visible(s: Silence, principal: Principal, registry: Registry) -> bool:
+    """Scoped callers see silences inside their subtree and the tree-wide ones (which apply to them too)."""
+    if principal.region_ids is None:
+        return True
+    if s.region_id is not None:
+        return s.region_id in principal.region_ids
+    if s.device_id is not None:
+        d = registry.device(s.device_id)
+        return d is not None and principal.sees_region(d.region_id)
+    return True
+
+
+@router.get("/silences")
+def list_silences(
+    svc: AlertsDep,
+    registry: RegistryDep,
+    principal: PrincipalDep,
+    now: NowDep,
+    active: Annotated[bool, Query(description="only silences not ended yet")] = True,
+) -> dict[str, Any]:
+    """Silences and maintenance windows, oldest first."""
+    try:
+        silences = svc.repo.silences(active_only=active)
+    except SQLAlchemyError as exc:
+        raise StoreUnavailable(f"alert store read failed: {exc}") from exc
+    items = [silence_json(s, now) for s in silences if _silence_visible(s, principal, registry)]
+    return {"total": len(items), "items": items}
+
+
+class SilenceBody(_Body):
+    region_id: str | None = Field(default=None, description="the region's whole subtree")
+    device_id: str | None = None
+    rule_id: str | None = None
+    reason: str = Field(min_length=1, max_length=2000, pattern=r"\S")
+    starts_at: datetime | None = Field(default=None, description="default: now")
+    ends_at: datetime = Field(description="expiry, ISO 8601 with offset")
+    approver: str | None = Field(default=None, max_length=128)
+    renotify: bool = Field(default=True, description="re-notify alerts still firing when the window ends")
+
+
+def _bad(field: str, msg: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        detail=[{"loc": ["body", field], "msg": msg, "type": "value_error"}],
+    )
+
+
+@router.post("/silences", status_code=status.HTTP_201_CREATED)
+def add_silence(
+    body: SilenceBody, svc: AlertsDep, registry: RegistryDep, principal: Writer, now: NowDep
+) -> dict[str, Any]:
+    """Create a silence scoped by region subtree, device and/or rule (every part given must match).
+
+    A region-scoped caller must name a region or device inside their subtree.
+    """
+    if body.region_id is not None:
+        region_or_404(registry, principal, body.region_id)
+    if body.device_id is not None:
+        device_or_404(registry, principal, body.device_id)
+    if body.rule_id is not None and body.rule_id not in svc.rules.rules:
+        raise _bad("rule_id", f"unknown rule {body.rule_id!r}")
+    if body.region_id is None and body.device_id is None:
+        if body.rule_id is None:
+            raise _bad("region_id", "give a scope: region_id, device_id and/or rule_id")
+        if principal.region_ids is not None:
+            raise _bad("region_id", "a region-scoped user must name a region or device of their subtree")
+    for name, at in (("starts_at", body.starts_at), ("ends_at", body.ends_at)):
+        if at is not None and at.tzinfo is None:
+            raise _bad(name, "a time needs a UTC offset, e.g. 2026-11-26T08:00:00+08:00")
+    starts_at = body.starts_at or now
+    try:
+        silence = svc.add_silence(
+            reason=body.reason,
+            creator=principal.name,
+            starts_at=starts_at,
+            ends_at=body.ends_at,
+            region_id=body.region_id,
+            device_id=body.device_id,
+            rule_id=body.rule_id,
+            approver=body.approver,
+            renotify=body.renotify,
+        )
+    except UserError as exc:
+        raise _bad("ends_at", str(exc)) from exc
+    return silence_json(silence, now)
+
+
+@router.post("/silences/{silence_id}/end")
+def end_silence(
+    silence_id: int, svc: AlertsDep, registry: RegistryDep, principal: Writer, now: NowDep
+) -> dict[str, Any]:
+    """End a silence now; alerts it held back that still fire are re-notified (unless renotify is off)."""
+    found = [s for s in svc.repo.silences(active_only=False) if s.id == silence_id]
+    if not found or not _silence_visible(found[0], principal, registry):
+        raise not_found("silence", str(silence_id))
+    if principal.region_ids is not None and found[0].region_id is None and found[0].device_id is None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="a tree-wide silence can be ended by an unscoped user")
+    try:
+        svc.end_silence(silence_id)
+    except UserError as exc:
+        raise _conflict(exc) from exc
+    ended = [s for s in svc.repo.silences(active_only=False) if s.id == silence_id]
+    return silence_json(ended[0], now)
