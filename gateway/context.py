@@ -32,3 +32,6 @@ class GatewayContext:
     broadcaster: Broadcaster = field(default_factory=Broadcaster)
     clock: Callable[[], datetime] = clock.now
     stream_keepalive_s: float = 15.0
+    # The alert side (``alerts.wiring.AlertsRuntime`` or an ``alerts.service.AlertService``); None: the alert
+    # endpoints answer 503 "alerts not running".
+    alerts: Any | None = None
