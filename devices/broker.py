@@ -8,13 +8,17 @@ and no anonymous access. Accounts created at bootstrap:
 - the platform account (``mqtt.username``): subscribes to every device topic (also as a shared
   subscription) and publishes commands;
 - ``lianfang-sim`` (dev only, when a password is given): publishes on behalf of simulated devices, for
-  benchmarks that need one fast connection instead of thousands.
+  benchmarks that need one fast connection instead of thousands;
+- ``lianfang-gateway``: the HTTP ingress publishes a device's message (after checking the device's own secret) on
+  that device's ``telemetry`` / ``event`` topic, and nothing else. Its password is derived from the admin
+  password (:func:`derive_gateway_password`) unless one is configured, so it needs no extra secret file.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -40,6 +44,8 @@ DYNSEC_PLUGIN_CANDIDATES = (
     "/usr/local/lib/mosquitto_dynamic_security.so",
 )
 PBKDF2_ITERATIONS = 101  # what mosquitto 2.0's dynsec writes; it verifies with the iterations stored per client
+GATEWAY_USERNAME = "lianfang-gateway"
+GATEWAY_ROLE = "lf-gateway"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +57,8 @@ class BrokerConfig:
     platform_username: str = "lianfang-platform"
     platform_password: str = ""
     sim_password: str | None = None
+    # The HTTP ingress account; None: derived from admin_password (derive_gateway_password).
+    gateway_password: str | None = None
     max_inflight_messages: int = 2000
     max_queued_messages: int = 2_000_000
     autosave_interval_s: int = 5  # broker crash (not restart) loses at most this window; see docs/operations.md
@@ -140,6 +148,41 @@ def _acl(acltype: str, topic: str, allow: bool = True) -> dict[str, Any]:
     return {"acltype": acltype, "topic": topic, "allow": allow}
 
 
+def derive_gateway_password(admin_password: str) -> str:
+    """The HTTP ingress account's password, derived one-way from the dynsec admin password (HMAC-SHA256).
+
+    Whoever holds the admin password can already do anything on the broker; the gateway process gets only this
+    derived value, which cannot give the admin password back."""
+    if not admin_password:
+        raise UserError("cannot derive the gateway password: the broker admin password is empty")
+    digest = hmac.new(admin_password.encode(), b"lianfang-gateway/v1", hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def gateway_role() -> dict[str, Any]:
+    """Publish on any device's telemetry and event topics (HTTP ingress, after the device's secret was checked);
+    no status (retained, the device's own), no commands, no subscriptions."""
+    return {
+        "rolename": GATEWAY_ROLE,
+        "acls": [_acl("publishClientSend", "lf/v1/+/telemetry"), _acl("publishClientSend", "lf/v1/+/event")],
+    }
+
+
+def gateway_client(password: str) -> dict[str, Any]:
+    return {
+        "username": GATEWAY_USERNAME,
+        "textName": "Lianfang gateway (HTTP ingress)",
+        **hash_password(password),
+        "roles": [{"rolename": GATEWAY_ROLE}],
+    }
+
+
+def _gateway_password(cfg: BrokerConfig) -> str | None:
+    if cfg.gateway_password:
+        return cfg.gateway_password
+    return derive_gateway_password(cfg.admin_password) if cfg.admin_password else None
+
+
 def bootstrap_dynsec(cfg: BrokerConfig) -> dict[str, Any]:
     """The initial dynamic-security document: default deny, admin, platform and (dev) simulator accounts."""
     clients = [
@@ -156,6 +199,9 @@ def bootstrap_dynsec(cfg: BrokerConfig) -> dict[str, Any]:
             "roles": [{"rolename": "lf-platform"}],
         },
     ]
+    gateway_password = _gateway_password(cfg)
+    if gateway_password is not None:
+        clients.append(gateway_client(gateway_password))
     roles: list[dict[str, Any]] = [
         {
             "rolename": "admin",
@@ -176,6 +222,7 @@ def bootstrap_dynsec(cfg: BrokerConfig) -> dict[str, Any]:
                 _acl("unsubscribePattern", "#"),
             ],
         },
+        gateway_role(),
     ]
     if cfg.sim_password:
         clients.append(
@@ -209,15 +256,44 @@ def bootstrap_dynsec(cfg: BrokerConfig) -> dict[str, Any]:
     }
 
 
+def _write_dynsec(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(doc, separators=(",", ":")))
+    tmp.replace(path)
+
+
+def _add_gateway_account(cfg: BrokerConfig) -> None:
+    """Upgrade a dynsec file written before the gateway account existed (the broker is not running)."""
+    try:
+        doc = json.loads(cfg.dynsec_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the broker's dynsec file {cfg.dynsec_path}: {exc}") from exc
+    clients = doc.setdefault("clients", [])
+    roles = doc.setdefault("roles", [])
+    has_client = any(c.get("username") == GATEWAY_USERNAME for c in clients)
+    has_role = any(r.get("rolename") == GATEWAY_ROLE for r in roles)
+    if has_client and has_role:
+        return
+    if not has_role:
+        roles.append(gateway_role())
+    password = _gateway_password(cfg)
+    if not has_client and password is not None:
+        clients.append(gateway_client(password))
+    _write_dynsec(cfg.dynsec_path, doc)
+    logger.info("broker: added the %s account to %s", GATEWAY_USERNAME, cfg.dynsec_path)
+
+
 def write_broker_files(cfg: BrokerConfig) -> None:
-    """Write mosquitto.conf (always) and the dynsec file (only if absent: the plugin owns it afterwards)."""
+    """Write mosquitto.conf (always) and the dynsec file (only if absent: the plugin owns it afterwards; an older
+    file only gets the gateway account added, while the broker is stopped)."""
     cfg.directory.mkdir(parents=True, exist_ok=True)
     cfg.conf_path.write_text(render_config(cfg), encoding="utf-8")
     if not cfg.dynsec_path.exists():
-        tmp = cfg.dynsec_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(bootstrap_dynsec(cfg), indent=1), encoding="utf-8")
-        os.chmod(tmp, 0o600)
-        tmp.replace(cfg.dynsec_path)
+        _write_dynsec(cfg.dynsec_path, bootstrap_dynsec(cfg))
+    elif _gateway_password(cfg) is not None:
+        _add_gateway_account(cfg)
 
 
 def wait_for_port(host: str, port: int, timeout: float) -> None:

@@ -32,6 +32,7 @@ class GatewayContext:
     broadcaster: Broadcaster = field(default_factory=Broadcaster)
     clock: Callable[[], datetime] = clock.now
     stream_keepalive_s: float = 15.0
-    # The alert side (``alerts.wiring.AlertsRuntime`` or an ``alerts.service.AlertService``); None: the alert
-    # endpoints answer 503 "alerts not running".
-    alerts: Any | None = None
+    # HTTP ingress: a started ``gateway.ingress_publisher.IngressPublisher``; None: ingress answers 503.
+    ingress: Any | None = None
+    # Seconds the HTTP ingress waits for the broker's PUBACK before answering 503.
+    ingress_timeout_s: float = 5.0

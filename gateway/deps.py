@@ -8,12 +8,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from alerts.service import AlertService
 from core.settings import Settings
 from core.store import TelemetryStore
 from devices.registry import Registry
@@ -53,12 +52,9 @@ def get_now(ctx: ContextDep) -> datetime:
     return ctx.clock()
 
 
-def get_alerts(ctx: ContextDep) -> AlertService:
-    """The alert service, or 503 when alerts do not run in this process."""
-    alerts = ctx.alerts
-    if alerts is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="alerts not running")
-    return cast(AlertService, getattr(alerts, "service", alerts))
+def get_ingress(ctx: ContextDep) -> Any | None:
+    """The HTTP ingress publisher (``gateway.ingress_publisher.IngressPublisher``), or None if not configured."""
+    return ctx.ingress
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -66,7 +62,7 @@ RegistryDep = Annotated[Registry, Depends(get_registry)]
 StoreDep = Annotated[TelemetryStore, Depends(get_store)]
 BroadcasterDep = Annotated[Broadcaster, Depends(get_broadcaster)]
 NowDep = Annotated[datetime, Depends(get_now)]
-AlertsDep = Annotated[AlertService, Depends(get_alerts)]
+IngressDep = Annotated[Any | None, Depends(get_ingress)]
 
 _UNAUTHORIZED = HTTPException(
     status_code=status.HTTP_401_UNAUTHORIZED,
