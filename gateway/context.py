@@ -36,3 +36,6 @@ class GatewayContext:
     ingress: Any | None = None
     # Seconds the HTTP ingress waits for the broker's PUBACK before answering 503.
     ingress_timeout_s: float = 5.0
+    # The alert side (``alerts.wiring.AlertsRuntime`` or an ``alerts.service.AlertService``); None: the alert
+    # endpoints answer 503 "alerts not running".
+    alerts: Any | None = None

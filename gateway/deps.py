@@ -13,6 +13,7 @@ from typing import Annotated, Any, cast
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from alerts.service import AlertService
 from core.settings import Settings
 from core.store import TelemetryStore
 from devices.registry import Registry
@@ -57,12 +58,21 @@ def get_ingress(ctx: ContextDep) -> Any | None:
     return ctx.ingress
 
 
+def get_alerts(ctx: ContextDep) -> AlertService:
+    """The alert service, or 503 when alerts do not run in this process."""
+    alerts = ctx.alerts
+    if alerts is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="alerts not running")
+    return cast(AlertService, getattr(alerts, "service", alerts))
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 StoreDep = Annotated[TelemetryStore, Depends(get_store)]
 BroadcasterDep = Annotated[Broadcaster, Depends(get_broadcaster)]
 NowDep = Annotated[datetime, Depends(get_now)]
 IngressDep = Annotated[Any | None, Depends(get_ingress)]
+AlertsDep = Annotated[AlertService, Depends(get_alerts)]
 
 _UNAUTHORIZED = HTTPException(
     status_code=status.HTTP_401_UNAUTHORIZED,
