@@ -1,0 +1,248 @@
+"""The alert side of a running Lianfang: the composition root of ``alerts/``.
+
+``AlertsRuntime(settings, registry)`` builds and owns
+
+- the ``AlertService`` (the packs in ``alerts/packs`` plus ``settings.alerts.rules_paths``),
+- the notification ``Dispatcher`` (``settings.alerts.notify_config``; no file: no channels, alerts are still
+  evaluated and stored),
+- the ``Escalator``, driven by an apscheduler job every ``settings.alerts.escalation_tick_s``,
+- the subscription that turns lifecycle events into notifications (``notification_kind``).
+
+Rule files and the notification config are read and validated in the constructor, so a bad file fails at start-up
+with a ``UserError`` naming the file and field. Start order: ``start()`` before ingest starts (so ``on_batch`` is
+ready), ``stop()`` after ingest has stopped (so no batch arrives after the last state is written)::
+
+    alerts = AlertsRuntime(settings, registry)
+    alerts.start()
+    ingest = IngestService(..., listeners=[alerts.on_batch, ...])
+    ...
+    ingest.stop(); alerts.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import SQLAlchemyError
+
+from alerts.escalation import Escalator
+from alerts.lifecycle import LifecycleEvent
+from alerts.notify import DeliveryLog, Dispatcher, Notification, NotificationKind, NotifyConfig, load_notify_config
+from alerts.notify.channels import Channel
+from alerts.rules import PACKS_DIR, RuleSet
+from alerts.service import AlertService, notification_kind, regions_from_registry
+from core import clock
+from core.errors import StoreUnavailable
+from core.settings import Settings
+from core.store import WriteBatch
+from devices.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+
+class RegionDirectory:
+    """Region ancestors and display names from the registry, cached.
+
+    Re-read every ``refresh_s``, and on a region it does not know (at most every ``miss_refresh_s``), so the
+    notification router and the escalator do not query the database per alert.
+    """
+
+    def __init__(self, registry: Registry, refresh_s: float = 60.0, miss_refresh_s: float = 5.0) -> None:
+        self.registry = registry
+        self.refresh_s = refresh_s
+        self.miss_refresh_s = miss_refresh_s
+        self._paths: dict[str, tuple[str, ...]] = {}
+        self._names: dict[str, str] = {}
+        self._loaded_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def _fresh(self, region_id: str) -> bool:
+        age = time.monotonic() - self._loaded_at
+        return age < self.refresh_s and (region_id in self._paths or age < self.miss_refresh_s)
+
+    def _maybe_reload(self, region_id: str) -> None:
+        if self._fresh(region_id):
+            return
+        with self._lock:
+            if self._fresh(region_id):
+                return  # another thread reloaded meanwhile
+            try:
+                regions = self.registry.regions()
+            except (SQLAlchemyError, StoreUnavailable) as exc:
+                logger.warning("region directory: registry unavailable, keeping %d regions: %s", len(self._paths), exc)
+                self._loaded_at = time.monotonic() - self.refresh_s + self.miss_refresh_s
+                return
+            self._paths = {r.id: tuple(p for p in r.path.split("/") if p) for r in regions}
+            self._names = {r.id: r.name for r in regions}
+            self._loaded_at = time.monotonic()
+
+    def ancestors(self, region_id: str) -> list[str]:
+        """Root first, the region itself last; empty for an unknown region."""
+        self._maybe_reload(region_id)
+        return list(self._paths.get(region_id, ()))
+
+    def name(self, region_id: str) -> str:
+        self._maybe_reload(region_id)
+        return self._names.get(region_id, region_id)
+
+
+class AlertsRuntime:
+    """Builds and owns the alert service, notifications and escalation; see the module doc.
+
+    ``channels`` replaces notification adapters by channel name (a test seam); the timing knobs that are not in
+    settings are constructor parameters.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        *,
+        clock_fn: Callable[[], datetime] = clock.now,
+        channels: Mapping[str, Channel] | None = None,
+        notify_config: NotifyConfig | None = None,
+        snapshot_interval_s: float = 10.0,
+        refresh_interval_s: float = 60.0,
+        notify_stop_timeout_s: float = 5.0,
+        notify_idle_wait_s: float = 1.0,
+    ) -> None:
+        cfg = settings.alerts
+        self.settings = cfg
+        self.registry = registry
+        self._clock = clock_fn
+        self.rules = RuleSet.load([PACKS_DIR, *cfg.rules_paths])
+        if notify_config is None:
+            notify_config = load_notify_config(cfg.notify_config) if cfg.notify_config is not None else NotifyConfig()
+        self.notify_config = notify_config
+        self.regions = RegionDirectory(registry, refresh_s=refresh_interval_s)
+        self.service = AlertService(
+            registry.engine,
+            self.rules,
+            registry.snapshot,
+            regions_from_registry(registry),
+            clock_fn=clock_fn,
+            tick_interval_s=cfg.tick_interval_s,
+            snapshot_interval_s=snapshot_interval_s,
+            refresh_interval_s=refresh_interval_s,
+        )
+        self.dispatcher = Dispatcher(
+            notify_config,
+            DeliveryLog(registry.engine),
+            self.regions.ancestors,
+            channels=channels,
+            region_name=self.regions.name,
+            clock=clock_fn,
+            stop_timeout_s=notify_stop_timeout_s,
+            idle_wait_s=notify_idle_wait_s,
+        )
+        self.escalator = Escalator(
+            notify_config.escalation.to_policies(),
+            self.regions.ancestors,
+            self.service.open_alerts,
+            lambda esc, now: self.service.set_escalation_level(esc.alert_id, esc.level, now),
+            self.dispatcher.notify,
+        )
+        self.service.subscribe(self._to_dispatcher)
+        self._scheduler: BackgroundScheduler | None = None
+        self._state = "new"  # new -> running -> stopped
+        self._lock = threading.Lock()
+        self.notified = 0
+        self.escalations = 0
+
+    # --- the hand-offs ----------------------------------------------------------------------------------
+
+    def on_batch(self, batch: WriteBatch) -> None:
+        """The ``core.store.BatchListener`` for ingest: evaluate a durable batch; when it returns, the batch's
+        alerts are stored. Never raises."""
+        self.service.on_batch(batch)
+
+    def _to_dispatcher(self, ev: LifecycleEvent) -> None:
+        kind = notification_kind(ev)
+        if kind is not None:
+            self.dispatcher.notify(Notification(NotificationKind(kind), ev.alert, ev.at))
+            self.notified += 1
+
+    def escalate(self) -> None:
+        """One escalation pass (the periodic job; also callable directly)."""
+        try:
+            self.escalations += len(self.escalator.tick(self._clock()))
+        except Exception:
+            logger.exception("escalation pass failed")
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load alert state, start the service's timers, the dispatcher (resuming unfinished deliveries) and the
+        escalation job. Idempotent."""
+        with self._lock:
+            if self._state != "new":
+                return
+            self.dispatcher.start()  # before the service: notifications from restored timers have a taker
+            try:
+                self.service.start()
+            except Exception:
+                self.dispatcher.stop()
+                self._state = "stopped"
+                raise
+            sched = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
+            sched.add_job(self.escalate, "interval", seconds=self.settings.escalation_tick_s, id="alerts-escalation")
+            sched.start()
+            self._scheduler = sched
+            self._state = "running"
+        logger.info(
+            "alerts running: %d rules, %d notification channels, %d routes",
+            len(self.rules.rules),
+            len(self.notify_config.channels),
+            len(self.notify_config.routes),
+        )
+
+    def stop(self) -> None:
+        """Graceful and idempotent: stop escalation and timers, write all alert state, then drain notifications
+        (what is left resumes at the next start)."""
+        with self._lock:
+            if self._state == "stopped":
+                return
+            was_running = self._state == "running"
+            self._state = "stopped"
+            if self._scheduler is not None:
+                self._scheduler.shutdown(wait=True)
+                self._scheduler = None
+        if was_running:
+            self.service.stop()
+        self.dispatcher.stop()
+        logger.info("alerts stopped: %d notifications handed over, %d escalations", self.notified, self.escalations)
+
+    def __enter__(self) -> AlertsRuntime:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- health ------------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """For the readiness check: ``ok`` while running with its scheduler and notification threads alive."""
+        running = self._state == "running"
+        sched = self._scheduler
+        workers = self.dispatcher.workers
+        dead = sorted(name for name, w in workers.items() if running and not w.is_alive())
+        ok = running and sched is not None and sched.running and not dead
+        out: dict[str, Any] = {
+            "ok": ok,
+            "state": self._state,
+            "rules": len(self.rules.rules),
+            "open_alerts": len(self.service.book.open_by_key),
+            "channels": len(workers),
+            "notifications": self.notified,
+            "escalations": self.escalations,
+        }
+        if dead:
+            out["dead_channels"] = dead
+        return out
