@@ -50,7 +50,6 @@ class StoreSettings(_Section):
 
 
 class IngestSettings(_Section):
-    queue_size: int = Field(default=20000, ge=1)
     batch_size: int = Field(default=1000, ge=1)
     batch_wait_ms: int = Field(default=20, ge=0)
     registry_refresh_s: float = Field(default=5.0, gt=0)

@@ -1,6 +1,7 @@
 """MQTT adapter of ingest: paho-mqtt 2.x on MQTT v5, persistent session, QoS 1, manual acknowledgement.
 
-The callback only hands off: ``on_message`` puts a RawMessage on a bounded queue. Acknowledgements are sent by
+The callback only hands off: ``on_message`` puts a RawMessage on a queue (bounded by the session's
+Receive Maximum: the broker stops sending when that many messages are unacked). Acknowledgements are sent by
 the writer after the batch is durable (``ack``). Subscribing happens in ``on_connect`` so a reconnect restores
 it; callbacks never raise into paho's network thread.
 """
@@ -34,7 +35,9 @@ def subscription_topic(shared_group: str | None) -> str:
 
 
 class MqttConsumer:
-    def __init__(self, settings: MqttSettings, out: queue.Queue[RawMessage], *, client_id: str | None = None) -> None:
+    def __init__(
+        self, settings: MqttSettings, out: queue.SimpleQueue[RawMessage], *, client_id: str | None = None
+    ) -> None:
         paho_speedups.install()
         self.settings = settings
         self.out = out

@@ -83,9 +83,9 @@ class IngestService:
         self.listeners = list(listeners)
         self.decode = decode
         self.retry_backoff_s = retry_backoff_s
-        self.queue: queue.Queue[RawMessage] = queue.Queue(
-            maxsize=max(ingest_settings.queue_size, mqtt_settings.receive_maximum)
-        )
+        # Bounded by MQTT flow control: every queued message is unacked, and the broker never has more than the
+        # session's Receive Maximum unacked messages out to us. A lock-free SimpleQueue keeps the hand-off cheap.
+        self.queue: queue.SimpleQueue[RawMessage] = queue.SimpleQueue()
         self.consumer = MqttConsumer(mqtt_settings, self.queue, client_id=client_id)
         self.registry = RegistryCache(load_devices, ingest_settings.registry_refresh_s)
         self.seqs = SeqTracker()

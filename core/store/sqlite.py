@@ -8,13 +8,14 @@ same row, so writes are idempotent on device + time + field.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from core.errors import StoreUnavailable
 from core.protocol import Rejection
@@ -103,11 +104,9 @@ class SqliteStore:
     # --- write ------------------------------------------------------------------------------------------
 
     def write(self, batch: WriteBatch) -> None:
-        telemetry = [(r.device_id, r.ts_ms, r.seq, json.dumps(r.fields, separators=(",", ":"))) for r in batch.readings]
-        events = [
-            (e.device_id, e.ts_ms, e.type, e.region_id, e.seq, json.dumps(e.data, ensure_ascii=False))
-            for e in batch.events
-        ]
+        dumps = orjson.dumps
+        telemetry = [(r.device_id, r.ts_ms, r.seq, dumps(r.fields).decode()) for r in batch.readings]
+        events = [(e.device_id, e.ts_ms, e.type, e.region_id, e.seq, dumps(e.data).decode()) for e in batch.events]
         rejections = [(x.received_ms, x.device_id, x.topic, x.reason, x.detail, x.payload) for x in batch.rejections]
         counters = [
             (dev, c.last_seen_ms or None, c.messages, c.gaps, c.duplicates, c.nonstandard, c.rejected)
@@ -207,7 +206,7 @@ class SqliteStore:
                 "SELECT ts, fields FROM telemetry WHERE device_id = ? ORDER BY ts DESC LIMIT 200", (device_id,)
             ).fetchall()
         for ts, fields in rows:  # newest first: the first time a field appears is its last value
-            for key, value in json.loads(fields).items():
+            for key, value in orjson.loads(fields).items():
                 out.setdefault(key, (int(ts), value))
         return out
 
@@ -243,7 +242,7 @@ class SqliteStore:
         params.append(limit)
         with self._reading() as conn:
             rows = conn.execute(sql, params).fetchall()
-        return [StoredEvent(d, r, int(ts), t, s, json.loads(data)) for d, r, ts, t, s, data in rows]
+        return [StoredEvent(d, r, int(ts), t, s, orjson.loads(data)) for d, r, ts, t, s, data in rows]
 
     def rejections(self, device_id: str | None, reason: str | None, limit: int) -> list[Rejection]:
         sql = "SELECT device_id, topic, reason, detail, payload, received_ms FROM rejections WHERE 1=1"
