@@ -51,7 +51,7 @@ def summary(settings: Settings) -> list[tuple[str, str]]:
             f"{settings.store.kind} {settings.store.sqlite_path} (keep {settings.store.retention_days} days)",
         ),
         ("mqtt broker", broker),
-        ("ingest", f"queue {settings.ingest.queue_size}, batch {settings.ingest.batch_size}"),
+        ("ingest", f"batch {settings.ingest.batch_size}, wait {settings.ingest.batch_wait_ms} ms"),
         ("api", f"http://{settings.api.host}:{settings.api.port}"),
         ("log level", settings.log_level),
     ]
