@@ -369,3 +369,26 @@ def test_healthcheck_http_is_healthy_only_on_200(http_server: tuple[int, dict[st
     assert _healthcheck("http", url) == 1
     assert _healthcheck("http", f"http://127.0.0.1:{free_port()}/") == 1
     assert _healthcheck("bogus") == 2
+
+
+# --- docs/configuration.md ----------------------------------------------------------------------------------
+
+
+def test_configuration_doc_example_is_accepted_by_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", doc, flags=re.S)
+    assert blocks, "docs/configuration.md has no YAML example"
+    example = tmp_path / "lianfang.yaml"
+    example.write_text(blocks[0], encoding="utf-8")
+    for key in list(os.environ):
+        if key.startswith("LIANFANG_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("LIANFANG_MQTT__PASSWORD", "platform-secret-1")
+    settings = load_settings(example)
+    assert settings.env == "prod"
+    assert settings.mqtt.embedded_broker is False
+    assert settings.mqtt.shared_group == "ingest"
+    assert settings.alerts.rules_paths == [Path("/etc/lianfang/rules")]
+    monkeypatch.setenv("LIANFANG_MQTT__PORT", "8883")  # the environment wins over the file, key by key
+    layered = load_settings(example)
+    assert (layered.mqtt.port, layered.mqtt.host) == (8883, "mqtt.internal")
