@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apscheduler.schedulers.background import BackgroundScheduler
 from pydantic import SecretStr
 
-from core.errors import BrokerUnavailable
+from core import clock
+from core.errors import BrokerUnavailable, StoreUnavailable
 from core.settings import Settings
 from core.store import BatchListener
 from core.store.sqlite import SqliteStore
@@ -63,11 +65,16 @@ class Runtime:
     store: SqliteStore | None = None
     broker: MosquittoProcess | None = None
     ingest: IngestService | None = None
+    scheduler: BackgroundScheduler | None = None
+    retention_interval_s: float = 3600.0
 
     def start(self) -> None:
         s = self.settings
         self.registry = open_registry(s)
         self.store = open_store(s)
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.scheduler.add_job(self.apply_retention, "interval", seconds=self.retention_interval_s)
+        self.scheduler.start()
         if s.mqtt.embedded_broker:
             sec = BrokerSecrets.load_or_create(broker_secrets_path(s))
             cfg = BrokerConfig(
@@ -92,7 +99,24 @@ class Runtime:
                 self.stop()
                 raise
 
+    def apply_retention(self) -> int:
+        """Delete telemetry, events and rejections older than ``store.retention_days``."""
+        if self.store is None:
+            return 0
+        horizon = clock.now_ms() - self.settings.store.retention_days * 86_400_000
+        try:
+            deleted = self.store.prune(horizon)
+        except StoreUnavailable as exc:
+            logger.warning("retention: store unavailable, will retry: %s", exc)
+            return 0
+        if deleted:
+            logger.info("retention: deleted %d rows older than %d days", deleted, self.settings.store.retention_days)
+        return deleted
+
     def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
+            self.scheduler = None
         if self.ingest is not None:
             self.ingest.stop()
             self.ingest = None

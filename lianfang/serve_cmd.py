@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 import typer
@@ -23,6 +24,20 @@ logger = logging.getLogger(__name__)
 
 # Called once everything runs, before the API serves; returns what to call on the way down.
 OnStarted = Callable[[Runtime], Callable[[], None]]
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGINT / SIGTERM after a graceful stop, which would kill the process before the runtime
+    (ingest acks, broker) is stopped; here the signal only ends serving and the caller shuts down in order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def run_service(
@@ -51,7 +66,7 @@ def run_service(
         dev_open=dev_open,
         broadcaster=broadcaster,
     )
-    server = uvicorn.Server(
+    server = _Server(
         uvicorn.Config(
             create_app(gw),
             host=host or settings.api.host,

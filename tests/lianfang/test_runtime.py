@@ -1,0 +1,90 @@
+"""The running service: retention, and `lianfang serve` end to end with graceful SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from core import clock
+from core.protocol import Reading
+from core.settings import Settings, StoreSettings
+from core.store import WriteBatch
+from devices.broker import free_port
+from lianfang.runtime import BrokerSecrets, Runtime
+from tests.helpers import wait_until
+
+DAY = 86_400_000
+
+
+def test_retention_deletes_only_what_is_older_than_the_setting(tmp_path: Path) -> None:
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/registry.db",
+        store=StoreSettings(sqlite_path=tmp_path / "t.db", retention_days=30),
+        mqtt={"embedded_broker": False},  # type: ignore[arg-type]
+    )
+    runtime = Runtime(settings, with_ingest=False, retention_interval_s=3600)
+    runtime.start()
+    try:
+        assert runtime.store is not None
+        now = clock.now_ms()
+        old = Reading("m-1", "r", "energy_meter", now - 31 * DAY, None, {"energy_kwh": 1.0})
+        new = Reading("m-1", "r", "energy_meter", now - 29 * DAY, None, {"energy_kwh": 2.0})
+        runtime.store.write(WriteBatch(readings=[old, new]))
+        assert runtime.apply_retention() == 1
+        assert [v for _, v in runtime.store.raw("m-1", "energy_kwh", now - 40 * DAY, now, 10)] == [2.0]
+    finally:
+        runtime.stop()
+
+
+def test_broker_secrets_are_generated_once_and_private(tmp_path: Path) -> None:
+    path = tmp_path / "secrets.json"
+    first = BrokerSecrets.load_or_create(path)
+    assert BrokerSecrets.load_or_create(path) == first
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert len(first.platform) >= 40 and len({first.admin, first.platform, first.sim}) == 3
+
+
+@pytest.mark.slow
+def test_serve_runs_broker_ingest_and_api_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    api_port, mqtt_port = free_port(), free_port()
+    env = dict(os.environ)
+    env.update(
+        {
+            "LIANFANG_DATABASE_URL": f"sqlite:///{tmp_path}/registry.db",
+            "LIANFANG_STORE__SQLITE_PATH": str(tmp_path / "telemetry.db"),
+            "LIANFANG_MQTT__PORT": str(mqtt_port),
+            "LIANFANG_MQTT__BROKER_DIR": str(tmp_path / "mosquitto"),
+            "LIANFANG_API__PORT": str(api_port),
+        }
+    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "lianfang", "serve"], env=env, stdout=fh, stderr=fh)
+    try:
+
+        def ready() -> bool:
+            assert proc.poll() is None, log.read_text()
+            try:
+                r = httpx.get(f"http://127.0.0.1:{api_port}/api/v1/health/ready", timeout=2)
+            except httpx.HTTPError:
+                return False
+            return r.status_code == 200 and r.json()["checks"]["ingest"]["connected"] is True
+
+        wait_until(ready, 60, 0.2, "serve ready")
+        metrics = httpx.get(f"http://127.0.0.1:{api_port}/metrics", timeout=5).text
+        assert "lianfang_ingest_broker_connected 1.0" in metrics
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+    messages = [x["msg"] for x in lines]
+    assert code == 0, log.read_text()[-3000:]
+    assert any(m.startswith("ingest stopped") for m in messages)
+    assert any(m.startswith("mosquitto stopped") for m in messages)
