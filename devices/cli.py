@@ -7,8 +7,8 @@ is half-applied. ``--json`` output goes to stdout alone, so scripts can pipe it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,12 +22,15 @@ from rich.tree import Tree
 from sqlalchemy import func, select
 
 from core import clock
-from core.errors import StoreUnavailable, UserError
+from core.errors import BrokerUnavailable, LianfangError, StoreUnavailable, UserError
 from core.protocol import DEFAULT_INTERVAL_S, DEVICE_TYPES
 from core.settings import Settings
+from devices import cli_security
+from devices.audit import Actor
+from devices.cli_security import SecretFileOpt, TimeoutOpt, admin_password, hand_out_secrets
+from devices.dynsec import DynsecClient
 from devices.imports import (
     DeviceRow,
-    DevicesWritten,
     ImportProblems,
     device_row_problems,
     import_devices,
@@ -36,6 +39,7 @@ from devices.imports import (
 )
 from devices.liveness import GRACE_FACTOR, is_online
 from devices.models import Device, Region
+from devices.provisioning import DeviceCredential, Provisioner, ProvisioningError, ProvisionOnWrite
 from devices.registry import Registry, expected_interval
 from lianfang.context import open_registry, open_store, settings_from
 
@@ -54,10 +58,107 @@ DryRunOpt = Annotated[
 ]
 
 
-def devices_written_hook(settings: Settings) -> DevicesWritten | None:
-    """What runs after devices are created or updated. Broker provisioning (per-device credentials) plugs in here;
-    until it exists there is nothing to do."""
-    return None
+@contextmanager
+def open_device_provisioner(
+    settings: Settings,
+    registry: Registry,
+    *,
+    timeout: float = 10.0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Iterator[Provisioner]:
+    """A Provisioner on ``registry`` and the configured broker (dynsec admin), connected for the block.
+    Raises BrokerUnavailable (one line: address and what did not answer) or UserError (admin password)."""
+    with DynsecClient(
+        settings.mqtt.host, settings.mqtt.port, admin_password(settings), timeout=timeout, tls_ca=settings.mqtt.tls_ca
+    ) as dynsec:
+        yield Provisioner(registry, dynsec, actor=Actor.from_cli(), progress=progress)
+
+
+@contextmanager
+def devices_written_hook(
+    settings: Settings,
+    registry: Registry,
+    now: datetime,
+    *,
+    timeout: float = 10.0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Iterator[ProvisionOnWrite]:
+    """The ``DevicesWritten`` hook of `devices add` / `devices import`: gives written devices without a credential
+    their broker identity (a ProvisionOnWrite collecting the new secrets). Connects to the broker on entry, so an
+    unreachable broker is known before anything is written."""
+    with open_device_provisioner(settings, registry, timeout=timeout, progress=progress) as prov:
+        yield ProvisionOnWrite(prov, now)
+
+
+def _credentialed(registry: Registry, ids: list[str], *, chunk: int = 500) -> set[str]:
+    have: set[str] = set()
+    with registry.session() as s:
+        for start in range(0, len(ids), chunk):
+            part = ids[start : start + chunk]
+            have.update(s.scalars(select(DeviceCredential.device_id).where(DeviceCredential.device_id.in_(part))))
+    return have
+
+
+def _disabled(registry: Registry, ids: list[str], *, chunk: int = 500) -> list[str]:
+    out: list[str] = []
+    with registry.session() as s:
+        for start in range(0, len(ids), chunk):
+            part = ids[start : start + chunk]
+            out += s.scalars(select(Device.id).where(Device.id.in_(part), Device.enabled.is_(False)))
+    return sorted(out)
+
+
+MAX_LISTED = 50
+
+
+def give_identities(
+    hook: ProvisionOnWrite,
+    registry: Registry,
+    ids: list[str],
+    secret_file: Path | None,
+    before_output: Callable[[], None] | None = None,
+) -> tuple[int, bool]:
+    """Broker identities for every device in ``ids`` that has none yet (idempotent), then hand out the new secrets.
+
+    Returns (identities created, secrets shown on stdout). On failure the secrets that were issued are still handed
+    out, every device left without an identity is named on stderr, and the command exits 1; running it again
+    finishes the job.
+    """
+    failure: LianfangError | None = None
+    try:
+        hook(ids, [])
+        # A device an operator disabled gets its identity disabled too (the broker refuses it, as ingest does).
+        for device_id in _disabled(registry, list(hook.secrets)):
+            hook.provisioner.disable(device_id, hook.now)
+    except (ProvisioningError, BrokerUnavailable, StoreUnavailable, UserError) as exc:
+        failure = exc
+    except LianfangError as exc:  # e.g. a dynsec command error
+        failure = exc
+    if before_output is not None:
+        before_output()
+    shown = bool(hook.secrets) and secret_file is None
+    hand_out_secrets(hook.secrets, secret_file)
+    if failure is None:
+        return len(hook.secrets), shown
+    reasons = failure.failed if isinstance(failure, ProvisioningError) else {}
+    try:
+        missing = [i for i in ids if i not in _credentialed(registry, ids)]
+    except StoreUnavailable:
+        missing = [i for i in ids if i not in hook.secrets]
+    for device_id in missing[:MAX_LISTED]:
+        typer.echo(f"no broker identity: {device_id}: {reasons.get(device_id, str(failure))}", err=True)
+    if len(missing) > MAX_LISTED:
+        typer.echo(
+            f"... and {len(missing) - MAX_LISTED} more (`lianfang devices reconcile --dry-run` lists them)", err=True
+        )
+    raise _fail(
+        f"the devices are registered, but {len(missing)} of {len(ids)} have no broker identity "
+        f"({len(hook.secrets)} created now); run the same command again to finish"
+    )
+
+
+def _broker_error(exc: LianfangError) -> typer.Exit:
+    return _fail(f"broker unavailable: {exc}; nothing was written")
 
 
 # --- plumbing ----------------------------------------------------------------------------------------------
@@ -243,18 +344,34 @@ def devices_add(
             "(default per type: " + ", ".join(f"{k} {v}s" for k, v in DEFAULT_INTERVAL_S.items()) + ").",
         ),
     ] = None,
+    secret_file: SecretFileOpt = None,
+    timeout: TimeoutOpt = 10.0,
 ) -> None:
-    """Register one device, or update it if it exists (fields you leave out keep their value)."""
+    """Register one device (or update it) and give it its broker identity: a new secret, shown once.
+
+    Fields you leave out keep their value. The secret is printed once on stdout as ID,SECRET (or written to
+    --secret-file, mode 0600); the registry keeps only a hash. A device that already has its identity keeps it
+    (use `lianfang devices rotate ID` for a new secret). Needs the broker: if it cannot be reached, nothing is
+    written.
+    """
     given = frozenset(k for k, v in (("name", name), ("expected_interval_s", interval)) if v is not None)
     row = DeviceRow(device_id, device_type, region, None, name or "", interval, given)
     settings = settings_from(ctx)
+    now = clock.now()
     with _registry(ctx) as registry:
         reasons = device_row_problems(row, {r.id for r in registry.regions()})
         if reasons:
             raise UserError("; ".join(reasons))
-        plan = write_devices(registry, [row], now=clock.now(), on_written=devices_written_hook(settings))
+        with ExitStack() as stack:
+            try:
+                hook = stack.enter_context(devices_written_hook(settings, registry, now, timeout=timeout))
+            except BrokerUnavailable as exc:
+                raise _broker_error(exc) from exc
+            plan = write_devices(registry, [row], now=now)
+            created, shown = give_identities(hook, registry, [device_id], secret_file)
     state = "created" if plan.created else "updated" if plan.updated else "unchanged"
-    typer.echo(f"device {device_id} {state}")
+    identity = "broker identity created and verified" if created else "broker identity already present"
+    typer.echo(f"device {device_id} {state}; {identity}", err=shown)
 
 
 @devices_app.command("import")
@@ -272,12 +389,18 @@ def devices_import(
         bool,
         typer.Option("--skip-invalid", help="Import the valid rows and list the invalid ones, instead of refusing."),
     ] = False,
+    secret_file: SecretFileOpt = None,
+    timeout: TimeoutOpt = 10.0,
 ) -> None:
-    """Register or update many devices from a CSV file, in one transaction; safe to run again.
+    """Register or update many devices from a CSV file, with their broker identities; safe to run again.
 
     Every row is checked first: id well formed and unique in the file, type known, region exists.
     Each bad row is printed as FILE:LINE: reason; if there is any, nothing is written and the exit code is 1
     (with --skip-invalid the valid rows are written and the bad ones listed).
+    Then the devices are written in one transaction and every device without a broker identity gets one: the
+    new secrets are printed once on stdout as ID,SECRET lines (or written to --secret-file, mode 0600).
+    If the broker cannot be reached, nothing is written. If it fails part-way, the devices left without an
+    identity are named and the exit code is 1: run the same command again to finish.
     Running the same file again changes nothing: its rows are reported as unchanged.
     """
     settings = settings_from(ctx)
@@ -296,15 +419,22 @@ def devices_import(
             def advance(phase: str, done: int, total: int) -> None:
                 progress.update(task, description=phase, completed=done, total=total)
 
-            report = import_devices(
-                registry,
-                file,
-                now=clock.now(),
-                dry_run=dry_run,
-                skip_invalid=skip_invalid,
-                on_written=devices_written_hook(settings),
-                progress=advance,
-            )
+            now = clock.now()
+            # Check every row first (nothing written), so bad rows are reported even when the broker is down.
+            report = import_devices(registry, file, now=now, dry_run=True, skip_invalid=skip_invalid, progress=advance)
+            if not dry_run:
+                with ExitStack() as stack:
+                    try:
+                        hook = stack.enter_context(
+                            devices_written_hook(settings, registry, now, timeout=timeout, progress=advance)
+                        )
+                    except BrokerUnavailable as exc:
+                        progress.stop()
+                        raise _broker_error(exc) from exc
+                    report = import_devices(registry, file, now=now, skip_invalid=skip_invalid, progress=advance)
+                    progress.update(task, description="broker", completed=0, total=None)
+                    ids = [*report.created, *report.updated, *report.unchanged]
+                    created, shown = give_identities(hook, registry, ids, secret_file, progress.stop)
     for problem in report.skipped:
         typer.echo(f"skipped {problem}", err=True)
     verb = "would be " if dry_run else ""
@@ -316,7 +446,13 @@ def devices_import(
         summary += f", {len(report.skipped)} skipped"
     if dry_run:
         summary += " (dry run, nothing written)"
-    typer.echo(summary)
+        typer.echo(summary)
+        return
+    if created:
+        summary += f"; {created} broker identit{'y' if created == 1 else 'ies'} created and verified"
+    else:
+        summary += "; every device already has its broker identity"
+    typer.echo(summary, err=shown)
 
 
 @devices_app.command("list")
@@ -450,23 +586,55 @@ def devices_show(
     _out().print(table)
 
 
+def _set_enabled(ctx: typer.Context, device_id: str, enabled: bool, timeout: float) -> None:
+    settings = settings_from(ctx)
+    word = "enabled" if enabled else "disabled"
+    with _registry(ctx) as registry:
+        if registry.device(device_id) is None:
+            raise UserError(f"device {device_id!r} does not exist")
+        now = clock.now()
+        if not _credentialed(registry, [device_id]):
+            registry.set_enabled(device_id, enabled, now=now)
+            typer.echo(f"device {device_id} {word} (it has no broker identity)")
+            return
+        try:
+            with open_device_provisioner(settings, registry, timeout=timeout) as prov:
+                if enabled:
+                    prov.enable(device_id, now)
+                else:
+                    prov.disable(device_id, now)
+        except BrokerUnavailable as exc:
+            raise _fail(f"broker unavailable: {exc}; device {device_id} was not {word}") from exc
+    typer.echo(f"device {device_id} {word}" + ("" if enabled else "; a connected session was disconnected"))
+
+
 @devices_app.command("disable")
 def devices_disable(
     ctx: typer.Context,
     device_id: Annotated[str, typer.Argument(metavar="ID", help="Device id.", show_default=False)],
+    timeout: TimeoutOpt = 10.0,
 ) -> None:
-    """Disable a device: ingest rejects its messages (reason disabled_device) until it is enabled again."""
-    with _registry(ctx) as registry:
-        registry.set_enabled(device_id, False, now=clock.now())
-    typer.echo(f"device {device_id} disabled")
+    """Disable a device: the broker refuses it (a connected device is disconnected) and ingest rejects its
+    messages (reason disabled_device), until it is enabled again. Its secret and history stay."""
+    _set_enabled(ctx, device_id, False, timeout)
 
 
 @devices_app.command("enable")
 def devices_enable(
     ctx: typer.Context,
     device_id: Annotated[str, typer.Argument(metavar="ID", help="Device id.", show_default=False)],
+    timeout: TimeoutOpt = 10.0,
 ) -> None:
-    """Enable a disabled device again."""
-    with _registry(ctx) as registry:
-        registry.set_enabled(device_id, True, now=clock.now())
-    typer.echo(f"device {device_id} enabled")
+    """Enable a disabled device again: the broker accepts it with its current secret, ingest stores its data."""
+    _set_enabled(ctx, device_id, True, timeout)
+
+
+# The credential commands of issue 3 under the devices noun (same code as `lianfang credentials ...`).
+devices_app.command("provision")(cli_security.provision)
+devices_app.command("rotate")(cli_security.rotate)
+devices_app.command("reprovision")(cli_security.reprovision)
+devices_app.command("delete")(cli_security.delete)
+devices_app.command("check")(cli_security.check)
+devices_app.command("reconcile")(cli_security.reconcile)
+devices_app.command("export-config")(cli_security.export_config)
+devices_app.command("expiring")(cli_security.expiring)

@@ -52,6 +52,7 @@ SecretFileOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to wait for the broker before giving up.")]
+IdArg = Annotated[str, typer.Argument(metavar="ID", help="Device id, e.g. gate-gz-0001.", show_default=False)]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -103,13 +104,34 @@ def _provisioner(ctx: typer.Context, timeout: float) -> Iterator[Provisioner]:
         raise _fail(str(exc)) from exc
 
 
+def _existing_secrets(path: Path) -> dict[str, str]:
+    """``device_id,secret`` lines already in a secret file (so a re-run that adds secrets never drops earlier ones)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise UserError(f"cannot read secret file {path}: {exc.strerror}") from exc
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        device_id, sep, secret = line.strip().partition(",")
+        if sep and secret and device_id != "device_id":
+            out[device_id] = secret
+    return out
+
+
 def hand_out_secrets(device_secrets: dict[str, str], secret_file: Path | None) -> None:
-    """Show new secrets once (stdout) or write them to a 0600 file."""
+    """Show new secrets once (stdout) or write them to a 0600 file; ``device_id,secret`` lines already in that
+    file for other devices are kept, so running a command again never loses a secret written before."""
     if not device_secrets:
         return
     if secret_file is not None:
-        write_secrets_file(secret_file, device_secrets)
-        typer.echo(f"{len(device_secrets)} secret(s) written to {secret_file} (mode 0600)", err=True)
+        kept = _existing_secrets(secret_file)
+        for device_id in device_secrets:
+            kept.pop(device_id, None)
+        write_secrets_file(secret_file, {**kept, **device_secrets})
+        more = f"; {len(kept)} earlier one(s) kept" if kept else ""
+        typer.echo(f"{len(device_secrets)} secret(s) written to {secret_file} (mode 0600{more})", err=True)
         return
     typer.echo("new secret(s), shown once — store them now / 新密钥仅显示一次，请立即保存:", err=True)
     for device_id, secret in device_secrets.items():
@@ -156,27 +178,27 @@ def _single(ctx: typer.Context, action: str, device_id: str, secret_file: Path |
 
 
 @creds_app.command("rotate")
-def rotate(ctx: typer.Context, device_id: str, secret_file: SecretFileOpt = None, timeout: TimeoutOpt = 10.0) -> None:
+def rotate(ctx: typer.Context, device_id: IdArg, secret_file: SecretFileOpt = None, timeout: TimeoutOpt = 10.0) -> None:
     """New secret; a connected device is disconnected and the old secret is refused from now on."""
     _single(ctx, "rotate", device_id, secret_file, timeout)
 
 
 @creds_app.command("reprovision")
 def reprovision(
-    ctx: typer.Context, device_id: str, secret_file: SecretFileOpt = None, timeout: TimeoutOpt = 10.0
+    ctx: typer.Context, device_id: IdArg, secret_file: SecretFileOpt = None, timeout: TimeoutOpt = 10.0
 ) -> None:
     """After a factory reset: a new secret and a fresh broker identity; the registry row and history stay."""
     _single(ctx, "reprovision", device_id, secret_file, timeout)
 
 
 @creds_app.command("disable")
-def disable(ctx: typer.Context, device_id: str, timeout: TimeoutOpt = 10.0) -> None:
+def disable(ctx: typer.Context, device_id: IdArg, timeout: TimeoutOpt = 10.0) -> None:
     """Refuse the device on the broker (a connected session is kicked) and mark it disabled."""
     _single(ctx, "disable", device_id, None, timeout)
 
 
 @creds_app.command("enable")
-def enable(ctx: typer.Context, device_id: str, timeout: TimeoutOpt = 10.0) -> None:
+def enable(ctx: typer.Context, device_id: IdArg, timeout: TimeoutOpt = 10.0) -> None:
     """Accept the device again with its current secret."""
     _single(ctx, "enable", device_id, None, timeout)
 
@@ -184,7 +206,7 @@ def enable(ctx: typer.Context, device_id: str, timeout: TimeoutOpt = 10.0) -> No
 @creds_app.command("delete")
 def delete(
     ctx: typer.Context,
-    device_id: str,
+    device_id: IdArg,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     timeout: TimeoutOpt = 10.0,
 ) -> None:
@@ -197,7 +219,7 @@ def delete(
 @creds_app.command("check")
 def check(
     ctx: typer.Context,
-    device_id: str,
+    device_id: IdArg,
     secret_file: Annotated[
         Path | None, typer.Option("--secret-file", help="File with the device's secret (else you are asked).")
     ] = None,
@@ -293,7 +315,7 @@ def reconcile(
 @creds_app.command("export-config")
 def export_config(
     ctx: typer.Context,
-    device_id: str,
+    device_id: IdArg,
     secret_file: Annotated[
         Path | None, typer.Option("--secret-file", help="Include the secret from this file.")
     ] = None,

@@ -11,6 +11,7 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from types import FrameType
 from typing import Annotated
 
@@ -18,8 +19,9 @@ import typer
 
 from core import clock
 from core.errors import BrokerUnavailable, StoreUnavailable, UserError
+from devices.fleet_credentials import load_secrets
 from devices.registry import Registry
-from devices.sim_publisher import SIM_USERNAME, Publisher, SharedPublisher
+from devices.sim_publisher import SIM_USERNAME, DevicePublisher, Publisher, SharedPublisher
 from devices.simulator import Fleet, Incident, RegionPoint, SimDevice, fleet_from_registry, parse_incident
 from lianfang.context import open_registry, settings_from
 
@@ -88,6 +90,16 @@ def simulate(
             envvar="LIANFANG_SIM_PASSWORD", help="Its password (env LIANFANG_SIM_PASSWORD).", show_default=False
         ),
     ] = None,
+    credentials: Annotated[
+        Path | None,
+        typer.Option(
+            "--credentials",
+            help="JSON file {device_id: secret}: each device connects with its own identity (client id = username "
+            "= device id, with its Last Will) instead of the shared simulator account. Devices without a secret "
+            "in the file are not simulated. The demo writes DATA_DIR/demo-device-secrets.json.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Simulate the registry's gates, vehicles, energy meters and sensors, publishing to the MQTT broker.
 
@@ -98,14 +110,28 @@ def simulate(
     if not devices_from_registry_:
         typer.echo("error: --no-devices-from-registry: the registry is the only device source today", err=True)
         raise typer.Exit(1)
-    if not password:
-        typer.echo("error: the simulator password is required: set LIANFANG_SIM_PASSWORD or --password", err=True)
+    if not password and credentials is None:
+        typer.echo(
+            "error: the simulator password is required: set LIANFANG_SIM_PASSWORD or --password "
+            "(or give per-device secrets with --credentials FILE)",
+            err=True,
+        )
         raise typer.Exit(1)
     start = clock.now()
     try:
         devices = devices_from_registry(open_registry(settings))
         if not devices:
             raise UserError("the registry has no enabled devices: run 'lianfang devices import FILE.csv' first")
+        device_secrets: dict[str, str] | None = None
+        if credentials is not None:
+            known = load_secrets(credentials)
+            without = [d.id for d in devices if d.id not in known]
+            devices = [d for d in devices if d.id in known]
+            if not devices:
+                raise UserError(f"{credentials} holds no secret of an enabled device of the registry")
+            if without:
+                typer.echo(f"{len(without)} device(s) have no secret in {credentials}: not simulated", err=True)
+            device_secrets = {d.id: known[d.id] for d in devices}
         incidents: Sequence[Incident] = [parse_incident(text, start) for text in incident or []]
         fleet = Fleet(
             devices,
@@ -114,14 +140,21 @@ def simulate(
             incidents=incidents,
             rate_multiplier=rate_multiplier,
         )
-        publisher = SharedPublisher(host or settings.mqtt.host, port or settings.mqtt.port, username, password)
+        broker_host, broker_port = host or settings.mqtt.host, port or settings.mqtt.port
+        publisher: Publisher
+        if device_secrets is not None:
+            publisher = DevicePublisher(broker_host, broker_port, device_secrets, tls_ca=settings.mqtt.tls_ca)
+        else:
+            assert password is not None
+            publisher = SharedPublisher(broker_host, broker_port, username, password)
         publisher.start()
     except (UserError, BrokerUnavailable, StoreUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(
-        f"simulating {len(devices)} devices on {publisher.host}:{publisher.port}"
-        f" ({', '.join(f'{i.kind} {i.device_id}' for i in incidents) or 'no incidents'}); Ctrl-C stops"
+        f"simulating {len(devices)} devices on {broker_host}:{broker_port}"
+        + (" with their own credentials" if device_secrets is not None else "")
+        + f" ({', '.join(f'{i.kind} {i.device_id}' for i in incidents) or 'no incidents'}); Ctrl-C stops"
     )
     stop = threading.Event()
 

@@ -1,34 +1,52 @@
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+import typer
+from paho.mqtt.enums import CallbackAPIVersion
 from typer.testing import CliRunner, Result
 
 import lianfang.commands  # noqa: F401  (registers the sub-apps on the root app)
 from core import clock
 from core.protocol import Status
+from core.settings import load_settings
 from core.store import DeviceCounters, WriteBatch
 from core.store.sqlite import SqliteStore
+from devices.broker import free_port
+from devices.cli import devices_written_hook, give_identities
+from devices.imports import DeviceRow, write_devices
 from devices.sample import SAMPLE_REGIONS_FILE
 from lianfang.cli import app
+from lianfang.context import open_registry
+from tests.conftest import Broker
+from tests.helpers import mqtt_client, wait_until
 
 HEADER = "id,type,region_id,name,expected_interval_s\n"
 Run = Callable[..., Result]
 
 
 @pytest.fixture
-def run(tmp_path: Path) -> Run:
-    """Invoke `lianfang ...` against a fresh SQLite registry and telemetry store in tmp_path."""
-    runner = CliRunner()
-    env = {
+def env(tmp_path: Path) -> dict[str, str | None]:
+    """Settings of the CLI under test: a fresh SQLite registry and telemetry store in tmp_path (tests that need the
+    broker point the CLI at the `broker` fixture: `with_regions`, `no_broker`)."""
+    return {
         "LIANFANG_DATABASE_URL": f"sqlite:///{tmp_path}/registry.db",
         "LIANFANG_STORE__SQLITE_PATH": str(tmp_path / "telemetry.db"),
+        "LIANFANG_DATA_DIR": str(tmp_path / "var"),
         "LIANFANG_CONFIG": None,
     }
+
+
+@pytest.fixture
+def run(env: dict[str, str | None]) -> Run:
+    """Invoke `lianfang ...` with ``env`` (read at each call, so a fixture may point it at a broker)."""
+    runner = CliRunner()
 
     def invoke(*args: str) -> Result:
         return runner.invoke(app, list(args), env=env)
@@ -52,7 +70,11 @@ def _csv(tmp_path: Path, name: str, body: str) -> str:
 
 
 @pytest.fixture
-def with_regions(run: Run) -> Run:
+def with_regions(run: Run, env: dict[str, str | None], broker: Broker) -> Run:
+    """The sample region tree, and the CLI pointed at a real Mosquitto (device identities are created there)."""
+    env["LIANFANG_MQTT__PORT"] = str(broker.port)
+    env["LIANFANG_MQTT__EMBEDDED_BROKER"] = "false"
+    env["LIANFANG_MQTT__ADMIN_PASSWORD"] = broker.admin_password
     _ok(run("regions", "import", str(SAMPLE_REGIONS_FILE)))
     return run
 
@@ -149,9 +171,11 @@ def test_devices_import_bad_rows_named_and_nothing_written(with_regions: Run, tm
 
 def test_devices_import_skip_invalid_writes_only_valid_rows(with_regions: Run, tmp_path: Path) -> None:
     path = _csv(tmp_path, "devices.csv", "gate-gz-0001,gate,gd-gz-a01-b1,,\nBad_1,gate,gd-gz-a01-b1,,\n")
-    result = _ok(with_regions("devices", "import", path, "--skip-invalid"))
+    secrets = tmp_path / "secrets.csv"
+    result = _ok(with_regions("devices", "import", path, "--skip-invalid", "--secret-file", str(secrets)))
     assert f"skipped {path}:3: id 'Bad_1' is not well formed" in result.stderr
-    assert "2 rows: 1 created, 0 updated, 0 unchanged, 1 skipped" in result.stdout
+    assert "2 rows: 1 created, 0 updated, 0 unchanged, 1 skipped; 1 broker identity created" in result.stdout
+    assert [ln.split(",")[0] for ln in secrets.read_text().splitlines()] == ["device_id", "gate-gz-0001"]
     listed = _json(with_regions("devices", "list", "--json"))
     assert [d["id"] for d in listed["devices"]] == ["gate-gz-0001"]
 
@@ -170,13 +194,22 @@ def test_devices_import_dry_run_writes_nothing(with_regions: Run, tmp_path: Path
 def test_devices_import_rerun_is_harmless_and_reports_counts(with_regions: Run, tmp_path: Path) -> None:
     body = "".join(f"gate-gz-{i:04d},gate,gd-gz-a01-b1,门禁{i},\n" for i in range(1, 6))
     path = _csv(tmp_path, "devices.csv", body)
-    assert "5 rows: 5 created, 0 updated, 0 unchanged" in _ok(with_regions("devices", "import", path)).stdout
+    first = _ok(with_regions("devices", "import", path))
+    # stdout holds exactly the new secrets (ID,SECRET), shown once; the summary goes to stderr
+    shown = dict(line.split(",") for line in first.stdout.splitlines())
+    assert sorted(shown) == [f"gate-gz-{i:04d}" for i in range(1, 6)] and all(len(v) >= 43 for v in shown.values())
+    assert "5 rows: 5 created, 0 updated, 0 unchanged; 5 broker identities created and verified" in first.stderr
     _ok(with_regions("devices", "disable", "gate-gz-0002"))
-    assert "5 rows: 0 created, 0 updated, 5 unchanged" in _ok(with_regions("devices", "import", path)).stdout
+    again = _ok(with_regions("devices", "import", path))
+    assert (
+        again.stdout.strip()
+        == f"{path}: 5 rows: 0 created, 0 updated, 5 unchanged; every device already has its broker identity"
+    )
     shown = _json(with_regions("devices", "show", "gate-gz-0002", "--json"))
     assert shown["enabled"] is False  # a re-import does not re-enable what an operator disabled
     changed = _csv(tmp_path, "changed.csv", body.replace("门禁3,", "门禁3,120"))
     assert "5 rows: 0 created, 1 updated, 4 unchanged" in _ok(with_regions("devices", "import", changed)).stdout
+    assert _ok(with_regions("devices", "reconcile", "--json")).stdout.strip().endswith('"changes": 0\n}')
     assert _json(with_regions("devices", "show", "gate-gz-0003", "--json"))["expected_interval_s"] == 120
 
 
@@ -184,10 +217,13 @@ def test_devices_import_rerun_is_harmless_and_reports_counts(with_regions: Run, 
 
 
 def test_devices_add_creates_updates_and_validates(with_regions: Run) -> None:
-    assert _ok(with_regions("devices", "add", "car-gz-a01-01", "--type", "vehicle", "--region", "gd-gz-a01",
-                            "--name", "公务车1")).stdout.strip() == "device car-gz-a01-01 created"  # fmt: skip
+    added = _ok(with_regions("devices", "add", "car-gz-a01-01", "--type", "vehicle", "--region", "gd-gz-a01",
+                             "--name", "公务车1"))  # fmt: skip
+    device_id, secret = added.stdout.strip().split(",")  # the secret, shown once
+    assert device_id == "car-gz-a01-01" and len(secret) >= 43
+    assert added.stderr.strip().endswith("device car-gz-a01-01 created; broker identity created and verified")
     moved = _ok(with_regions("devices", "add", "car-gz-a01-01", "-t", "vehicle", "-r", "gd-gz-a02", "--interval", "10"))
-    assert moved.stdout.strip() == "device car-gz-a01-01 updated"
+    assert moved.stdout.strip() == "device car-gz-a01-01 updated; broker identity already present"
     shown = _json(with_regions("devices", "show", "car-gz-a01-01", "--json"))
     assert (shown["region_id"], shown["name"], shown["expected_interval_s"]) == ("gd-gz-a02", "公务车1", 10)
     lines = _user_error(with_regions("devices", "add", "car-2", "--type", "bus", "--region", "gd-nowhere"))
@@ -222,7 +258,9 @@ def test_devices_list_json_subtree_type_filter_and_paging(with_regions: Run, tmp
 
 def test_devices_disable_and_enable(with_regions: Run) -> None:
     _ok(with_regions("devices", "add", "gate-gz-0001", "--type", "gate", "--region", "gd-gz-a01-b1"))
-    assert _ok(with_regions("devices", "disable", "gate-gz-0001")).stdout.strip() == "device gate-gz-0001 disabled"
+    assert _ok(with_regions("devices", "disable", "gate-gz-0001")).stdout.strip() == (
+        "device gate-gz-0001 disabled; a connected session was disconnected"
+    )
     assert _json(with_regions("devices", "show", "gate-gz-0001", "--json"))["enabled"] is False
     _ok(with_regions("devices", "enable", "gate-gz-0001"))
     assert _json(with_regions("devices", "show", "gate-gz-0001", "--json"))["enabled"] is True
@@ -308,6 +346,14 @@ def test_database_password_is_hidden_in_config_check(run: Run, tmp_path: Path) -
         ["devices", "show"],
         ["devices", "disable"],
         ["devices", "enable"],
+        ["devices", "provision"],
+        ["devices", "rotate"],
+        ["devices", "reprovision"],
+        ["devices", "delete"],
+        ["devices", "check"],
+        ["devices", "reconcile"],
+        ["devices", "export-config"],
+        ["devices", "expiring"],
         ["config", "check"],
     ],
 )
@@ -316,3 +362,130 @@ def test_every_command_has_help(command: list[str]) -> None:
     assert result.exit_code == 0
     # the first line of the docstring shows up as the description
     assert "Usage:" in result.stdout and len(result.stdout.split("Options")[0].strip().splitlines()) >= 3
+
+
+# --- broker identities through `devices add` / `devices import` / `devices disable|enable` ---------------------
+
+
+def _can_connect(port: int, device_id: str, secret: str) -> bool:
+    """Whether the broker accepts the device's credentials (CONNACK), as the device itself connects."""
+    answers: list[bool] = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)
+    client.username_pw_set(device_id, secret)
+    client.on_connect = lambda _c, _u, _f, rc, _p: answers.append(not rc.is_failure)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        wait_until(lambda: answers, 5, what=f"CONNACK for {device_id}")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return answers[0]
+
+
+def _secrets(path: Path) -> dict[str, str]:
+    return dict(line.split(",") for line in path.read_text(encoding="utf-8").splitlines()[1:])
+
+
+@pytest.mark.integration
+def test_devices_import_gives_every_device_a_working_identity(
+    with_regions: Run, broker: Broker, tmp_path: Path
+) -> None:
+    path = _csv(tmp_path, "d.csv", "gate-gz-0001,gate,gd-gz-a01-b1,,\nmeter-gz-0001,energy_meter,gd-gz-a01-b1,,\n")
+    secret_file = tmp_path / "secrets.csv"
+    result = _ok(with_regions("devices", "import", path, "--secret-file", str(secret_file)))
+    assert result.stdout.strip().endswith("2 broker identities created and verified")
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    secrets = _secrets(secret_file)
+    assert sorted(secrets) == ["gate-gz-0001", "meter-gz-0001"]
+    assert secrets["gate-gz-0001"] not in result.output  # never on the terminal when a file was chosen
+    assert _can_connect(broker.port, "gate-gz-0001", secrets["gate-gz-0001"])
+    assert not _can_connect(broker.port, "gate-gz-0001", secrets["meter-gz-0001"])  # another device's secret
+    # the issue's command names under `devices`: check proves the rights, rotate replaces the secret
+    check = _ok(with_regions("devices", "check", "meter-gz-0001", "--secret-file", str(secret_file), "--json"))
+    assert json.loads(check.stdout)["ok"] is True
+    _ok(with_regions("devices", "rotate", "meter-gz-0001", "--secret-file", str(secret_file)))
+    rotated = _secrets(secret_file)
+    assert rotated["gate-gz-0001"] == secrets["gate-gz-0001"]  # the other device's line is kept
+    assert not _can_connect(broker.port, "meter-gz-0001", secrets["meter-gz-0001"])
+    assert _can_connect(broker.port, "meter-gz-0001", rotated["meter-gz-0001"])
+    config = json.loads(_ok(with_regions("devices", "export-config", "meter-gz-0001")).stdout)
+    assert (config["client_id"], config["port"]) == ("meter-gz-0001", broker.port)
+
+
+@pytest.mark.integration
+def test_devices_add_and_import_with_the_broker_down_write_nothing(
+    with_regions: Run, env: dict[str, str | None], tmp_path: Path
+) -> None:
+    env["LIANFANG_MQTT__PORT"] = str(free_port())  # nothing listens there
+    path = _csv(tmp_path, "d.csv", "gate-gz-0001,gate,gd-gz-a01-b1,,\n")
+    for args in (["devices", "import", path], ["devices", "add", "gate-gz-0002", "-t", "gate", "-r", "gd-gz-a01-b1"]):
+        (line,) = _user_error(with_regions(*args, "--timeout", "2"))
+        assert line.startswith("error: broker unavailable: cannot connect to the MQTT broker at 127.0.0.1:")
+        assert line.endswith("; nothing was written")
+    assert _json(with_regions("devices", "list", "--json"))["total"] == 0
+    bad = _csv(tmp_path, "bad.csv", "gate-gz-0001,gate,gd-nowhere,,\n")  # bad rows are still named first
+    assert _user_error(with_regions("devices", "import", bad))[0].startswith(f"{bad}:2: region")
+
+
+@pytest.mark.integration
+def test_devices_import_broker_lost_midway_names_the_devices_and_a_rerun_finishes(
+    with_regions: Run,
+    env: dict[str, str | None],
+    broker: Broker,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ids = [f"gate-gz-{i:04d}" for i in range(1, 5)]
+    path = _csv(tmp_path, "d.csv", "".join(f"{i},gate,gd-gz-a01-b1,,\n" for i in ids))
+    settings = load_settings(None, **{"database_url": env["LIANFANG_DATABASE_URL"]}, mqtt={
+        "port": broker.port, "embedded_broker": False, "admin_password": broker.admin_password})  # fmt: skip
+    registry = open_registry(settings)
+    secret_file = tmp_path / "secrets.csv"
+    try:
+        with devices_written_hook(settings, registry, clock.now(), timeout=2) as hook:
+            write_devices(registry, [DeviceRow(i, "gate", "gd-gz-a01-b1") for i in ids], now=clock.now())
+            broker.process.stop()  # the broker dies after the registry write, before any identity was made
+            with pytest.raises(typer.Exit) as exit_info:
+                give_identities(hook, registry, ids, secret_file)
+    finally:
+        registry.engine.dispose()
+    assert exit_info.value.exit_code == 1
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[1].strip() for line in err[:-1]] == ids  # every device without an identity, named
+    assert err[-1] == (
+        "error: the devices are registered, but 4 of 4 have no broker identity (0 created now); "
+        "run the same command again to finish"
+    )
+    broker.process.start()
+    rerun = _ok(with_regions("devices", "import", path, "--secret-file", str(secret_file)))
+    assert "4 unchanged; 4 broker identities created and verified" in rerun.stdout
+    secrets = _secrets(secret_file)
+    assert all(_can_connect(broker.port, i, secrets[i]) for i in ids)
+    assert _json(with_regions("devices", "reconcile", "--json")) == {"drift": [], "changes": 0}
+
+
+@pytest.mark.integration
+def test_devices_disable_kicks_the_connected_device_and_enable_lets_it_back(
+    with_regions: Run, broker: Broker, tmp_path: Path
+) -> None:
+    secret_file = tmp_path / "s.csv"
+    _ok(
+        with_regions(
+            "devices", "add", "car-gz-0001", "-t", "vehicle", "-r", "gd-gz-a01", "--secret-file", str(secret_file)
+        )
+    )
+    secret = _secrets(secret_file)["car-gz-0001"]
+    device = mqtt_client(broker.port, "car-gz-0001", secret)
+    try:
+        out = _ok(with_regions("devices", "disable", "car-gz-0001")).stdout
+        assert out.strip() == "device car-gz-0001 disabled; a connected session was disconnected"
+        wait_until(lambda: not device.is_connected(), 5, what="device kicked")
+    finally:
+        device.disconnect()
+        device.loop_stop()
+    assert not _can_connect(broker.port, "car-gz-0001", secret)
+    assert _json(with_regions("devices", "show", "car-gz-0001", "--json"))["enabled"] is False
+    _ok(with_regions("devices", "enable", "car-gz-0001"))
+    assert _can_connect(broker.port, "car-gz-0001", secret)
+    assert _json(with_regions("devices", "reconcile", "--json")) == {"drift": [], "changes": 0}

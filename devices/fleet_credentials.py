@@ -1,0 +1,149 @@
+"""Per-device credentials for a simulated fleet (the demo, `make run`): create or verify them, keep the secrets.
+
+A demo restarts often; its devices must keep working with the same secrets. :func:`provision_fleet` keeps the
+secrets the simulator needs in a 0600 JSON file under the data directory (``demo-device-secrets.json``,
+``{device_id: secret}``, the format of ``lianfang simulate --credentials FILE``) and on each start:
+
+- a device whose stored secret still matches its registry credential and whose broker identity is as it should
+  be keeps it (nothing changes on the broker);
+- every other device (new, secret lost, identity missing or wrong on the broker, e.g. after the broker's data
+  directory was wiped) gets a new identity and secret, in one bulk ``provision_new`` (batched dynsec commands,
+  read back before anything is recorded).
+
+Never for production devices: there the secret is shown once to the installer and kept nowhere in clear.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import delete
+from sqlalchemy.exc import SQLAlchemyError
+
+from core.errors import StoreUnavailable, UserError
+from core.settings import Settings
+from devices.audit import Actor
+from devices.broker import MosquittoProcess
+from devices.dynsec import DynsecClient, role_name
+from devices.provisioning import DeviceCredential, Provisioner, client_problems, verify_secret
+from devices.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+DEMO_SECRETS_FILE = "demo-device-secrets.json"
+
+
+def demo_secrets_path(settings: Settings) -> Path:
+    return settings.data_dir / DEMO_SECRETS_FILE
+
+
+def load_secrets(path: Path) -> dict[str, str]:
+    """``{device_id: secret}`` from a JSON file (``lianfang simulate --credentials``); {} if it does not exist."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the credentials file {path}: {exc}") from exc
+    if not isinstance(doc, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in doc.items()):
+        raise UserError(f"{path}: expected a JSON object of device id -> secret")
+    return dict(doc)
+
+
+def save_secrets(path: Path, device_secrets: Mapping[str, str]) -> None:
+    """Write ``{device_id: secret}`` atomically to a file only its owner can read (0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(dict(sorted(device_secrets.items())), f, indent=0)
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+
+
+def _still_valid(pairs: Sequence[tuple[str, str, str]]) -> set[str]:
+    """Ids whose stored secret matches the registry hash (scrypt: spread over two threads)."""
+    if not pairs:
+        return set()
+    with ThreadPoolExecutor(2, thread_name_prefix="lf-verify") as pool:
+        ok = list(pool.map(lambda p: verify_secret(p[1], p[2]), pairs))
+    return {device_id for (device_id, _, _), good in zip(pairs, ok, strict=True) if good}
+
+
+def provision_fleet(
+    settings: Settings,
+    registry: Registry,
+    device_ids: Sequence[str],
+    now: datetime,
+    *,
+    admin_password: str | None = None,
+    secrets_path: Path | None = None,
+    process: MosquittoProcess | None = None,
+    offline_threshold: int = 1000,
+    timeout: float = 30.0,
+) -> dict[str, str]:
+    """Make sure every device in ``device_ids`` has a working broker identity; return ``{device_id: secret}``.
+
+    Idempotent and quick on a restart: kept secrets are checked against the registry hashes and the broker's
+    identities are read in two requests (``listClients`` / ``listRoles``); only the devices that fail get new
+    secrets. The result is also saved to ``secrets_path`` (default ``DATA_DIR/demo-device-secrets.json``, 0600).
+    ``admin_password``: the dynsec admin password (default: ``mqtt.admin_password`` or the embedded broker's
+    generated one). ``process``: the broker process if the caller owns it; then batches of at least
+    ``offline_threshold`` new identities are merged while it is briefly stopped (see devices.provisioning).
+    Raises ProvisioningError (naming the devices), BrokerUnavailable or StoreUnavailable.
+    """
+    from devices.cli_security import admin_password as configured_admin_password
+
+    path = secrets_path or demo_secrets_path(settings)
+    ids = list(dict.fromkeys(device_ids))
+    kept = load_secrets(path)
+    password = admin_password if admin_password is not None else configured_admin_password(settings)
+    with DynsecClient(
+        settings.mqtt.host, settings.mqtt.port, password, timeout=timeout, tls_ca=settings.mqtt.tls_ca
+    ) as dynsec:
+        prov = Provisioner(
+            registry,
+            dynsec,
+            actor=Actor("lianfang-demo", "demo"),
+            process=process,
+            offline_threshold=offline_threshold,
+        )
+        creds = prov.credentials()
+        clients = {c["username"]: c for c in dynsec.list_clients()}
+        roles = {r["rolename"]: r for r in dynsec.list_roles()}
+        disabled = {d.id for d in registry.devices(enabled=False)[0]}
+        candidates = [(i, kept[i], creds[i].secret_hash) for i in ids if i in kept and i in creds]
+        matching = _still_valid(candidates)
+        good: set[str] = set()
+        for device_id in matching:
+            client = clients.get(device_id)
+            ok = not client_problems(device_id, client, roles.get(role_name(device_id)))
+            if ok and client is not None and bool(client.get("disabled")) != (device_id in disabled):
+                ok = False  # enabled state differs from the registry: renew it too
+            if ok:
+                good.add(device_id)
+        stale = [i for i in ids if i in creds and i not in good]
+        if stale:
+            # Their secrets are gone or their identities broken: drop the credentials so provision_new takes the
+            # broker identities over with new secrets (verified before anything is recorded).
+            try:
+                with registry.session() as s, s.begin():
+                    s.execute(delete(DeviceCredential).where(DeviceCredential.device_id.in_(stale)))
+            except SQLAlchemyError as exc:
+                raise StoreUnavailable(f"registry write failed: {exc}") from exc
+        todo = [i for i in ids if i not in good]
+        fresh = prov.provision_new(todo, now) if todo else {}
+        for device_id in sorted(fresh):
+            if device_id in disabled:
+                prov.disable(device_id, now)
+    result = {i: kept[i] for i in ids if i in good}
+    result.update(fresh)
+    save_secrets(path, {**{k: v for k, v in kept.items() if k not in result and k not in ids}, **result})
+    logger.info("fleet credentials: %d kept, %d new (%s)", len(good), len(fresh), path)
+    return result
