@@ -8,6 +8,8 @@ same row, so writes are idempotent on device + time + field.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -72,9 +74,22 @@ class SqliteStore:
         self._synchronous = synchronous
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._write_lock = threading.Lock()
+        self._thread_lock = threading.Lock()
+        # Several ingest processes (shared subscription) may write one file. SQLite's own busy handler polls with
+        # sleeps of 1-100 ms; a blocking flock hands the write over as soon as the other process commits.
+        self._lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         self._writer = self._connect()
-        self._writer.executescript(SCHEMA)
+        with self._write_lock():
+            self._writer.executescript(SCHEMA)
+
+    @contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        with self._thread_lock:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -113,7 +128,7 @@ class SqliteStore:
             for dev, c in batch.counters.items()
         ]
         statuses = [(s.device_id, s.state, s.ts_ms, s.fw) for s in batch.statuses]
-        with self._write_lock:
+        with self._write_lock():
             conn = self._writer
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -284,7 +299,7 @@ class SqliteStore:
         return int(row[0])
 
     def prune(self, older_than_ms: int) -> int:
-        with self._write_lock:
+        with self._write_lock():
             try:
                 n = self._writer.execute("DELETE FROM telemetry WHERE ts < ?", (older_than_ms,)).rowcount
                 n += self._writer.execute("DELETE FROM events WHERE ts < ?", (older_than_ms,)).rowcount
@@ -302,8 +317,9 @@ class SqliteStore:
         return True
 
     def close(self) -> None:
-        with self._write_lock:
+        with self._write_lock():
             self._writer.close()
+        os.close(self._lock_fd)
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
