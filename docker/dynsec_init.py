@@ -9,7 +9,8 @@ The accounts are those of ``devices.broker.bootstrap_dynsec`` (the same document
 validated like every ``lianfang`` command, so ``LIANFANG_ENV=prod`` refuses the development placeholder password.
 
 An existing file is left alone: once the broker has started, its plugin owns the file, and devices are added
-over ``$CONTROL/dynamic-security/v1`` by ``lianfang credentials provision``. The file is written 0600.
+over ``$CONTROL/dynamic-security/v1`` by ``lianfang devices add`` / ``import`` / ``provision``.
+The file is written 0600.
 Exit status 0 when the file exists or was written, 1 with one line on stderr otherwise.
 """
 
