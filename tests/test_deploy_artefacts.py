@@ -28,7 +28,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from core.settings import load_settings
-from devices.broker import BrokerConfig, find_dynsec_plugin, free_port, render_config, wait_for_port
+from devices.broker import (
+    GATEWAY_USERNAME,
+    BrokerConfig,
+    derive_gateway_password,
+    find_dynsec_plugin,
+    free_port,
+    render_config,
+    wait_for_port,
+)
 from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -282,6 +290,15 @@ def test_dynsec_init_file_is_accepted_by_mosquitto_with_the_compose_config(tmp_p
         platform.subscribe("$share/ingest/lf/v1/+/+", options=SubscribeOptions(qos=1))
         wait_until(lambda: "codes" in granted, 5, what="SUBACK")
         assert not granted["codes"][0].is_failure
+
+        # the HTTP ingress account (password derived from the admin password) publishes on a device's behalf
+        received: list[str] = []
+        platform.on_message = lambda c, u, msg: received.append(msg.topic)
+        gateway, reason = _connect(broker.port, GATEWAY_USERNAME, derive_gateway_password("admin-secret-1"), "gw-1")
+        clients.append(gateway)
+        assert not reason.is_failure
+        gateway.publish("lf/v1/gate-gz-0001/telemetry", b'{"door_open":true}', qos=1).wait_for_publish(5)
+        wait_until(lambda: received == ["lf/v1/gate-gz-0001/telemetry"], 5, what="ingress message at the platform")
 
         anonymous, reason = _connect(broker.port, None, None, "anon-1")
         clients.append(anonymous)
