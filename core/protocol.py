@@ -1,8 +1,9 @@
 """Wire protocol v1 (docs/protocol.md): topics, payload validation, decoded message types.
 
 Pure: no I/O, no clock. ``decode`` takes the receive time ``now_ms`` and the registry's view of the device and
-returns decoded records plus per-object rejections. The hot path is table-driven rather than a pydantic model per
-message: it runs ~15,000 times a second and must name the field path of every problem.
+returns decoded records plus per-object rejections. Validation is table-driven rather than a pydantic model per
+message because it must map every problem to a protocol rejection reason with its field path, judge each object of
+a gateway's array on its own and count non-standard fields (docs/adr/0004-table-driven-protocol-validation.md).
 """
 
 from __future__ import annotations
