@@ -17,6 +17,8 @@ and no anonymous access. Accounts created at bootstrap:
 from __future__ import annotations
 
 import base64
+import contextlib
+import ctypes
 import hashlib
 import hmac
 import json
@@ -308,6 +310,21 @@ def wait_for_port(host: str, port: int, timeout: float) -> None:
             time.sleep(0.05)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: have the kernel stop mosquitto if the platform process dies (even SIGKILL).
+
+    Linux ties this to the thread that started the child, so start the broker from a long-lived thread (the
+    main thread, as ``lianfang serve`` does). Without glibc the broker simply outlives a killed parent."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -326,12 +343,18 @@ class MosquittoProcess:
     def start(self, timeout: float = 10.0) -> None:
         if not os.path.exists(self.binary):
             raise UserError("mosquitto is not installed: apt-get install mosquitto (make run does this)")
+        if _port_in_use(self.cfg.host, self.cfg.port):
+            raise BrokerUnavailable(
+                f"port {self.cfg.port} on {self.cfg.host} is already in use (another broker or an old Lianfang "
+                f"still running?): stop it or choose another port (LIANFANG_MQTT__PORT)"
+            )
         write_broker_files(self.cfg)
         self.proc = subprocess.Popen(
             [self.binary, "-c", str(self.cfg.conf_path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         try:
             wait_for_port(self.cfg.host, self.cfg.port, timeout)

@@ -12,12 +12,13 @@ import typer
 
 from core import clock
 from core.logs import setup_logging
+from devices.fleet_credentials import provision_fleet
 from devices.sample import demo_device_specs, sample_regions
 from devices.sim_cli import devices_from_registry, run_simulation
-from devices.sim_publisher import SharedPublisher
+from devices.sim_publisher import DevicePublisher
 from devices.simulator import Fleet, parse_incident
 from lianfang.context import open_registry, settings_from
-from lianfang.runtime import BrokerSecrets, Runtime, broker_secrets_path
+from lianfang.runtime import Runtime
 from lianfang.serve_cmd import run_service
 
 logger = logging.getLogger(__name__)
@@ -62,16 +63,25 @@ def demo(
         if not simulate:
             return lambda: None
         assert runtime.registry is not None
-        sec = BrokerSecrets.load_or_create(broker_secrets_path(runtime.settings))
+        devices = devices_from_registry(runtime.registry)
+        # Every simulated device connects with its own identity (client id = username = device id) and ACL.
+        secrets = provision_fleet(
+            runtime.settings,
+            runtime.registry,
+            [d.id for d in devices],
+            clock.now(),
+            process=runtime.broker,
+            offline_threshold=100,
+        )
         start = clock.now()
         fleet = Fleet(
-            devices_from_registry(runtime.registry),
+            devices,
             rng=random.Random(),
             start=start,
             incidents=[parse_incident(text, start) for text in DEMO_INCIDENTS],
             rate_multiplier=rate_multiplier,
         )
-        publisher = SharedPublisher(host, port, "lianfang-sim", sec.sim)
+        publisher = DevicePublisher(host, port, secrets)
         publisher.start()
         stop = threading.Event()
         thread = threading.Thread(

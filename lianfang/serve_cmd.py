@@ -15,7 +15,9 @@ import uvicorn
 from core.errors import LianfangError
 from core.logs import setup_logging
 from core.settings import Settings
+from devices.cli_security import admin_password
 from gateway.app import GatewayContext, create_app
+from gateway.ingress_publisher import IngressPublisher
 from gateway.live import Broadcaster
 from lianfang.context import settings_from
 from lianfang.runtime import Runtime
@@ -51,9 +53,14 @@ def run_service(
     """Start the runtime and serve the API until SIGINT / SIGTERM; then stop everything in reverse order."""
     broadcaster = Broadcaster()
     runtime = Runtime(settings, listeners=[broadcaster.publish])
+    ingress: IngressPublisher | None = None
     try:
         runtime.start()
+        # HTTP ingress publishes accepted device messages into the broker: the same pipeline as MQTT.
+        ingress = IngressPublisher.from_settings(runtime.settings, admin_password(runtime.settings))
+        ingress.start()
     except LianfangError as exc:
+        runtime.stop()
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     assert runtime.registry is not None and runtime.store is not None
@@ -65,6 +72,7 @@ def run_service(
         runtime.ingest_status,
         dev_open=dev_open,
         broadcaster=broadcaster,
+        ingress=ingress,
     )
     server = _Server(
         uvicorn.Config(
@@ -83,6 +91,7 @@ def run_service(
     finally:
         if stop_extra is not None:
             stop_extra()
+        ingress.close()
         runtime.stop()
 
 
