@@ -108,8 +108,8 @@ def test_wiring_bad_notify_config_fails_at_construction(reg: Registry, tmp_path:
 def test_wiring_notifies_firing_then_escalates_to_the_city_by_the_scheduler(
     reg: Registry,
     tmp_path: Path,
-    receiver: Receiver,
-    runtime_factory: list[AlertsRuntime],  # noqa: F811
+    receiver: Receiver,  # noqa: F811
+    runtime_factory: list[AlertsRuntime],
 ) -> None:
     esc = "escalation:\n  default: {after_s: [0.3], min_severity: info}\n"
     cfg = settings(tmp_path, notify_yaml(tmp_path, f"{receiver.base}/hook", esc), escalation_tick_s=0.1)
