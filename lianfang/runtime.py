@@ -18,6 +18,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from pydantic import SecretStr
 
+from alerts.wiring import AlertsRuntime
 from core import clock
 from core.errors import BrokerUnavailable, StoreUnavailable
 from core.settings import Settings
@@ -65,6 +66,7 @@ class Runtime:
     store: SqliteStore | None = None
     broker: MosquittoProcess | None = None
     ingest: IngestService | None = None
+    alerts: AlertsRuntime | None = None
     scheduler: BackgroundScheduler | None = None
     retention_interval_s: float = 3600.0
 
@@ -91,8 +93,14 @@ class Runtime:
             self.settings = s = s.model_copy(
                 update={"mqtt": s.mqtt.model_copy(update={"password": SecretStr(sec.platform)})}
             )
+        listeners = list(self.listeners)
+        if self.with_ingest and s.alerts.enabled:
+            # Alerts start before ingest and stop after it: no batch arrives after their final state write.
+            self.alerts = AlertsRuntime(s, self.registry)
+            self.alerts.start()
+            listeners.insert(0, self.alerts.on_batch)
         if self.with_ingest:
-            self.ingest = IngestService(s.mqtt, s.ingest, self.store, self.registry.snapshot, listeners=self.listeners)
+            self.ingest = IngestService(s.mqtt, s.ingest, self.store, self.registry.snapshot, listeners=listeners)
             try:
                 self.ingest.start()
             except BrokerUnavailable:
@@ -120,6 +128,9 @@ class Runtime:
         if self.ingest is not None:
             self.ingest.stop()
             self.ingest = None
+        if self.alerts is not None:
+            self.alerts.stop()
+            self.alerts = None
         if self.broker is not None:
             self.broker.stop()
             self.broker = None
@@ -137,6 +148,11 @@ class Runtime:
             "host": self.settings.mqtt.host,
             "port": self.settings.mqtt.port,
         }
+
+    def alerts_status(self) -> dict[str, Any]:
+        if self.alerts is None:
+            return {"ok": False, "detail": "alerts not running in this process"}
+        return self.alerts.status()
 
     def ingest_status(self) -> dict[str, Any]:
         if self.ingest is None:

@@ -73,6 +73,7 @@ def run_service(
         dev_open=dev_open,
         broadcaster=broadcaster,
         ingress=ingress,
+        alerts=runtime.alerts,
     )
     server = _Server(
         uvicorn.Config(

@@ -49,6 +49,10 @@ def ready(ctx: ContextDep, store: StoreDep, registry: RegistryDep, response: Res
         checks["registry"] = {"ok": False, "error": type(exc).__name__}
     checks["broker"] = _component(ctx.broker_status)
     checks["ingest"] = _component(ctx.ingest_status)
+    if ctx.alerts is not None:
+        checks["alerts"] = _component(ctx.alerts.status)
+    if ctx.ingress is not None:
+        checks["http_ingress"] = _component(ctx.ingress.status)
     is_ready = all(c["ok"] for c in checks.values())
     if not is_ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
