@@ -92,10 +92,11 @@ class SecretHasher:
 
     Device secrets carry 256 random bits, so the work factor is defence in depth rather than what protects
     them (NIST SP 800-63B: secrets with >= 112 bits of entropy need only a salted one-way function); the
-    default (n=2**10, r=8: 1 MiB, a few ms) keeps a 10,000-device import and HTTP-ingress verification fast.
+    default (n=2**8, r=8: 256 KiB, about a millisecond) keeps a 10,000-device import and HTTP-ingress
+    verification fast (bench/provision.py, docs/performance.md).
     """
 
-    n: int = 2**10
+    n: int = 2**8
     r: int = 8
     p: int = 1
 
