@@ -28,12 +28,12 @@ from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.db import make_engine, migrate  # noqa: E402
-from core.settings import IngestSettings, MqttSettings  # noqa: E402
-from core.store.sqlite import SqliteStore  # noqa: E402
-from devices.broker import BrokerConfig, MosquittoProcess, free_port  # noqa: E402
-from devices.registry import DeviceSpec, RegionSpec, Registry  # noqa: E402
-from ingest.service import IngestService  # noqa: E402
+from core.db import make_engine, migrate
+from core.settings import IngestSettings, MqttSettings
+from core.store.sqlite import SqliteStore
+from devices.broker import BrokerConfig, MosquittoProcess, free_port
+from devices.registry import DeviceSpec, RegionSpec, Registry
+from ingest.service import IngestService
 
 NOW = datetime.now(UTC)
 TYPES = ("energy_meter", "vehicle", "gate")
@@ -42,14 +42,23 @@ TYPES = ("energy_meter", "vehicle", "gate")
 def make_payload(dtype: str, seq: int, ts: int, rng: random.Random) -> bytes:
     if dtype == "energy_meter":
         doc: dict[str, object] = {
-            "ts": ts, "seq": seq, "energy_kwh": 1000 + seq * 0.01, "power_kw": round(rng.uniform(1, 50), 2),
-            "voltage_v": round(rng.uniform(218, 232), 1), "current_a": round(rng.uniform(5, 80), 1),
+            "ts": ts,
+            "seq": seq,
+            "energy_kwh": 1000 + seq * 0.01,
+            "power_kw": round(rng.uniform(1, 50), 2),
+            "voltage_v": round(rng.uniform(218, 232), 1),
+            "current_a": round(rng.uniform(5, 80), 1),
             "power_factor": 0.95,
         }
     elif dtype == "vehicle":
         doc = {
-            "ts": ts, "seq": seq, "lat": 23.1 + rng.random() / 10, "lon": 113.3 + rng.random() / 10,
-            "speed_kmh": round(rng.uniform(0, 80), 1), "heading_deg": rng.randrange(360), "ignition": True,
+            "ts": ts,
+            "seq": seq,
+            "lat": 23.1 + rng.random() / 10,
+            "lon": 113.3 + rng.random() / 10,
+            "speed_kmh": round(rng.uniform(0, 80), 1),
+            "heading_deg": rng.randrange(360),
+            "ignition": True,
         }
     else:
         doc = {"ts": ts, "seq": seq, "door_open": rng.random() < 0.1, "occupancy": rng.randrange(200)}
@@ -90,16 +99,36 @@ def prefill(port: int, password: str, devices: list[tuple[str, str]], n: int, ma
 
 
 def _ingest_settings(port: int, password: str, group: str | None) -> MqttSettings:
-    return MqttSettings(port=port, username="lianfang-platform", password=SecretStr(password), shared_group=group,
-                        embedded_broker=False, receive_maximum=4000)
+    return MqttSettings(
+        port=port,
+        username="lianfang-platform",
+        password=SecretStr(password),
+        shared_group=group,
+        embedded_broker=False,
+        receive_maximum=4000,
+    )
 
 
-def run_ingest(port: int, password: str, db_url: str, store_path: str, group: str | None, client_id: str,
-               n_expected: int, done: object, subscribe_only: bool = False) -> None:
+def run_ingest(
+    port: int,
+    password: str,
+    db_url: str,
+    store_path: str,
+    group: str | None,
+    client_id: str,
+    n_expected: int,
+    done: object,
+    subscribe_only: bool = False,
+) -> None:
     registry = Registry(make_engine(db_url))
     store = SqliteStore(Path(store_path))
-    svc = IngestService(_ingest_settings(port, password, group), IngestSettings(batch_size=2000, batch_wait_ms=10),
-                        store, registry.snapshot, client_id=client_id)
+    svc = IngestService(
+        _ingest_settings(port, password, group),
+        IngestSettings(batch_size=2000, batch_wait_ms=10),
+        store,
+        registry.snapshot,
+        client_id=client_id,
+    )
     svc.start()
     if subscribe_only:
         svc.stop()
@@ -124,14 +153,21 @@ def main() -> None:
     args = ap.parse_args()
     n = 20_000 if args.short else args.messages
     tmp = Path(tempfile.mkdtemp(prefix="lf-bench-ingest-"))
-    cfg = BrokerConfig(directory=tmp / "mosquitto", port=free_port(), admin_password="bench-admin-x",
-                       platform_password="bench-platform-x", sim_password="bench-sim-x",
-                       max_inflight_messages=10_000)
+    cfg = BrokerConfig(
+        directory=tmp / "mosquitto",
+        port=free_port(),
+        admin_password="bench-admin-x",
+        platform_password="bench-platform-x",
+        sim_password="bench-sim-x",
+        max_inflight_messages=10_000,
+    )
     db_url = f"sqlite:///{tmp}/registry.db"
     engine = make_engine(db_url)
     migrate(engine)
     registry = Registry(engine)
-    registry.upsert_regions([RegionSpec("gd", "广东省", "province"), RegionSpec("gd-gz", "广州市", "city", "gd")], now=NOW)
+    registry.upsert_regions(
+        [RegionSpec("gd", "广东省", "province"), RegionSpec("gd-gz", "广州市", "city", "gd")], now=NOW
+    )
     devices = [(f"{t.split('_')[0]}-{i:05d}", t) for i in range(args.devices) for t in (TYPES[i % 3],)]
     registry.add_devices([DeviceSpec(d, t, "gd-gz") for d, t in devices], now=NOW)
     store_path = tmp / "telemetry.db"
@@ -140,8 +176,17 @@ def main() -> None:
     with MosquittoProcess(cfg):
         # 1) create the persistent session(s) and subscription, then go away
         for p in range(args.processes):
-            run_ingest(cfg.port, cfg.platform_password, db_url, str(store_path), group, f"lianfang-ingest-{p}", 0,
-                       None, subscribe_only=True)
+            run_ingest(
+                cfg.port,
+                cfg.platform_password,
+                db_url,
+                str(store_path),
+                group,
+                f"lianfang-ingest-{p}",
+                0,
+                None,
+                subscribe_only=True,
+            )
         # 2) pre-fill the session(s) while ingest is away
         t0 = time.perf_counter()
         acked = prefill(cfg.port, cfg.sim_password or "", devices, n)
@@ -154,8 +199,10 @@ def main() -> None:
         done = ctx.Event()
         t0 = time.perf_counter()
         procs = [
-            ctx.Process(target=run_ingest, args=(cfg.port, cfg.platform_password, db_url, str(store_path), group,
-                                                 f"lianfang-ingest-{p}", n, done))
+            ctx.Process(
+                target=run_ingest,
+                args=(cfg.port, cfg.platform_password, db_url, str(store_path), group, f"lianfang-ingest-{p}", n, done),
+            )
             for p in range(args.processes)
         ]
         for proc in procs:
