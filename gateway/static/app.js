@@ -24,6 +24,25 @@ const I18N = {
     rs_not_json: "非 JSON", rs_not_object: "非对象", rs_too_large: "过大", rs_schema: "字段不合规",
     rs_bad_timestamp: "时间戳错误", rs_unknown_event: "未知事件", rs_forged_identity: "伪造身份",
     rs_unregistered_device: "未注册设备", rs_disabled_device: "已停用设备", rs_internal_error: "内部错误",
+    alerts: "告警", close: "关闭", detail: "详情", timeline: "处置记录", cancel: "取消",
+    sev_critical: "紧急", sev_major: "重要", sev_warning: "警告", sev_info: "提示",
+    st_firing: "告警中", st_acknowledged: "已确认", st_resolved: "已解决",
+    ack: "确认", resolve: "解决", ackTitle: "确认告警", resolveTitle: "解决告警",
+    ackReason: "确认说明（可选，例如：保安已前往现场）", resolveReason: "解决原因（必填，例如：误报，已复位）",
+    reasonRequired: "必须填写解决原因。", silenced: "已静默", flapping: "频繁抖动", repeats: "重复 {n} 次",
+    escalated: "已升级 {n} 级", noAlerts: "当前无未处理告警", alertsOff: "告警服务未运行",
+    alertsMore: "仅显示最新 {shown} 条，共 {total} 条", assignedTo: "负责人 {who}", ackedBy: "{who} 已确认",
+    errForbidden: "无权操作：只读（查看员）账号不能确认或解决告警。",
+    errAlreadyAcked: "该告警已被 {who} 确认，无需重复确认。", errNotOpen: "该告警已解决或已关闭，无法再操作。",
+    errConflict: "操作冲突：{detail}", errNotFound: "告警不存在，或不在您的管辖范围内。",
+    errInvalid: "输入无效：{detail}", errUnavailable: "告警服务暂不可用，请稍后重试。",
+    errUnauthorized: "令牌无效或已过期，请重新输入。", errNetwork: "无法连接服务器，请检查网络后重试。",
+    errOther: "操作失败（HTTP {status}）：{detail}", doneAck: "已确认告警 #{id}", doneResolve: "已解决告警 #{id}",
+    f_id: "编号", f_rule: "规则", f_device: "设备", f_region: "区域", f_state: "状态", f_severity: "级别",
+    f_started: "开始时间", f_updated: "更新时间", f_count: "触发次数", f_assignee: "负责人", f_active: "条件仍成立",
+    f_ackBy: "确认人", f_ackReason: "确认说明", f_resolvedBy: "解决人", f_resolveReason: "解决原因",
+    f_escalation: "升级级别", yes: "是", no: "否", noDetail: "无",
+    tl_created: "告警产生", tl_ack: "确认", tl_resolve: "解决", tl_assign: "指派", tl_comment: "备注",
   },
   en: {
     title: "Lianfang Control Room",
@@ -49,6 +68,27 @@ const I18N = {
     rs_bad_timestamp: "bad timestamp", rs_unknown_event: "unknown event", rs_forged_identity: "forged identity",
     rs_unregistered_device: "unregistered device", rs_disabled_device: "disabled device",
     rs_internal_error: "internal error",
+    alerts: "Alerts", close: "Close", detail: "Detail", timeline: "Timeline", cancel: "Cancel",
+    sev_critical: "Critical", sev_major: "Major", sev_warning: "Warning", sev_info: "Info",
+    st_firing: "Firing", st_acknowledged: "Acknowledged", st_resolved: "Resolved",
+    ack: "Ack", resolve: "Resolve", ackTitle: "Acknowledge alert", resolveTitle: "Resolve alert",
+    ackReason: "Note (optional, e.g. guard on the way)", resolveReason: "Reason (required, e.g. false alarm, reset)",
+    reasonRequired: "A reason is required to resolve.", silenced: "Silenced", flapping: "Flapping",
+    repeats: "{n} times", escalated: "Escalated L{n}", noAlerts: "No open alerts", alertsOff: "Alerts are not running",
+    alertsMore: "Newest {shown} of {total}", assignedTo: "Assignee {who}", ackedBy: "acked by {who}",
+    errForbidden: "Not allowed: read-only (viewer) accounts cannot acknowledge or resolve alerts.",
+    errAlreadyAcked: "Already acknowledged by {who}.", errNotOpen: "This alert is already resolved.",
+    errConflict: "Conflict: {detail}", errNotFound: "No such alert, or it is outside your regions.",
+    errInvalid: "Invalid input: {detail}", errUnavailable: "The alert service is unavailable; retry later.",
+    errUnauthorized: "The token is invalid or expired; enter it again.",
+    errNetwork: "Cannot reach the server; check the network and retry.",
+    errOther: "Failed (HTTP {status}): {detail}", doneAck: "Alert #{id} acknowledged",
+    doneResolve: "Alert #{id} resolved",
+    f_id: "ID", f_rule: "Rule", f_device: "Device", f_region: "Region", f_state: "State", f_severity: "Severity",
+    f_started: "Started", f_updated: "Updated", f_count: "Fired", f_assignee: "Assignee", f_active: "Still active",
+    f_ackBy: "Acknowledged by", f_ackReason: "Ack note", f_resolvedBy: "Resolved by", f_resolveReason: "Resolve reason",
+    f_escalation: "Escalation", yes: "yes", no: "no", noDetail: "none",
+    tl_created: "Raised", tl_ack: "Acknowledged", tl_resolve: "Resolved", tl_assign: "Assigned", tl_comment: "Comment",
   },
 };
 const CRITICAL = new Set(["door_forced", "tamper", "power_cut", "power_loss"]);
@@ -68,6 +108,10 @@ const state = {
   feedCount: 0,
   streamAbort: null,
   subtree: null,
+  alertIds: null,
+  alertsTimer: null,
+  drawerId: null,
+  action: null,
 };
 
 function t(key, vars) {
@@ -107,8 +151,10 @@ function ago(ms) {
 
 function takeTokenFromHash() {
   const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
-  if (m) {
-    localStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+  const al = /(?:^#|&)alert=(\d+)/.exec(location.hash);
+  if (al) state.drawerId = Number(al[1]);  // a link to one alert (e.g. from a notification) opens its drawer
+  if (m || al) {
+    if (m) localStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
     history.replaceState(null, "", location.pathname + location.search);
   }
   state.token = localStorage.getItem(TOKEN_KEY) || "";
@@ -293,6 +339,292 @@ async function loadRejections() {
   if (!data.items.length) ul.append(el("li", "empty", t("noData")));
 }
 
+// --- alerts (GET /api/v1/alerts, polled; actions POST /api/v1/alerts/{id}/ack|resolve) ----------------------
+
+const SEVERITIES = ["critical", "major", "warning", "info"];
+const ALERTS_LIMIT = 200;
+const ALERTS_POLL_MS = 5000;
+
+function alertTitle(a) {
+  return (state.lang === "en" ? a.title_en || a.title_zh : a.title_zh || a.title_en) || a.rule_id;
+}
+function regionTrail(path) {
+  // Names for the ids of the caller's tree; ids above the caller's scope are not in it and are left out.
+  const known = (path || []).filter((id) => state.regionNames[id]).map((id) => state.regionNames[id]);
+  return known.length ? known : (path || []).slice(-1);
+}
+function msOf(iso) {
+  return iso ? Date.parse(iso) : null;
+}
+function showMsg(id, text, kind) {
+  const m = $(id);
+  m.textContent = text || "";
+  m.hidden = !text;
+  m.className = "al-msg" + (kind ? " " + kind : "");
+}
+
+async function apiSend(path, body) {
+  const headers = { "Content-Type": "application/json" };
+  if (state.token) headers.Authorization = "Bearer " + state.token;
+  let r;
+  try {
+    r = await fetch("/api/v1" + path, { method: "POST", headers, body: JSON.stringify(body) });
+  } catch (e) {
+    return { status: 0, body: null };
+  }
+  let data = null;
+  try { data = await r.json(); } catch (e) { data = null; }
+  return { status: r.status, body: data };
+}
+function detailText(body) {
+  const d = body && body.detail;
+  if (Array.isArray(d)) return d.map((x) => (x.loc ? x.loc[x.loc.length - 1] + ": " : "") + x.msg).join("; ");
+  return d ? String(d) : "";
+}
+// The API's answer to an action, as one sentence in the page's language.
+function actionError(status, body) {
+  const detail = detailText(body);
+  if (status === 0) return t("errNetwork");
+  if (status === 401) return t("errUnauthorized");
+  if (status === 403) return t("errForbidden");
+  if (status === 404) return t("errNotFound");
+  if (status === 409) {
+    const m = /already acknowledged by (.*)$/.exec(detail);
+    if (m) return t("errAlreadyAcked", { who: m[1] });
+    if (/not open/.test(detail)) return t("errNotOpen");
+    return t("errConflict", { detail });
+  }
+  if (status === 422) return t("errInvalid", { detail });
+  if (status === 503) return t("errUnavailable");
+  return t("errOther", { status, detail });
+}
+
+function badge(cls, text, title) {
+  const b = el("span", "tag " + cls, text);
+  if (title) b.title = title;
+  return b;
+}
+function actionButtons(a) {
+  const box = el("span", "al-btns");
+  if (a.state === "firing") {
+    const ack = el("button", "btn sm", t("ack"));
+    ack.type = "button";
+    ack.dataset.act = "ack";
+    ack.addEventListener("click", (ev) => { ev.stopPropagation(); openAction("ack", a); });
+    box.append(ack);
+  }
+  if (a.state !== "resolved") {
+    const res = el("button", "btn sm", t("resolve"));
+    res.type = "button";
+    res.dataset.act = "resolve";
+    res.addEventListener("click", (ev) => { ev.stopPropagation(); openAction("resolve", a); });
+    box.append(res);
+  }
+  return box;
+}
+function alertTags(a) {
+  const tags = [];
+  if (a.state === "acknowledged") tags.push(badge("acked", t("st_acknowledged"), t("ackedBy", { who: a.acknowledged_by || "" })));
+  if (a.silenced) tags.push(badge("silenced", t("silenced")));
+  if (a.flapping) tags.push(badge("flapping", t("flapping")));
+  if (a.count > 1) tags.push(badge("count", t("repeats", { n: a.count })));
+  if (a.escalation_level > 0) tags.push(badge("esc", t("escalated", { n: a.escalation_level })));
+  return tags;
+}
+function alertRow(a, fresh) {
+  const li = el("li", "al sev-" + a.severity + " st-" + a.state + (fresh ? " fresh" : ""));
+  li.dataset.id = a.id;
+  li.tabIndex = 0;
+  const top = el("div", "al-top");
+  top.append(el("span", "sev", t("sev_" + a.severity)), el("b", "al-title", alertTitle(a)), ...alertTags(a));
+  const meta = el("div", "al-meta");
+  const trail = regionTrail(a.region_path);
+  const region = el("span", "al-region", trail[trail.length - 1] || a.region_id);
+  region.title = trail.join(" / ");
+  const age = el("span", "al-age", ago(msOf(a.started_at)));
+  age.dataset.ms = msOf(a.started_at) || "";
+  age.title = a.started_at || "";
+  meta.append(el("span", "dev", a.device_id), region, age, actionButtons(a));
+  li.append(top, meta);
+  li.addEventListener("click", () => openDrawer(a.id));
+  li.addEventListener("keydown", (ev) => { if (ev.key === "Enter") openDrawer(a.id); });
+  return li;
+}
+
+async function severityCounts(data) {
+  const counts = Object.fromEntries(SEVERITIES.map((s) => [s, 0]));
+  if (data.total <= data.items.length) {
+    for (const a of data.items) counts[a.severity] = (counts[a.severity] || 0) + 1;
+    return counts;
+  }
+  // More open alerts than one page: ask for each severity's total.
+  await Promise.all(SEVERITIES.map(async (s) => {
+    const q = alertsQuery(1);
+    q.set("severity", s);
+    counts[s] = (await api("/alerts?" + q)).total;
+  }));
+  return counts;
+}
+function alertsQuery(limit) {
+  const q = new URLSearchParams({ state: "open", limit });
+  if (state.region) q.set("region", state.region);
+  return q;
+}
+function renderBadges(counts) {
+  const box = $("al-badges");
+  box.replaceChildren();
+  for (const s of SEVERITIES) {
+    const b = el("span", "sbadge sev-" + s + (counts[s] ? "" : " zero"));
+    b.append(el("span", null, t("sev_" + s)), el("b", null, counts[s] || 0));
+    b.title = t("sev_" + s);
+    box.append(b);
+  }
+}
+async function loadAlerts() {
+  const data = await api("/alerts?" + alertsQuery(ALERTS_LIMIT));
+  const ul = $("alerts");
+  if (!data.items) {
+    // 503: the alert engine does not run in this process
+    ul.replaceChildren(el("li", "empty", t("alertsOff")));
+    $("al-total").textContent = "";
+    renderBadges({});
+    return;
+  }
+  const seen = state.alertIds;
+  const next = new Set();
+  ul.replaceChildren();
+  for (const a of data.items) {
+    next.add(a.id);
+    ul.append(alertRow(a, seen !== null && !seen.has(a.id)));
+  }
+  state.alertIds = next;
+  if (!data.items.length) ul.append(el("li", "empty", t("noAlerts")));
+  else if (data.total > data.items.length) ul.append(el("li", "empty", t("alertsMore", { shown: data.items.length, total: data.total })));
+  $("al-total").textContent = String(data.total);
+  renderBadges(await severityCounts(data));
+  if (state.drawerId !== null) loadDrawer(state.drawerId).catch(() => {});
+}
+function scheduleAlerts(delay) {
+  if (state.alertsTimer) return;
+  state.alertsTimer = setTimeout(() => {
+    state.alertsTimer = null;
+    loadAlerts().catch(() => {});
+  }, delay);
+}
+
+// --- action dialog -----------------------------------------------------------------------------------------
+
+function openAction(kind, a) {
+  state.action = { kind, alert: a };
+  $("act-title").textContent = t(kind === "ack" ? "ackTitle" : "resolveTitle");
+  $("act-alert").textContent = "#" + a.id + "  " + alertTitle(a) + "  ·  " + a.device_id;
+  $("act-label").textContent = t(kind === "ack" ? "ackReason" : "resolveReason");
+  $("act-ok").textContent = t(kind);
+  $("act-reason").value = "";
+  showMsg("act-msg", "");
+  $("act-dialog").showModal();
+  $("act-reason").focus();
+}
+async function submitAction() {
+  const act = state.action;
+  if (!act) return;
+  const reason = $("act-reason").value.trim();
+  if (act.kind === "resolve" && !reason) {
+    showMsg("act-msg", t("reasonRequired"), "err");
+    return;
+  }
+  $("act-ok").disabled = true;
+  const r = await apiSend("/alerts/" + act.alert.id + "/" + act.kind, { reason });
+  $("act-ok").disabled = false;
+  if (r.status === 200) {
+    $("act-dialog").close();
+    state.action = null;
+    showMsg("al-msg", t(act.kind === "ack" ? "doneAck" : "doneResolve", { id: act.alert.id }), "ok");
+    setTimeout(() => showMsg("al-msg", ""), 4000);
+  } else {
+    showMsg("act-msg", actionError(r.status, r.body), "err");
+    if (r.status === 401) askToken();
+  }
+  loadAlerts().catch(() => {});
+}
+
+// --- drawer: one alert with its timeline --------------------------------------------------------------------
+
+function kvRow(dl, label, value, cls) {
+  if (value === null || value === undefined || value === "") return;
+  const dd = el("dd", cls || null, value);
+  dl.append(el("dt", null, label), dd);
+}
+function fmtFull(iso) {
+  if (!iso) return "";
+  return new Date(iso).toLocaleString(state.lang === "zh" ? "zh-CN" : "en-GB", { hour12: false });
+}
+function renderDrawer(a) {
+  $("dr-title").textContent = alertTitle(a);
+  $("al-drawer").className = "drawer sev-" + a.severity;
+  const acts = $("dr-actions");
+  acts.replaceChildren(
+    el("span", "sev", t("sev_" + a.severity)),
+    el("span", "tag st", t("st_" + a.state)),
+    ...alertTags(a).filter((b) => !b.classList.contains("acked")),
+    actionButtons(a),
+  );
+  const kv = $("dr-kv");
+  kv.replaceChildren();
+  kvRow(kv, t("f_id"), "#" + a.id, "mono");
+  kvRow(kv, t("f_rule"), a.rule_id, "mono");
+  kvRow(kv, t("f_device"), a.device_id, "mono");
+  kvRow(kv, t("f_region"), regionTrail(a.region_path).join(" / "));
+  kvRow(kv, t("f_started"), fmtFull(a.started_at) + " · " + ago(msOf(a.started_at)));
+  kvRow(kv, t("f_updated"), fmtFull(a.updated_at));
+  kvRow(kv, t("f_count"), a.count);
+  kvRow(kv, t("f_active"), t(a.active ? "yes" : "no"));
+  kvRow(kv, t("f_escalation"), a.escalation_level || null);
+  kvRow(kv, t("f_assignee"), a.assignee);
+  kvRow(kv, t("f_ackBy"), a.acknowledged_by && a.acknowledged_by + " · " + fmtFull(a.acknowledged_at));
+  kvRow(kv, t("f_ackReason"), a.ack_reason);
+  kvRow(kv, t("f_resolvedBy"), a.resolved_by && a.resolved_by + " · " + fmtFull(a.resolved_at));
+  kvRow(kv, t("f_resolveReason"), a.resolve_reason);
+  const det = $("dr-detail");
+  det.replaceChildren();
+  for (const [k, v] of Object.entries(a.detail || {})) kvRow(det, k, typeof v === "string" ? v : JSON.stringify(v), "mono");
+  if (!det.children.length) det.append(el("dd", "muted", t("noDetail")));
+  const tl = $("dr-timeline");
+  tl.replaceChildren();
+  const entries = [{ kind: "created", author: "", text: "", at: a.started_at }].concat(a.comments || []);
+  for (const c of entries) {
+    const li = el("li", "tl-" + c.kind);
+    const head = el("div", "tl-head");
+    head.append(el("span", "t", fmtFull(c.at)), el("b", null, t("tl_" + c.kind)), el("span", "who", c.author));
+    li.append(head);
+    if (c.text) li.append(el("div", "tl-text", c.text));
+    tl.append(li);
+  }
+}
+async function loadDrawer(id) {
+  const a = await api("/alerts/" + encodeURIComponent(id));
+  if (state.drawerId !== id) return;
+  if (!a.id) {
+    showMsg("dr-msg", a.detail === "alerts not running" ? t("alertsOff") : t("errNotFound"), "err");
+    return;
+  }
+  renderDrawer(a);
+}
+function openDrawer(id) {
+  state.drawerId = id;
+  showMsg("dr-msg", "");
+  $("al-drawer").hidden = false;
+  document.querySelectorAll("#alerts li.sel").forEach((n) => n.classList.remove("sel"));
+  const li = document.querySelector('#alerts li[data-id="' + CSS.escape(String(id)) + '"]');
+  if (li) li.classList.add("sel");
+  loadDrawer(id).catch((e) => showMsg("dr-msg", e instanceof Unauthorized ? t("errUnauthorized") : t("errNotFound"), "err"));
+}
+function closeDrawer() {
+  state.drawerId = null;
+  $("al-drawer").hidden = true;
+  document.querySelectorAll("#alerts li.sel").forEach((n) => n.classList.remove("sel"));
+}
+
 // --- live stream (SSE over fetch, so the token goes in a header, not the URL) ---------------------------------
 
 function inRegion(regionId) {
@@ -309,6 +641,7 @@ function onBatch(msg) {
     }
   }
   for (const r of msg.readings || []) touchDevice(r.device_id, r.ts_ms);
+  if ((msg.events || []).length || (msg.statuses || []).length) scheduleAlerts(1000);  // rules may have fired
   if (msg.dropped) pushFeed(feedItem(Date.now(), t("dropped", { n: msg.dropped }), "", "warn"));
 }
 function parseFrame(frame) {
@@ -373,7 +706,7 @@ function collectSubtree(nodes, wanted, inside, out) {
 async function refreshAll() {
   try {
     await loadRegions();
-    await Promise.all([loadDevices(), loadEvents(), loadRejections(), loadHealth()]);
+    await Promise.all([loadAlerts(), loadDevices(), loadEvents(), loadRejections(), loadHealth()]);
   } catch (e) {
     if (!(e instanceof Unauthorized)) console.warn(e);
   }
@@ -382,6 +715,7 @@ async function refreshAll() {
 function start() {
   if (state.streamAbort) state.streamAbort.abort();
   refreshAll();
+  if (state.drawerId !== null) openDrawer(state.drawerId);
   stream();
 }
 
@@ -407,11 +741,16 @@ document.addEventListener("DOMContentLoaded", () => {
   $("next").addEventListener("click", () => { state.offset += PAGE; loadDevices().catch(() => {}); });
   $("f-online").addEventListener("change", () => { state.offset = 0; loadDevices().catch(() => {}); });
   $("f-type").addEventListener("change", () => { state.offset = 0; loadDevices().catch(() => {}); });
+  $("dr-close").addEventListener("click", closeDrawer);
+  $("act-cancel").addEventListener("click", () => { $("act-dialog").close(); state.action = null; });
+  $("act-form").addEventListener("submit", (ev) => { ev.preventDefault(); submitAction(); });
+  document.addEventListener("keydown", (ev) => { if (ev.key === "Escape" && !$("act-dialog").open) closeDrawer(); });
+  setInterval(() => { loadAlerts().catch(() => {}); }, ALERTS_POLL_MS);
   setInterval(loadHealth, 10000);
   setInterval(() => { loadRegions().then(loadDevices).catch(() => {}); }, 15000);
   setInterval(() => { loadRejections().catch(() => {}); }, 15000);
   setInterval(() => {
-    document.querySelectorAll("#dev-body .seen").forEach((c) => { if (c.dataset.ms) c.textContent = ago(Number(c.dataset.ms)); });
+    document.querySelectorAll("#dev-body .seen, #alerts .al-age").forEach((c) => { if (c.dataset.ms) c.textContent = ago(Number(c.dataset.ms)); });
   }, 5000);
   loadHealth();
   start();

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
-from tests.gateway.conftest import Api, Gateway
+from alerts.rules import PACKS_DIR, RuleSet
+from alerts.service import AlertService, regions_from_registry
+from alerts.types import AlertState, Severity
+from core.protocol import Event
+from gateway.app import create_app
+from tests.gateway.conftest import NOW, NOW_MS, Api, Gateway
 
 STATIC = Path(__file__).resolve().parents[2] / "gateway" / "static"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+NODE = shutil.which("node")
 
 
 def test_page_is_served_in_chinese_with_a_strict_csp(api: Api) -> None:
@@ -46,6 +55,9 @@ def test_every_page_string_exists_in_both_languages() -> None:
     keys = set(re.findall(r'data-i18n="([^"]+)"', html))
     keys |= set(re.findall(r'\bt\("([a-zA-Z]+)"', js))
     keys |= {f"rs_{r}" for r in ("not_json", "schema", "bad_timestamp", "unregistered_device", "forged_identity")}
+    # keys built at run time: severities, alert states, timeline entry kinds, the two actions
+    keys |= {f"sev_{s}" for s in Severity} | {f"st_{s}" for s in AlertState}
+    keys |= {f"tl_{k}" for k in ("created", "ack", "resolve", "assign", "comment")} | {"ack", "resolve"}
     assert len(keys) > 30
     for key in sorted(keys):
         assert re.search(rf"\b{key}:", zh_block), f"{key} missing in zh"
@@ -88,3 +100,134 @@ def test_page_renders_in_headless_chromium_with_a_token(gateway: Gateway, served
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
     if os.environ.get("LIANFANG_SCREENSHOT_TO"):
         shutil.copy(shot, os.environ["LIANFANG_SCREENSHOT_TO"])
+
+
+def test_page_polls_the_alerts_endpoint_and_acts_on_alerts() -> None:
+    js = (STATIC / "app.js").read_text(encoding="utf-8")
+    html = (STATIC / "index.html").read_text(encoding="utf-8")
+    assert 'api("/alerts?"' in js and 'state: "open"' in js  # the open alerts list
+    assert 'api("/alerts/" + encodeURIComponent(id))' in js  # one alert with its timeline
+    assert '"/alerts/" + act.alert.id + "/" + act.kind' in js and 'method: "POST"' in js  # ack / resolve
+    for status in (403, 409, 422):
+        assert f"status === {status}" in js, status
+    assert 'id="alerts"' in html and 'id="al-drawer"' in html and 'id="act-dialog"' in html
+    # the alerts panel is the top of the right column, above the live feed
+    side = html[html.index('class="panel side"') :]
+    assert side.index('id="alerts"') < side.index('data-i18n="liveFeed"')
+    # CSP 'self': no inline script or style anywhere in the page
+    assert "<style" not in html and " style=" not in html and "<script>" not in html
+    assert re.findall(r"<script[^>]*>", html) == ['<script src="/static/app.js" defer>']
+
+
+@pytest.fixture
+def firing(gateway: Gateway) -> int:
+    """A real AlertService on the gateway's registry with one firing alert (a tampered gate in Guangzhou)."""
+    reg = gateway.ctx.registry
+    svc = AlertService(
+        reg.engine, RuleSet.load([PACKS_DIR]), reg.snapshot, regions_from_registry(reg), clock_fn=lambda: NOW
+    )
+    svc.load(now=NOW)
+    svc.process([Event("gate-gz-0001", "gz-b1", "gate", NOW_MS - 60_000, 1, "tamper", {})], now=NOW)
+    gateway.ctx.alerts = svc
+    [alert] = [a for a in svc.book.alerts.values() if a.open]
+    return alert.id
+
+
+def _between(dom: str, start: str, end: str) -> str:
+    i = dom.index(start)
+    return dom[i : dom.index(end, i)]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium fonts-wqy-microhei)")
+def test_alerts_panel_renders_a_firing_alert_in_headless_chromium(
+    gateway: Gateway, firing: int, served: str, tmp_path: Path
+) -> None:
+    url = f"{served}/#token={gateway.tokens['gz']}"
+    dom = _chromium("--dump-dom", url).stdout
+    panel = _between(dom, 'id="alerts"', "</ul>")
+    assert "门禁设备被破坏" in panel  # the rule's title_zh
+    assert f'data-id="{firing}"' in panel and "sev-critical" in panel and "st-firing" in panel
+    assert "gate-gz-0001" in panel and "一号办公楼" in panel  # device and region name from the tree
+    assert ">紧急<" in panel and ">确认<" in panel and ">解决<" in panel
+    badges = _between(dom, 'id="al-badges"', "</div>")
+    assert re.search(r"紧急</span><b>1</b>", badges) and re.search(r"重要</span><b>0</b>", badges)
+    assert re.search(r'id="al-total"[^>]*>1<', dom)
+    # a Shenzhen viewer does not see the Guangzhou alert
+    sz_dom = _chromium("--dump-dom", f"{served}/#token={gateway.tokens['sz']}").stdout
+    assert "门禁设备被破坏" not in sz_dom and "当前无未处理告警" in _between(sz_dom, 'id="alerts"', "</ul>")
+
+    shot = tmp_path / "alerts-panel.png"
+    _chromium("--window-size=1600,900", f"--screenshot={shot}", url)
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    if os.environ.get("LIANFANG_ALERTS_SCREENSHOT_TO"):
+        shutil.copy(shot, os.environ["LIANFANG_ALERTS_SCREENSHOT_TO"])
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium fonts-wqy-microhei)")
+def test_alert_link_opens_the_drawer_with_the_timeline(gateway: Gateway, firing: int, served: str) -> None:
+    svc = gateway.ctx.alerts
+    assert isinstance(svc, AlertService)
+    svc.acknowledge(firing, "gz-duty", "保安已前往现场")
+    url = f"{served}/#token={gateway.tokens['gz']}&alert={firing}"
+    dom = _chromium("--dump-dom", url).stdout
+    if os.environ.get("LIANFANG_DRAWER_SCREENSHOT_TO"):
+        _chromium("--window-size=1600,900", f"--screenshot={os.environ['LIANFANG_DRAWER_SCREENSHOT_TO']}", url)
+    drawer = _between(dom, 'id="al-drawer"', "</aside>")
+    assert "hidden" not in drawer[: drawer.index(">")]  # the drawer is open
+    assert (
+        "门禁设备被破坏" in drawer and "G11.tamper" in drawer and "广州市 / 广州市机关事务管理局 / 一号办公楼" in drawer
+    )
+    timeline = _between(drawer, 'id="dr-timeline"', "</ol>")
+    assert re.search(r"告警产生.*确认.*gz-duty.*保安已前往现场", timeline)
+    assert ">确认<" not in _between(drawer, 'id="dr-actions"', 'id="dr-msg"')  # acknowledged: only 解决 is left
+    assert ">解决<" in drawer
+    panel = _between(dom, 'id="alerts"', "</ul>")
+    assert "st-acknowledged" in panel and "已确认" in panel
+
+
+def _page_messages(answers: list[tuple[int, Any]], lang: str) -> list[str]:
+    """Run the page's own ``actionError`` (app.js, under node with a stub DOM) on real API answers."""
+    assert NODE is not None
+    lang_js = json.dumps(lang)
+    stub = (
+        f"globalThis.localStorage = {{getItem: (k) => (k === 'lianfang.lang' ? {lang_js} : null), setItem() {{}}}};"
+        "globalThis.document = {addEventListener() {}};"
+    )
+    probe = f"\nconsole.log(JSON.stringify({json.dumps(answers)}.map(([s, b]) => actionError(s, b))));"
+    js = stub + (STATIC / "app.js").read_text(encoding="utf-8") + probe
+    out = subprocess.run([NODE, "-e", js], capture_output=True, text=True, timeout=30, check=True).stdout
+    result: list[str] = json.loads(out)
+    return result
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+def test_action_errors_from_the_api_are_shown_clearly(gateway: Gateway, firing: int) -> None:
+    with TestClient(create_app(gateway.ctx)) as client:
+
+        def post(user: str, action: str, reason: str) -> tuple[int, Any]:
+            headers = {"Authorization": f"Bearer {gateway.tokens[user]}"}
+            r = client.post(f"/api/v1/alerts/{firing}/{action}", json={"reason": reason}, headers=headers)
+            return r.status_code, r.json()
+
+        answers = [
+            post("gzb1", "ack", "x"),  # viewer: 403
+            post("sz", "ack", "x"),  # another city's viewer: 403 as well (role is checked first)
+            post("gz", "resolve", " "),  # blank reason: 422
+        ]
+        assert post("gz", "ack", "保安已到场")[0] == 200
+        answers.append(post("admin", "ack", "again"))  # 409 already acknowledged
+        assert post("gz", "resolve", "误报")[0] == 200
+        answers.append(post("gz", "resolve", "again"))  # 409 not open
+    assert [a[0] for a in answers] == [403, 403, 422, 409, 409]
+    zh = _page_messages(answers, "zh")
+    assert zh[0] == zh[1] == "无权操作：只读（查看员）账号不能确认或解决告警。"
+    assert zh[2].startswith("输入无效：reason:")
+    assert zh[3] == "该告警已被 gz-duty 确认，无需重复确认。"
+    assert zh[4] == "该告警已解决或已关闭，无法再操作。"
+    en = _page_messages(answers, "en")
+    assert en[0].startswith("Not allowed") and en[3] == "Already acknowledged by gz-duty."
+    assert _page_messages([(0, None), (503, {"detail": "alerts not running"})], "zh") == [
+        "无法连接服务器，请检查网络后重试。",
+        "告警服务暂不可用，请稍后重试。",
+    ]
