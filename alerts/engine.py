@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -945,6 +946,32 @@ def route(rule: EffectiveRule) -> Route:
     if kind == "travel":
         return Route((), True)
     return Route(None, True)  # sequence: trigger and required may be readings or events
+
+
+_ORDER_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+}
+
+
+def quiet_test(rule: EffectiveRule) -> tuple[str, Callable[[Any, Any], Any], Any] | None:
+    """The fast path of a plain threshold rule (no ``where``, numeric limit, ordering operator), or None.
+
+    Returns ``(field, op, limit)``. For a reading whose ``field`` value ``v`` is an ``int`` or ``float``, the rule's
+    ``compare(op, v, limit)`` is exactly ``op(v, limit)``. When that is false and the state is quiet (not firing,
+    no held-for / N-in-a-row window open, the reading not older than the last one), ``evaluate`` changes nothing
+    but ``last_ts_ms`` and ``value`` and returns no change; the service does exactly that without calling it (see
+    ``AlertService._evaluate``). Everything else goes through ``evaluate``.
+    """
+    if rule.kind != "threshold":
+        return None
+    p: ThresholdParams = rule.params
+    fn = _ORDER_OPS.get(p.op)
+    if fn is None or p.where or type(p.value) not in (int, float):
+        return None
+    return (p.field, fn, p.value)
 
 
 def evaluate_at(

@@ -30,7 +30,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
 from alerts import engine as eng
-from alerts.engine import AbsenceState, Env, Subject
+from alerts.engine import AbsenceState, Env, Subject, ThresholdState
 from alerts.lifecycle import AlertBook, LifecycleConfig, LifecycleEvent, Silence
 from alerts.repository import AlertRepository, StateKey
 from alerts.rules import EffectiveRule, RuleSet
@@ -78,7 +78,9 @@ def notification_kind(event: LifecycleEvent) -> str | None:
     return None
 
 
-_Entry = tuple[EffectiveRule, StateKey]
+_Quiet = tuple[str, Callable[[Any, Any], Any], Any]  # engine.quiet_test: (field, op, limit)
+_Entry = tuple[EffectiveRule, StateKey, _Quiet | None]
+_NUMBER = (int, float)
 
 
 @dataclass(slots=True)
@@ -357,7 +359,7 @@ class AlertService:
         if plan is None or plan.subj is not subj:
             plan = _Plan(subj)
             for rule in self._rules_of(subj):
-                entry = (rule, (rule.rule_id, eng.state_key(rule, subj)))
+                entry = (rule, (rule.rule_id, eng.state_key(rule, subj)), eng.quiet_test(rule))
                 r = eng.route(rule)
                 if r.fields is None:
                     plan.any_reading.append(entry)
@@ -379,37 +381,93 @@ class AlertService:
             subj = self._subject(rec.device_id, rec.device_type, rec.region_id)
             self._subjects[rec.device_id] = subj
         plan = self._plan(subj)
-        if isinstance(rec, Reading):
-            entries = plan.any_reading
-            by_field = plan.by_field
-            extra = [e for f in rec.fields if f in by_field for e in by_field[f]]
-            if extra:
-                entries = entries + extra if entries else extra
-        elif isinstance(rec, Event):
-            entries = plan.events
-        else:
-            entries = plan.statuses
         events: list[LifecycleEvent] = []
-        states, env = self._states, self.env
-        for rule, key in entries:
-            st = states.get(key)
-            fresh = st is None
-            if st is None:
-                st = states[key] = eng.new_state(rule, now=now)
-                self._state_kind[key] = rule.kind
-            before = st.essential()
-            changes = eng.evaluate_at(rule, st, subj, rec, now_ms, env)
-            # Deadlines only move when the essential state does (absence: re-armed when its wake-up pops).
-            if st.essential() != before:
-                self._essential.add(key)
-                self._arm(rule, key, subj)
-            else:
-                self._lazy.add(key)
-                if fresh:
-                    self._arm(rule, key, subj)
-            for ch in changes:
-                events.extend(self.book.apply(ch))
+        if isinstance(rec, Reading):
+            fields = rec.fields
+            by_field = plan.by_field
+            if plan.any_reading:
+                self._run(plan.any_reading, subj, rec, now, now_ms, events)
+            for f in fields:
+                entries = by_field.get(f)
+                if entries is not None:
+                    self._run_reading(entries, subj, rec, fields[f], now, now_ms, events)
+        elif isinstance(rec, Event):
+            self._run(plan.events, subj, rec, now, now_ms, events)
+        else:
+            self._run(plan.statuses, subj, rec, now, now_ms, events)
         return events
+
+    def _run_reading(
+        self,
+        entries: list[_Entry],
+        subj: Subject,
+        rec: Reading,
+        v: Any,
+        now: datetime,
+        now_ms: int,
+        events: list[LifecycleEvent],
+    ) -> None:
+        """The rules routed by one field of a reading whose value is ``v``.
+
+        Plain threshold rules (``engine.quiet_test``) take a fast path when the reading changes nothing decisive:
+        the state is quiet and the condition is false, so only the learning part (last value, last time) moves,
+        exactly as ``engine.evaluate`` would do it. Anything else goes through ``engine.evaluate``."""
+        states, lazy_add = self._states, self._lazy.add
+        ts = rec.ts_ms
+        number = type(v) in _NUMBER
+        for entry in entries:
+            quiet = entry[2]
+            if quiet is not None and number:
+                key = entry[1]
+                st = states.get(key)
+                if (
+                    type(st) is ThresholdState
+                    and not st.firing
+                    and st.since_ms is None
+                    and st.streak == 0
+                    and ts >= st.last_ts_ms
+                    and not quiet[1](v, quiet[2])
+                ):
+                    st.last_ts_ms = ts
+                    st.value = v
+                    lazy_add(key)
+                    continue
+            self._one(entry, subj, rec, now, now_ms, events)
+
+    def _run(
+        self,
+        entries: list[_Entry],
+        subj: Subject,
+        rec: Record,
+        now: datetime,
+        now_ms: int,
+        events: list[LifecycleEvent],
+    ) -> None:
+        for entry in entries:
+            self._one(entry, subj, rec, now, now_ms, events)
+
+    def _one(
+        self, entry: _Entry, subj: Subject, rec: Record, now: datetime, now_ms: int, events: list[LifecycleEvent]
+    ) -> None:
+        rule, key, _ = entry
+        states = self._states
+        st = states.get(key)
+        fresh = st is None
+        if st is None:
+            st = states[key] = eng.new_state(rule, now=now)
+            self._state_kind[key] = rule.kind
+        before = st.essential()
+        changes = eng.evaluate_at(rule, st, subj, rec, now_ms, self.env)
+        # Deadlines only move when the essential state does (absence: re-armed when its wake-up pops).
+        if st.essential() != before:
+            self._essential.add(key)
+            self._arm(rule, key, subj)
+        else:
+            self._lazy.add(key)
+            if fresh:
+                self._arm(rule, key, subj)
+        for ch in changes:
+            events.extend(self.book.apply(ch))
 
     # --- timers -----------------------------------------------------------------------------------------------
 
