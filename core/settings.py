@@ -36,6 +36,10 @@ class MqttSettings(_Section):
     receive_maximum: int = Field(default=2000, ge=1, le=65535)
     keepalive_s: int = Field(default=30, ge=5)
     tls_ca: Path | None = None
+    # The embedded broker also serves MQTT over TLS on this port, with the files of 'lianfang certs init'
+    # (ca.crt, server.crt, server.key in tls_dir, default DATA_DIR/certs).
+    tls_port: int | None = Field(default=None, ge=1, le=65535)
+    tls_dir: Path | None = None
     # The dynamic-security admin account (device provisioning). None: the embedded broker's generated one.
     admin_password: SecretStr | None = None
     # Start Mosquitto as a child process with generated config (one-machine mode).

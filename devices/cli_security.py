@@ -391,4 +391,8 @@ def certs_init(
     typer.echo(f"CA key (keep offline, 0600):     {paths.ca_key}")
     typer.echo(f"broker certificate:              {paths.server_cert} ({', '.join(names)})")
     typer.echo(f"broker key (0600):               {paths.server_key}")
-    print("set BrokerConfig tls_port/tls_certfile/tls_keyfile/tls_cafile to these files", file=sys.stderr)
+    print(
+        f"to serve MQTT over TLS with them: LIANFANG_MQTT__TLS_PORT=8883 (and LIANFANG_MQTT__TLS_DIR={target} "
+        "if not the default)",
+        file=sys.stderr,
+    )

@@ -20,11 +20,12 @@ from pydantic import SecretStr
 
 from alerts.wiring import AlertsRuntime
 from core import clock
-from core.errors import BrokerUnavailable, StoreUnavailable
+from core.errors import BrokerUnavailable, StoreUnavailable, UserError
 from core.settings import Settings
 from core.store import BatchListener
 from core.store.sqlite import SqliteStore
 from devices.broker import BrokerConfig, MosquittoProcess
+from devices.certs import CertPaths
 from devices.registry import Registry
 from ingest.service import IngestService
 from lianfang.context import open_registry, open_store
@@ -57,6 +58,22 @@ def broker_secrets_path(settings: Settings) -> Path:
     return settings.mqtt.broker_dir.parent / "broker-secrets.json"
 
 
+def tls_files(settings: Settings) -> dict[str, Any]:
+    """BrokerConfig's TLS fields from settings: none unless ``mqtt.tls_port`` is set."""
+    if settings.mqtt.tls_port is None:
+        return {}
+    paths = CertPaths(settings.mqtt.tls_dir or settings.data_dir / "certs")
+    missing = [p for p in (paths.ca_cert, paths.server_cert, paths.server_key) if not p.exists()]
+    if missing:
+        raise UserError(f"mqtt.tls_port is set but {missing[0]} does not exist: run 'lianfang certs init' first")
+    return {
+        "tls_port": settings.mqtt.tls_port,
+        "tls_certfile": paths.server_cert,
+        "tls_keyfile": paths.server_key,
+        "tls_cafile": paths.ca_cert,
+    }
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -87,6 +104,7 @@ class Runtime:
                 platform_username=s.mqtt.username,
                 platform_password=sec.platform,
                 sim_password=sec.sim if s.env == "dev" else None,
+                **tls_files(s),
             )
             self.broker = MosquittoProcess(cfg)
             self.broker.start()

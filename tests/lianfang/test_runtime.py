@@ -88,3 +88,47 @@ def test_serve_runs_broker_ingest_and_api_and_stops_cleanly_on_sigterm(tmp_path:
     assert code == 0, log.read_text()[-3000:]
     assert any(m.startswith("ingest stopped") for m in messages)
     assert any(m.startswith("mosquitto stopped") for m in messages)
+
+
+def test_embedded_broker_serves_mqtt_over_tls_when_a_tls_port_is_set(tmp_path: Path) -> None:
+    import ssl
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from devices.certs import init_certs
+
+    paths = init_certs(tmp_path / "certs", ["127.0.0.1", "localhost"], now=clock.now())
+    tls_port = free_port()
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=f"sqlite:///{tmp_path}/registry.db",
+        store=StoreSettings(sqlite_path=tmp_path / "t.db"),
+        mqtt={"port": free_port(), "tls_port": tls_port, "broker_dir": tmp_path / "mosquitto"},  # type: ignore[arg-type]
+    )
+    runtime = Runtime(settings, with_ingest=False)
+    runtime.start()
+    try:
+        secrets = BrokerSecrets.load_or_create(tmp_path / "broker-secrets.json")
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="lianfang-platform", protocol=mqtt.MQTTv5)
+        client.username_pw_set("lianfang-platform", secrets.platform)
+        client.tls_set(ca_certs=str(paths.ca_cert), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.connect("127.0.0.1", tls_port)
+        client.loop_start()
+        try:
+            wait_until(client.is_connected, 10, what="TLS connection")
+        finally:
+            client.disconnect()
+            client.loop_stop()
+    finally:
+        runtime.stop()
+
+
+def test_tls_port_without_certificates_is_a_clear_error(tmp_path: Path) -> None:
+    from core.errors import UserError
+
+    settings = Settings(data_dir=tmp_path, mqtt={"tls_port": free_port()})  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="lianfang certs init"):
+        from lianfang.runtime import tls_files
+
+        tls_files(settings)
