@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -39,8 +39,10 @@ from alerts.rules import PACKS_DIR, RuleSet
 from alerts.service import AlertService, notification_kind, regions_from_registry
 from core import clock
 from core.errors import StoreUnavailable
+from core.protocol import Event, Record
 from core.settings import Settings
 from core.store import WriteBatch
+from devices.provisioning import expiring
 from devices.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -175,6 +177,36 @@ class AlertsRuntime:
         except Exception:
             logger.exception("escalation pass failed")
 
+    def check_credentials(self) -> int:
+        """Feed a ``credential_expiring`` event per device whose broker credential expires within the warning
+        period to the engine (rule CRED1 in alerts/packs/platform.yaml). Returns how many were found."""
+        try:
+            now = self._clock()
+            soon = expiring(self.registry, now, timedelta(days=self.settings.credential_warning_days))
+            if not soon:
+                return 0
+            devices = self.registry.snapshot()
+            now_ms = int(now.timestamp() * 1000)
+            records: list[Record] = [
+                Event(
+                    d.device_id,
+                    dev.region_id,
+                    dev.device_type,
+                    now_ms,
+                    None,
+                    "credential_expiring",
+                    {"expires_at": d.expires_at.isoformat()},
+                    False,
+                )
+                for d in soon
+                if (dev := devices.get(d.device_id)) is not None and dev.enabled
+            ]
+            self.service.process(records, now)
+            return len(records)
+        except Exception:
+            logger.exception("credential expiry check failed")
+            return 0
+
     # --- lifecycle ----------------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -192,6 +224,13 @@ class AlertsRuntime:
                 raise
             sched = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
             sched.add_job(self.escalate, "interval", seconds=self.settings.escalation_tick_s, id="alerts-escalation")
+            sched.add_job(
+                self.check_credentials,
+                "interval",
+                seconds=self.settings.credential_check_s,
+                id="alerts-credentials",
+                next_run_time=self._clock(),
+            )
             sched.start()
             self._scheduler = sched
             self._state = "running"

@@ -77,6 +77,9 @@ class AlertSettings(_Section):
     notify_config: Path | None = None
     tick_interval_s: float = Field(default=1.0, gt=0)
     escalation_tick_s: float = Field(default=5.0, gt=0)
+    # Warn (rule CRED1) when a device's broker credential expires within this many days; checked hourly.
+    credential_warning_days: int = Field(default=14, ge=0)
+    credential_check_s: float = Field(default=3600.0, gt=0)
 
 
 class Settings(BaseSettings):
