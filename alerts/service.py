@@ -20,6 +20,7 @@ import gc
 import heapq
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -132,6 +133,7 @@ class AlertService:
         snapshot_interval_s: float = 10.0,
         refresh_interval_s: float = 60.0,
         snapshot_chunk: int = 5000,
+        snapshot_txn: int = 250,
     ) -> None:
         self.repo = AlertRepository(engine)
         self.rules = rules
@@ -143,6 +145,7 @@ class AlertService:
         self.snapshot_interval_s = snapshot_interval_s
         self.refresh_interval_s = refresh_interval_s
         self.snapshot_chunk = snapshot_chunk
+        self.snapshot_txn = snapshot_txn
         self.book = AlertBook(lifecycle)
         self._lock = threading.RLock()
         self._subscribers: list[Subscriber] = []
@@ -273,13 +276,19 @@ class AlertService:
         self._regions = dict(self._regions_fn())
         devices = self._devices_fn()
         subjects: dict[str, Subject] = {}
+        old = self._subjects
         for d in devices.values():
             if d.enabled:
-                subjects[d.device_id] = self._subject(d.device_id, d.device_type, d.region_id, d.expected_interval_s)
+                subj = self._subject(d.device_id, d.device_type, d.region_id, d.expected_interval_s)
+                prev = old.get(d.device_id)
+                subjects[d.device_id] = prev if prev == subj else subj  # same object: its plan stays valid
         self._subjects = subjects
-        self._device_rules.clear()
-        self._plans.clear()
+        for device_id in {*self._plans, *self._device_rules}:
+            if device_id not in subjects or subjects[device_id] is not old.get(device_id):
+                self._plans.pop(device_id, None)  # changed or gone: rebuilt when needed
+                self._device_rules.pop(device_id, None)
         for subj in subjects.values():  # watch every device for absence from now on, reported or not
+            self._plan(subj)  # index its rules now, not on its first record in the stream
             for rule in self._rules_of(subj):
                 if rule.kind == "absence":
                     key = (rule.rule_id, subj.device_id)
@@ -586,19 +595,31 @@ class AlertService:
 
     def flush(self, everything: bool = False) -> None:
         """Write the learning parts of rule state (baselines, last values), at most ``snapshot_chunk`` states per
-        call so the stream is never held up for long; ``everything``: all states (at stop)."""
+        call; ``everything``: all states in one transaction (at stop, when no batch is waiting).
+
+        The states go out in transactions of at most ``snapshot_txn`` states. Each one is serialised under the
+        state lock and written under the write lock like a batch, and both locks are released between them, so a
+        batch that raises an alert waits for at most one small transaction, never for the whole snapshot."""
         with self._lock:
             if everything:
-                keys = set(self._states)
+                todo = list(self._states)
             else:
-                keys = set(self._essential)
+                todo = list(self._essential)
                 for key in self._lazy:
-                    if len(keys) >= self.snapshot_chunk:
+                    if len(todo) >= self.snapshot_chunk:
                         break
-                    keys.add(key)
-            payload = self._take(self._clock(), keys)
-            self._wlock.acquire()
-        self._commit(payload)
+                    todo.append(key)
+        step = max(1, len(todo) if everything else self.snapshot_txn)
+        first = True
+        for i in range(0, max(len(todo), 1), step):
+            if not first:
+                time.sleep(0)  # let a waiting batch take the locks between two transactions
+            first = False
+            with self._lock:
+                # Keys written meanwhile by a batch (essential) are simply written again: the value is current.
+                payload = self._take(self._clock(), set(todo[i : i + step]))
+                self._wlock.acquire()
+            self._commit(payload)
 
     # --- people ---------------------------------------------------------------------------------------------
 
