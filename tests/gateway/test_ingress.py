@@ -38,9 +38,7 @@ class Pipeline:
     secrets: dict[str, str]
     publisher: IngressPublisher
 
-    def post(
-        self, device: str, kind: str, body: bytes | str, secret: str | None = None
-    ) -> tuple[int, dict[str, Any]]:
+    def post(self, device: str, kind: str, body: bytes | str, secret: str | None = None) -> tuple[int, dict[str, Any]]:
         token = self.secrets.get(device, "nope") if secret is None else secret
         data = body.encode() if isinstance(body, str) else body
         resp = self.client.post(URL.format(device, kind), content=data, headers={"Authorization": f"Bearer {token}"})
