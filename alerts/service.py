@@ -79,9 +79,19 @@ def notification_kind(event: LifecycleEvent) -> str | None:
     return None
 
 
-_Quiet = tuple[str, Callable[[Any, Any], Any], Any]  # engine.quiet_test: (field, op, limit)
-_Entry = tuple[EffectiveRule, StateKey, _Quiet | None]
 _NUMBER = (int, float)
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One effective rule of one device in its plan. ``op`` / ``limit``: ``engine.quiet_test`` (plain threshold
+    rules only); ``st``: the rule state, cached here once it exists, for the fast path."""
+
+    rule: EffectiveRule
+    key: StateKey
+    op: Callable[[Any, Any], Any] | None = None
+    limit: Any = None
+    st: ThresholdState | None = None
 
 
 @dataclass(slots=True)
@@ -184,6 +194,7 @@ class AlertService:
                 next_silence_id=snap.next_silence_id,
             )
             now_ms = eng.ms(now)
+            self._plans.clear()  # plans cache state objects, which are replaced here
             for key, (kind, data) in snap.states.items():
                 try:
                     st = eng.state_loads(kind, data)
@@ -368,7 +379,13 @@ class AlertService:
         if plan is None or plan.subj is not subj:
             plan = _Plan(subj)
             for rule in self._rules_of(subj):
-                entry = (rule, (rule.rule_id, eng.state_key(rule, subj)), eng.quiet_test(rule))
+                key = (rule.rule_id, eng.state_key(rule, subj))
+                entry = _Entry(rule, key)
+                quiet = eng.quiet_test(rule)
+                if quiet is not None:
+                    entry.op, entry.limit = quiet[1], quiet[2]
+                    st = self._states.get(key)
+                    entry.st = st if type(st) is ThresholdState else None
                 r = eng.route(rule)
                 if r.fields is None:
                     plan.any_reading.append(entry)
@@ -421,27 +438,27 @@ class AlertService:
         Plain threshold rules (``engine.quiet_test``) take a fast path when the reading changes nothing decisive:
         the state is quiet and the condition is false, so only the learning part (last value, last time) moves,
         exactly as ``engine.evaluate`` would do it. Anything else goes through ``engine.evaluate``."""
-        states, lazy_add = self._states, self._lazy.add
         ts = rec.ts_ms
         number = type(v) in _NUMBER
+        quiet: list[StateKey] = []
         for entry in entries:
-            quiet = entry[2]
-            if quiet is not None and number:
-                key = entry[1]
-                st = states.get(key)
-                if (
-                    type(st) is ThresholdState
-                    and not st.firing
-                    and st.since_ms is None
-                    and st.streak == 0
-                    and ts >= st.last_ts_ms
-                    and not quiet[1](v, quiet[2])
-                ):
-                    st.last_ts_ms = ts
-                    st.value = v
-                    lazy_add(key)
-                    continue
+            st = entry.st
+            if (
+                st is not None
+                and number
+                and not st.firing
+                and st.since_ms is None
+                and st.streak == 0
+                and ts >= st.last_ts_ms
+                and not entry.op(v, entry.limit)  # type: ignore[misc]
+            ):
+                st.last_ts_ms = ts
+                st.value = v
+                quiet.append(entry.key)
+                continue
             self._one(entry, subj, rec, now, now_ms, events)
+        if quiet:
+            self._lazy.update(quiet)
 
     def _run(
         self,
@@ -458,13 +475,15 @@ class AlertService:
     def _one(
         self, entry: _Entry, subj: Subject, rec: Record, now: datetime, now_ms: int, events: list[LifecycleEvent]
     ) -> None:
-        rule, key, _ = entry
+        rule, key = entry.rule, entry.key
         states = self._states
         st = states.get(key)
         fresh = st is None
         if st is None:
             st = states[key] = eng.new_state(rule, now=now)
             self._state_kind[key] = rule.kind
+            if entry.op is not None and type(st) is ThresholdState:
+                entry.st = st
         before = st.essential()
         changes = eng.evaluate_at(rule, st, subj, rec, now_ms, self.env)
         # Deadlines only move when the essential state does (absence: re-armed when its wake-up pops).
