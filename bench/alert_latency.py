@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import multiprocessing as mp
@@ -208,7 +209,18 @@ def main() -> None:
     rules_file.write_text(yaml.safe_dump(rules_document(args.rules), allow_unicode=True), encoding="utf-8")
     settings = Settings(alerts=AlertSettings(rules_paths=[rules_file], tick_interval_s=1.0))
 
-    stages: dict[str, list[float]] = {"store_write": [], "alerts_on_batch": []}
+    stages: dict[str, list[float]] = {"store_write": [], "alerts_on_batch": [], "gc_full_pass": []}
+    gc_started: list[float] = []
+
+    def gc_timer(phase: str, info: dict[str, Any]) -> None:  # full GC passes stop every thread of this process
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            gc_started[:] = [time.perf_counter()]
+        elif gc_started:
+            stages["gc_full_pass"].append((time.perf_counter() - gc_started[0]) * 1000)
+
+    gc.callbacks.append(gc_timer)
 
     class TimedStore(SqliteStore):
         def write(self, batch: WriteBatch) -> None:
@@ -318,7 +330,7 @@ def main() -> None:
         if vals:
             print(
                 f"  {name}: p50 {statistics.median(vals):.1f} ms, p99 {percentile(vals, 0.99):.1f} ms, "
-                f"max {max(vals):.1f} ms over {len(vals)} batches",
+                f"max {max(vals):.1f} ms over {len(vals)} {'passes' if name.startswith('gc') else 'batches'}",
                 file=sys.stderr,
             )
     sys.exit(0 if lost == 0 else 1)
