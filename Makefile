@@ -43,9 +43,15 @@ unit: setup
 ## bench: the benchmarks at full size (minutes); bench-short: the CI mode
 bench: setup
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/paho_floor.py
+	$(BIN)/python bench/provision.py
+	$(BIN)/python bench/alert_latency.py
 
 bench-short: setup
 	$(BIN)/python bench/ingest.py --short
+	$(BIN)/python bench/paho_floor.py --short
+	$(BIN)/python bench/provision.py --short
+	$(BIN)/python bench/alert_latency.py --short
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
