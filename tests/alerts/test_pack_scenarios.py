@@ -7,6 +7,10 @@ enabled (an override file disabling ``'*'``), on top of the real packs in ``aler
 
 Covered: G1, G2, G2.pre, G5, G7, G11.offline, V1, V3, V4, V12.offline, E1, E2, E3, E4, E5.offline.
 
+V12.offline's firing scenario is a strict xfail: it exposes a service bug (an absence rule with ``only_if`` is
+never armed when ``only_if`` becomes true after the rule's state was created, e.g. a vehicle first seen parked,
+then driving, then silent). Its near-miss (silent while parked) passes.
+
 Not drivable by the simulator as it is (so still proven only by the engine tests in test_engine.py):
 
 - G1.event, G11.tamper, V12.power_cut: the simulator never sends ``door_forced``, ``tamper`` or ``power_cut``
@@ -173,7 +177,7 @@ METER = Dev("meter-s-0001", "energy_meter", "gz-b1")
 # --- gates ------------------------------------------------------------------------------------------------------
 
 
-def test_g1_forced_door_fires_and_busy_morning_does_not(reg: Registry, tmp_path: Path) -> None:
+def test_g1_forced_door_fires_only_at_that_gate(reg: Registry, tmp_path: Path) -> None:
     # 08:00-09:30 is the morning rush: many granted accesses, each followed by a door opening.
     forced = Incident("door_forced", "gate-s-0002", at(MONDAY, 8, 40))
     run = simulate(reg, tmp_path, "G1", GATES, start=at(MONDAY, 8), hours=1.5, incidents=[forced])
@@ -187,7 +191,9 @@ def test_g1_near_miss_busy_morning_without_force(reg: Registry, tmp_path: Path) 
     assert run.alerts == []
 
 
-@pytest.mark.parametrize(("rule", "hold_s", "fires"), [("G2", 60, True), ("G2", 30, False), ("G2.pre", 40, True)])
+@pytest.mark.parametrize(
+    ("rule", "hold_s", "fires"), [("G2", 60, True), ("G2", 30, False), ("G2.pre", 40, True), ("G2.pre", 30, False)]
+)
 def test_g2_door_held_open(reg: Registry, tmp_path: Path, rule: str, hold_s: float, fires: bool) -> None:
     # At night (few accesses) the forced door stays open hold_s seconds: G2 at 45 s, G2.pre at 36 s.
     held = Incident("door_forced", "gate-s-0001", at(MONDAY, 2, 10), duration_s=hold_s)
