@@ -492,7 +492,9 @@ class AlertService:
             self._arm(rule, key, subj)
         else:
             self._lazy.add(key)
-            if fresh:
+            # An absence rule gated by ``only_if`` (e.g. V12: ignition on) gets its first deadline only when the
+            # gate opens, which changes no essential state: arm it whenever none is queued.
+            if fresh or (rule.kind == "absence" and key not in self._armed):
                 self._arm(rule, key, subj)
         for ch in changes:
             events.extend(self.book.apply(ch))

@@ -7,9 +7,9 @@ enabled (an override file disabling ``'*'``), on top of the real packs in ``aler
 
 Covered: G1, G2, G2.pre, G5, G7, G11.offline, V1, V3, V4, V12.offline, E1, E2, E3, E4, E5.offline.
 
-V12.offline's firing scenario is a strict xfail: it exposes a service bug (an absence rule with ``only_if`` is
-never armed when ``only_if`` becomes true after the rule's state was created, e.g. a vehicle first seen parked,
-then driving, then silent). Its near-miss (silent while parked) passes.
+V12.offline's firing scenario found a service bug, now fixed: an absence rule with ``only_if`` was never armed
+when ``only_if`` became true after the rule's state was created (a vehicle first seen parked, then driving, then
+silent).
 
 Not drivable by the simulator as it is (so still proven only by the engine tests in test_engine.py):
 
@@ -311,15 +311,7 @@ def test_v4_vehicle_leaves_guangdong(reg: Registry, tmp_path: Path, lat: float, 
 @pytest.mark.parametrize(
     ("driving", "fires"),
     [
-        pytest.param(
-            True,
-            True,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="service bug: an absence rule with only_if is never armed when only_if becomes true after "
-                "its state was created (AlertService._one arms only on a fresh state or an essential change)",
-            ),
-        ),
+        (True, True),
         (False, False),
     ],
 )
