@@ -73,8 +73,10 @@ def simulate(
         list[str] | None,
         typer.Option(
             "--incident",
-            help="KIND:DEVICE:START_OFFSET_S[:DURATION_S], repeatable. KIND is door_forced, night_vehicle, "
-            "energy_spike or silent; the offset counts from the start of the run.",
+            help="KIND:DEVICE:START_OFFSET_S[:DURATION_S[:FACTOR]], repeatable. KIND is door_forced, "
+            "door_forced_event, denied_burst (FACTOR denials), tamper, night_vehicle, overspeed (FACTOR km/h), "
+            "idling, power_cut, energy_spike (power x FACTOR), meter_reset_drop, meter_flat or silent; the offset "
+            "counts from the start of the run.",
         ),
     ] = None,
     duration: Annotated[

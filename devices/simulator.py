@@ -28,6 +28,14 @@ Behaviour (times are Beijing time, UTC+8; "working day" is the official Chinese 
 Incidents: ``door_forced`` (the door opens with no access before it), ``night_vehicle`` (ignition on and a trip
 whatever the hour), ``energy_spike`` (power x ``factor`` for ``duration_s``), ``silent`` (the device stops
 publishing, its Last Will is sent; with ``duration_s`` it comes back online afterwards).
+
+More incidents, for the rules the normal behaviour never drives: ``tamper`` (a gate or meter sends one
+``tamper`` event), ``power_cut`` (a vehicle sends one ``power_cut`` event), ``door_forced_event`` (like
+``door_forced``, and the reader also reports a ``door_forced`` event), ``denied_burst`` (``factor`` denied
+``access`` events, default 3, for one unknown credential spread over ``duration_s``, default 60 s),
+``overspeed`` (the vehicle drives at ``factor`` km/h, default 90, for ``duration_s``), ``idling`` (ignition
+on, speed 0, for ``duration_s``), ``meter_reset_drop`` (``energy_kwh`` restarts from 0 with no ``reset``
+event) and ``meter_flat`` (``energy_kwh`` stops increasing for ``duration_s`` while the meter still reports).
 """
 
 from __future__ import annotations
@@ -122,13 +130,33 @@ INCIDENT_TARGETS: dict[str, str | None] = {
     "night_vehicle": "vehicle",
     "energy_spike": "energy_meter",
     "silent": None,  # any device type
+    "tamper": None,  # a gate or an energy meter (INCIDENT_TARGET_TYPES)
+    "power_cut": "vehicle",
+    "door_forced_event": "gate",
+    "denied_burst": "gate",
+    "overspeed": "vehicle",
+    "idling": "vehicle",
+    "meter_reset_drop": "energy_meter",
+    "meter_flat": "energy_meter",
 }
+# Kinds that fit more than one device type.
+INCIDENT_TARGET_TYPES: dict[str, tuple[str, ...]] = {"tamper": ("gate", "energy_meter")}
 DEFAULT_DURATION_S: dict[str, float | None] = {
     "door_forced": 20.0,  # how long the forced door stays open
     "night_vehicle": None,  # the trip takes as long as the distance needs
     "energy_spike": 900.0,
     "silent": None,  # forever
+    "tamper": None,
+    "power_cut": None,
+    "door_forced_event": 20.0,
+    "denied_burst": 60.0,  # the denials are spread over this
+    "overspeed": 120.0,
+    "idling": 900.0,
+    "meter_reset_drop": None,
+    "meter_flat": 7 * 3600.0,
 }
+# What ``factor`` means when it is not given: a power multiplier, a number of denials, a speed in km/h.
+DEFAULT_FACTOR: dict[str, float] = {"energy_spike": 4.0, "denied_burst": 3.0, "overspeed": 90.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +167,7 @@ class Incident:
     device_id: str
     start: datetime
     duration_s: float | None = None
-    factor: float = 4.0
+    factor: float | None = None  # None: DEFAULT_FACTOR of the kind (see ``amount``)
 
     def __post_init__(self) -> None:
         if self.kind not in INCIDENT_TARGETS:
@@ -150,26 +178,33 @@ class Incident:
             raise UserError("incident start must carry a UTC offset")
         if self.duration_s is not None and self.duration_s <= 0:
             raise UserError("incident duration_s must be positive")
-        if self.factor <= 0:
+        if self.factor is not None and self.factor <= 0:
             raise UserError("incident factor must be positive")
 
     @property
     def duration(self) -> float | None:
         return self.duration_s if self.duration_s is not None else DEFAULT_DURATION_S[self.kind]
 
+    @property
+    def amount(self) -> float:
+        """``factor``, or the kind's default: power multiplier, number of denials or speed in km/h."""
+        return self.factor if self.factor is not None else DEFAULT_FACTOR.get(self.kind, 4.0)
+
 
 def parse_incident(text: str, t0: datetime) -> Incident:
-    """``KIND:DEVICE:START_OFFSET_S[:DURATION_S]``, the offset counted from ``t0`` (the simulation start)."""
+    """``KIND:DEVICE:START_OFFSET_S[:DURATION_S[:FACTOR]]``, the offset counted from ``t0`` (the simulation
+    start); an empty DURATION_S keeps the kind's default."""
     parts = text.split(":")
-    if len(parts) not in (3, 4):
-        raise UserError(f"--incident {text!r}: expected KIND:DEVICE:START_OFFSET_S[:DURATION_S]")
+    if len(parts) not in (3, 4, 5):
+        raise UserError(f"--incident {text!r}: expected KIND:DEVICE:START_OFFSET_S[:DURATION_S[:FACTOR]]")
     try:
         offset = float(parts[2])
-        duration = float(parts[3]) if len(parts) == 4 else None
+        duration = float(parts[3]) if len(parts) >= 4 and parts[3] != "" else None
+        factor = float(parts[4]) if len(parts) == 5 else None
     except ValueError as exc:
-        raise UserError(f"--incident {text!r}: offset and duration must be numbers of seconds") from exc
+        raise UserError(f"--incident {text!r}: offset, duration and factor must be numbers") from exc
     try:
-        return Incident(parts[0], parts[1], t0 + timedelta(seconds=offset), duration)
+        return Incident(parts[0], parts[1], t0 + timedelta(seconds=offset), duration, factor)
     except UserError as exc:
         raise UserError(f"--incident {text!r}: {exc}") from exc
 
@@ -182,12 +217,13 @@ def incident_from_dict(doc: Mapping[str, Any], t0: datetime, where: str = "incid
         else:
             start = t0 + timedelta(seconds=float(doc.get("start_offset_s", 0)))
         duration = doc.get("duration_s")
+        factor = doc.get("factor")
         return Incident(
             str(doc["kind"]),
             str(doc["device"]),
             start,
             float(duration) if duration is not None else None,
-            float(doc.get("factor", 4.0)),
+            float(factor) if factor is not None else None,
         )
     except KeyError as exc:
         raise UserError(f"{where}: missing field {exc.args[0]!r}") from exc
@@ -425,6 +461,10 @@ class _Vehicle(_State):
     travelled: float = 0.0
     dwell_until: int = 0
     drivers: tuple[str, ...] = ()
+    drive_until: int = 0  # overspeed / idling incident: beats report drive_speed with ignition on until then
+    drive_speed: float = 0.0
+    drive_token: int = 0
+    incident_engine: bool = False  # the incident, not a trip, switched the ignition on
 
 
 @dataclass(slots=True)
@@ -436,6 +476,7 @@ class _Meter(_State):
     pf: float = 0.93
     spike_until: int = 0
     spike_factor: float = 1.0
+    flat_until: int = 0  # meter_flat incident: energy_kwh does not move until then
 
 
 @dataclass(slots=True)
@@ -451,7 +492,7 @@ class _Person:
 
 
 # Agenda actions
-_ONLINE, _BEAT, _ARRIVE, _OPEN, _CLOSE, _TRIP_END, _INCIDENT, _INCIDENT_END = range(8)
+_ONLINE, _BEAT, _ARRIVE, _OPEN, _CLOSE, _TRIP_END, _INCIDENT, _INCIDENT_END, _DENY, _DRIVE_END = range(10)
 _OPEN_OUT, _OPEN_IN, _OPEN_FORCED = 0, 1, 2
 
 
@@ -492,6 +533,7 @@ class Fleet:
         self._states: list[_State] = []
         self._index: dict[str, int] = {}
         self._people: dict[str, list[_Person]] = {}
+        self._burst_credentials: dict[int, str] = {}  # denied_burst incident index -> its credential
         self._arrival_rate_ms = _GATE_PEAK * self.rate / 3_600_000
         for i, dev in enumerate(devices):
             if dev.type not in DEVICE_TYPES:
@@ -509,7 +551,9 @@ class Fleet:
             if idx is None:
                 raise UserError(f"incident {inc.kind}: device {inc.device_id!r} is not in the simulated fleet")
             wanted = INCIDENT_TARGETS[inc.kind]
-            if wanted is not None and self._states[idx].dev.type != wanted:
+            allowed = INCIDENT_TARGET_TYPES.get(inc.kind)
+            dtype = self._states[idx].dev.type
+            if (wanted is not None and dtype != wanted) or (allowed is not None and dtype not in allowed):
                 raise UserError(f"incident {inc.kind}: device {inc.device_id} is a {self._states[idx].dev.type}")
             self._push(max(to_ms(inc.start), self.start_ms), idx, _INCIDENT, k)
 
@@ -632,12 +676,22 @@ class Fleet:
         elif action == _ONLINE:
             self._status(st, t, online=True)
         elif action == _INCIDENT:
-            self._incident(t, st, idx, self.incidents[arg])
+            self._incident(t, st, idx, self.incidents[arg], arg)
+        elif action == _DENY:
+            assert isinstance(st, _Gate)
+            body = {"type": "access", "credential": self._burst_credentials[arg], "direction": "in"}
+            self._emit(st, t, "event", {**body, "result": "denied", "method": "card"})
+        elif action == _DRIVE_END:
+            assert isinstance(st, _Vehicle)
+            if arg == st.drive_token and st.incident_engine and st.trip is None:
+                st.incident_engine = False
+                self._emit(st, t, "event", {"type": "ignition_off"})
+                self._emit(st, t, "telemetry", self._vehicle_fields(st, 0.0, False))
         elif action == _INCIDENT_END and st.silent:
             st.silent = False
             self._status(st, t, online=True)
 
-    def _incident(self, t: int, st: _State, idx: int, inc: Incident) -> None:
+    def _incident(self, t: int, st: _State, idx: int, inc: Incident, k: int) -> None:
         duration_ms = int((inc.duration or 0) * 1000)
         if inc.kind == "door_forced":
             assert isinstance(st, _Gate)
@@ -648,12 +702,39 @@ class Fleet:
                 self._start_trip(t, st, idx, self._pick_site(st), to_depot=False)
         elif inc.kind == "energy_spike":
             assert isinstance(st, _Meter)
-            st.spike_until, st.spike_factor = t + duration_ms, inc.factor
+            st.spike_until, st.spike_factor = t + duration_ms, inc.amount
         elif inc.kind == "silent" and not st.silent:
             self._status(st, t, online=False)
             st.silent = True
             if inc.duration is not None:
                 self._push(t + duration_ms, idx, _INCIDENT_END)
+        elif inc.kind == "tamper":
+            self._emit(st, t, "event", {"type": "tamper"})
+        elif inc.kind == "power_cut":
+            self._emit(st, t, "event", {"type": "power_cut"})
+        elif inc.kind == "door_forced_event":
+            assert isinstance(st, _Gate)
+            self._emit(st, t, "event", {"type": "door_forced"})
+            self._open(t, st, idx, _OPEN_FORCED, hold_ms=duration_ms)
+        elif inc.kind == "denied_burst":
+            assert isinstance(st, _Gate)
+            self._burst_credentials[k] = f"card-{self.rng.getrandbits(32):08x}"
+            n = max(1, int(inc.amount))
+            for i in range(n):
+                self._push(t + i * duration_ms // n, idx, _DENY, k)
+        elif inc.kind in ("overspeed", "idling"):
+            assert isinstance(st, _Vehicle)
+            st.drive_until = t + duration_ms
+            st.drive_speed = inc.amount if inc.kind == "overspeed" else 0.0
+            st.drive_token += 1
+            self._push(t + duration_ms, idx, _DRIVE_END, st.drive_token)
+            self._incident_drive(t, st, 0)
+        elif inc.kind == "meter_reset_drop":
+            assert isinstance(st, _Meter)
+            st.energy = 0.0
+        elif inc.kind == "meter_flat":
+            assert isinstance(st, _Meter)
+            st.flat_until = t + duration_ms
 
     # --- gates ------------------------------------------------------------------------------------------------
 
@@ -746,7 +827,33 @@ class Fleet:
         self._emit(st, t, "event", {"type": "ignition_off"})
         self._emit(st, t, "telemetry", self._vehicle_fields(st, 0.0, False))
 
+    def _incident_drive(self, t: int, st: _Vehicle, dt_ms: int) -> None:
+        """A beat during an overspeed or idling incident: ignition on at ``drive_speed``, no random draw."""
+        trip = st.trip
+        if trip is not None:
+            frac = min(1.0, (t - trip.depart_ms) / max(1, trip.arrive_ms - trip.depart_ms))
+            done_km = trip.km * frac
+            st.odometer += max(0.0, done_km - st.travelled)
+            st.travelled = max(st.travelled, done_km)
+            st.lat = trip.from_lat + (trip.to_lat - trip.from_lat) * frac
+            st.lon = trip.from_lon + (trip.to_lon - trip.from_lon) * frac
+        else:
+            if not st.incident_engine:
+                st.incident_engine = True
+                self._emit(st, t, "event", {"type": "ignition_on"})
+            km = st.drive_speed * dt_ms / 3_600_000
+            if km > 0:
+                heading = math.radians(st.heading)
+                st.lat += km * math.cos(heading) / 111.0
+                st.lon += km * math.sin(heading) / (111.0 * max(0.2, math.cos(math.radians(st.lat))))
+                st.odometer += km
+                st.at_depot = False
+        self._emit(st, t, "telemetry", self._vehicle_fields(st, st.drive_speed, True))
+
     def _vehicle_beat(self, t: int, st: _Vehicle, idx: int) -> None:
+        if t < st.drive_until:
+            self._incident_drive(t, st, st.interval_ms)
+            return
         trip = st.trip
         if trip is not None:
             frac = min(1.0, (t - trip.depart_ms) / max(1, trip.arrive_ms - trip.depart_ms))
@@ -794,7 +901,7 @@ class Fleet:
         power = max(0.0, power)
         if t < st.spike_until:
             power *= st.spike_factor
-        if st.last_power is not None:
+        if st.last_power is not None and t >= st.flat_until:
             st.energy += (st.last_power + power) / 2 * (t - st.last_t) / 3_600_000
         st.last_power, st.last_t = power, t
         voltage = 230 + self.rng.gauss(0, 1.5)

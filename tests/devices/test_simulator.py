@@ -365,3 +365,114 @@ def test_synthetic_fleet_mixes_types_with_valid_ids() -> None:
     info = {d.id: DeviceInfo(d.id, d.type, d.region_id) for d in fleet}
     decoded = [decode(m.kind, m.payload, info[m.device_id], m.ts_ms)[0][0] for m in msgs]
     assert {type(r) for r in decoded} == {Reading, Event, Status}
+
+
+# --- incidents for the rules normal behaviour never drives -----------------------------------------------------
+
+
+def _ms(t: datetime) -> int:
+    return int(t.timestamp() * 1000)
+
+
+def _decodes(msgs: list[SimMessage], devices: list[SimDevice]) -> None:
+    info = {d.id: DeviceInfo(d.id, d.type, d.region_id) for d in devices}
+    for m in msgs:
+        records, errors = decode(m.kind, m.payload, info[m.device_id], m.ts_ms)
+        assert errors == [] and len(records) == 1
+
+
+def test_tamper_and_power_cut_send_one_event_each() -> None:
+    g, m, c = gate(1), meter(1), car(1)
+    start, at = _bj(2026, 3, 3, 1, 0), _bj(2026, 3, 3, 1, 20)
+    incidents = [Incident("tamper", g.id, at), Incident("tamper", m.id, at), Incident("power_cut", c.id, at)]
+    msgs = run([g, m, c], start, 1, incidents=incidents)
+    _decodes(msgs, [g, m, c])
+    assert [x.ts_ms for x in events(msgs, "tamper", g.id)] == [_ms(at)]
+    assert [x.ts_ms for x in events(msgs, "tamper", m.id)] == [_ms(at)]
+    assert [x.ts_ms for x in events(msgs, "power_cut", c.id)] == [_ms(at)]
+    assert events(run([g, m, c], start, 1), "tamper") == []
+    with pytest.raises(UserError, match="is a vehicle"):
+        Fleet([c], rng=random.Random(1), start=start, incidents=[Incident("tamper", c.id, at)])
+    with pytest.raises(UserError, match="is a gate"):
+        Fleet([g], rng=random.Random(1), start=start, incidents=[Incident("power_cut", g.id, at)])
+
+
+def test_door_forced_event_reports_the_event_and_opens_the_door() -> None:
+    g = gate(1)
+    start, forced_at = _bj(2026, 3, 3, 1, 0), _bj(2026, 3, 3, 2, 0)
+    msgs = run([g], start, 2, incidents=[Incident("door_forced_event", g.id, forced_at, duration_s=30)])
+    _decodes(msgs, [g])
+    t = _ms(forced_at)
+    assert [x.ts_ms for x in events(msgs, "door_forced", g.id)] == [t]
+    assert t in door_openings(msgs, g.id) and not opened_by(msgs, g.id, t)
+    assert next(x.ts_ms for x in events(msgs, "door_closed", g.id) if x.ts_ms > t) == t + 30_000
+    plain = run([g], start, 2, incidents=[Incident("door_forced", g.id, forced_at, duration_s=30)])
+    assert events(plain, "door_forced") == []
+
+
+def test_denied_burst_denies_one_credential_n_times_within_a_minute() -> None:
+    g = gate(1)
+    start, at = _bj(2026, 3, 3, 1, 0), _bj(2026, 3, 3, 1, 30)
+    msgs = run([g], start, 1, incidents=[Incident("denied_burst", g.id, at, factor=5)])
+    _decodes(msgs, [g])
+    burst = [x for x in events(msgs, "access", g.id) if _ms(at) <= x.ts_ms < _ms(at) + 60_000]
+    assert len(burst) == 5
+    assert {x.doc()["result"] for x in burst} == {"denied"} and len({x.doc()["credential"] for x in burst}) == 1
+    default = run([g], start, 1, incidents=[Incident("denied_burst", g.id, at)])
+    assert len([x for x in events(default, "access", g.id) if _ms(at) <= x.ts_ms < _ms(at) + 60_000]) == 3
+
+
+def test_overspeed_drives_at_the_given_speed_then_switches_off() -> None:
+    c = car(1)
+    start, at = _bj(2026, 3, 3, 1, 0), _bj(2026, 3, 3, 1, 30)  # parked at night
+    msgs = run([c], start, 1, incidents=[Incident("overspeed", c.id, at, duration_s=120, factor=95)])
+    _decodes(msgs, [c])
+    during = [x.doc() for x in msgs if x.kind == "telemetry" and _ms(at) <= x.ts_ms < _ms(at) + 120_000]
+    assert len(during) >= 4 and all(d["speed_kmh"] == 95 and d["ignition"] is True for d in during)
+    assert len({(d["lat"], d["lon"]) for d in during}) == len(during)  # it does move
+    assert next(x.ts_ms for x in events(msgs, "ignition_on", c.id)) == _ms(at)
+    assert _ms(at) + 120_000 in [x.ts_ms for x in events(msgs, "ignition_off", c.id)]
+    assert max(float(str(d["speed_kmh"])) for d in telemetry(run([c], start, 1), c.id)) == 0
+
+
+def test_idling_keeps_the_ignition_on_at_speed_zero() -> None:
+    c = car(1)
+    start, at = _bj(2026, 3, 3, 1, 0), _bj(2026, 3, 3, 1, 10)
+    msgs = run([c], start, 1, incidents=[Incident("idling", c.id, at, duration_s=900)])
+    _decodes(msgs, [c])
+    during = [x.doc() for x in msgs if x.kind == "telemetry" and _ms(at) <= x.ts_ms < _ms(at) + 900_000]
+    assert len(during) >= 30 and all(d["speed_kmh"] == 0 and d["ignition"] is True for d in during)
+    after = [x.doc() for x in msgs if x.kind == "telemetry" and x.ts_ms >= _ms(at) + 900_000]
+    assert after and all(d["ignition"] is False for d in after)
+    assert len({(d["lat"], d["lon"]) for d in during}) == 1
+
+
+def test_meter_reset_drop_and_flat_counter() -> None:
+    m = meter(1)
+    start = _bj(2026, 3, 2, 8, 0)
+    drop_at, flat_at = _bj(2026, 3, 2, 9, 0), _bj(2026, 3, 2, 10, 0)
+    incidents = [Incident("meter_reset_drop", m.id, drop_at), Incident("meter_flat", m.id, flat_at, duration_s=3600)]
+    msgs = run([m], start, 4, incidents=incidents)
+    _decodes(msgs, [m])
+    assert events(msgs, "reset") == []
+    rows = [(x.ts_ms, float(str(x.doc()["energy_kwh"]))) for x in msgs if x.kind == "telemetry"]
+    drops = [(a, b) for (_, a), (t, b) in itertools.pairwise(rows) if b < a]
+    assert len(drops) == 1 and drops[0][1] < 5  # once, down to (nearly) zero
+    flat = [e for t, e in rows if _ms(flat_at) <= t < _ms(flat_at) + 3_600_000]
+    assert len(flat) >= 59 and len(set(flat)) == 1
+    later = [e for t, e in rows if t >= _ms(flat_at) + 3_600_000]
+    assert later[-1] > flat[0] and all(b >= a for a, b in itertools.pairwise(later))
+    powers = [float(str(x.doc()["power_kw"])) for x in msgs if x.kind == "telemetry"]
+    assert powers == [float(str(r["power_kw"])) for r in telemetry(run([m], start, 4), m.id)]
+
+
+def test_parse_incident_accepts_a_factor_and_new_kinds() -> None:
+    t0 = _bj(2026, 3, 2, 9, 0)
+    inc = parse_incident("overspeed:car-gz-0001:10::80", t0)
+    assert (inc.kind, inc.duration, inc.amount) == ("overspeed", 120, 80)
+    assert parse_incident("denied_burst:gate-gz-0001:0", t0).amount == 3
+    assert parse_incident("energy_spike:meter-gz-0001:0:60", t0).amount == 4
+    assert incident_from_dict({"kind": "idling", "device": "car-gz-0001", "factor": 2}, t0).amount == 2
+    for bad in ("overspeed:car-gz-0001:0:60:fast", "overspeed:car-gz-0001:0:60:-5", "meter_flat:meter-gz-0001:0:0"):
+        with pytest.raises(UserError):
+            parse_incident(bad, t0)
