@@ -5,23 +5,18 @@ A seeded :class:`devices.simulator.Fleet` runs for a simulated period; its messa
 ``service.tick(now)`` runs at every rule deadline in between (no sleeping, no broker). Only the rule under test is
 enabled (an override file disabling ``'*'``), on top of the real packs in ``alerts/packs``.
 
-Covered: G1, G2, G2.pre, G5, G7, G11.offline, V1, V3, V4, V12.offline, E1, E2, E3, E4, E5.offline.
+Covered: G1, G1.event, G2, G2.pre, G5, G6, G7, G11.tamper, G11.offline, V1, V3, V4, V6, V7, V12.power_cut,
+V12.offline, E1, E2, E3, E4, E5.negative, E5.flat, E5.offline.
 
 V12.offline's firing scenario found a service bug, now fixed: an absence rule with ``only_if`` was never armed
 when ``only_if`` became true after the rule's state was created (a vehicle first seen parked, then driving, then
 silent).
 
-Not drivable by the simulator as it is (so still proven only by the engine tests in test_engine.py):
-
-- G1.event, G11.tamper, V12.power_cut: the simulator never sends ``door_forced``, ``tamper`` or ``power_cut``
-  events (no incident kind for them).
-- G6 (three denials of one credential in 5 min): denials are rare and drawn at random from a pool of 60-300
-  people or a fresh random card, so three for one credential in 5 minutes practically never happens; there is
-  no "repeated denial" incident.
-- V6 (overspeed > 66 km/h): simulated speeds are the trip speed (25-45 km/h) x 0.6-1.4, at most 63 km/h.
-- V7 (idling 10 min with ignition on): ignition is on only while driving (speed > 0 after the first beat).
-- E5.negative (counter going backwards) and E5.flat (counter unchanged for 6 h): the simulated ``energy_kwh``
-  always increases while the meter reports; a silent meter sends nothing at all (that is E5.offline).
+The normal simulated behaviour never drives G1.event, G11.tamper, V12.power_cut (no such events), G6 (random
+denials practically never repeat one credential), V6 (at most 63 km/h), V7 (ignition on only while driving) or
+E5.negative / E5.flat (the counter always increases): their scenarios use the incident kinds made for them
+(``door_forced_event``, ``tamper``, ``power_cut``, ``denied_burst``, ``overspeed``, ``idling``,
+``meter_reset_drop``, ``meter_flat``).
 """
 
 from __future__ import annotations
@@ -367,3 +362,80 @@ def test_e5_offline_meter_gap(reg: Registry, tmp_path: Path, duration_s: float |
     silent = Incident("silent", METER.id, at(MONDAY, 10, 5), duration_s=duration_s)
     run = simulate(reg, tmp_path, "E5.offline", [METER], start=at(MONDAY, 10), hours=0.5, incidents=[silent])
     assert run.alerts == ([("E5.offline", METER.id)] if fires else [])
+
+
+# --- rules driven by the incident kinds made for them ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "fires"), [("door_forced_event", True), ("door_forced", False)])
+def test_g1_event_reader_reports_forced_door(reg: Registry, tmp_path: Path, kind: str, fires: bool) -> None:
+    # Both open the door with no access before it; only the first has the reader report a door_forced event.
+    forced = Incident(kind, "gate-s-0002", at(MONDAY, 2, 10))
+    run = simulate(reg, tmp_path, "G1.event", GATES, start=at(MONDAY, 2), hours=0.5, incidents=[forced], step_s=60)
+    assert run.alerts == ([("G1.event", "gate-s-0002")] if fires else [])
+
+
+@pytest.mark.parametrize(("tamper", "fires"), [(True, True), (False, False)])
+def test_g11_tamper(reg: Registry, tmp_path: Path, tamper: bool, fires: bool) -> None:
+    # Near miss: the same seeded gate, silent for good (offline is G11.offline, not a tamper).
+    inc = (
+        Incident("tamper", "gate-s-0001", at(MONDAY, 10, 5))
+        if tamper
+        else Incident("silent", "gate-s-0001", at(MONDAY, 10, 5))
+    )
+    run = simulate(reg, tmp_path, "G11.tamper", GATES, start=at(MONDAY, 10), hours=0.5, incidents=[inc], step_s=60)
+    assert run.alerts == ([("G11.tamper", "gate-s-0001")] if fires else [])
+
+
+@pytest.mark.parametrize(("denials", "fires"), [(3, True), (2, False)])
+def test_g6_repeated_denials_of_one_credential(reg: Registry, tmp_path: Path, denials: int, fires: bool) -> None:
+    burst = Incident("denied_burst", "gate-s-0001", at(MONDAY, 2, 10), factor=denials)
+    run = simulate(reg, tmp_path, "G6", GATES, start=at(MONDAY, 2), hours=0.5, incidents=[burst], step_s=60)
+    denied = [r for r in run.records if isinstance(r, Event) and r.type == "access" and r.data["result"] == "denied"]
+    assert len(denied) >= denials
+    assert run.alerts == ([("G6", "gate-s-0001")] if fires else [])
+
+
+@pytest.mark.parametrize(("speed", "fires"), [(90.0, True), (64.0, False)])
+def test_v6_overspeed(reg: Registry, tmp_path: Path, speed: float, fires: bool) -> None:
+    # Two minutes at 90 km/h fire (above 66 for 30 s); 64 km/h is over the limit but under limit x 1.1.
+    fast = Incident("overspeed", CAR.id, at(MONDAY, 22, 10), duration_s=120, factor=speed)
+    run = simulate(reg, tmp_path, "V6", [CAR], start=at(MONDAY, 22), hours=0.5, incidents=[fast], step_s=60)
+    assert run.alerts == ([("V6", CAR.id)] if fires else [])
+
+
+@pytest.mark.parametrize(("idle_s", "fires"), [(900.0, True), (300.0, False)])
+def test_v7_idling(reg: Registry, tmp_path: Path, idle_s: float, fires: bool) -> None:
+    idle = Incident("idling", CAR.id, at(MONDAY, 22, 10), duration_s=idle_s)
+    run = simulate(reg, tmp_path, "V7", [CAR], start=at(MONDAY, 22), hours=0.75, incidents=[idle], step_s=60)
+    assert run.alerts == ([("V7", CAR.id)] if fires else [])
+
+
+@pytest.mark.parametrize(("kind", "fires"), [("power_cut", True), ("silent", False)])
+def test_v12_power_cut(reg: Registry, tmp_path: Path, kind: str, fires: bool) -> None:
+    # Near miss: a terminal that merely goes silent sends no power_cut.
+    inc = Incident(kind, CAR.id, at(MONDAY, 22, 10))
+    run = simulate(reg, tmp_path, "V12.power_cut", [CAR], start=at(MONDAY, 22), hours=0.5, incidents=[inc])
+    assert run.alerts == ([("V12.power_cut", CAR.id)] if fires else [])
+
+
+@pytest.mark.parametrize(("drop", "fires"), [(True, True), (False, False)])
+def test_e5_negative_counter_drop(reg: Registry, tmp_path: Path, drop: bool, fires: bool) -> None:
+    # Near miss: the same meter with a 1 h spike (the counter climbs faster, never backwards).
+    inc = Incident(
+        "meter_reset_drop" if drop else "energy_spike",
+        METER.id,
+        at(MONDAY, 10, 10),
+        duration_s=3600 if not drop else None,
+    )
+    run = simulate(reg, tmp_path, "E5.negative", [METER], start=at(MONDAY, 10), hours=0.5, incidents=[inc])
+    assert run.alerts == ([("E5.negative", METER.id)] if fires else [])
+
+
+@pytest.mark.parametrize(("flat_h", "fires"), [(7.0, True), (5.0, False)])
+def test_e5_flat_counter(reg: Registry, tmp_path: Path, flat_h: float, fires: bool) -> None:
+    # The meter keeps reporting but its counter is stuck: 7 h fire (flat 6 h), 5 h not.
+    flat = Incident("meter_flat", METER.id, at(MONDAY, 10, 10), duration_s=flat_h * 3600)
+    run = simulate(reg, tmp_path, "E5.flat", [METER], start=at(MONDAY, 10), hours=8, incidents=[flat], step_s=1800)
+    assert len(run.records) > 400  # it did report throughout
+    assert run.alerts == ([("E5.flat", METER.id)] if fires else [])
