@@ -90,3 +90,29 @@ class Comment:
     text: str
     at: datetime
     kind: str = "comment"
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
+
+
+def alert_doc(a: Alert) -> dict[str, object]:
+    """An alert as JSON: what notifications send and what the delivery log keeps (full-precision ISO times)."""
+    return {
+        "id": a.id,
+        "dedup_key": a.dedup_key,
+        "rule_id": a.rule_id,
+        "device_id": a.device_id,
+        "region_id": a.region_id,
+        "severity": a.severity.value,
+        "state": a.state.value,
+        "title_zh": a.title_zh,
+        "title_en": a.title_en,
+        "started_at": a.started_at.isoformat(),
+        "updated_at": a.updated_at.isoformat(),
+        "detail": a.detail,
+        "acknowledged_by": a.acknowledged_by,
+        "acknowledged_at": _iso(a.acknowledged_at),
+        "resolved_at": _iso(a.resolved_at),
+        "escalation_level": a.escalation_level,
+    }

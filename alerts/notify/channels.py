@@ -43,6 +43,7 @@ from alerts.notify.config import (
 )
 from alerts.notify.routing import Notification
 from alerts.notify.templates import Rendered, fmt_time
+from alerts.types import alert_doc
 from core.errors import LianfangError, Retryable
 
 logger = logging.getLogger(__name__)
@@ -127,21 +128,7 @@ def alert_payload(n: Notification) -> dict[str, Any]:
         "kind": n.kind.value,
         "level": n.level,
         "target_region_id": n.target,
-        "alert": {
-            "id": a.id,
-            "dedup_key": a.dedup_key,
-            "rule_id": a.rule_id,
-            "device_id": a.device_id,
-            "region_id": a.region_id,
-            "severity": a.severity.value,
-            "state": a.state.value,
-            "title_zh": a.title_zh,
-            "title_en": a.title_en,
-            "started_at": a.started_at.isoformat(),
-            "started_at_local": fmt_time(a.started_at),
-            "escalation_level": a.escalation_level,
-            "resolved_at": a.resolved_at.isoformat() if a.resolved_at else None,
-        },
+        "alert": {**alert_doc(a), "started_at_local": fmt_time(a.started_at)},
     }
 
 

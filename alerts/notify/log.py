@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import OperationalError
 
 from alerts.notify.routing import Notification, NotificationKind
-from alerts.types import Alert, AlertState, Severity
+from alerts.types import Alert, AlertState, Severity, alert_doc
 from core.errors import StoreUnavailable
 
 metadata = MetaData()
@@ -91,10 +91,6 @@ def notification_key(n: Notification) -> str:
     return key
 
 
-def _dt(v: datetime | None) -> str | None:
-    return v.isoformat() if v is not None else None
-
-
 def _parse_dt(v: Any) -> datetime | None:
     return datetime.fromisoformat(v) if isinstance(v, str) else None
 
@@ -106,24 +102,7 @@ def to_payload(n: Notification) -> dict[str, Any]:
         "at": n.at.isoformat(),
         "target_region_id": n.target_region_id,
         "level": n.level,
-        "alert": {
-            "id": a.id,
-            "dedup_key": a.dedup_key,
-            "rule_id": a.rule_id,
-            "device_id": a.device_id,
-            "region_id": a.region_id,
-            "severity": a.severity.value,
-            "state": a.state.value,
-            "title_zh": a.title_zh,
-            "title_en": a.title_en,
-            "started_at": a.started_at.isoformat(),
-            "updated_at": a.updated_at.isoformat(),
-            "detail": a.detail,
-            "acknowledged_by": a.acknowledged_by,
-            "acknowledged_at": _dt(a.acknowledged_at),
-            "resolved_at": _dt(a.resolved_at),
-            "escalation_level": a.escalation_level,
-        },
+        "alert": alert_doc(a),
     }
 
 

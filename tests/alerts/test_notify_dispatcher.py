@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +11,7 @@ import pytest
 from alerts.notify import DeliveryLog, Dispatcher, Notification, NotificationKind, parse_notify_config
 from alerts.notify.routing import RetryPolicy
 from core import clock
-from core.db import make_engine, migrate
+from devices.registry import Registry
 from tests.alerts.notify_fixtures import (
     WEBHOOK_SECRET,
     WECOM_KEY,
@@ -29,20 +27,14 @@ FAST_RETRY = RetryPolicy(max_attempts=4, base=timedelta(seconds=0.1), factor=2, 
 
 
 @pytest.fixture
-def any_log(db_url: str) -> Iterator[DeliveryLog]:
-    """The delivery log on SQLite and on PostgreSQL."""
-    engine = make_engine(db_url)
-    migrate(engine)
-    yield DeliveryLog(engine)
-    engine.dispose()
+def any_log(registry: Registry) -> DeliveryLog:
+    """The delivery log on SQLite and on PostgreSQL (the migrated database of the ``registry`` fixture)."""
+    return DeliveryLog(registry.engine)
 
 
 @pytest.fixture
-def log(tmp_path: Path) -> Iterator[DeliveryLog]:
-    engine = make_engine(f"sqlite:///{tmp_path}/alerts.db")
-    migrate(engine)
-    yield DeliveryLog(engine)
-    engine.dispose()
+def log(sqlite_registry: Registry) -> DeliveryLog:
+    return DeliveryLog(sqlite_registry.engine)
 
 
 def webhook_config(base: str, secret: str = WEBHOOK_SECRET, **channel: Any) -> Any:
