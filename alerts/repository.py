@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, Table, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
@@ -144,15 +145,11 @@ def _row_silence(r: SilenceRow) -> Silence:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
+    """Plain JSON data: keys become strings, tuples lists, datetimes ISO 8601 text, anything else ``str()``.
+
+    One orjson round trip (C) instead of a Python walk: the lifecycle's aux state is written with every alert
+    change and holds an entry per recently fired key, so this is on the alert path."""
+    return orjson.loads(orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS))
 
 
 @dataclass(slots=True)
@@ -171,15 +168,22 @@ class AlertRepository:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._pg = engine.dialect.name == "postgresql"
+        # Built once per (table, columns): constructing an upsert costs SQLAlchemy ~0.25 ms (column proxies for
+        # ``excluded``), more than executing it on SQLite, and every alert change runs up to four of them.
+        self._upserts: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Any] = {}
 
     # --- writes -------------------------------------------------------------------------------------------
 
     def _upsert(self, conn: Connection, table: Table, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
         if not rows:
             return
-        ins = postgresql.insert(table) if self._pg else sqlite.insert(table)
-        cols = [c for c in rows[0] if c not in keys]
-        stmt = ins.on_conflict_do_update(index_elements=list(keys), set_={c: ins.excluded[c] for c in cols})
+        cols = tuple(c for c in rows[0] if c not in keys)
+        cache_key = (table.name, cols, tuple(keys))
+        stmt = self._upserts.get(cache_key)
+        if stmt is None:
+            ins = postgresql.insert(table) if self._pg else sqlite.insert(table)
+            stmt = ins.on_conflict_do_update(index_elements=list(keys), set_={c: ins.excluded[c] for c in cols})
+            self._upserts[cache_key] = stmt
         conn.execute(stmt, rows)
 
     def save(

@@ -41,6 +41,7 @@ from alerts.types import Alert
 from core import clock as core_clock
 
 logger = logging.getLogger(__name__)
+ROUTE_BATCH = 500  # notifications logged per transaction at most (a burst, e.g. V1 for every vehicle at 18:00)
 
 NotifySink = Callable[[Notification], None]
 Item = tuple[int, Notification]  # (delivery log id, notification)
@@ -332,26 +333,48 @@ class Dispatcher:
     # --- routing thread ---------------------------------------------------------------------------------
 
     def _route_loop(self) -> None:
-        while True:
-            n = self._intake.get()
-            if n is None:
-                return
+        stopping = False
+        while not stopping:
+            batch, stopping = self._drain()
+            if not batch:
+                continue
             for attempt in range(1, 6):
                 try:
-                    self._route(n)
+                    self._route(batch)
                     break
                 except Exception:
-                    logger.exception("routing notification for alert %s failed (attempt %d)", n.alert.id, attempt)
+                    logger.exception(
+                        "routing %d notifications (alert %s first) failed (attempt %d)",
+                        len(batch),
+                        batch[0].alert.id,
+                        attempt,
+                    )
                     if self._stop_event.wait(min(self.idle_wait_s * attempt, 5.0)):
                         break
 
-    def _route(self, n: Notification) -> None:
-        planned: list[tuple[str | None, Notification]] = [
-            (ch, tn) for ch, tn in plan(n, self.routes, self.ancestors_of) if ch in self.workers
-        ]
-        if not planned:
-            logger.debug("no route for alert %s (%s)", n.alert.id, n.kind.value)
-            planned = [(None, n)]
+    def _drain(self) -> tuple[list[Notification], bool]:
+        """Block for the next notification, then take whatever else is waiting (up to ``ROUTE_BATCH``): a burst
+        of alerts is logged in one transaction instead of one commit (and fsync) each. Returns (batch, stop)."""
+        batch: list[Notification] = []
+        item = self._intake.get()
+        while item is not None:
+            batch.append(item)
+            if len(batch) >= ROUTE_BATCH:
+                return batch, False
+            try:
+                item = self._intake.get_nowait()
+            except queue.Empty:
+                return batch, False
+        return batch, True
+
+    def _route(self, batch: Sequence[Notification]) -> None:
+        planned: list[tuple[str | None, Notification]] = []
+        for n in batch:
+            routed = [(ch, tn) for ch, tn in plan(n, self.routes, self.ancestors_of) if ch in self.workers]
+            if not routed:
+                logger.debug("no route for alert %s (%s)", n.alert.id, n.kind.value)
+                routed = [(None, n)]
+            planned.extend(routed)
         recorded = self.log.record(planned, self.clock())
         by_channel: dict[str, list[Item]] = {}
         for row_id, ch, tn in recorded:
