@@ -370,7 +370,9 @@ class Dispatcher:
     def _route(self, batch: Sequence[Notification]) -> None:
         planned: list[tuple[str | None, Notification]] = []
         for n in batch:
-            routed = [(ch, tn) for ch, tn in plan(n, self.routes, self.ancestors_of) if ch in self.workers]
+            routed: list[tuple[str | None, Notification]] = [
+                (ch, tn) for ch, tn in plan(n, self.routes, self.ancestors_of) if ch in self.workers
+            ]
             if not routed:
                 logger.debug("no route for alert %s (%s)", n.alert.id, n.kind.value)
                 routed = [(None, n)]
