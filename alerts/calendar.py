@@ -114,15 +114,30 @@ class Calendar:
 
     def is_working_time(self, at: datetime, hours: WorkingHours, region_path: Sequence[str] = ()) -> bool:
         """Inside working hours of a working day (Beijing time). Overnight hours belong to the start day."""
+        return self.in_hours(at, hours, "working", region_path)
+
+    def in_hours(
+        self, at: datetime, hours: WorkingHours, days: str = "working", region_path: Sequence[str] = ()
+    ) -> bool:
+        """Inside ``hours`` of a day of class ``days`` (``working``, ``non_working`` or ``any``), Beijing time.
+
+        Overnight hours (end <= start) belong to the day they start on; ``00:00-00:00`` is the whole day.
+        """
         local = beijing(at)
         t = local.timetz().replace(tzinfo=None)
         if hours.start < hours.end:
-            return hours.start <= t < hours.end and self.is_working_day(local.date(), region_path)
-        if t >= hours.start:
-            return self.is_working_day(local.date(), region_path)
-        if t < hours.end:
-            return self.is_working_day(local.date() - timedelta(days=1), region_path)
-        return False
+            if not hours.start <= t < hours.end:
+                return False
+            day = local.date()
+        elif t >= hours.start:
+            day = local.date()
+        elif t < hours.end:
+            day = local.date() - timedelta(days=1)
+        else:
+            return False
+        if days == "any":
+            return True
+        return self.is_working_day(day, region_path) == (days == "working")
 
     def on_duty(self, who: Iterable[str], at: datetime, region_path: Sequence[str]) -> bool:
         """Is any of ``who`` on a duty roster of the region subtree at ``at``?"""

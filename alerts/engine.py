@@ -19,14 +19,16 @@ import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Protocol
 
-from alerts.calendar import Calendar, WorkingHours, beijing
+from alerts.calendar import BEIJING, Calendar, WorkingHours, beijing
 from alerts.rules import (
     AbsenceParams,
     BaselineParams,
+    ClockSkewParams,
     DeltaParams,
+    DemandParams,
     EffectiveRule,
     EventCountParams,
     GeofenceParams,
@@ -34,6 +36,7 @@ from alerts.rules import (
     ScheduleParams,
     SequenceParams,
     ThresholdParams,
+    TimeWindow,
     TravelParams,
     compare,
 )
@@ -154,6 +157,44 @@ def point_in_polygon(lat: float, lon: float, poly: Sequence[Sequence[float]]) ->
     return inside
 
 
+def in_window(env: Env, w: TimeWindow, ts_ms: int, region_path: tuple[str, ...]) -> bool:
+    """Is ``ts_ms`` inside the recurring window ``w`` (Beijing time, the calendar's day classes)?"""
+    return env.calendar.in_hours(from_ms(ts_ms), _hours(w.hours), w.days, region_path)
+
+
+WINDOW_STEP_MS = 60_000  # resolution of window_overlap_ms
+WINDOW_SPAN_MS = 8 * 86_400_000  # longest gap measured; beyond it only the last 8 days count
+
+
+def window_overlap_ms(env: Env, w: TimeWindow, start_ms: int, end_ms: int, region_path: tuple[str, ...]) -> int:
+    """How much of ``(start_ms, end_ms]`` lies inside ``w``, to a minute: each slice of up to a minute counts when
+    its middle is inside. Readings a minute or less apart cost one calendar look-up."""
+    start_ms = max(start_ms, end_ms - WINDOW_SPAN_MS)
+    total = 0
+    t = start_ms
+    while t < end_ms:
+        nxt = min(end_ms, t + WINDOW_STEP_MS)
+        if in_window(env, w, (t + nxt) // 2, region_path):
+            total += nxt - t
+        t = nxt
+    return total
+
+
+def window_end_ms(env: Env, w: TimeWindow, inside_ms: int, outside_ms: int, region_path: tuple[str, ...]) -> int:
+    """The first second after ``inside_ms`` (inside ``w``) that is outside it, found by bisection up to
+    ``outside_ms`` (outside). Used only for gaps of up to an hour; longer gaps give ``outside_ms`` itself."""
+    lo, hi = inside_ms, outside_ms
+    if hi - lo > 3_600_000:
+        return hi
+    while hi - lo > 1000:
+        mid = (lo + hi) // 2
+        if in_window(env, w, mid, region_path):
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
 # --- states --------------------------------------------------------------------------------------------------
 
 
@@ -165,6 +206,7 @@ class ThresholdState:
     last_ts_ms: int = 0
     known: dict[str, Any] = field(default_factory=dict)
     value: Any = None
+    suppressed_ms: int | None = None  # suppress_during: last time the condition held inside the window
 
     def essential(self) -> tuple[object, ...]:
         return (self.firing, self.since_ms, self.streak)
@@ -176,6 +218,7 @@ class DeltaState:
     last_value: float | None = None
     last_ts_ms: int = 0
     changed_ms: int | None = None
+    flat_ms: int = 0  # flat_during: flat time counted inside the window since the last change
 
     def essential(self) -> tuple[object, ...]:
         return (self.firing,)
@@ -250,9 +293,54 @@ class BaselineState:
     last_value: float | None = None
     last_ts_ms: int = 0
     baseline: float | None = None
+    # aggregate daily_mean: the day being averaged (date ordinal, Beijing), when its window ends, the weighted
+    # sums of value and baseline and the weight (ms covered), qualifying days in a row, the last day judged
+    day: int | None = None
+    day_end_ms: int | None = None
+    sum_x: float = 0.0
+    sum_base: float = 0.0
+    weight_ms: int = 0
+    streak: int = 0
+    last_day: int | None = None
 
     def essential(self) -> tuple[object, ...]:
-        return (self.firing, self.since_ms)
+        return (self.firing, self.since_ms, self.day, self.streak)
+
+
+@dataclass(slots=True)
+class DemandState:
+    """Interval demand: the open interval's sums, a P² quantile estimate, hour-of-week bins of demand, the residual
+    variance and the CUSUM. Bounded: 5 quantile markers, at most 336 bins."""
+
+    firing: bool = False
+    reason: str = ""
+    bucket: int | None = None  # open interval: ts_ms // interval
+    sum_x: float = 0.0
+    weight_ms: int = 0
+    last_value: float | None = None
+    last_ts_ms: int = 0
+    p2: dict[str, list[float]] = field(default_factory=dict)  # P²: q (heights), n (positions), np (desired)
+    seen: int = 0  # intervals learned
+    bins: dict[str, list[float]] = field(default_factory=dict)  # "w:how" -> [mean, n]
+    var: float = 0.0  # residual variance (EWMA of squares)
+    var_n: int = 0
+    cusum: float = 0.0
+    normal: int = 0  # normal intervals in a row while firing
+    demand: float | None = None  # last closed interval
+
+    def essential(self) -> tuple[object, ...]:
+        return (self.firing, self.normal)
+
+
+@dataclass(slots=True)
+class ClockSkewState:
+    firing: bool = False
+    streak: int = 0  # skewed records in a row (not firing) / records within bounds in a row (firing)
+    since_ms: int | None = None  # receive time of the first skewed record of the streak
+    skew_s: float = 0.0  # the last record's skew: device time - receive time
+
+    def essential(self) -> tuple[object, ...]:
+        return (self.firing, self.streak, self.since_ms)
 
 
 @dataclass(slots=True)
@@ -274,6 +362,8 @@ State = (
     | GeofenceState
     | BaselineState
     | TravelState
+    | DemandState
+    | ClockSkewState
 )
 STATE_TYPES: dict[str, type[Any]] = {
     "threshold": ThresholdState,
@@ -285,6 +375,8 @@ STATE_TYPES: dict[str, type[Any]] = {
     "geofence": GeofenceState,
     "baseline": BaselineState,
     "travel": TravelState,
+    "demand": DemandState,
+    "clock_skew": ClockSkewState,
 }
 RULE_SCOPED = frozenset({"travel"})  # one state per rule (across devices), not per (rule, device)
 
@@ -364,16 +456,24 @@ class _Threshold:
         st.value = v
         where_ok = all(st.known.get(k) == w for k, w in p.where.items())
         cond = where_ok and compare(p.op, v, p.value)
+        w = p.suppress_during
+        suppressed = w is not None and in_window(env, w, rec.ts_ms, subj.region_path)
         if st.firing:
-            if self._clear(p, v, cond, where_ok):
-                return self._reset(rule, st, subj, rec.ts_ms)
+            if suppressed or self._clear(p, v, cond, where_ok):
+                return self._reset(rule, st, subj, rec.ts_ms, suppressed)
             return []
         if not cond:
-            st.streak, st.since_ms = 0, None
+            st.streak, st.since_ms, st.suppressed_ms = 0, None, None
+            return []
+        if suppressed:  # e.g. the door is scheduled unlocked: an open door is fine
+            st.streak, st.since_ms, st.suppressed_ms = 0, None, rec.ts_ms
             return []
         st.streak += 1
         if st.since_ms is None:
             st.since_ms = rec.ts_ms
+            if w is not None and st.suppressed_ms is not None:  # held through the end of the window: count from it
+                st.since_ms = window_end_ms(env, w, st.suppressed_ms, rec.ts_ms, subj.region_path)
+            st.suppressed_ms = None
         if st.streak >= p.count and rec.ts_ms - st.since_ms >= p.for_s * 1000:
             return self._fire(rule, st, subj, rec.ts_ms)
         return []
@@ -383,14 +483,25 @@ class _Threshold:
         p: ThresholdParams = rule.params
         return [_emit(rule, subj, True, at_ms, value=st.value, threshold=p.value, since=st.since_ms)]
 
-    def _reset(self, rule: EffectiveRule, st: ThresholdState, subj: Subject, at_ms: int) -> list[AlertChange]:
+    def _reset(
+        self, rule: EffectiveRule, st: ThresholdState, subj: Subject, at_ms: int, suppressed: bool = False
+    ) -> list[AlertChange]:
         was = st.firing
         st.firing, st.streak, st.since_ms = False, 0, None
-        return [_emit(rule, subj, False, at_ms, value=st.value)] if was else []
+        st.suppressed_ms = at_ms if suppressed else None
+        if not was:
+            return []
+        if suppressed:
+            return [_emit(rule, subj, False, at_ms, value=st.value, reason="suppressed")]
+        return [_emit(rule, subj, False, at_ms, value=st.value)]
 
     def tick(self, rule: EffectiveRule, st: ThresholdState, subj: Subject, now_ms: int, env: Env) -> list[AlertChange]:
+        p: ThresholdParams = rule.params
         due = self.deadline(rule, st, subj)
         if due is not None and now_ms >= due:
+            if p.suppress_during is not None and in_window(env, p.suppress_during, now_ms, subj.region_path):
+                st.streak, st.since_ms, st.suppressed_ms = 0, None, now_ms  # the window began meanwhile
+                return []
             return self._fire(rule, st, subj, now_ms)
         return []
 
@@ -408,7 +519,7 @@ class _Delta:
         p: DeltaParams = rule.params
         if isinstance(rec, Event):
             if p.reset_event is not None and rec.type == p.reset_event:
-                st.last_value, st.changed_ms = None, None
+                st.last_value, st.changed_ms, st.flat_ms = None, None, 0
                 if st.firing:
                     st.firing = False
                     return [_emit(rule, subj, False, rec.ts_ms, reason="reset")]
@@ -422,19 +533,24 @@ class _Delta:
         prev, prev_ts = st.last_value, st.last_ts_ms
         st.last_value, st.last_ts_ms = v, rec.ts_ms
         if prev is None:
-            st.changed_ms = rec.ts_ms
+            st.changed_ms, st.flat_ms = rec.ts_ms, 0
             return []
         if p.flat_s is not None:
             if v != prev:
-                st.changed_ms = rec.ts_ms
+                st.changed_ms, st.flat_ms = rec.ts_ms, 0
                 if st.firing:
                     st.firing = False
                     return [_emit(rule, subj, False, rec.ts_ms, value=v)]
                 return []
             changed = st.changed_ms if st.changed_ms is not None else rec.ts_ms
-            if not st.firing and rec.ts_ms - changed >= p.flat_s * 1000:
+            if p.flat_during is None:
+                flat = rec.ts_ms - changed
+            else:  # only the flat time inside the window counts (e.g. while the building is occupied)
+                st.flat_ms += window_overlap_ms(env, p.flat_during, prev_ts, rec.ts_ms, subj.region_path)
+                flat = st.flat_ms
+            if not st.firing and flat >= p.flat_s * 1000:
                 st.firing = True
-                return [_emit(rule, subj, True, rec.ts_ms, value=v, flat_since=changed)]
+                return [_emit(rule, subj, True, rec.ts_ms, value=v, flat_since=changed, flat_s=flat // 1000)]
             return []
         delta = v - prev
         if p.per_hour:
@@ -729,22 +845,38 @@ class _Geofence:
         return st.since_ms + int(p.min_outside_s * 1000)
 
 
+def bin_expected(bins: Mapping[str, list[float]], working: bool, how: int, min_samples: int) -> float | None:
+    """The learned value of an hour-of-week bin; falls back to the same hour on other days of its class."""
+    w = "1" if working else "0"
+    b = bins.get(f"{w}:{how}")
+    if b is not None and b[1] >= min_samples:
+        return b[0]
+    hour = how % 24
+    tot = n = 0.0
+    for day in range(7):
+        o = bins.get(f"{w}:{day * 24 + hour}")
+        if o is not None:
+            tot += o[0] * o[1]
+            n += o[1]
+    return tot / n if n >= min_samples else None
+
+
+def bin_learn(bins: dict[str, list[float]], working: bool, how: int, x: float, alpha: float) -> None:
+    """A running mean per bin: exact for the first 1/alpha samples, then an EWMA with weight alpha."""
+    key = f"{'1' if working else '0'}:{how}"
+    b = bins.get(key)
+    if b is None:
+        bins[key] = [x, 1.0]
+    else:
+        b[1] += 1
+        b[0] += max(1 / b[1], alpha) * (x - b[0])
+
+
 class _Baseline:
     @staticmethod
     def expected(st: BaselineState, working: bool, how: int, min_samples: int) -> float | None:
         """The learned value of an hour-of-week bin; falls back to the same hour on other days of its class."""
-        w = "1" if working else "0"
-        b = st.bins.get(f"{w}:{how}")
-        if b is not None and b[1] >= min_samples:
-            return b[0]
-        hour = how % 24
-        tot = n = 0.0
-        for day in range(7):
-            o = st.bins.get(f"{w}:{day * 24 + hour}")
-            if o is not None:
-                tot += o[0] * o[1]
-                n += o[1]
-        return tot / n if n >= min_samples else None
+        return bin_expected(st.bins, working, how, min_samples)
 
     def evaluate(
         self, rule: EffectiveRule, st: BaselineState, subj: Subject, rec: Record, now_ms: int, env: Env
@@ -771,8 +903,13 @@ class _Baseline:
         base = self.expected(st, working, how, p.min_samples)
         st.baseline = base
         cond = applies and base is not None and x > base * (1 + p.relative) and x - base > p.absolute
+        if p.aggregate == "daily_mean":
+            out = self._daily(rule, st, subj, rec.ts_ms, prev_ts, x, base if applies else None, env)
+            if not cond:
+                self._learn(st, p, working, how, x)
+            return out
         st.cond = cond
-        out: list[AlertChange] = []
+        out = []
         if cond:
             if st.since_ms is None:
                 st.since_ms = rec.ts_ms
@@ -785,24 +922,109 @@ class _Baseline:
                 st.firing = False
                 out.append(_emit(rule, subj, False, rec.ts_ms, value=round(x, 3)))
             # learn only from normal data, so an anomaly does not become the new normal
-            key = f"{'1' if working else '0'}:{how}"
-            b = st.bins.get(key)
-            if b is None:
-                st.bins[key] = [x, 1.0]
-            else:
-                b[1] += 1
-                b[0] += max(1 / b[1], p.alpha) * (x - b[0])
+            self._learn(st, p, working, how, x)
         return out
+
+    @staticmethod
+    def _learn(st: BaselineState, p: BaselineParams, working: bool, how: int, x: float) -> None:
+        bin_learn(st.bins, working, how, x, p.alpha)
+
+    # aggregate: daily_mean -- one judgement per day, on the mean of the day's window ``hours``
+
+    def _daily(
+        self,
+        rule: EffectiveRule,
+        st: BaselineState,
+        subj: Subject,
+        ts_ms: int,
+        prev_ts: int,
+        x: float,
+        base: float | None,
+        env: Env,
+    ) -> list[AlertChange]:
+        p: BaselineParams = rule.params
+        out: list[AlertChange] = []
+        if st.day_end_ms is not None and ts_ms >= st.day_end_ms:
+            out = self._close_day(rule, st, subj, ts_ms, env)
+        if base is None:  # outside the window, or no baseline yet for this hour
+            return out
+        assert p.hours is not None
+        local = beijing(from_ms(ts_ms))
+        day = local.date().toordinal()
+        if st.last_day is not None and day <= st.last_day:  # a late reading of a day already judged
+            return out
+        start_ms = ms(datetime.combine(local.date(), time(), BEIJING) + timedelta(hours=p.hours[0]))
+        if st.day != day:
+            st.day, st.sum_x, st.sum_base, st.weight_ms = day, 0.0, 0.0, 0
+            st.day_end_ms = start_ms + (p.hours[1] - p.hours[0]) * 3_600_000
+        # time-weighted: each reading stands for the time since the previous one (inside the window)
+        weight = ts_ms - max(prev_ts, start_ms) if prev_ts else 0
+        if weight > 0:
+            st.sum_x += x * weight
+            st.sum_base += base * weight
+            st.weight_ms += weight
+        return out
+
+    def _close_day(
+        self, rule: EffectiveRule, st: BaselineState, subj: Subject, at_ms: int, env: Env
+    ) -> list[AlertChange]:
+        """Judge the day being averaged: qualifying days in a row fire; a normal day resets the count and clears."""
+        p: BaselineParams = rule.params
+        assert st.day is not None and st.day_end_ms is not None and p.hours is not None
+        day, window_ms = st.day, (p.hours[1] - p.hours[0]) * 3_600_000
+        mean_x = st.sum_x / st.weight_ms if st.weight_ms else 0.0
+        mean_b = st.sum_base / st.weight_ms if st.weight_ms else 0.0
+        covered = st.weight_ms >= window_ms / 2
+        if st.last_day is not None and self._skipped_a_day(p, st.last_day, day, subj, env):
+            st.streak = 0  # the days must follow each other (days without data in between break the run)
+        st.day, st.day_end_ms, st.last_day = None, None, day
+        st.sum_x, st.sum_base, st.weight_ms = 0.0, 0.0, 0
+        detail: dict[str, Any] = {
+            "value": round(mean_x, 3),
+            "baseline": round(mean_b, 3),
+            "day": date.fromordinal(day).isoformat(),
+        }
+        if not covered:  # too little data to judge: the run is broken, a firing alert stays
+            st.streak = 0
+            return []
+        if mean_x > mean_b * (1 + p.relative) and mean_x - mean_b > p.absolute:
+            st.streak += 1
+            if not st.firing and st.streak >= p.consecutive_days:
+                st.firing = True
+                return [_emit(rule, subj, True, at_ms, days=st.streak, **detail)]
+            return []
+        st.streak = 0
+        if st.firing:
+            st.firing = False
+            return [_emit(rule, subj, False, at_ms, **detail)]
+        return []
+
+    @staticmethod
+    def _skipped_a_day(p: BaselineParams, last: int, day: int, subj: Subject, env: Env) -> bool:
+        """Was there a day between ``last`` and ``day`` that the rule watches (its ``days`` class)?"""
+        if day - last > 31:
+            return True
+        for d in range(last + 1, day):
+            if p.days == "any" or env.calendar.is_working_day(date.fromordinal(d), subj.region_path) == (
+                p.days == "working"
+            ):
+                return True
+        return False
 
     def tick(self, rule: EffectiveRule, st: BaselineState, subj: Subject, now_ms: int, env: Env) -> list[AlertChange]:
         due = self.deadline(rule, st, subj)
-        if due is not None and now_ms >= due:
-            st.firing = True
-            return [_emit(rule, subj, True, now_ms, value=st.last_value, baseline=st.baseline)]
-        return []
+        if due is None or now_ms < due:
+            return []
+        p: BaselineParams = rule.params
+        if p.aggregate == "daily_mean":
+            return self._close_day(rule, st, subj, now_ms, env)
+        st.firing = True
+        return [_emit(rule, subj, True, now_ms, value=st.last_value, baseline=st.baseline)]
 
     def deadline(self, rule: EffectiveRule, st: BaselineState, subj: Subject) -> int | None:
         p: BaselineParams = rule.params
+        if p.aggregate == "daily_mean":
+            return st.day_end_ms if st.day is not None else None
         if st.firing or not st.cond or st.since_ms is None:
             return None
         return st.since_ms + int(p.for_s * 1000)
@@ -865,6 +1087,205 @@ class _Travel:
         return min(st.firing.values()) + int(p.clear_after_s * 1000)
 
 
+# --- streaming quantile: the P² algorithm (Jain & Chlamtac, CACM 1985) ------------------------------------------
+#
+# Five markers (heights q, positions n, desired positions np) track one quantile of an unbounded stream in O(1)
+# memory and time, with no stored samples: the middle marker is the estimate. The state is a dict of three lists
+# of five floats, so it is JSON-native and survives a restart. The first five values are kept exactly (sorted).
+
+
+def p2_add(m: dict[str, list[float]], p: float, x: float) -> None:
+    """Feed ``x`` to the P² estimate ``m`` of the ``p`` quantile (``m`` starts as ``{}``)."""
+    q = m.setdefault("q", [])
+    if len(q) < 5:
+        q.append(x)
+        q.sort()
+        if len(q) == 5:
+            m["n"] = [0.0, 1.0, 2.0, 3.0, 4.0]
+            m["np"] = [0.0, 2 * p, 4 * p, 2 + 2 * p, 4.0]
+        return
+    n, want = m["n"], m["np"]
+    if x < q[0]:
+        q[0], k = x, 0
+    elif x >= q[4]:
+        q[4], k = x, 3
+    else:
+        k = 0
+        while k < 3 and x >= q[k + 1]:
+            k += 1
+    for i in range(k + 1, 5):
+        n[i] += 1
+    for i, step in enumerate((0.0, p / 2, p, (1 + p) / 2, 1.0)):
+        want[i] += step
+    for i in (1, 2, 3):
+        d = want[i] - n[i]
+        if (d >= 1 and n[i + 1] - n[i] > 1) or (d <= -1 and n[i - 1] - n[i] < -1):
+            s = 1 if d > 0 else -1
+            parabolic = q[i] + s / (n[i + 1] - n[i - 1]) * (
+                (n[i] - n[i - 1] + s) * (q[i + 1] - q[i]) / (n[i + 1] - n[i])
+                + (n[i + 1] - n[i] - s) * (q[i] - q[i - 1]) / (n[i] - n[i - 1])
+            )
+            if q[i - 1] < parabolic < q[i + 1]:
+                q[i] = parabolic
+            else:  # linear, when the parabola would overshoot a neighbour
+                q[i] += s * (q[i + s] - q[i]) / (n[i + s] - n[i])
+            n[i] += s
+
+
+def p2_value(m: Mapping[str, list[float]], p: float) -> float | None:
+    """The current estimate of the ``p`` quantile (exact while fewer than five values were seen)."""
+    q = m.get("q")
+    if not q:
+        return None
+    if len(q) < 5:
+        return q[min(len(q) - 1, int(p * len(q)))]
+    return q[2]
+
+
+class _Demand:
+    """Interval demand: the time-weighted mean of the rate (or value) over clock-aligned intervals.
+
+    Each closed interval is judged (spike above quantile x factor; CUSUM of residuals against the hour-of-week
+    baseline, in units of their learned standard deviation), then learned if it was normal and nothing fires, so an
+    anomaly does not become the new normal. Judged on the first reading after the interval, no timers.
+    """
+
+    def evaluate(
+        self, rule: EffectiveRule, st: DemandState, subj: Subject, rec: Record, now_ms: int, env: Env
+    ) -> list[AlertChange]:
+        p: DemandParams = rule.params
+        if not isinstance(rec, Reading) or p.field not in rec.fields or rec.ts_ms <= st.last_ts_ms:
+            return []
+        raw = rec.fields[p.field]
+        if isinstance(raw, bool):
+            return []
+        v = float(raw)
+        prev, prev_ts = st.last_value, st.last_ts_ms
+        st.last_value, st.last_ts_ms = v, rec.ts_ms
+        if p.source == "rate_per_hour":
+            if prev is None or v < prev:  # first reading, or a counter reset (E5.negative's business)
+                return []
+            x = (v - prev) / ((rec.ts_ms - prev_ts) / 3_600_000)
+        else:
+            x = v
+        interval_ms = p.interval_s * 1000
+        bucket = rec.ts_ms // interval_ms
+        out: list[AlertChange] = []
+        if st.bucket != bucket:
+            if st.bucket is not None:
+                out = self._close(rule, st, subj, rec.ts_ms, env)
+            st.bucket, st.sum_x, st.weight_ms = bucket, 0.0, 0
+        weight = rec.ts_ms - max(prev_ts, bucket * interval_ms) if prev_ts else 0
+        if weight > 0:
+            st.sum_x += x * weight
+            st.weight_ms += weight
+        return out
+
+    def _close(self, rule: EffectiveRule, st: DemandState, subj: Subject, at_ms: int, env: Env) -> list[AlertChange]:
+        p: DemandParams = rule.params
+        assert st.bucket is not None
+        interval_ms = p.interval_s * 1000
+        if st.weight_ms < interval_ms / 2:  # too little data in the interval: not judged, not learned
+            return []
+        d = st.sum_x / st.weight_ms
+        st.demand = d
+        working, how, _ = env.hour_info(st.bucket * interval_ms, subj.region_path)
+        ready = st.seen >= p.min_history
+        spike, q = False, None
+        if p.quantile is not None:
+            q = p2_value(st.p2, p.quantile)
+            spike = ready and q is not None and d > q * p.factor and d - q > p.absolute
+        z, base = None, None
+        if p.cusum_h is not None:
+            base = bin_expected(st.bins, working, how, p.min_samples)
+            if base is not None and ready and st.var > 0:
+                z = (d - base) / math.sqrt(st.var)
+                st.cusum = max(0.0, st.cusum + z - p.cusum_k)
+        step = p.cusum_h is not None and st.cusum > p.cusum_h
+        detail: dict[str, Any] = {"demand": round(d, 3), "interval_s": p.interval_s}
+        if q is not None:
+            detail.update(quantile=round(q, 3), limit=round(q * p.factor, 3))
+        if base is not None:
+            detail.update(baseline=round(base, 3), cusum=round(st.cusum, 2))
+        if spike or step:
+            st.normal = 0
+            if st.firing:
+                return []
+            st.firing, st.reason = True, "+".join(r for r, on in (("spike", spike), ("step", step)) if on)
+            return [_emit(rule, subj, True, at_ms, reason=st.reason, **detail)]
+        if st.firing:
+            if z is not None and z > p.cusum_k:  # still above its baseline: not yet back to normal
+                st.normal = 0
+                return []
+            st.normal += 1
+            if st.normal < p.clear_intervals:
+                return []
+            st.firing, st.normal, st.cusum, st.reason = False, 0, 0.0, ""
+            return [_emit(rule, subj, False, at_ms, **detail)]
+        # learn only from normal intervals, so an anomaly does not become the new normal
+        st.seen += 1
+        if p.quantile is not None:
+            p2_add(st.p2, p.quantile, d)
+        if p.cusum_h is not None:
+            if base is not None:
+                st.var_n += 1
+                st.var += max(1 / st.var_n, p.alpha) * ((d - base) ** 2 - st.var)
+            bin_learn(st.bins, working, how, d, p.alpha)
+        return []
+
+    def tick(self, rule: EffectiveRule, st: DemandState, subj: Subject, now_ms: int, env: Env) -> list[AlertChange]:
+        return []
+
+    def deadline(self, rule: EffectiveRule, st: DemandState, subj: Subject) -> int | None:
+        return None
+
+
+class _ClockSkew:
+    """The device's timestamp against the receive time: ``received_ms`` of the record when ingest provides it,
+    else ``now`` of the evaluation (on the stream, that is when the record arrived). Records whose time was not
+    set by the device (no ``ts``: ingest used its own clock) say nothing about the device's clock."""
+
+    def evaluate(
+        self, rule: EffectiveRule, st: ClockSkewState, subj: Subject, rec: Record, now_ms: int, env: Env
+    ) -> list[AlertChange]:
+        p: ClockSkewParams = rule.params
+        if isinstance(rec, Status) or not rec.ts_from_device:
+            return []
+        received = getattr(rec, "received_ms", None)
+        recv = received if isinstance(received, int) else now_ms
+        skew_ms = rec.ts_ms - recv
+        st.skew_s = round(skew_ms / 1000, 3)
+        bad = (p.max_ahead_s is not None and skew_ms > p.max_ahead_s * 1000) or (
+            p.max_behind_s is not None and -skew_ms > p.max_behind_s * 1000
+        )
+        if not st.firing:
+            if not bad:
+                st.streak, st.since_ms = 0, None
+                return []
+            st.streak += 1
+            if st.since_ms is None:
+                st.since_ms = recv
+            if st.streak < p.count or recv - st.since_ms < p.for_s * 1000:
+                return []
+            st.firing, st.streak, st.since_ms = True, 0, None
+            direction = "ahead" if skew_ms > 0 else "behind"
+            return [_emit(rule, subj, True, recv, skew_s=st.skew_s, direction=direction, device_ts=rec.ts_ms)]
+        if bad:
+            st.streak = 0
+            return []
+        st.streak += 1
+        if st.streak < p.count:
+            return []
+        st.firing, st.streak = False, 0
+        return [_emit(rule, subj, False, recv, skew_s=st.skew_s)]
+
+    def tick(self, rule: EffectiveRule, st: ClockSkewState, subj: Subject, now_ms: int, env: Env) -> list[AlertChange]:
+        return []
+
+    def deadline(self, rule: EffectiveRule, st: ClockSkewState, subj: Subject) -> int | None:
+        return None
+
+
 KINDS: dict[str, _Kind] = {
     "threshold": _Threshold(),
     "delta": _Delta(),
@@ -875,6 +1296,8 @@ KINDS: dict[str, _Kind] = {
     "geofence": _Geofence(),
     "baseline": _Baseline(),
     "travel": _Travel(),
+    "demand": _Demand(),
+    "clock_skew": _ClockSkew(),
 }
 
 
@@ -906,7 +1329,9 @@ def interested(rule: EffectiveRule, record: Record) -> bool:
     p = rule.params
     if isinstance(record, Status):
         return False
-    if kind in ("threshold", "baseline"):
+    if kind == "clock_skew":
+        return True
+    if kind in ("threshold", "baseline", "demand"):
         return isinstance(record, Reading) and (
             p.field in record.fields or any(k in record.fields for k in getattr(p, "where", ()))
         )
@@ -933,8 +1358,10 @@ def route(rule: EffectiveRule) -> Route:
         return Route(None, True, True)
     if kind == "threshold":
         return Route(None if p.where else (p.field,), False)
-    if kind == "baseline":
+    if kind in ("baseline", "demand"):
         return Route((p.field,), False)
+    if kind == "clock_skew":
+        return Route(None, True)
     if kind == "delta":
         return Route((p.field,), p.reset_event is not None)
     if kind == "geofence":
@@ -957,7 +1384,8 @@ _ORDER_OPS: dict[str, Callable[[Any, Any], Any]] = {
 
 
 def quiet_test(rule: EffectiveRule) -> tuple[str, Callable[[Any, Any], Any], Any] | None:
-    """The fast path of a plain threshold rule (no ``where``, numeric limit, ordering operator), or None.
+    """The fast path of a plain threshold rule (no ``where``, no ``suppress_during``, numeric limit, ordering
+    operator), or None.
 
     Returns ``(field, op, limit)``. For a reading whose ``field`` value ``v`` is an ``int`` or ``float``, the rule's
     ``compare(op, v, limit)`` is exactly ``op(v, limit)``. When that is false and the state is quiet (not firing,
@@ -969,7 +1397,7 @@ def quiet_test(rule: EffectiveRule) -> tuple[str, Callable[[Any, Any], Any], Any
         return None
     p: ThresholdParams = rule.params
     fn = _ORDER_OPS.get(p.op)
-    if fn is None or p.where or type(p.value) not in (int, float):
+    if fn is None or p.where or p.suppress_during is not None or type(p.value) not in (int, float):
         return None
     return (p.field, fn, p.value)
 

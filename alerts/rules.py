@@ -81,6 +81,20 @@ class Match(_Strict):
         return self
 
 
+class TimeWindow(_Strict):
+    """Recurring local (Beijing) hours on days of a calendar class: e.g. a door's unlocked schedule, or the hours
+    a building is occupied. ``hours`` may run overnight (end <= start: the hours belong to the day they start)."""
+
+    hours: str = "08:30-17:30"
+    days: Literal["working", "non_working", "any"] = "working"  # official calendar, 调休 and region days included
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, v: str) -> str:
+        WorkingHours.parse(v)
+        return v
+
+
 class ThresholdParams(_Strict):
     field: str
     op: Op
@@ -89,6 +103,9 @@ class ThresholdParams(_Strict):
     for_s: float = Field(default=0, ge=0)  # held for N seconds
     count: int = Field(default=1, ge=1)  # N records in a row
     where: dict[str, Scalar] = Field(default_factory=dict)  # other fields of the same reading must equal these
+    # Suppressed inside this window (e.g. a door scheduled unlocked): the condition counts as false there, a firing
+    # alert clears, and a held-for period counts from the end of the window.
+    suppress_during: TimeWindow | None = None
 
     @model_validator(mode="after")
     def _hysteresis(self) -> ThresholdParams:
@@ -109,6 +126,7 @@ class DeltaParams(_Strict):
     per_hour: bool = False  # compare the rate per hour instead of the raw delta
     reset_event: str | None = "reset"  # a logged event that legitimately resets the value
     flat_s: float | None = Field(default=None, gt=0)  # fires when the value did not change for this long
+    flat_during: TimeWindow | None = None  # count only the flat time inside this window (e.g. while occupied)
 
     @model_validator(mode="after")
     def _something(self) -> DeltaParams:
@@ -117,6 +135,8 @@ class DeltaParams(_Strict):
             raise ValueError("set min_delta / max_delta, or flat_s")
         if bounds and self.flat_s is not None:
             raise ValueError("flat_s is a rule of its own: do not combine it with min_delta / max_delta")
+        if self.flat_during is not None and self.flat_s is None:
+            raise ValueError("flat_during needs flat_s")
         return self
 
 
@@ -188,6 +208,61 @@ class BaselineParams(_Strict):
     hours: tuple[int, int] | None = None  # [start, end) hour of day, Beijing time
     min_samples: int = Field(default=20, ge=1)  # per bin before judging
     alpha: float = Field(default=0.05, gt=0, le=1)  # learning rate floor (EWMA once warmed up)
+    # daily_mean: judge once a day, the mean of the readings inside ``hours`` against the mean of their baseline
+    # values (for_s is not used); fire after ``consecutive_days`` qualifying days in a row.
+    aggregate: Literal["reading", "daily_mean"] = "reading"
+    consecutive_days: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _window(self) -> BaselineParams:
+        if self.hours is not None and not 0 <= self.hours[0] < self.hours[1] <= 24:
+            raise ValueError("hours must be [start, end) with 0 <= start < end <= 24")
+        if self.aggregate == "daily_mean" and self.hours is None:
+            raise ValueError("aggregate daily_mean needs hours (the daily window to average)")
+        if self.consecutive_days > 1 and self.aggregate != "daily_mean":
+            raise ValueError("consecutive_days needs aggregate: daily_mean")
+        return self
+
+
+class DemandParams(_Strict):
+    """Interval demand (e.g. 15-minute kW from an ``energy_kwh`` counter) against its own learned history: a spike
+    above a streaming quantile x ``factor``, and / or a CUSUM step change of the residuals against an
+    hour-of-week baseline."""
+
+    field: str
+    source: Literal["value", "rate_per_hour"] = "rate_per_hour"  # rate_per_hour: kWh counter -> kW
+    interval_s: int = Field(default=900, ge=60, le=86400)  # demand intervals aligned to the clock (quarter hours)
+    quantile: float | None = Field(default=0.99, gt=0, lt=1)  # spike test: above this quantile x factor; None: off
+    factor: float = Field(default=1.2, gt=0)
+    absolute: float = Field(default=0, ge=0)  # AND more than this above the quantile
+    cusum_h: float | None = Field(default=None, gt=0)  # step test: CUSUM of residuals / sigma above h; None: off
+    cusum_k: float = Field(default=0.5, ge=0)  # allowance per interval, in sigmas
+    min_history: int = Field(default=96, ge=5)  # intervals learned before either test judges (96: one day)
+    min_samples: int = Field(default=4, ge=1)  # per hour-of-week bin (pooled over the same hour of other days)
+    alpha: float = Field(default=0.05, gt=0, le=1)  # learning rate floor of the baseline bins and of sigma
+    clear_intervals: int = Field(default=2, ge=1)  # normal intervals in a row that clear
+
+    @model_validator(mode="after")
+    def _a_test(self) -> DemandParams:
+        if self.quantile is None and self.cusum_h is None:
+            raise ValueError("set quantile (spike test) or cusum_h (step test), or both")
+        return self
+
+
+class ClockSkewParams(_Strict):
+    """The device's own timestamp against the time the record was received (ingest's receive time, else ``now``
+    of the evaluation on the stream)."""
+
+    max_ahead_s: float | None = Field(default=300, gt=0)  # device clock ahead by more than this; None: not checked
+    max_behind_s: float | None = Field(default=300, gt=0)  # device clock behind by more than this; None: not checked
+    count: int = Field(default=3, ge=1)  # skewed records in a row to fire; records within bounds in a row to clear
+    for_s: float = Field(default=0, ge=0)  # AND skewed for this long (receive time): a flushed backlog is not
+
+    @model_validator(mode="after")
+    def _a_bound(self) -> ClockSkewParams:
+        if self.max_ahead_s is None and self.max_behind_s is None:
+            raise ValueError("set max_ahead_s or max_behind_s, or both")
+        return self
 
 
 class TravelParams(_Strict):
@@ -199,7 +274,19 @@ class TravelParams(_Strict):
     clear_after_s: float | None = Field(default=None, gt=0)
 
 
-Kind = Literal["threshold", "delta", "absence", "schedule", "event_count", "sequence", "geofence", "baseline", "travel"]
+Kind = Literal[
+    "threshold",
+    "delta",
+    "absence",
+    "schedule",
+    "event_count",
+    "sequence",
+    "geofence",
+    "baseline",
+    "travel",
+    "demand",
+    "clock_skew",
+]
 PARAMS: dict[str, type[_Strict]] = {
     "threshold": ThresholdParams,
     "delta": DeltaParams,
@@ -210,9 +297,11 @@ PARAMS: dict[str, type[_Strict]] = {
     "geofence": GeofenceParams,
     "baseline": BaselineParams,
     "travel": TravelParams,
+    "demand": DemandParams,
+    "clock_skew": ClockSkewParams,
 }
 # Kinds whose alerts go stale when the device is offline: held back while the device's offline alert is open.
-INHIBITABLE_KINDS = frozenset({"threshold", "delta", "geofence", "baseline"})
+INHIBITABLE_KINDS = frozenset({"threshold", "delta", "geofence", "baseline", "demand"})
 
 
 # --- file models ----------------------------------------------------------------------------------------------
