@@ -36,6 +36,11 @@ More incidents, for the rules the normal behaviour never drives: ``tamper`` (a g
 ``overspeed`` (the vehicle drives at ``factor`` km/h, default 90, for ``duration_s``), ``idling`` (ignition
 on, speed 0, for ``duration_s``), ``meter_reset_drop`` (``energy_kwh`` restarts from 0 with no ``reset``
 event) and ``meter_flat`` (``energy_kwh`` stops increasing for ``duration_s`` while the meter still reports).
+
+Clock incidents, for data-quality rules (E5.skew): ``clock_skew`` (the device's clock runs ``factor`` seconds
+ahead, default 240, for ``duration_s`` or for good; ingest rejects a ``ts`` more than 5 minutes ahead) and
+``clock_lag`` (``factor`` seconds behind, default 600). Only the ``ts`` in the payloads moves; the message is
+still sent (``SimMessage.ts_ms``) at the true time.
 """
 
 from __future__ import annotations
@@ -138,6 +143,8 @@ INCIDENT_TARGETS: dict[str, str | None] = {
     "idling": "vehicle",
     "meter_reset_drop": "energy_meter",
     "meter_flat": "energy_meter",
+    "clock_skew": None,  # any device type
+    "clock_lag": None,
 }
 # Kinds that fit more than one device type.
 INCIDENT_TARGET_TYPES: dict[str, tuple[str, ...]] = {"tamper": ("gate", "energy_meter")}
@@ -154,9 +161,17 @@ DEFAULT_DURATION_S: dict[str, float | None] = {
     "idling": 900.0,
     "meter_reset_drop": None,
     "meter_flat": 7 * 3600.0,
+    "clock_skew": None,  # for good
+    "clock_lag": None,
 }
 # What ``factor`` means when it is not given: a power multiplier, a number of denials, a speed in km/h.
-DEFAULT_FACTOR: dict[str, float] = {"energy_spike": 4.0, "denied_burst": 3.0, "overspeed": 90.0}
+DEFAULT_FACTOR: dict[str, float] = {
+    "energy_spike": 4.0,
+    "denied_burst": 3.0,
+    "overspeed": 90.0,
+    "clock_skew": 240.0,  # seconds ahead (ingest rejects a ts more than 5 min in the future)
+    "clock_lag": 600.0,  # seconds behind
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +202,8 @@ class Incident:
 
     @property
     def amount(self) -> float:
-        """``factor``, or the kind's default: power multiplier, number of denials or speed in km/h."""
+        """``factor``, or the kind's default: power multiplier, number of denials, speed in km/h or clock offset
+        in seconds."""
         return self.factor if self.factor is not None else DEFAULT_FACTOR.get(self.kind, 4.0)
 
 
@@ -426,6 +442,8 @@ class _State:
     interval_ms: int
     seq: int = 0
     silent: bool = False
+    clock_offset_ms: int = 0  # clock_skew / clock_lag incidents: added to the ts the device reports
+    clock_token: int = 0
 
 
 @dataclass(slots=True)
@@ -493,6 +511,7 @@ class _Person:
 
 # Agenda actions
 _ONLINE, _BEAT, _ARRIVE, _OPEN, _CLOSE, _TRIP_END, _INCIDENT, _INCIDENT_END, _DENY, _DRIVE_END = range(10)
+_CLOCK_END = 10
 _OPEN_OUT, _OPEN_IN, _OPEN_FORCED = 0, 1, 2
 
 
@@ -631,13 +650,13 @@ class Fleet:
     def _emit(self, st: _State, t_ms: int, kind: str, body: dict[str, Any]) -> None:
         if st.silent:
             return
-        doc = {"ts": t_ms, "seq": st.seq, **body}
+        doc = {"ts": t_ms + st.clock_offset_ms, "seq": st.seq, **body}
         self._out.append(SimMessage(st.dev.id, kind, _dumps(doc), t_ms, st.seq))
         st.seq += 1
 
     def _status(self, st: _State, t_ms: int, online: bool) -> None:
         if online:
-            payload = _dumps({"state": "online", "ts": t_ms, "fw": self.firmware})
+            payload = _dumps({"state": "online", "ts": t_ms + st.clock_offset_ms, "fw": self.firmware})
             self._out.append(SimMessage(st.dev.id, "status", payload, t_ms, None, retain=True))
         else:
             self._out.append(SimMessage(st.dev.id, "status", OFFLINE_PAYLOAD, t_ms, None, retain=True, will=True))
@@ -690,6 +709,8 @@ class Fleet:
         elif action == _INCIDENT_END and st.silent:
             st.silent = False
             self._status(st, t, online=True)
+        elif action == _CLOCK_END and arg == st.clock_token:
+            st.clock_offset_ms = 0
 
     def _incident(self, t: int, st: _State, idx: int, inc: Incident, k: int) -> None:
         duration_ms = int((inc.duration or 0) * 1000)
@@ -735,6 +756,12 @@ class Fleet:
         elif inc.kind == "meter_flat":
             assert isinstance(st, _Meter)
             st.flat_until = t + duration_ms
+        elif inc.kind in ("clock_skew", "clock_lag"):
+            sign = 1 if inc.kind == "clock_skew" else -1
+            st.clock_offset_ms = sign * int(inc.amount * 1000)
+            st.clock_token += 1
+            if inc.duration is not None:
+                self._push(t + duration_ms, idx, _CLOCK_END, st.clock_token)
 
     # --- gates ------------------------------------------------------------------------------------------------
 

@@ -476,3 +476,27 @@ def test_parse_incident_accepts_a_factor_and_new_kinds() -> None:
     for bad in ("overspeed:car-gz-0001:0:60:fast", "overspeed:car-gz-0001:0:60:-5", "meter_flat:meter-gz-0001:0:0"):
         with pytest.raises(UserError):
             parse_incident(bad, t0)
+
+
+def test_clock_skew_and_lag_shift_only_the_reported_ts() -> None:
+    g, m = gate(1), meter(1)
+    start = _bj(2026, 3, 2, 9, 0)
+    skew_at, lag_at = _bj(2026, 3, 2, 9, 30), _bj(2026, 3, 2, 10, 0)
+    incidents = [
+        Incident("clock_skew", m.id, skew_at, duration_s=600),  # 240 s ahead (default factor) for 10 min
+        Incident("clock_lag", g.id, lag_at, factor=400),  # 400 s behind for good
+    ]
+    msgs = run([g, m], start, 2, incidents=incidents)
+    plain = run([g, m], start, 2)
+    # the same messages at the same (true) send times; only the payload's ts moves
+    assert [(x.device_id, x.kind, x.ts_ms, x.seq) for x in msgs] == [
+        (x.device_id, x.kind, x.ts_ms, x.seq) for x in plain
+    ]
+    offsets = {(x.device_id, int(str(x.doc()["ts"])) - x.ts_ms, x.ts_ms) for x in msgs if "ts" in x.doc()}
+    meter_off = {o for d, o, t in offsets if d == m.id and _ms(skew_at) <= t < _ms(skew_at) + 600_000}
+    assert meter_off == {240_000}
+    assert {o for d, o, t in offsets if d == m.id and not _ms(skew_at) <= t < _ms(skew_at) + 600_000} == {0}
+    assert {o for d, o, t in offsets if d == g.id and t >= _ms(lag_at)} == {-400_000}
+    assert {o for d, o, t in offsets if d == g.id and t < _ms(lag_at)} == {0}
+    _decodes(msgs, [g, m])
+    assert parse_incident("clock_lag:gate-gz-0001:0", start).amount == 600
