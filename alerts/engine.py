@@ -181,18 +181,18 @@ def window_overlap_ms(env: Env, w: TimeWindow, start_ms: int, end_ms: int, regio
 
 
 def window_end_ms(env: Env, w: TimeWindow, inside_ms: int, outside_ms: int, region_path: tuple[str, ...]) -> int:
-    """The first second after ``inside_ms`` (inside ``w``) that is outside it, found by bisection up to
+    """The first whole second after ``inside_ms`` (inside ``w``) that is outside it, found by bisection up to
     ``outside_ms`` (outside). Used only for gaps of up to an hour; longer gaps give ``outside_ms`` itself."""
-    lo, hi = inside_ms, outside_ms
-    if hi - lo > 3_600_000:
-        return hi
-    while hi - lo > 1000:
+    if outside_ms - inside_ms > 3_600_000:
+        return outside_ms
+    lo, hi = inside_ms // 1000, outside_ms // 1000  # windows change on whole minutes: both stay on their side
+    while hi - lo > 1:
         mid = (lo + hi) // 2
-        if in_window(env, w, mid, region_path):
+        if in_window(env, w, mid * 1000, region_path):
             lo = mid
         else:
             hi = mid
-    return hi
+    return hi * 1000
 
 
 # --- states --------------------------------------------------------------------------------------------------
@@ -325,7 +325,8 @@ class DemandState:
     var: float = 0.0  # residual variance (EWMA of squares)
     var_n: int = 0
     cusum: float = 0.0
-    normal: int = 0  # normal intervals in a row while firing
+    normal: int = 0  # intervals in a row with no spike while firing
+    recent_z: list[float] = field(default_factory=list)  # while firing: the last clear_intervals residuals / sigma
     demand: float | None = None  # last closed interval
 
     def essential(self) -> tuple[object, ...]:
@@ -1207,21 +1208,23 @@ class _Demand:
             detail.update(quantile=round(q, 3), limit=round(q * p.factor, 3))
         if base is not None:
             detail.update(baseline=round(base, 3), cusum=round(st.cusum, 2))
-        if spike or step:
-            st.normal = 0
-            if st.firing:
-                return []
-            st.firing, st.reason = True, "+".join(r for r, on in (("spike", spike), ("step", step)) if on)
-            return [_emit(rule, subj, True, at_ms, reason=st.reason, **detail)]
         if st.firing:
-            if z is not None and z > p.cusum_k:  # still above its baseline: not yet back to normal
-                st.normal = 0
+            # back to normal: ``clear_intervals`` in a row with no spike and (step test) residuals back at the
+            # baseline, on average within k sigmas (the CUSUM itself would take as long to come down as it took
+            # to go up)
+            if spike:
+                st.normal, st.recent_z = 0, []
                 return []
             st.normal += 1
-            if st.normal < p.clear_intervals:
+            if z is not None:
+                st.recent_z = [*st.recent_z, round(z, 3)][-p.clear_intervals :]
+            if st.normal < p.clear_intervals or (st.recent_z and sum(st.recent_z) / len(st.recent_z) > p.cusum_k):
                 return []
-            st.firing, st.normal, st.cusum, st.reason = False, 0, 0.0, ""
+            st.firing, st.normal, st.cusum, st.reason, st.recent_z = False, 0, 0.0, "", []
             return [_emit(rule, subj, False, at_ms, **detail)]
+        if spike or step:
+            st.firing, st.reason = True, "+".join(r for r, on in (("spike", spike), ("step", step)) if on)
+            return [_emit(rule, subj, True, at_ms, reason=st.reason, **detail)]
         # learn only from normal intervals, so an anomaly does not become the new normal
         st.seen += 1
         if p.quantile is not None:

@@ -240,7 +240,7 @@ class DemandParams(_Strict):
     min_history: int = Field(default=96, ge=5)  # intervals learned before either test judges (96: one day)
     min_samples: int = Field(default=4, ge=1)  # per hour-of-week bin (pooled over the same hour of other days)
     alpha: float = Field(default=0.05, gt=0, le=1)  # learning rate floor of the baseline bins and of sigma
-    clear_intervals: int = Field(default=2, ge=1)  # normal intervals in a row that clear
+    clear_intervals: int = Field(default=4, ge=1)  # intervals in a row with no spike (and residuals back) clear
 
     @model_validator(mode="after")
     def _a_test(self) -> DemandParams:
