@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -23,6 +24,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from core.errors import BrokerUnavailable
 from core.settings import MqttSettings
 from ingest import metrics, paho_speedups
+from ingest.paho_transport import IngestClient
 from ingest.pipeline import RawMessage
 
 logger = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ class MqttConsumer:
         self.accepting = True
         self.last_error: str | None = None
         self.session_present: bool | None = None
-        self.client = mqtt.Client(
+        self.client = IngestClient(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or settings.client_id,
             protocol=mqtt.MQTTv5,
@@ -101,6 +103,10 @@ class MqttConsumer:
     def ack(self, mid: int, qos: int) -> None:
         if qos > 0:
             self.client.ack(mid, qos)
+
+    def ack_many(self, acks: Iterable[tuple[int, int]]) -> None:
+        """Acknowledge a written batch in order, as one write to the broker (``ingest/paho_transport.py``)."""
+        self.client.ack_many(acks)
 
     # --- callbacks (network thread) ---------------------------------------------------------------------
 

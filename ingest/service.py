@@ -174,8 +174,7 @@ class IngestService:
                 listener(batch)
             except Exception:
                 logger.exception("batch listener %r failed", listener)
-        for m in msgs:
-            self.consumer.ack(m.mid, m.qos)
+        self.consumer.ack_many([(m.mid, m.qos) for m in msgs])
         self._account(msgs, batch)
 
     def _write_until_durable(self, batch: WriteBatch) -> None:
