@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 
 import pytest
 
 from alerts.calendar import BEIJING, Calendar, RosterEntry, SealingPeriod
-from alerts.engine import Env, interested, point_in_polygon
+from alerts.engine import Env, evaluate, interested, point_in_polygon
 from tests.alerts.engine_helpers import T0, PackRun, Run, at, event, make_rule, reading, status, subject
 
 # --- threshold -------------------------------------------------------------------------------------------------
@@ -588,10 +589,12 @@ def _g1(p: PackRun, fire: bool) -> None:
 
 
 def _g2(p: PackRun, fire: bool) -> None:
+    # Open for 60 s at 22:00 (locked) fires; the same at 10:00 on a working day (scheduled unlocked) does not.
     s = p.subj
-    p.feed([event(0, s, "access", credential="c", result="granted"), reading(1, s, door_open=True)])
-    p.feed([reading(30, s, door_open=True)])
-    p.tick(60 if fire else 35)
+    t = 12 * 3600 if fire else 0
+    p.feed([event(t, s, "access", credential="c", result="granted"), reading(t + 1, s, door_open=True)])
+    p.feed([reading(t + 30, s, door_open=True)])
+    p.tick(t + 61)
 
 
 def _g5(p: PackRun, fire: bool) -> None:
@@ -718,9 +721,12 @@ def _e1(p: PackRun, fire: bool) -> None:
 
 
 def _e2(p: PackRun, fire: bool) -> None:
-    # Nights 00:00-05:00 Beijing are offsets +14 h .. +19 h from Monday 10:00.
+    # Nights 00:00-05:00 Beijing are offsets +14 h .. +19 h from Monday 10:00. Three high nights in a row fire
+    # when the third ends; two high nights and a normal one do not.
     _meter_history(p, 4, range(14, 19), 0)
-    _energy_anomaly(p, 7 if fire else 4.4, 0, range(14, 19))
+    for day, kw in enumerate([7.0, 7.0, 7.0 if fire else 4.0]):
+        _energy_anomaly(p, kw, day, range(14, 19))
+    p.tick(WEEKS * 7 * 86400 + 2 * 86400 + 19 * 3600)  # Friday 05:00, the end of the third night
 
 
 def _e3(p: PackRun, fire: bool) -> None:
@@ -729,9 +735,29 @@ def _e3(p: PackRun, fire: bool) -> None:
     _energy_anomaly(p, 9 if fire else 6, 6, range(0, 4))
 
 
+def _meter_load(p: PackRun, start_s: int, end_s: int, kw: float, noise: random.Random | None = None) -> None:
+    """Counter readings every 5 minutes from ``start_s`` to ``end_s`` at ``kw`` (x 2 % noise when given)."""
+    kwh = float(p.states["E5.negative"].last_value or 1000.0)  # type: ignore[union-attr]
+    for t in range(start_s, end_s, 300):
+        kwh += kw * (1 + (noise.gauss(0, 0.02) if noise else 0)) / 12
+        p.feed([reading(t, p.subj, energy_kwh=round(kwh, 4))])
+
+
 def _e4(p: PackRun, fire: bool) -> None:
-    _meter_history(p, 10, range(0, 2), 0)
-    _energy_anomaly(p, 45 if fire else 25, 0, range(0, 2))
+    # A day of 10 kW (from Monday 00:00, offset -10 h) teaches the 15-minute history; then a quarter hour at 45 kW
+    # (above p99 x 1.2 = 12) fires, one at 11 kW does not.
+    _meter_load(p, -10 * 3600, 24 * 3600, 10.0)
+    _meter_load(p, 24 * 3600, 24 * 3600 + 900, 45.0 if fire else 11.0)
+    _meter_load(p, 24 * 3600 + 900, 24 * 3600 + 3600, 10.0)
+
+
+def _e4_step(p: PackRun, fire: bool) -> None:
+    # A noisy day of 10 kW, then +6 % from Tuesday 10:00: for 2 h it is a step (CUSUM), for 15 minutes it is not.
+    rng = random.Random(3)
+    _meter_load(p, -10 * 3600, 24 * 3600, 10.0, rng)
+    end = 24 * 3600 + (7200 if fire else 900)
+    _meter_load(p, 24 * 3600, end, 10.6, rng)
+    _meter_load(p, end, 28 * 3600, 10.0, rng)
 
 
 def _e5(p: PackRun, fire: bool) -> None:
@@ -740,6 +766,14 @@ def _e5(p: PackRun, fire: bool) -> None:
     if not fire:
         p.feed([event(1000, s, "reset")])
     p.feed([reading(1800, s, energy_kwh=0.5)])
+
+
+def _e5_skew(p: PackRun, fire: bool) -> None:
+    # The meter's clock 200 s ahead of the receive time (fires: more than 120 s for 10 min); 100 s ahead does not.
+    for i in range(15):
+        rec = reading(i * 60 + (200 if fire else 100), p.subj, energy_kwh=100.0 + i)
+        for r in p.rules:
+            p.changes.extend(evaluate(r, p.states[r.rule_id], p.subj, rec, now=at(i * 60), env=p.env))
 
 
 def _e5_flat(p: PackRun, fire: bool) -> None:
@@ -752,6 +786,7 @@ SEAL = Calendar(sealing=[SealingPeriod("gz", T0, T0.replace(day=9), "两会封�
 SCENARIOS = [
     ("G1", gate, _g1, None),
     ("G2", gate, _g2, None),
+    ("G2.pre", gate, _g2, None),
     ("G5", gate, _g5, None),
     ("G6", gate, _g6, None),
     ("G7", gate, _g7, None),
@@ -768,8 +803,10 @@ SCENARIOS = [
     ("E2", meter, _e2, None),
     ("E3", meter, _e3, None),
     ("E4", meter, _e4, None),
+    ("E4.step", meter, _e4_step, None),
     ("E5.negative", meter, _e5, None),
     ("E5.flat", meter, _e5_flat, None),
+    ("E5.skew", meter, _e5_skew, None),
 ]
 
 
