@@ -422,8 +422,11 @@ class AlertBook:
     # --- persistence of the aux state ------------------------------------------------------------------------
 
     def aux_to_json(self) -> dict[str, Any]:
+        """The aux state for the alert store. ``fires`` keeps its datetimes (copied lists): the repository's JSON
+        encoder writes them as ISO 8601 text in C, which matters because this runs with every alert change and
+        holds an entry per recently fired key."""
         return {
-            "fires": {k: [t.isoformat() for t in v] for k, v in self.fires.items()},
+            "fires": {k: list(v) for k, v in self.fires.items()},
             "last_resolved": dict(self.last_resolved),
             "offline": {d: sorted(keys) for d, keys in self.offline.items()},
             "held": {k: _change_to_json(c) for k, c in self.held.items()},

@@ -59,7 +59,7 @@ def alert_to_row(a: Alert) -> dict[str, Any]:
         "title_en": a.title_en,
         "started_at": a.started_at,
         "updated_at": a.updated_at,
-        "detail": _jsonable(a.detail),
+        "detail": jsonable(a.detail),
         "acknowledged_by": a.acknowledged_by,
         "acknowledged_at": a.acknowledged_at,
         "ack_reason": a.ack_reason,
@@ -144,7 +144,7 @@ def _row_silence(r: SilenceRow) -> Silence:
     )
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Plain JSON data: keys become strings, tuples lists, datetimes ISO 8601 text, anything else ``str()``.
 
     One orjson round trip (C) instead of a Python walk: the lifecycle's aux state is written with every alert
@@ -227,7 +227,7 @@ class AlertRepository:
                     self._upsert(
                         conn,
                         AlertKvRow.__table__,  # type: ignore[arg-type]
-                        [{"key": LIFECYCLE_KEY, "value": _jsonable(lifecycle), "updated_at": now}],
+                        [{"key": LIFECYCLE_KEY, "value": jsonable(lifecycle), "updated_at": now}],
                         ["key"],
                     )
         except SQLAlchemyError as exc:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from alerts.lifecycle import AlertBook, AlertNotFound, LifecycleConfig
+from alerts.repository import jsonable
 from alerts.types import AlertChange, AlertState, Severity
 from core.errors import UserError
 
@@ -233,11 +234,10 @@ def test_lifecycle_aux_state_round_trip_keeps_inhibition_and_flap_history() -> N
     book.apply(ch(10))  # held
     book.apply(ch(20, rule="T3", inhibitable=False))
     book.apply(ch(30, rule="T3", inhibitable=False, firing=False))
-    aux = book.aux_to_json()
-    import json
+    stored = jsonable(book.aux_to_json())  # what the alert repository writes
 
     fresh = AlertBook(LifecycleConfig(flap_threshold=2))
-    fresh.restore(list(book.alerts.values()), [], json.loads(json.dumps(aux)), next_id=book.next_id, next_silence_id=1)
+    fresh.restore(list(book.alerts.values()), [], stored, next_id=book.next_id, next_silence_id=1)
     assert kinds(fresh.apply(ch(40, rule="T3", inhibitable=False))) == ["flapping"]
     assert kinds(fresh.apply(offline(50, firing=False))) == ["resolved", "created"]
     assert fresh.next_id == 4 and max(a.id for a in fresh.alerts.values()) == 3
