@@ -1209,16 +1209,16 @@ class _Demand:
         if base is not None:
             detail.update(baseline=round(base, 3), cusum=round(st.cusum, 2))
         if st.firing:
-            # back to normal: ``clear_intervals`` in a row with no spike and (step test) residuals back at the
-            # baseline, on average within k sigmas (the CUSUM itself would take as long to come down as it took
-            # to go up)
+            # back to normal: ``clear_intervals`` in a row with no spike and (step test) their residuals back at
+            # the baseline on average, not above it (the CUSUM itself would take as long to come down as it took
+            # to go up; a mean within k sigmas would clear a small step by chance too often)
             if spike:
                 st.normal, st.recent_z = 0, []
                 return []
             st.normal += 1
             if z is not None:
                 st.recent_z = [*st.recent_z, round(z, 3)][-p.clear_intervals :]
-            if st.normal < p.clear_intervals or (st.recent_z and sum(st.recent_z) / len(st.recent_z) > p.cusum_k):
+            if st.normal < p.clear_intervals or (st.recent_z and sum(st.recent_z) > 0):
                 return []
             st.firing, st.normal, st.cusum, st.reason, st.recent_z = False, 0, 0.0, "", []
             return [_emit(rule, subj, False, at_ms, **detail)]
