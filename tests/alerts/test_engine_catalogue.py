@@ -585,3 +585,23 @@ def test_new_kinds_in_explain_rows() -> None:
     assert by[("E2", "consecutive_days")]["value"] == 3 and by[("E5.skew", "max_ahead_s")]["value"] == 120
     assert by[("E5.flat", "flat_during")]["value"] == {"hours": "08:30-17:30", "days": "working"}
     assert by[("E4", "min_history")]["source"] == "default of kind demand"
+
+
+def test_new_states_survive_the_services_text_snapshots() -> None:
+    """``state_dumps`` / ``state_loads`` (the service's snapshot path) keep every new field."""
+    night = night_rule()
+    for day, kw in enumerate([10.0, 10.0, 12.0]):
+        _night(night, day, kw)
+    demand = demand_rule(**{**CUSUM, "quantile": 0.99})
+    demand.until(30, 10.0)
+    skew = skew_rule()
+    skew.feed(reading(500, skew.subj, base=MONDAY, energy_kwh=1.0), now_s=0)
+    held = door(suppress_during=UNLOCKED)
+    held.feed(reading(10 * H, held.subj, base=MONDAY, door_open=True))
+    flat = flat_rule(flat_during={"hours": "08:30-17:30"})
+    _feed_counter(flat, 10, 12, 100.0)
+    for r in (night, demand, skew, held, flat):
+        text = eng.state_dumps(r.state)
+        assert eng.state_loads(r.rule.kind, text) == r.state, r.rule.kind
+    assert isinstance(night.state, BaselineState) and night.state.streak == 1
+    assert isinstance(flat.state, DeltaState) and flat.state.flat_ms == 2 * H * 1000
