@@ -600,7 +600,7 @@ def test_new_states_survive_the_services_text_snapshots() -> None:
     held.feed(reading(10 * H, held.subj, base=MONDAY, door_open=True))
     flat = flat_rule(flat_during={"hours": "08:30-17:30"})
     _feed_counter(flat, 10, 12, 100.0)
-    for r in (night, demand, skew, held, flat):
+    for r in (night, demand.run, skew, held, flat):
         text = eng.state_dumps(r.state)
         assert eng.state_loads(r.rule.kind, text) == r.state, r.rule.kind
     assert isinstance(night.state, BaselineState) and night.state.streak == 1
