@@ -238,8 +238,10 @@ def test_escalation_with_short_timers_reaches_each_level_until_acknowledged(
     assert [r.alert_ids() for r in prov] == [[2], [2]]
     assert "告警升级" in prov[0].text() and "告警已恢复" in prov[1].text()
     # the building heard the firing of both and the resolution of alert 2
-    bldg_texts = [r.text() for r in receiver.accepted("/wecom")]
-    assert sum("新告警" in t for t in bldg_texts) == 2 and sum("告警已恢复" in t for t in bldg_texts) == 1
+    # (one message or two: the router may log both firings in one batch, and the channel groups them)
+    bldg = receiver.accepted("/wecom")
+    fired = [i for r in bldg if "新告警" in r.text() for i in r.alert_ids()]
+    assert sorted(fired) == [1, 2] and sum("告警已恢复" in r.text() for r in bldg) == 1
     rows = log.rows(alert_ids=[1, 2])
     escalated = sorted(
         (r.alert_id, r.level, r.target_region_id, r.channel or "", r.status) for r in rows if r.kind == "escalated"

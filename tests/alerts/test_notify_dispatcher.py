@@ -49,8 +49,8 @@ def webhook_config(base: str, secret: str = WEBHOOK_SECRET, **channel: Any) -> A
     )
 
 
-def sent_kinds(receiver: Receiver) -> list[str]:
-    return [n["kind"] for r in receiver.accepted("/hook") for n in r.json()["notifications"]]
+def sent_kinds(rcv: Receiver) -> list[str]:
+    return [n["kind"] for r in rcv.accepted("/hook") for n in r.json()["notifications"]]
 
 
 def firing(alert_id: int, **kw: Any) -> Notification:
