@@ -55,7 +55,9 @@ class StoreSettings(_Section):
 
 class IngestSettings(_Section):
     batch_size: int = Field(default=1000, ge=1)
-    batch_wait_ms: int = Field(default=20, ge=0)
+    # 0: write what has arrived, at once; the next batch grows while this one is written (group commit). A wait
+    # fills batches under light load, at the price of that much latency for every message and alert.
+    batch_wait_ms: int = Field(default=0, ge=0)
     registry_refresh_s: float = Field(default=5.0, gt=0)
 
 
@@ -89,6 +91,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     database_url: str = "sqlite:///var/registry.db"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Long-lived objects out of the full garbage collections (core/gcpolicy.py): at start-up and then every this
+    # many seconds. 0 turns it off.
+    gc_settle_s: float = Field(default=600.0, ge=0)
     mqtt: MqttSettings = MqttSettings()
     store: StoreSettings = StoreSettings()
     ingest: IngestSettings = IngestSettings()

@@ -19,11 +19,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from pydantic import SecretStr
 
 from alerts.wiring import AlertsRuntime
-from core import clock
+from core import clock, gcpolicy
 from core.errors import BrokerUnavailable, StoreUnavailable, UserError
 from core.settings import Settings
 from core.store import BatchListener
 from core.store.sqlite import SqliteStore
+from core.wal import WalCheckpointer, checkpoint_in_background
 from devices.broker import BrokerConfig, MosquittoProcess
 from devices.certs import CertPaths
 from devices.registry import Registry
@@ -85,11 +86,13 @@ class Runtime:
     ingest: IngestService | None = None
     alerts: AlertsRuntime | None = None
     scheduler: BackgroundScheduler | None = None
+    checkpointer: WalCheckpointer | None = None
     retention_interval_s: float = 3600.0
 
     def start(self) -> None:
         s = self.settings
         self.registry = open_registry(s)
+        self.checkpointer = checkpoint_in_background(self.registry.engine)  # alerts commit here: off their path
         self.store = open_store(s)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.scheduler.add_job(self.apply_retention, "interval", seconds=self.retention_interval_s)
@@ -124,6 +127,9 @@ class Runtime:
             except BrokerUnavailable:
                 self.stop()
                 raise
+        if s.gc_settle_s > 0:
+            gcpolicy.settle("start-up")
+            self.scheduler.add_job(gcpolicy.settle, "interval", args=["periodic"], seconds=s.gc_settle_s)
 
     def apply_retention(self) -> int:
         """Delete telemetry, events and rejections older than ``store.retention_days``."""
@@ -155,6 +161,9 @@ class Runtime:
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
+            self.checkpointer = None
         if self.registry is not None:
             self.registry.engine.dispose()
 

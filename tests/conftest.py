@@ -3,6 +3,7 @@ a telemetry store in a temporary directory."""
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import uuid
@@ -131,3 +132,10 @@ def _no_leaked_threads() -> Iterator[None]:
         t.join(timeout=2)
     leaked = [t.name for t in leaked if t.is_alive()]
     assert not leaked, f"test leaked threads: {leaked}"
+
+
+@pytest.fixture(autouse=True)
+def _unfreeze_gc() -> Iterator[None]:
+    """A test that starts the service runtime freezes the heap (core/gcpolicy.py); give it back afterwards."""
+    yield
+    gc.unfreeze()

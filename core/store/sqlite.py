@@ -22,6 +22,7 @@ import orjson
 from core.errors import StoreUnavailable
 from core.protocol import Rejection
 from core.store import Agg, Bucket, DeviceState, StoredEvent, WriteBatch
+from core.wal import WRITER_PRAGMAS, WalCheckpointer
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS telemetry (
@@ -69,9 +70,12 @@ _AGG_SQL = {"mean": "avg(v)", "min": "min(v)", "max": "max(v)", "sum": "sum(v)",
 
 
 class SqliteStore:
-    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: Path, *, synchronous: str = "FULL", background_checkpoint: bool = True) -> None:
         self.path = path
         self._synchronous = synchronous
+        # WAL checkpoints on a thread of their own (core/wal.py), not inside the commit of whichever batch crosses
+        # the threshold: that commit used to wait 10-250 ms, and every message behind it too.
+        self._background_checkpoint = background_checkpoint
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._thread_lock = threading.Lock()
@@ -81,6 +85,7 @@ class SqliteStore:
         self._writer = self._connect()
         with self._write_lock():
             self._writer.executescript(SCHEMA)
+        self._checkpointer = WalCheckpointer(path).start() if background_checkpoint else None
 
     @contextmanager
     def _write_lock(self) -> Iterator[None]:
@@ -97,6 +102,9 @@ class SqliteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA busy_timeout=30000")
+            if self._background_checkpoint:
+                for pragma in WRITER_PRAGMAS:
+                    conn.execute(pragma)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open telemetry store {self.path}: {exc}") from exc
         return conn
@@ -317,6 +325,8 @@ class SqliteStore:
         return True
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         with self._write_lock():
             self._writer.close()
         os.close(self._lock_fd)
