@@ -1,6 +1,7 @@
 """Alert latency benchmark: MQTT publish -> alert stored, p50 / p99, under background telemetry.
 
-    python bench/alert_latency.py [--probes N] [--rate R] [--rules K] [--batch-wait-ms W] [--short]
+    python bench/alert_latency.py [--probes N] [--rate R] [--rules K] [--batch-wait-ms W] [--broker-tmpfs]
+                                  [--no-gc-settle] [--trace] [--short]
 
 Starts its own Mosquitto (generated config, free port), a temporary SQLite registry and telemetry store, an
 ``IngestService`` in this process with ``AlertsRuntime.on_batch`` as its listener (the default packs plus K
@@ -8,14 +9,20 @@ generated threshold rules per device type, none of which fire on the background 
 on every matching message), and a separate process publishing R msg/s of background telemetry from 1,000
 devices (gates, vehicles, meters, sensors) through the simulator account.
 
+Configured like ``lianfang serve``: ingest ``batch_wait_ms`` 0 (the default), WAL checkpoints of both databases
+on their own threads (core/wal.py), and the heap settled out of the full GC passes (core/gcpolicy.py) — serve does
+that at start-up and every 10 minutes; here once the warm-up has created the rule states, as in a service that
+has run for a while (``--no-gc-settle`` to compare).
+
 Probes: each probe is one telemetry message to its own probe sensor (``probe_c = 200``) that fires exactly one
 alert (rule PROBE, ``probe_c > 100``). They are sent one at a time from this process, with a small random gap.
 Latency is measured from just before ``publish()`` to the moment the alert service's subscriber is called for
 the new alert, which the service does right after the SQL transaction holding the alert has committed
 (``AlertService.subscribe``); both ends read ``time.perf_counter()`` in this process.
 
-Ingest's ``batch_wait_ms`` (default 20 ms in settings) is how long the writer waits to fill a batch, and adds up
-to that much latency; this benchmark sets it to 2 ms (``--batch-wait-ms``).
+``--broker-tmpfs`` puts Mosquitto's persistence file on /dev/shm, as if the broker had a disk (or host) of its
+own: Mosquitto rewrites that file every ``autosave_interval`` (5 s), and on one shared disk the fsyncs of both
+databases then wait behind it. ``--trace`` adds, per stage, the p50 / p99 of each probe's path.
 
 Prints one line: ``alert_latency: p50 X ms, p99 Y ms (N probes, background R msg/s, K rules/type)``.
 """
@@ -48,10 +55,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alerts.lifecycle import LifecycleEvent
 from alerts.wiring import AlertsRuntime
+from core import gcpolicy
 from core.db import make_engine, migrate
 from core.settings import AlertSettings, IngestSettings, MqttSettings, Settings
 from core.store import WriteBatch
 from core.store.sqlite import SqliteStore
+from core.wal import checkpoint_in_background
 from devices.broker import BrokerConfig, MosquittoProcess, free_port
 from devices.registry import DeviceSpec, RegionSpec, Registry
 from devices.sim_publisher import SharedPublisher
@@ -174,7 +183,10 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=1000)
     ap.add_argument("--rate", type=float, default=2000.0, help="background msg/s")
     ap.add_argument("--rules", type=int, default=50, help="generated rules per device type")
-    ap.add_argument("--batch-wait-ms", type=int, default=2)
+    ap.add_argument("--batch-wait-ms", type=int, default=0)
+    ap.add_argument("--broker-tmpfs", action="store_true", help="Mosquitto's persistence on /dev/shm")
+    ap.add_argument("--no-gc-settle", action="store_true", help="do not freeze the heap after the warm-up")
+    ap.add_argument("--trace", action="store_true", help="p50 / p99 per stage of the probes' path")
     ap.add_argument("--snapshot-interval-s", type=float, default=10.0, help="alert learning-state snapshot period")
     ap.add_argument("--warmup-s", type=float, default=5.0)
     ap.add_argument("--duration-s", type=float, default=120.0, help="stop probing after this long")
@@ -186,8 +198,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     tmp = Path(tempfile.mkdtemp(prefix="lf-bench-alerts-"))
+    broker_root = Path(tempfile.mkdtemp(prefix="lf-bench-broker-", dir="/dev/shm")) if args.broker_tmpfs else tmp
     cfg = BrokerConfig(
-        directory=tmp / "mosquitto",
+        directory=broker_root / "mosquitto",
         port=free_port(),
         admin_password="bench-admin-x",
         platform_password="bench-platform-x",
@@ -196,6 +209,7 @@ def main() -> None:
     )
     engine = make_engine(f"sqlite:///{tmp}/registry.db")
     migrate(engine)
+    checkpointer = checkpoint_in_background(engine)  # as Runtime does for the registry / alert database
     registry = Registry(engine)
     now = datetime.now(UTC)
     registry.upsert_regions(
@@ -225,8 +239,12 @@ def main() -> None:
     class TimedStore(SqliteStore):
         def write(self, batch: WriteBatch) -> None:
             t = time.perf_counter()
+            if args.trace:
+                mark([r.device_id for r in batch.readings], "batch")
             super().write(batch)
             stages["store_write"].append((time.perf_counter() - t) * 1000)
+            if args.trace:
+                mark([r.device_id for r in batch.readings], "stored")
 
     store = TimedStore(tmp / "telemetry.db")
 
@@ -237,12 +255,20 @@ def main() -> None:
 
     committed: dict[str, float] = {}
     got = threading.Condition()
+    trace: dict[str, dict[str, float]] = {}  # probe device -> stage -> perf_counter()
+
+    def mark(device_ids: list[str], stage: str) -> None:
+        t = time.perf_counter()
+        for d in device_ids:
+            if d.startswith("probe-"):
+                trace.setdefault(d, {})[stage] = t
 
     def on_event(ev: LifecycleEvent) -> None:
         if ev.kind == "created" and ev.alert.rule_id == "PROBE":
             t = time.perf_counter()
             with got:
                 committed[ev.alert.device_id] = t
+                trace.setdefault(ev.alert.device_id, {})["alert"] = t
                 got.notify_all()
 
     with MosquittoProcess(cfg):
@@ -263,6 +289,14 @@ def main() -> None:
             registry.snapshot,
             listeners=[timed_listener],
         )
+        if args.trace:  # the consumer's hand-off, on paho's thread
+            enqueue = ingest.consumer._on_message
+
+            def traced(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+                mark([msg.topic.split("/")[2]], "received")
+                enqueue(client, userdata, msg)
+
+            ingest.consumer.client.on_message = traced
         ingest.start()
         ctx = mp.get_context("spawn")
         stop, out = ctx.Event(), ctx.Queue()
@@ -277,6 +311,8 @@ def main() -> None:
         lost = queue_depth = 0
         try:
             time.sleep(warmup)  # background at full rate, rule states warm, first batches written
+            if not args.no_gc_settle:
+                gcpolicy.settle("benchmark warm-up done")
             received_before = ingest.stats.received
             t_bg = time.perf_counter()
             deadline = time.perf_counter() + duration
@@ -286,6 +322,8 @@ def main() -> None:
                 ts = int(time.time() * 1000)
                 payload = json.dumps({"ts": ts, "seq": 1, "probe_c": 200}).encode()
                 t0 = time.perf_counter()
+                if args.trace:
+                    trace.setdefault(device, {})["publish"] = t0
                 probe.publish(f"lf/v1/{device}/telemetry", payload, qos=1)
                 with got:
                     got.wait_for(lambda d=device: d in committed, timeout=30)  # type: ignore[misc]
@@ -309,6 +347,8 @@ def main() -> None:
             ingest.stop()
             alerts.stop()
             store.close()
+            if checkpointer is not None:
+                checkpointer.stop()
     _sent, acked, elapsed = out.get(timeout=10) if not out.empty() else (0, 0, 1.0)
     bg_rate = acked / elapsed if elapsed else 0.0
     if not latencies:
@@ -323,9 +363,20 @@ def main() -> None:
     print(
         f"  detail: max {max(latencies):.1f} ms, lost {lost}, ingest {ingest_rate:,.0f} msg/s during probes, "
         f"ingest queue {queue_depth} at the end, "
-        f"batch_wait_ms={args.batch_wait_ms}, {len(alerts.rules.rules)} rules loaded",
+        f"batch_wait_ms={args.batch_wait_ms}, {len(alerts.rules.rules)} rules loaded, "
+        f"broker persistence on {'tmpfs' if args.broker_tmpfs else 'the same disk'}, "
+        f"gc {'not settled' if args.no_gc_settle else 'settled after warm-up'}",
         file=sys.stderr,
     )
+    if args.trace:
+        steps = (("publish", "received"), ("received", "batch"), ("batch", "stored"), ("stored", "alert"))
+        for a, b in steps:
+            vals = [(st[b] - st[a]) * 1000 for st in trace.values() if a in st and b in st]
+            if vals:
+                print(
+                    f"  trace {a} -> {b}: p50 {statistics.median(vals):.1f} ms, p99 {percentile(vals, 0.99):.1f} ms",
+                    file=sys.stderr,
+                )
     for name, vals in stages.items():
         if vals:
             print(
