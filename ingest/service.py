@@ -1,9 +1,15 @@
-"""Ingest orchestration: MQTT consumer -> bounded queue -> writer thread (decode, dedup, durable batch write,
-listeners) -> acknowledgements.
+"""Ingest orchestration: MQTT consumer -> bounded queue -> decoder thread -> (writer thread: durable batch write)
+and (evaluator thread: listeners, i.e. the alert engine), in parallel -> acknowledgements.
 
-At-least-once: a message is acked only after the batch that holds it (records or rejection) is committed. A
-failed write is retried with backoff and nothing is acked meanwhile; on SIGTERM the writer finishes and acks
-what it holds, and whatever the broker sent after that is redelivered to the next session.
+At-least-once: a batch is acked only when both are done with it: its records (or rejections) are committed to the
+store, and every listener has processed it (the alert engine has committed what it raised). Neither waits for the
+other, so a slow or stalled telemetry write (a WAL checkpoint, a disk stall, a store outage) does not hold up
+alerts, and alerts do not hold up storage. A failed write is retried with backoff and nothing is acked meanwhile.
+If the process dies first, everything unacked is redelivered; the alert engine recognises records it has already
+evaluated (``AlertService._replayed``), so a redelivery never raises an alert twice.
+
+On SIGTERM the decoder finishes what it holds, the writer and the evaluator drain, their batches are acked, and
+whatever the broker sent after that is redelivered to the next session.
 """
 
 from __future__ import annotations
@@ -54,6 +60,15 @@ class RegistryCache:
         return self.devices
 
 
+@dataclass(eq=False)
+class _InFlight:
+    """A decoded batch on its way through the writer and the evaluator; acked when ``pending`` reaches 0."""
+
+    msgs: list[RawMessage]
+    batch: WriteBatch
+    pending: int
+
+
 @dataclass
 class IngestStats:
     received: int = 0
@@ -91,7 +106,15 @@ class IngestService:
         self.seqs = SeqTracker()
         self.stats = IngestStats()
         self._stop = threading.Event()
-        self._writer = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
+        # Batches in flight are unacked, so MQTT flow control bounds these queues too.
+        self._writes: queue.SimpleQueue[_InFlight | None] = queue.SimpleQueue()
+        self._evaluations: queue.SimpleQueue[_InFlight | None] = queue.SimpleQueue()
+        self._done_lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, name="ingest-decoder", daemon=True),
+            threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True),
+            threading.Thread(target=self._evaluate_loop, name="ingest-evaluator", daemon=True),
+        ]
         self._started = False
 
     # --- lifecycle --------------------------------------------------------------------------------------
@@ -102,7 +125,8 @@ class IngestService:
         for device_id, seq, ts in reversed(warmed):  # oldest first
             self.seqs.warm(device_id, seq, ts)
         logger.info("ingest starting: %d devices known, %d recent seqs warmed", len(self.registry.devices), len(warmed))
-        self._writer.start()
+        for t in self._threads:
+            t.start()
         self._started = True
         self.consumer.start()
 
@@ -112,7 +136,9 @@ class IngestService:
             return
         self.consumer.stop_accepting()
         self._stop.set()
-        self._writer.join(timeout)
+        deadline = time.monotonic() + timeout
+        for t in self._threads:  # the decoder first: it hands the writer and the evaluator their end marks
+            t.join(max(0.0, deadline - time.monotonic()))
         self.consumer.stop()
         self._started = False
         logger.info("ingest stopped: %d received, %d acked", self.stats.received, self.stats.acked)
@@ -127,7 +153,7 @@ class IngestService:
             "duplicates": self.stats.duplicates,
             "rejected": dict(self.stats.rejected),
             "store_errors": self.stats.store_errors,
-            "writer_alive": self._writer.is_alive(),
+            "writer_alive": all(t.is_alive() for t in self._threads),
         }
 
     # --- writer thread ----------------------------------------------------------------------------------
@@ -153,29 +179,55 @@ class IngestService:
         return msgs
 
     def _run(self) -> None:
-        while True:
-            msgs = self._take()
-            if not msgs:
-                if self._stop.is_set():
-                    return
-                continue
-            try:
-                self._process(msgs)
-            except Exception:  # the writer must not die; nothing was acked, so the broker will redeliver
-                logger.exception("ingest batch of %d failed unexpectedly; not acked", len(msgs))
-            metrics.QUEUE_DEPTH.set(self.queue.qsize())
+        """Decoder: take what is queued, build the batch, hand it to the writer and the evaluator."""
+        try:
+            while True:
+                msgs = self._take()
+                if not msgs:
+                    if self._stop.is_set():
+                        return
+                    continue
+                try:
+                    devices = self.registry.view([m.topic.split("/")[2] for m in msgs if m.topic.count("/") == 3])
+                    batch = build_batch(msgs, devices, self.seqs, decode=self.decode)
+                except Exception:  # the thread must not die; nothing was acked, so the broker will redeliver
+                    logger.exception("ingest batch of %d failed unexpectedly; not acked", len(msgs))
+                    continue
+                item = _InFlight(msgs, batch, 2 if self.listeners else 1)
+                self._writes.put(item)
+                if self.listeners:
+                    self._evaluations.put(item)
+                metrics.QUEUE_DEPTH.set(self.queue.qsize())
+        finally:
+            self._writes.put(None)
+            self._evaluations.put(None)
 
-    def _process(self, msgs: list[RawMessage]) -> None:
-        devices = self.registry.view([m.topic.split("/")[2] for m in msgs if m.topic.count("/") == 3])
-        batch = build_batch(msgs, devices, self.seqs, decode=self.decode)
-        self._write_until_durable(batch)
-        for listener in self.listeners:
+    def _write_loop(self) -> None:
+        while (item := self._writes.get()) is not None:
             try:
-                listener(batch)
+                self._write_until_durable(item.batch)
             except Exception:
-                logger.exception("batch listener %r failed", listener)
-        self.consumer.ack_many([(m.mid, m.qos) for m in msgs])
-        self._account(msgs, batch)
+                logger.exception("ingest write of %d messages failed unexpectedly; not acked", len(item.msgs))
+                continue
+            self._stage_done(item)
+
+    def _evaluate_loop(self) -> None:
+        while (item := self._evaluations.get()) is not None:
+            for listener in self.listeners:
+                try:
+                    listener(item.batch)
+                except Exception:
+                    logger.exception("batch listener %r failed", listener)
+            self._stage_done(item)
+
+    def _stage_done(self, item: _InFlight) -> None:
+        """The writer or the evaluator is done with ``item``; the second one to finish acks it."""
+        with self._done_lock:
+            item.pending -= 1
+            if item.pending:
+                return
+            self.consumer.ack_many([(m.mid, m.qos) for m in item.msgs])
+            self._account(item.msgs, item.batch)
 
     def _write_until_durable(self, batch: WriteBatch) -> None:
         delay, max_delay = self.retry_backoff_s
