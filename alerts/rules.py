@@ -440,15 +440,25 @@ class RuleSet:
     @classmethod
     def load(cls, paths: Iterable[Path]) -> RuleSet:
         """Load and validate rule files (directories: every *.yaml inside, sorted). Raises UserError."""
-        rs = cls()
+        return cls.from_parsed(cls.read(paths))
+
+    @classmethod
+    def read(cls, paths: Iterable[Path]) -> list[tuple[str, RuleFile]]:
+        """Read and parse rule files (directories: every *.yaml inside, sorted) without combining them: (origin,
+        parsed file). Raises UserError naming the file and field path."""
         files: list[Path] = []
         for p in paths:
             files.extend(sorted(p.glob("*.yaml")) + sorted(p.glob("*.yml")) if p.is_dir() else [p])
-        docs = [(f, cls._read(f)) for f in files]
-        for f, doc in docs:
-            rs._add_rules(doc, str(f))
-        for f, doc in docs:
-            rs._add_rest(doc, str(f))
+        return [(str(f), cls._read(f)) for f in files]
+
+    @classmethod
+    def from_parsed(cls, docs: Sequence[tuple[str, RuleFile]]) -> RuleSet:
+        """Combine parsed rule files: every file's rules first, then every file's overrides and calendar data."""
+        rs = cls()
+        for origin, doc in docs:
+            rs._add_rules(doc, origin)
+        for origin, doc in docs:
+            rs._add_rest(doc, origin)
         return rs
 
     @classmethod
@@ -483,32 +493,45 @@ class RuleSet:
 
     def _add_rules(self, doc: RuleFile, origin: str) -> None:
         for i, spec in enumerate(doc.rules):
-            if spec.id in self.rules:
-                raise UserError(
-                    f"{origin}: rules[{i}].id: rule {spec.id!r} is already defined in {self.rule_origin[spec.id]}"
-                )
-            _validate_params(spec.kind, spec.params, origin, f"rules[{i}].params")
-            self.rules[spec.id] = spec
-            self.rule_origin[spec.id] = origin
-            for t in spec.device_types:
-                self._by_type[t].append(spec)
+            self.add_rule(spec, origin, f"rules[{i}]")
+
+    def add_rule(self, spec: RuleSpec, origin: str, where: str = "") -> None:
+        """Add one rule definition after validating its params for its kind. ``origin`` names where it came from
+        (a file, or ``api``); errors read ``{origin}: {where}.{field path}: {problem}``. Raises UserError and
+        changes nothing then."""
+        if spec.id in self.rules:
+            raise UserError(
+                f"{origin}: {_at(where, 'id')}: rule {spec.id!r} is already defined in {self.rule_origin[spec.id]}"
+            )
+        _validate_params(spec.kind, spec.params, origin, _at(where, "params"))
+        self.rules[spec.id] = spec
+        self.rule_origin[spec.id] = origin
+        for t in spec.device_types:
+            self._by_type[t].append(spec)
+        self._cache.clear()
+
+    def add_override(self, ov: OverrideSpec, origin: str, where: str = "") -> None:
+        """Add one override after the ones already loaded (it wins over them at the same level); validated against
+        the rules loaded so far. Its values show in ``explain`` as coming from ``{origin} {where}``. Raises
+        UserError and changes nothing then."""
+        if ov.device_type is not None and ov.device_type not in DEVICE_TYPES:
+            raise UserError(f"{origin}: {_at(where, 'device_type')}: {ov.device_type!r} is not a device type")
+        targets = list(self.rules.values()) if ov.rule == "*" else [self.rules.get(ov.rule)]
+        if targets == [None]:
+            raise UserError(f"{origin}: {_at(where, 'rule')}: unknown rule {ov.rule!r}")
+        if ov.rule == "*" and ov.params:
+            raise UserError(f"{origin}: {_at(where, 'params')}: an override of every rule ('*') cannot set params")
+        for target in targets:
+            assert target is not None
+            _validate_params(target.kind, {**target.params, **ov.params}, origin, _at(where, "params"))
+        self.layers.append(_Layer(ov, f"{origin} {where}" if where else origin, len(self.layers)))
+        if ov.device is not None:
+            self._device_overrides.add(ov.device)
+        self._cache.clear()
 
     def _add_rest(self, doc: RuleFile, origin: str) -> None:
         for i, ov in enumerate(doc.overrides):
-            where = f"overrides[{i}]"
-            if ov.device_type is not None and ov.device_type not in DEVICE_TYPES:
-                raise UserError(f"{origin}: {where}.device_type: {ov.device_type!r} is not a device type")
-            targets = list(self.rules.values()) if ov.rule == "*" else [self.rules.get(ov.rule)]
-            if targets == [None]:
-                raise UserError(f"{origin}: {where}.rule: unknown rule {ov.rule!r}")
-            if ov.rule == "*" and ov.params:
-                raise UserError(f"{origin}: {where}.params: an override of every rule ('*') cannot set params")
-            for target in targets:
-                assert target is not None
-                _validate_params(target.kind, {**target.params, **ov.params}, origin, f"{where}.params")
-            self.layers.append(_Layer(ov, f"{origin} {where}", len(self.layers)))
-            if ov.device is not None:
-                self._device_overrides.add(ov.device)
+            self.add_override(ov, origin, f"overrides[{i}]")
         cal = self.calendar
         for r in doc.rosters:
             cal.rosters.append(RosterEntry(r.region, r.who, _aware(r.start), _aware(r.end)))
@@ -590,6 +613,10 @@ class RuleSet:
             model,
             sources,
         )
+
+
+def _at(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
 
 
 def _aware(at: datetime) -> datetime:

@@ -2,7 +2,9 @@
 
 ``AlertsRuntime(settings, registry)`` builds and owns
 
-- the ``AlertService`` (the packs in ``alerts/packs`` plus ``settings.alerts.rules_paths``),
+- the ``AlertService`` (the packs in ``alerts/packs``, ``settings.alerts.rules_paths``, then the rules and
+  overrides edited through the API: ``rule_admin``, an ``alerts.rule_store.RuleAdmin`` that applies every API
+  edit to the running service),
 - the notification ``Dispatcher`` (``settings.alerts.notify_config``; no file: no channels, alerts are still
   evaluated and stored),
 - the ``Escalator``, driven by an apscheduler job every ``settings.alerts.escalation_tick_s``,
@@ -35,6 +37,7 @@ from alerts.escalation import Escalator
 from alerts.lifecycle import LifecycleEvent
 from alerts.notify import DeliveryLog, Dispatcher, Notification, NotificationKind, NotifyConfig, load_notify_config
 from alerts.notify.channels import Channel
+from alerts.rule_store import RuleAdmin, RuleStore
 from alerts.rules import PACKS_DIR, RuleSet
 from alerts.service import AlertService, notification_kind, regions_from_registry
 from core import clock
@@ -118,7 +121,9 @@ class AlertsRuntime:
         self.settings = cfg
         self.registry = registry
         self._clock = clock_fn
-        self.rules = RuleSet.load([PACKS_DIR, *cfg.rules_paths])
+        # Files, then the API layer from the database (alerts/rule_store.py); API edits go through rule_admin.
+        self.rule_admin = RuleAdmin([PACKS_DIR, *cfg.rules_paths], RuleStore(registry.engine))
+        self.rules: RuleSet = self.rule_admin.rules
         if notify_config is None:
             notify_config = load_notify_config(cfg.notify_config) if cfg.notify_config is not None else NotifyConfig()
         self.notify_config = notify_config
@@ -150,12 +155,24 @@ class AlertsRuntime:
             lambda esc, now: self.service.set_escalation_level(esc.alert_id, esc.level, now),
             self.dispatcher.notify,
         )
+        self.rule_admin.apply = self._apply_rules
         self.service.subscribe(self._to_dispatcher)
         self._scheduler: BackgroundScheduler | None = None
         self._state = "new"  # new -> running -> stopped
         self._lock = threading.Lock()
         self.notified = 0
         self.escalations = 0
+
+    # --- rules ------------------------------------------------------------------------------------------
+
+    def _apply_rules(self, rules: RuleSet) -> None:
+        self.rules = rules
+        self.service.set_rules(rules)  # the state of rules that still exist is kept
+
+    def reload_rules(self) -> RuleSet:
+        """Rebuild the rule set (files as read at start, the API layer as stored now) and swap it into the running
+        service. API writes through ``rule_admin`` do this themselves."""
+        return self.rule_admin.reload()
 
     # --- the hand-offs ----------------------------------------------------------------------------------
 
@@ -284,4 +301,6 @@ class AlertsRuntime:
         }
         if dead:
             out["dead_channels"] = dead
+        if self.rule_admin.problems:
+            out["rule_problems"] = list(self.rule_admin.problems)
         return out

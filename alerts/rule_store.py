@@ -1,0 +1,568 @@
+"""Alert rules edited through the API: stored in SQL, applied after the rule files, live.
+
+The effective rule set has three layers, applied in this order:
+
+1. the built-in packs (``alerts/packs``),
+2. the rule files of ``settings.alerts.rules_paths`` (read once, at start-up),
+3. the API layer: rules defined through the API, then overrides made through the API (tables from migration
+   ``0006``), in the order they were first created.
+
+An override applies by specificity (device type, region from the root down, device; see ``alerts.rules``); at the
+same level a later layer wins, so an API override beats a file override of the same scope. Every write is
+validated exactly like a rule file (``RuleSet.add_rule`` / ``RuleSet.add_override``: errors name the field
+path) against the current rule set before it is stored, so an invalid rule never reaches the engine. Each write
+keeps who made it and when on the row and appends the before / after values to ``alert_rule_changes``.
+
+A stored entry that no longer fits the files (say an override of a rule a file no longer defines) is skipped with
+an error in the log and listed in ``RuleAdmin.problems`` (``lianfang rules check`` reports it); the service still
+starts, so the entry can be fixed or deleted through the API.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import JSON, Boolean, DateTime, Engine, Integer, String, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from alerts.rules import OverrideSpec, RuleFile, RuleSet, RuleSpec
+from alerts.types import Severity
+from core.db import Base
+from core.errors import StoreUnavailable, UserError
+
+logger = logging.getLogger(__name__)
+
+API_ORIGIN = "api"  # where API-defined rules come from (``RuleSet.rule_origin``)
+
+
+# --- tables (migration 0006) -----------------------------------------------------------------------------------
+
+
+class RuleOverrideRow(Base):
+    __tablename__ = "alert_rule_overrides"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rule_id: Mapped[str] = mapped_column(String(128))
+    region_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    device_type: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    device_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    scope_key: Mapped[str] = mapped_column(String(300), unique=True)
+    enabled: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    severity: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_by: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RuleDefRow(Base):
+    __tablename__ = "alert_rule_defs"
+
+    rule_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_by: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RuleChangeRow(Base):
+    __tablename__ = "alert_rule_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(128))
+    target: Mapped[str] = mapped_column(String(16))  # override | rule
+    action: Mapped[str] = mapped_column(String(16))  # created | updated | deleted
+    rule_id: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    region_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    device_type: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    device_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+# --- values --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Where an override applies: a region's subtree, optionally only one device type there; a device type
+    everywhere; one device; or (all None) every device the rule covers."""
+
+    region: str | None = None
+    device_type: str | None = None
+    device: str | None = None
+
+    @property
+    def is_global(self) -> bool:
+        """Not limited to a region or a device (every region of the tree)."""
+        return self.region is None and self.device is None
+
+    def key(self, rule_id: str) -> str:
+        return "|".join((rule_id, self.region or "", self.device_type or "", self.device or ""))
+
+    def label(self, rule_id: str) -> str:
+        """``api override V6 [region=gz device_type=vehicle]``: the origin shown by ``explain`` and in errors."""
+        named = (("region", self.region), ("device_type", self.device_type), ("device", self.device))
+        parts = [f"{k}={v}" for k, v in named if v is not None]
+        return f"api override {rule_id} [{' '.join(parts) or 'all'}]"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiOverride:
+    id: int
+    rule_id: str
+    scope: Scope
+    enabled: bool | None
+    severity: str | None
+    params: dict[str, Any]
+    created_by: str
+    created_at: datetime
+    updated_by: str
+    updated_at: datetime
+
+    @property
+    def origin(self) -> str:
+        return self.scope.label(self.rule_id)
+
+    def spec(self) -> OverrideSpec:
+        return _override_spec(self.rule_id, self.scope, self.enabled, self.severity, self.params)
+
+    def values(self) -> dict[str, Any]:
+        """What the override sets (the history's before / after)."""
+        return {"enabled": self.enabled, "severity": self.severity, "params": self.params}
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRule:
+    rule_id: str
+    kind: str
+    spec: dict[str, Any]  # as written to the table (RuleSpec as JSON)
+    created_by: str
+    created_at: datetime
+    updated_by: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RuleChange:
+    id: int
+    at: datetime
+    actor: str
+    target: str
+    action: str
+    rule_id: str
+    kind: str | None
+    scope: Scope
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+
+class RuleRejected(UserError):
+    """A write that would make the rule set invalid; the message is the rule files' (origin: field path: what)."""
+
+    def __init__(self, message: str, origin: str) -> None:
+        super().__init__(message)
+        self.origin = origin
+
+
+class RuleConflict(UserError):
+    """A write that contradicts what exists (a rule id a file defines, a kind that cannot change)."""
+
+
+def _override_spec(
+    rule_id: str, scope: Scope, enabled: bool | None, severity: str | None, params: dict[str, Any]
+) -> OverrideSpec:
+    return OverrideSpec(
+        rule=rule_id,
+        region=scope.region,
+        device_type=scope.device_type,
+        device=scope.device,
+        enabled=enabled,
+        severity=Severity(severity) if severity is not None else None,
+        params=params,
+    )
+
+
+def _to_override(row: RuleOverrideRow) -> ApiOverride:
+    return ApiOverride(
+        row.id,
+        row.rule_id,
+        Scope(row.region_id, row.device_type, row.device_id),
+        row.enabled,
+        row.severity,
+        dict(row.params),
+        row.created_by,
+        row.created_at,
+        row.updated_by,
+        row.updated_at,
+    )
+
+
+def _to_rule(row: RuleDefRow) -> ApiRule:
+    return ApiRule(
+        row.rule_id, row.kind, dict(row.spec), row.created_by, row.created_at, row.updated_by, row.updated_at
+    )
+
+
+# --- the store -----------------------------------------------------------------------------------------------
+
+
+class RuleStore:
+    """The API layer's rows. Reads and writes raise StoreUnavailable when the database is down."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def overrides(self, rule_id: str | None = None) -> list[ApiOverride]:
+        """API overrides in the order they were first created (the order they are applied in)."""
+        q = select(RuleOverrideRow).order_by(RuleOverrideRow.id)
+        if rule_id is not None:
+            q = q.where(RuleOverrideRow.rule_id == rule_id)
+        try:
+            with self._session() as s:
+                return [_to_override(r) for r in s.scalars(q)]
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"rule store read failed: {exc}") from exc
+
+    def rules(self) -> list[ApiRule]:
+        try:
+            with self._session() as s:
+                return [_to_rule(r) for r in s.scalars(select(RuleDefRow).order_by(RuleDefRow.created_at))]
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"rule store read failed: {exc}") from exc
+
+    def history(self, rule_id: str | None = None, limit: int = 100) -> list[RuleChange]:
+        """Changes newest first."""
+        q = select(RuleChangeRow).order_by(RuleChangeRow.id.desc()).limit(limit)
+        if rule_id is not None:
+            q = q.where(RuleChangeRow.rule_id == rule_id)
+        try:
+            with self._session() as s:
+                return [
+                    RuleChange(
+                        r.id,
+                        r.at,
+                        r.actor,
+                        r.target,
+                        r.action,
+                        r.rule_id,
+                        r.kind,
+                        Scope(r.region_id, r.device_type, r.device_id),
+                        r.before,
+                        r.after,
+                    )
+                    for r in s.scalars(q)
+                ]
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"rule store read failed: {exc}") from exc
+
+    def kinds_used(self, rule_id: str) -> set[str]:
+        """Every kind an API rule of this id ever had (its alert state may still exist)."""
+        q = select(RuleChangeRow.kind).where(
+            RuleChangeRow.target == "rule", RuleChangeRow.rule_id == rule_id, RuleChangeRow.kind.is_not(None)
+        )
+        try:
+            with self._session() as s:
+                return {k for k in s.scalars(q) if k is not None}
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"rule store read failed: {exc}") from exc
+
+    @staticmethod
+    def _log(
+        s: Session,
+        at: datetime,
+        actor: str,
+        target: str,
+        action: str,
+        rule_id: str,
+        *,
+        kind: str | None = None,
+        scope: Scope = Scope(),
+        before: dict[str, Any] | None = None,
+        after: dict[str, Any] | None = None,
+    ) -> None:
+        s.add(
+            RuleChangeRow(
+                at=at,
+                actor=actor,
+                target=target,
+                action=action,
+                rule_id=rule_id,
+                kind=kind,
+                region_id=scope.region,
+                device_type=scope.device_type,
+                device_id=scope.device,
+                before=before,
+                after=after,
+            )
+        )
+
+    def save_override(
+        self,
+        rule_id: str,
+        scope: Scope,
+        enabled: bool | None,
+        severity: str | None,
+        params: dict[str, Any],
+        actor: str,
+        now: datetime,
+    ) -> tuple[ApiOverride, bool]:
+        """Create or replace the override of ``rule_id`` at ``scope``. Returns it and whether it is new."""
+        try:
+            with self._session() as s, s.begin():
+                row = s.scalar(select(RuleOverrideRow).where(RuleOverrideRow.scope_key == scope.key(rule_id)))
+                before = None if row is None else _to_override(row).values()
+                if row is None:
+                    row = RuleOverrideRow(
+                        rule_id=rule_id,
+                        region_id=scope.region,
+                        device_type=scope.device_type,
+                        device_id=scope.device,
+                        scope_key=scope.key(rule_id),
+                        created_by=actor,
+                        created_at=now,
+                    )
+                    s.add(row)
+                row.enabled, row.severity, row.params = enabled, severity, dict(params)
+                row.updated_by, row.updated_at = actor, now
+                s.flush()
+                saved = _to_override(row)
+                action = "created" if before is None else "updated"
+                self._log(s, now, actor, "override", action, rule_id, scope=scope, before=before, after=saved.values())
+        except IntegrityError as exc:
+            raise RuleConflict(f"the override of {rule_id} at this scope was changed meanwhile; retry") from exc
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"rule store write failed: {exc}") from exc
+        return saved, before is None
+
+    def delete_override(self, rule_id: str, scope: Scope, actor: str, now: datetime) -> ApiOverride | None:
+        try:
+            with self._session() as s, s.begin():
+                row = s.scalar(select(RuleOverrideRow).where(RuleOverrideRow.scope_key == scope.key(rule_id)))
+                if row is None:
+                    return None
+                gone = _to_override(row)
+                s.delete(row)
+                self._log(s, now, actor, "override", "deleted", rule_id, scope=scope, before=gone.values())
+                return gone
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"rule store write failed: {exc}") from exc
+
+    def save_rule(self, spec: RuleSpec, actor: str, now: datetime) -> tuple[ApiRule, bool]:
+        data = spec.model_dump(mode="json")
+        try:
+            with self._session() as s, s.begin():
+                row = s.get(RuleDefRow, spec.id)
+                before = None if row is None else dict(row.spec)
+                if row is None:
+                    row = RuleDefRow(rule_id=spec.id, created_by=actor, created_at=now)
+                    s.add(row)
+                row.kind, row.spec, row.updated_by, row.updated_at = spec.kind, data, actor, now
+                s.flush()
+                saved = _to_rule(row)
+                action = "created" if before is None else "updated"
+                self._log(s, now, actor, "rule", action, spec.id, kind=spec.kind, before=before, after=data)
+        except IntegrityError as exc:
+            raise RuleConflict(f"rule {spec.id!r} was changed meanwhile; retry") from exc
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"rule store write failed: {exc}") from exc
+        return saved, before is None
+
+    def delete_rule(self, rule_id: str, actor: str, now: datetime) -> tuple[ApiRule | None, list[ApiOverride]]:
+        """Delete an API rule and the API overrides of it (they would refer to nothing)."""
+        try:
+            with self._session() as s, s.begin():
+                row = s.get(RuleDefRow, rule_id)
+                if row is None:
+                    return None, []
+                gone = _to_rule(row)
+                ovs = list(s.scalars(select(RuleOverrideRow).where(RuleOverrideRow.rule_id == rule_id)))
+                removed = [_to_override(o) for o in ovs]
+                for o, ov in zip(ovs, removed, strict=True):
+                    s.delete(o)
+                    self._log(s, now, actor, "override", "deleted", rule_id, scope=ov.scope, before=ov.values())
+                s.delete(row)
+                self._log(s, now, actor, "rule", "deleted", rule_id, kind=gone.kind, before=gone.spec)
+                return gone, removed
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"rule store write failed: {exc}") from exc
+
+
+# --- the effective rule set ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Built:
+    rules: RuleSet
+    problems: list[str] = field(default_factory=list)  # stored entries that were skipped, one line each
+
+
+def add_api_layer(
+    rs: RuleSet, defs: Iterable[ApiRule], overrides: Iterable[ApiOverride], *, strict: Callable[[str], bool]
+) -> list[str]:
+    """Add API rules, then API overrides to ``rs``. An entry that does not validate raises ``RuleRejected`` when
+    ``strict(its origin)``, else it is skipped and reported in the returned list."""
+    problems: list[str] = []
+
+    def attempt(origin: str, add: Callable[[], None]) -> None:
+        try:
+            add()
+        except UserError as exc:
+            if strict(origin):
+                raise RuleRejected(str(exc), origin) from exc
+            problems.append(f"{exc} (skipped)")
+
+    for d in defs:
+        origin = f"{API_ORIGIN} rule {d.rule_id}"
+
+        def add_rule(d: ApiRule = d) -> None:
+            try:
+                spec = RuleSpec.model_validate(d.spec)
+            except ValidationError as exc:
+                raise UserError(f"{API_ORIGIN}: rule {d.rule_id}: {exc.errors()[0]['msg']}") from exc
+            rs.add_rule(spec, API_ORIGIN)
+
+        attempt(origin, add_rule)
+    for o in overrides:
+        attempt(o.origin, lambda o=o: rs.add_override(o.spec(), o.origin))  # type: ignore[misc]
+    return problems
+
+
+class RuleAdmin:
+    """The running rule set: the files (read once) plus the API layer; validates, stores and applies API edits.
+
+    ``apply`` receives every new rule set (``AlertService.set_rules``); writes are serialised by a lock.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        store: RuleStore,
+        apply: Callable[[RuleSet], None] | None = None,
+    ) -> None:
+        self.paths = list(paths)
+        self.store = store
+        self.apply = apply
+        self._files = RuleSet.read(self.paths)  # UserError for a bad file: fails at start-up
+        self._lock = threading.RLock()
+        built = self._build(self.store.rules(), self.store.overrides())
+        for line in built.problems:
+            logger.error("rule edited through the API not applied: %s", line)
+        self.rules = built.rules
+        self.problems = built.problems
+
+    @property
+    def files(self) -> list[tuple[str, RuleFile]]:
+        return list(self._files)
+
+    def _build(
+        self,
+        defs: Sequence[ApiRule],
+        overrides: Sequence[ApiOverride],
+        strict: Callable[[str], bool] = lambda _origin: False,
+    ) -> Built:
+        rs = RuleSet.from_parsed(self._files)
+        problems = add_api_layer(rs, defs, overrides, strict=strict)
+        return Built(rs, problems)
+
+    def reload(self) -> RuleSet:
+        """Rebuild from the files read at start and the API layer as stored now, and apply it."""
+        with self._lock:
+            built = self._build(self.store.rules(), self.store.overrides())
+            self.rules, self.problems = built.rules, built.problems
+            if self.apply is not None:
+                self.apply(built.rules)
+            return built.rules
+
+    # --- writes ------------------------------------------------------------------------------------------
+
+    def put_override(
+        self,
+        rule_id: str,
+        scope: Scope,
+        *,
+        enabled: bool | None,
+        severity: str | None,
+        params: dict[str, Any],
+        actor: str,
+        now: datetime,
+    ) -> tuple[ApiOverride, bool]:
+        """Validate, store and apply the override of ``rule_id`` at ``scope`` (replacing one there). Raises
+        RuleRejected with the rule files' message when it does not validate."""
+        with self._lock:
+            new = ApiOverride(0, rule_id, scope, enabled, severity, dict(params), actor, now, actor, now)
+            existing = self.store.overrides()
+            key = scope.key(rule_id)
+            candidate = [new if o.scope.key(o.rule_id) == key else o for o in existing]
+            if not any(o is new for o in candidate):
+                candidate.append(new)
+            self._build(self.store.rules(), candidate, strict=lambda origin: origin == new.origin)
+            saved, created = self.store.save_override(rule_id, scope, enabled, severity, params, actor, now)
+            self.reload()
+            return saved, created
+
+    def delete_override(self, rule_id: str, scope: Scope, *, actor: str, now: datetime) -> ApiOverride | None:
+        with self._lock:
+            gone = self.store.delete_override(rule_id, scope, actor, now)
+            if gone is not None:
+                self.reload()
+            return gone
+
+    def put_rule(self, spec: RuleSpec, *, actor: str, now: datetime) -> tuple[ApiRule, bool]:
+        """Validate, store and apply an API-defined rule. Raises RuleConflict for an id a file defines or a kind
+        the id had before, RuleRejected when the params do not validate."""
+        with self._lock:
+            defined_in = self.rules.rule_origin.get(spec.id)
+            if defined_in is not None and defined_in != API_ORIGIN:
+                raise RuleConflict(f"rule {spec.id!r} is defined in {defined_in}; override it instead")
+            other_kinds = self.store.kinds_used(spec.id) - {spec.kind}
+            if other_kinds:
+                raise RuleConflict(
+                    f"rule id {spec.id!r} was used for kind {', '.join(sorted(other_kinds))}, whose alert state may "
+                    "still exist: choose a new id"
+                )
+            defs = [d for d in self.store.rules() if d.rule_id != spec.id]
+            rs = RuleSet.from_parsed(self._files)
+            add_api_layer(rs, defs, [], strict=lambda _o: False)
+            try:
+                rs.add_rule(spec, API_ORIGIN)
+            except UserError as exc:
+                raise RuleRejected(str(exc), API_ORIGIN) from exc
+            # The existing overrides of the rule must still fit its new params.
+            add_api_layer(rs, [], self.store.overrides(spec.id), strict=lambda _o: True)
+            saved, created = self.store.save_rule(spec, actor, now)
+            self.reload()
+            return saved, created
+
+    def delete_rule(self, rule_id: str, *, actor: str, now: datetime) -> tuple[ApiRule | None, list[ApiOverride]]:
+        with self._lock:
+            gone, removed = self.store.delete_rule(rule_id, actor, now)
+            if gone is not None:
+                self.reload()
+            return gone, removed
+
+
+def load_rules(paths: Sequence[Path], engine: Engine | None) -> Built:
+    """The rule set of the files plus (with an engine) the API layer stored in its database; for the CLI."""
+    rs = RuleSet.load(paths)
+    if engine is None:
+        return Built(rs)
+    store = RuleStore(engine)
+    problems = add_api_layer(rs, store.rules(), store.overrides(), strict=lambda _o: False)
+    return Built(rs, problems)
