@@ -1,8 +1,9 @@
 """`lianfang rules ...`: validate rule files and explain the effective rules of a device.
 
 Rule files are YAML (see docs/alerts.md). The built-in default packs are always loaded first (unless
-``--no-packs``) so that your files can override pack rules by id. User errors print one line per problem on
-stderr and exit 1; ``--json`` prints JSON for scripts on stdout.
+``--no-packs``) so that your files can override pack rules by id. The rules and overrides edited through the API
+(stored in the database of the settings) come last, as in the running service, unless ``--no-api``. User errors
+print one line per problem on stderr and exit 1; ``--json`` prints JSON for scripts on stdout.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy import Engine
 
+from alerts.rule_store import API_ORIGIN, load_rules
 from alerts.rules import PACKS_DIR, RuleSet, explain_rows
-from core.errors import UserError
+from core.errors import StoreUnavailable, UserError
+from core.settings import Settings
 from lianfang.context import open_registry, settings_from
 
 rules_app = typer.Typer(
@@ -27,14 +31,31 @@ rules_app = typer.Typer(
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 NoPacksOpt = Annotated[bool, typer.Option("--no-packs", help="Do not load the built-in default rule packs.")]
+NoApiOpt = Annotated[
+    bool, typer.Option("--no-api", help="Leave out the rules and overrides edited through the API (database).")
+]
 
 
-def _load(files: list[Path] | None, no_packs: bool) -> tuple[RuleSet, list[Path]]:
+def _load(
+    files: list[Path] | None, no_packs: bool, engine: Engine | None = None
+) -> tuple[RuleSet, list[Path], list[str]]:
+    """The files' rule set plus (with an engine) the API layer; the API entries that were skipped, one line each."""
     paths = ([] if no_packs else [PACKS_DIR]) + list(files or [])
     for p in paths:
         if not p.exists():
             raise UserError(f"{p}: no such file or directory")
-    return RuleSet.load(paths), paths
+    built = load_rules(paths, engine)
+    return built.rules, paths, built.problems
+
+
+def _api_engine(settings: Settings) -> Engine | None:
+    """The database holding the API layer; None for a SQLite file that does not exist yet (nothing stored)."""
+    url = settings.database_url
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if not path or path == ":memory:" or not Path(path).exists():
+            return None
+    return open_registry(settings).engine
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -45,30 +66,42 @@ def _fail(exc: Exception) -> typer.Exit:
 
 @rules_app.command("check")
 def check(
+    ctx: typer.Context,
     files: Annotated[
         list[Path] | None, typer.Argument(help="Rule files or directories of *.yaml (default: only the packs).")
     ] = None,
     no_packs: NoPacksOpt = False,
+    no_api: NoApiOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Validate rule files without running anything; errors name the file and the field path."""
+    """Validate rule files without running anything; errors name the file and the field path. Rules and overrides
+    edited through the API that no longer fit the files are errors too (the service skips them)."""
     try:
-        rs, paths = _load(files, no_packs)
-    except UserError as exc:
+        engine = None if no_api else _api_engine(settings_from(ctx))
+        rs, paths, problems = _load(files, no_packs, engine)
+    except (UserError, StoreUnavailable) as exc:
         raise _fail(exc) from exc
     summary = {
-        "ok": True,
+        "ok": not problems,
         "files": [str(p) for p in paths],
         "rules": len(rs.rules),
         "overrides": len(rs.layers),
+        "api_rules": sum(1 for origin in rs.rule_origin.values() if origin == API_ORIGIN),
+        "api_overrides": sum(1 for layer in rs.layers if layer.origin.startswith(f"{API_ORIGIN} override ")),
         "rosters": len(rs.calendar.rosters),
         "sealing_periods": len(rs.calendar.sealing),
+        "problems": problems,
     }
     if json_out:
         typer.echo(json.dumps(summary, ensure_ascii=False))
+        if problems:
+            raise typer.Exit(1)
         return
+    if problems:
+        raise _fail(UserError("\n".join(problems)))
     typer.echo(
-        f"ok: {summary['rules']} rules, {summary['overrides']} overrides, {summary['rosters']} roster entries, "
+        f"ok: {summary['rules']} rules ({summary['api_rules']} from the API), {summary['overrides']} overrides "
+        f"({summary['api_overrides']} from the API), {summary['rosters']} roster entries, "
         f"{summary['sealing_periods']} sealing periods"
     )
 
@@ -81,18 +114,21 @@ def explain(
         list[Path] | None, typer.Option("--rules", "-r", help="Rule files or directories (repeatable).")
     ] = None,
     no_packs: NoPacksOpt = False,
+    no_api: NoApiOpt = False,
     show_disabled: Annotated[bool, typer.Option("--all", help="Also list disabled rules.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """The effective rules of DEVICE (from its type and its place in the region tree) and each value's origin."""
     try:
-        rs, _ = _load(rules, no_packs)
         registry = open_registry(settings_from(ctx))
+        rs, _, problems = _load(rules, no_packs, None if no_api else registry.engine)
+        for line in problems:
+            typer.echo(f"warning: {line}", err=True)
         row = registry.device(device)
         if row is None:
             raise UserError(f"device {device!r} does not exist")
         path = registry.ancestors(row.region_id)
-    except UserError as exc:
+    except (UserError, StoreUnavailable) as exc:
         raise _fail(exc) from exc
     effective = [r for r in rs.explain(device, row.type, path) if show_disabled or r.enabled]
     rows = explain_rows(effective)

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from core.errors import StoreUnavailable
 from gateway.context import GatewayContext
 from gateway.metrics import MetricsMiddleware
-from gateway.routes import API_PREFIX, alerts, devices, events, health, ingress, regions, stream
+from gateway.routes import API_PREFIX, alerts, devices, events, health, ingress, regions, rules, stream
 
 __all__ = ["GatewayContext", "create_app"]
 
@@ -59,7 +59,7 @@ def create_app(ctx: GatewayContext) -> FastAPI:
         logger.warning("request failed, store unavailable: %s", exc)
         return JSONResponse({"detail": "storage is unavailable, retry later"}, status_code=503)
 
-    for module in (health, regions, devices, events, stream, alerts, ingress):
+    for module in (health, regions, devices, events, stream, alerts, rules, ingress):
         app.include_router(module.router)
 
     @app.get("/metrics", include_in_schema=False)
