@@ -24,7 +24,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +196,11 @@ def _override_spec(
     )
 
 
+def _utc(at: datetime) -> datetime:
+    """SQLite gives naive datetimes back: they were written in UTC."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
 def _to_override(row: RuleOverrideRow) -> ApiOverride:
     return ApiOverride(
         row.id,
@@ -205,15 +210,21 @@ def _to_override(row: RuleOverrideRow) -> ApiOverride:
         row.severity,
         dict(row.params),
         row.created_by,
-        row.created_at,
+        _utc(row.created_at),
         row.updated_by,
-        row.updated_at,
+        _utc(row.updated_at),
     )
 
 
 def _to_rule(row: RuleDefRow) -> ApiRule:
     return ApiRule(
-        row.rule_id, row.kind, dict(row.spec), row.created_by, row.created_at, row.updated_by, row.updated_at
+        row.rule_id,
+        row.kind,
+        dict(row.spec),
+        row.created_by,
+        _utc(row.created_at),
+        row.updated_by,
+        _utc(row.updated_at),
     )
 
 
@@ -257,7 +268,7 @@ class RuleStore:
                 return [
                     RuleChange(
                         r.id,
-                        r.at,
+                        _utc(r.at),
                         r.actor,
                         r.target,
                         r.action,
@@ -324,6 +335,7 @@ class RuleStore:
         now: datetime,
     ) -> tuple[ApiOverride, bool]:
         """Create or replace the override of ``rule_id`` at ``scope``. Returns it and whether it is new."""
+        now = _utc(now)
         try:
             with self._session() as s, s.begin():
                 row = s.scalar(select(RuleOverrideRow).where(RuleOverrideRow.scope_key == scope.key(rule_id)))
@@ -352,6 +364,7 @@ class RuleStore:
         return saved, before is None
 
     def delete_override(self, rule_id: str, scope: Scope, actor: str, now: datetime) -> ApiOverride | None:
+        now = _utc(now)
         try:
             with self._session() as s, s.begin():
                 row = s.scalar(select(RuleOverrideRow).where(RuleOverrideRow.scope_key == scope.key(rule_id)))
@@ -366,6 +379,7 @@ class RuleStore:
 
     def save_rule(self, spec: RuleSpec, actor: str, now: datetime) -> tuple[ApiRule, bool]:
         data = spec.model_dump(mode="json")
+        now = _utc(now)
         try:
             with self._session() as s, s.begin():
                 row = s.get(RuleDefRow, spec.id)
@@ -386,6 +400,7 @@ class RuleStore:
 
     def delete_rule(self, rule_id: str, actor: str, now: datetime) -> tuple[ApiRule | None, list[ApiOverride]]:
         """Delete an API rule and the API overrides of it (they would refer to nothing)."""
+        now = _utc(now)
         try:
             with self._session() as s, s.begin():
                 row = s.get(RuleDefRow, rule_id)
