@@ -76,7 +76,7 @@ def test_store_rows_history_and_times(registry: Registry) -> None:
             "params": {"factor": 3},
         }
     )
-    saved, created = store.save_rule(spec, "boss", NOW)
+    _saved, created = store.save_rule(spec, "boss", NOW)
     assert created and store.rules()[0].spec["params"] == {"factor": 3}
     store.save_override("X1", Scope(region="gz"), None, None, {"factor": 4}, "boss", NOW)
     gone, removed = store.delete_rule("X1", "boss", NOW)
