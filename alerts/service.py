@@ -328,13 +328,31 @@ class AlertService:
         return rules
 
     def set_rules(self, rules: RuleSet) -> None:
-        """Swap in re-loaded rule files; state of rules that still exist is kept."""
+        """Swap in re-loaded rule files or API edits; state of rules that still exist is kept, and armed timers
+        (absence, held-for, ...) take the new rule: re-armed for its deadline, or dropped if it is gone."""
         with self._lock:
             self.rules = rules
             self.env = Env(rules.calendar)
             self._device_rules.clear()
             self._plans.clear()
             self._refresh(self._clock())
+            self._rebind_timers()
+
+    def _rebind_timers(self) -> None:
+        for key, old in list(self._rule_by_key.items()):
+            subj = self._tick_subject.get(key)
+            subj = self._subjects.get(subj.device_id, subj) if subj is not None else None
+            new = None
+            if subj is not None:
+                new = next((r for r in self._rules_of(subj) if r.rule_id == old.rule_id and r.enabled), None)
+            self._armed.pop(key, None)  # what is queued in the heap for this key is superseded
+            if new is None or key not in self._states or subj is None:
+                self._rule_by_key.pop(key, None)
+                self._tick_subject.pop(key, None)
+                continue
+            self._rule_by_key[key] = new
+            self._tick_subject[key] = subj
+            self._arm(new, key, subj)
 
     # --- the stream -------------------------------------------------------------------------------------------
 
