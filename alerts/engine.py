@@ -137,6 +137,15 @@ def _edge(m: Match, record: Record, edges: dict[str, bool], name: str) -> bool:
     return got and not before
 
 
+def _lag(seen_ms: int, ts_ms: int) -> int:
+    """How far behind the engine's clock the device's data arrived (0 for live data or an unknown arrival).
+
+    A held-for timer runs on the engine's clock, its condition on device time. For a backlog (a gateway's buffer
+    flushed, a redelivery after an outage) the two differ by the delay: the deadline moves by it, so the rest of
+    the backlog, arriving right behind, decides whether the condition held, not the wall clock."""
+    return max(0, seen_ms - ts_ms) if seen_ms else 0
+
+
 def haversine_m(a: Sequence[float], b: Sequence[float]) -> float:
     lat1, lon1, lat2, lon2 = map(math.radians, (a[0], a[1], b[0], b[1]))
     h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
@@ -204,6 +213,7 @@ class ThresholdState:
     since_ms: int | None = None
     streak: int = 0
     last_ts_ms: int = 0
+    seen_ms: int = 0  # when (engine time) the reading at last_ts_ms was evaluated: device time -> timer time
     known: dict[str, Any] = field(default_factory=dict)
     value: Any = None
     suppressed_ms: int | None = None  # suppress_during: last time the condition held inside the window
@@ -293,6 +303,8 @@ class BaselineState:
     last_value: float | None = None
     last_ts_ms: int = 0
     baseline: float | None = None
+    seen_ms: int = 0  # as ThresholdState.seen_ms
+    last_x: float | None = None  # the last value judged (a rate for rate_per_hour), reported by a timer firing
     # aggregate daily_mean: the day being averaged (date ordinal, Beijing), when its window ends, the weighted
     # sums of value and baseline and the weight (ms covered), qualifying days in a row, the last day judged
     day: int | None = None
@@ -452,7 +464,7 @@ class _Threshold:
                 if not where_ok:
                     return self._reset(rule, st, subj, rec.ts_ms)
             return []
-        st.last_ts_ms = rec.ts_ms
+        st.last_ts_ms, st.seen_ms = rec.ts_ms, now_ms
         v = rec.fields[p.field]
         st.value = v
         where_ok = all(st.known.get(k) == w for k, w in p.where.items())
@@ -510,7 +522,7 @@ class _Threshold:
         p: ThresholdParams = rule.params
         if st.firing or st.since_ms is None or st.streak < p.count:
             return None
-        return st.since_ms + int(p.for_s * 1000)
+        return st.since_ms + int(p.for_s * 1000) + _lag(st.seen_ms, st.last_ts_ms)
 
 
 class _Delta:
@@ -586,9 +598,10 @@ class _Absence:
             for k in p.only_if:
                 if k in rec.fields:
                     st.known[k] = rec.fields[k]
-        if st.last_seen_ms is None or rec.ts_ms > st.last_seen_ms:
+        newer = st.last_seen_ms is None or rec.ts_ms > st.last_seen_ms
+        if newer:
             st.last_seen_ms = rec.ts_ms
-        if st.firing:
+        if st.firing and newer:  # a replayed older record (e.g. a redelivered status) is no sign of life
             st.firing = False
             return [_emit(rule, subj, False, rec.ts_ms, last_seen=st.last_seen_ms)]
         return []
@@ -890,13 +903,14 @@ class _Baseline:
             return []
         v = float(raw)
         prev, prev_ts = st.last_value, st.last_ts_ms
-        st.last_value, st.last_ts_ms = v, rec.ts_ms
+        st.last_value, st.last_ts_ms, st.seen_ms = v, rec.ts_ms, now_ms
         if p.source == "rate_per_hour":
             if prev is None or v < prev:
                 return []
             x = (v - prev) / ((rec.ts_ms - prev_ts) / 3_600_000)
         else:
             x = v
+        st.last_x = x
         working, how, hour = env.hour_info(rec.ts_ms, subj.region_path)
         applies = (p.days == "any" or (p.days == "working") == working) and (
             p.hours is None or p.hours[0] <= hour < p.hours[1]
@@ -1020,7 +1034,8 @@ class _Baseline:
         if p.aggregate == "daily_mean":
             return self._close_day(rule, st, subj, now_ms, env)
         st.firing = True
-        return [_emit(rule, subj, True, now_ms, value=st.last_value, baseline=st.baseline)]
+        value = round(st.last_x, 3) if st.last_x is not None else None
+        return [_emit(rule, subj, True, now_ms, value=value, baseline=round(st.baseline or 0, 3))]
 
     def deadline(self, rule: EffectiveRule, st: BaselineState, subj: Subject) -> int | None:
         p: BaselineParams = rule.params
@@ -1028,7 +1043,7 @@ class _Baseline:
             return st.day_end_ms if st.day is not None else None
         if st.firing or not st.cond or st.since_ms is None:
             return None
-        return st.since_ms + int(p.for_s * 1000)
+        return st.since_ms + int(p.for_s * 1000) + _lag(st.seen_ms, st.last_ts_ms)
 
 
 class _Travel:

@@ -454,7 +454,8 @@ class AlertService:
         """The rules routed by one field of a reading whose value is ``v``.
 
         Plain threshold rules (``engine.quiet_test``) take a fast path when the reading changes nothing decisive:
-        the state is quiet and the condition is false, so only the learning part (last value, last time) moves,
+        the state is quiet and the condition is false, so only the learning part (last value, last time, when it was
+        seen) moves,
         exactly as ``engine.evaluate`` would do it. Anything else goes through ``engine.evaluate``."""
         ts = rec.ts_ms
         number = type(v) in _NUMBER
@@ -470,7 +471,7 @@ class AlertService:
                 and ts >= st.last_ts_ms
                 and not entry.op(v, entry.limit)  # type: ignore[misc]
             ):
-                st.last_ts_ms = ts
+                st.last_ts_ms, st.seen_ms = ts, now_ms
                 st.value = v
                 quiet.append(entry.key)
                 continue

@@ -3,7 +3,7 @@
 The stack runs as in production: seeded :class:`devices.simulator.Fleet` s -> ``SharedPublisher`` (the simulator
 account) -> Mosquitto (the project's generated config) -> ``IngestService`` (a real SQLite telemetry store and
 registry) -> ``AlertsRuntime.on_batch`` with the default packs. The only rule changes are an override file:
-G5 and V1 (time-of-day schedules) off, G2, G2.pre and V7 off (see below), and short absence timers for the few
+G5 and V1 (time-of-day schedules) off, and short absence timers for the few
 devices that test absence.
 
 Three fleets in one run:
@@ -19,19 +19,15 @@ Then every recorded message with a ``seq`` is published again, as a gateway re-s
 alert may change, not even its ``count`` (docs/alerts.md, "Replays": ingest drops ``(device, seq)`` duplicates
 and the service skips a ``seq`` it saw; ``count + 1`` is only the fallback across a restart).
 
-Found on the way (each has a strict xfail test below):
+Found on the way, fixed in alerts/engine.py, each with its own test below:
 
-- A recorded backlog (device time well behind the wall clock) makes held-for timers fire at once: the timer
-  compares ``since`` (device time) + ``for_s`` with the wall clock, so a door open for 5 s raises G2 and G2.pre
-  when a timer tick falls between the ingest batch with the opening and the one with the closing. That is why
-  G2, G2.pre and V7 are off in the scenario test: the busy gates trip G2 and G2.pre, and a car driving back to
-  its depot trips V7 (its first reading: speed 0, ignition on). V6 on the speeding car fires by the same timer,
-  which is right there. Baseline rules with ``for_s`` (E1, E3) have the same timer.
-- A replayed ``online`` status (statuses carry no ``seq``, so neither ingest nor the service drops a replay)
-  resolves an open absence alert although it is older than the last record seen; the rule then fires again: a
-  second alert. The scenario test therefore replays the messages that carry a ``seq``.
-- A baseline alert fired by its timer reports the raw counter as ``value`` (e.g. 457659 for E1, whose
-  baseline is in kW) instead of the rate that the reading path reports.
+- A recorded backlog (device time well behind the wall clock) made held-for timers fire at once: the timer
+  compared ``since`` (device time) + ``for_s`` with the wall clock, so a door open for 5 s raised G2 and G2.pre
+  when a timer tick fell between the ingest batch with the opening and the one with the closing (and V7 on a
+  car's trip back to its depot). The deadline now moves by how late the data arrived (``engine._lag``).
+- A replayed ``online`` status (statuses carry no ``seq``) resolved an open absence alert although it was older
+  than the last record seen, and the rule then fired again: a second alert. Only a newer record clears it now.
+- A baseline alert fired by its timer reported the raw counter as ``value`` instead of the rate.
 """
 
 from __future__ import annotations
@@ -128,10 +124,6 @@ OVERRIDES = (
     # time-of-day schedules: the device timestamps are a night and a morning of the past, the wall clock is now
     "  - {rule: G5, enabled: false}\n"
     "  - {rule: V1, enabled: false}\n"
-    # held-for timers misfire on a recorded backlog (test_backlog_door_open_for_5_s_raises_no_g2 below)
-    "  - {rule: G2, enabled: false}\n"
-    "  - {rule: G2.pre, enabled: false}\n"
-    "  - {rule: V7, enabled: false}\n"  # a car's trip back to its depot starts with speed 0, ignition on
     # short absence timers (they run on the wall clock), for the devices that test them only
     f"  - {{rule: V12.offline, device: {CAR_GONE.id}, params: {{interval_s: {CAR_OFFLINE_S}}}}}\n"
     f"  - {{rule: V12.offline, device: {CAR_PARKED.id}, params: {{interval_s: {CAR_OFFLINE_S}}}}}\n"
@@ -311,15 +303,15 @@ def test_incident_scenarios_through_mosquitto_raise_exactly_the_expected_alerts_
             first = stack.stored()
             assert first == sorted((rule, device, 1) for rule, device in EXPECTED)
 
-            # A redelivery of every recorded message with a seq (for statuses see the xfail test below).
-            replay = [m for m in recorded if m.seq is not None]
+            # A redelivery of every recorded message, statuses (which carry no seq) included.
+            replay = list(recorded)
             dups = stack.ingest.stats.duplicates
             stack.publish(replay)
             stack.wait_acked(len(recorded) + len(replay) + live.sent, "ingest acked the replay")
             stack.alerts.service.tick()  # whatever timer the replay could have armed
             time.sleep(0.5)  # and the scheduler's ticks
             final = stack.stored()
-            assert stack.ingest.stats.duplicates - dups == len(replay)
+            assert stack.ingest.stats.duplicates - dups == sum(m.seq is not None for m in replay)  # statuses: no seq
             assert stack.ingest.stats.rejected == {}
         finally:
             live.stop()
@@ -331,11 +323,6 @@ def test_incident_scenarios_through_mosquitto_raise_exactly_the_expected_alerts_
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a held-for timer compares since (device time) + for_s with the wall clock, so a recorded backlog "
-    "split over two ingest batches with a timer tick in between raises G2/G2.pre for a door open 5 s",
-)
 def test_backlog_door_open_for_5_s_raises_no_g2(
     broker: Any, sqlite_registry: Registry, store: SqliteStore, tmp_path: Path
 ) -> None:
@@ -364,15 +351,10 @@ def test_backlog_door_open_for_5_s_raises_no_g2(
         stack.wait_acked(4, "the rest of the backlog")
         stack.alerts.service.tick()
         stored = stack.stored()
-    assert stored == []  # today: G2 and G2.pre, each resolved (device time) before it was raised (wall clock)
+    assert stored == []  # was: G2 and G2.pre, each resolved (device time) before it was raised (wall clock)
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a replayed online status (no seq: not deduplicated) resolves an open absence alert although it "
-    "is older than the last record seen; the rule fires again and a second alert is raised",
-)
 def test_replayed_status_does_not_resolve_an_absence_alert(
     broker: Any, sqlite_registry: Registry, store: SqliteStore, tmp_path: Path
 ) -> None:
@@ -399,14 +381,9 @@ def test_replayed_status_does_not_resolve_an_absence_alert(
         stack.wait_acked(2 * len(msgs), "the replay")
         time.sleep(0.5)  # the scheduler's ticks (the rule is overdue again at once)
         alerts = [(a.rule_id, a.count, a.resolved_at) for a in stack.alerts.service.repo.alerts()]
-    assert alerts == [("G11.offline", 1, None)]  # today: resolved by the replayed status, and a second alert
+    assert alerts == [("G11.offline", 1, None)]  # was: resolved by the replayed status, and a second alert
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a baseline alert fired by its timer reports the raw counter (st.last_value) as its value, "
-    "not the rate per hour it compares with the baseline",
-)
 def test_baseline_fired_by_its_timer_reports_the_rate() -> None:
     rule = make_rule(
         "baseline",
@@ -430,4 +407,4 @@ def test_baseline_fired_by_its_timer_reports_the_rate() -> None:
     run.tick(60 * 26 + 3600)
     assert run.firing() == [True]
     value = run.changes[0].detail["value"]
-    assert isinstance(value, float) and abs(value - 40) < 1, value  # today: 10005.333, the counter
+    assert isinstance(value, float) and abs(value - 40) < 1, value  # was: 10005.333, the counter
