@@ -66,6 +66,8 @@ CREATE TABLE IF NOT EXISTS device_state (
 );
 """
 
+CACHE_KIB = 64 * 1024  # page cache per connection
+
 _AGG_SQL = {"mean": "avg(v)", "min": "min(v)", "max": "max(v)", "sum": "sum(v)", "count": "count(v)"}
 
 
@@ -102,6 +104,9 @@ class SqliteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA busy_timeout=30000")
+            # The (device, ts) index takes inserts all over its B-tree (one device after another); SQLite's default
+            # 2 MiB page cache makes a large store re-read its pages for nearly every insert.
+            conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             if self._background_checkpoint:
                 for pragma in WRITER_PRAGMAS:
                     conn.execute(pragma)
