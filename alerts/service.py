@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,6 +31,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
 from alerts import engine as eng
+from alerts import metrics
 from alerts.engine import AbsenceState, Env, Subject, ThresholdState
 from alerts.lifecycle import AlertBook, LifecycleConfig, LifecycleEvent, Silence
 from alerts.repository import AlertRepository, StateKey
@@ -269,7 +270,15 @@ class AlertService:
         """Call ``callback(event)`` for every lifecycle event, after it is stored. It must be quick."""
         self._subscribers.append(callback)
 
-    def _publish(self, events: Iterable[LifecycleEvent]) -> None:
+    def _publish(self, events: list[LifecycleEvent]) -> None:
+        if not events:
+            return
+        now = self._clock()
+        for ev in events:
+            metrics.LIFECYCLE_EVENTS.labels(ev.kind).inc()
+            if ev.kind == "created":
+                metrics.TRIGGER_DELAY_SECONDS.observe(max(0.0, (now - ev.alert.started_at).total_seconds()))
+        metrics.OPEN_ALERTS.set(len(self.book.open_by_key))
         for ev in events:
             for cb in self._subscribers:
                 try:
@@ -357,12 +366,14 @@ class AlertService:
     # --- the stream -------------------------------------------------------------------------------------------
 
     def on_batch(self, batch: WriteBatch) -> None:
-        """BatchListener: evaluate a durable batch. Quick, never raises."""
+        """BatchListener: evaluate an ingest batch and store what it changed. Quick, never raises."""
+        started = time.perf_counter()
         try:
             records: list[Record] = [*batch.events, *batch.readings, *batch.statuses]
             self.process(records)
         except Exception:
             logger.exception("alert evaluation failed for a batch of %d records", len(batch))
+        metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
 
     def process(self, records: list[Record], now: datetime | None = None) -> list[LifecycleEvent]:
         """Evaluate records (sorted by time here), store the changes, tell subscribers. Returns the events."""
@@ -605,6 +616,7 @@ class AlertService:
             if pending is None:
                 return
             try:
+                started = time.perf_counter()
                 self.repo.save(
                     alerts=pending.alerts.values(),
                     silences=pending.silences.values(),
@@ -613,6 +625,7 @@ class AlertService:
                     lifecycle=pending.aux,
                     now=pending.now,
                 )
+                metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
             except StoreUnavailable as exc:
                 if not self._store_down:
                     logger.warning(

@@ -13,6 +13,10 @@ DUPLICATES = Counter("lianfang_ingest_duplicates_total", "Messages dropped as du
 GAPS = Counter("lianfang_ingest_seq_gaps_total", "Missing seq numbers detected")
 ACKED = Counter("lianfang_ingest_messages_acked_total", "MQTT messages acknowledged after a durable write")
 QUEUE_DEPTH = Gauge("lianfang_ingest_queue_depth", "Messages waiting between the MQTT callback and the writer")
+WRITE_QUEUE = Gauge("lianfang_ingest_write_queue_batches", "Decoded batches waiting for the telemetry writer")
+EVALUATION_QUEUE = Gauge(
+    "lianfang_ingest_evaluation_queue_batches", "Decoded batches waiting for the listeners (alert engine)"
+)
 CONNECTED = Gauge("lianfang_ingest_broker_connected", "1 when ingest is connected to the broker")
 WRITE_SECONDS = Histogram(
     "lianfang_ingest_write_seconds",

@@ -198,6 +198,8 @@ class IngestService:
                 if self.listeners:
                     self._evaluations.put(item)
                 metrics.QUEUE_DEPTH.set(self.queue.qsize())
+                metrics.WRITE_QUEUE.set(self._writes.qsize())
+                metrics.EVALUATION_QUEUE.set(self._evaluations.qsize())
         finally:
             self._writes.put(None)
             self._evaluations.put(None)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from alerts import metrics
 from alerts.notify.channels import Channel, ChannelUnavailable, DeliveryRejected, OutboundMessage, build_channel
 from alerts.notify.config import ChannelConfig, NotifyConfig, RateLimitConfig, effective_rate_limit
 from alerts.notify.log import DeliveryLog
@@ -195,6 +196,7 @@ class ChannelWorker:
             error = f"{type(exc).__name__}: {exc}"
         next_at = None if ok or not retryable else self.retry.next_attempt_at(attempt, self.clock())
         final = ok or next_at is None
+        metrics.NOTIFY_MESSAGES.labels(self.name, "sent" if ok else "failed" if final else "retry").inc()
         if ok:
             self._retry = None
             self.messages_sent += 1
@@ -276,6 +278,7 @@ class Dispatcher:
             logger.warning("notification for alert %s after stop: ignored", notification.alert.id)
             return
         self._intake.put(notification)
+        metrics.NOTIFY_QUEUE.set(self._intake.qsize())
 
     __call__ = notify
 
@@ -360,12 +363,13 @@ class Dispatcher:
         while item is not None:
             batch.append(item)
             if len(batch) >= ROUTE_BATCH:
-                return batch, False
+                break
             try:
                 item = self._intake.get_nowait()
             except queue.Empty:
-                return batch, False
-        return batch, True
+                break
+        metrics.NOTIFY_QUEUE.set(self._intake.qsize())
+        return batch, item is None
 
     def _route(self, batch: Sequence[Notification]) -> None:
         planned: list[tuple[str | None, Notification]] = []

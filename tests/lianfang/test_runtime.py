@@ -80,6 +80,16 @@ def test_serve_runs_broker_ingest_and_api_and_stops_cleanly_on_sigterm(tmp_path:
         wait_until(ready, 60, 0.2, "serve ready")
         metrics = httpx.get(f"http://127.0.0.1:{api_port}/metrics", timeout=5).text
         assert "lianfang_ingest_broker_connected 1.0" in metrics
+        for name in (  # alert engine, notifications, the parallel ingest stages, the GC policy
+            "lianfang_alert_evaluation_seconds_bucket",
+            "lianfang_alerts_open",
+            "lianfang_notify_queue_depth",
+            "lianfang_ingest_write_queue_batches",
+            "lianfang_ingest_evaluation_queue_batches",
+        ):
+            assert name in metrics, name
+        frozen = [x for x in metrics.splitlines() if x.startswith("lianfang_gc_frozen_objects ")]
+        assert frozen and float(frozen[0].split()[1]) > 10_000  # settled at start-up
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
