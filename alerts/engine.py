@@ -137,6 +137,25 @@ def _edge(m: Match, record: Record, edges: dict[str, bool], name: str) -> bool:
     return got and not before
 
 
+def _sample(field: str, source: str, st: BaselineState | DemandState, rec: Record) -> tuple[int, float | None] | None:
+    """A newer numeric reading of ``field``: remembers it in ``st`` and returns (previous reading's time, the value
+    judged): the value itself, or for ``rate_per_hour`` the rate since the previous reading (None for the first
+    reading and for a counter that went backwards, E5.negative's business). None if there is nothing to take."""
+    if not isinstance(rec, Reading) or field not in rec.fields or rec.ts_ms <= st.last_ts_ms:
+        return None
+    raw = rec.fields[field]
+    if isinstance(raw, bool):
+        return None
+    v = float(raw)
+    prev, prev_ts = st.last_value, st.last_ts_ms
+    st.last_value, st.last_ts_ms = v, rec.ts_ms
+    if source != "rate_per_hour":
+        return prev_ts, v
+    if prev is None or v < prev:
+        return prev_ts, None
+    return prev_ts, (v - prev) / ((rec.ts_ms - prev_ts) / 3_600_000)
+
+
 def _lag(seen_ms: int, ts_ms: int) -> int:
     """How far behind the engine's clock the device's data arrived (0 for live data or an unknown arrival).
 
@@ -896,20 +915,13 @@ class _Baseline:
         self, rule: EffectiveRule, st: BaselineState, subj: Subject, rec: Record, now_ms: int, env: Env
     ) -> list[AlertChange]:
         p: BaselineParams = rule.params
-        if not isinstance(rec, Reading) or p.field not in rec.fields or rec.ts_ms <= st.last_ts_ms:
+        taken = _sample(p.field, p.source, st, rec)
+        if taken is None:
             return []
-        raw = rec.fields[p.field]
-        if isinstance(raw, bool):
+        prev_ts, x = taken
+        st.seen_ms = now_ms
+        if x is None:
             return []
-        v = float(raw)
-        prev, prev_ts = st.last_value, st.last_ts_ms
-        st.last_value, st.last_ts_ms, st.seen_ms = v, rec.ts_ms, now_ms
-        if p.source == "rate_per_hour":
-            if prev is None or v < prev:
-                return []
-            x = (v - prev) / ((rec.ts_ms - prev_ts) / 3_600_000)
-        else:
-            x = v
         st.last_x = x
         working, how, hour = env.hour_info(rec.ts_ms, subj.region_path)
         applies = (p.days == "any" or (p.days == "working") == working) and (
@@ -1170,20 +1182,13 @@ class _Demand:
         self, rule: EffectiveRule, st: DemandState, subj: Subject, rec: Record, now_ms: int, env: Env
     ) -> list[AlertChange]:
         p: DemandParams = rule.params
-        if not isinstance(rec, Reading) or p.field not in rec.fields or rec.ts_ms <= st.last_ts_ms:
+        taken = _sample(p.field, p.source, st, rec)
+        if taken is None:
             return []
-        raw = rec.fields[p.field]
-        if isinstance(raw, bool):
+        prev_ts, judged = taken
+        if judged is None:
             return []
-        v = float(raw)
-        prev, prev_ts = st.last_value, st.last_ts_ms
-        st.last_value, st.last_ts_ms = v, rec.ts_ms
-        if p.source == "rate_per_hour":
-            if prev is None or v < prev:  # first reading, or a counter reset (E5.negative's business)
-                return []
-            x = (v - prev) / ((rec.ts_ms - prev_ts) / 3_600_000)
-        else:
-            x = v
+        x = judged
         interval_ms = p.interval_s * 1000
         bucket = rec.ts_ms // interval_ms
         out: list[AlertChange] = []
