@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -52,6 +53,20 @@ class Principal:
 
     def sees_region(self, region_id: str) -> bool:
         return self.region_ids is None or region_id in self.region_ids
+
+    def sees_scope(
+        self, region_id: str | None, device_id: str | None, device_region: Callable[[str], str | None]
+    ) -> bool:
+        """Whether something scoped to a region, a device or (neither) the whole tree is visible: scoped callers
+        see what lies inside their subtree and the tree-wide things, which apply to them too."""
+        if self.region_ids is None:
+            return True
+        if region_id is not None:
+            return region_id in self.region_ids
+        if device_id is not None:
+            where = device_region(device_id)
+            return where is not None and where in self.region_ids
+        return True
 
 
 def hash_token(token: str) -> str:

@@ -238,14 +238,7 @@ def assign(alert_id: int, body: AssignBody, svc: AlertsDep, principal: Writer) -
 
 def _silence_visible(s: Silence, principal: Principal, registry: Registry) -> bool:
     """Scoped callers see silences inside their subtree and the tree-wide ones (which apply to them too)."""
-    if principal.region_ids is None:
-        return True
-    if s.region_id is not None:
-        return s.region_id in principal.region_ids
-    if s.device_id is not None:
-        d = registry.device(s.device_id)
-        return d is not None and principal.sees_region(d.region_id)
-    return True
+    return principal.sees_scope(s.region_id, s.device_id, lambda d: getattr(registry.device(d), "region_id", None))
 
 
 @router.get("/silences")

@@ -118,15 +118,12 @@ def change_json(c: RuleChange) -> dict[str, Any]:
 
 
 def _visible(scope: Scope, principal: Principal, registry: Registry) -> bool:
-    """Scoped callers see overrides inside their subtree and the tree-wide ones (which apply to them too)."""
-    if principal.region_ids is None:
-        return True
-    if scope.region is not None:
-        return scope.region in principal.region_ids
-    if scope.device is not None:
-        d = registry.device(scope.device)
-        return d is not None and principal.sees_region(d.region_id)
-    return True
+    return principal.sees_scope(scope.region, scope.device, lambda d: _device_region(registry, d))
+
+
+def _device_region(registry: Registry, device_id: str) -> str | None:
+    d = registry.device(device_id)
+    return d.region_id if d is not None else None
 
 
 # --- reads -------------------------------------------------------------------------------------------------------
