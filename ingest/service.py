@@ -37,7 +37,10 @@ WARM_ROWS = 200_000
 
 
 class RegistryCache:
-    """The registry's view of every device, refreshed periodically and on an unknown device (rate-limited)."""
+    """The registry's view of every device. A background thread re-reads it every ``refresh_s``, so the
+    per-message path never waits for the registry; only a device it does not know yet makes the decoder re-read
+    it at once (at most every ``miss_refresh_s``), so that a newly registered device's first messages are
+    accepted rather than rejected as unknown."""
 
     def __init__(self, load: Callable[[], Mapping[str, DeviceInfo]], refresh_s: float, miss_refresh_s: float = 1.0):
         self._load = load
@@ -45,18 +48,37 @@ class RegistryCache:
         self.miss_refresh_s = miss_refresh_s
         self.devices: Mapping[str, DeviceInfo] = {}
         self._loaded_at = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ingest-registry", daemon=True)
 
     def refresh(self) -> None:
-        self.devices = self._load()
+        self.devices = self._load()  # one reference swap: readers see the old view or the new one
         self._loaded_at = time.monotonic()
 
+    def start(self) -> None:
+        self.refresh()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(max(0.05, self._loaded_at + self.refresh_s - time.monotonic())):
+            if time.monotonic() - self._loaded_at < self.refresh_s:
+                continue  # refreshed meanwhile by a miss
+            self._try_refresh()
+
+    def _try_refresh(self) -> None:
+        try:
+            self.refresh()
+        except StoreUnavailable:
+            self._loaded_at = time.monotonic()  # try again after another period
+            logger.warning("registry unavailable; using the cached view of %d devices", len(self.devices))
+
     def view(self, device_ids: Sequence[str]) -> Mapping[str, DeviceInfo]:
-        age = time.monotonic() - self._loaded_at
-        if age > self.refresh_s or (age > self.miss_refresh_s and any(d not in self.devices for d in device_ids)):
-            try:
-                self.refresh()
-            except StoreUnavailable:
-                logger.warning("registry unavailable; using the cached view of %d devices", len(self.devices))
+        devices = self.devices
+        if any(d not in devices for d in device_ids) and time.monotonic() - self._loaded_at > self.miss_refresh_s:
+            self._try_refresh()
         return self.devices
 
 
@@ -120,7 +142,7 @@ class IngestService:
     # --- lifecycle --------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.registry.refresh()
+        self.registry.start()
         warmed = self.store.recent_seqs(WARM_ROWS)
         for device_id, seq, ts in reversed(warmed):  # oldest first
             self.seqs.warm(device_id, seq, ts)
@@ -140,6 +162,7 @@ class IngestService:
         for t in self._threads:  # the decoder first: it hands the writer and the evaluator their end marks
             t.join(max(0.0, deadline - time.monotonic()))
         self.consumer.stop()
+        self.registry.stop()
         self._started = False
         logger.info("ingest stopped: %d received, %d acked", self.stats.received, self.stats.acked)
 
