@@ -457,6 +457,16 @@ class _Kind(Protocol):
     def deadline(self, rule: EffectiveRule, st: Any, subj: Subject) -> int | None: ...
 
 
+class _Untimed:
+    """A rule kind decided by its records alone: no timers."""
+
+    def tick(self, rule: EffectiveRule, st: Any, subj: Subject, now_ms: int, env: Env) -> list[AlertChange]:
+        return []
+
+    def deadline(self, rule: EffectiveRule, st: Any, subj: Subject) -> int | None:
+        return None
+
+
 class _Threshold:
     @staticmethod
     def _clear(p: ThresholdParams, v: Any, cond: bool, where_ok: bool) -> bool:
@@ -544,7 +554,7 @@ class _Threshold:
         return st.since_ms + int(p.for_s * 1000) + _lag(st.seen_ms, st.last_ts_ms)
 
 
-class _Delta:
+class _Delta(_Untimed):
     def evaluate(
         self, rule: EffectiveRule, st: DeltaState, subj: Subject, rec: Record, now_ms: int, env: Env
     ) -> list[AlertChange]:
@@ -598,12 +608,6 @@ class _Delta:
             st.firing = False
             return [_emit(rule, subj, False, rec.ts_ms, value=v, delta=round(delta, 6))]
         return []
-
-    def tick(self, rule: EffectiveRule, st: DeltaState, subj: Subject, now_ms: int, env: Env) -> list[AlertChange]:
-        return []
-
-    def deadline(self, rule: EffectiveRule, st: DeltaState, subj: Subject) -> int | None:
-        return None
 
 
 class _Absence:
@@ -1170,7 +1174,7 @@ def p2_value(m: Mapping[str, list[float]], p: float) -> float | None:
     return q[2]
 
 
-class _Demand:
+class _Demand(_Untimed):
     """Interval demand: the time-weighted mean of the rate (or value) over clock-aligned intervals.
 
     Each closed interval is judged (spike above quantile x factor; CUSUM of residuals against the hour-of-week
@@ -1256,14 +1260,8 @@ class _Demand:
             bin_learn(st.bins, working, how, d, p.alpha)
         return []
 
-    def tick(self, rule: EffectiveRule, st: DemandState, subj: Subject, now_ms: int, env: Env) -> list[AlertChange]:
-        return []
 
-    def deadline(self, rule: EffectiveRule, st: DemandState, subj: Subject) -> int | None:
-        return None
-
-
-class _ClockSkew:
+class _ClockSkew(_Untimed):
     """The device's timestamp against the receive time: ``received_ms`` of the record when ingest provides it,
     else ``now`` of the evaluation (on the stream, that is when the record arrived). Records whose time was not
     set by the device (no ``ts``: ingest used its own clock) say nothing about the device's clock."""
@@ -1301,12 +1299,6 @@ class _ClockSkew:
             return []
         st.firing, st.streak = False, 0
         return [_emit(rule, subj, False, recv, skew_s=st.skew_s)]
-
-    def tick(self, rule: EffectiveRule, st: ClockSkewState, subj: Subject, now_ms: int, env: Env) -> list[AlertChange]:
-        return []
-
-    def deadline(self, rule: EffectiveRule, st: ClockSkewState, subj: Subject) -> int | None:
-        return None
 
 
 KINDS: dict[str, _Kind] = {

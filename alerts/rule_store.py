@@ -46,7 +46,16 @@ API_ORIGIN = "api"  # where API-defined rules come from (``RuleSet.rule_origin``
 # --- tables (migration 0006) -----------------------------------------------------------------------------------
 
 
-class RuleOverrideRow(Base):
+class _Edited:
+    """Who made an API edit and who changed it last, and when (both tables)."""
+
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_by: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RuleOverrideRow(_Edited, Base):
     __tablename__ = "alert_rule_overrides"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -58,22 +67,14 @@ class RuleOverrideRow(Base):
     enabled: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     severity: Mapped[str | None] = mapped_column(String(16), nullable=True)
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_by: Mapped[str] = mapped_column(String(128))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_by: Mapped[str] = mapped_column(String(128))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-class RuleDefRow(Base):
+class RuleDefRow(_Edited, Base):
     __tablename__ = "alert_rule_defs"
 
     rule_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_by: Mapped[str] = mapped_column(String(128))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_by: Mapped[str] = mapped_column(String(128))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class RuleChangeRow(Base):
