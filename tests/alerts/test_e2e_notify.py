@@ -9,18 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
 from alerts.notify.log import DeliveryLog
 from alerts.wiring import AlertsRuntime
-from core.settings import AlertSettings, IngestSettings, MqttSettings, Settings
+from core.settings import AlertSettings, Settings
 from core.store.sqlite import SqliteStore
 from devices.registry import DeviceSpec, RegionSpec, Registry
 from devices.sim_publisher import SharedPublisher
 from devices.simulator import Fleet, Incident, SimDevice, SimMessage
-from ingest.service import IngestService
 from tests.alerts.notify_fixtures import WEBHOOK_SECRET, Receiver, receiver  # noqa: F401
 from tests.helpers import wait_until
+from tests.ingest.conftest import ingest_on
 
 GATE = "gate-e2e-0001"
 
@@ -80,15 +79,7 @@ def test_e2e_forced_door_reaches_the_webhook_once(
     assert forced, "the scenario must open the door"
 
     alerts = AlertsRuntime(settings, reg, notify_stop_timeout_s=3, notify_idle_wait_s=0.05)
-    mqtt = MqttSettings(
-        port=broker.port,
-        username=broker.platform_username,
-        password=SecretStr(broker.platform_password),
-        embedded_broker=False,
-    )
-    ingest = IngestService(
-        mqtt, IngestSettings(batch_wait_ms=5, registry_refresh_s=60), store, reg.snapshot, listeners=[alerts.on_batch]
-    )
+    ingest = ingest_on(broker, store, reg.snapshot, listeners=[alerts.on_batch])
     pub = SharedPublisher("127.0.0.1", broker.port, "lianfang-sim", broker.sim_password)
     alerts.start()
     ingest.start()

@@ -44,10 +44,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
 from alerts.wiring import AlertsRuntime
-from core.settings import AlertSettings, IngestSettings, MqttSettings, Settings
+from core.settings import AlertSettings, Settings
 from core.store.sqlite import SqliteStore
 from devices.registry import DeviceSpec, Registry
 from devices.sim_publisher import SharedPublisher
@@ -56,6 +55,7 @@ from ingest.service import IngestService
 from tests.alerts.engine_helpers import Run, make_rule, reading, subject
 from tests.alerts.test_pack_scenarios import REGIONS, Dev
 from tests.helpers import wait_until
+from tests.ingest.conftest import ingest_on
 
 # --- the night fleet: one device per scenario, a near miss next to each --------------------------------------
 
@@ -242,15 +242,7 @@ def running_stack(broker: Any, reg: Registry, store: SqliteStore, rules: Path) -
     """AlertsRuntime (default packs + ``rules``, 50 ms ticks) behind a real IngestService on ``broker``."""
     settings = Settings(alerts=AlertSettings(rules_paths=[rules], tick_interval_s=0.05, escalation_tick_s=0.5))
     alerts = AlertsRuntime(settings, reg, notify_stop_timeout_s=3, notify_idle_wait_s=0.05)
-    mqtt = MqttSettings(
-        port=broker.port,
-        username=broker.platform_username,
-        password=SecretStr(broker.platform_password),
-        embedded_broker=False,
-    )
-    ingest = IngestService(
-        mqtt, IngestSettings(batch_wait_ms=5, registry_refresh_s=60), store, reg.snapshot, listeners=[alerts.on_batch]
-    )
+    ingest = ingest_on(broker, store, reg.snapshot, listeners=[alerts.on_batch])
     pub = SharedPublisher("127.0.0.1", broker.port, "lianfang-sim", broker.sim_password)
     alerts.start()
     try:

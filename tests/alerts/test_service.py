@@ -18,6 +18,7 @@ from core.protocol import Event, Reading
 from core.store import WriteBatch
 from devices.registry import DeviceSpec, RegionSpec, Registry
 from tests.helpers import wait_until
+from tests.ingest.conftest import ingest_on
 
 T0 = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)  # Monday 10:00 Beijing
 
@@ -368,10 +369,6 @@ def test_service_behind_real_ingest_and_mosquitto(
     import json
     import time
 
-    from pydantic import SecretStr
-
-    from core.settings import IngestSettings, MqttSettings
-    from ingest.service import IngestService
     from tests.helpers import mqtt_client
 
     reg = sqlite_registry
@@ -384,18 +381,7 @@ def test_service_behind_real_ingest_and_mosquitto(
         reg.engine, RuleSet.load([PACKS_DIR, no_g5]), reg.snapshot, regions_from_registry(reg), tick_interval_s=0.05
     )
     alerts.start()
-    ingest = IngestService(
-        MqttSettings(
-            port=broker.port,
-            username=broker.platform_username,
-            password=SecretStr(broker.platform_password),
-            embedded_broker=False,
-        ),
-        IngestSettings(batch_wait_ms=5, registry_refresh_s=60),
-        store,
-        reg.snapshot,
-        listeners=[alerts.on_batch],
-    )
+    ingest = ingest_on(broker, store, reg.snapshot, listeners=[alerts.on_batch])
     ingest.start()
     sim = mqtt_client(broker.port, "lianfang-sim", broker.sim_password)
     try:

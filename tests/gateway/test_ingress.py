@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 
-from core.settings import IngestSettings, MqttSettings, Settings
+from core.settings import Settings
 from core.store.sqlite import SqliteStore
 from devices.audit import Actor
 from devices.broker import GATEWAY_USERNAME, derive_gateway_password
@@ -22,9 +21,9 @@ from devices.provisioning import Provisioner
 from devices.registry import DeviceSpec, RegionSpec, Registry
 from gateway.app import GatewayContext, create_app
 from gateway.ingress_publisher import IngressPublisher
-from ingest.service import IngestService
 from tests.conftest import Broker
 from tests.helpers import mqtt_client, wait_until
+from tests.ingest.conftest import ingest_on
 
 NOW = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
 URL = "/api/v1/ingest/{}/{}"
@@ -62,17 +61,7 @@ def pipeline(broker: Broker, sqlite_registry: Registry, store: SqliteStore) -> I
         secrets = Provisioner(sqlite_registry, dynsec, actor=Actor("test", "test")).provision_new(
             ["gate-h-0001", "meter-h-0001", "meter-h-0002"], NOW
         )
-    ingest = IngestService(
-        MqttSettings(
-            port=broker.port,
-            username=broker.platform_username,
-            password=SecretStr(broker.platform_password),
-            embedded_broker=False,
-        ),
-        IngestSettings(batch_wait_ms=5, registry_refresh_s=60),
-        store,
-        sqlite_registry.snapshot,
-    )
+    ingest = ingest_on(broker, store, sqlite_registry.snapshot)
     ingest.start()
     publisher = IngressPublisher("127.0.0.1", broker.port, derive_gateway_password(broker.admin_password))
     publisher.start()

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
 from core.settings import IngestSettings, MqttSettings
+from core.store import BatchListener
 from core.store.sqlite import SqliteStore
 from devices.registry import DeviceSpec, RegionSpec, Registry
 from ingest.service import IngestService
@@ -45,6 +47,19 @@ def mqtt_settings(broker: Broker, **kw: object) -> MqttSettings:
         password=SecretStr(broker.platform_password),
         embedded_broker=False,
         **kw,  # type: ignore[arg-type]
+    )
+
+
+def ingest_on(
+    broker: Broker, store: SqliteStore, load: Callable[[], Any], listeners: Sequence[BatchListener] = ()
+) -> IngestService:
+    """An IngestService on the test broker, with the test settings (5 ms batches, no periodic registry re-read)."""
+    return IngestService(
+        mqtt_settings(broker),
+        IngestSettings(batch_wait_ms=5, registry_refresh_s=60),
+        store,
+        load,
+        listeners=listeners,
     )
 
 
