@@ -308,6 +308,7 @@ class GeofenceState:
     firing: bool = False
     since_ms: int | None = None
     last_ts_ms: int = 0
+    seen_ms: int = 0  # as ThresholdState.seen_ms
 
     def essential(self) -> tuple[object, ...]:
         return (self.firing, self.since_ms)
@@ -854,7 +855,7 @@ class _Geofence:
         lat, lon = rec.fields.get(p.lat_field), rec.fields.get(p.lon_field)
         if isinstance(lat, bool) or isinstance(lon, bool) or lat is None or lon is None:
             return []
-        st.last_ts_ms = rec.ts_ms
+        st.last_ts_ms, st.seen_ms = rec.ts_ms, now_ms
         inside = any(point_in_polygon(lat, lon, poly) for poly in p.polygons)
         breach = not inside if p.mode == "stay_inside" else inside
         if not breach:
@@ -879,7 +880,7 @@ class _Geofence:
         p: GeofenceParams = rule.params
         if st.firing or st.since_ms is None:
             return None
-        return st.since_ms + int(p.min_outside_s * 1000)
+        return st.since_ms + int(p.min_outside_s * 1000) + _lag(st.seen_ms, st.last_ts_ms)
 
 
 def bin_expected(bins: Mapping[str, list[float]], working: bool, how: int, min_samples: int) -> float | None:

@@ -44,3 +44,15 @@ def test_a_backlog_reading_that_shows_the_whole_window_fires_at_once() -> None:
     run.feed(reading(0, run.subj, door_open=True), now_s=HOUR)
     run.feed(reading(50, run.subj, door_open=True), now_s=HOUR + 1)
     assert run.firing() == [True]
+
+
+def test_a_geofence_backlog_is_decided_by_its_own_readings() -> None:
+    square = [[23.0, 113.0], [23.2, 113.0], [23.2, 113.4], [23.0, 113.4]]
+    run = Run(
+        make_rule("geofence", {"polygons": [square], "min_outside_s": 60}, "vehicle"), subject(device_type="vehicle")
+    )
+    run.feed(reading(0, run.subj, lat=23.3, lon=113.2), now_s=HOUR)  # outside, an hour late
+    run.tick(HOUR + 1)
+    run.feed(reading(30, run.subj, lat=23.1, lon=113.2), now_s=HOUR + 1.5)  # back inside after 30 s
+    run.tick(HOUR + 100)
+    assert run.firing() == []
