@@ -63,7 +63,12 @@ class BrokerConfig:
     gateway_password: str | None = None
     max_inflight_messages: int = 2000
     max_queued_messages: int = 2_000_000
-    autosave_interval_s: int = 5  # broker crash (not restart) loses at most this window; see docs/operations.md
+    # Broker persistence (docs/reliability.md has the measurements): with autosave_on_changes false, mosquitto
+    # rewrites its persistence file every autosave_interval seconds, and a crash (not a restart) loses what it
+    # accepted since; with true, autosave_interval counts changes (queued messages, subscriptions, retained).
+    persistence: bool = True
+    autosave_interval_s: int = 5
+    autosave_on_changes: bool = False
     tls_port: int | None = None
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
@@ -112,9 +117,10 @@ def render_config(cfg: BrokerConfig) -> str:
         ]
     lines += [
         # At-least-once: keep sessions and queued QoS 1 messages across broker restarts.
-        "persistence true",
+        f"persistence {'true' if cfg.persistence else 'false'}",
         f"persistence_location {d}/",
         f"autosave_interval {cfg.autosave_interval_s}",
+        f"autosave_on_changes {'true' if cfg.autosave_on_changes else 'false'}",
         "persistent_client_expiration 14d",
         # Sized for the ingest batch (in flight) and an ingest outage budget (queued).
         f"max_inflight_messages {cfg.max_inflight_messages}",
