@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.errors import UserError
@@ -39,16 +39,20 @@ class MqttSettings(_Section):
     # The embedded broker also serves MQTT over TLS on this port, with the files of 'lianfang certs init'
     # (ca.crt, server.crt, server.key in tls_dir, default DATA_DIR/certs).
     tls_port: int | None = Field(default=None, ge=1, le=65535)
+    # Default: DATA_DIR/certs (follows data_dir unless set).
     tls_dir: Path | None = None
     # The dynamic-security admin account (device provisioning). None: the embedded broker's generated one.
     admin_password: SecretStr | None = None
     # Start Mosquitto as a child process with generated config (one-machine mode).
     embedded_broker: bool = True
+    # Default: DATA_DIR/mosquitto (follows data_dir unless set); the broker's generated passwords are kept next to
+    # it, in broker-secrets.json.
     broker_dir: Path = Path("var/mosquitto")
 
 
 class StoreSettings(_Section):
     kind: Literal["sqlite"] = "sqlite"
+    # Default: DATA_DIR/telemetry.db (follows data_dir unless set).
     sqlite_path: Path = Path("var/telemetry.db")
     retention_days: int = Field(default=400, ge=1)
 
@@ -66,6 +70,12 @@ class ApiSettings(_Section):
     port: int = Field(default=8000, ge=1, le=65535)
     max_points: int = Field(default=10000, ge=1)
     max_range_days: int = Field(default=92, ge=1)
+    # Live streams (SSE) open at once, per API user (token) and for the whole server; one more is a 429.
+    stream_max_per_user: int = Field(default=5, ge=1)
+    stream_max_total: int = Field(default=200, ge=1)
+    # The longest silence (ends_at - starts_at) each role may create, in hours (docs/security.md "Guarded powers").
+    silence_max_hours_operator: float = Field(default=24.0, gt=0)
+    silence_max_hours_admin: float = Field(default=30 * 24.0, gt=0)
 
 
 class AlertSettings(_Section):
@@ -88,7 +98,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LIANFANG_", env_nested_delimiter="__", extra="forbid")
 
     env: Literal["dev", "prod"] = "dev"
+    # Every default path below derives from it (store.sqlite_path, database_url, mqtt.broker_dir, mqtt.tls_dir):
+    # a second data dir is a second, independent installation. A path set explicitly is kept.
     data_dir: Path = Path("var")
+    # Default: sqlite:///DATA_DIR/registry.db.
     database_url: str = "sqlite:///var/registry.db"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Long-lived objects out of the full garbage collections (core/gcpolicy.py): at start-up and then every this
@@ -107,6 +120,20 @@ class Settings(BaseSettings):
             raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
         return v
 
+    @model_validator(mode="after")
+    def _paths_follow_data_dir(self) -> Settings:
+        """Defaults that were not set explicitly (file, environment or arguments) follow ``data_dir``.
+
+        The values are replaced without marking them as set, so ``model_dump(exclude_unset=True)`` (how the
+        environment is layered over the config file) still leaves them out and the final data_dir decides."""
+        d = self.data_dir
+        if "database_url" not in self.model_fields_set:
+            object.__setattr__(self, "database_url", f"sqlite:///{d / 'registry.db'}")
+        _default_to(self, "store", "sqlite_path", d / "telemetry.db")
+        _default_to(self, "mqtt", "broker_dir", d / "mosquitto")
+        _default_to(self, "mqtt", "tls_dir", d / "certs")
+        return self
+
     def refuse_placeholders(self) -> None:
         """Outside dev, the built-in development secrets are refused."""
         if self.env == "prod" and self.mqtt.password.get_secret_value().startswith("dev-only"):
@@ -122,6 +149,16 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, file_secret_settings)
+
+
+def _default_to(settings: Settings, section: str, name: str, value: Path) -> None:
+    """Give ``settings.<section>.<name>`` this default unless it was set; the section is copied (never shared)."""
+    sub = getattr(settings, section)
+    if name in sub.model_fields_set:
+        return
+    sub = sub.model_copy()
+    object.__setattr__(sub, name, value)
+    object.__setattr__(settings, section, sub)
 
 
 def _format_error(exc: ValidationError, origin: str) -> str:
