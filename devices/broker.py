@@ -296,7 +296,7 @@ def _add_gateway_account(cfg: BrokerConfig) -> None:
 def write_broker_files(cfg: BrokerConfig) -> None:
     """Write mosquitto.conf (always) and the dynsec file (only if absent: the plugin owns it afterwards; an older
     file only gets the gateway account added, while the broker is stopped)."""
-    cfg.directory.mkdir(parents=True, exist_ok=True)
+    cfg.directory.mkdir(parents=True, exist_ok=True, mode=0o700)  # private: the dynsec file and the persistence
     cfg.conf_path.write_text(render_config(cfg), encoding="utf-8")
     if not cfg.dynsec_path.exists():
         _write_dynsec(cfg.dynsec_path, bootstrap_dynsec(cfg))

@@ -19,9 +19,11 @@ app.add_typer(certs_app, name="certs")
 app.add_typer(rules_app, name="rules")
 
 from lianfang.serve_cmd import ingest, serve  # noqa: E402
+from lianfang.startup import long_running  # noqa: E402
 
-app.command("serve")(serve)
-app.command("ingest")(ingest)
+# The long-running commands: the data directory checked, known start-up failures as one line (lianfang/startup.py).
+app.command("serve")(long_running(serve))
+app.command("ingest")(long_running(ingest))
 
 from devices.sim_cli import simulate  # noqa: E402
 
@@ -29,4 +31,4 @@ app.command("simulate")(simulate)
 
 from lianfang.demo import demo  # noqa: E402
 
-app.command("demo")(demo)
+app.command("demo")(long_running(demo))

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from alerts.wiring import AlertsRuntime
 from core import clock, gcpolicy
 from core.errors import BrokerUnavailable, StoreUnavailable, UserError
+from core.fsperm import private_dir
 from core.settings import Settings
 from core.store import BatchListener
 from core.store.sqlite import SqliteStore
@@ -47,7 +48,7 @@ class BrokerSecrets:
         if path.exists():
             doc = json.loads(path.read_text(encoding="utf-8"))
             return cls(doc["admin"], doc["platform"], doc["sim"])
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         made = cls(*(secrets.token_urlsafe(32) for _ in range(3)))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

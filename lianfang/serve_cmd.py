@@ -12,7 +12,6 @@ from typing import Annotated
 import typer
 import uvicorn
 
-from core.errors import LianfangError
 from core.logs import setup_logging
 from core.settings import Settings
 from devices.cli_security import admin_password
@@ -21,6 +20,7 @@ from gateway.ingress_publisher import IngressPublisher
 from gateway.live import Broadcaster
 from lianfang.context import settings_from
 from lianfang.runtime import Runtime
+from lianfang.startup import check_api_port, explain
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +51,24 @@ def run_service(
     on_started: OnStarted | None = None,
 ) -> None:
     """Start the runtime and serve the API until SIGINT / SIGTERM; then stop everything in reverse order."""
+    api_host, api_port = host or settings.api.host, port or settings.api.port
     broadcaster = Broadcaster()
     runtime = Runtime(settings, listeners=[broadcaster.publish])
     ingress: IngressPublisher | None = None
     try:
+        check_api_port(api_host, api_port)  # before the broker and ingest start, not after
         runtime.start()
         # HTTP ingress publishes accepted device messages into the broker: the same pipeline as MQTT.
         ingress = IngressPublisher.from_settings(runtime.settings, admin_password(runtime.settings))
         ingress.start()
-    except LianfangError as exc:
+    except BaseException as exc:
+        if ingress is not None:
+            ingress.close()
         runtime.stop()
-        typer.echo(f"error: {exc}", err=True)
+        line = explain(exc, settings) if isinstance(exc, Exception) else None
+        if line is None:
+            raise
+        typer.echo(f"error: {line}", err=True)
         raise typer.Exit(1) from exc
     assert runtime.registry is not None and runtime.store is not None
     gw = GatewayContext(
@@ -78,8 +85,8 @@ def run_service(
     server = _Server(
         uvicorn.Config(
             create_app(gw),
-            host=host or settings.api.host,
-            port=port or settings.api.port,
+            host=api_host,
+            port=api_port,
             log_config=None,
             access_log=False,
         )
@@ -120,8 +127,12 @@ def ingest(ctx: typer.Context) -> None:
         signal.signal(sig, lambda *_: stop.set())
     try:
         runtime.start()
-    except LianfangError as exc:
-        typer.echo(f"error: {exc}", err=True)
+    except BaseException as exc:
+        runtime.stop()
+        line = explain(exc, settings) if isinstance(exc, Exception) else None
+        if line is None:
+            raise
+        typer.echo(f"error: {line}", err=True)
         raise typer.Exit(1) from exc
     logger.info("ingest running; SIGTERM to stop")
     try:

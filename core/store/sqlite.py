@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from core.errors import StoreUnavailable
+from core.fsperm import private_file
 from core.protocol import Rejection
 from core.store import Agg, Bucket, DeviceState, StoredEvent, WriteBatch
 from core.wal import WRITER_PRAGMAS, WalCheckpointer
@@ -78,7 +79,7 @@ class SqliteStore:
         # WAL checkpoints on a thread of their own (core/wal.py), not inside the commit of whichever batch crosses
         # the threshold: that commit used to wait 10-250 ms, and every message behind it too.
         self._background_checkpoint = background_checkpoint
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)  # 0600 (SQLite gives its WAL the same mode); the directory 0700 when created here
         self._local = threading.local()
         self._thread_lock = threading.Lock()
         # Several ingest processes (shared subscription) may write one file. SQLite's own busy handler polls with
