@@ -1,11 +1,16 @@
 """Escalation up the region tree (pure).
 
-An alert that is still firing (not acknowledged, not resolved) ``after[0]`` after it started is told to the
-region one level up; ``after[1]`` later to the next level up, and so on (the last step repeats) until it is
+An alert that is still firing (not acknowledged, not resolved) ``after[0]`` after people were told of it is told
+to the region one level up; ``after[1]`` later to the next level up, and so on (the last step repeats) until it is
 acknowledged or resolved, the top of the tree is reached or ``max_levels`` is. The policy is set per region and
 inherited down the tree: a region's override changes only the fields it names.
 
-The due level is computed from ``started_at`` and the alert's persisted ``escalation_level`` alone, so it
+The clock is the platform's, never the device's: it starts at ``Alert.escalation_from``, which is when the
+platform learned of the alert (``learned_at``; a record stamped two hours ago does not escalate at once), when the
+alert reached its current level, or when a silence over it ended. A silenced alert does not escalate at all, and
+an alert nobody has been told of (``escalation_from`` is ``None``: raised under a silence) neither.
+
+The due level is computed from ``escalation_from`` and the alert's persisted ``escalation_level`` alone, so it
 survives a restart: after downtime an alert jumps straight to the level it should be at (one notification, to
 that level's region), never repeating a level it already reached.
 
@@ -42,9 +47,9 @@ class EscalationPolicy:
         """The delay from reaching ``level`` (0 = not escalated) to escalating to ``level + 1``."""
         return self.after[min(level, len(self.after) - 1)]
 
-    def due_at(self, started_at: datetime, level: int) -> datetime:
-        """When an alert that started at ``started_at`` should reach ``level`` (>= 1)."""
-        return started_at + sum((self.step(k) for k in range(level)), timedelta(0))
+    def due_at(self, started_at: datetime, level: int, from_level: int = 0) -> datetime:
+        """When an alert whose clock started at ``started_at`` at ``from_level`` should reach ``level``."""
+        return started_at + sum((self.step(k) for k in range(from_level, level)), timedelta(0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,28 +95,38 @@ class Escalation:
     due_at: datetime
 
 
-def _due(alert: Alert, policies: EscalationPolicies, ancestors: Sequence[str], now: datetime) -> Escalation | None:
-    if alert.state != AlertState.FIRING:
+def _clock(alert: Alert, policies: EscalationPolicies, chain: Sequence[str]) -> tuple[EscalationPolicy, int] | None:
+    """The policy and the top level of an alert that may escalate now (firing, told, not silenced), else None."""
+    if alert.state != AlertState.FIRING or alert.silenced or alert.escalation_from is None:
         return None
-    chain = list(ancestors) or [alert.region_id]
     policy = policies.effective(chain)
     if not policy.enabled or not severity_at_least(alert.severity, policy.min_severity):
         return None
     top = len(chain) - 1
     if policy.max_levels is not None:
         top = min(top, policy.max_levels)
-    level = alert.escalation_level
-    while level < top and policy.due_at(alert.started_at, level + 1) <= now:
+    return policy, top
+
+
+def _due(alert: Alert, policies: EscalationPolicies, ancestors: Sequence[str], now: datetime) -> Escalation | None:
+    chain = list(ancestors) or [alert.region_id]
+    found = _clock(alert, policies, chain)
+    if found is None or alert.escalation_from is None:
+        return None
+    policy, top = found
+    start, base = alert.escalation_level, alert.escalation_from
+    level = start
+    while level < top and policy.due_at(base, level + 1, start) <= now:
         level += 1
-    if level <= alert.escalation_level:
+    if level <= start:
         return None
     return Escalation(
         alert_id=alert.id,
         dedup_key=alert.dedup_key,
-        from_level=alert.escalation_level,
+        from_level=start,
         level=level,
         target_region_id=chain[len(chain) - 1 - level],
-        due_at=policy.due_at(alert.started_at, level),
+        due_at=policy.due_at(base, level, start),
     )
 
 
@@ -141,16 +156,14 @@ def next_escalation_at(
     """The earliest time any of ``alerts`` will escalate, or ``None`` (for scheduling a one-shot timer)."""
     best: datetime | None = None
     for alert in alerts:
-        if alert.state != AlertState.FIRING:
-            continue
         chain = list(ancestors_of(alert.region_id)) or [alert.region_id]
-        policy = policies.effective(chain)
-        if not policy.enabled or not severity_at_least(alert.severity, policy.min_severity):
+        found = _clock(alert, policies, chain)
+        if found is None or alert.escalation_from is None:
             continue
-        top = len(chain) - 1 if policy.max_levels is None else min(len(chain) - 1, policy.max_levels)
+        policy, top = found
         if alert.escalation_level >= top:
             continue
-        at = policy.due_at(alert.started_at, alert.escalation_level + 1)
+        at = policy.due_at(alert.escalation_from, alert.escalation_level + 1, alert.escalation_level)
         if best is None or at < best:
             best = at
     return best
@@ -160,9 +173,10 @@ class Escalator:
     """Drives escalation; no I/O of its own, everything goes through the callables.
 
     - ``open_alerts()``: the alerts that may escalate (at least every firing alert).
-    - ``record(escalation, now)``: persist ``escalation_level = escalation.level`` if the alert is still firing
-      below that level, and return the updated alert; return ``None`` if it no longer applies (acknowledged or
-      resolved meanwhile, or already escalated by another worker). Persisting first means a restart never
+    - ``record(escalation, now)``: persist ``escalation_level = escalation.level`` (and ``escalation_from =
+      escalation.due_at``) if the alert is still firing below that level and not silenced, and return the updated
+      alert; return ``None`` if it no longer applies (acknowledged, resolved or silenced meanwhile, or already
+      escalated by another worker). Persisting first means a restart never
       escalates the same level twice.
     - ``notify(notification)``: hand the ESCALATED notification to the dispatcher.
     """

@@ -11,8 +11,14 @@
 - Inhibition: while a device has an open offline alert (an absence rule), its *inhibitable* (stale-value) fires
   are held back; they become alerts if they are still firing when the device is back.
 - Silences: scoped by region subtree, device and rule (all given parts must match), with reason, creator,
-  approver, start and expiry. Alerts raised under a silence are recorded but not notified; when the window ends
-  an alert that still fires is re-notified (``renotify``).
+  approver, start and expiry. A silence stops every notification of what it covers: new, flapping, resolved
+  and escalated (``alerts.escalation`` skips silenced alerts). When the window ends an alert that still fires
+  is re-notified (``renotify``) and its escalation clock starts again from the end of the window.
+- Escalation clock: ``learned_at`` is when the platform learned of the alert (``now`` of the evaluation, not the
+  device's timestamp ``started_at``); ``escalation_from`` starts at ``learned_at`` when people are told at once,
+  stays ``None`` while nobody has been told (raised under a silence), and restarts when a silence ends.
+- Resolution, automatic or by hand (who and why), is told to everyone who was told of the alert (the alert's
+  region and every escalation level it reached: ``alerts.notify.routing.targets``), unless a silence covers it.
 
 No I/O, no clock. Every operation returns ``LifecycleEvent``s; ``notify`` says whether people should be told.
 Changed alerts, silences and new comments are collected for the repository (``take_dirty``).
@@ -134,10 +140,21 @@ class AlertBook:
     def _silenced(self, alert: Alert, at: datetime) -> bool:
         return any(s.active(at) and s.covers(alert) for s in self.silences.values())
 
+    def silences_of(self, alert: Alert, at: datetime) -> list[Silence]:
+        """The silences active at ``at`` that cover ``alert`` (why nothing is sent about it)."""
+        return [s for s in self.silences.values() if s.active(at) and s.covers(alert)]
+
+    @staticmethod
+    def _told(alert: Alert) -> bool:
+        """Someone was told of the alert (its escalation clock runs), so they are told how it ends."""
+        return alert.escalation_from is not None
+
     # --- engine changes ----------------------------------------------------------------------------------
 
-    def apply(self, change: AlertChange) -> list[LifecycleEvent]:
-        return self._fire(change) if change.firing else self._clear(change)
+    def apply(self, change: AlertChange, *, now: datetime | None = None) -> list[LifecycleEvent]:
+        """Apply an engine change; ``now`` is when the platform learned of it (default: the change's own time)."""
+        learned = now if now is not None else change.at
+        return self._fire(change, learned) if change.firing else self._clear(change, learned)
 
     def _record_fire(self, key: str, at: datetime) -> int:
         horizon = at - timedelta(seconds=self.config.flap_window_s)
@@ -146,7 +163,7 @@ class AlertBook:
         self.fires[key] = times
         return len(times)
 
-    def _fire(self, ch: AlertChange) -> list[LifecycleEvent]:
+    def _fire(self, ch: AlertChange, learned: datetime) -> list[LifecycleEvent]:
         key, at = ch.dedup_key, ch.at
         if ch.offline_signal:
             self.offline.setdefault(ch.device_id, set()).add(key)
@@ -183,14 +200,17 @@ class AlertBook:
             alert.active = True
             alert.count += 1
             alert.updated_at = at
-            alert.silenced = self._silenced(alert, at)
+            alert.silenced = self._silenced(alert, learned)
+            alert.escalation_from = None if alert.silenced else learned
             self.open_by_key[key] = alert.id
             del self.last_resolved[key]
             self._dirty.alerts.add(alert.id)
             return [LifecycleEvent("flapping", _snap(alert), at, not alert.silenced)]
         alert = self._new_alert(ch, alert_id=self.next_id)
         self.next_id += 1
-        alert.silenced = self._silenced(alert, at)
+        alert.learned_at = learned
+        alert.silenced = self._silenced(alert, learned)
+        alert.escalation_from = None if alert.silenced else learned
         self.alerts[alert.id] = alert
         self.open_by_key[key] = alert.id
         self._dirty.alerts.add(alert.id)
@@ -214,7 +234,7 @@ class AlertBook:
             region_path=tuple(ch.region_path),
         )
 
-    def _clear(self, ch: AlertChange) -> list[LifecycleEvent]:
+    def _clear(self, ch: AlertChange, learned: datetime) -> list[LifecycleEvent]:
         key, at = ch.dedup_key, ch.at
         events: list[LifecycleEvent] = []
         self.held.pop(key, None)
@@ -225,7 +245,7 @@ class AlertBook:
             alert.updated_at = max(alert.updated_at, at)
             self._dirty.alerts.add(alert.id)
             if not alert.flapping:
-                events.append(self._resolve(alert, SYSTEM, "condition cleared", at, notify=not alert.silenced))
+                events.append(self._resolve(alert, SYSTEM, "condition cleared", at))
         if ch.offline_signal:
             keys = self.offline.get(ch.device_id, set())
             keys.discard(key)
@@ -234,10 +254,12 @@ class AlertBook:
                 for hk, held in list(self.held.items()):
                     if held.device_id == ch.device_id:
                         del self.held[hk]
-                        events.extend(self._fire(replace(held, at=max(held.at, at))))
+                        events.extend(self._fire(replace(held, at=max(held.at, at)), learned))
         return events
 
-    def _resolve(self, alert: Alert, who: str, reason: str, at: datetime, *, notify: bool) -> LifecycleEvent:
+    def _resolve(self, alert: Alert, who: str, reason: str, at: datetime) -> LifecycleEvent:
+        """Resolve; told to those who were told of the alert, unless a silence covers it."""
+        notify = self._told(alert) and not alert.silenced
         alert.state = AlertState.RESOLVED
         alert.resolved_at, alert.resolved_by, alert.resolve_reason = at, who, reason
         alert.updated_at = max(alert.updated_at, at)
@@ -280,7 +302,7 @@ class AlertBook:
             raise UserError("resolve: a reason is required to resolve an alert by hand")
         alert = self._open(alert_id)
         c = self._note(alert, who, reason, now, "resolve")
-        ev = self._resolve(alert, who, reason, now, notify=False)
+        ev = self._resolve(alert, who, reason, now)
         return [replace(ev, comment=c)]
 
     def comment(self, alert_id: int, who: str, text: str, *, now: datetime) -> list[LifecycleEvent]:
@@ -375,8 +397,11 @@ class AlertBook:
                         alert.silenced = False
                         self._dirty.alerts.add(alert.id)
                         if alert.active and s.renotify:
+                            alert.escalation_from = now  # told again now: the escalation clock starts again
                             events.append(LifecycleEvent("renotify", _snap(alert), now, True))
                         else:
+                            if self._told(alert):
+                                alert.escalation_from = now  # no catching up on the silenced time
                             events.append(LifecycleEvent("unsilenced", _snap(alert), now, False))
         quiet = timedelta(seconds=self.config.flap_quiet_s)
         for alert in self.open_alerts():
@@ -390,7 +415,7 @@ class AlertBook:
             if alert.active:
                 events.append(LifecycleEvent("flapping_ended", _snap(alert), now, False))
             else:
-                events.append(self._resolve(alert, SYSTEM, "flapping ended, condition clear", now, notify=False))
+                events.append(self._resolve(alert, SYSTEM, "flapping ended, condition clear", now))
         horizon = now - timedelta(seconds=self.config.flap_window_s)
         for key in [k for k, ts in self.fires.items() if not ts or ts[-1] <= horizon]:
             del self.fires[key]

@@ -45,6 +45,9 @@ class AlertRow(Base):
     count: Mapped[int] = mapped_column(Integer, default=1)
     silenced: Mapped[bool] = mapped_column(Boolean, default=False)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # migration 0007_alert_clock: platform receive time; start of the clock toward the next escalation level
+    learned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    escalation_from: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class AlertCommentRow(Base):

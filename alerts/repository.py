@@ -36,6 +36,15 @@ def _utc(at: datetime | None) -> datetime | None:
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
+def _instant(at: datetime | None) -> datetime | None:
+    """A datetime to write: the same instant in UTC. SQLite's DateTime keeps the wall-clock digits and drops the
+    offset, so ``12:05+08:00`` written as is would read back as ``12:05Z``, eight hours late. A naive datetime is
+    taken as UTC already (what the engine's clock gives)."""
+    if at is None:
+        return None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
 def _path_str(path: Sequence[str]) -> str:
     return "/" + "".join(f"{p}/" for p in path) if path else "/"
 
@@ -57,13 +66,13 @@ def alert_to_row(a: Alert) -> dict[str, Any]:
         "state": str(a.state),
         "title_zh": a.title_zh,
         "title_en": a.title_en,
-        "started_at": a.started_at,
-        "updated_at": a.updated_at,
+        "started_at": _instant(a.started_at),
+        "updated_at": _instant(a.updated_at),
         "detail": jsonable(a.detail),
         "acknowledged_by": a.acknowledged_by,
-        "acknowledged_at": a.acknowledged_at,
+        "acknowledged_at": _instant(a.acknowledged_at),
         "ack_reason": a.ack_reason,
-        "resolved_at": a.resolved_at,
+        "resolved_at": _instant(a.resolved_at),
         "resolved_by": a.resolved_by,
         "resolve_reason": a.resolve_reason,
         "assignee": a.assignee,
@@ -72,6 +81,8 @@ def alert_to_row(a: Alert) -> dict[str, Any]:
         "count": a.count,
         "silenced": a.silenced,
         "active": a.active,
+        "learned_at": a.learned_at,
+        "escalation_from": a.escalation_from,
     }
 
 
@@ -105,6 +116,8 @@ def row_to_alert(r: AlertRow) -> Alert:
         silenced=r.silenced,
         active=r.active,
         region_path=_path_tuple(r.region_path),
+        learned_at=_utc(r.learned_at),
+        escalation_from=_utc(r.escalation_from),
     )
 
 
@@ -117,11 +130,11 @@ def _silence_row(s: Silence) -> dict[str, Any]:
         "reason": s.reason,
         "creator": s.creator,
         "approver": s.approver,
-        "starts_at": s.starts_at,
-        "ends_at": s.ends_at,
+        "starts_at": _instant(s.starts_at),
+        "ends_at": _instant(s.ends_at),
         "renotify": s.renotify,
         "ended": s.ended,
-        "created_at": s.created_at,
+        "created_at": _instant(s.created_at),
     }
 
 
@@ -212,7 +225,7 @@ class AlertRepository:
                     ["id"],
                 )
                 crow = [
-                    {"alert_id": c.alert_id, "kind": c.kind, "author": c.author, "text": c.text, "at": c.at}
+                    {"alert_id": c.alert_id, "kind": c.kind, "author": c.author, "text": c.text, "at": _instant(c.at)}
                     for c in comments
                 ]
                 if crow:
@@ -295,12 +308,28 @@ class AlertRepository:
             raise StoreUnavailable(f"alert store read failed: {exc}") from exc
         return [Comment(r.alert_id, r.author, r.text, _utc(r.at) or r.at, r.kind) for r in rows]
 
-    def silences(self, *, active_only: bool = False) -> list[Silence]:
+    def silences(self, *, active_only: bool = False, offset: int = 0, limit: int | None = None) -> list[Silence]:
+        """Silences oldest first (``active_only``: those not ended yet), a page of them when ``limit`` is given."""
         q = select(SilenceRow).order_by(SilenceRow.id)
         if active_only:
             q = q.where(SilenceRow.ended.is_(False))
-        with self.engine.connect() as conn:
-            return [_row_silence(r) for r in Session(bind=conn).scalars(q)]
+        if offset:
+            q = q.offset(offset)
+        if limit is not None:
+            q = q.limit(limit)
+        try:
+            with self.engine.connect() as conn:
+                return [_row_silence(r) for r in Session(bind=conn).scalars(q)]
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"alert store read failed: {exc}") from exc
+
+    def silence(self, silence_id: int) -> Silence | None:
+        try:
+            with self.engine.connect() as conn:
+                row = Session(bind=conn).get(SilenceRow, silence_id)
+                return None if row is None else _row_silence(row)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"alert store read failed: {exc}") from exc
 
     def delete_states(self, keys: Iterable[StateKey]) -> None:
         keys = list(keys)

@@ -527,7 +527,7 @@ class AlertService:
             if fresh or (rule.kind == "absence" and key not in self._armed):
                 self._arm(rule, key, subj)
         for ch in changes:
-            events.extend(self.book.apply(ch))
+            events.extend(self.book.apply(ch, now=now))
 
     # --- timers -----------------------------------------------------------------------------------------------
 
@@ -563,7 +563,7 @@ class AlertService:
                 changes: list[AlertChange] = eng.tick(rule, st, subj, now=now, env=self.env)
                 (self._essential if st.essential() != before else self._lazy).add(key)
                 for ch in changes:
-                    events.extend(self.book.apply(ch))
+                    events.extend(self.book.apply(ch, now=now))
                 self._arm(rule, key, subj)
             book_due = self.book.next_deadline()
             if book_due is not None and book_due <= now:
@@ -714,8 +714,23 @@ class AlertService:
         with self._lock:
             return [replace(a, detail=dict(a.detail)) for a in self.book.open_alerts()]
 
-    def set_escalation_level(self, alert_id: int, level: int, now: datetime) -> Alert | None:
-        """For ``alerts.escalation.Escalator``'s ``record``: store the level if the alert still fires below it."""
+    def silenced_by(self, alerts: list[Alert], now: datetime | None = None) -> dict[int, list[Silence]]:
+        """For each of ``alerts`` that a silence holds back, the active silences covering it (why nothing is sent)."""
+        now = now or self._clock()
+        with self._lock:
+            out: dict[int, list[Silence]] = {}
+            for a in alerts:
+                if a.silenced and a.open:
+                    found = [replace(s) for s in self.book.silences_of(a, now)]
+                    if found:
+                        out[a.id] = found
+            return out
+
+    def set_escalation_level(
+        self, alert_id: int, level: int, now: datetime, reached_at: datetime | None = None
+    ) -> Alert | None:
+        """For ``alerts.escalation.Escalator``'s ``record``: store the level if the alert still fires below it, is
+        not silenced and was told; ``reached_at`` (when the level was due) starts the clock toward the next one."""
         with self._lock:
             alert = self.book.alerts.get(alert_id)
             if (
@@ -723,9 +738,12 @@ class AlertService:
                 or not alert.open
                 or alert.state is not AlertState.FIRING
                 or alert.escalation_level >= level
+                or alert.silenced
+                or alert.escalation_from is None
             ):
                 return None
             alert.escalation_level = level
+            alert.escalation_from = reached_at or now
             alert.updated_at = max(alert.updated_at, now)
             self.book.touch(alert.id)
             payload = self._persist(now)

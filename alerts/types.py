@@ -75,6 +75,12 @@ class Alert:
     silenced: bool = False
     active: bool = True
     region_path: tuple[str, ...] = ()
+    # When the platform learned of the alert (its receive time; ``started_at`` is the device's own time, which may
+    # be hours old for a replayed backlog), and when the clock toward its next escalation level started: when it
+    # was first told (``learned_at``), when it reached its current level, or when a silence over it ended. ``None``
+    # while nobody has been told of it (raised under a silence): it neither escalates nor sends "resolved".
+    learned_at: datetime | None = None
+    escalation_from: datetime | None = None
 
     @property
     def open(self) -> bool:
@@ -114,5 +120,8 @@ def alert_doc(a: Alert) -> dict[str, object]:
         "acknowledged_by": a.acknowledged_by,
         "acknowledged_at": _iso(a.acknowledged_at),
         "resolved_at": _iso(a.resolved_at),
+        "resolved_by": a.resolved_by,
+        "resolve_reason": a.resolve_reason,
         "escalation_level": a.escalation_level,
+        "learned_at": _iso(a.learned_at),
     }

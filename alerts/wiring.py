@@ -152,7 +152,7 @@ class AlertsRuntime:
             notify_config.escalation.to_policies(),
             self.regions.ancestors,
             self.service.open_alerts,
-            lambda esc, now: self.service.set_escalation_level(esc.alert_id, esc.level, now),
+            lambda esc, now: self.service.set_escalation_level(esc.alert_id, esc.level, now, esc.due_at),
             self.dispatcher.notify,
         )
         self.rule_admin.apply = self._apply_rules

@@ -124,7 +124,10 @@ def from_payload(p: dict[str, Any]) -> Notification:
         acknowledged_by=a.get("acknowledged_by"),
         acknowledged_at=_parse_dt(a.get("acknowledged_at")),
         resolved_at=_parse_dt(a.get("resolved_at")),
+        resolved_by=a.get("resolved_by"),
+        resolve_reason=a.get("resolve_reason"),
         escalation_level=int(a.get("escalation_level", 0)),
+        learned_at=_parse_dt(a.get("learned_at")),
     )
     return Notification(
         NotificationKind(p["kind"]),

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
+from alerts.lifecycle import SYSTEM
 from alerts.notify.routing import Notification, NotificationKind
 from alerts.types import Severity
 
@@ -44,6 +45,10 @@ TEXT: dict[str, dict[str, str]] = {
         "rule": "规则",
         "started": "开始时间",
         "resolved": "恢复时间",
+        "resolved_by": "处理人",
+        "resolve_reason": "原因",
+        "auto_resolved": "系统（条件已解除）",
+        "system": "系统",
         "id": "告警编号",
         "escalated_to": "升级至",
         "level": "第 {level} 级",
@@ -61,6 +66,10 @@ TEXT: dict[str, dict[str, str]] = {
         "rule": "Rule",
         "started": "Started",
         "resolved": "Resolved",
+        "resolved_by": "Resolved by",
+        "resolve_reason": "Reason",
+        "auto_resolved": "system (condition cleared)",
+        "system": "system",
         "id": "Alert",
         "escalated_to": "Escalated to",
         "level": "level {level}",
@@ -136,6 +145,12 @@ class Renderer:
         ]
         if n.kind == NotificationKind.RESOLVED:
             fields.append((t["resolved"], fmt_time(a.resolved_at or n.at)))
+            if a.resolved_by and a.resolved_by != SYSTEM:  # by hand: who and why
+                fields.append((t["resolved_by"], a.resolved_by))
+                if a.resolve_reason:
+                    fields.append((t["resolve_reason"], a.resolve_reason))
+            else:
+                fields.append((t["resolved_by"], t["auto_resolved"]))
         if n.kind == NotificationKind.ESCALATED:
             level = t["level"].format(level=n.level)
             fields.append(
@@ -156,7 +171,9 @@ class Renderer:
         md = [f"### {title}"] + [f"- {k}{v}" for k, v in fields]
         text = [title, ""] + [f"{k}{v}" for k, v in fields]
         if n.kind == NotificationKind.ESCALATED:
-            note = t["unacked"].format(duration=fmt_duration(n.at - n.alert.started_at, self.language))
+            # since the platform learned of it: a backlog's device time would overstate it
+            since = n.alert.learned_at or n.alert.started_at
+            note = t["unacked"].format(duration=fmt_duration(n.at - since, self.language))
             md.append(f"\n**{note}**")
             text += ["", note]
         text += ["", "-- ", t["footer"]]
@@ -182,6 +199,11 @@ class Renderer:
             )
             if n.kind == NotificationKind.ESCALATED:
                 line += f" → {self.region_name(n.target)}"
+            if n.kind == NotificationKind.RESOLVED and a.resolved_by and a.resolved_by != SYSTEM:
+                sep = "：" if self.language == "zh-CN" else ": "
+                line += f" · {t['resolved_by']}{sep}{a.resolved_by}"
+                if a.resolve_reason:
+                    line += f" · {t['resolve_reason']}{sep}{a.resolve_reason}"
             md.append(f"{i}. {line}")
             text.append(f"{i}. {line}")
         text += ["", "-- ", t["footer"]]

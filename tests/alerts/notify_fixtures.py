@@ -65,7 +65,10 @@ def make_alert(
     started_at: datetime = T0,
     state: AlertState = AlertState.FIRING,
     level: int = 0,
+    escalation_from: datetime | None = None,
+    silenced: bool = False,
 ) -> Alert:
+    """An alert people were told of at ``started_at`` (its escalation clock starts there unless given)."""
     return Alert(
         id=alert_id,
         dedup_key=f"{rule}:{device or f'dev-{alert_id}'}",
@@ -79,6 +82,9 @@ def make_alert(
         started_at=started_at,
         updated_at=started_at,
         escalation_level=level,
+        learned_at=started_at,
+        escalation_from=escalation_from or started_at,
+        silenced=silenced,
     )
 
 

@@ -53,11 +53,13 @@ def test_due_to_the_parent_region_after_the_first_delay() -> None:
 
 
 def test_next_levels_use_the_next_delays_and_the_last_repeats() -> None:
-    a = make_alert(1, level=1)
+    a = make_alert(1, level=1, escalation_from=T0 + 15 * MIN)  # level 1 reached 15 min after the start
     assert due_escalations([a], POLICIES, ancestors_of, T0 + 44 * MIN) == []
     [esc] = due_escalations([a], POLICIES, ancestors_of, T0 + 45 * MIN)
     assert (esc.level, esc.target_region_id) == (2, "city-1")
-    [esc] = due_escalations([replace(a, escalation_level=2)], POLICIES, ancestors_of, T0 + 75 * MIN)
+    [esc] = due_escalations(
+        [replace(a, escalation_level=2, escalation_from=T0 + 45 * MIN)], POLICIES, ancestors_of, T0 + 75 * MIN
+    )
     assert (esc.level, esc.target_region_id, esc.due_at) == (3, "prov", T0 + 75 * MIN)
 
 
@@ -106,12 +108,38 @@ def test_policy_is_inherited_down_the_tree_and_overridden_per_region() -> None:
     assert due_escalations([make_alert(5, region="bldg-1")], policies, ancestors_of, T0 + 5 * MIN)[0].level == 1
 
 
+def test_escalation_counts_from_when_the_platform_learned_not_the_device_time() -> None:
+    # stamped two hours before the platform received it (a replayed backlog): not due at once, due 15 min later
+    backdated = make_alert(1, started_at=T0 - timedelta(hours=2), escalation_from=T0)
+    assert due_escalations([backdated], POLICIES, ancestors_of, T0 + timedelta(seconds=3)) == []
+    assert next_escalation_at([backdated], POLICIES, ancestors_of) == T0 + 15 * MIN
+    [esc] = due_escalations([backdated], POLICIES, ancestors_of, T0 + 15 * MIN)
+    assert (esc.level, esc.due_at) == (1, T0 + 15 * MIN)
+
+
+def test_silenced_or_never_told_alerts_do_not_escalate() -> None:
+    later = T0 + timedelta(days=1)
+    silenced = make_alert(1, silenced=True)
+    assert due_escalations([silenced], POLICIES, ancestors_of, later) == []
+    assert next_escalation_at([silenced], POLICIES, ancestors_of) is None
+    never_told = replace(make_alert(2), escalation_from=None)  # raised under a silence, not re-notified
+    assert due_escalations([never_told], POLICIES, ancestors_of, later) == []
+    # the silence ended at `later`: the clock starts again there, no catching up on the silenced day
+    unsilenced = make_alert(3, escalation_from=later)
+    assert due_escalations([unsilenced], POLICIES, ancestors_of, later + 14 * MIN) == []
+    assert [e.level for e in due_escalations([unsilenced], POLICIES, ancestors_of, later + 15 * MIN)] == [1]
+
+
 def test_info_alerts_do_not_escalate_by_default() -> None:
     assert due_escalations([make_alert(1, severity=Severity.INFO)], POLICIES, ancestors_of, T0 + MIN * 999) == []
 
 
 def test_next_escalation_at_is_the_earliest_due_time() -> None:
-    alerts = [make_alert(1, level=1), make_alert(2, started_at=T0 + 20 * MIN), make_alert(3, level=3)]
+    alerts = [
+        make_alert(1, level=1, escalation_from=T0 + 15 * MIN),
+        make_alert(2, started_at=T0 + 20 * MIN),
+        make_alert(3, level=3),
+    ]
     assert next_escalation_at(alerts, POLICIES, ancestors_of) == T0 + 35 * MIN
     assert next_escalation_at([make_alert(3, level=3)], POLICIES, ancestors_of) is None
 
@@ -133,6 +161,7 @@ class AlertBook:
             if a.state != AlertState.FIRING or a.escalation_level >= esc.level:
                 return None
             a.escalation_level = esc.level
+            a.escalation_from = esc.due_at
             a.updated_at = now
             return replace(a)
 

@@ -241,3 +241,71 @@ def test_lifecycle_aux_state_round_trip_keeps_inhibition_and_flap_history() -> N
     assert kinds(fresh.apply(ch(40, rule="T3", inhibitable=False))) == ["flapping"]
     assert kinds(fresh.apply(offline(50, firing=False))) == ["resolved", "created"]
     assert fresh.next_id == 4 and max(a.id for a in fresh.alerts.values()) == 3
+
+
+def test_lifecycle_resolve_by_hand_is_told_with_who_and_why() -> None:
+    book = AlertBook()
+    book.apply(ch(0))
+    (ev,) = book.resolve(1, "zhang", "sensor replaced", now=at(5))
+    assert ev.kind == "resolved" and ev.notify
+    assert (ev.alert.resolved_by, ev.alert.resolve_reason) == ("zhang", "sensor replaced")
+    assert ev.comment is not None and ev.comment.kind == "resolve"
+
+
+def test_lifecycle_resolution_under_a_silence_or_of_an_alert_nobody_heard_of_is_not_told() -> None:
+    book = AlertBook()
+    book.add_silence(reason="maintenance", creator="admin", starts_at=at(0), ends_at=at(600), now=at(0), rule_id="T1")
+    book.apply(ch(10))
+    (ev,) = book.resolve(1, "zhang", "done", now=at(20))
+    assert not ev.notify  # silenced: nothing at all is sent
+    # raised under a silence that ends without re-notification: nobody heard of it, nobody hears it ended
+    book.add_silence(
+        reason="r", creator="c", starts_at=at(0), ends_at=at(700), now=at(30), device_id="dev-2", renotify=False
+    )
+    book.apply(ch(40, rule="T2", device="dev-2"))
+    assert [e.kind for e in book.tick(now=at(700))] == ["unsilenced"]
+    assert book.get(2).escalation_from is None and not book.get(2).silenced
+    (ev,) = book.resolve(2, "zhang", "done", now=at(710))
+    assert not ev.notify
+
+
+def test_lifecycle_automatic_and_flapping_end_resolutions_are_told() -> None:
+    book = AlertBook(LifecycleConfig(flap_window_s=600, flap_threshold=2, flap_quiet_s=300))
+    book.apply(ch(0))
+    (ev,) = book.apply(ch(10, firing=False))
+    assert ev.kind == "resolved" and ev.notify
+    (ev,) = book.apply(ch(20))
+    assert ev.kind == "flapping" and ev.notify
+    book.apply(ch(30, firing=False))
+    (ev,) = book.tick(now=at(30 + 300))
+    assert ev.kind == "resolved" and ev.notify  # those told of the flapping alert hear that it ended
+
+
+def test_lifecycle_learned_at_is_the_platform_time_not_the_device_time() -> None:
+    book = AlertBook()
+    (ev,) = book.apply(ch(0), now=at(7200))  # stamped two hours before the platform received it
+    assert ev.alert.started_at == at(0)
+    assert ev.alert.learned_at == at(7200) and ev.alert.escalation_from == at(7200)
+    book.apply(ch(7300))  # repeated: the clock does not move
+    assert book.get(1).escalation_from == at(7200) and book.get(1).count == 2
+
+
+def test_lifecycle_silence_holds_the_escalation_clock_and_restarts_it_when_it_ends() -> None:
+    book = AlertBook()
+    # a backdated record received during the window is silenced: the window is the platform's time
+    book.add_silence(reason="m", creator="c", starts_at=at(100), ends_at=at(200), now=at(0), device_id="dev-1")
+    book.tick(now=at(100))
+    (ev,) = book.apply(ch(50), now=at(150))
+    assert ev.kind == "created" and not ev.notify and ev.alert.silenced and ev.alert.escalation_from is None
+    assert [(s.id, s.reason) for s in book.silences_of(book.get(1), at(150))] == [(1, "m")]
+    (ev,) = book.tick(now=at(200))
+    assert ev.kind == "renotify" and ev.notify and ev.alert.escalation_from == at(200)
+    assert book.silences_of(book.get(1), at(200)) == []
+    # told, then silenced without re-notification: the clock restarts at the end, no catching up
+    book.apply(ch(300, device="dev-3"), now=at(300))
+    book.add_silence(
+        reason="m2", creator="c", starts_at=at(400), ends_at=at(900), now=at(300), device_id="dev-3", renotify=False
+    )
+    book.tick(now=at(400))
+    (ev,) = book.tick(now=at(900))
+    assert ev.kind == "unsilenced" and not ev.notify and book.get(2).escalation_from == at(900)
