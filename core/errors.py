@@ -40,6 +40,7 @@ REJECTION_REASONS: tuple[str, ...] = (
     "forged_identity",
     "unregistered_device",
     "disabled_device",
+    "retained",
     "internal_error",
 )
 

@@ -27,6 +27,9 @@ MAX_ARRAY = 500
 MAX_FUTURE_MS = 5 * 60 * 1000
 MAX_AGE_MS = 30 * 24 * 3600 * 1000
 RAW_KEEP = 4096
+# v1.1 bounds: integers must fit a signed 64-bit integer (what the store keeps), seq is 0 <= seq < 2^63.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 
 DeviceType = Literal["gate", "vehicle", "energy_meter", "sensor"]
 DEVICE_TYPES: tuple[str, ...] = ("gate", "vehicle", "energy_meter", "sensor")
@@ -191,10 +194,6 @@ for _table in EVENT_TYPES.values():
 # --- decoding -----------------------------------------------------------------------------------------------
 
 
-def _is_number(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
 def parse_ts(value: object, now_ms: int, path: str) -> int:
     """Integer epoch ms or RFC 3339 with offset; within [now-30d, now+5min]."""
     if value is None:
@@ -223,8 +222,10 @@ def parse_ts(value: object, now_ms: int, path: str) -> int:
 def _parse_seq(value: object, path: str) -> int | None:
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    if type(value) is not int or value < 0:
         raise InvalidMessage("schema", f"{path}: must be a non-negative integer")
+    if value > INT64_MAX:
+        raise InvalidMessage("schema", f"{path}: must be below 2^63")
     return value
 
 
@@ -244,6 +245,8 @@ def _check_value(spec: _Spec, value: object, path: str) -> float | bool:
         number = value
     elif t is int:
         assert isinstance(value, int)
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise InvalidMessage("schema", f"{path}: integer does not fit a signed 64-bit integer")
         number = float(value)
     else:
         raise InvalidMessage("schema", f"{path}: must be {'an integer' if kind == _INT else 'a number'}")
@@ -279,6 +282,7 @@ def _common(obj: Mapping[str, Any], path: str) -> None:
 
 
 _ANY_NUMBER = _Spec(_NUM)
+_NON_NEGATIVE = _Spec(_NUM, 0)
 
 
 def decode_telemetry(obj: Mapping[str, Any], device: DeviceInfo, now_ms: int, path: str) -> Reading:
@@ -336,14 +340,18 @@ def decode_event(obj: Mapping[str, Any], device: DeviceInfo, now_ms: int, path: 
         if kind == _BOOL and not isinstance(value, bool):
             raise InvalidMessage("schema", f"{p}: must be a boolean")
         if kind == _NUM:
-            _check_value(_Spec(_NUM, 0), value, p)
+            _check_value(_NON_NEGATIVE, value, p)
         if allowed and value not in allowed:
             raise InvalidMessage("schema", f"{p}: must be one of {', '.join(allowed)}")
         data[key] = value
     for key, value in obj.items():
         if key in ("type", "ts", "seq") or key in spec:
             continue
-        if isinstance(value, str | bool) or (_is_number(value) and math.isfinite(value)):
+        t = type(value)
+        if t is str or t is bool:
+            data[key] = value
+        elif t is int or t is float:
+            _check_value(_ANY_NUMBER, value, f"{path}.{key}")  # finite, and an integer fits 64 bits
             data[key] = value
         else:
             raise InvalidMessage("schema", f"{path}.{key}: extra event fields must be scalars")

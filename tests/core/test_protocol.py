@@ -121,3 +121,56 @@ def test_status() -> None:
     assert isinstance(s, Status) and s.state == "offline"
     assert _reason("status", {"state": "sleeping"}, GATE) == "schema"
     assert _reason("status", [{"state": "online"}], GATE) == "not_object"
+
+
+# --- v1.1 bounds: every one is `schema` with the field path, never a write failure ----------------------------
+
+
+def _detail(kind: str, doc: object, device: DeviceInfo = METER) -> tuple[str, str]:
+    with pytest.raises(InvalidMessage) as info:
+        decode(kind, json.dumps(doc).encode(), device, NOW)
+    return info.value.reason, info.value.detail
+
+
+@pytest.mark.parametrize("seq", [2**63, 2**63 + 1, 2**64 - 1, 2**64, 10**30, -1, 1.0, True, "7"])
+def test_seq_outside_0_to_2_63_is_schema_with_its_path(seq: object) -> None:
+    reason, detail = _detail("telemetry", {"energy_kwh": 1, "seq": seq})
+    assert reason == "schema" and detail.startswith("$.seq:")
+
+
+def test_the_largest_valid_seq_is_accepted() -> None:
+    (r,), _ = _decode("telemetry", {"energy_kwh": 1, "seq": 2**63 - 1})
+    assert r.seq == 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "doc", "device", "path"),
+    [
+        ("telemetry", {"energy_kwh": 2**63}, METER, "$.energy_kwh"),
+        ("telemetry", {"energy_kwh": 1, "extra_count": 2**64 - 1}, METER, "$.extra_count"),
+        ("telemetry", {"occupancy": 2**64 - 1}, GATE, "$.occupancy"),
+        ("telemetry", {"reading": 2**63}, SENSOR, "$.reading"),
+        ("event", {"type": "door_held_open", "duration_s": 2**63}, GATE, "$.duration_s"),
+        ("event", {"type": "fault", "code": "E1", "counter": 2**64 - 1}, METER, "$.counter"),
+        ("event", {"type": "fault", "nested": {"a": 1}}, METER, "$.nested"),
+        ("event", {"type": "fault", "Bad_Name": 1}, METER, "$.Bad_Name"),
+    ],
+)
+def test_integers_must_fit_signed_64_bits_and_fields_be_scalars(
+    kind: str, doc: object, device: DeviceInfo, path: str
+) -> None:
+    reason, detail = _detail(kind, doc, device)
+    assert reason == "schema" and detail.startswith(path)
+
+
+def test_signed_64_bit_limits_themselves_are_accepted() -> None:
+    (r,), _ = _decode("telemetry", {"energy_kwh": 1, "big": 2**63 - 1, "small": -(2**63)})
+    assert isinstance(r, Reading) and r.fields["big"] == float(2**63 - 1)
+    (e,), _ = _decode("event", {"type": "fault", "counter": -(2**63)}, METER)
+    assert isinstance(e, Event) and e.data["counter"] == -(2**63)
+
+
+def test_an_array_element_out_of_bounds_is_rejected_with_its_index() -> None:
+    records, errors = _decode("telemetry", [{"energy_kwh": 1, "seq": 1}, {"energy_kwh": 1, "seq": 2**63}])
+    assert len(records) == 1
+    assert errors == [("schema", "$[1].seq: must be below 2^63")]
