@@ -1,8 +1,9 @@
 """Per-device credentials for a simulated fleet (the demo, `make run`): create or verify them, keep the secrets.
 
 A demo restarts often; its devices must keep working with the same secrets. :func:`provision_fleet` keeps the
-secrets the simulator needs in a 0600 JSON file under the data directory (``demo-device-secrets.json``,
-``{device_id: secret}``, the format of ``lianfang simulate --credentials FILE``) and on each start:
+secrets the simulator needs in a 0600 file under the data directory (``demo-device-secrets.csv``: ``device_id,secret``
+lines, the format ``lianfang devices import --secret-file`` writes and ``lianfang simulate --credentials FILE``
+reads) and on each start:
 
 - a device whose stored secret still matches its registry credential and whose broker identity is as it should
   be keeps it (nothing changes on the broker);
@@ -15,7 +16,6 @@ Never for production devices: there the secret is shown once to the installer an
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -36,7 +36,8 @@ from devices.registry import Registry
 
 logger = logging.getLogger(__name__)
 
-DEMO_SECRETS_FILE = "demo-device-secrets.json"
+DEMO_SECRETS_FILE = "demo-device-secrets.csv"
+SECRETS_FORMAT = "'device_id,secret' lines (the file 'lianfang devices import --secret-file F' writes)"
 
 
 def demo_secrets_path(settings: Settings) -> Path:
@@ -44,25 +45,39 @@ def demo_secrets_path(settings: Settings) -> Path:
 
 
 def load_secrets(path: Path) -> dict[str, str]:
-    """``{device_id: secret}`` from a JSON file (``lianfang simulate --credentials``); {} if it does not exist."""
+    """``{device_id: secret}`` from a ``device_id,secret`` file (``lianfang simulate --credentials``, the file of
+    ``devices import --secret-file``; a ``device_id,secret`` header line is optional); {} if it does not exist.
+    Anything else is a UserError naming the line and the expected format."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read the credentials file {path}: {exc}") from exc
-    if not isinstance(doc, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in doc.items()):
-        raise UserError(f"{path}: expected a JSON object of device id -> secret")
-    return dict(doc)
+    if text.lstrip().startswith(("{", "[")):
+        raise UserError(f"{path}: this looks like JSON; expected {SECRETS_FORMAT}")
+    out: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#") or (number == 1 and line.replace(" ", "") == "device_id,secret"):
+            continue
+        device_id, sep, secret = line.partition(",")
+        device_id, secret = device_id.strip(), secret.strip()
+        if not sep or not device_id or not secret or "," in secret:
+            raise UserError(f"{path}:{number}: expected {SECRETS_FORMAT}")
+        out[device_id] = secret
+    return out
 
 
 def save_secrets(path: Path, device_secrets: Mapping[str, str]) -> None:
-    """Write ``{device_id: secret}`` atomically to a file only its owner can read (0600)."""
+    """Write ``device_id,secret`` lines (with a header) atomically to a file only its owner can read (0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(dict(sorted(device_secrets.items())), f, indent=0)
+        f.write("device_id,secret\n")
+        for device_id, secret in sorted(device_secrets.items()):
+            f.write(f"{device_id},{secret}\n")
     os.chmod(tmp, 0o600)
     tmp.replace(path)
 
@@ -92,7 +107,7 @@ def provision_fleet(
 
     Idempotent and quick on a restart: kept secrets are checked against the registry hashes and the broker's
     identities are read in two requests (``listClients`` / ``listRoles``); only the devices that fail get new
-    secrets. The result is also saved to ``secrets_path`` (default ``DATA_DIR/demo-device-secrets.json``, 0600).
+    secrets. The result is also saved to ``secrets_path`` (default ``DATA_DIR/demo-device-secrets.csv``, 0600).
     ``admin_password``: the dynsec admin password (default: ``mqtt.admin_password`` or the embedded broker's
     generated one). ``process``: the broker process if the caller owns it; then batches of at least
     ``offline_threshold`` new identities are merged while it is briefly stopped (see devices.provisioning).

@@ -19,6 +19,7 @@ import typer
 
 from core import clock
 from core.errors import BrokerUnavailable, StoreUnavailable, UserError
+from core.settings import Settings
 from devices.fleet_credentials import load_secrets
 from devices.registry import Registry
 from devices.sim_publisher import SIM_USERNAME, DevicePublisher, Publisher, SharedPublisher
@@ -33,6 +34,22 @@ def devices_from_registry(registry: Registry) -> list[SimDevice]:
     regions = [RegionPoint(r.id, r.parent_id, r.level, r.lat, r.lon) for r in registry.regions()]
     rows, _ = registry.devices(enabled=True)
     return fleet_from_registry([(d.id, d.type, d.region_id, d.expected_interval_s) for d in rows], regions)
+
+
+def dev_sim_password(settings: Settings) -> str | None:
+    """The shared simulator account's password that the embedded broker generated (DATA_DIR/broker-secrets.json),
+    only with ``env: dev`` (the account exists only there); None when there is none."""
+    if settings.env != "dev" or not settings.mqtt.embedded_broker:
+        return None
+    from lianfang.runtime import BrokerSecrets, broker_secrets_path
+
+    path = broker_secrets_path(settings)
+    if not path.exists():
+        return None
+    try:
+        return BrokerSecrets.load_or_create(path).sim
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"cannot read the broker's generated passwords in {path}: {exc}") from exc
 
 
 def run_simulation(
@@ -89,16 +106,20 @@ def simulate(
     password: Annotated[
         str | None,
         typer.Option(
-            envvar="LIANFANG_SIM_PASSWORD", help="Its password (env LIANFANG_SIM_PASSWORD).", show_default=False
+            envvar="LIANFANG_SIM_PASSWORD",
+            help="Its password (env LIANFANG_SIM_PASSWORD). Default with env=dev and the embedded broker: the "
+            "generated one in DATA_DIR/broker-secrets.json (written when 'lianfang serve' or 'demo' first runs).",
+            show_default=False,
         ),
     ] = None,
     credentials: Annotated[
         Path | None,
         typer.Option(
             "--credentials",
-            help="JSON file {device_id: secret}: each device connects with its own identity (client id = username "
-            "= device id, with its Last Will) instead of the shared simulator account. Devices without a secret "
-            "in the file are not simulated. The demo writes DATA_DIR/demo-device-secrets.json.",
+            help="File of 'device_id,secret' lines (what 'lianfang devices import --secret-file F' writes): each "
+            "device connects with its own identity (client id = username = device id, with its Last Will) instead "
+            "of the shared simulator account. Devices without a secret in the file are not simulated. The demo "
+            "writes DATA_DIR/demo-device-secrets.csv.",
             show_default=False,
         ),
     ] = None,
@@ -113,9 +134,16 @@ def simulate(
         typer.echo("error: --no-devices-from-registry: the registry is the only device source today", err=True)
         raise typer.Exit(1)
     if not password and credentials is None:
+        try:
+            password = dev_sim_password(settings)
+        except UserError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+    if not password and credentials is None:
         typer.echo(
             "error: the simulator password is required: set LIANFANG_SIM_PASSWORD or --password "
-            "(or give per-device secrets with --credentials FILE)",
+            "(or give per-device secrets with --credentials FILE); with env=dev and the embedded broker it is read "
+            "from DATA_DIR/broker-secrets.json once 'lianfang serve' has run",
             err=True,
         )
         raise typer.Exit(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from sqlalchemy.engine import make_url
@@ -17,14 +18,28 @@ config_app = typer.Typer(
 
 
 @config_app.command("check")
-def config_check(ctx: typer.Context) -> None:
+def config_check(
+    ctx: typer.Context,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="YAML settings file to check (default: the one of 'lianfang --config FILE' or LIANFANG_CONFIG).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
     """Load the settings and print a summary, or the exact problem naming the field; exit 1 on error.
 
-    Settings come from the YAML file of `lianfang --config FILE` (or LIANFANG_CONFIG) and from LIANFANG_*
-    environment variables, which win over the file. Nested fields use '__', e.g. LIANFANG_MQTT__PORT=1884.
+    Settings come from the YAML file (`lianfang config check --config FILE`, `lianfang --config FILE config
+    check` or LIANFANG_CONFIG) and from LIANFANG_* environment variables, which win over the file. Nested fields
+    use '__', e.g. LIANFANG_MQTT__PORT=1884.
     """
     root = ctx.find_root()
-    config = root.obj.get("config") if isinstance(root.obj, dict) else None
+    config = str(config_file) if config_file is not None else None
+    if config is None and isinstance(root.obj, dict):
+        config = root.obj.get("config")
     try:
         settings = load_settings(Path(config) if config else None)
     except UserError as exc:

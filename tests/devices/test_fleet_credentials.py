@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from core.settings import Settings, load_settings
 from devices.dynsec import DynsecClient, role_name
-from devices.fleet_credentials import load_secrets, provision_fleet
+from devices.fleet_credentials import load_secrets, provision_fleet, save_secrets
 from devices.provisioning import device_secret_ok
 from devices.registry import DeviceSpec, RegionSpec, Registry
 from lianfang import commands  # noqa: F401  (registers the sub-apps)
@@ -63,7 +63,7 @@ def test_provision_fleet_creates_reuses_and_repairs_only_what_is_broken(
     _fleet(sqlite_registry)
     settings = _settings(broker, tmp_path, str(sqlite_registry.engine.url))
     first = provision_fleet(settings, sqlite_registry, IDS, NOW)
-    path = tmp_path / "var" / "demo-device-secrets.json"
+    path = tmp_path / "var" / "demo-device-secrets.csv"
     assert sorted(first) == IDS and stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_secrets(path) == first
     assert _connects(broker.port, IDS[0], first[IDS[0]]) and device_secret_ok(sqlite_registry, IDS[1], first[IDS[1]])
@@ -77,7 +77,7 @@ def test_provision_fleet_creates_reuses_and_repairs_only_what_is_broken(
         dynsec.call({"command": "deleteRole", "rolename": role_name(IDS[2])})
     kept = load_secrets(path)
     del kept[IDS[3]]
-    path.write_text(json.dumps(kept), encoding="utf-8")
+    save_secrets(path, kept)
     repaired = provision_fleet(settings, sqlite_registry, IDS, NOW)
     changed = sorted(i for i in IDS if repaired[i] != first[i])
     assert changed == [IDS[2], IDS[3]]
@@ -94,8 +94,10 @@ def test_simulate_with_credentials_connects_each_device_with_its_own_identity(
     db_url = str(sqlite_registry.engine.url)
     settings = _settings(broker, tmp_path, db_url)
     secrets = provision_fleet(settings, sqlite_registry, IDS[:3], NOW)
-    creds = tmp_path / "creds.json"
-    creds.write_text(json.dumps(secrets), encoding="utf-8")
+    creds = tmp_path / "creds.csv"
+    save_secrets(creds, secrets)  # the format of 'devices import --secret-file'
+    as_json = tmp_path / "creds.json"
+    as_json.write_text(json.dumps(secrets), encoding="utf-8")
     seen: set[str] = set()
     lock = threading.Lock()
 
@@ -119,7 +121,9 @@ def test_simulate_with_credentials_connects_each_device_with_its_own_identity(
         published = int(line.split()[1])
         assert published >= 3 and f"{published} acknowledged, 0 refused" in line
         wait_until(lambda: seen == set(IDS[:3]), 5, what="each device's own online status")
-        creds.write_text(json.dumps({IDS[0]: "wrong-secret"}), encoding="utf-8")
+        wrong_format = CliRunner().invoke(app, ["simulate", "--credentials", str(as_json), "--duration", "1"], env=env)
+        assert wrong_format.exit_code == 1 and "expected 'device_id,secret' lines" in wrong_format.stderr
+        save_secrets(creds, {IDS[0]: "wrong-secret"})
         bad = CliRunner().invoke(app, ["simulate", "--credentials", str(creds), "--duration", "1"], env=env)
         assert bad.exit_code == 1 and "could not connect" in bad.stderr and IDS[0] in bad.stderr
     finally:
