@@ -123,19 +123,22 @@ def ingest(ctx: typer.Context) -> None:
     setup_logging(settings.log_level)
     runtime = Runtime(settings)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        runtime.start()
-    except BaseException as exc:
-        runtime.stop()
-        line = explain(exc, settings) if isinstance(exc, Exception) else None
-        if line is None:
-            raise
-        typer.echo(f"error: {line}", err=True)
-        raise typer.Exit(1) from exc
-    logger.info("ingest running; SIGTERM to stop")
-    try:
-        stop.wait()
+        try:
+            runtime.start()
+        except BaseException as exc:
+            runtime.stop()
+            line = explain(exc, settings) if isinstance(exc, Exception) else None
+            if line is None:
+                raise
+            typer.echo(f"error: {line}", err=True)
+            raise typer.Exit(1) from exc
+        logger.info("ingest running; SIGTERM to stop")
+        try:
+            stop.wait()
+        finally:
+            runtime.stop()
     finally:
-        runtime.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
