@@ -63,6 +63,9 @@ class IngestSettings(_Section):
     # fills batches under light load, at the price of that much latency for every message and alert.
     batch_wait_ms: int = Field(default=0, ge=0)
     registry_refresh_s: float = Field(default=5.0, gt=0)
+    # /health/ready answers 503 (and the platform alert "ingest stalled" fires) when the oldest unacknowledged
+    # message is older than this, or the writer has spent this long on one batch.
+    stall_after_s: float = Field(default=30.0, gt=0)
 
 
 class ApiSettings(_Section):
@@ -76,6 +79,20 @@ class ApiSettings(_Section):
     # The longest silence (ends_at - starts_at) each role may create, in hours (docs/security.md "Guarded powers").
     silence_max_hours_operator: float = Field(default=24.0, gt=0)
     silence_max_hours_admin: float = Field(default=30 * 24.0, gt=0)
+
+
+class ResendSettings(_Section):
+    """Gaps in a device's seq asked back with the ``resend`` command (PROTOCOL.md v1.1, ``ingest/resend.py``)."""
+
+    enabled: bool = True
+    # A gap stays open this long before it is asked for (records of a broker backlog may arrive out of order).
+    settle_s: float = Field(default=5.0, ge=0)
+    # No cmd_result within this: ask again, at most max_attempts commands per gap, then it counts as lost.
+    answer_timeout_s: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    # Missing seqs tracked per device; a larger jump is counted lost at once, without asking.
+    max_gap: int = Field(default=100_000, ge=1)
+    commands_per_s: float = Field(default=50.0, gt=0)
 
 
 class AlertSettings(_Section):
@@ -112,6 +129,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     api: ApiSettings = ApiSettings()
     alerts: AlertSettings = AlertSettings()
+    resend: ResendSettings = ResendSettings()
 
     @field_validator("database_url")
     @classmethod

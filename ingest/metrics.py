@@ -27,6 +27,25 @@ BATCH_SIZE = Histogram(
     "lianfang_ingest_batch_messages", "Messages per batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
 )
 STORE_ERRORS = Counter("lianfang_ingest_store_errors_total", "Failed batch writes (retried)")
+# Stalls (ingest/stall.py): set at scrape time from the running service.
+UNACKED = Gauge("lianfang_ingest_unacked_messages", "Messages received and not yet acknowledged (the backlog)")
+OLDEST_UNACKED_AGE = Gauge(
+    "lianfang_ingest_oldest_unacked_age_seconds", "Age of the oldest message received and not yet acknowledged"
+)
+STALLED = Gauge("lianfang_ingest_stalled", "1 while ingest makes no progress (see /health/ready for the reason)")
+ISOLATED = Counter(
+    "lianfang_ingest_isolated_messages_total", "Messages split out of a batch whose write failed (internal_error)"
+)
+# Resend (ingest/resend.py) and broker drops (ingest/broker_drops.py). No device label: per device in the status.
+RESEND_COMMANDS = Counter("lianfang_ingest_resend_commands_total", "resend commands sent to devices for seq gaps")
+SEQ_MISSING = Gauge("lianfang_ingest_seq_missing", "Missing seqs waiting to be resent (all devices)")
+SEQ_LOST = Counter(
+    "lianfang_ingest_seq_lost_total", "Records that could not be recovered by resend, by reason", ["reason"]
+)
+BROKER_DROPPED = Counter(
+    "lianfang_broker_dropped_messages_total",
+    "Messages the broker dropped (queue full: max_queued_messages), from $SYS/broker/publish/messages/dropped",
+)
 
 for _reason in REJECTION_REASONS:
     REJECTED.labels(_reason)
