@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -714,17 +714,19 @@ class AlertService:
         with self._lock:
             return [replace(a, detail=dict(a.detail)) for a in self.book.open_alerts()]
 
-    def silenced_by(self, alerts: list[Alert], now: datetime | None = None) -> dict[int, list[Silence]]:
-        """For each of ``alerts`` that a silence holds back, the active silences covering it (why nothing is sent)."""
+    def silenced_by(self, alert_ids: Iterable[int], now: datetime | None = None) -> dict[int, list[Silence]]:
+        """For each open alert of ``alert_ids`` that a silence holds back, the active silences covering it: why
+        nothing is sent about it (no notification, no escalation)."""
         now = now or self._clock()
+        out: dict[int, list[Silence]] = {}
         with self._lock:
-            out: dict[int, list[Silence]] = {}
-            for a in alerts:
-                if a.silenced and a.open:
+            for alert_id in alert_ids:
+                a = self.book.alerts.get(alert_id)
+                if a is not None and a.open and a.silenced:
                     found = [replace(s) for s in self.book.silences_of(a, now)]
                     if found:
-                        out[a.id] = found
-            return out
+                        out[alert_id] = found
+        return out
 
     def set_escalation_level(
         self, alert_id: int, level: int, now: datetime, reached_at: datetime | None = None
