@@ -11,6 +11,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,11 +22,13 @@ from rich.table import Table
 
 from core import clock
 from core.errors import BrokerUnavailable, LianfangError, StoreUnavailable, UserError
+from core.fsperm import private_dir
 from core.settings import Settings
 from devices.audit import Actor
 from devices.certs import init_certs
-from devices.dynsec import DynsecClient
+from devices.dynsec import DynsecClient, role_name
 from devices.provisioning import (
+    Drift,
     Provisioner,
     ProvisioningError,
     installer_config,
@@ -276,6 +279,73 @@ def check(
         raise typer.Exit(1)
 
 
+# A reconcile that would delete more broker identities than this (or more than MASS_DELETE_SHARE of those on the
+# broker) looks like the wrong broker or the wrong database (e.g. two data dirs sharing one broker): it needs --force.
+MASS_DELETE_MAX = 10
+MASS_DELETE_SHARE = 0.2
+_PLAN_LISTED = 50
+
+
+@dataclass(frozen=True)
+class ReconcilePlan:
+    """What `reconcile` would change on the broker, from a dry run."""
+
+    creates: list[str]
+    deletes: list[str]
+    updates: list[str]
+    identities: int  # device identities on the broker now
+
+    @property
+    def total(self) -> int:
+        return len(self.creates) + len(self.deletes) + len(self.updates)
+
+    @property
+    def mass_deletion(self) -> bool:
+        n = len(self.deletes)
+        return n > MASS_DELETE_MAX or (n > 0 and n > MASS_DELETE_SHARE * self.identities)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "identities_on_broker": self.identities,
+            "create": self.creates,
+            "delete": self.deletes,
+            "update": self.updates,
+        }
+
+
+def reconcile_plan(drift: list[Drift], identities: int, *, reprovision_missing: bool) -> ReconcilePlan:
+    creates = [d.device_id for d in drift if d.kind == "missing_on_broker" and reprovision_missing]
+    deletes = sorted({d.device_id for d in drift if d.kind == "orphan_on_broker"})
+    updates = sorted({d.device_id for d in drift if d.kind in ("wrong_on_broker", "enabled_mismatch")})
+    return ReconcilePlan(creates, deletes, updates, identities)
+
+
+def _device_identities(prov: Provisioner) -> int:
+    """Clients on the broker that are device identities (a device client has its own lf-dev-<id> role)."""
+    return sum(
+        1
+        for c in prov.dynsec.list_clients()
+        if any(r.get("rolename") == role_name(str(c.get("username"))) for r in c.get("roles", []))
+    )
+
+
+def _show_plan(plan: ReconcilePlan, where: str) -> None:
+    typer.echo(
+        f"reconcile would change {plan.total} broker identit{'y' if plan.total == 1 else 'ies'} on {where} "
+        f"({plan.identities} device identities there now): create {len(plan.creates)}, delete {len(plan.deletes)}, "
+        f"update {len(plan.updates)}",
+        err=True,
+    )
+    for verb, ids in (("create", plan.creates), ("delete", plan.deletes), ("update", plan.updates)):
+        if ids:
+            more = f" ... and {len(ids) - _PLAN_LISTED} more" if len(ids) > _PLAN_LISTED else ""
+            typer.echo(f"  {verb}: {' '.join(ids[:_PLAN_LISTED])}{more}", err=True)
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
 @creds_app.command("reconcile")
 def reconcile(
     ctx: typer.Context,
@@ -284,14 +354,47 @@ def reconcile(
         bool,
         typer.Option("--reprovision-missing", help="Re-create devices missing on the broker with NEW secrets."),
     ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply the changes without asking.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help=f"Allow deleting more than {MASS_DELETE_MAX} broker identities or more than "
+            f"{MASS_DELETE_SHARE:.0%} of them.",
+        ),
+    ] = False,
     secret_file: SecretFileOpt = None,
     json_out: JsonOpt = False,
     timeout: TimeoutOpt = 30.0,
 ) -> None:
-    """Compare the registry with the broker, show the drift and fix it (idempotent)."""
+    """Compare the registry with the broker, show the drift and fix it (idempotent).
+
+    Before changing anything it shows what it would create, delete and update on the broker and asks (--yes to
+    apply without asking; without a terminal --yes is required). A mass deletion (more than 10 identities, or
+    more than 20% of the broker's) is refused without --force: it usually means the wrong broker or database.
+    """
+    settings = settings_from(ctx)
+    where = f"{settings.mqtt.host}:{settings.mqtt.port}"
     with _provisioner(ctx, timeout) as prov:
         try:
-            report = prov.reconcile(clock.now(), fix=not dry_run, reprovision_missing=reprovision_missing)
+            report = prov.reconcile(clock.now(), fix=False, reprovision_missing=reprovision_missing)
+            plan = reconcile_plan(report.drift, _device_identities(prov), reprovision_missing=reprovision_missing)
+            if not dry_run and plan.total:
+                _show_plan(plan, where)
+                if plan.mass_deletion and not force:
+                    raise _fail(
+                        f"refusing to delete {len(plan.deletes)} of the {plan.identities} device identities on "
+                        f"{where} (is this the right broker and database?); re-run with --force if it is meant"
+                    )
+                if not yes:
+                    if not _interactive():
+                        raise _fail(
+                            f"reconcile would change {plan.total} broker identities and there is no terminal to "
+                            "ask: re-run with --yes to apply, or --dry-run to only see the drift"
+                        )
+                    if not typer.confirm(f"apply these {plan.total} changes?", default=False, err=True):
+                        raise _fail("nothing changed")
+                report = prov.reconcile(clock.now(), fix=True, reprovision_missing=reprovision_missing)
         except LianfangError as exc:
             raise _fail(str(exc)) from exc
     hand_out_secrets(report.new_secrets, secret_file)
@@ -299,7 +402,10 @@ def reconcile(
         {"device_id": d.device_id, "kind": d.kind, "detail": d.detail, "fixed": d.fixed} for d in report.drift
     ]
     if json_out:
-        typer.echo(json.dumps({"drift": rows, "changes": report.changes}, ensure_ascii=False, indent=1))
+        doc: dict[str, Any] = {"drift": rows, "changes": report.changes}
+        if plan.total:
+            doc["plan"] = plan.as_json()
+        typer.echo(json.dumps(doc, ensure_ascii=False, indent=1))
         return
     if not rows:
         typer.echo("registry and broker agree: no drift")
@@ -381,9 +487,10 @@ def certs_init(
 ) -> None:
     """Make a CA and a broker server certificate signed by it."""
     settings = settings_from(ctx)
-    target = directory or settings.data_dir / "certs"
+    target = directory or settings.mqtt.tls_dir or settings.data_dir / "certs"
     names = hosts or list(dict.fromkeys(["localhost", "127.0.0.1", settings.mqtt.host, socket.gethostname()]))
     try:
+        private_dir(target)  # 0700: the CA key and the broker key live here
         paths = init_certs(target, names, now=clock.now(), organization=organization, force=force, key_type=key_type)
     except UserError as exc:
         raise _fail(str(exc)) from exc

@@ -105,5 +105,6 @@ def test_cli_certs_init(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     code, out, err = run("certs", "init", "--host", "mqtt.example.gov.cn", "--key-type", "ec")
     assert code == 0, err
     assert (tmp_path / "certs" / "ca.crt").exists() and "mqtt.example.gov.cn" in out
+    assert stat.S_IMODE((tmp_path / "certs").stat().st_mode) == 0o700
     code, _, err = run("certs", "init", "--host", "mqtt.example.gov.cn")
     assert code == 1 and "already exists" in err
