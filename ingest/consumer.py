@@ -48,6 +48,7 @@ class MqttConsumer:
         self.subscribed = threading.Event()
         self.accepting = True
         self.last_error: str | None = None
+        self.received = 0  # messages that arrived (counted here, on arrival; only the network thread writes it)
         self.session_present: bool | None = None
         self.client = IngestClient(
             CallbackAPIVersion.VERSION2,
@@ -145,6 +146,12 @@ class MqttConsumer:
         if not self.accepting:
             return  # not acked: the broker redelivers it to the next session
         try:
-            self.out.put(RawMessage(msg.topic, bytes(msg.payload), msg.mid, msg.qos, time.time_ns() // 1_000_000))
+            self.out.put(
+                RawMessage(
+                    msg.topic, bytes(msg.payload), msg.mid, msg.qos, time.time_ns() // 1_000_000, bool(msg.retain)
+                )
+            )
+            self.received += 1
+            metrics.RECEIVED.inc()
         except Exception:
             logger.exception("could not enqueue message on %s", msg.topic)

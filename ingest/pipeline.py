@@ -1,7 +1,8 @@
-"""The per-message path, one straight line: topic -> device -> decode -> dedup -> batch.
+"""The per-message path, one straight line: topic -> retained? -> device -> decode -> dedup -> batch.
 
 Pure: no I/O, no clock (``now_ms`` comes in). A message that raises anywhere in here is rejected with
-``internal_error`` and never affects the messages around it.
+``internal_error`` and never affects the messages around it. The seqs a batch stages in the duplicate tracker
+are listed in ``batch.seqs``: the caller commits them once the batch is durable, or aborts them (ingest/dedup.py).
 """
 
 from __future__ import annotations
@@ -28,11 +29,25 @@ class RawMessage:
     mid: int
     qos: int
     received_ms: int
+    # The MQTT retain flag as delivered: set only when the broker replays a retained message at subscription
+    # (Lianfang subscribes without "retain as published").
+    retain: bool = False
 
 
 def _reject(batch: WriteBatch, msg: RawMessage, device_id: str, reason: str, detail: str) -> None:
     batch.rejections.append(Rejection(device_id, msg.topic, reason, detail, msg.payload[:RAW_KEEP], msg.received_ms))
     batch.counter(device_id).rejected += 1
+
+
+def rejection_batch(msg: RawMessage, reason: str, detail: str) -> WriteBatch:
+    """A batch holding only the rejection of ``msg`` (e.g. ``internal_error`` when writing it failed)."""
+    batch = WriteBatch()
+    try:
+        device_id = parse_topic(msg.topic)[0]
+    except InvalidMessage:
+        device_id = "?"
+    _reject(batch, msg, device_id, reason, detail)
+    return batch
 
 
 def build_batch(
@@ -42,12 +57,15 @@ def build_batch(
     *,
     decode: Decoder = decode_payload,
 ) -> WriteBatch:
-    """Turn raw MQTT messages into one WriteBatch (records, rejections, per-device counters)."""
+    """Turn raw MQTT messages into one WriteBatch (records, rejections, per-device counters, staged seqs)."""
     batch = WriteBatch()
+    staged = batch.seqs
     for msg in messages:
         device_id = "?"
         try:
             device_id, kind = parse_topic(msg.topic)
+            if msg.retain and kind != "status":
+                raise InvalidMessage("retained", f"a retained {kind} delivery (a broker replay) is not stored again")
             device = check_device(device_id, devices.get(device_id))
             records, errors = decode(kind, msg.payload, device, msg.received_ms)
         except InvalidMessage as exc:
@@ -58,8 +76,9 @@ def build_batch(
             _reject(batch, msg, device_id, "internal_error", f"{type(exc).__name__}: {exc}"[:500])
             continue
         counter = batch.counter(device_id)
-        counter.last_seen_ms = max(counter.last_seen_ms, msg.received_ms)
         counter.messages += 1
+        if records:  # only an accepted message says the device is alive (not one whose objects all failed)
+            counter.last_seen_ms = max(counter.last_seen_ms, msg.received_ms)
         for reason, detail in errors:
             _reject(batch, msg, device_id, reason, detail)
         for rec in records:
@@ -69,7 +88,7 @@ def build_batch(
             if not rec.ts_from_device:
                 rec.ts_ms = seqs.receive_ts(device_id, rec.ts_ms)
             if rec.seq is not None:
-                dup, gap = seqs.check(device_id, rec.seq, rec.ts_ms if rec.ts_from_device else None)
+                dup, gap = seqs.check(device_id, rec.seq, rec.ts_ms if rec.ts_from_device else None, staged)
                 if dup:
                     counter.duplicates += 1
                     continue

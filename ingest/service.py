@@ -4,9 +4,25 @@ and (evaluator thread: listeners, i.e. the alert engine), in parallel -> acknowl
 At-least-once: a batch is acked only when both are done with it: its records (or rejections) are committed to the
 store, and every listener has processed it (the alert engine has committed what it raised). Neither waits for the
 other, so a slow or stalled telemetry write (a WAL checkpoint, a disk stall, a store outage) does not hold up
-alerts, and alerts do not hold up storage. A failed write is retried with backoff and nothing is acked meanwhile.
-If the process dies first, everything unacked is redelivered; the alert engine recognises records it has already
-evaluated (``AlertService._replayed``), so a redelivery never raises an alert twice.
+alerts, and alerts do not hold up storage. If the process dies first, everything unacked is redelivered; the alert
+engine recognises records it has already evaluated (``AlertService._replayed``), so a redelivery never raises an
+alert twice.
+
+A failed write never jams the stream:
+
+- ``StoreUnavailable`` (the store as a whole: locked by another process, disk full, I/O error) is retried with
+  backoff; nothing is acked meanwhile, and the log, ``store_errors_total``, the backlog metrics, ``/health/ready``
+  and the platform alerts (``alerts/platform.py``) say so, with how many messages are held.
+- Any other error belongs to some value of the batch. The store has rolled the transaction back; the writer splits
+  the batch's messages in halves, decodes and writes each half on its own, and so on down to the one message that
+  fails, which is rejected as ``internal_error`` with the error kept. Everything else is stored and acked.
+
+The duplicate tracker learns a batch's seqs only once the batch is durable (``ingest/dedup.py``): a batch that
+is not written leaves nothing behind that would make its messages look like duplicates later.
+
+A message of a device the registry view does not know or has as disabled is rejected only on a view loaded after
+the message arrived (``RegistryCache.screen``): one re-read, at most every ``miss_refresh_s``, and the message is
+held back (unacked) until then, so a message sent just after ``devices enable`` is accepted.
 
 On SIGTERM the decoder finishes what it holds, the writer and the evaluator drain, their batches are acked, and
 whatever the broker sent after that is redelivered to the next session.
@@ -29,30 +45,48 @@ from core.store import BatchListener, TelemetryStore, WriteBatch
 from ingest import metrics
 from ingest.consumer import MqttConsumer
 from ingest.dedup import SeqTracker
-from ingest.pipeline import Decoder, RawMessage, build_batch
+from ingest.pipeline import Decoder, RawMessage, build_batch, rejection_batch
+from ingest.stall import Progress, assess
 
 logger = logging.getLogger(__name__)
 
 WARM_ROWS = 200_000
+STILL_FAILING_LOG_S = 30.0  # while the store stays unavailable, say so again this often
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 class RegistryCache:
     """The registry's view of every device. A background thread re-reads it every ``refresh_s``, so the
-    per-message path never waits for the registry; only a device it does not know yet makes the decoder re-read
-    it at once (at most every ``miss_refresh_s``), so that a newly registered device's first messages are
-    accepted rather than rejected as unknown."""
+    per-message path never waits for the registry. A message of a device the view does not know, or has as
+    disabled, is judged only on a view loaded after the message arrived: the decoder re-reads at once (at most
+    every ``miss_refresh_s``) and holds such messages back until it has (``screen``). So a newly registered or
+    just-enabled device's first messages are accepted rather than rejected."""
 
-    def __init__(self, load: Callable[[], Mapping[str, DeviceInfo]], refresh_s: float, miss_refresh_s: float = 1.0):
+    def __init__(
+        self,
+        load: Callable[[], Mapping[str, DeviceInfo]],
+        refresh_s: float,
+        miss_refresh_s: float = 1.0,
+        *,
+        hold_max_s: float = 10.0,
+    ):
         self._load = load
         self.refresh_s = refresh_s
         self.miss_refresh_s = miss_refresh_s
+        self.hold_max_s = hold_max_s  # a registry that cannot be read: judge on the cached view after this
         self.devices: Mapping[str, DeviceInfo] = {}
         self._loaded_at = 0.0
+        self.loaded_from_ms = 0  # wall time when the current view's read began: it knows every change before
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ingest-registry", daemon=True)
 
     def refresh(self) -> None:
+        started_ms = _now_ms()
         self.devices = self._load()  # one reference swap: readers see the old view or the new one
+        self.loaded_from_ms = started_ms
         self._loaded_at = time.monotonic()
 
     def start(self) -> None:
@@ -81,6 +115,46 @@ class RegistryCache:
             self._try_refresh()
         return self.devices
 
+    def screen(
+        self, msgs: list[RawMessage], now_ms: int
+    ) -> tuple[Mapping[str, DeviceInfo], list[RawMessage], list[RawMessage]]:
+        """Split ``msgs`` into those that can be judged on the view and those held back for a fresher one.
+
+        Returns ``(view, ready, held)``. A message is held when its device is unknown or disabled in a view that
+        was read before the message arrived, and a re-read is not allowed yet (``miss_refresh_s``)."""
+        devices = self.devices
+        suspects = [m for m in msgs if not self._accepts(devices, m.topic)]
+        if not suspects:
+            return devices, msgs, []
+        if max(m.received_ms for m in suspects) >= self.loaded_from_ms and (
+            time.monotonic() - self._loaded_at >= self.miss_refresh_s
+        ):
+            self._try_refresh()
+            devices = self.devices
+        fresh_from = self.loaded_from_ms
+        held = [
+            m
+            for m in suspects
+            if m.received_ms >= fresh_from
+            and now_ms - m.received_ms < self.hold_max_s * 1000
+            and not self._accepts(devices, m.topic)
+        ]
+        if not held:
+            return devices, msgs, []
+        ids = {id(m) for m in held}
+        return devices, [m for m in msgs if id(m) not in ids], held
+
+    def ready_to_recheck(self) -> bool:
+        return time.monotonic() - self._loaded_at >= self.miss_refresh_s
+
+    @staticmethod
+    def _accepts(devices: Mapping[str, DeviceInfo], topic: str) -> bool:
+        parts = topic.split("/")
+        if len(parts) != 4:
+            return True  # not a device topic: rejected for what it is, no registry needed
+        d = devices.get(parts[2])
+        return d is not None and d.enabled
+
 
 @dataclass(eq=False)
 class _InFlight:
@@ -89,17 +163,26 @@ class _InFlight:
     msgs: list[RawMessage]
     batch: WriteBatch
     pending: int
+    devices: Mapping[str, DeviceInfo]
+    oldest_ms: int
+    written: WriteBatch | None = None  # what the writer stored (differs from ``batch`` when a message was isolated)
 
 
 @dataclass
 class IngestStats:
-    received: int = 0
     acked: int = 0
     batches: int = 0
     records: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
     store_errors: int = 0
+    isolated: int = 0  # messages rejected internal_error after their batch's write failed
+    arrivals: Callable[[], int] = field(default=lambda: 0, repr=False)
+
+    @property
+    def received(self) -> int:
+        """Messages that arrived from the broker (counted on arrival, not at ack)."""
+        return self.arrivals()
 
 
 class IngestService:
@@ -126,12 +209,19 @@ class IngestService:
         self.consumer = MqttConsumer(mqtt_settings, self.queue, client_id=client_id)
         self.registry = RegistryCache(load_devices, ingest_settings.registry_refresh_s)
         self.seqs = SeqTracker()
-        self.stats = IngestStats()
+        self._seq_lock = threading.Lock()  # the decoder and the writer both use the tracker, one batch at a time
+        self.stats = IngestStats(arrivals=lambda: self.consumer.received)
         self._stop = threading.Event()
         # Batches in flight are unacked, so MQTT flow control bounds these queues too.
         self._writes: queue.SimpleQueue[_InFlight | None] = queue.SimpleQueue()
         self._evaluations: queue.SimpleQueue[_InFlight | None] = queue.SimpleQueue()
         self._done_lock = threading.Lock()
+        self._inflight: dict[int, _InFlight] = {}  # id -> item, until acked (for the oldest unacked message)
+        self._held: list[RawMessage] = []  # waiting for a fresher registry view (decoder thread only)
+        self._decoding_since_ms: int | None = None
+        self._writing_since_ms: int | None = None
+        self._store_error: str | None = None
+        self._store_failing_since_ms: int | None = None
         self._threads = [
             threading.Thread(target=self._run, name="ingest-decoder", daemon=True),
             threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True),
@@ -150,6 +240,9 @@ class IngestService:
         for t in self._threads:
             t.start()
         self._started = True
+        metrics.UNACKED.set_function(lambda: self.backlog)
+        metrics.OLDEST_UNACKED_AGE.set_function(self._oldest_age_s)
+        metrics.STALLED.set_function(lambda: 1.0 if self.stall_reasons() else 0.0)
         self.consumer.start()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -164,22 +257,65 @@ class IngestService:
         self.consumer.stop()
         self.registry.stop()
         self._started = False
+        for gauge in (metrics.UNACKED, metrics.OLDEST_UNACKED_AGE, metrics.STALLED):
+            gauge.set_function(lambda: 0.0)
         logger.info("ingest stopped: %d received, %d acked", self.stats.received, self.stats.acked)
 
+    # --- progress and health ----------------------------------------------------------------------------
+
+    @property
+    def backlog(self) -> int:
+        """Messages received and not acknowledged: queued, held, being decoded, written or evaluated."""
+        return max(0, self.consumer.received - self.stats.acked)
+
+    def _oldest_ms(self) -> int | None:
+        with self._done_lock:
+            candidates = [item.oldest_ms for item in self._inflight.values()]
+        decoding = self._decoding_since_ms
+        if decoding is not None:
+            candidates.append(decoding)
+        held = self._held
+        if held:
+            candidates.append(min(m.received_ms for m in held))
+        return min(candidates) if candidates else None
+
+    def _oldest_age_s(self) -> float:
+        oldest = self._oldest_ms()
+        return 0.0 if oldest is None or not self.backlog else max(0.0, (_now_ms() - oldest) / 1000)
+
+    def progress(self) -> Progress:
+        return Progress(
+            backlog=self.backlog,
+            oldest_ms=self._oldest_ms(),
+            writing_since_ms=self._writing_since_ms,
+            store_error=self._store_error,
+            store_failing_since_ms=self._store_failing_since_ms,
+            threads_alive=not self._started or all(t.is_alive() for t in self._threads),
+        )
+
+    def stall_reasons(self, now_ms: int | None = None) -> list[str]:
+        return assess(self.progress(), now_ms=now_ms or _now_ms(), stall_after_s=self.settings.stall_after_s)
+
     def status(self) -> dict[str, object]:
+        reasons = self.stall_reasons()
         return {
             "connected": self.consumer.connected.is_set(),
             "queue_depth": self.queue.qsize(),
             "received": self.stats.received,
             "acked": self.stats.acked,
+            "backlog": self.backlog,
+            "oldest_unacked_age_s": round(self._oldest_age_s(), 3),
             "records": self.stats.records,
             "duplicates": self.stats.duplicates,
             "rejected": dict(self.stats.rejected),
             "store_errors": self.stats.store_errors,
+            "store_unavailable": self._store_error,
             "writer_alive": all(t.is_alive() for t in self._threads),
+            "stalled": bool(reasons),
+            "reason": "; ".join(reasons) if reasons else None,
         }
 
-    # --- writer thread ----------------------------------------------------------------------------------
+    # --- decoder thread ---------------------------------------------------------------------------------
 
     def _take(self) -> list[RawMessage]:
         try:
@@ -206,17 +342,30 @@ class IngestService:
         try:
             while True:
                 msgs = self._take()
+                if self._held and self.registry.ready_to_recheck():
+                    msgs = self._held + msgs
+                    self._held = []
                 if not msgs:
                     if self._stop.is_set():
                         return
                     continue
+                self._decoding_since_ms = msgs[0].received_ms
                 try:
-                    devices = self.registry.view([m.topic.split("/")[2] for m in msgs if m.topic.count("/") == 3])
-                    batch = build_batch(msgs, devices, self.seqs, decode=self.decode)
+                    devices, msgs, held = self.registry.screen(msgs, _now_ms())
+                    self._held.extend(held)
+                    if not msgs:
+                        continue
+                    with self._seq_lock:
+                        batch = build_batch(msgs, devices, self.seqs, decode=self.decode)
                 except Exception:  # the thread must not die; nothing was acked, so the broker will redeliver
                     logger.exception("ingest batch of %d failed unexpectedly; not acked", len(msgs))
                     continue
-                item = _InFlight(msgs, batch, 2 if self.listeners else 1)
+                finally:
+                    self._decoding_since_ms = None
+                # msgs[0] is the oldest: the queue is FIFO and held messages go back in front
+                item = _InFlight(msgs, batch, 2 if self.listeners else 1, devices, msgs[0].received_ms)
+                with self._done_lock:
+                    self._inflight[id(item)] = item
                 self._writes.put(item)
                 if self.listeners:
                     self._evaluations.put(item)
@@ -227,14 +376,117 @@ class IngestService:
             self._writes.put(None)
             self._evaluations.put(None)
 
+    # --- writer thread ----------------------------------------------------------------------------------
+
     def _write_loop(self) -> None:
         while (item := self._writes.get()) is not None:
+            self._writing_since_ms = _now_ms()
             try:
-                self._write_until_durable(item.batch)
-            except Exception:
+                item.written = self._write_item(item)
+            except Exception:  # a bug in the code below: keep the thread; the item stays unacked and shows as stalled
                 logger.exception("ingest write of %d messages failed unexpectedly; not acked", len(item.msgs))
+                with self._seq_lock:
+                    self.seqs.abort(item.batch.seqs)
                 continue
+            finally:
+                self._writing_since_ms = None
             self._stage_done(item)
+
+    def _write_item(self, item: _InFlight) -> WriteBatch:
+        """Write the batch; if a value in it cannot be written, isolate that message. Returns what was written."""
+        try:
+            self._write_until_durable(item.batch)
+        except Exception as exc:
+            with self._seq_lock:
+                self.seqs.abort(item.batch.seqs)
+            logger.error(
+                "ingest: writing a batch of %d messages failed (%s: %s); splitting it to isolate the message",
+                len(item.msgs),
+                type(exc).__name__,
+                exc,
+            )
+            return self._isolate(item.msgs, item.devices, exc)
+        with self._seq_lock:
+            self.seqs.commit(item.batch.seqs)
+        return item.batch
+
+    def _isolate(self, msgs: list[RawMessage], devices: Mapping[str, DeviceInfo], exc: Exception) -> WriteBatch:
+        """Bisect ``msgs`` (whose batch failed with ``exc``): write each half on its own, recursively, down to the
+        single message that fails, which is rejected as ``internal_error``."""
+        if len(msgs) == 1:
+            msg = msgs[0]
+            rejected = rejection_batch(msg, "internal_error", f"store write failed: {type(exc).__name__}: {exc}"[:500])
+            logger.error("ingest: message on %s isolated and rejected internal_error: %s", msg.topic, exc)
+            self.stats.isolated += 1
+            metrics.ISOLATED.inc()
+            try:
+                self._write_until_durable(rejected)
+            except Exception:
+                logger.exception("ingest: even the rejection of the message on %s could not be stored", msg.topic)
+            return rejected
+        written = WriteBatch()
+        half = len(msgs) // 2
+        for part in (msgs[:half], msgs[half:]):
+            with self._seq_lock:
+                batch = build_batch(part, devices, self.seqs, decode=self.decode)
+            try:
+                self._write_until_durable(batch)
+            except Exception as part_exc:
+                with self._seq_lock:
+                    self.seqs.abort(batch.seqs)
+                written.extend(self._isolate(part, devices, part_exc))
+                continue
+            with self._seq_lock:
+                self.seqs.commit(batch.seqs)
+            written.extend(batch)
+        return written
+
+    def _write_until_durable(self, batch: WriteBatch) -> None:
+        """Write, retrying StoreUnavailable with backoff (logged with the backlog); other errors propagate."""
+        delay, max_delay = self.retry_backoff_s
+        last_log = 0.0
+        while True:
+            started = time.perf_counter()
+            try:
+                self.store.write(batch)
+            except StoreUnavailable as exc:
+                metrics.STORE_ERRORS.inc()
+                self.stats.store_errors += 1
+                now = time.monotonic()
+                if self._store_error is None:
+                    self._store_failing_since_ms = _now_ms()
+                    logger.error(
+                        "store unavailable, holding %d messages unacked (%d records in this batch): %s",
+                        self.backlog,
+                        len(batch),
+                        exc,
+                    )
+                    last_log = now
+                elif now - last_log >= STILL_FAILING_LOG_S:
+                    logger.error(
+                        "store still unavailable after %.0f s, holding %d messages unacked (oldest %.0f s): %s",
+                        (_now_ms() - (self._store_failing_since_ms or _now_ms())) / 1000,
+                        self.backlog,
+                        self._oldest_age_s(),
+                        exc,
+                    )
+                    last_log = now
+                self._store_error = str(exc)[:300]
+                time.sleep(delay)
+                delay = min(delay * 2, max_delay)
+                continue
+            metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
+            if self._store_error is not None:
+                logger.warning(
+                    "store back after %.1f s; writing the %d messages held",
+                    (_now_ms() - (self._store_failing_since_ms or _now_ms())) / 1000,
+                    self.backlog,
+                )
+                self._store_error = None
+                self._store_failing_since_ms = None
+            return
+
+    # --- evaluator thread and acks ----------------------------------------------------------------------
 
     def _evaluate_loop(self) -> None:
         while (item := self._evaluations.get()) is not None:
@@ -252,35 +504,14 @@ class IngestService:
             if item.pending:
                 return
             self.consumer.ack_many([(m.mid, m.qos) for m in item.msgs])
-            self._account(item.msgs, item.batch)
-
-    def _write_until_durable(self, batch: WriteBatch) -> None:
-        delay, max_delay = self.retry_backoff_s
-        failing = False
-        while True:
-            started = time.perf_counter()
-            try:
-                self.store.write(batch)
-            except StoreUnavailable as exc:
-                metrics.STORE_ERRORS.inc()
-                self.stats.store_errors += 1
-                if not failing:
-                    logger.error("store unavailable, holding %d records unacked: %s", len(batch), exc)
-                    failing = True
-                time.sleep(delay)
-                delay = min(delay * 2, max_delay)
-                continue
-            metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
-            if failing:
-                logger.warning("store back; batch of %d records written", len(batch))
-            return
+            self._account(item.msgs, item.written if item.written is not None else item.batch)
+            del self._inflight[id(item)]
 
     def _account(self, msgs: list[RawMessage], batch: WriteBatch) -> None:
         n = len(msgs)
         records = len(batch.readings) + len(batch.events) + len(batch.statuses)
         dups = sum(c.duplicates for c in batch.counters.values())
         gaps = sum(c.gaps for c in batch.counters.values())
-        self.stats.received += n
         self.stats.acked += n
         self.stats.batches += 1
         self.stats.records += records
@@ -288,7 +519,6 @@ class IngestService:
         for rej in batch.rejections:
             self.stats.rejected[rej.reason] = self.stats.rejected.get(rej.reason, 0) + 1
             metrics.REJECTED.labels(rej.reason).inc()
-        metrics.RECEIVED.inc(n)
         metrics.ACKED.inc(n)
         metrics.STORED.inc(records)
         metrics.DUPLICATES.inc(dups)

@@ -186,4 +186,5 @@ class Runtime:
         if self.ingest is None:
             return {"ok": False, "detail": "ingest not running in this process"}
         st = self.ingest.status()
-        return {"ok": bool(st["connected"]) and bool(st["writer_alive"]), **st}
+        # Not ready while stalled (ingest/stall.py): the reason says why (old backlog, store unavailable, ...).
+        return {"ok": bool(st["connected"]) and bool(st["writer_alive"]) and not st.get("stalled"), **st}

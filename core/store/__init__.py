@@ -35,6 +35,8 @@ class WriteBatch:
     statuses: list[Status] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     counters: dict[str, DeviceCounters] = field(default_factory=dict)
+    # (device, seq, device ts) this batch adds to ingest's duplicate tracker once it is durable (ingest/dedup.py)
+    seqs: list[tuple[str, int, int | None]] = field(default_factory=list)
 
     def counter(self, device_id: str) -> DeviceCounters:
         c = self.counters.get(device_id)
@@ -44,6 +46,22 @@ class WriteBatch:
 
     def __len__(self) -> int:
         return len(self.readings) + len(self.events) + len(self.statuses) + len(self.rejections)
+
+    def extend(self, other: WriteBatch) -> None:
+        """Add ``other``'s records, rejections and counters to this batch."""
+        self.readings.extend(other.readings)
+        self.events.extend(other.events)
+        self.statuses.extend(other.statuses)
+        self.rejections.extend(other.rejections)
+        self.seqs.extend(other.seqs)
+        for device_id, c in other.counters.items():
+            mine = self.counter(device_id)
+            mine.last_seen_ms = max(mine.last_seen_ms, c.last_seen_ms)
+            mine.messages += c.messages
+            mine.gaps += c.gaps
+            mine.duplicates += c.duplicates
+            mine.nonstandard += c.nonstandard
+            mine.rejected += c.rejected
 
 
 @dataclass(frozen=True, slots=True)

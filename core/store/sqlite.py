@@ -68,14 +68,34 @@ CREATE TABLE IF NOT EXISTS device_state (
 """
 
 CACHE_KIB = 64 * 1024  # page cache per connection
+# How long a statement waits for a lock another process holds (another writer, a backup, an operator's sqlite3
+# shell) before it fails with "database is locked", which ingest reports as StoreUnavailable and retries: the
+# stall is logged, counted and visible in /health/ready instead of a silent 30 s wait per attempt.
+BUSY_TIMEOUT_S = 5.0
+INT64_MAX = 2**63 - 1
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Errors of the store as a whole (locked, disk full, I/O, corrupt file): retry the same batch later. Any
+    other error (a value SQLite cannot bind, a constraint) belongs to the data, and retrying cannot help."""
+    return isinstance(exc, sqlite3.OperationalError | sqlite3.InternalError) or type(exc) is sqlite3.DatabaseError
+
 
 _AGG_SQL = {"mean": "avg(v)", "min": "min(v)", "max": "max(v)", "sum": "sum(v)", "count": "count(v)"}
 
 
 class SqliteStore:
-    def __init__(self, path: Path, *, synchronous: str = "FULL", background_checkpoint: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str = "FULL",
+        background_checkpoint: bool = True,
+        busy_timeout_s: float = BUSY_TIMEOUT_S,
+    ) -> None:
         self.path = path
         self._synchronous = synchronous
+        self.busy_timeout_s = busy_timeout_s
         # WAL checkpoints on a thread of their own (core/wal.py), not inside the commit of whichever batch crosses
         # the threshold: that commit used to wait 10-250 ms, and every message behind it too.
         self._background_checkpoint = background_checkpoint
@@ -101,10 +121,12 @@ class SqliteStore:
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout_s, check_same_thread=False, isolation_level=None
+            )
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            conn.execute("PRAGMA busy_timeout=30000")
             # The (device, ts) index takes inserts all over its B-tree (one device after another); SQLite's default
             # 2 MiB page cache makes a large store re-read its pages for nearly every insert.
             conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
@@ -133,12 +155,15 @@ class SqliteStore:
     # --- write ------------------------------------------------------------------------------------------
 
     def write(self, batch: WriteBatch) -> None:
+        """One transaction. A store-wide failure raises StoreUnavailable; any other error (one value of the batch
+        that cannot be written) is raised as it is, for the caller to isolate. Either way the transaction is
+        rolled back first, so the next write starts clean."""
         dumps = orjson.dumps
         telemetry = [(r.device_id, r.ts_ms, r.seq, dumps(r.fields).decode()) for r in batch.readings]
         events = [(e.device_id, e.ts_ms, e.type, e.region_id, e.seq, dumps(e.data).decode()) for e in batch.events]
         rejections = [(x.received_ms, x.device_id, x.topic, x.reason, x.detail, x.payload) for x in batch.rejections]
         counters = [
-            (dev, c.last_seen_ms or None, c.messages, c.gaps, c.duplicates, c.nonstandard, c.rejected)
+            (dev, c.last_seen_ms or None, c.messages, min(c.gaps, INT64_MAX), c.duplicates, c.nonstandard, c.rejected)
             for dev, c in batch.counters.items()
         ]
         statuses = [(s.device_id, s.state, s.ts_ms, s.fw) for s in batch.statuses]
@@ -170,10 +195,10 @@ class SqliteStore:
                     conn.executemany(
                         "INSERT INTO device_state (device_id, last_seen_ms, messages, gaps, duplicates, "
                         "nonstandard, rejected) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
-                        "last_seen_ms = max(coalesce(device_state.last_seen_ms, 0), "
-                        "coalesce(excluded.last_seen_ms, 0)), "
+                        "last_seen_ms = nullif(max(coalesce(device_state.last_seen_ms, 0), "
+                        "coalesce(excluded.last_seen_ms, 0)), 0), "
                         "messages = device_state.messages + excluded.messages, "
-                        "gaps = device_state.gaps + excluded.gaps, "
+                        f"gaps = min(device_state.gaps + excluded.gaps, {INT64_MAX}), "
                         "duplicates = device_state.duplicates + excluded.duplicates, "
                         "nonstandard = device_state.nonstandard + excluded.nonstandard, "
                         "rejected = device_state.rejected + excluded.rejected",
@@ -188,10 +213,29 @@ class SqliteStore:
                         statuses,
                     )
                 conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise StoreUnavailable(f"telemetry store write failed: {exc}") from exc
+            except BaseException as exc:
+                self._abort()
+                if isinstance(exc, sqlite3.Error) and _retryable(exc):
+                    raise StoreUnavailable(f"telemetry store write failed: {self._explain(exc)}") from exc
+                raise
+
+    def _abort(self) -> None:
+        """Roll the writer's transaction back; if even that fails, open a new writer connection."""
+        conn = self._writer
+        if not conn.in_transaction:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            try:
+                conn.close()
+            finally:
+                self._writer = self._connect()
+
+    def _explain(self, exc: sqlite3.Error) -> str:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return f"{exc} (another process has held the write lock for over {self.busy_timeout_s:g} s)"
+        return str(exc)
 
     # --- read -------------------------------------------------------------------------------------------
 
