@@ -7,19 +7,23 @@ open live streams.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import fastapi_offline
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.errors import StoreUnavailable
 from gateway.context import GatewayContext
 from gateway.metrics import MetricsMiddleware
+from gateway.params import ErrorBody
 from gateway.routes import API_PREFIX, alerts, devices, events, health, ingress, regions, rules, stream
 
 __all__ = ["GatewayContext", "create_app"]
@@ -32,6 +36,61 @@ PAGE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "font-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
+# Swagger UI's files come from a package (fastapi-offline ships the swagger-ui dist), never from a CDN.
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+DOCS_URL = f"{API_PREFIX}/docs"
+OPENAPI_URL = f"{API_PREFIX}/openapi.json"
+_DOCS_STATIC = f"{DOCS_URL}/assets"
+
+
+class EmptyQueryIsAbsent:
+    """ASGI middleware: a query parameter with an empty value (``?region=``) is treated as absent, so a form or a
+    script that sends every field does not get a 422 (or an empty list) for the ones left blank."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("query_string"):
+            parts: list[bytes] = scope["query_string"].split(b"&")
+            kept = [p for p in parts if p.partition(b"=")[2]]
+            if len(kept) != len(parts):
+                scope = {**scope, "query_string": b"&".join(kept)}
+        await self.app(scope, receive, send)
+
+
+def docs_html() -> str:
+    """Swagger UI from local files; the start script is a file too, so the page's CSP (no inline script) holds."""
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1.0">
+<title>Lianfang API</title>
+<link rel="stylesheet" href="{_DOCS_STATIC}/swagger-ui.css">
+<link rel="icon" href="{_DOCS_STATIC}/favicon.png">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="{_DOCS_STATIC}/swagger-ui-bundle.js"></script>
+<script src="{DOCS_URL}/init.js"></script>
+</body>
+</html>
+"""
+
+
+def docs_init_js() -> str:
+    config = {
+        "url": OPENAPI_URL,
+        "dom_id": "#swagger-ui",
+        "layout": "BaseLayout",
+        "deepLinking": True,
+        "validatorUrl": None,  # the default validator is a public web service
+    }
+    return (
+        f"window.ui = SwaggerUIBundle(Object.assign({json.dumps(config)}, "
+        "{presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset]}));\n"
+    )
 
 
 def create_app(ctx: GatewayContext) -> FastAPI:
@@ -47,17 +106,21 @@ def create_app(ctx: GatewayContext) -> FastAPI:
         version="1",
         summary="联防: IoT monitoring and joint risk control. Every answer is limited to the caller's regions.",
         lifespan=lifespan,
-        docs_url=f"{API_PREFIX}/docs",
-        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=None,
+        openapi_url=OPENAPI_URL,
         redoc_url=None,
+        # Any route may meet an unavailable store; the routers declare their own statuses with ErrorBody.
+        responses={503: {"description": "a dependency (store, broker, alert service) is unavailable"}},
     )
     app.state.ctx = ctx
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(EmptyQueryIsAbsent)
 
     @app.exception_handler(StoreUnavailable)
     async def _store_unavailable(_request: Request, exc: StoreUnavailable) -> JSONResponse:
         logger.warning("request failed, store unavailable: %s", exc)
-        return JSONResponse({"detail": "storage is unavailable, retry later"}, status_code=503)
+        body = ErrorBody(detail="storage is unavailable, retry later")
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=503)
 
     for module in (health, regions, devices, events, stream, alerts, rules, ingress):
         app.include_router(module.router)
@@ -74,5 +137,14 @@ def create_app(ctx: GatewayContext) -> FastAPI:
             headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"},
         )
 
+    @app.get(DOCS_URL, include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(docs_html(), headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
+
+    @app.get(f"{DOCS_URL}/init.js", include_in_schema=False)
+    def docs_init() -> Response:
+        return Response(docs_init_js(), media_type="text/javascript", headers={"Content-Security-Policy": PAGE_CSP})
+
+    app.mount(_DOCS_STATIC, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

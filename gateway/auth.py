@@ -135,6 +135,15 @@ def set_user_enabled(registry_engine: Engine, name: str, enabled: bool) -> None:
         raise StoreUnavailable(f"registry write failed: {exc}") from exc
 
 
+def user_by_name(registry_engine: Engine, name: str) -> ApiUser | None:
+    """The user of that name (enabled or not), or None."""
+    try:
+        with _session(registry_engine) as s:
+            return s.scalar(select(ApiUser).where(ApiUser.name == name))
+    except SQLAlchemyError as exc:
+        raise StoreUnavailable(f"registry read failed: {exc}") from exc
+
+
 def any_users(registry_engine: Engine) -> bool:
     try:
         with _session(registry_engine) as s:

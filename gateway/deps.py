@@ -17,6 +17,7 @@ from alerts.service import AlertService
 from core.settings import Settings
 from core.store import TelemetryStore
 from devices.registry import Registry
+from gateway.audit import ApiAudit
 from gateway.auth import Principal, any_users, find_user
 from gateway.context import GatewayContext
 from gateway.live import Broadcaster
@@ -66,6 +67,10 @@ def get_alerts(ctx: ContextDep) -> AlertService:
     return cast(AlertService, getattr(alerts, "service", alerts))
 
 
+def get_audit(request: Request, ctx: ContextDep) -> ApiAudit:
+    return ApiAudit(ctx.registry, request)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 StoreDep = Annotated[TelemetryStore, Depends(get_store)]
@@ -73,6 +78,7 @@ BroadcasterDep = Annotated[Broadcaster, Depends(get_broadcaster)]
 NowDep = Annotated[datetime, Depends(get_now)]
 IngressDep = Annotated[Any | None, Depends(get_ingress)]
 AlertsDep = Annotated[AlertService, Depends(get_alerts)]
+AuditDep = Annotated[ApiAudit, Depends(get_audit)]
 
 _UNAUTHORIZED = HTTPException(
     status_code=status.HTTP_401_UNAUTHORIZED,

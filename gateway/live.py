@@ -33,11 +33,22 @@ _MAX_DATA_KEYS = 16
 Message = dict[str, Any]
 
 
+class StreamLimit(Exception):
+    """Too many live streams open (for one API user, or for the server); the message says which limit."""
+
+
 class Subscriber:
     """One SSE connection: a bounded queue filled by the writer thread, drained by the event loop."""
 
-    def __init__(self, region_ids: frozenset[str] | None, loop: asyncio.AbstractEventLoop, max_queue: int) -> None:
+    def __init__(
+        self,
+        region_ids: frozenset[str] | None,
+        loop: asyncio.AbstractEventLoop,
+        max_queue: int,
+        owner: str | None = None,
+    ) -> None:
         self.region_ids = region_ids
+        self.owner = owner
         self._loop = loop
         self._queue: deque[Message] = deque()
         self._max_queue = max_queue
@@ -101,9 +112,31 @@ class Broadcaster:
         self._lock = threading.Lock()
         self.closed = False
 
-    def subscribe(self, region_ids: frozenset[str] | None, loop: asyncio.AbstractEventLoop) -> Subscriber:
-        sub = Subscriber(region_ids, loop, self.max_queue)
+    def subscribe(
+        self,
+        region_ids: frozenset[str] | None,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        owner: str | None = None,
+        max_per_owner: int | None = None,
+        max_total: int | None = None,
+    ) -> Subscriber:
+        """A new subscriber; ``StreamLimit`` when ``owner`` already holds ``max_per_owner`` streams or the server
+        ``max_total`` (checked and added under one lock, so concurrent requests cannot pass a limit together)."""
+        sub = Subscriber(region_ids, loop, self.max_queue, owner)
         with self._lock:
+            if max_total is not None and len(self._subscribers) >= max_total:
+                raise StreamLimit(
+                    f"the server already serves {len(self._subscribers)} live streams, its limit"
+                    " (api.stream_max_total); retry later"
+                )
+            if max_per_owner is not None and owner is not None:
+                held = sum(1 for s in self._subscribers if s.owner == owner)
+                if held >= max_per_owner:
+                    raise StreamLimit(
+                        f"user {owner!r} already holds {held} live streams, the limit per user"
+                        " (api.stream_max_per_user); close one first"
+                    )
             if self.closed:
                 sub.closed = True
             self._subscribers.add(sub)

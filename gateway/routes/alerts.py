@@ -4,11 +4,16 @@ Reads go to the alerts tables; actions go through the running ``AlertService`` (
 are stored and notified like any other change). Without a running alert service every endpoint answers 503.
 An alert or silence outside the caller's subtree is answered as if it did not exist (404). Writes need the role
 ``operator`` or ``admin``; the acting person is the caller's API user name.
+
+Silences are guarded (docs/security.md "Guarded powers"): each role has a longest silence
+(``api.silence_max_hours_operator`` / ``_admin``); an approver, when named, must be another enabled API user with
+the ``admin`` role whose region scope covers the silence (it is recorded, it does not extend the creator's
+limit); creating and ending a silence is written to the audit log.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
@@ -20,16 +25,30 @@ from sqlalchemy.orm import Session
 from alerts.lifecycle import Silence
 from alerts.models import AlertRow
 from alerts.repository import row_to_alert
+from alerts.rules import RULE_ID_RE
 from alerts.service import AlertService
 from alerts.types import Alert, AlertState, Comment, Severity
 from core.errors import StoreUnavailable, UserError
-from devices.registry import Registry
-from gateway.auth import Principal
-from gateway.deps import AlertsDep, NowDep, PrincipalDep, RegistryDep, require_role
+from core.protocol import DEVICE_ID_RE
+from core.settings import Settings
+from devices.registry import REGION_ID_RE, Registry
+from gateway.auth import Principal, user_by_name
+from gateway.deps import AlertsDep, AuditDep, NowDep, PrincipalDep, RegistryDep, SettingsDep, require_role
+from gateway.params import (
+    DeviceQuery,
+    Instant,
+    Limit,
+    ObjectId,
+    Offset,
+    RegionQuery,
+    RuleQuery,
+    error_responses,
+    iso_at,
+)
 from gateway.routes import API_PREFIX
 from gateway.scope import device_or_404, not_found, region_or_404
 
-router = APIRouter(prefix=API_PREFIX, tags=["alerts"])
+router = APIRouter(prefix=API_PREFIX, tags=["alerts"], responses=error_responses(401, 403, 404, 409, 422, 503))
 
 Writer = Annotated[Principal, Depends(require_role("operator", "admin"))]
 StateFilter = Literal["open", "firing", "acknowledged", "resolved"]
@@ -38,25 +57,24 @@ StateFilter = Literal["open", "firing", "acknowledged", "resolved"]
 # --- JSON shapes -------------------------------------------------------------------------------------------------
 
 
-def _iso(at: datetime | None) -> str | None:
-    if at is None:
-        return None
-    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+_iso = iso_at
 
 
-def alert_json(a: Alert) -> dict[str, Any]:
+def alert_json(a: Alert, principal: Principal) -> dict[str, Any]:
+    """An alert as the caller may see it: ``region_path`` starts at the caller's scope (as for devices)."""
     return {
         "id": a.id,
         "rule_id": a.rule_id,
         "device_id": a.device_id,
         "region_id": a.region_id,
-        "region_path": list(a.region_path),
+        "region_path": [r for r in a.region_path if principal.sees_region(r)],
         "severity": str(a.severity),
         "state": str(a.state),
         "title_zh": a.title_zh,
         "title_en": a.title_en,
         "dedup_key": a.dedup_key,
         "started_at": _iso(a.started_at),
+        "learned_at": _iso(a.learned_at),  # when the platform received it (started_at is the device's time)
         "updated_at": _iso(a.updated_at),
         "count": a.count,
         "active": a.active,
@@ -72,6 +90,17 @@ def alert_json(a: Alert) -> dict[str, Any]:
         "resolve_reason": a.resolve_reason,
         "detail": a.detail,
     }
+
+
+def why_silenced(svc: AlertService, items: list[dict[str, Any]]) -> None:
+    """Add ``silenced_by`` to each alert JSON: the active silences that hold its notifications (and escalation)
+    back, as ``{id, reason, creator, approver, ends_at}``; empty when nothing holds it back."""
+    found = svc.silenced_by([int(i["id"]) for i in items if i.get("silenced")])
+    for item in items:
+        item["silenced_by"] = [
+            {"id": s.id, "reason": s.reason, "creator": s.creator, "approver": s.approver, "ends_at": _iso(s.ends_at)}
+            for s in found.get(int(item["id"]), [])
+        ]
 
 
 def comment_json(c: Comment) -> dict[str, Any]:
@@ -120,12 +149,12 @@ def list_alerts(
     registry: RegistryDep,
     principal: PrincipalDep,
     state: Annotated[StateFilter | None, Query(description="open = firing or acknowledged")] = None,
-    severity: Annotated[list[Severity] | None, Query(description="repeat for several severities")] = None,
-    rule: Annotated[str | None, Query(description="rule id, e.g. G1")] = None,
-    region: Annotated[str | None, Query(description="region id: alerts of its whole subtree")] = None,
-    device: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    severity: Annotated[list[Severity] | None, Query(max_length=8, description="repeat for several severities")] = None,
+    rule: RuleQuery = None,
+    region: RegionQuery = None,
+    device: DeviceQuery = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     """Alerts newest first; ``total`` counts all matches."""
     q = select(AlertRow)
@@ -151,14 +180,17 @@ def list_alerts(
     except SQLAlchemyError as exc:
         raise StoreUnavailable(f"alert store read failed: {exc}") from exc
     rows = _read(svc, q.order_by(AlertRow.started_at.desc(), AlertRow.id.desc()).offset(offset).limit(limit))
-    return {"total": total, "limit": limit, "offset": offset, "items": [alert_json(row_to_alert(r)) for r in rows]}
+    items = [alert_json(row_to_alert(r), principal) for r in rows]
+    why_silenced(svc, items)
+    return {"total": total, "limit": limit, "offset": offset, "items": items}
 
 
 @router.get("/alerts/{alert_id}")
-def get_alert(alert_id: int, svc: AlertsDep, principal: PrincipalDep) -> dict[str, Any]:
+def get_alert(alert_id: ObjectId, svc: AlertsDep, principal: PrincipalDep) -> dict[str, Any]:
     """One alert with its timeline (comments, acknowledgement, assignment, resolution), oldest first."""
     alert = _alert_or_404(svc, principal, alert_id)
-    out = alert_json(alert)
+    out = alert_json(alert, principal)
+    why_silenced(svc, [out])
     out["comments"] = [comment_json(c) for c in svc.repo.comments(alert_id)]
     return out
 
@@ -191,44 +223,44 @@ def _conflict(exc: UserError) -> HTTPException:
 
 
 @router.post("/alerts/{alert_id}/ack")
-def acknowledge(alert_id: int, body: AckBody, svc: AlertsDep, principal: Writer) -> dict[str, Any]:
+def acknowledge(alert_id: ObjectId, body: AckBody, svc: AlertsDep, principal: Writer) -> dict[str, Any]:
     """Acknowledge a firing alert (stops its escalation)."""
     _alert_or_404(svc, principal, alert_id)
     try:
-        return alert_json(svc.acknowledge(alert_id, principal.name, body.reason))
+        return alert_json(svc.acknowledge(alert_id, principal.name, body.reason), principal)
     except UserError as exc:
         raise _conflict(exc) from exc
 
 
 @router.post("/alerts/{alert_id}/resolve")
-def resolve(alert_id: int, body: ResolveBody, svc: AlertsDep, principal: Writer) -> dict[str, Any]:
+def resolve(alert_id: ObjectId, body: ResolveBody, svc: AlertsDep, principal: Writer) -> dict[str, Any]:
     """Resolve an open alert by hand; a reason is required."""
     _alert_or_404(svc, principal, alert_id)
     try:
-        return alert_json(svc.resolve(alert_id, principal.name, body.reason))
+        return alert_json(svc.resolve(alert_id, principal.name, body.reason), principal)
     except UserError as exc:
         raise _conflict(exc) from exc
 
 
 @router.post("/alerts/{alert_id}/comments", status_code=status.HTTP_201_CREATED)
-def add_comment(alert_id: int, body: CommentBody, svc: AlertsDep, principal: Writer) -> dict[str, Any]:
+def add_comment(alert_id: ObjectId, body: CommentBody, svc: AlertsDep, principal: Writer) -> dict[str, Any]:
     """Add a comment to the alert's timeline (open alerts and recently resolved ones)."""
     _alert_or_404(svc, principal, alert_id)
     try:
         alert = svc.comment(alert_id, principal.name, body.text)
     except UserError as exc:
         raise _conflict(exc) from exc
-    out = alert_json(alert)
+    out = alert_json(alert, principal)
     out["comments"] = [comment_json(c) for c in svc.repo.comments(alert_id)]
     return out
 
 
 @router.post("/alerts/{alert_id}/assign")
-def assign(alert_id: int, body: AssignBody, svc: AlertsDep, principal: Writer) -> dict[str, Any]:
+def assign(alert_id: ObjectId, body: AssignBody, svc: AlertsDep, principal: Writer) -> dict[str, Any]:
     """Assign an open alert to someone (or unassign with null)."""
     _alert_or_404(svc, principal, alert_id)
     try:
-        return alert_json(svc.assign(alert_id, principal.name, body.assignee or None))
+        return alert_json(svc.assign(alert_id, principal.name, body.assignee or None), principal)
     except UserError as exc:
         raise _conflict(exc) from exc
 
@@ -247,25 +279,30 @@ def list_silences(
     registry: RegistryDep,
     principal: PrincipalDep,
     now: NowDep,
-    active: Annotated[bool, Query(description="only silences not ended yet")] = True,
+    active: Annotated[bool, Query(description="only silences not ended yet (false: all, ended ones too)")] = True,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
-    """Silences and maintenance windows, oldest first."""
-    try:
-        silences = svc.repo.silences(active_only=active)
-    except SQLAlchemyError as exc:
-        raise StoreUnavailable(f"alert store read failed: {exc}") from exc
-    items = [silence_json(s, now) for s in silences if _silence_visible(s, principal, registry)]
-    return {"total": len(items), "items": items}
+    """Silences and maintenance windows, oldest first; ``total`` counts all the caller may see."""
+    visible = [s for s in svc.repo.silences(active_only=active) if _silence_visible(s, principal, registry)]
+    items = [silence_json(s, now) for s in visible[offset : offset + limit]]
+    return {"total": len(visible), "limit": limit, "offset": offset, "items": items}
 
 
 class SilenceBody(_Body):
-    region_id: str | None = Field(default=None, description="the region's whole subtree")
-    device_id: str | None = None
-    rule_id: str | None = None
+    region_id: str | None = Field(
+        default=None, max_length=64, pattern=REGION_ID_RE.pattern, description="the region's whole subtree"
+    )
+    device_id: str | None = Field(default=None, max_length=64, pattern=DEVICE_ID_RE.pattern)
+    rule_id: str | None = Field(default=None, max_length=64, pattern=RULE_ID_RE)
     reason: str = Field(min_length=1, max_length=2000, pattern=r"\S")
-    starts_at: datetime | None = Field(default=None, description="default: now")
-    ends_at: datetime = Field(description="expiry, ISO 8601 with offset")
-    approver: str | None = Field(default=None, max_length=128)
+    starts_at: Instant | None = Field(default=None, description="default: now")
+    ends_at: Instant = Field(description="expiry, ISO 8601 with offset; at most the role's longest silence")
+    approver: str | None = Field(
+        default=None,
+        max_length=64,
+        description="another API user with the admin role whose scope covers the silence (checked, recorded)",
+    )
     renotify: bool = Field(default=True, description="re-notify alerts still firing when the window ends")
 
 
@@ -276,14 +313,55 @@ def _bad(field: str, msg: str) -> HTTPException:
     )
 
 
+def max_silence(settings: Settings, role: str) -> timedelta:
+    """The longest silence the role may create (``api.silence_max_hours_<role>``)."""
+    hours = settings.api.silence_max_hours_admin if role == "admin" else settings.api.silence_max_hours_operator
+    return timedelta(hours=hours)
+
+
+def _hours(d: timedelta) -> str:
+    h = d.total_seconds() / 3600
+    return f"{h:g} h"
+
+
+def _check_approver(registry: Registry, principal: Principal, body: SilenceBody) -> str | None:
+    """The approver's user name, checked: another enabled admin whose scope covers the silence; 422 otherwise."""
+    if body.approver is None or not body.approver.strip():
+        return None
+    name = body.approver.strip()
+    if name == principal.name:
+        raise _bad("approver", "the approver must be someone else than the creator")
+    user = user_by_name(registry.engine, name)
+    if user is None or not user.enabled:
+        raise _bad("approver", f"{name!r} is not an enabled API user")
+    if user.role != "admin":
+        raise _bad("approver", f"{name!r} has the role {user.role}; an approver needs the role admin")
+    if user.region_id is not None:
+        covered = set(registry.subtree_ids(user.region_id))
+        target = body.region_id
+        if target is None and body.device_id is not None:
+            device = registry.device(body.device_id)
+            target = device.region_id if device is not None else None
+        if target is None or target not in covered:
+            raise _bad("approver", f"{name!r} is scoped to {user.region_id!r}, which does not cover this silence")
+    return name
+
+
 @router.post("/silences", status_code=status.HTTP_201_CREATED)
 def add_silence(
-    body: SilenceBody, svc: AlertsDep, registry: RegistryDep, principal: Writer, now: NowDep
+    body: SilenceBody,
+    svc: AlertsDep,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    principal: Writer,
+    now: NowDep,
+    audit: AuditDep,
 ) -> dict[str, Any]:
     """Create a silence scoped by region subtree, device and/or rule (every part given must match).
 
-    A region-scoped caller must name a region or device inside their subtree.
-    """
+    A region-scoped caller must name a region or device inside their subtree. The silence may last at most the
+    creator's role's limit (``api.silence_max_hours_operator``, default 24 h; ``_admin``, 30 days). The creation
+    is written to the audit log."""
     if body.region_id is not None:
         region_or_404(registry, principal, body.region_id)
     if body.device_id is not None:
@@ -295,10 +373,17 @@ def add_silence(
             raise _bad("region_id", "give a scope: region_id, device_id and/or rule_id")
         if principal.region_ids is not None:
             raise _bad("region_id", "a region-scoped user must name a region or device of their subtree")
-    for name, at in (("starts_at", body.starts_at), ("ends_at", body.ends_at)):
-        if at is not None and at.tzinfo is None:
-            raise _bad(name, "a time needs a UTC offset, e.g. 2026-11-26T08:00:00+08:00")
     starts_at = body.starts_at or now
+    if body.ends_at <= starts_at:
+        raise _bad("ends_at", "ends_at must be after starts_at")
+    longest = max_silence(settings, principal.role)
+    if body.ends_at - starts_at > longest:
+        raise _bad(
+            "ends_at",
+            f"a silence by the role {principal.role} lasts at most {_hours(longest)}"
+            f" (api.silence_max_hours_{'admin' if principal.role == 'admin' else 'operator'})",
+        )
+    approver = _check_approver(registry, principal, body)
     try:
         silence = svc.add_silence(
             reason=body.reason,
@@ -308,27 +393,49 @@ def add_silence(
             region_id=body.region_id,
             device_id=body.device_id,
             rule_id=body.rule_id,
-            approver=body.approver,
+            approver=approver,
             renotify=body.renotify,
         )
     except UserError as exc:
         raise _bad("ends_at", str(exc)) from exc
+    audit.write(
+        principal,
+        "silence.add",
+        f"silence {silence.id}",
+        now=now,
+        detail={
+            "region_id": silence.region_id,
+            "device_id": silence.device_id,
+            "rule_id": silence.rule_id,
+            "starts_at": _iso(silence.starts_at),
+            "ends_at": _iso(silence.ends_at),
+            "approver": approver,
+            "reason": silence.reason[:200],
+        },
+    )
     return silence_json(silence, now)
 
 
 @router.post("/silences/{silence_id}/end")
 def end_silence(
-    silence_id: int, svc: AlertsDep, registry: RegistryDep, principal: Writer, now: NowDep
+    silence_id: ObjectId,
+    svc: AlertsDep,
+    registry: RegistryDep,
+    principal: Writer,
+    now: NowDep,
+    audit: AuditDep,
 ) -> dict[str, Any]:
     """End a silence now; alerts it held back that still fire are re-notified (unless renotify is off)."""
-    found = [s for s in svc.repo.silences(active_only=False) if s.id == silence_id]
-    if not found or not _silence_visible(found[0], principal, registry):
+    found = svc.repo.silence(silence_id)
+    if found is None or not _silence_visible(found, principal, registry):
         raise not_found("silence", str(silence_id))
-    if principal.region_ids is not None and found[0].region_id is None and found[0].device_id is None:
+    if principal.region_ids is not None and found.region_id is None and found.device_id is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="a tree-wide silence can be ended by an unscoped user")
     try:
         svc.end_silence(silence_id)
     except UserError as exc:
         raise _conflict(exc) from exc
-    ended = [s for s in svc.repo.silences(active_only=False) if s.id == silence_id]
-    return silence_json(ended[0], now)
+    audit.write(principal, "silence.end", f"silence {silence_id}", now=now)
+    ended = svc.repo.silence(silence_id)
+    assert ended is not None
+    return silence_json(ended, now)

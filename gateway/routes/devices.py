@@ -11,12 +11,26 @@ from core.store import Agg
 from devices.liveness import is_online
 from devices.registry import expected_interval
 from gateway.deps import NowDep, PrincipalDep, RegistryDep, SettingsDep, StoreDep
-from gateway.params import DAY_MS, bad_param, iso, parse_bucket, time_range
+from gateway.params import (
+    DAY_MS,
+    BucketQuery,
+    DevicePath,
+    Limit,
+    Offset,
+    RegionQuery,
+    TimeQuery,
+    bad_param,
+    error_responses,
+    iso,
+    iso_at,
+    parse_bucket,
+    time_range,
+)
 from gateway.routes import API_PREFIX
 from gateway.scope import device_or_404, region_filter
 from gateway.views import device_summary, region_json
 
-router = APIRouter(prefix=API_PREFIX, tags=["devices"])
+router = APIRouter(prefix=API_PREFIX, tags=["devices"], responses=error_responses(401, 404, 422, 503))
 
 DeviceType = Literal["gate", "vehicle", "energy_meter", "sensor"]
 assert set(DeviceType.__args__) == set(DEVICE_TYPES)  # type: ignore[attr-defined]
@@ -28,12 +42,12 @@ def list_devices(
     store: StoreDep,
     principal: PrincipalDep,
     now: NowDep,
-    region: Annotated[str | None, Query(description="region id: devices of its whole subtree")] = None,
+    region: RegionQuery = None,
     device_type: Annotated[DeviceType | None, Query(alias="type")] = None,
     enabled: bool | None = None,
     online: bool | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     """A page of devices with online state and last seen; ``total`` counts all matches."""
     now_ms = int(now.timestamp() * 1000)
@@ -60,15 +74,15 @@ def list_devices(
 
 @router.get("/devices/{device_id}")
 def get_device(
-    device_id: str, registry: RegistryDep, store: StoreDep, principal: PrincipalDep, now: NowDep
+    device_id: DevicePath, registry: RegistryDep, store: StoreDep, principal: PrincipalDep, now: NowDep
 ) -> dict[str, Any]:
     """Registry fields, online state, last seen, data-quality counters and the last value of every field."""
     device = device_or_404(registry, principal, device_id)
     state = store.device_states([device.id]).get(device.id)
     out = device_summary(device, state, int(now.timestamp() * 1000))
     out["attributes"] = device.attributes
-    out["created_at"] = device.created_at.isoformat()
-    out["updated_at"] = device.updated_at.isoformat()
+    out["created_at"] = iso_at(device.created_at)
+    out["updated_at"] = iso_at(device.updated_at)
     region = registry.region(device.region_id)
     out["region"] = region_json(region) if region is not None else None
     out["region_path"] = [r for r in registry.ancestors(device.region_id) if principal.sees_region(r)]
@@ -93,16 +107,16 @@ AggName = Literal["mean", "min", "max", "sum", "count", "last"]
 
 @router.get("/devices/{device_id}/telemetry")
 def telemetry(
-    device_id: str,
+    device_id: DevicePath,
     registry: RegistryDep,
     store: StoreDep,
     settings: SettingsDep,
     principal: PrincipalDep,
     now: NowDep,
     field: Annotated[str, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$", description="telemetry field, e.g. power_kw")],
-    start: Annotated[str | None, Query(description="ISO 8601 with offset or epoch ms; default end - 24 h")] = None,
-    end: Annotated[str | None, Query(description="ISO 8601 with offset or epoch ms; default now")] = None,
-    bucket: Annotated[str | None, Query(description="aggregate per bucket: 30s, 5m, 1h, 1d")] = None,
+    start: TimeQuery = None,
+    end: TimeQuery = None,
+    bucket: BucketQuery = None,
     agg: AggName = "mean",
 ) -> dict[str, Any]:
     """Raw points of one field, or one aggregated value per time bucket when ``bucket`` is given.

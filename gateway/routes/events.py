@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
+from pydantic import AfterValidator, WithJsonSchema
 from sqlalchemy import select
 
 from core.errors import REJECTION_REASONS
-from core.protocol import RAW_KEEP, Rejection
+from core.protocol import EVENT_TYPES, RAW_KEEP, Rejection
 from devices.models import Device
 from gateway.deps import NowDep, PrincipalDep, RegistryDep, SettingsDep, StoreDep
-from gateway.params import DAY_MS, bad_param, iso, time_range
+from gateway.params import DAY_MS, DeviceQuery, Limit, RegionQuery, TimeQuery, error_responses, iso, time_range
 from gateway.routes import API_PREFIX
 from gateway.scope import device_or_404, region_filter
 
-router = APIRouter(prefix=API_PREFIX, tags=["events"])
+router = APIRouter(prefix=API_PREFIX, tags=["events"], responses=error_responses(401, 404, 422, 503))
 
 PAYLOAD_SHOWN = 4096
+
+# Every event type of PROTOCOL.md, of any device type.
+KNOWN_EVENTS = tuple(sorted({t for table in EVENT_TYPES.values() for t in table}))
+
+
+def _known_event(value: str) -> str:
+    if value not in KNOWN_EVENTS:
+        raise ValueError(f"{value!r} is not an event type of PROTOCOL.md: {', '.join(KNOWN_EVENTS)}")
+    return value
+
+
+EventType = Annotated[str, AfterValidator(_known_event), WithJsonSchema({"type": "string", "enum": list(KNOWN_EVENTS)})]
+RejectionReason = Literal[REJECTION_REASONS]  # type: ignore[valid-type]
 
 
 @router.get("/events")
@@ -28,14 +42,17 @@ def events(
     settings: SettingsDep,
     principal: PrincipalDep,
     now: NowDep,
-    device: str | None = None,
-    region: Annotated[str | None, Query(description="region id: events of its whole subtree")] = None,
-    event_type: Annotated[list[str] | None, Query(alias="type", description="repeat for several types")] = None,
-    start: Annotated[str | None, Query(description="ISO 8601 with offset or epoch ms; default end - 7 days")] = None,
-    end: Annotated[str | None, Query(description="ISO 8601 with offset or epoch ms; default now")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    device: DeviceQuery = None,
+    region: RegionQuery = None,
+    event_type: Annotated[
+        list[EventType] | None, Query(alias="type", max_length=32, description="repeat for several types")
+    ] = None,
+    start: TimeQuery = None,
+    end: TimeQuery = None,
+    limit: Limit = 100,
 ) -> dict[str, Any]:
-    """Events newest first."""
+    """Events newest first, in [start, end) (default: the last 7 days up to now); at most ``limit`` of them: page
+    back in time by setting ``end`` to the oldest ``ts_ms`` seen."""
     start_ms, end_ms = time_range(
         start, end, now_ms=int(now.timestamp() * 1000), default_ms=7 * DAY_MS, max_days=settings.api.max_range_days
     )
@@ -97,16 +114,14 @@ def rejections(
     registry: RegistryDep,
     store: StoreDep,
     principal: PrincipalDep,
-    device: str | None = None,
-    reason: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    device: DeviceQuery = None,
+    reason: Annotated[RejectionReason | None, Query(description="only this rejection reason")] = None,
+    limit: Limit = 100,
 ) -> dict[str, Any]:
     """Rejected messages newest first (payload as text, cut at 4 KiB) and counts by reason.
 
     Messages from devices that are not in the registry are seen only by users with the whole region tree.
     """
-    if reason is not None and reason not in REJECTION_REASONS:
-        raise bad_param("reason", f"{reason!r} is not one of {', '.join(REJECTION_REASONS)}")
     counts = store.rejection_counts()
     if device is not None:
         if principal.region_ids is not None or registry.device(device) is not None:

@@ -21,9 +21,9 @@ rejected objects, and ingest records them as it does for MQTT.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Path, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
@@ -36,6 +36,7 @@ from devices.provisioning import device_secret_ok
 from devices.registry import expected_interval
 from gateway.context import GatewayContext
 from gateway.deps import ContextDep
+from gateway.params import ErrorBody
 from gateway.routes import API_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -137,15 +138,21 @@ def _handle(ctx: GatewayContext, device_id: str, kind: str, body: bytes, too_lar
     status_code=status.HTTP_202_ACCEPTED,
     responses={
         202: {"description": "handed to the broker (QoS 1, PUBACK received); ingest stores it"},
-        400: {"description": "not JSON"},
-        401: {"description": "unknown device, disabled device or wrong secret"},
-        413: {"description": "body larger than 64 KiB"},
-        422: {"description": "breaks PROTOCOL.md: schema (with the field path), bad_timestamp, unknown_event, ..."},
-        503: {"description": "broker unavailable; retry later"},
+        400: {"model": ErrorBody, "description": "not JSON"},
+        401: {"model": ErrorBody, "description": "unknown device, disabled device or wrong secret"},
+        413: {"model": ErrorBody, "description": "body larger than 64 KiB"},
+        422: {
+            "model": ErrorBody,
+            "description": "breaks PROTOCOL.md: schema (with the field path), bad_timestamp, unknown_event, ...",
+        },
+        503: {"model": ErrorBody, "description": "broker unavailable; retry later"},
     },
 )
 async def ingest(
-    device_id: str, kind: Literal["telemetry", "event"], request: Request, ctx: ContextDep
+    device_id: Annotated[str, Path(max_length=64, description="device id")],
+    kind: Literal["telemetry", "event"],
+    request: Request,
+    ctx: ContextDep,
 ) -> JSONResponse:
     """Send a device message over HTTP: `Authorization: Bearer <device secret>`, body as on MQTT (one JSON object,
     or an array of up to 500). Answers 202 once the broker holds it; 4xx `{"reason", "detail"}` when rejected."""

@@ -12,11 +12,12 @@ from devices.models import Device, Region
 from devices.registry import expected_interval
 from gateway.auth import Principal
 from gateway.deps import NowDep, PrincipalDep, RegistryDep, StoreDep
+from gateway.params import RegionPath, error_responses
 from gateway.routes import API_PREFIX
 from gateway.scope import region_filter, region_or_404
 from gateway.views import region_json
 
-router = APIRouter(prefix=API_PREFIX, tags=["regions"])
+router = APIRouter(prefix=API_PREFIX, tags=["regions"], responses=error_responses(401, 404, 422, 503))
 
 
 def build_tree(
@@ -71,7 +72,7 @@ def regions(registry: RegistryDep, store: StoreDep, principal: PrincipalDep, now
 
 @router.get("/regions/{region_id}")
 def region(
-    region_id: str, registry: RegistryDep, store: StoreDep, principal: PrincipalDep, now: NowDep
+    region_id: RegionPath, registry: RegistryDep, store: StoreDep, principal: PrincipalDep, now: NowDep
 ) -> dict[str, Any]:
     """One region with its subtree and counts; 404 if it does not exist or is outside the caller's scope."""
     region_or_404(registry, principal, region_id)

@@ -9,27 +9,42 @@ Scoping: an override for a region or a device outside the caller's subtree is an
 device that does not exist; a device's effective rules likewise. Overrides need the role ``operator`` or
 ``admin``; an override without a region or device (every region of the tree) and rules defined through the API
 need an ``admin`` of the whole tree.
+
+Guarded powers (docs/security.md): switching a rule off for a region or device (``enabled: false``) and
+overriding every rule at once (``*``) are region-admin actions: the role ``admin`` with a scope that contains the
+override's region (operators get 403). Every write is recorded in the audit log with who made it. Numbers must be
+finite: ``Infinity``, ``NaN`` and ``1e999`` are a 422.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from alerts.rule_store import API_ORIGIN, ApiOverride, RuleAdmin, RuleChange, RuleConflict, RuleRejected, Scope
 from alerts.rules import PACKS_DIR, RuleSpec, explain_rows
 from alerts.types import Severity
 from devices.registry import Registry
 from gateway.auth import Principal
-from gateway.deps import ContextDep, NowDep, PrincipalDep, RegistryDep, require_role
+from gateway.deps import AuditDep, ContextDep, NowDep, PrincipalDep, RegistryDep, require_role
+from gateway.params import (
+    DevicePath,
+    DeviceQuery,
+    Limit,
+    RegionQuery,
+    RuleOrAllPath,
+    RulePath,
+    error_responses,
+    finite_json,
+    iso_at,
+)
 from gateway.routes import API_PREFIX
 from gateway.routes.devices import DeviceType
 from gateway.scope import device_or_404, not_found, region_or_404
 
-router = APIRouter(prefix=API_PREFIX, tags=["rules"])
+router = APIRouter(prefix=API_PREFIX, tags=["rules"], responses=error_responses(401, 403, 404, 409, 422, 503))
 
 Writer = Annotated[Principal, Depends(require_role("operator", "admin"))]
 Admin = Annotated[Principal, Depends(require_role("admin"))]
@@ -50,10 +65,7 @@ RulesDep = Annotated[RuleAdmin, Depends(get_rule_admin)]
 # --- JSON shapes -------------------------------------------------------------------------------------------------
 
 
-def _iso(at: datetime | None) -> str | None:
-    if at is None:
-        return None
-    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+_iso = iso_at
 
 
 def _short(origin: str) -> str:
@@ -134,7 +146,7 @@ def list_rules(
     rules: RulesDep,
     _principal: PrincipalDep,
     device_type: Annotated[DeviceType | None, Query(alias="type", description="rules of this device type")] = None,
-    kind: str | None = None,
+    kind: Annotated[str | None, Query(max_length=32, pattern=r"^[a-z][a-z0-9_]*$", description="rule kind")] = None,
 ) -> dict[str, Any]:
     """Every rule of the running rule set (packs, rule files, API), ordered by id."""
     rs = rules.rules
@@ -147,7 +159,7 @@ def list_rules(
 
 
 @router.get("/rules/{rule_id}")
-def get_rule(rule_id: str, rules: RulesDep, registry: RegistryDep, principal: PrincipalDep) -> dict[str, Any]:
+def get_rule(rule_id: RulePath, rules: RulesDep, registry: RegistryDep, principal: PrincipalDep) -> dict[str, Any]:
     """One rule: its definition, and the overrides of it (and of every rule, ``*``) the caller may see, in the
     order they are applied at the same level: files first, then the API."""
     rs = rules.rules
@@ -199,11 +211,11 @@ def get_rule(rule_id: str, rules: RulesDep, registry: RegistryDep, principal: Pr
 
 @router.get("/rules/{rule_id}/history")
 def rule_history(
-    rule_id: str,
+    rule_id: RuleOrAllPath,
     rules: RulesDep,
     registry: RegistryDep,
     principal: PrincipalDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Limit = 100,
 ) -> dict[str, Any]:
     """Changes made through the API to the rule and its overrides, newest first (deleted ones included)."""
     changes = [c for c in rules.store.history(rule_id, limit) if _visible(c.scope, principal, registry)]
@@ -214,7 +226,7 @@ def rule_history(
 
 @router.get("/devices/{device_id}/rules")
 def explain_device(
-    device_id: str,
+    device_id: DevicePath,
     rules: RulesDep,
     registry: RegistryDep,
     principal: PrincipalDep,
@@ -260,7 +272,14 @@ class _Body(BaseModel):
 class OverrideBody(_Body):
     enabled: bool | None = Field(default=None, description="switch the rule on or off here; null: inherited")
     severity: Severity | None = Field(default=None, description="null: inherited")
-    params: dict[str, Any] = Field(default_factory=dict, description="merged key by key over the inherited params")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="merged key by key over the inherited params; numbers must be finite"
+    )
+
+    @field_validator("params")
+    @classmethod
+    def _finite(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return cast(dict[str, Any], finite_json(v))
 
 
 def _bad(loc: list[str], msg: str) -> HTTPException:
@@ -312,28 +331,47 @@ def _scope(
     return scope
 
 
-RegionQ = Annotated[str | None, Query(description="the region's whole subtree")]
+RegionQ = RegionQuery
 TypeQ = Annotated[DeviceType | None, Query(description="only devices of this type")]
-DeviceQ = Annotated[str | None, Query(description="one device")]
+DeviceQ = DeviceQuery
+
+
+def _guard_disabling(principal: Principal, rule_id: str, body: OverrideBody) -> None:
+    """Switching a rule off, or overriding every rule at once, is for an admin of the scope (the scope itself was
+    checked by ``_scope``: a region-scoped admin reaches only their subtree)."""
+    if principal.role == "admin":
+        return
+    if body.enabled is False:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            detail="switching a rule off (enabled: false) needs an admin of that region; operators may tune it",
+        )
+    if rule_id == "*":
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, detail="an override of every rule (*) needs an admin of that region"
+        )
 
 
 @router.put("/rules/{rule_id}/overrides")
 def put_override(
-    rule_id: str,
+    rule_id: RuleOrAllPath,
     body: OverrideBody,
     response: Response,
     rules: RulesDep,
     registry: RegistryDep,
     principal: Writer,
     now: NowDep,
+    audit: AuditDep,
     region: RegionQ = None,
     device_type: TypeQ = None,
     device: DeviceQ = None,
 ) -> dict[str, Any]:
     """Create (201) or replace (200) the API override of a rule (``*``: every rule) at a scope given by the query:
     ``region``, ``region`` + ``device_type``, ``device``, or (admins of the whole tree) ``device_type`` alone or
-    nothing. Validated like a rule file; effective at once in the running service."""
+    nothing. Validated like a rule file; effective at once in the running service. Switching a rule off
+    (``enabled: false``) and ``*`` need an admin of the region; the change is written to the audit log."""
     scope = _scope(registry, principal, region, device_type, device)
+    _guard_disabling(principal, rule_id, body)
     if rule_id != "*" and rule_id not in rules.rules.rules:
         raise not_found("rule", rule_id)
     if body.enabled is None and body.severity is None and not body.params:
@@ -352,17 +390,32 @@ def put_override(
         raise _rejected(exc) from exc
     except RuleConflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+    audit.write(
+        principal,
+        "rule.override.put",
+        scope.label(rule_id),
+        now=now,
+        detail={
+            "rule": rule_id,
+            **_scope_json(scope),
+            "enabled": body.enabled,
+            "severity": None if body.severity is None else str(body.severity),
+            "params": body.params,
+            "created": created,
+        },
+    )
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return api_override_json(saved)
 
 
 @router.delete("/rules/{rule_id}/overrides")
 def delete_override(
-    rule_id: str,
+    rule_id: RuleOrAllPath,
     rules: RulesDep,
     registry: RegistryDep,
     principal: Writer,
     now: NowDep,
+    audit: AuditDep,
     region: RegionQ = None,
     device_type: TypeQ = None,
     device: DeviceQ = None,
@@ -372,6 +425,13 @@ def delete_override(
     gone = rules.delete_override(rule_id, scope, actor=principal.name, now=now)
     if gone is None:
         raise not_found("override", scope.label(rule_id))
+    audit.write(
+        principal,
+        "rule.override.delete",
+        scope.label(rule_id),
+        now=now,
+        detail={"rule": rule_id, **_scope_json(scope), "enabled": gone.enabled, "params": gone.params},
+    )
     return {"deleted": api_override_json(gone, applied=False)}
 
 
@@ -383,6 +443,11 @@ class RuleBody(RuleSpec):
 
     id: str | None = None  # type: ignore[assignment]
 
+    @field_validator("params", check_fields=False)
+    @classmethod
+    def _finite_params(cls, v: Any) -> Any:
+        return finite_json(v)
+
 
 def _whole_tree_admin(principal: Principal) -> None:
     if principal.region_ids is not None:
@@ -391,7 +456,13 @@ def _whole_tree_admin(principal: Principal) -> None:
 
 @router.put("/rules/{rule_id}")
 def put_rule(
-    rule_id: str, body: RuleBody, response: Response, rules: RulesDep, principal: Admin, now: NowDep
+    rule_id: RulePath,
+    body: RuleBody,
+    response: Response,
+    rules: RulesDep,
+    principal: Admin,
+    now: NowDep,
+    audit: AuditDep,
 ) -> dict[str, Any]:
     """Define (201) or replace (200) a rule through the API. Ids defined by a pack or rule file are 409 (override
     them instead)."""
@@ -408,6 +479,13 @@ def put_rule(
         raise _rejected(exc) from exc
     except RuleConflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+    audit.write(
+        principal,
+        "rule.put",
+        f"rule {rule_id}",
+        now=now,
+        detail={"enabled": spec.enabled, "kind": spec.kind, "params": spec.params, "created": created},
+    )
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     out = rule_summary(spec, API_ORIGIN)
     out.update(
@@ -421,7 +499,7 @@ def put_rule(
 
 
 @router.delete("/rules/{rule_id}")
-def delete_rule(rule_id: str, rules: RulesDep, principal: Admin, now: NowDep) -> dict[str, Any]:
+def delete_rule(rule_id: RulePath, rules: RulesDep, principal: Admin, now: NowDep, audit: AuditDep) -> dict[str, Any]:
     """Delete a rule defined through the API, with the API overrides of it. Its open alerts stay open until they
     are resolved by hand."""
     _whole_tree_admin(principal)
@@ -433,4 +511,5 @@ def delete_rule(rule_id: str, rules: RulesDep, principal: Admin, now: NowDep) ->
     gone, removed = rules.delete_rule(rule_id, actor=principal.name, now=now)
     if gone is None:
         raise not_found("rule", rule_id)
+    audit.write(principal, "rule.delete", f"rule {rule_id}", now=now, detail={"overrides_deleted": len(removed)})
     return {"deleted": rule_id, "overrides_deleted": [api_override_json(o, applied=False) for o in removed]}

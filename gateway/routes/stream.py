@@ -7,14 +7,15 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import StreamingResponse
 
 from gateway.deps import BroadcasterDep, ContextDep, PrincipalDep
-from gateway.live import Broadcaster, Subscriber
+from gateway.live import Broadcaster, StreamLimit, Subscriber
+from gateway.params import error_responses
 from gateway.routes import API_PREFIX
 
-router = APIRouter(prefix=API_PREFIX, tags=["stream"])
+router = APIRouter(prefix=API_PREFIX, tags=["stream"], responses=error_responses(401, 429, 503))
 
 
 def _sse(event: str, data: dict[str, Any]) -> str:
@@ -51,8 +52,21 @@ async def stream(
 ) -> StreamingResponse:
     """Live feed (``text/event-stream``): ``hello`` once, then ``batch`` events with the new events, status
     changes and latest readings of the caller's regions (and rejections for whole-tree users). A ``dropped``
-    count says how many batches a slow client missed."""
-    sub = broadcaster.subscribe(principal.region_ids, asyncio.get_running_loop())
+    count says how many batches a slow client missed.
+
+    At most ``api.stream_max_per_user`` streams per API user and ``api.stream_max_total`` per server are open at
+    once; one more is answered 429 with the limit it hit."""
+    api = ctx.settings.api
+    try:
+        sub = broadcaster.subscribe(
+            principal.region_ids,
+            asyncio.get_running_loop(),
+            owner=principal.name,
+            max_per_owner=api.stream_max_per_user,
+            max_total=api.stream_max_total,
+        )
+    except StreamLimit as exc:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=str(exc), headers={"Retry-After": "30"}) from exc
     hello = {"user": principal.name, "region_id": principal.region_id}
     return StreamingResponse(
         _events(request, broadcaster, sub, hello, ctx.stream_keepalive_s),

@@ -169,7 +169,7 @@ def test_explain_device_names_where_each_value_came_from_and_is_scoped(api: Clie
     assert api.get("/devices/gate-gz-0001/rules", user="sz").status_code == 404
     assert api.get("/devices/nope/rules").status_code == 404
     # disabled rules only with all=true
-    assert api.put("/rules/T.temp/overrides", {"enabled": False}, user="gz", region="gz-jgj").status_code == 201
+    assert api.put("/rules/T.temp/overrides", {"enabled": False}, user="gzadmin", region="gz-jgj").status_code == 201
     ids = [r["id"] for r in api.get("/devices/meter-gz-0001/rules", user="gz").json()["rules"]]
     assert "T.temp" not in ids and "T.power" in ids
     every = api.get("/devices/meter-gz-0001/rules", user="gz", all="true").json()["rules"]
@@ -207,16 +207,16 @@ def test_override_put_replaces_delete_restores_and_history_keeps_who(api: Client
 
 def test_override_needs_a_value_and_a_known_rule(api: Client) -> None:
     assert api.put("/rules/T.power/overrides", {}, user="gz", region="gz").status_code == 422
-    assert api.put("/rules/NOPE/overrides", {"enabled": False}, user="gz", region="gz").status_code == 404
+    assert api.put("/rules/NOPE/overrides", {"enabled": False}, user="gzadmin", region="gz").status_code == 404
     bad_key = api.put("/rules/T.power/overrides", {"enabled": False, "colour": "red"}, user="gz", region="gz")
     assert bad_key.status_code == 422 and bad_key.json()["detail"][0]["loc"] == ["body", "colour"]
     bad_sev = api.put("/rules/T.power/overrides", {"severity": "apocalyptic"}, user="gz", region="gz")
     assert bad_sev.status_code == 422
     both = api.put("/rules/T.power/overrides", {"enabled": False}, user="gz", region="gz", device="meter-gz-0001")
     assert both.status_code == 422 and both.json()["detail"][0]["loc"] == ["query", "device"]
-    star = api.put("/rules/*/overrides", {"enabled": False}, user="gz", region="gz-b1")
+    star = api.put("/rules/*/overrides", {"enabled": False}, user="gzadmin", region="gz-b1")
     assert star.status_code == 201, star.text
-    star_params = api.put("/rules/*/overrides", {"params": {"value": 1}}, user="gz", region="gz-b1")
+    star_params = api.put("/rules/*/overrides", {"params": {"value": 1}}, user="gzadmin", region="gz-b1")
     assert star_params.status_code == 422
     assert "cannot set params" in star_params.json()["detail"][0]["msg"]
 
