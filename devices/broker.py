@@ -73,6 +73,9 @@ class BrokerConfig:
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
     tls_cafile: Path | None = None
+    # $SYS counters every this many seconds; the platform reads $SYS/broker/publish/messages/dropped (messages the
+    # broker dropped past max_queued_messages) into lianfang_broker_dropped_messages_total (ingest/broker_drops.py).
+    sys_interval_s: int = 10
 
     @property
     def conf_path(self) -> Path:
@@ -137,6 +140,7 @@ def render_config(cfg: BrokerConfig) -> str:
         "log_type notice",
         "log_timestamp_format %Y-%m-%dT%H:%M:%S",
         "connection_messages true",
+        f"sys_interval {cfg.sys_interval_s}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -154,6 +158,25 @@ def hash_password(password: str, *, salt: bytes | None = None, iterations: int =
 
 def _acl(acltype: str, topic: str, allow: bool = True) -> dict[str, Any]:
     return {"acltype": acltype, "topic": topic, "allow": allow}
+
+
+# The platform reads the broker's counters (dropped messages); the dev simulator answers resend commands.
+PLATFORM_SYS_ACLS = (_acl("subscribePattern", "$SYS/broker/#"), _acl("publishClientReceive", "$SYS/broker/#"))
+SIM_CMD_ACLS = (_acl("subscribePattern", "lf/v1/+/cmd"), _acl("publishClientReceive", "lf/v1/+/cmd"))
+
+
+def _add_role_acls(doc: dict[str, Any], rolename: str, acls: tuple[dict[str, Any], ...]) -> bool:
+    """Add the ACLs a role of an older dynsec file lacks; True if it changed."""
+    changed = False
+    for role in doc.get("roles", []):
+        if role.get("rolename") != rolename:
+            continue
+        have = {(a.get("acltype"), a.get("topic")) for a in role.setdefault("acls", [])}
+        for acl in acls:
+            if (acl["acltype"], acl["topic"]) not in have:
+                role["acls"].append(dict(acl))
+                changed = True
+    return changed
 
 
 def derive_gateway_password(admin_password: str) -> str:
@@ -227,6 +250,7 @@ def bootstrap_dynsec(cfg: BrokerConfig) -> dict[str, Any]:
                 _acl("subscribePattern", "$share/+/lf/v1/#"),
                 _acl("publishClientReceive", "lf/v1/#"),
                 _acl("publishClientSend", "lf/v1/+/cmd"),
+                *PLATFORM_SYS_ACLS,
                 _acl("unsubscribePattern", "#"),
             ],
         },
@@ -248,6 +272,7 @@ def bootstrap_dynsec(cfg: BrokerConfig) -> dict[str, Any]:
                     _acl("publishClientSend", "lf/v1/+/telemetry"),
                     _acl("publishClientSend", "lf/v1/+/event"),
                     _acl("publishClientSend", "lf/v1/+/status"),
+                    *SIM_CMD_ACLS,
                 ],
             }
         )
@@ -300,8 +325,23 @@ def write_broker_files(cfg: BrokerConfig) -> None:
     cfg.conf_path.write_text(render_config(cfg), encoding="utf-8")
     if not cfg.dynsec_path.exists():
         _write_dynsec(cfg.dynsec_path, bootstrap_dynsec(cfg))
-    elif _gateway_password(cfg) is not None:
-        _add_gateway_account(cfg)
+    else:
+        if _gateway_password(cfg) is not None:
+            _add_gateway_account(cfg)
+        _upgrade_role_acls(cfg)
+
+
+def _upgrade_role_acls(cfg: BrokerConfig) -> None:
+    """A dynsec file written before the $SYS and command ACLs existed gets them (the broker is not running)."""
+    try:
+        doc = json.loads(cfg.dynsec_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the broker's dynsec file {cfg.dynsec_path}: {exc}") from exc
+    changed = _add_role_acls(doc, "lf-platform", PLATFORM_SYS_ACLS)
+    changed = _add_role_acls(doc, "lf-sim", SIM_CMD_ACLS) or changed
+    if changed:
+        _write_dynsec(cfg.dynsec_path, doc)
+        logger.info("broker: added the $SYS / command ACLs to the platform and simulator roles")
 
 
 def wait_for_port(host: str, port: int, timeout: float) -> None:

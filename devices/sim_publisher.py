@@ -19,18 +19,29 @@ Two connection modes:
   One paho network thread per device: fine for a few hundred devices; use the shared mode beyond that.
 
 :func:`publish_bulk` pushes a list of messages as fast as possible (bounded in flight) and waits for every ack.
+
+Resend (PROTOCOL.md v1.1): both threaded publishers keep what they sent (telemetry and events with a ``seq``), the
+last ``resend_buffer`` records per device (:class:`SendBuffer`, default 10,000), subscribe to the devices' ``cmd``
+topic and answer a ``resend`` command on a worker thread: the records of the range republished unchanged (same
+seq, same ts), then a ``cmd_result`` event with ``ok: true`` and in ``detail`` the seqs no longer held
+(``"1-3,7"``). ``resend_buffer=0``: no buffer, the answer is ``ok: false``. The shared publisher needs the
+simulator role's subscription to ``lf/v1/+/cmd`` (devices/broker.py); without it, it only publishes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import queue
 import socket
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,6 +54,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from core.errors import BrokerUnavailable
 from core.protocol import topic_for
 from devices.simulator import OFFLINE_PAYLOAD, SimMessage
+from ingest.resend import MAX_RANGE, format_seq_ranges
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +62,7 @@ SIM_USERNAME = "lianfang-sim"
 # In-flight window: well under paho's 65,535 message ids, and lowered to the broker's Receive Maximum at connect.
 DEFAULT_MAX_OUTSTANDING = 1_000
 _BURST = 64
+DEFAULT_RESEND_BUFFER = 10_000  # records kept per device for resend (PROTOCOL.md recommends at least 10,000)
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
 
 
@@ -154,6 +167,55 @@ class _Window:
             pump(min(left, 0.05))
 
 
+class SendBuffer:
+    """The last ``size`` records (telemetry and events with a ``seq``) each device sent; ``size`` 0 keeps none
+    but still knows which devices it published for. Thread-safe."""
+
+    def __init__(self, size: int = DEFAULT_RESEND_BUFFER) -> None:
+        if size < 0:
+            raise ValueError("resend_buffer must be >= 0")
+        self.size = size
+        self._by_device: dict[str, OrderedDict[int, SimMessage]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, msg: SimMessage) -> None:
+        if msg.seq is None or msg.kind not in ("telemetry", "event"):
+            return
+        with self._lock:
+            held = self._by_device.get(msg.device_id)
+            if held is None:
+                held = self._by_device[msg.device_id] = OrderedDict()
+            if self.size == 0:
+                return
+            held[msg.seq] = msg
+            held.move_to_end(msg.seq)
+            while len(held) > self.size:
+                held.popitem(last=False)
+
+    def knows(self, device_id: str) -> bool:
+        with self._lock:
+            return device_id in self._by_device
+
+    def take(self, device_id: str, from_seq: int, to_seq: int) -> tuple[list[SimMessage], list[int]]:
+        """The records of ``from_seq..to_seq`` still held, in seq order, and the seqs no longer held."""
+        with self._lock:
+            held = self._by_device.get(device_id, OrderedDict())
+            found = [held[s] for s in range(from_seq, to_seq + 1) if s in held]
+        have = {m.seq for m in found}
+        return found, [s for s in range(from_seq, to_seq + 1) if s not in have]
+
+
+def _expired(value: object, now_ms: int) -> bool:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value < now_ms
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value).timestamp() * 1000 < now_ms
+        except ValueError:
+            return False
+    return False
+
+
 def _new_client(
     client_id: str,
     username: str,
@@ -194,6 +256,8 @@ class _Base:
         connect_timeout_s: float,
         ack_timeout_s: float,
         tls_ca: Path | None,
+        resend_buffer: int = DEFAULT_RESEND_BUFFER,
+        answer_commands: bool = True,
     ) -> None:
         self.host, self.port = host, port
         self.keepalive_s = keepalive_s
@@ -202,6 +266,11 @@ class _Base:
         self.tls_ca = tls_ca
         self._window = _Window(max_outstanding)
         self._pump: Callable[[float], None] | None = None
+        self.buffer = SendBuffer(resend_buffer)
+        self.answer_commands = answer_commands
+        self.commands_answered = 0
+        self._commands: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
 
     @property
     def counts(self) -> PublishCounts:
@@ -234,6 +303,9 @@ class _Base:
             if isinstance(receive_max, int) and receive_max > 0:
                 self._window.lower_limit(receive_max)
             self._connected(name)
+            cmd_topic = self._cmd_topic(name)
+            if self.answer_commands and cmd_topic is not None:
+                c.subscribe(cmd_topic, qos=1)
 
         def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Properties | None) -> None:
             self._disconnected(name, rc)
@@ -241,9 +313,92 @@ class _Base:
         def on_publish(_c: mqtt.Client, _u: Any, _mid: int, rc: ReasonCode, _p: Properties | None) -> None:
             self._window.acked(name, not rc.is_failure)
 
+        def on_subscribe(_c: mqtt.Client, _u: Any, _mid: int, rcs: list[ReasonCode], _p: Properties | None) -> None:
+            if any(rc.is_failure for rc in rcs):
+                logger.warning(
+                    "%s: the broker refused the command subscription (%s); resend not answered", name, rcs[0]
+                )
+
+        def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+            parts = msg.topic.split("/")
+            if len(parts) == 4 and parts[3] == "cmd":
+                self._commands.put((parts[2], bytes(msg.payload)))  # answered on the worker thread
+
         client.on_connect = _safe(on_connect)
         client.on_disconnect = _safe(on_disconnect)
         client.on_publish = _safe(on_publish)
+        client.on_subscribe = _safe(on_subscribe)
+        client.on_message = _safe(on_message)
+
+    # --- commands (resend) ----------------------------------------------------------------------------------
+
+    def _cmd_topic(self, name: str) -> str | None:
+        """The command topic this connection subscribes to (None: none)."""
+        return None
+
+    def _client_for(self, device_id: str) -> tuple[mqtt.Client, str] | None:
+        """The connection that publishes for ``device_id`` (client, window name), None if not ours."""
+        return None
+
+    def _start_worker(self) -> None:
+        if self.answer_commands and self._worker is None:
+            self._worker = threading.Thread(target=self._work, name="sim-commands", daemon=True)
+            self._worker.start()
+
+    def _stop_worker(self) -> None:
+        if self._worker is not None:
+            self._commands.put(None)
+            self._worker.join(10)
+            self._worker = None
+
+    def _work(self) -> None:
+        while (item := self._commands.get()) is not None:
+            try:
+                self._answer(*item)
+            except BrokerUnavailable as exc:
+                logger.warning("command for %s not answered: %s", item[0], exc)
+            except Exception:
+                logger.exception("command for %s failed", item[0])
+
+    def _answer(self, device_id: str, payload: bytes) -> None:
+        """One command: ``resend`` is answered from the buffer; anything else gets ``ok: false``."""
+        target = self._client_for(device_id)
+        if target is None or not self.buffer.knows(device_id):
+            return  # not a device this publisher simulates
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            return
+        if not isinstance(doc, dict) or not isinstance(doc.get("cmd_id"), str):
+            return
+        now_ms = time.time_ns() // 1_000_000
+        if _expired(doc.get("expires_at"), now_ms):
+            return
+        client, name = target
+        cmd_id: str = doc["cmd_id"]
+        if doc.get("name") != "resend":
+            self._result(client, name, device_id, cmd_id, False, f"unsupported command {doc.get('name')!r}")
+            return
+        args = doc.get("args")
+        if not isinstance(args, dict):
+            args = {}
+        a, b = args.get("from_seq"), args.get("to_seq")
+        if not (isinstance(a, int) and isinstance(b, int) and 0 <= a <= b and b - a < MAX_RANGE):
+            self._result(client, name, device_id, cmd_id, False, "args: from_seq <= to_seq, at most 10,000")
+            return
+        if self.buffer.size == 0:
+            self._result(client, name, device_id, cmd_id, False, "no buffer")
+            return
+        records, gone = self.buffer.take(device_id, a, b)
+        for msg in records:  # unchanged: same seq, same ts
+            self._send(client, name, msg.topic, msg.payload, False)
+        self._result(client, name, device_id, cmd_id, True, format_seq_ranges(gone))
+        logger.info("%s: resent %d records of %d-%d, %d no longer held", device_id, len(records), a, b, len(gone))
+
+    def _result(self, client: mqtt.Client, name: str, device_id: str, cmd_id: str, ok: bool, detail: str) -> None:
+        body = {"type": "cmd_result", "cmd_id": cmd_id, "ok": ok, "detail": detail}
+        self._send(client, name, topic_for(device_id, "event"), json.dumps(body).encode(), False)
+        self.commands_answered += 1
 
     def _connected(self, name: str) -> None:
         raise NotImplementedError
@@ -279,6 +434,7 @@ class SharedPublisher(_Base):
         reconnect_max_s: float = 10.0,
         tls_ca: Path | None = None,
         threaded: bool = True,
+        resend_buffer: int = DEFAULT_RESEND_BUFFER,
     ) -> None:
         super().__init__(
             host,
@@ -288,6 +444,9 @@ class SharedPublisher(_Base):
             connect_timeout_s=connect_timeout_s,
             ack_timeout_s=ack_timeout_s,
             tls_ca=tls_ca,
+            # Single-threaded (bulk loads): nobody services the network between publishes, so no commands.
+            resend_buffer=resend_buffer if threaded else 0,
+            answer_commands=threaded,
         )
         self.client = _new_client(
             client_id,
@@ -309,6 +468,12 @@ class SharedPublisher(_Base):
         self._wire(self.client, client_id)
         if not threaded:
             self._pump = self._service
+
+    def _cmd_topic(self, name: str) -> str | None:
+        return topic_for("+", "cmd")
+
+    def _client_for(self, device_id: str) -> tuple[mqtt.Client, str] | None:
+        return self.client, self._name
 
     def _connected(self, name: str) -> None:
         if self._ever_connected:
@@ -362,10 +527,12 @@ class SharedPublisher(_Base):
             self.client.loop_stop()
             why = f"refused: {self._refusal}" if self._refusal else f"no answer within {self.connect_timeout_s:.0f} s"
             raise BrokerUnavailable(f"MQTT broker {self.host}:{self.port} did not accept the simulator ({why})")
+        self._start_worker()
         logger.info("simulator publisher connected to %s:%s", self.host, self.port)
 
     def publish(self, msg: SimMessage) -> None:
         if self.threaded:
+            self.buffer.add(msg)
             self._send(self.client, self._name, msg.topic, msg.payload, msg.retain)
             return
         # paho writes one packet per send(); corking the socket for a burst of publishes lets the kernel send
@@ -386,6 +553,7 @@ class SharedPublisher(_Base):
                 sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1 if on else 0)
 
     def close(self, timeout: float = 5.0) -> None:
+        self._stop_worker()
         if timeout > 0:
             self.flush(timeout)
         self.client.disconnect()
@@ -418,6 +586,7 @@ class DevicePublisher(_Base):
         reconnect_min_s: float = 1.0,
         reconnect_max_s: float = 10.0,
         tls_ca: Path | None = None,
+        resend_buffer: int = DEFAULT_RESEND_BUFFER,
     ) -> None:
         super().__init__(
             host,
@@ -427,6 +596,7 @@ class DevicePublisher(_Base):
             connect_timeout_s=connect_timeout_s,
             ack_timeout_s=ack_timeout_s,
             tls_ca=tls_ca,
+            resend_buffer=resend_buffer,
         )
         self._credentials = dict(credentials)
         self._reconnect = (reconnect_min_s, reconnect_max_s)
@@ -451,6 +621,15 @@ class DevicePublisher(_Base):
         client.will_set(topic_for(device_id, "status"), OFFLINE_PAYLOAD, qos=1, retain=True)
         self._wire(client, device_id)
         return client
+
+    def _cmd_topic(self, name: str) -> str | None:
+        return topic_for(name, "cmd")
+
+    def _client_for(self, device_id: str) -> tuple[mqtt.Client, str] | None:
+        client = self.clients.get(device_id)
+        if client is None or device_id in self._silent:
+            return None
+        return client, device_id
 
     def _connected(self, name: str) -> None:
         with self._lock:
@@ -502,6 +681,7 @@ class DevicePublisher(_Base):
             first = next(iter(sorted(refusals.items())), None)
             why = f"{first[0]} refused: {first[1]}" if first else f"first: {missing[0]}, no answer"
             raise BrokerUnavailable(f"{len(missing)} simulated devices could not connect ({why})")
+        self._start_worker()
         logger.info("%d simulated devices connected with their own credentials", len(self.clients))
 
     def publish(self, msg: SimMessage) -> None:
@@ -523,9 +703,11 @@ class DevicePublisher(_Base):
             self._silent.discard(msg.device_id)
             self._open(msg.device_id)  # back online: a fresh connection, then its online status
             client = self.clients[msg.device_id]
+        self.buffer.add(msg)
         self._send(client, msg.device_id, msg.topic, msg.payload, msg.retain)
 
     def close(self, timeout: float = 5.0) -> None:
+        self._stop_worker()
         if timeout > 0:
             self.flush(timeout)
         for client in self.clients.values():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 from core.db import make_engine, migrate
 from core.errors import BrokerUnavailable
 from core.protocol import DeviceInfo, Status, decode
+from devices.dynsec import device_acls
 from devices.registry import DeviceSpec, RegionSpec, Registry
 from devices.sim_publisher import DevicePublisher, SharedPublisher, publish_bulk
 from devices.simulator import BEIJING, Fleet, Incident, SimMessage, synthetic_fleet
@@ -277,3 +279,159 @@ def test_simulate_command_without_password_exits_1(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["simulate", "--duration", "1"], env=env)
     assert result.exit_code == 1
     assert "LIANFANG_SIM_PASSWORD" in result.output
+
+
+# --- resend (PROTOCOL.md v1.1) ----------------------------------------------------------------------------------
+
+
+class CmdPeer:
+    """The platform's side of commands: publishes on lf/v1/<id>/cmd, records what comes back on lf/v1/<id>/#."""
+
+    def __init__(self, broker: Broker, device: str) -> None:
+        self.lock = threading.Lock()
+        self.got: list[tuple[str, bytes]] = []
+        self.client = mqtt_client(
+            broker.port, broker.platform_username, broker.platform_password, "peer-" + uuid.uuid4().hex[:8]
+        )
+        self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_a: subscribed.set()
+        self.client.subscribe(f"lf/v1/{device}/+", qos=1)
+        assert subscribed.wait(5)
+        self.device = device
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.got.append((msg.topic.rsplit("/", 1)[1], bytes(msg.payload)))
+
+    def resend(self, a: int, b: int, *, expires_at: object = None, name: str = "resend") -> str:
+        cmd_id = str(uuid.uuid4())
+        doc = {"cmd_id": cmd_id, "name": name, "args": {"from_seq": a, "to_seq": b}, "expires_at": expires_at}
+        if expires_at is None:
+            doc["expires_at"] = int(time.time() * 1000) + 60_000
+        self.client.publish(f"lf/v1/{self.device}/cmd", json.dumps(doc), qos=1).wait_for_publish(5)
+        return cmd_id
+
+    def result(self, cmd_id: str) -> dict[str, object] | None:
+        with self.lock:
+            for kind, payload in self.got:
+                doc = json.loads(payload)
+                if kind == "event" and doc.get("type") == "cmd_result" and doc["cmd_id"] == cmd_id:
+                    return dict(doc)
+        return None
+
+    def data(self) -> list[bytes]:
+        with self.lock:
+            return [p for k, p in self.got if k == "telemetry"]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _meter_messages(device: str, n: int) -> list[SimMessage]:
+    base = int(time.time() * 1000) - 60_000
+    return [
+        SimMessage(device, "telemetry", json.dumps({"ts": base + s, "seq": s, "energy_kwh": s}).encode(), base + s, s)
+        for s in range(n)
+    ]
+
+
+def test_shared_publisher_answers_resend_from_its_bounded_buffer(broker: Broker) -> None:
+    pub = SharedPublisher("127.0.0.1", broker.port, "lianfang-sim", broker.sim_password, resend_buffer=5)
+    pub.start()
+    peer = CmdPeer(broker, "meter-rs-01")
+    try:
+        sent = _meter_messages("meter-rs-01", 10)
+        for msg in sent:
+            pub.publish(msg)
+        assert pub.flush(10)
+        wait_until(lambda: len(peer.data()) == 10, 10, what="the original stream")
+        cmd = peer.resend(3, 9)
+        result = wait_until(lambda: peer.result(cmd), 10, what="cmd_result")
+        assert result == {"type": "cmd_result", "cmd_id": cmd, "ok": True, "detail": "3-4"}
+        # seqs 5..9 again, byte for byte (same seq, same ts), before the answer
+        assert peer.data()[10:] == [m.payload for m in sent[5:]]
+        # expired, unknown and malformed commands: nothing resent
+        late = peer.resend(0, 9, expires_at=int(time.time() * 1000) - 1)
+        reboot = peer.resend(0, 1, name="reboot")
+        wide = peer.resend(0, 10_000)
+        assert wait_until(lambda: peer.result(wide), 10, what="answer to a too-wide range")["ok"] is False
+        assert peer.result(reboot) == {
+            "type": "cmd_result",
+            "cmd_id": reboot,
+            "ok": False,
+            "detail": "unsupported command 'reboot'",
+        }
+        assert peer.result(late) is None and len(peer.data()) == 15
+    finally:
+        peer.close()
+        pub.close()
+    assert pub.commands_answered == 3
+
+
+def test_publisher_without_buffer_answers_ok_false(broker: Broker) -> None:
+    pub = SharedPublisher("127.0.0.1", broker.port, "lianfang-sim", broker.sim_password, resend_buffer=0)
+    pub.start()
+    peer = CmdPeer(broker, "meter-rs-02")
+    other = CmdPeer(broker, "meter-rs-03")
+    try:
+        for msg in _meter_messages("meter-rs-02", 3):
+            pub.publish(msg)
+        assert pub.flush(10)
+        cmd = peer.resend(0, 2)
+        assert wait_until(lambda: peer.result(cmd), 10, what="cmd_result") == {
+            "type": "cmd_result",
+            "cmd_id": cmd,
+            "ok": False,
+            "detail": "no buffer",
+        }
+        # A device this publisher never published for is not its to answer.
+        stranger = other.resend(0, 2)
+        answered = peer.resend(0, 0)
+        wait_until(lambda: peer.result(answered), 10, what="a later answer")
+        assert other.result(stranger) is None
+    finally:
+        other.close()
+        peer.close()
+        pub.close()
+
+
+def test_device_publisher_answers_resend_on_its_own_cmd_topic(broker: Broker) -> None:
+    device = "meter-rs-04"
+    password = "pw-" + uuid.uuid4().hex
+    cmds = [
+        {"command": "createRole", "rolename": f"lf-dev-{device}", "acls": device_acls(device)},
+        {
+            "command": "createClient",
+            "username": device,
+            "clientid": device,
+            "password": password,
+            "roles": [{"rolename": f"lf-dev-{device}"}],
+        },
+    ]
+    admin = mqtt_client(broker.port, "admin", broker.admin_password, "admin-" + uuid.uuid4().hex[:8])
+    answers: list[dict[str, object]] = []
+    admin.on_message = lambda _c, _u, m: answers.extend(json.loads(m.payload)["responses"])
+    admin.subscribe("$CONTROL/dynamic-security/v1/response", qos=1)
+    try:
+        admin.publish("$CONTROL/dynamic-security/v1", json.dumps({"commands": cmds}), qos=1)
+        wait_until(lambda: len(answers) == 2, timeout=20, what="dynsec answers")
+    finally:
+        admin.disconnect()
+        admin.loop_stop()
+    pub = DevicePublisher("127.0.0.1", broker.port, {device: password})
+    pub.start()
+    peer = CmdPeer(broker, device)
+    try:
+        sent = _meter_messages(device, 4)
+        for msg in sent:
+            pub.publish(msg)
+        assert pub.flush(10)
+        wait_until(lambda: len(peer.data()) == 4, 10, what="the original stream")
+        cmd = peer.resend(1, 2)
+        assert wait_until(lambda: peer.result(cmd), 10, what="cmd_result")["ok"] is True
+        assert peer.data()[4:] == [sent[1].payload, sent[2].payload]
+    finally:
+        peer.close()
+        pub.close()
