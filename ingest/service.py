@@ -13,9 +13,10 @@ A failed write never jams the stream:
 - ``StoreUnavailable`` (the store as a whole: locked by another process, disk full, I/O error) is retried with
   backoff; nothing is acked meanwhile, and the log, ``store_errors_total``, the backlog metrics, ``/health/ready``
   and the platform alerts (``alerts/platform.py``) say so, with how many messages are held.
-- Any other error belongs to some value of the batch. The store has rolled the transaction back; the writer splits
-  the batch's messages in halves, decodes and writes each half on its own, and so on down to the one message that
-  fails, which is rejected as ``internal_error`` with the error kept. Everything else is stored and acked.
+- Any other error belongs to some value of the batch. The store has rolled the transaction back; the writer
+  (``ingest/writer.py``) splits the batch's messages in halves, decodes and writes each half on its own, and so on
+  down to the one message that fails, which is rejected as ``internal_error`` with the error kept. Everything else
+  is stored and acked.
 
 The duplicate tracker learns a batch's seqs only once the batch is durable (``ingest/dedup.py``): a batch that
 is not written leaves nothing behind that would make its messages look like duplicates later.
@@ -45,13 +46,13 @@ from core.store import BatchListener, TelemetryStore, WriteBatch
 from ingest import metrics
 from ingest.consumer import MqttConsumer
 from ingest.dedup import SeqTracker
-from ingest.pipeline import Decoder, RawMessage, build_batch, rejection_batch
+from ingest.pipeline import Decoder, RawMessage, build_batch
 from ingest.stall import Progress, assess
+from ingest.writer import BatchWriter
 
 logger = logging.getLogger(__name__)
 
 WARM_ROWS = 200_000
-STILL_FAILING_LOG_S = 30.0  # while the store stays unavailable, say so again this often
 
 
 def _now_ms() -> int:
@@ -175,7 +176,7 @@ class IngestStats:
     records: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
-    store_errors: int = 0
+    store_errors: int = 0  # failed write attempts (retried)
     isolated: int = 0  # messages rejected internal_error after their batch's write failed
     arrivals: Callable[[], int] = field(default=lambda: 0, repr=False)
 
@@ -220,8 +221,14 @@ class IngestService:
         self._held: list[RawMessage] = []  # waiting for a fresher registry view (decoder thread only)
         self._decoding_since_ms: int | None = None
         self._writing_since_ms: int | None = None
-        self._store_error: str | None = None
-        self._store_failing_since_ms: int | None = None
+        self.writer = BatchWriter(
+            store,
+            self.seqs,
+            decode,
+            seq_lock=self._seq_lock,
+            retry_backoff_s=retry_backoff_s,
+            backlog=lambda: self.backlog,
+        )
         self._threads = [
             threading.Thread(target=self._run, name="ingest-decoder", daemon=True),
             threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True),
@@ -288,8 +295,8 @@ class IngestService:
             backlog=self.backlog,
             oldest_ms=self._oldest_ms(),
             writing_since_ms=self._writing_since_ms,
-            store_error=self._store_error,
-            store_failing_since_ms=self._store_failing_since_ms,
+            store_error=self.writer.store_error,
+            store_failing_since_ms=self.writer.failing_since_ms,
             threads_alive=not self._started or all(t.is_alive() for t in self._threads),
         )
 
@@ -308,8 +315,9 @@ class IngestService:
             "records": self.stats.records,
             "duplicates": self.stats.duplicates,
             "rejected": dict(self.stats.rejected),
-            "store_errors": self.stats.store_errors,
-            "store_unavailable": self._store_error,
+            "store_errors": self.writer.store_errors,
+            "store_unavailable": self.writer.store_error,
+            "isolated": self.writer.isolated,
             "writer_alive": all(t.is_alive() for t in self._threads),
             "stalled": bool(reasons),
             "reason": "; ".join(reasons) if reasons else None,
@@ -393,98 +401,7 @@ class IngestService:
             self._stage_done(item)
 
     def _write_item(self, item: _InFlight) -> WriteBatch:
-        """Write the batch; if a value in it cannot be written, isolate that message. Returns what was written."""
-        try:
-            self._write_until_durable(item.batch)
-        except Exception as exc:
-            with self._seq_lock:
-                self.seqs.abort(item.batch.seqs)
-            logger.error(
-                "ingest: writing a batch of %d messages failed (%s: %s); splitting it to isolate the message",
-                len(item.msgs),
-                type(exc).__name__,
-                exc,
-            )
-            return self._isolate(item.msgs, item.devices, exc)
-        with self._seq_lock:
-            self.seqs.commit(item.batch.seqs)
-        return item.batch
-
-    def _isolate(self, msgs: list[RawMessage], devices: Mapping[str, DeviceInfo], exc: Exception) -> WriteBatch:
-        """Bisect ``msgs`` (whose batch failed with ``exc``): write each half on its own, recursively, down to the
-        single message that fails, which is rejected as ``internal_error``."""
-        if len(msgs) == 1:
-            msg = msgs[0]
-            rejected = rejection_batch(msg, "internal_error", f"store write failed: {type(exc).__name__}: {exc}"[:500])
-            logger.error("ingest: message on %s isolated and rejected internal_error: %s", msg.topic, exc)
-            self.stats.isolated += 1
-            metrics.ISOLATED.inc()
-            try:
-                self._write_until_durable(rejected)
-            except Exception:
-                logger.exception("ingest: even the rejection of the message on %s could not be stored", msg.topic)
-            return rejected
-        written = WriteBatch()
-        half = len(msgs) // 2
-        for part in (msgs[:half], msgs[half:]):
-            with self._seq_lock:
-                batch = build_batch(part, devices, self.seqs, decode=self.decode)
-            try:
-                self._write_until_durable(batch)
-            except Exception as part_exc:
-                with self._seq_lock:
-                    self.seqs.abort(batch.seqs)
-                written.extend(self._isolate(part, devices, part_exc))
-                continue
-            with self._seq_lock:
-                self.seqs.commit(batch.seqs)
-            written.extend(batch)
-        return written
-
-    def _write_until_durable(self, batch: WriteBatch) -> None:
-        """Write, retrying StoreUnavailable with backoff (logged with the backlog); other errors propagate."""
-        delay, max_delay = self.retry_backoff_s
-        last_log = 0.0
-        while True:
-            started = time.perf_counter()
-            try:
-                self.store.write(batch)
-            except StoreUnavailable as exc:
-                metrics.STORE_ERRORS.inc()
-                self.stats.store_errors += 1
-                now = time.monotonic()
-                if self._store_error is None:
-                    self._store_failing_since_ms = _now_ms()
-                    logger.error(
-                        "store unavailable, holding %d messages unacked (%d records in this batch): %s",
-                        self.backlog,
-                        len(batch),
-                        exc,
-                    )
-                    last_log = now
-                elif now - last_log >= STILL_FAILING_LOG_S:
-                    logger.error(
-                        "store still unavailable after %.0f s, holding %d messages unacked (oldest %.0f s): %s",
-                        (_now_ms() - (self._store_failing_since_ms or _now_ms())) / 1000,
-                        self.backlog,
-                        self._oldest_age_s(),
-                        exc,
-                    )
-                    last_log = now
-                self._store_error = str(exc)[:300]
-                time.sleep(delay)
-                delay = min(delay * 2, max_delay)
-                continue
-            metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
-            if self._store_error is not None:
-                logger.warning(
-                    "store back after %.1f s; writing the %d messages held",
-                    (_now_ms() - (self._store_failing_since_ms or _now_ms())) / 1000,
-                    self.backlog,
-                )
-                self._store_error = None
-                self._store_failing_since_ms = None
-            return
+        return self.writer.write(item.msgs, item.devices, item.batch)
 
     # --- evaluator thread and acks ----------------------------------------------------------------------
 
@@ -514,6 +431,8 @@ class IngestService:
         gaps = sum(c.gaps for c in batch.counters.values())
         self.stats.acked += n
         self.stats.batches += 1
+        self.stats.store_errors = self.writer.store_errors
+        self.stats.isolated = self.writer.isolated
         self.stats.records += records
         self.stats.duplicates += dups
         for rej in batch.rejections:
