@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import typer
 
@@ -23,8 +23,16 @@ from core.settings import Settings
 from devices.fleet_credentials import load_secrets
 from devices.registry import Registry
 from devices.sim_publisher import SIM_USERNAME, DevicePublisher, Publisher, SharedPublisher
-from devices.simulator import Fleet, Incident, RegionPoint, SimDevice, fleet_from_registry, parse_incident
-from lianfang.context import open_registry, settings_from
+from devices.simulator import (
+    RESUMED_FIELDS,
+    Fleet,
+    Incident,
+    RegionPoint,
+    SimDevice,
+    fleet_from_registry,
+    parse_incident,
+)
+from lianfang.context import open_registry, open_store, settings_from
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +42,38 @@ def devices_from_registry(registry: Registry) -> list[SimDevice]:
     regions = [RegionPoint(r.id, r.parent_id, r.level, r.lat, r.lon) for r in registry.regions()]
     rows, _ = registry.devices(enabled=True)
     return fleet_from_registry([(d.id, d.type, d.region_id, d.expected_interval_s) for d in rows], regions)
+
+
+class LastValues(Protocol):
+    """What resuming needs of the telemetry store (``SqliteStore``)."""
+
+    def last_values(self, device_id: str) -> dict[str, tuple[int, float | bool]]: ...
+
+
+def stored_last_values(store: LastValues, devices: Sequence[SimDevice]) -> dict[str, dict[str, float | bool]]:
+    """The stored counters the simulated devices continue from (``Fleet(resume=...)``): a meter's ``energy_kwh``,
+    a vehicle's ``odometer_km`` and ``fuel_pct``. A restarted simulation therefore never sends a meter reading below
+    the one already stored (which E5.negative would flag as a meter going backwards)."""
+    out: dict[str, dict[str, float | bool]] = {}
+    for dev in devices:
+        wanted = RESUMED_FIELDS.get(dev.type)
+        if not wanted:
+            continue
+        last = {k: v for k, (_, v) in store.last_values(dev.id).items() if k in wanted}
+        if last:
+            out[dev.id] = last
+    return out
+
+
+def resume_from_settings(settings: Settings, devices: Sequence[SimDevice]) -> dict[str, dict[str, float | bool]]:
+    """:func:`stored_last_values` from the telemetry store of the settings ({} when it does not exist yet)."""
+    if not settings.store.sqlite_path.exists():
+        return {}
+    store = open_store(settings)
+    try:
+        return stored_last_values(store, devices)
+    finally:
+        store.close()
 
 
 def dev_sim_password(settings: Settings) -> str | None:
@@ -169,6 +209,7 @@ def simulate(
             start=start,
             incidents=incidents,
             rate_multiplier=rate_multiplier,
+            resume=resume_from_settings(settings, devices),  # meters continue from their stored readings
         )
         broker_host, broker_port = host or settings.mqtt.host, port or settings.mqtt.port
         publisher: Publisher

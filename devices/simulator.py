@@ -25,8 +25,9 @@ Behaviour (times are Beijing time, UTC+8; "working day" is the official Chinese 
 - status: retained ``online`` at start; a device that goes silent publishes its Last Will (retained
   ``offline``).
 
-Incidents: ``door_forced`` (the door opens with no access before it), ``night_vehicle`` (ignition on and a trip
-whatever the hour), ``energy_spike`` (power x ``factor`` for ``duration_s``), ``silent`` (the device stops
+Incidents: ``door_forced`` (the door opens with no access before it: the gate has no access in the 15 s before,
+``QUIET_BEFORE_FORCED_MS``, so a normal entry can neither hold the door open nor excuse it), ``night_vehicle``
+(ignition on and a trip to a site at least 2 km away when the region has one, whatever the hour), ``energy_spike`` (power x ``factor`` for ``duration_s``), ``silent`` (the device stops
 publishing, its Last Will is sent; with ``duration_s`` it comes back online afterwards).
 
 More incidents, for the rules the normal behaviour never drives: ``tamper`` (a gate or meter sends one
@@ -36,6 +37,11 @@ More incidents, for the rules the normal behaviour never drives: ``tamper`` (a g
 ``overspeed`` (the vehicle drives at ``factor`` km/h, default 90, for ``duration_s``), ``idling`` (ignition
 on, speed 0, for ``duration_s``), ``meter_reset_drop`` (``energy_kwh`` restarts from 0 with no ``reset``
 event) and ``meter_flat`` (``energy_kwh`` stops increasing for ``duration_s`` while the meter still reports).
+
+Restarts: ``Fleet(resume={device_id: last values})`` continues meters' ``energy_kwh`` and vehicles' ``odometer_km``
+/ ``fuel_pct`` from stored values (``devices.sim_cli.stored_last_values`` reads them from the telemetry store), so a
+restarted simulation never sends a counter below the stored one. ``SimDevice.nominal_kw`` pins a meter's nominal
+power (else drawn from 20-200 kW).
 
 Clock incidents, for data-quality rules (E5.skew): ``clock_skew`` (the device's clock runs ``factor`` seconds
 ahead, default 240, for ``duration_s`` or for good; ingest rejects a ``ts`` more than 5 minutes ahead) and
@@ -117,6 +123,7 @@ class SimDevice:
     lon: float
     interval_s: float = 60.0
     sites: tuple[Site, ...] = ()
+    nominal_kw: float | None = None  # energy meters: the nominal power (None: drawn from 20-200 kW)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +171,18 @@ DEFAULT_DURATION_S: dict[str, float | None] = {
     "clock_skew": None,  # for good
     "clock_lag": None,
 }
+# A gate with a scripted forced door has no access in this long before it (open delay 2.5 s + hold 9 s at most,
+# plus G1's 3 s window): a normal entry can neither hold the door open nor excuse the forced opening.
+QUIET_BEFORE_FORCED_MS = 15_000
+FORCED_KINDS = ("door_forced", "door_forced_event")
+# A night_vehicle incident drives to a site at least this far away, when its region has one.
+NIGHT_TRIP_MIN_KM = 2.0
+# What a resumed device takes over from its stored last values (``Fleet(resume=...)``): counters never go back.
+RESUMED_FIELDS: dict[str, tuple[str, ...]] = {
+    "energy_meter": ("energy_kwh",),
+    "vehicle": ("odometer_km", "fuel_pct"),
+}
+
 # What ``factor`` means when it is not given: a power multiplier, a number of denials, a speed in km/h.
 DEFAULT_FACTOR: dict[str, float] = {
     "energy_spike": 4.0,
@@ -534,7 +553,11 @@ class Fleet:
         rate_multiplier: float = 1.0,
         calendar: WorkCalendar | None = None,
         firmware: str = FIRMWARE,
+        resume: Mapping[str, Mapping[str, float | bool]] | None = None,
     ) -> None:
+        """``resume``: stored last values per device id (e.g. from the telemetry store): a meter's ``energy_kwh``
+        and a vehicle's ``odometer_km`` / ``fuel_pct`` continue from them, so a restarted simulation never sends a
+        counter lower than the one already stored (RESUMED_FIELDS)."""
         if rate_multiplier <= 0:
             raise UserError("rate multiplier must be positive")
         ids = [d.id for d in devices]
@@ -554,11 +577,13 @@ class Fleet:
         self._people: dict[str, list[_Person]] = {}
         self._burst_credentials: dict[int, str] = {}  # denied_burst incident index -> its credential
         self._arrival_rate_ms = _GATE_PEAK * self.rate / 3_600_000
+        self._forced_at: dict[int, list[int]] = {}  # gate index -> times of its scripted forced doors
+        resume = resume or {}
         for i, dev in enumerate(devices):
             if dev.type not in DEVICE_TYPES:
                 raise UserError(f"device {dev.id}: type {dev.type!r} is not one of {', '.join(DEVICE_TYPES)}")
             self._index[dev.id] = i
-            self._states.append(self._new_state(dev))
+            self._states.append(self._resumed(self._new_state(dev), resume.get(dev.id)))
             self._push(self.start_ms, i, _ONLINE)
         for i, st in enumerate(self._states):
             self._push(self.start_ms + int(self.rng.random() * st.interval_ms), i, _BEAT)
@@ -574,7 +599,10 @@ class Fleet:
             dtype = self._states[idx].dev.type
             if (wanted is not None and dtype != wanted) or (allowed is not None and dtype not in allowed):
                 raise UserError(f"incident {inc.kind}: device {inc.device_id} is a {self._states[idx].dev.type}")
-            self._push(max(to_ms(inc.start), self.start_ms), idx, _INCIDENT, k)
+            at = max(to_ms(inc.start), self.start_ms)
+            self._push(at, idx, _INCIDENT, k)
+            if inc.kind in FORCED_KINDS:
+                self._forced_at.setdefault(idx, []).append(at)
 
     # --- public -----------------------------------------------------------------------------------------------
 
@@ -626,14 +654,39 @@ class Fleet:
                 drivers=drivers,
             )
         if dev.type == "energy_meter":
+            drawn = rng.uniform(20, 200)
             return _Meter(
                 dev,
                 interval_ms,
-                nominal_kw=rng.uniform(20, 200),
+                nominal_kw=dev.nominal_kw if dev.nominal_kw is not None else drawn,
                 energy=round(rng.uniform(10_000, 500_000), 3),
                 pf=rng.uniform(0.88, 0.97),
             )
         return _Sensor(dev, interval_ms, temp_offset=rng.uniform(-2, 2), hum_offset=rng.uniform(-8, 8))
+
+    @staticmethod
+    def _resumed(st: _State, last: Mapping[str, float | bool] | None) -> _State:
+        """Continue the device's counters from its stored last values (never below them)."""
+        if not last:
+            return st
+
+        def number(name: str) -> float | None:
+            v = last.get(name)
+            return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+
+        if isinstance(st, _Meter) and (energy := number("energy_kwh")) is not None:
+            st.energy = max(0.0, energy)
+        elif isinstance(st, _Vehicle):
+            if (odometer := number("odometer_km")) is not None:
+                st.odometer = max(0.0, odometer)
+            if (fuel := number("fuel_pct")) is not None:
+                st.fuel = min(100.0, max(0.0, fuel))
+        return st
+
+    def _quiet(self, idx: int, t_ms: int) -> bool:
+        """Is gate ``idx`` kept free of accesses at ``t_ms`` (just before a scripted forced door)?"""
+        forced = self._forced_at.get(idx)
+        return forced is not None and any(f - QUIET_BEFORE_FORCED_MS <= t_ms <= f for f in forced)
 
     def _push(self, t_ms: int, idx: int, action: int, arg: int = 0) -> None:
         self._order += 1
@@ -678,7 +731,8 @@ class Fleet:
             assert isinstance(st, _Gate)
             self._push(self._next_arrival(t), idx, _ARRIVE)
             local = beijing(t)
-            if self.rng.random() * _GATE_PEAK < gate_rate_per_hour(local, self._working(local)):
+            attempt = self.rng.random() * _GATE_PEAK < gate_rate_per_hour(local, self._working(local))
+            if attempt and not self._quiet(idx, t):  # no access just before a scripted forced door
                 self._access(t, st, idx, local)
         elif action == _OPEN:
             assert isinstance(st, _Gate)
@@ -719,8 +773,8 @@ class Fleet:
             self._open(t, st, idx, _OPEN_FORCED, hold_ms=duration_ms)
         elif inc.kind == "night_vehicle":
             assert isinstance(st, _Vehicle)
-            if st.trip is None:
-                self._start_trip(t, st, idx, self._pick_site(st), to_depot=False)
+            if st.trip is None:  # a real trip: not to the building next door (V1 needs 500 m of movement)
+                self._start_trip(t, st, idx, self._pick_site(st, NIGHT_TRIP_MIN_KM), to_depot=False)
         elif inc.kind == "energy_spike":
             assert isinstance(st, _Meter)
             st.spike_until, st.spike_factor = t + duration_ms, inc.amount
@@ -815,9 +869,11 @@ class Fleet:
 
     # --- vehicles ---------------------------------------------------------------------------------------------
 
-    def _pick_site(self, st: _Vehicle) -> Site:
-        if st.dev.sites:
-            return self.rng.choice(st.dev.sites)
+    def _pick_site(self, st: _Vehicle, min_km: float = 0.0) -> Site:
+        """Another site of the vehicle's region (at least ``min_km`` away when there is one)."""
+        sites = [x for x in st.dev.sites if _km(st.lat, st.lon, x.lat, x.lon) >= min_km] or list(st.dev.sites)
+        if sites:
+            return self.rng.choice(sites)
         # No other located site in the region: somewhere 2-8 km away.
         km = self.rng.uniform(2, 8)
         angle = self.rng.uniform(0, 2 * math.pi)

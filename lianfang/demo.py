@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,23 +16,87 @@ import typer
 from core import clock
 from core.logs import setup_logging
 from devices.fleet_credentials import provision_fleet
-from devices.sample import demo_device_specs, sample_regions
-from devices.sim_cli import devices_from_registry, run_simulation
+from devices.registry import DeviceSpec
+from devices.sample import RegionLike, demo_device_specs, sample_regions
+from devices.sim_cli import devices_from_registry, run_simulation, stored_last_values
 from devices.sim_publisher import DevicePublisher
-from devices.simulator import Fleet, parse_incident
+from devices.simulator import BEIJING, Fleet, SimDevice, parse_incident
 from lianfang.context import open_registry, settings_from
 from lianfang.runtime import Runtime
 from lianfang.serve_cmd import run_service
 
 logger = logging.getLogger(__name__)
 
-# Scripted incidents of the demo, offsets in seconds from the start: the control room sees them arrive.
-DEMO_INCIDENTS = (
-    "door_forced:gate-gz-a01-b1-01:45",
-    "energy_spike:meter-gz-a02-b1-01:90:600",
-    "night_vehicle:car-sz-a01-01:120:600",
-    "silent:sensor-gz-a01-b2-01:60",
+# Scripted incidents of the demo, offsets in seconds from the fleet's start, and the alert each one raises. Every
+# one fires within two minutes at any hour of any day (tests/lianfang/test_demo.py runs the script at fixed clock
+# times); lianfang/demo-rules.yaml and demo_rules_now() say how.
+DEMO_INCIDENTS: tuple[tuple[str, str], ...] = (
+    ("night_vehicle:car-sz-a01-01:10", "V1"),
+    ("silent:sensor-gz-a01-b2-01:20", "DEMO.S1"),
+    ("door_forced:gate-gz-a01-b1-01:30", "G1"),
+    ("energy_spike:meter-gz-a02-b1-01:40:600:6", "DEMO.E4"),
 )
+# The scripted devices report more often than their type's default (registry expected_interval_s), so that the
+# rules see their incidents within the two minutes: the meter every 15 s, the sensor every 20 s.
+DEMO_INTERVALS: dict[str, int] = {"meter-gz-a02-b1-01": 15, "sensor-gz-a01-b2-01": 20}
+# The scripted meter's nominal power, which DEMO.E4's limit (80 kW) is set against.
+DEMO_NOMINAL_KW: dict[str, float] = {"meter-gz-a02-b1-01": 60.0}
+DEMO_RULES_FILE = Path(__file__).with_name("demo-rules.yaml")
+DEMO_RULES_NOW_FILE = "demo-rules-now.yaml"
+DEFAULT_SEED = 1
+
+
+def demo_rules_now(start: datetime) -> str:
+    """The demo's clock-dependent rule overrides, as YAML (written to DATA_DIR/demo-rules-now.yaml at each start).
+
+    The night-vehicle car's V1 working hours are one hour three hours away, so that the demo's start is outside
+    them whatever the hour or the day (on non-working days V1 holds anyway), with no grace; and it fires once the
+    car has moved 200 m (the pack's 500 m take a city car a few minutes)."""
+    local = start.astimezone(BEIJING)
+    hours = f"{local + timedelta(hours=3):%H:%M}-{local + timedelta(hours=4):%H:%M}"
+    car = next(spec.split(":")[1] for spec, _ in DEMO_INCIDENTS if spec.startswith("night_vehicle:"))
+    return (
+        f"# Written by 'lianfang demo' at {local.isoformat(timespec='seconds')}; rewritten at every start.\n"
+        "# The scripted night-vehicle car's working hours exclude the demo's start (see lianfang/demo-rules.yaml).\n"
+        "overrides:\n"
+        f"  - {{rule: V1, device: {car}, params: {{hours: '{hours}', grace_s: 0, min_distance_m: 200}}}}\n"
+    )
+
+
+def demo_rule_paths(data_dir: Path, start: datetime) -> list[Path]:
+    """Write the clock-dependent overrides; return the demo's rule files (static, then the generated one)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    now_file = data_dir / DEMO_RULES_NOW_FILE
+    now_file.write_text(demo_rules_now(start), encoding="utf-8")
+    return [DEMO_RULES_FILE, now_file]
+
+
+def demo_specs(regions: Sequence[RegionLike], per_building: int, vehicles_per_agency: int) -> list[DeviceSpec]:
+    """The demo's devices: the sample fleet, the scripted ones with their short intervals (DEMO_INTERVALS)."""
+    specs = demo_device_specs(regions, per_building=per_building, vehicles_per_agency=vehicles_per_agency)
+    return [replace(s, expected_interval_s=DEMO_INTERVALS[s.id]) if s.id in DEMO_INTERVALS else s for s in specs]
+
+
+def demo_fleet(
+    devices: Sequence[SimDevice],
+    start: datetime,
+    *,
+    seed: int | None = DEFAULT_SEED,
+    rate_multiplier: float = 1.0,
+    resume: Mapping[str, Mapping[str, float | bool]] | None = None,
+) -> Fleet:
+    """The demo's simulated fleet with its scripted incidents (those whose device is in ``devices``)."""
+    devices = [replace(d, nominal_kw=DEMO_NOMINAL_KW[d.id]) if d.id in DEMO_NOMINAL_KW else d for d in devices]
+    ids = {d.id for d in devices}
+    incidents = [parse_incident(spec, start) for spec, _ in DEMO_INCIDENTS]
+    return Fleet(
+        devices,
+        rng=random.Random(seed),
+        start=start,
+        incidents=[i for i in incidents if i.device_id in ids],
+        rate_multiplier=rate_multiplier,
+        resume=resume,
+    )
 
 
 def demo(
@@ -38,6 +105,9 @@ def demo(
     vehicles_per_agency: Annotated[int, typer.Option(help="Official vehicles per agency.")] = 10,
     rate_multiplier: Annotated[float, typer.Option(help="Make the fleet report this many times more often.")] = 1.0,
     simulate: Annotated[bool, typer.Option("--simulate/--no-simulate", help="Run the simulated fleet.")] = True,
+    seed: Annotated[int, typer.Option(help="Random seed of the simulated fleet (the same seed, the same run).")] = (
+        DEFAULT_SEED
+    ),
 ) -> None:
     """Start the demo: sample regions (广东省, 广州市, 深圳市 …), a few hundred simulated devices with live data and
     scripted incidents, ingest and the control-room page on http://127.0.0.1:8000. Ctrl-C stops everything."""
@@ -46,10 +116,12 @@ def demo(
     now = clock.now()
     registry = open_registry(settings)
     registry.upsert_regions(sample_regions(), now=now)
-    specs = demo_device_specs(registry.regions(), per_building=per_building, vehicles_per_agency=vehicles_per_agency)
+    specs = demo_specs(registry.regions(), per_building, vehicles_per_agency)
     created, _ = registry.add_devices(specs, now=now)
     registry.engine.dispose()
     logger.info("demo registry ready: %d devices (%d new)", len(specs), created)
+    rules = [*settings.alerts.rules_paths, *demo_rule_paths(settings.data_dir, now)]
+    settings = settings.model_copy(update={"alerts": settings.alerts.model_copy(update={"rules_paths": rules})})
 
     def start_fleet(runtime: Runtime) -> Callable[[], None]:
         host, port = runtime.settings.mqtt.host, runtime.settings.mqtt.port
@@ -73,14 +145,11 @@ def demo(
             process=runtime.broker,
             offline_threshold=100,
         )
-        start = clock.now()
-        fleet = Fleet(
-            devices,
-            rng=random.Random(),
-            start=start,
-            incidents=[parse_incident(text, start) for text in DEMO_INCIDENTS],
-            rate_multiplier=rate_multiplier,
-        )
+        # Meters (and odometers) continue from what the store holds: a restarted demo sends no counter going back.
+        assert runtime.store is not None
+        resume = stored_last_values(runtime.store, devices)
+        fleet = demo_fleet(devices, clock.now(), seed=seed, rate_multiplier=rate_multiplier, resume=resume)
+        logger.info("demo fleet: %d devices, %d resumed from the store", len(devices), len(resume))
         publisher = DevicePublisher(host, port, secrets)
         publisher.start()
         stop = threading.Event()
