@@ -6,11 +6,15 @@ import itertools
 import random
 from collections import Counter
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from core.errors import UserError
 from core.protocol import DeviceInfo, Event, Reading, Status, decode
+from core.store import WriteBatch
+from core.store.sqlite import SqliteStore
+from devices.sim_cli import stored_last_values
 from devices.simulator import (
     BEIJING,
     Fleet,
@@ -500,3 +504,58 @@ def test_clock_skew_and_lag_shift_only_the_reported_ts() -> None:
     assert {o for d, o, t in offsets if d == g.id and t < _ms(lag_at)} == {0}
     _decodes(msgs, [g, m])
     assert parse_incident("clock_lag:gate-gz-0001:0", start).amount == 600
+
+
+def test_door_forced_in_the_rush_hour_has_no_access_in_the_15s_before_and_opens_a_closed_door() -> None:
+    start = _bj(2026, 3, 2, 17, 50)  # evening rush: about 70 attempts an hour per gate
+    gates = [gate(i) for i in range(1, 4)]
+    for k in range(20):  # many forced doors, so the rush had every chance to come close to one
+        at = start + timedelta(minutes=3 * k + 1, seconds=17)
+        msgs = run(gates, start, 1.1, seed=k, incidents=[Incident("door_forced", "gate-gz-0002", at)])
+        at_ms = int(at.timestamp() * 1000)
+        near = [
+            m
+            for m in msgs
+            if m.device_id == "gate-gz-0002"
+            and m.kind == "event"
+            and m.doc()["type"] in ("access", "request_to_exit")
+            and at_ms - 15_000 <= m.ts_ms <= at_ms
+        ]
+        assert near == [], (k, [m.doc() for m in near])
+        opened = [m for m in msgs if m.device_id == "gate-gz-0002" and m.kind == "telemetry" and m.ts_ms == at_ms]
+        assert [m.doc()["door_open"] for m in opened] == [True], k  # the door was closed: the opening is seen
+    # The other gates keep their traffic.
+    rush = run(gates, start, 1.1, incidents=[Incident("door_forced", "gate-gz-0002", start + timedelta(minutes=5))])
+    assert len(events(rush, "access", "gate-gz-0001")) > 20
+
+
+def test_resume_continues_meter_and_odometer_from_stored_values_and_never_goes_back() -> None:
+    start = _bj(2026, 3, 2, 10)
+    stored = {"meter-gz-0001": {"energy_kwh": 987_654.321}, "car-gz-0001": {"odometer_km": 250_000.5, "fuel_pct": 33.0}}
+    msgs = run([meter(), car(), meter(2)], start, 0.5, resume=stored)
+    energy = [m.doc()["energy_kwh"] for m in msgs if m.device_id == "meter-gz-0001" and m.kind == "telemetry"]
+    assert energy and energy[0] >= 987_654.321 and energy == sorted(energy)
+    odo = [m.doc()["odometer_km"] for m in msgs if m.device_id == "car-gz-0001" and m.kind == "telemetry"]
+    assert odo and odo[0] >= 250_000.5
+    fresh = [m.doc()["energy_kwh"] for m in msgs if m.device_id == "meter-gz-0002" and m.kind == "telemetry"]
+    assert fresh[0] < 500_000  # a meter without stored values starts from its drawn reading
+
+
+def test_stored_last_values_reads_the_counters_from_the_telemetry_store(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "telemetry.db")
+    try:
+        ms = int(_bj(2026, 3, 2, 10).timestamp() * 1000)
+        store.write(
+            WriteBatch(
+                readings=[
+                    Reading("meter-gz-0001", "gz-a01-b1", "energy_meter", ms, 1, {"energy_kwh": 10.0, "power_kw": 3.0}),
+                    Reading("meter-gz-0001", "gz-a01-b1", "energy_meter", ms + 60_000, 2, {"energy_kwh": 12.5}),
+                    Reading("car-gz-0001", "gz-a01", "vehicle", ms, 1, {"odometer_km": 42.0, "speed_kmh": 30.0}),
+                    Reading("gate-gz-0001", "gz-a01-b1", "gate", ms, 1, {"door_open": False}),
+                ]
+            )
+        )
+        last = stored_last_values(store, [meter(), meter(2), car(), gate()])
+    finally:
+        store.close()
+    assert last == {"meter-gz-0001": {"energy_kwh": 12.5}, "car-gz-0001": {"odometer_km": 42.0}}
