@@ -40,6 +40,7 @@ from alerts.notify.channels import Channel
 from alerts.rule_store import RuleAdmin, RuleStore
 from alerts.rules import PACKS_DIR, RuleSet
 from alerts.service import AlertService, notification_kind, regions_from_registry
+from alerts.types import AlertChange
 from core import clock
 from core.errors import StoreUnavailable
 from core.protocol import Event, Record
@@ -223,6 +224,12 @@ class AlertsRuntime:
         except Exception:
             logger.exception("credential expiry check failed")
             return 0
+
+    def apply_platform_changes(self, changes: list[AlertChange]) -> list[LifecycleEvent]:
+        """Open or resolve built-in platform alerts (``alerts/platform.py``: ingest stalled, store unavailable)
+        through the lifecycle: stored, notified and escalated like any alert."""
+        service = self.service
+        return service._act(lambda: [ev for ch in changes for ev in service.book.apply(ch)])
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 

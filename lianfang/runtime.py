@@ -18,6 +18,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from pydantic import SecretStr
 
+from alerts.platform import PlatformAlerts, root_region_of
 from alerts.wiring import AlertsRuntime
 from core import clock, gcpolicy
 from core.errors import BrokerUnavailable, StoreUnavailable, UserError
@@ -86,6 +87,7 @@ class Runtime:
     broker: MosquittoProcess | None = None
     ingest: IngestService | None = None
     alerts: AlertsRuntime | None = None
+    platform_alerts: PlatformAlerts | None = None  # "ingest stalled", "store unavailable" (alerts/platform.py)
     scheduler: BackgroundScheduler | None = None
     checkpointer: WalCheckpointer | None = None
     retention_interval_s: float = 3600.0
@@ -128,6 +130,10 @@ class Runtime:
             except BrokerUnavailable:
                 self.stop()
                 raise
+            if self.alerts is not None:
+                self.platform_alerts = PlatformAlerts(
+                    self.ingest_status, self.alerts.apply_platform_changes, root_region_of(self.registry)
+                ).start()
         if s.gc_settle_s > 0:
             gcpolicy.settle("start-up")
             self.scheduler.add_job(gcpolicy.settle, "interval", args=["periodic"], seconds=s.gc_settle_s)
@@ -147,6 +153,9 @@ class Runtime:
         return deleted
 
     def stop(self) -> None:
+        if self.platform_alerts is not None:
+            self.platform_alerts.stop()
+            self.platform_alerts = None
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
             self.scheduler = None
