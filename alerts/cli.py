@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 from sqlalchemy import Engine
 
 from alerts.rule_store import API_ORIGIN, load_rules
 from alerts.rules import PACKS_DIR, RuleSet, explain_rows
+from core.cliout import note, print_table
 from core.errors import StoreUnavailable, UserError
 from core.settings import Settings
 from lianfang.context import open_registry, settings_from
@@ -137,9 +135,8 @@ def explain(
             json.dumps({"device": device, "type": row.type, "region_path": path, "settings": rows}, ensure_ascii=False)
         )
         return
-    console = Console()
-    console.print(f"{escape(device)} ({row.type}) in {escape(' > '.join(path))}: {len(effective)} rules")
-    table = Table("rule", "setting", "value", "from")
-    for r in rows:
-        table.add_row(r["rule"], r["setting"], escape(json.dumps(r["value"], ensure_ascii=False)), escape(r["source"]))
-    console.print(table)
+    note(f"{device} ({row.type}) in {' > '.join(path)}: {len(effective)} rules")
+    print_table(
+        ("rule", "setting", "value", "from"),
+        [(r["rule"], r["setting"], json.dumps(r["value"], ensure_ascii=False), r["source"]) for r in rows],
+    )

@@ -17,11 +17,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 from sqlalchemy import func, select
 
 from core import clock
+from core.cliout import Cell, console, note, print_table
 from core.errors import BrokerUnavailable, LianfangError, StoreUnavailable, UserError
 from core.protocol import DEFAULT_INTERVAL_S, DEVICE_TYPES
 from core.settings import Settings
@@ -202,7 +203,7 @@ def _safe_url(url: str) -> str:
 
 
 def _out() -> Console:
-    return Console(highlight=False, soft_wrap=False)
+    return console()
 
 
 def _emit_json(data: Any) -> None:
@@ -271,26 +272,32 @@ def regions_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         )
         return
     if not regions:
-        typer.echo("no regions yet; load some with `lianfang regions import FILE`")
+        note("no regions yet; load some with `lianfang regions import FILE`")
         return
-    table = Table("id", "name", "level", "parent", "lat", "lon", "devices")
-    for r in regions:
-        table.add_row(
-            r.id,
-            escape(r.name),
-            r.level,
-            r.parent_id or "",
-            "" if r.lat is None else f"{r.lat:.4f}",
-            "" if r.lon is None else f"{r.lon:.4f}",
-            str(counts.get(r.id, 0)),
-        )
-    _out().print(table)
+    print_table(
+        ("id", "name", "level", "parent", "lat", "lon", "devices"),
+        [
+            (
+                r.id,
+                r.name,
+                r.level,
+                r.parent_id or "",
+                "" if r.lat is None else f"{r.lat:.4f}",
+                "" if r.lon is None else f"{r.lon:.4f}",
+                str(counts.get(r.id, 0)),
+            )
+            for r in regions
+        ],
+    )
 
 
 @regions_app.command("tree")
 def regions_tree(
     ctx: typer.Context,
     root: Annotated[str | None, typer.Option("--root", help="Draw only this region's subtree.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the tree as nested JSON (id, name, level, devices, children).")
+    ] = False,
 ) -> None:
     """Draw the region tree with names, codes and device counts (each count includes the whole subtree)."""
     with _registry(ctx) as registry:
@@ -299,7 +306,10 @@ def regions_tree(
     if root is not None and not any(r.id == root for r in regions):
         raise _fail(f"region {root!r} does not exist")
     if not regions:
-        typer.echo("no regions yet; load some with `lianfang regions import FILE`")
+        if as_json:
+            _emit_json([])
+            return
+        note("no regions yet; load some with `lianfang regions import FILE`")
         return
     children: dict[str | None, list[Region]] = {}
     for r in regions:
@@ -308,20 +318,30 @@ def regions_tree(
     for r in sorted(regions, key=lambda r: r.path.count("/"), reverse=True):  # deepest first
         totals[r.id] = counts.get(r.id, 0) + sum(totals[c.id] for c in children.get(r.id, []))
     tops = [r for r in regions if r.id == root] if root else children.get(None, [])
+    if as_json:
+
+        def node(r: Region) -> dict[str, Any]:
+            kids = [node(c) for c in children.get(r.id, [])]
+            return {"id": r.id, "name": r.name, "level": r.level, "devices": totals[r.id], "children": kids}
+
+        _emit_json([node(top) for top in tops])
+        return
 
     def label(r: Region) -> str:
         n = totals[r.id]
-        return f"[bold]{escape(r.name)}[/bold] [dim]({r.id}, {r.level})[/dim] · {n} device{'s' if n != 1 else ''}"
+        return (
+            f"[bold]{escape(r.name)}[/bold] [dim]({escape(r.id)}, {r.level})[/dim] · {n} device{'s' if n != 1 else ''}"
+        )
 
     def grow(node: Tree, r: Region) -> None:
         for child in children.get(r.id, []):
             grow(node.add(label(child)), child)
 
-    console = _out()
+    out = _out()
     for top in tops:
         tree = Tree(label(top))
         grow(tree, top)
-        console.print(tree)
+        out.print(tree)
 
 
 # --- devices -----------------------------------------------------------------------------------------------
@@ -482,18 +502,15 @@ def devices_list(
         _emit_json({"total": total, "offset": offset, "limit": limit, "devices": [_device_json(d) for d in page]})
         return
     if not page:
-        typer.echo(f"no devices match (total {total})")
+        note(f"no devices match (total {total})")
         return
-    table = Table("id", "type", "region", "name", "enabled", "interval")
-    for d in page:
-        table.add_row(
-            d.id, d.type, d.region_id, escape(d.name), "yes" if d.enabled else "no", f"{expected_interval(d)}s"
-        )
-    console = _out()
-    console.print(table)
+    print_table(
+        ("id", "type", "region", "name", "enabled", "interval"),
+        [(d.id, d.type, d.region_id, d.name, "yes" if d.enabled else "no", f"{expected_interval(d)}s") for d in page],
+    )
     shown_to = offset + len(page)
     more = f"; next page: --offset {shown_to}" if shown_to < total else ""
-    console.print(f"showing {offset + 1}-{shown_to} of {total}{more}")
+    note(f"showing {offset + 1}-{shown_to} of {total}{more}")
 
 
 def _device_json(d: Device) -> dict[str, Any]:
@@ -560,15 +577,12 @@ def devices_show(
     if as_json:
         _emit_json(data)
         return
-    table = Table(show_header=False, box=None)
-    table.add_column(style="bold")
-    table.add_column()
-    online = "[green]online[/green]" if data["online"] else "[red]offline[/red]"
-    rows: list[tuple[str, str]] = [
+    online = Text("online", style="green") if data["online"] else Text("offline", style="red")
+    rows: list[tuple[str, Cell]] = [
         ("id", device.id),
         ("type", device.type),
-        ("name", escape(device.name) or "-"),
-        ("region", f"{escape(data['region_name'] or '?')} ({device.region_id})"),
+        ("name", device.name or "-"),
+        ("region", f"{data['region_name'] or '?'} ({device.region_id})"),
         ("path", " > ".join(data["region_path"])),
         ("enabled", "yes" if device.enabled else "no (its messages are rejected)"),
         ("interval", f"{interval}s" + (" (set)" if device.expected_interval_s else " (type default)")),
@@ -580,10 +594,8 @@ def devices_show(
         ("rejected", str(data["rejected"])),
     ]
     if device.attributes:
-        rows.append(("attributes", escape(json.dumps(device.attributes, ensure_ascii=False))))
-    for key, value in rows:
-        table.add_row(key, value)
-    _out().print(table)
+        rows.append(("attributes", json.dumps(device.attributes, ensure_ascii=False)))
+    print_table(("field", "value"), rows, show_header=False, key_column=True)
 
 
 def _set_enabled(ctx: typer.Context, device_id: str, enabled: bool, timeout: float) -> None:

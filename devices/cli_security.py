@@ -7,6 +7,7 @@ logged and never stored in clear. Errors print one line on stderr and exit with 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 from collections.abc import Iterator
@@ -17,10 +18,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from core import clock
+from core.cliout import is_terminal, note, print_table
 from core.errors import BrokerUnavailable, LianfangError, StoreUnavailable, UserError
 from core.fsperm import private_dir
 from core.settings import Settings
@@ -56,6 +56,33 @@ SecretFileOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to wait for the broker before giving up.")]
 IdArg = Annotated[str, typer.Argument(metavar="ID", help="Device id, e.g. gate-gz-0001.", show_default=False)]
+
+
+SECRET_ENV = "LIANFANG_DEVICE_SECRET"
+
+
+def device_secret(device_id: str, secret_file: Path | None) -> str:
+    """A device's secret for `check`: --secret-file, else $LIANFANG_DEVICE_SECRET, else the first line of stdin
+    when it is not a terminal, else a hidden prompt. UserError (one line) when none gives one."""
+    if secret_file is not None:
+        return read_secret_file(secret_file, device_id)
+    from_env = os.environ.get(SECRET_ENV, "").strip()
+    if from_env:
+        return from_env
+    if not _interactive():
+        line = sys.stdin.readline().strip()
+        if not line:
+            raise UserError(
+                f"no secret for {device_id}: give --secret-file FILE, set {SECRET_ENV}, or pipe the secret on stdin"
+            )
+        return line
+    secret: str = typer.prompt(f"secret of {device_id}", hide_input=True, err=True)
+    return secret
+
+
+def _interactive() -> bool:
+    """Whether a person can be asked: stdin is a terminal."""
+    return is_terminal(sys.stdin)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -215,7 +242,10 @@ def delete(
 ) -> None:
     """Remove the device's broker identity and credential (kicks it); the registry row stays, disabled."""
     if not yes:
-        typer.confirm(f"delete the broker identity of {device_id}?", abort=True)
+        if not _interactive():
+            raise _fail(f"deleting the broker identity of {device_id} needs --yes when there is no terminal to ask")
+        if not typer.confirm(f"delete the broker identity of {device_id}?", default=False, err=True):
+            raise _fail("nothing changed")
     _single(ctx, "delete", device_id, None, timeout)
 
 
@@ -224,23 +254,25 @@ def check(
     ctx: typer.Context,
     device_id: IdArg,
     secret_file: Annotated[
-        Path | None, typer.Option("--secret-file", help="File with the device's secret (else you are asked).")
+        Path | None,
+        typer.Option(
+            "--secret-file",
+            help=f"File with the device's secret (else ${SECRET_ENV}, else one line on stdin, else you are asked).",
+        ),
     ] = None,
     json_out: JsonOpt = False,
     timeout: TimeoutOpt = 5.0,
 ) -> None:
     """Connect with the device's credentials and prove what it may and may not publish and subscribe.
 
+    The secret comes from --secret-file, else the LIANFANG_DEVICE_SECRET environment variable, else the first
+    line of stdin when it is not a terminal (`echo "$SECRET" | lianfang devices check ID`), else a hidden prompt.
     The check uses the device's client id, so a connected device is taken over for a moment: run it at
     installation or while the device is offline.
     """
     settings = settings_from(ctx)
     try:
-        secret = (
-            read_secret_file(secret_file, device_id)
-            if secret_file is not None
-            else typer.prompt(f"secret of {device_id}", hide_input=True)
-        )
+        secret = device_secret(device_id, secret_file)
     except UserError as exc:
         raise _fail(str(exc)) from exc
     with _provisioner(ctx, timeout) as prov:
@@ -267,14 +299,14 @@ def check(
         }
         typer.echo(json.dumps(doc, ensure_ascii=False, indent=1))
     else:
-        table = Table(title=f"{device_id}: {'OK' if report.ok else 'FAILED'}")
-        for col in ("action", "topic", "expected", "broker said", ""):
-            table.add_column(col)
-        for p in report.probes:
-            table.add_row(
-                p.action, p.topic, "allowed" if p.expect_allowed else "refused", p.reason, "✓" if p.ok else "✗"
-            )
-        Console().print(table)
+        print_table(
+            ("action", "topic", "expected", "broker said", "ok"),
+            [
+                (p.action, p.topic, "allowed" if p.expect_allowed else "refused", p.reason, "✓" if p.ok else "✗")
+                for p in report.probes
+            ],
+            title=f"{device_id}: {'OK' if report.ok else 'FAILED'}",
+        )
     if not report.ok:
         raise typer.Exit(1)
 
@@ -342,10 +374,6 @@ def _show_plan(plan: ReconcilePlan, where: str) -> None:
             typer.echo(f"  {verb}: {' '.join(ids[:_PLAN_LISTED])}{more}", err=True)
 
 
-def _interactive() -> bool:
-    return sys.stdin.isatty()
-
-
 @creds_app.command("reconcile")
 def reconcile(
     ctx: typer.Context,
@@ -408,14 +436,13 @@ def reconcile(
         typer.echo(json.dumps(doc, ensure_ascii=False, indent=1))
         return
     if not rows:
-        typer.echo("registry and broker agree: no drift")
+        note("registry and broker agree: no drift")
         return
-    table = Table(title=f"drift: {len(rows)}, fixed: {report.changes}")
-    for col in ("device", "kind", "detail", "fixed"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(str(r["device_id"]), str(r["kind"]), str(r["detail"]), "yes" if r["fixed"] else "no")
-    Console().print(table)
+    print_table(
+        ("device", "kind", "detail", "fixed"),
+        [(str(r["device_id"]), str(r["kind"]), str(r["detail"]), "yes" if r["fixed"] else "no") for r in rows],
+        title=f"drift: {len(rows)}, fixed: {report.changes}",
+    )
 
 
 @creds_app.command("export-config")

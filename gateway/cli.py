@@ -6,10 +6,9 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from core import clock
+from core.cliout import print_table
 from core.errors import StoreUnavailable, UserError
 from gateway.auth import ROLES, create_user, list_users, set_user_enabled
 from lianfang.context import open_registry, settings_from
@@ -83,11 +82,19 @@ def list_(
     if as_json:
         typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
-    table = Table("name", "role", "region", "enabled", "created")
-    for u in users:
-        created = u.created_at.isoformat(timespec="seconds")
-        table.add_row(u.name, u.role, u.region_id or ALL_REGIONS, "yes" if u.enabled else "no", created)
-    Console().print(table)
+    print_table(
+        ("name", "role", "region", "enabled", "created"),
+        [
+            (
+                u.name,
+                u.role,
+                u.region_id or ALL_REGIONS,
+                "yes" if u.enabled else "no",
+                u.created_at.isoformat("T", "seconds"),
+            )
+            for u in users
+        ],
+    )
 
 
 @users_app.command("disable")
