@@ -18,6 +18,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from pydantic import SecretStr
 
+from alerts.data_quality import DataQualityAlerts
 from alerts.platform import PlatformAlerts, root_region_of
 from alerts.wiring import AlertsRuntime
 from core import clock, gcpolicy
@@ -30,7 +31,9 @@ from core.wal import WalCheckpointer, checkpoint_in_background
 from devices.broker import BrokerConfig, MosquittoProcess
 from devices.certs import CertPaths
 from devices.registry import Registry
-from ingest.service import IngestService
+from ingest.broker_drops import BrokerDropMonitor
+from ingest.resend import Loss, ResendManager, ResendPolicy
+from ingest.service import WARM_ROWS, IngestService
 from lianfang.context import open_registry, open_store
 
 logger = logging.getLogger(__name__)
@@ -91,6 +94,8 @@ class Runtime:
     scheduler: BackgroundScheduler | None = None
     checkpointer: WalCheckpointer | None = None
     retention_interval_s: float = 3600.0
+    resend: ResendManager | None = None  # seq gaps asked back from devices (ingest/resend.py)
+    broker_drops: BrokerDropMonitor | None = None  # the broker's dropped-message counter (ingest/broker_drops.py)
 
     def start(self) -> None:
         s = self.settings
@@ -123,6 +128,8 @@ class Runtime:
             self.alerts = AlertsRuntime(s, self.registry)
             self.alerts.start()
             listeners.insert(0, self.alerts.on_batch)
+        if self.with_ingest:
+            self._start_recovery(listeners)
         if self.with_ingest:
             self.ingest = IngestService(s.mqtt, s.ingest, self.store, self.registry.snapshot, listeners=listeners)
             try:
@@ -162,6 +169,7 @@ class Runtime:
         if self.ingest is not None:
             self.ingest.stop()
             self.ingest = None
+        self._stop_recovery()
         if self.alerts is not None:
             self.alerts.stop()
             self.alerts = None
@@ -195,5 +203,53 @@ class Runtime:
         if self.ingest is None:
             return {"ok": False, "detail": "ingest not running in this process"}
         st = self.ingest.status()
+        if self.resend is not None:
+            st["resend"] = self.resend.status()
+        if self.broker_drops is not None:
+            st["broker_drops"] = self.broker_drops.status()
         # Not ready while stalled (ingest/stall.py): the reason says why (old backlog, store unavailable, ...).
         return {"ok": bool(st["connected"]) and bool(st["writer_alive"]) and not st.get("stalled"), **st}
+
+    # --- resend and broker drops (issue 8) -------------------------------------------------------------------
+
+    def _start_recovery(self, listeners: list[BatchListener]) -> None:
+        """The resend manager (a listener after the alert engine) and the broker drop monitor; before ingest."""
+        s = self.settings
+        assert self.store is not None and self.registry is not None
+        dq = None
+        if self.alerts is not None:
+            dq = DataQualityAlerts(
+                self.alerts.service,
+                self.registry.snapshot,
+                apply_platform=self.alerts.apply_platform_changes,
+                root_region=root_region_of(self.registry),
+            )
+        if s.resend.enabled and s.mqtt.shared_group is None:
+
+            def lost(loss: Loss, region_id: str, device_type: str) -> None:
+                if dq is not None:
+                    dq.seq_lost(
+                        loss.device_id,
+                        loss.from_seq,
+                        loss.to_seq,
+                        loss.reason,
+                        region_id=region_id,
+                        device_type=device_type,
+                    )
+
+            self.resend = ResendManager(ResendPolicy.from_settings(s.resend), mqtt_settings=s.mqtt, on_loss=lost)
+            self.resend.warm(self.store.recent_seqs(WARM_ROWS))
+            self.resend.start()
+            listeners.append(self.resend.on_batch)
+        elif s.resend.enabled:
+            logger.warning("resend is off: with a shared subscription each ingest process sees only part of the seqs")
+        self.broker_drops = BrokerDropMonitor(s.mqtt, on_drops=dq.broker_dropped if dq is not None else None)
+        self.broker_drops.start()
+
+    def _stop_recovery(self) -> None:
+        if self.resend is not None:
+            self.resend.stop()
+            self.resend = None
+        if self.broker_drops is not None:
+            self.broker_drops.stop()
+            self.broker_drops = None
