@@ -33,7 +33,8 @@ from sqlalchemy import JSON, Boolean, DateTime, Engine, Integer, String, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from alerts.rules import OverrideSpec, RuleFile, RuleSet, RuleSpec
+from alerts.rule_check import Known, check_files, check_override, check_rule, errors, summary, warnings
+from alerts.rules import OverrideSpec, RuleFile, RuleSet, RuleSpec, fmt_errors
 from alerts.types import Severity
 from core.db import Base
 from core.errors import StoreUnavailable, UserError
@@ -426,14 +427,28 @@ class RuleStore:
 @dataclass
 class Built:
     rules: RuleSet
-    problems: list[str] = field(default_factory=list)  # stored entries that were skipped, one line each
+    problems: list[str] = field(default_factory=list)  # errors: stored entries skipped, files' rules that never match
+    warnings: list[str] = field(default_factory=list)  # may match, but probably not as meant (alerts.rule_check)
+
+
+def _refuse(findings: list[Any]) -> None:
+    """Raise UserError with one line per error of ``alerts.rule_check`` (the entry is not added)."""
+    errs = errors(findings)
+    if errs:
+        raise UserError("\n".join(str(f) for f in errs))
 
 
 def add_api_layer(
-    rs: RuleSet, defs: Iterable[ApiRule], overrides: Iterable[ApiOverride], *, strict: Callable[[str], bool]
+    rs: RuleSet,
+    defs: Iterable[ApiRule],
+    overrides: Iterable[ApiOverride],
+    *,
+    strict: Callable[[str], bool],
+    known: Known | None = None,
 ) -> list[str]:
-    """Add API rules, then API overrides to ``rs``. An entry that does not validate raises ``RuleRejected`` when
-    ``strict(its origin)``, else it is skipped and reported in the returned list."""
+    """Add API rules, then API overrides to ``rs``. An entry that does not validate, or that can never match
+    (``alerts.rule_check``; regions and devices against ``known``), raises ``RuleRejected`` when ``strict(its
+    origin)``, else it is skipped and reported in the returned list."""
     problems: list[str] = []
 
     def attempt(origin: str, add: Callable[[], None]) -> None:
@@ -452,11 +467,21 @@ def add_api_layer(
                 spec = RuleSpec.model_validate(d.spec)
             except ValidationError as exc:
                 raise UserError(f"{API_ORIGIN}: rule {d.rule_id}: {exc.errors()[0]['msg']}") from exc
+            _refuse(check_rule(spec, API_ORIGIN))
             rs.add_rule(spec, API_ORIGIN)
 
         attempt(origin, add_rule)
     for o in overrides:
-        attempt(o.origin, lambda o=o: rs.add_override(o.spec(), o.origin))  # type: ignore[misc]
+
+        def add_override(o: ApiOverride = o) -> None:
+            try:
+                spec = o.spec()
+            except ValidationError as exc:
+                raise UserError(fmt_errors(exc, o.origin)) from exc
+            _refuse(check_override(spec, rs.rules, o.origin, "", known))
+            rs.add_override(spec, o.origin)
+
+        attempt(o.origin, add_override)
     return problems
 
 
@@ -471,11 +496,21 @@ class RuleAdmin:
         paths: Sequence[Path],
         store: RuleStore,
         apply: Callable[[RuleSet], None] | None = None,
+        known: Callable[[], Known] | None = None,
     ) -> None:
         self.paths = list(paths)
         self.store = store
         self.apply = apply
+        self.known = known  # the registry's regions and devices, read for every check
         self._files = RuleSet.read(self.paths)  # UserError for a bad file: fails at start-up
+        # A rule of the files that can never match fails the start-up too, in one line (rules check lists all).
+        findings = check_files(self._files, RuleSet.from_parsed(self._files).rules, self._known())
+        errs = errors(findings)
+        if errs:
+            raise UserError(f"rule files: {summary(errs)}")
+        self.warnings = [str(w) for w in warnings(findings)]
+        for line in self.warnings:
+            logger.warning("rule files: %s", line)
         self._lock = threading.RLock()
         built = self._build(self.store.rules(), self.store.overrides())
         for line in built.problems:
@@ -487,6 +522,9 @@ class RuleAdmin:
     def files(self) -> list[tuple[str, RuleFile]]:
         return list(self._files)
 
+    def _known(self) -> Known | None:
+        return self.known() if self.known is not None else None
+
     def _build(
         self,
         defs: Sequence[ApiRule],
@@ -494,7 +532,7 @@ class RuleAdmin:
         strict: Callable[[str], bool] = lambda _origin: False,
     ) -> Built:
         rs = RuleSet.from_parsed(self._files)
-        problems = add_api_layer(rs, defs, overrides, strict=strict)
+        problems = add_api_layer(rs, defs, overrides, strict=strict, known=self._known())
         return Built(rs, problems)
 
     def reload(self) -> RuleSet:
@@ -557,11 +595,12 @@ class RuleAdmin:
             rs = RuleSet.from_parsed(self._files)
             add_api_layer(rs, defs, [], strict=lambda _o: False)
             try:
+                _refuse(check_rule(spec, API_ORIGIN))
                 rs.add_rule(spec, API_ORIGIN)
             except UserError as exc:
                 raise RuleRejected(str(exc), API_ORIGIN) from exc
             # The existing overrides of the rule must still fit its new params.
-            add_api_layer(rs, [], self.store.overrides(spec.id), strict=lambda _o: True)
+            add_api_layer(rs, [], self.store.overrides(spec.id), strict=lambda _o: True, known=self._known())
             saved, created = self.store.save_rule(spec, actor, now)
             self.reload()
             return saved, created
@@ -574,11 +613,17 @@ class RuleAdmin:
             return gone, removed
 
 
-def load_rules(paths: Sequence[Path], engine: Engine | None) -> Built:
-    """The rule set of the files plus (with an engine) the API layer stored in its database; for the CLI."""
-    rs = RuleSet.load(paths)
-    if engine is None:
-        return Built(rs)
-    store = RuleStore(engine)
-    problems = add_api_layer(rs, store.rules(), store.overrides(), strict=lambda _o: False)
-    return Built(rs, problems)
+def load_rules(paths: Sequence[Path], engine: Engine | None, known: Known | None = None) -> Built:
+    """The rule set of the files plus (with an engine) the API layer stored in its database; for the CLI.
+
+    ``problems``: the files' rules and overrides that can never match (``alerts.rule_check``; regions and devices
+    only with ``known``) and the API entries that are skipped; ``warnings``: what may match but likely not as
+    meant."""
+    docs = RuleSet.read(paths)
+    rs = RuleSet.from_parsed(docs)
+    findings = check_files(docs, rs.rules, known)
+    built = Built(rs, [str(f) for f in errors(findings)], [str(f) for f in warnings(findings)])
+    if engine is not None:
+        store = RuleStore(engine)
+        built.problems += add_api_layer(rs, store.rules(), store.overrides(), strict=lambda _o: False, known=known)
+    return built

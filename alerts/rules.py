@@ -16,6 +16,8 @@ before device-type-specific at the same region); the device itself. Every value 
 
 from __future__ import annotations
 
+import difflib
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -37,7 +39,31 @@ RULE_ID_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _finite(value: Any, path: str = "") -> Any:
+    """Reject non-finite numbers anywhere in free-form params (``Infinity``, ``1e999``, ``NaN``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{path or 'value'}: must be a finite number, not {value!r}")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _finite(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _finite(v, f"{path}[{i}]")
+    return value
+
+
+def path_str(loc: Iterable[str | int]) -> str:
+    """A field path the one way every rule message writes it: ``rules[3].params.field``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
 
 
 def compare(op: str, left: Any, right: Any) -> bool:
@@ -320,6 +346,11 @@ class RuleSpec(_Strict):
     inhibit_when_offline: bool | None = None
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("params")
+    @classmethod
+    def _finite_params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _finite(v)  # type: ignore[no-any-return]
+
     @field_validator("device_types")
     @classmethod
     def _types(cls, v: list[str]) -> list[str]:
@@ -346,6 +377,11 @@ class OverrideSpec(_Strict):
     enabled: bool | None = None
     severity: Severity | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("params")
+    @classmethod
+    def _finite_params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _finite(v)  # type: ignore[no-any-return]
 
 
 class RosterSpec(_Strict):
@@ -407,12 +443,14 @@ class _Layer:
     order: int
 
 
-def _fmt_errors(exc: ValidationError, origin: str, prefix: str = "") -> str:
+def fmt_errors(exc: ValidationError, origin: str, prefix: str = "") -> str:
     lines = []
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"])
-        full = f"{prefix}.{path}" if prefix and path else (prefix or path or "(root)")
-        lines.append(f"{origin}: {full}: {err['msg']}")
+        path = path_str(err["loc"])
+        full = (
+            f"{prefix}{'' if path.startswith('[') else '.'}{path}" if prefix and path else (prefix or path or "(root)")
+        )
+        lines.append(f"{origin}: {full}: {err['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 
@@ -420,7 +458,7 @@ def _validate_params(kind: str, params: Mapping[str, Any], origin: str, prefix: 
     try:
         return PARAMS[kind].model_validate(dict(params))
     except ValidationError as exc:
-        raise UserError(_fmt_errors(exc, origin, prefix)) from exc
+        raise UserError(fmt_errors(exc, origin, prefix)) from exc
 
 
 class RuleSet:
@@ -489,7 +527,7 @@ class RuleSet:
         try:
             return RuleFile.model_validate(doc)
         except ValidationError as exc:
-            raise UserError(_fmt_errors(exc, origin)) from exc
+            raise UserError(fmt_errors(exc, origin)) from exc
 
     def _add_rules(self, doc: RuleFile, origin: str) -> None:
         for i, spec in enumerate(doc.rules):
@@ -515,10 +553,11 @@ class RuleSet:
         the rules loaded so far. Its values show in ``explain`` as coming from ``{origin} {where}``. Raises
         UserError and changes nothing then."""
         if ov.device_type is not None and ov.device_type not in DEVICE_TYPES:
-            raise UserError(f"{origin}: {_at(where, 'device_type')}: {ov.device_type!r} is not a device type")
+            hint = _closest(ov.device_type, DEVICE_TYPES) or f" (one of {', '.join(DEVICE_TYPES)})"
+            raise UserError(f"{origin}: {_at(where, 'device_type')}: {ov.device_type!r} is not a device type{hint}")
         targets = list(self.rules.values()) if ov.rule == "*" else [self.rules.get(ov.rule)]
         if targets == [None]:
-            raise UserError(f"{origin}: {_at(where, 'rule')}: unknown rule {ov.rule!r}")
+            raise UserError(f"{origin}: {_at(where, 'rule')}: unknown rule {ov.rule!r}{_closest(ov.rule, self.rules)}")
         if ov.rule == "*" and ov.params:
             raise UserError(f"{origin}: {_at(where, 'params')}: an override of every rule ('*') cannot set params")
         for target in targets:
@@ -617,6 +656,11 @@ class RuleSet:
 
 def _at(where: str, name: str) -> str:
     return f"{where}.{name}" if where else name
+
+
+def _closest(name: str, known: Iterable[str]) -> str:
+    found = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+    return f"; did you mean {found[0]!r}?" if found else ""
 
 
 def _aware(at: datetime) -> datetime:

@@ -37,6 +37,7 @@ from alerts.escalation import Escalator
 from alerts.lifecycle import LifecycleEvent
 from alerts.notify import DeliveryLog, Dispatcher, Notification, NotificationKind, NotifyConfig, load_notify_config
 from alerts.notify.channels import Channel
+from alerts.rule_check import Known
 from alerts.rule_store import RuleAdmin, RuleStore
 from alerts.rules import PACKS_DIR, RuleSet
 from alerts.service import AlertService, notification_kind, regions_from_registry
@@ -123,7 +124,11 @@ class AlertsRuntime:
         self.registry = registry
         self._clock = clock_fn
         # Files, then the API layer from the database (alerts/rule_store.py); API edits go through rule_admin.
-        self.rule_admin = RuleAdmin([PACKS_DIR, *cfg.rules_paths], RuleStore(registry.engine))
+        # A rule that can never match (an unknown field, event, region or device: alerts/rule_check.py) is a
+        # UserError here: the service refuses to start with one line naming it.
+        self.rule_admin = RuleAdmin(
+            [PACKS_DIR, *cfg.rules_paths], RuleStore(registry.engine), known=lambda: Known.from_registry(registry)
+        )
         self.rules: RuleSet = self.rule_admin.rules
         if notify_config is None:
             notify_config = load_notify_config(cfg.notify_config) if cfg.notify_config is not None else NotifyConfig()

@@ -110,10 +110,10 @@ def test_rules_error_names_file_and_field_path(tmp_path: Path) -> None:
 def test_rules_error_unknown_kind_and_device_type(tmp_path: Path) -> None:
     with pytest.raises(UserError) as exc:
         RuleSet.load([write(tmp_path, "k.yaml", BASE.replace("kind: absence", "kind: nonsense"))])
-    assert "k.yaml" in str(exc.value) and "rules.1.kind" in str(exc.value)
+    assert "k.yaml" in str(exc.value) and "rules[1].kind" in str(exc.value)
     with pytest.raises(UserError) as exc:
         RuleSet.load([write(tmp_path, "t.yaml", BASE.replace("[sensor, gate]", "[sensor, toaster]"))])
-    assert "rules.1.device_types" in str(exc.value)
+    assert "rules[1].device_types" in str(exc.value)
 
 
 def test_rules_error_override_bad_param_names_override(tmp_path: Path) -> None:
@@ -136,7 +136,7 @@ def test_rules_error_duplicate_rule_id_names_both_files(tmp_path: Path) -> None:
 
 
 def test_rules_error_unknown_field_and_bad_yaml(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=r"rules\.0\.colour"):
+    with pytest.raises(UserError, match=r"rules\[0\]\.colour"):
         RuleSet.load([write(tmp_path, "x.yaml", BASE.replace("    severity: warning", "    colour: red"))])
     with pytest.raises(UserError, match=r"y\.yaml: not valid YAML"):
         RuleSet.load([write(tmp_path, "y.yaml", "rules: [\n")])
