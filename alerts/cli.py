@@ -15,11 +15,13 @@ from typing import Annotated
 import typer
 from sqlalchemy import Engine
 
+from alerts.rule_check import Known
 from alerts.rule_store import API_ORIGIN, load_rules
 from alerts.rules import PACKS_DIR, RuleSet, explain_rows
 from core.cliout import note, print_table
 from core.errors import StoreUnavailable, UserError
 from core.settings import Settings
+from devices.registry import Registry
 from lianfang.context import open_registry, settings_from
 
 rules_app = typer.Typer(
@@ -34,26 +36,32 @@ NoApiOpt = Annotated[
 ]
 
 
-def _load(
-    files: list[Path] | None, no_packs: bool, engine: Engine | None = None
-) -> tuple[RuleSet, list[Path], list[str]]:
-    """The files' rule set plus (with an engine) the API layer; the API entries that were skipped, one line each."""
+def _paths(files: list[Path] | None, no_packs: bool) -> list[Path]:
     paths = ([] if no_packs else [PACKS_DIR]) + list(files or [])
     for p in paths:
         if not p.exists():
             raise UserError(f"{p}: no such file or directory")
+    return paths
+
+
+def _load(
+    files: list[Path] | None, no_packs: bool, engine: Engine | None = None
+) -> tuple[RuleSet, list[Path], list[str]]:
+    """The files' rule set plus (with an engine) the API layer; the problems (rules that never match, API entries
+    that were skipped), one line each."""
+    paths = _paths(files, no_packs)
     built = load_rules(paths, engine)
     return built.rules, paths, built.problems
 
 
-def _api_engine(settings: Settings) -> Engine | None:
-    """The database holding the API layer; None for a SQLite file that does not exist yet (nothing stored)."""
+def _registry(settings: Settings) -> Registry | None:
+    """The registry (regions, devices, the API layer); None for a SQLite file that does not exist yet."""
     url = settings.database_url
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if not path or path == ":memory:" or not Path(path).exists():
             return None
-    return open_registry(settings).engine
+    return open_registry(settings)
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -72,13 +80,22 @@ def check(
     no_api: NoApiOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Validate rule files without running anything; errors name the file and the field path. Rules and overrides
-    edited through the API that no longer fit the files are errors too (the service skips them)."""
+    """Validate rule files without running anything; errors name the file and the field path. A rule that can never
+    match is an error: a field, event or event value PROTOCOL.md does not have for the rule's device types, a region
+    or device the registry does not have (with the closest known name). Rules and overrides edited through the API
+    that no longer fit the files are errors too (the service skips them). Warnings (stderr) do not fail."""
     try:
-        engine = None if no_api else _api_engine(settings_from(ctx))
-        rs, paths, problems = _load(files, no_packs, engine)
+        registry = _registry(settings_from(ctx))
+        engine = None if no_api or registry is None else registry.engine
+        paths = _paths(files, no_packs)
+        built = load_rules(paths, engine, Known.from_registry(registry) if registry is not None else None)
     except (UserError, StoreUnavailable) as exc:
         raise _fail(exc) from exc
+    rs, problems, warns = built.rules, built.problems, list(built.warnings)
+    if registry is None:
+        warns.append("no registry database yet: the regions and devices rules name are not checked")
+    for line in warns:
+        typer.echo(f"warning: {line}", err=True)
     summary = {
         "ok": not problems,
         "files": [str(p) for p in paths],
@@ -89,6 +106,7 @@ def check(
         "rosters": len(rs.calendar.rosters),
         "sealing_periods": len(rs.calendar.sealing),
         "problems": problems,
+        "warnings": warns,
     }
     if json_out:
         typer.echo(json.dumps(summary, ensure_ascii=False))
