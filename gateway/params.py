@@ -71,7 +71,7 @@ class ErrorBody(BaseModel):
 
 
 _DESCRIPTIONS = {
-    400: "bad request (HTTP ingress: the body is not JSON)",
+    400: "the body cannot be parsed (not UTF-8, or for the HTTP ingress not JSON)",
     401: "missing or invalid API token",
     403: "the caller's role or region scope does not allow this",
     404: "no such object, or outside the caller's region scope",

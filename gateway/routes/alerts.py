@@ -48,7 +48,7 @@ from gateway.params import (
 from gateway.routes import API_PREFIX
 from gateway.scope import device_or_404, not_found, region_or_404
 
-router = APIRouter(prefix=API_PREFIX, tags=["alerts"], responses=error_responses(401, 403, 404, 409, 422, 503))
+router = APIRouter(prefix=API_PREFIX, tags=["alerts"], responses=error_responses(400, 401, 403, 404, 409, 422, 503))
 
 Writer = Annotated[Principal, Depends(require_role("operator", "admin"))]
 StateFilter = Literal["open", "firing", "acknowledged", "resolved"]

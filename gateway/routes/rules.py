@@ -44,7 +44,7 @@ from gateway.routes import API_PREFIX
 from gateway.routes.devices import DeviceType
 from gateway.scope import device_or_404, not_found, region_or_404
 
-router = APIRouter(prefix=API_PREFIX, tags=["rules"], responses=error_responses(401, 403, 404, 409, 422, 503))
+router = APIRouter(prefix=API_PREFIX, tags=["rules"], responses=error_responses(400, 401, 403, 404, 409, 422, 503))
 
 Writer = Annotated[Principal, Depends(require_role("operator", "admin"))]
 Admin = Annotated[Principal, Depends(require_role("admin"))]
