@@ -151,9 +151,11 @@ def explain(exc: BaseException, settings: Settings) -> str | None:
         if "already in use" in text:
             return text
         if "Not authorized" in text or "Bad user name or password" in text:
+            secrets = settings.mqtt.broker_dir.parent / "broker-secrets.json"
             return (
-                f"{text}: the broker does not know this installation's platform password; if its directory "
-                f"{settings.mqtt.broker_dir} comes from another data directory, move it aside (it is re-created)"
+                f"{text}: the broker's files in {settings.mqtt.broker_dir} do not match {secrets}; put back the "
+                "broker-secrets.json that belongs to them, or move the broker directory aside (it is re-created "
+                "without device identities: then run 'lianfang devices reconcile --reprovision-missing')"
             )
         return f"{text}: start the broker or check mqtt.host / mqtt.port (LIANFANG_MQTT__HOST, LIANFANG_MQTT__PORT)"
     if isinstance(exc, StoreUnavailable):

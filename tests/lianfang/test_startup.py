@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
+from core.errors import BrokerUnavailable
 from core.settings import Settings, load_settings
 from devices.broker import free_port
 from lianfang import commands  # noqa: F401  (registers the sub-apps)
@@ -107,6 +108,21 @@ def test_explain_locked_and_unreachable_database(tmp_path: Path) -> None:
     line = explain(down, settings) or ""
     assert line.startswith(f"cannot use the database sqlite:///{tmp_path}/registry.db: connection refused: check")
     assert explain(ValueError("a bug"), settings) is None  # unknown failures keep their traceback
+
+
+def test_explain_broker_failures_name_the_remedy(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    refused = BrokerUnavailable(
+        "MQTT broker 127.0.0.1:1884 did not accept the ingest session within 10 s: Not authorized"
+    )
+    line = explain(refused, settings) or ""
+    assert f"do not match {tmp_path}/broker-secrets.json" in line and "--reprovision-missing" in line
+    died = BrokerUnavailable("mosquitto did not start on port 1884: Error: Unable to open pwfile")
+    assert f"run 'mosquitto -c {tmp_path}/mosquitto/mosquitto.conf' to see why" in (explain(died, settings) or "")
+    down = BrokerUnavailable("cannot connect to MQTT broker 10.0.0.9:1883: [Errno 111] Connection refused")
+    assert (explain(down, settings) or "").endswith(
+        "start the broker or check mqtt.host / mqtt.port (LIANFANG_MQTT__HOST, LIANFANG_MQTT__PORT)"
+    )
 
 
 @pytest.mark.integration
