@@ -29,6 +29,11 @@ def _root(
 
 
 def main() -> None:
+    from core.errors import LianfangError
     from lianfang import commands  # noqa: F401  (registers the sub-apps and commands)
 
-    app()
+    try:
+        app()
+    except LianfangError as exc:  # a command that let one through: still one line, never a traceback
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from exc
