@@ -13,7 +13,10 @@ from alerts.rules import PACKS_DIR, RuleSet
 from alerts.service import AlertService, regions_from_registry
 from alerts.types import AlertState
 from core.protocol import Event
+from core.settings import ApiSettings, Settings
+from devices.audit import AuditLog, AuditRecord
 from gateway.app import create_app
+from gateway.auth import create_user, set_user_enabled
 from tests.gateway.conftest import NOW, NOW_MS, Gateway
 
 API = "/api/v1"
@@ -153,3 +156,76 @@ def test_silences_scoped_create_list_and_effect(api: Client, svc: AlertService) 
     assert ended.status_code == 200 and ended.json()["ended"] is True
     assert api.get("/silences", user="gz").json()["items"] == []
     assert api.post(f"/silences/{sil['id']}/end", {}, user="gz").status_code == 409  # already ended
+
+
+# --- guarded powers ----------------------------------------------------------------------------------------------
+
+
+def _audit(gateway: Gateway, action: str) -> list[AuditRecord]:
+    return list(AuditLog(gateway.ctx.registry.session).records(action=action))
+
+
+def test_silence_length_is_bounded_per_role(api: Client) -> None:
+    def silence(hours: float, user: str) -> Any:
+        ends = (NOW + timedelta(hours=hours)).isoformat()
+        return api.post("/silences", {"region_id": "gz", "reason": "检修", "ends_at": ends}, user=user)
+
+    assert silence(24, "gz").status_code == 201  # an operator: at most 24 h (api.silence_max_hours_operator)
+    over = silence(24.5, "gz")
+    assert over.status_code == 422
+    assert "at most 24 h" in over.json()["detail"][0]["msg"] and "silence_max_hours_operator" in over.text
+    assert silence(24 * 30, "admin").status_code == 201  # an admin: 30 days
+    assert silence(24 * 30 + 1, "admin").status_code == 422
+    until_9999 = api.post("/silences", {"region_id": "gz", "reason": "r", "ends_at": "9998-12-31T23:00:00Z"})
+    assert until_9999.status_code == 422
+    starts_late = {"region_id": "gz", "reason": "r", "starts_at": "2026-11-27T08:00:00Z", "ends_at": NOW.isoformat()}
+    assert api.post("/silences", starts_late).status_code == 422  # ends before it starts
+
+
+def test_silence_length_limits_come_from_settings(gateway: Gateway, svc: AlertService) -> None:
+    gateway.ctx.alerts = svc
+    gateway.ctx.settings = Settings(api=ApiSettings(silence_max_hours_operator=1))
+    with TestClient(create_app(gateway.ctx)) as client:
+        c = Client(client, gateway.tokens)
+        body = {"region_id": "gz", "reason": "r", "ends_at": (NOW + timedelta(hours=2)).isoformat()}
+        assert "at most 1 h" in c.post("/silences", body, user="gz").text
+
+
+def test_silence_approver_must_be_another_admin_covering_the_scope(api: Client, gateway: Gateway) -> None:
+    engine = gateway.ctx.registry.engine
+    create_user(engine, "gz-chief", "admin", "gz", NOW)
+    create_user(engine, "sz-chief", "admin", "sz", NOW)
+    create_user(engine, "retired", "admin", None, NOW)
+    set_user_enabled(engine, "retired", False)
+    ends = (NOW + timedelta(hours=2)).isoformat()
+
+    def with_approver(approver: str, user: str = "gz", **scope: str) -> Any:
+        body = {"reason": "检修", "ends_at": ends, "approver": approver, **(scope or {"region_id": "gz-b1"})}
+        return api.post("/silences", body, user=user)
+
+    for approver, why in [
+        ("nobody", "not an enabled API user"),
+        ("retired", "not an enabled API user"),
+        ("gz-duty", "someone else than the creator"),
+        ("sz-viewer", "needs the role admin"),
+        ("sz-chief", "does not cover this silence"),
+    ]:
+        resp = with_approver(approver)
+        assert resp.status_code == 422, (approver, resp.text)
+        assert resp.json()["detail"][0]["loc"] == ["body", "approver"] and why in resp.text
+    ok = with_approver("gz-chief")
+    assert ok.status_code == 201 and ok.json()["approver"] == "gz-chief"
+    assert with_approver("gz-chief", device_id="gate-gz-0002").status_code == 201  # the device's region is covered
+    assert with_approver("admin").json()["approver"] == "admin"  # the whole tree covers everything
+
+
+def test_silences_are_written_to_the_audit_log(api: Client, gateway: Gateway) -> None:
+    ends = (NOW + timedelta(hours=3)).isoformat()
+    made = api.post("/silences", {"region_id": "gz", "reason": "停电检修", "ends_at": ends}, user="gz").json()
+    api.post(f"/silences/{made['id']}/end", {}, user="gz")
+    [added] = _audit(gateway, "silence.add")
+    assert added.actor == "gz-duty (operator)" and added.origin.startswith("api from ")
+    assert added.target == f"silence {made['id']}"
+    assert added.detail["region_id"] == "gz" and added.detail["ends_at"] == "2026-11-26T11:00:00.000Z"
+    [ended] = _audit(gateway, "silence.end")
+    assert ended.actor == "gz-duty (operator)" and ended.target == f"silence {made['id']}"
