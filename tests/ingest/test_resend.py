@@ -5,13 +5,25 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import signal
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from alerts.types import Alert
 from core.protocol import Event, Reading, Rejection
+from core.settings import IngestSettings, ResendSettings, Settings, StoreSettings
 from core.store import WriteBatch
+from devices.broker import BrokerConfig, MosquittoProcess, free_port
+from devices.registry import Registry
+from devices.sim_publisher import SharedPublisher
+from devices.simulator import SimMessage
 from ingest.resend import (
     MAX_RANGE,
     GapBook,
@@ -22,6 +34,10 @@ from ingest.resend import (
     format_seq_ranges,
     parse_seq_ranges,
 )
+from lianfang.runtime import Runtime
+from tests.conftest import Broker
+from tests.helpers import wait_until
+from tests.ingest.conftest import mqtt_settings, seed_registry
 
 POLICY = ResendPolicy(settle_ms=1_000, answer_timeout_ms=10_000, max_attempts=3, commands_per_s=1_000, burst=1_000)
 
@@ -379,3 +395,126 @@ def test_manager_never_raises_into_ingest() -> None:
     mgr = ResendManager(send=lambda c: True, on_loss=lambda *_: 1 / 0)  # type: ignore[arg-type,return-value]
     mgr.on_batch(WriteBatch(readings=[_reading("m-1", 0), _reading("m-1", 200_000)]))  # too_large -> on_loss fails
     assert mgr.status()["lost"] == 199_999
+
+
+# --- end to end: broker SIGKILL under a backlog (issue 8.3) ----------------------------------------------------
+
+
+@pytest.fixture
+def crash_broker(tmp_path: Path) -> Iterator[Broker]:
+    """Mosquitto with the project's generated config, saving its persistence file only when told (SIGUSR1), so
+    that a SIGKILL loses exactly what arrived after the save, whatever the default autosave settings are."""
+    cfg = BrokerConfig(
+        directory=tmp_path / "mosquitto",
+        port=free_port(),
+        admin_password="test-admin-" + uuid.uuid4().hex,
+        platform_password="test-platform-" + uuid.uuid4().hex,
+        sim_password="test-sim-" + uuid.uuid4().hex,
+        autosave_interval_s=3600,
+        autosave_on_changes=False,
+    )
+    proc = MosquittoProcess(cfg)
+    proc.start()
+    yield Broker(cfg.port, cfg.directory, cfg.admin_password, cfg.platform_username, cfg.platform_password, "", proc)
+    proc.stop()
+
+
+def _stored(path: Path, device: str) -> list[int]:
+    with sqlite3.connect(path) as conn:
+        return [r[0] for r in conn.execute("SELECT seq FROM telemetry WHERE device_id = ? ORDER BY seq", (device,))]
+
+
+def _records(device: str, seqs: range, body: dict[str, object]) -> list[SimMessage]:
+    base = int(time.time() * 1000) - 600_000
+    return [
+        SimMessage(device, "telemetry", json.dumps({"ts": base + s, "seq": s, **body}).encode(), base + s, s)
+        for s in seqs
+    ]
+
+
+BUFFERED = {"meter-0001": {"energy_kwh": 1.5}, "meter-0002": {"energy_kwh": 2.5}}
+UNBUFFERED = {"gate-0001": {"door_open": False}}
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_broker_sigkill_under_a_backlog_loses_nothing_of_devices_with_a_buffer(
+    crash_broker: Broker, sqlite_registry: Registry, tmp_path: Path
+) -> None:
+    broker, n_saved, n = crash_broker, 1_000, 3_000
+    seed_registry(sqlite_registry)
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=str(sqlite_registry.engine.url),
+        store=StoreSettings(sqlite_path=tmp_path / "telemetry.db"),
+        mqtt=mqtt_settings(broker),
+        ingest=IngestSettings(batch_wait_ms=5, registry_refresh_s=60),
+        resend=ResendSettings(settle_s=0.5, answer_timeout_s=3, max_attempts=2),
+        gc_settle_s=0,
+    )
+    # Ingest's persistent session exists, then ingest is down: the backlog waits in the broker.
+    first = Runtime(settings)
+    first.start()
+    first.stop()
+    sim = broker.process.cfg.sim_password or ""
+    buffered = SharedPublisher("127.0.0.1", broker.port, "lianfang-sim", sim, client_id="sim-buf", reconnect_min_s=1)
+    bare = SharedPublisher(
+        "127.0.0.1", broker.port, "lianfang-sim", sim, client_id="sim-bare", reconnect_min_s=1, resend_buffer=0
+    )
+    runtime: Runtime | None = None
+    try:
+        buffered.start()
+        bare.start()
+        db = broker.directory / "mosquitto.db"
+
+        def publish(seqs: range) -> None:
+            for pub, fleet in ((buffered, BUFFERED), (bare, UNBUFFERED)):
+                for device, body in fleet.items():
+                    for msg in _records(device, seqs, body):
+                        pub.publish(msg)
+            assert buffered.flush(30) and bare.flush(30), "not every message was PUBACKed"
+
+        publish(range(n_saved))
+        saved_before = db.stat().st_mtime_ns if db.exists() else 0
+        assert broker.process.proc is not None
+        broker.process.proc.send_signal(signal.SIGUSR1)  # mosquitto writes its persistence file now
+        wait_until(lambda: db.exists() and db.stat().st_mtime_ns != saved_before, 10, what="the broker's save")
+        publish(range(n_saved, n))  # PUBACKed, in the broker's memory only
+        assert buffered.counts.acked == 2 * n and bare.counts.acked == n
+        broker.process.stop(kill=True)
+        broker.process.start()
+        wait_until(lambda: buffered.counts.reconnects and bare.counts.reconnects, 30, what="devices reconnected")
+        publish(range(n, n + 1))  # each device's next record: the tail loss shows as a gap
+
+        runtime = Runtime(settings)
+        runtime.start()
+        rt = runtime
+        for device in BUFFERED:
+            wait_until(lambda d=device: len(_stored(rt.store.path, d)) == n + 1, 60, 0.1, f"{device} complete")
+            assert _stored(rt.store.path, device) == list(range(n + 1)), "each seq stored exactly once"
+
+        def gate_alert() -> list[Alert]:
+            assert rt.alerts is not None
+            return [a for a in rt.alerts.service.open_alerts() if a.rule_id == "DQ1"]
+
+        (alert,) = wait_until(gate_alert, 30, 0.1, "the data-quality alert of the device without buffer")
+        stored = set(_stored(rt.store.path, "gate-0001"))
+        lost = sorted(set(range(n + 1)) - stored)
+        assert lost, "the broker SIGKILL lost nothing: the test proved nothing"
+        assert lost == list(range(lost[0], lost[-1] + 1)) and lost[0] >= n_saved  # what arrived after the save
+        assert alert.device_id == "gate-0001" and alert.region_id == "gd-gz-a01-b1"
+        assert alert.detail["group"] == f"{lost[0]}-{lost[-1]}"
+        assert rt.resend is not None
+        st = rt.resend.status()
+        assert st["devices"]["gate-0001"]["lost"] == len(lost)
+        assert st["devices"]["gate-0001"]["lost_ranges"] == [f"{lost[0]}-{lost[-1]}"]
+        for device in BUFFERED:
+            assert st["devices"][device]["lost"] == 0
+            assert st["devices"][device]["recovered"] == len(lost), "the buffered devices lost as many"
+        status = rt.ingest_status()
+        assert status["resend"]["lost"] == len(lost)
+    finally:
+        if runtime is not None:
+            runtime.stop()
+        buffered.close()
+        bare.close()
