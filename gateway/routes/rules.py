@@ -297,9 +297,12 @@ def _rejected(exc: RuleRejected) -> HTTPException:
     for line in str(exc).splitlines():
         rest = line.removeprefix(f"{exc.origin}: ")
         path = rest.split(": ", 1)[0] if rest != line else ""
-        parts = [p for p in path.split(".") if p]
+        # rules[3].params.required[0].event -> ["params", "required", 0, "event"] (list indexes as FastAPI's loc)
+        parts: list[str | int] = [
+            int(p) if p.isdigit() else p for p in path.replace("[", ".").replace("]", "").split(".") if p
+        ]
         if parts and parts[0] in _QUERY_FIELDS:
-            loc = ["query", parts[0]]
+            loc: list[str | int] = ["query", parts[0]]
         elif parts and parts[0] in ("rule", "id"):
             loc = ["path", "rule_id"]
         else:

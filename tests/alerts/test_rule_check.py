@@ -261,3 +261,29 @@ def test_a_rule_file_that_never_matches_refuses_the_start_in_one_line(tmp_path: 
     with pytest.raises(UserError, match=r"rule files: .*rules\[0\]\.params\.field"):
         RuleAdmin([PACKS_DIR, path], RuleStore(registry.engine))
     registry.engine.dispose()
+
+
+def test_api_edits_that_never_match_or_are_not_finite_are_rejected_by_rule_admin(registry: Registry) -> None:
+    from alerts.rule_store import RuleRejected, Scope
+
+    admin = RuleAdmin([PACKS_DIR], RuleStore(registry.engine), known=lambda: Known.from_registry(registry))
+    now = datetime(2026, 3, 2, tzinfo=UTC)
+    cases: list[tuple[str, Scope, dict[str, Any], str]] = [
+        ("V6", Scope(region="gz"), {"field": "sped_kmh"}, "params.field: unknown field 'sped_kmh' for vehicle"),
+        ("V6", Scope(region="gz"), {"value": float("inf")}, "params: value: must be a finite number, not inf"),
+        ("V6", Scope(device="car-gz-0009"), {"value": 70}, "device: unknown device 'car-gz-0009'"),
+        ("V6", Scope(region="gzz"), {"value": 70}, "region: unknown region 'gzz'; did you mean 'gz'?"),
+    ]
+    for rule_id, scope, params, message in cases:
+        with pytest.raises(RuleRejected) as exc:
+            admin.put_override(rule_id, scope, enabled=None, severity=None, params=params, actor="a", now=now)
+        assert f"{scope.label(rule_id)}: {message}" in str(exc.value)
+    assert admin.store.overrides() == []
+    spec = RuleSpec.model_validate(
+        {"id": "X.speed", "kind": "threshold", "device_types": ["vehicle"], "title_zh": "t", "title_en": "t",
+         "params": {"field": "speed_kph", "op": ">", "value": 80}}
+    )  # fmt: skip
+    with pytest.raises(RuleRejected, match=r"api: params\.field: unknown field 'speed_kph' for vehicle; did you mean"):
+        admin.put_rule(spec, actor="a", now=now)
+    assert admin.store.rules() == []
+    registry.engine.dispose()

@@ -422,3 +422,66 @@ def test_an_override_through_the_api_changes_what_fires_in_the_running_service(
             assert open_alerts("T.power") == ["meter-sz-0001"]  # nothing evaluates it, so it stays open
     finally:
         rt.stop()
+
+
+# --- rules checked against the protocol and the registry (alerts/rule_check.py) ----------------------------------
+
+
+def test_override_naming_an_unknown_field_or_value_is_422_with_the_path_and_the_closest_name(
+    api: Client, runtime: AlertsRuntime
+) -> None:
+    rules_before = runtime.service.rules
+    # the override that would quietly switch overspeed off for every vehicle of the city
+    resp = api.put("/rules/V6/overrides", {"params": {"field": "sped_kmh"}}, user="gz", region="gz")
+    assert resp.status_code == 422, resp.text
+    (problem,) = resp.json()["detail"]
+    assert problem["loc"] == ["body", "params", "field"]
+    assert problem["msg"] == (
+        "api override V6 [region=gz]: params.field: unknown field 'sped_kmh' for vehicle; did you mean 'speed_kmh'?"
+    )
+    denied = {"match": {"event": "access", "where": {"result": "deny"}}}
+    resp = api.put("/rules/G6/overrides", {"params": denied}, user="gz", region="gz")
+    assert resp.status_code == 422, resp.text
+    (problem,) = resp.json()["detail"]
+    assert problem["loc"] == ["body", "params", "match", "where", "result"]
+    assert "params.match.where.result: 'deny' is never sent as access.result" in problem["msg"]
+    resp = api.put("/rules/V6/overrides", {"enabled": False}, device_type="gate")  # V6 is a vehicle rule
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["detail"][0]["loc"] == ["query", "device_type"]
+    assert runtime.service.rules is rules_before
+    assert api.get("/rules/V6/history").json()["items"] == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="OverrideBody's own finite check raises a 422 whose default body echoes the input (inf): Starlette's "
+    "JSONResponse cannot encode it (ValueError, a 500); the validation handler must drop or stringify 'input'",
+)
+@pytest.mark.parametrize("raw", [b'{"params": {"value": Infinity}}', b'{"params": {"value": 1e999}}'])
+def test_override_with_a_non_finite_value_is_422(api: Client, runtime: AlertsRuntime, raw: bytes) -> None:
+    resp = api.client.put(
+        API + "/rules/T.power/overrides",
+        content=raw,
+        params={"region": "gz"},
+        headers={**api._h("gz"), "Content-Type": "application/json"},
+    )
+    assert resp.status_code == 422, resp.text
+    assert "finite" in resp.text
+    assert api.get("/rules/T.power/history").json()["items"] == []
+    assert effective_value(runtime, "meter-gz-0001", "T.power", GZ_METER) == 50
+
+
+def test_api_rule_naming_an_unknown_metric_or_event_is_422(api: Client) -> None:
+    base = {"kind": "threshold", "device_types": ["vehicle"], "title_zh": "超速", "title_en": "Overspeed"}
+    resp = api.put("/rules/X.speed", {**base, "params": {"field": "speed_kph", "op": ">", "value": 80}})
+    assert resp.status_code == 422, resp.text
+    (problem,) = resp.json()["detail"]
+    assert problem["loc"] == ["body", "params", "field"]
+    assert problem["msg"] == "api: params.field: unknown field 'speed_kph' for vehicle; did you mean 'speed_kmh'?"
+    events = {**base, "kind": "event_count", "device_types": ["gate"], "params": {"match": {"event": "tampr"}}}
+    resp = api.put("/rules/X.tamper", events)
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["detail"][0]["loc"] == ["body", "params", "match", "event"]
+    assert "did you mean 'tamper'?" in resp.json()["detail"][0]["msg"]
+    assert api.get("/rules/X.speed").status_code == 404 and api.get("/rules/X.tamper").status_code == 404
