@@ -347,6 +347,14 @@ class FaultEnv:
             ).fetchall()
         return {int(r[0]) for r in rows}, sum(int(r[1]) - 1 for r in rows)
 
+    def rows(self, device_id: str) -> int:
+        """Telemetry and event rows stored for the device, with or without a seq."""
+        uri = f"file:{self.store_path}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as conn:
+            (t,) = conn.execute("SELECT COUNT(*) FROM telemetry WHERE device_id = ?", (device_id,)).fetchone()
+            (e,) = conn.execute("SELECT COUNT(*) FROM events WHERE device_id = ?", (device_id,)).fetchone()
+        return int(t) + int(e)
+
     def rejections(self, device_id: str) -> dict[str, int]:
         uri = f"file:{self.store_path}?mode=ro"
         with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as conn:

@@ -53,6 +53,19 @@ class DeviceState:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+def seq_ranges(seqs: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3,7"``: the seqs a resend could not find, as a ``cmd_result`` detail."""
+    out: list[str] = []
+    for s in sorted(set(seqs)):
+        if out and "-" in out[-1] and int(out[-1].split("-")[1]) == s - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{s}"
+        elif out and "-" not in out[-1] and int(out[-1]) == s - 1:
+            out[-1] = f"{out[-1]}-{s}"
+        else:
+            out.append(str(s))
+    return ",".join(out)
+
+
 def telemetry_payload(seq: int, ts: int) -> bytes:
     return json.dumps({"ts": ts, "seq": seq, "energy_kwh": round(seq * 0.01, 2), "power_kw": 1.5}).encode()
 
@@ -243,7 +256,7 @@ class FleetPublisher:
                     continue
                 self._send(dev, f"lf/v1/{dev.device_id}/telemetry", payload, seq)
                 dev.resent += 1
-            ok, detail = True, json.dumps(missing)
+            ok, detail = True, seq_ranges(missing)
         result = {"type": "cmd_result", "cmd_id": str(cmd.get("cmd_id", "")), "ok": ok, "detail": detail}
         self._send(dev, f"lf/v1/{dev.device_id}/event", json.dumps(result).encode(), 0)
 

@@ -35,8 +35,8 @@ EXPECT = "0 lost of buffered devices (resend); unbuffered loss counted per devic
 def run(ctx: Ctx) -> Result:
     res = Result(NAME, EXPECT, ready="n/a")
     obs = Observation()
-    overrides = {"autosave_interval_s": 3600, "autosave_on_changes": False}
-    with fault_env(ctx.template, ctx.root, broker_overrides=overrides) as env:
+    overrides = ctx.broker_overrides(autosave_interval_s=3600, autosave_on_changes=False)
+    with fault_env(ctx.template, ctx.root, broker_overrides=overrides, serve_env=ctx.serve_env()) as env:
         env.start_broker()
         env.start_serve()
         pub = fleet(env)

@@ -16,7 +16,7 @@ def run(ctx: Ctx) -> Result:
     res = Result(NAME, EXPECT, alerts=NA)
     seconds = ctx.pick(5, 20)
     obs = Observation()
-    with fault_env(ctx.template, ctx.root) as env:
+    with fault_env(ctx.template, ctx.root, serve_env=ctx.serve_env(), broker_overrides=ctx.broker_overrides()) as env:
         env.start_broker()
         env.start_serve()
         pub = fleet(env)

@@ -15,7 +15,7 @@ EXPECT = "0 lost, 0 duplicated (every device)"
 def run(ctx: Ctx) -> Result:
     res = Result(NAME, EXPECT, ready=NA, metrics=NA, alerts=NA)  # the observed process itself is dead
     seconds = ctx.pick(4, 20)
-    with fault_env(ctx.template, ctx.root) as env:
+    with fault_env(ctx.template, ctx.root, serve_env=ctx.serve_env(), broker_overrides=ctx.broker_overrides()) as env:
         env.start_broker()
         env.start_serve()
         pub = fleet(env)
