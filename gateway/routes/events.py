@@ -115,22 +115,28 @@ def rejections(
     store: StoreDep,
     principal: PrincipalDep,
     device: DeviceQuery = None,
+    region: RegionQuery = None,
     reason: Annotated[RejectionReason | None, Query(description="only this rejection reason")] = None,
     limit: Limit = 100,
 ) -> dict[str, Any]:
     """Rejected messages newest first (payload as text, cut at 4 KiB) and counts by reason.
 
-    Messages from devices that are not in the registry are seen only by users with the whole region tree.
+    Messages from devices that are not in the registry are seen only by users with the whole region tree, and
+    never with a ``region`` filter (they have no region).
     """
     counts = store.rejection_counts()
+    visible: set[str] | None
     if device is not None:
         if principal.region_ids is not None or registry.device(device) is not None:
             device_or_404(registry, principal, device)
         visible = {device}
-    elif principal.region_ids is None:
+        if region is not None:
+            devices, _ = registry.devices(region_ids=region_filter(registry, principal, region))
+            visible &= {d.id for d in devices}
+    elif region is None and principal.region_ids is None:
         visible = None
     else:
-        devices, _ = registry.devices(region_ids=sorted(principal.region_ids))
+        devices, _ = registry.devices(region_ids=region_filter(registry, principal, region))
         visible = {d.id for d in devices}
     by_reason: Counter[str] = Counter()
     with_rejections: set[str] = set()

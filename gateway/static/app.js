@@ -43,6 +43,7 @@ const I18N = {
     f_ackBy: "确认人", f_ackReason: "确认说明", f_resolvedBy: "解决人", f_resolveReason: "解决原因",
     f_escalation: "升级级别", yes: "是", no: "否", noDetail: "无",
     tl_created: "告警产生", tl_ack: "确认", tl_resolve: "解决", tl_assign: "指派", tl_comment: "备注",
+    role_admin: "管理员", role_operator: "值班员", role_viewer: "查看员",
   },
   en: {
     title: "Lianfang Control Room",
@@ -89,6 +90,7 @@ const I18N = {
     f_ackBy: "Acknowledged by", f_ackReason: "Ack note", f_resolvedBy: "Resolved by", f_resolveReason: "Resolve reason",
     f_escalation: "Escalation", yes: "yes", no: "no", noDetail: "none",
     tl_created: "Raised", tl_ack: "Acknowledged", tl_resolve: "Resolved", tl_assign: "Assigned", tl_comment: "Comment",
+    role_admin: "admin", role_operator: "operator", role_viewer: "viewer",
   },
 };
 const CRITICAL = new Set(["door_forced", "tamper", "power_cut", "power_loss"]);
@@ -112,6 +114,7 @@ const state = {
   alertsTimer: null,
   drawerId: null,
   action: null,
+  me: null,  // GET /api/v1/me: name, role, region_id, can_act_on_alerts
 };
 
 function t(key, vars) {
@@ -152,8 +155,10 @@ function ago(ms) {
 function takeTokenFromHash() {
   const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
   const al = /(?:^#|&)alert=(\d+)/.exec(location.hash);
+  const rg = /(?:^#|&)region=([a-z0-9-]+)/.exec(location.hash);
   if (al) state.drawerId = Number(al[1]);  // a link to one alert (e.g. from a notification) opens its drawer
-  if (m || al) {
+  if (rg) state.region = rg[1];  // a link to one region's view
+  if (m || al || rg) {
     if (m) localStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
     history.replaceState(null, "", location.pathname + location.search);
   }
@@ -178,6 +183,23 @@ async function api(path) {
   }
   if (!r.ok && r.status !== 503) throw new Error(path + ": HTTP " + r.status);
   return r.json();
+}
+
+// --- who am I: the role decides which actions the page offers (the server checks them anyway) ---------------
+
+async function loadMe() {
+  try {
+    state.me = await api("/me");
+  } catch (e) {
+    state.me = null;  // unknown: offer no action
+    if (e instanceof Unauthorized) throw e;
+  }
+  const me = state.me;
+  $("user").textContent = me ? me.name + " · " + t("role_" + me.role) : "";
+  document.body.classList.toggle("can-act", canAct());
+}
+function canAct() {
+  return !!(state.me && state.me.can_act_on_alerts);
 }
 
 // --- health ------------------------------------------------------------------------------------------------
@@ -207,6 +229,8 @@ function renderNode(node) {
   const row = el("div", "node" + (state.region === node.id ? " sel" : ""));
   const label = el("span");
   label.append(el("span", "lvl", t("lvl_" + node.level)), el("span", null, node.name));
+  label.className = "name";
+  label.title = node.name + " (" + node.id + ")";
   const cnt = el("span", "cnt");
   cnt.append(el("span", "on", node.devices.online), "/", el("span", "off", node.devices.offline), "/" + node.devices.total);
   cnt.title = t("online") + " / " + t("offline") + " / " + t("all");
@@ -318,7 +342,9 @@ async function loadEvents() {
 }
 
 async function loadRejections() {
-  const data = await api("/rejections?limit=30");
+  const q = new URLSearchParams({ limit: 30 });
+  if (state.region) q.set("region", state.region);
+  const data = await api("/rejections?" + q);
   $("rej-total").textContent = String(data.total);
   const chips = $("rej-counts");
   chips.replaceChildren();
@@ -406,6 +432,7 @@ function badge(cls, text, title) {
 }
 function actionButtons(a) {
   const box = el("span", "al-btns");
+  if (!canAct()) return box;  // viewers: no 确认 / 解决 they may not use
   if (a.state === "firing") {
     const ack = el("button", "btn sm", t("ack"));
     ack.type = "button";
@@ -654,7 +681,7 @@ function parseFrame(frame) {
   if (!data.length) return;
   const payload = JSON.parse(data.join("\n"));
   if (event === "batch") onBatch(payload);
-  if (event === "hello") {
+  if (event === "hello" && !state.me) {
     $("user").textContent = payload.user;
   }
 }
@@ -705,6 +732,7 @@ function collectSubtree(nodes, wanted, inside, out) {
 
 async function refreshAll() {
   try {
+    if (state.me === null) await loadMe();
     await loadRegions();
     await Promise.all([loadAlerts(), loadDevices(), loadEvents(), loadRejections(), loadHealth()]);
   } catch (e) {
@@ -714,6 +742,7 @@ async function refreshAll() {
 
 function start() {
   if (state.streamAbort) state.streamAbort.abort();
+  state.me = null;  // a new token: ask who it is
   refreshAll();
   if (state.drawerId !== null) openDrawer(state.drawerId);
   stream();
@@ -726,6 +755,7 @@ document.addEventListener("DOMContentLoaded", () => {
     state.lang = state.lang === "zh" ? "en" : "zh";
     localStorage.setItem(LANG_KEY, state.lang);
     applyLang();
+    state.me = null;
     refreshAll();
   });
   $("token-btn").addEventListener("click", askToken);

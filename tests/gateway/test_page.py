@@ -9,7 +9,9 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -17,8 +19,11 @@ from alerts.rules import PACKS_DIR, RuleSet
 from alerts.service import AlertService, regions_from_registry
 from alerts.types import AlertState, Severity
 from core.protocol import Event
+from devices.broker import free_port
+from devices.registry import RegionSpec
 from gateway.app import create_app
 from tests.gateway.conftest import NOW, NOW_MS, Api, Gateway
+from tests.helpers import wait_until
 
 STATIC = Path(__file__).resolve().parents[2] / "gateway" / "static"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -42,7 +47,8 @@ def test_no_asset_comes_from_the_internet() -> None:
     files = sorted(STATIC.iterdir())
     assert {f.name for f in files} >= {"index.html", "app.js", "app.css"}
     for f in files:
-        text = f.read_text(encoding="utf-8")
+        # An XML namespace (the favicon's xmlns) names a vocabulary; nothing is fetched from it.
+        text = f.read_text(encoding="utf-8").replace('xmlns="http://www.w3.org/2000/svg"', "")
         assert not re.search(r"https?://", text), f"{f.name} references a remote URL"
         assert "@import" not in text and "//cdn" not in text, f.name
 
@@ -231,3 +237,202 @@ def test_action_errors_from_the_api_are_shown_clearly(gateway: Gateway, firing: 
         "无法连接服务器，请检查网络后重试。",
         "告警服务暂不可用，请稍后重试。",
     ]
+
+
+# --- the page in a real browser, driven over the DevTools protocol -------------------------------------------
+
+# Node (with its WebSocket client) speaks the DevTools protocol to a headless Chromium: opens the URL, then for each
+# step evaluates a JavaScript expression in the page until it gives a truthy value (or the deadline passes: null),
+# and prints the values as JSON. Runtime.evaluate is the DevTools' own, so the page's CSP stays as strict as ever.
+_CDP_JS = r"""
+const [port, url, stepsJson, timeoutMs] = process.argv.slice(1);
+const steps = JSON.parse(stepsJson);
+(async () => {
+  const target = await (await fetch(`http://127.0.0.1:${port}/json/new?about:blank`, { method: "PUT" })).json();
+  const ws = new WebSocket(target.webSocketDebuggerUrl);
+  const pending = new Map();
+  let id = 0;
+  ws.onmessage = (m) => {
+    const d = JSON.parse(m.data);
+    if (d.id && pending.has(d.id)) { pending.get(d.id)(d); pending.delete(d.id); }
+  };
+  await new Promise((res) => { ws.onopen = res; });
+  const send = (method, params) => new Promise((res) => {
+    id += 1;
+    pending.set(id, res);
+    ws.send(JSON.stringify({ id, method, params }));
+  });
+  await send("Page.navigate", { url });  // (a URL in /json/new would lose its #fragment, where the token is)
+  const out = [];
+  for (const expression of steps) {
+    const deadline = Date.now() + Number(timeoutMs);
+    let value = null;
+    for (;;) {
+      const d = await send("Runtime.evaluate", { expression, returnByValue: true, awaitPromise: true });
+      value = d.result && d.result.result ? d.result.result.value : null;
+      if (value || Date.now() > deadline) break;
+      await new Promise((res) => setTimeout(res, 100));
+    }
+    out.push(value === undefined ? null : value);
+  }
+  console.log(JSON.stringify(out));
+  process.exit(0);
+})().catch((e) => { console.error(e); process.exit(1); });
+"""
+
+
+def _in_browser(url: str, steps: list[str], tmp_path: Path, timeout_s: float = 15) -> list[Any]:
+    """Open ``url`` in a headless Chromium (1600 x 900) and run ``steps`` (see _CDP_JS); their values."""
+    assert CHROMIUM is not None and NODE is not None
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1600,900",
+            f"--remote-debugging-port={port}",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/json/version", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 30, interval=0.2, what="chromium's DevTools endpoint")
+        run = subprocess.run(
+            [
+                NODE,
+                "--experimental-websocket",
+                "--no-warnings",
+                "-e",
+                _CDP_JS,
+                str(port),
+                url,
+                json.dumps(steps),
+                str(int(timeout_s * 1000)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s * len(steps) + 30,
+            check=True,
+        )
+        values: list[Any] = json.loads(run.stdout)
+        return values
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+BROWSER = pytest.mark.skipif(CHROMIUM is None or NODE is None, reason="needs chromium and node")
+LONG_NAME = "广州市机关事务管理局第二综合办公楼东区附属服务中心大楼"
+
+
+def test_me_says_who_the_caller_is_and_whether_they_may_act_on_alerts(api: Api) -> None:
+    assert api.get("/api/v1/me", "gz").json() == {
+        "name": "gz-duty",
+        "role": "operator",
+        "region_id": "gz",
+        "can_act_on_alerts": True,
+    }
+    viewer = api.get("/api/v1/me", "gzb1").json()
+    assert viewer["role"] == "viewer" and viewer["can_act_on_alerts"] is False and viewer["region_id"] == "gz-b1"
+    assert api.get("/api/v1/me", "admin").json()["region_id"] is None
+    assert api.get("/api/v1/me", None).status_code == 401
+
+
+@BROWSER
+def test_viewers_see_no_ack_or_resolve_buttons_operators_do(
+    gateway: Gateway, firing: int, served: str, tmp_path: Path
+) -> None:
+    panel = (
+        "(() => { const li = document.querySelector('#alerts li[data-id]'); const u = document.getElementById('user');"
+        " return li && u.textContent ? {buttons: [...li.querySelectorAll('button')].map(b => b.textContent),"
+        " user: u.textContent} : null; })()"
+    )
+    drawer = (
+        "(() => { const t = document.getElementById('dr-title'); if (!t.textContent) return null;"
+        " return [...document.querySelectorAll('#dr-actions button')].map(b => b.textContent); })()"
+    )
+    viewer = _in_browser(f"{served}/#token={gateway.tokens['gzb1']}&alert={firing}", [panel, drawer], tmp_path)
+    assert viewer[0] == {"buttons": [], "user": "gz-b1-guard · 查看员"}  # the alert is listed, without actions
+    assert viewer[1] == []  # nor in its drawer
+    operator = _in_browser(f"{served}/#token={gateway.tokens['gz']}&alert={firing}", [panel, drawer], tmp_path)
+    assert operator[0] == {"buttons": ["确认", "解决"], "user": "gz-duty · 值班员"}
+    assert operator[1] == ["确认", "解决"]
+
+
+@BROWSER
+def test_region_tree_shows_every_count_in_full(gateway: Gateway, served: str, tmp_path: Path) -> None:
+    gateway.ctx.registry.upsert_regions([RegionSpec("gz-b9", LONG_NAME, "building", "gz-jgj")], now=NOW)
+    measure = (
+        "(() => { const rows = [...document.querySelectorAll('#tree .node')]; if (rows.length < 8) return null;"
+        " const panel = document.querySelector('.panel.regions'); const box = panel.getBoundingClientRect();"
+        " const right = box.right - parseFloat(getComputedStyle(panel).paddingRight);"
+        " return {panelScrolls: panel.scrollWidth > panel.clientWidth, rows: rows.map(r => {"
+        " const c = r.querySelector('.cnt'); const b = c.getBoundingClientRect();"
+        " return {text: r.textContent, cntRight: b.right, right: right, cut: c.scrollWidth > c.clientWidth + 1,"
+        " title: r.querySelector('.name').title}; })}; })()"
+    )
+    [got] = _in_browser(f"{served}/#token={gateway.tokens['admin']}", [measure], tmp_path)
+    assert got is not None, "the tree did not render"
+    assert got["panelScrolls"] is False
+    for row in got["rows"]:
+        assert row["cntRight"] <= row["right"] + 0.5 and not row["cut"], row
+    long_row = next(r for r in got["rows"] if "gz-b9" in r["title"])
+    assert long_row["title"] == f"{LONG_NAME} (gz-b9)"  # the full name, when the row shows it cut
+
+
+def test_rejections_can_be_filtered_by_region(api: Api) -> None:
+    everything = api.get("/api/v1/rejections").json()
+    assert everything["total"] == 5
+    b1 = api.get("/api/v1/rejections", region="gz-b1").json()
+    assert b1["total"] == 2 and {x["device_id"] for x in b1["items"]} == {"gate-gz-0002"}
+    assert b1["counts"] == {"not_json": 1, "schema": 1}
+    sz = api.get("/api/v1/rejections", "sz", region="sz").json()
+    assert {x["device_id"] for x in sz["items"]} == {"gate-sz-0001"}
+    assert api.get("/api/v1/rejections", "sz", region="gz-b1").status_code == 404  # outside the caller's scope
+    both = api.get("/api/v1/rejections", region="gz", device="gate-sz-0001").json()
+    assert both["items"] == [] and both["total"] == 0
+
+
+@BROWSER
+def test_rejected_messages_panel_follows_the_selected_region(gateway: Gateway, served: str, tmp_path: Path) -> None:
+    panel = (
+        "(() => { const total = document.getElementById('rej-total').textContent;"
+        " const devs = [...document.querySelectorAll('#rej .dev')].map(d => d.textContent);"
+        " return total ? {total, devs: [...new Set(devs)].sort()} : null; })()"
+    )
+    click = (
+        "(() => { const n = [...document.querySelectorAll('#tree .node')]"
+        ".find(r => r.textContent.includes('一号办公楼'));"
+        " if (!n) return null; n.click(); return true; })()"
+    )
+    selected = (
+        "(() => { const total = document.getElementById('rej-total').textContent;"
+        " const devs = [...document.querySelectorAll('#rej .dev')].map(d => d.textContent);"
+        " return total === '2' ? {total, devs: [...new Set(devs)].sort()} : null; })()"
+    )
+    before, clicked, after = _in_browser(
+        f"{served}/#token={gateway.tokens['admin']}", [panel, click, selected], tmp_path
+    )
+    assert before == {"total": "5", "devs": ["gate-gz-0002", "gate-sz-0001", "ghost-0001"]}
+    assert clicked is True
+    assert after == {"total": "2", "devs": ["gate-gz-0002"]}
+
+
+def test_page_has_a_favicon_so_loading_it_makes_no_404(api: Api) -> None:
+    page = api.client.get("/").text
+    [href] = re.findall(r'<link rel="icon" href="([^"]+)"', page)
+    r = api.client.get(href)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml")
+    assert ElementTree.fromstring(r.content).tag == "{http://www.w3.org/2000/svg}svg"
