@@ -34,7 +34,23 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from alerts.rules import PARAMS, Match, OverrideSpec, RuleFile, RuleSpec
+from alerts.rules import (
+    PARAMS,
+    AbsenceParams,
+    BaselineParams,
+    DeltaParams,
+    DemandParams,
+    EventCountParams,
+    GeofenceParams,
+    Match,
+    OverrideSpec,
+    RuleFile,
+    RuleSpec,
+    ScheduleParams,
+    SequenceParams,
+    ThresholdParams,
+    TravelParams,
+)
 from core.protocol import DEVICE_TYPES, EVENT_TYPES, FIELD_RE, TELEMETRY_FIELDS
 
 Level = Literal["error", "warning"]
@@ -193,36 +209,39 @@ class _Checker:
         return None
 
 
-def _params(kind: str, p: BaseModel, c: _Checker, path: str, given: Mapping[str, Any]) -> None:
+def _params(p: BaseModel, c: _Checker, path: str, given: Mapping[str, Any]) -> None:
     """The references of one kind's params; ``given`` are the keys written in the rule (not defaults)."""
-    at = lambda name: _at(path, name)  # noqa: E731
-    if kind == "threshold":
-        k = c.field(p.field, at("field"))  # type: ignore[attr-defined]
-        c.value(p.field, k, p.op, p.value, at("value"))  # type: ignore[attr-defined]
-        c.fields_equal(p.where, at("where"))  # type: ignore[attr-defined]
-    elif kind in ("delta", "baseline", "demand"):
-        c.field(p.field, at("field"), numeric=True)  # type: ignore[attr-defined]
-        if kind == "delta" and "reset_event" in given and p.reset_event is not None:  # type: ignore[attr-defined]
-            c.event(p.reset_event, at("reset_event"))  # type: ignore[attr-defined]
-    elif kind == "absence":
-        c.fields_equal(p.only_if, at("only_if"))  # type: ignore[attr-defined]
-    elif kind == "schedule":
-        c.match(p.match, at("match"))  # type: ignore[attr-defined]
-    elif kind == "event_count":
-        event = c.match(p.match, at("match"))  # type: ignore[attr-defined]
-        if event is not None and p.group_by is not None:  # type: ignore[attr-defined]
-            c.event_key(event, p.group_by, at("group_by"))  # type: ignore[attr-defined]
-    elif kind == "sequence":
-        c.match(p.trigger, at("trigger"))  # type: ignore[attr-defined]
-        for i, m in enumerate(p.required):  # type: ignore[attr-defined]
+
+    def at(name: str) -> str:
+        return _at(path, name)
+
+    if isinstance(p, ThresholdParams):
+        k = c.field(p.field, at("field"))
+        c.value(p.field, k, p.op, p.value, at("value"))
+        c.fields_equal(p.where, at("where"))
+    elif isinstance(p, DeltaParams | BaselineParams | DemandParams):
+        c.field(p.field, at("field"), numeric=True)
+        if isinstance(p, DeltaParams) and "reset_event" in given and p.reset_event is not None:
+            c.event(p.reset_event, at("reset_event"))
+    elif isinstance(p, AbsenceParams):
+        c.fields_equal(p.only_if, at("only_if"))
+    elif isinstance(p, ScheduleParams):
+        c.match(p.match, at("match"))
+    elif isinstance(p, EventCountParams):
+        event = c.match(p.match, at("match"))
+        if event is not None and p.group_by is not None:
+            c.event_key(event, p.group_by, at("group_by"))
+    elif isinstance(p, SequenceParams):
+        c.match(p.trigger, at("trigger"))
+        for i, m in enumerate(p.required):
             c.match(m, _at(at("required"), i))
-    elif kind == "geofence":
-        c.field(p.lat_field, at("lat_field"), numeric=True)  # type: ignore[attr-defined]
-        c.field(p.lon_field, at("lon_field"), numeric=True)  # type: ignore[attr-defined]
-    elif kind == "travel":
-        event = c.match(p.match, at("match"))  # type: ignore[attr-defined]
+    elif isinstance(p, GeofenceParams):
+        c.field(p.lat_field, at("lat_field"), numeric=True)
+        c.field(p.lon_field, at("lon_field"), numeric=True)
+    elif isinstance(p, TravelParams):
+        event = c.match(p.match, at("match"))
         if event is not None:
-            c.event_key(event, p.key, at("key"))  # type: ignore[attr-defined]
+            c.event_key(event, p.key, at("key"))
 
 
 def _kind_findings(
@@ -236,7 +255,7 @@ def _kind_findings(
     seen: set[tuple[str, str, str]] = set()
     for dt in device_types:
         found: list[Finding] = []
-        _params(kind, model, _Checker(dt, origin, found), path, params)
+        _params(model, _Checker(dt, origin, found), path, params)
         for f in found:  # the same problem for two device types (a sensor field, say) once
             if (f.level, f.path, f.message) not in seen:
                 seen.add((f.level, f.path, f.message))
