@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
-.PHONY: run test setup system-deps lint typecheck unit bench bench-short dashboards clean
+.PHONY: run test setup system-deps lint typecheck unit bench bench-short faults faults-short dashboards clean
 
 ## run: set up everything, then start the demo (region tree, simulated fleet, API and page on :8000)
 run: setup
@@ -46,12 +46,23 @@ bench: setup
 	$(BIN)/python bench/paho_floor.py
 	$(BIN)/python bench/provision.py
 	$(BIN)/python bench/alert_latency.py
+	$(BIN)/python bench/broker_persistence.py
+	$(BIN)/python bench/broker_persistence.py --backlog 100000 --trials 3
 
 bench-short: setup
 	$(BIN)/python bench/ingest.py --short
 	$(BIN)/python bench/paho_floor.py --short
 	$(BIN)/python bench/provision.py --short
 	$(BIN)/python bench/alert_latency.py --short
+	$(BIN)/python bench/broker_persistence.py --short
+
+## faults: the fault suite against the real processes (minutes; needs root for the tmpfs of store_full);
+## faults-short: its short mode, which also runs in `make test` (tests/faults/test_fault_suite.py)
+faults: setup
+	$(BIN)/python -m faults
+
+faults-short: setup
+	$(BIN)/python -m faults --short
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -249,6 +249,9 @@ class FaultEnv:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
         self.broker.stop()
         self.http.close()
 

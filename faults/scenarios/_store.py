@@ -58,7 +58,7 @@ def store_outage(
         env.start_serve()
         pub = fleet(env)
         try:
-            outage = ctx.pick(15, 75)
+            outage = ctx.pick(10, 75)
             with traffic(pub, seconds=1 + outage + 1, rate=ctx.pick(20, 50)):
                 time.sleep(1)
                 inject(env)
@@ -66,8 +66,8 @@ def store_outage(
                 watch(env, obs, t0, outage, ready=True, metric=_stall_metric, alert=_platform_alert)
                 release(env)
             t1 = time.monotonic()
-            recovered = _recovered(env, t1, ctx.pick(20, 90))
-            settle(env, pub, ctx.pick(30, 90))
+            recovered = _recovered(env, t1, ctx.pick(10, 90))
+            settle(env, pub, ctx.pick(15, 90))
             res.counts = count(env, pub)
             files = sorted(env.store_path.parent.iterdir())
             sizes = ", ".join(f"{p.name} {p.stat().st_size // 1024} KiB" for p in files if p.is_file())

@@ -34,7 +34,7 @@ def run(ctx: Ctx) -> Result:
                     metric=lambda m: m.get("lianfang_ingest_broker_connected") == 0,
                 )
                 env.start_broker()
-            settle(env, pub, ctx.pick(30, 90))
+            settle(env, pub, ctx.pick(20, 90))
             res.counts = count(env, pub)
         finally:
             pub.close()

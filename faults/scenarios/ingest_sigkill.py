@@ -25,7 +25,7 @@ def run(ctx: Ctx) -> Result:
                 env.stop_serve(signal.SIGKILL)
                 time.sleep(0.5)
                 env.start_serve()
-            settle(env, pub, ctx.pick(30, 90))
+            settle(env, pub, ctx.pick(20, 90))
             res.counts = count(env, pub)
         finally:
             pub.close()

@@ -78,7 +78,7 @@ def run(ctx: Ctx) -> Result:
             env.kill_broker(signal.SIGTERM)  # graceful: what ingest held is redelivered to the same session
             env.start_broker()
             pub.run(seconds=2, rate=20, devices=good)
-            settle(env, pub, ctx.pick(30, 90), complete=good)
+            settle(env, pub, ctx.pick(20, 90), complete=good)
             res.counts = count(env, pub)
             stored_poison = env.rows(POISON)
             rejections = env.rejections(POISON)
