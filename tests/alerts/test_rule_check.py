@@ -287,3 +287,28 @@ def test_api_edits_that_never_match_or_are_not_finite_are_rejected_by_rule_admin
         admin.put_rule(spec, actor="a", now=now)
     assert admin.store.rules() == []
     registry.engine.dispose()
+
+
+def test_serve_refuses_to_start_with_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import typer
+
+    from core.settings import StoreSettings
+    from lianfang.serve_cmd import run_service
+
+    path = tmp_path / "typos.yaml"
+    path.write_text(TYPOS, encoding="utf-8")
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=f"sqlite:///{tmp_path}/serve.db",
+        store=StoreSettings(sqlite_path=tmp_path / "t.db"),
+        mqtt={"embedded_broker": False},  # type: ignore[arg-type]
+        alerts=AlertSettings(rules_paths=[path]),
+    )
+    with pytest.raises(typer.Exit) as exc:
+        run_service(settings)
+    assert exc.value.exit_code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: rule files: {path}: rules[0].params.field: unknown field 'speed_kph' for vehicle; did you mean "
+        "'speed_kmh'? (and 4 more: run 'lianfang rules check')"
+    ]
