@@ -234,7 +234,8 @@ class AlertsRuntime:
         """Open or resolve built-in platform alerts (``alerts/platform.py``: ingest stalled, store unavailable)
         through the lifecycle: stored, notified and escalated like any alert."""
         service = self.service
-        return service._act(lambda: [ev for ch in changes for ev in service.book.apply(ch)])
+        now = self._clock()  # learned now: the escalation clock counts from here
+        return service._act(lambda: [ev for ch in changes for ev in service.book.apply(ch, now=now)])
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
