@@ -75,7 +75,15 @@ class DataQualityAlerts:
         self.dropped = 0
 
     def seq_lost(
-        self, device_id: str, first: int, last: int, reason: str, *, region_id: str = "", device_type: str = ""
+        self,
+        device_id: str,
+        first: int,
+        last: int,
+        reason: str,
+        *,
+        count: int | None = None,
+        region_id: str = "",
+        device_type: str = "",
     ) -> None:
         """Never raises (called from ingest's listener and the resend thread)."""
         try:
@@ -86,7 +94,7 @@ class DataQualityAlerts:
                 logger.warning("data-quality: device %s is unknown; seqs %d-%d lost", device_id, first, last)
                 return
             now = self._clock()
-            ev = seq_lost_event(info, first, last, reason, at_ms=int(now.timestamp() * 1000))
+            ev = seq_lost_event(info, first, last, reason, count=count, at_ms=int(now.timestamp() * 1000))
             self.service.process([ev], now)
             self.reported += 1
         except Exception:

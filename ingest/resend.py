@@ -163,10 +163,11 @@ class Loss:
     to_seq: int
     reason: str
     at_ms: int
+    records: int | None = None  # several losses reported as one: how many seqs (the range spans them all)
 
     @property
     def count(self) -> int:
-        return self.to_seq - self.from_seq + 1
+        return self.records if self.records is not None else self.to_seq - self.from_seq + 1
 
     @property
     def range_text(self) -> str:
@@ -432,6 +433,21 @@ class GapBook:
 # --- the adapter ------------------------------------------------------------------------------------------------
 
 
+def merge_losses(losses: list[Loss]) -> Loss:
+    """Several losses of one device as one: the range spanning them, the seqs they count, their reasons."""
+    if len(losses) == 1:
+        return losses[0]
+    reasons = sorted({x.reason for x in losses})
+    return Loss(
+        losses[0].device_id,
+        min(x.from_seq for x in losses),
+        max(x.to_seq for x in losses),
+        ",".join(reasons),
+        max(x.at_ms for x in losses),
+        sum(x.count for x in losses),
+    )
+
+
 def _seqs_in_payload(payload: bytes) -> list[int]:
     """The seqs of a rejected message's objects (best effort: a cut payload or a non-object yields none)."""
     try:
@@ -484,12 +500,17 @@ class ResendManager:
         send: Callable[[ResendCommand], bool] | None = None,
         on_loss: LossHandler | None = None,
         tick_s: float = 1.0,
+        alert_interval_s: float = 600.0,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         new_id: Callable[[], str] | None = None,
         client_id: str | None = None,
     ) -> None:
         self.book = GapBook(policy, new_id=new_id)
         self.on_loss = on_loss
+        self.alert_interval_ms = int(alert_interval_s * 1000)
+        self._pending: dict[str, list[Loss]] = {}
+        self._alerted_ms: dict[str, int] = {}
+        self._loss_lock = threading.Lock()
         self.tick_s = tick_s
         self._clock_ms = clock_ms
         self._lock = threading.Lock()
@@ -544,8 +565,7 @@ class ResendManager:
                 cmd_id, ok, detail = ev.data.get("cmd_id"), ev.data.get("ok"), ev.data.get("detail", "")
                 if isinstance(cmd_id, str) and isinstance(ok, bool):
                     losses.extend(self.book.answer(ev.device_id, cmd_id, ok, str(detail or ""), now))
-            metrics.SEQ_MISSING.set(self.book.missing_total)
-        self._report(losses)
+        self._report(losses, now)
 
     def tick(self, now_ms: int | None = None) -> list[ResendCommand]:
         """One pass: send what is due, report what is lost. Returns the commands sent."""
@@ -569,12 +589,23 @@ class ResendManager:
                 len({c.device_id for c in commands}),
                 sum(c.to_seq - c.from_seq + 1 for c in commands),
             )
-        self._report(losses)
+        self._report(losses, now)
         return commands
 
-    def _report(self, losses: list[Loss]) -> None:
-        for loss in losses:
-            metrics.SEQ_LOST.labels(loss.reason).inc(loss.count)
+    def _report(self, losses: list[Loss], now: int) -> None:
+        """Count every loss at once; tell ``on_loss`` (the alert) at most once per device per ``alert_interval_ms``,
+        the losses in between merged into one range (a device that loses a record every minute must not raise an
+        alert every minute)."""
+        with self._loss_lock:
+            for loss in losses:
+                metrics.SEQ_LOST.labels(loss.reason).inc(loss.count)
+                self._pending.setdefault(loss.device_id, []).append(loss)
+            every = self.alert_interval_ms
+            due = [d for d in self._pending if now >= self._alerted_ms.get(d, -every) + every]
+            merged = [merge_losses(self._pending.pop(d)) for d in due]
+            for loss in merged:
+                self._alerted_ms[loss.device_id] = now
+        for loss in merged:
             logger.warning(
                 "device %s: seqs %s lost (%s), %d records", loss.device_id, loss.range_text, loss.reason, loss.count
             )
@@ -611,14 +642,21 @@ class ResendManager:
         if self.link is not None:
             self.link.stop()
 
-    def status(self) -> dict[str, Any]:
+    def status(self, max_devices: int = 50) -> dict[str, Any]:
+        """Totals, and per device (at most ``max_devices``, most lost then most missing first) what is missing,
+        recovered and lost, with the last lost ranges."""
         with self._lock:
             devices = self.book.device_report()
-            return {
-                "missing": self.book.missing_total,
-                "open_requests": len(self.book.requests),
-                "commands_sent": self.book.sent,
-                "recovered": self.book.recovered,
-                "lost": sum(d["lost"] for d in devices.values()),
-                "devices": devices,
-            }
+            missing = self.book.missing_total
+            open_requests, sent, recovered = len(self.book.requests), self.book.sent, self.book.recovered
+        worst = sorted(devices, key=lambda d: (-devices[d]["lost"], -devices[d]["missing"], d))[:max_devices]
+        return {
+            "missing": missing,
+            "open_requests": open_requests,
+            "commands_sent": sent,
+            "unsent": self.unsent,
+            "recovered": recovered,
+            "lost": sum(d["lost"] for d in devices.values()),
+            "devices_reporting": len(devices),
+            "devices": {d: devices[d] for d in worst},
+        }

@@ -233,6 +233,7 @@ class Runtime:
                         loss.from_seq,
                         loss.to_seq,
                         loss.reason,
+                        count=loss.count,
                         region_id=region_id,
                         device_type=device_type,
                     )

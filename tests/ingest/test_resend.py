@@ -391,6 +391,33 @@ def test_manager_feeds_the_book_from_batches_and_consumes_cmd_results() -> None:
     assert st["devices"]["m-1"]["lost_ranges"] == ["8"]
 
 
+def test_manager_alerts_a_device_at_most_once_per_interval_merging_its_losses() -> None:
+    lost: list[Loss] = []
+    now = [0]
+    mgr = ResendManager(
+        ResendPolicy(settle_ms=0, no_buffer_backoff_ms=10**9),
+        send=lambda c: True,
+        on_loss=lambda loss, *_: lost.append(loss),
+        alert_interval_s=60,
+        clock_ms=lambda: now[0],
+        new_id=_ids(),  # type: ignore[arg-type]
+    )
+    mgr.on_batch(WriteBatch(readings=[_reading("g-1", 0), _reading("g-1", 5)]))
+    (cmd,) = mgr.tick()
+    answer = {"cmd_id": cmd.cmd_id, "ok": False, "detail": "no buffer"}
+    mgr.on_batch(WriteBatch(events=[Event("g-1", "gd", "gate", 1, None, "cmd_result", answer)]))
+    assert [(x.from_seq, x.to_seq, x.count) for x in lost] == [(1, 4, 4)]  # the first loss: at once
+    for s, t in ((10, 1_000), (20, 2_000), (30, 3_000)):  # then more losses, every second
+        now[0] = t
+        mgr.on_batch(WriteBatch(readings=[_reading("g-1", s)]))
+        mgr.tick()
+    assert len(lost) == 1
+    now[0] = 60_000
+    mgr.tick()
+    assert [(x.from_seq, x.to_seq, x.count, x.reason) for x in lost[1:]] == [(6, 29, 22, "no_buffer")]
+    assert mgr.status()["lost"] == 26
+
+
 def test_manager_never_raises_into_ingest() -> None:
     mgr = ResendManager(send=lambda c: True, on_loss=lambda *_: 1 / 0)  # type: ignore[arg-type,return-value]
     mgr.on_batch(WriteBatch(readings=[_reading("m-1", 0), _reading("m-1", 200_000)]))  # too_large -> on_loss fails
