@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import HTTPException, Path, Query, status
@@ -34,8 +34,10 @@ DAY_MS = 86_400_000
 # and every instant fits SQLite's and PostgreSQL's columns.
 MIN_INSTANT = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_INSTANT = datetime(9999, 1, 1, tzinfo=UTC)  # exclusive
-MIN_MS = int(MIN_INSTANT.timestamp() * 1000)
-MAX_MS = int(MAX_INSTANT.timestamp() * 1000)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+MIN_MS = (MIN_INSTANT - EPOCH) // _MS
+MAX_MS = (MAX_INSTANT - EPOCH) // _MS
 
 MAX_LIMIT = 1000
 MAX_OFFSET = 1_000_000_000
@@ -141,7 +143,7 @@ def parse_time(value: str, name: str) -> int:
         utc = to_instant(dt)
     except ValueError as exc:
         raise bad_param(name, str(exc)) from exc
-    return int(utc.timestamp() * 1000)
+    return (utc - EPOCH) // _MS  # exact: a float timestamp loses milliseconds after the year 2255
 
 
 def time_range(start: str | None, end: str | None, *, now_ms: int, default_ms: int, max_days: int) -> tuple[int, int]:
@@ -171,7 +173,11 @@ def parse_bucket(value: str) -> int:
 def iso(ts_ms: int | None) -> str | None:
     if ts_ms is None:
         return None
-    return datetime.fromtimestamp(ts_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        at = EPOCH + timedelta(milliseconds=ts_ms)
+    except OverflowError:  # a stored value outside Python's range: shown as epoch ms only
+        return None
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def iso_at(at: datetime | None) -> str | None:

@@ -112,3 +112,16 @@ def test_rule_definitions_through_the_api_are_audited(api: Client, gateway: Gate
     assert api.delete("/rules/X.forced", user="admin").status_code == 200
     assert [r.target for r in audit(gateway, "rule.put")] == ["rule X.forced"]
     assert [r.actor for r in audit(gateway, "rule.delete")] == ["admin (admin)"]
+
+
+@pytest.mark.parametrize("number", [b"Infinity", b"-Infinity", b"NaN", b"1e999"])
+def test_rule_definitions_with_non_finite_numbers_are_422(api: Client, gateway: Gateway, number: bytes) -> None:
+    raw = (
+        b'{"kind": "threshold", "device_types": ["energy_meter"], "title_zh": "x", "title_en": "x",'
+        b' "params": {"field": "power_kw", "op": ">", "value": ' + number + b"}}"
+    )
+    headers = {"Authorization": f"Bearer {gateway.tokens['admin']}", "Content-Type": "application/json"}
+    resp = api.client.put(f"{API}/rules/X.power", content=raw, headers=headers)
+    assert resp.status_code == 422, resp.text
+    assert "not a finite number" in resp.text
+    assert api.client.get(f"{API}/rules/X.power", headers=headers).status_code == 404
