@@ -203,6 +203,30 @@ def test_silence_times_round_trip_with_any_offset(
     assert stored is not None and stored.starts_at == starts and stored.ends_at == ends
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    back_s=st.integers(min_value=60, max_value=80 * 86_400),
+    micros=st.integers(min_value=0, max_value=999_999),
+    start_tz=offsets,
+    end_tz=offsets,
+)
+def test_query_times_with_any_offset_name_the_same_instants(
+    api: Client, back_s: int, micros: int, start_tz: timezone, end_tz: timezone
+) -> None:
+    """events and telemetry read start/end with any offset as the instant they name, and answer it in UTC."""
+    end = NOW + timedelta(microseconds=micros)
+    start = end - timedelta(seconds=back_s)
+    params = {"start": start.astimezone(start_tz).isoformat(), "end": end.astimezone(end_tz).isoformat()}
+    ms = timedelta(milliseconds=1)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    for path in ("/events", "/devices/meter-gz-0001/telemetry"):
+        extra = {"field": "power_kw", "bucket": "1d"} if "telemetry" in path else {}
+        body = api.get(path, **params, **extra).json()
+        assert body["start_ms"] == (start - epoch) // ms and body["end_ms"] == (end - epoch) // ms, path
+    if back_s > 5 * 60 + 1:  # the event 5 minutes before NOW lies inside the range
+        assert "door_forced" in [e["type"] for e in api.get("/events", **params).json()["items"]]
+
+
 def test_time_bounds_are_the_documented_years() -> None:
     assert MIN_INSTANT.year == 2000 and datetime(9999, 1, 1, tzinfo=UTC) == MAX_INSTANT
 
