@@ -48,6 +48,10 @@ class MqttSettings(_Section):
     # Default: DATA_DIR/mosquitto (follows data_dir unless set); the broker's generated passwords are kept next to
     # it, in broker-secrets.json.
     broker_dir: Path = Path("var/mosquitto")
+    # The embedded broker's persistence (devices/broker.py, docs/reliability.md): save every this many seconds, or
+    # with broker_autosave_on_changes every this many changes.
+    broker_autosave_interval: int = Field(default=1, ge=1)
+    broker_autosave_on_changes: bool = False
 
 
 class StoreSettings(_Section):

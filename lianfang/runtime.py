@@ -115,6 +115,8 @@ class Runtime:
                 platform_username=s.mqtt.username,
                 platform_password=sec.platform,
                 sim_password=sec.sim if s.env == "dev" else None,
+                autosave_interval_s=s.mqtt.broker_autosave_interval,
+                autosave_on_changes=s.mqtt.broker_autosave_on_changes,
                 **tls_files(s),
             )
             self.broker = MosquittoProcess(cfg)

@@ -180,6 +180,7 @@ DIRECTIVES = (
     "allow_anonymous",
     "persistence",
     "autosave_interval",
+    "autosave_on_changes",
     "persistent_client_expiration",
     "max_inflight_messages",
     "max_queued_messages",
