@@ -1,7 +1,8 @@
 """schemathesis over the whole REST API, against its own OpenAPI document (issue 9, "The API contract").
 
 The real app, on the seeded registry and store of ``conftest.py``, with a real alerts runtime (packs and a rule
-file), called with an admin's token so the authorised paths are exercised. Every operation gets a bounded number
+file), called with an admin's token (valid and invalid requests) and a Guangzhou operator's (valid ones), so the
+authorised, forbidden and out-of-scope paths are all exercised. Every operation gets a bounded number
 of generated requests; each answer must be no server error, a status the document declares, and a body that
 matches the declared schema, for valid requests and for invalid ones alike. The live stream (an endless
 ``text/event-stream``) and readiness are excluded; they have their own tests.
@@ -39,7 +40,7 @@ rules:
 """
 
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
-MAX_EXAMPLES = 20
+MAX_EXAMPLES = 30
 # The live stream never ends; readiness answers 503 by design while the (unstarted) alert runtime is not running.
 EXCLUDED = {"/api/v1/stream", "/api/v1/health/ready"}
 
@@ -87,7 +88,8 @@ def _run_operation(operation: Any, mode: GenerationMode, headers: dict[str, str]
 
 
 def test_api_answers_only_what_its_openapi_document_declares(api_schema: Any, gateway: Gateway) -> None:
-    headers = {"Authorization": f"Bearer {gateway.tokens['admin']}"}
+    admin = {"Authorization": f"Bearer {gateway.tokens['admin']}"}
+    operator = {"Authorization": f"Bearer {gateway.tokens['gz']}"}  # scoped to Guangzhou: 403 and 404 paths
     problems: list[str] = []
     operations = 0
     for result in api_schema.get_all_operations():
@@ -95,7 +97,11 @@ def test_api_answers_only_what_its_openapi_document_declares(api_schema: Any, ga
         if operation.path in EXCLUDED:
             continue
         operations += 1
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        for mode, headers in (
+            (GenerationMode.POSITIVE, admin),
+            (GenerationMode.NEGATIVE, admin),
+            (GenerationMode.POSITIVE, operator),
+        ):
             problems += _run_operation(operation, mode, headers)
     assert operations >= 20, "the document lost its operations"
     assert not problems, f"{len(problems)} problem(s):\n\n" + "\n\n".join(problems[:30])
