@@ -19,7 +19,7 @@ from faults.scenarios._store import store_outage
 
 NAME = "store_full"
 EXPECT = "0 lost, 0 duplicated; 503 + metrics + platform alert within 60 s; ready and alert resolved after"
-SIZE = "2m"
+SIZE = os.environ.get("FAULTS_TMPFS_SIZE", "2m")  # mount's size= option
 
 
 def _fill(path: Path) -> None:

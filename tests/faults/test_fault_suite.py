@@ -16,7 +16,13 @@ from faults.run import SCENARIOS, run_one
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 # scenario -> the fix it still waits for (strict: the test fails as soon as the scenario passes)
-MISSING_FIX: dict[str, str] = {}
+MISSING_FIX: dict[str, str] = {
+    "store_full": "ingest writer / core store: after a full disk is freed, the held batch (up to 2,000 messages) is "
+    "retried as one transaction whose WAL (~1.9 MiB) does not fit the freed 2 MiB, so it never recovers; it needs "
+    "smaller retries (split the batch) or a truncated WAL (passes with an 8 MiB tmpfs)",
+    "poison": "core/protocol decode: an integer beyond 64 bits in an event field (tamper, code=2^70) is stored as a "
+    "float instead of rejected 'schema' (PROTOCOL.md v1.1 bounds)",
+}
 
 
 @pytest.fixture(scope="module")
