@@ -27,8 +27,9 @@ Behaviour (times are Beijing time, UTC+8; "working day" is the official Chinese 
 
 Incidents: ``door_forced`` (the door opens with no access before it: the gate has no access in the 15 s before,
 ``QUIET_BEFORE_FORCED_MS``, so a normal entry can neither hold the door open nor excuse it), ``night_vehicle``
-(ignition on and a trip to a site at least 2 km away when the region has one, whatever the hour), ``energy_spike`` (power x ``factor`` for ``duration_s``), ``silent`` (the device stops
-publishing, its Last Will is sent; with ``duration_s`` it comes back online afterwards).
+(ignition on and a trip to a site at least 2 km away when the region has one, whatever the hour),
+``energy_spike`` (power x ``factor`` for ``duration_s``), ``silent`` (the device stops publishing, its Last Will
+is sent; with ``duration_s`` it comes back online afterwards).
 
 More incidents, for the rules the normal behaviour never drives: ``tamper`` (a gate or meter sends one
 ``tamper`` event), ``power_cut`` (a vehicle sends one ``power_cut`` event), ``door_forced_event`` (like
