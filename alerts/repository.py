@@ -323,6 +323,16 @@ class AlertRepository:
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"alert store read failed: {exc}") from exc
 
+    def count_silences(self, *, active_only: bool = False) -> int:
+        q = select(func.count()).select_from(SilenceRow)
+        if active_only:
+            q = q.where(SilenceRow.ended.is_(False))
+        try:
+            with self.engine.connect() as conn:
+                return int(conn.scalar(q) or 0)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"alert store read failed: {exc}") from exc
+
     def silence(self, silence_id: int) -> Silence | None:
         try:
             with self.engine.connect() as conn:

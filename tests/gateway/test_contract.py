@@ -137,6 +137,8 @@ def test_silences_are_paged(api: Client) -> None:
     assert [s["id"] for s in page["items"]] == made[1:]
     assert [s["id"] for s in api.get("/silences").json()["items"]] == made[1:]
     assert api.get("/silences", limit=1001).status_code == 422
+    scoped = api.get("/silences", user="gz", active="false", limit=1, offset=1).json()  # Guangzhou's two
+    assert scoped["total"] == 2 and [s["id"] for s in scoped["items"]] == [made[1]]
 
 
 # --- times ---------------------------------------------------------------------------------------------------
