@@ -559,3 +559,30 @@ def test_stored_last_values_reads_the_counters_from_the_telemetry_store(tmp_path
     finally:
         store.close()
     assert last == {"meter-gz-0001": {"energy_kwh": 12.5}, "car-gz-0001": {"odometer_km": 42.0}}
+
+
+def test_simulate_reads_the_dev_password_from_the_data_dir_or_says_where_it_comes_from(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from core.settings import load_settings
+    from lianfang import commands  # noqa: F401  (registers the sub-apps)
+    from lianfang.cli import app
+    from lianfang.runtime import BrokerSecrets, broker_secrets_path
+
+    data = tmp_path / "var"
+    env = {
+        "LIANFANG_DATA_DIR": str(data),
+        "LIANFANG_DATABASE_URL": f"sqlite:///{data / 'registry.db'}",
+        "LIANFANG_MQTT__BROKER_DIR": str(data / "mosquitto"),
+        "LIANFANG_SIM_PASSWORD": "",
+        "LIANFANG_CONFIG": "",
+    }
+    missing = CliRunner().invoke(app, ["simulate", "--duration", "1"], env=env)
+    assert missing.exit_code == 1 and "DATA_DIR/broker-secrets.json" in missing.stderr
+    settings = load_settings(None, data_dir=str(data), mqtt={"broker_dir": str(data / "mosquitto")})
+    made = BrokerSecrets.load_or_create(broker_secrets_path(settings))
+    from devices.sim_cli import dev_sim_password
+
+    assert dev_sim_password(settings) == made.sim
+    prod = load_settings(None, env="prod", data_dir=str(data), mqtt={"password": "real-secret"})
+    assert dev_sim_password(prod) is None  # the shared simulator account exists only in dev
