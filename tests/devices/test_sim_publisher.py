@@ -275,7 +275,13 @@ def test_simulate_command_publishes_the_registry_fleet_and_stops_with_counts(
 
 
 def test_simulate_command_without_password_exits_1(tmp_path: Path) -> None:
-    env = {"LIANFANG_DATABASE_URL": f"sqlite:///{tmp_path}/r.db", "LIANFANG_SIM_PASSWORD": ""}
+    env = {
+        "LIANFANG_DATABASE_URL": f"sqlite:///{tmp_path}/r.db",
+        "LIANFANG_SIM_PASSWORD": "",
+        # no broker-secrets.json there (in dev simulate reads the password from the data dir)
+        "LIANFANG_DATA_DIR": str(tmp_path),
+        "LIANFANG_MQTT__BROKER_DIR": str(tmp_path / "mosquitto"),
+    }
     result = CliRunner().invoke(app, ["simulate", "--duration", "1"], env=env)
     assert result.exit_code == 1
     assert "LIANFANG_SIM_PASSWORD" in result.output
