@@ -108,6 +108,9 @@ class ResendPolicy:
     max_range: int = MAX_RANGE
     max_gap: int = 100_000  # missing seqs tracked per device; a larger jump is lost at once (too_large)
     max_open_requests: int = 4  # per device
+    # Seqs asked for and not yet answered, all devices together: the records come back through the broker's queue
+    # for ingest, which must not overflow with them.
+    max_outstanding_seqs: int = 20_000
     commands_per_s: float = 50.0  # token bucket, all devices together
     burst: int = 200
     restart_window: int = 10_000  # a seq this far below the highest (and not missing) is a counter restart
@@ -329,6 +332,8 @@ class GapBook:
         losses: list[Loss] = []
         for a, b in parse_seq_ranges(detail, limit=req.b - req.a + 1):
             losses.extend(self._lose_within(device_id, max(a, req.a), min(b, req.b), "not_held", now_ms))
+        if not any(g.cmd_id == cmd_id for g in d.gaps):
+            self._close(cmd_id)  # everything came back (or is accounted for): done at once
         return losses
 
     def _close(self, cmd_id: str) -> _Request | None:
@@ -352,20 +357,22 @@ class GapBook:
         p = self.policy
         losses: list[Loss] = []
         for cmd_id, req in list(self.requests.items()):
-            if req.answered_ms is not None:
-                if now_ms >= req.answered_ms + p.settle_ms:
-                    self._close(cmd_id)
-                    losses.extend(self._lose_within(req.device_id, req.a, req.b, "not_received", now_ms))
-            elif now_ms >= req.sent_ms + p.answer_timeout_ms:
-                self._close(cmd_id)
-                d = self._device(req.device_id)
-                if req.attempt >= p.max_attempts:
-                    losses.extend(self._lose_within(req.device_id, req.a, req.b, "no_answer", now_ms))
-                else:
-                    for g in d.gaps:
-                        if g.a <= req.b and g.b >= req.a:
-                            g.since_ms = min(g.since_ms, now_ms - p.settle_ms)  # ask again at once
+            answered = req.answered_ms is not None
+            due = (req.answered_ms or 0) + p.settle_ms if answered else req.sent_ms + p.answer_timeout_ms
+            if now_ms < due:
+                continue
+            # Unanswered, or answered but records are still missing (resent, then dropped again by an overflowing
+            # broker queue, say): ask again, or give up after max_attempts.
+            self._close(cmd_id)
+            if req.attempt >= p.max_attempts:
+                reason = "not_received" if answered else "no_answer"
+                losses.extend(self._lose_within(req.device_id, req.a, req.b, reason, now_ms))
+                continue
+            for g in self._device(req.device_id).gaps:
+                if g.a <= req.b and g.b >= req.a:
+                    g.since_ms = min(g.since_ms, now_ms - p.settle_ms)  # ask again at once
         self._refill(now_ms)
+        outstanding = sum(r.b - r.a + 1 for r in self.requests.values())
         commands: list[ResendCommand] = []
         for device_id in sorted(self._work):
             d = self.devices[device_id]
@@ -379,7 +386,12 @@ class GapBook:
                 if d.no_buffer_until_ms > now_ms:
                     losses.extend(self._lose_within(device_id, g.a, g.b, "no_buffer", now_ms))
                     continue
-                if len(d.requests) >= p.max_open_requests or self._tokens < 1:
+                size = min(g.b - g.a + 1, p.max_range)
+                if (
+                    len(d.requests) >= p.max_open_requests
+                    or self._tokens < 1
+                    or (outstanding and outstanding + size > p.max_outstanding_seqs)
+                ):
                     idle = False
                     break
                 if g.b - g.a + 1 > p.max_range:  # ask for the first max_range seqs; the rest is its own gap
@@ -387,6 +399,7 @@ class GapBook:
                     g.b = g.a + p.max_range - 1
                     d.gaps.insert(d.gaps.index(g) + 1, rest)
                     idle = False
+                outstanding += size
                 g.attempts += 1
                 g.cmd_id = self._new_id()
                 self.requests[g.cmd_id] = _Request(device_id, g.a, g.b, now_ms, g.attempts)

@@ -141,7 +141,8 @@ def test_answer_lists_seqs_no_longer_held_and_the_rest_comes_back() -> None:
     }
 
 
-def test_ok_answer_then_records_missing_after_settle_are_not_received() -> None:
+def test_records_missing_after_an_ok_answer_are_asked_again_then_not_received() -> None:
+    """Resent, then dropped again on the way (an overflowing broker queue): asked again, max_attempts in all."""
     b = book()
     b.observe("m-1", 0, 0)
     b.observe("m-1", 5, 0)
@@ -149,9 +150,32 @@ def test_ok_answer_then_records_missing_after_settle_are_not_received() -> None:
     b.observe("m-1", 1, 1_100)
     b.observe("m-1", 3, 1_100)
     assert b.answer("m-1", cmd.cmd_id, True, "", 1_200) == []
-    assert b.tick(2_100) == ([], [])
-    _, losses = b.tick(2_200)
-    assert covered(losses) == {2, 4} and {x.reason for x in losses} == {"not_received"}
+    assert b.tick(2_100) == ([], [])  # within settle after the answer: the records may still be on their way
+    again, losses = b.tick(2_200)
+    assert losses == [] and [(c.from_seq, c.to_seq, c.attempt) for c in again] == [(2, 2, 2), (4, 4, 2)]
+    b.observe("m-1", 2, 2_300)
+    for c in again:
+        b.answer("m-1", c.cmd_id, True, "", 2_400)
+    assert len(b.requests) == 1  # the request whose record came back is closed at its answer
+    (last,), _ = b.tick(3_400)
+    assert (last.from_seq, last.attempt) == (4, 3)
+    b.answer("m-1", last.cmd_id, True, "", 3_500)
+    _, losses = b.tick(4_500)
+    assert losses == [Loss("m-1", 4, 4, "not_received", 4_500)]
+
+
+def test_outstanding_seqs_are_bounded_across_devices() -> None:
+    b = book(ResendPolicy(settle_ms=0, max_outstanding_seqs=2_500, commands_per_s=1_000, burst=1_000))
+    for i in range(5):
+        b.observe(f"d-{i}", 0, 0)
+        b.observe(f"d-{i}", 1_001, 0)
+    first, _ = b.tick(0)
+    assert len(first) == 2  # 2 x 1000 seqs asked; a third would pass 2,500
+    for c in first:
+        for s in range(c.from_seq, c.to_seq + 1):
+            b.observe(c.device_id, s, 10)
+        b.answer(c.device_id, c.cmd_id, True, "", 10)
+    assert len(b.tick(20)[0]) == 2
 
 
 def test_no_buffer_answer_loses_the_range_and_later_gaps_without_asking() -> None:
