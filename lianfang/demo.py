@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -46,28 +46,33 @@ DEMO_RULES_NOW_FILE = "demo-rules-now.yaml"
 DEFAULT_SEED = 1
 
 
-def demo_rules_now(start: datetime) -> str:
+def demo_rules_now(start: datetime, device_ids: Collection[str] | None = None) -> str:
     """The demo's clock-dependent rule overrides, as YAML (written to DATA_DIR/demo-rules-now.yaml at each start).
 
     The night-vehicle car's V1 working hours are one hour three hours away, so that the demo's start is outside
     them whatever the hour or the day (on non-working days V1 holds anyway), with no grace; and it fires once the
-    car has moved 200 m (the pack's 500 m take a city car a few minutes)."""
+    car has moved 200 m (the pack's 500 m take a city car a few minutes). Nothing when the car is not among
+    ``device_ids`` (a demo without vehicles)."""
     local = start.astimezone(BEIJING)
     hours = f"{local + timedelta(hours=3):%H:%M}-{local + timedelta(hours=4):%H:%M}"
     car = next(spec.split(":")[1] for spec, _ in DEMO_INCIDENTS if spec.startswith("night_vehicle:"))
-    return (
+    head = (
         f"# Written by 'lianfang demo' at {local.isoformat(timespec='seconds')}; rewritten at every start.\n"
         "# The scripted night-vehicle car's working hours exclude the demo's start (see lianfang/demo-rules.yaml).\n"
-        "overrides:\n"
+    )
+    if device_ids is not None and car not in device_ids:
+        return head + "overrides: []\n"
+    return (
+        head + "overrides:\n"
         f"  - {{rule: V1, device: {car}, params: {{hours: '{hours}', grace_s: 0, min_distance_m: 200}}}}\n"
     )
 
 
-def demo_rule_paths(data_dir: Path, start: datetime) -> list[Path]:
+def demo_rule_paths(data_dir: Path, start: datetime, device_ids: Collection[str] | None = None) -> list[Path]:
     """Write the clock-dependent overrides; return the demo's rule files (static, then the generated one)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     now_file = data_dir / DEMO_RULES_NOW_FILE
-    now_file.write_text(demo_rules_now(start), encoding="utf-8")
+    now_file.write_text(demo_rules_now(start, device_ids), encoding="utf-8")
     return [DEMO_RULES_FILE, now_file]
 
 
@@ -120,7 +125,7 @@ def demo(
     created, _ = registry.add_devices(specs, now=now)
     registry.engine.dispose()
     logger.info("demo registry ready: %d devices (%d new)", len(specs), created)
-    rules = [*settings.alerts.rules_paths, *demo_rule_paths(settings.data_dir, now)]
+    rules = [*settings.alerts.rules_paths, *demo_rule_paths(settings.data_dir, now, {s.id for s in specs})]
     settings = settings.model_copy(update={"alerts": settings.alerts.model_copy(update={"rules_paths": rules})})
 
     def start_fleet(runtime: Runtime) -> Callable[[], None]:

@@ -135,6 +135,16 @@ def test_demo_rules_now_put_the_start_outside_the_night_vehicle_cars_working_hou
         assert f"hours: '{window}'" in text and "device: car-sz-a01-01" in text
 
 
+def test_demo_rules_load_with_and_without_the_scripted_car(tmp_path: Path) -> None:
+    start = CLOCKS["night-03h"]
+    with_car = RuleSet.load([PACKS_DIR, *demo_rule_paths(tmp_path / "a", start)])
+    without = RuleSet.load([PACKS_DIR, *demo_rule_paths(tmp_path / "b", start, {"gate-gz-a01-b1-01"})])
+    v1 = {r.rule_id: r for r in with_car.for_device("car-sz-a01-01", "vehicle", ("gd", "gd-sz", "gd-sz-a01"))}["V1"]
+    assert v1.params.hours == "06:00-07:00" and v1.params.min_distance_m == 200
+    v1 = {r.rule_id: r for r in without.for_device("car-sz-a01-01", "vehicle", ("gd", "gd-sz", "gd-sz-a01"))}["V1"]
+    assert v1.params.hours == "08:30-17:30"  # a demo without vehicles: the pack's V1, no override of a missing car
+
+
 @pytest.mark.parametrize("resume", [True, False], ids=["resumed", "not-resumed"])
 def test_demo_restart_continues_meters_from_the_store(resume: bool, sqlite_registry: Registry, tmp_path: Path) -> None:
     """A demo stopped and started again on the same data: with the stored readings resumed, no meter goes
