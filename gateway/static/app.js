@@ -197,6 +197,7 @@ async function loadMe() {
   const me = state.me;
   $("user").textContent = me ? me.name + " · " + t("role_" + me.role) : "";
   document.body.classList.toggle("can-act", canAct());
+  document.body.dataset.role = me ? me.role : "";
 }
 function canAct() {
   return !!(state.me && state.me.can_act_on_alerts);
@@ -743,8 +744,8 @@ async function refreshAll() {
 function start() {
   if (state.streamAbort) state.streamAbort.abort();
   state.me = null;  // a new token: ask who it is
-  refreshAll();
-  if (state.drawerId !== null) openDrawer(state.drawerId);
+  // The drawer opens once the role is known, so it never shows actions the caller may not use.
+  refreshAll().then(() => { if (state.drawerId !== null) openDrawer(state.drawerId); });
   stream();
 }
 

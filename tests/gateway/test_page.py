@@ -356,11 +356,12 @@ def test_viewers_see_no_ack_or_resolve_buttons_operators_do(
 ) -> None:
     panel = (
         "(() => { const li = document.querySelector('#alerts li[data-id]'); const u = document.getElementById('user');"
-        " return li && u.textContent ? {buttons: [...li.querySelectorAll('button')].map(b => b.textContent),"
-        " user: u.textContent} : null; })()"
+        " return li && document.body.dataset.role"
+        " ? {buttons: [...li.querySelectorAll('button')].map(b => b.textContent), user: u.textContent} : null; })()"
     )
     drawer = (
-        "(() => { const t = document.getElementById('dr-title'); if (!t.textContent) return null;"
+        "(() => { const t = document.getElementById('dr-title');"
+        " if (!t.textContent || document.getElementById('al-drawer').hidden) return null;"
         " return [...document.querySelectorAll('#dr-actions button')].map(b => b.textContent); })()"
     )
     viewer = _in_browser(f"{served}/#token={gateway.tokens['gzb1']}&alert={firing}", [panel, drawer], tmp_path)
