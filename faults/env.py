@@ -9,6 +9,7 @@ starts from a copy of that data directory (registry, broker identities, broker s
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -59,6 +60,12 @@ SERVE_ENV = {
     "LIANFANG_GC_SETTLE_S": "0",
     "LIANFANG_LOG_LEVEL": "INFO",
 }
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel stops it if the suite dies (even SIGKILL), so nothing outlives a run."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _run_cli(env: Mapping[str, str], *args: str, timeout: float = 60) -> str:
@@ -223,6 +230,7 @@ class FaultEnv:
                 stdout=fh,
                 stderr=fh,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         self.wait(lambda: self.ready()[0] == 200, timeout, "lianfang serve ready", process=self.serve_proc)
 
@@ -239,7 +247,9 @@ class FaultEnv:
 
     def spawn(self, code: str) -> subprocess.Popen[bytes]:
         """A helper Python process (e.g. one holding a lock on the store), stopped at close."""
-        proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=_die_with_parent
+        )
         self._helpers.append(proc)
         return proc
 
