@@ -20,7 +20,16 @@ from alerts.platform import root_region_of
 from alerts.wiring import AlertsRuntime
 from core.settings import Settings
 from core.store.sqlite import SqliteStore
-from devices.broker import BrokerConfig, MosquittoProcess, free_port, render_config
+from devices.broker import (
+    PLATFORM_SYS_ACLS,
+    SIM_CMD_ACLS,
+    BrokerConfig,
+    MosquittoProcess,
+    bootstrap_dynsec,
+    free_port,
+    render_config,
+    write_broker_files,
+)
 from devices.registry import Registry
 from devices.sim_publisher import SharedPublisher
 from devices.simulator import SimMessage
@@ -154,3 +163,22 @@ def test_broker_dropped_change_names_the_counts() -> None:
     ch = broker_dropped_change(5, 85, 90, region_path=("gd",), now=datetime(2026, 12, 4, tzinfo=UTC))
     assert (ch.rule_id, ch.device_id, ch.region_id, ch.firing) == (BROKER_DROPPED, "platform", "gd", True)
     assert ch.detail == {"dropped": 85, "last_dropped": 5, "broker_total": 90}
+
+
+def test_an_older_dynsec_file_gets_the_sys_and_command_acls(tmp_path: Path) -> None:
+    cfg = BrokerConfig(
+        directory=tmp_path, port=1883, admin_password="a-" + uuid.uuid4().hex, sim_password="s-" + uuid.uuid4().hex
+    )
+    doc = bootstrap_dynsec(cfg)
+    for role in doc["roles"]:  # as written before these ACLs existed
+        mine = [*PLATFORM_SYS_ACLS, *SIM_CMD_ACLS]
+        role["acls"] = [a for a in role["acls"] if a not in mine]
+    cfg.directory.mkdir(exist_ok=True)
+    cfg.dynsec_path.write_text(json.dumps(doc))
+    write_broker_files(cfg)
+    roles = {r["rolename"]: r["acls"] for r in json.loads(cfg.dynsec_path.read_text())["roles"]}
+    assert {"acltype": "subscribePattern", "topic": "$SYS/broker/#", "allow": True} in roles["lf-platform"]
+    assert {"acltype": "publishClientReceive", "topic": "lf/v1/+/cmd", "allow": True} in roles["lf-sim"]
+    before = cfg.dynsec_path.read_text()
+    write_broker_files(cfg)
+    assert cfg.dynsec_path.read_text() == before  # once only
