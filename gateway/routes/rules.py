@@ -60,6 +60,10 @@ def get_rule_admin(ctx: ContextDep) -> RuleAdmin:
 
 
 RulesDep = Annotated[RuleAdmin, Depends(get_rule_admin)]
+# A PUT answers 201 when it creates and 200 when it replaces; both carry the object.
+_CREATED: dict[int | str, dict[str, Any]] = {
+    201: {"description": "created (200: replaced)", "content": {"application/json": {"schema": {"type": "object"}}}}
+}
 
 
 # --- JSON shapes -------------------------------------------------------------------------------------------------
@@ -355,7 +359,7 @@ def _guard_disabling(principal: Principal, rule_id: str, body: OverrideBody) -> 
         )
 
 
-@router.put("/rules/{rule_id}/overrides")
+@router.put("/rules/{rule_id}/overrides", responses=_CREATED)
 def put_override(
     rule_id: RuleOrAllPath,
     body: OverrideBody,
@@ -457,7 +461,7 @@ def _whole_tree_admin(principal: Principal) -> None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="rule definitions need an admin of the whole tree")
 
 
-@router.put("/rules/{rule_id}")
+@router.put("/rules/{rule_id}", responses=_CREATED)
 def put_rule(
     rule_id: RulePath,
     body: RuleBody,
