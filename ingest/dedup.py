@@ -77,23 +77,35 @@ class SeqTracker:
         d = self._devices.get(device_id)
         if d is None:
             d = self._devices[device_id] = _DeviceSeqs()
-        for layer in (d.staged, d.recent):
-            if seq in layer:
-                seen_ts = layer[seq]
-                if ts_ms is None or seen_ts is None or seen_ts == ts_ms:
-                    return True, 0
-        gap = seq - d.last - 1 if d.last >= 0 and seq > d.last + 1 else 0
-        d.staged[seq] = ts_ms
+        pending = d.staged
+        if seq in pending:
+            seen_ts = pending[seq]
+            if ts_ms is None or seen_ts is None or seen_ts == ts_ms:
+                return True, 0
+        recent = d.recent
+        if seq in recent:
+            seen_ts = recent[seq]
+            if ts_ms is None or seen_ts is None or seen_ts == ts_ms:
+                return True, 0
+        last = d.last
+        gap = seq - last - 1 if last >= 0 and seq > last + 1 else 0
+        pending[seq] = ts_ms
         staged.append((device_id, seq, ts_ms))
-        self._advance(d, seq)
+        if seq > last or seq < last - self.window:  # forward, or a counter restart
+            d.last = seq
         return False, gap
 
     def commit(self, staged: Staged) -> None:
         """The batch that staged these seqs is durable: remember them as stored."""
         devices = self._devices
+        window = self.window
         for device_id, seq, ts_ms in staged:
             d = devices[device_id]
-            self._learn(d, seq, ts_ms)
+            recent = d.recent
+            recent[seq] = ts_ms
+            recent.move_to_end(seq)
+            if len(recent) > window:
+                recent.popitem(last=False)
             d.staged.pop(seq, None)
 
     def abort(self, staged: Staged) -> None:
