@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from core.errors import StoreUnavailable
 from core.protocol import DeviceInfo
+from ingest.pipeline import RawMessage
 from ingest.service import RegistryCache
 from tests.helpers import wait_until
 
@@ -65,3 +67,38 @@ def test_a_registry_outage_keeps_the_cached_view() -> None:
         assert set(cache.devices) == {"m-1"}
     finally:
         cache.stop()
+
+
+def _msg(device: str, received_ms: int) -> RawMessage:
+    return RawMessage(f"lf/v1/{device}/telemetry", b"{}", 1, 1, received_ms)
+
+
+def test_screen_rereads_for_a_disabled_device_and_holds_it_until_a_view_newer_than_the_message() -> None:
+    loads = Loads()
+    loads.devices["m-2"] = DeviceInfo("m-2", "energy_meter", "gz", enabled=False)
+    cache = RegistryCache(loads, refresh_s=3600, miss_refresh_s=3600)
+    cache.refresh()
+    loads.devices["m-2"] = DeviceInfo("m-2", "energy_meter", "gz", enabled=True)  # `devices enable m-2`
+    now = time.time_ns() // 1_000_000
+    good, fresh = _msg("m-1", now), _msg("m-2", now)
+    view, ready, held = cache.screen([good, fresh], now)
+    assert ready == [good] and held == [fresh]  # a re-read is not allowed yet: held back, not rejected
+    assert not cache.ready_to_recheck()
+    cache.miss_refresh_s = 0
+    assert cache.ready_to_recheck()
+    view, ready, held = cache.screen([fresh], now)  # re-read at once, then judged on the new view
+    assert ready == [fresh] and held == [] and view["m-2"].enabled
+
+
+def test_screen_judges_on_the_view_when_it_is_newer_than_the_message_or_held_too_long() -> None:
+    loads = Loads()
+    cache = RegistryCache(loads, refresh_s=3600, miss_refresh_s=3600, hold_max_s=5)
+    before = time.time_ns() // 1_000_000 - 10
+    cache.refresh()
+    calls = loads.calls
+    old = _msg("unknown-1", before)  # arrived before the view was read: the verdict stands
+    _, ready, held = cache.screen([old], before + 20)
+    assert ready == [old] and held == [] and loads.calls == calls
+    late = _msg("unknown-2", cache.loaded_from_ms + 1)
+    _, ready, held = cache.screen([late], cache.loaded_from_ms + 1 + 6000)  # held longer than hold_max_s
+    assert ready == [late] and held == []
