@@ -52,7 +52,7 @@ from ingest import metrics
 logger = logging.getLogger(__name__)
 
 MAX_RANGE = 10_000  # PROTOCOL.md v1.1: a resend asks for at most this many seqs
-LOSS_REASONS = ("no_buffer", "not_held", "no_answer", "not_received", "too_large", "counter_restart")
+LOSS_REASONS = ("no_buffer", "not_held", "no_answer", "not_received", "too_large", "too_many_gaps", "counter_restart")
 for _reason in LOSS_REASONS:
     metrics.SEQ_LOST.labels(_reason)
 
@@ -107,6 +107,7 @@ class ResendPolicy:
     max_attempts: int = 3  # commands per gap before it counts as lost (no_answer)
     max_range: int = MAX_RANGE
     max_gap: int = 100_000  # missing seqs tracked per device; a larger jump is lost at once (too_large)
+    max_gaps: int = 1_000  # separate gaps tracked per device; more are lost at once (too_many_gaps)
     max_open_requests: int = 4  # per device
     # Seqs asked for and not yet answered, all devices together: the records come back through the broker's queue
     # for ingest, which must not overflow with them.
@@ -253,6 +254,8 @@ class GapBook:
                 a, b = d.high + 1, seq - 1
                 if d.missing + (b - a + 1) > self.policy.max_gap:
                     losses.append(self._lost(device_id, d, a, b, "too_large", now_ms))
+                elif len(d.gaps) >= self.policy.max_gaps:
+                    losses.append(self._lost(device_id, d, a, b, "too_many_gaps", now_ms))
                 else:
                     d.gaps.append(_Gap(a, b, now_ms))
                     d.missing += b - a + 1

@@ -243,6 +243,15 @@ def test_gap_larger_than_max_gap_is_lost_at_once() -> None:
     assert b.missing("m-1") == []
 
 
+def test_gaps_per_device_are_bounded() -> None:
+    b = book(ResendPolicy(max_gaps=3))
+    losses: list[Loss] = []
+    for s in range(0, 12, 2):  # every other record lost: 1, 3, 5, 7, 9
+        losses += b.observe("m-1", s, 0)
+    assert b.missing("m-1") == [(1, 1), (3, 3), (5, 5)]
+    assert losses == [Loss("m-1", 7, 7, "too_many_gaps", 0), Loss("m-1", 9, 9, "too_many_gaps", 0)]
+
+
 def test_commands_are_rate_limited_across_devices() -> None:
     b = book(ResendPolicy(settle_ms=0, commands_per_s=10, burst=5))
     for i in range(20):
