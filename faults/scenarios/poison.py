@@ -61,20 +61,19 @@ def run(ctx: Ctx) -> Result:
             with traffic(pub, seconds=seconds, rate=ctx.pick(50, 200), devices=good):
                 time.sleep(0.5)
                 t0 = time.monotonic()
+                n_poison = rounds * len(payloads)
+
+                def counted(m: dict[str, float]) -> bool:
+                    return _rejected(m) > rejected_before
+
+                def look(seconds: float) -> None:
+                    watch(env, obs, t0, seconds, ready=True, metric=counted, until_all=False)
+
                 for _round in range(rounds):
                     for channel, payload in payloads:
                         pub.publish_raw(POISON, payload, channel)
-                    time.sleep(seconds / (rounds + 2))
-                n_poison = rounds * len(payloads)
-                watch(
-                    env,
-                    obs,
-                    t0,
-                    seconds,
-                    ready=True,
-                    metric=lambda m: _rejected(m) > rejected_before,
-                    until_all=False,
-                )
+                    look(seconds / (rounds + 2))  # the observers run while the poison goes on
+                look(seconds / (rounds + 2))
             env.kill_broker(signal.SIGTERM)  # graceful: what ingest held is redelivered to the same session
             env.start_broker()
             pub.run(seconds=2, rate=20, devices=good)
