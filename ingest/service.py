@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from core.errors import StoreUnavailable
-from core.protocol import DeviceInfo
+from core.protocol import DEVICE_ID_RE, INBOUND_KINDS, DeviceInfo
 from core.protocol import decode as default_decoder
 from core.settings import IngestSettings, MqttSettings
 from core.store import BatchListener, TelemetryStore, WriteBatch
@@ -150,11 +150,14 @@ class RegistryCache:
 
     @staticmethod
     def _accepts(devices: Mapping[str, DeviceInfo], topic: str) -> bool:
+        """True unless the topic names a well-formed device id the view does not know or has as disabled."""
         parts = topic.split("/")
         if len(parts) != 4:
             return True  # not a device topic: rejected for what it is, no registry needed
         d = devices.get(parts[2])
-        return d is not None and d.enabled
+        if d is not None and d.enabled:
+            return True
+        return parts[3] not in INBOUND_KINDS or DEVICE_ID_RE.match(parts[2]) is None  # rejected without the registry
 
 
 @dataclass(eq=False)

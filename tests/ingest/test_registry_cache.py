@@ -102,3 +102,18 @@ def test_screen_judges_on_the_view_when_it_is_newer_than_the_message_or_held_too
     late = _msg("unknown-2", cache.loaded_from_ms + 1)
     _, ready, held = cache.screen([late], cache.loaded_from_ms + 1 + 6000)  # held longer than hold_max_s
     assert ready == [late] and held == []
+
+
+def test_screen_does_not_reread_for_topics_rejected_without_the_registry() -> None:
+    loads = Loads()
+    cache = RegistryCache(loads, refresh_s=3600, miss_refresh_s=0)
+    cache.refresh()
+    calls = loads.calls
+    now = time.time_ns() // 1_000_000 + 1000
+    odd = [
+        RawMessage("lf/v1/Bad_Id/telemetry", b"{}", 1, 1, now),
+        RawMessage("lf/v1/m-9/cmd", b"{}", 2, 1, now),
+        RawMessage("x/y", b"{}", 3, 1, now),
+    ]
+    _, ready, held = cache.screen(odd, now)
+    assert ready == odd and held == [] and loads.calls == calls
