@@ -1,13 +1,16 @@
 """Broker persistence: publish throughput into a backlog against what a broker crash (SIGKILL) loses.
 
-    python bench/broker_persistence.py [--trials N] [--seconds S] [--backlog N] [--settings NAME,...] [--short]
+    python bench/broker_persistence.py [--trials N] [--seconds S] [--backlog N] [--consume] [--rate R]
+                                       [--settings NAME,...] [--short]
 
 For each persistence setting, each trial starts a real Mosquitto from the project's generated config
 (``devices/broker.py``; only the persistence lines differ), makes the ingest session persistent and leaves it away
 (not consuming: every message is queued for it, a backlog), publishes QoS 1 as fast as one connection can with a
 bounded window for a random 60-100 % of ``--seconds``, then SIGKILLs the broker, restarts it from its persistence
 file and drains the session. ``--backlog N`` starts each trial with N messages already queued (an ingest outage
-in progress), which makes every save of the whole file that much bigger. It prints one line per setting:
+in progress), which makes every save of the whole file that much bigger. ``--consume`` keeps the ingest session
+connected and taking everything (normal operation: no backlog), ``--rate`` caps the publishing rate. It prints one
+line per setting:
 
 - ``msg/s``: PUBACKed messages per second while the backlog grew (median of the trials);
 - ``lost``: messages the broker had PUBACKed but did not deliver after the restart (min / median / max);
@@ -107,12 +110,38 @@ def _session(cfg: BrokerConfig, drain: bool) -> set[int]:
     return seqs
 
 
+class _Consumer:
+    """The ingest session connected and taking everything (acked as it arrives): no backlog builds up."""
+
+    def __init__(self, cfg: BrokerConfig) -> None:
+        self.seqs: set[int] = set()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=SESSION_ID, protocol=mqtt.MQTTv5)
+        self.client.username_pw_set(cfg.platform_username, cfg.platform_password)
+        self.client.on_message = lambda _c, _u, msg: self.seqs.add(int(json.loads(msg.payload)["seq"]))
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 3600
+        props.ReceiveMaximum = 2000
+        self.client.connect("127.0.0.1", cfg.port, clean_start=False, properties=props)
+        self.client.loop_start()
+
+    def stop(self) -> set[int]:
+        self.client.loop_stop()
+        return set(self.seqs)
+
+
 def _publish(
-    cfg: BrokerConfig, broker: MosquittoProcess, *, seconds: float = 1e9, first: int = 1, count: int = 2**62
+    cfg: BrokerConfig,
+    broker: MosquittoProcess,
+    *,
+    seconds: float = 1e9,
+    first: int = 1,
+    count: int = 2**62,
+    rate: float | None = None,
 ) -> tuple[set[int], float]:
     """Publish seq ``first``, ``first + 1``, ... at full speed (bounded window) for ``seconds``, then SIGKILL the
     broker and read the PUBACKs it had already sent; or publish ``count`` messages, wait for their PUBACKs and
-    leave the broker running. Returns the PUBACKed seqs and the publishing time."""
+    leave the broker running. ``rate``: at most that many messages per second. Returns the PUBACKed seqs and the
+    publishing time."""
     pending: dict[int, int] = {}
     acked: set[int] = set()
     pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="lianfang-sim", protocol=mqtt.MQTTv5)
@@ -141,6 +170,9 @@ def _publish(
             pub.disconnect()
             return acked, time.monotonic() - started
         burst = 0
+        if rate is not None and seq - first + 1 >= rate * (time.monotonic() - started):
+            pub.loop(0.001)
+            continue
         while len(pending) < WINDOW and burst < 64 and seq < last:
             seq += 1
             payload = json.dumps({"ts": base + seq, "seq": seq, "energy_kwh": seq / 10, "power_kw": 12.5})
@@ -172,7 +204,9 @@ def _config(directory: Path, port: int, overrides: dict[str, Any]) -> BrokerConf
     )
 
 
-def trial(overrides: dict[str, Any], seconds: float, backlog: int) -> Trial:
+def trial(
+    overrides: dict[str, Any], seconds: float, backlog: int, *, consume: bool = False, rate: float | None = None
+) -> Trial:
     with tempfile.TemporaryDirectory(prefix="lf-bench-persist-") as tmp:
         port = free_port()
         if backlog:
@@ -191,10 +225,13 @@ def trial(overrides: dict[str, Any], seconds: float, backlog: int) -> Trial:
         broker.start()
         try:
             _session(cfg, drain=False)  # subscribed, then away: everything queues for it
-            acked, elapsed = _publish(cfg, broker, seconds=seconds, first=backlog + 1)
+            consumer = _Consumer(cfg) if consume else None  # ... unless it comes back and takes everything
+            acked, elapsed = _publish(cfg, broker, seconds=seconds, first=backlog + 1, rate=rate)
+            received = consumer.stop() if consumer is not None else set()
             broker = MosquittoProcess(cfg)
             broker.start()  # from the persistence file
-            received = _session(cfg, drain=True) if overrides.get("persistence", True) else set()
+            if overrides.get("persistence", True):
+                received |= _session(cfg, drain=True)
         finally:
             broker.stop()
         return Trial(len(acked), elapsed, len(acked - received))
@@ -206,6 +243,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="longest publishing time before a kill (default 8)")
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated, from: " + ", ".join(SETTINGS))
     ap.add_argument("--backlog", type=int, default=0, help="messages already queued when the trial starts")
+    ap.add_argument("--consume", action="store_true", help="the ingest session takes everything (no backlog)")
+    ap.add_argument("--rate", type=float, default=None, help="publish at most this many msg/s (default: max)")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--short", action="store_true", help="CI mode: one 2 s trial per setting")
     args = ap.parse_args()
@@ -213,14 +252,19 @@ def main() -> None:
     rng = random.Random(args.seed)
     for name in args.settings.split(","):
         overrides = SETTINGS[name]
-        results = [trial(overrides, seconds * rng.uniform(0.6, 1.0), args.backlog) for _ in range(trials)]
+        results = [
+            trial(overrides, seconds * rng.uniform(0.6, 1.0), args.backlog, consume=args.consume, rate=args.rate)
+            for _ in range(trials)
+        ]
         rate = statistics.median(t.rate for t in results)
         lost = sorted(t.lost for t in results)
         window_ms = statistics.median(1000 * t.lost / t.rate for t in results)
         print(
             f"broker_persistence {name:<12} msg/s={rate:>7.0f} lost min/median/max={lost[0]}/"
             f"{statistics.median(lost):.0f}/{lost[-1]} of ~{statistics.median(t.acked for t in results):.0f} "
-            f"PUBACKed, window={window_ms:.0f} ms (trials={trials}, backlog {args.backlog:,} + grown for "
+            f"PUBACKed, window={window_ms:.0f} ms (trials={trials}, "
+            f"{'consumed, ' if args.consume else ''}{f'rate {args.rate:g}, ' if args.rate else ''}"
+            f"backlog {args.backlog:,} + grown for "
             f"{min(t.seconds for t in results):.1f}-{max(t.seconds for t in results):.1f} s)",
             flush=True,
         )
