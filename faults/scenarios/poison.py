@@ -32,6 +32,9 @@ def poison_payloads(now_ms: int) -> list[tuple[str, bytes]]:
         ("telemetry", j({"ts": now_ms, "energy_kwh": big + 1})),
         ("telemetry", j({"ts": now_ms, "energy_kwh": -big - 1})),
         ("telemetry", j({"ts": now_ms, "energy_kwh": 1.0, "extra_count": big})),
+        # beyond 2^64 a JSON parser may hand back a float: still an integer that does not fit 64 bits
+        ("telemetry", j({"ts": now_ms, "energy_kwh": 2**70})),
+        ("telemetry", j({"ts": now_ms, "energy_kwh": 1.0, "extra_count": 2**70})),
         ("telemetry", j({"ts": big + 1, "energy_kwh": 1.0})),
         ("telemetry", b'{"energy_kwh": NaN}'),
         ("telemetry", b'{"energy_kwh": Infinity}'),
