@@ -8,6 +8,7 @@ a gateway's array on its own and count non-standard fields (docs/adr/0004-table-
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -30,6 +31,7 @@ RAW_KEEP = 4096
 # v1.1 bounds: integers must fit a signed 64-bit integer (what the store keeps), seq is 0 <= seq < 2^63.
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+_LONG_NUMBER = re.compile(rb"[0-9]{19,}")  # a number literal that may not fit 64 bits
 
 DeviceType = Literal["gate", "vehicle", "energy_meter", "sensor"]
 DEVICE_TYPES: tuple[str, ...] = ("gate", "vehicle", "energy_meter", "sensor")
@@ -387,10 +389,18 @@ def load_json(payload: bytes) -> Any:
     if len(payload) > MAX_PAYLOAD:
         raise InvalidMessage("too_large", f"{len(payload)} bytes > {MAX_PAYLOAD}")
     try:
-        return orjson.loads(payload)  # strict RFC 8259: NaN / Infinity literals and bad UTF-8 are not JSON
+        doc = orjson.loads(payload)  # strict RFC 8259: NaN / Infinity literals and bad UTF-8 are not JSON
     except orjson.JSONDecodeError as exc:
         if "infinity" in str(exc):
             raise InvalidMessage("schema", f"a number is not finite: {exc}") from exc
+        raise InvalidMessage("not_json", str(exc)[:200]) from exc
+    if _LONG_NUMBER.search(payload) is None:
+        return doc
+    # orjson reads an integer literal outside the 64-bit range as a float, which would hide it from the integer
+    # bound. The standard parser keeps it an int (the JSON was validated above), so the bound sees it.
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError) as exc:
         raise InvalidMessage("not_json", str(exc)[:200]) from exc
 
 

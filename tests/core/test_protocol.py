@@ -174,3 +174,25 @@ def test_an_array_element_out_of_bounds_is_rejected_with_its_index() -> None:
     records, errors = _decode("telemetry", [{"energy_kwh": 1, "seq": 1}, {"energy_kwh": 1, "seq": 2**63}])
     assert len(records) == 1
     assert errors == [("schema", "$[1].seq: must be below 2^63")]
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw", "device", "path"),
+    [
+        ("event", b'{"type": "tamper", "code": 1180591620717411303424}', GATE, "$.code"),  # 2^70, the fault suite's
+        ("telemetry", b'{"energy_kwh": 1, "big": -9223372036854775809}', METER, "$.big"),
+        ("telemetry", b'{"energy_kwh": 18446744073709551617}', METER, "$.energy_kwh"),
+        ("telemetry", b'{"energy_kwh": 1, "seq": 18446744073709551617}', METER, "$.seq"),
+    ],
+)
+def test_integer_literals_beyond_64_bits_are_not_read_as_floats(
+    kind: str, raw: bytes, device: DeviceInfo, path: str
+) -> None:
+    with pytest.raises(InvalidMessage) as info:
+        decode(kind, raw, device, NOW)
+    assert info.value.reason == "schema" and info.value.detail.startswith(path)
+
+
+def test_long_float_literals_are_still_floats() -> None:
+    (r,), _ = decode("telemetry", b'{"energy_kwh": 0.12345678901234567890123, "x": 1.5e300}', METER, NOW)
+    assert isinstance(r, Reading) and r.fields["energy_kwh"] == 0.12345678901234568 and r.fields["x"] == 1.5e300
