@@ -20,8 +20,6 @@ MISSING_FIX: dict[str, str] = {
     "store_full": "ingest writer / core store: after a full disk is freed, the held batch (up to 2,000 messages) is "
     "retried as one transaction whose WAL (~1.9 MiB) does not fit the freed 2 MiB, so it never recovers; it needs "
     "smaller retries (split the batch) or a truncated WAL (passes with an 8 MiB tmpfs)",
-    "poison": "core/protocol decode: an integer beyond 2^64 (orjson parses it as a float: energy_kwh=2^70, an extra "
-    "field, an event's code) is accepted and stored as a float instead of rejected 'schema' (PROTOCOL.md v1.1)",
 }
 
 
