@@ -3,6 +3,7 @@
     LianfangError
     ├── Retryable            the operation may succeed later; keep the data, do not ack, retry
     │   ├── StoreUnavailable     telemetry store or SQL database cannot be reached / is locked
+    │   │   └── StoreFull            its disk is full
     │   └── BrokerUnavailable    MQTT broker cannot be reached or did not answer in time
     ├── InvalidMessage       poison: a device message that breaks PROTOCOL.md; reject it with `reason`
     └── UserError            bad input from a person (config file, CSV row, CLI argument): say what and where
@@ -23,6 +24,10 @@ class Retryable(LianfangError):
 
 class StoreUnavailable(Retryable):
     """The telemetry store or the SQL database could not complete a write or read."""
+
+
+class StoreFull(StoreUnavailable):
+    """The store's disk is full: retry later, in smaller transactions, after giving back the log's space."""
 
 
 class BrokerUnavailable(Retryable):

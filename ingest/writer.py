@@ -6,6 +6,10 @@
 - Any other error belongs to some value of the batch (the store has rolled its transaction back). The messages
   are split in halves, each half decoded again (``build_batch``) and written on its own, recursively, down to the
   one message that fails: it is rejected as ``internal_error`` with the error kept. Everything else is stored.
+- A full disk (``StoreFull``) is retried like any outage, but the writer also gives the WAL's space back after
+  each failure and, for ``TIGHT_S`` after the last one, after every write (``SqliteStore.reclaim_log``), and a
+  batch that still does not fit after ``SPLIT_AFTER`` attempts is written in halves, recursively: a held backlog
+  then needs only the space of its data, not the log of one big transaction (nor a log grown by a burst).
 - The duplicate tracker learns a batch's seqs when the batch is durable (``commit``) and forgets them when it is
   not (``abort``), so a failed batch never makes its own messages look like duplicates afterwards.
 """
@@ -17,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from core.errors import StoreUnavailable
+from core.errors import StoreFull, StoreUnavailable
 from core.protocol import DeviceInfo
 from core.store import TelemetryStore, WriteBatch
 from ingest import metrics
@@ -27,6 +31,12 @@ from ingest.pipeline import Decoder, RawMessage, build_batch, rejection_batch
 logger = logging.getLogger(__name__)
 
 STILL_FAILING_LOG_S = 30.0  # while the store stays unavailable, say so again this often
+SPLIT_AFTER = 3  # full-disk attempts of one batch before it is written in halves
+TIGHT_S = 120.0  # after a full disk, give the log's space back after every write for this long
+
+
+class _SplitNeeded(Exception):
+    """The disk is too full for this batch in one transaction: write it in halves."""
 
 
 def _now_ms() -> int:
@@ -59,12 +69,19 @@ class BatchWriter:
         self.isolated = 0
         self.store_error: str | None = None  # the last StoreUnavailable, until a write succeeds
         self.failing_since_ms: int | None = None
+        self.splits = 0  # batches written in halves because the disk was full
+        self._tight_until = 0.0
 
     def write(self, msgs: list[RawMessage], devices: Mapping[str, DeviceInfo], batch: WriteBatch) -> WriteBatch:
         """Write ``batch`` (built from ``msgs`` on ``devices``); returns what was written: ``batch`` itself, or,
         when a message had to be isolated, the halves that were written plus its ``internal_error`` rejection."""
         try:
-            self.write_until_durable(batch)
+            self.write_until_durable(batch, may_split=len(msgs) > 1)
+        except _SplitNeeded as exc:
+            with self.seq_lock:
+                self.seqs.abort(batch.seqs)
+            logger.warning("store full: writing the batch of %d messages in smaller transactions", len(msgs))
+            return self._bisect(msgs, devices, exc)
         except Exception as exc:
             with self.seq_lock:
                 self.seqs.abort(batch.seqs)
@@ -74,12 +91,14 @@ class BatchWriter:
                 type(exc).__name__,
                 exc,
             )
-            return self._isolate(msgs, devices, exc)
+            return self._bisect(msgs, devices, exc)
         with self.seq_lock:
             self.seqs.commit(batch.seqs)
         return batch
 
-    def _isolate(self, msgs: list[RawMessage], devices: Mapping[str, DeviceInfo], exc: Exception) -> WriteBatch:
+    def _bisect(self, msgs: list[RawMessage], devices: Mapping[str, DeviceInfo], exc: Exception) -> WriteBatch:
+        """Write ``msgs`` in halves, each decoded again, recursively. A single message reaches here only for an
+        error that is not the store's (a full disk never splits a single message): it is rejected."""
         if len(msgs) == 1:
             msg = msgs[0]
             rejected = rejection_batch(msg, "internal_error", f"store write failed: {type(exc).__name__}: {exc}"[:500])
@@ -97,21 +116,23 @@ class BatchWriter:
             with self.seq_lock:
                 batch = build_batch(part, devices, self.seqs, decode=self.decode)
             try:
-                self.write_until_durable(batch)
-            except Exception as part_exc:
+                self.write_until_durable(batch, may_split=len(part) > 1)
+            except Exception as part_exc:  # _SplitNeeded included: that half is split again
                 with self.seq_lock:
                     self.seqs.abort(batch.seqs)
-                written.extend(self._isolate(part, devices, part_exc))
+                written.extend(self._bisect(part, devices, part_exc))
                 continue
             with self.seq_lock:
                 self.seqs.commit(batch.seqs)
             written.extend(batch)
         return written
 
-    def write_until_durable(self, batch: WriteBatch) -> None:
-        """Write, retrying StoreUnavailable with backoff (logged with the backlog); other errors propagate."""
+    def write_until_durable(self, batch: WriteBatch, *, may_split: bool = False) -> None:
+        """Write, retrying StoreUnavailable with backoff (logged with the backlog); other errors propagate, and so
+        does ``_SplitNeeded`` when ``may_split`` and the disk stays too full for this batch."""
         delay, max_delay = self.retry_backoff_s
         last_log = 0.0
+        full_attempts = 0
         while True:
             started = time.perf_counter()
             try:
@@ -138,10 +159,19 @@ class BatchWriter:
                     )
                     last_log = now
                 self.store_error = str(exc)[:300]
+                if isinstance(exc, StoreFull):
+                    self._tight_until = time.monotonic() + TIGHT_S
+                    self._reclaim()
+                    full_attempts += 1
+                    if may_split and full_attempts >= SPLIT_AFTER:
+                        self.splits += 1
+                        raise _SplitNeeded(str(exc)) from exc
                 self._sleep(delay)
                 delay = min(delay * 2, max_delay)
                 continue
             metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
+            if time.monotonic() < self._tight_until:
+                self._reclaim()  # space is short: do not let the log grow over a burst of writes
             if self.store_error is not None:
                 logger.warning(
                     "store back after %.1f s; writing the %d messages held", self._failing_for_s(), self.backlog()
@@ -149,6 +179,11 @@ class BatchWriter:
                 self.store_error = None
                 self.failing_since_ms = None
             return
+
+    def _reclaim(self) -> None:
+        reclaim = getattr(self.store, "reclaim_log", None)  # SqliteStore: truncate the WAL after a checkpoint
+        if reclaim is not None:
+            reclaim()
 
     def _failing_for_s(self) -> float:
         since = self.failing_since_ms

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from core.errors import StoreUnavailable
+from core.errors import StoreFull, StoreUnavailable
 from core.fsperm import private_file
 from core.protocol import Rejection
 from core.store import Agg, Bucket, DeviceState, StoredEvent, WriteBatch
@@ -73,6 +73,10 @@ CACHE_KIB = 64 * 1024  # page cache per connection
 # stall is logged, counted and visible in /health/ready instead of a silent 30 s wait per attempt.
 BUSY_TIMEOUT_S = 5.0
 INT64_MAX = 2**63 - 1
+
+
+def _full(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "is full" in str(exc)
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -216,8 +220,21 @@ class SqliteStore:
             except BaseException as exc:
                 self._abort()
                 if isinstance(exc, sqlite3.Error) and _retryable(exc):
+                    if _full(exc):
+                        raise StoreFull(f"telemetry store write failed: {exc}") from exc
                     raise StoreUnavailable(f"telemetry store write failed: {self._explain(exc)}") from exc
                 raise
+
+    def reclaim_log(self) -> bool:
+        """After a full disk: checkpoint the whole WAL into the database and truncate it to zero bytes, so the
+        space its pages took is free again (the log does not shrink by itself). Best effort: False when it could
+        not (a reader still needs the log, or there is no room to checkpoint into)."""
+        with self._write_lock():
+            try:
+                row = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error:
+                return False
+        return row is not None and int(row[0]) == 0
 
     def _abort(self) -> None:
         """Roll the writer's transaction back; if even that fails, open a new writer connection."""
