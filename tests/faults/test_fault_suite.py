@@ -16,11 +16,7 @@ from faults.run import SCENARIOS, run_one
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 # scenario -> the fix it still waits for (strict: the test fails as soon as the scenario passes)
-MISSING_FIX: dict[str, str] = {
-    "store_full": "ingest writer / core store: after a full disk is freed, the held batch (up to 2,000 messages) is "
-    "retried as one transaction whose WAL (~1.9 MiB) does not fit the freed 2 MiB, so it never recovers; it needs "
-    "smaller retries (split the batch) or a truncated WAL (passes with an 8 MiB tmpfs)",
-}
+MISSING_FIX: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
