@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,7 +32,15 @@ RAW_KEEP = 4096
 # v1.1 bounds: integers must fit a signed 64-bit integer (what the store keeps), seq is 0 <= seq < 2^63.
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
-_LONG_NUMBER = re.compile(rb"[0-9]{19,}")  # a number literal that may not fit 64 bits
+# orjson reads an integer literal outside the 64-bit range as a float. Such a float is at least this large, so a
+# float that large makes ``decode`` parse the payload again with the standard parser, which keeps integers exact.
+_HUGE = 9.2e18
+_exact = threading.local()  # .on while decoding that exact parse (then a huge float is a real float literal)
+
+
+class _MaybeBigInt(Exception):
+    """A huge float that may have been an integer literal beyond 64 bits: decode again from an exact parse."""
+
 
 DeviceType = Literal["gate", "vehicle", "energy_meter", "sensor"]
 DEVICE_TYPES: tuple[str, ...] = ("gate", "vehicle", "energy_meter", "sensor")
@@ -240,6 +249,8 @@ def _check_value(spec: _Spec, value: object, path: str) -> float | bool:
     t = type(value)
     if t is float:
         assert isinstance(value, float)
+        if (value >= _HUGE or value <= -_HUGE) and not getattr(_exact, "on", False):
+            raise _MaybeBigInt(path)
         if kind == _INT:
             raise InvalidMessage("schema", f"{path}: must be an integer")
         if not math.isfinite(value):
@@ -389,18 +400,10 @@ def load_json(payload: bytes) -> Any:
     if len(payload) > MAX_PAYLOAD:
         raise InvalidMessage("too_large", f"{len(payload)} bytes > {MAX_PAYLOAD}")
     try:
-        doc = orjson.loads(payload)  # strict RFC 8259: NaN / Infinity literals and bad UTF-8 are not JSON
+        return orjson.loads(payload)  # strict RFC 8259: NaN / Infinity literals and bad UTF-8 are not JSON
     except orjson.JSONDecodeError as exc:
         if "infinity" in str(exc):
             raise InvalidMessage("schema", f"a number is not finite: {exc}") from exc
-        raise InvalidMessage("not_json", str(exc)[:200]) from exc
-    if _LONG_NUMBER.search(payload) is None:
-        return doc
-    # orjson reads an integer literal outside the 64-bit range as a float, which would hide it from the integer
-    # bound. The standard parser keeps it an int (the JSON was validated above), so the bound sees it.
-    try:
-        return json.loads(payload)
-    except (ValueError, RecursionError) as exc:
         raise InvalidMessage("not_json", str(exc)[:200]) from exc
 
 
@@ -411,6 +414,25 @@ def decode(kind: str, payload: bytes, device: DeviceInfo, now_ms: int) -> tuple[
     of the message as a whole raises InvalidMessage.
     """
     doc = load_json(payload)
+    try:
+        return _decode_doc(kind, doc, device, now_ms)
+    except _MaybeBigInt:
+        pass
+    # A huge number: parse exactly (the JSON was validated above), so an integer beyond 64 bits stays an int and
+    # meets the integer bound, and decode again.
+    try:
+        exact = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidMessage("not_json", str(exc)[:200]) from exc
+    _exact.on = True
+    try:
+        return _decode_doc(kind, exact, device, now_ms)
+    finally:
+        _exact.on = False
+
+
+def _decode_doc(kind: str, doc: Any, device: DeviceInfo, now_ms: int) -> tuple[list[Record], list[tuple[str, str]]]:
+    """``decode`` of a parsed payload."""
     decoder = _DECODERS[kind]
     if isinstance(doc, dict):
         return [decoder(doc, device, now_ms, "$")], []
