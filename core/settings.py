@@ -115,6 +115,35 @@ class AlertSettings(_Section):
     credential_check_s: float = Field(default=3600.0, gt=0)
 
 
+class RiskSettings(_Section):
+    """Region risk (``joint/risk.py``, docs/risk.md): weights of the score, roll-up, history."""
+
+    # Points per open item by severity (alerts use their severity; incidents theirs, times incident_factor).
+    weight_critical: float = Field(default=10.0, ge=0, le=1e6)
+    weight_major: float = Field(default=5.0, ge=0, le=1e6)
+    weight_warning: float = Field(default=2.0, ge=0, le=1e6)
+    weight_info: float = Field(default=0.5, ge=0, le=1e6)
+    # An incident stands for correlated evidence: worth this many alerts of its severity.
+    incident_factor: float = Field(default=2.0, ge=0, le=1e3)
+    # Someone is on it: an acknowledged alert (or an investigating incident) counts this much.
+    acknowledged_factor: float = Field(default=0.5, ge=0, le=1)
+    # Age: an item counts 1 + age_h / age_growth_h, at most age_cap (an unhandled item grows more pressing).
+    age_growth_h: float = Field(default=4.0, gt=0, le=1e5)
+    age_cap: float = Field(default=3.0, ge=1, le=1e3)
+    # Roll-up: parent = own + max(child) + rollup_spread * (sum(children) - max(child)); 1 = sum, 0 = max.
+    rollup_spread: float = Field(default=0.5, ge=0, le=1)
+    # Bounds: open alerts and incidents read per computation (newest first), contributors listed per region.
+    max_items: int = Field(default=50_000, ge=1, le=1_000_000)
+    top_contributors: int = Field(default=5, ge=0, le=100)
+    # History (table region_risk_history): a snapshot every this many seconds, kept this many days, at most
+    # this many regions per snapshot (highest scores first; a region that fell to 0 is written once as 0).
+    snapshot_interval_s: float = Field(default=300.0, ge=10, le=86_400)
+    history_days: int = Field(default=30, ge=1, le=3660)
+    history_max_regions: int = Field(default=5000, ge=1, le=1_000_000)
+    # Statistics: at most this many alerts / incidents / tasks read per query; more is answered as truncated.
+    stats_max_rows: int = Field(default=200_000, ge=1, le=10_000_000)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LIANFANG_", env_nested_delimiter="__", extra="forbid")
 
@@ -134,6 +163,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     alerts: AlertSettings = AlertSettings()
     resend: ResendSettings = ResendSettings()
+    risk: RiskSettings = RiskSettings()
 
     @field_validator("database_url")
     @classmethod
