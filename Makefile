@@ -48,6 +48,8 @@ bench: setup
 	$(BIN)/python bench/alert_latency.py
 	$(BIN)/python bench/broker_persistence.py
 	$(BIN)/python bench/broker_persistence.py --backlog 100000 --trials 3
+	$(BIN)/python bench/e2e.py
+	$(BIN)/python bench/e2e.py --alerts off
 
 bench-short: setup
 	$(BIN)/python bench/ingest.py --short
@@ -55,6 +57,7 @@ bench-short: setup
 	$(BIN)/python bench/provision.py --short
 	$(BIN)/python bench/alert_latency.py --short
 	$(BIN)/python bench/broker_persistence.py --short
+	$(BIN)/python bench/e2e.py --short
 
 ## faults: the fault suite against the real processes (minutes; needs root for the tmpfs of store_full);
 ## faults-short: its short mode, which also runs in `make test` (tests/faults/test_fault_suite.py)

@@ -1,0 +1,354 @@
+"""End-to-end drain benchmark: the real ``lianfang serve`` drains a backlog queued while it was down.
+
+    python bench/e2e.py [--devices N] [--messages M] [--alerts on|off] [--short]
+
+What a user runs, measured: a temporary data directory (``LIANFANG_DATA_DIR``), the sample region tree, N devices
+imported and provisioned with their broker identities (as ``bench/provision.py`` does), a Mosquitto started from
+the generated config (the one ``serve`` would start, owned by the benchmark so that it stays up while ``serve``
+is down) and ``lianfang serve`` as a subprocess with every default rule pack on, on free ports.
+
+1. ``serve`` starts once, so ingest's persistent session and subscription exist, and stops (SIGTERM).
+2. M valid QoS 1 messages are published through the simulator account while ``serve`` is down: a mix of gates,
+   vehicles and meters (telemetry; about 30 per device), 400 of them made to raise exactly one alert each
+   (150 meter readings that go backwards, E5.negative; 150 ``door_forced`` gate events, G1.event; 100
+   ``power_cut`` vehicle events, V12.power_cut). Nothing else in the data crosses a rule.
+3. ``serve`` starts again and the drain is timed from its start until every message is stored (telemetry rows
+   + events in telemetry.db); then the alerts table is read.
+
+Prints one result line: msg/s, lost (published, not stored), expected alerts raised, peak RSS of ``serve``.
+``--alerts off`` runs the same with ``LIANFANG_ALERTS__ENABLED=false``, for the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.db import make_engine, migrate
+from core.settings import Settings
+from devices.audit import Actor
+from devices.broker import BrokerConfig, MosquittoProcess, free_port
+from devices.dynsec import DynsecClient
+from devices.imports import import_devices, import_regions
+from devices.provisioning import Provisioner, ProvisionOnWrite, SecretHasher
+from devices.registry import Registry
+from lianfang.runtime import BrokerSecrets, broker_secrets_path
+
+ROOT = Path(__file__).resolve().parent.parent
+TYPES = ("gate", "energy_meter", "vehicle")
+# alert-raising messages: (rule, device type, how many)
+EXPECTED = (("E5.negative", "energy_meter", 150), ("G1.event", "gate", 150), ("V12.power_cut", "vehicle", 100))
+
+
+def write_csv(path: Path, n: int, regions: list[str]) -> list[tuple[str, str]]:
+    devices = []
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "type", "region_id", "name"])
+        for i in range(n):
+            kind = TYPES[i % len(TYPES)]
+            dev = f"{kind.replace('_', '-')}-{i:06d}"
+            devices.append((dev, kind))
+            w.writerow([dev, kind, regions[i % len(regions)], f"设备 {i}"])
+    return devices
+
+
+def telemetry(dtype: str, seq: int, ts: int, rng: random.Random, kwh: float) -> dict[str, object]:
+    if dtype == "energy_meter":
+        return {
+            "ts": ts,
+            "seq": seq,
+            "energy_kwh": round(kwh, 3),
+            "power_kw": round(rng.uniform(1, 50), 2),
+            "voltage_v": round(rng.uniform(218, 232), 1),
+            "current_a": round(rng.uniform(5, 80), 1),
+            "power_factor": 0.95,
+        }
+    if dtype == "vehicle":  # parked or moving below every speed limit, ignition off (no schedule rule applies)
+        return {
+            "ts": ts,
+            "seq": seq,
+            "lat": round(23.1 + rng.random() / 10, 6),
+            "lon": round(113.3 + rng.random() / 10, 6),
+            "speed_kmh": round(rng.uniform(0, 55), 1),
+            "heading_deg": rng.randrange(360),
+            "ignition": False,
+        }
+    return {"ts": ts, "seq": seq, "door_open": False, "occupancy": rng.randrange(200)}
+
+
+def plan(devices: list[tuple[str, str]], n: int, base_ts: int) -> list[tuple[str, bytes]]:
+    """n (topic, payload) pairs, round-robin over the devices, 2 s apart per device; EXPECTED alerts among them."""
+    rng = random.Random(7)
+    per_type: dict[str, list[str]] = {}
+    for d, t in devices:
+        per_type.setdefault(t, []).append(d)
+    # each alerting device gets one alerting message, at its 10th record (a meter's reading drops below the last)
+    special: dict[tuple[str, int], str] = {}
+    for rule, dtype, count in EXPECTED:
+        pool = per_type[dtype]
+        step = max(1, len(pool) // count)
+        for k in range(count):
+            special[(pool[(k * step) % len(pool)], 10)] = rule
+    seqs = dict.fromkeys((d for d, _ in devices), 0)
+    kwh = {d: 1000.0 + i for i, (d, _) in enumerate(devices)}
+    out: list[tuple[str, bytes]] = []
+    for i in range(n):
+        device, dtype = devices[i % len(devices)]
+        seqs[device] += 1
+        seq = seqs[device]
+        ts = base_ts + seq * 2000
+        rule = special.get((device, seq))
+        if rule in ("G1.event", "V12.power_cut"):
+            ev = {"ts": ts, "seq": seq, "type": "door_forced" if rule == "G1.event" else "power_cut"}
+            out.append((f"lf/v1/{device}/event", json.dumps(ev, separators=(",", ":")).encode()))
+            continue
+        if rule == "E5.negative":
+            kwh[device] -= 5.0
+        else:
+            kwh[device] += rng.uniform(0.01, 0.2)
+        doc = telemetry(dtype, seq, ts, rng, kwh[device])
+        out.append((f"lf/v1/{device}/telemetry", json.dumps(doc, separators=(",", ":")).encode()))
+    return out
+
+
+def prefill(port: int, password: str, msgs: list[tuple[str, bytes]], max_inflight: int = 500) -> int:
+    """Publish every message with QoS 1, at most max_inflight unacknowledged; returns how many the broker acked."""
+    sem = threading.Semaphore(max_inflight)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="lianfang-sim", protocol=mqtt.MQTTv5)
+    client.username_pw_set("lianfang-sim", password)
+    client.max_inflight_messages_set(max_inflight)
+    client.max_queued_messages_set(0)
+    acked = 0
+
+    def on_publish(c: mqtt.Client, u: object, mid: int, rc: object, props: object) -> None:
+        nonlocal acked
+        acked += 1
+        sem.release()
+
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    for topic, payload in msgs:
+        sem.acquire()
+        client.publish(topic, payload, qos=1)
+    deadline = time.monotonic() + 120
+    while acked < len(msgs) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    client.disconnect()
+    client.loop_stop()
+    return acked
+
+
+def stored(path: Path, *, exact: bool) -> int:
+    """Telemetry rows + events; while polling, max(rowid) bounds the count from above without a scan."""
+    if not path.exists():
+        return 0
+    with sqlite3.connect(path, timeout=30) as conn:
+        if exact:
+            sql = "SELECT (SELECT count(*) FROM telemetry) + (SELECT count(*) FROM events)"
+        else:
+            sql = (
+                "SELECT (SELECT coalesce(max(rowid), 0) FROM telemetry) + (SELECT coalesce(max(rowid), 0) FROM events)"
+            )
+        return int(conn.execute(sql).fetchone()[0])
+
+
+def alerts_by_rule(db: Path) -> dict[str, int]:
+    with sqlite3.connect(db, timeout=30) as conn:
+        return {str(r): int(c) for r, c in conn.execute("SELECT rule_id, count(*) FROM alerts GROUP BY rule_id")}
+
+
+class Serve:
+    """``lianfang serve`` as a subprocess; peak RSS read from /proc while it runs."""
+
+    def __init__(self, env: dict[str, str], api_port: int, log: Path) -> None:
+        self.api_port = api_port
+        self.log = log.open("ab")
+        cmd = [str(ROOT / ".venv" / "bin" / "lianfang"), "serve", "--port", str(api_port)]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.peak_rss_kib = 0
+
+    def sample_rss(self) -> None:
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak_rss_kib = max(self.peak_rss_kib, int(line.split()[1]))
+        except OSError:
+            pass
+
+    def wait_up(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/api/v1/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"serve did not answer within {timeout} s; see {self.log.name}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.sample_rss()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--devices", type=int, default=10_000)
+    ap.add_argument("--messages", type=int, default=300_000)
+    ap.add_argument("--alerts", choices=("on", "off"), default="on")
+    ap.add_argument("--short", action="store_true", help="CI mode: 1,000 devices, 30,000 messages")
+    ap.add_argument("--keep", action="store_true", help="keep the data directory (its path goes to stderr)")
+    args = ap.parse_args()
+    n_dev, n = (1_000, 30_000) if args.short else (args.devices, args.messages)
+    if n < n_dev * 11:
+        ap.error("need at least 11 messages per device (the alerting record is each device's 10th)")
+    tmp = Path(tempfile.mkdtemp(prefix="lf-bench-e2e-"))
+    data = tmp / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIANFANG_")}
+    mqtt_port, api_port = free_port(), free_port()
+    env.update(LIANFANG_DATA_DIR=str(data), LIANFANG_MQTT__PORT=str(mqtt_port), LIANFANG_LOG_LEVEL="WARNING")
+    os.environ.update({k: v for k, v in env.items() if k.startswith("LIANFANG_")})
+    settings = Settings()
+    secrets = BrokerSecrets.load_or_create(broker_secrets_path(settings))
+    # The broker serve would start (lianfang/runtime.py), run by the benchmark: up while serve is down.
+    cfg = BrokerConfig(
+        directory=settings.mqtt.broker_dir,
+        port=mqtt_port,
+        admin_password=secrets.admin,
+        platform_username=settings.mqtt.username,
+        platform_password=secrets.platform,
+        sim_password=secrets.sim,
+        autosave_interval_s=settings.mqtt.broker_autosave_interval,
+        autosave_on_changes=settings.mqtt.broker_autosave_on_changes,
+    )
+    env.update(
+        LIANFANG_MQTT__EMBEDDED_BROKER="false",
+        LIANFANG_MQTT__PASSWORD=secrets.platform,
+        LIANFANG_MQTT__ADMIN_PASSWORD=secrets.admin,
+        LIANFANG_ALERTS__ENABLED="true" if args.alerts == "on" else "false",
+    )
+    log = tmp / "serve.log"
+    broker = MosquittoProcess(cfg)
+    broker.start()
+    serve: Serve | None = None
+    try:
+        # devices: regions, CSV import with broker identities (bench/provision.py's path)
+        engine = make_engine(settings.database_url)
+        migrate(engine)
+        registry = Registry(engine)
+        now = datetime.now(UTC)
+        import_regions(registry, ROOT / "devices" / "sample" / "regions.yaml", now=now)
+        buildings = [r.id for r in registry.regions() if r.level == "building"]
+        devices = write_csv(tmp / "devices.csv", n_dev, buildings)
+        t0 = time.perf_counter()
+        with DynsecClient("127.0.0.1", cfg.port, cfg.admin_password, timeout=30) as dynsec:
+            prov = Provisioner(
+                registry, dynsec, actor=Actor("bench", "bench/e2e.py"), process=broker, hasher=SecretHasher()
+            )
+            hook = ProvisionOnWrite(prov, now)
+            report = import_devices(registry, tmp / "devices.csv", now=now, on_written=hook)
+        provision_s = time.perf_counter() - t0
+        engine.dispose()
+        assert len(report.created) == n_dev and len(hook.secrets) == n_dev, report
+        # 1) the ingest session and its subscription, then serve goes away
+        serve = Serve(env, api_port, log)
+        serve.wait_up()
+        serve.stop()
+        serve = None
+        # 2) the backlog, queued in ingest's session while serve is down
+        msgs = plan(devices, n, int(time.time() * 1000) - 120_000)
+        t0 = time.perf_counter()
+        acked = prefill(cfg.port, secrets.sim, msgs)
+        fill_s = time.perf_counter() - t0
+        if acked != n:
+            print(f"e2e: prefill failed, broker acked {acked}/{n}")
+            return 1
+        # 3) serve again; the drain is timed from its start until everything is stored
+        t0 = time.perf_counter()
+        serve = Serve(env, api_port, log)
+        store = settings.store.sqlite_path
+        deadline = time.monotonic() + 900
+        last_rss = 0.0
+        first_s = 0.0  # when the first message was stored (serve's start-up before it)
+        while time.monotonic() < deadline and serve.proc.poll() is None:
+            if time.monotonic() - last_rss > 0.5:
+                serve.sample_rss()
+                last_rss = time.monotonic()
+            upper = stored(store, exact=False)
+            if not first_s and upper > 0:
+                first_s = time.perf_counter() - t0
+            if upper >= n and stored(store, exact=True) >= n:
+                break
+            time.sleep(0.05)
+        drain_s = time.perf_counter() - t0
+        got = stored(store, exact=True)
+        alerts: dict[str, int] = {}
+        if args.alerts == "on":  # the evaluation runs beside the write; both end before the ack: give it a moment
+            db = Path(settings.database_url.removeprefix("sqlite:///"))
+            until = time.monotonic() + 30
+            while time.monotonic() < until:
+                alerts = alerts_by_rule(db)
+                if all(alerts.get(rule, 0) >= count for rule, _, count in EXPECTED):
+                    break
+                time.sleep(0.2)
+        serve.sample_rss()
+        serve.stop()
+        peak = serve.peak_rss_kib
+        serve = None
+    finally:
+        if serve is not None:
+            serve.stop()
+        broker.stop()
+    lost = n - got
+    want = sum(c for _, _, c in EXPECTED)
+    raised = sum(min(alerts.get(rule, 0), count) for rule, _, count in EXPECTED)
+    others = sum(alerts.values()) - sum(alerts.get(rule, 0) for rule, _, _ in EXPECTED)
+    alert_txt = f"alerts {raised}/{want} expected, {others} other" if args.alerts == "on" else "alerts off"
+    print(
+        f"  first message stored {first_s:.2f} s after serve started, then {n / max(drain_s - first_s, 1e-9):,.0f} "
+        f"msg/s; provisioning {provision_s:.1f} s, prefill {n / fill_s:,.0f} msg/s, alerts by rule {alerts}, "
+        f"data dir {tmp if args.keep else '(removed)'}",
+        file=sys.stderr,
+    )
+    if not args.keep:
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+    print(
+        f"e2e: {n} msgs from {n_dev} devices drained by lianfang serve in {drain_s:.2f} s = {n / drain_s:,.0f} msg/s, "
+        f"lost {lost}, {alert_txt}, peak RSS {peak / 1024:,.0f} MiB"
+    )
+    ok = lost == 0 and (args.alerts == "off" or (raised == want and others == 0))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
