@@ -271,6 +271,10 @@ class _Base:
         self.commands_answered = 0
         self._commands: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
+        # Linkage commands (joint/actions.py): ``lock`` / ``unlock`` of a gate call this with (device, locked); it
+        # answers whether the device obeyed (e.g. ``Fleet.set_locked``). None: the publisher only acknowledges.
+        self.gate_control: Callable[[str, bool], bool] | None = None
+        self.locked: set[str] = set()
 
     @property
     def counts(self) -> PublishCounts:
@@ -376,6 +380,14 @@ class _Base:
             return
         client, name = target
         cmd_id: str = doc["cmd_id"]
+        if doc.get("name") in ("lock", "unlock"):
+            locked = doc.get("name") == "lock"
+            obeyed = self.gate_control(device_id, locked) if self.gate_control is not None else True
+            if obeyed:
+                (self.locked.add if locked else self.locked.discard)(device_id)
+            detail = ("locked" if locked else "unlocked") if obeyed else "not a gate"
+            self._result(client, name, device_id, cmd_id, obeyed, detail)
+            return
         if doc.get("name") != "resend":
             self._result(client, name, device_id, cmd_id, False, f"unsupported command {doc.get('name')!r}")
             return

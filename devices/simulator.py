@@ -472,6 +472,7 @@ class _Gate(_State):
     occupancy: int = 0
     close_at: int = 0
     close_token: int = 0
+    locked: bool = False  # a linkage ``lock`` command (joint/actions.py): no access is granted until ``unlock``
 
 
 @dataclass(slots=True)
@@ -629,6 +630,16 @@ class Fleet:
     @property
     def device_ids(self) -> list[str]:
         return [st.dev.id for st in self._states]
+
+    def set_locked(self, device_id: str, locked: bool) -> bool:
+        """A gate's ``lock`` / ``unlock`` command: a locked gate grants no access (every request is denied, no
+        exit button opens it). False when the device is not a simulated gate."""
+        idx = self._index.get(device_id)
+        st = self._states[idx] if idx is not None else None
+        if not isinstance(st, _Gate):
+            return False
+        st.locked = locked
+        return True
 
     # --- set-up -----------------------------------------------------------------------------------------------
 
@@ -831,12 +842,12 @@ class Fleet:
         else:
             p_in = 0.5
         direction = "in" if rng.random() < p_in else "out"
-        if direction == "out" and rng.random() < 0.35:
+        if direction == "out" and rng.random() < 0.35 and not st.locked:
             self._emit(st, t, "event", {"type": "request_to_exit"})
             granted = True
         else:
             day = working and 7 * 60 <= minute < 20 * 60
-            granted = rng.random() >= (0.04 if day else 0.15)
+            granted = rng.random() >= (0.04 if day else 0.15) and not st.locked
             person = rng.choice(self._people[st.dev.region_id])
             credential = person.credential if granted or rng.random() < 0.5 else f"card-{rng.getrandbits(32):08x}"
             method = rng.choices(_METHODS, _METHOD_WEIGHTS)[0]
