@@ -124,7 +124,13 @@ class RegistryCache:
         Returns ``(view, ready, held)``. A message is held when its device is unknown or disabled in a view that
         was read before the message arrived, and a re-read is not allowed yet (``miss_refresh_s``)."""
         devices = self.devices
-        suspects = [m for m in msgs if not self._accepts(devices, m.topic)]
+        get = devices.get
+        suspects: list[RawMessage] = []
+        for m in msgs:  # the common case inline: a known, enabled device
+            parts = m.topic.split("/")
+            d = get(parts[2]) if len(parts) == 4 else None
+            if (d is None or not d.enabled) and not self._accepts(devices, m.topic):
+                suspects.append(m)
         if not suspects:
             return devices, msgs, []
         if max(m.received_ms for m in suspects) >= self.loaded_from_ms and (
