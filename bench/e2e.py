@@ -183,7 +183,8 @@ class Serve:
     def __init__(self, env: dict[str, str], api_port: int, log: Path) -> None:
         self.api_port = api_port
         self.log = log.open("ab")
-        cmd = [str(ROOT / ".venv" / "bin" / "lianfang"), "serve", "--port", str(api_port)]
+        # `python -m lianfang` from ROOT: the code next to this file, also when it is a copy of another commit
+        cmd = [sys.executable, "-m", "lianfang", "serve", "--port", str(api_port)]
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.peak_rss_kib = 0
 
