@@ -133,14 +133,15 @@ def fleet(env: FaultEnv, devices: Iterable[str] = (*BUFFERED, *UNBUFFERED)) -> F
 @contextmanager
 def traffic(
     pub: FleetPublisher, *, seconds: float, rate: float, devices: Iterable[str] | None = None
-) -> Iterator[threading.Thread]:
-    """Publish in the background for ``seconds``; the block waits for the end of it on the way out."""
+) -> Iterator[threading.Event]:
+    """Publish in the background for ``seconds`` (or until the yielded event is set); the block waits for the end
+    of it on the way out."""
     stop = threading.Event()
     kwargs = {"seconds": seconds, "rate": rate, "stop": stop, "devices": devices}
     th = threading.Thread(target=pub.run, kwargs=kwargs, name="faults-traffic", daemon=True)
     th.start()
     try:
-        yield th
+        yield stop
     except BaseException:
         stop.set()
         raise

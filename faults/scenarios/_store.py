@@ -59,12 +59,14 @@ def store_outage(
         pub = fleet(env)
         try:
             outage = ctx.pick(10, 75)
-            with traffic(pub, seconds=1 + outage + 1, rate=ctx.pick(20, 50)):
+            with traffic(pub, seconds=1 + outage + 2, rate=ctx.pick(20, 50)) as stop:
                 time.sleep(1)
                 inject(env)
                 t0 = time.monotonic()
                 watch(env, obs, t0, outage, ready=True, metric=_stall_metric, alert=_platform_alert)
                 release(env)
+                time.sleep(2)  # traffic goes on through the recovery, then stops: the store must hold only
+                stop.set()  # what was sent, not minutes of it on a 2 MiB disk
             t1 = time.monotonic()
             recovered = _recovered(env, t1, ctx.pick(10, 90))
             settle(env, pub, ctx.pick(15, 90))
