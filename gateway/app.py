@@ -29,6 +29,7 @@ from gateway.context import GatewayContext
 from gateway.metrics import MetricsMiddleware
 from gateway.params import ErrorBody
 from gateway.routes import API_PREFIX, alerts, devices, events, health, ingress, me, regions, rules, stream
+from gateway.routes import risk as risk_routes
 
 __all__ = ["GatewayContext", "create_app"]
 
@@ -142,7 +143,7 @@ def create_app(ctx: GatewayContext) -> FastAPI:
         body = ErrorBody(detail="storage is unavailable, retry later")
         return JSONResponse(body.model_dump(exclude_none=True), status_code=503)
 
-    for module in (health, me, regions, devices, events, stream, alerts, rules, ingress):
+    for module in (health, me, regions, devices, events, stream, alerts, rules, ingress, risk_routes):
         app.include_router(module.router)
 
     @app.get("/metrics", include_in_schema=False)
