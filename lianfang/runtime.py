@@ -34,6 +34,7 @@ from devices.registry import Registry
 from ingest.broker_drops import BrokerDropMonitor
 from ingest.resend import Loss, ResendManager, ResendPolicy
 from ingest.service import WARM_ROWS, IngestService
+from joint.risk_store import snapshotter_from_settings
 from lianfang.context import open_registry, open_store
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,12 @@ class Runtime:
             self.alerts = AlertsRuntime(s, self.registry)
             self.alerts.start()
             listeners.insert(0, self.alerts.on_batch)
+            # Region risk history (joint/risk_store.py, docs/risk.md): where the alert engine runs, once per install.
+            self.scheduler.add_job(
+                snapshotter_from_settings(self.registry.engine, self.registry.regions, s, clock.now).run,
+                "interval",
+                seconds=s.risk.snapshot_interval_s,
+            )
         if self.with_ingest:
             self._start_recovery(listeners)
         if self.with_ingest:
