@@ -82,6 +82,8 @@ class OutboundMessage:
     rendered: Rendered
     notifications: tuple[Notification, ...]
     language: str
+    # More structured content for the signed webhook's body (incident notifications: ``{"incidents": [...]}``).
+    extra: Mapping[str, Any] | None = None
 
 
 class Channel(Protocol):
@@ -192,6 +194,7 @@ class WebhookChannel(_HttpChannel):
             "text": message.rendered.text,
             "markdown": message.rendered.markdown,
             "notifications": [alert_payload(n) for n in message.notifications],
+            **(message.extra or {}),
         }
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
 

@@ -159,6 +159,9 @@ class RouteConfig(_Model):
     min_severity: Severity = Severity.INFO
     rules: list[str] = []
     kinds: list[NotificationKind] = list(NotificationKind)
+    # Incidents (joint/notify.py) go to the routes whose regions cover the incident's region, at or above
+    # min_severity, ``rules`` matched against the pattern id; false: this route carries alerts only.
+    incidents: bool = True
 
     def to_route(self) -> Route:
         return Route(
@@ -248,9 +251,20 @@ class RetryConfig(_Model):
         )
 
 
+class DepartmentConfig(_Model):
+    """A department's own channels for its incident tasks (X10): ``security`` -> the security office's robot.
+    ``regions`` (empty: everywhere) limits the entry to tasks of incidents in those subtrees, so each city's
+    department can have its own channel."""
+
+    department: str = Field(min_length=1, max_length=64)
+    channels: list[str] = Field(min_length=1)
+    regions: list[str] = []
+
+
 class NotifyConfig(_Model):
     channels: list[ChannelConfig] = []
     routes: list[RouteConfig] = []
+    departments: list[DepartmentConfig] = []
     escalation: EscalationConfig = EscalationConfig()
     retry: RetryConfig = RetryConfig()
 
@@ -265,6 +279,10 @@ class NotifyConfig(_Model):
             for j, ch in enumerate(route.channels):
                 if ch not in known:
                     raise ValueError(f"routes[{i}].channels[{j}]: unknown channel {ch!r}")
+        for i, dept in enumerate(self.departments):
+            for j, ch in enumerate(dept.channels):
+                if ch not in known:
+                    raise ValueError(f"departments[{i}].channels[{j}]: unknown channel {ch!r}")
         return self
 
     def channel(self, name: str) -> ChannelConfig:

@@ -208,3 +208,159 @@ class Renderer:
             text.append(f"{i}. {line}")
         text += ["", "-- ", t["footer"]]
         return Rendered(title=title, markdown="\n".join(md), text="\n".join(text))
+
+
+# --- incidents and department tasks (joint prevention and control, joint/notify.py) ------------------------------
+
+IncidentNoteKind = Literal["opened", "members", "escalated", "resolved", "closed", "task", "task_overdue", "action"]
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentLine:
+    """One thing to tell about an incident, as plain data (``joint/notify.py`` builds it from the incident).
+
+    ``count``: member alerts added (``members``; a burst of additions is one line), or the escalation level
+    (``escalated``, ``task_overdue``). ``department`` and ``deadline`` for task lines; ``text`` for an action line
+    or a closing cause."""
+
+    kind: IncidentNoteKind
+    incident_id: int
+    title_zh: str
+    title_en: str
+    severity: Severity
+    region_id: str
+    state: str
+    at: datetime
+    count: int = 0
+    department: str | None = None
+    deadline: datetime | None = None
+    text: str = ""
+
+
+INCIDENT_KIND_LABEL: dict[str, dict[str, str]] = {
+    "zh-CN": {
+        "opened": "新事件",
+        "members": "事件新增关联告警",
+        "escalated": "事件升级",
+        "resolved": "事件已解除",
+        "closed": "事件已关闭",
+        "task": "部门任务",
+        "task_overdue": "部门任务超时",
+        "action": "联动处置",
+    },
+    "en": {
+        "opened": "New incident",
+        "members": "Incident: alerts added",
+        "escalated": "Incident escalated",
+        "resolved": "Incident resolved",
+        "closed": "Incident closed",
+        "task": "Department task",
+        "task_overdue": "Department task overdue",
+        "action": "Linkage action",
+    },
+}
+
+DEPARTMENT_LABEL: dict[str, dict[str, str]] = {
+    "zh-CN": {"security": "安保", "vehicles": "车管", "energy": "能源", "it": "信息"},
+    "en": {"security": "security", "vehicles": "vehicles", "energy": "energy", "it": "IT"},
+}
+
+INCIDENT_TEXT: dict[str, dict[str, str]] = {
+    "zh-CN": {
+        "id": "事件编号",
+        "region": "区域",
+        "state": "状态",
+        "at": "时间",
+        "added": "新增 {n} 条关联告警",
+        "department": "责任部门",
+        "deadline": "处理时限",
+        "level": "第 {level} 级",
+        "overdue": "已超过处理时限，请尽快确认",
+        "group_title": "【联防】{count} 条事件通知",
+        "footer": "联防 · 物联网监测与联防联控平台",
+    },
+    "en": {
+        "id": "Incident",
+        "region": "Region",
+        "state": "State",
+        "at": "Time",
+        "added": "{n} related alert(s) added",
+        "department": "Department",
+        "deadline": "Deadline",
+        "level": "level {level}",
+        "overdue": "Past its deadline; please acknowledge now",
+        "group_title": "[Lianfang] {count} incident notifications",
+        "footer": "Lianfang · IoT monitoring and joint risk control",
+    },
+}
+
+
+class IncidentRenderer:
+    """Incident and task notifications in one language: one line alone, or several lines as one message."""
+
+    def __init__(self, language: Language = "zh-CN", region_name: Callable[[str], str] | None = None) -> None:
+        if language not in INCIDENT_TEXT:
+            raise ValueError(f"unknown language {language!r}")
+        self.language: Language = language
+        self.region_name = region_name or (lambda rid: rid)
+
+    def _dept(self, department: str | None) -> str:
+        return DEPARTMENT_LABEL[self.language].get(department or "", department or "")
+
+    def title(self, line: IncidentLine) -> str:
+        kind = INCIDENT_KIND_LABEL[self.language][line.kind]
+        name = line.title_zh if self.language == "zh-CN" else line.title_en
+        tag = SEVERITY_LABEL[self.language][line.severity]
+        if line.kind in ("task", "task_overdue"):
+            name = f"{self._dept(line.department)} · {name}"
+        if self.language == "zh-CN":
+            return f"【{tag}】{kind}：{name}"
+        return f"[{tag}] {kind}: {name}"
+
+    def _detail(self, line: IncidentLine) -> list[tuple[str, str]]:
+        t = INCIDENT_TEXT[self.language]
+        sep = "：" if self.language == "zh-CN" else ": "
+        out = [(t["region"], self.region_name(line.region_id)), (t["at"], fmt_time(line.at))]
+        if line.kind == "members":
+            out.append((t["state"], t["added"].format(n=line.count)))
+        if line.kind in ("task", "task_overdue"):
+            out.append((t["department"], self._dept(line.department)))
+            if line.deadline is not None:
+                out.append((t["deadline"], fmt_time(line.deadline)))
+        if line.kind in ("escalated", "task_overdue") and line.count:
+            out.append((t["state"], t["level"].format(level=line.count)))
+        if line.text:
+            out.append((t["state"], line.text))
+        out.append((t["id"], f"I{line.incident_id}"))
+        return [(k + sep, v) for k, v in out]
+
+    def render(self, lines: Sequence[IncidentLine]) -> Rendered:
+        if not lines:
+            raise ValueError("nothing to render")
+        t = INCIDENT_TEXT[self.language]
+        if len(lines) == 1:
+            line = lines[0]
+            title = self.title(line)
+            fields = self._detail(line)
+            md = [f"### {title}"] + [f"- {k}{v}" for k, v in fields]
+            text = [title, ""] + [f"{k}{v}" for k, v in fields]
+            if line.kind == "task_overdue":
+                md.append(f"\n**{t['overdue']}**")
+                text += ["", t["overdue"]]
+            text += ["", "-- ", t["footer"]]
+            return Rendered(title=title, markdown="\n".join(md), text="\n".join(text))
+        title = t["group_title"].format(count=len(lines))
+        md, text = [f"### {title}", ""], [title, ""]
+        for i, line in enumerate(lines, 1):
+            extra = [self.region_name(line.region_id), fmt_time(line.at)]
+            if line.kind == "members":
+                extra.append(t["added"].format(n=line.count))
+            if line.kind in ("task", "task_overdue") and line.deadline is not None:
+                extra.append(f"{t['deadline']} {fmt_time(line.deadline)}")
+            if line.text:
+                extra.append(line.text)
+            entry = f"{self.title(line)} · {' · '.join(extra)} · I{line.incident_id}"
+            md.append(f"{i}. {entry}")
+            text.append(f"{i}. {entry}")
+        text += ["", "-- ", t["footer"]]
+        return Rendered(title=title, markdown="\n".join(md), text="\n".join(text))
