@@ -3,7 +3,7 @@ numbers through the real app and database, region scoping (a sibling is invisibl
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -49,7 +49,7 @@ def make_alert(
         resolved_at=resolved,
         silenced=silenced,
         region_path=PATHS[region],
-        learned_at=started,
+        learned_at=started.astimezone(UTC),  # alert_to_row writes learned_at as is (not as UTC)
     )
 
 
