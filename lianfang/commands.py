@@ -6,6 +6,7 @@ from alerts.cli import rules_app
 from devices.cli import devices_app, regions_app
 from devices.cli_security import certs_app, creds_app
 from gateway.cli import users_app
+from joint.cli import risk_app, stats_app
 from lianfang.cli import app
 from lianfang.config_cmd import config_app
 
@@ -17,6 +18,8 @@ app.add_typer(users_app, name="users")
 app.add_typer(creds_app, name="credentials")
 app.add_typer(certs_app, name="certs")
 app.add_typer(rules_app, name="rules")
+app.add_typer(stats_app, name="stats")
+app.add_typer(risk_app, name="risk")
 
 from lianfang.serve_cmd import ingest, serve  # noqa: E402
 from lianfang.startup import long_running  # noqa: E402
