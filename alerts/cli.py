@@ -22,6 +22,8 @@ from core.cliout import note, print_table
 from core.errors import StoreUnavailable, UserError
 from core.settings import Settings
 from devices.registry import Registry
+from joint.patterns import PACKS_DIR as JOINT_PACKS
+from joint.patterns import load_patterns
 from lianfang.context import open_registry, settings_from
 
 rules_app = typer.Typer(
@@ -29,6 +31,10 @@ rules_app = typer.Typer(
     no_args_is_help=True,
 )
 
+PatternsOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--patterns", "-p", help="Correlation pattern files or directories (joint/, repeatable)."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 NoPacksOpt = Annotated[bool, typer.Option("--no-packs", help="Do not load the built-in default rule packs.")]
 NoApiOpt = Annotated[
@@ -79,6 +85,7 @@ def check(
     no_packs: NoPacksOpt = False,
     no_api: NoApiOpt = False,
     json_out: JsonOpt = False,
+    patterns: PatternsOpt = None,
 ) -> None:
     """Validate rule files without running anything; errors name the file and the field path. A rule that can never
     match is an error: a field, event or event value PROTOCOL.md does not have for the rule's device types, a region
@@ -92,6 +99,15 @@ def check(
     except (UserError, StoreUnavailable) as exc:
         raise _fail(exc) from exc
     rs, problems, warns = built.rules, built.problems, list(built.warnings)
+    try:  # correlation patterns (joint/, docs/joint.md): the X packs and joint.patterns_paths, plus --patterns
+        joint = load_patterns(
+            ([] if no_packs else [JOINT_PACKS]) + list(settings_from(ctx).joint.patterns_paths) + list(patterns or []),
+            rs.rules,
+            Known.from_registry(registry) if registry is not None else None,
+        )
+    except UserError as exc:
+        raise _fail(exc) from exc
+    problems, warns = problems + joint.problems, warns + joint.warnings
     if registry is None:
         warns.append("no registry database yet: the regions and devices rules name are not checked")
     for line in warns:
@@ -105,6 +121,7 @@ def check(
         "api_overrides": sum(1 for layer in rs.layers if layer.origin.startswith(f"{API_ORIGIN} override ")),
         "rosters": len(rs.calendar.rosters),
         "sealing_periods": len(rs.calendar.sealing),
+        "patterns": len(joint.patterns.patterns),
         "problems": problems,
         "warnings": warns,
     }
@@ -118,7 +135,7 @@ def check(
     typer.echo(
         f"ok: {summary['rules']} rules ({summary['api_rules']} from the API), {summary['overrides']} overrides "
         f"({summary['api_overrides']} from the API), {summary['rosters']} roster entries, "
-        f"{summary['sealing_periods']} sealing periods"
+        f"{summary['sealing_periods']} sealing periods, {summary['patterns']} correlation patterns"
     )
 
 
@@ -133,6 +150,10 @@ def explain(
     no_api: NoApiOpt = False,
     show_disabled: Annotated[bool, typer.Option("--all", help="Also list disabled rules.")] = False,
     json_out: JsonOpt = False,
+    patterns: PatternsOpt = None,
+    show_patterns: Annotated[
+        bool, typer.Option("--joint", help="Also show the correlation patterns and routing in the device's region.")
+    ] = False,
 ) -> None:
     """The effective rules of DEVICE (from its type and its place in the region tree) and each value's origin."""
     try:
@@ -148,6 +169,13 @@ def explain(
         raise _fail(exc) from exc
     effective = [r for r in rs.explain(device, row.type, path) if show_disabled or r.enabled]
     rows = explain_rows(effective)
+    if show_patterns:  # correlation patterns as they apply on the device's region path (joint/patterns.py)
+        try:
+            paths = ([] if no_packs else [JOINT_PACKS]) + list(settings_from(ctx).joint.patterns_paths)
+            joint = load_patterns(paths + list(patterns or []), rs.rules).patterns
+        except UserError as exc:
+            raise _fail(exc) from exc
+        rows += [{**r, "rule": r["pattern"]} for r in joint.explain_rows(path)]
     if json_out:
         typer.echo(
             json.dumps({"device": device, "type": row.type, "region_path": path, "settings": rows}, ensure_ascii=False)

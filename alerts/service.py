@@ -160,6 +160,7 @@ class AlertService:
         self.book = AlertBook(lifecycle)
         self._lock = threading.RLock()
         self._subscribers: list[Subscriber] = []
+        self._batch_subscribers: list[Callable[[list[LifecycleEvent]], None]] = []  # joint/service.py
         self._subjects: dict[str, Subject] = {}
         self._device_rules: dict[str, list[EffectiveRule]] = {}
         self._plans: dict[str, _Plan] = {}
@@ -270,6 +271,11 @@ class AlertService:
         """Call ``callback(event)`` for every lifecycle event, after it is stored. It must be quick."""
         self._subscribers.append(callback)
 
+    def subscribe_batch(self, callback: Callable[[list[LifecycleEvent]], None]) -> None:
+        """Call ``callback(events)`` with every stored batch of lifecycle events, before the per-event subscribers
+        (the joint correlator: it decides which alerts are muted before the notifier sees them)."""
+        self._batch_subscribers.append(callback)
+
     def _publish(self, events: list[LifecycleEvent]) -> None:
         if not events:
             return
@@ -279,6 +285,11 @@ class AlertService:
             if ev.kind == "created":
                 metrics.TRIGGER_DELAY_SECONDS.observe(max(0.0, (now - ev.alert.started_at).total_seconds()))
         metrics.OPEN_ALERTS.set(len(self.book.open_by_key))
+        for bcb in self._batch_subscribers:
+            try:
+                bcb(events)
+            except Exception:
+                logger.exception("alert batch subscriber failed on %d events", len(events))
         for ev in events:
             for cb in self._subscribers:
                 try:

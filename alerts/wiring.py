@@ -41,7 +41,7 @@ from alerts.rule_check import Known
 from alerts.rule_store import RuleAdmin, RuleStore
 from alerts.rules import PACKS_DIR, RuleSet
 from alerts.service import AlertService, notification_kind, regions_from_registry
-from alerts.types import AlertChange
+from alerts.types import Alert, AlertChange
 from core import clock
 from core.errors import StoreUnavailable
 from core.protocol import Event, Record
@@ -154,10 +154,12 @@ class AlertsRuntime:
             stop_timeout_s=notify_stop_timeout_s,
             idle_wait_s=notify_idle_wait_s,
         )
+        # Alerts muted under an open incident (joint/service.py ``held``) send nothing and do not escalate.
+        self.mutes: list[Callable[[int], bool]] = []
         self.escalator = Escalator(
             notify_config.escalation.to_policies(),
             self.regions.ancestors,
-            self.service.open_alerts,
+            self._escalatable,
             lambda esc, now: self.service.set_escalation_level(esc.alert_id, esc.level, now, esc.due_at),
             self.dispatcher.notify,
         )
@@ -187,8 +189,17 @@ class AlertsRuntime:
         alerts are stored. Never raises."""
         self.service.on_batch(batch)
 
+    def _muted(self, alert_id: int) -> bool:
+        return any(m(alert_id) for m in self.mutes)
+
+    def _escalatable(self) -> list[Alert]:
+        alerts = self.service.open_alerts()
+        return [a for a in alerts if not self._muted(a.id)] if self.mutes else alerts
+
     def _to_dispatcher(self, ev: LifecycleEvent) -> None:
         kind = notification_kind(ev)
+        if kind is not None and self.mutes and self._muted(ev.alert.id):
+            return  # muted under an open incident: the incident is notified instead
         if kind is not None:
             self.dispatcher.notify(Notification(NotificationKind(kind), ev.alert, ev.at))
             self.notified += 1

@@ -144,6 +144,16 @@ class RiskSettings(_Section):
     stats_max_rows: int = Field(default=200_000, ge=1, le=10_000_000)
 
 
+class JointSettings(_Section):
+    """Joint prevention and control (``joint/``, docs/joint.md): correlation patterns, incidents, tasks."""
+
+    enabled: bool = True  # run the correlator with the alert engine (lianfang serve / alerts)
+    packs: bool = True  # load the default X patterns (joint/packs/joint.yaml) before patterns_paths
+    patterns_paths: list[Path] = Field(default_factory=list)  # pattern files or directories of *.yaml
+    tick_interval_s: float = Field(default=1.0, gt=0, le=3600)  # absence watches, escalation, overdue tasks
+    snapshot_interval_s: float = Field(default=5.0, gt=0, le=3600)  # windows written at most this often
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LIANFANG_", env_nested_delimiter="__", extra="forbid")
 
@@ -164,6 +174,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = AlertSettings()
     resend: ResendSettings = ResendSettings()
     risk: RiskSettings = RiskSettings()
+    joint: JointSettings = JointSettings()
 
     @field_validator("database_url")
     @classmethod

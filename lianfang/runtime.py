@@ -35,6 +35,8 @@ from ingest.broker_drops import BrokerDropMonitor
 from ingest.resend import Loss, ResendManager, ResendPolicy
 from ingest.service import WARM_ROWS, IngestService
 from joint.risk_store import snapshotter_from_settings
+from joint.service import JointService
+from joint.service import build as build_joint
 from lianfang.context import open_registry, open_store
 
 logger = logging.getLogger(__name__)
@@ -91,6 +93,7 @@ class Runtime:
     broker: MosquittoProcess | None = None
     ingest: IngestService | None = None
     alerts: AlertsRuntime | None = None
+    joint: JointService | None = None  # incidents correlated from alerts (joint/service.py)
     platform_alerts: PlatformAlerts | None = None  # "ingest stalled", "store unavailable" (alerts/platform.py)
     scheduler: BackgroundScheduler | None = None
     checkpointer: WalCheckpointer | None = None
@@ -129,6 +132,9 @@ class Runtime:
         if self.with_ingest and s.alerts.enabled:
             # Alerts start before ingest and stop after it: no batch arrives after their final state write.
             self.alerts = AlertsRuntime(s, self.registry)
+            if s.joint.enabled:  # joint prevention and control: attached and loaded before alerts flow
+                self.joint = build_joint(s, self.registry, self.alerts)
+                self.joint.start()
             self.alerts.start()
             listeners.insert(0, self.alerts.on_batch)
             # Region risk history (joint/risk_store.py, docs/risk.md): where the alert engine runs, once per install.
@@ -182,6 +188,9 @@ class Runtime:
         if self.alerts is not None:
             self.alerts.stop()
             self.alerts = None
+        if self.joint is not None:
+            self.joint.stop()
+            self.joint = None
         if self.broker is not None:
             self.broker.stop()
             self.broker = None

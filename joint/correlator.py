@@ -1,0 +1,507 @@
+"""The correlator: alert lifecycle facts in, incident changes out. Pure: no I/O, no clock (everything takes ``now``).
+
+- ``observe(kind, fact, now)``: a lifecycle event of one alert (``created``, ``repeated``, ``flapping`` are fires;
+  ``resolved``). A fire that belongs to an open incident (same pattern and key) joins it; otherwise each pattern
+  kind (``joint/kinds``) takes it into its windows and may report a hit, which opens an incident with the hit's
+  alerts as members. Patterns with ``mute_members`` mute their members: ``held(alert_id)`` is True for them while
+  the incident is open, so their own notifications are not sent (the incident's are). A member that resolves is
+  un-muted; the incident resolves when every member has (``resolve: members``).
+- Tasks (X10): on open, one task per department of the routing table, due ``deadline_s`` later. A task not
+  acknowledged by its deadline is overdue: its escalation level rises and its deadline moves on by the same
+  period (``tick``). An incident closes when all its tasks are closed (with no tasks: when it resolves).
+- Scope escalation (X5): ``tick`` raises a still-open incident's scope as its pattern says.
+- ``take_dirty``: the incidents, tasks and timeline entries changed since the last call, for the store;
+  ``windows`` / ``restore``: everything needed after a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from alerts.notify.routing import SEVERITY_RANK
+from alerts.types import Severity
+from core.errors import UserError
+from joint.kinds import KINDS, AlertFact, Entry, Hit, scope_path
+from joint.kinds.base import from_ms
+from joint.kinds.group import GroupParams
+from joint.models import (
+    Incident,
+    IncidentMember,
+    IncidentState,
+    ScopeLevel,
+    Task,
+    TaskState,
+    TimelineEntry,
+    TimelineKind,
+)
+from joint.patterns import EffectivePattern, PatternSet, member_matches
+
+SYSTEM = "system"
+FIRES = frozenset({"created", "repeated", "flapping"})
+_BY_RANK = {v: k for k, v in SEVERITY_RANK.items()}
+
+
+class IncidentNotFound(UserError):
+    """No such incident or task (or not in a state for the requested action)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentChange:
+    """What happened to an incident; ``incident`` (and ``task``) are snapshots taken at the time.
+
+    kind: opened | member_added | muted | unmuted | member_resolved | escalated | investigating | resolved |
+    closed | commented | task_created | task_acknowledged | task_closed | task_overdue
+    """
+
+    kind: str
+    incident: Incident
+    at: datetime
+    task: Task | None = None
+    alert_ids: tuple[int, ...] = ()
+    actor: str = SYSTEM
+
+
+def _snap(i: Incident) -> Incident:
+    return replace(i, members={k: replace(m) for k, m in i.members.items()}, detail=dict(i.detail))
+
+
+@dataclass(slots=True)
+class _Dirty:
+    incidents: set[int] = field(default_factory=set)
+    tasks: set[int] = field(default_factory=set)
+    timeline: list[TimelineEntry] = field(default_factory=list)
+
+
+class Correlator:
+    def __init__(
+        self,
+        patterns: PatternSet,
+        levels: Mapping[str, str],
+        *,
+        next_incident_id: int = 1,
+        next_task_id: int = 1,
+        max_timeline_members: int = 200,
+    ) -> None:
+        self.patterns = patterns
+        self.levels = dict(levels)  # region id -> level (province, city, agency, building)
+        self.next_incident_id = next_incident_id
+        self.next_task_id = next_task_id
+        self.max_timeline_members = max_timeline_members
+        self.incidents: dict[int, Incident] = {}  # open ones, and resolved ones with open tasks
+        self.open_by_key: dict[str, int] = {}
+        self.by_alert: dict[int, set[int]] = {}  # alert id -> incidents it is a member of (kept ones)
+        self.muted: dict[int, int] = {}  # alert id -> the open incident that mutes it
+        self.tasks: dict[int, Task] = {}  # tasks of kept incidents
+        self.state: dict[str, dict[str, Any]] = {}  # pattern id -> its kind's windows
+        self.released: set[int] = set()  # muted alerts that resolved in the current batch (hold their resolution)
+        self._dirty = _Dirty()
+        self._gone: dict[int, Incident] = {}  # closed since the last take_dirty (written, then forgotten)
+        self._gone_tasks: list[Task] = []
+
+    # --- queries -------------------------------------------------------------------------------------------
+
+    def held(self, alert_id: int) -> bool:
+        """Whether an alert's own notifications are held back (it is muted under an open incident)."""
+        return alert_id in self.muted or alert_id in self.released
+
+    def open_incidents(self) -> list[Incident]:
+        return [self.incidents[i] for i in sorted(self.open_by_key.values())]
+
+    def get(self, incident_id: int) -> Incident:
+        inc = self.incidents.get(incident_id)
+        if inc is None:
+            raise IncidentNotFound(f"incident {incident_id} is not open")
+        return inc
+
+    def tasks_of(self, incident_id: int) -> list[Task]:
+        return [t for t in self.tasks.values() if t.incident_id == incident_id]
+
+    def take_dirty(self) -> tuple[list[Incident], list[Task], list[TimelineEntry]]:
+        d, self._dirty = self._dirty, _Dirty()
+        incs = [_snap(self.incidents[i]) for i in sorted(d.incidents) if i in self.incidents]
+        incs += [_snap(i) for i in self._gone.values() if i.id in d.incidents]
+        self._gone.clear()
+        tasks = [replace(self.tasks[t]) for t in sorted(d.tasks) if t in self.tasks]
+        tasks += [t for t in self._gone_tasks if t.id in d.tasks]
+        self._gone_tasks.clear()
+        return incs, tasks, d.timeline
+
+    # --- helpers -------------------------------------------------------------------------------------------
+
+    def _pattern(self, pattern_id: str, scope: Iterable[str] | None) -> EffectivePattern:
+        return self.patterns.effective(pattern_id, tuple(scope or ()))
+
+    def _log(
+        self, inc: Incident, at: datetime, kind: TimelineKind, text: str, actor: str = SYSTEM, **data: Any
+    ) -> None:
+        self._dirty.timeline.append(TimelineEntry(inc.id, at, kind, actor, text, data))
+
+    def _touch(self, inc: Incident, at: datetime) -> None:
+        inc.updated_at = at
+        self._dirty.incidents.add(inc.id)
+
+    def _severity(self, p: EffectivePattern, members: Iterable[Entry | IncidentMember], current: Severity) -> Severity:
+        rank = max(SEVERITY_RANK[p.severity], SEVERITY_RANK[current])
+        if p.raise_severity:
+            top = max(
+                (SEVERITY_RANK[Severity(m.severity)] for m in members if isinstance(m, Entry)),
+                default=0,
+            )
+            rank = max(rank, min(top + p.raise_severity, 3))
+        return _BY_RANK[rank]
+
+    def _keep(self, inc: Incident) -> None:
+        """Drop a finished incident (closed) from memory once written."""
+        self._gone[inc.id] = inc
+        self.incidents.pop(inc.id, None)
+        for alert_id in inc.members:
+            ids = self.by_alert.get(alert_id)
+            if ids is not None:
+                ids.discard(inc.id)
+                if not ids:
+                    del self.by_alert[alert_id]
+        for t in [t for t in self.tasks.values() if t.incident_id == inc.id]:
+            self._gone_tasks.append(self.tasks.pop(t.id))
+
+    # --- alerts in -----------------------------------------------------------------------------------------
+
+    def begin_batch(self) -> None:
+        """A new batch of lifecycle events: the resolutions held back for the last batch are forgotten."""
+        self.released.clear()
+
+    def observe(self, kind: str, fact: AlertFact, now: datetime) -> list[IncidentChange]:
+        if kind == "resolved":
+            return self._resolved(fact, now)
+        if kind not in FIRES:
+            return []
+        out: list[IncidentChange] = []
+        for pid, spec in self.patterns.patterns.items():
+            if not spec.enabled and not any(ov.enabled for ov, _ in self.patterns.overrides):
+                continue
+            scope = scope_path(fact.region_path, str(spec.scope), self.levels)
+            if scope is None:
+                continue
+            p = self._pattern(pid, scope)
+            if not p.enabled or not member_matches(
+                p.members, fact.rule_id, fact.rule_kind, fact.device_type, fact.severity
+            ):
+                continue
+            k = KINDS[p.kind]
+            key = k.key(p, fact, scope)  # None: not a member, but the kind may still watch it (absence)
+            open_id = self.open_by_key.get(key) if key is not None else None
+            if open_id is not None:
+                inc = self.incidents[open_id]
+                entry = Entry.of(fact, fact.region_id)
+                out.extend(self._add_members(inc, p, [entry], now))
+                # keep the windows current too (a later incident of the same key counts from them)
+                k.observe(p, fact, scope, self.state.setdefault(pid, {}), self.levels, now)
+                continue
+            for hit in k.observe(p, fact, scope, self.state.setdefault(pid, {}), self.levels, now):
+                out.extend(self._hit(p, hit, now))
+        return out
+
+    def _resolved(self, fact: AlertFact, now: datetime) -> list[IncidentChange]:
+        out: list[IncidentChange] = []
+        for pid, spec in self.patterns.patterns.items():
+            if pid in self.state:
+                KINDS[spec.kind].resolved(self._pattern(pid, ()), fact.alert_id, self.state[pid])
+        for inc_id in sorted(self.by_alert.get(fact.alert_id, ())):
+            inc = self.incidents[inc_id]
+            m = inc.members[fact.alert_id]
+            if m.resolved:
+                continue
+            m.resolved = True
+            if m.muted:
+                m.muted = False
+                self.muted.pop(fact.alert_id, None)
+                self.released.add(fact.alert_id)
+            self._touch(inc, now)
+            self._log(inc, now, TimelineKind.ALERT, f"alert {fact.alert_id} resolved", alert_id=fact.alert_id)
+            out.append(IncidentChange("member_resolved", _snap(inc), now, alert_ids=(fact.alert_id,)))
+            p = self._pattern(inc.pattern_id, inc.region_path) if inc.pattern_id in self.patterns.patterns else None
+            if inc.open and (p is None or p.resolve == "members") and all(x.resolved for x in inc.members.values()):
+                out.extend(self._resolve(inc, now, "every member alert resolved"))
+        return out
+
+    def _hit(self, p: EffectivePattern, hit: Hit, now: datetime) -> list[IncidentChange]:
+        open_id = self.open_by_key.get(hit.key)
+        if open_id is not None:
+            return self._add_members(self.incidents[open_id], p, list(hit.members), now)
+        inc = Incident(
+            id=self.next_incident_id,
+            pattern_id=p.id,
+            type=p.type,
+            title_zh=p.title_zh,
+            title_en=p.title_en,
+            severity=self._severity(p, hit.members, Severity.INFO),
+            state=IncidentState.OPEN,
+            scope_level=p.scope,
+            region_id=hit.scope[-1],
+            group_key=hit.key,
+            opened_at=now,
+            updated_at=now,
+            region_path=hit.scope,
+            detail=dict(hit.detail),
+        )
+        self.next_incident_id += 1
+        self.incidents[inc.id] = inc
+        self.open_by_key[hit.key] = inc.id
+        self._dirty.incidents.add(inc.id)
+        self._log(
+            inc, now, TimelineKind.EVENT, f"opened by pattern {p.id}: {p.title_en}", pattern=p.id, **dict(hit.detail)
+        )
+        out = [IncidentChange("opened", _snap(inc), now)]
+        out.extend(self._add_members(inc, p, list(hit.members), now, quiet=True))
+        out[0] = IncidentChange("opened", _snap(inc), now, alert_ids=tuple(inc.member_ids))
+        route = self.patterns.route(inc.type, inc.region_path)
+        if route is not None:
+            for dept in route.departments:
+                task = Task(
+                    self.next_task_id,
+                    inc.id,
+                    dept,
+                    TaskState.OPEN,
+                    now,
+                    now + timedelta(seconds=route.deadline_s),
+                )
+                self.next_task_id += 1
+                self.tasks[task.id] = task
+                self._dirty.tasks.add(task.id)
+                self._log(
+                    inc, now, TimelineKind.TASK, f"task for {dept}, due {task.deadline.isoformat()}", task=task.id
+                )
+                out.append(IncidentChange("task_created", _snap(inc), now, task=replace(task)))
+        return out
+
+    def _add_members(
+        self, inc: Incident, p: EffectivePattern, entries: list[Entry], now: datetime, *, quiet: bool = False
+    ) -> list[IncidentChange]:
+        added: list[int] = []
+        muted: list[int] = []
+        for e in entries:
+            if e.alert_id in inc.members:
+                continue
+            m = IncidentMember(e.alert_id, now, e.rule_id, e.device_id, e.region_id, resolved=not e.open)
+            if p.mute_members and inc.open and not m.resolved:
+                m.muted = True
+                self.muted[e.alert_id] = inc.id
+                muted.append(e.alert_id)
+            inc.members[e.alert_id] = m
+            self.by_alert.setdefault(e.alert_id, set()).add(inc.id)
+            added.append(e.alert_id)
+            if len(inc.members) <= self.max_timeline_members:
+                self._log(
+                    inc,
+                    now,
+                    TimelineKind.ALERT,
+                    f"alert {e.alert_id} ({e.rule_id}, {e.device_id}) joined" + (", muted" if m.muted else ""),
+                    alert_id=e.alert_id,
+                    rule_id=e.rule_id,
+                    device_id=e.device_id,
+                    fired_at=from_ms(e.at_ms).isoformat(),
+                )
+        if not added:
+            return []
+        inc.severity = self._severity(p, entries, inc.severity)
+        self._touch(inc, now)
+        if quiet:
+            return [IncidentChange("muted", _snap(inc), now, alert_ids=tuple(muted))] if muted else []
+        out = [IncidentChange("member_added", _snap(inc), now, alert_ids=tuple(added))]
+        if muted:
+            out.append(IncidentChange("muted", _snap(inc), now, alert_ids=tuple(muted)))
+        return out
+
+    def _unmute_all(self, inc: Incident, now: datetime) -> list[IncidentChange]:
+        ids = []
+        for m in inc.members.values():
+            if m.muted:
+                m.muted = False
+                if self.muted.get(m.alert_id) == inc.id:
+                    del self.muted[m.alert_id]
+                ids.append(m.alert_id)
+        if not ids:
+            return []
+        self._touch(inc, now)
+        return [IncidentChange("unmuted", _snap(inc), now, alert_ids=tuple(ids))]
+
+    def _resolve(self, inc: Incident, now: datetime, why: str, actor: str = SYSTEM) -> list[IncidentChange]:
+        inc.state = IncidentState.RESOLVED
+        inc.resolved_at = now
+        self.open_by_key.pop(inc.group_key, None)
+        out = self._unmute_all(inc, now)
+        self._touch(inc, now)
+        self._log(inc, now, TimelineKind.EVENT, f"resolved: {why}", actor)
+        out.append(IncidentChange("resolved", _snap(inc), now, actor=actor))
+        if not any(t.open for t in self.tasks_of(inc.id)):
+            out.extend(self._close(inc, now, "resolved", actor))
+        return out
+
+    def _close(self, inc: Incident, now: datetime, cause: str, actor: str = SYSTEM) -> list[IncidentChange]:
+        out: list[IncidentChange] = []
+        if inc.open:
+            self.open_by_key.pop(inc.group_key, None)
+            out.extend(self._unmute_all(inc, now))
+        inc.state = IncidentState.CLOSED
+        inc.cause_code = inc.cause_code or cause
+        inc.closed_at = now
+        inc.closed_by = actor
+        self._touch(inc, now)
+        self._log(inc, now, TimelineKind.EVENT, f"closed: {inc.cause_code}", actor)
+        out.append(IncidentChange("closed", _snap(inc), now, actor=actor))
+        self._keep(inc)
+        return out
+
+    # --- time ----------------------------------------------------------------------------------------------
+
+    def tick(self, now: datetime) -> list[IncidentChange]:
+        """Due absence watches, scope escalations, overdue tasks; prunes the windows."""
+        out: list[IncidentChange] = []
+        for pid, spec in self.patterns.patterns.items():
+            state = self.state.get(pid)
+            if state is None:
+                continue
+            kind = KINDS[spec.kind]
+            for hit in kind.tick(lambda scope, pid=pid: self._pattern(pid, scope), state, now):
+                p = self._pattern(pid, hit.scope)
+                if p.enabled:
+                    out.extend(self._hit(p, hit, now))
+        for inc in list(self.incidents.values()):
+            if inc.state is not IncidentState.OPEN or inc.pattern_id not in self.patterns.patterns:
+                continue
+            p = self._pattern(inc.pattern_id, inc.region_path)
+            gp = p.params
+            if not isinstance(gp, GroupParams) or gp.escalate_to is None or gp.escalate_after_s is None:
+                continue
+            if inc.scope_level.rank >= gp.escalate_to.rank:
+                continue
+            if now - inc.opened_at >= timedelta(seconds=gp.escalate_after_s * (inc.escalation_level + 1)):
+                out.extend(self.escalate(inc.id, gp.escalate_to, now))
+        for task in sorted(self.tasks.values(), key=lambda t: t.id):
+            if task.state is not TaskState.OPEN or now < task.deadline:
+                continue
+            period = task.deadline - task.created_at
+            if task.escalation_level:
+                period = period / (task.escalation_level + 1)
+            task.escalation_level += 1
+            task.deadline = task.deadline + max(period, timedelta(seconds=1))
+            self._dirty.tasks.add(task.id)
+            inc = self.incidents[task.incident_id]
+            self._log(
+                inc,
+                now,
+                TimelineKind.TASK,
+                f"task {task.id} ({task.department}) overdue: escalation level {task.escalation_level}",
+                task=task.id,
+                level=task.escalation_level,
+            )
+            self._touch(inc, now)
+            out.append(IncidentChange("task_overdue", _snap(inc), now, task=replace(task)))
+        return out
+
+    def escalate(self, incident_id: int, to: ScopeLevel, now: datetime, actor: str = SYSTEM) -> list[IncidentChange]:
+        """Raise an open incident's scope to ``to`` (its region becomes the ancestor of that level)."""
+        inc = self.get(incident_id)
+        scope = scope_path(inc.region_path, str(to), self.levels)
+        if scope is None or not inc.open or inc.scope_level.rank >= to.rank:
+            return []
+        before = inc.region_id
+        inc.scope_level = to
+        inc.region_id = scope[-1]
+        inc.region_path = scope
+        inc.escalation_level += 1
+        self._touch(inc, now)
+        self._log(inc, now, TimelineKind.EVENT, f"escalated from {before} to {to} {scope[-1]}", actor, to=str(to))
+        return [IncidentChange("escalated", _snap(inc), now, actor=actor)]
+
+    # --- people's actions ----------------------------------------------------------------------------------
+
+    def investigate(self, incident_id: int, who: str, now: datetime) -> list[IncidentChange]:
+        inc = self.get(incident_id)
+        if inc.state is not IncidentState.OPEN:
+            raise IncidentNotFound(f"incident {incident_id} is {inc.state}, not open")
+        inc.state = IncidentState.INVESTIGATING
+        self._touch(inc, now)
+        self._log(inc, now, TimelineKind.ACTION, "investigating", who)
+        return [IncidentChange("investigating", _snap(inc), now, actor=who)]
+
+    def comment(self, incident_id: int, who: str, text: str, now: datetime) -> list[IncidentChange]:
+        inc = self.get(incident_id)
+        self._touch(inc, now)
+        self._log(inc, now, TimelineKind.ACTION, text, who)
+        return [IncidentChange("commented", _snap(inc), now, actor=who)]
+
+    def close(self, incident_id: int, who: str, cause_code: str, now: datetime) -> list[IncidentChange]:
+        """Close by hand with a cause code; its open tasks are closed with it."""
+        inc = self.get(incident_id)
+        inc.cause_code = cause_code
+        for t in self.tasks_of(incident_id):
+            if t.open:
+                t.state, t.closed_by, t.closed_at = TaskState.CLOSED, who, now
+                self._dirty.tasks.add(t.id)
+        return self._close(inc, now, cause_code, who)
+
+    def _task(self, task_id: int) -> Task:
+        t = self.tasks.get(task_id)
+        if t is None or not t.open:
+            raise IncidentNotFound(f"task {task_id} is not open")
+        return t
+
+    def acknowledge_task(self, task_id: int, who: str, now: datetime, note: str | None = None) -> list[IncidentChange]:
+        t = self._task(task_id)
+        if t.state is TaskState.ACKNOWLEDGED:
+            return []
+        t.state, t.acknowledged_by, t.acknowledged_at = TaskState.ACKNOWLEDGED, who, now
+        t.note = note or t.note
+        self._dirty.tasks.add(t.id)
+        inc = self.incidents[t.incident_id]
+        self._touch(inc, now)
+        self._log(inc, now, TimelineKind.TASK, f"task {t.id} ({t.department}) acknowledged", who, task=t.id)
+        return [IncidentChange("task_acknowledged", _snap(inc), now, task=replace(t), actor=who)]
+
+    def close_task(self, task_id: int, who: str, now: datetime, note: str | None = None) -> list[IncidentChange]:
+        """Close a department's task; the incident closes when the last of its tasks does."""
+        t = self._task(task_id)
+        t.state, t.closed_by, t.closed_at = TaskState.CLOSED, who, now
+        if t.acknowledged_at is None:
+            t.acknowledged_by, t.acknowledged_at = who, now
+        t.note = note or t.note
+        self._dirty.tasks.add(t.id)
+        inc = self.incidents[t.incident_id]
+        self._touch(inc, now)
+        self._log(inc, now, TimelineKind.TASK, f"task {t.id} ({t.department}) closed", who, task=t.id)
+        out = [IncidentChange("task_closed", _snap(inc), now, task=replace(t), actor=who)]
+        if not any(x.open for x in self.tasks_of(inc.id)):
+            out.extend(self._close(inc, now, "tasks_closed", who))
+        return out
+
+    # --- restart -------------------------------------------------------------------------------------------
+
+    def windows(self) -> dict[str, Any]:
+        return {"v": 1, "state": self.state}
+
+    def restore(
+        self,
+        incidents: Iterable[Incident],
+        tasks: Iterable[Task],
+        windows: Mapping[str, Any] | None,
+        *,
+        next_incident_id: int,
+        next_task_id: int,
+    ) -> None:
+        self.incidents = {i.id: i for i in incidents}
+        self.open_by_key = {i.group_key: i.id for i in self.incidents.values() if i.open}
+        self.by_alert = {}
+        self.muted = {}
+        for inc in self.incidents.values():
+            for m in inc.members.values():
+                self.by_alert.setdefault(m.alert_id, set()).add(inc.id)
+                if m.muted and inc.open:
+                    self.muted[m.alert_id] = inc.id
+        self.tasks = {t.id: t for t in tasks if t.incident_id in self.incidents}
+        if windows and windows.get("v") == 1 and isinstance(windows.get("state"), dict):
+            self.state = {k: v for k, v in windows["state"].items() if k in self.patterns.patterns}
+        self.next_incident_id = max(self.next_incident_id, next_incident_id)
+        self.next_task_id = max(self.next_task_id, next_task_id)

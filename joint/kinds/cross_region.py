@@ -1,0 +1,65 @@
+"""``cross_region``: one alert that names two sites in different regions of a level (X6).
+
+G7 (impossible travel) names the device where the credential was seen before (``detail.from_device``); the
+service turns that into the other site's region path (``AlertFact.related_path``). When the two sites differ at
+``differ_at`` (city: different cities, hence different agencies) the alert becomes an incident of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from joint.kinds.base import AlertFact, Entry, Hit, building_of, scope_path
+from joint.models import ScopeLevel
+from joint.patterns import EffectivePattern, Members
+
+
+class CrossRegionParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    differ_at: ScopeLevel = ScopeLevel.CITY
+
+
+class CrossRegionKind:
+    params_model: type[BaseModel] = CrossRegionParams
+
+    def member_conditions(self, params: Any) -> list[tuple[str, Members]]:
+        return []
+
+    def key(self, p: EffectivePattern, fact: AlertFact, scope: tuple[str, ...]) -> str | None:
+        return f"{p.id}|{scope[-1]}|{fact.alert_id}"
+
+    def observe(
+        self,
+        p: EffectivePattern,
+        fact: AlertFact,
+        scope: tuple[str, ...],
+        state: dict[str, Any],
+        levels: Mapping[str, str],
+        now: datetime,
+    ) -> list[Hit]:
+        cp: CrossRegionParams = p.params
+        if not fact.related_path:
+            return []
+        here = scope_path(fact.region_path, str(cp.differ_at), levels)
+        there = scope_path(fact.related_path, str(cp.differ_at), levels)
+        if here is None or there is None or here[-1] == there[-1]:
+            return []
+        return [
+            Hit(
+                f"{p.id}|{scope[-1]}|{fact.alert_id}",
+                scope,
+                (Entry.of(fact, building_of(fact.region_path, levels)),),
+                {"here": here[-1], "there": there[-1], "other_region": fact.related_path[-1]},
+            )
+        ]
+
+    def resolved(self, p: EffectivePattern, alert_id: int, state: dict[str, Any]) -> None:
+        return None
+
+    def tick(self, pattern: Any, state: dict[str, Any], now: datetime) -> list[Hit]:
+        return []

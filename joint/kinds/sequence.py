@@ -1,0 +1,101 @@
+"""``sequence``: an alert of one kind with alerts of another around it in the same scope (X1, X2).
+
+``first`` and ``then`` are member conditions. With ``order: after`` a ``then`` alert must come within
+``window_s`` after a ``first`` alert (X1: after-hours entry, then energy above baseline); with ``order: any``
+within ``window_s`` either side (X2: a forced door and other door / motion alerts). ``other_device``: the ``then``
+alert must come from another device than the ``first`` one. ``min_then``: how many ``then`` alerts are needed.
+The pattern's own ``members`` must hold for both (leave it empty to use only ``first`` / ``then``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from joint.kinds.base import AlertFact, Entry, Hit, building_of, ms
+from joint.patterns import EffectivePattern, Members, member_matches
+
+MAX_ENTRIES = 1000
+
+
+class SequenceParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    first: Members
+    then: Members
+    order: Literal["after", "any"] = "after"
+    other_device: bool = False
+    min_then: int = Field(default=1, ge=1)
+
+
+def _is(m: Members, f: AlertFact) -> bool:
+    return member_matches(m, f.rule_id, f.rule_kind, f.device_type, f.severity)
+
+
+class SequenceKind:
+    params_model: type[BaseModel] = SequenceParams
+
+    def member_conditions(self, params: Any) -> list[tuple[str, Members]]:
+        sp: SequenceParams = params
+        return [("first", sp.first), ("then", sp.then)]
+
+    def key(self, p: EffectivePattern, fact: AlertFact, scope: tuple[str, ...]) -> str | None:
+        sp: SequenceParams = p.params
+        if not (_is(sp.first, fact) or _is(sp.then, fact)):
+            return None
+        return f"{p.id}|{scope[-1]}"
+
+    def observe(
+        self,
+        p: EffectivePattern,
+        fact: AlertFact,
+        scope: tuple[str, ...],
+        state: dict[str, Any],
+        levels: Mapping[str, str],
+        now: datetime,
+    ) -> list[Hit]:
+        sp: SequenceParams = p.params
+        key = self.key(p, fact, scope)
+        if key is None:
+            return []
+        windows: dict[str, Any] = state.setdefault("windows", {})
+        slot = windows.setdefault(key, {"scope": list(scope), "first": [], "then": []})
+        win = int(p.window_s * 1000)
+        horizon = ms(now) - 2 * win
+        entry = Entry.of(fact, building_of(fact.region_path, levels))
+        for role, cond in (("first", sp.first), ("then", sp.then)):
+            kept = [e for e in slot[role] if e[5] >= horizon and e[0] != fact.alert_id]
+            if _is(cond, fact):
+                kept.append(entry.dump())
+            slot[role] = kept[-MAX_ENTRIES:]
+        firsts = [Entry.load(e) for e in slot["first"]]
+        thens = [Entry.load(e) for e in slot["then"]]
+        for f in firsts:
+            matched = [
+                t
+                for t in thens
+                if t.alert_id != f.alert_id
+                and (not sp.other_device or t.device_id != f.device_id)
+                and (0 <= t.at_ms - f.at_ms <= win if sp.order == "after" else abs(t.at_ms - f.at_ms) <= win)
+            ]
+            if len(matched) >= sp.min_then:
+                return [Hit(key, scope, (f, *matched), {"first": f.alert_id, "then": [t.alert_id for t in matched]})]
+        return []
+
+    def resolved(self, p: EffectivePattern, alert_id: int, state: dict[str, Any]) -> None:
+        return None
+
+    def tick(self, pattern: Any, state: dict[str, Any], now: datetime) -> list[Hit]:
+        windows: dict[str, Any] = state.get("windows", {})
+        for key in list(windows):
+            slot = windows[key]
+            p: EffectivePattern = pattern(tuple(slot["scope"]))
+            horizon = ms(now) - 2 * int(p.window_s * 1000)
+            for role in ("first", "then"):
+                slot[role] = [e for e in slot[role] if e[5] >= horizon]
+            if not slot["first"] and not slot["then"]:
+                del windows[key]
+        return []
