@@ -250,6 +250,12 @@ class RiskHistory:
         ]
         return points, len(rows) > limit
 
+    def last_nonzero(self) -> set[str]:
+        """The regions with a score above 0 in the newest snapshot."""
+        newest = select(func.max(RegionRiskRow.at)).scalar_subquery()
+        q = select(RegionRiskRow.region_id).where(RegionRiskRow.at == newest, RegionRiskRow.score > 0)
+        return {str(r[0]) for r in _read(self.engine, q)}
+
     def count(self) -> int:
         return int(_read(self.engine, select(func.count()).select_from(RegionRiskRow))[0][0])
 
@@ -274,7 +280,7 @@ class RiskSnapshotter:
         self.clock = clock
         self.keep = keep
         self.max_regions = max_regions
-        self._last_nonzero: set[str] = set()
+        self._last_nonzero: set[str] | None = None  # read from the table at the first run (after a restart)
 
     def run(self) -> int:
         """One snapshot; returns the points written. Store errors are logged (the next run tries again)."""
@@ -285,6 +291,8 @@ class RiskSnapshotter:
             hot = hot[: self.max_regions]
             points = [HistoryPoint(r.id, now, r.score, r.own, r.subtree_alerts, r.subtree_incidents) for r in hot]
             now_hot = {r.id for r in hot}
+            if self._last_nonzero is None:
+                self._last_nonzero = self.history.last_nonzero()
             points += [
                 HistoryPoint(rid, now, 0.0, 0.0, 0, 0)
                 for rid in sorted(self._last_nonzero - now_hot)
