@@ -58,7 +58,7 @@ def test_x4_members_come_back_unmuted_and_the_incident_resolves() -> None:
     facts = [fact("G11.offline", f"g{i}", "gz-a1-b1", T0 + s(i)) for i in range(5)]
     for f in facts:
         _fire(c, f)
-    [inc] = c.open_incidents()
+    [_inc] = c.open_incidents()
     c.begin_batch()
     out = c.observe("resolved", facts[0], T0 + s(300))
     assert kinds(out) == ["member_resolved"]
@@ -72,7 +72,7 @@ def test_x4_members_come_back_unmuted_and_the_incident_resolves() -> None:
     assert c.open_incidents() == []
     c.begin_batch()
     assert not any(c.held(f.alert_id) for f in facts)
-    incs, tasks, entries = c.take_dirty()
+    incs, tasks, _entries = c.take_dirty()
     assert incs[-1].state is IncidentState.RESOLVED  # tasks still open: resolved, not closed
     assert [t.state for t in tasks] == [TaskState.OPEN, TaskState.OPEN]
 
