@@ -883,16 +883,22 @@ class _Geofence:
         return st.since_ms + int(p.min_outside_s * 1000) + _lag(st.seen_ms, st.last_ts_ms)
 
 
+# "w:how" keys of the hour-of-week bins, built once: [working][how] and, per hour of day, the 7 days' keys
+_BIN_KEYS = tuple(tuple(f"{w}:{how}" for how in range(168)) for w in "01")
+_BIN_DAY_KEYS = tuple(tuple(tuple(row[day * 24 + hour] for day in range(7)) for hour in range(24)) for row in _BIN_KEYS)
+
+
 def bin_expected(bins: Mapping[str, list[float]], working: bool, how: int, min_samples: int) -> float | None:
     """The learned value of an hour-of-week bin; falls back to the same hour on other days of its class."""
-    w = "1" if working else "0"
-    b = bins.get(f"{w}:{how}")
+    w = 1 if working else 0
+    b = bins.get(_BIN_KEYS[w][how])
     if b is not None and b[1] >= min_samples:
         return b[0]
-    hour = how % 24
+    if not bins:
+        return None  # nothing learned yet (n = 0 < min_samples, which is at least 1)
     tot = n = 0.0
-    for day in range(7):
-        o = bins.get(f"{w}:{day * 24 + hour}")
+    for key in _BIN_DAY_KEYS[w][how % 24]:
+        o = bins.get(key)
         if o is not None:
             tot += o[0] * o[1]
             n += o[1]
@@ -901,7 +907,7 @@ def bin_expected(bins: Mapping[str, list[float]], working: bool, how: int, min_s
 
 def bin_learn(bins: dict[str, list[float]], working: bool, how: int, x: float, alpha: float) -> None:
     """A running mean per bin: exact for the first 1/alpha samples, then an EWMA with weight alpha."""
-    key = f"{'1' if working else '0'}:{how}"
+    key = _BIN_KEYS[1 if working else 0][how]
     b = bins.get(key)
     if b is None:
         bins[key] = [x, 1.0]
@@ -1416,6 +1422,29 @@ def quiet_test(rule: EffectiveRule) -> tuple[str, Callable[[Any, Any], Any], Any
     if fn is None or p.where or p.suppress_during is not None or type(p.value) not in (int, float):
         return None
     return (p.field, fn, p.value)
+
+
+def quiet_threshold(rule: EffectiveRule) -> tuple[Callable[[Any, Any], Any], Any, bool] | None:
+    """``quiet_test`` widened for the service's fast path: also ``==`` / ``!=`` (any value type) and rules with
+    ``suppress_during``. Returns ``(op, limit, numbers_only)`` or None (a ``where`` rule, or a non-numeric limit of
+    an ordering operator).
+
+    For a reading of the rule's field whose value ``v`` passes the type test (``int`` / ``float`` when
+    ``numbers_only``, else anything), ``compare(p.op, v, p.value)`` is exactly ``bool(op(v, limit))``. When that
+    is false and the state is quiet (not firing, ``since_ms`` None, ``streak`` 0, the reading not older than the
+    last one), ``evaluate`` only sets ``last_ts_ms``, ``seen_ms``, ``value`` and ``suppressed_ms = None`` (the
+    window test is computed but unused), and returns no change; the service does exactly that."""
+    if rule.kind != "threshold":
+        return None
+    p: ThresholdParams = rule.params
+    if p.where:
+        return None
+    if p.op in ("==", "!="):
+        return (operator.eq if p.op == "==" else operator.ne), p.value, False
+    fn = _ORDER_OPS.get(p.op)
+    if fn is None or type(p.value) not in (int, float):
+        return None
+    return fn, p.value, True
 
 
 def evaluate_at(

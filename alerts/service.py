@@ -81,18 +81,47 @@ def notification_kind(event: LifecycleEvent) -> str | None:
 
 
 _NUMBER = (int, float)
+_MISSING = object()
+
+
+def _same(keys: tuple[str, ...], fields: Mapping[str, Any], known: Mapping[str, Any]) -> bool:
+    """Would ``known[k] = fields[k]`` for every k of ``keys`` in ``fields`` change nothing (same type and value)?"""
+    for k in keys:
+        if k in fields:
+            old, new = known.get(k, _MISSING), fields[k]
+            if type(old) is not type(new) or old != new:
+                return False
+    return True
+
+
+def _gate_open(rule: EffectiveRule, st: AbsenceState) -> bool:
+    """An absence rule's ``only_if`` holds (``engine``'s deadline is None while it does not)."""
+    return all(st.known.get(k) == v for k, v in rule.params.only_if.items())
+
+
+# _Entry.fast: which quiet path ``_one`` may take instead of ``engine.evaluate_at`` (see there)
+_SLOW, _ABSENCE, _SKEW = 0, 1, 2
 
 
 @dataclass(slots=True)
 class _Entry:
-    """One effective rule of one device in its plan. ``op`` / ``limit``: ``engine.quiet_test`` (plain threshold
-    rules only); ``st``: the rule state, cached here once it exists, for the fast path."""
+    """One effective rule of one device in its plan, compiled once: the kind's ``evaluate``, its fast path, and
+    the rule state (cached here once it exists; state objects are only replaced by ``load``, which drops plans).
+
+    ``op`` / ``limit`` / ``numbers``: ``engine.quiet_threshold`` (threshold rules without ``where``); ``fast``:
+    the quiet path of an absence rule (``only_if``: its gate fields) or a clock-skew rule."""
 
     rule: EffectiveRule
     key: StateKey
+    fn: Callable[..., list[AlertChange]]
     op: Callable[[Any, Any], Any] | None = None
     limit: Any = None
-    st: ThresholdState | None = None
+    numbers: bool = True
+    st: Any = None
+    fast: int = _SLOW
+    only_if: tuple[str, ...] = ()
+    skew_ahead_ms: float | None = None
+    skew_behind_ms: float | None = None
 
 
 @dataclass(slots=True)
@@ -420,12 +449,18 @@ class AlertService:
             plan = _Plan(subj)
             for rule in self._rules_of(subj):
                 key = (rule.rule_id, eng.state_key(rule, subj))
-                entry = _Entry(rule, key)
-                quiet = eng.quiet_test(rule)
+                entry = _Entry(rule, key, eng.KINDS[rule.kind].evaluate)
+                quiet = eng.quiet_threshold(rule)
                 if quiet is not None:
-                    entry.op, entry.limit = quiet[1], quiet[2]
-                    st = self._states.get(key)
-                    entry.st = st if type(st) is ThresholdState else None
+                    entry.op, entry.limit, entry.numbers = quiet
+                elif rule.kind == "absence":
+                    entry.fast, entry.only_if = _ABSENCE, tuple(rule.params.only_if)
+                elif rule.kind == "clock_skew":
+                    p = rule.params
+                    entry.fast = _SKEW
+                    entry.skew_ahead_ms = None if p.max_ahead_s is None else p.max_ahead_s * 1000
+                    entry.skew_behind_ms = None if p.max_behind_s is None else p.max_behind_s * 1000
+                self._bind(entry, self._states.get(key))
                 r = eng.route(rule)
                 if r.fields is None:
                     plan.any_reading.append(entry)
@@ -438,6 +473,20 @@ class AlertService:
                     plan.statuses.append(entry)
             self._plans[subj.device_id] = plan
         return plan
+
+    @staticmethod
+    def _bind(entry: _Entry, st: Any) -> None:
+        """Cache the rule state in its entry; a state of another kind than the fast path expects (restored from
+        an older rule of the same id) turns the fast path off: ``evaluate`` decides, as before."""
+        entry.st = st
+        if st is None:
+            return
+        if entry.op is not None and type(st) is not ThresholdState:
+            entry.op = None
+        if (entry.fast == _ABSENCE and type(st) is not AbsenceState) or (
+            entry.fast == _SKEW and type(st) is not eng.ClockSkewState
+        ):
+            entry.fast = _SLOW
 
     def _evaluate(self, rec: Record, now: datetime, now_ms: int) -> list[LifecycleEvent]:
         subj = self._subjects.get(rec.device_id)
@@ -475,31 +524,32 @@ class AlertService:
     ) -> None:
         """The rules routed by one field of a reading whose value is ``v``.
 
-        Plain threshold rules (``engine.quiet_test``) take a fast path when the reading changes nothing decisive:
-        the state is quiet and the condition is false, so only the learning part (last value, last time, when it was
-        seen) moves,
-        exactly as ``engine.evaluate`` would do it. Anything else goes through ``engine.evaluate``."""
+        Threshold rules without ``where`` (``engine.quiet_threshold``) take a fast path when the reading changes
+        nothing decisive: the state is quiet and the condition is false, so only the learning part (last value,
+        last time, when it was seen, no suppressed window) moves, exactly as ``engine.evaluate`` would do it.
+        Anything else goes through ``_one``."""
         ts = rec.ts_ms
         number = type(v) in _NUMBER
-        quiet: list[StateKey] = []
+        lazy = self._lazy
         for entry in entries:
             st = entry.st
+            op = entry.op
             if (
-                st is not None
-                and number
+                op is not None
+                and st is not None
+                and (number or not entry.numbers)
                 and not st.firing
                 and st.since_ms is None
                 and st.streak == 0
                 and ts >= st.last_ts_ms
-                and not entry.op(v, entry.limit)  # type: ignore[misc]
+                and not op(v, entry.limit)
             ):
                 st.last_ts_ms, st.seen_ms = ts, now_ms
                 st.value = v
-                quiet.append(entry.key)
+                st.suppressed_ms = None
+                lazy.add(entry.key)
                 continue
             self._one(entry, subj, rec, now, now_ms, events)
-        if quiet:
-            self._lazy.update(quiet)
 
     def _run(
         self,
@@ -516,17 +566,50 @@ class AlertService:
     def _one(
         self, entry: _Entry, subj: Subject, rec: Record, now: datetime, now_ms: int, events: list[LifecycleEvent]
     ) -> None:
+        st = entry.st
+        fast = entry.fast
+        if fast and st is not None:
+            # Quiet paths: exactly what ``engine.evaluate`` does to a state that neither fires nor clears, and
+            # changes nothing essential; the rest of ``_one`` would then only mark the state as learning data.
+            key = entry.key
+            if fast == _ABSENCE:
+                # not firing and its gate fields (only_if) absent from the record or unchanged: only last_seen
+                # moves; the wake-up stays as it is (one is queued, or the gate is closed and none is due)
+                only_if = entry.only_if
+                if (
+                    not st.firing
+                    and (not only_if or type(rec) is not Reading or _same(only_if, rec.fields, st.known))
+                    and (key in self._armed or (only_if and not _gate_open(entry.rule, st)))
+                ):
+                    if not (isinstance(rec, Status) and rec.state == "offline"):
+                        last = st.last_seen_ms
+                        if last is None or rec.ts_ms > last:
+                            st.last_seen_ms = rec.ts_ms
+                    self._lazy.add(key)
+                    return
+            elif not st.firing and st.streak == 0 and st.since_ms is None:  # _SKEW: within bounds, still quiet
+                if isinstance(rec, Status) or not rec.ts_from_device:
+                    self._lazy.add(key)
+                    return
+                received = getattr(rec, "received_ms", None)
+                skew_ms = rec.ts_ms - (received if isinstance(received, int) else now_ms)
+                ahead, behind = entry.skew_ahead_ms, entry.skew_behind_ms
+                if not ((ahead is not None and skew_ms > ahead) or (behind is not None and -skew_ms > behind)):
+                    st.skew_s = round(skew_ms / 1000, 3)
+                    self._lazy.add(key)
+                    return
         rule, key = entry.rule, entry.key
-        states = self._states
-        st = states.get(key)
         fresh = st is None
         if st is None:
-            st = states[key] = eng.new_state(rule, now=now)
-            self._state_kind[key] = rule.kind
-            if entry.op is not None and type(st) is ThresholdState:
-                entry.st = st
+            states = self._states
+            st = states.get(key)
+            fresh = st is None
+            if st is None:
+                st = states[key] = eng.new_state(rule, now=now)
+                self._state_kind[key] = rule.kind
+            self._bind(entry, st)
         before = st.essential()
-        changes = eng.evaluate_at(rule, st, subj, rec, now_ms, self.env)
+        changes = entry.fn(rule, st, subj, rec, now_ms, self.env)
         # Deadlines only move when the essential state does (absence: re-armed when its wake-up pops).
         if st.essential() != before:
             self._essential.add(key)
