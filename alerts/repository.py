@@ -81,8 +81,8 @@ def alert_to_row(a: Alert) -> dict[str, Any]:
         "count": a.count,
         "silenced": a.silenced,
         "active": a.active,
-        "learned_at": a.learned_at,
-        "escalation_from": a.escalation_from,
+        "learned_at": _instant(a.learned_at),
+        "escalation_from": _instant(a.escalation_from),
     }
 
 

@@ -35,3 +35,14 @@ def test_silence_times_with_an_offset_are_stored_as_the_instant(registry: Regist
 
 def test_a_missing_silence_is_none(registry: Registry) -> None:
     assert AlertRepository(registry.engine).silence(1) is None
+
+
+def test_alert_clock_times_with_an_offset_are_stored_as_the_instant(registry: Registry) -> None:
+    from tests.alerts.notify_fixtures import make_alert
+
+    repo = AlertRepository(registry.engine)
+    alert = make_alert(41, started_at=AT, escalation_from=AT + timedelta(minutes=5))
+    repo.save(alerts=[alert], now=AT)
+    (back,) = [a for a in repo.alerts(limit=10) if a.id == 41]
+    assert back.learned_at == AT and back.escalation_from == AT + timedelta(minutes=5)
+    assert back.started_at == AT
