@@ -28,7 +28,7 @@ from core.errors import StoreUnavailable
 from gateway.context import GatewayContext
 from gateway.metrics import MetricsMiddleware
 from gateway.params import ErrorBody
-from gateway.routes import API_PREFIX, alerts, devices, events, health, ingress, me, regions, rules, stream
+from gateway.routes import API_PREFIX, alerts, devices, events, health, incidents, ingress, me, regions, rules, stream
 from gateway.routes import risk as risk_routes
 
 __all__ = ["GatewayContext", "create_app"]
@@ -115,7 +115,9 @@ def create_app(ctx: GatewayContext) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if ctx.dev_open and ctx.settings.env == "dev":
             logger.warning("gateway: dev_open is on; requests without a token are admin until a user exists")
+        incidents.attach(ctx)  # the live stream of incidents, the linkage actions
         yield
+        incidents.detach(ctx)
         ctx.broadcaster.close()
 
     app = FastAPI(
@@ -145,6 +147,7 @@ def create_app(ctx: GatewayContext) -> FastAPI:
 
     for module in (health, me, regions, devices, events, stream, alerts, rules, ingress, risk_routes):
         app.include_router(module.router)
+    app.include_router(incidents.router)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

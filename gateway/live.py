@@ -12,6 +12,7 @@ import asyncio
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import Counter, Gauge
@@ -111,6 +112,8 @@ class Broadcaster:
         self._subscribers: set[Subscriber] = set()
         self._lock = threading.Lock()
         self.closed = False
+        # More BatchListeners fed by ``publish`` (the linkage actions' cmd_result watcher, gateway/routes/incidents.py)
+        self._listeners: list[Callable[[WriteBatch], None]] = []
 
     def subscribe(
         self,
@@ -163,8 +166,34 @@ class Broadcaster:
         for sub in subs:
             sub.close()
 
+    def add_listener(self, listener: Callable[[WriteBatch], None]) -> None:
+        """Another BatchListener called with every batch ``publish`` gets (before the stream's summary)."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[WriteBatch], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def publish_incident(self, item: Message, region_path: Iterable[str], member_regions: Iterable[str] = ()) -> None:
+        """An incident change (``{"incidents": [item]}``) for the subscribers who see the incident: its scope region
+        lies in their subtree, or one of its member alerts does. Never raises; any thread."""
+        try:
+            path, members = tuple(region_path), tuple(member_regions)
+            with self._lock:
+                subs = [s for s in self._subscribers if not s.closed]
+            for sub in subs:
+                if _incident_seen(sub, path, members):
+                    sub.offer({"incidents": [item]})
+        except Exception:
+            logger.exception("live stream: publishing an incident change failed")
+
     def publish(self, batch: WriteBatch) -> None:
         """BatchListener: queue a region-scoped summary of the batch for every subscriber. Never raises."""
+        for listener in list(self._listeners):
+            try:
+                listener(batch)
+            except Exception:
+                logger.exception("live stream: batch listener %r failed", listener)
         try:
             with self._lock:
                 subs = [s for s in self._subscribers if not s.closed]
@@ -177,6 +206,13 @@ class Broadcaster:
                     sub.offer(message)
         except Exception:
             logger.exception("live stream: publishing a batch failed")
+
+
+def _incident_seen(sub: Subscriber, region_path: Iterable[str], member_regions: Iterable[str]) -> bool:
+    """An incident is live for a subscriber who sees its scope region, or one of its members (docs/joint-api.md)."""
+    if sub.region_ids is None:
+        return True
+    return any(r in sub.region_ids for r in region_path) or any(r in sub.region_ids for r in member_regions)
 
 
 def summarise(batch: WriteBatch) -> dict[str, list[Message]]:

@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from alerts.notify.channels import Channel, ChannelUnavailable, DeliveryRejected, OutboundMessage, build_channel
 from alerts.notify.config import NotifyConfig, effective_rate_limit
@@ -40,11 +41,24 @@ from alerts.notify.dispatcher import make_limiter
 from alerts.notify.routing import Limiter, RetryPolicy, severity_at_least
 from alerts.notify.templates import IncidentLine, IncidentNoteKind, IncidentRenderer
 from core import clock as core_clock
+from joint.correlator import IncidentChange
 from joint.models import Incident, Task
+
+if TYPE_CHECKING:
+    from alerts.wiring import AlertsRuntime
+    from joint.service import JointService
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IncidentNotifier", "coalesce", "incident_line", "plan_line", "task_line"]
+__all__ = [
+    "IncidentNotifier",
+    "coalesce",
+    "incident_line",
+    "plan_line",
+    "start_notifications",
+    "subscriber",
+    "task_line",
+]
 
 
 # --- pure ---------------------------------------------------------------------------------------------------------
@@ -382,3 +396,52 @@ class IncidentNotifier:
             logger.warning(
                 "incident notification on %s: attempt %d failed (%s), retry at %s", st.name, attempt, error, next_at
             )
+
+
+# --- wiring -------------------------------------------------------------------------------------------------------
+
+_CHANGE_LINES: dict[str, IncidentNoteKind] = {
+    "opened": "opened",
+    "member_added": "members",
+    "escalated": "escalated",
+    "resolved": "resolved",
+    "closed": "closed",
+    "task_created": "task",
+    "task_overdue": "task_overdue",
+}
+
+
+def subscriber(notifier: IncidentNotifier) -> Callable[[IncidentChange], None]:
+    """The joint service's subscriber (``JointService.subscribe``) that tells the notifier: incidents opened,
+    members added (a burst coalesced per channel), escalated, resolved, closed (with the cause), tasks created and
+    overdue. Other changes (comments, acknowledgements, mutes) are not notified."""
+
+    def on_change(change: IncidentChange) -> None:
+        kind = _CHANGE_LINES.get(change.kind)
+        if kind is None:
+            return
+        inc = change.incident
+        if change.task is not None and kind in ("task", "task_overdue"):
+            notifier.task(kind, inc, change.task, at=change.at)
+        elif kind == "members":
+            notifier.incident(kind, inc, at=change.at, count=max(1, len(change.alert_ids)))
+        elif kind == "opened":
+            notifier.incident(kind, inc, at=change.at, count=len(inc.members))
+        elif kind == "escalated":
+            notifier.incident(kind, inc, at=change.at, count=inc.escalation_level)
+        else:
+            notifier.incident(kind, inc, at=change.at, text=(inc.cause_code or "") if kind == "closed" else "")
+
+    return on_change
+
+
+def start_notifications(joint: JointService, alerts: AlertsRuntime) -> IncidentNotifier | None:
+    """Incident notifications on the alert runtime's channels and region directory, subscribed to ``joint``;
+    None when no channel is configured."""
+    config = alerts.notify_config
+    if not config.channels:
+        return None
+    notifier = IncidentNotifier(config, alerts.regions.ancestors, region_name=alerts.regions.name)
+    joint.subscribe(subscriber(notifier))
+    notifier.start()
+    return notifier

@@ -34,6 +34,8 @@ from devices.registry import Registry
 from ingest.broker_drops import BrokerDropMonitor
 from ingest.resend import Loss, ResendManager, ResendPolicy
 from ingest.service import WARM_ROWS, IngestService
+from joint.notify import IncidentNotifier
+from joint.notify import start_notifications as start_incident_notifications
 from joint.risk_store import snapshotter_from_settings
 from joint.service import JointService
 from joint.service import build as build_joint
@@ -94,6 +96,7 @@ class Runtime:
     ingest: IngestService | None = None
     alerts: AlertsRuntime | None = None
     joint: JointService | None = None  # incidents correlated from alerts (joint/service.py)
+    incident_notifier: IncidentNotifier | None = None  # incident and task notifications (joint/notify.py)
     platform_alerts: PlatformAlerts | None = None  # "ingest stalled", "store unavailable" (alerts/platform.py)
     scheduler: BackgroundScheduler | None = None
     checkpointer: WalCheckpointer | None = None
@@ -134,6 +137,9 @@ class Runtime:
             self.alerts = AlertsRuntime(s, self.registry)
             if s.joint.enabled:  # joint prevention and control: attached and loaded before alerts flow
                 self.joint = build_joint(s, self.registry, self.alerts)
+                # The gateway is given the alerts runtime: it finds the joint service there (routes/incidents.py).
+                self.alerts.joint = self.joint  # type: ignore[attr-defined]
+                self.incident_notifier = start_incident_notifications(self.joint, self.alerts)
                 self.joint.start()
             self.alerts.start()
             listeners.insert(0, self.alerts.on_batch)
@@ -191,6 +197,9 @@ class Runtime:
         if self.joint is not None:
             self.joint.stop()
             self.joint = None
+        if self.incident_notifier is not None:
+            self.incident_notifier.stop()
+            self.incident_notifier = None
         if self.broker is not None:
             self.broker.stop()
             self.broker = None

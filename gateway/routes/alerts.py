@@ -46,6 +46,7 @@ from gateway.params import (
     iso_at,
 )
 from gateway.routes import API_PREFIX
+from gateway.routes.incidents import incidents_of_alerts
 from gateway.scope import device_or_404, not_found, region_or_404
 
 router = APIRouter(prefix=API_PREFIX, tags=["alerts"], responses=error_responses(400, 401, 403, 404, 409, 422, 503))
@@ -101,6 +102,13 @@ def why_silenced(svc: AlertService, items: list[dict[str, Any]]) -> None:
             {"id": s.id, "reason": s.reason, "creator": s.creator, "approver": s.approver, "ends_at": _iso(s.ends_at)}
             for s in found.get(int(item["id"]), [])
         ]
+
+
+def with_incidents(svc: AlertService, items: list[dict[str, Any]]) -> None:
+    """Add ``incident_id`` to each alert JSON: the (newest) incident it is a member of, or null."""
+    found = incidents_of_alerts(svc.repo.engine, [int(i["id"]) for i in items])
+    for item in items:
+        item["incident_id"] = found.get(int(item["id"]))
 
 
 def comment_json(c: Comment) -> dict[str, Any]:
@@ -182,6 +190,7 @@ def list_alerts(
     rows = _read(svc, q.order_by(AlertRow.started_at.desc(), AlertRow.id.desc()).offset(offset).limit(limit))
     items = [alert_json(row_to_alert(r), principal) for r in rows]
     why_silenced(svc, items)
+    with_incidents(svc, items)
     return {"total": total, "limit": limit, "offset": offset, "items": items}
 
 
@@ -191,6 +200,7 @@ def get_alert(alert_id: ObjectId, svc: AlertsDep, principal: PrincipalDep) -> di
     alert = _alert_or_404(svc, principal, alert_id)
     out = alert_json(alert, principal)
     why_silenced(svc, [out])
+    with_incidents(svc, [out])
     out["comments"] = [comment_json(c) for c in svc.repo.comments(alert_id)]
     return out
 

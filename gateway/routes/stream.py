@@ -35,7 +35,7 @@ async def _events(
                     if sub.dropped != reported_drops:
                         message = {**message, "dropped": sub.dropped - reported_drops}
                         reported_drops = sub.dropped
-                    yield _sse("batch", message)
+                    yield _sse("incident" if "incidents" in message else "batch", message)
             elif sub.closed:
                 return
             else:

@@ -175,3 +175,23 @@ def test_stop_sends_what_is_still_grouped(receiver: Receiver) -> None:  # noqa: 
     n.stop()
     (msg,) = receiver.accepted("/hook/bldg")
     assert msg.json()["incidents"][0]["text"] == "误报" and "事件已关闭" in msg.json()["title"]
+
+
+def test_the_joint_services_changes_reach_the_channels(receiver: Receiver) -> None:  # noqa: F811
+    from joint.correlator import IncidentChange
+    from joint.notify import subscriber
+
+    n = IncidentNotifier(config(receiver.base, window=0.2), ancestors_of, idle_wait_s=0.05)
+    n.start()
+    try:
+        tell = subscriber(n)
+        inc = incident()
+        tell(IncidentChange("opened", inc, T0))
+        tell(IncidentChange("member_added", inc, T0, alert_ids=(1, 2, 3)))
+        tell(IncidentChange("commented", inc, T0))  # not notified
+        tell(IncidentChange("task_created", inc, T0, task=task()))
+        (msg,) = wait_until(lambda: receiver.accepted("/hook/bldg"), 10, what="the incident's message")
+        assert [(x["kind"], x["count"]) for x in msg.json()["incidents"]] == [("opened", 0), ("members", 3)]
+        wait_until(lambda: receiver.accepted("/wecom/send"), 10, what="the task's message")
+    finally:
+        n.stop()

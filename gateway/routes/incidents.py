@@ -1,0 +1,793 @@
+"""Incidents (联防联控): lists, one incident with members, timeline, tasks and linkage actions; people's actions.
+
+Reads come from the SQL database (``joint.store.JointStore``), so they work wherever the database is reachable;
+changes go through the running joint service (its in-memory state, then the store, the live stream and the
+notifications), and without it they answer 503. Linkage actions go through ``joint.actions.LinkageActions``.
+
+Scoping (docs/joint-api.md "Who sees what"):
+
+* an incident whose scope region lies inside the caller's subtree is **fully visible**: every member, the whole
+  timeline, its tasks and actions;
+* an incident scoped above the caller (a city cluster seen by one building's operator) is **partly visible** when
+  at least one member alert lies in the caller's subtree: the incident's header, the members in the caller's
+  subtree only (``members_hidden`` counts the others), the timeline without entries about hidden alerts, its tasks;
+  nothing can be changed from there (403);
+* anything else is 404, exactly like an incident that does not exist.
+
+Writes need the role ``operator`` or ``admin`` and full visibility; linkage confirmations need ``admin``
+(joint/actions.py). Every write is in the audit log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any, Literal, Protocol, cast
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Engine, or_, select
+
+from alerts.types import Severity
+from core.errors import StoreUnavailable, UserError
+from devices.registry import Registry
+from gateway.auth import Principal
+from gateway.context import GatewayContext
+from gateway.deps import AuditDep, ContextDep, NowDep, PrincipalDep, RegistryDep, require_role
+from gateway.live import Broadcaster
+from gateway.params import Limit, ObjectId, Offset, RegionQuery, error_responses, iso_at
+from gateway.routes import API_PREFIX
+from gateway.scope import not_found, region_or_404
+from joint.actions import (
+    ActionConflict,
+    ActionDenied,
+    LinkageAction,
+    LinkageActions,
+    MqttCommandSender,
+    Step,
+    Target,
+    check_decide,
+    check_propose,
+    step_text,
+    step_text_en,
+)
+from joint.models import Incident, IncidentMemberRow, IncidentRow, Task, TimelineEntry, TimelineKind
+from joint.store import JointStore
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix=API_PREFIX, tags=["incidents"], responses=error_responses(400, 401, 403, 404, 409, 422, 503))
+
+Writer = Annotated[Principal, Depends(require_role("operator", "admin"))]
+StateFilter = Literal["open", "investigating", "resolved", "closed", "active"]
+TypeQuery = Annotated[
+    str | None, Query(max_length=64, pattern=r"^[a-z][a-z0-9_]{0,63}$", description="incident type, e.g. intrusion")
+]
+ActionIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$", description="action id")]
+CAUSE_CODES = ("false_alarm", "handled", "maintenance", "device_fault", "duplicate", "other")
+
+
+# --- the joint side: the service (J1's joint/service.py) and the linkage actions ------------------------------
+
+
+class JointOps(Protocol):
+    """What the API needs of the running joint service (``joint.service.JointService``): people's actions on
+    incidents and tasks, each through its lock, store and subscribers. ``UserError`` for a wrong state."""
+
+    def investigate(self, incident_id: int, who: str) -> Any: ...
+
+    def comment(self, incident_id: int, who: str, text: str) -> Any: ...
+
+    def close(self, incident_id: int, who: str, cause_code: str) -> Any: ...
+
+    def acknowledge_task(self, task_id: int, who: str, note: str | None = None) -> Any: ...
+
+    def close_task(self, task_id: int, who: str, note: str | None = None) -> Any: ...
+
+
+@dataclass
+class JointSide:
+    """What the gateway holds for incidents: the store (reads), the service (changes; None where the alert
+    engine does not run here) and the linkage actions."""
+
+    store: JointStore
+    service: Any | None
+    actions: LinkageActions | None
+    stops: list[Callable[[], None]] = field(default_factory=list)
+
+
+_SIDE_ATTR = "_joint_side"  # the JointSide of a GatewayContext, kept on the context itself
+
+
+def _service_of(ctx: GatewayContext) -> Any | None:
+    alerts = ctx.alerts
+    for holder in (ctx, alerts, getattr(alerts, "service", None)):
+        svc = getattr(holder, "joint", None) if holder is not None else None
+        if svc is not None:
+            return svc
+    return None
+
+
+def incident_doc_live(i: Incident, kind: str) -> dict[str, Any]:
+    """The small live-stream item of an incident change; the page reads the rest through the API."""
+    return {
+        "id": i.id,
+        "kind": kind,
+        "type": i.type,
+        "pattern_id": i.pattern_id,
+        "state": str(i.state),
+        "severity": str(i.severity),
+        "title_zh": i.title_zh,
+        "title_en": i.title_en,
+        "region_id": i.region_id,
+        "updated_at": iso_at(i.updated_at),
+    }
+
+
+def attach(ctx: GatewayContext) -> JointSide:
+    """The incident side of this gateway, made once per context (at the app's start, or at the first request).
+
+    Subscribes the live stream to the joint service's incident changes (when the service runs here). Linkage
+    actions run where the gateway can publish commands: with the context's ``linkage_publish`` (a test seam), or
+    where the HTTP ingress is configured (``lianfang serve``: the broker is there) with the platform's MQTT
+    identity; their ``cmd_result`` events are seen through the broadcaster, which ingest feeds. The actions are
+    rebuilt from the incidents' timelines."""
+    side: JointSide | None = getattr(ctx, _SIDE_ATTR, None)
+    if side is not None:
+        return side
+    store = JointStore(ctx.registry.engine)
+    service = _service_of(ctx)
+    broadcaster = ctx.broadcaster
+    if service is not None and hasattr(service, "subscribe"):
+
+        def on_change(change: Any) -> None:
+            inc = getattr(change, "incident", None)
+            if isinstance(inc, Incident):
+                members = {m.region_id for m in inc.members.values()}
+                broadcaster.publish_incident(incident_doc_live(inc, str(change.kind)), inc.region_path, members)
+
+        try:
+            service.subscribe(on_change)
+        except Exception:
+            logger.exception("incidents: subscribing the live stream to incident changes failed")
+    stops: list[Callable[[], None]] = []
+    actions: LinkageActions | None = None
+    publish: Callable[[str, bytes], bool] | None = getattr(ctx, "linkage_publish", None)
+    if publish is None and ctx.ingress is not None:
+        sender = MqttCommandSender(ctx.settings.mqtt, client_id=f"{ctx.settings.mqtt.client_id}-actions")
+        sender.start()
+        stops.append(sender.stop)
+        publish = sender
+    if publish is not None:
+        actions = LinkageActions(publish, record=_recorder(store, broadcaster, ctx.clock), clock=ctx.clock)
+        try:
+            actions.replay(_stored_actions(store))
+        except Exception:
+            logger.exception("incidents: rebuilding the linkage actions from the timelines failed")
+        broadcaster.add_listener(actions.on_batch)
+        actions.start()
+        stops.insert(0, actions.stop)
+    side = JointSide(store, service, actions, stops)
+    setattr(ctx, _SIDE_ATTR, side)
+    return side
+
+
+def detach(ctx: GatewayContext) -> None:
+    """At the app's end: stop the linkage actions and their connection."""
+    side: JointSide | None = getattr(ctx, _SIDE_ATTR, None)
+    if side is None:
+        return
+    setattr(ctx, _SIDE_ATTR, None)
+    if side.actions is not None:
+        ctx.broadcaster.remove_listener(side.actions.on_batch)
+    for stop in side.stops:
+        try:
+            stop()
+        except Exception:
+            logger.exception("incidents: stopping failed")
+
+
+def _recorder(
+    store: JointStore, broadcaster: Broadcaster, clock: Callable[[], datetime]
+) -> Callable[[LinkageAction, Step, str], None]:
+    def record(a: LinkageAction, step: Step, actor: str) -> None:
+        now = clock()
+        entry = TimelineEntry(
+            a.incident_id,
+            now,
+            TimelineKind.ACTION,
+            actor,
+            step_text(a, step),
+            {"action": a.doc(), "step": step, "text_en": step_text_en(a, step)},
+        )
+        store.add_timeline([entry], now=now)
+        inc = store.get(a.incident_id)
+        if inc is not None:
+            members = {m.region_id for m in inc.members.values()}
+            doc = incident_doc_live(inc, f"action_{step}")
+            broadcaster.publish_incident(doc, inc.region_path, members)
+
+    return record
+
+
+def _stored_actions(store: JointStore) -> list[dict[str, Any]]:
+    """The action documents of every timeline entry, oldest first (the durable record of the actions)."""
+    from joint.models import TimelineRow
+
+    q = select(TimelineRow.data).where(TimelineRow.kind == str(TimelineKind.ACTION)).order_by(TimelineRow.id)
+    rows: list[Any] = store._session_read(lambda s: list(s.scalars(q)))
+    return [d["action"] for d in rows if isinstance(d, dict) and isinstance(d.get("action"), dict)]
+
+
+def get_side(ctx: ContextDep) -> JointSide:
+    return attach(ctx)
+
+
+SideDep = Annotated[JointSide, Depends(get_side)]
+
+
+def _ops(side: JointSide) -> JointOps:
+    if side.service is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="the joint service is not running here")
+    return cast(JointOps, side.service)
+
+
+def _actions(side: JointSide) -> LinkageActions:
+    if side.actions is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="linkage actions are not running here")
+    return side.actions
+
+
+# --- scoping ---------------------------------------------------------------------------------------------------
+
+
+def visibility(i: Incident, principal: Principal) -> Literal["full", "partial", "none"]:
+    if principal.region_ids is None or principal.sees_region(i.region_id):
+        return "full"
+    if any(principal.sees_region(m.region_id) for m in i.members.values()):
+        return "partial"
+    return "none"
+
+
+def _incident_or_404(side: JointSide, principal: Principal, incident_id: int) -> tuple[Incident, bool]:
+    inc = side.store.get(incident_id)
+    seen = "none" if inc is None else visibility(inc, principal)
+    if inc is None or seen == "none":
+        raise not_found("incident", str(incident_id))
+    return inc, seen == "full"
+
+
+def _writable(side: JointSide, principal: Principal, incident_id: int) -> Incident:
+    inc, full = _incident_or_404(side, principal, incident_id)
+    if not full:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, detail="this incident's scope lies above your region: you can read it only"
+        )
+    return inc
+
+
+# --- JSON shapes -----------------------------------------------------------------------------------------------
+
+
+def incident_json(i: Incident, principal: Principal, *, full: bool) -> dict[str, Any]:
+    members = [m for m in i.members.values() if full or principal.sees_region(m.region_id)]
+    return {
+        "id": i.id,
+        "pattern_id": i.pattern_id,
+        "type": i.type,
+        "title_zh": i.title_zh,
+        "title_en": i.title_en,
+        "severity": str(i.severity),
+        "state": str(i.state),
+        "scope_level": str(i.scope_level),
+        "region_id": i.region_id,
+        "region_path": [r for r in i.region_path if principal.sees_region(r)],
+        "opened_at": iso_at(i.opened_at),
+        "updated_at": iso_at(i.updated_at),
+        "resolved_at": iso_at(i.resolved_at),
+        "closed_at": iso_at(i.closed_at),
+        "closed_by": i.closed_by,
+        "cause_code": i.cause_code,
+        "escalation_level": i.escalation_level,
+        "visibility": "full" if full else "partial",
+        "member_count": len(members),
+        "members_hidden": len(i.members) - len(members),
+        "muted_count": sum(1 for m in members if m.muted),
+    }
+
+
+def member_json(m: Any) -> dict[str, Any]:
+    return {
+        "alert_id": m.alert_id,
+        "rule_id": m.rule_id,
+        "device_id": m.device_id,
+        "region_id": m.region_id,
+        "added_at": iso_at(m.added_at),
+        "muted": m.muted,
+        "resolved": m.resolved,
+    }
+
+
+def task_json(t: Task, now: datetime) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "incident_id": t.incident_id,
+        "department": t.department,
+        "state": str(t.state),
+        "created_at": iso_at(t.created_at),
+        "deadline": iso_at(t.deadline),
+        "overdue": t.open and now >= t.deadline,
+        "acknowledged_by": t.acknowledged_by,
+        "acknowledged_at": iso_at(t.acknowledged_at),
+        "closed_by": t.closed_by,
+        "closed_at": iso_at(t.closed_at),
+        "escalation_level": t.escalation_level,
+        "note": t.note,
+    }
+
+
+def entry_json(e: TimelineEntry) -> dict[str, Any]:
+    data = {k: v for k, v in e.data.items() if k in ("alert_id", "alert_ids", "task", "step", "text_en", "to")}
+    if isinstance(e.data.get("action"), dict):
+        data["action_id"] = e.data["action"].get("id")
+    return {"id": e.id, "ts": iso_at(e.ts), "kind": str(e.kind), "actor": e.actor, "text": e.text, "data": data}
+
+
+def _entry_visible(e: TimelineEntry, hidden: set[int]) -> bool:
+    if not hidden:
+        return True
+    ids = [e.data.get("alert_id"), *(e.data.get("alert_ids") or [])]
+    return not any(isinstance(a, int) and a in hidden for a in ids)
+
+
+# --- reads -----------------------------------------------------------------------------------------------------
+
+
+def _list_query(
+    principal: Principal,
+    registry: Registry,
+    region: str | None,
+    state: str | None,
+    severity: Sequence[Severity] | None,
+    type_: str | None,
+) -> Any:
+    q = select(IncidentRow)
+    if region is not None:
+        region_or_404(registry, principal, region)
+        q = q.where(
+            or_(
+                IncidentRow.region_path.contains(f"/{region}/", autoescape=True),
+                IncidentRow.id.in_(
+                    select(IncidentMemberRow.incident_id).where(
+                        IncidentMemberRow.region_id.in_(registry.subtree_ids(region))
+                    )
+                ),
+            )
+        )
+    if principal.region_ids is not None and principal.region_id is not None:
+        q = q.where(
+            or_(
+                IncidentRow.region_path.contains(f"/{principal.region_id}/", autoescape=True),
+                IncidentRow.id.in_(
+                    select(IncidentMemberRow.incident_id).where(
+                        IncidentMemberRow.region_id.in_(sorted(principal.region_ids))
+                    )
+                ),
+            )
+        )
+    if state == "active":
+        q = q.where(IncidentRow.state.in_(("open", "investigating")))
+    elif state is not None:
+        q = q.where(IncidentRow.state == state)
+    if severity:
+        q = q.where(IncidentRow.severity.in_([str(s) for s in severity]))
+    if type_ is not None:
+        q = q.where(IncidentRow.type == type_)
+    return q
+
+
+@router.get("/incidents")
+def list_incidents(
+    side: SideDep,
+    registry: RegistryDep,
+    principal: PrincipalDep,
+    state: Annotated[StateFilter | None, Query(description="active = open or investigating")] = None,
+    severity: Annotated[list[Severity] | None, Query(max_length=8, description="repeat for several")] = None,
+    region: RegionQuery = None,
+    type: TypeQuery = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> dict[str, Any]:
+    """Incidents newest first, with the caller's visibility of each (``full`` or ``partial``); ``total`` counts all
+    matches. ``region``: incidents scoped inside that subtree, or with a member alert there."""
+    from sqlalchemy import func
+
+    q = _list_query(principal, registry, region, state, severity, type)
+    store = side.store
+    total = int(store._session_read(lambda s: s.scalar(select(func.count()).select_from(q.subquery()))) or 0)
+    page = q.order_by(IncidentRow.opened_at.desc(), IncidentRow.id.desc()).offset(offset).limit(limit)
+    incidents: list[Incident] = store._session_read(lambda s: store._with_members(s, list(s.scalars(page))))
+    items = []
+    for inc in incidents:
+        seen = visibility(inc, principal)
+        if seen != "none":
+            items.append(incident_json(inc, principal, full=seen == "full"))
+    return {"total": total, "limit": limit, "offset": offset, "items": items}
+
+
+@router.get("/incidents/{incident_id}")
+def get_incident(incident_id: ObjectId, side: SideDep, principal: PrincipalDep, now: NowDep) -> dict[str, Any]:
+    """One incident with its members, timeline (oldest first), department tasks and linkage actions."""
+    inc, full = _incident_or_404(side, principal, incident_id)
+    out = incident_json(inc, principal, full=full)
+    visible = [m for m in inc.members.values() if full or principal.sees_region(m.region_id)]
+    hidden = {a for a, m in inc.members.items() if not (full or principal.sees_region(m.region_id))}
+    out["members"] = [member_json(m) for m in sorted(visible, key=lambda m: m.alert_id)]
+    out["timeline"] = [entry_json(e) for e in side.store.timeline(incident_id) if _entry_visible(e, hidden)]
+    out["tasks"] = [task_json(t, now) for t in side.store.tasks(incident_id=incident_id)]
+    actions = side.actions.for_incident(incident_id) if side.actions is not None else []
+    out["actions"] = [a.doc() for a in actions if full or principal.sees_region(a.region_id)]
+    return out
+
+
+# --- people's actions ------------------------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoteBody(_Body):
+    note: str = Field(default="", max_length=2000)
+
+
+class CloseBody(_Body):
+    cause_code: Literal["false_alarm", "handled", "maintenance", "device_fault", "duplicate", "other"] = Field(
+        description="why it is closed"
+    )
+    note: str = Field(default="", max_length=2000)
+
+
+class CommentBody(_Body):
+    text: str = Field(min_length=1, max_length=4000, pattern=r"\S")
+
+
+def _conflict(exc: Exception) -> HTTPException:
+    return HTTPException(status.HTTP_409_CONFLICT, detail=str(exc))
+
+
+def _after(side: JointSide, principal: Principal, incident_id: int, now: datetime) -> dict[str, Any]:
+    inc, full = _incident_or_404(side, principal, incident_id)
+    out = incident_json(inc, principal, full=full)
+    out["tasks"] = [task_json(t, now) for t in side.store.tasks(incident_id=incident_id)]
+    return out
+
+
+def _transition(
+    side: JointSide, principal: Principal, incident_id: int, now: datetime, audit: Any, action: str, call: Any
+) -> dict[str, Any]:
+    _writable(side, principal, incident_id)
+    try:
+        call()
+    except (UserError, KeyError, ValueError) as exc:
+        raise _conflict(exc) from exc
+    audit.write(principal, f"incident.{action}", f"incident {incident_id}", now=now)
+    return _after(side, principal, incident_id, now)
+
+
+@router.post("/incidents/{incident_id}/ack")
+def acknowledge(
+    incident_id: ObjectId, body: NoteBody, side: SideDep, principal: Writer, now: NowDep, audit: AuditDep
+) -> dict[str, Any]:
+    """Acknowledge an open incident: someone is on it (its state becomes ``investigating``)."""
+    _writable(side, principal, incident_id)
+    ops = _ops(side)
+    return _transition(
+        side, principal, incident_id, now, audit, "ack", lambda: ops.investigate(incident_id, principal.name)
+    )
+
+
+@router.post("/incidents/{incident_id}/investigate")
+def investigate(
+    incident_id: ObjectId, body: NoteBody, side: SideDep, principal: Writer, now: NowDep, audit: AuditDep
+) -> dict[str, Any]:
+    """Start investigating an open incident (``open`` -> ``investigating``)."""
+    _writable(side, principal, incident_id)
+    ops = _ops(side)
+    return _transition(
+        side,
+        principal,
+        incident_id,
+        now,
+        audit,
+        "investigate",
+        lambda: ops.investigate(incident_id, principal.name),
+    )
+
+
+@router.post("/incidents/{incident_id}/resolve")
+def resolve(
+    incident_id: ObjectId, body: CommentBody, side: SideDep, principal: Writer, now: NowDep, audit: AuditDep
+) -> dict[str, Any]:
+    """Resolve an open incident by hand (the reason is required); its tasks stay until the departments close
+    them."""
+    _writable(side, principal, incident_id)
+    fn = getattr(_ops(side), "resolve", None)
+    if fn is None:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail="an incident resolves when its member alerts do; to end it by hand, close it with a cause code",
+        )
+    return _transition(
+        side, principal, incident_id, now, audit, "resolve", lambda: fn(incident_id, principal.name, body.text)
+    )
+
+
+@router.post("/incidents/{incident_id}/close")
+def close(
+    incident_id: ObjectId, body: CloseBody, side: SideDep, principal: Writer, now: NowDep, audit: AuditDep
+) -> dict[str, Any]:
+    """Close an incident with a cause code (a note, when given, goes on the timeline first); its open tasks close
+    with it."""
+    _writable(side, principal, incident_id)
+    ops = _ops(side)
+
+    def call() -> None:
+        if body.note.strip():
+            ops.comment(incident_id, principal.name, body.note)
+        ops.close(incident_id, principal.name, body.cause_code)
+
+    return _transition(side, principal, incident_id, now, audit, "close", call)
+
+
+@router.post("/incidents/{incident_id}/comments", status_code=status.HTTP_201_CREATED)
+def add_comment(
+    incident_id: ObjectId, body: CommentBody, side: SideDep, principal: Writer, now: NowDep, audit: AuditDep
+) -> dict[str, Any]:
+    """Add a comment to the incident's timeline."""
+    _writable(side, principal, incident_id)
+    ops = _ops(side)
+    return _transition(
+        side,
+        principal,
+        incident_id,
+        now,
+        audit,
+        "comment",
+        lambda: ops.comment(incident_id, principal.name, body.text),
+    )
+
+
+def _task_of(side: JointSide, principal: Principal, incident_id: int, task_id: int) -> Task:
+    _writable(side, principal, incident_id)
+    task = side.store.task(task_id)
+    if task is None or task.incident_id != incident_id:
+        raise not_found("task", str(task_id))
+    return task
+
+
+@router.post("/incidents/{incident_id}/tasks/{task_id}/ack")
+def acknowledge_task(
+    incident_id: ObjectId,
+    task_id: ObjectId,
+    body: NoteBody,
+    side: SideDep,
+    principal: Writer,
+    now: NowDep,
+    audit: AuditDep,
+) -> dict[str, Any]:
+    """A department acknowledges its part (stops its escalation)."""
+    _task_of(side, principal, incident_id, task_id)
+    _writable(side, principal, incident_id)
+    ops = _ops(side)
+    return _transition(
+        side,
+        principal,
+        incident_id,
+        now,
+        audit,
+        "task.ack",
+        lambda: ops.acknowledge_task(task_id, principal.name, body.note or None),
+    )
+
+
+@router.post("/incidents/{incident_id}/tasks/{task_id}/close")
+def close_task(
+    incident_id: ObjectId,
+    task_id: ObjectId,
+    body: NoteBody,
+    side: SideDep,
+    principal: Writer,
+    now: NowDep,
+    audit: AuditDep,
+) -> dict[str, Any]:
+    """A department closes its part; the incident closes when the last of its tasks does."""
+    task = _task_of(side, principal, incident_id, task_id)
+    ops = _ops(side)
+    if not task.open:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"task {task_id} is already closed")
+    return _transition(
+        side,
+        principal,
+        incident_id,
+        now,
+        audit,
+        "task.close",
+        lambda: ops.close_task(task_id, principal.name, body.note or None),
+    )
+
+
+# --- linkage actions -------------------------------------------------------------------------------------------
+
+
+class ProposeBody(_Body):
+    name: Literal["lock", "unlock"] = Field(description="the command: lock or unlock gates")
+    device_ids: list[Annotated[str, Field(max_length=64, pattern=r"^[a-z0-9][a-z0-9-]{2,63}$")]] | None = Field(
+        default=None,
+        max_length=200,
+        description="the devices; default: every gate of the incident's region (for a partly visible caller: none)",
+    )
+    reason: str = Field(default="", max_length=2000)
+
+
+class DecideBody(_Body):
+    reason: str = Field(default="", max_length=2000)
+
+
+def _targets(registry: Registry, inc: Incident, device_ids: list[str] | None) -> list[Target]:
+    if device_ids is None:
+        devices, _ = registry.devices(region_ids=registry.subtree_ids(inc.region_id), device_type="gate", limit=200)
+        return [Target(d.id, d.region_id, d.type) for d in devices if d.enabled]
+    out: list[Target] = []
+    allowed = set(registry.subtree_ids(inc.region_id))
+    for did in dict.fromkeys(device_ids):
+        d = registry.device(did)
+        if d is None or d.region_id not in allowed:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                detail=[
+                    {
+                        "loc": ["body", "device_ids"],
+                        "msg": f"{did!r} is not a device of the incident's region",
+                        "type": "value_error",
+                    }
+                ],
+            )
+        out.append(Target(d.id, d.region_id, d.type))
+    return out
+
+
+@router.get("/incidents/{incident_id}/actions")
+def list_actions(incident_id: ObjectId, side: SideDep, principal: PrincipalDep) -> dict[str, Any]:
+    """The incident's linkage actions (proposed, declined, sent, succeeded, failed, expired), oldest first."""
+    _inc, full = _incident_or_404(side, principal, incident_id)
+    actions = side.actions.for_incident(incident_id) if side.actions is not None else []
+    items = [a.doc() for a in actions if full or principal.sees_region(a.region_id)]
+    return {"total": len(items), "items": items}
+
+
+@router.post("/incidents/{incident_id}/actions", status_code=status.HTTP_201_CREATED)
+def propose_actions(
+    incident_id: ObjectId,
+    body: ProposeBody,
+    side: SideDep,
+    registry: RegistryDep,
+    principal: PrincipalDep,
+    now: NowDep,
+    audit: AuditDep,
+) -> dict[str, Any]:
+    """Propose a command for devices of the incident's region (one action per device); nothing is sent until an
+    administrator of the devices' region confirms. Needs the role operator or admin."""
+    inc = _writable(side, principal, incident_id)
+    actions = _actions(side)
+    targets = _targets(registry, inc, body.device_ids)
+    try:
+        check_propose(principal.role, principal.sees_region, targets)
+        made = actions.propose(incident_id, body.name, targets, by=principal.name, reason=body.reason)
+    except ActionDenied as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(exc)) from exc
+    except UserError as exc:
+        raise _conflict(exc) from exc
+    for a in made:
+        audit.write(
+            principal,
+            "incident.action.propose",
+            f"action {a.id}",
+            now=now,
+            detail={"incident_id": incident_id, "device_id": a.device_id, "name": a.name},
+        )
+    return {"total": len(made), "items": [a.doc() for a in made]}
+
+
+def _decide(
+    side: JointSide, principal: Principal, incident_id: int, action_id: str
+) -> tuple[LinkageActions, LinkageAction]:
+    _writable(side, principal, incident_id)
+    actions = _actions(side)
+    a = actions.get(action_id)
+    if a is None or a.incident_id != incident_id:
+        raise not_found("action", action_id)
+    try:
+        check_decide(principal.role, principal.name, principal.sees_region, a)
+    except ActionDenied as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(exc)) from exc
+    return actions, a
+
+
+@router.post("/incidents/{incident_id}/actions/{action_id}/confirm")
+def confirm_action(
+    incident_id: ObjectId,
+    action_id: ActionIdPath,
+    body: DecideBody,
+    side: SideDep,
+    principal: PrincipalDep,
+    now: NowDep,
+    audit: AuditDep,
+) -> dict[str, Any]:
+    """Confirm a proposed action: the command goes out on the device's cmd topic with an expiry. Needs the role
+    admin, a scope covering the device, and someone other than the proposer."""
+    actions, a = _decide(side, principal, incident_id, action_id)
+    try:
+        done = actions.confirm(a.id, by=principal.name)
+    except ActionConflict as exc:
+        audit.write(
+            principal,
+            "incident.action.confirm",
+            f"action {a.id}",
+            now=now,
+            outcome="refused",
+            detail={"why": str(exc)[:200]},
+        )
+        raise _conflict(exc) from exc
+    audit.write(
+        principal,
+        "incident.action.confirm",
+        f"action {a.id}",
+        now=now,
+        detail={
+            "incident_id": incident_id,
+            "device_id": a.device_id,
+            "name": a.name,
+            "state": done.state,
+            "cmd_id": done.cmd_id,
+        },
+    )
+    return done.doc()
+
+
+@router.post("/incidents/{incident_id}/actions/{action_id}/decline")
+def decline_action(
+    incident_id: ObjectId,
+    action_id: ActionIdPath,
+    body: DecideBody,
+    side: SideDep,
+    principal: PrincipalDep,
+    now: NowDep,
+    audit: AuditDep,
+) -> dict[str, Any]:
+    """Decline a proposed action (nothing is sent)."""
+    actions, a = _decide(side, principal, incident_id, action_id)
+    try:
+        done = actions.decline(a.id, by=principal.name, reason=body.reason)
+    except ActionConflict as exc:
+        raise _conflict(exc) from exc
+    audit.write(
+        principal,
+        "incident.action.decline",
+        f"action {a.id}",
+        now=now,
+        detail={"incident_id": incident_id, "device_id": a.device_id, "reason": body.reason[:200]},
+    )
+    return done.doc()
+
+
+def incidents_of_alerts(engine: Engine, alert_ids: Sequence[int]) -> dict[int, int]:
+    """alert id -> incident id (for the alerts list); {} when the incident tables cannot be read (the alerts list
+    still answers)."""
+    try:
+        return JointStore(engine).incidents_of_alerts(alert_ids)
+    except StoreUnavailable:
+        logger.warning("incidents of alerts: the incident tables cannot be read")
+        return {}
