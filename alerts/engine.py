@@ -806,7 +806,10 @@ class _Sequence:
     ) -> list[AlertChange]:
         p: SequenceParams = rule.params
         before, after = int(p.before_s * 1000), int(p.after_s * 1000)
-        if any(_edge(m, rec, st.edges, f"r{i}") for i, m in enumerate(p.required)):
+        # event matches say nothing about a reading (match_record: None), so a reading skips them
+        if (not isinstance(rec, Reading) or not all(m.event is not None for m in p.required)) and any(
+            _edge(m, rec, st.edges, f"r{i}") for i, m in enumerate(p.required)
+        ):
             t = rec.ts_ms
             st.recent = sorted([*st.recent, t])[-MAX_RECENT:]
             st.pending = [a for a in st.pending if not (a - before <= t <= a + after)]
@@ -818,6 +821,8 @@ class _Sequence:
 
     def _due(self, rule: EffectiveRule, st: SequenceState, subj: Subject, now_ms: int) -> list[AlertChange]:
         p: SequenceParams = rule.params
+        if not st.pending:
+            return []
         wait = int((p.after_s + p.settle_s) * 1000)
         due = [a for a in st.pending if a + wait <= now_ms]
         if not due:
@@ -938,7 +943,7 @@ class _Baseline:
         applies = (p.days == "any" or (p.days == "working") == working) and (
             p.hours is None or p.hours[0] <= hour < p.hours[1]
         )
-        base = self.expected(st, working, how, p.min_samples)
+        base = bin_expected(st.bins, working, how, p.min_samples)
         st.baseline = base
         cond = applies and base is not None and x > base * (1 + p.relative) and x - base > p.absolute
         if p.aggregate == "daily_mean":

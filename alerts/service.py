@@ -204,7 +204,8 @@ class AlertService:
         self._lazy: set[StateKey] = set()
         self._wlock = threading.Lock()  # orders SQL writes; taken while holding _lock, released after writing
         self._pending: _Payload | None = None  # written or failed to be written; retried with the next write
-        self._seqs: dict[str, deque[int]] = {}
+        # per device: the last SEQ_GUARD seqs in arrival order, and the same seqs as a set (O(1) membership)
+        self._seqs: dict[str, tuple[deque[int], set[int]]] = {}
         self._scheduler: BackgroundScheduler | None = None
         self._started = False
         self._store_down = False
@@ -437,10 +438,15 @@ class AlertService:
             return False
         seen = self._seqs.get(rec.device_id)
         if seen is None:
-            seen = self._seqs[rec.device_id] = deque(maxlen=SEQ_GUARD)
-        elif seq in seen:
-            return True
-        seen.append(seq)
+            order, members = self._seqs[rec.device_id] = (deque(), set())
+        else:
+            order, members = seen
+            if seq in members:
+                return True
+            if len(order) >= SEQ_GUARD:
+                members.discard(order.popleft())
+        order.append(seq)
+        members.add(seq)
         return False
 
     def _plan(self, subj: Subject) -> _Plan:
