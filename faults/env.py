@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import logging
 import os
 import re
@@ -21,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -164,12 +163,6 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-def metric_sum(metrics: Mapping[str, float], pattern: str) -> float:
-    """Sum of every series whose ``name{labels}`` matches the regular expression ``pattern``."""
-    rx = re.compile(pattern)
-    return sum(v for k, v in metrics.items() if rx.search(k))
-
-
 @dataclass
 class Observation:
     """When (seconds after the fault) each observer first saw it; None: not seen."""
@@ -177,8 +170,6 @@ class Observation:
     ready: float | None = None
     metrics: float | None = None
     alerts: float | None = None
-    ready_reason: str = ""
-    alert_titles: list[str] = field(default_factory=list)
 
 
 # --- one scenario's environment -----------------------------------------------------------------------------------
@@ -334,19 +325,12 @@ class FaultEnv:
     ) -> None:
         """One round of the observers; fills in the first time each saw the fault."""
         now = time.monotonic() - t0
-        if ready and obs.ready is None:
-            status, body = self.ready()
-            if status == 503:
-                obs.ready = now
-                failing = {k: v for k, v in body.get("checks", {}).items() if not v.get("ok")}
-                obs.ready_reason = json.dumps(failing, ensure_ascii=False)[:300]
+        if ready and obs.ready is None and self.ready()[0] == 503:
+            obs.ready = now
         if metric is not None and obs.metrics is None and metric(self.metrics()):
             obs.metrics = now
-        if alert is not None and obs.alerts is None:
-            items = self.alerts()
-            if alert(items):
-                obs.alerts = now
-                obs.alert_titles = [f"{a.get('rule_id')}:{a.get('title_en')}" for a in items][:5]
+        if alert is not None and obs.alerts is None and alert(self.alerts()):
+            obs.alerts = now
 
     # --- the store ---
 
