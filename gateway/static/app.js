@@ -44,6 +44,20 @@ const I18N = {
     f_escalation: "升级级别", yes: "是", no: "否", noDetail: "无",
     tl_created: "告警产生", tl_ack: "确认", tl_resolve: "解决", tl_assign: "指派", tl_comment: "备注",
     role_admin: "管理员", role_operator: "值班员", role_viewer: "查看员",
+    incidents: "联防事件", incActive: "处置中", topRisks: "当前最高风险", tasks: "部门任务", linkage: "联动处置",
+    members: "关联告警", noIncidents: "当前无联防事件", incRef: "事件 I{id}", partial: "部分可见",
+    ist_open: "待处置", ist_investigating: "处置中", ist_resolved: "已解除", ist_closed: "已关闭",
+    tst_open: "待确认", tst_acknowledged: "已确认", tst_closed: "已完成", overdue: "已超时",
+    dept_security: "安保", dept_vehicles: "车管", dept_energy: "能源", dept_it: "信息",
+    incAck: "确认事件", incClose: "关闭事件", taskAck: "确认任务", taskClose: "完成任务",
+    propose_lock: "建议锁闭门禁", propose_unlock: "建议解锁门禁", confirm: "批准执行", decline: "拒绝",
+    act_lock: "锁闭", act_unlock: "解锁", ast_proposed: "待批准", ast_declined: "已拒绝", ast_sent: "已下发",
+    ast_succeeded: "已执行", ast_failed: "失败", ast_expired: "已过期",
+    cause_false_alarm: "误报", cause_handled: "已处置", cause_maintenance: "维护", cause_device_fault: "设备故障",
+    cause_duplicate: "重复", cause_other: "其他", f_scope: "范围", f_type: "类型", f_opened: "发生时间",
+    f_cause: "关闭原因", f_members: "关联告警数", hiddenMembers: "另有 {n} 条不在您的管辖范围内",
+    noRisk: "暂无风险数据", riskScore: "风险 {n}", incDone: "操作成功", noTasks: "无",
+    readOnly: "仅可查看（事件范围高于您的辖区）",
   },
   en: {
     title: "Lianfang Control Room",
@@ -91,6 +105,21 @@ const I18N = {
     f_escalation: "Escalation", yes: "yes", no: "no", noDetail: "none",
     tl_created: "Raised", tl_ack: "Acknowledged", tl_resolve: "Resolved", tl_assign: "Assigned", tl_comment: "Comment",
     role_admin: "admin", role_operator: "operator", role_viewer: "viewer",
+    incidents: "Incidents", incActive: "Active", topRisks: "Top risks now", tasks: "Department tasks",
+    linkage: "Linkage actions", members: "Member alerts", noIncidents: "No incidents", incRef: "Incident I{id}",
+    partial: "partly visible",
+    ist_open: "Open", ist_investigating: "Investigating", ist_resolved: "Resolved", ist_closed: "Closed",
+    tst_open: "Open", tst_acknowledged: "Acknowledged", tst_closed: "Done", overdue: "Overdue",
+    dept_security: "Security", dept_vehicles: "Vehicles", dept_energy: "Energy", dept_it: "IT",
+    incAck: "Acknowledge", incClose: "Close", taskAck: "Acknowledge task", taskClose: "Close task",
+    propose_lock: "Propose: lock gates", propose_unlock: "Propose: unlock gates", confirm: "Confirm", decline: "Decline",
+    act_lock: "lock", act_unlock: "unlock", ast_proposed: "Proposed", ast_declined: "Declined", ast_sent: "Sent",
+    ast_succeeded: "Done", ast_failed: "Failed", ast_expired: "Expired",
+    cause_false_alarm: "false alarm", cause_handled: "handled", cause_maintenance: "maintenance",
+    cause_device_fault: "device fault", cause_duplicate: "duplicate", cause_other: "other", f_scope: "Scope",
+    f_type: "Type", f_opened: "Opened", f_cause: "Cause", f_members: "Member alerts",
+    hiddenMembers: "{n} more outside your regions", noRisk: "No risk data", riskScore: "risk {n}", incDone: "Done",
+    noTasks: "none", readOnly: "Read only (the incident's scope lies above your regions)",
   },
 };
 const CRITICAL = new Set(["door_forced", "tamper", "power_cut", "power_loss"]);
@@ -115,6 +144,9 @@ const state = {
   drawerId: null,
   action: null,
   me: null,  // GET /api/v1/me: name, role, region_id, can_act_on_alerts
+  risk: {},  // region id -> rolled-up risk score (GET /api/v1/risk)
+  incDrawerId: null,
+  incTimer: null,
 };
 
 function t(key, vars) {
@@ -156,9 +188,11 @@ function takeTokenFromHash() {
   const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
   const al = /(?:^#|&)alert=(\d+)/.exec(location.hash);
   const rg = /(?:^#|&)region=([a-z0-9-]+)/.exec(location.hash);
+  const inc = /(?:^#|&)incident=(\d+)/.exec(location.hash);
+  if (inc) state.incDrawerId = Number(inc[1]);  // a link to one incident (e.g. from a notification)
   if (al) state.drawerId = Number(al[1]);  // a link to one alert (e.g. from a notification) opens its drawer
   if (rg) state.region = rg[1];  // a link to one region's view
-  if (m || al || rg) {
+  if (m || al || rg || inc) {
     if (m) localStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
     history.replaceState(null, "", location.pathname + location.search);
   }
@@ -228,6 +262,7 @@ async function loadHealth() {
 function renderNode(node) {
   const li = el("li");
   const row = el("div", "node" + (state.region === node.id ? " sel" : ""));
+  row.dataset.id = node.id;
   const label = el("span");
   label.append(el("span", "lvl", t("lvl_" + node.level)), el("span", null, node.name));
   label.className = "name";
@@ -258,6 +293,7 @@ async function loadRegions() {
   data.regions.forEach((n) => ul.append(renderNode(n)));
   tree.append(data.regions.length ? ul : el("div", "empty", t("noData")));
   state.subtree = state.region ? collectSubtree(data.regions, state.region, false, new Set()) : null;
+  applyRisk();
 }
 
 // --- devices -----------------------------------------------------------------------------------------------
@@ -457,6 +493,12 @@ function alertTags(a) {
   if (a.flapping) tags.push(badge("flapping", t("flapping")));
   if (a.count > 1) tags.push(badge("count", t("repeats", { n: a.count })));
   if (a.escalation_level > 0) tags.push(badge("esc", t("escalated", { n: a.escalation_level })));
+  if (a.incident_id) {
+    const ref = badge("inc-ref", t("incRef", { id: a.incident_id }));
+    ref.dataset.incident = a.incident_id;
+    ref.addEventListener("click", (ev) => { ev.stopPropagation(); openIncident(a.incident_id); });
+    tags.push(ref);
+  }
   return tags;
 }
 function alertRow(a, fresh) {
@@ -641,6 +683,8 @@ async function loadDrawer(id) {
 function openDrawer(id) {
   state.drawerId = id;
   showMsg("dr-msg", "");
+  $("inc-drawer").hidden = true;  // one drawer at a time
+  state.incDrawerId = null;
   $("al-drawer").hidden = false;
   document.querySelectorAll("#alerts li.sel").forEach((n) => n.classList.remove("sel"));
   const li = document.querySelector('#alerts li[data-id="' + CSS.escape(String(id)) + '"]');
@@ -682,6 +726,7 @@ function parseFrame(frame) {
   if (!data.length) return;
   const payload = JSON.parse(data.join("\n"));
   if (event === "batch") onBatch(payload);
+  if (event === "incident") onIncident(payload);
   if (event === "hello" && !state.me) {
     $("user").textContent = payload.user;
   }
@@ -720,6 +765,235 @@ async function stream() {
   }
 }
 
+// --- incidents (GET /api/v1/incidents, live through the stream's "incident" events) ---------------------------
+
+function incTitle(i) {
+  return (state.lang === "en" ? i.title_en || i.title_zh : i.title_zh || i.title_en) || i.type;
+}
+function isAdmin() {
+  return !!(state.me && state.me.role === "admin");
+}
+function incidentRow(i) {
+  const li = el("li", "inc sev-" + i.severity + " ist-" + i.state);
+  li.dataset.id = i.id;
+  li.tabIndex = 0;
+  li.append(el("span", "sev", t("sev_" + i.severity)), el("span", "tag st", t("ist_" + i.state)),
+    el("b", "inc-title", incTitle(i)));
+  if (i.visibility === "partial") li.append(badge("partial", t("partial")));
+  const trail = regionTrail(i.region_path);
+  li.append(el("span", "inc-meta", (trail[trail.length - 1] || i.region_id) + " · " + t("f_members") + " "
+    + i.member_count + " · " + ago(msOf(i.opened_at)) + " · I" + i.id));
+  li.addEventListener("click", () => openIncident(i.id));
+  li.addEventListener("keydown", (ev) => { if (ev.key === "Enter") openIncident(i.id); });
+  return li;
+}
+async function loadIncidents() {
+  const q = new URLSearchParams({ limit: 50 });
+  const st = $("f-inc-state").value;
+  if (st) q.set("state", st);
+  if (state.region) q.set("region", state.region);
+  let data;
+  try {
+    data = await api("/incidents?" + q);
+  } catch (e) {
+    if (e instanceof Unauthorized) throw e;
+    data = { items: [], total: 0 };  // an older server without incidents
+  }
+  const ul = $("incidents");
+  ul.replaceChildren();
+  for (const i of data.items || []) ul.append(incidentRow(i));
+  if (!(data.items || []).length) ul.append(el("li", "empty", t("noIncidents")));
+  $("inc-total").textContent = data.total === undefined ? "" : String(data.total);
+}
+function onIncident(msg) {
+  if (!state.incTimer) {
+    state.incTimer = setTimeout(() => { state.incTimer = null; loadIncidents().catch(() => {}); }, 500);
+  }
+  for (const i of msg.incidents || []) {
+    if (state.incDrawerId === i.id) loadIncident(i.id).catch(() => {});
+  }
+  scheduleAlerts(1000);  // muted members, incident ids of alerts
+}
+
+async function incSend(path, body) {
+  const r = await apiSend(path, body || {});
+  if (r.status >= 200 && r.status < 300) {
+    showMsg("inc-dmsg", t("incDone"), "ok");
+  } else {
+    showMsg("inc-dmsg", actionError(r.status, r.body), "err");
+    if (r.status === 401) askToken();
+  }
+  if (state.incDrawerId !== null) loadIncident(state.incDrawerId).catch(() => {});
+  loadIncidents().catch(() => {});
+  return r;
+}
+function smallBtn(label, act, fn) {
+  const b = el("button", "btn sm", label);
+  b.type = "button";
+  b.dataset.act = act;
+  b.addEventListener("click", (ev) => { ev.stopPropagation(); fn(); });
+  return b;
+}
+function renderIncident(i) {
+  const full = i.visibility === "full";
+  const open = i.state === "open" || i.state === "investigating";
+  const may = canAct() && full;
+  $("inc-title").textContent = incTitle(i) + " · I" + i.id;
+  $("inc-drawer").className = "drawer sev-" + i.severity;
+  const acts = $("inc-actions");
+  acts.replaceChildren(el("span", "sev", t("sev_" + i.severity)), el("span", "tag st", t("ist_" + i.state)));
+  if (!full) acts.append(badge("partial", t("readOnly")));
+  if (may && i.state === "open") acts.append(smallBtn(t("incAck"), "inc-ack", () => incSend("/incidents/" + i.id + "/ack")));
+  if (may && i.state !== "closed") {
+    const sel = el("select");
+    sel.id = "inc-cause";
+    for (const c of ["false_alarm", "handled", "maintenance", "device_fault", "duplicate", "other"]) {
+      const o = el("option", null, t("cause_" + c));
+      o.value = c;
+      sel.append(o);
+    }
+    acts.append(sel, smallBtn(t("incClose"), "inc-close",
+      () => incSend("/incidents/" + i.id + "/close", { cause_code: sel.value })));
+  }
+  const kv = $("inc-kv");
+  kv.replaceChildren();
+  kvRow(kv, t("f_id"), "I" + i.id, "mono");
+  kvRow(kv, t("f_type"), i.type + " (" + i.pattern_id + ")", "mono");
+  kvRow(kv, t("f_scope"), t("lvl_" + i.scope_level) + " · " + (regionTrail(i.region_path).join(" / ") || i.region_id));
+  kvRow(kv, t("f_opened"), fmtFull(i.opened_at) + " · " + ago(msOf(i.opened_at)));
+  kvRow(kv, t("f_updated"), fmtFull(i.updated_at));
+  kvRow(kv, t("f_cause"), i.cause_code && t("cause_" + i.cause_code));
+  kvRow(kv, t("f_escalation"), i.escalation_level || null);
+  const tasks = $("inc-tasks");
+  tasks.replaceChildren();
+  for (const k of i.tasks || []) {
+    const li = el("li", "task tst-" + k.state);
+    li.dataset.id = k.id;
+    li.append(el("b", null, t("dept_" + k.department) === "dept_" + k.department ? k.department : t("dept_" + k.department)),
+      el("span", "tag st", t("tst_" + k.state)), el("span", "who", fmtFull(k.deadline)));
+    if (k.overdue) li.append(badge("overdue", t("overdue")));
+    if (k.acknowledged_by) li.append(el("span", "who", k.acknowledged_by));
+    if (may && k.state === "open") li.append(smallBtn(t("taskAck"), "task-ack", () => incSend("/incidents/" + i.id + "/tasks/" + k.id + "/ack")));
+    if (may && k.state !== "closed") li.append(smallBtn(t("taskClose"), "task-close", () => incSend("/incidents/" + i.id + "/tasks/" + k.id + "/close")));
+    tasks.append(li);
+  }
+  if (!tasks.children.length) tasks.append(el("li", "muted", t("noTasks")));
+  const prop = $("inc-propose");
+  prop.replaceChildren();
+  if (may && open) {
+    for (const name of ["lock", "unlock"]) {
+      prop.append(smallBtn(t("propose_" + name), "propose-" + name,
+        () => incSend("/incidents/" + i.id + "/actions", { name })));
+    }
+  }
+  const link = $("inc-linkage");
+  link.replaceChildren();
+  for (const a of i.actions || []) {
+    const li = el("li", "action ast-" + a.state);
+    li.dataset.id = a.id;
+    li.append(el("b", null, t("act_" + a.name)), el("span", "who", a.device_id), el("span", "tag st", t("ast_" + a.state)),
+      el("span", "who", a.proposed_by));
+    if (a.result_detail) li.append(el("span", "who", a.result_detail));
+    if (isAdmin() && full && a.state === "proposed") {
+      li.append(smallBtn(t("confirm"), "confirm", () => incSend("/incidents/" + i.id + "/actions/" + a.id + "/confirm")),
+        smallBtn(t("decline"), "decline", () => incSend("/incidents/" + i.id + "/actions/" + a.id + "/decline")));
+    }
+    link.append(li);
+  }
+  if (!link.children.length) link.append(el("li", "muted", t("noTasks")));
+  const mem = $("inc-members");
+  mem.replaceChildren();
+  for (const m of i.members || []) {
+    const li = el("li");
+    li.append(el("span", "mono", "#" + m.alert_id), el("span", null, m.rule_id), el("span", "mono", m.device_id),
+      el("span", null, state.regionNames[m.region_id] || m.region_id));
+    li.addEventListener("click", () => openDrawer(m.alert_id));
+    mem.append(li);
+  }
+  if (i.members_hidden) mem.append(el("li", "muted", t("hiddenMembers", { n: i.members_hidden })));
+  const tl = $("inc-timeline");
+  tl.replaceChildren();
+  for (const e of i.timeline || []) {
+    const li = el("li", "tl-" + e.kind);
+    const head = el("div", "tl-head");
+    head.append(el("span", "t", fmtFull(e.ts)), el("span", "who", e.actor));
+    li.append(head, el("div", "tl-text", state.lang === "en" && e.data && e.data.text_en ? e.data.text_en : e.text));
+    tl.append(li);
+  }
+}
+async function loadIncident(id) {
+  const i = await api("/incidents/" + encodeURIComponent(id));
+  if (state.incDrawerId !== id) return;
+  if (!i.id) {
+    showMsg("inc-dmsg", t("errNotFound"), "err");
+    return;
+  }
+  renderIncident(i);
+}
+function openIncident(id) {
+  state.incDrawerId = Number(id);
+  showMsg("inc-dmsg", "");
+  $("al-drawer").hidden = true;
+  $("inc-drawer").hidden = false;
+  document.querySelectorAll("#incidents li.sel").forEach((n) => n.classList.remove("sel"));
+  const li = document.querySelector('#incidents li[data-id="' + CSS.escape(String(id)) + '"]');
+  if (li) li.classList.add("sel");
+  loadIncident(state.incDrawerId).catch((e) => showMsg("inc-dmsg", e instanceof Unauthorized ? t("errUnauthorized") : t("errNotFound"), "err"));
+}
+function closeIncident() {
+  state.incDrawerId = null;
+  $("inc-drawer").hidden = true;
+  document.querySelectorAll("#incidents li.sel").forEach((n) => n.classList.remove("sel"));
+}
+
+// --- region risk (GET /api/v1/risk and /risk/top): the tree coloured by risk, the top risks now ------------------
+
+function riskLevel(score) {
+  if (!score) return 0;
+  if (score >= 40) return 4;
+  if (score >= 15) return 3;
+  if (score >= 5) return 2;
+  return 1;
+}
+function walkRisk(nodes, out) {
+  for (const n of nodes || []) {
+    out[n.id] = n.score;
+    walkRisk(n.children, out);
+  }
+  return out;
+}
+function applyRisk() {
+  document.querySelectorAll("#tree .node").forEach((row) => {
+    const score = state.risk[row.dataset.id] || 0;
+    for (let k = 1; k <= 4; k += 1) row.classList.remove("risk-" + k);
+    const lvl = riskLevel(score);
+    if (lvl) row.classList.add("risk-" + lvl);
+    row.title = (row.title || "").split(" · ")[0] + (score ? " · " + t("riskScore", { n: score }) : "");
+  });
+}
+async function loadRisk() {
+  let tree = null;
+  let top = null;
+  try {
+    [tree, top] = await Promise.all([api("/risk"), api("/risk/top?limit=5&contributors=1")]);
+  } catch (e) {
+    if (e instanceof Unauthorized) throw e;  // an older server without risk: nothing to colour
+  }
+  state.risk = tree && tree.regions ? walkRisk(tree.regions, {}) : {};
+  applyRisk();
+  const ol = $("top-risks");
+  ol.replaceChildren();
+  for (const r of (top && top.items) || []) {
+    if (!r.score) continue;
+    const li = el("li", "risk-" + riskLevel(r.score));
+    li.dataset.id = r.id;
+    li.append(el("span", null, t("lvl_" + r.level) + " " + r.name), el("b", null, r.score));
+    li.addEventListener("click", () => { state.region = r.id; state.offset = 0; refreshAll(); });
+    ol.append(li);
+  }
+  if (!ol.children.length) ol.append(el("li", "empty", t("noRisk")));
+}
+
 // --- wiring ------------------------------------------------------------------------------------------------
 
 function collectSubtree(nodes, wanted, inside, out) {
@@ -735,7 +1009,8 @@ async function refreshAll() {
   try {
     if (state.me === null) await loadMe();
     await loadRegions();
-    await Promise.all([loadAlerts(), loadDevices(), loadEvents(), loadRejections(), loadHealth()]);
+    await Promise.all([loadAlerts(), loadDevices(), loadEvents(), loadRejections(), loadHealth(), loadIncidents(),
+      loadRisk()]);
   } catch (e) {
     if (!(e instanceof Unauthorized)) console.warn(e);
   }
@@ -745,7 +1020,10 @@ function start() {
   if (state.streamAbort) state.streamAbort.abort();
   state.me = null;  // a new token: ask who it is
   // The drawer opens once the role is known, so it never shows actions the caller may not use.
-  refreshAll().then(() => { if (state.drawerId !== null) openDrawer(state.drawerId); });
+  refreshAll().then(() => {
+    if (state.drawerId !== null) openDrawer(state.drawerId);
+    if (state.incDrawerId !== null) openIncident(state.incDrawerId);
+  });
   stream();
 }
 
@@ -773,9 +1051,15 @@ document.addEventListener("DOMContentLoaded", () => {
   $("f-online").addEventListener("change", () => { state.offset = 0; loadDevices().catch(() => {}); });
   $("f-type").addEventListener("change", () => { state.offset = 0; loadDevices().catch(() => {}); });
   $("dr-close").addEventListener("click", closeDrawer);
+  $("inc-close").addEventListener("click", closeIncident);
+  $("f-inc-state").addEventListener("change", () => { loadIncidents().catch(() => {}); });
+  setInterval(() => { loadIncidents().catch(() => {}); }, 10000);
+  setInterval(() => { loadRisk().catch(() => {}); }, 30000);
   $("act-cancel").addEventListener("click", () => { $("act-dialog").close(); state.action = null; });
   $("act-form").addEventListener("submit", (ev) => { ev.preventDefault(); submitAction(); });
-  document.addEventListener("keydown", (ev) => { if (ev.key === "Escape" && !$("act-dialog").open) closeDrawer(); });
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape" && !$("act-dialog").open) { closeDrawer(); closeIncident(); }
+  });
   setInterval(() => { loadAlerts().catch(() => {}); }, ALERTS_POLL_MS);
   setInterval(loadHealth, 10000);
   setInterval(() => { loadRegions().then(loadDevices).catch(() => {}); }, 15000);

@@ -437,3 +437,114 @@ def test_page_has_a_favicon_so_loading_it_makes_no_404(api: Api) -> None:
     r = api.client.get(href)
     assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml")
     assert ElementTree.fromstring(r.content).tag == "{http://www.w3.org/2000/svg}svg"
+
+
+# --- incidents, linkage actions, region risk (joint prevention and control) --------------------------------------
+
+
+@pytest.fixture
+def incidents(gateway: Gateway) -> Any:
+    """A real joint service on the gateway's registry with a Guangzhou building incident (a security task, a
+    proposed lock), a Guangzhou city incident and a Shenzhen one; the service is where the gateway finds it."""
+    from datetime import timedelta
+
+    from joint.models import Incident, IncidentMember, IncidentState, ScopeLevel, Task, TaskState
+    from joint.patterns import PatternSet
+    from joint.service import JointService, RegionTree
+
+    reg = gateway.ctx.registry
+    svc = JointService(
+        reg.engine, PatternSet(), RegionTree(reg.regions, reg.snapshot), lambda _r: "", clock_fn=lambda: NOW
+    )
+
+    def inc(
+        iid: int, region: str, path: tuple[str, ...], level: ScopeLevel, members: list[tuple[int, str, str]]
+    ) -> Incident:
+        i = Incident(
+            iid,
+            "X2",
+            "intrusion",
+            f"入侵事件{iid}",
+            f"Intrusion {iid}",
+            Severity.CRITICAL,
+            IncidentState.OPEN,
+            level,
+            region,
+            f"k{iid}",
+            NOW - timedelta(minutes=5),
+            NOW,
+            path,
+        )
+        for alert_id, device, r in members:
+            i.members[alert_id] = IncidentMember(alert_id, NOW, "G1", device, r)
+        return i
+
+    svc.store.save(
+        incidents=[
+            inc(1, "gz-b1", ("gd", "gz", "gz-jgj", "gz-b1"), ScopeLevel.BUILDING, [(101, "gate-gz-0001", "gz-b1")]),
+            inc(
+                2,
+                "gz",
+                ("gd", "gz"),
+                ScopeLevel.CITY,
+                [(102, "gate-gz-0002", "gz-b1"), (103, "meter-gz-0001", "gz-jgj")],
+            ),
+            inc(3, "sz-b1", ("gd", "sz", "sz-jgj", "sz-b1"), ScopeLevel.BUILDING, [(104, "gate-sz-0001", "sz-b1")]),
+        ],
+        tasks=[Task(11, 1, "security", TaskState.OPEN, NOW, NOW + timedelta(minutes=30))],
+        now=NOW,
+    )
+    svc.load()
+    gateway.ctx.joint = svc  # type: ignore[attr-defined]
+    gateway.ctx.linkage_publish = lambda topic, payload: True  # type: ignore[attr-defined]
+    return svc
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium fonts-wqy-microhei)")
+def test_incident_board_and_drawer_render_with_buttons_by_role(
+    gateway: Gateway, incidents: Any, served: str, tmp_path: Path
+) -> None:
+    url = f"{served}/#token={gateway.tokens['gz']}&incident=1"
+    dom = _chromium("--dump-dom", url).stdout
+    board = _between(dom, 'id="incidents"', "</ul>")
+    assert 'data-id="1"' in board and 'data-id="2"' in board and 'data-id="3"' not in board
+    assert "入侵事件1" in board and "紧急" in board and "待处置" in board
+    drawer = _between(dom, 'id="inc-drawer"', "</aside>")
+    assert "hidden" not in drawer[: drawer.index(">")], "the incident link opened its drawer"
+    assert "入侵事件1 · I1" in drawer and "安保" in drawer and "gate-gz-0001" in drawer
+    # An operator: acknowledge, close, task buttons and proposals; confirming is an administrator's.
+    for label in ("确认事件", "关闭事件", "确认任务", "完成任务", "建议锁闭门禁"):
+        assert f">{label}<" in drawer, label
+    assert ">批准执行<" not in drawer
+    # A viewer of one building: the city incident is partly visible, and nothing can be changed.
+    b1 = _chromium("--dump-dom", f"{served}/#token={gateway.tokens['gzb1']}&incident=2").stdout
+    assert "部分可见" in _between(b1, 'id="incidents"', "</ul>")
+    d2 = _between(b1, 'id="inc-drawer"', "</aside>")
+    assert "仅可查看" in d2 and "另有 1 条不在您的管辖范围内" in d2
+    assert ">确认事件<" not in d2 and ">建议锁闭门禁<" not in d2 and "meter-gz-0001" not in d2
+    if os.environ.get("LIANFANG_INCIDENT_SCREENSHOT_TO"):
+        _chromium("--window-size=1600,900", f"--screenshot={os.environ['LIANFANG_INCIDENT_SCREENSHOT_TO']}", url)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium fonts-wqy-microhei)")
+def test_an_admin_sees_the_confirm_button_of_a_proposed_linkage_action(
+    gateway: Gateway, incidents: Any, served: str
+) -> None:
+    r = httpx.post(
+        f"{served}/api/v1/incidents/1/actions",
+        json={"name": "lock", "device_ids": ["gate-gz-0001"]},
+        headers={"Authorization": f"Bearer {gateway.tokens['gz']}"},
+    )
+    assert r.status_code == 201, r.text
+    dom = _chromium("--dump-dom", f"{served}/#token={gateway.tokens['admin']}&incident=1").stdout
+    linkage = _between(dom, 'id="inc-linkage"', "</ul>")
+    assert "锁闭" in linkage and "待批准" in linkage and ">批准执行<" in linkage and ">拒绝<" in linkage
+
+
+def test_the_page_reads_incidents_risk_and_shows_the_incident_of_an_alert() -> None:
+    js = (STATIC / "app.js").read_text(encoding="utf-8")
+    html = (STATIC / "index.html").read_text(encoding="utf-8")
+    assert 'api("/incidents?"' in js and 'api("/incidents/" + encodeURIComponent(id))' in js
+    assert 'api("/risk")' in js and 'api("/risk/top?' in js
+    assert 'event === "incident"' in js  # live through the stream
+    assert "a.incident_id" in js and 'id="incidents"' in html and 'id="top-risks"' in html
