@@ -65,10 +65,16 @@ class Env:
 
     calendar: Calendar = field(default_factory=Calendar)
     _hours: dict[tuple[int, tuple[str, ...]], tuple[bool, int, int]] = field(default_factory=dict, repr=False)
+    _last: tuple[int, tuple[str, ...], tuple[bool, int, int]] | None = field(default=None, repr=False)
 
     def hour_info(self, ts_ms: int, region_path: tuple[str, ...]) -> tuple[bool, int, int]:
-        """(working day?, hour of week 0..167, hour of day) in Beijing time, cached per hour."""
-        key = (ts_ms // 3_600_000, region_path)
+        """(working day?, hour of week 0..167, hour of day) in Beijing time, cached per hour (and the last answer
+        again without hashing, for the several rules of one record)."""
+        hour = ts_ms // 3_600_000
+        last = self._last
+        if last is not None and last[0] == hour and last[1] is region_path:
+            return last[2]
+        key = (hour, region_path)
         hit = self._hours.get(key)
         if hit is None:
             if len(self._hours) > 50_000:
@@ -76,6 +82,7 @@ class Env:
             local = beijing(from_ms(ts_ms))
             working = self.calendar.is_working_day(local.date(), region_path)
             hit = self._hours[key] = (working, local.weekday() * 24 + local.hour, local.hour)
+        self._last = (hour, region_path, hit)
         return hit
 
 
@@ -660,9 +667,11 @@ def _who(rec: Record, keys: Sequence[str], subj: Subject) -> list[str]:
 
 class _Schedule:
     def _violates(self, p: ScheduleParams, subj: Subject, rec: Record, env: Env) -> bool:
-        at = from_ms(rec.ts_ms)
         cal = env.calendar
-        if cal.on_duty(_who(rec, p.roster_keys, subj), at, subj.region_path):
+        if p.mode == "sealed" and not cal.sealing:
+            return False  # no sealing period at all: nothing is sealed (on duty or not)
+        at = from_ms(rec.ts_ms)
+        if cal.rosters and cal.on_duty(_who(rec, p.roster_keys, subj), at, subj.region_path):
             return False
         if p.mode == "sealed":
             return cal.sealed(subj.device_id, at, subj.region_path) is not None
