@@ -65,12 +65,15 @@ class IncidentChange:
 
 
 def _snap(i: Incident) -> Incident:
-    return replace(i, members={k: replace(m) for k, m in i.members.items()}, detail=dict(i.detail))
+    """A snapshot for subscribers: the incident's fields and its member map as of now (the member objects are
+    shared: copying 10,000 of them per change would make a storm quadratic)."""
+    return replace(i, members=dict(i.members), detail=dict(i.detail))
 
 
 @dataclass(slots=True)
 class _Dirty:
     incidents: set[int] = field(default_factory=set)
+    members: dict[int, set[int]] = field(default_factory=dict)  # incident -> alert ids whose membership changed
     tasks: set[int] = field(default_factory=set)
     timeline: list[TimelineEntry] = field(default_factory=list)
 
@@ -120,9 +123,16 @@ class Correlator:
         return [t for t in self.tasks.values() if t.incident_id == incident_id]
 
     def take_dirty(self) -> tuple[list[Incident], list[Task], list[TimelineEntry]]:
+        """What changed since the last call: incidents (each with only its changed members), tasks, timeline."""
         d, self._dirty = self._dirty, _Dirty()
-        incs = [_snap(self.incidents[i]) for i in sorted(d.incidents) if i in self.incidents]
-        incs += [_snap(i) for i in self._gone.values() if i.id in d.incidents]
+
+        def changed(i: Incident) -> Incident:
+            ids = d.members.get(i.id, ())
+            members = {a: replace(i.members[a]) for a in ids if a in i.members}
+            return replace(i, members=members, detail=dict(i.detail))
+
+        incs = [changed(self.incidents[i]) for i in sorted(d.incidents) if i in self.incidents]
+        incs += [changed(i) for i in self._gone.values() if i.id in d.incidents]
         self._gone.clear()
         tasks = [replace(self.tasks[t]) for t in sorted(d.tasks) if t in self.tasks]
         tasks += [t for t in self._gone_tasks if t.id in d.tasks]
@@ -139,9 +149,11 @@ class Correlator:
     ) -> None:
         self._dirty.timeline.append(TimelineEntry(inc.id, at, kind, actor, text, data))
 
-    def _touch(self, inc: Incident, at: datetime) -> None:
+    def _touch(self, inc: Incident, at: datetime, members: Iterable[int] = ()) -> None:
         inc.updated_at = at
         self._dirty.incidents.add(inc.id)
+        if members:
+            self._dirty.members.setdefault(inc.id, set()).update(members)
 
     def _severity(self, p: EffectivePattern, members: Iterable[Entry | IncidentMember], current: Severity) -> Severity:
         rank = max(SEVERITY_RANK[p.severity], SEVERITY_RANK[current])
@@ -196,9 +208,7 @@ class Correlator:
                 inc = self.incidents[open_id]
                 entry = Entry.of(fact, fact.region_id)
                 out.extend(self._add_members(inc, p, [entry], now))
-                # keep the windows current too (a later incident of the same key counts from them)
-                k.observe(p, fact, scope, self.state.setdefault(pid, {}), self.levels, now)
-                continue
+                continue  # the incident owns it: no window counts it again
             for hit in k.observe(p, fact, scope, self.state.setdefault(pid, {}), self.levels, now):
                 out.extend(self._hit(p, hit, now))
         return out
@@ -218,7 +228,7 @@ class Correlator:
                 m.muted = False
                 self.muted.pop(fact.alert_id, None)
                 self.released.add(fact.alert_id)
-            self._touch(inc, now)
+            self._touch(inc, now, (fact.alert_id,))
             self._log(inc, now, TimelineKind.ALERT, f"alert {fact.alert_id} resolved", alert_id=fact.alert_id)
             out.append(IncidentChange("member_resolved", _snap(inc), now, alert_ids=(fact.alert_id,)))
             p = self._pattern(inc.pattern_id, inc.region_path) if inc.pattern_id in self.patterns.patterns else None
@@ -306,7 +316,7 @@ class Correlator:
         if not added:
             return []
         inc.severity = self._severity(p, entries, inc.severity)
-        self._touch(inc, now)
+        self._touch(inc, now, added)
         if quiet:
             return [IncidentChange("muted", _snap(inc), now, alert_ids=tuple(muted))] if muted else []
         out = [IncidentChange("member_added", _snap(inc), now, alert_ids=tuple(added))]
@@ -324,7 +334,7 @@ class Correlator:
                 ids.append(m.alert_id)
         if not ids:
             return []
-        self._touch(inc, now)
+        self._touch(inc, now, ids)
         return [IncidentChange("unmuted", _snap(inc), now, alert_ids=tuple(ids))]
 
     def _resolve(self, inc: Incident, now: datetime, why: str, actor: str = SYSTEM) -> list[IncidentChange]:
@@ -480,7 +490,13 @@ class Correlator:
     # --- restart -------------------------------------------------------------------------------------------
 
     def windows(self) -> dict[str, Any]:
-        return {"v": 1, "state": self.state}
+        """Every pattern's windows as JSON data (for the store)."""
+        state = {
+            pid: KINDS[self.patterns.patterns[pid].kind].dump(st)
+            for pid, st in self.state.items()
+            if pid in self.patterns.patterns
+        }
+        return {"v": 1, "state": state}
 
     def restore(
         self,
@@ -502,6 +518,10 @@ class Correlator:
                     self.muted[m.alert_id] = inc.id
         self.tasks = {t.id: t for t in tasks if t.incident_id in self.incidents}
         if windows and windows.get("v") == 1 and isinstance(windows.get("state"), dict):
-            self.state = {k: v for k, v in windows["state"].items() if k in self.patterns.patterns}
+            self.state = {
+                pid: KINDS[self.patterns.patterns[pid].kind].load(doc)
+                for pid, doc in windows["state"].items()
+                if pid in self.patterns.patterns
+            }
         self.next_incident_id = max(self.next_incident_id, next_incident_id)
         self.next_task_id = max(self.next_task_id, next_task_id)

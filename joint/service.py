@@ -262,11 +262,14 @@ class JointService:
     def _commit(self, changes: list[IncidentChange], now: datetime) -> None:
         """Write what changed (and the windows, when an incident did); then tell the subscribers."""
         incs, tasks, entries = self.correlator.take_dirty()
-        if self._pending is not None:
+        if self._pending is not None:  # a failed write: merged with this one (members of both kept)
             p_incs, p_tasks, p_entries = self._pending
-            newer = {i.id for i in incs}
+            older = {i.id: i for i in p_incs}
+            for i in incs:
+                if i.id in older:
+                    i.members = {**older.pop(i.id).members, **i.members}
             newer_t = {t.id for t in tasks}
-            incs = [i for i in p_incs if i.id not in newer] + incs
+            incs = list(older.values()) + incs
             tasks = [t for t in p_tasks if t.id not in newer_t] + tasks
             entries = p_entries + entries
             self._pending = None

@@ -105,3 +105,9 @@ class AbsenceKind:
             if not seen[region]:
                 del seen[region]
         return out
+
+    def dump(self, state: dict[str, Any]) -> dict[str, Any]:
+        return state  # JSON already
+
+    def load(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(doc)

@@ -144,3 +144,11 @@ class PatternKind(Protocol):
     def tick(self, pattern: Any, state: dict[str, Any], now: datetime) -> list[Hit]:
         """What is due at ``now`` (``pattern(scope)`` gives the effective pattern of a scope); prunes windows."""
         ...
+
+    def dump(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The state as JSON data (for the store)."""
+        ...
+
+    def load(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+        """The state back from ``dump``'s JSON."""
+        ...

@@ -63,3 +63,9 @@ class CrossRegionKind:
 
     def tick(self, pattern: Any, state: dict[str, Any], now: datetime) -> list[Hit]:
         return []
+
+    def dump(self, state: dict[str, Any]) -> dict[str, Any]:
+        return state  # JSON already
+
+    def load(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(doc)

@@ -3,15 +3,21 @@
 The alerts matching ``members`` in one scope region (and, with ``group_by``, of one rule or one device) are kept
 for ``window_s``. An incident opens when, inside the window, there are at least ``min_alerts`` distinct alerts,
 ``min_fires`` fires (a fire: the alert raised, repeated or flapping), ``min_devices`` distinct devices and
-``min_buildings`` distinct buildings. While it is open, every further matching alert of the scope joins it.
-``open_only``: an alert leaves the window when it resolves (X4: devices offline *together*). ``escalate_to``:
-while the incident is still open (nobody investigating) ``escalate_after_s`` after it opened, its scope is raised
-to that level (X5: the city, then the province).
+``min_buildings`` distinct buildings. The window's alerts become its members and the window starts afresh; while
+the incident is open every further matching alert of the scope joins it (the correlator), and once it is over,
+counting starts again. ``open_only``: an alert leaves the window when it resolves (X4: devices offline
+*together*). ``escalate_to``: while the incident is still open (nobody investigating) ``escalate_after_s`` after
+it opened, its scope is raised to that level (X5: the city, then the province; ``Correlator.tick``).
+
+Each window is kept in memory ordered by last fire, with running counts, so a fire costs O(1) however many alerts
+the window holds (a storm of 10,000); ``dump`` / ``load`` turn it into JSON for the store.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -21,7 +27,7 @@ from joint.kinds.base import AlertFact, Entry, Hit, building_of, ms
 from joint.models import ScopeLevel
 from joint.patterns import EffectivePattern, Members
 
-MAX_ENTRIES = 10_000  # per key: a storm beyond this keeps the newest
+MAX_ENTRIES = 10_000  # per window: a storm beyond this keeps the newest
 
 
 class GroupParams(BaseModel):
@@ -35,6 +41,40 @@ class GroupParams(BaseModel):
     open_only: bool = False
     escalate_to: ScopeLevel | None = None
     escalate_after_s: float | None = Field(default=None, gt=0)
+
+
+@dataclass(slots=True)
+class _Window:
+    scope: tuple[str, ...]
+    entries: dict[int, Entry] = field(default_factory=dict)  # alert id -> entry, oldest last fire first
+    devices: Counter[str] = field(default_factory=Counter)
+    buildings: Counter[str] = field(default_factory=Counter)
+    fires: int = 0
+
+    def add(self, e: Entry) -> None:
+        self.entries[e.alert_id] = e
+        self.devices[e.device_id] += 1
+        self.buildings[e.building] += 1
+        self.fires += e.fires
+
+    def drop(self, alert_id: int) -> Entry | None:
+        e = self.entries.pop(alert_id, None)
+        if e is not None:
+            for counter, k in ((self.devices, e.device_id), (self.buildings, e.building)):
+                counter[k] -= 1
+                if counter[k] <= 0:
+                    del counter[k]
+            self.fires -= e.fires
+        return e
+
+    def prune(self, horizon_ms: int) -> list[int]:
+        gone = []
+        for alert_id, e in list(self.entries.items()):
+            if e.at_ms >= horizon_ms:
+                break
+            self.drop(alert_id)
+            gone.append(alert_id)
+        return gone
 
 
 class GroupKind:
@@ -52,6 +92,12 @@ class GroupKind:
             parts.append(fact.device_id)
         return "|".join(parts)
 
+    @staticmethod
+    def _state(state: dict[str, Any]) -> tuple[dict[str, _Window], dict[int, set[str]]]:
+        windows: dict[str, _Window] = state.setdefault("windows", {})
+        by_alert: dict[int, set[str]] = state.setdefault("by_alert", {})
+        return windows, by_alert
+
     def observe(
         self,
         p: EffectivePattern,
@@ -64,70 +110,93 @@ class GroupKind:
         gp: GroupParams = p.params
         key = self.key(p, fact, scope)
         assert key is not None
-        windows: dict[str, Any] = state.setdefault("windows", {})
-        slot = windows.setdefault(key, {"scope": list(scope), "entries": []})
-        entries = [Entry.load(e) for e in slot["entries"]]
-        horizon = ms(now) - int(p.window_s * 1000)
-        entries = [e for e in entries if e.at_ms >= horizon]
-        for e in entries:
-            if e.alert_id == fact.alert_id:
-                e.fires += 1
-                e.at_ms = ms(fact.at)
-                e.open = True
-                break
+        windows, by_alert = self._state(state)
+        w = windows.get(key)
+        if w is None:
+            w = windows[key] = _Window(scope)
+        self._forget(key, w.prune(ms(now) - int(p.window_s * 1000)), by_alert)
+        e = w.drop(fact.alert_id)
+        if e is not None:
+            e.fires += 1
+            e.at_ms = ms(fact.at)
+            e.open = True
         else:
-            entries.append(Entry.of(fact, building_of(fact.region_path, levels)))
-        entries = entries[-MAX_ENTRIES:]
-        slot["entries"] = [e.dump() for e in entries]
-        if not _qualifies(gp, entries):
+            e = Entry.of(fact, building_of(fact.region_path, levels))
+        w.add(e)
+        by_alert.setdefault(fact.alert_id, set()).add(key)
+        while len(w.entries) > MAX_ENTRIES:
+            self._forget(key, [next(iter(w.entries))], by_alert)
+            w.drop(next(iter(w.entries)))
+        if not (
+            len(w.entries) >= gp.min_alerts
+            and w.fires >= gp.min_fires
+            and len(w.devices) >= gp.min_devices
+            and len(w.buildings) >= gp.min_buildings
+        ):
             return []
-        return [
-            Hit(
-                key,
-                scope,
-                tuple(entries),
-                {
-                    "alerts": len(entries),
-                    "devices": len({e.device_id for e in entries}),
-                    "buildings": len({e.building for e in entries}),
-                    "fires": sum(e.fires for e in entries),
-                    "rules": sorted({e.rule_id for e in entries}),
-                },
-            )
-        ]
+        members = tuple(w.entries.values())
+        detail = {
+            "alerts": len(members),
+            "devices": len(w.devices),
+            "buildings": len(w.buildings),
+            "fires": w.fires,
+            "rules": sorted({m.rule_id for m in members}),
+        }
+        del windows[key]  # the incident owns these alerts; counting starts afresh
+        self._forget(key, [m.alert_id for m in members], by_alert)
+        return [Hit(key, scope, members, detail)]
+
+    @staticmethod
+    def _forget(key: str, alert_ids: list[int], by_alert: dict[int, set[str]]) -> None:
+        for alert_id in alert_ids:
+            keys = by_alert.get(alert_id)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del by_alert[alert_id]
 
     def resolved(self, p: EffectivePattern, alert_id: int, state: dict[str, Any]) -> None:
         gp: GroupParams = p.params
-        for slot in state.get("windows", {}).values():
-            entries = [Entry.load(e) for e in slot["entries"]]
-            if not any(e.alert_id == alert_id for e in entries):
+        windows, by_alert = self._state(state)
+        for key in list(by_alert.get(alert_id, ())):
+            w = windows.get(key)
+            if w is None:
                 continue
             if gp.open_only:
-                entries = [e for e in entries if e.alert_id != alert_id]
-            else:
-                for e in entries:
-                    if e.alert_id == alert_id:
-                        e.open = False
-            slot["entries"] = [e.dump() for e in entries]
+                w.drop(alert_id)
+                self._forget(key, [alert_id], by_alert)
+                if not w.entries:
+                    del windows[key]
+            elif alert_id in w.entries:
+                w.entries[alert_id].open = False
 
     def tick(self, pattern: Any, state: dict[str, Any], now: datetime) -> list[Hit]:
-        windows: dict[str, Any] = state.get("windows", {})
+        windows, by_alert = self._state(state)
         for key in list(windows):
-            p: EffectivePattern = pattern(tuple(windows[key]["scope"]))
-            horizon = ms(now) - int(p.window_s * 1000)
-            kept = [e for e in windows[key]["entries"] if e[5] >= horizon]
-            if kept:
-                windows[key]["entries"] = kept
-            else:
+            w = windows[key]
+            p: EffectivePattern = pattern(w.scope)
+            self._forget(key, w.prune(ms(now) - int(p.window_s * 1000)), by_alert)
+            if not w.entries:
                 del windows[key]
         return []
 
+    def dump(self, state: dict[str, Any]) -> dict[str, Any]:
+        windows, _ = self._state(state)
+        return {
+            "windows": {
+                k: {"scope": list(w.scope), "entries": [e.dump() for e in w.entries.values()]}
+                for k, w in windows.items()
+            }
+        }
 
-def _qualifies(gp: GroupParams, entries: list[Entry]) -> bool:
-    if len(entries) < gp.min_alerts:
-        return False
-    if sum(e.fires for e in entries) < gp.min_fires:
-        return False
-    if len({e.device_id for e in entries}) < gp.min_devices:
-        return False
-    return len({e.building for e in entries}) >= gp.min_buildings
+    def load(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+        windows: dict[str, _Window] = {}
+        by_alert: dict[int, set[str]] = {}
+        for key, slot in dict(doc.get("windows", {})).items():
+            w = _Window(tuple(slot["scope"]))
+            for raw in slot["entries"]:
+                e = Entry.load(raw)
+                w.add(e)
+                by_alert.setdefault(e.alert_id, set()).add(key)
+            windows[key] = w
+        return {"windows": windows, "by_alert": by_alert}

@@ -71,18 +71,21 @@ class SequenceKind:
             if _is(cond, fact):
                 kept.append(entry.dump())
             slot[role] = kept[-MAX_ENTRIES:]
-        firsts = [Entry.load(e) for e in slot["first"]]
-        thens = [Entry.load(e) for e in slot["then"]]
-        for f in firsts:
+        firsts, thens = slot["first"], slot["then"]
+        if not firsts or not thens:
+            return []
+        for f in firsts:  # raw entries (Entry.dump lists): [alert, rule, device, region, building, at_ms, ...]
             matched = [
                 t
                 for t in thens
-                if t.alert_id != f.alert_id
-                and (not sp.other_device or t.device_id != f.device_id)
-                and (0 <= t.at_ms - f.at_ms <= win if sp.order == "after" else abs(t.at_ms - f.at_ms) <= win)
+                if t[0] != f[0]
+                and (not sp.other_device or t[2] != f[2])
+                and (0 <= t[5] - f[5] <= win if sp.order == "after" else abs(t[5] - f[5]) <= win)
             ]
             if len(matched) >= sp.min_then:
-                return [Hit(key, scope, (f, *matched), {"first": f.alert_id, "then": [t.alert_id for t in matched]})]
+                del windows[key]  # the incident owns these alerts; the next one starts afresh
+                members = (Entry.load(f), *(Entry.load(t) for t in matched))
+                return [Hit(key, scope, members, {"first": f[0], "then": [t[0] for t in matched]})]
         return []
 
     def resolved(self, p: EffectivePattern, alert_id: int, state: dict[str, Any]) -> None:
@@ -99,3 +102,9 @@ class SequenceKind:
             if not slot["first"] and not slot["then"]:
                 del windows[key]
         return []
+
+    def dump(self, state: dict[str, Any]) -> dict[str, Any]:
+        return state  # JSON already
+
+    def load(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(doc)

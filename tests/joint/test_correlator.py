@@ -300,3 +300,22 @@ def test_restore_keeps_incidents_muting_and_windows() -> None:
         out = _fire(c2, fact("G6", f"d{i}", "gz-a2-b1", T0 + s(10 + i), severity=Severity.WARNING))
     assert kinds(out)[0] == "opened" and out[0].incident.pattern_id == "X5"
     assert out[0].incident.id == c.next_incident_id
+
+
+def test_after_an_incident_is_over_counting_starts_afresh_and_a_big_storm_stays_linear() -> None:
+    c = correlator()
+    facts = [fact("G11.offline", f"g{i}", "gz-a1-b1", T0 + s(i)) for i in range(5)]
+    for f in facts:
+        _fire(c, f)
+    for f in facts:
+        c.observe("resolved", f, T0 + s(30))
+    assert c.open_incidents() == []
+    assert _fire(c, fact("G11.offline", "g9", "gz-a1-b1", T0 + s(40))) == []  # one device: no new outage
+    # 10,000 alerts of one rule across a city: one X5 incident, every later alert joins it (no re-counting)
+    c = correlator()
+    opened = 0
+    for i in range(10_000):
+        out = _fire(c, fact("G6", f"d{i}", f"gz-a1-b{1 + i % 4}", T0 + s(i / 10), severity=Severity.WARNING))
+        opened += kinds(out).count("opened")
+    x5 = [i for i in c.open_incidents() if i.pattern_id == "X5"]
+    assert opened == 1 and len(x5) == 1 and len(x5[0].members) == 10_000
