@@ -29,7 +29,7 @@ const I18N = {
     st_firing: "告警中", st_acknowledged: "已确认", st_resolved: "已解决",
     ack: "确认", resolve: "解决", ackTitle: "确认告警", resolveTitle: "解决告警",
     ackReason: "确认说明（可选，例如：保安已前往现场）", resolveReason: "解决原因（必填，例如：误报，已复位）",
-    reasonRequired: "必须填写解决原因。", silenced: "已静默", flapping: "频繁抖动", repeats: "重复 {n} 次",
+    reasonRequired: "必须填写解决原因。", silenced: "已静默", silencedWhy: "已静默，不发送通知也不升级：{reason}（{who}，至 {until}）", flapping: "频繁抖动", repeats: "重复 {n} 次",
     escalated: "已升级 {n} 级", noAlerts: "当前无未处理告警", alertsOff: "告警服务未运行",
     alertsMore: "仅显示最新 {shown} 条，共 {total} 条", assignedTo: "负责人 {who}", ackedBy: "{who} 已确认",
     errForbidden: "无权操作：只读（查看员）账号不能确认或解决告警。",
@@ -88,7 +88,7 @@ const I18N = {
     st_firing: "Firing", st_acknowledged: "Acknowledged", st_resolved: "Resolved",
     ack: "Ack", resolve: "Resolve", ackTitle: "Acknowledge alert", resolveTitle: "Resolve alert",
     ackReason: "Note (optional, e.g. guard on the way)", resolveReason: "Reason (required, e.g. false alarm, reset)",
-    reasonRequired: "A reason is required to resolve.", silenced: "Silenced", flapping: "Flapping",
+    reasonRequired: "A reason is required to resolve.", silenced: "Silenced", silencedWhy: "Silenced, no notification or escalation: {reason} ({who}, until {until})", flapping: "Flapping",
     repeats: "{n} times", escalated: "Escalated L{n}", noAlerts: "No open alerts", alertsOff: "Alerts are not running",
     alertsMore: "Newest {shown} of {total}", assignedTo: "Assignee {who}", ackedBy: "acked by {who}",
     errForbidden: "Not allowed: read-only (viewer) accounts cannot acknowledge or resolve alerts.",
@@ -169,9 +169,17 @@ function applyLang() {
   $("lang").textContent = state.lang === "zh" ? "English" : "中文";
 }
 
+// Times are instants; the control room reads them in Beijing time whatever the browser's own zone is.
+const TZ = "Asia/Shanghai";
+function silencedWhy(a) {
+  // Why nothing is sent for this alert (notifications and escalation are held back by these silences).
+  return (a.silenced_by || [])
+    .map((x) => t("silencedWhy", { reason: x.reason, who: x.creator, until: fmtFull(x.ends_at) }))
+    .join("\n");
+}
 function fmtTime(ms) {
   if (ms === null || ms === undefined) return t("never");
-  return new Date(ms).toLocaleTimeString(state.lang === "zh" ? "zh-CN" : "en-GB", { hour12: false });
+  return new Date(ms).toLocaleTimeString(state.lang === "zh" ? "zh-CN" : "en-GB", { hour12: false, timeZone: TZ });
 }
 function ago(ms) {
   if (ms === null || ms === undefined) return t("never");
@@ -489,7 +497,7 @@ function actionButtons(a) {
 function alertTags(a) {
   const tags = [];
   if (a.state === "acknowledged") tags.push(badge("acked", t("st_acknowledged"), t("ackedBy", { who: a.acknowledged_by || "" })));
-  if (a.silenced) tags.push(badge("silenced", t("silenced")));
+  if (a.silenced) tags.push(badge("silenced", t("silenced"), silencedWhy(a)));
   if (a.flapping) tags.push(badge("flapping", t("flapping")));
   if (a.count > 1) tags.push(badge("count", t("repeats", { n: a.count })));
   if (a.escalation_level > 0) tags.push(badge("esc", t("escalated", { n: a.escalation_level })));
@@ -627,7 +635,7 @@ function kvRow(dl, label, value, cls) {
 }
 function fmtFull(iso) {
   if (!iso) return "";
-  return new Date(iso).toLocaleString(state.lang === "zh" ? "zh-CN" : "en-GB", { hour12: false });
+  return new Date(iso).toLocaleString(state.lang === "zh" ? "zh-CN" : "en-GB", { hour12: false, timeZone: TZ });
 }
 function renderDrawer(a) {
   $("dr-title").textContent = alertTitle(a);
