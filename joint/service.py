@@ -62,7 +62,7 @@ class RegionTree:
         devices: Callable[[], Mapping[str, Any]],
         *,
         refresh_s: float = 60.0,
-        miss_refresh_s: float = 5.0,
+        miss_refresh_s: float = 30.0,
     ) -> None:
         self._regions_fn = regions
         self._devices_fn = devices
@@ -154,6 +154,7 @@ class JointService:
         sched = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
         sched.add_job(self._safe(self.tick), "interval", seconds=self.tick_interval_s, id="joint-tick")
         sched.add_job(self._safe(self.flush), "interval", seconds=self.snapshot_interval_s, id="joint-snapshot")
+        sched.add_job(self._safe(self.refresh), "interval", seconds=self.tree.refresh_s, id="joint-refresh")
         sched.start()
         self._scheduler = sched
 
@@ -239,8 +240,6 @@ class JointService:
         """A stored batch of lifecycle events (the alert service's batch subscriber). Never raises."""
         try:
             with self._lock:
-                self.tree.maybe_reload()
-                self.correlator.levels = self.tree.levels
                 self.correlator.begin_batch()
                 changes: list[IncidentChange] = []
                 for ev in events:
@@ -250,6 +249,13 @@ class JointService:
                 self._commit(changes, events[-1].at if events else self._clock())
         except Exception:
             logger.exception("joint correlation failed on a batch of %d alert events", len(events))
+
+    def refresh(self) -> None:
+        """Re-read the region tree and the devices (a job: off the alert path; a miss there re-reads at most every
+        ``RegionTree.miss_refresh_s``)."""
+        self.tree.maybe_reload()
+        with self._lock:
+            self.correlator.levels = self.tree.levels
 
     def tick(self, now: datetime | None = None) -> list[IncidentChange]:
         now = now or self._clock()
