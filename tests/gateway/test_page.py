@@ -548,3 +548,26 @@ def test_the_page_reads_incidents_risk_and_shows_the_incident_of_an_alert() -> N
     assert 'api("/risk")' in js and 'api("/risk/top?' in js
     assert 'event === "incident"' in js  # live through the stream
     assert "a.incident_id" in js and 'id="incidents"' in html and 'id="top-risks"' in html
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium fonts-wqy-microhei)")
+def test_alert_of_an_incident_is_tagged_and_the_tree_is_coloured_by_risk(
+    gateway: Gateway, firing: int, served: str
+) -> None:
+    from joint.models import Incident, IncidentMember, IncidentState, ScopeLevel
+    from joint.store import JointStore
+
+    store = JointStore(gateway.ctx.registry.engine)
+    inc = Incident(
+        5, "X2", "intrusion", "入侵事件5", "Intrusion 5", Severity.CRITICAL, IncidentState.OPEN, ScopeLevel.BUILDING,
+        "gz-b1", "k5", NOW, NOW, ("gd", "gz", "gz-jgj", "gz-b1"),
+    )  # fmt: skip
+    inc.members[firing] = IncidentMember(firing, NOW, "G11.tamper", "gate-gz-0001", "gz-b1")
+    store.save(incidents=[inc], now=NOW)
+    dom = _chromium("--dump-dom", f"{served}/#token={gateway.tokens['gz']}").stdout
+    panel = _between(dom, 'id="alerts"', "</ul>")
+    assert re.search(r'class="tag inc-ref"[^>]*>事件 I5<', panel), "the alert shows its incident"
+    tree = _between(dom, 'id="tree"', 'id="top-risks"')
+    assert re.search(r'class="node[^"]*risk-\d"[^>]*data-id="gz-b1"', tree), "the building is coloured by its risk"
+    top = _between(dom, 'id="top-risks"', "</ol>")
+    assert "一号办公楼" in top, "the building is among the top risks"
