@@ -59,6 +59,16 @@ class StoreSettings(_Section):
     # Default: DATA_DIR/telemetry.db (follows data_dir unless set).
     sqlite_path: Path = Path("var/telemetry.db")
     retention_days: int = Field(default=400, ge=1)
+    # Telemetry store adapter (docs/influxdb.md): the embedded SQLite store, or InfluxDB (writes on /api/v2/write,
+    # reads in InfluxQL on /query through the DBRP mapping named influx_database).
+    backend: Literal["sqlite", "influxdb"] = "sqlite"
+    influx_url: str = "http://127.0.0.1:8086"
+    influx_org: str = "lianfang"
+    influx_bucket: str = "telemetry"
+    influx_token: SecretStr = SecretStr("")
+    influx_database: str = "telemetry"
+    # Device states, counters and rejections of the InfluxDB backend. Default: DATA_DIR/influx-side.db.
+    influx_side_path: Path | None = None
 
 
 class IngestSettings(_Section):

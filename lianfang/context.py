@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -9,6 +10,7 @@ import typer
 from core.db import make_engine, migrate
 from core.errors import UserError
 from core.settings import Settings, load_settings
+from core.store import TelemetryStore
 from core.store.sqlite import SqliteStore
 from devices.registry import Registry
 
@@ -38,5 +40,34 @@ def open_registry(settings: Settings) -> Registry:
     return Registry(engine)
 
 
-def open_store(settings: Settings) -> SqliteStore:
-    return SqliteStore(settings.store.sqlite_path)
+def open_store(settings: Settings) -> TelemetryStore:
+    """The telemetry store of ``store.backend``: the embedded SQLite store or InfluxDB (docs/influxdb.md)."""
+    st = settings.store
+    if st.backend == "influxdb":
+        from core.store.influx import InfluxStore
+
+        return InfluxStore(
+            st.influx_url,
+            org=st.influx_org,
+            bucket=st.influx_bucket,
+            token=st.influx_token.get_secret_value(),
+            database=st.influx_database,
+            side_path=st.influx_side_path or settings.data_dir / "influx-side.db",
+            region_paths=_region_paths(settings.database_url),
+        )
+    return SqliteStore(st.sqlite_path)
+
+
+def _region_paths(database_url: str) -> Callable[[], dict[str, str]]:
+    """Region id -> materialised path ("/root/.../self/"), read from the registry (the InfluxDB tag region_path)."""
+    from sqlalchemy import select
+
+    from devices.models import Region
+
+    engine = make_engine(database_url)
+
+    def load() -> dict[str, str]:
+        with engine.connect() as conn:
+            return {str(i): str(p) for i, p in conn.execute(select(Region.id, Region.path))}
+
+    return load

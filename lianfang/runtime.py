@@ -25,8 +25,7 @@ from core import clock, gcpolicy
 from core.errors import BrokerUnavailable, StoreUnavailable, UserError
 from core.fsperm import private_dir
 from core.settings import Settings
-from core.store import BatchListener
-from core.store.sqlite import SqliteStore
+from core.store import BatchListener, TelemetryStore
 from core.wal import WalCheckpointer, checkpoint_in_background
 from devices.broker import BrokerConfig, MosquittoProcess
 from devices.certs import CertPaths
@@ -91,7 +90,7 @@ class Runtime:
     with_ingest: bool = True
     listeners: list[BatchListener] = field(default_factory=list)
     registry: Registry | None = None
-    store: SqliteStore | None = None
+    store: TelemetryStore | None = None
     broker: MosquittoProcess | None = None
     ingest: IngestService | None = None
     alerts: AlertsRuntime | None = None
