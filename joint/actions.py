@@ -58,6 +58,7 @@ OPEN_STATES: frozenset[str] = frozenset({"proposed", "sent"})
 PROPOSERS = ("operator", "admin")
 CONFIRMERS = ("admin",)
 MAX_TARGETS = 200  # devices per proposal
+LATE_ANSWERS = timedelta(minutes=10)  # cmd_result events are still looked for this long after a command expired
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -222,9 +223,15 @@ class ActionBook:
         self._new_id = new_id or (lambda: uuid.uuid4().hex)
         self.actions: dict[str, LinkageAction] = {}
         self._by_cmd: dict[str, str] = {}
+        self._waiting: set[str] = set()  # ids of actions sent and not answered, not expired
 
     def get(self, action_id: str) -> LinkageAction | None:
         return self.actions.get(action_id)
+
+    @property
+    def awaiting(self) -> bool:
+        """Whether a command is out without its answer (ingest's listener has nothing to look for otherwise)."""
+        return bool(self._waiting)
 
     def for_incident(self, incident_id: int) -> list[LinkageAction]:
         return sorted(
@@ -235,6 +242,10 @@ class ActionBook:
         self.actions[a.id] = a
         if a.cmd_id is not None:
             self._by_cmd[a.cmd_id] = a.id
+        if a.state == "sent":
+            self._waiting.add(a.id)
+        else:
+            self._waiting.discard(a.id)
         return a
 
     def replay(self, docs: Iterable[Mapping[str, Any]]) -> int:
@@ -417,6 +428,7 @@ class LinkageActions:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._late_until: datetime | None = None
 
     # --- reads ------------------------------------------------------------------------------------------
 
@@ -492,6 +504,8 @@ class LinkageActions:
     def on_batch(self, batch: WriteBatch) -> None:
         """BatchListener: ``cmd_result`` events answering our commands. Never raises."""
         try:
+            if not self.book.awaiting and (self._late_until is None or self.clock() >= self._late_until):
+                return  # nothing sent is waiting for an answer: no scan of the batch on ingest's path
             results = [e for e in batch.events if e.type == "cmd_result"]
             if not results:
                 return
@@ -513,6 +527,8 @@ class LinkageActions:
         at = self.clock() if now is None else now
         with self._lock:
             expired = self.book.expire(at)
+        if any(a.cmd_id is not None for a in expired):
+            self._late_until = at + LATE_ANSWERS  # a device may still answer: keep looking a while
         self._tell([(a, "expired", SYSTEM) for a in expired])
         return expired
 

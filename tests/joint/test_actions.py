@@ -249,3 +249,25 @@ def test_an_expired_command_is_ignored_by_the_gate_and_expires(rig: _Rig) -> Non
     assert rig.pub.locked == set(), "the gate never obeyed an expired command"
     with rig.lock:
         assert [s for _, s, _ in rig.steps] == ["proposed", "confirmed", "sent", "expired"]
+
+
+def test_listener_looks_only_while_a_command_waits_and_records_a_late_answer() -> None:
+    now = [T0]
+    la = LinkageActions(
+        lambda _t, _p: True, clock=lambda: now[0], policy=ActionPolicy(command_ttl=timedelta(seconds=30))
+    )
+    assert not la.book.awaiting
+    (a,) = la.propose(1, "lock", [GATE], by="alice")
+    sent = la.confirm(a.id, by="bob")
+    assert la.book.awaiting
+    now[0] = T0 + timedelta(seconds=31)
+    (gone,) = la.tick()
+    assert gone.state == "expired" and not la.book.awaiting
+    ev = Event("gate-0001", GATE.region_id, "gate", 0, None, "cmd_result", {"cmd_id": sent.cmd_id, "ok": True})
+    la.on_batch(WriteBatch(events=[ev]))
+    late = la.get(a.id)
+    assert late is not None and late.state == "succeeded", "a late answer is still recorded: the gate did lock"
+    now[0] = T0 + timedelta(minutes=20)
+    (b,) = la.propose(1, "unlock", [GATE], by="alice")
+    la.on_batch(WriteBatch(events=[ev]))  # nothing waits: the batch is not even looked at
+    assert la.get(b.id) is not None and la.get(b.id).state == "proposed"
