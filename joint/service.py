@@ -9,7 +9,7 @@
 - What changed is written through ``joint.store.JointStore`` in one transaction per batch, then told to the
   subscribers (``subscribe(callback)``: ``IncidentChange``s, e.g. the incident notifications and the live stream).
 - A timer every ``tick_interval_s`` runs what is due (absence watches, scope escalation, overdue tasks); the
-  windows are written with every incident change and every ``snapshot_interval_s`` when they changed, and at stop.
+  windows are written by a job every ``snapshot_interval_s`` when they changed (not on the alert path), and at stop.
 - ``load()`` (at start) rebuilds the open incidents, their tasks and the windows from the store: a restart keeps
   every incident and window (windows changed after the last write are lost on a crash, at most
   ``snapshot_interval_s`` of them; a graceful stop writes them).
@@ -266,7 +266,8 @@ class JointService:
         return changes
 
     def _commit(self, changes: list[IncidentChange], now: datetime) -> None:
-        """Write what changed (and the windows, when an incident did); then tell the subscribers."""
+        """Write what changed; then tell the subscribers. (The windows are written by ``flush``, off this path:
+        a storm's windows hold thousands of alerts.)"""
         incs, tasks, entries = self.correlator.take_dirty()
         if self._pending is not None:  # a failed write: merged with this one (members of both kept)
             p_incs, p_tasks, p_entries = self._pending
@@ -281,25 +282,31 @@ class JointService:
             self._pending = None
         if incs or tasks or entries:
             try:
-                self.store.save(
-                    incidents=incs, tasks=tasks, timeline=entries, windows=self.correlator.windows(), now=now
-                )
-                self._windows_dirty = False
+                self.store.save(incidents=incs, tasks=tasks, timeline=entries, now=now)
             except StoreUnavailable:
                 self._pending = (incs, tasks, entries)
                 logger.warning("joint: store unavailable; %d incident changes kept for the next write", len(incs))
         self._publish(changes)
 
     def flush(self, force: bool = False) -> None:
-        """Write the windows if they changed (and anything a failed write left)."""
+        """Write the windows if they changed (and anything a failed write left). The windows are taken under the
+        lock and written after it, so the alert path waits only for the copy."""
         with self._lock:
             if not (self._windows_dirty or force or self._pending is not None):
                 return
             now = self._clock()
-            incs, tasks, entries = self._pending or ([], [], [])
-            self.store.save(incidents=incs, tasks=tasks, timeline=entries, windows=self.correlator.windows(), now=now)
-            self._pending = None
+            windows = self.correlator.windows()
             self._windows_dirty = False
+            pending, self._pending = self._pending, None
+        incs, tasks, entries = pending or ([], [], [])
+        try:
+            self.store.save(incidents=incs, tasks=tasks, timeline=entries, windows=windows, now=now)
+        except StoreUnavailable:
+            with self._lock:
+                self._windows_dirty = True
+                if pending is not None and self._pending is None:
+                    self._pending = pending
+            raise
 
     # --- people's actions -----------------------------------------------------------------------------------
 
