@@ -62,6 +62,16 @@ LATE_ANSWERS = timedelta(minutes=10)  # cmd_result events are still looked for t
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+# Incident types whose opening proposes a command at once (proposed by ``system``; a region admin still confirms):
+# an intrusion (X2) proposes locking the building's gates.
+AUTO_PROPOSE: dict[str, str] = {"intrusion": "lock"}
+
+
+def auto_proposal(incident_type: str) -> str | None:
+    """The command an incident of this type proposes when it opens, or None."""
+    return AUTO_PROPOSE.get(incident_type)
+
+
 class ActionDenied(UserError):
     """The caller may not take this step (role, scope, four eyes): the API answers 403."""
 

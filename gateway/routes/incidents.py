@@ -41,6 +41,7 @@ from gateway.params import Limit, ObjectId, Offset, RegionQuery, error_responses
 from gateway.routes import API_PREFIX
 from gateway.scope import not_found, region_or_404
 from joint.actions import (
+    SYSTEM,
     ActionConflict,
     ActionDenied,
     LinkageAction,
@@ -48,6 +49,7 @@ from joint.actions import (
     MqttCommandSender,
     Step,
     Target,
+    auto_proposal,
     check_decide,
     check_propose,
     step_text,
@@ -147,6 +149,15 @@ def attach(ctx: GatewayContext) -> JointSide:
             if isinstance(inc, Incident):
                 members = {m.region_id for m in inc.members.values()}
                 broadcaster.publish_incident(incident_doc_live(inc, str(change.kind)), inc.region_path, members)
+                side_now: JointSide | None = getattr(ctx, _SIDE_ATTR, None)
+                name = auto_proposal(inc.type)
+                if change.kind == "opened" and name is not None and side_now is not None and side_now.actions:
+                    try:
+                        targets = _targets(ctx.registry, inc, None)
+                        if targets:
+                            side_now.actions.propose(inc.id, name, targets, by=SYSTEM, reason=inc.title_zh)
+                    except Exception:
+                        logger.exception("incidents: proposing %s for incident %s failed", name, inc.id)
 
         try:
             service.subscribe(on_change)

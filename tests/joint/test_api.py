@@ -209,3 +209,19 @@ def test_linkage_actions_are_guarded_and_audited(rig: Rig) -> None:
     audited = {r.action for r in rig.audit.records(action="incident.action.confirm")}
     assert audited == {"incident.action.confirm"}
     assert len(rig.audit.records(action="incident.action.propose")) == 2
+
+
+def test_an_intrusion_proposes_locking_its_gates_when_it_opens(rig: Rig) -> None:
+    from joint.correlator import IncidentChange
+
+    inc = rig.service.store.get(1)
+    assert inc is not None and inc.type == "intrusion"
+    rig.service._publish([IncidentChange("opened", inc, NOW)])  # what the service tells its subscribers
+    items = rig.call("GET", "/incidents/1/actions", "gz").json()["items"]
+    assert sorted((a["device_id"], a["name"], a["proposed_by"], a["state"]) for a in items) == [
+        ("gate-gz-0001", "lock", "system", "proposed"),
+        ("gate-gz-0002", "lock", "system", "proposed"),
+    ]
+    assert rig.sent == [], "nothing goes out before a person confirms"
+    ok = rig.call("POST", f"/incidents/1/actions/{items[0]['id']}/confirm", "gzadmin", json={})
+    assert ok.status_code == 200 and ok.json()["state"] == "sent"
