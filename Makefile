@@ -67,5 +67,9 @@ faults: setup
 faults-short: setup
 	$(BIN)/python -m faults --short
 
+## dashboards: regenerate dashboards/generated/*.json from dashboards/build.py (commit the result)
+dashboards: setup
+	$(BIN)/python -m dashboards.build
+
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

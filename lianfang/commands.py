@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alerts.cli import rules_app
+from dashboards.cli import dashboards_app
 from devices.cli import devices_app, regions_app
 from devices.cli_security import certs_app, creds_app
 from gateway.cli import users_app
@@ -20,6 +21,7 @@ app.add_typer(certs_app, name="certs")
 app.add_typer(rules_app, name="rules")
 app.add_typer(stats_app, name="stats")
 app.add_typer(risk_app, name="risk")
+app.add_typer(dashboards_app, name="dashboards")
 
 from lianfang.serve_cmd import ingest, serve  # noqa: E402
 from lianfang.startup import long_running  # noqa: E402
