@@ -196,6 +196,14 @@ class Serve:
         except OSError:
             pass
 
+    def cpu_s(self) -> float:
+        """CPU time (user + system, every thread) the process has used so far."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def wait_up(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -229,6 +237,7 @@ def main() -> int:
     ap.add_argument("--alerts", choices=("on", "off"), default="on")
     ap.add_argument("--short", action="store_true", help="CI mode: 1,000 devices, 30,000 messages")
     ap.add_argument("--keep", action="store_true", help="keep the data directory (its path goes to stderr)")
+    ap.add_argument("--py-spy", type=Path, help="profile serve during the drain with py-spy into this file")
     args = ap.parse_args()
     n_dev, n = (1_000, 30_000) if args.short else (args.devices, args.messages)
     if n < n_dev * 11:
@@ -297,6 +306,11 @@ def main() -> int:
         # 3) serve again; the drain is timed from its start until everything is stored
         t0 = time.perf_counter()
         serve = Serve(env, api_port, log)
+        spy = None
+        if args.py_spy is not None:  # every thread, idle ones left out; --format raw: collapsed stacks
+            spy_cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(serve.proc.pid), "-r", "200"]
+            spy_cmd += ["--threads", "--format", "raw", "-o", str(args.py_spy)]
+            spy = subprocess.Popen(spy_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         store = settings.store.sqlite_path
         deadline = time.monotonic() + 900
         last_rss = 0.0
@@ -312,6 +326,10 @@ def main() -> int:
                 break
             time.sleep(0.05)
         drain_s = time.perf_counter() - t0
+        cpu_s = serve.cpu_s()  # start-up included, as in drain_s
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            spy.wait(60)
         got = stored(store, exact=True)
         alerts: dict[str, int] = {}
         if args.alerts == "on":  # the evaluation runs beside the write; both end before the ack: give it a moment
@@ -345,7 +363,7 @@ def main() -> int:
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
     print(
         f"e2e: {n} msgs from {n_dev} devices drained by lianfang serve in {drain_s:.2f} s = {n / drain_s:,.0f} msg/s, "
-        f"lost {lost}, {alert_txt}, peak RSS {peak / 1024:,.0f} MiB"
+        f"lost {lost}, {alert_txt}, peak RSS {peak / 1024:,.0f} MiB, serve CPU {cpu_s / n * 1e6:.0f} us/msg"
     )
     ok = lost == 0 and (args.alerts == "off" or (raised == want and others == 0))
     return 0 if ok else 1
