@@ -121,3 +121,30 @@ def test_service_restart_keeps_incidents_mutes_tasks_and_windows(registry: Regis
     svc2.on_events([])
     assert not svc2.held(10)
     svc2.stop()
+
+
+def test_service_tick_escalates_a_city_cluster_to_the_province_and_stores_it(registry: Registry) -> None:
+    _setup(registry)
+    clock = [T0]
+    svc = _service(registry, clock)
+    seen: list[IncidentChange] = []
+    svc.subscribe(seen.append)
+    svc.load()
+    where = [
+        ("dev0", "gz-a1-b1"),
+        ("dev1", "gz-a1-b2"),
+        ("dev2", "gz-a1-b3"),
+        ("dev3", "gz-a1-b4"),
+        ("dev-e1", "gz-a2-b1"),
+    ]
+    svc.on_events([_ev("created", 30 + i, "G6", d, r, T0 + s(i)) for i, (d, r) in enumerate(where)])
+    [x5] = [i for i in svc.store.list() if i.pattern_id == "X5"]
+    assert (x5.scope_level.value, x5.region_id) == ("city", "gz")
+    assert "escalated" not in [c.kind for c in svc.tick(T0 + s(1700))]
+    changes = svc.tick(T0 + s(4 + 1800))
+    assert "escalated" in [c.kind for c in changes]
+    got = svc.store.get(x5.id)
+    assert got is not None and (got.scope_level.value, got.region_id, got.region_path) == ("province", "gd", ("gd",))
+    assert got.escalation_level == 1
+    assert [i.id for i in svc.store.list(region_id="gd", open_only=True)] == [x5.id]
+    assert svc.store.list(region_id="gz", open_only=True) == []  # the province's now
