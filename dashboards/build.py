@@ -16,13 +16,14 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from grafana_foundation_sdk.builders import bargauge, common, geomap, piechart, stat, table, timeseries
+from grafana_foundation_sdk.builders import bargauge, common, geomap, piechart, stat, table, text, timeseries
 from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import geomap as gm
+from grafana_foundation_sdk.models import text as tm
 
 from dashboards import schema as s
 from dashboards.queries import SQL, Influx, influx_ref, sql_ref
@@ -34,6 +35,9 @@ R = s.REGION_MATCH  # "region_path" =~ /\/$region\//
 OPEN_ALERT = "state <> 'resolved'"
 OPEN_INCIDENT = "state IN ('open', 'investigating')"
 IN_REGION_SQL = "region_path LIKE '%/$region/%'"
+# An access event's result is inside its JSON data (core/store/influx.py writes it with orjson: no spaces).
+GRANTED = f'"{s.EVENT_DATA}" =~ /"result":"granted"/'
+DENIED = f'"{s.EVENT_DATA}" =~ /"result":"denied"/'
 
 PanelBuilder = cogbuilder.Builder[dm.Panel]
 
@@ -165,24 +169,24 @@ def overview() -> dash.Dashboard:
         "全辖区：在线设备、未处理告警、进行中的联防事件、消息速率、区域风险。",
         [
             _stat(
-                "在线设备（10 分钟内有数据）",
+                "在线设备（10 分钟内有数据，按类型）",
                 Influx(
-                    f"""SELECT count("messages") FROM (SELECT last("messages") AS "messages" FROM "{s.QUALITY}"
+                    f"""SELECT count("{s.SEQ}") FROM (SELECT last("{s.SEQ}") AS "{s.SEQ}" FROM {s.ALL_TELEMETRY}
                     WHERE time > now() - 10m GROUP BY "{s.TAG_DEVICE}")"""
-                ),
+                ).alias("$measurement"),
             ),
             _stat("未处理告警", SQL(f'SELECT count(*) AS "未处理告警" FROM alerts WHERE {OPEN_ALERT}')),
             _stat("进行中的联防事件", SQL(f'SELECT count(*) AS "事件" FROM joint_incidents WHERE {OPEN_INCIDENT}')),
             _stat(
-                "今日拒收消息",
-                Influx(f'SELECT count("detail") FROM "{s.REJECTIONS}" WHERE time > now() - 1d'),
+                "24 小时内的设备事件",
+                Influx(f'SELECT count("{s.EVENT_FIELD}") FROM "{s.EVENTS}" WHERE time > now() - 1d'),
             ),
             _series(
-                "每分钟消息数（按设备类型）",
+                "数据点数（按设备类型）",
                 Influx(
-                    f"""SELECT sum("messages") FROM "{s.QUALITY}" WHERE $timeFilter
-                    GROUP BY time($__interval), "{s.TAG_TYPE}" fill(0)"""
-                ).alias(f"$tag_{s.TAG_TYPE}"),
+                    f"""SELECT count("{s.SEQ}") FROM {s.ALL_TELEMETRY} WHERE $timeFilter
+                    GROUP BY time($__interval) fill(0)"""
+                ).alias("$measurement"),
                 w=12,
             ),
             _series(
@@ -229,11 +233,11 @@ def region() -> dash.Dashboard:
                 SQL(f'SELECT count(*) AS "事件" FROM joint_incidents WHERE {OPEN_INCIDENT} AND {IN_REGION_SQL}'),
             ),
             _stat(
-                "在线设备（10 分钟内有数据）",
+                "在线设备（10 分钟内有数据，按类型）",
                 Influx(
-                    f"""SELECT count("messages") FROM (SELECT last("messages") AS "messages" FROM "{s.QUALITY}"
+                    f"""SELECT count("{s.SEQ}") FROM (SELECT last("{s.SEQ}") AS "{s.SEQ}" FROM {s.ALL_TELEMETRY}
                     WHERE time > now() - 10m AND {R} GROUP BY "{s.TAG_DEVICE}")"""
-                ),
+                ).alias("$measurement"),
             ),
             _stat(
                 "当前总功率",
@@ -251,11 +255,11 @@ def region() -> dash.Dashboard:
                 ).time_series(),
             ),
             _series(
-                "消息数（按设备类型）",
+                "数据点数（按设备类型）",
                 Influx(
-                    f"""SELECT sum("messages") FROM "{s.QUALITY}" WHERE $timeFilter AND {R}
-                    GROUP BY time($__interval), "{s.TAG_TYPE}" fill(0)"""
-                ).alias(f"$tag_{s.TAG_TYPE}"),
+                    f"""SELECT count("{s.SEQ}") FROM {s.ALL_TELEMETRY} WHERE $timeFilter AND {R}
+                    GROUP BY time($__interval) fill(0)"""
+                ).alias("$measurement"),
             ),
             _series(
                 "功率（kW）",
@@ -268,7 +272,7 @@ def region() -> dash.Dashboard:
             _series(
                 "门禁通行次数",
                 Influx(
-                    f"""SELECT count("credential") FROM "{s.EVENTS}" WHERE $timeFilter AND {R}
+                    f"""SELECT count("{s.EVENT_FIELD}") FROM "{s.EVENTS}" WHERE $timeFilter AND {R}
                     AND "{s.TAG_EVENT_TYPE}" = 'access' GROUP BY time($__interval) fill(0)"""
                 ).alias("通行"),
             ),
@@ -289,13 +293,13 @@ def gates() -> dash.Dashboard:
             _series(
                 "通行（允许 / 拒绝）",
                 Influx(
-                    f"""SELECT count("credential") {access} AND "result" = 'granted'
+                    f"""SELECT count("{s.EVENT_FIELD}") {access} AND {GRANTED}
                     GROUP BY time($__interval) fill(0)"""
                 )
                 .alias("允许")
                 .ref_id("A"),
                 Influx(
-                    f"""SELECT count("credential") {access} AND "result" = 'denied'
+                    f"""SELECT count("{s.EVENT_FIELD}") {access} AND {DENIED}
                     GROUP BY time($__interval) fill(0)"""
                 )
                 .alias("拒绝")
@@ -321,14 +325,14 @@ def gates() -> dash.Dashboard:
             _table(
                 "拒绝次数最多的门禁",
                 Influx(
-                    f"""SELECT count("credential") AS "拒绝次数" {access} AND "result" = 'denied'
+                    f"""SELECT count("{s.EVENT_FIELD}") AS "拒绝次数" {access} AND {DENIED}
                     GROUP BY "{s.TAG_DEVICE}" """
                 ).table(),
             ),
             _table(
                 "最近的门禁报警",
                 Influx(
-                    f"""SELECT "{s.EVENT_FIELD}", "{s.TAG_EVENT_TYPE}", "{s.TAG_DEVICE}" FROM "{s.EVENTS}"
+                    f"""SELECT "{s.EVENT_DATA}", "{s.TAG_EVENT_TYPE}", "{s.TAG_DEVICE}" FROM "{s.EVENTS}"
                     WHERE $timeFilter AND {R} AND "{s.TAG_EVENT_TYPE}" =~ /^(door_forced|door_held_open|tamper)$/
                     ORDER BY time DESC LIMIT 100"""
                 ).table(),
@@ -533,50 +537,52 @@ def alerts() -> dash.Dashboard:
 
 
 def data_quality() -> dash.Dashboard:
-    """数据质量: rejections by reason, seq gaps, duplicates, stale devices."""
+    """数据质量: points per type, messages without seq, seq span against points, devices that went quiet."""
+    every = "/^(gate|vehicle|energy_meter|sensor|events)$/"
+    note = (
+        "拒收消息（按原因）与 ingest 精确统计的序号缺口、重复消息保存在 ingest 本地的侧库中，Grafana 无法直接查询："
+        "请使用 `GET /api/v1/rejections`、`GET /api/v1/devices/{id}` 或 ingest 的 Prometheus 指标 "
+        "`lianfang_ingest_messages_rejected_total{reason}`、`lianfang_ingest_seq_gaps_total`（docs/dashboards.md）。"
+    )
     return _dashboard(
         "lf-data-quality",
         "联防 · 数据质量",
-        "拒收消息（按原因）、序号缺口、重复消息、非标准字段、长时间无数据的设备。",
+        "数据点数、未带序号的消息、序号跨度与点数之差（缺口估计）、长时间无数据的设备。",
         [
             _series(
-                "拒收消息（按原因）",
+                "数据点数（按类型）",
                 Influx(
-                    f"""SELECT count("detail") FROM "{s.REJECTIONS}" WHERE $timeFilter
-                    GROUP BY time($__interval), "{s.TAG_REASON}" fill(0)"""
-                ).alias(f"$tag_{s.TAG_REASON}"),
+                    f"""SELECT count("{s.SEQ}") FROM {every} WHERE $timeFilter AND {R}
+                    GROUP BY time($__interval) fill(0)"""
+                ).alias("$measurement"),
                 unit="short",
             ),
-            _bars(
-                "拒收原因合计",
-                Influx(
-                    f"""SELECT count("detail") AS "拒收" FROM "{s.REJECTIONS}" WHERE $timeFilter
-                    GROUP BY "{s.TAG_REASON}" """
-                ).table(),
-            ),
             _series(
-                "序号缺口 / 重复 / 非标准字段",
+                "未带 seq 的数据点（无法判断重复与缺口）",
                 Influx(
-                    f"""SELECT sum("gaps") AS "序号缺口", sum("duplicates") AS "重复",
-                    sum("nonstandard") AS "非标准字段" FROM "{s.QUALITY}" WHERE $timeFilter AND {R}
+                    f"""SELECT count("{s.SEQ}") FROM {every} WHERE $timeFilter AND {R} AND "{s.SEQ}" < 0
                     GROUP BY time($__interval) fill(0)"""
-                ),
+                ).alias("$measurement"),
                 unit="short",
             ),
             _table(
-                "序号缺口最多的设备",
+                "序号缺口估计（seq 跨度 + 1 − 点数；遥测与事件分别计算）",
                 Influx(
-                    f"""SELECT sum("gaps") AS "缺口", sum("messages") AS "消息" FROM "{s.QUALITY}"
-                    WHERE $timeFilter AND {R} GROUP BY "{s.TAG_DEVICE}" """
+                    f"""SELECT spread("{s.SEQ}") + 1 - count("{s.SEQ}") AS "缺口估计", count("{s.SEQ}") AS "点数",
+                    min("{s.SEQ}") AS "最小 seq", max("{s.SEQ}") AS "最大 seq" FROM {every}
+                    WHERE $timeFilter AND {R} AND "{s.SEQ}" >= 0 GROUP BY "{s.TAG_DEVICE}" """
                 ).table(),
             ),
+            text.Panel().title("拒收消息与精确的缺口统计").content(note).mode(tm.TextMode.MARKDOWN).span(12).height(8),
             _table(
                 "设备最后一次上报（最早的在前：久未上报）",
                 Influx(
-                    f"""SELECT last("messages") AS "消息" FROM "{s.QUALITY}" WHERE time > now() - 30d AND {R}
-                    GROUP BY "{s.TAG_DEVICE}", "{s.TAG_TYPE}" """
+                    f"""SELECT last("{s.SEQ}") AS "最后 seq" FROM {s.ALL_TELEMETRY} WHERE time > now() - 30d AND {R}
+                    GROUP BY "{s.TAG_DEVICE}" """
                 ).table(),
                 w=24,
+            ).with_transformation(
+                dm.DataTransformerConfig(id_val="sortBy", options={"sort": [{"field": "Time", "desc": False}]})
             ),
         ],
         region=True,
@@ -616,9 +622,9 @@ def write(directory: Path = GENERATED) -> list[Path]:
         if stale.name not in files:
             stale.unlink()
     out = []
-    for fname, text in files.items():
+    for fname, body in files.items():
         path = directory / fname
-        path.write_text(text, encoding="utf-8")
+        path.write_text(body, encoding="utf-8")
         out.append(path)
     return out
 

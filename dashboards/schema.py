@@ -1,11 +1,11 @@
 """What the dashboards assume about the stores: datasource uids, the InfluxDB schema, the SQL tables.
 
-One place to change when the InfluxDB adapter (core/store/influx.py, docs/influxdb.md) settles its names. The
-InfluxDB schema (issue 12): a measurement per device type and one for events; tags ``device``, ``region_path``,
-``device_type``; fields are the protocol's field names (docs/protocol.md), so tag and field names never collide.
-The data-quality measurements (``rejections`` and ``device_quality``) are what these dashboards expect the adapter to
-write beside the telemetry (the embedded store keeps the same facts in its ``rejections`` and ``device_state``
-tables); docs/dashboards.md lists them.
+The InfluxDB schema is the adapter's (core/store/influx.py, docs/influxdb.md): a measurement per device type
+(``gate``, ``vehicle``, ``energy_meter``, ``sensor``) and ``events``; tags ``device_id``, ``region`` (the device's
+region id), ``region_path`` and ``device_type`` (and ``type`` on events); every point has the integer field ``seq``
+(-1 when the message had none), so ``count("seq")`` counts points; an event's data is one JSON string field
+``data``; device fields keep the protocol's names (docs/protocol.md). Device state, counters and rejections live in
+the adapter's local SQLite side store, which Grafana cannot read: see docs/dashboards.md.
 """
 
 from __future__ import annotations
@@ -23,19 +23,20 @@ ENERGY = "energy_meter"
 SENSOR = "sensor"
 EVENTS = "events"
 TELEMETRY_MEASUREMENTS = (GATE, VEHICLE, ENERGY, SENSOR)
-REJECTIONS = "rejections"  # one point per rejected message: tags device, reason; field detail (string)
-QUALITY = "device_quality"  # per device and batch: fields messages, gaps, duplicates, nonstandard, rejected
+ALL_TELEMETRY = "/^(gate|vehicle|energy_meter|sensor)$/"  # an InfluxQL measurement regex
 
 # Tags
-TAG_DEVICE = "device"
-TAG_REGION = "region_path"  # e.g. /gd/gz/agency-1/building-3/ (devices/registry.py); a subtree is /\/ID\//
+TAG_DEVICE = "device_id"
+TAG_REGION = "region_path"  # e.g. /gd/gd-gz/agency-1/building-3/ (devices/registry.py)
 TAG_TYPE = "device_type"
-TAG_EVENT_TYPE = "event_type"  # on the events measurement
-TAG_REASON = "reason"  # on the rejections measurement
+TAG_EVENT_TYPE = "type"  # on the events measurement
 
-# The Grafana variable every region-scoped dashboard has: a region id, matched as a path segment.
+# Fields every point has / events carry
+SEQ = "seq"  # integer, -1 when the message had none
+EVENT_FIELD = SEQ
+EVENT_DATA = "data"  # the event's data as a JSON string (orjson: no spaces), e.g. {"credential":"c1","result":"denied"}
+
+# The Grafana variable every region-scoped dashboard has: a region id, matched as a path segment of region_path, so
+# a region selects its whole subtree. Region ids are [a-z0-9-] (no regex metacharacters).
 REGION_VAR = "region"
 REGION_MATCH = f'"{TAG_REGION}" =~ /\\/${REGION_VAR}\\//'
-
-# A field every events point carries (events like door_forced have no data of their own): the message's seq.
-EVENT_FIELD = "seq"
