@@ -225,3 +225,24 @@ def test_an_intrusion_proposes_locking_its_gates_when_it_opens(rig: Rig) -> None
     assert rig.sent == [], "nothing goes out before a person confirms"
     ok = rig.call("POST", f"/incidents/1/actions/{items[0]['id']}/confirm", "gzadmin", json={})
     assert ok.status_code == 200 and ok.json()["state"] == "sent"
+
+
+def test_incident_changes_reach_only_the_streams_that_see_them() -> None:
+    import asyncio
+
+    from gateway.live import Broadcaster
+
+    b = Broadcaster()
+    loop = asyncio.new_event_loop()
+    try:
+        everyone = b.subscribe(None, loop)
+        building = b.subscribe(frozenset({"gz-b1"}), loop)
+        shenzhen = b.subscribe(frozenset({"sz", "sz-jgj", "sz-b1"}), loop)
+        b.publish_incident({"id": 2}, ("gd", "gz"), {"gz-b1", "gz-jgj"})  # a city cluster with a member in gz-b1
+        b.publish_incident({"id": 3}, ("gd", "sz", "sz-jgj", "sz-b1"), {"sz-b1"})
+        assert [m["incidents"][0]["id"] for m in everyone.drain()] == [2, 3]
+        assert [m["incidents"][0]["id"] for m in building.drain()] == [2]
+        assert [m["incidents"][0]["id"] for m in shenzhen.drain()] == [3]
+    finally:
+        b.close()
+        loop.close()
