@@ -212,12 +212,13 @@ def simulate(
             resume=resume_from_settings(settings, devices),  # meters continue from their stored readings
         )
         broker_host, broker_port = host or settings.mqtt.host, port or settings.mqtt.port
-        publisher: Publisher
+        publisher: DevicePublisher | SharedPublisher
         if device_secrets is not None:
             publisher = DevicePublisher(broker_host, broker_port, device_secrets, tls_ca=settings.mqtt.tls_ca)
         else:
             assert password is not None
             publisher = SharedPublisher(broker_host, broker_port, username, password)
+        publisher.gate_control = fleet.set_locked  # linkage commands: a locked gate grants no access
         publisher.start()
     except (UserError, BrokerUnavailable, StoreUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)

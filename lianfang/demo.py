@@ -156,6 +156,7 @@ def demo(
         fleet = demo_fleet(devices, clock.now(), seed=seed, rate_multiplier=rate_multiplier, resume=resume)
         logger.info("demo fleet: %d devices, %d resumed from the store", len(devices), len(resume))
         publisher = DevicePublisher(host, port, secrets)
+        publisher.gate_control = fleet.set_locked  # linkage commands: a locked gate grants no access
         publisher.start()
         stop = threading.Event()
         thread = threading.Thread(
