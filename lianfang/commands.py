@@ -21,6 +21,10 @@ app.add_typer(certs_app, name="certs")
 app.add_typer(rules_app, name="rules")
 app.add_typer(stats_app, name="stats")
 app.add_typer(risk_app, name="risk")
+
+from lianfang.store_cmd import store_app  # noqa: E402
+
+app.add_typer(store_app, name="store")
 app.add_typer(dashboards_app, name="dashboards")
 
 from lianfang.serve_cmd import ingest, serve  # noqa: E402

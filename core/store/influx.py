@@ -174,7 +174,7 @@ class InfluxStore:
         self._sleep = sleep
         self._region_paths = region_paths
         self._paths: Mapping[str, str] = {}
-        self._paths_at = 0.0
+        self._paths_at = float("-inf")
         self._client = InfluxDBClient(url=url, token=token, org=org, timeout=int(timeout_s * 1000), enable_gzip=True)
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
         self.ql = InfluxQL(query_url or url, database, token=token or None, timeout_s=timeout_s)
@@ -182,7 +182,8 @@ class InfluxStore:
 
     # --- write ------------------------------------------------------------------------------------------
 
-    def _region_path(self, region_id: str) -> str:
+    def region_path(self, region_id: str) -> str:
+        """The materialised path of a region (the tag region_path), from the registry, refreshed every 30 s."""
         if self._region_paths is None:
             return ""
         now = time.monotonic()
@@ -195,7 +196,7 @@ class InfluxStore:
         return self._paths.get(region_id, "")
 
     def write(self, batch: WriteBatch) -> None:
-        lines = batch_lines(batch.readings, batch.events, self._region_path)
+        lines = batch_lines(batch.readings, batch.events, self.region_path)
         for i in range(0, len(lines), self.chunk_lines):
             self._post("\n".join(lines[i : i + self.chunk_lines]).encode())
         if batch.statuses or batch.rejections or batch.counters:

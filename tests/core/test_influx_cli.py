@@ -1,0 +1,165 @@
+"""`lianfang store check` against InfluxDB 1.6 and `lianfang store migrate --to influxdb` into VictoriaMetrics
+(resumed after the server went away mid-way), its count verification against InfluxDB 1.6."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from core.errors import StoreUnavailable
+from core.protocol import Event, Reading
+from core.store import WriteBatch
+from core.store.influx import InfluxStore, batch_lines
+from core.store.sqlite import SqliteStore
+from devices.registry import Registry
+from lianfang import commands  # noqa: F401  (registers the sub-apps)
+from lianfang.cli import app
+from lianfang.store_cmd import migrate_sqlite_to_influx, sqlite_counts, verify_counts
+from tests.core.test_influx import Server, influxdb, start_victoria, vm_export
+from tests.ingest.conftest import seed_registry
+
+__all__ = ["influxdb"]
+
+DEVICES = {"meter-0001": "energy_meter", "meter-0002": "energy_meter", "gate-0001": "gate", "car-0001": "vehicle"}
+
+
+@pytest.fixture
+def vm(tmp_path: Path) -> Iterator[Server]:
+    server = start_victoria(tmp_path / "vm")
+    yield server
+    server.stop()
+
+
+def _env(tmp_path: Path, registry: Registry, url: str, database: str = "lf") -> dict[str, str | None]:
+    return {
+        "LIANFANG_CONFIG": "",
+        "LIANFANG_DATA_DIR": str(tmp_path),
+        "LIANFANG_DATABASE_URL": str(registry.engine.url),
+        "LIANFANG_STORE__SQLITE_PATH": str(tmp_path / "telemetry.db"),
+        "LIANFANG_STORE__BACKEND": "influxdb",
+        "LIANFANG_STORE__INFLUX_URL": url,
+        "LIANFANG_STORE__INFLUX_DATABASE": database,
+    }
+
+
+def _fill_sqlite(path: Path) -> None:
+    t0 = time.time_ns() // 1_000_000 - 3_600_000
+    store = SqliteStore(path)
+    try:
+        b = WriteBatch()
+        for i in range(40):
+            dev = list(DEVICES)[i % 4]
+            fields: dict[str, float | bool] = {"energy_kwh": float(i)} if DEVICES[dev] == "energy_meter" else {}
+            if dev == "gate-0001":
+                fields = {"door_open": i % 8 == 2}
+            if dev == "car-0001":
+                fields = {"lat": 23.1, "lon": 113.2}
+            b.readings.append(Reading(dev, "gd-gz-a01-b1", DEVICES[dev], t0 + i * 1000, i, fields))
+        b.events.append(Event("gate-0001", "gd-gz-a01-b1", "gate", t0, 1, "door_forced", {}))
+        b.counter("meter-0001").messages = 10
+        store.write(b)
+    finally:
+        store.close()
+
+
+def test_store_check_against_influxdb_1_6(influxdb: Server, tmp_path: Path, sqlite_registry: Registry) -> None:
+    ok = CliRunner().invoke(app, ["store", "check"], env=_env(tmp_path, sqlite_registry, influxdb.url))
+    assert ok.exit_code == 0, ok.output
+    assert "ok   answers" in ok.stdout and "ok   influxql database: lf: autogen 0s (default)" in ok.stdout
+    assert "bucket: not checked: the server has no /api/v2/buckets" in ok.stdout
+    missing = CliRunner().invoke(
+        app, ["store", "check", "--json"], env=_env(tmp_path, sqlite_registry, influxdb.url, "nope")
+    )
+    assert missing.exit_code == 1
+    doc = json.loads(missing.stdout)
+    assert not doc["ok"] and any(c["name"] == "influxql database" and not c["ok"] for c in doc["checks"])
+    influxdb.stop()
+    down = CliRunner().invoke(app, ["store", "check"], env=_env(tmp_path, sqlite_registry, influxdb.url))
+    assert down.exit_code == 1 and "FAIL answers" in down.stdout
+
+
+def test_migrate_resumes_after_the_store_went_away(vm: Server, tmp_path: Path, sqlite_registry: Registry) -> None:
+    seed_registry(sqlite_registry)
+    _fill_sqlite(tmp_path / "telemetry.db")
+    dest = InfluxStore(
+        vm.url,
+        org="o",
+        bucket="b",
+        token="t",
+        database="lf",
+        side_path=tmp_path / "influx-side.db",
+        timeout_s=2,
+        region_paths=lambda: {r.id: r.path for r in sqlite_registry.regions()},
+    )
+    chunks = 0
+
+    def stop_after_two(n: int) -> None:
+        nonlocal chunks
+        chunks += 1
+        if chunks == 2:
+            vm.stop()
+
+    checkpoint = tmp_path / "influx-migrate.json"
+    try:
+        devices = sqlite_registry.snapshot()
+        with pytest.raises(StoreUnavailable):
+            migrate_sqlite_to_influx(
+                tmp_path / "telemetry.db", dest, devices, checkpoint, chunk=7, progress=stop_after_two
+            )
+    finally:
+        dest.close()
+    assert json.loads(checkpoint.read_text())["telemetry"] == 14
+    vm.start()
+    result = CliRunner().invoke(
+        app,
+        ["store", "migrate", "--to", "influxdb", "--chunk", "7", "--no-verify", "--json"],
+        env=_env(tmp_path, sqlite_registry, vm.url),
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["copied"] == {"telemetry": 26, "events": 1}
+    series = vm_export(vm, '{__name__=~"(energy_meter|gate|vehicle)_seq"}')
+    got: dict[str, int] = {}
+    for (_, tags), points in series.items():
+        labels = dict(tags)
+        got[labels["device_id"]] = got.get(labels["device_id"], 0) + len(points)
+        region = sqlite_registry.snapshot()[labels["device_id"]].region_id  # telemetry takes the registry's region
+        assert labels["region"] == region and labels["region_path"].endswith(f"/{region}/")
+        assert labels["region_path"].startswith("/gd/gd-gz/gd-gz-a01/")
+    assert got == sqlite_counts(tmp_path / "telemetry.db") == {d: 10 for d in DEVICES}
+    assert set(vm_export(vm, '{__name__="events_seq"}')) and checkpoint.exists()
+    side = SqliteStore(tmp_path / "influx-side.db")
+    try:
+        assert side.device_states()["meter-0001"].messages == 10
+    finally:
+        side.close()
+
+
+def test_migrate_verification_counts_per_device_on_influxdb_1_6(influxdb: Server, tmp_path: Path) -> None:
+    source = tmp_path / "telemetry.db"
+    _fill_sqlite(source)
+    src = SqliteStore(source)
+    try:
+        t_all = src.raw("meter-0001", "energy_kwh", 0, 2**62, 100)
+    finally:
+        src.close()
+    assert len(t_all) == 10
+    dest = InfluxStore(influxdb.url, org="o", bucket="b", token="", database="lf", side_path=tmp_path / "side.db")
+    try:
+        t0 = t_all[0][0]
+        lines = batch_lines(
+            [Reading(d, "r", DEVICES[d], t0 + i * 1000, i, {"x": 1.0}) for i, d in enumerate(list(DEVICES) * 10)][
+                :39
+            ],  # one point of the last device missing
+            [],
+        )
+        r = httpx.post(influxdb.url + "/write", params={"db": "lf", "precision": "ms"}, content="\n".join(lines))
+        assert r.status_code == 204, r.text
+        assert verify_counts(source, dest) == [("car-0001", 10, 9)]
+    finally:
+        dest.close()
