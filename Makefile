@@ -46,6 +46,7 @@ bench: setup
 	$(BIN)/python bench/paho_floor.py
 	$(BIN)/python bench/provision.py
 	$(BIN)/python bench/alert_latency.py
+	$(BIN)/python bench/correlate.py
 	$(BIN)/python bench/broker_persistence.py
 	$(BIN)/python bench/broker_persistence.py --backlog 100000 --trials 3
 	$(BIN)/python bench/e2e.py
@@ -56,6 +57,7 @@ bench-short: setup
 	$(BIN)/python bench/paho_floor.py --short
 	$(BIN)/python bench/provision.py --short
 	$(BIN)/python bench/alert_latency.py --short
+	$(BIN)/python bench/correlate.py --short
 	$(BIN)/python bench/broker_persistence.py --short
 	$(BIN)/python bench/e2e.py --short
 
