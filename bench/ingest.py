@@ -1,11 +1,13 @@
 """Ingest drain benchmark: pre-fill a persistent session with N messages, then time the drain to durable storage.
 
-    python bench/ingest.py [--messages N] [--devices D] [--processes P] [--short]
+    python bench/ingest.py [--messages N] [--devices D] [--processes P] [--short] [--store sqlite|influxdb]
 
 Starts its own Mosquitto (generated config, free port) and a temporary registry and SQLite store. Mixed device
 types (energy meters, vehicles, gates). Prints one line: messages/s and lost count (published seqs that are
 not stored). With --processes > 1, ingest runs as several processes sharing the subscription
-($share/ingest/...).
+($share/ingest/...). With --store influxdb, the store is core/store/influx.py writing to a VictoriaMetrics started
+here (it accepts /api/v2/write); durable = counted in the side store, which is written after the server confirmed
+the points; the stored seqs are checked through VictoriaMetrics' export API at the end.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import multiprocessing as mp
 import random
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import threading
@@ -30,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.db import make_engine, migrate
 from core.settings import IngestSettings, MqttSettings
+from core.store import TelemetryStore
 from core.store.sqlite import SqliteStore
 from devices.broker import BrokerConfig, MosquittoProcess, free_port
 from devices.registry import DeviceSpec, RegionSpec, Registry
@@ -109,6 +113,18 @@ def _ingest_settings(port: int, password: str, group: str | None) -> MqttSetting
     )
 
 
+def influx_bench_store(vm_url: str, side_path: Path) -> TelemetryStore:
+    """The InfluxDB store on VictoriaMetrics. VictoriaMetrics has no InfluxQL /query, so ingest's one read at start
+    (the recent seqs that warm duplicate detection) answers empty here; writes are the real path."""
+    from core.store.influx import InfluxStore
+
+    class VmStore(InfluxStore):
+        def recent_seqs(self, max_rows: int) -> list[tuple[str, int, int]]:
+            return []
+
+    return VmStore(vm_url, org="bench", bucket="bench", token="bench", database="bench", side_path=side_path)
+
+
 def run_ingest(
     port: int,
     password: str,
@@ -119,9 +135,12 @@ def run_ingest(
     n_expected: int,
     done: object,
     subscribe_only: bool = False,
+    vm_url: str | None = None,
 ) -> None:
     registry = Registry(make_engine(db_url))
-    store = SqliteStore(Path(store_path))
+    store: TelemetryStore = (
+        SqliteStore(Path(store_path)) if vm_url is None else influx_bench_store(vm_url, Path(store_path))
+    )
     svc = IngestService(
         _ingest_settings(port, password, group),
         IngestSettings(batch_size=2000, batch_wait_ms=10),
@@ -146,12 +165,62 @@ def count_stored(store_path: Path, *, exact: bool = True) -> int:
         return int(conn.execute(sql).fetchone()[0])
 
 
+def start_vm(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """VictoriaMetrics on a free port with its storage in ``directory``; answers /health before returning."""
+    import httpx
+
+    port = free_port()
+    directory.mkdir(parents=True)
+    proc = subprocess.Popen(
+        [
+            "victoria-metrics",
+            f"-storageDataPath={directory}",
+            f"-httpListenAddr=127.0.0.1:{port}",
+            "-loggerLevel=ERROR",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("ingest: victoria-metrics did not start")
+
+
+def count_side(side_path: Path) -> int:
+    """Messages counted durable by the InfluxDB store (its side store is written after the server confirmed)."""
+    with sqlite3.connect(side_path) as conn:
+        return int(conn.execute("SELECT coalesce(sum(messages), 0) FROM device_state").fetchone()[0])
+
+
+def count_vm(url: str) -> int:
+    """Distinct (device, seq) stored in VictoriaMetrics, from its export API."""
+    import httpx
+    import orjson
+
+    httpx.get(url + "/internal/force_flush", timeout=60)
+    r = httpx.post(url + "/api/v1/export", data={"match[]": '{__name__=~".*_seq"}'}, timeout=600)
+    seen: set[tuple[str, float]] = set()
+    for line in r.text.splitlines():
+        doc = orjson.loads(line)
+        seen.update((doc["metric"]["device_id"], v) for v in doc["values"])
+    return len(seen)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=200_000)
     ap.add_argument("--devices", type=int, default=3000)
     ap.add_argument("--processes", type=int, default=1)
     ap.add_argument("--short", action="store_true", help="CI mode: 20,000 messages")
+    ap.add_argument("--store", choices=("sqlite", "influxdb"), default="sqlite")
     args = ap.parse_args()
     n = 20_000 if args.short else args.messages
     tmp = Path(tempfile.mkdtemp(prefix="lf-bench-ingest-"))
@@ -175,6 +244,11 @@ def main() -> None:
     store_path = tmp / "telemetry.db"
     SqliteStore(store_path).close()
     group = "ingest" if args.processes > 1 else None
+    vm = start_vm(tmp / "vm") if args.store == "influxdb" else None
+    vm_url = None if vm is None else vm[1]
+    if vm_url is not None:
+        store_path = tmp / "influx-side.db"
+        SqliteStore(store_path).close()
     with MosquittoProcess(cfg):
         # 1) create the persistent session(s) and subscription, then go away
         for p in range(args.processes):
@@ -188,6 +262,7 @@ def main() -> None:
                 0,
                 None,
                 subscribe_only=True,
+                vm_url=vm_url,
             )
         # 2) pre-fill the session(s) while ingest is away
         t0 = time.perf_counter()
@@ -204,6 +279,7 @@ def main() -> None:
             ctx.Process(
                 target=run_ingest,
                 args=(cfg.port, cfg.platform_password, db_url, str(store_path), group, f"lianfang-ingest-{p}", n, done),
+                kwargs={"vm_url": vm_url},
             )
             for p in range(args.processes)
         ]
@@ -212,18 +288,25 @@ def main() -> None:
         stored = 0
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            if count_stored(store_path, exact=False) >= n and count_stored(store_path) >= n:
+            if vm_url is not None:
+                if count_side(store_path) >= n:
+                    break
+            elif count_stored(store_path, exact=False) >= n and count_stored(store_path) >= n:
                 break
             time.sleep(0.05)
-        stored = count_stored(store_path)
+        stored = count_stored(store_path) if vm_url is None else count_side(store_path)
         drain_s = time.perf_counter() - t0
         done.set()
         for proc in procs:
             proc.join(60)
+    if vm is not None:
+        stored = min(stored, count_vm(vm[1]))
+        vm[0].terminate()
+        vm[0].wait(30)
     lost = n - stored
     print(
         f"ingest: {n} msgs drained in {drain_s:.2f} s = {n / drain_s:,.0f} msg/s durable, lost {lost} "
-        f"(processes={args.processes}, devices={args.devices}, prefill {n / fill_s:,.0f} msg/s)"
+        f"(processes={args.processes}, devices={args.devices}, prefill {n / fill_s:,.0f} msg/s, store={args.store})"
     )
     sys.exit(0 if lost == 0 else 1)
 
