@@ -33,9 +33,30 @@ logger = logging.getLogger(__name__)
 DEMO_INCIDENTS: tuple[tuple[str, str], ...] = (
     ("night_vehicle:car-sz-a01-01:10", "V1"),
     ("silent:sensor-gz-a01-b2-01:20", "DEMO.S1"),
+    # An intrusion (X2): a forced door, then the reader of a second door of the same building reports a forced
+    # door 10 s later (G1.event, and G1 as that door opens with no access).
     ("door_forced:gate-gz-a01-b1-01:30", "G1"),
+    ("door_forced_event:gate-gz-a01-b1-02:40", "G1.event"),
     ("energy_spike:meter-gz-a02-b1-01:40:600:6", "DEMO.E4"),
+    # A regional cluster (X5): readers tampered with at five gates in five buildings (three agencies) of Shenzhen
+    # within 40 s; G11.tamper is critical and event-driven, with no calendar.
+    ("tamper:gate-sz-a01-b1-01:50", "G11.tamper"),
+    ("tamper:gate-sz-a01-b2-01:60", "G11.tamper"),
+    ("tamper:gate-sz-a02-b1-01:70", "G11.tamper"),
+    ("tamper:gate-sz-a02-b2-01:80", "G11.tamper"),
+    ("tamper:gate-sz-a03-b1-01:90", "G11.tamper"),
 )
+# The joint incidents (joint/packs/joint.yaml) the script opens within three minutes at any hour, with the tasks
+# of their departments (the pack's routing): (pattern, incident type, scope region, rule of the members,
+# departments). X2 needs a forced door and another door or sensor alert of another device of the building within
+# 60 s; X5 needs 5 alerts of one rule (warning or worse) in 3 buildings of one city within 30 min. Neither has a
+# calendar, nor do G1, G1.event and G11.tamper: the pack's values hold, no demo pattern file is needed.
+DEMO_JOINT_INCIDENTS: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
+    ("X2", "intrusion", "gd-gz-a01-b1", "G1", ("security",)),
+    ("X5", "regional_cluster", "gd-sz", "G11.tamper", ("security", "it")),
+)
+# The fewest devices per building that hold every scripted device (two gates: gate-...-b1-02; a sensor; a meter).
+MIN_PER_BUILDING = 4
 # The scripted devices report more often than their type's default (registry expected_interval_s), so that the
 # rules see their incidents within the two minutes: the meter every 15 s, the sensor every 20 s.
 DEMO_INTERVALS: dict[str, int] = {"meter-gz-a02-b1-01": 15, "sensor-gz-a01-b2-01": 20}
@@ -89,11 +110,14 @@ def demo_fleet(
     seed: int | None = DEFAULT_SEED,
     rate_multiplier: float = 1.0,
     resume: Mapping[str, Mapping[str, float | bool]] | None = None,
+    script: Sequence[str] | None = None,
 ) -> Fleet:
-    """The demo's simulated fleet with its scripted incidents (those whose device is in ``devices``)."""
+    """The demo's simulated fleet with its scripted incidents (those whose device is in ``devices``); ``script``:
+    other incident specs than DEMO_INCIDENTS'."""
     devices = [replace(d, nominal_kw=DEMO_NOMINAL_KW[d.id]) if d.id in DEMO_NOMINAL_KW else d for d in devices]
     ids = {d.id for d in devices}
-    incidents = [parse_incident(spec, start) for spec, _ in DEMO_INCIDENTS]
+    specs = [spec for spec, _ in DEMO_INCIDENTS] if script is None else script
+    incidents = [parse_incident(spec, start) for spec in specs]
     return Fleet(
         devices,
         rng=random.Random(seed),
@@ -106,8 +130,15 @@ def demo_fleet(
 
 def demo(
     ctx: typer.Context,
-    per_building: Annotated[int, typer.Option(help="Devices per building (gates, meters, sensors).")] = 20,
-    vehicles_per_agency: Annotated[int, typer.Option(help="Official vehicles per agency.")] = 10,
+    per_building: Annotated[
+        int,
+        typer.Option(
+            min=MIN_PER_BUILDING,
+            help="Devices per building (half gates, one in ten sensors, the rest meters); at least 4, so that every"
+            " scripted device (two gates of a building) exists.",
+        ),
+    ] = 20,
+    vehicles_per_agency: Annotated[int, typer.Option(min=0, help="Official vehicles per agency.")] = 10,
     rate_multiplier: Annotated[float, typer.Option(help="Make the fleet report this many times more often.")] = 1.0,
     simulate: Annotated[bool, typer.Option("--simulate/--no-simulate", help="Run the simulated fleet.")] = True,
     seed: Annotated[int, typer.Option(help="Random seed of the simulated fleet (the same seed, the same run).")] = (
