@@ -26,7 +26,7 @@ from grafana_foundation_sdk.models import geomap as gm
 from grafana_foundation_sdk.models import text as tm
 
 from dashboards import schema as s
-from dashboards.queries import SQL, Influx, influx_ref, sql_ref
+from dashboards.queries import SQL, Influx, sql_ref
 
 GENERATED = Path(__file__).parent / "generated"
 TAGS = ["lianfang"]
@@ -57,21 +57,6 @@ def _region_variable() -> dash.QueryVariable:
     )
 
 
-def _device_variable(measurement: str, label: str) -> dash.QueryVariable:
-    """The devices of one measurement inside the chosen region (InfluxDB tag values), with an 'all' choice."""
-    return (
-        dash.QueryVariable("device")
-        .label(label)
-        .datasource(influx_ref())
-        .query(f'SHOW TAG VALUES FROM "{measurement}" WITH KEY = "{s.TAG_DEVICE}" WHERE {R}')
-        .refresh(dm.VariableRefresh.ON_DASHBOARD_LOAD)
-        .sort(dm.VariableSort.ALPHABETICAL_ASC)
-        .multi(True)
-        .include_all(True)
-        .all_value(".*")
-    )
-
-
 def _dashboard(
     uid: str, title: str, description: str, panels: Sequence[PanelBuilder], *, region: bool
 ) -> dash.Dashboard:
@@ -88,7 +73,8 @@ def _dashboard(
     )
     if region:
         d = d.with_variable(_region_variable())
-    for p in panels:
+    for i, p in enumerate(panels, start=1):
+        p.build().id_val = i  # stable ids (Grafana would number them on load; links and repeats need them)
         d = d.with_panel(_with_datasource(p))
     return d
 

@@ -64,6 +64,7 @@ def test_every_dashboard_the_issue_asks_for_is_there_with_chinese_titles() -> No
         assert m["timezone"] == "Asia/Shanghai"
         panels = _panels(m)
         assert panels, name
+        assert sorted(p["id"] for p in panels) == list(range(1, len(panels) + 1)), name
         for p in panels:
             assert CJK.search(p["title"]), (name, p["title"])
             assert {"x", "y", "w", "h"} <= set(p["gridPos"]), (name, p["title"])
