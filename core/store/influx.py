@@ -93,16 +93,6 @@ def _str_field(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def _value(v: object) -> str:
-    if v is True:
-        return "true"
-    if v is False:
-        return "false"
-    if isinstance(v, int | float):
-        return repr(float(v))
-    return _str_field(str(v))
-
-
 def _tags(device_id: str, region_id: str, region_path: str, device_type: str) -> str:
     parts = [f"device_id={_key(device_id)}", f"device_type={_key(device_type)}", f"region={_key(region_id)}"]
     if region_path:
@@ -110,11 +100,43 @@ def _tags(device_id: str, region_id: str, region_path: str, device_type: str) ->
     return ",".join(parts)  # sorted by key, as InfluxDB prefers
 
 
+# Escaped prefixes ("measurement,tags ") per (device, region, path, type) and field keys per name: a batch is
+# mostly devices and fields seen before. Bounded: cleared when full.
+_CACHE_MAX = 200_000
+_prefixes: dict[tuple[str, str, str, str], str] = {}
+_field_keys: dict[str, str] = {}
+
+
+def _prefix(measurement: str, device_id: str, region_id: str, region_path: str, device_type: str) -> str:
+    k = (device_id, region_id, region_path, device_type)
+    p = _prefixes.get(k)
+    if p is None:
+        if len(_prefixes) >= _CACHE_MAX:
+            _prefixes.clear()
+        p = _prefixes[k] = (
+            f"{measurement.translate(_MEASUREMENT_ESC)},{_tags(device_id, region_id, region_path, device_type)} "
+        )
+    return p
+
+
+def _field_key(name: str) -> str:
+    k = _field_keys.get(name)
+    if k is None:
+        if len(_field_keys) >= _CACHE_MAX:
+            _field_keys.clear()
+        k = _field_keys[name] = _key(stored_field(name))
+    return k
+
+
 def reading_line(r: Reading, region_path: str = "") -> str:
-    measurement = (r.device_type if r.device_type in TELEMETRY_MEASUREMENTS else "sensor").translate(_MEASUREMENT_ESC)
-    fields = [f"{_key(stored_field(k))}={_value(v)}" for k, v in r.fields.items()]
-    fields.append(f"seq={-1 if r.seq is None else r.seq}i")
-    return f"{measurement},{_tags(r.device_id, r.region_id, region_path, r.device_type)} {','.join(fields)} {r.ts_ms}"
+    measurement = r.device_type if r.device_type in TELEMETRY_MEASUREMENTS else "sensor"
+    fk = _field_key
+    fields = ",".join(
+        [f"{fk(k)}={'true' if v is True else 'false' if v is False else repr(float(v))}" for k, v in r.fields.items()]
+    )
+    seq = -1 if r.seq is None else r.seq
+    head = _prefix(measurement, r.device_id, r.region_id, region_path, r.device_type)
+    return f"{head}{fields},seq={seq}i {r.ts_ms}" if fields else f"{head}seq={seq}i {r.ts_ms}"
 
 
 def event_line(e: Event, region_path: str = "") -> str:
