@@ -163,3 +163,32 @@ def test_migrate_verification_counts_per_device_on_influxdb_1_6(influxdb: Server
         assert verify_counts(source, dest) == [("car-0001", 10, 9)]
     finally:
         dest.close()
+
+
+def test_open_store_picks_influxdb_with_region_paths_from_the_registry(
+    vm: Server, tmp_path: Path, sqlite_registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.settings import load_settings
+    from lianfang.context import open_store
+
+    seed_registry(sqlite_registry)
+    for key, value in _env(tmp_path, sqlite_registry, vm.url).items():
+        monkeypatch.setenv(key, value or "")
+    monkeypatch.delenv("LIANFANG_CONFIG")
+    settings = load_settings()
+    assert settings.store.backend == "influxdb"
+    store = open_store(settings)
+    try:
+        assert isinstance(store, InfluxStore) and store.side.path == tmp_path / "influx-side.db"
+        t0 = time.time_ns() // 1_000_000 - 1000
+        store.write(WriteBatch(readings=[Reading("car-0001", "gd-gz-a01", "vehicle", t0, 1, {"lat": 23.0})]))
+        (series,) = vm_export(vm, '{__name__="vehicle_lat"}')
+        assert dict(series[1])["region_path"] == "/gd/gd-gz/gd-gz-a01/"
+    finally:
+        store.close()
+    monkeypatch.setenv("LIANFANG_STORE__BACKEND", "sqlite")
+    sqlite = open_store(load_settings())
+    try:
+        assert isinstance(sqlite, SqliteStore)
+    finally:
+        sqlite.close()
