@@ -285,6 +285,7 @@ class Scripted(http.server.ThreadingHTTPServer):
         self.replies = replies
         self.bodies: list[bytes] = []
         self.paths: list[str] = []
+        self.poison: bytes | None = None  # a body containing this is answered 400 (a point the server refuses)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -294,7 +295,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         self.server.bodies.append(gzip.decompress(raw) if self.headers.get("Content-Encoding") == "gzip" else raw)
         self.server.paths.append(self.path)
-        status, headers, body = self.server.replies.pop(0) if self.server.replies else (204, {}, b"")
+        poison = self.server.poison
+        if poison is not None and poison in self.server.bodies[-1]:
+            status, headers, body = 400, {}, b'{"code":"invalid","message":"partial write: field type conflict"}'
+        else:
+            status, headers, body = self.server.replies.pop(0) if self.server.replies else (204, {}, b"")
         self.send_response(status)
         for k, v in headers.items():
             self.send_header(k, v)
@@ -436,5 +441,37 @@ def test_reads_of_a_stopped_server_are_store_unavailable(influxdb: Server, tmp_p
         with pytest.raises(StoreUnavailable):
             store.last_values("meter-0001")
         assert not store.ping()
+    finally:
+        store.close()
+
+
+def test_ingest_writer_isolates_a_refused_point_and_stores_the_rest(scripted: Scripted, tmp_path: Path) -> None:
+    """ingest's BatchWriter on the InfluxDB store: a 400 for one message's point splits the batch down to that
+    message, which is rejected internal_error with the server's reason; the other messages are written."""
+    from core.protocol import DeviceInfo, decode
+    from ingest.dedup import SeqTracker
+    from ingest.pipeline import RawMessage, build_batch
+    from ingest.writer import BatchWriter
+
+    devices = {d: DeviceInfo(d, "energy_meter", "r-b1") for d in ("meter-0001", "meter-0002", "meter-0bad")}
+    t0 = now_ms() - 10_000
+    msgs = [
+        RawMessage(
+            f"lf/v1/{dev}/telemetry", orjson.dumps({"ts": t0 + i, "seq": i, "energy_kwh": 1.0 + i}), i + 1, 1, t0
+        )
+        for i, dev in enumerate(["meter-0001", "meter-0002", "meter-0bad", "meter-0001", "meter-0002"] * 4)
+    ]
+    scripted.poison = b"device_id=meter-0bad"
+    store = influx_store(f"http://127.0.0.1:{scripted.server_address[1]}", tmp_path)
+    try:
+        seqs = SeqTracker()
+        writer = BatchWriter(store, seqs, decode)
+        written = writer.write(msgs, devices, build_batch(msgs, devices, seqs))
+        assert writer.isolated == 4 and len(written.readings) == 16
+        accepted = b"\n".join(b for b in scripted.bodies if b"meter-0bad" not in b)
+        assert accepted.count(b"energy_meter,device_id=meter-000") == 16
+        rejected = store.rejections(None, None, 10)
+        assert {r.device_id for r in rejected} == {"meter-0bad"} and len(rejected) == 4
+        assert all(r.reason == "internal_error" and "field type conflict" in r.detail for r in rejected)
     finally:
         store.close()
