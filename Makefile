@@ -51,6 +51,7 @@ bench: setup
 	$(BIN)/python bench/broker_persistence.py --backlog 100000 --trials 3
 	$(BIN)/python bench/e2e.py
 	$(BIN)/python bench/e2e.py --alerts off
+	$(BIN)/python bench/alert_cpu.py
 
 bench-short: setup
 	$(BIN)/python bench/ingest.py --short
@@ -60,6 +61,7 @@ bench-short: setup
 	$(BIN)/python bench/correlate.py --short
 	$(BIN)/python bench/broker_persistence.py --short
 	$(BIN)/python bench/e2e.py --short
+	$(BIN)/python bench/alert_cpu.py --short
 
 ## faults: the fault suite against the real processes (minutes; needs root for the tmpfs of store_full);
 ## faults-short: its short mode, which also runs in `make test` (tests/faults/test_fault_suite.py)

@@ -1,6 +1,6 @@
 """Alert engine CPU per message: ``AlertService.on_batch`` on pre-decoded ingest batches, no broker, no store.
 
-    python bench/alert_cpu.py [--devices N] [--messages M] [--profile FILE]
+    python bench/alert_cpu.py [--devices N] [--messages M] [--profile FILE] [--short]
 
 The same data as ``bench/e2e.py`` (gates, vehicles, meters; 400 alerting messages), decoded by ingest's pipeline
 into batches of 1,000, evaluated with every default pack by the alert service of ``AlertsRuntime`` (its
@@ -36,10 +36,13 @@ TYPES = ("gate", "energy_meter", "vehicle")
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", type=int, default=10_000)
-    ap.add_argument("--messages", type=int, default=100_000)
+    ap.add_argument("--messages", type=int, default=300_000)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--profile", type=Path)
+    ap.add_argument("--short", action="store_true", help="CI mode: 1,000 devices, 30,000 messages")
     args = ap.parse_args()
+    if args.short:
+        args.devices, args.messages = 1_000, 30_000
     with tempfile.TemporaryDirectory(prefix="lf-bench-alert-cpu-") as tmp:
         settings = Settings(data_dir=Path(tmp))
         engine = make_engine(settings.database_url)
@@ -52,7 +55,8 @@ def main() -> int:
         for i in range(args.devices):
             kind = TYPES[i % len(TYPES)]
             devices.append((f"{kind.replace('_', '-')}-{i:06d}", kind))
-        registry.add_devices([DeviceSpec(d, t, buildings[i % len(buildings)]) for i, (d, t) in enumerate(devices)], now=now)
+        specs = [DeviceSpec(d, t, buildings[i % len(buildings)]) for i, (d, t) in enumerate(devices)]
+        registry.add_devices(specs, now=now)
         msgs = plan(devices, args.messages, int(time.time() * 1000) - 120_000)
         snap = registry.snapshot()
         seqs = SeqTracker()
