@@ -398,6 +398,10 @@ def test_reads_through_influxql_on_influxdb_1_6(influxdb: Server, tmp_path: Path
         assert [(b.ts_ms, b.value, b.count) for b in buckets] == [(t0, 102.0, 5), (t0 + 5000, 107.0, 5)]
         last = store.aggregate("meter-0001", "energy_kwh", t0, t0 + 10_000, 5000, "last", 100)
         assert [(b.ts_ms, b.value) for b in last] == [(t0, 104.0), (t0 + 5000, 109.0)]
+        cnt = store.aggregate("meter-0001", "energy_kwh", t0, t0 + 10_000, 5000, "count", 100)
+        assert [(b.value, b.count) for b in cnt] == [(5.0, 5), (5.0, 5)]
+        total = store.aggregate("meter-0001", "energy_kwh", t0, t0 + 10_000, 10_000, "sum", 100)
+        assert [(b.value, b.count) for b in total] == [(1045.0, 10)]
         mx = store.aggregate("meter-0001", "energy_kwh", t0, t0 + 10_000, 10_000, "max", 1)
         assert [(b.value, b.count) for b in mx] == [(109.0, 10)]
         assert store.last_values("meter-0001") == {"energy_kwh": (t0 + 9000, 109.0)}

@@ -192,3 +192,16 @@ def test_open_store_picks_influxdb_with_region_paths_from_the_registry(
         assert isinstance(sqlite, SqliteStore)
     finally:
         sqlite.close()
+
+
+def test_store_check_of_the_sqlite_backend_and_migrate_refuses_other_targets(
+    tmp_path: Path, sqlite_registry: Registry
+) -> None:
+    env = {**_env(tmp_path, sqlite_registry, "http://127.0.0.1:1"), "LIANFANG_STORE__BACKEND": "sqlite"}
+    missing = CliRunner().invoke(app, ["store", "check"], env=env)
+    assert missing.exit_code == 1 and "does not exist" in missing.stdout
+    _fill_sqlite(tmp_path / "telemetry.db")
+    ok = CliRunner().invoke(app, ["store", "check", "--json"], env=env)
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["ok"] is True
+    other = CliRunner().invoke(app, ["store", "migrate", "--to", "postgres"], env=env)
+    assert other.exit_code == 1 and "only 'influxdb'" in other.stderr
