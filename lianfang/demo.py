@@ -146,7 +146,8 @@ def demo(
     ),
 ) -> None:
     """Start the demo: sample regions (广东省, 广州市, 深圳市 …), a few hundred simulated devices with live data and
-    scripted incidents, ingest and the control-room page on http://127.0.0.1:8000. Ctrl-C stops everything."""
+    scripted incidents (an intrusion and a regional cluster among them, with department tasks, within three
+    minutes), ingest and the control-room page on http://127.0.0.1:8000. Ctrl-C stops everything."""
     settings = settings_from(ctx)
     setup_logging(settings.log_level)
     now = clock.now()
@@ -156,6 +157,8 @@ def demo(
     created, _ = registry.add_devices(specs, now=now)
     registry.engine.dispose()
     logger.info("demo registry ready: %d devices (%d new)", len(specs), created)
+    if not settings.joint.enabled or not (settings.joint.packs or settings.joint.patterns_paths):
+        logger.warning("joint correlation is off (joint.enabled / joint.packs): the demo opens no incidents (X2, X5)")
     rules = [*settings.alerts.rules_paths, *demo_rule_paths(settings.data_dir, now, {s.id for s in specs})]
     settings = settings.model_copy(update={"alerts": settings.alerts.model_copy(update={"rules_paths": rules})})
 
