@@ -6,6 +6,8 @@ logged and never stored in clear. Errors print one line on stderr and exit with 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import socket
@@ -13,7 +15,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,7 +26,7 @@ from core.cliout import is_terminal, note, print_table
 from core.errors import BrokerUnavailable, LianfangError, StoreUnavailable, UserError
 from core.fsperm import private_dir
 from core.settings import Settings
-from devices.audit import Actor
+from devices.audit import Actor, AuditLog, AuditRecord, canonical, utc_instant
 from devices.certs import init_certs
 from devices.dynsec import DynsecClient, role_name
 from devices.provisioning import (
@@ -47,6 +49,10 @@ creds_app = typer.Typer(
 )
 certs_app = typer.Typer(
     help="TLS for the broker: a private CA and the broker's server certificate.", no_args_is_help=True
+)
+audit_app = typer.Typer(
+    help="The hash-chained audit log: verify (find edited, deleted, reordered records), list, export.",
+    no_args_is_help=True,
 )
 
 SecretFileOpt = Annotated[
@@ -530,3 +536,191 @@ def certs_init(
         "if not the default)",
         file=sys.stderr,
     )
+
+
+# --- lianfang audit ------------------------------------------------------------------------------------------------
+
+
+def _parse_anchor(value: str) -> tuple[int, str]:
+    seq, _, digest = value.partition(":")
+    if not seq.isdigit() or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
+        raise UserError(f"--anchor {value!r}: expected SEQ:HASH (a number, a colon, 64 hex digits)")
+    return int(seq), digest.lower()
+
+
+def _parse_time(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise UserError(f"{option} {value!r}: expected an ISO 8601 time, e.g. 2026-12-01T08:00:00+08:00") from exc
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def audit_json(r: AuditRecord, *, verified: bool | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "seq": r.seq,
+        "id": r.id,
+        "at": utc_instant(r.ts),
+        "actor": r.actor,
+        "source": r.origin,
+        "action": r.action,
+        "target": r.target,
+        "outcome": r.outcome,
+        "detail": r.detail,
+        "prev_hash": r.prev_hash,
+        "hash": r.hash,
+    }
+    if verified is not None:
+        out["verified"] = verified
+    return out
+
+
+AUDIT_CSV_FIELDS = ("seq", "at", "actor", "source", "action", "target", "outcome", "detail", "prev_hash", "hash")
+
+
+def _cell(value: str) -> str:
+    """A CSV cell a spreadsheet will not run as a formula (a leading = + - @ gets a quote)."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def audit_csv_row(r: AuditRecord) -> list[str]:
+    d = audit_json(r)
+    text = [_cell(str(d[k])) for k in ("at", "actor", "source", "action", "target", "outcome")]
+    return [str(r.seq), *text, _cell(canonical(r.detail)), r.prev_hash, r.hash]
+
+
+@audit_app.command("verify")
+def audit_verify(
+    ctx: typer.Context,
+    anchor: Annotated[
+        str | None,
+        typer.Option("--anchor", help="SEQ:HASH published earlier (the anchor log line): also finds a cut tail."),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Walk the hash chain and name every edited, deleted or reordered record; exit 1 when any is found."""
+    settings = settings_from(ctx)
+    try:
+        anc = None if anchor is None else _parse_anchor(anchor)
+    except UserError as exc:
+        raise _fail(str(exc)) from exc
+    registry = open_registry(settings)
+    try:
+        result = AuditLog(registry.session).verify(anchor=anc)
+    except StoreUnavailable as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        registry.engine.dispose()
+    if json_out:
+        typer.echo(json.dumps(result.as_json(), indent=1))
+    else:
+        for p in result.problems:
+            typer.echo(p.line())
+        state = "intact" if result.ok else f"{len(result.problems)} problem(s)"
+        typer.echo(f"{result.count} record(s), head {result.last_seq}:{result.last_hash}: {state}", err=True)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _audit_rows(
+    ctx: typer.Context,
+    actor: str | None,
+    action: str | None,
+    target: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+) -> list[AuditRecord]:
+    settings = settings_from(ctx)
+    try:
+        s, u = _parse_time(since, "--since"), _parse_time(until, "--until")
+    except UserError as exc:
+        raise _fail(str(exc)) from exc
+    registry = open_registry(settings)
+    try:
+        return list(
+            AuditLog(registry.session).records(actor=actor, action=action, target=target, since=s, until=u, limit=limit)
+        )
+    except StoreUnavailable as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        registry.engine.dispose()
+
+
+ActorOpt = Annotated[str | None, typer.Option("--actor", help="Who (a user name; 'alice' finds 'alice (admin)').")]
+ActionOpt = Annotated[str | None, typer.Option("--action", help="What, e.g. provision, rule.override.put.")]
+TargetOpt = Annotated[str | None, typer.Option("--target", help="On what, exactly as recorded.")]
+SinceOpt = Annotated[str | None, typer.Option("--since", help="From this time (ISO 8601; UTC when no offset).")]
+UntilOpt = Annotated[str | None, typer.Option("--until", help="Before this time (ISO 8601).")]
+CsvOpt = Annotated[bool, typer.Option("--csv", help="Print CSV.")]
+
+
+@audit_app.command("list")
+def audit_list(
+    ctx: typer.Context,
+    actor: ActorOpt = None,
+    action: ActionOpt = None,
+    target: TargetOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=100_000, help="At most this many, newest first.")] = 100,
+    json_out: JsonOpt = False,
+    csv_out: CsvOpt = False,
+) -> None:
+    """Audit records, newest first, filtered."""
+    rows = _audit_rows(ctx, actor, action, target, since, until, limit)
+    _print_audit(rows, json_out=json_out, csv_out=csv_out)
+
+
+@audit_app.command("export")
+def audit_export(
+    ctx: typer.Context,
+    actor: ActorOpt = None,
+    action: ActionOpt = None,
+    target: TargetOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Every matching record in chain order (oldest first) as CSV, or JSON with --json; the export is audited."""
+    rows = _audit_rows(ctx, actor, action, target, since, until, 10_000_000)
+    rows.reverse()
+    settings = settings_from(ctx)
+    registry = open_registry(settings)
+    try:
+        AuditLog(registry.session).write(
+            Actor.from_cli(),
+            "audit.export",
+            ["audit_log"],
+            now=clock.now(),
+            detail={
+                "records": len(rows),
+                "actor": actor,
+                "action": action,
+                "target": target,
+                "since": since,
+                "until": until,
+            },
+        )
+    except StoreUnavailable as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        registry.engine.dispose()
+    _print_audit(rows, json_out=json_out, csv_out=not json_out)
+
+
+def _print_audit(rows: list[AuditRecord], *, json_out: bool, csv_out: bool) -> None:
+    if json_out:
+        typer.echo(json.dumps([audit_json(r) for r in rows], indent=1, ensure_ascii=False))
+    elif csv_out:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(AUDIT_CSV_FIELDS)
+        w.writerows(audit_csv_row(r) for r in rows)
+        typer.echo(buf.getvalue(), nl=False)
+    else:
+        for r in rows:
+            typer.echo(f"{r.seq}\t{utc_instant(r.ts)}\t{r.actor}\t{r.origin}\t{r.action}\t{r.target}\t{r.outcome}")
+        typer.echo(f"{len(rows)} record(s)", err=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alerts.cli import rules_app
 from dashboards.cli import dashboards_app
 from devices.cli import devices_app, regions_app
-from devices.cli_security import certs_app, creds_app
+from devices.cli_security import audit_app, certs_app, creds_app
 from gateway.cli import users_app
 from joint.cli import risk_app, stats_app
 from lianfang.cli import app
@@ -18,6 +18,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(users_app, name="users")
 app.add_typer(creds_app, name="credentials")
 app.add_typer(certs_app, name="certs")
+app.add_typer(audit_app, name="audit")
 app.add_typer(rules_app, name="rules")
 app.add_typer(stats_app, name="stats")
 app.add_typer(risk_app, name="risk")
