@@ -165,6 +165,9 @@ def main() -> None:
         help="open alerts raised through MQTT just before the run (default), or written to the alert store as "
         "raised 2 h ago (older than the flap window and the correlator's windows)",
     )
+    ap.add_argument(
+        "--registry-refresh-s", type=float, default=None, help="ingest.registry_refresh_s (default: serve's)"
+    )
     ap.add_argument("--short", action="store_true", help="CI: 10,000 devices, 1,000 open alerts, 20 s of probes")
     args = ap.parse_args()
     if args.short:
@@ -191,6 +194,10 @@ def main() -> None:
             receive_maximum=4000,
         ),
     )
+    if args.registry_refresh_s is not None:
+        settings = settings.model_copy(
+            update={"ingest": settings.ingest.model_copy(update={"registry_refresh_s": args.registry_refresh_s})}
+        )
     # the registry, bulk-inserted before the service starts (as an import would leave it)
     t_reg = time.perf_counter()
     engine = make_engine(settings.database_url)
