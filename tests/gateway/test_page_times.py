@@ -21,10 +21,10 @@ SILENCED = "(() => { const b = document.querySelector('#alerts li[data-id] .tag.
 @BROWSER
 def test_times_are_beijing_time_in_a_browser_elsewhere_and_a_silence_says_why(
     gateway: Gateway,
-    firing: int,
+    firing: int,  # noqa: F811  (the fixture imported above)
     served: str,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     svc = gateway.ctx.alerts
     assert svc is not None
