@@ -302,9 +302,31 @@ class AuditLog:
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"audit log read failed: {exc}") from exc
 
+    def checked(self, records: Sequence[AuditRecord]) -> dict[int, bool]:
+        """For each record (by id): whether its content matches its hash and its ``prev_hash`` is the hash of the
+        record before it. A local check of a page of records; :meth:`verify` walks the whole chain."""
+        wanted = {r.seq - 1 for r in records if r.seq > 1}
+        prev: dict[int, str] = {}
+        try:
+            with self._session() as s:
+                for chunk in _chunks(sorted(wanted), 500):
+                    q = select(AuditRecord.seq, AuditRecord.hash).where(AuditRecord.seq.in_(chunk))
+                    prev.update({seq: h for seq, h in s.execute(q)})
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"audit log read failed: {exc}") from exc
+        return {
+            r.id: hash_of(r) == r.hash and r.prev_hash == (GENESIS if r.seq == 1 else prev.get(r.seq - 1))
+            for r in records
+        }
+
     def verify(self, *, anchor: tuple[int, str] | None = None) -> Verification:
         """Walk the whole chain; see :func:`verify_chain`."""
         return verify_chain(self.iter_chain(), head=self.head(), anchor=anchor)
+
+
+def _chunks(items: list[int], n: int) -> Iterator[list[int]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
 
 
 @dataclass(frozen=True, slots=True)

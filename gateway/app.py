@@ -29,6 +29,7 @@ from gateway.context import GatewayContext
 from gateway.metrics import MetricsMiddleware
 from gateway.params import ErrorBody
 from gateway.routes import API_PREFIX, alerts, devices, events, health, incidents, ingress, me, regions, rules, stream
+from gateway.routes import audit as audit_routes
 from gateway.routes import risk as risk_routes
 
 __all__ = ["GatewayContext", "create_app"]
@@ -148,6 +149,7 @@ def create_app(ctx: GatewayContext) -> FastAPI:
     for module in (health, me, regions, devices, events, stream, alerts, rules, ingress, risk_routes):
         app.include_router(module.router)
     app.include_router(incidents.router)
+    app.include_router(audit_routes.router)  # the audit log for auditors (gateway/routes/audit.py)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

@@ -27,6 +27,7 @@ from alerts.rule_store import API_ORIGIN, ApiOverride, RuleAdmin, RuleChange, Ru
 from alerts.rules import PACKS_DIR, RuleSpec, explain_rows
 from alerts.types import Severity
 from devices.registry import Registry
+from gateway.audit import rule_changes_verified
 from gateway.auth import Principal
 from gateway.deps import AuditDep, ContextDep, NowDep, PrincipalDep, RegistryDep, require_role
 from gateway.params import (
@@ -225,7 +226,10 @@ def rule_history(
     changes = [c for c in rules.store.history(rule_id, limit) if _visible(c.scope, principal, registry)]
     if not changes and rule_id not in rules.rules.rules:
         raise not_found("rule", rule_id)
-    return {"total": len(changes), "items": [change_json(c) for c in changes]}
+    # "verified": false when the hash-chained audit log holds no intact record of the change (an SQL edit of the
+    # change's actor, say): the API shows it with that warning (gateway/audit.py).
+    verified = rule_changes_verified(registry, changes)
+    return {"total": len(changes), "items": [{**change_json(c), "verified": verified[c.id]} for c in changes]}
 
 
 @router.get("/devices/{device_id}/rules")
