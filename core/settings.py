@@ -71,6 +71,13 @@ class StoreSettings(_Section):
     influx_side_path: Path | None = None
 
 
+class AuditSettings(_Section):
+    """The hash-chained audit log (devices/audit.py, docs/security.md "Audit")."""
+
+    # The chain head (seq and hash) written to the log and the metrics this often by lianfang serve; 0: never.
+    anchor_minutes: float = Field(default=15.0, ge=0, le=7 * 24 * 60)
+
+
 class IngestSettings(_Section):
     batch_size: int = Field(default=1000, ge=1)
     # 0: write what has arrived, at once; the next batch grows while this one is written (group commit). A wait
@@ -178,6 +185,7 @@ class Settings(BaseSettings):
     # many seconds. 0 turns it off.
     gc_settle_s: float = Field(default=600.0, ge=0)
     mqtt: MqttSettings = MqttSettings()
+    audit: AuditSettings = AuditSettings()
     store: StoreSettings = StoreSettings()
     ingest: IngestSettings = IngestSettings()
     api: ApiSettings = ApiSettings()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -25,12 +26,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from prometheus_client import Gauge
 from sqlalchemy import JSON, DateTime, Integer, String, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from core.db import Base
 from core.errors import StoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+# The anchor (:func:`anchor`): the newest record's number as a metric. Its hash goes to the log only: a hash as a
+# label would be a new time series at every anchor.
+ANCHOR_SEQ = Gauge("lianfang_audit_anchor_seq", "Sequence number of the newest audit record at the last anchor")
+ANCHOR_TIME = Gauge("lianfang_audit_anchor_timestamp_seconds", "When the audit chain was last anchored (Unix time)")
 
 # Keys that must never reach the audit log, whatever a caller passes in ``detail``.
 _FORBIDDEN_KEYS = frozenset({"secret", "password", "token", "secret_hash", "passwd"})
@@ -327,6 +336,17 @@ class AuditLog:
 def _chunks(items: list[int], n: int) -> Iterator[list[int]]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
+
+
+def anchor(log: AuditLog, *, now: datetime) -> tuple[int, str]:
+    """Publish the chain head: one log line ``audit anchor seq=N hash=H`` (what ``lianfang audit verify --anchor
+    N:H`` takes) and the ``lianfang_audit_anchor_seq`` gauge. Kept outside the database (the log shipped off the
+    machine, the metrics scraped), it shows a later cut of the tail that the chain head alone would hide."""
+    seq, digest = log.head()
+    ANCHOR_SEQ.set(seq)
+    ANCHOR_TIME.set(now.timestamp())
+    logger.info("audit anchor seq=%d hash=%s at=%s", seq, digest, utc_instant(now))
+    return seq, digest
 
 
 @dataclass(frozen=True, slots=True)

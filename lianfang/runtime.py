@@ -27,6 +27,8 @@ from core.fsperm import private_dir
 from core.settings import Settings
 from core.store import BatchListener, TelemetryStore
 from core.wal import WalCheckpointer, checkpoint_in_background
+from devices.audit import AuditLog
+from devices.audit import anchor as audit_anchor
 from devices.broker import BrokerConfig, MosquittoProcess
 from devices.certs import CertPaths
 from devices.registry import Registry
@@ -161,9 +163,20 @@ class Runtime:
                 self.platform_alerts = PlatformAlerts(
                     self.ingest_status, self.alerts.apply_platform_changes, root_region_of(self.registry)
                 ).start()
+        if s.audit.anchor_minutes > 0:  # the audit chain's head to the log and the metrics (devices/audit.py)
+            self.anchor_audit()
+            self.scheduler.add_job(self.anchor_audit, "interval", seconds=s.audit.anchor_minutes * 60)
         if s.gc_settle_s > 0:
             gcpolicy.settle("start-up")
             self.scheduler.add_job(gcpolicy.settle, "interval", args=["periodic"], seconds=s.gc_settle_s)
+
+    def anchor_audit(self) -> None:
+        if self.registry is None:
+            return
+        try:
+            audit_anchor(AuditLog(self.registry.session), now=clock.now())
+        except StoreUnavailable as exc:
+            logger.warning("audit anchor: store unavailable, will retry: %s", exc)
 
     def apply_retention(self) -> int:
         """Delete telemetry, events and rejections older than ``store.retention_days``."""

@@ -7,18 +7,21 @@ import csv
 import io
 import itertools
 import json
+import logging
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.config import Config
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from typer.testing import CliRunner, Result
 
 import lianfang.commands  # noqa: F401  (registers the sub-apps on the root app)
 from core.db import MIGRATIONS, make_engine, migrate
-from devices.audit import GENESIS, Actor, AuditLog
+from devices.audit import GENESIS, Actor, AuditLog, anchor
 from devices.registry import Registry
 from lianfang.cli import app
 
@@ -204,3 +207,16 @@ def test_audit_list_and_export_filter(registry: Registry, db_url: str) -> None:
     assert rows[0][0] == "seq" and rows[1][5] == "'=cmd|calc"  # not a formula
     assert log.records(action="audit.export", limit=1)[0].detail["records"] == 1
     assert log.verify().ok
+
+
+def test_audit_anchor_logs_the_head_and_sets_the_gauge(
+    registry: Registry, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = AuditLog(registry.session)
+    _fill(log, 3)
+    with caplog.at_level(logging.INFO, logger="devices.audit"):
+        seq, digest = anchor(log, now=NOW)
+    assert (seq, digest) == log.head() and seq == 3
+    assert f"audit anchor seq=3 hash={digest}" in caplog.text
+    assert REGISTRY.get_sample_value("lianfang_audit_anchor_seq") == 3
+    assert _cli(db_url, "verify", "--anchor", f"{seq}:{digest}").exit_code == 0
