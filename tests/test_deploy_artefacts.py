@@ -12,12 +12,15 @@ import http.server
 import json
 import os
 import re
+import shutil
 import socket
+import ssl
 import stat
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,7 @@ from devices.broker import (
     render_config,
     wait_for_port,
 )
+from devices.certs import init_certs
 from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +49,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 MOSQUITTO_CONF = ROOT / "docker" / "mosquitto.conf"
 DYNSEC_INIT = ROOT / "docker" / "dynsec_init.py"
 HEALTHCHECK = ROOT / "docker" / "healthcheck.py"
+MIGRATE = ROOT / "docker" / "migrate.py"
 
 
 def _compose() -> dict[str, Any]:
@@ -71,6 +76,53 @@ def _one_shot_jobs(services: dict[str, dict[str, Any]]) -> set[str]:
 
 # --- compose.yaml -----------------------------------------------------------------------------------------
 
+ENV_EXAMPLE = ROOT / ".env.example"
+_VAR = re.compile(r"(?<!\$)\$\{(\w+)(?::?[?-][^}]*)?\}")
+
+
+def _docker_compose(env_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("Debian's docker-compose is not installed (.ci/run installs it)")
+    return subprocess.run(
+        [exe, "--project-directory", str(ROOT), "-f", str(COMPOSE), "--env-file", str(env_file), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
+def _env_example() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def test_compose_config_passes_docker_compose_with_env_example() -> None:
+    """`docker-compose config` (Debian's 1.29, no engine needed) parses, interpolates and validates the file
+    against the compose schema: unknown keys, wrong depends_on conditions, undefined services all fail."""
+    ok = _docker_compose(ENV_EXAMPLE, "config")
+    assert ok.returncode == 0, ok.stderr
+    resolved = yaml.safe_load(ok.stdout)
+    assert set(resolved["services"]) == set(_services())
+    env = resolved["services"]["serve"]["environment"]
+    assert env["LIANFANG_STORE__INFLUX_TOKEN"] == _env_example()["INFLUXDB_TOKEN"]
+    assert resolved["services"]["ingest-2"]["profiles"] == ["scale-out"]  # opt-in: docs/deploy.md "Scaling ingest"
+    assert all("profiles" not in s for n, s in resolved["services"].items() if n != "ingest-2")
+
+
+def test_compose_config_refuses_a_missing_secret(tmp_path: Path) -> None:
+    env = tmp_path / "partial.env"
+    lines = [f"{k}={v}" for k, v in _env_example().items() if k != "POSTGRES_PASSWORD"]
+    env.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = _docker_compose(env, "config", "-q")
+    assert result.returncode != 0
+    assert "set POSTGRES_PASSWORD in .env" in result.stderr
+
 
 def test_compose_every_service_has_an_image_or_a_build() -> None:
     for name, svc in _services().items():
@@ -84,11 +136,13 @@ def test_compose_every_service_has_an_image_or_a_build() -> None:
 def test_compose_long_running_services_have_healthchecks() -> None:
     services = _services()
     jobs = _one_shot_jobs(services)
-    assert jobs == {"mosquitto-init"}
+    assert jobs == {"certs-init", "mosquitto-init", "migrate"}
     for name, svc in services.items():
         if name in jobs:
             assert svc.get("restart") == "no", f"one-shot job {name} must not be restarted"
+            assert "healthcheck" not in svc
             continue
+        assert svc.get("restart") == "unless-stopped", f"service {name} is not restarted"
         test = svc.get("healthcheck", {}).get("test")
         assert test, f"service {name} has no healthcheck"
 
@@ -98,13 +152,29 @@ def test_compose_uses_no_host_networking_and_depends_only_on_known_services() ->
     for name, svc in services.items():
         assert svc.get("network_mode") != "host", f"service {name} uses host networking"
         assert "host" not in (svc.get("networks") or [])
-        for dep in svc.get("depends_on", {}):
+        deps = svc.get("depends_on", {})
+        assert isinstance(deps, dict), f"service {name}: depends_on without conditions"
+        for dep, spec in deps.items():
             assert dep in services, f"service {name} depends on unknown service {dep}"
+            want = "service_completed_successfully" if dep in _one_shot_jobs(services) else "service_healthy"
+            assert spec.get("condition") == want, f"service {name} waits for {dep} with {spec.get('condition')}"
+
+
+def test_compose_start_order_of_the_lianfang_roles() -> None:
+    services = _services()
+    assert set(services["serve"]["depends_on"]) == {"migrate", "mosquitto", "postgres", "influxdb"}
+    assert set(services["mosquitto"]["depends_on"]) == {"certs-init", "mosquitto-init"}
+    assert set(services["migrate"]["depends_on"]) == {"postgres"}
+    assert set(services["ingest-2"]["depends_on"]) == {"serve"}
+    assert {"influxdb", "postgres"} <= set(services["grafana"]["depends_on"])
+    assert services["migrate"]["entrypoint"] == ["lianfang-migrate"]
+    assert services["serve"]["command"] == ["serve"] and services["ingest-2"]["command"] == ["ingest"]
 
 
 def test_compose_mounts_only_existing_files_and_declared_volumes() -> None:
     doc = _compose()
     declared = set(doc.get("volumes") or {})
+    used: set[str] = set()
     for name, svc in doc["services"].items():
         for spec in svc.get("volumes", []):
             source = spec.split(":", 1)[0]
@@ -112,16 +182,63 @@ def test_compose_mounts_only_existing_files_and_declared_volumes() -> None:
                 assert (ROOT / source).exists(), f"service {name} mounts missing file {source}"
             else:
                 assert source in declared, f"service {name} uses undeclared volume {source}"
+                used.add(source)
+    assert used == declared, f"declared but unused volumes: {declared - used}"
+
+
+def test_compose_grafana_provisioning_paths_exist() -> None:
+    grafana = _services()["grafana"]
+    mounts = {v.split(":")[1]: ROOT / v.split(":")[0] for v in grafana["volumes"] if v.startswith(".")}
+    provisioning = mounts["/etc/grafana/provisioning"]
+    assert sorted(p.name for p in provisioning.iterdir()) == ["dashboards", "datasources"]
+    for sub in ("dashboards", "datasources"):
+        files = list((provisioning / sub).glob("*.yaml"))
+        assert files, f"no provisioning file in {sub}"
+        for f in files:
+            assert yaml.safe_load(f.read_text(encoding="utf-8"))["apiVersion"] == 1
+    assert list(mounts["/var/lib/grafana/dashboards/lianfang"].glob("*.json")), "no generated dashboard to provision"
+
+
+def _strings(node: Any) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield str(key)
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _strings(item)
+
+
+def test_compose_every_variable_is_in_env_example_and_no_secret_is_committed() -> None:
+    text = "\n".join(_strings(_compose()))  # values only: comments may mention ${VAR} freely
+    referenced = set(_VAR.findall(text))
+    example = _env_example()
+    assert referenced, "compose.yaml references no variable"
+    assert referenced == set(example), (
+        f"missing from .env.example: {referenced - set(example)}; unused: {set(example) - referenced}"
+    )
+    for key, value in example.items():
+        if re.search(r"PASSWORD|TOKEN|SECRET", key):
+            assert value.startswith("dev-only"), f".env.example {key} is not a dev-only placeholder"
+    # every ${VAR} is mandatory (:?): a forgotten setting stops `docker compose up` with its name
+    assert not re.search(r"\$\{\w+(:?-)", text), "compose.yaml gives a variable a silent default"
+    assert (ROOT / "docker" / "env.example").resolve() == ENV_EXAMPLE.resolve()
+
+
+def _lianfang_env(service: str) -> dict[str, str]:
+    env = _services()[service]["environment"]
+    assert isinstance(env, dict)
+    return {k: _VAR.sub(lambda m: f"secret-for-{m.group(1)}", str(v)) for k, v in env.items()}
 
 
 def test_compose_environment_is_accepted_by_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    env = _services()["serve"]["environment"]
     for key in list(os.environ):
         if key.startswith("LIANFANG_"):
             monkeypatch.delenv(key)
-    for key, value in env.items():
-        # ${VAR:?message} comes from .env at `docker compose up`; a stand-in secret here
-        monkeypatch.setenv(key, re.sub(r"\$\{(\w+)(:[?-][^}]*)?\}", r"secret-for-\1", str(value)))
+    for key, value in _lianfang_env("serve").items():
+        monkeypatch.setenv(key, value)  # ${VAR:?message} comes from .env at `docker compose up`; a stand-in here
     settings = load_settings()
     assert settings.env == "prod"
     assert settings.mqtt.embedded_broker is False
@@ -131,7 +248,27 @@ def test_compose_environment_is_accepted_by_the_settings(monkeypatch: pytest.Mon
     assert settings.mqtt.admin_password is not None
     assert settings.database_url.startswith("postgresql+psycopg://lianfang:secret-for-POSTGRES_PASSWORD@postgres")
     assert settings.api.host == "0.0.0.0"
+    assert settings.store.backend == "influxdb"
+    assert settings.store.influx_url == "http://influxdb:8086"
+    assert settings.store.influx_token.get_secret_value() == "secret-for-INFLUXDB_TOKEN"
+    influx = _services()["influxdb"]["environment"]
+    assert settings.store.influx_org == influx["DOCKER_INFLUXDB_INIT_ORG"]
+    assert settings.store.influx_bucket == influx["DOCKER_INFLUXDB_INIT_BUCKET"]
+    assert settings.store.influx_database == influx["LIANFANG_INFLUX_DATABASE"]
+    datasources = (ROOT / "docker" / "grafana" / "provisioning" / "datasources" / "lianfang.yaml").read_text("utf-8")
+    assert f"dbName: {settings.store.influx_database}" in datasources
     assert str(settings.store.sqlite_path).startswith("/var/lib/lianfang/")
+
+
+def test_compose_ingest_processes_have_distinct_client_ids() -> None:
+    ids = {
+        name: _lianfang_env(name)["LIANFANG_MQTT__CLIENT_ID"]
+        for name, svc in _services().items()
+        if svc.get("command") in (["serve"], ["ingest"])
+    }
+    assert set(ids) == {"serve", "ingest-2"}
+    assert len(set(ids.values())) == len(ids), ids
+    assert all(_lianfang_env(n)["LIANFANG_MQTT__SHARED_GROUP"] == "ingest" for n in ids)
 
 
 def test_compose_mosquitto_init_writes_where_the_broker_reads() -> None:
@@ -147,24 +284,215 @@ def test_compose_mosquitto_init_writes_where_the_broker_reads() -> None:
     assert f"persistence_location {broker_dir}/" in conf
 
 
+def test_compose_certs_init_writes_where_the_broker_reads_tls_files() -> None:
+    services = _services()
+    init, broker = services["certs-init"], services["mosquitto"]
+    init_dir = next(v for v in init["volumes"] if v.startswith("mosquitto-certs:")).split(":")[1]
+    broker_dir = next(v for v in broker["volumes"] if v.startswith("mosquitto-certs:")).split(":")[1]
+    assert f"--dir {init_dir}" in init["command"][0]
+    conf = _directives(MOSQUITTO_CONF.read_text(encoding="utf-8"))
+    assert (conf["certfile"], conf["keyfile"], conf["cafile"]) == (
+        f"{broker_dir}/broker.crt",
+        f"{broker_dir}/broker.key",
+        f"{broker_dir}/ca.crt",
+    )
+    assert init["user"] == "1883:1883"  # the eclipse-mosquitto image's user: the broker must read broker.key
+    assert "install -d -o 1883 -g 1883 -m 0700 " + init_dir in DOCKERFILE.read_text(encoding="utf-8")
+    assert "8883:8883" in broker["ports"]
+    plain = next(p for p in broker["ports"] if p.endswith(":1883:1883"))
+    assert plain.startswith("${LIANFANG_MQTT_PLAIN_BIND")
+    assert _env_example()["LIANFANG_MQTT_PLAIN_BIND"] == "127.0.0.1"
+
+
+def test_certs_init_job_creates_once_then_leaves_the_files_alone(tmp_path: Path) -> None:
+    """The job's shell line as compose runs it, with its directory swapped for a temporary one."""
+    init = _services()["certs-init"]
+    script = init["command"][0].replace("$$", "$").replace("/var/lib/lianfang-certs", str(tmp_path / "certs"))
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        "LIANFANG_ENV": "prod",
+        "LIANFANG_MQTT__PASSWORD": "platform-secret-1",
+        "LIANFANG_DATA_DIR": str(tmp_path / "data"),
+        "LIANFANG_BROKER_PUBLIC_HOST": "mqtt.example.gov.cn",
+    }
+    first = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    cert = (tmp_path / "certs" / "broker.crt").read_bytes()
+    assert stat.S_IMODE((tmp_path / "certs" / "broker.key").stat().st_mode) == 0o600
+    again = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "left alone" in again.stdout
+    assert (tmp_path / "certs" / "broker.crt").read_bytes() == cert
+    from cryptography import x509
+
+    san = x509.load_pem_x509_certificate(cert).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert {"mqtt.example.gov.cn", "mosquitto"} <= set(san.value.get_values_for_type(x509.DNSName))
+
+
+# --- the migrate job ----------------------------------------------------------------------------------------
+
+
+def _run_migrate(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), **env}
+    return subprocess.run([sys.executable, str(MIGRATE)], env=full, capture_output=True, text=True, timeout=120)
+
+
+def test_migrate_job_refuses_every_placeholder_of_env_example(tmp_path: Path) -> None:
+    db = tmp_path / "registry.db"
+    example = _env_example()
+    env = {k: _VAR.sub(lambda m: example[m.group(1)], str(v)) for k, v in _services()["migrate"]["environment"].items()}
+    result = _run_migrate(env)
+    assert result.returncode == 1
+    for name in (
+        "LIANFANG_MQTT__PASSWORD",
+        "LIANFANG_MQTT__ADMIN_PASSWORD",
+        "LIANFANG_STORE__INFLUX_TOKEN",
+        "INFLUXDB_PASSWORD",
+        "GRAFANA_ADMIN_PASSWORD",
+        "LIANFANG_DATABASE_URL (its password)",
+    ):
+        assert f"error: {name}:" in result.stderr, name
+    assert not db.exists()
+
+
+def test_migrate_job_upgrades_the_schema_and_is_idempotent(tmp_path: Path) -> None:
+    db = tmp_path / "registry.db"
+    env = {
+        "LIANFANG_ENV": "prod",
+        "LIANFANG_DATA_DIR": str(tmp_path),
+        "LIANFANG_DATABASE_URL": f"sqlite:///{db}",
+        "LIANFANG_MQTT__PASSWORD": "platform-secret-1",
+        "INFLUXDB_TOKEN": "a-real-token",
+    }
+    first = _run_migrate(env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("schema current: ")
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        tables = {r[0] for r in conn.execute("select name from sqlite_master where type = 'table'")}
+    assert {"alembic_version", "devices", "regions", "alerts"} <= tables
+    again = _run_migrate(env)
+    assert again.returncode == 0 and again.stdout == first.stdout
+    empty = _run_migrate({**env, "INFLUXDB_TOKEN": ""})
+    assert empty.returncode == 1 and "error: INFLUXDB_TOKEN:" in empty.stderr
+    dev = _run_migrate({**env, "LIANFANG_ENV": "dev", "INFLUXDB_TOKEN": "dev-only-x"})
+    assert dev.returncode == 0, dev.stderr
+
+
+# --- the InfluxDB init script -------------------------------------------------------------------------------
+
+
+def _fake_influx(bin_dir: Path, log: Path, existing_dbrp: bool) -> None:
+    """An `influx` CLI stand-in that logs its arguments and answers the two listing commands."""
+    bin_dir.mkdir()
+    fake = bin_dir / "influx"
+    listing = "0a1b2c3d4e5f6789\ttelemetry\tautogen\ttrue\t0000111122223333\n" if existing_dbrp else ""
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {log}\n'
+        'case "$1 $2" in\n'
+        '  "bucket list") printf "0000111122223333\\ttelemetry\\t9600h0m0s\\tn/a\\t0a0a0a0a0a0a0a0a\\n" ;;\n'
+        f'  "v1 dbrp") [ "$3" = list ] && printf "{listing}" ;;\n'
+        "esac\n"
+        "exit 0\n",
+        encoding="utf-8",
+    )
+    fake.chmod(0o755)
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_influxdb_init_script_maps_the_database_to_the_bucket(tmp_path: Path, existing: bool) -> None:
+    influx = _services()["influxdb"]
+    mount = next(v for v in influx["volumes"] if v.startswith("./docker/influxdb/"))
+    script = ROOT / mount.split(":")[0]
+    assert mount.split(":")[1].startswith("/docker-entrypoint-initdb.d/")
+    assert os.access(script, os.X_OK)
+    log = tmp_path / "calls.log"
+    _fake_influx(tmp_path / "bin", log, existing)
+    env = {
+        "PATH": f"{tmp_path / 'bin'}:{os.environ.get('PATH', '')}",
+        **{k: str(v) for k, v in influx["environment"].items() if "${" not in str(v)},
+    }
+    result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text(encoding="utf-8").splitlines()
+    assert calls[0] == "bucket list --org lianfang --name telemetry --hide-headers"
+    creates = [c for c in calls if c.startswith("v1 dbrp create")]
+    if existing:
+        assert creates == [] and "left alone" in result.stdout
+    else:
+        assert creates == [
+            "v1 dbrp create --org lianfang --db telemetry --rp autogen --bucket-id 0000111122223333 --default"
+        ]
+
+
+def test_influxdb_init_script_fails_without_the_bucket(tmp_path: Path) -> None:
+    script = ROOT / "docker" / "influxdb" / "create-dbrp.sh"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "influx").write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
+    (tmp_path / "bin" / "influx").chmod(0o755)
+    env = {
+        "PATH": f"{tmp_path / 'bin'}:{os.environ.get('PATH', '')}",
+        "DOCKER_INFLUXDB_INIT_ORG": "lianfang",
+        "DOCKER_INFLUXDB_INIT_BUCKET": "telemetry",
+    }
+    result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and "bucket telemetry not found" in result.stderr
+
+
 # --- Dockerfile ---------------------------------------------------------------------------------------------
+
+
+def _stages() -> list[tuple[str, list[str]]]:
+    """(FROM line, instructions) per stage, comments and continuation lines folded."""
+    text = DOCKERFILE.read_text(encoding="utf-8").replace("\\\n", " ")
+    stages: list[tuple[str, list[str]]] = []
+    for raw in text.splitlines():
+        ln = " ".join(raw.split())
+        if not ln or ln.startswith("#"):
+            continue
+        if ln.startswith("FROM "):
+            stages.append((ln, []))
+        else:
+            assert stages, f"instruction before FROM: {ln}"
+            stages[-1][1].append(ln)
+    return stages
+
+
+def test_dockerfile_is_multi_stage_and_the_runtime_has_no_build_tools() -> None:
+    stages = _stages()
+    assert [f for f, _ in stages] == ["FROM python:3.11-slim AS builder", "FROM python:3.11-slim AS runtime"]
+    builder, runtime = stages[0][1], stages[1][1]
+    assert any("pip wheel --wheel-dir /wheels" in ln for ln in builder)
+    install = [ln for ln in runtime if "pip install" in ln]
+    assert len(install) == 1
+    assert "--mount=type=bind,from=builder,source=/wheels" in install[0]
+    assert "--no-index" in install[0] and "--find-links=/wheels" in install[0]
+    for ln in runtime:
+        assert not re.search(r"\b(apt-get|apt|gcc|build-essential|make)\b", ln), f"build tool in runtime: {ln}"
+        assert "--mount=type=bind,target=/src" not in ln, "the runtime stage must not see the source"
 
 
 def test_dockerfile_runs_as_a_non_root_user_and_installs_nothing_at_run_time() -> None:
     text = DOCKERFILE.read_text(encoding="utf-8")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    assert [ln for ln in lines if ln.startswith("FROM ")] == ["FROM python:3.11-slim"]
-    users = [ln.split(None, 1)[1] for ln in lines if ln.startswith("USER ")]
-    assert users, "Dockerfile has no USER line"
+    runtime = _stages()[-1][1]
+    users = [ln.split(None, 1)[1] for ln in runtime if ln.startswith("USER ")]
+    assert users, "the runtime stage has no USER line"
     assert users[-1] not in ("root", "0", "0:0")
+    assert runtime.index(f"USER {users[-1]}") > max(i for i, ln in enumerate(runtime) if ln.startswith(("RUN", "COPY")))
     assert not re.search(r"(curl|wget)[^\n|]*\|\s*(ba)?sh", text), "Dockerfile pipes a download into a shell"
     assert "PIP_NO_INDEX=1" in text
-    for ln in lines:
+    for ln in runtime:
         if ln.startswith("COPY ") and "--from=" not in ln:
             sources = [p for p in ln.split()[1:-1] if not p.startswith("--")]
             for src in sources:
                 assert (ROOT / src).exists(), f"Dockerfile copies missing {src}"
-    entry = next(ln for ln in lines if ln.startswith("ENTRYPOINT"))
+    copied = {ln.split()[-1] for ln in runtime if ln.startswith("COPY ")}
+    for svc in _services().values():
+        entry = svc.get("entrypoint")
+        if svc.get("build") and isinstance(entry, list) and entry[0].startswith("lianfang-"):
+            assert f"/usr/local/bin/{entry[0]}" in copied, f"no {entry[0]} in the image"
+    entry = next(ln for ln in runtime if ln.startswith("ENTRYPOINT"))
     assert json.loads(entry.split(None, 1)[1]) == ["lianfang"]
 
 
@@ -232,14 +560,17 @@ def test_dynsec_init_refuses_missing_admin_password_and_dev_placeholder(tmp_path
 
 
 class _Mosquitto:
-    """Mosquitto 2.0 with docker/mosquitto.conf, only the container paths and the port swapped for local ones."""
+    """Mosquitto 2.0 with docker/mosquitto.conf, only the container paths and the ports swapped for local ones."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, certs_dir: Path) -> None:
         self.port = free_port()
+        self.tls_port = free_port()
         conf = MOSQUITTO_CONF.read_text(encoding="utf-8")
         conf = conf.replace("/mosquitto/data/", f"{data_dir}/")
+        conf = conf.replace("/mosquitto/certs/", f"{certs_dir}/")
         conf = conf.replace("/usr/lib/mosquitto_dynamic_security.so", find_dynsec_plugin())
         conf = conf.replace("listener 1883\n", f"listener {self.port} 127.0.0.1\n")
+        conf = conf.replace("listener 8883\n", f"listener {self.tls_port} 127.0.0.1\n")
         if os.geteuid() == 0:
             conf = "user root\n" + conf  # as devices/broker.py does: keep access to the private data directory
         path = data_dir / "mosquitto.conf"
@@ -253,10 +584,14 @@ class _Mosquitto:
         self.proc.wait(10)
 
 
-def _connect(port: int, username: str | None, password: str | None, client_id: str) -> tuple[mqtt.Client, Any]:
-    """Connect over MQTT v5; returns the client and the CONNACK reason code."""
+def _connect(
+    port: int, username: str | None, password: str | None, client_id: str, ca: Path | None = None
+) -> tuple[mqtt.Client, Any]:
+    """Connect over MQTT v5 (over TLS when ``ca`` is given); returns the client and the CONNACK reason code."""
     result: dict[str, Any] = {}
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    if ca is not None:
+        client.tls_set(ca_certs=str(ca), tls_version=ssl.PROTOCOL_TLS_CLIENT)
     if username is not None:
         client.username_pw_set(username, password)
     client.on_connect = lambda c, u, f, reason, p: result.setdefault("reason", reason)
@@ -279,10 +614,12 @@ def test_dynsec_init_file_is_accepted_by_mosquitto_with_the_compose_config(tmp_p
     assert again.returncode == 0 and "left alone" in again.stdout
     assert target.read_bytes() == written
 
-    broker = _Mosquitto(data_dir)
+    certs = init_certs(tmp_path / "certs", ["localhost", "127.0.0.1"], now=datetime.now(UTC))
+    broker = _Mosquitto(data_dir, certs.directory)
     clients: list[mqtt.Client] = []
     try:
         wait_for_port("127.0.0.1", broker.port, 10)
+        wait_for_port("127.0.0.1", broker.tls_port, 10)
         platform, reason = _connect(broker.port, "lianfang-platform", "platform-secret-1", "lianfang-ingest")
         clients.append(platform)
         assert not reason.is_failure
@@ -307,6 +644,15 @@ def test_dynsec_init_file_is_accepted_by_mosquitto_with_the_compose_config(tmp_p
         wrong, reason = _connect(broker.port, "lianfang-platform", "other-1", "lianfang-ingest-2")
         clients.append(wrong)
         assert reason.is_failure
+
+        # the TLS listener for devices: the gateway account over TLS with the CA of `lianfang certs init`
+        over_tls, reason = _connect(
+            broker.tls_port, GATEWAY_USERNAME, derive_gateway_password("admin-secret-1"), "gw-tls", certs.ca_cert
+        )
+        clients.append(over_tls)
+        assert not reason.is_failure
+        over_tls.publish("lf/v1/gate-gz-0002/telemetry", b'{"door_open":false}', qos=1).wait_for_publish(5)
+        wait_until(lambda: "lf/v1/gate-gz-0002/telemetry" in received, 5, what="TLS message at the platform")
     finally:
         for c in clients:
             c.disconnect()
