@@ -10,7 +10,7 @@
 # structurally and `docker-compose config` checks compose.yaml (docs/deploy.md, "What was verified").
 
 FROM python:3.11-slim AS builder
-ARG PIP_INDEX_URL
+ARG PIP_INDEX_URL=https://pypi.org/simple
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 # The source is bind-mounted (read-write, changes discarded) for the build only; .dockerignore keeps .venv, var/

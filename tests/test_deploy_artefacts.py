@@ -759,3 +759,19 @@ def test_configuration_doc_example_is_accepted_by_the_settings(tmp_path: Path, m
     monkeypatch.setenv("LIANFANG_MQTT__PORT", "8883")  # the environment wins over the file, key by key
     layered = load_settings(example)
     assert (layered.mqtt.port, layered.mqtt.host) == (8883, "mqtt.internal")
+
+
+# --- docs/deploy.md -----------------------------------------------------------------------------------------
+
+
+def test_deploy_doc_covers_every_service_and_setting_of_compose() -> None:
+    doc = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    for name in _services():
+        assert f"`{name}`" in doc, f"docs/deploy.md does not mention service {name}"
+    for key in ("LIANFANG_BROKER_PUBLIC_HOST", "LIANFANG_MQTT_PLAIN_BIND", "INFLUXDB_RETENTION"):
+        assert f"`{key}`" in doc, f"docs/deploy.md does not explain {key}"
+    for alert in ("platform.ingest_stalled", "platform.store_unavailable", "platform.broker_dropped", "DQ1"):
+        assert alert in doc
+    for tool in ("pg_dump", "influx backup", "dynamic-security.json", "influx-side.db", "lianfang certs init"):
+        assert tool in doc
+    assert "no Docker engine" in doc.replace("No Docker engine", "no Docker engine")
