@@ -171,6 +171,17 @@ class JointSettings(_Section):
     snapshot_interval_s: float = Field(default=5.0, gt=0, le=3600)  # windows written at most this often
 
 
+class AuthSettings(_Section):
+    """People who log in (gateway/auth.py, docs/security.md "People and roles"): sessions, lockout, TOTP."""
+
+    session_minutes: int = Field(default=480, ge=1, le=7 * 24 * 60)  # a login session's lifetime
+    session_sliding: bool = True  # each use moves the expiry to now + session_minutes; False: fixed from login
+    lockout_failures: int = Field(default=5, ge=1, le=1000)  # failed logins in a row that lock the account
+    lockout_minutes: int = Field(default=15, ge=1, le=7 * 24 * 60)  # how long a locked account stays locked
+    token_use_audit_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)  # token use audited once per
+    totp_required_for_admins: bool = False  # administrators (admin, sysadmin, secadmin) must log in with TOTP
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LIANFANG_", env_nested_delimiter="__", extra="forbid")
 
@@ -193,6 +204,7 @@ class Settings(BaseSettings):
     resend: ResendSettings = ResendSettings()
     risk: RiskSettings = RiskSettings()
     joint: JointSettings = JointSettings()
+    auth: AuthSettings = AuthSettings()
 
     @field_validator("database_url")
     @classmethod

@@ -30,7 +30,9 @@ from gateway.metrics import MetricsMiddleware
 from gateway.params import ErrorBody
 from gateway.routes import API_PREFIX, alerts, devices, events, health, incidents, ingress, me, regions, rules, stream
 from gateway.routes import audit as audit_routes
+from gateway.routes import auth as auth_routes
 from gateway.routes import risk as risk_routes
+from gateway.routes import users as users_routes
 
 __all__ = ["GatewayContext", "create_app"]
 
@@ -150,6 +152,8 @@ def create_app(ctx: GatewayContext) -> FastAPI:
         app.include_router(module.router)
     app.include_router(incidents.router)
     app.include_router(audit_routes.router)  # the audit log for auditors (gateway/routes/audit.py)
+    app.include_router(auth_routes.router)  # login, logout (gateway/routes/auth.py)
+    app.include_router(users_routes.router)  # people and roles (gateway/routes/users.py)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

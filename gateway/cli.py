@@ -1,4 +1,5 @@
-"""`lianfang users ...`: API users with a role and a region scope; tokens are printed once and never stored."""
+"""`lianfang users ...`: API users with a role and a region scope, their passwords, TOTP and integration tokens;
+tokens and secrets are printed once and never stored."""
 
 from __future__ import annotations
 
@@ -10,12 +11,22 @@ import typer
 from core import clock
 from core.cliout import print_table
 from core.errors import StoreUnavailable, UserError
-from gateway.auth import ROLES, create_user, list_users, set_user_enabled
+from gateway.auth import (
+    ROLE_ALIASES,
+    ROLES,
+    create_user,
+    enable_totp,
+    issue_token,
+    list_users,
+    revoke_tokens,
+    set_user_enabled,
+    update_user,
+)
 from lianfang.context import open_registry, settings_from
 
 users_app = typer.Typer(
-    help="API users of the control-room page and the REST API: a role (admin, operator, viewer) and a region "
-    "whose subtree is all they can see.",
+    help="API users of the control-room page and the REST API: a role (admin alias region_admin, operator, viewer; "
+    "the three officers sysadmin, secadmin, auditor) and a region whose subtree is all they can see.",
     no_args_is_help=True,
 )
 
@@ -31,20 +42,36 @@ def _fail(message: str) -> typer.Exit:
 def add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Login name, e.g. zhang.san or gz-duty.")],
-    role: Annotated[str, typer.Option("--role", "-r", help=f"One of: {', '.join(ROLES)}.")],
+    role: Annotated[str, typer.Option("--role", "-r", help=f"One of: {', '.join((*ROLES, *ROLE_ALIASES))}.")],
     region: Annotated[
         str,
         typer.Option(
             "--region", help=f"Region id; the user sees only its subtree. '{ALL_REGIONS}' for the whole tree."
         ),
     ],
+    person: Annotated[
+        str | None,
+        typer.Option("--person", help="The person's id (default: the user name); one person holds one 三员 role."),
+    ] = None,
+    password: Annotated[
+        bool, typer.Option("--password", help="Ask for a password (typed twice) so the user can log in.")
+    ] = False,
 ) -> None:
     """Create a user and print its API token. The token is shown only this once: keep it."""
     settings = settings_from(ctx)
+    secret = typer.prompt("password", hide_input=True, confirmation_prompt=True) if password else None
     try:
         registry = open_registry(settings)
         try:
-            token = create_user(registry.engine, name, role, None if region == ALL_REGIONS else region, clock.now())
+            token = create_user(
+                registry.engine,
+                name,
+                role,
+                None if region == ALL_REGIONS else region,
+                clock.now(),
+                password=secret,
+                person_id=person,
+            )
         finally:
             registry.engine.dispose()
     except (UserError, StoreUnavailable) as exc:
@@ -110,3 +137,82 @@ def disable(ctx: typer.Context, name: Annotated[str, typer.Argument(help="The us
     except (UserError, StoreUnavailable) as exc:
         raise _fail(str(exc)) from exc
     typer.echo(f"user {name} disabled")
+
+
+@users_app.command("passwd")
+def passwd(ctx: typer.Context, name: Annotated[str, typer.Argument(help="The user.")]) -> None:
+    """Set a user's password (typed twice); ends a lockout."""
+    settings = settings_from(ctx)
+    secret = typer.prompt("new password", hide_input=True, confirmation_prompt=True)
+    try:
+        registry = open_registry(settings)
+        try:
+            update_user(registry.engine, name, password=secret, now=clock.now())
+        finally:
+            registry.engine.dispose()
+    except (UserError, StoreUnavailable) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"password of {name} set")
+
+
+@users_app.command("totp")
+def totp(ctx: typer.Context, name: Annotated[str, typer.Argument(help="The user.")]) -> None:
+    """Give a user a new TOTP secret and print it once (and its otpauth:// URI) for an authenticator app."""
+    import pyotp
+
+    settings = settings_from(ctx)
+    try:
+        registry = open_registry(settings)
+        try:
+            secret = enable_totp(registry.engine, name)
+        finally:
+            registry.engine.dispose()
+    except (UserError, StoreUnavailable) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"TOTP secret of {name}, shown only once:", err=True)
+    typer.echo(secret)
+    typer.echo(pyotp.TOTP(secret).provisioning_uri(name=name, issuer_name="Lianfang"), err=True)
+
+
+@users_app.command("token")
+def token(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The user the integration acts as.")],
+    expires_days: Annotated[int, typer.Option("--expires-days", min=1, max=3660, help="Days until it expires.")],
+) -> None:
+    """Issue an API token for an integration, expiring after --expires-days; printed only this once."""
+    settings = settings_from(ctx)
+    try:
+        registry = open_registry(settings)
+        try:
+            token_id, value, expires = issue_token(registry.engine, name, now=clock.now(), expires_days=expires_days)
+        finally:
+            registry.engine.dispose()
+    except (UserError, StoreUnavailable) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"token {token_id} of {name}, expires {expires.isoformat('T', 'seconds')}; shown only once:", err=True)
+    typer.echo(value)
+
+
+@users_app.command("revoke-token")
+def revoke_token(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The user.")],
+    token_id: Annotated[int | None, typer.Option("--id", help="The token's id (from `users token`).")] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="All the user's tokens and sessions, and the token made with the user.")
+    ] = False,
+) -> None:
+    """Revoke one integration token (--id) or all of a user's tokens and sessions (--all)."""
+    if (token_id is None) == (not all_):
+        raise _fail("give exactly one of --id and --all")
+    settings = settings_from(ctx)
+    try:
+        registry = open_registry(settings)
+        try:
+            n = revoke_tokens(registry.engine, name, now=clock.now(), token_id=token_id, legacy=all_)
+        finally:
+            registry.engine.dispose()
+    except (UserError, StoreUnavailable) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"{n} token(s) of {name} revoked")

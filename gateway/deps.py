@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, cast
 
 from fastapi import Depends, HTTPException, Request, status
@@ -16,15 +16,20 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from alerts.service import AlertService
 from core.settings import Settings
 from core.store import TelemetryStore
+from devices.audit import Actor, AuditLog
 from devices.registry import Registry
 from gateway.audit import ApiAudit
-from gateway.auth import Principal, any_users, find_user
+from gateway.auth import Principal, any_users, authenticate
 from gateway.context import GatewayContext
 from gateway.live import Broadcaster
 
 logger = logging.getLogger(__name__)
 
-_bearer = HTTPBearer(auto_error=False, description="API token from `lianfang users add`")
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A session token from POST /api/v1/auth/login, or an API token from `lianfang users add` / "
+    "`lianfang users token`",
+)
 
 
 def get_ctx(request: Request) -> GatewayContext:
@@ -87,12 +92,19 @@ _UNAUTHORIZED = HTTPException(
 )
 
 
-def get_principal(
-    ctx: ContextDep,
-    registry: RegistryDep,
-    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    """The caller, from ``Authorization: Bearer <token>``; 401 without a valid token.
+def client_origin(request: Request) -> str:
+    """Where a request came from, as the audit log writes it."""
+    client = request.client
+    return f"api from {client.host}" if client is not None else "api"
+
+
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def get_principal(ctx: ContextDep, registry: RegistryDep, request: Request, creds: BearerDep) -> Principal:
+    """The caller, from ``Authorization: Bearer <token>``; 401 (one body) for a missing, unknown, forged, expired
+    or revoked token or a disabled user. An integration token's use is audited at most once per
+    ``auth.token_use_audit_minutes``.
 
     The development bypass applies only when the caller enabled ``dev_open``, settings say env=dev, and no API
     user exists yet.
@@ -101,11 +113,24 @@ def get_principal(
         if ctx.dev_open and ctx.settings.env == "dev" and not any_users(registry.engine):
             return Principal(name="dev-open", role="admin", region_id=None, region_ids=None)
         raise _UNAUTHORIZED
-    user = find_user(registry.engine, creds.credentials)
-    if user is None:
+    auth = ctx.settings.auth
+    now = ctx.clock()
+    found = authenticate(
+        registry.engine,
+        creds.credentials,
+        now=now,
+        session_minutes=auth.session_minutes,
+        sliding=auth.session_sliding,
+        audit_every=timedelta(minutes=auth.token_use_audit_minutes),
+    )
+    if found is None:
         raise _UNAUTHORIZED
+    user = found.user
+    if found.audit_due:
+        actor = Actor(f"{user.name} ({user.role})", client_origin(request))
+        AuditLog(registry.session).write(actor, "auth.token_use", [user.name], now=now, detail={"kind": found.kind})
     region_ids = None if user.region_id is None else frozenset(registry.subtree_ids(user.region_id))
-    return Principal(name=user.name, role=user.role, region_id=user.region_id, region_ids=region_ids)
+    return Principal(name=user.name, role=user.role, region_id=user.region_id, region_ids=region_ids, kind=found.kind)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
