@@ -13,6 +13,9 @@ const I18N = {
     liveFeed: "实时事件", rejections: "拒收消息", never: "从未上报", noData: "暂无数据",
     tokenTitle: "输入访问令牌",
     tokenHelp: "令牌由管理员使用 lianfang users add 创建，仅保存在本浏览器中。",
+    loginTitle: "登录", loginName: "用户名", loginPassword: "密码", loginTotp: "动态验证码（如已启用）",
+    loginSubmit: "登录", loginFailed: "登录失败：用户名、密码或验证码错误，或账号已锁定。", useToken: "改用访问令牌",
+    logout: "退出登录",
     save: "保存", wholeTree: "全部区域", agoS: "{n} 秒前", agoM: "{n} 分钟前", agoH: "{n} 小时前", agoD: "{n} 天前",
     statusOnline: "上线", statusOffline: "下线", dropped: "已丢弃 {n} 条（客户端过慢）",
     lvl_province: "省", lvl_city: "市", lvl_agency: "单位", lvl_building: "楼宇",
@@ -70,6 +73,9 @@ const I18N = {
     liveFeed: "Live events", rejections: "Rejected messages", never: "never", noData: "No data yet",
     tokenTitle: "Enter your API token",
     tokenHelp: "An administrator creates tokens with lianfang users add; it is kept in this browser only.",
+    loginTitle: "Log in", loginName: "User name", loginPassword: "Password", loginTotp: "One-time code (if enabled)",
+    loginSubmit: "Log in", loginFailed: "Login failed: wrong name, password or code, or the account is locked.",
+    useToken: "Use an API token instead", logout: "Log out",
     save: "Save", wholeTree: "All regions", agoS: "{n}s ago", agoM: "{n} min ago", agoH: "{n} h ago", agoD: "{n} d ago",
     statusOnline: "came online", statusOffline: "went offline", dropped: "{n} dropped (client too slow)",
     lvl_province: "Prov", lvl_city: "City", lvl_agency: "Agency", lvl_building: "Bldg",
@@ -213,6 +219,50 @@ function askToken() {
     d.showModal();
   }
 }
+// Login (POST /api/v1/auth/login): the session token is kept where a pasted token is kept.
+function askLogin() {
+  const d = $("login-dialog");
+  if (!d.open && !$("token-dialog").open) {
+    $("login-password").value = "";
+    $("login-totp").value = "";
+    $("login-error").textContent = "";
+    d.showModal();
+  }
+}
+async function submitLogin() {
+  const body = { name: $("login-name").value.trim(), password: $("login-password").value };
+  const code = $("login-totp").value.trim();
+  if (code) body.totp = code;
+  let r;
+  try {
+    r = await fetch("/api/v1/auth/login", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+  } catch (e) {
+    $("login-error").textContent = t("errNetwork");
+    return;
+  }
+  if (!r.ok) {
+    $("login-error").textContent = t("loginFailed");
+    return;
+  }
+  const answer = await r.json();
+  localStorage.setItem(TOKEN_KEY, answer.token);
+  state.token = answer.token;
+  $("login-dialog").close();
+  start();
+}
+async function logout() {
+  if (state.token) {
+    try {
+      await fetch("/api/v1/auth/logout", { method: "POST", headers: { Authorization: "Bearer " + state.token } });
+    } catch (e) { /* the token is forgotten here anyway */ }
+  }
+  localStorage.removeItem(TOKEN_KEY);
+  state.token = "";
+  if (state.streamAbort) state.streamAbort.abort();
+  askLogin();
+}
 
 class Unauthorized extends Error {}
 
@@ -220,7 +270,7 @@ async function api(path) {
   const headers = state.token ? { Authorization: "Bearer " + state.token } : {};
   const r = await fetch("/api/v1" + path, { headers });
   if (r.status === 401) {
-    askToken();
+    askLogin();
     throw new Unauthorized();
   }
   if (!r.ok && r.status !== 503) throw new Error(path + ": HTTP " + r.status);
@@ -1046,6 +1096,9 @@ document.addEventListener("DOMContentLoaded", () => {
     refreshAll();
   });
   $("token-btn").addEventListener("click", askToken);
+  $("logout-btn").addEventListener("click", () => { logout(); });
+  $("login-form").addEventListener("submit", (ev) => { ev.preventDefault(); submitLogin(); });
+  $("login-token").addEventListener("click", () => { $("login-dialog").close(); askToken(); });
   $("token-form").addEventListener("submit", () => {
     const v = $("token-input").value.trim();
     if (v) {
@@ -1076,5 +1129,6 @@ document.addEventListener("DOMContentLoaded", () => {
     document.querySelectorAll("#dev-body .seen, #alerts .al-age").forEach((c) => { if (c.dataset.ms) c.textContent = ago(Number(c.dataset.ms)); });
   }, 5000);
   loadHealth();
+  if (!state.token) askLogin();
   start();
 });

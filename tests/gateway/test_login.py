@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pyotp
 import pytest
@@ -17,6 +19,7 @@ from devices.registry import Registry
 from gateway.app import GatewayContext, create_app
 from gateway.auth import create_user, enable_totp, issue_token, revoke_tokens
 from tests.gateway.conftest import NOW, Gateway
+from tests.gateway.test_page import CHROMIUM, NODE, _in_browser
 
 PASSWORD = "correct horse battery"
 UNAUTHORIZED = {"detail": "missing or invalid API token"}
@@ -214,3 +217,26 @@ def test_totp_required_for_admins(gateway: Gateway) -> None:
         assert site.login("sec.one", totp=pyotp.TOTP(secret).at(NOW))[0] == 200
         reasons = [r.detail.get("reason") for r in AuditLog(site.registry.session).records(action="auth.login")]
         assert "totp_required" in reasons
+
+
+@pytest.mark.skipif(CHROMIUM is None or NODE is None, reason="needs chromium and node")
+def test_page_shows_the_login_form_without_a_token_and_logs_in(gateway: Gateway, served: str, tmp_path: Path) -> None:
+    create_user(gateway.ctx.registry.engine, "wang.wu", "operator", "gz", NOW, password=PASSWORD)
+    fill = (
+        "(() => { const $ = (i) => document.getElementById(i);"
+        " $('login-name').value = 'wang.wu'; $('login-password').value = %s;"
+        " $('login-form').requestSubmit(); return true; })()"
+    )
+    steps = [
+        "document.getElementById('login-dialog').open",
+        fill % json.dumps("wrong password!"),
+        "document.getElementById('login-error').textContent",
+        fill % json.dumps(PASSWORD),
+        "!document.getElementById('login-dialog').open && document.getElementById('user').textContent",
+        "localStorage.getItem('lianfang.token')",
+    ]
+    opened, _, error, _, user, token = _in_browser(served + "/", steps, tmp_path)
+    assert opened is True
+    assert error == "登录失败：用户名、密码或验证码错误，或账号已锁定。"
+    assert user is not None and user.startswith("wang.wu")
+    assert token is not None and token.startswith("lf_") and token not in gateway.tokens.values()
