@@ -195,12 +195,13 @@ class AuditLog:
         if not base:
             return 0
         try:
-            with _WRITE_LOCK:
-                if session is not None:
-                    self._append(session, base)
-                else:
-                    with self._session() as s, s.begin():
-                        self._append(s, base)
+            if session is not None:
+                # The caller's transaction holds the head row until it commits: the database lock alone orders
+                # this (the process lock, held across a caller's later writes, could deadlock with another thread).
+                self._append(session, base)
+            else:
+                with _WRITE_LOCK, self._session() as s, s.begin():  # held until the commit
+                    self._append(s, base)
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"audit log write failed: {exc}") from exc
         return len(base)

@@ -220,3 +220,29 @@ def test_audit_anchor_logs_the_head_and_sets_the_gauge(
     assert f"audit anchor seq=3 hash={digest}" in caplog.text
     assert REGISTRY.get_sample_value("lianfang_audit_anchor_seq") == 3
     assert _cli(db_url, "verify", "--anchor", f"{seq}:{digest}").exit_code == 0
+
+
+def test_audit_writes_in_a_callers_transaction_do_not_deadlock_with_other_writers(registry: Registry) -> None:
+    """A caller writes twice in its own transaction while another thread waits for the chain head."""
+    started = threading.Event()
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        started.set()
+        try:
+            AuditLog(registry.session).write(Actor("other", "test"), "x", ["b"], now=NOW)
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=other)
+    with registry.session() as s, s.begin():
+        log = AuditLog(registry.session)
+        log.write(ALICE, "x", ["a1"], now=NOW, session=s)
+        t.start()
+        assert started.wait(5)
+        log.write(ALICE, "x", ["a2"], now=NOW, session=s)
+    t.join(timeout=30)
+    assert not t.is_alive() and not errors
+    v = AuditLog(registry.session).verify()
+    assert v.ok and v.count == 3
+    assert [r.target for r in sorted(AuditLog(registry.session).records(), key=lambda r: r.seq)] == ["a1", "a2", "b"]
