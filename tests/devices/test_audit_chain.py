@@ -21,9 +21,11 @@ from typer.testing import CliRunner, Result
 
 import lianfang.commands  # noqa: F401  (registers the sub-apps on the root app)
 from core.db import MIGRATIONS, make_engine, migrate
+from core.settings import AuditSettings, Settings, StoreSettings
 from devices.audit import GENESIS, Actor, AuditLog, anchor
 from devices.registry import Registry
 from lianfang.cli import app
+from lianfang.runtime import Runtime
 
 NOW = datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
 ALICE = Actor("alice (admin)", "api from 10.0.0.7")
@@ -246,3 +248,26 @@ def test_audit_writes_in_a_callers_transaction_do_not_deadlock_with_other_writer
     v = AuditLog(registry.session).verify()
     assert v.ok and v.count == 3
     assert [r.target for r in sorted(AuditLog(registry.session).records(), key=lambda r: r.seq)] == ["a1", "a2", "b"]
+
+
+def test_audit_runtime_anchors_at_start_and_on_its_schedule(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/registry.db",
+        store=StoreSettings(sqlite_path=tmp_path / "t.db"),
+        mqtt={"embedded_broker": False},  # type: ignore[arg-type]
+        audit=AuditSettings(anchor_minutes=0.5),
+    )
+    runtime = Runtime(settings, with_ingest=False)
+    with caplog.at_level(logging.INFO, logger="devices.audit"):
+        runtime.start()
+        try:
+            assert runtime.registry is not None and runtime.scheduler is not None
+            assert "audit anchor seq=0 hash=" + GENESIS in caplog.text
+            AuditLog(runtime.registry.session).write(ALICE, "x", ["t"], now=NOW)
+            jobs = [j for j in runtime.scheduler.get_jobs() if j.func == runtime.anchor_audit]
+            assert len(jobs) == 1 and jobs[0].trigger.interval.total_seconds() == 30
+            runtime.anchor_audit()
+            assert "audit anchor seq=1 hash=" in caplog.text
+            assert REGISTRY.get_sample_value("lianfang_audit_anchor_seq") == 1
+        finally:
+            runtime.stop()
