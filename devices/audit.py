@@ -296,18 +296,20 @@ class AuditLog:
 
     def iter_chain(self, batch: int = 1000) -> Iterator[AuditRecord]:
         """Every record in ``seq`` order, read in batches."""
-        last = None
+        last: tuple[int, int] | None = None
         try:
             with self._session() as s:
                 while True:
                     q = select(AuditRecord).order_by(AuditRecord.seq, AuditRecord.id).limit(batch)
-                    if last is not None:
-                        q = q.where(AuditRecord.seq > last)
+                    if last is not None:  # (seq, id): a duplicate seq (unique index dropped) is still read
+                        q = q.where(
+                            (AuditRecord.seq > last[0]) | ((AuditRecord.seq == last[0]) & (AuditRecord.id > last[1]))
+                        )
                     rows = list(s.scalars(q))
                     if not rows:
                         return
                     yield from rows
-                    last = rows[-1].seq
+                    last = (rows[-1].seq, rows[-1].id)
                     s.expunge_all()
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"audit log read failed: {exc}") from exc
@@ -352,7 +354,8 @@ def anchor(log: AuditLog, *, now: datetime) -> tuple[int, str]:
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One finding of :func:`verify_chain`: ``kind`` is edited, deleted, reordered, truncated or anchor."""
+    """One finding of :func:`verify_chain`: ``kind`` is edited, deleted, reordered, duplicate, truncated or
+    anchor."""
 
     kind: str
     seq: int
@@ -413,21 +416,20 @@ def verify_chain(
         if r is not None:
             v.bad_ids.add(r.id)
 
-    pending = list(records)
-    seqs = [r.seq for r in pending]
-    for i, r in enumerate(pending):
+    for r in records:  # streamed: memory grows with the number of hashes only
         v.count += 1
         own = hash_of(r)
         if own != r.hash:
             # Moved? The content matches the stored hash at another sequence number close by.
-            lo, hi = max(1, r.seq - _REORDER_WINDOW), r.seq + _REORDER_WINDOW
-            near = sorted({s for s in seqs[max(0, i - _REORDER_WINDOW) : i + _REORDER_WINDOW]} | set(range(lo, hi)))
+            near = range(max(1, r.seq - _REORDER_WINDOW), r.seq + _REORDER_WINDOW + 1)
             moved = next((s for s in near if s != r.seq and hash_of(r, seq=s) == r.hash), None)
             if moved is not None:
                 bad("reordered", r, r.seq, f"written as record {moved}, now at {r.seq}")
             else:
                 bad("edited", r, r.seq, "content does not match its hash")
-        if r.seq > expect:
+        if r.seq < expect:
+            bad("duplicate", r, r.seq, f"a second record {r.seq} (the sequence was already at {expect - 1})")
+        elif r.seq > expect:
             gap = f"record {expect}" if r.seq == expect + 1 else f"records {expect}..{r.seq - 1}"
             bad("deleted", None, expect, f"{gap} missing before record {r.seq}")
         elif r.prev_hash != prev_hash and own == r.hash:

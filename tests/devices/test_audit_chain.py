@@ -271,3 +271,20 @@ def test_audit_runtime_anchors_at_start_and_on_its_schedule(tmp_path: Path, capl
             assert REGISTRY.get_sample_value("lianfang_audit_anchor_seq") == 1
         finally:
             runtime.stop()
+
+
+def test_audit_verify_names_a_forged_record_with_a_taken_number(registry: Registry, db_url: str) -> None:
+    log = AuditLog(registry.session)
+    _fill(log, 4)
+    with registry.engine.begin() as conn:
+        conn.execute(text("DROP INDEX audit_log_seq"))
+        conn.execute(
+            text(
+                "INSERT INTO audit_log (ts, actor, origin, action, target, outcome, detail, seq, prev_hash, hash) "
+                "SELECT ts, 'mallory', origin, action, target, outcome, detail, seq, prev_hash, hash "
+                "FROM audit_log WHERE seq = 2"
+            )
+        )
+    result = _cli(db_url, "verify")
+    assert result.exit_code == 1
+    assert any(line.startswith("duplicate: record 2 ") for line in result.stdout.splitlines()), result.stdout
