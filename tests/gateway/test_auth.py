@@ -98,3 +98,57 @@ def test_no_bypass_unless_dev_and_enabled(
     with TestClient(create_app(_open_ctx(sqlite_registry, store, env=env, dev_open=dev_open))) as client:
         assert client.get("/api/v1/regions").status_code == 401
         assert client.get("/api/v1/stream").status_code == 401
+
+
+def test_passwords_sessions_and_tokens_on_each_database(registry: Registry) -> None:
+    """On SQLite and PostgreSQL: migration 0011 adds the columns and api_sessions; login counts failures and
+    locks, sessions and integration tokens expire and are revoked; nothing secret is stored in clear."""
+    from datetime import datetime, timedelta
+
+    from gateway.auth import Authenticated, LoginResult, authenticate, end_session, issue_token, login, revoke_tokens
+
+    registry.upsert_regions(REGIONS, now=NOW)
+    engine = registry.engine
+    create_user(engine, "zhou.qi", "sysadmin", None, NOW, password="a long password", person_id="zhou")
+    with pytest.raises(UserError, match="三员"):
+        create_user(engine, "zhou.aud", "auditor", None, NOW, person_id="zhou")
+
+    def try_login(password: str) -> LoginResult:
+        return login(
+            engine,
+            "zhou.qi",
+            password,
+            None,
+            now=NOW,
+            session_minutes=10,
+            lockout_failures=2,
+            lockout_minutes=5,
+            totp_required_for_admins=False,
+        )
+
+    def check(token: str, at: datetime) -> Authenticated | None:
+        return authenticate(engine, token, now=at, session_minutes=10, sliding=False, audit_every=timedelta(hours=1))
+
+    assert try_login("wrong").outcome == "denied"
+    ok = try_login("a long password")
+    assert ok.outcome == "ok" and ok.token is not None and ok.expires_at == NOW + timedelta(minutes=10)
+    assert [try_login("wrong").outcome for _ in range(2)] == [
+        "denied",
+        "lockout",
+    ]
+    assert try_login("a long password").outcome == "locked"
+    found = check(ok.token, NOW + timedelta(minutes=9))
+    assert found is not None and found.kind == "session" and found.user.name == "zhou.qi"
+    assert check(ok.token, NOW + timedelta(minutes=10)) is None
+    assert end_session(engine, ok.token, now=NOW) is True
+    assert check(ok.token, NOW) is None
+    token_id, token, _ = issue_token(engine, "zhou.qi", now=NOW, expires_days=1)
+    first = check(token, NOW)
+    again = check(token, NOW + timedelta(minutes=1))
+    assert first is not None and first.audit_due and again is not None and not again.audit_due
+    assert revoke_tokens(engine, "zhou.qi", now=NOW, token_id=token_id) == 1
+    assert check(token, NOW) is None
+    with engine.connect() as conn:
+        dumped = repr(conn.execute(text("SELECT * FROM api_users")).all())
+        dumped += repr(conn.execute(text("SELECT * FROM api_sessions")).all())
+    assert "a long password" not in dumped and token[3:] not in dumped and ok.token[3:] not in dumped
