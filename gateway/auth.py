@@ -20,7 +20,7 @@ from typing import Any, Literal
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Boolean, DateTime, Engine, ForeignKey, Integer, String, func, select, update
+from sqlalchemy import BigInteger, Boolean, DateTime, Engine, ForeignKey, Integer, String, func, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -59,6 +59,7 @@ class ApiUser(Base):
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     totp_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # None: a token made before revision 0011, which never expires (legacy; docs/security.md).
     token_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     token_audited_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -359,7 +360,10 @@ def login(
                 return LoginResult("locked", name, row.role)
             ok = _verify(row.password_hash, password) and row.enabled
             if ok and row.totp_secret is not None:
-                ok = totp is not None and pyotp.TOTP(row.totp_secret).verify(totp, for_time=now, valid_window=1)
+                step = totp_step(row.totp_secret, totp, now)
+                ok = step is not None and (row.totp_last_step is None or step > row.totp_last_step)
+                if ok:
+                    row.totp_last_step = step
             if not ok:
                 row.failed_logins = (row.failed_logins or 0) + 1
                 if row.failed_logins >= lockout_failures:
@@ -388,6 +392,18 @@ def login(
         raise StoreUnavailable(f"registry write failed: {exc}") from exc
 
 
+def totp_step(secret: str, code: str | None, now: datetime) -> int | None:
+    """The 30 s step (now, or one either side for clock drift) whose code this is, or None."""
+    if code is None:
+        return None
+    totp = pyotp.TOTP(secret)
+    here = totp.timecode(now)
+    for step in (here, here - 1, here + 1):
+        if secrets.compare_digest(totp.generate_otp(step), code):
+            return step
+    return None
+
+
 def enable_totp(registry_engine: Engine, name: str) -> str:
     """Give a user a new TOTP secret (base32) and return it, once, for their authenticator app."""
     secret = pyotp.random_base32()
@@ -397,6 +413,7 @@ def enable_totp(registry_engine: Engine, name: str) -> str:
             if row is None:
                 raise UserError(f"user {name!r} does not exist")
             row.totp_secret = secret
+            row.totp_last_step = None
     except SQLAlchemyError as exc:
         raise StoreUnavailable(f"registry write failed: {exc}") from exc
     return secret

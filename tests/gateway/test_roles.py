@@ -16,7 +16,7 @@ from core.errors import UserError
 from devices.audit import AuditLog
 from devices.registry import Registry
 from gateway.app import create_app
-from gateway.auth import create_user, update_user, user_by_name
+from gateway.auth import ROLES, create_user, update_user, user_by_name
 from lianfang.cli import app as cli_app
 from tests.gateway.conftest import NOW, REGIONS, Gateway
 
@@ -155,3 +155,11 @@ def test_only_secadmin_changes_roles_and_only_sysadmin_resets_passwords(
         ("sec (secadmin)", "sun.view", "refused"),
     ]
     assert all("password" not in r.detail for r in records)
+
+
+def test_the_page_names_every_role_in_both_languages() -> None:
+    js = (Path(__file__).resolve().parents[2] / "gateway" / "static" / "app.js").read_text(encoding="utf-8")
+    zh_block = js[js.index("zh: {") : js.index("en: {")]
+    en_block = js[js.index("en: {") : js.index("const CRITICAL")]
+    for role in ROLES:
+        assert f"role_{role}:" in zh_block and f"role_{role}:" in en_block, role

@@ -26,6 +26,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column("failed_logins", sa.Integer, nullable=False, server_default="0"))
         batch.add_column(sa.Column("locked_until", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("totp_secret", sa.String(64), nullable=True))
+        # The 30 s step of the last TOTP code accepted: a code is good once (no replay within its window).
+        batch.add_column(sa.Column("totp_last_step", sa.BigInteger, nullable=True))
         # NULL: a token made before this revision, which never expires (docs/security.md).
         batch.add_column(sa.Column("token_expires_at", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("token_audited_at", sa.DateTime(timezone=True), nullable=True))
@@ -51,6 +53,7 @@ def downgrade() -> None:
         for col in (
             "token_audited_at",
             "token_expires_at",
+            "totp_last_step",
             "totp_secret",
             "locked_until",
             "failed_logins",
