@@ -103,6 +103,11 @@ def list_(
             "region_id": u.region_id or ALL_REGIONS,
             "enabled": u.enabled,
             "created_at": u.created_at.isoformat(),
+            "person_id": u.person_id or u.name,
+            "password": u.password_hash is not None,
+            "totp": u.totp_secret is not None,
+            "locked_until": None if u.locked_until is None else u.locked_until.isoformat(),
+            "token_expires_at": None if u.token_expires_at is None else u.token_expires_at.isoformat(),
         }
         for u in users
     ]
@@ -216,3 +221,40 @@ def revoke_token(
     except (UserError, StoreUnavailable) as exc:
         raise _fail(str(exc)) from exc
     typer.echo(f"{n} token(s) of {name} revoked")
+
+
+@users_app.command("set")
+def set_(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The user.")],
+    role: Annotated[
+        str | None, typer.Option("--role", "-r", help=f"New role: {', '.join((*ROLES, *ROLE_ALIASES))}.")
+    ] = None,
+    region: Annotated[
+        str | None, typer.Option("--region", help=f"New region scope; '{ALL_REGIONS}' for the whole tree.")
+    ] = None,
+    enable: Annotated[bool, typer.Option("--enable", help="Enable a disabled user.")] = False,
+) -> None:
+    """Change a user's role, region scope or (--enable) re-enable them; a second 三员 role of one person is refused."""
+    if role is None and region is None and not enable:
+        raise _fail("nothing to change: give --role, --region or --enable")
+    settings = settings_from(ctx)
+    try:
+        registry = open_registry(settings)
+        try:
+            user = update_user(
+                registry.engine,
+                name,
+                role=role,
+                region_id=None if region in (None, ALL_REGIONS) else region,
+                set_region=region is not None,
+                enabled=True if enable else None,
+                now=clock.now(),
+            )
+        finally:
+            registry.engine.dispose()
+    except (UserError, StoreUnavailable) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(
+        f"user {name}: {user.role}, region {user.region_id or ALL_REGIONS}, enabled {'yes' if user.enabled else 'no'}"
+    )

@@ -3,6 +3,7 @@ users endpoints (403 for the role, 404 outside the scope), through the API and t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,6 +72,20 @@ def test_cli_refuses_a_second_officer_role(tmp_path: Path) -> None:
     assert revoked.exit_code == 0 and revoked.stdout.startswith("2 token(s)")
     neither = runner.invoke(cli_app, ["users", "revoke-token", "qian.sys"], env=env)
     assert neither.exit_code == 1
+    viewer = runner.invoke(
+        cli_app, ["users", "add", "qian.view", "-r", "viewer", "--region", "gz", "--person", "qian"], env=env
+    )
+    assert viewer.exit_code == 0, viewer.stderr
+    promote = runner.invoke(cli_app, ["users", "set", "qian.view", "--role", "secadmin"], env=env)
+    assert promote.exit_code == 1 and "already holds sysadmin" in promote.stderr
+    moved = runner.invoke(cli_app, ["users", "set", "qian.view", "--role", "region_admin", "--region", "*"], env=env)
+    assert moved.exit_code == 0, moved.stderr
+    assert moved.stdout.strip() == "user qian.view: admin, region *, enabled yes"
+    listed = json.loads(runner.invoke(cli_app, ["users", "list", "--json"], env=env).stdout)
+    assert {(u["name"], u["role"], u["person_id"], u["password"]) for u in listed} == {
+        ("qian.sys", "sysadmin", "qian", False),
+        ("qian.view", "admin", "qian", False),
+    }
 
 
 @pytest.fixture
