@@ -4,6 +4,7 @@ tokens and secrets are printed once and never stored."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Annotated
 
 import typer
@@ -56,10 +57,15 @@ def add(
     password: Annotated[
         bool, typer.Option("--password", help="Ask for a password (typed twice) so the user can log in.")
     ] = False,
+    expires_days: Annotated[
+        int | None,
+        typer.Option("--expires-days", min=1, max=3660, help="The printed token expires after this many days."),
+    ] = None,
 ) -> None:
     """Create a user and print its API token. The token is shown only this once: keep it."""
     settings = settings_from(ctx)
     secret = typer.prompt("password", hide_input=True, confirmation_prompt=True) if password else None
+    now = clock.now()
     try:
         registry = open_registry(settings)
         try:
@@ -68,9 +74,10 @@ def add(
                 name,
                 role,
                 None if region == ALL_REGIONS else region,
-                clock.now(),
+                now,
                 password=secret,
                 person_id=person,
+                token_expires_at=None if expires_days is None else now + timedelta(days=expires_days),
             )
         finally:
             registry.engine.dispose()

@@ -66,6 +66,14 @@ def test_cli_refuses_a_second_officer_role(tmp_path: Path) -> None:
     )
     assert bad.exit_code == 1
     assert bad.stderr.startswith("error: person 'qian' already holds sysadmin") and "Traceback" not in bad.stderr
+    expiring = runner.invoke(
+        cli_app, ["users", "add", "li.int", "-r", "viewer", "--region", "sz", "--expires-days", "3"], env=env
+    )
+    assert expiring.exit_code == 0, expiring.stderr
+    engine = make_engine(url)
+    li = user_by_name(engine, "li.int")
+    engine.dispose()
+    assert li is not None and li.token_expires_at is not None
     tok = runner.invoke(cli_app, ["users", "token", "qian.sys", "--expires-days", "7"], env=env)
     assert tok.exit_code == 0 and tok.stdout.strip().startswith("lf_")
     revoked = runner.invoke(cli_app, ["users", "revoke-token", "qian.sys", "--all"], env=env)
@@ -85,6 +93,7 @@ def test_cli_refuses_a_second_officer_role(tmp_path: Path) -> None:
     assert {(u["name"], u["role"], u["person_id"], u["password"]) for u in listed} == {
         ("qian.sys", "sysadmin", "qian", False),
         ("qian.view", "admin", "qian", False),
+        ("li.int", "viewer", "li.int", False),
     }
 
 
