@@ -59,10 +59,13 @@ class _Strict(BaseModel):
 class Members(_Strict):
     """Which alerts take part. Every given condition must hold; an empty ``Members`` matches every alert.
 
-    ``rules``: alert rule ids, or shell-style patterns of them (``G1*``); ``rule_kinds``: the alert rule's kind
-    (``absence``: a device-offline alert); ``device_types``; ``min_severity``."""
+    ``rules``: alert rule ids, or shell-style patterns of them (``G1*``); ``exclude_rules``: ids or patterns that
+    never take part (e.g. G5 in X5: on a non-working day every ordinary entry is an after-hours access, and five of
+    them in three buildings are not a regional incident); ``rule_kinds``: the alert rule's kind (``absence``: a
+    device-offline alert); ``device_types``; ``min_severity``."""
 
     rules: list[str] = Field(default_factory=list)
+    exclude_rules: list[str] = Field(default_factory=list)
     rule_kinds: list[str] = Field(default_factory=list)
     device_types: list[str] = Field(default_factory=list)
     min_severity: Severity = Severity.INFO
@@ -171,6 +174,8 @@ def member_matches(m: Members, rule_id: str, rule_kind: str, device_type: str, s
     from alerts.notify.routing import severity_at_least
 
     if m.rules and not any(r == rule_id or fnmatch.fnmatchcase(rule_id, r) for r in m.rules):
+        return False
+    if any(r == rule_id or fnmatch.fnmatchcase(rule_id, r) for r in m.exclude_rules):
         return False
     if m.rule_kinds and rule_kind not in m.rule_kinds:
         return False
@@ -418,12 +423,14 @@ def parse(doc: object, origin: str) -> PatternFile:
 
 def _check_members(m: Members, path: str, origin: str, rule_ids: Iterable[str], out: list[Finding]) -> None:
     known = sorted(set(rule_ids))
-    for i, r in enumerate(m.rules):
-        if any(ch in r for ch in "*?["):
-            if not any(fnmatch.fnmatchcase(k, r) for k in known):
-                out.append(Finding("error", origin, f"{path}.rules[{i}]", f"pattern {r!r} matches no alert rule"))
-        elif r not in known:
-            out.append(Finding("error", origin, f"{path}.rules[{i}]", f"unknown rule {r!r}{closest(r, known)}"))
+    for key, names in (("rules", m.rules), ("exclude_rules", m.exclude_rules)):
+        for i, r in enumerate(names):
+            where = f"{path}.{key}[{i}]"
+            if any(ch in r for ch in "*?["):
+                if not any(fnmatch.fnmatchcase(k, r) for k in known):
+                    out.append(Finding("error", origin, where, f"pattern {r!r} matches no alert rule"))
+            elif r not in known:
+                out.append(Finding("error", origin, where, f"unknown rule {r!r}{closest(r, known)}"))
 
 
 def check_files(

@@ -144,6 +144,15 @@ def test_x5_near_misses_two_buildings_mixed_rules_other_city_outside_window() ->
         assert _fire(c, fact("G6", f"d{i}", f"gz-a1-b{1 + i % 3}", T0 + s(500 * i), severity=Severity.WARNING)) == []
 
 
+def test_x5_leaves_ordinary_after_hours_entries_out() -> None:
+    # On a weekend every granted access is a G5: five entries in five buildings are routine, not a city incident.
+    c = correlator()
+    where = ["gz-a1-b1", "gz-a1-b2", "gz-a2-b1", "gz-a2-b2", "gz-a1-b1", "gz-a1-b2"]
+    for i, b in enumerate(where):
+        out = _fire(c, fact("G5", f"d{i}", b, T0 + s(60 * i), severity=Severity.WARNING))
+        assert [o.incident.pattern_id for o in out if o.incident.pattern_id == "X5"] == []
+
+
 # --- X9: alarm storm from one device ------------------------------------------------------------------------------
 
 
