@@ -13,15 +13,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, Table, delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from alerts.lifecycle import Silence
 from alerts.models import AlertCommentRow, AlertKvRow, AlertRow, RuleStateRow, SilenceRow
 from alerts.types import Alert, AlertState, Comment, Severity
+from core.db import Upserter
 from core.errors import StoreUnavailable
 
 LIFECYCLE_KEY = "lifecycle"
@@ -36,13 +35,9 @@ def _utc(at: datetime | None) -> datetime | None:
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
-def _instant(at: datetime | None) -> datetime | None:
-    """A datetime to write: the same instant in UTC. SQLite's DateTime keeps the wall-clock digits and drops the
-    offset, so ``12:05+08:00`` written as is would read back as ``12:05Z``, eight hours late. A naive datetime is
-    taken as UTC already (what the engine's clock gives)."""
-    if at is None:
-        return None
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+# A datetime to write: the same instant in UTC. SQLite's DateTime keeps the wall-clock digits and drops the offset,
+# so ``12:05+08:00`` written as is would read back as ``12:05Z``, eight hours late. Same conversion as on read.
+_instant = _utc
 
 
 def _path_str(path: Sequence[str]) -> str:
@@ -180,24 +175,11 @@ class Snapshot:
 class AlertRepository:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._pg = engine.dialect.name == "postgresql"
         # Built once per (table, columns): constructing an upsert costs SQLAlchemy ~0.25 ms (column proxies for
         # ``excluded``), more than executing it on SQLite, and every alert change runs up to four of them.
-        self._upserts: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Any] = {}
+        self._upsert = Upserter(engine)
 
     # --- writes -------------------------------------------------------------------------------------------
-
-    def _upsert(self, conn: Connection, table: Table, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
-        if not rows:
-            return
-        cols = tuple(c for c in rows[0] if c not in keys)
-        cache_key = (table.name, cols, tuple(keys))
-        stmt = self._upserts.get(cache_key)
-        if stmt is None:
-            ins = postgresql.insert(table) if self._pg else sqlite.insert(table)
-            stmt = ins.on_conflict_do_update(index_elements=list(keys), set_={c: ins.excluded[c] for c in cols})
-            self._upserts[cache_key] = stmt
-        conn.execute(stmt, rows)
 
     def save(
         self,

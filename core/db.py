@@ -6,11 +6,14 @@ any database to the head revision and is safe to call at every start.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
 from core.fsperm import private_file
@@ -56,3 +59,24 @@ def migrate(engine: Engine) -> None:
 
 def session_factory(engine: Engine) -> sessionmaker:  # type: ignore[type-arg]
     return sessionmaker(engine, expire_on_commit=False)
+
+
+class Upserter:
+    """Batched ``INSERT ... ON CONFLICT DO UPDATE`` on SQLite and PostgreSQL, one compiled statement per table,
+    column set and key (the alert repository and the joint store write through it)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._pg = engine.dialect.name == "postgresql"
+        self._stmts: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Any] = {}
+
+    def __call__(self, conn: Connection, table: Table, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
+        if not rows:
+            return
+        cols = tuple(c for c in rows[0] if c not in keys)
+        cache_key = (table.name, cols, tuple(keys))
+        stmt = self._stmts.get(cache_key)
+        if stmt is None:
+            ins = postgresql.insert(table) if self._pg else sqlite.insert(table)
+            stmt = ins.on_conflict_do_update(index_elements=list(keys), set_={c: ins.excluded[c] for c in cols})
+            self._stmts[cache_key] = stmt
+        conn.execute(stmt, rows)

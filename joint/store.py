@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Select, Table, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy import Engine, Select, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from alerts.repository import _instant, _path_str, _path_tuple, _utc, jsonable
 from alerts.types import Severity
+from core.db import Upserter
 from core.errors import StoreUnavailable
 from joint.models import (
     Incident,
@@ -181,22 +180,9 @@ class JointSnapshot:
 class JointStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._pg = engine.dialect.name == "postgresql"
-        self._upserts: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Any] = {}
+        self._upsert = Upserter(engine)
 
     # --- writes -------------------------------------------------------------------------------------------
-
-    def _upsert(self, conn: Connection, table: Table, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
-        if not rows:
-            return
-        cols = tuple(c for c in rows[0] if c not in keys)
-        cache_key = (table.name, cols, tuple(keys))
-        stmt = self._upserts.get(cache_key)
-        if stmt is None:
-            ins = postgresql.insert(table) if self._pg else sqlite.insert(table)
-            stmt = ins.on_conflict_do_update(index_elements=list(keys), set_={c: ins.excluded[c] for c in cols})
-            self._upserts[cache_key] = stmt
-        conn.execute(stmt, rows)
 
     def save(
         self,
