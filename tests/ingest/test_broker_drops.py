@@ -125,6 +125,8 @@ def test_queue_overflow_is_counted_alerted_and_its_gap_resent(
         wait_until(lambda: monitor.counter.total >= 100 - QUEUE, 15, what="the broker's drop counter")
         dropped = monitor.counter.total
         assert dropped == 100 - QUEUE
+        # The counter moves before the callback raises the alert (both on the monitor's network thread).
+        wait_until(lambda: any(a.rule_id == BROKER_DROPPED for a in alerts.service.open_alerts()), 10, what="the alert")
         assert _metric() - before == dropped
         (alert,) = [a for a in alerts.service.open_alerts() if a.rule_id == BROKER_DROPPED]
         assert alert.device_id == "platform" and alert.region_id == "gd" and alert.detail["dropped"] == dropped
