@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
-.PHONY: run test setup system-deps lint typecheck unit bench bench-short faults faults-short dashboards clean
+.PHONY: run test setup vendor vendor-fetch vendor-verify system-deps lint typecheck unit bench bench-short faults faults-short dashboards clean
 
 ## run: set up everything, then start the demo (region tree, simulated fleet, API and page on :8000)
 run: setup
@@ -15,7 +15,35 @@ run: setup
 test: setup lint typecheck
 	$(BIN)/python -m pytest
 
-setup: system-deps $(VENV)/.installed
+setup: system-deps $(VENV)/.installed vendor
+
+# The page's chart library (uPlot), vendored from the npm registry at a pinned version: the tarball's sha256 is
+# checked, its built file, stylesheet and licence go to gateway/static/vendor/ (served by the gateway; the page loads
+# nothing from the internet). The files are committed, so an offline install needs no registry; `make vendor` only
+# fetches when they are missing or differ from vendor/SHA256SUMS, `make vendor-verify` re-fetches and compares.
+UPLOT_VERSION := 1.6.32
+UPLOT_SHA256  := 4b8a8191e425658e3ea8c8c1314b0fc679c861ee3a1af2b20c7b16ba50b5133d
+VENDOR        := gateway/static/vendor
+UPLOT_FILES   := uPlot.iife.min.js uPlot.min.css LICENSE
+
+vendor:
+	@(cd $(VENDOR) 2>/dev/null && sha256sum --quiet -c SHA256SUMS 2>/dev/null) || $(MAKE) --no-print-directory vendor-fetch
+
+vendor-fetch:
+	@command -v npm >/dev/null 2>&1 || { echo "installing npm (apt) to fetch uplot@$(UPLOT_VERSION)"; $(APT) update -qq && $(APT) install -y -qq npm; }
+	rm -rf $(VENDOR)/.fetch && mkdir -p $(VENDOR)/.fetch
+	cd $(VENDOR)/.fetch && npm pack --silent uplot@$(UPLOT_VERSION) >/dev/null
+	echo "$(UPLOT_SHA256)  $(VENDOR)/.fetch/uplot-$(UPLOT_VERSION).tgz" | sha256sum -c --quiet
+	tar -xzf $(VENDOR)/.fetch/uplot-$(UPLOT_VERSION).tgz -C $(VENDOR)/.fetch
+	cp $(VENDOR)/.fetch/package/dist/uPlot.iife.min.js $(VENDOR)/.fetch/package/dist/uPlot.min.css $(VENDOR)/
+	cp $(VENDOR)/.fetch/package/LICENSE $(VENDOR)/LICENSE
+	rm -rf $(VENDOR)/.fetch
+	cd $(VENDOR) && sha256sum $(UPLOT_FILES) > SHA256SUMS
+	@echo "vendored uplot $(UPLOT_VERSION) into $(VENDOR)"
+
+vendor-verify:
+	cp $(VENDOR)/SHA256SUMS /tmp/lianfang-vendor-sums && $(MAKE) --no-print-directory vendor-fetch && \
+		diff /tmp/lianfang-vendor-sums $(VENDOR)/SHA256SUMS && echo "vendored files match uplot $(UPLOT_VERSION)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

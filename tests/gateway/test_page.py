@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -44,13 +45,27 @@ def test_page_is_served_in_chinese_with_a_strict_csp(api: Api) -> None:
 
 
 def test_no_asset_comes_from_the_internet() -> None:
-    files = sorted(STATIC.iterdir())
-    assert {f.name for f in files} >= {"index.html", "app.js", "app.css"}
+    files = sorted(f for f in STATIC.rglob("*") if f.is_file())
+    assert {f.name for f in files} >= {"index.html", "app.js", "app.css", "uPlot.iife.min.js", "LICENSE"}
     for f in files:
-        # An XML namespace (the favicon's xmlns) names a vocabulary; nothing is fetched from it.
+        if f.name in ("LICENSE", "SHA256SUMS"):
+            continue
+        # An XML namespace (the favicon's xmlns) names a vocabulary; nothing is fetched from it. The vendored
+        # chart library names its home page in its header comment (the licence's attribution), nothing else.
         text = f.read_text(encoding="utf-8").replace('xmlns="http://www.w3.org/2000/svg"', "")
+        text = text.replace("/*! https://github.com/leeoniya/uPlot (v1.6.32) */", "")
         assert not re.search(r"https?://", text), f"{f.name} references a remote URL"
         assert "@import" not in text and "//cdn" not in text, f.name
+
+
+def test_the_vendored_chart_library_is_the_pinned_one_with_its_licence() -> None:
+    vendor = STATIC / "vendor"
+    assert "MIT License" in (vendor / "LICENSE").read_text(encoding="utf-8")
+    for line in (vendor / "SHA256SUMS").read_text(encoding="utf-8").splitlines():
+        digest, name = line.split()
+        assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest, name
+    makefile = (STATIC.parents[1] / "Makefile").read_text(encoding="utf-8")
+    assert "UPLOT_VERSION := 1.6.32" in makefile and "vendor" in makefile.split("setup:", 1)[1].splitlines()[0]
 
 
 def test_every_page_string_exists_in_both_languages() -> None:
