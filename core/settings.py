@@ -8,6 +8,7 @@ Environment variables win over the file.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,6 +101,24 @@ class ApiSettings(_Section):
     # The longest silence (ends_at - starts_at) each role may create, in hours (docs/security.md "Guarded powers").
     silence_max_hours_operator: float = Field(default=24.0, gt=0)
     silence_max_hours_admin: float = Field(default=30 * 24.0, gt=0)
+    # The page's map (docs/control-room.md): an optional tile server of the operator's own network, a URL template
+    # with {z}, {x} and {y}, e.g. http://tiles.intranet/{z}/{x}/{y}.png. None: the map is drawn from the region
+    # and building coordinates alone. When set, the page's CSP allows images from that origin only.
+    map_tile_url: str | None = None
+
+    @field_validator("map_tile_url")
+    @classmethod
+    def _tile_template(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip()
+        if not re.match(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?/", v):
+            raise ValueError(
+                "must be an http:// or https:// URL with a host and a path, e.g. http://tiles/{z}/{x}/{y}.png"
+            )
+        if any(p not in v for p in ("{z}", "{x}", "{y}")) or any(c in v for c in "'\" ;,"):
+            raise ValueError("must contain {z}, {x} and {y} and no quote, space, semicolon or comma")
+        return v
 
 
 class ResendSettings(_Section):

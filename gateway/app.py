@@ -33,17 +33,14 @@ from gateway.routes import audit as audit_routes
 from gateway.routes import auth as auth_routes
 from gateway.routes import risk as risk_routes
 from gateway.routes import users as users_routes
+from gateway.views import page_config, page_csp
 
 __all__ = ["GatewayContext", "create_app"]
 
 logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
-# The page loads nothing from anywhere else (closed government intranets).
-PAGE_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-    "font-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
-)
+PAGE_CSP = page_csp()  # the page's and the API docs' CSP without a tile server (gateway/views.py)
 # Swagger UI's files come from a package (fastapi-offline ships the swagger-ui dist), never from a CDN.
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 DOCS_URL = f"{API_PREFIX}/docs"
@@ -164,8 +161,12 @@ def create_app(ctx: GatewayContext) -> FastAPI:
         return FileResponse(
             STATIC / "index.html",
             media_type="text/html; charset=utf-8",
-            headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"},
+            headers={"Content-Security-Policy": page_csp(ctx.settings.api.map_tile_url), "Cache-Control": "no-cache"},
         )
+
+    @app.get("/page-config.json", include_in_schema=False)
+    def page_settings() -> dict[str, Any]:
+        return page_config(ctx.settings.api.map_tile_url)
 
     @app.get(DOCS_URL, include_in_schema=False)
     def docs() -> HTMLResponse:

@@ -586,3 +586,35 @@ def test_alert_of_an_incident_is_tagged_and_the_tree_is_coloured_by_risk(
     assert re.search(r'class="node[^"]*risk-\d"[^>]*data-id="gz-b1"', tree), "the building is coloured by its risk"
     top = _between(dom, 'id="top-risks"', "</ol>")
     assert "一号办公楼" in top, "the building is among the top risks"
+
+
+def test_a_tile_server_is_the_one_origin_the_csp_adds_for_images() -> None:
+    from core.settings import ApiSettings
+    from gateway.views import page_config, page_csp
+
+    assert "img-src 'self' data:;" in page_csp(None)
+    url = "http://tiles.bureau.lan:8080/osm/{z}/{x}/{y}.png"
+    csp = page_csp(ApiSettings(map_tile_url=url).map_tile_url)
+    assert "img-src 'self' data: http://tiles.bureau.lan:8080;" in csp
+    assert "connect-src 'self';" in csp and "script-src 'self';" in csp  # images only
+    assert page_config(url) == {"map_tile_url": url}
+    assert ApiSettings(map_tile_url="").map_tile_url is None
+    for bad in (
+        "tiles/{z}/{x}/{y}",
+        "http://t/{z}/{x}.png",
+        "http://t/{z}/{x}/{y}.png; script-src *",
+        "ftp://t/{z}/{x}/{y}",
+    ):
+        with pytest.raises(ValueError):
+            ApiSettings(map_tile_url=bad)
+
+
+def test_the_page_gets_the_tile_server_setting_and_its_csp(api: Api) -> None:
+    api.ctx.settings.api.map_tile_url = "https://tiles.gov.lan/{z}/{x}/{y}.png"
+    try:
+        r = api.client.get("/")
+        assert "img-src 'self' data: https://tiles.gov.lan;" in r.headers["content-security-policy"]
+        assert api.client.get("/page-config.json").json() == {"map_tile_url": "https://tiles.gov.lan/{z}/{x}/{y}.png"}
+    finally:
+        api.ctx.settings.api.map_tile_url = None
+    assert api.client.get("/page-config.json").json() == {"map_tile_url": None}
