@@ -17,17 +17,18 @@ before device-type-specific at the same region); the device itself. Every value 
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alerts.calendar import BEIJING, Calendar, RosterEntry, SealingPeriod, WorkingHours
+from alerts.specfile import finite as _finite
+from alerts.specfile import fmt_errors as fmt_errors  # re-exported: alerts.rule_store, joint use it from here
+from alerts.specfile import parse_doc, read_yaml, yaml_files
 from alerts.types import Severity
 from core.errors import UserError
 from core.protocol import DEVICE_TYPES
@@ -40,30 +41,6 @@ RULE_ID_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-def _finite(value: Any, path: str = "") -> Any:
-    """Reject non-finite numbers anywhere in free-form params (``Infinity``, ``1e999``, ``NaN``)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{path or 'value'}: must be a finite number, not {value!r}")
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            _finite(v, f"{path}.{k}" if path else str(k))
-    elif isinstance(value, list | tuple):
-        for i, v in enumerate(value):
-            _finite(v, f"{path}[{i}]")
-    return value
-
-
-def path_str(loc: Iterable[str | int]) -> str:
-    """A field path the one way every rule message writes it: ``rules[3].params.field``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
 
 
 def compare(op: str, left: Any, right: Any) -> bool:
@@ -443,17 +420,6 @@ class _Layer:
     order: int
 
 
-def fmt_errors(exc: ValidationError, origin: str, prefix: str = "") -> str:
-    lines = []
-    for err in exc.errors():
-        path = path_str(err["loc"])
-        full = (
-            f"{prefix}{'' if path.startswith('[') else '.'}{path}" if prefix and path else (prefix or path or "(root)")
-        )
-        lines.append(f"{origin}: {full}: {err['msg'].removeprefix('Value error, ')}")
-    return "\n".join(lines)
-
-
 def _validate_params(kind: str, params: Mapping[str, Any], origin: str, prefix: str) -> _Strict:
     try:
         return PARAMS[kind].model_validate(dict(params))
@@ -484,10 +450,7 @@ class RuleSet:
     def read(cls, paths: Iterable[Path]) -> list[tuple[str, RuleFile]]:
         """Read and parse rule files (directories: every *.yaml inside, sorted) without combining them: (origin,
         parsed file). Raises UserError naming the file and field path."""
-        files: list[Path] = []
-        for p in paths:
-            files.extend(sorted(p.glob("*.yaml")) + sorted(p.glob("*.yml")) if p.is_dir() else [p])
-        return [(str(f), cls._read(f)) for f in files]
+        return [(str(f), cls._read(f)) for f in yaml_files(paths)]
 
     @classmethod
     def from_parsed(cls, docs: Sequence[tuple[str, RuleFile]]) -> RuleSet:
@@ -512,22 +475,11 @@ class RuleSet:
 
     @staticmethod
     def _read(path: Path) -> RuleFile:
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise UserError(f"{path}: cannot read rule file: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise UserError(f"{path}: not valid YAML: {exc}") from exc
-        return RuleSet._parse(loaded if loaded is not None else {}, str(path))
+        return RuleSet._parse(read_yaml(path, "rule file"), str(path))
 
     @staticmethod
     def _parse(doc: object, origin: str) -> RuleFile:
-        if not isinstance(doc, Mapping):
-            raise UserError(f"{origin}: the top level must be a mapping")
-        try:
-            return RuleFile.model_validate(doc)
-        except ValidationError as exc:
-            raise UserError(fmt_errors(exc, origin)) from exc
+        return parse_doc(RuleFile, doc, origin)
 
     def _add_rules(self, doc: RuleFile, origin: str) -> None:
         for i, spec in enumerate(doc.rules):

@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from alerts.rule_check import Finding, Known, closest
-from alerts.rules import RULE_ID_RE, _finite, fmt_errors
+from alerts.rules import RULE_ID_RE
+from alerts.specfile import finite as _finite
+from alerts.specfile import fmt_errors, parse_doc, read_yaml, yaml_files
 from alerts.types import Severity
 from core.errors import UserError
 from core.protocol import DEVICE_TYPES
@@ -190,44 +191,12 @@ def _kind_params(kind: str) -> type[BaseModel]:
     return KINDS[kind].params_model
 
 
-def _fmt(exc: ValidationError, origin: str, prefix: str, model: type[BaseModel] | None = None) -> str:
-    """``alerts.rules.fmt_errors`` plus the closest known name for an unknown field."""
-    lines = fmt_errors(exc, origin, prefix).splitlines()
-    out = []
-    for err, line in zip(exc.errors(), lines, strict=False):
-        if err["type"] == "extra_forbidden" and model is not None and err["loc"]:
-            name = str(err["loc"][-1])
-            line = line.replace("Extra inputs are not permitted", f"unknown field {name!r}")
-            line += closest(name, _fields(model, err["loc"][:-1]))
-        out.append(line)
-    return "\n".join(out)
-
-
-def _fields(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
-    """The field names of the (nested) model at ``loc`` (best effort)."""
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        info = getattr(current, "model_fields", {}).get(part)
-        if info is None:
-            return list(getattr(current, "model_fields", {}))
-        ann = info.annotation
-        nested = [
-            a for a in (getattr(ann, "__args__", None) or (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)
-        ]
-        if not nested:
-            return list(getattr(current, "model_fields", {}))
-        current = nested[0]
-    return list(getattr(current, "model_fields", {}))
-
-
 def validate_params(kind: str, params: Mapping[str, Any], origin: str, prefix: str) -> Any:
     model = _kind_params(kind)
     try:
         return model.model_validate(dict(params))
     except ValidationError as exc:
-        raise UserError(_fmt(exc, origin, prefix, model)) from exc
+        raise UserError(fmt_errors(exc, origin, prefix, model)) from exc
 
 
 class PatternSet:
@@ -247,20 +216,7 @@ class PatternSet:
 
     @classmethod
     def read(cls, paths: Iterable[Path]) -> list[tuple[str, PatternFile]]:
-        files: list[Path] = []
-        for p in paths:
-            files.extend(sorted(p.glob("*.yaml")) + sorted(p.glob("*.yml")) if p.is_dir() else [p])
-        return [(str(f), cls._read(f)) for f in files]
-
-    @staticmethod
-    def _read(path: Path) -> PatternFile:
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise UserError(f"{path}: cannot read pattern file: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise UserError(f"{path}: not valid YAML: {exc}") from exc
-        return parse(loaded if loaded is not None else {}, str(path))
+        return [(str(f), parse(read_yaml(f, "pattern file"), str(f))) for f in yaml_files(paths)]
 
     @classmethod
     def from_parsed(cls, docs: Sequence[tuple[str, PatternFile]]) -> PatternSet:
@@ -410,12 +366,7 @@ class PatternSet:
 
 
 def parse(doc: object, origin: str) -> PatternFile:
-    if not isinstance(doc, Mapping):
-        raise UserError(f"{origin}: the top level must be a mapping")
-    try:
-        return PatternFile.model_validate(doc)
-    except ValidationError as exc:
-        raise UserError(_fmt(exc, origin, "", PatternFile)) from exc
+    return parse_doc(PatternFile, doc, origin, name_fields=True)
 
 
 # --- checks against the alert rules and the registry ---------------------------------------------------------
@@ -434,10 +385,14 @@ def _check_members(m: Members, path: str, origin: str, rule_ids: Iterable[str], 
 
 
 def check_files(
-    docs: Sequence[tuple[str, PatternFile]], rule_ids: Iterable[str], known: Known | None = None
+    docs: Sequence[tuple[str, PatternFile]],
+    rule_ids: Iterable[str],
+    known: Known | None = None,
+    patterns: PatternSet | None = None,
 ) -> list[Finding]:
     """Names a pattern file uses that can never match: alert rule ids (with the closest known id) and regions
-    (with ``known``, what the registry holds)."""
+    (with ``known``, what the registry holds). With ``patterns`` (the set the files are part of), the member
+    conditions an override's params set are checked too."""
     from joint.kinds import KINDS
 
     ids = set(rule_ids)
@@ -452,6 +407,18 @@ def check_files(
                 continue  # reported by PatternSet
             for path, m in KINDS[spec.kind].member_conditions(params):
                 _check_members(m, f"{where}.params.{path}", origin, ids, out)
+        for i, ov in enumerate(doc.overrides):
+            targets = [] if patterns is None or not ov.params else [patterns.patterns.get(ov.pattern)]
+            for t in targets:
+                if t is None:
+                    continue
+                try:
+                    merged = _kind_params(t.kind).model_validate({**t.params, **ov.params})
+                except ValidationError:
+                    continue  # reported by PatternSet
+                for path, m in KINDS[t.kind].member_conditions(merged):
+                    if path.split(".")[0] in ov.params:
+                        _check_members(m, f"overrides[{i}].params.{path}", origin, ids, out)
         regions: list[tuple[str, str | None]] = [
             (f"overrides[{i}].region", ov.region) for i, ov in enumerate(doc.overrides)
         ] + [(f"routing[{i}].region", r.region) for i, r in enumerate(doc.routing)]
