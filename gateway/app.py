@@ -31,6 +31,7 @@ from gateway.params import ErrorBody
 from gateway.routes import API_PREFIX, alerts, devices, events, health, incidents, ingress, me, regions, rules, stream
 from gateway.routes import audit as audit_routes
 from gateway.routes import auth as auth_routes
+from gateway.routes import overview as overview_routes
 from gateway.routes import risk as risk_routes
 from gateway.routes import users as users_routes
 from gateway.views import page_config, page_csp
@@ -151,6 +152,7 @@ def create_app(ctx: GatewayContext) -> FastAPI:
     app.include_router(audit_routes.router)  # the audit log for auditors (gateway/routes/audit.py)
     app.include_router(auth_routes.router)  # login, logout (gateway/routes/auth.py)
     app.include_router(users_routes.router)  # people and roles (gateway/routes/users.py)
+    app.include_router(overview_routes.router)  # key figures (gateway/routes/overview.py)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

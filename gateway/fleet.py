@@ -1,0 +1,539 @@
+"""Device counts for the region tree and the overview, kept in memory and fed by the same batches as the live stream.
+
+Per region (the region a device is registered in) and device type the index keeps: total, online, disabled and
+(vehicles) in use; per region and Beijing calendar day the energy meters' kWh. A request rolls these up over the
+regions of its scope (a few thousand at most), never over the devices, so ``/api/v1/regions`` and
+``/api/v1/overview`` cost the same with 1,000 or 100,000 devices.
+
+Online is the one rule of ``devices.liveness.is_online`` (fresh data within 2.5 expected intervals, no ``offline``
+status after it), applied at the request's ``now``: each online device has a deadline (last seen + 2.5 intervals)
+in a heap, and ``advance(now_ms)`` turns exactly the devices whose deadline has passed offline. A clock that goes
+backwards (tests with fixed clocks) re-evaluates every device once.
+
+Sources:
+
+* every durable write batch (``on_batch``, a ``Broadcaster`` listener): last seen, status, vehicles' ignition and
+  speed, meters' ``energy_kwh``;
+* ``Registry.snapshot()`` and ``TelemetryStore.device_states()`` at build and again every ``resync_s`` seconds in a
+  background thread (``maybe_resync``): devices registered, moved, enabled or disabled by another process
+  (``lianfang devices import``) and store writes that did not pass through this process appear within that time.
+
+Vehicles "in use": enabled, online, and their newest word on it says so: a reading with ``ignition`` true or
+``speed_kmh`` > 0 (false / 0 says not in use; a reading with neither field says nothing), or an ``ignition_on`` /
+``ignition_off`` event, whichever is newest.
+
+Energy "today": per meter, the increase of ``energy_kwh`` since its last reading before 00:00 Beijing time (after a
+``reset`` the counter restarts, so a lower value counts from zero); meters that have not reported today count 0.
+At build, today's figure per meter is its highest value today minus its last value before today (or its lowest
+today when it has none before). The baseline is the mean, over the previous four same weekdays that have data, of
+the same meters' consumption from 00:00 to the same time of day (hourly profile, interpolated), computed from the
+store once a day in a background thread (null until it is ready, or when there is no history).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from core.protocol import DeviceInfo
+from core.store import DeviceState, TelemetryStore, WriteBatch
+from devices.liveness import GRACE_FACTOR, is_online
+from devices.models import Region
+from devices.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+_BJ_OFFSET_MS = 8 * HOUR_MS
+BASELINE_WEEKS = 4
+# How long back the last reading before a day's start may lie to count as the meter's value at 00:00.
+_REF_LOOKBACK_MS = 2 * DAY_MS
+
+VEHICLE = "vehicle"
+METER = "energy_meter"
+
+# total, online, disabled, in use
+_TOTAL, _ONLINE, _DISABLED, _IN_USE = range(4)
+
+
+def beijing_day(ts_ms: int) -> int:
+    """The Beijing calendar day of an instant, as days since 1970-01-01 (Beijing). Pure."""
+    return (ts_ms + _BJ_OFFSET_MS) // DAY_MS
+
+
+def day_start_ms(day: int) -> int:
+    """00:00 Beijing time of ``day`` (``beijing_day``) in epoch ms. Pure."""
+    return day * DAY_MS - _BJ_OFFSET_MS
+
+
+def moving_of(fields: dict[str, Any]) -> bool | None:
+    """What a vehicle reading says about being in use: True (ignition on or moving), False, or None (nothing)."""
+    ignition, speed = fields.get("ignition"), fields.get("speed_kmh")
+    said: bool | None = None
+    if isinstance(ignition, bool):
+        said = ignition
+    if isinstance(speed, int | float) and not isinstance(speed, bool):
+        said = bool(said) or speed > 0
+    return said
+
+
+@dataclass(slots=True)
+class _Dev:
+    id: str
+    type: str
+    region_id: str
+    enabled: bool
+    interval_s: int
+    last_seen_ms: int | None = None
+    status: str | None = None
+    status_ms: int | None = None
+    online: bool = False  # as counted (enabled and online at the index's ``now``)
+    in_heap: bool = False
+    moving: bool = False  # vehicles: the newest word on ignition / speed
+    moving_ts: int = -1
+    kwh_last: float | None = None  # meters: the newest energy_kwh and its time
+    kwh_ts: int = -1
+    kwh_day: int = -1  # the Beijing day of ``kwh_used``
+    kwh_used: float = 0.0
+
+    def state(self) -> DeviceState:
+        return DeviceState(self.id, self.last_seen_ms, self.status, self.status_ms, None, 0, 0, 0, 0, 0)
+
+    def deadline(self) -> float | None:
+        if self.last_seen_ms is None:
+            return None
+        return self.last_seen_ms + GRACE_FACTOR * self.interval_s * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class TypeCounts:
+    total: int = 0
+    online: int = 0
+    disabled: int = 0
+    in_use: int = 0
+
+
+@dataclass(slots=True)
+class Rollup:
+    """Counts of a set of regions: per device type, vehicles in use, today's kWh and its baseline."""
+
+    by_type: dict[str, list[int]] = field(default_factory=dict)
+    today_kwh: float = 0.0
+    baseline_kwh: float | None = None
+
+
+class FleetIndex:
+    """See the module docstring. Thread-safe: the writer thread feeds it, request threads read it."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        store: TelemetryStore,
+        clock: Callable[[], datetime],
+        *,
+        resync_s: float = 15.0,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.clock = clock
+        self.resync_s = resync_s
+        self._lock = threading.RLock()
+        self._devs: dict[str, _Dev] = {}
+        self._counts: dict[str, dict[str, list[int]]] = {}
+        self._energy: dict[str, dict[int, float]] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._now_ms = 0
+        self._regions: list[Region] = []
+        self._paths: dict[str, tuple[str, ...]] = {}
+        self._synced_at = 0.0
+        self._syncing = False
+        # baseline: Beijing day -> region -> week -> hourly cumulative kWh (25 points), computed in the background
+        self._baseline_day: int | None = None
+        self._baseline: dict[str, list[list[float] | None]] | None = None
+        self._baseline_thread: threading.Thread | None = None
+
+    # --- build and resync -----------------------------------------------------------------------------------------
+
+    def build(self) -> None:
+        """Read the registry and the store (synchronously)."""
+        now_ms = _ms(self.clock())
+        with self._lock:
+            self._now_ms = max(self._now_ms, now_ms)
+        self._sync(initial=True)
+
+    def maybe_resync(self) -> None:
+        """Start a background resync when the last one is older than ``resync_s``; never blocks."""
+        with self._lock:
+            if self._syncing or time.monotonic() - self._synced_at < self.resync_s:
+                return
+            self._syncing = True
+        threading.Thread(target=self._resync_thread, name="fleet-resync", daemon=True).start()
+
+    def _resync_thread(self) -> None:
+        try:
+            self._sync(initial=False)
+        except Exception:
+            logger.exception("fleet index: resync failed")
+        finally:
+            with self._lock:
+                self._syncing = False
+                self._synced_at = time.monotonic()
+
+    def _sync(self, *, initial: bool) -> None:
+        regions = self.registry.regions()
+        snapshot = self.registry.snapshot()
+        states = self.store.device_states(None)
+        with self._lock:
+            known = dict(self._devs)
+        new_ids = [i for i in snapshot if i not in known]
+        details = self._details([snapshot[i] for i in new_ids])
+        paths = {r.id: tuple(p for p in r.path.split("/") if p) for r in regions}
+        with self._lock:
+            self._regions, self._paths = regions, paths
+            for dev_id, info in snapshot.items():
+                self._upsert(info, states.get(dev_id), details.get(dev_id))
+            for dev_id in [i for i in self._devs if i not in snapshot]:
+                self._remove(self._devs.pop(dev_id))
+            self._synced_at = time.monotonic()
+        if initial:
+            logger.info("fleet index: %d devices in %d regions", len(snapshot), len(regions))
+
+    def _details(self, infos: Sequence[DeviceInfo]) -> dict[str, dict[str, Any]]:
+        """Vehicles' newest ignition / speed and meters' energy today, from the store (new devices only)."""
+        out: dict[str, dict[str, Any]] = {}
+        today = beijing_day(self._now_ms)
+        start = day_start_ms(today)
+        for info in infos:
+            if info.device_type == VEHICLE:
+                values = self.store.last_values(info.device_id)
+                said: tuple[int, bool] | None = None
+                for key in ("ignition", "speed_kmh"):
+                    if key in values:
+                        ts, v = values[key]
+                        m = moving_of({key: v})
+                        if m is not None and (said is None or ts > said[0] or (ts == said[0] and m)):
+                            said = (ts, m)
+                if said is not None:
+                    out[info.device_id] = {"moving": said[1], "moving_ts": said[0]}
+            elif info.device_type == METER:
+                out[info.device_id] = self._meter_today(info.device_id, start)
+        return out
+
+    def _meter_today(self, device_id: str, start: int) -> dict[str, Any]:
+        end = self._now_ms + DAY_MS
+        span = end - (start - _REF_LOOKBACK_MS)
+        before = self.store.aggregate(device_id, "energy_kwh", start - _REF_LOOKBACK_MS, start, span, "last", 4)
+        ref = before[-1].value if before else None
+        hi = self.store.aggregate(device_id, "energy_kwh", start, end, span, "max", 4)
+        if not hi or hi[-1].value is None:
+            return {"kwh_last": ref, "kwh_day": -1, "kwh_used": 0.0}
+        last = self.store.aggregate(device_id, "energy_kwh", start, end, span, "last", 4)
+        if ref is None:
+            lo = self.store.aggregate(device_id, "energy_kwh", start, end, span, "min", 4)
+            ref = min((b.value for b in lo if b.value is not None), default=None)
+        top = max(b.value for b in hi if b.value is not None)
+        used = max(0.0, top - (ref or 0.0))
+        return {
+            "kwh_last": last[-1].value if last else top,
+            "kwh_day": beijing_day(start),
+            "kwh_used": used,
+        }
+
+    def _upsert(self, info: DeviceInfo, state: DeviceState | None, detail: dict[str, Any] | None) -> None:
+        d = self._devs.get(info.device_id)
+        if d is None:
+            d = _Dev(info.device_id, info.device_type, info.region_id, info.enabled, info.expected_interval_s)
+            if detail:
+                for key, value in detail.items():
+                    setattr(d, key, value)
+                d.kwh_ts = (state.last_seen_ms or -1) if state is not None else -1
+            self._take_state(d, state)
+            self._devs[d.id] = d
+            self._add(d)
+            return
+        changed = (d.type, d.region_id, d.enabled, d.interval_s) != (
+            info.device_type,
+            info.region_id,
+            info.enabled,
+            info.expected_interval_s,
+        )
+        newer = state is not None and (
+            (state.last_seen_ms or 0) > (d.last_seen_ms or 0) or (state.status_ms or 0) > (d.status_ms or 0)
+        )
+        if not changed and not newer:
+            return
+        self._remove(d)
+        d.type, d.region_id, d.enabled, d.interval_s = (
+            info.device_type,
+            info.region_id,
+            info.enabled,
+            info.expected_interval_s,
+        )
+        self._take_state(d, state)
+        self._add(d)
+
+    @staticmethod
+    def _take_state(d: _Dev, state: DeviceState | None) -> None:
+        if state is None:
+            return
+        if state.last_seen_ms is not None and (d.last_seen_ms is None or state.last_seen_ms > d.last_seen_ms):
+            d.last_seen_ms = state.last_seen_ms
+        if state.status_ms is not None and (d.status_ms is None or state.status_ms > d.status_ms):
+            d.status, d.status_ms = state.status, state.status_ms
+
+    # --- counting ---------------------------------------------------------------------------------------------
+
+    def _add(self, d: _Dev) -> None:
+        d.online = d.enabled and is_online(d.state(), d.interval_s, self._now_ms)
+        if d.online and not d.in_heap:
+            deadline = d.deadline()
+            if deadline is not None:
+                heapq.heappush(self._heap, (deadline, d.id))
+                d.in_heap = True
+        self._count(d, 1)
+
+    def _remove(self, d: _Dev) -> None:
+        self._count(d, -1)
+
+    def _count(self, d: _Dev, sign: int) -> None:
+        c = self._counts.setdefault(d.region_id, {}).setdefault(d.type, [0, 0, 0, 0])
+        c[_TOTAL] += sign
+        if not d.enabled:
+            c[_DISABLED] += sign
+        if d.online:
+            c[_ONLINE] += sign
+            if d.type == VEHICLE and d.moving:
+                c[_IN_USE] += sign
+        if d.type == METER and d.kwh_day >= 0 and d.kwh_used:
+            days = self._energy.setdefault(d.region_id, {})
+            days[d.kwh_day] = days.get(d.kwh_day, 0.0) + sign * d.kwh_used
+
+    def advance(self, now_ms: int) -> None:
+        """Bring the online flags to ``now_ms``: only devices whose deadline passed are looked at."""
+        with self._lock:
+            if now_ms < self._now_ms:  # the clock went back (tests): every device once
+                self._now_ms = now_ms
+                self._heap = []
+                for d in self._devs.values():
+                    self._remove(d)
+                    d.in_heap = False
+                    self._add(d)
+                return
+            self._now_ms = now_ms
+            heap = self._heap
+            while heap and heap[0][0] < now_ms:
+                _, dev_id = heapq.heappop(heap)
+                due = self._devs.get(dev_id)
+                if due is None:
+                    continue
+                due.in_heap = False
+                self._remove(due)
+                self._add(due)  # offline now, or pushed again with its newer deadline
+
+    # --- batches --------------------------------------------------------------------------------------------------
+
+    def on_batch(self, batch: WriteBatch) -> None:
+        """Broadcaster listener: apply a durable batch. Never raises."""
+        try:
+            self._apply(batch)
+        except Exception:
+            logger.exception("fleet index: applying a batch failed")
+
+    def _apply(self, batch: WriteBatch) -> None:
+        if not self._devs:
+            return
+        with self._lock:
+            touched: dict[str, _Dev] = {}
+
+            def take(dev_id: str) -> _Dev | None:
+                d = touched.get(dev_id)
+                if d is None:
+                    d = self._devs.get(dev_id)
+                    if d is None:
+                        return None
+                    self._remove(d)
+                    touched[dev_id] = d
+                return d
+
+            for dev_id, counters in batch.counters.items():
+                seen = counters.last_seen_ms
+                if seen and (d := take(dev_id)) is not None and (d.last_seen_ms is None or seen > d.last_seen_ms):
+                    d.last_seen_ms = seen
+            for s in batch.statuses:
+                if (d := take(s.device_id)) is not None and (d.status_ms is None or s.ts_ms >= d.status_ms):
+                    d.status, d.status_ms = s.state, s.ts_ms
+            for r in batch.readings:
+                if r.device_type == VEHICLE:
+                    said = moving_of(r.fields)
+                    if said is not None and (d := take(r.device_id)) is not None and r.ts_ms >= d.moving_ts:
+                        d.moving, d.moving_ts = said, r.ts_ms
+                elif r.device_type == METER:
+                    v = r.fields.get("energy_kwh")
+                    if isinstance(v, int | float) and not isinstance(v, bool) and (d := take(r.device_id)):
+                        _meter_reading(d, r.ts_ms, float(v))
+            for e in batch.events:
+                ignition = e.type in ("ignition_on", "ignition_off")
+                if ignition and (d := take(e.device_id)) is not None and e.ts_ms >= d.moving_ts:
+                    d.moving, d.moving_ts = e.type == "ignition_on", e.ts_ms
+            for d in touched.values():
+                self._add(d)
+
+    # --- reading ----------------------------------------------------------------------------------------------
+
+    def regions(self) -> list[Region]:
+        """The region tree as last read from the registry, ordered by path."""
+        with self._lock:
+            return list(self._regions)
+
+    def knows_region(self, region_id: str) -> bool:
+        with self._lock:
+            return region_id in self._paths
+
+    def region_counts(self, now_ms: int) -> dict[str, dict[str, TypeCounts]]:
+        """Each region's own devices (not its subtree) per type, at ``now_ms``."""
+        self.advance(now_ms)
+        self.maybe_resync()
+        with self._lock:
+            return {
+                rid: {t: TypeCounts(*c) for t, c in by_type.items() if c[_TOTAL]}
+                for rid, by_type in self._counts.items()
+            }
+
+    def rollup(self, region_ids: Iterable[str] | None, now_ms: int) -> Rollup:
+        """The counts of the devices registered in ``region_ids`` (None: every region), at ``now_ms``."""
+        self.advance(now_ms)
+        self.maybe_resync()
+        today = beijing_day(now_ms)
+        out = Rollup()
+        with self._lock:
+            ids: Iterable[str] = self._counts.keys() if region_ids is None else region_ids
+            wanted = list(ids)
+            for rid in wanted:
+                for dtype, c in self._counts.get(rid, {}).items():
+                    acc = out.by_type.setdefault(dtype, [0, 0, 0, 0])
+                    for i in range(4):
+                        acc[i] += c[i]
+                out.today_kwh += self._energy.get(rid, {}).get(today, 0.0)
+            profiles = self._baseline if self._baseline_day == today else None
+        if profiles is None:
+            self._start_baseline(today)
+        else:
+            out.baseline_kwh = baseline_at(profiles, wanted, now_ms - day_start_ms(today))
+        return out
+
+    # --- baseline ---------------------------------------------------------------------------------------------
+
+    def _start_baseline(self, day: int) -> None:
+        with self._lock:
+            if self._baseline_thread is not None and self._baseline_thread.is_alive():
+                return
+            thread = threading.Thread(target=self._compute_baseline, args=(day,), name="fleet-baseline", daemon=True)
+            self._baseline_thread = thread
+        thread.start()
+
+    def _compute_baseline(self, day: int) -> None:
+        try:
+            with self._lock:
+                meters = [(d.id, d.region_id) for d in self._devs.values() if d.type == METER]
+            profiles: dict[str, list[list[float] | None]] = {}
+            for dev_id, region_id in meters:
+                weeks = profiles.setdefault(region_id, [None] * BASELINE_WEEKS)
+                for k in range(BASELINE_WEEKS):
+                    prof = self._meter_profile(dev_id, day_start_ms(day - 7 * (k + 1)))
+                    if prof is None:
+                        continue
+                    acc = weeks[k]
+                    weeks[k] = prof if acc is None else [a + b for a, b in zip(acc, prof, strict=True)]
+            with self._lock:
+                self._baseline_day, self._baseline = day, profiles
+        except Exception:
+            logger.exception("fleet index: computing the energy baseline failed")
+
+    def _meter_profile(self, device_id: str, start: int) -> list[float] | None:
+        """Cumulative kWh from 00:00 at each full hour 0..24 of the day starting at ``start``; None without data."""
+        buckets = self.store.aggregate(device_id, "energy_kwh", start - DAY_MS, start + DAY_MS, HOUR_MS, "last", 48)
+        return hourly_profile([(b.ts_ms, b.value) for b in buckets if b.value is not None], start)
+
+
+def _meter_reading(d: _Dev, ts_ms: int, value: float) -> None:
+    """A meter's new ``energy_kwh``: add its increase to the day's use (a lower value: the counter was reset)."""
+    if ts_ms <= d.kwh_ts:
+        return
+    day = beijing_day(ts_ms)
+    if day != d.kwh_day:
+        d.kwh_day, d.kwh_used = day, 0.0
+    if d.kwh_last is not None:
+        d.kwh_used += value - d.kwh_last if value >= d.kwh_last else value
+    d.kwh_last, d.kwh_ts = value, ts_ms
+
+
+def hourly_profile(buckets: Sequence[tuple[int, float]], start: int) -> list[float] | None:
+    """From hourly ``last`` buckets (epoch-aligned, [start - 1 day, start + 1 day)): the cumulative use at 00:00,
+    01:00, ..., 24:00 of the day starting at ``start``; None when the day has no reading. Pure."""
+    points = sorted(buckets)
+    if not any(start <= ts < start + DAY_MS for ts, _ in points):
+        return None
+    before = [v for ts, v in points if ts < start]
+    ref = before[-1] if before else next(v for ts, v in points if ts >= start)
+    out: list[float] = []
+    used, last, i = 0.0, ref, 0
+    for h in range(25):
+        edge = start + h * HOUR_MS
+        while i < len(points) and points[i][0] + HOUR_MS <= edge:
+            ts, v = points[i]
+            if ts >= start:
+                used += v - last if v >= last else v
+                last = v
+            i += 1
+        out.append(used)
+    return out
+
+
+def baseline_at(
+    profiles: dict[str, list[list[float] | None]], region_ids: Iterable[str], elapsed_ms: int
+) -> float | None:
+    """Mean over the weeks with data of the regions' summed profile at ``elapsed_ms`` after 00:00. Pure."""
+    totals: list[float | None] = [None] * BASELINE_WEEKS
+    h, frac = divmod(max(0, min(elapsed_ms, DAY_MS)), HOUR_MS)
+    for rid in region_ids:
+        for k, prof in enumerate(profiles.get(rid, ())):
+            if prof is None:
+                continue
+            value = prof[h] if h >= 24 else prof[h] + (prof[h + 1] - prof[h]) * frac / HOUR_MS
+            totals[k] = (totals[k] or 0.0) + value
+    weeks = [t for t in totals if t is not None]
+    return sum(weeks) / len(weeks) if weeks else None
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+def get_fleet(request: Request) -> FleetIndex:
+    """The app's index, built on first use (the first request waits for it) and fed by the live stream's batches."""
+    state = request.app.state
+    index: FleetIndex | None = getattr(state, "fleet", None)
+    if index is not None:
+        return index
+    with _BUILD_LOCK:
+        index = getattr(state, "fleet", None)
+        if index is None:
+            ctx = state.ctx
+            index = FleetIndex(ctx.registry, ctx.store, ctx.clock)
+            ctx.broadcaster.add_listener(index.on_batch)
+            index.build()
+            state.fleet = index
+    return index
+
+
+_BUILD_LOCK = threading.Lock()
+FleetDep = Annotated[FleetIndex, Depends(get_fleet)]
