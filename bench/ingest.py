@@ -1,13 +1,16 @@
 """Ingest drain benchmark: pre-fill a persistent session with N messages, then time the drain to durable storage.
 
-    python bench/ingest.py [--messages N] [--devices D] [--processes P] [--short] [--store sqlite|influxdb]
+    python bench/ingest.py [--messages N] [--devices D] [--processes P] [--short] [--store sqlite|influxdb] [--pg]
 
 Starts its own Mosquitto (generated config, free port) and a temporary registry and SQLite store. Mixed device
 types (energy meters, vehicles, gates). Prints one line: messages/s and lost count (published seqs that are
 not stored). With --processes > 1, ingest runs as several processes sharing the subscription
 ($share/ingest/...). With --store influxdb, the store is core/store/influx.py writing to a VictoriaMetrics started
-here (it accepts /api/v2/write); durable = counted in the side store, which is written after the server confirmed
-the points; the stored seqs are checked through VictoriaMetrics' export API at the end.
+here (it accepts /api/v2/write); durable = counted in the side store (core/store/side.py: the device-state table
+of the SQL database), which is written after the server confirmed the points; the stored seqs are checked through
+VictoriaMetrics' export API at the end. The SQL database (registry, and the side store) is a temporary SQLite file,
+or with --pg a temporary PostgreSQL database on 127.0.0.1:5432 (LIANFANG_TEST_PG: the admin URL), dropped at the
+end.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import random
 import sqlite3
 import subprocess
@@ -28,6 +32,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import SecretStr
+from sqlalchemy import Engine, create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -113,16 +118,18 @@ def _ingest_settings(port: int, password: str, group: str | None) -> MqttSetting
     )
 
 
-def influx_bench_store(vm_url: str, side_path: Path) -> TelemetryStore:
+def influx_bench_store(vm_url: str, db_url: str) -> TelemetryStore:
     """The InfluxDB store on VictoriaMetrics. VictoriaMetrics has no InfluxQL /query, so ingest's one read at start
     (the recent seqs that warm duplicate detection) answers empty here; writes are the real path."""
     from core.store.influx import InfluxStore
+    from core.store.side import SqlSideStore
 
     class VmStore(InfluxStore):
         def recent_seqs(self, max_rows: int) -> list[tuple[str, int, int]]:
             return []
 
-    return VmStore(vm_url, org="bench", bucket="bench", token="bench", database="bench", side_path=side_path)
+    side = SqlSideStore(make_engine(db_url))
+    return VmStore(vm_url, org="bench", bucket="bench", token="bench", database="bench", side=side)
 
 
 def run_ingest(
@@ -138,9 +145,7 @@ def run_ingest(
     vm_url: str | None = None,
 ) -> None:
     registry = Registry(make_engine(db_url))
-    store: TelemetryStore = (
-        SqliteStore(Path(store_path)) if vm_url is None else influx_bench_store(vm_url, Path(store_path))
-    )
+    store: TelemetryStore = SqliteStore(Path(store_path)) if vm_url is None else influx_bench_store(vm_url, db_url)
     svc = IngestService(
         _ingest_settings(port, password, group),
         IngestSettings(batch_size=2000, batch_wait_ms=10),
@@ -194,10 +199,22 @@ def start_vm(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("ingest: victoria-metrics did not start")
 
 
-def count_side(side_path: Path) -> int:
+def count_side(engine: Engine) -> int:
     """Messages counted durable by the InfluxDB store (its side store is written after the server confirmed)."""
-    with sqlite3.connect(side_path) as conn:
-        return int(conn.execute("SELECT coalesce(sum(messages), 0) FROM device_state").fetchone()[0])
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT coalesce(sum(messages), 0) FROM telemetry_device_state")).scalar_one())
+
+
+PG_ADMIN = os.environ.get("LIANFANG_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def pg_database(create: bool, name: str) -> str:
+    """Create (or drop) a PostgreSQL database for the run; returns its URL."""
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"' if create else f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
 
 
 def count_vm(url: str) -> int:
@@ -221,6 +238,7 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=1)
     ap.add_argument("--short", action="store_true", help="CI mode: 20,000 messages")
     ap.add_argument("--store", choices=("sqlite", "influxdb"), default="sqlite")
+    ap.add_argument("--pg", action="store_true", help="the SQL database (and side store) on PostgreSQL")
     args = ap.parse_args()
     n = 20_000 if args.short else args.messages
     tmp = Path(tempfile.mkdtemp(prefix="lf-bench-ingest-"))
@@ -232,7 +250,8 @@ def main() -> None:
         sim_password="bench-sim-x",
         max_inflight_messages=10_000,
     )
-    db_url = f"sqlite:///{tmp}/registry.db"
+    pg_name = f"lf_bench_{int(time.time())}" if args.pg else None
+    db_url = f"sqlite:///{tmp}/registry.db" if pg_name is None else pg_database(True, pg_name)
     engine = make_engine(db_url)
     migrate(engine)
     registry = Registry(engine)
@@ -246,9 +265,6 @@ def main() -> None:
     group = "ingest" if args.processes > 1 else None
     vm = start_vm(tmp / "vm") if args.store == "influxdb" else None
     vm_url = None if vm is None else vm[1]
-    if vm_url is not None:
-        store_path = tmp / "influx-side.db"
-        SqliteStore(store_path).close()
     with MosquittoProcess(cfg):
         # 1) create the persistent session(s) and subscription, then go away
         for p in range(args.processes):
@@ -289,12 +305,12 @@ def main() -> None:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if vm_url is not None:
-                if count_side(store_path) >= n:
+                if count_side(engine) >= n:
                     break
             elif count_stored(store_path, exact=False) >= n and count_stored(store_path) >= n:
                 break
             time.sleep(0.05)
-        stored = count_stored(store_path) if vm_url is None else count_side(store_path)
+        stored = count_stored(store_path) if vm_url is None else count_side(engine)
         drain_s = time.perf_counter() - t0
         done.set()
         for proc in procs:
@@ -303,10 +319,15 @@ def main() -> None:
         stored = min(stored, count_vm(vm[1]))
         vm[0].terminate()
         vm[0].wait(30)
+    engine.dispose()
+    if pg_name is not None:
+        pg_database(False, pg_name)
     lost = n - stored
+    sql = "postgresql" if args.pg else "sqlite"
     print(
         f"ingest: {n} msgs drained in {drain_s:.2f} s = {n / drain_s:,.0f} msg/s durable, lost {lost} "
-        f"(processes={args.processes}, devices={args.devices}, prefill {n / fill_s:,.0f} msg/s, store={args.store})"
+        f"(processes={args.processes}, devices={args.devices}, prefill {n / fill_s:,.0f} msg/s, store={args.store}, "
+        f"sql={sql})"
     )
     sys.exit(0 if lost == 0 else 1)
 

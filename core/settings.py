@@ -56,20 +56,44 @@ class MqttSettings(_Section):
 
 
 class StoreSettings(_Section):
-    kind: Literal["sqlite"] = "sqlite"
-    # Default: DATA_DIR/telemetry.db (follows data_dir unless set).
+    # Telemetry store adapter (docs/influxdb.md): the embedded SQLite store (sqlite_path), or InfluxDB (writes on
+    # /api/v2/write, reads in InfluxQL on /query through the DBRP mapping named influx_database; device states,
+    # counters and rejections in the SQL database of database_url).
+    backend: Literal["sqlite", "influxdb"] = "sqlite"
+    # Default: DATA_DIR/telemetry.db (follows data_dir unless set). Used by the sqlite backend, and as the source
+    # of 'lianfang store migrate --to influxdb'.
     sqlite_path: Path = Path("var/telemetry.db")
     retention_days: int = Field(default=400, ge=1)
-    # Telemetry store adapter (docs/influxdb.md): the embedded SQLite store, or InfluxDB (writes on /api/v2/write,
-    # reads in InfluxQL on /query through the DBRP mapping named influx_database).
-    backend: Literal["sqlite", "influxdb"] = "sqlite"
     influx_url: str = "http://127.0.0.1:8086"
     influx_org: str = "lianfang"
     influx_bucket: str = "telemetry"
     influx_token: SecretStr = SecretStr("")
     influx_database: str = "telemetry"
-    # Device states, counters and rejections of the InfluxDB backend. Default: DATA_DIR/influx-side.db.
-    influx_side_path: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: Any) -> Any:
+        """Settings of earlier versions, refused with what replaced them (rather than "extra inputs")."""
+        if isinstance(data, dict):
+            for key, message in REMOVED_STORE_KEYS.items():
+                if key in data:
+                    raise ValueError(message)
+        return data
+
+
+# store.<key> of earlier versions -> why it is refused and what to set instead (docs/influxdb.md "Upgrading").
+REMOVED_STORE_KEYS: dict[str, str] = {
+    "kind": (
+        "store.kind (LIANFANG_STORE__KIND) was replaced by store.backend (LIANFANG_STORE__BACKEND: sqlite or "
+        "influxdb); it was one choice under two names: remove store.kind and set store.backend"
+    ),
+    "influx_side_path": (
+        "store.influx_side_path (LIANFANG_STORE__INFLUX_SIDE_PATH) was removed: with the InfluxDB backend, device "
+        "states, counters and rejections live in the SQL database of database_url (shared by every ingest "
+        "process); remove it, and copy an old side file once with 'lianfang store migrate --to influxdb "
+        "--source FILE --no-verify'"
+    ),
+}
 
 
 class AuditSettings(_Section):

@@ -61,12 +61,21 @@ def summary(settings: Settings) -> list[tuple[str, str]]:
     return [
         ("env", settings.env),
         ("database", db),
-        (
-            "telemetry store",
-            f"{settings.store.kind} {settings.store.sqlite_path} (keep {settings.store.retention_days} days)",
-        ),
+        ("telemetry store", store_summary(settings)),
         ("mqtt broker", broker),
         ("ingest", f"batch {settings.ingest.batch_size}, wait {settings.ingest.batch_wait_ms} ms"),
         ("api", f"http://{settings.api.host}:{settings.api.port}"),
         ("log level", settings.log_level),
     ]
+
+
+def store_summary(settings: Settings) -> str:
+    """The configured telemetry store: the SQLite file, or InfluxDB with where its side tables live."""
+    st = settings.store
+    if st.backend == "influxdb":
+        token = "token set" if st.influx_token.get_secret_value() else "no token"
+        return (
+            f"influxdb {st.influx_url} org {st.influx_org} bucket {st.influx_bucket} "
+            f"(InfluxQL database {st.influx_database}, {token}); device states and rejections in the database"
+        )
+    return f"sqlite {st.sqlite_path} (keep {st.retention_days} days)"

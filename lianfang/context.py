@@ -44,17 +44,9 @@ def open_store(settings: Settings) -> TelemetryStore:
     """The telemetry store of ``store.backend``: the embedded SQLite store or InfluxDB (docs/influxdb.md)."""
     st = settings.store
     if st.backend == "influxdb":
-        from core.store.influx import InfluxStore
+        from lianfang.store_cmd import influx_store
 
-        return InfluxStore(
-            st.influx_url,
-            org=st.influx_org,
-            bucket=st.influx_bucket,
-            token=st.influx_token.get_secret_value(),
-            database=st.influx_database,
-            side_path=st.influx_side_path or settings.data_dir / "influx-side.db",
-            region_paths=_region_paths(settings.database_url),
-        )
+        return influx_store(settings, region_paths=_region_paths(settings.database_url))
     return SqliteStore(st.sqlite_path)
 
 

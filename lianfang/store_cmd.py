@@ -7,8 +7,8 @@ InfluxQL).
 
 ``migrate`` copies the embedded SQLite store's telemetry and events into InfluxDB in chunks of ``--chunk`` rows
 (rowid order), writing a checkpoint file after every chunk: run it again after an interruption and it goes on
-from there. Device states and rejections are copied into the InfluxDB store's side store. At the end it compares
-the points per device in InfluxDB (InfluxQL ``count(seq)``) with the rows per device in SQLite.
+from there. Device states and rejections are copied (once) into the side tables in the SQL database. At the end
+it compares the points per device in InfluxDB (InfluxQL ``count(seq)``) with the rows per device in SQLite.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,11 +25,14 @@ import httpx
 import orjson
 import typer
 
+from core.db import make_engine
 from core.errors import LianfangError, StoreUnavailable
-from core.protocol import DeviceInfo, Event, Reading
+from core.protocol import DeviceInfo, Event, Reading, Rejection
 from core.settings import Settings
+from core.store import DeviceState
 from core.store.influx import InfluxStore, batch_lines
 from core.store.influxql import QueryError, ident
+from core.store.side import SqlSideStore
 from lianfang.context import open_registry, open_store, settings_from
 
 store_app = typer.Typer(help="The telemetry store: check it, migrate it to InfluxDB.", no_args_is_help=True)
@@ -44,7 +47,9 @@ class Check:
     detail: str
 
 
-def influx_store(settings: Settings) -> InfluxStore:
+def influx_store(settings: Settings, region_paths: Callable[[], Mapping[str, str]] | None = None) -> InfluxStore:
+    """The InfluxDB store of the settings, its side store on the SQL database of ``database_url`` (its own engine;
+    the tables come from the migrations, which every command that opens the registry runs)."""
     st = settings.store
     return InfluxStore(
         st.influx_url,
@@ -52,7 +57,8 @@ def influx_store(settings: Settings) -> InfluxStore:
         bucket=st.influx_bucket,
         token=st.influx_token.get_secret_value(),
         database=st.influx_database,
-        side_path=st.influx_side_path or settings.data_dir / "influx-side.db",
+        side=SqlSideStore(make_engine(settings.database_url)),
+        region_paths=region_paths,
     )
 
 
@@ -96,7 +102,9 @@ def influx_checks(settings: Settings, store: InfluxStore) -> list[Check]:
         checks.append(Check("influxql database", bool(rows), f"{st.influx_database}: {rps or 'no retention policy'}"))
     except (QueryError, StoreUnavailable) as exc:
         checks.append(Check("influxql database", False, f"{st.influx_database} (DBRP mapping): {exc}"))
-    checks.append(Check("side store", store.side.ping(), str(store.side.path)))
+    side_ok = store.side.ping()
+    side = f"device states and rejections in {store.side.where}"
+    checks.append(Check("side store", side_ok, side if side_ok else f"{side}: no answer or not migrated"))
     return checks
 
 
@@ -135,11 +143,11 @@ def check(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 def _load_checkpoint(path: Path, source: Path) -> dict[str, int]:
     if not path.exists():
-        return {"telemetry": 0, "events": 0}
+        return {"telemetry": 0, "events": 0, "side": 0}
     doc = json.loads(path.read_text(encoding="utf-8"))
     if doc.get("source") != str(source.resolve()):
         raise LianfangError(f"checkpoint {path} is for {doc.get('source')}, not {source}: remove it to start over")
-    return {"telemetry": int(doc["telemetry"]), "events": int(doc["events"])}
+    return {"telemetry": int(doc["telemetry"]), "events": int(doc["events"]), "side": int(doc.get("side", 0))}
 
 
 def _save_checkpoint(path: Path, source: Path, pos: Mapping[str, int]) -> None:
@@ -205,16 +213,40 @@ def migrate_sqlite_to_influx(
                 progress(len(erows))
     finally:
         conn.close()
-    side = sqlite3.connect(dest.side.path)
-    try:
-        side.execute("ATTACH DATABASE ? AS src", (f"file:{source}?mode=ro",))
-        with side:
-            side.execute("INSERT OR REPLACE INTO main.device_state SELECT * FROM src.device_state")
-            side.execute("INSERT OR IGNORE INTO main.rejections SELECT * FROM src.rejections")
-        side.execute("DETACH DATABASE src")
-    finally:
-        side.close()
+    if not pos["side"]:  # once: a rerun after the end must not append the rejections again
+        copy_side(source, dest.side)
+        pos["side"] = 1
+        _save_checkpoint(checkpoint, source, pos)
     return copied
+
+
+def copy_side(source: Path, side: SqlSideStore, chunk: int = 5000) -> tuple[int, int]:
+    """Device states (replacing the side store's row of each device) and rejections (appended) of an SQLite store
+    file into the side store; returns (devices, rejections). Run it once: rejections copied twice are there twice."""
+    conn = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    try:
+        states = [
+            DeviceState(*row)
+            for row in conn.execute(
+                "SELECT device_id, last_seen_ms, status, status_ms, fw, messages, gaps, duplicates, nonstandard, "
+                "rejected FROM device_state ORDER BY device_id"
+            )
+        ]
+        side.import_rows(states, [])
+        n_rej, last = 0, 0
+        while True:
+            rows = conn.execute(
+                "SELECT id, device_id, topic, reason, detail, payload, received_ms FROM rejections WHERE id > ? "
+                "ORDER BY id LIMIT ?",
+                (last, chunk),
+            ).fetchall()
+            if not rows:
+                break
+            side.import_rows([], [Rejection(d, t, r, de, bytes(p), int(ms)) for _, d, t, r, de, p, ms in rows])
+            last, n_rej = int(rows[-1][0]), n_rej + len(rows)
+    finally:
+        conn.close()
+    return len(states), n_rej
 
 
 def sqlite_counts(source: Path) -> dict[str, int]:
@@ -243,14 +275,24 @@ def migrate(
         Path | None, typer.Option("--checkpoint", help="Progress file (default: DATA_DIR/influx-migrate.json).")
     ] = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Compare counts per device at the end.")] = True,
+    source_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--source",
+            help="SQLite store file to copy (default: store.sqlite_path). An InfluxDB side file of an earlier "
+            "version (store.influx_side_path) is one too: its device states and rejections go into the database.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Copy the embedded SQLite store's history into InfluxDB; resumable; verified by counts per device."""
+    """Copy the embedded SQLite store's history into InfluxDB; resumable; verified by counts per device.
+
+    Device states and rejections go into the side tables of the SQL database (database_url)."""
     if to != "influxdb":
         typer.echo(f"error: --to {to}: only 'influxdb' is supported", err=True)
         raise typer.Exit(1)
     settings = settings_from(ctx)
-    source = settings.store.sqlite_path
+    source = source_file or settings.store.sqlite_path
     if not source.exists():
         typer.echo(f"error: no SQLite store at {source}", err=True)
         raise typer.Exit(1)
@@ -261,15 +303,7 @@ def migrate(
         paths = {r.id: r.path for r in registry.regions()}
     finally:
         registry.engine.dispose()
-    dest = InfluxStore(
-        settings.store.influx_url,
-        org=settings.store.influx_org,
-        bucket=settings.store.influx_bucket,
-        token=settings.store.influx_token.get_secret_value(),
-        database=settings.store.influx_database,
-        side_path=settings.store.influx_side_path or settings.data_dir / "influx-side.db",
-        region_paths=lambda: paths,
-    )
+    dest = influx_store(settings, region_paths=lambda: paths)
     try:
         try:
             copied = migrate_sqlite_to_influx(source, dest, devices, cp, chunk=chunk)

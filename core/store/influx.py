@@ -1,4 +1,4 @@
-"""InfluxDB telemetry store: telemetry and events in InfluxDB, device state and rejections in a local SQLite side store.
+"""InfluxDB telemetry store: telemetry and events in InfluxDB, device state and rejections in the SQL database.
 
 Writes go through influxdb-client's synchronous write API to ``/api/v2/write`` (InfluxDB 2, InfluxDB 3, and
 anything that speaks it, such as VictoriaMetrics): the line protocol of a batch is built once, here
@@ -20,9 +20,10 @@ Reads use InfluxQL on ``/query`` (``core.store.influxql``), never Flux. The sche
 - numbers are written as floats (a field keeps one type; the SQLite store reads them as floats too), booleans as
   booleans.
 
-Statuses, per-device counters and rejections are kept in a :class:`~core.store.sqlite.SqliteStore` side store
-(``store.influx_side_path``), written after InfluxDB confirmed the points, in one transaction: a retried batch
-rewrites its points (idempotent on series + time) and counts its messages once.
+Statuses, per-device counters and rejections are kept in the side store, :class:`~core.store.side.SqlSideStore`:
+two tables of Lianfang's SQL database (``database_url``; PostgreSQL in production, shared by every ingest process),
+written after InfluxDB confirmed the points, in one transaction: a retried batch rewrites its points (idempotent on
+series + time) and counts its messages once.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any, cast
 
 import orjson
@@ -44,7 +44,7 @@ from core.errors import LianfangError, StoreUnavailable
 from core.protocol import DEVICE_TYPES, Event, Reading, Rejection
 from core.store import Agg, Bucket, DeviceState, StoredEvent, WriteBatch
 from core.store.influxql import InfluxQL, Series, ident, literal
-from core.store.sqlite import SqliteStore
+from core.store.side import SqlSideStore
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class InfluxStore:
         bucket: str,
         token: str,
         database: str,
-        side_path: Path,
+        side: SqlSideStore,
         query_url: str | None = None,
         region_paths: Callable[[], Mapping[str, str]] | None = None,
         chunk_lines: int = CHUNK_LINES,
@@ -200,7 +200,7 @@ class InfluxStore:
         self._client = InfluxDBClient(url=url, token=token, org=org, timeout=int(timeout_s * 1000), enable_gzip=True)
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
         self.ql = InfluxQL(query_url or url, database, token=token or None, timeout_s=timeout_s)
-        self.side = SqliteStore(side_path)
+        self.side = side
 
     # --- write ------------------------------------------------------------------------------------------
 
@@ -221,9 +221,7 @@ class InfluxStore:
         lines = batch_lines(batch.readings, batch.events, self.region_path)
         for i in range(0, len(lines), self.chunk_lines):
             self._post("\n".join(lines[i : i + self.chunk_lines]).encode())
-        if batch.statuses or batch.rejections or batch.counters:
-            side = WriteBatch(statuses=batch.statuses, rejections=batch.rejections, counters=batch.counters)
-            self.side.write(side)
+        self.side.write(batch)  # its statuses, counters and rejections (nothing when it has none)
 
     def write_lines(self, lines: list[str]) -> None:
         """Write ready line protocol (``lianfang store migrate``), in chunks, with the same error mapping."""

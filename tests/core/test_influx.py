@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import gzip
 import http.server
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,130 +20,22 @@ from core.errors import StoreUnavailable
 from core.protocol import Event, Reading, Rejection, Status
 from core.store import WriteBatch
 from core.store.influx import InfluxStore, PointRejected, batch_lines, device_field, stored_field
+from core.store.side import SqlSideStore
 from devices.broker import free_port
-from tests.helpers import wait_until
+from tests.influx_servers import Server, seed_influxd, sqlite_side
 
-VM_BIN = shutil.which("victoria-metrics")
-INFLUXD_BIN = shutil.which("influxd")
 PATHS = {"r-b1": "/gd/gd-gz/r-b1/", "r,odd b": "/gd/r,odd b/"}
 
 
-@dataclass
-class Server:
-    """A store server as a child process on a free port; ``stop``/``start`` keep its data directory."""
-
-    argv: list[str]
-    port: int
-    directory: Path
-    health: str
-    proc: subprocess.Popen[bytes] | None = None
-    log: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.log = self.directory / "server.log"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with self.log.open("ab") as fh:
-            self.proc = subprocess.Popen(self.argv, stdout=fh, stderr=fh)
-
-        def up() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-2000:]
-            try:
-                return httpx.get(self.url + self.health, timeout=1).status_code < 300
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, 30, 0.05, f"{self.argv[0]} answering on {self.port}")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.proc = None
-
-
-def start_victoria(directory: Path, port: int | None = None) -> Server:
-    if VM_BIN is None:
-        pytest.skip("victoria-metrics is not installed (apt-get install victoria-metrics)")
-    directory.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    argv = [
-        VM_BIN,
-        f"-storageDataPath={directory / 'data'}",
-        f"-httpListenAddr=127.0.0.1:{port}",
-        "-retentionPeriod=100y",
-        "-loggerLevel=ERROR",
-    ]
-    server = Server(argv, port, directory, "/health")
-    server.start()
-    return server
-
-
-@pytest.fixture
-def victoria(tmp_path: Path) -> Iterator[Server]:
-    """VictoriaMetrics on a free port with a temporary storage directory (it accepts /api/v2/write)."""
-    server = start_victoria(tmp_path / "vm")
-    yield server
-    server.stop()
-
-
-INFLUXD_CONF = """reporting-disabled = true
-bind-address = "127.0.0.1:{rpc}"
-[meta]
-  dir = "{d}/meta"
-[data]
-  dir = "{d}/data"
-  wal-dir = "{d}/wal"
-  query-log-enabled = false
-[http]
-  bind-address = "127.0.0.1:{http}"
-  log-enabled = false
-[monitor]
-  store-enabled = false
-[subscriber]
-  enabled = false
-[continuous_queries]
-  enabled = false
-"""
-
-
-@pytest.fixture
-def influxdb(tmp_path: Path) -> Iterator[Server]:
-    """InfluxDB 1.6 (InfluxQL /query, v1 /write) with a generated config on free ports, database ``lf``."""
-    if INFLUXD_BIN is None:
-        pytest.skip("influxd is not installed (apt-get install influxdb)")
-    d = tmp_path / "influxdb"
-    d.mkdir()
-    port = free_port()
-    conf = d / "influxdb.conf"
-    conf.write_text(INFLUXD_CONF.format(rpc=free_port(), d=d, http=port))
-    server = Server([INFLUXD_BIN, "run", "-config", str(conf)], port, d, "/ping")
-    server.start()
-    try:
-        r = httpx.post(server.url + "/query", data={"q": 'CREATE DATABASE "lf"'}, timeout=10)
-        assert r.status_code == 200, r.text
-        yield server
-    finally:
-        server.stop()
-
-
-def influx_store(server_url: str, tmp_path: Path, **kw: Any) -> InfluxStore:
+def influx_store(server_url: str, tmp_path: Path, side: SqlSideStore | None = None, **kw: Any) -> InfluxStore:
+    """The store on ``server_url``; its side store on a migrated SQLite database in tmp_path unless given."""
     return InfluxStore(
         server_url,
         org="lianfang",
         bucket="telemetry",
         token="test-token",
         database="lf",
-        side_path=tmp_path / "side.db",
+        side=side if side is not None else sqlite_side(tmp_path),
         region_paths=lambda: PATHS,
         **kw,
     )
@@ -215,9 +104,12 @@ def vm_export(server: Server, match: str) -> dict[tuple[str, frozenset[tuple[str
     return out
 
 
-def test_write_reaches_victoria_metrics_with_tags_fields_and_side_store(victoria: Server, tmp_path: Path) -> None:
+def test_write_reaches_victoria_metrics_with_tags_fields_and_side_store(
+    victoria: Server, side_store: SqlSideStore, tmp_path: Path
+) -> None:
+    """On a side store in SQLite and in PostgreSQL."""
     t0 = now_ms() - 60_000
-    store = influx_store(victoria.url, tmp_path)
+    store = influx_store(victoria.url, tmp_path, side=side_store)
     try:
         store.write(sample_batch(t0))
         store.write(sample_batch(t0))  # a replay: the same points again, counters counted again (new messages)
@@ -375,8 +267,7 @@ def test_write_auth_failure_is_store_unavailable(scripted: Scripted, tmp_path: P
 
 
 def seed_v1(server: Server, lines: list[str]) -> None:
-    r = httpx.post(server.url + "/write", params={"db": "lf", "precision": "ms"}, content="\n".join(lines), timeout=10)
-    assert r.status_code == 204, r.text
+    seed_influxd(server, "lf", lines)
 
 
 def test_reads_through_influxql_on_influxdb_1_6(influxdb: Server, tmp_path: Path) -> None:
@@ -430,7 +321,7 @@ def test_reads_through_influxql_on_influxdb_1_6(influxdb: Server, tmp_path: Path
 
 
 def test_query_of_a_missing_database_is_an_error_not_empty(influxdb: Server, tmp_path: Path) -> None:
-    store = InfluxStore(influxdb.url, org="o", bucket="b", token="", database="nope", side_path=tmp_path / "side.db")
+    store = InfluxStore(influxdb.url, org="o", bucket="b", token="", database="nope", side=sqlite_side(tmp_path))
     try:
         with pytest.raises(Exception, match="database not found"):
             store.raw("meter-0001", "energy_kwh", 0, now_ms(), 10)

@@ -17,16 +17,16 @@ import pytest
 
 from core.settings import IngestSettings
 from core.store.influx import InfluxStore
+from core.store.side import SqlSideStore
 from devices.broker import BrokerConfig
 from devices.registry import Registry
 from ingest.service import IngestService
 from tests.conftest import Broker
-from tests.core.test_influx import PATHS, Server, influxdb, start_victoria, vm_export
+from tests.core.test_influx import PATHS, vm_export
 from tests.helpers import wait_until
+from tests.influx_servers import Server, start_victoria
 from tests.ingest.conftest import mqtt_settings, seed_registry
 from tests.ingest.test_reliability import SeqPublisher
-
-__all__ = ["influxdb"]  # the fixture, imported for this module's tests
 
 RECEIVE_MAXIMUM = 200
 # The generated Mosquitto config's max_inflight_messages (the broker fixture uses the defaults).
@@ -62,7 +62,7 @@ def _run_outage(
         bucket="telemetry",
         token="t",
         database="lf",
-        side_path=tmp_path / "side.db",
+        side=SqlSideStore(registry.engine, owns_engine=False),  # the side tables in the registry's database
         query_url=influxdb.url,
         region_paths=lambda: PATHS,
         timeout_s=2,
@@ -122,9 +122,10 @@ def _run_outage(
 
 @pytest.mark.integration
 def test_store_outage_loses_nothing_and_holds_a_bounded_backlog(
-    broker: Broker, sqlite_registry: Registry, vm: Server, influxdb: Server, tmp_path: Path
+    broker: Broker, registry: Registry, vm: Server, influxdb: Server, tmp_path: Path
 ) -> None:
-    _run_outage(broker, sqlite_registry, vm, influxdb, tmp_path, n=3000, outage_s=5)
+    """The side store (device states, counters) on the registry's database: SQLite, and PostgreSQL."""
+    _run_outage(broker, registry, vm, influxdb, tmp_path, n=3000, outage_s=5)
 
 
 @pytest.mark.slow

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,33 +27,12 @@ from core.db import make_engine, migrate
 from core.protocol import Event, Reading
 from core.store.influx import batch_lines
 from dashboards import build
-from devices.broker import free_port
-from tests.helpers import wait_until
+from tests.influx_servers import Server, seed_influxd
 
-INFLUXD = shutil.which("influxd")
 DB = "telemetry"
 REGION = "gz"  # the value the $region variable gets: a region id, a path segment of region_path
 PATHS = {"b1": "/gd/gz/b1/", "b2": "/gd/gz/b2/", "s1": "/gd/sz/s1/"}
 INTERVAL = "10m"
-
-INFLUXD_CONF = """reporting-disabled = true
-bind-address = "127.0.0.1:{rpc}"
-[meta]
-  dir = "{d}/meta"
-[data]
-  dir = "{d}/data"
-  wal-dir = "{d}/wal"
-  query-log-enabled = false
-[http]
-  bind-address = "127.0.0.1:{http}"
-  log-enabled = false
-[monitor]
-  store-enabled = false
-[subscriber]
-  enabled = false
-[continuous_queries]
-  enabled = false
-"""
 
 
 @dataclass(frozen=True)
@@ -152,41 +129,10 @@ def _seed_lines(now_ms: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """InfluxDB 1.6 on free ports with a temporary config, database ``telemetry`` seeded like the adapter writes."""
-    if INFLUXD is None:
-        pytest.skip("influxd is not installed (apt-get install influxdb)")
-    d = tmp_path_factory.mktemp("influxdb")
-    port = free_port()
-    conf = d / "influxdb.conf"
-    conf.write_text(INFLUXD_CONF.format(rpc=free_port(), d=d, http=port))
-    log = (d / "influxd.log").open("wb")
-    proc = subprocess.Popen([INFLUXD, "run", "-config", str(conf)], stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert proc.poll() is None, (d / "influxd.log").read_text()[-2000:]
-        try:
-            return httpx.get(url + "/ping", timeout=1).status_code == 204
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(up, 30, 0.05, "influxd answering")
-        r = httpx.post(url + "/query", data={"q": f'CREATE DATABASE "{DB}"'}, timeout=10)
-        assert r.status_code == 200, r.text
-        lines = _seed_lines(time.time_ns() // 1_000_000)
-        r = httpx.post(url + "/write", params={"db": DB, "precision": "ms"}, content="\n".join(lines), timeout=10)
-        assert r.status_code == 204, r.text
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
+def influxdb(influxdb_module: Server) -> str:
+    """The shared InfluxDB 1.6 (tests/influx_servers.py), database ``telemetry`` seeded like the adapter writes."""
+    seed_influxd(influxdb_module, DB, _seed_lines(time.time_ns() // 1_000_000))
+    return influxdb_module.url
 
 
 def _influxql(q: str) -> str:
