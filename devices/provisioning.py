@@ -9,11 +9,13 @@ Nothing is reported as done before it was read back from the broker: single chan
 ``getRole``, bulk changes with ``listClients`` / ``listRoles``. Registry rows are written only for what was
 verified, so an interrupted run can simply be run again.
 
-Bulk provisioning sends many commands per request message. Mosquitto 2.0 rewrites its whole dynsec JSON file
-after every single command, so a large import into a running broker costs O(n^2) file writes; when the
-caller owns the broker process (embedded broker, first install, benchmarks), ``Provisioner`` can instead merge
-the identities into the dynsec file while the broker is briefly stopped (``offline_threshold``), then verify
-them over ``$CONTROL`` like any other change.
+The broker side goes through a ``devices.broker_adapter.BrokerAdapter``: ``DynsecAdapter`` (dynsec clients and
+roles over ``$CONTROL``; the default) or ``PasswdFileAdapter`` (a Mosquitto password file with pattern ACLs,
+reloaded by SIGHUP: the live bulk path of ``lianfang devices import`` into a running ``lianfang serve``, ADR 0006).
+Mosquitto 2.0 rewrites its whole dynsec JSON file after every single command, so a large dynsec import into a
+running broker costs O(n^2) file writes; with dynsec, a caller that owns the broker process can merge the
+identities into the file while the broker is briefly stopped (``offline_threshold``), which drops every
+connection for a moment.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ from core.db import Base
 from core.errors import BrokerUnavailable, LianfangError, StoreUnavailable, UserError
 from core.protocol import DEVICE_ID_RE
 from devices.audit import Actor, AuditLog
-from devices.broker import MosquittoProcess, hash_password
+from devices.broker import MosquittoProcess
+from devices.broker_adapter import BrokerAdapter, DynsecAdapter, takeover_commands
 from devices.dynsec import DynsecClient, DynsecCommandError, device_acls, role_name
 from devices.models import Device
 from devices.registry import Registry
@@ -296,10 +299,11 @@ def device_secret_ok(registry: Registry, device_id: str, secret: str) -> bool:
 
 
 class Provisioner:
-    """Keeps the registry's device credentials and the broker's dynsec identities in step.
+    """Keeps the registry's device credentials and the broker's device identities in step.
 
-    ``dynsec`` must be connected. ``process``: the broker process when the caller owns it; then batches of at
-    least ``offline_threshold`` new identities are merged into the dynsec file with the broker stopped.
+    ``dynsec`` must be connected. ``adapter``: where device identities live (default: a ``DynsecAdapter`` on
+    ``dynsec``). ``process``: the broker process when the caller owns it; then, with the dynsec adapter, batches
+    of at least ``offline_threshold`` new identities are merged into the dynsec file with the broker stopped.
     """
 
     def __init__(
@@ -313,6 +317,7 @@ class Provisioner:
         process: MosquittoProcess | None = None,
         offline_threshold: int = 1000,
         progress: Callable[[str, int, int], None] | None = None,
+        adapter: BrokerAdapter | None = None,
     ) -> None:
         self.registry = registry
         self.dynsec = dynsec
@@ -323,6 +328,13 @@ class Provisioner:
         self.offline_threshold = offline_threshold
         self.audit = AuditLog(registry.session)
         self._progress = progress
+        self.adapter: BrokerAdapter = adapter or DynsecAdapter(
+            dynsec, process=process, offline_threshold=offline_threshold, progress=self._tick
+        )
+
+    @property
+    def _dynsec_mode(self) -> bool:
+        return isinstance(self.adapter, DynsecAdapter)
 
     # --- reading the registry ---------------------------------------------------------------------------
 
@@ -377,12 +389,9 @@ class Provisioner:
         fresh = {i: new_secret() for i in todo}
         hashes = dict(zip(todo, self.hasher.hash_many(list(fresh.values())), strict=True))
         self._tick("hash", len(todo), len(todo))
-        if self.process is not None and len(todo) >= self.offline_threshold:
-            errors = self._apply_offline(fresh)
-        else:
-            errors = self._apply_online(fresh)
+        errors = self.adapter.add(fresh)
         failed.update(errors)
-        verified = self._verify_many([i for i in todo if i not in errors])
+        verified = self.adapter.verify([i for i in todo if i not in errors], device_secrets=fresh)
         failed.update({i: why for i, why in verified.items() if why})
         ok = [i for i in todo if i not in failed]
         self._record_new(ok, hashes, now, action="provision")
@@ -392,97 +401,6 @@ class Provisioner:
             raise ProvisioningError(failed, {i: fresh[i] for i in ok})
         logger.info("provisioned %d device(s)", len(ok))
         return {i: fresh[i] for i in ok}
-
-    def _apply_online(self, fresh: Mapping[str, str]) -> dict[str, str]:
-        """Create (or take over) role + client per device, in batched request messages."""
-        existing_clients = {c["username"]: c for c in self.dynsec.list_clients()}
-        existing_roles = {r["rolename"] for r in self.dynsec.list_roles()}
-        commands: list[dict[str, Any]] = []
-        owner: list[str] = []
-        for device_id, secret in fresh.items():
-            role = role_name(device_id)
-            if role not in existing_roles:
-                commands.append({"command": "createRole", "rolename": role, "acls": device_acls(device_id)})
-                owner.append(device_id)
-            if device_id in existing_clients:
-                takeover = _takeover_commands(device_id, secret)
-                commands += takeover
-                owner += [device_id] * len(takeover)
-            else:
-                commands.append(
-                    {
-                        "command": "createClient",
-                        "username": device_id,
-                        "clientid": device_id,
-                        "password": secret,
-                        "roles": [{"rolename": role, "priority": 0}],
-                    }
-                )
-                owner.append(device_id)
-        errors: dict[str, str] = {}
-        done = 0
-        step = max(1, self.dynsec.batch_size)
-        for start in range(0, len(commands), step):
-            part = commands[start : start + step]
-            for dev, cmd, resp in zip(owner[start : start + step], part, self.dynsec.execute(part), strict=True):
-                if resp.error is not None:
-                    errors.setdefault(dev, f"{cmd['command']}: {resp.error}")
-            done = min(len(commands), start + step)
-            self._tick("broker", done, len(commands))
-        return errors
-
-    def _apply_offline(self, fresh: Mapping[str, str]) -> dict[str, str]:
-        """Stop the owned broker, merge identities into its dynsec file, start it, reconnect."""
-        assert self.process is not None
-        path = self.process.cfg.dynsec_path
-        self.dynsec.close()
-        self.process.stop()
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            clients = {c["username"]: c for c in doc.get("clients", [])}
-            roles = {r["rolename"]: r for r in doc.get("roles", [])}
-            for device_id, secret in fresh.items():
-                role = role_name(device_id)
-                roles[role] = {"rolename": role, "acls": device_acls(device_id)}
-                old = clients.get(device_id, {})
-                clients[device_id] = {
-                    "username": device_id,
-                    "clientid": device_id,
-                    **({"disabled": True} if old.get("disabled") else {}),
-                    "roles": [{"rolename": role}],
-                    **hash_password(secret),
-                }
-            doc["clients"], doc["roles"] = list(clients.values()), list(roles.values())
-            tmp = path.with_suffix(".lianfang-tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(json.dumps(doc, separators=(",", ":")))  # the C encoder: json.dump() is pure Python
-            tmp.replace(path)
-        finally:
-            self.process.start()
-            self.dynsec.connect()
-        self._tick("broker", len(fresh), len(fresh))
-        return {}
-
-    def _verify_many(self, device_ids: Sequence[str]) -> dict[str, str]:
-        """Read identities back: batched getClient/getRole for a few, listClients/listRoles for many."""
-        if not device_ids:
-            return {}
-        if len(device_ids) <= 50:
-            cmds: list[dict[str, Any]] = []
-            for d in device_ids:
-                cmds += [{"command": "getClient", "username": d}, {"command": "getRole", "rolename": role_name(d)}]
-            resp = self.dynsec.execute(cmds)
-            clients = {d: resp[2 * k].data.get("client") for k, d in enumerate(device_ids) if resp[2 * k].ok}
-            roles = {role_name(d): resp[2 * k + 1].data.get("role") for k, d in enumerate(device_ids)}
-        else:
-            clients = {c["username"]: c for c in self.dynsec.list_clients()}
-            roles = {r["rolename"]: r for r in self.dynsec.list_roles()}
-        out = {}
-        for d in device_ids:
-            problems = client_problems(d, clients.get(d), roles.get(role_name(d)))
-            out[d] = "; ".join(problems)
-        return out
 
     def _record_new(self, ids: Sequence[str], hashes: Mapping[str, str], now: datetime, *, action: str) -> None:
         if not ids:
@@ -527,6 +445,16 @@ class Provisioner:
         cred = self.credential(device_id)
         if cred is None:
             raise UserError(f"device {device_id} has no credential yet: provision it first")
+        if not self._dynsec_mode:
+            secret = new_secret()
+            errors = self.adapter.rotate({device_id: secret})
+            if errors.get(device_id) == "missing on the broker":
+                raise UserError(
+                    f"device {device_id} is missing on the broker: run 'lianfang credentials reprovision {device_id}'"
+                )
+            self._adapter_check(errors, device_id, secret)
+            self._update_secret(device_id, self.hasher.hash(secret), now, action="rotate")
+            return secret
         client = self.dynsec.get_client(device_id)
         if client is None:
             raise UserError(
@@ -543,6 +471,12 @@ class Provisioner:
         """After a factory reset (or a lost identity): a new secret and a fresh broker identity matching the
         registry; the registry row and its history stay."""
         device = self._device(device_id)
+        if not self._dynsec_mode:
+            secret = new_secret()
+            off = [] if device.enabled else [device_id]
+            self._adapter_check(self.adapter.add({device_id: secret}, disabled=off), device_id, secret, off)
+            self._update_secret(device_id, self.hasher.hash(secret), now, action="reprovision")
+            return secret
         client = self.dynsec.get_client(device_id)
         role = self.dynsec.get_role(role_name(device_id))
         secret = new_secret()
@@ -573,8 +507,12 @@ class Provisioner:
         self._device(device_id)
         if self.credential(device_id) is None:
             raise UserError(f"device {device_id} has no credential: nothing to {'en' if enabled else 'dis'}able")
-        self._run([{"command": "enableClient" if enabled else "disableClient", "username": device_id}])
-        self._verify_one(device_id, disabled=not enabled)
+        if self._dynsec_mode:
+            self._run([{"command": "enableClient" if enabled else "disableClient", "username": device_id}])
+            self._verify_one(device_id, disabled=not enabled)
+        else:
+            off = [] if enabled else [device_id]
+            self._adapter_check(self.adapter.set_enabled([device_id], enabled), device_id, None, off)
         self.registry.set_enabled(device_id, enabled, now=now)
         self.audit.write(self.actor, "enable" if enabled else "disable", [device_id], now=now)
 
@@ -582,16 +520,21 @@ class Provisioner:
         """Remove the broker identity (a connected session is kicked) and the credential; the registry row stays
         (history), disabled, so ingest rejects anything that still arrives."""
         self._device(device_id)
-        resp = self.dynsec.execute(
-            [
-                {"command": "deleteClient", "username": device_id},
-                {"command": "deleteRole", "rolename": role_name(device_id)},
-            ]
-        )
-        for r in resp:
-            if r.error is not None and "not found" not in r.error.lower():
-                raise DynsecCommandError(r.command, device_id, r.error)
-        if self.dynsec.get_client(device_id) is not None or self.dynsec.get_role(role_name(device_id)) is not None:
+        if self._dynsec_mode:
+            resp = self.dynsec.execute(
+                [
+                    {"command": "deleteClient", "username": device_id},
+                    {"command": "deleteRole", "rolename": role_name(device_id)},
+                ]
+            )
+            for r in resp:
+                if r.error is not None and "not found" not in r.error.lower():
+                    raise DynsecCommandError(r.command, device_id, r.error)
+        else:
+            errors = self.adapter.remove([device_id])
+            if errors:
+                raise BrokerUnavailable(f"device {device_id}: {errors[device_id]}")
+        if self.adapter.verify_removed([device_id]):
             raise BrokerUnavailable(f"device {device_id} is still on the broker after delete")
         try:
             with self.registry.session() as s, s.begin():
@@ -600,6 +543,17 @@ class Provisioner:
                 self.audit.write(self.actor, "delete", [device_id], now=now, session=s)
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"registry write failed: {exc}") from exc
+
+    def _adapter_check(
+        self, errors: Mapping[str, str], device_id: str, secret: str | None, disabled: Sequence[str] = ()
+    ) -> None:
+        """Raise if the adapter reported an error, or the read-back (a login with ``secret``) fails."""
+        if errors:
+            raise BrokerUnavailable(f"device {device_id}: {errors[device_id]}")
+        secrets_ = {device_id: secret} if secret is not None else None
+        problem = self.adapter.verify([device_id], device_secrets=secrets_, disabled=disabled).get(device_id)
+        if problem:
+            raise BrokerUnavailable(f"device {device_id}: broker read-back failed: {problem}")
 
     def _run(self, cmds: Sequence[Mapping[str, Any]]) -> None:
         for cmd, resp in zip(cmds, self.dynsec.execute(cmds), strict=True):
@@ -641,6 +595,8 @@ class Provisioner:
         """Compare the registry with the broker; report drift and (``fix``) repair it. Running it twice changes
         nothing the second time. Broker passwords cannot be read back, so a device missing on the broker is
         re-created (with a NEW secret, returned in the report) only with ``reprovision_missing``."""
+        if not self._dynsec_mode:
+            return self._reconcile_adapter(now, fix=fix, reprovision_missing=reprovision_missing)
         report = ReconcileReport()
         creds = self.credentials()
         with self.registry.session() as s:
@@ -707,6 +663,55 @@ class Provisioner:
         report.drift.sort(key=lambda d: (d.device_id, d.kind))
         return report
 
+    def _reconcile_adapter(self, now: datetime, *, fix: bool, reprovision_missing: bool) -> ReconcileReport:
+        """reconcile through a non-dynsec adapter: missing, enabled state, orphans (the ACLs are the adapter's own
+        patterns, the same for every device, so there is no per-device ACL drift)."""
+        report = ReconcileReport()
+        creds = self.credentials()
+        with self.registry.session() as s:
+            devices = {d: bool(e) for d, e in s.execute(select(Device.id, Device.enabled))}
+        idents = self.adapter.list()
+        enable: list[str] = []
+        disable: list[str] = []
+        for device_id in sorted(creds):
+            ident = idents.get(device_id)
+            if ident is None:
+                drift = Drift(device_id, "missing_on_broker", "credential in the registry, no identity on the broker")
+                report.drift.append(drift)
+                if fix and reprovision_missing:
+                    report.new_secrets[device_id] = self.reprovision(device_id, now)
+                    drift.fixed = True
+            elif ident.enabled != devices.get(device_id, False):
+                state = "enabled" if devices.get(device_id, False) else "disabled"
+                report.drift.append(Drift(device_id, "enabled_mismatch", f"registry {state}, broker not", fixed=fix))
+                (enable if devices.get(device_id, False) else disable).append(device_id)
+        orphans = sorted(set(idents) - set(creds))
+        for device_id in orphans:
+            report.drift.append(
+                Drift(device_id, "orphan_on_broker", "device identity without a registry credential", fixed=fix)
+            )
+        for device_id in sorted(set(devices) - set(creds) - set(idents)):
+            report.drift.append(Drift(device_id, "unprovisioned", "no credential yet (provision it)"))
+        if fix and (enable or disable or orphans):
+            errors: dict[str, str] = {}
+            if enable:
+                errors.update(self.adapter.set_enabled(enable, True))
+            if disable:
+                errors.update(self.adapter.set_enabled(disable, False))
+            if orphans:
+                errors.update(self.adapter.remove(orphans))
+            bad = {d: p for d, p in self.adapter.verify(enable + disable, disabled=disable).items() if p}
+            bad.update(self.adapter.verify_removed(orphans))
+            bad.update(errors)
+            if bad:
+                raise BrokerUnavailable(
+                    f"reconcile read-back failed for: {', '.join(f'{d} ({p})' for d, p in bad.items())}"
+                )
+            touched = sorted(enable + disable + orphans)
+            self.audit.write(self.actor, "reconcile", touched, now=now, detail={"changes": len(touched)})
+        report.drift.sort(key=lambda d: (d.device_id, d.kind))
+        return report
+
     def _verify_after_reconcile(
         self, touched: Sequence[str], creds: Mapping[str, DeviceCredential], devices: Mapping[str, bool]
     ) -> None:
@@ -748,22 +753,7 @@ def _create_client_command(device_id: str, secret: str) -> dict[str, Any]:
     }
 
 
-def _takeover_commands(device_id: str, secret: str, *, keep_disabled: bool = False) -> list[dict[str, Any]]:
-    """Set a new password and binding on an existing client, then kick any session (disable, re-enable)."""
-    cmds: list[dict[str, Any]] = [
-        {
-            "command": "modifyClient",
-            "username": device_id,
-            "clientid": device_id,
-            "password": secret,
-            "roles": [{"rolename": role_name(device_id), "priority": 0}],
-            "groups": [],
-        },
-        {"command": "disableClient", "username": device_id},
-    ]
-    if not keep_disabled:
-        cmds.append({"command": "enableClient", "username": device_id})
-    return cmds
+_takeover_commands = takeover_commands
 
 
 def _fix_acl_commands(device_id: str, role: Mapping[str, Any]) -> list[dict[str, Any]]:
