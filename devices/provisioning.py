@@ -28,6 +28,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -738,7 +739,8 @@ class Provisioner:
     ) -> CheckReport:
         """Connect as the device and prove what it may and may not do (see ``check_device``)."""
         self._device(device_id)
-        report = check_device(device_id, secret, host=host, port=port, timeout=timeout)
+        passwd = getattr(self.adapter, "name", "") == "mosquitto-passwd"
+        report = check_device(device_id, secret, host=host, port=port, timeout=timeout, pattern_acls=passwd)
         self.audit.write(self.actor, "check", [device_id], now=now, outcome="ok" if report.ok else "failed")
         return report
 
@@ -788,6 +790,8 @@ class _Session:
         self.client.on_connect = self._on_connect
         self.client.on_publish = self._on_publish
         self.client.on_subscribe = self._on_subscribe
+        self.received: list[str] = []
+        self.client.on_message = lambda _c, _u, msg: self.received.append(msg.topic)
 
     def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any = None) -> None:
         with self.cond:
@@ -834,7 +838,9 @@ def _reason(code: int) -> str:
     return "Success" if code < 128 else f"refused ({code})"
 
 
-def check_device(device_id: str, secret: str, *, host: str, port: int, timeout: float = 5.0) -> CheckReport:
+def check_device(
+    device_id: str, secret: str, *, host: str, port: int, timeout: float = 5.0, pattern_acls: bool = False
+) -> CheckReport:
     """Connect with the device's credentials and prove its rights with v5 reason codes.
 
     The check IS the device for the broker (same client id): a connected device is taken over (disconnected,
@@ -847,6 +853,11 @@ def check_device(device_id: str, secret: str, *, host: str, port: int, timeout: 
     The allowed publishes are real messages ingest will see: a ``cmd_result`` event marked as a check,
     a non-retained ``online`` status and an empty telemetry object (a heartbeat for gates, a schema rejection
     for other types).
+
+    ``pattern_acls``: the device lives in the broker's password file (ADR 0006). There Mosquitto grants every
+    SUBSCRIBE and filters at delivery, so the forbidden filters are proven by what arrives: subscribed to them,
+    the device publishes to its own topics and must receive nothing but its own ``cmd``. The client id is not
+    bound to the username there, so the other-client-id probe expects the connection to be accepted.
     """
     report = CheckReport(device_id)
     other = "lf-check-other" if device_id != "lf-check-other" else "lf-check-another"
@@ -856,7 +867,7 @@ def check_device(device_id: str, secret: str, *, host: str, port: int, timeout: 
     wrong = _Session(host, port, device_id, secret, f"{device_id}-check-{uuid.uuid4().hex[:6]}")
     try:
         rc = wrong.connect(timeout)
-        report.probes.append(Probe("connect", "(other client id)", False, not rc.is_failure, _reason(rc.value)))
+        report.probes.append(Probe("connect", "(other client id)", pattern_acls, not rc.is_failure, _reason(rc.value)))
     finally:
         wrong.close()
     sess = _Session(host, port, device_id, secret, device_id)
@@ -895,7 +906,19 @@ def check_device(device_id: str, secret: str, *, host: str, port: int, timeout: 
             if mid is None:
                 raise BrokerUnavailable(f"cannot subscribe to {topic} on {host}:{port}")
             code = sess.ack(mid, timeout, f"SUBACK for {topic}")
-            report.probes.append(Probe("subscribe", topic, expect, code < 128, _reason(code)))
+            if expect or not pattern_acls:
+                report.probes.append(Probe("subscribe", topic, expect, code < 128, _reason(code)))
+        if pattern_acls:
+            for topic, payload in ((f"{root}/telemetry", b"{}"), (f"{root}/status", b'{"state":"online"}')):
+                info = sess.client.publish(topic, payload, qos=1)
+                sess.ack(info.mid, timeout, f"PUBACK for {topic}")
+            time.sleep(min(1.0, timeout))
+            with sess.cond:
+                got = list(sess.received)
+            for topic, expect in subscribes[1:]:
+                leaked = [t for t in got if mqtt.topic_matches_sub(topic, t) and t != f"{root}/cmd"]
+                why = f"received {leaked[0]}" if leaked else "nothing delivered (read ACL)"
+                report.probes.append(Probe("receive", topic, expect, bool(leaked), why))
     finally:
         sess.close()
     return report

@@ -32,6 +32,7 @@ from gateway.routes import API_PREFIX, alerts, devices, events, health, incident
 from gateway.routes import audit as audit_routes
 from gateway.routes import auth as auth_routes
 from gateway.routes import overview as overview_routes
+from gateway.routes import patterns as patterns_routes
 from gateway.routes import risk as risk_routes
 from gateway.routes import users as users_routes
 from gateway.views import page_config, page_csp
@@ -149,6 +150,7 @@ def create_app(ctx: GatewayContext) -> FastAPI:
     for module in (health, me, regions, devices, events, stream, alerts, rules, ingress, risk_routes):
         app.include_router(module.router)
     app.include_router(incidents.router)
+    app.include_router(patterns_routes.router)  # correlation patterns and their edits (gateway/routes/patterns.py)
     app.include_router(audit_routes.router)  # the audit log for auditors (gateway/routes/audit.py)
     app.include_router(auth_routes.router)  # login, logout (gateway/routes/auth.py)
     app.include_router(users_routes.router)  # people and roles (gateway/routes/users.py)

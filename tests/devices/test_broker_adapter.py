@@ -1,0 +1,266 @@
+"""The Mosquitto password-file adapter (ADR 0006) against a real Mosquitto: bulk add into a running broker with
+nobody disconnected, the PROTOCOL.md ACLs as %u patterns, rotated / disabled / removed credentials refused and
+their sessions dropped, the Provisioner and `credentials check` on top of it, legacy dynsec identities."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from core.errors import BrokerUnavailable
+from devices.audit import Actor
+from devices.broker import BrokerConfig, MosquittoProcess, free_port, passwd_line
+from devices.broker_adapter import DynsecAdapter
+from devices.broker_adapter_passwd import (
+    CANARY_USERNAME,
+    Entry,
+    PasswdFileAdapter,
+    login_codes,
+    parse_passwd,
+    render_passwd,
+)
+from devices.dynsec import DynsecClient
+from devices.provisioning import Provisioner, new_secret
+from devices.registry import DeviceSpec, RegionSpec, Registry
+from tests.helpers import mqtt_client, wait_until
+
+NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+ACTOR = Actor("test", "test")
+NOT_AUTHORIZED = 135
+
+
+# --- pure -----------------------------------------------------------------------------------------------------
+
+
+def test_passwd_file_round_trip_keeps_disabled_entries_and_skips_the_canary() -> None:
+    entries = {"gate-0001": Entry("$7$101$c2FsdA==$aGFzaA==", True), "gate-0002": Entry("$7$101$eA==$eQ==", False)}
+    text = render_passwd(entries, canary=passwd_line(CANARY_USERNAME, "nonce"))
+    assert "#disabled:gate-0002:$7$101$eA==$eQ==" in text
+    assert parse_passwd(text) == entries
+
+
+# --- a broker with device_passwd ---------------------------------------------------------------------------------
+
+
+class Env:
+    def __init__(self, directory: Path) -> None:
+        self.cfg = BrokerConfig(
+            directory=directory,
+            port=free_port(),
+            admin_password="adm-" + uuid.uuid4().hex,
+            platform_password="plat-" + uuid.uuid4().hex,
+            device_passwd=True,
+        )
+        self.process = MosquittoProcess(self.cfg)
+        self.process.start()
+        self.dynsec = DynsecClient("127.0.0.1", self.cfg.port, self.cfg.admin_password, timeout=30).connect()
+        self.adapter = PasswdFileAdapter.for_broker(self.cfg, dynsec=self.dynsec)
+
+    def close(self) -> None:
+        self.dynsec.close()
+        self.process.stop()
+
+    def login(self, user: str, secret: str) -> int:
+        (code,) = login_codes("127.0.0.1", self.cfg.port, [(user, secret)])
+        return code
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path / "mosquitto")
+    yield e
+    e.close()
+
+
+class Device:
+    """A connected MQTT v5 device that records disconnects, acks and messages."""
+
+    def __init__(self, port: int, device_id: str, secret: str) -> None:
+        self.cond = threading.Condition()
+        self.disconnects = 0
+        self.acks: dict[int, int] = {}
+        self.messages: list[str] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)
+        self.client.username_pw_set(device_id, secret)
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_ack
+        self.client.on_subscribe = self._on_suback
+        self.client.on_message = lambda _c, _u, m: self.messages.append(m.topic)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        wait_until(self.client.is_connected, 10, what=f"{device_id} connected")
+
+    def _on_disconnect(self, *_a: object) -> None:
+        with self.cond:
+            self.disconnects += 1
+
+    def _on_ack(self, _c: object, _u: object, mid: int, rc: ReasonCode, _p: object) -> None:
+        self.acks[mid] = rc.value
+
+    def _on_suback(self, _c: object, _u: object, mid: int, rcs: list[ReasonCode], _p: object) -> None:
+        self.acks[mid] = rcs[0].value
+
+    def publish_code(self, topic: str) -> int:
+        info = self.client.publish(topic, b"{}", qos=1)
+        wait_until(lambda: info.mid in self.acks, 10, what=f"PUBACK {topic}")
+        return self.acks[info.mid]
+
+    def subscribe(self, topic: str) -> int:
+        _r, mid = self.client.subscribe(topic, qos=1)
+        assert mid is not None
+        wait_until(lambda: mid in self.acks, 10, what=f"SUBACK {topic}")
+        return self.acks[mid]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.mark.integration
+def test_bulk_add_into_a_running_broker_keeps_everyone_connected(env: Env) -> None:
+    first = {f"gate-{i:04d}": new_secret() for i in range(300)}
+    assert env.adapter.add(first) == {}
+    assert set(env.adapter.verify(list(first), device_secrets=first).values()) == {""}
+    connected = [Device(env.cfg.port, d, first[d]) for d in list(first)[:20]]
+    platform = mqtt_client(env.cfg.port, env.cfg.platform_username, env.cfg.platform_password, "platform-keep")
+    dropped: list[object] = []
+    platform.on_disconnect = lambda *a: dropped.append(a)
+    try:
+        more = {f"meter-{i:04d}": new_secret() for i in range(500)}
+        assert env.adapter.add(more) == {}
+        problems = env.adapter.verify(list(more), device_secrets=more)
+        assert set(problems.values()) == {""}, {k: v for k, v in problems.items() if v}
+        assert all(d.disconnects == 0 and d.client.is_connected() for d in connected)
+        assert dropped == [] and platform.is_connected()
+        assert env.login("meter-0499", first["gate-0001"]) == 5  # a wrong secret is refused (v3.1.1 code 5)
+        assert set(env.adapter.list()) == set(first) | set(more)
+    finally:
+        for d in connected:
+            d.close()
+        platform.loop_stop()
+
+
+@pytest.mark.integration
+def test_a_device_uses_only_its_own_topics(env: Env) -> None:
+    secrets = {"gate-0001": new_secret(), "gate-0002": new_secret()}
+    assert env.adapter.add(secrets) == {}
+    dev = Device(env.cfg.port, "gate-0001", secrets["gate-0001"])
+    platform = mqtt_client(env.cfg.port, env.cfg.platform_username, env.cfg.platform_password, "platform-acl")
+    try:
+        for topic in ("lf/v1/gate-0001/telemetry", "lf/v1/gate-0001/event", "lf/v1/gate-0001/status"):
+            assert dev.publish_code(topic) < 128, topic
+        for topic in ("lf/v1/gate-0002/telemetry", "lf/v1/gate-0001/cmd", "$CONTROL/dynamic-security/v1", "x/y"):
+            assert dev.publish_code(topic) == NOT_AUTHORIZED, topic
+        for topic in ("#", "lf/v1/+/cmd", "lf/v1/gate-0002/cmd", "lf/v1/gate-0001/cmd"):
+            dev.subscribe(topic)  # Mosquitto's ACL file grants SUBSCRIBE and filters at delivery
+        platform.publish("lf/v1/gate-0002/cmd", b"{}", qos=1).wait_for_publish(5)
+        platform.publish("lf/v1/gate-0001/cmd", b"{}", qos=1).wait_for_publish(5)
+        dev.publish_code("lf/v1/gate-0001/telemetry")
+        wait_until(lambda: "lf/v1/gate-0001/cmd" in dev.messages, 5, what="own cmd delivered")
+        assert set(dev.messages) == {"lf/v1/gate-0001/cmd"}, dev.messages
+    finally:
+        dev.close()
+        platform.loop_stop()
+
+
+@pytest.mark.integration
+def test_rotated_disabled_and_removed_credentials_stop_working(env: Env) -> None:
+    old = new_secret()
+    assert env.adapter.add({"gate-0001": old, "gate-0002": new_secret()}) == {}
+    dev = Device(env.cfg.port, "gate-0001", old)
+    dev.client.reconnect_delay_set(30, 60)  # a kicked session stays down long enough to be seen
+    try:
+        new = new_secret()
+        assert env.adapter.rotate({"gate-0001": new}) == {}
+        wait_until(lambda: dev.disconnects >= 1, 10, what="the session on the old secret dropped")
+        assert env.login("gate-0001", old) == 5 and env.login("gate-0001", new) == 0
+        assert env.adapter.set_enabled(["gate-0001"], False) == {}
+        assert env.login("gate-0001", new) == 5
+        assert env.adapter.verify(["gate-0001"], device_secrets={"gate-0001": new}, disabled=["gate-0001"]) == {
+            "gate-0001": ""
+        }
+        assert env.adapter.set_enabled(["gate-0001"], True) == {}
+        assert env.login("gate-0001", new) == 0  # enabled again with the same secret
+        assert env.adapter.remove(["gate-0001"]) == {}
+        assert env.login("gate-0001", new) == 5
+        assert env.adapter.verify_removed(["gate-0001", "gate-0002"]) == {
+            "gate-0002": "still in the broker's device file"
+        }
+        assert env.adapter.rotate({"gate-0001": new_secret()}) == {"gate-0001": "missing on the broker"}
+        assert env.adapter.add({"admin": new_secret()}) == {"admin": "the name of a built-in broker account"}
+    finally:
+        dev.close()
+
+
+@pytest.mark.integration
+def test_a_broker_that_does_not_reload_is_an_error_not_a_hang(env: Env) -> None:
+    adapter = PasswdFileAdapter(
+        env.cfg.passwd_path, host="127.0.0.1", port=env.cfg.port, reload=lambda: None, timeout=1.0
+    )
+    with pytest.raises(BrokerUnavailable, match="did not load"):
+        adapter.add({"gate-0001": new_secret()})
+
+
+@pytest.mark.integration
+def test_a_legacy_dynsec_identity_is_replaced_not_shadowing(env: Env) -> None:
+    legacy = DynsecAdapter(env.dynsec)
+    old = new_secret()
+    assert legacy.add({"gate-0001": old}) == {}
+    dev = Device(env.cfg.port, "gate-0001", old)  # dynsec binds the client id: the device's own one
+    dev.close()
+    new = new_secret()
+    assert env.adapter.add({"gate-0001": new}) == {}  # reprovision: the dynsec client goes, the file decides
+    assert env.login("gate-0001", old) == 5 and env.login("gate-0001", new) == 0
+    assert env.dynsec.get_client("gate-0001") is None
+
+
+# --- the Provisioner on the password file ----------------------------------------------------------------------
+
+
+def _registry(tmp_path: Path, ids: list[str]) -> Registry:
+    from core.db import make_engine, migrate
+
+    engine = make_engine(f"sqlite:///{tmp_path}/registry.db")
+    migrate(engine)
+    reg = Registry(engine)
+    reg.upsert_regions([RegionSpec("gd", "广东省", "province")], now=NOW)
+    reg.add_devices([DeviceSpec(i, "gate", "gd") for i in ids], now=NOW)
+    return reg
+
+
+@pytest.mark.integration
+def test_provisioner_through_the_passwd_adapter(env: Env, tmp_path: Path) -> None:
+    ids = [f"gate-{i:04d}" for i in range(40)]
+    reg = _registry(tmp_path, ids)
+    prov = Provisioner(reg, env.dynsec, actor=ACTOR, adapter=env.adapter)
+    out = prov.provision_new(ids, NOW)
+    assert sorted(out) == ids and prov.provision_new(ids, NOW) == {}
+    assert env.login("gate-0007", out["gate-0007"]) == 0
+    report = prov.check("gate-0007", out["gate-0007"], host="127.0.0.1", port=env.cfg.port, now=NOW)
+    assert report.ok, [p for p in report.probes if not p.ok]
+    assert any(p.action == "receive" and p.topic == "#" for p in report.probes)
+    rotated = prov.rotate("gate-0001", NOW)
+    assert env.login("gate-0001", out["gate-0001"]) == 5 and env.login("gate-0001", rotated) == 0
+    prov.disable("gate-0002", NOW)
+    assert env.login("gate-0002", out["gate-0002"]) == 5
+    prov.enable("gate-0002", NOW)
+    assert env.login("gate-0002", out["gate-0002"]) == 0
+    prov.delete("gate-0003", NOW)
+    assert env.login("gate-0003", out["gate-0003"]) == 5
+    # drift: an orphan on the broker, a disabled state the broker does not have
+    assert env.adapter.add({"orphan-0001": new_secret()}) == {}
+    reg.set_enabled("gate-0004", False, now=NOW)
+    report2 = prov.reconcile(NOW)
+    kinds = {(d.device_id, d.kind) for d in report2.drift if d.fixed}
+    assert kinds == {("orphan-0001", "orphan_on_broker"), ("gate-0004", "enabled_mismatch")}
+    assert env.login("gate-0004", out["gate-0004"]) == 5 and "orphan-0001" not in env.adapter.list()
+    assert [d for d in prov.reconcile(NOW).drift if d.kind != "unprovisioned"] == []
+    reg.engine.dispose()
