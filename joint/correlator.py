@@ -139,6 +139,19 @@ class Correlator:
         self._gone_tasks.clear()
         return incs, tasks, d.timeline
 
+    def set_patterns(self, patterns: PatternSet) -> list[str]:
+        """Use a new pattern set (an edit through the API). The windows of a pattern that is gone, or whose kind
+        changed, are dropped (returned: those pattern ids); open incidents stay and resolve as before."""
+        dropped = [
+            pid
+            for pid in self.state
+            if pid not in patterns.patterns or patterns.patterns[pid].kind != self.patterns.patterns[pid].kind
+        ]
+        for pid in dropped:
+            del self.state[pid]
+        self.patterns = patterns
+        return dropped
+
     # --- helpers -------------------------------------------------------------------------------------------
 
     def _pattern(self, pattern_id: str, scope: Iterable[str] | None) -> EffectivePattern:
@@ -437,6 +450,34 @@ class Correlator:
         self._log(inc, now, TimelineKind.ACTION, "investigating", who)
         return [IncidentChange("investigating", _snap(inc), now, actor=who)]
 
+    def resolve(self, incident_id: int, who: str, reason: str, now: datetime) -> list[IncidentChange]:
+        """Resolve an open or investigating incident by hand (the reason goes on the timeline): its members are
+        un-muted, its tasks stay open for the departments. It stays resolved until it is closed with a cause code
+        or its last task closes (unlike a resolution by the members, it never closes by itself)."""
+        inc = self.get(incident_id)
+        if not inc.open:
+            raise IncidentNotFound(f"incident {incident_id} is {inc.state}: only an open or investigating one resolves")
+        inc.state = IncidentState.RESOLVED
+        inc.resolved_at = now
+        self.open_by_key.pop(inc.group_key, None)
+        out = self._unmute_all(inc, now)
+        self._touch(inc, now)
+        self._log(inc, now, TimelineKind.EVENT, f"resolved by hand: {reason}", who, reason=reason)
+        out.append(IncidentChange("resolved", _snap(inc), now, actor=who))
+        return out
+
+    def adopt(self, inc: Incident, tasks: Iterable[Task]) -> None:
+        """Take back a resolved incident the store has but memory dropped (a restart keeps only the open ones and
+        those with open tasks), so it can be closed by hand."""
+        if inc.id in self.incidents or inc.state is not IncidentState.RESOLVED:
+            return
+        self.incidents[inc.id] = inc
+        for alert_id in inc.members:
+            self.by_alert.setdefault(alert_id, set()).add(inc.id)
+        for t in tasks:
+            if t.incident_id == inc.id and t.open:
+                self.tasks[t.id] = t
+
     def comment(self, incident_id: int, who: str, text: str, now: datetime) -> list[IncidentChange]:
         inc = self.get(incident_id)
         self._touch(inc, now)
@@ -444,8 +485,10 @@ class Correlator:
         return [IncidentChange("commented", _snap(inc), now, actor=who)]
 
     def close(self, incident_id: int, who: str, cause_code: str, now: datetime) -> list[IncidentChange]:
-        """Close by hand with a cause code; its open tasks are closed with it."""
+        """Close by hand with a cause code (from open, investigating or resolved); its open tasks close with it."""
         inc = self.get(incident_id)
+        if inc.state is IncidentState.CLOSED:
+            raise IncidentNotFound(f"incident {incident_id} is already closed")
         inc.cause_code = cause_code
         for t in self.tasks_of(incident_id):
             if t.open:

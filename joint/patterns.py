@@ -37,6 +37,7 @@ from core.errors import UserError
 from core.protocol import DEVICE_TYPES
 from joint.models import DEPARTMENTS, ScopeLevel
 
+API_ORIGIN = "api"  # where patterns and overrides edited through the API come from (joint/pattern_store.py)
 PACKS_DIR = Path(__file__).parent / "packs"  # the default correlation patterns (X rules) shipped with Lianfang
 ALERT_RULE_KINDS = (
     "threshold",
@@ -247,7 +248,8 @@ class PatternSet:
                 for t in targets:
                     assert t is not None
                     validate_params(t.kind, {**t.params, **ov.params}, origin, f"{where}.params")
-                ps.overrides.append((ov, f"{origin} {where}"))
+                # An API override is one per document: its origin names it (``api override X5 [region=gz]``).
+                ps.overrides.append((ov, origin if origin.startswith(f"{API_ORIGIN} ") else f"{origin} {where}"))
             for i, route in enumerate(doc.routing):
                 for j, d in enumerate(route.departments):
                     if d not in ps.departments:

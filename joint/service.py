@@ -38,6 +38,7 @@ from core.errors import StoreUnavailable
 from joint.correlator import Correlator, IncidentChange, _snap
 from joint.kinds import AlertFact
 from joint.models import Incident, ScopeLevel, Task, TimelineEntry
+from joint.pattern_store import PatternAdmin, PatternStore
 from joint.patterns import PACKS_DIR, PatternSet
 from joint.store import JointStore
 
@@ -101,6 +102,8 @@ class JointService:
         clock_fn: Callable[[], datetime] = clock.now,
         tick_interval_s: float = 1.0,
         snapshot_interval_s: float = 5.0,
+        patterns_source: PatternAdmin | None = None,
+        patterns_poll_s: float = 2.0,
     ) -> None:
         self.store = JointStore(engine)
         self.patterns = patterns
@@ -117,6 +120,10 @@ class JointService:
         self._pending: tuple[list[Incident], list[Task], list[TimelineEntry]] | None = None
         self._loaded = False
         self.opened = 0
+        # Patterns edited through the API (joint/pattern_store.py): reloaded when the stored version moves.
+        self.patterns_source = patterns_source
+        self.patterns_poll_s = patterns_poll_s
+        self.patterns_version = 0  # the version ``patterns`` was built from
 
     # --- start / stop ---------------------------------------------------------------------------------------
 
@@ -155,6 +162,9 @@ class JointService:
         sched.add_job(self._safe(self.tick), "interval", seconds=self.tick_interval_s, id="joint-tick")
         sched.add_job(self._safe(self.flush), "interval", seconds=self.snapshot_interval_s, id="joint-snapshot")
         sched.add_job(self._safe(self.refresh), "interval", seconds=self.tree.refresh_s, id="joint-refresh")
+        if self.patterns_source is not None:
+            poll = self.patterns_poll_s
+            sched.add_job(self._safe(self.reload_patterns), "interval", seconds=poll, id="joint-patterns")
         sched.start()
         self._scheduler = sched
 
@@ -257,6 +267,24 @@ class JointService:
         with self._lock:
             self.correlator.levels = self.tree.levels
 
+    def reload_patterns(self, force: bool = False) -> bool:
+        """Rebuild the patterns when their stored version moved (an API edit, from any process); True if it did.
+        An API entry that no longer validates is skipped (logged), as at start."""
+        source = self.patterns_source
+        if source is None or (not force and source.store.version() == self.patterns_version):
+            return False
+        version, built = source.versioned()
+        for line in built.problems:
+            logger.error("correlation pattern edited through the API not applied: %s", line)
+        with self._lock:
+            self.patterns = built.patterns
+            dropped = self.correlator.set_patterns(built.patterns)
+            self.patterns_version = version
+        logger.info("joint: patterns reloaded (version %d, %d patterns)", version, len(built.patterns.patterns))
+        if dropped:
+            logger.info("joint: windows dropped for removed or changed patterns: %s", ", ".join(dropped))
+        return True
+
     def tick(self, now: datetime | None = None) -> list[IncidentChange]:
         now = now or self._clock()
         with self._lock:
@@ -323,8 +351,18 @@ class JointService:
     def comment(self, incident_id: int, who: str, text: str) -> list[IncidentChange]:
         return self._act(lambda now: self.correlator.comment(incident_id, who, text, now))
 
+    def resolve(self, incident_id: int, who: str, reason: str) -> list[IncidentChange]:
+        return self._act(lambda now: self.correlator.resolve(incident_id, who, reason, now))
+
     def close(self, incident_id: int, who: str, cause_code: str) -> list[IncidentChange]:
-        return self._act(lambda now: self.correlator.close(incident_id, who, cause_code, now))
+        def act(now: datetime) -> list[IncidentChange]:
+            if incident_id not in self.correlator.incidents:  # resolved by hand before a restart: only stored
+                stored = self.store.get(incident_id)
+                if stored is not None:
+                    self.correlator.adopt(stored, self.store.tasks(incident_id=incident_id))
+            return self.correlator.close(incident_id, who, cause_code, now)
+
+        return self._act(act)
 
     def escalate(self, incident_id: int, to: ScopeLevel, who: str) -> list[IncidentChange]:
         return self._act(lambda now: self.correlator.escalate(incident_id, to, now, who))
@@ -371,16 +409,25 @@ def pattern_paths(settings: Settings) -> list[Path]:
 def build(settings: Settings, registry: Registry, alerts: AlertsRuntime, **kw: Any) -> JointService:
     """The joint service of a running Lianfang: the X packs (unless ``joint.packs`` is off) and
     ``joint.patterns_paths``, checked against the alert rules and the registry (a pattern that can never match
-    refuses the start with a UserError naming it), attached to the alert service, muting its notifications."""
+    refuses the start with a UserError naming it), then the patterns and overrides edited through the API (an entry
+    that no longer fits is skipped and logged), attached to the alert service, muting its notifications."""
     from alerts.rule_check import Known
     from core.errors import UserError
-    from joint.patterns import load_patterns
 
     cfg = settings.joint
-    built = load_patterns(pattern_paths(settings), alerts.rules.rules, Known.from_registry(registry))
-    if built.problems:
-        extra = f" (and {len(built.problems) - 1} more: run 'lianfang rules check')" if len(built.problems) > 1 else ""
-        raise UserError(built.problems[0] + extra)
+    source = PatternAdmin(
+        pattern_paths(settings),
+        PatternStore(registry.engine),
+        lambda: alerts.rules.rules,
+        lambda: Known(frozenset(r.id for r in registry.regions())),  # patterns name regions, never devices
+    )
+    problems = source.file_problems()
+    if problems:
+        extra = f" (and {len(problems) - 1} more: run 'lianfang rules check')" if len(problems) > 1 else ""
+        raise UserError(problems[0] + extra)
+    version, built = source.versioned()
+    for line in built.problems:
+        logger.error("correlation pattern edited through the API not applied: %s", line)
 
     def rule_kind(rule_id: str) -> str:
         spec = alerts.rules.rules.get(rule_id)
@@ -393,8 +440,10 @@ def build(settings: Settings, registry: Registry, alerts: AlertsRuntime, **kw: A
         rule_kind,
         tick_interval_s=cfg.tick_interval_s,
         snapshot_interval_s=cfg.snapshot_interval_s,
+        patterns_source=source,
         **kw,
     )
+    service.patterns_version = version
     service.attach(alerts.service)
     alerts.mutes.append(service.held)
     return service

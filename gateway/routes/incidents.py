@@ -82,6 +82,8 @@ class JointOps(Protocol):
 
     def comment(self, incident_id: int, who: str, text: str) -> Any: ...
 
+    def resolve(self, incident_id: int, who: str, reason: str) -> Any: ...
+
     def close(self, incident_id: int, who: str, cause_code: str) -> Any: ...
 
     def acknowledge_task(self, task_id: int, who: str, note: str | None = None) -> Any: ...
@@ -469,6 +471,10 @@ def _conflict(exc: Exception) -> HTTPException:
     return HTTPException(status.HTTP_409_CONFLICT, detail=str(exc))
 
 
+class ResolveBody(_Body):
+    reason: str = Field(min_length=1, max_length=2000, pattern=r"\S", description="why it is resolved")
+
+
 def _after(side: JointSide, principal: Principal, incident_id: int, now: datetime) -> dict[str, Any]:
     inc, full = _incident_or_404(side, principal, incident_id)
     out = incident_json(inc, principal, full=full)
@@ -476,158 +482,103 @@ def _after(side: JointSide, principal: Principal, incident_id: int, now: datetim
     return out
 
 
-def _transition(
-    side: JointSide, principal: Principal, incident_id: int, now: datetime, audit: Any, action: str, call: Any
-) -> dict[str, Any]:
-    _writable(side, principal, incident_id)
-    try:
-        call()
-    except (UserError, KeyError, ValueError) as exc:
-        raise _conflict(exc) from exc
-    audit.write(principal, f"incident.{action}", f"incident {incident_id}", now=now)
-    return _after(side, principal, incident_id, now)
+@dataclass(frozen=True)
+class Act:
+    """What a person's action needs besides the action itself: who, on which incident, when, the audit log."""
+
+    side: JointSide
+    principal: Principal
+    incident_id: int
+    now: datetime
+    audit: Any
+
+    def __call__(
+        self, action: str, call: Callable[[JointOps], object], detail: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Check the caller may change the incident, do ``call`` through the joint service, write the audit record
+        and answer the incident as it is now. A wrong state (the service's UserError) is a 409 saying why."""
+        _writable(self.side, self.principal, self.incident_id)
+        ops = _ops(self.side)
+        try:
+            call(ops)
+        except (UserError, KeyError, ValueError) as exc:
+            raise _conflict(exc) from exc
+        self.audit.write(
+            self.principal, f"incident.{action}", f"incident {self.incident_id}", now=self.now, detail=detail
+        )
+        return _after(self.side, self.principal, self.incident_id, self.now)
+
+
+def get_act(incident_id: ObjectId, side: SideDep, principal: Writer, now: NowDep, audit: AuditDep) -> Act:
+    return Act(side, principal, incident_id, now, audit)
+
+
+ActDep = Annotated[Act, Depends(get_act)]
 
 
 @router.post("/incidents/{incident_id}/ack")
-def acknowledge(
-    incident_id: ObjectId, body: NoteBody, side: SideDep, principal: Writer, now: NowDep, audit: AuditDep
-) -> dict[str, Any]:
-    """Acknowledge an open incident: someone is on it (its state becomes ``investigating``)."""
-    _writable(side, principal, incident_id)
-    ops = _ops(side)
-    return _transition(
-        side, principal, incident_id, now, audit, "ack", lambda: ops.investigate(incident_id, principal.name)
-    )
+def acknowledge(body: NoteBody, act: ActDep) -> dict[str, Any]:
+    """Acknowledge an open incident: someone is on it (``open`` -> ``investigating``, like ``investigate``)."""
+    return act("ack", lambda ops: ops.investigate(act.incident_id, act.principal.name))
 
 
 @router.post("/incidents/{incident_id}/investigate")
-def investigate(
-    incident_id: ObjectId, body: NoteBody, side: SideDep, principal: Writer, now: NowDep, audit: AuditDep
-) -> dict[str, Any]:
-    """Start investigating an open incident (``open`` -> ``investigating``)."""
-    _writable(side, principal, incident_id)
-    ops = _ops(side)
-    return _transition(
-        side,
-        principal,
-        incident_id,
-        now,
-        audit,
-        "investigate",
-        lambda: ops.investigate(incident_id, principal.name),
-    )
+def investigate(body: NoteBody, act: ActDep) -> dict[str, Any]:
+    """Start investigating an open incident (``open`` -> ``investigating``); 409 from any other state."""
+    return act("investigate", lambda ops: ops.investigate(act.incident_id, act.principal.name))
 
 
 @router.post("/incidents/{incident_id}/resolve")
-def resolve(
-    incident_id: ObjectId, body: CommentBody, side: SideDep, principal: Writer, now: NowDep, audit: AuditDep
-) -> dict[str, Any]:
-    """Resolve an open incident by hand (the reason is required); its tasks stay until the departments close
-    them."""
-    _writable(side, principal, incident_id)
-    fn = getattr(_ops(side), "resolve", None)
-    if fn is None:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            detail="an incident resolves when its member alerts do; to end it by hand, close it with a cause code",
-        )
-    return _transition(
-        side, principal, incident_id, now, audit, "resolve", lambda: fn(incident_id, principal.name, body.text)
-    )
+def resolve(body: ResolveBody, act: ActDep) -> dict[str, Any]:
+    """Resolve an open or investigating incident by hand (the reason is required and goes on the timeline): its
+    muted members are un-muted; its tasks stay until the departments close them, or it is closed with a cause
+    code. 409 when it is already resolved or closed."""
+    reason = body.reason.strip()
+    return act("resolve", lambda ops: ops.resolve(act.incident_id, act.principal.name, reason), {"reason": reason})
 
 
 @router.post("/incidents/{incident_id}/close")
-def close(
-    incident_id: ObjectId, body: CloseBody, side: SideDep, principal: Writer, now: NowDep, audit: AuditDep
-) -> dict[str, Any]:
-    """Close an incident with a cause code (a note, when given, goes on the timeline first); its open tasks close
-    with it."""
-    _writable(side, principal, incident_id)
-    ops = _ops(side)
+def close(body: CloseBody, act: ActDep) -> dict[str, Any]:
+    """Close an incident (open, investigating or resolved) with a cause code (a note, when given, goes on the
+    timeline first); its open tasks close with it. 409 when it is already closed."""
 
-    def call() -> None:
+    def call(ops: JointOps) -> None:
         if body.note.strip():
-            ops.comment(incident_id, principal.name, body.note)
-        ops.close(incident_id, principal.name, body.cause_code)
+            ops.comment(act.incident_id, act.principal.name, body.note)
+        ops.close(act.incident_id, act.principal.name, body.cause_code)
 
-    return _transition(side, principal, incident_id, now, audit, "close", call)
+    return act("close", call, {"cause_code": body.cause_code})
 
 
 @router.post("/incidents/{incident_id}/comments", status_code=status.HTTP_201_CREATED)
-def add_comment(
-    incident_id: ObjectId, body: CommentBody, side: SideDep, principal: Writer, now: NowDep, audit: AuditDep
-) -> dict[str, Any]:
-    """Add a comment to the incident's timeline."""
-    _writable(side, principal, incident_id)
-    ops = _ops(side)
-    return _transition(
-        side,
-        principal,
-        incident_id,
-        now,
-        audit,
-        "comment",
-        lambda: ops.comment(incident_id, principal.name, body.text),
-    )
+def add_comment(body: CommentBody, act: ActDep) -> dict[str, Any]:
+    """Add a comment to the incident's timeline (while it is open, investigating or resolved)."""
+    return act("comment", lambda ops: ops.comment(act.incident_id, act.principal.name, body.text))
 
 
-def _task_of(side: JointSide, principal: Principal, incident_id: int, task_id: int) -> Task:
-    _writable(side, principal, incident_id)
-    task = side.store.task(task_id)
-    if task is None or task.incident_id != incident_id:
+def _task_of(act: Act, task_id: int) -> Task:
+    _writable(act.side, act.principal, act.incident_id)
+    task = act.side.store.task(task_id)
+    if task is None or task.incident_id != act.incident_id:
         raise not_found("task", str(task_id))
     return task
 
 
 @router.post("/incidents/{incident_id}/tasks/{task_id}/ack")
-def acknowledge_task(
-    incident_id: ObjectId,
-    task_id: ObjectId,
-    body: NoteBody,
-    side: SideDep,
-    principal: Writer,
-    now: NowDep,
-    audit: AuditDep,
-) -> dict[str, Any]:
+def acknowledge_task(task_id: ObjectId, body: NoteBody, act: ActDep) -> dict[str, Any]:
     """A department acknowledges its part (stops its escalation)."""
-    _task_of(side, principal, incident_id, task_id)
-    _writable(side, principal, incident_id)
-    ops = _ops(side)
-    return _transition(
-        side,
-        principal,
-        incident_id,
-        now,
-        audit,
-        "task.ack",
-        lambda: ops.acknowledge_task(task_id, principal.name, body.note or None),
-    )
+    _task_of(act, task_id)
+    note = body.note or None
+    return act("task.ack", lambda ops: ops.acknowledge_task(task_id, act.principal.name, note), {"task": task_id})
 
 
 @router.post("/incidents/{incident_id}/tasks/{task_id}/close")
-def close_task(
-    incident_id: ObjectId,
-    task_id: ObjectId,
-    body: NoteBody,
-    side: SideDep,
-    principal: Writer,
-    now: NowDep,
-    audit: AuditDep,
-) -> dict[str, Any]:
+def close_task(task_id: ObjectId, body: NoteBody, act: ActDep) -> dict[str, Any]:
     """A department closes its part; the incident closes when the last of its tasks does."""
-    task = _task_of(side, principal, incident_id, task_id)
-    ops = _ops(side)
-    if not task.open:
+    if not _task_of(act, task_id).open:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"task {task_id} is already closed")
-    return _transition(
-        side,
-        principal,
-        incident_id,
-        now,
-        audit,
-        "task.close",
-        lambda: ops.close_task(task_id, principal.name, body.note or None),
-    )
+    note = body.note or None
+    return act("task.close", lambda ops: ops.close_task(task_id, act.principal.name, note), {"task": task_id})
 
 
 # --- linkage actions -------------------------------------------------------------------------------------------
