@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from alerts.notify.routing import SEVERITY_RANK
+from alerts.notify.templates import DEPARTMENT_LABEL
 from alerts.types import Severity
 from core.errors import UserError
 from joint.kinds import KINDS, AlertFact, Entry, Hit, scope_path
@@ -42,6 +43,58 @@ from joint.patterns import EffectivePattern, PatternSet, member_matches
 SYSTEM = "system"
 FIRES = frozenset({"created", "repeated", "flapping"})
 _BY_RANK = {v: k for k, v in SEVERITY_RANK.items()}
+
+
+# Timeline texts: zh-CN first (the entry's text), English second (its data's ``text_en``); the page shows the one of
+# its language (gateway/static/app.js), like the linkage actions' steps (joint/actions.py).
+TEXTS: dict[str, tuple[str, str]] = {
+    "opened": ("由关联规则 {pattern} 生成：{title_zh}", "opened by pattern {pattern}: {title_en}"),
+    "joined": ("告警 {alert}（{rule}，{device}）并入", "alert {alert} ({rule}, {device}) joined"),
+    "joined_muted": ("告警 {alert}（{rule}，{device}）并入，已静默", "alert {alert} ({rule}, {device}) joined, muted"),
+    "member_resolved": ("告警 {alert} 已恢复", "alert {alert} resolved"),
+    "resolved_members": ("已解除：全部关联告警已恢复", "resolved: every member alert resolved"),
+    "resolved_by_hand": ("人工解除：{reason}", "resolved by hand: {reason}"),
+    "closed": ("已关闭：{cause_zh}", "closed: {cause}"),
+    "escalated": ("升级：由 {before} 升至{level_zh} {region}", "escalated from {before} to {level} {region}"),
+    "investigating": ("开始处置", "investigating"),
+    "task_created": ("{dept_zh}部门任务，截止 {due_zh}", "task for {dept}, due {due_en}"),
+    "task_acknowledged": ("任务 {task}（{dept_zh}）已确认", "task {task} ({dept}) acknowledged"),
+    "task_closed": ("任务 {task}（{dept_zh}）已完成", "task {task} ({dept}) closed"),
+    "task_overdue": (
+        "任务 {task}（{dept_zh}）超时：升级第 {level} 级",
+        "task {task} ({dept}) overdue: escalation level {level}",
+    ),
+}
+_DEPT_ZH = DEPARTMENT_LABEL["zh-CN"]  # as the notifications say
+_LEVEL_ZH = {"building": "楼宇", "agency": "机关", "city": "市", "province": "省"}
+_CAUSE_ZH = {
+    "false_alarm": "误报",
+    "handled": "已处置",
+    "maintenance": "维护",
+    "device_fault": "设备故障",
+    "duplicate": "重复",
+    "other": "其他",
+    "resolved": "告警已恢复",
+    "tasks_closed": "部门任务均已完成",
+}
+
+
+def say(key: str, **values: Any) -> tuple[str, str]:
+    """The (zh-CN, English) timeline text ``key`` with its values; times in Beijing time for the Chinese."""
+    from alerts.calendar import BEIJING
+
+    due = values.pop("due", None)
+    if isinstance(due, datetime):
+        values["due_zh"] = due.astimezone(BEIJING).strftime("%m-%d %H:%M") + "（北京时间）"
+        values["due_en"] = due.isoformat()
+    if "dept" in values:
+        values["dept_zh"] = _DEPT_ZH.get(values["dept"], values["dept"])
+    if "level" in values and isinstance(values["level"], str):
+        values["level_zh"] = _LEVEL_ZH.get(values["level"], values["level"])
+    if "cause" in values:
+        values["cause_zh"] = _CAUSE_ZH.get(values["cause"], values["cause"])
+    zh, en = TEXTS[key]
+    return zh.format(**values), en.format(**values)
 
 
 class IncidentNotFound(UserError):
@@ -158,8 +211,18 @@ class Correlator:
         return self.patterns.effective(pattern_id, tuple(scope or ()))
 
     def _log(
-        self, inc: Incident, at: datetime, kind: TimelineKind, text: str, actor: str = SYSTEM, **data: Any
+        self,
+        inc: Incident,
+        at: datetime,
+        kind: TimelineKind,
+        text: str | tuple[str, str],
+        actor: str = SYSTEM,
+        **data: Any,
     ) -> None:
+        """A timeline entry; ``text`` is (zh-CN, English) from ``say``: the Chinese is the entry's text, the English
+        goes in its data (``text_en``) for the page's language switch. A plain string (a person's comment) as is."""
+        if isinstance(text, tuple):
+            text, data["text_en"] = text
         self._dirty.timeline.append(TimelineEntry(inc.id, at, kind, actor, text, data))
 
     def _touch(self, inc: Incident, at: datetime, members: Iterable[int] = ()) -> None:
@@ -242,11 +305,11 @@ class Correlator:
                 self.muted.pop(fact.alert_id, None)
                 self.released.add(fact.alert_id)
             self._touch(inc, now, (fact.alert_id,))
-            self._log(inc, now, TimelineKind.ALERT, f"alert {fact.alert_id} resolved", alert_id=fact.alert_id)
+            self._log(inc, now, TimelineKind.ALERT, say("member_resolved", alert=fact.alert_id), alert_id=fact.alert_id)
             out.append(IncidentChange("member_resolved", _snap(inc), now, alert_ids=(fact.alert_id,)))
             p = self._pattern(inc.pattern_id, inc.region_path) if inc.pattern_id in self.patterns.patterns else None
             if inc.open and (p is None or p.resolve == "members") and all(x.resolved for x in inc.members.values()):
-                out.extend(self._resolve(inc, now, "every member alert resolved"))
+                out.extend(self._resolve(inc, now))
         return out
 
     def _hit(self, p: EffectivePattern, hit: Hit, now: datetime) -> list[IncidentChange]:
@@ -274,7 +337,12 @@ class Correlator:
         self.open_by_key[hit.key] = inc.id
         self._dirty.incidents.add(inc.id)
         self._log(
-            inc, now, TimelineKind.EVENT, f"opened by pattern {p.id}: {p.title_en}", pattern=p.id, **dict(hit.detail)
+            inc,
+            now,
+            TimelineKind.EVENT,
+            say("opened", pattern=p.id, title_zh=p.title_zh, title_en=p.title_en),
+            pattern=p.id,
+            **dict(hit.detail),
         )
         out = [IncidentChange("opened", _snap(inc), now)]
         out.extend(self._add_members(inc, p, list(hit.members), now, quiet=True))
@@ -294,7 +362,11 @@ class Correlator:
                 self.tasks[task.id] = task
                 self._dirty.tasks.add(task.id)
                 self._log(
-                    inc, now, TimelineKind.TASK, f"task for {dept}, due {task.deadline.isoformat()}", task=task.id
+                    inc,
+                    now,
+                    TimelineKind.TASK,
+                    say("task_created", dept=dept, due=task.deadline),
+                    task=task.id,
                 )
                 out.append(IncidentChange("task_created", _snap(inc), now, task=replace(task)))
         return out
@@ -320,7 +392,7 @@ class Correlator:
                     inc,
                     now,
                     TimelineKind.ALERT,
-                    f"alert {e.alert_id} ({e.rule_id}, {e.device_id}) joined" + (", muted" if m.muted else ""),
+                    say("joined_muted" if m.muted else "joined", alert=e.alert_id, rule=e.rule_id, device=e.device_id),
                     alert_id=e.alert_id,
                     rule_id=e.rule_id,
                     device_id=e.device_id,
@@ -350,13 +422,14 @@ class Correlator:
         self._touch(inc, now, ids)
         return [IncidentChange("unmuted", _snap(inc), now, alert_ids=tuple(ids))]
 
-    def _resolve(self, inc: Incident, now: datetime, why: str, actor: str = SYSTEM) -> list[IncidentChange]:
+    def _resolve(self, inc: Incident, now: datetime, actor: str = SYSTEM) -> list[IncidentChange]:
+        """Every member alert resolved: the incident resolves, and closes when it has no open task."""
         inc.state = IncidentState.RESOLVED
         inc.resolved_at = now
         self.open_by_key.pop(inc.group_key, None)
         out = self._unmute_all(inc, now)
         self._touch(inc, now)
-        self._log(inc, now, TimelineKind.EVENT, f"resolved: {why}", actor)
+        self._log(inc, now, TimelineKind.EVENT, say("resolved_members"), actor)
         out.append(IncidentChange("resolved", _snap(inc), now, actor=actor))
         if not any(t.open for t in self.tasks_of(inc.id)):
             out.extend(self._close(inc, now, "resolved", actor))
@@ -372,7 +445,7 @@ class Correlator:
         inc.closed_at = now
         inc.closed_by = actor
         self._touch(inc, now)
-        self._log(inc, now, TimelineKind.EVENT, f"closed: {inc.cause_code}", actor)
+        self._log(inc, now, TimelineKind.EVENT, say("closed", cause=inc.cause_code or ""), actor)
         out.append(IncidentChange("closed", _snap(inc), now, actor=actor))
         self._keep(inc)
         return out
@@ -416,7 +489,7 @@ class Correlator:
                 inc,
                 now,
                 TimelineKind.TASK,
-                f"task {task.id} ({task.department}) overdue: escalation level {task.escalation_level}",
+                say("task_overdue", task=task.id, dept=task.department, level=task.escalation_level),
                 task=task.id,
                 level=task.escalation_level,
             )
@@ -436,7 +509,14 @@ class Correlator:
         inc.region_path = scope
         inc.escalation_level += 1
         self._touch(inc, now)
-        self._log(inc, now, TimelineKind.EVENT, f"escalated from {before} to {to} {scope[-1]}", actor, to=str(to))
+        self._log(
+            inc,
+            now,
+            TimelineKind.EVENT,
+            say("escalated", before=before, level=str(to), region=scope[-1]),
+            actor,
+            to=str(to),
+        )
         return [IncidentChange("escalated", _snap(inc), now, actor=actor)]
 
     # --- people's actions ----------------------------------------------------------------------------------
@@ -447,7 +527,7 @@ class Correlator:
             raise IncidentNotFound(f"incident {incident_id} is {inc.state}, not open")
         inc.state = IncidentState.INVESTIGATING
         self._touch(inc, now)
-        self._log(inc, now, TimelineKind.ACTION, "investigating", who)
+        self._log(inc, now, TimelineKind.ACTION, say("investigating"), who)
         return [IncidentChange("investigating", _snap(inc), now, actor=who)]
 
     def resolve(self, incident_id: int, who: str, reason: str, now: datetime) -> list[IncidentChange]:
@@ -462,7 +542,7 @@ class Correlator:
         self.open_by_key.pop(inc.group_key, None)
         out = self._unmute_all(inc, now)
         self._touch(inc, now)
-        self._log(inc, now, TimelineKind.EVENT, f"resolved by hand: {reason}", who, reason=reason)
+        self._log(inc, now, TimelineKind.EVENT, say("resolved_by_hand", reason=reason), who, reason=reason)
         out.append(IncidentChange("resolved", _snap(inc), now, actor=who))
         return out
 
@@ -511,7 +591,7 @@ class Correlator:
         self._dirty.tasks.add(t.id)
         inc = self.incidents[t.incident_id]
         self._touch(inc, now)
-        self._log(inc, now, TimelineKind.TASK, f"task {t.id} ({t.department}) acknowledged", who, task=t.id)
+        self._log(inc, now, TimelineKind.TASK, say("task_acknowledged", task=t.id, dept=t.department), who, task=t.id)
         return [IncidentChange("task_acknowledged", _snap(inc), now, task=replace(t), actor=who)]
 
     def close_task(self, task_id: int, who: str, now: datetime, note: str | None = None) -> list[IncidentChange]:
@@ -524,7 +604,7 @@ class Correlator:
         self._dirty.tasks.add(t.id)
         inc = self.incidents[t.incident_id]
         self._touch(inc, now)
-        self._log(inc, now, TimelineKind.TASK, f"task {t.id} ({t.department}) closed", who, task=t.id)
+        self._log(inc, now, TimelineKind.TASK, say("task_closed", task=t.id, dept=t.department), who, task=t.id)
         out = [IncidentChange("task_closed", _snap(inc), now, task=replace(t), actor=who)]
         if not any(x.open for x in self.tasks_of(inc.id)):
             out.extend(self._close(inc, now, "tasks_closed", who))

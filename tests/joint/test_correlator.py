@@ -328,3 +328,23 @@ def test_after_an_incident_is_over_counting_starts_afresh_and_a_big_storm_stays_
         opened += kinds(out).count("opened")
     x5 = [i for i in c.open_incidents() if i.pattern_id == "X5"]
     assert opened == 1 and len(x5) == 1 and len(x5[0].members) == 10_000
+
+
+def test_timeline_texts_are_chinese_first_with_the_english_in_the_data() -> None:
+    from joint.correlator import TEXTS, say
+
+    c = correlator()
+    t = T0
+    c.observe("created", fact("G1", "gate-1", "gz-a1-b1", t), t)
+    c.observe("created", fact("G2", "gate-2", "gz-a1-b1", t + s(5)), t + s(5))
+    c.tick(t + s(3600))
+    _incs, _tasks, entries = c.take_dirty()
+    assert entries, "X2 opened an incident with its members and a task"
+    for e in entries:
+        assert any("\u4e00" <= ch <= "\u9fff" for ch in e.text), e.text
+        assert e.data["text_en"] and e.data["text_en"].isascii(), e.data
+    en = {e.data["text_en"].split(" ")[0] for e in entries}
+    assert {"opened", "alert", "task"} <= en
+    for key, (zh, _en) in TEXTS.items():
+        assert zh != _en, key
+    assert say("closed", cause="false_alarm") == ("已关闭：误报", "closed: false_alarm")

@@ -31,7 +31,8 @@ def test_open_investigating_resolved_closed(rig: Rig) -> None:  # noqa: F811
     assert r.json()["state"] == "closed" and r.json()["cause_code"] == "handled"
     assert [t["state"] for t in r.json()["tasks"]] == ["closed"]
     timeline = rig.call("GET", "/incidents/1").json()["timeline"]
-    assert any(e["text"] == "resolved by hand: 门已修复" and e["actor"] == "gz-duty" for e in timeline)
+    [entry] = [e for e in timeline if e["data"].get("text_en") == "resolved by hand: 门已修复"]
+    assert entry["text"] == "人工解除：门已修复" and entry["actor"] == "gz-duty", "zh-CN first, English second"
     assert [a.action for a in rig.audit.records(target="incident 1")] == [
         "incident.close",
         "incident.resolve",

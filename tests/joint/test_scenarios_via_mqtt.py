@@ -223,5 +223,5 @@ def test_x2_x4_x5_through_mosquitto_with_a_restart_in_the_middle(
 
         final = stack.incidents()
     assert sorted((i.pattern_id, i.region_id) for i in final) == [("X2", "gz-a1-b1"), ("X4", "gz-a1-b3"), ("X5", "gz")]
-    timeline = [e.text for e in stack.joint.store.timeline(x4.id)]
+    timeline = [e.data.get("text_en", "") for e in stack.joint.store.timeline(x4.id)]
     assert timeline[0].startswith("opened by pattern X4") and sum("joined" in t for t in timeline) == 200

@@ -67,7 +67,8 @@ def test_service_stores_tells_and_closes_through_tasks(registry: Registry) -> No
     assert (inc.pattern_id, inc.state, inc.member_ids) == ("X2", IncidentState.OPEN, [1, 2])
     assert [c.kind for c in seen] == ["opened", "task_created"]
     [task] = svc.store.tasks(incident_id=inc.id)
-    assert svc.store.timeline(inc.id)[0].text.startswith("opened by pattern X2")
+    opened = svc.store.timeline(inc.id)[0]
+    assert opened.text.startswith("由关联规则 X2 生成：") and opened.data["text_en"].startswith("opened by pattern X2")
 
     clock[0] = T0 + s(60)
     svc.investigate(inc.id, "duty-li")
