@@ -57,8 +57,27 @@ def _region_variable() -> dash.QueryVariable:
     )
 
 
+def _tiles_variable() -> dash.TextBoxVariable:
+    """The basemap's tile server (an internal XYZ URL template); empty: no basemap, nothing from the internet."""
+    return (
+        dash.TextBoxVariable(s.TILES_VAR)
+        .label("底图瓦片地址（内网 XYZ）")
+        .description(
+            "内网瓦片服务器的 XYZ 地址模板，例如 http://tiles.internal/{z}/{x}/{y}.png；留空则不加载底图，"
+            "只按坐标绘制（不访问互联网）。Internal XYZ tile server URL template; empty: no basemap."
+        )
+        .default_value("")
+    )
+
+
 def _dashboard(
-    uid: str, title: str, description: str, panels: Sequence[PanelBuilder], *, region: bool
+    uid: str,
+    title: str,
+    description: str,
+    panels: Sequence[PanelBuilder],
+    *,
+    region: bool,
+    variables: Sequence[cogbuilder.Builder[dm.VariableModel]] = (),
 ) -> dash.Dashboard:
     d = (
         dash.Dashboard(title)
@@ -73,6 +92,8 @@ def _dashboard(
     )
     if region:
         d = d.with_variable(_region_variable())
+    for v in variables:
+        d = d.with_variable(v)
     for i, p in enumerate(panels, start=1):
         p.build().id_val = i  # stable ids (Grafana would number them on load; links and repeats need them)
         d = d.with_panel(_with_datasource(p))
@@ -344,7 +365,12 @@ def vehicles() -> dash.Dashboard:
         )
         .view(geomap.MapViewConfig().id("fit").zoom(10))
         .controls(geomap.ControlsOptions().show_zoom(True).mouse_wheel_zoom(True))
-        .basemap(common.MapLayerOptions().type("osm-standard").name("底图"))
+        # An XYZ layer whose URL is the $tiles variable (Grafana interpolates it): empty draws no basemap. Never a
+        # built-in internet basemap (osm-standard, carto, esri-xyz, or "default", which is CARTO unless the server
+        # configures one): tests/dashboards/test_dashboards.py fails on any internet host.
+        .basemap(
+            common.MapLayerOptions().type("xyz").name("底图").config({"url": f"${s.TILES_VAR}", "attribution": ""})
+        )
         .layers(
             [
                 common.MapLayerOptions()
@@ -414,6 +440,7 @@ def vehicles() -> dash.Dashboard:
             ),
         ],
         region=True,
+        variables=[_tiles_variable()],
     )
 
 
@@ -526,7 +553,8 @@ def data_quality() -> dash.Dashboard:
     """数据质量: points per type, messages without seq, seq span against points, devices that went quiet."""
     every = "/^(gate|vehicle|energy_meter|sensor|events)$/"
     note = (
-        "拒收消息（按原因）与 ingest 精确统计的序号缺口、重复消息保存在 ingest 本地的侧库中，Grafana 无法直接查询："
+        "拒收消息（按原因）与 ingest 精确统计的序号缺口、重复消息保存在 SQL 数据库的 telemetry_rejections、"
+        "telemetry_device_state 表中（本仪表板尚无对应面板）："
         "请使用 `GET /api/v1/rejections`、`GET /api/v1/devices/{id}` 或 ingest 的 Prometheus 指标 "
         "`lianfang_ingest_messages_rejected_total{reason}`、`lianfang_ingest_seq_gaps_total`（docs/dashboards.md）。"
     )

@@ -37,6 +37,13 @@ def push_cmd(
     folder_uid: Annotated[str, typer.Option(help="the folder's uid (created when missing)")] = FOLDER_UID,
     folder_title: Annotated[str, typer.Option(help="the folder's title when it is created")] = FOLDER_TITLE,
     directory: Annotated[Path, typer.Option("--dir", help="where the JSON files are")] = GENERATED,
+    tile_url: Annotated[
+        str | None,
+        typer.Option(
+            help="the maps' basemap: an internal XYZ tile server, e.g. http://tiles.internal/{z}/{x}/{y}.png "
+            "(default: none, markers on a blank map, nothing fetched from the internet)"
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Send every dashboard in --dir to Grafana (POST /api/dashboards/db, overwrite) into the folder."""
@@ -45,7 +52,7 @@ def push_cmd(
         _fail(f"no dashboard JSON files in {directory}")
     try:
         with GrafanaClient(url, token) as client:
-            done = push(client, files, folder_uid=folder_uid, folder_title=folder_title)
+            done = push(client, files, folder_uid=folder_uid, folder_title=folder_title, tile_url=tile_url)
     except UserError as exc:
         _fail(str(exc))
         return

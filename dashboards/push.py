@@ -8,15 +8,18 @@ token (``Authorization: Bearer ...``). Grafana answers an error as JSON with a `
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from core.errors import UserError
+from dashboards.schema import TILES_VAR
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +99,31 @@ class GrafanaClient:
         return out if isinstance(out, dict) else {}
 
 
+TILE_PLACEHOLDERS = ("{z}", "{x}")
+
+
+def check_tile_url(url: str) -> str:
+    """An XYZ tile URL template on http(s) with {z}, {x} and {y} (or {-y}); raises PushError otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise PushError(f"--tile-url {url!r}: an http:// or https:// URL template was expected")
+    if not all(p in url for p in TILE_PLACEHOLDERS) or ("{y}" not in url and "{-y}" not in url):
+        raise PushError(f"--tile-url {url!r}: the template must contain {{z}}, {{x}} and {{y}} (or {{-y}})")
+    return url
+
+
+def with_tile_url(model: dict[str, Any], url: str) -> dict[str, Any]:
+    """The dashboard with its basemap variable ($tiles, dashboards/schema.py) set to ``url``; unchanged if it has
+    none."""
+    out: dict[str, Any] = copy.deepcopy(model)
+    for var in out.get("templating", {}).get("list", []):
+        if var.get("name") == TILES_VAR and var.get("type") == "textbox":
+            var["query"] = url
+            var["current"] = {"text": url, "value": url}
+            var["options"] = [{"selected": True, "text": url, "value": url}]
+    return out
+
+
 def push(
     client: GrafanaClient,
     files: list[Path],
@@ -103,8 +131,12 @@ def push(
     folder_uid: str = FOLDER_UID,
     folder_title: str = FOLDER_TITLE,
     message: str = "lianfang dashboards push",
+    tile_url: str | None = None,
 ) -> list[Pushed]:
-    """Push every file (a dashboard's JSON model) into the folder, creating the folder first if needed."""
+    """Push every file (a dashboard's JSON model) into the folder, creating the folder first if needed. With
+    ``tile_url``, the maps' basemap variable is set to that internal tile server."""
+    if tile_url is not None:
+        check_tile_url(tile_url)
     models: list[tuple[Path, dict[str, Any]]] = []
     for f in files:
         try:
@@ -113,7 +145,7 @@ def push(
             raise PushError(f"{f}: not a dashboard JSON file: {exc}") from exc
         if not isinstance(model, dict) or not model.get("uid"):
             raise PushError(f"{f}: a dashboard JSON model with a uid was expected")
-        models.append((f, model))
+        models.append((f, model if tile_url is None else with_tile_url(model, tile_url)))
     client.ensure_folder(folder_uid, folder_title)
     done = []
     for f, model in models:

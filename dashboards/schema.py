@@ -5,7 +5,7 @@ The InfluxDB schema is the adapter's (core/store/influx.py, docs/influxdb.md): a
 region id), ``region_path`` and ``device_type`` (and ``type`` on events); every point has the integer field ``seq``
 (-1 when the message had none), so ``count("seq")`` counts points; an event's data is one JSON string field
 ``data``; device fields keep the protocol's names (docs/protocol.md). Device state, counters and rejections live in
-the adapter's local SQLite side store, which Grafana cannot read: see docs/dashboards.md.
+the SQL database (tables ``telemetry_device_state`` and ``telemetry_rejections``, core/store/side.py).
 """
 
 from __future__ import annotations
@@ -40,3 +40,8 @@ EVENT_DATA = "data"  # the event's data as a JSON string (orjson: no spaces), e.
 # a region selects its whole subtree. Region ids are [a-z0-9-] (no regex metacharacters).
 REGION_VAR = "region"
 REGION_MATCH = f'"{TAG_REGION}" =~ /\\/${REGION_VAR}\\//'
+
+# The map's basemap: an XYZ tile server inside the bureau's network, as a dashboard variable (a URL template with
+# {z}/{x}/{y}). Empty by default: no basemap at all, the markers are drawn from their coordinates on a blank map,
+# and nothing is fetched from the internet. `lianfang dashboards push --tile-url URL` sets it.
+TILES_VAR = "tiles"

@@ -77,6 +77,8 @@ def test_every_query_uses_a_provisioned_datasource_and_variables_are_defined() -
     for name, m in _models().items():
         variables = {v["name"] for v in m.get("templating", {}).get("list", [])}
         for v in m.get("templating", {}).get("list", []):
+            if v["type"] == "textbox":  # the basemap's tile URL: no datasource
+                continue
             assert by_uid[v["datasource"]["uid"]] == v["datasource"]["type"]
         for p in _panels(m):
             for t in p.get("targets", []):
@@ -113,3 +115,56 @@ def test_compose_runs_the_grafana_the_sdk_is_pinned_to() -> None:
     pin = re.search(r'"grafana-foundation-sdk==\d+!([\d.]+)"', pyproject)
     assert pin is not None
     assert pin.group(1) == image_version
+
+
+# Hosts a dashboard may name: compose service names (no dot), loopback, private addresses, internal suffixes.
+_URL_HOST = re.compile(r"[a-z][a-z0-9+.-]*://([^/\s\"'<>?#]*)", re.I)
+_DOMAIN = re.compile(r"\b(?:[a-z0-9-]+\.)+(?:com|net|org|cn|io|info|gov|edu|arcgis|mapbox)\b", re.I)
+_INTERNAL = re.compile(
+    r"^(?:[a-z0-9-]+|localhost|127(?:\.\d+){3}|10(?:\.\d+){3}|192\.168(?:\.\d+){2}|172\.(?:1[6-9]|2\d|3[01])(?:\.\d+){2}"
+    r"|[a-z0-9.-]+\.(?:internal|local|lan|svc|intranet))(?::\d+)?$",
+    re.I,
+)
+# Grafana's basemaps that fetch internet tiles ("default" is CARTO unless the server configures another).
+_INTERNET_BASEMAPS = {"default", "carto", "osm-standard", "esri-xyz", "esri-world-imagery", "maplibre"}
+
+
+def _strings(node: Any) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for k, v in node.items() for s in _strings(k) + _strings(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in _strings(v)]
+    return []
+
+
+def _internet_hosts(model: dict[str, Any]) -> list[str]:
+    found = []
+    for text in _strings(model):
+        found += [h for h in _URL_HOST.findall(text) if h and not _INTERNAL.match(h)]
+        found += _DOMAIN.findall(text)
+    return found
+
+
+def test_no_generated_dashboard_references_an_internet_host() -> None:
+    for name, model in _models().items():
+        assert _internet_hosts(model) == [], name
+        for p in _panels(model):
+            opts = p.get("options", {})
+            for layer in [opts.get("basemap"), *opts.get("layers", [])]:
+                if layer is None:
+                    continue
+                assert layer["type"] not in _INTERNET_BASEMAPS, f"{name}: {p['title']}: {layer}"
+                if layer["type"] == "xyz":
+                    assert layer["config"]["url"] == f"${schema.TILES_VAR}", f"{name}: {p['title']}"
+    (tiles,) = [v for v in _models()["vehicles.json"]["templating"]["list"] if v["name"] == schema.TILES_VAR]
+    assert tiles["type"] == "textbox" and tiles["query"] == ""  # default: no basemap
+
+
+def test_the_internet_host_check_can_fail() -> None:
+    assert _internet_hosts({"options": {"basemap": {"config": {"url": "https://tile.openstreetmap.org/{z}"}}}})
+    assert _internet_hosts({"description": "tiles from basemaps.cartocdn.com"})
+    assert _internet_hosts({"x": "//services.arcgisonline.com/ArcGIS"})
+    ok = {"a": "http://influxdb:8086", "b": "http://tiles.bureau.internal/{z}/{x}/{y}.png", "c": "http://10.1.2.3/t"}
+    assert _internet_hosts(ok) == []

@@ -173,3 +173,30 @@ def test_push_of_an_empty_directory_is_a_user_error(grafana: FakeGrafana, tmp_pa
     assert result.exit_code == 1
     assert "no dashboard JSON files" in result.output
     assert grafana.requests == []
+
+
+def test_push_with_a_tile_url_sets_the_maps_basemap_variable(grafana: FakeGrafana) -> None:
+    url = "http://tiles.bureau.internal/{z}/{x}/{y}.png"
+    result = _push(grafana, "--tile-url", url)
+    assert result.exit_code == 0, result.output
+    sent = {r.body["dashboard"]["uid"]: r.body["dashboard"] for r in grafana.requests if r.path == "/api/dashboards/db"}
+    tiles = [v for v in sent["lf-vehicles"]["templating"]["list"] if v["name"] == "tiles"]
+    assert [(v["query"], v["current"]["value"]) for v in tiles] == [(url, url)]
+    (geomap,) = [p for p in sent["lf-vehicles"]["panels"] if p["type"] == "geomap"]
+    assert geomap["options"]["basemap"]["config"]["url"] == "$tiles"  # Grafana interpolates the variable
+    committed = json.loads((build.GENERATED / "vehicles.json").read_text("utf-8"))
+    assert [v["query"] for v in committed["templating"]["list"] if v["name"] == "tiles"] == [""]  # file unchanged
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("tiles.internal/{z}/{x}/{y}.png", "http:// or https://"),
+        ("http:///{z}/{x}/{y}.png", "http:// or https://"),
+        ("http://tiles.internal/{z}/{x}.png", "must contain {z}, {x} and {y}"),
+    ],
+)
+def test_push_refuses_a_tile_url_that_is_no_xyz_template(grafana: FakeGrafana, url: str, expected: str) -> None:
+    result = _push(grafana, "--tile-url", url)
+    assert result.exit_code == 1 and expected in result.output
+    assert grafana.requests == []
