@@ -170,6 +170,9 @@ class AlertsRuntime:
         self._lock = threading.Lock()
         self.notified = 0
         self.escalations = 0
+        # The feed of the engine role (lianfang/engine_role.py ``EngineConsumer.status``), when it runs there:
+        # shown in status() and part of its "ok".
+        self.engine_status: Callable[[], dict[str, Any]] | None = None
 
     # --- rules ------------------------------------------------------------------------------------------
 
@@ -327,4 +330,10 @@ class AlertsRuntime:
             out["dead_channels"] = dead
         if self.rule_admin.problems:
             out["rule_problems"] = list(self.rule_admin.problems)
+        if self.engine_status is not None:
+            feed = self.engine_status()
+            out["engine"] = feed
+            if not feed.get("ok"):
+                out["ok"] = False
+                out["reason"] = f"engine feed: {feed.get('reason') or 'not ok'}"
         return out

@@ -173,6 +173,19 @@ class AlertSettings(_Section):
     # Warn (rule CRED1) when a device's broker credential expires within this many days; checked hourly.
     credential_warning_days: int = Field(default=14, ge=0)
     credential_check_s: float = Field(default=3600.0, gt=0)
+    # Where ingest's batches are evaluated (docs/scaling.md "The alert and joint-control engine as its own role"):
+    # "separate": ingest forwards them over the broker (lf/internal/v1/engine/<k>) to the engine role, and
+    # `lianfang serve` runs ingest as its child process; "inline": in ingest's own process (one GIL).
+    engine: Literal["separate", "inline"] = "separate"
+    # Engine partitions: a region's subtree at partition_level (1: the root, e.g. the province) goes to one.
+    partitions: int = Field(default=1, ge=1, le=64)
+    partition_level: int = Field(default=1, ge=1, le=8)
+    # The partitions this engine process consumes (`lianfang alerts`); empty: all.
+    engine_partitions: list[int] = []
+    # The engine's persistent MQTT session; default "lianfang-engine" (with its partitions when not all).
+    engine_client_id: str | None = None
+    # /health/ready fails and the platform alert "alert engine stalled" fires past this lag.
+    engine_stall_after_s: float = Field(default=30.0, gt=0)
 
 
 class RiskSettings(_Section):

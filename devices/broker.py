@@ -230,7 +230,14 @@ def _acl(acltype: str, topic: str, allow: bool = True) -> dict[str, Any]:
 
 
 # The platform reads the broker's counters (dropped messages); the dev simulator answers resend commands.
-PLATFORM_SYS_ACLS = (_acl("subscribePattern", "$SYS/broker/#"), _acl("publishClientReceive", "$SYS/broker/#"))
+# lf/internal/v1/#: ingest -> alert engine batches and ingest status (ingest/forward.py); platform only.
+PLATFORM_SYS_ACLS = (
+    _acl("subscribePattern", "$SYS/broker/#"),
+    _acl("publishClientReceive", "$SYS/broker/#"),
+    _acl("publishClientSend", "lf/internal/v1/#"),
+    _acl("subscribePattern", "lf/internal/v1/#"),
+    _acl("publishClientReceive", "lf/internal/v1/#"),
+)
 SIM_CMD_ACLS = (_acl("subscribePattern", "lf/v1/+/cmd"), _acl("publishClientReceive", "lf/v1/+/cmd"))
 
 

@@ -148,7 +148,13 @@ class MqttConsumer:
         try:
             self.out.put(
                 RawMessage(
-                    msg.topic, bytes(msg.payload), msg.mid, msg.qos, time.time_ns() // 1_000_000, bool(msg.retain)
+                    msg.topic,
+                    bytes(msg.payload),
+                    msg.mid,
+                    msg.qos,
+                    time.time_ns() // 1_000_000,
+                    bool(msg.retain),
+                    bool(msg.dup),
                 )
             )
             self.received += 1

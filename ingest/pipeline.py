@@ -32,6 +32,8 @@ class RawMessage:
     # The MQTT retain flag as delivered: set only when the broker replays a retained message at subscription
     # (Lianfang subscribes without "retain as published").
     retain: bool = False
+    # The MQTT DUP flag: the broker sends this message again (an earlier delivery was not acknowledged).
+    redelivered: bool = False
 
 
 def _reject(batch: WriteBatch, msg: RawMessage, device_id: str, reason: str, detail: str) -> None:
@@ -56,8 +58,13 @@ def build_batch(
     seqs: SeqTracker,
     *,
     decode: Decoder = decode_payload,
+    replays: list[Record] | None = None,
 ) -> WriteBatch:
-    """Turn raw MQTT messages into one WriteBatch (records, rejections, per-device counters, staged seqs)."""
+    """Turn raw MQTT messages into one WriteBatch (records, rejections, per-device counters, staged seqs).
+
+    ``replays`` collects the duplicates of messages the broker redelivered: their first copy may have been
+    stored and never reached the alert engine (the process stopped in between), so they are forwarded to it
+    anyway (ingest/forward.py); the engine's replay guard drops those it has seen."""
     batch = WriteBatch()
     staged = batch.seqs
     for msg in messages:
@@ -91,6 +98,8 @@ def build_batch(
                 dup, gap = seqs.check(device_id, rec.seq, rec.ts_ms if rec.ts_from_device else None, staged)
                 if dup:
                     counter.duplicates += 1
+                    if replays is not None and msg.redelivered:
+                        replays.append(rec)
                     continue
                 counter.gaps += gap
             if isinstance(rec, Reading):

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from core.errors import StoreUnavailable
-from core.protocol import DEVICE_ID_RE, INBOUND_KINDS, DeviceInfo
+from core.protocol import DEVICE_ID_RE, INBOUND_KINDS, DeviceInfo, Record
 from core.protocol import decode as default_decoder
 from core.settings import IngestSettings, MqttSettings
 from core.store import BatchListener, TelemetryStore, WriteBatch
@@ -53,6 +53,10 @@ from ingest.writer import BatchWriter
 logger = logging.getLogger(__name__)
 
 WARM_ROWS = 200_000
+
+# Hands a decoded batch to the alert engine in another process (ingest/forward.py ``EngineForwarder.forward``):
+# (batch, oldest received_ms, redelivered duplicates) -> True once the broker holds it for the engine.
+Forward = Callable[[WriteBatch, int, list[Record]], bool]
 
 
 def _now_ms() -> int:
@@ -176,6 +180,7 @@ class _InFlight:
     devices: Mapping[str, DeviceInfo]
     oldest_ms: int
     written: WriteBatch | None = None  # what the writer stored (differs from ``batch`` when a message was isolated)
+    replays: list[Record] = field(default_factory=list)  # redelivered duplicates, forwarded to the engine again
 
 
 @dataclass
@@ -204,6 +209,7 @@ class IngestService:
         load_devices: Callable[[], Mapping[str, DeviceInfo]],
         *,
         listeners: Sequence[BatchListener] = (),
+        forward: Forward | None = None,
         decode: Decoder = default_decoder,
         retry_backoff_s: tuple[float, float] = (0.1, 5.0),
         client_id: str | None = None,
@@ -211,6 +217,8 @@ class IngestService:
         self.settings = ingest_settings
         self.store = store
         self.listeners = list(listeners)
+        self.forward = forward
+        self.forward_failures = 0
         self.decode = decode
         self.retry_backoff_s = retry_backoff_s
         # Bounded by MQTT flow control: every queued message is unacked, and the broker never has more than the
@@ -372,19 +380,23 @@ class IngestService:
                     self._held.extend(held)
                     if not msgs:
                         continue
+                    replays: list[Record] | None = [] if self.forward is not None else None
                     with self._seq_lock:
-                        batch = build_batch(msgs, devices, self.seqs, decode=self.decode)
+                        batch = build_batch(msgs, devices, self.seqs, decode=self.decode, replays=replays)
                 except Exception:  # the thread must not die; nothing was acked, so the broker will redeliver
                     logger.exception("ingest batch of %d failed unexpectedly; not acked", len(msgs))
                     continue
                 finally:
                     self._decoding_since_ms = None
                 # msgs[0] is the oldest: the queue is FIFO and held messages go back in front
-                item = _InFlight(msgs, batch, 2 if self.listeners else 1, devices, msgs[0].received_ms)
+                evaluated = bool(self.listeners) or self.forward is not None
+                item = _InFlight(
+                    msgs, batch, 2 if evaluated else 1, devices, msgs[0].received_ms, replays=replays or []
+                )
                 with self._done_lock:
                     self._inflight[id(item)] = item
                 self._writes.put(item)
-                if self.listeners:
+                if evaluated:
                     self._evaluations.put(item)
                 metrics.QUEUE_DEPTH.set(self.queue.qsize())
                 metrics.WRITE_QUEUE.set(self._writes.qsize())
@@ -421,7 +433,28 @@ class IngestService:
                     listener(item.batch)
                 except Exception:
                     logger.exception("batch listener %r failed", listener)
+            if self.forward is not None and not self._forward(item):
+                continue  # not acked: the broker redelivers it to the next session
             self._stage_done(item)
+
+    def _forward(self, item: _InFlight) -> bool:
+        """Hand the batch to the engine partitions; False (never acked) only when stopping without a broker."""
+        assert self.forward is not None
+        while True:
+            try:
+                if self.forward(item.batch, item.oldest_ms, item.replays):
+                    return True
+            except Exception:
+                logger.exception("forwarding a batch of %d messages to the alert engine failed", len(item.msgs))
+                self.forward_failures += 1
+                if not self._stop.wait(1.0):
+                    continue
+            logger.warning(
+                "stopping: %d messages not forwarded to the alert engine stay unacknowledged", len(item.msgs)
+            )
+            with self._done_lock:
+                self._inflight.pop(id(item), None)
+            return False
 
     def _stage_done(self, item: _InFlight) -> None:
         """The writer or the evaluator is done with ``item``; the second one to finish acks it."""

@@ -28,12 +28,14 @@ from lianfang.store_cmd import store_app  # noqa: E402
 app.add_typer(store_app, name="store")
 app.add_typer(dashboards_app, name="dashboards")
 
-from lianfang.serve_cmd import ingest, serve  # noqa: E402
+from lianfang.serve_cmd import alerts, ingest, serve  # noqa: E402
 from lianfang.startup import long_running  # noqa: E402
 
 # The long-running commands: the data directory checked, known start-up failures as one line (lianfang/startup.py).
 app.command("serve")(long_running(serve))
 app.command("ingest")(long_running(ingest))
+app.command("alerts")(long_running(alerts))
+app.command("engine", hidden=True)(long_running(alerts))  # alias of `alerts`
 
 from devices.sim_cli import simulate  # noqa: E402
 

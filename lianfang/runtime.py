@@ -1,8 +1,16 @@
-"""The running service: broker (embedded, optional), registry, telemetry store, ingest, gateway.
+"""The running service: broker (embedded, optional), registry, telemetry store, ingest, alert engine, gateway.
 
-One process (``lianfang serve``) or one role per process (``lianfang ingest``); the same code either way.
-Start order is broker -> store -> ingest -> gateway; stop is the reverse, so ingest acks what it holds before
-the broker goes away.
+One process or one role per process (``lianfang ingest``, ``lianfang alerts``); the same code either way.
+``with_ingest`` and ``with_engine`` say which roles run here:
+
+- both (the default, and ``alerts.engine: inline``): the alert engine is a listener of ingest in this process;
+- ingest only, with ``alerts.engine: separate``: ingest forwards its batches to the engine partitions over the
+  broker (ingest/forward.py) and acks the devices' messages once the broker holds them for the engine;
+- engine only: the engine consumes its partitions (lianfang/engine_role.py); ``lianfang serve`` runs this beside
+  the gateway and starts ingest as its child process (lianfang/ingest_child.py).
+
+Start order is broker -> store -> alerts -> ingest -> gateway; stop is the reverse, so ingest acks what it
+holds before the engine and the broker go away.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +42,7 @@ from devices.broker import BrokerConfig, MosquittoProcess
 from devices.certs import CertPaths
 from devices.registry import Registry
 from ingest.broker_drops import BrokerDropMonitor
+from ingest.forward import EngineForwarder, LossNotice, Partitioner, region_paths
 from ingest.resend import Loss, ResendManager, ResendPolicy
 from ingest.service import WARM_ROWS, IngestService
 from joint.notify import IncidentNotifier
@@ -41,6 +51,8 @@ from joint.risk_store import snapshotter_from_settings
 from joint.service import JointService
 from joint.service import build as build_joint
 from lianfang.context import open_registry, open_store
+from lianfang.engine_role import EngineConsumer, EngineStallAlerts, RelayedIngestMetrics
+from lianfang.ingest_child import IngestChild
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +102,10 @@ def tls_files(settings: Settings) -> dict[str, Any]:
 class Runtime:
     settings: Settings
     with_ingest: bool = True
+    # The alert engine in this process; None: where ingest is (module doc).
+    with_engine: bool | None = None
+    # Start ingest as a child process (lianfang/ingest_child.py); with with_ingest=False and the engine here.
+    spawn_ingest: bool = False
     listeners: list[BatchListener] = field(default_factory=list)
     registry: Registry | None = None
     store: TelemetryStore | None = None
@@ -104,6 +120,21 @@ class Runtime:
     retention_interval_s: float = 3600.0
     resend: ResendManager | None = None  # seq gaps asked back from devices (ingest/resend.py)
     broker_drops: BrokerDropMonitor | None = None  # the broker's dropped-message counter (ingest/broker_drops.py)
+    forwarder: EngineForwarder | None = None  # ingest -> engine partitions over the broker (ingest/forward.py)
+    engine: EngineConsumer | None = None  # the engine role's feed (lianfang/engine_role.py)
+    engine_alerts: EngineStallAlerts | None = None  # the platform alert "alert engine stalled"
+    ingest_child: IngestChild | None = None  # lianfang serve's ingest process
+    relayed_metrics: RelayedIngestMetrics | None = None  # ingest's metrics in this process's /metrics
+
+    @property
+    def engine_here(self) -> bool:
+        return self.with_ingest if self.with_engine is None else self.with_engine
+
+    @property
+    def forwarding(self) -> bool:
+        """Ingest runs here and hands its batches to an engine in another process."""
+        s = self.settings.alerts
+        return self.with_ingest and not self.engine_here and s.enabled and s.engine == "separate"
 
     def start(self) -> None:
         s = self.settings
@@ -125,6 +156,7 @@ class Runtime:
                 sim_password=sec.sim if s.env == "dev" else None,
                 autosave_interval_s=s.mqtt.broker_autosave_interval,
                 autosave_on_changes=s.mqtt.broker_autosave_on_changes,
+                device_passwd=True,  # device identities in a password file, changed live (ADR 0006)
                 **tls_files(s),
             )
             self.broker = MosquittoProcess(cfg)
@@ -133,7 +165,25 @@ class Runtime:
                 update={"mqtt": s.mqtt.model_copy(update={"password": SecretStr(sec.platform)})}
             )
         listeners = list(self.listeners)
-        if self.with_ingest and s.alerts.enabled:
+        consume = self.engine_here and not self.with_ingest and s.alerts.enabled  # the engine role, fed over MQTT
+        if consume:
+            # The engine's session first (so nothing forwarded to it is dropped), evaluating nothing until the
+            # engine is loaded; then ingest starts in its child process, in parallel with the engine's loading.
+            try:
+                self.engine = EngineConsumer(s.mqtt, s.alerts, (), hold=True)
+            except ValueError as exc:
+                self.stop()
+                raise UserError(str(exc)) from exc
+            try:
+                self.engine.start()
+            except BrokerUnavailable:
+                self.stop()
+                raise
+            self.relayed_metrics = RelayedIngestMetrics(self.engine.ingest_metrics).install()
+            if self.spawn_ingest:
+                self.ingest_child = IngestChild(s)
+                self.ingest_child.start()
+        if self.engine_here and s.alerts.enabled:
             # Alerts start before ingest and stop after it: no batch arrives after their final state write.
             self.alerts = AlertsRuntime(s, self.registry)
             if s.joint.enabled:  # joint prevention and control: attached and loaded before alerts flow
@@ -144,21 +194,43 @@ class Runtime:
                 self.joint.start()
             self.alerts.start()
             listeners.insert(0, self.alerts.on_batch)
+            if consume:
+                self._start_engine(listeners)
             # Region risk history (joint/risk_store.py, docs/risk.md): where the alert engine runs, once per install.
             self.scheduler.add_job(
                 snapshotter_from_settings(self.registry.engine, self.registry.regions, s, clock.now).run,
                 "interval",
                 seconds=s.risk.snapshot_interval_s,
             )
+        if self.forwarding:
+            self.forwarder = EngineForwarder(
+                s.mqtt,
+                Partitioner(s.alerts.partitions, s.alerts.partition_level, region_paths(self.registry)),
+                status=self.ingest_status,
+            )
+            try:
+                self.forwarder.start()
+            except BrokerUnavailable:
+                self.stop()
+                raise
         if self.with_ingest:
             self._start_recovery(listeners)
         if self.with_ingest:
-            self.ingest = IngestService(s.mqtt, s.ingest, self.store, self.registry.snapshot, listeners=listeners)
+            self.ingest = IngestService(
+                s.mqtt,
+                s.ingest,
+                self.store,
+                self.registry.snapshot,
+                listeners=listeners,
+                forward=self.forwarder.forward if self.forwarder is not None else None,
+            )
             try:
                 self.ingest.start()
             except BrokerUnavailable:
                 self.stop()
                 raise
+            if self.forwarder is not None:
+                self.forwarder.start_status()
             if self.alerts is not None:
                 self.platform_alerts = PlatformAlerts(
                     self.ingest_status, self.alerts.apply_platform_changes, root_region_of(self.registry)
@@ -169,6 +241,20 @@ class Runtime:
         if s.gc_settle_s > 0:
             gcpolicy.settle("start-up")
             self.scheduler.add_job(gcpolicy.settle, "interval", args=["periodic"], seconds=s.gc_settle_s)
+
+    def wait_ingest(self, timeout: float = 60.0) -> None:
+        """With ingest as a child process: return once it has reported that it is connected (so ``serve`` is up
+        when its API answers, as with ingest in-process). BrokerUnavailable when it does not in time."""
+        child = self.ingest_child
+        if child is None or self.engine is None:
+            return
+        deadline = time.monotonic() + timeout
+        while not self.engine.ingest_status().get("connected"):
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(f"the ingest process did not report a broker connection in {timeout:.0f} s")
+            if not child.alive() and child.restarts == 0 and child.proc is not None:
+                raise BrokerUnavailable(f"the ingest process exited at start (code {child.proc.returncode})")
+            time.sleep(0.1)
 
     def anchor_audit(self) -> None:
         if self.registry is None:
@@ -193,9 +279,15 @@ class Runtime:
         return deleted
 
     def stop(self) -> None:
+        if self.ingest_child is not None:  # ingest first: it writes, forwards and acks what it holds
+            self.ingest_child.stop()
+            self.ingest_child = None
         if self.platform_alerts is not None:
             self.platform_alerts.stop()
             self.platform_alerts = None
+        if self.engine_alerts is not None:
+            self.engine_alerts.stop()
+            self.engine_alerts = None
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
             self.scheduler = None
@@ -203,6 +295,15 @@ class Runtime:
             self.ingest.stop()
             self.ingest = None
         self._stop_recovery()
+        if self.forwarder is not None:  # after ingest: its last batches are PUBACKed before it acks them
+            self.forwarder.stop()
+            self.forwarder = None
+        if self.engine is not None:  # before the alert engine: what it was given is evaluated and acked
+            self.engine.stop()
+            self.engine = None
+        if self.relayed_metrics is not None:
+            self.relayed_metrics.uninstall()
+            self.relayed_metrics = None
         if self.alerts is not None:
             self.alerts.stop()
             self.alerts = None
@@ -225,6 +326,12 @@ class Runtime:
             self.registry.engine.dispose()
 
     def broker_status(self) -> dict[str, Any]:
+        if self.ingest is None and self.engine is not None:
+            return {
+                "ok": self.engine.connected.is_set(),
+                "host": self.settings.mqtt.host,
+                "port": self.settings.mqtt.port,
+            }
         if self.ingest is None:
             return {"ok": self.broker is not None and self.broker.proc is not None}
         return {
@@ -239,6 +346,11 @@ class Runtime:
         return self.alerts.status()
 
     def ingest_status(self) -> dict[str, Any]:
+        if self.ingest is None and self.engine is not None:
+            st = self.engine.ingest_status()  # ingest runs elsewhere and reports over the broker
+            if self.ingest_child is not None:
+                st["child"] = self.ingest_child.status()
+            return st
         if self.ingest is None:
             return {"ok": False, "detail": "ingest not running in this process"}
         st = self.ingest.status()
@@ -248,6 +360,41 @@ class Runtime:
             st["broker_drops"] = self.broker_drops.status()
         # Not ready while stalled (ingest/stall.py): the reason says why (old backlog, store unavailable, ...).
         return {"ok": bool(st["connected"]) and bool(st["writer_alive"]) and not st.get("stalled"), **st}
+
+    # --- the engine role -------------------------------------------------------------------------------------
+
+    def _start_engine(self, listeners: list[BatchListener]) -> None:
+        """The engine's feed from ingest (other processes), their status, the stall alert and broker drops."""
+        s = self.settings
+        assert self.alerts is not None and self.registry is not None
+        dq = DataQualityAlerts(
+            self.alerts.service,
+            self.registry.snapshot,
+            apply_platform=self.alerts.apply_platform_changes,
+            root_region=root_region_of(self.registry),
+        )
+
+        def lost(n: LossNotice) -> None:
+            dq.seq_lost(
+                n.device_id,
+                n.from_seq,
+                n.to_seq,
+                n.reason,
+                count=n.count,
+                region_id=n.region_id,
+                device_type=n.device_type,
+            )
+
+        assert self.engine is not None
+        self.engine.release(listeners, lost)
+        self.alerts.engine_status = self.engine.status
+        root = root_region_of(self.registry)
+        self.platform_alerts = PlatformAlerts(self.ingest_status, self.alerts.apply_platform_changes, root).start()
+        self.engine_alerts = EngineStallAlerts(self.engine.status, self.alerts.apply_platform_changes, root).start()
+        self.broker_drops = BrokerDropMonitor(
+            s.mqtt, on_drops=dq.broker_dropped, client_id=f"{self.engine.client_id}-sys"
+        )
+        self.broker_drops.start()
 
     # --- resend and broker drops (issue 8) -------------------------------------------------------------------
 
@@ -264,8 +411,21 @@ class Runtime:
                 root_region=root_region_of(self.registry),
             )
         if s.resend.enabled and s.mqtt.shared_group is None:
+            forwarder = self.forwarder
 
             def lost(loss: Loss, region_id: str, device_type: str) -> None:
+                if forwarder is not None:  # the engine runs elsewhere: it raises the data-quality alert
+                    forwarder.forward_loss(
+                        LossNotice(
+                            loss.device_id,
+                            loss.from_seq,
+                            loss.to_seq,
+                            loss.reason,
+                            loss.count,
+                            region_id,
+                            device_type,
+                        )
+                    )
                 if dq is not None:
                     dq.seq_lost(
                         loss.device_id,

@@ -1,4 +1,9 @@
-"""`lianfang serve` (ingest + API in one process) and `lianfang ingest` (ingest only)."""
+"""`lianfang serve` (everything), `lianfang ingest` (ingest only) and `lianfang alerts` (the alert engine only).
+
+With ``alerts.engine: separate`` (the default) ``serve`` runs the alert and joint-control engine beside the gateway
+and ingest as its child process, fed over the broker (lianfang/ingest_child.py, ingest/forward.py); with
+``inline`` everything runs in one process, as before.
+"""
 
 from __future__ import annotations
 
@@ -53,11 +58,15 @@ def run_service(
     """Start the runtime and serve the API until SIGINT / SIGTERM; then stop everything in reverse order."""
     api_host, api_port = host or settings.api.host, port or settings.api.port
     broadcaster = Broadcaster()
-    runtime = Runtime(settings, listeners=[broadcaster.publish])
+    split = settings.alerts.enabled and settings.alerts.engine == "separate"
+    runtime = Runtime(
+        settings, listeners=[broadcaster.publish], with_ingest=not split, with_engine=True, spawn_ingest=split
+    )
     ingress: IngressPublisher | None = None
     try:
         check_api_port(api_host, api_port)  # before the broker and ingest start, not after
         runtime.start()
+        runtime.wait_ingest()
         # HTTP ingress publishes accepted device messages into the broker: the same pipeline as MQTT.
         ingress = IngressPublisher.from_settings(runtime.settings, admin_password(runtime.settings))
         ingress.start()
@@ -118,10 +127,27 @@ def serve(
 
 
 def ingest(ctx: typer.Context) -> None:
-    """Run ingest only (MQTT -> store); for deployments that run each role in its own process."""
+    """Run ingest only (MQTT -> store); for deployments that run each role in its own process.
+
+    With ``alerts.engine: separate`` (default) its batches go to the alert engine role (`lianfang alerts`) over
+    the broker; with ``inline`` the alert engine runs in this process."""
     settings = settings_from(ctx)
+    _run_role(settings, Runtime(settings, with_engine=settings.alerts.engine == "inline"), "ingest")
+
+
+def alerts(ctx: typer.Context) -> None:
+    """Run the alert and joint-control engine only, fed by ingest over the broker (its partitions:
+    ``alerts.engine_partitions``); for deployments that run each role in its own process. Start it before the
+    first ingest process of a new installation: its persistent session must exist before batches are sent."""
+    settings = settings_from(ctx)
+    if not settings.alerts.enabled:
+        typer.echo("error: alerts.enabled is false: there is no engine to run", err=True)
+        raise typer.Exit(1)
+    _run_role(settings, Runtime(settings, with_ingest=False, with_engine=True), "alert engine")
+
+
+def _run_role(settings: Settings, runtime: Runtime, name: str) -> None:
     setup_logging(settings.log_level)
-    runtime = Runtime(settings)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -134,7 +160,7 @@ def ingest(ctx: typer.Context) -> None:
                 raise
             typer.echo(f"error: {line}", err=True)
             raise typer.Exit(1) from exc
-        logger.info("ingest running; SIGTERM to stop")
+        logger.info("%s running; SIGTERM to stop", name)
         try:
             stop.wait()
         finally:

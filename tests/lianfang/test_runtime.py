@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -77,9 +78,11 @@ def test_serve_runs_broker_ingest_and_api_and_stops_cleanly_on_sigterm(tmp_path:
                 return False
             return r.status_code == 200 and r.json()["checks"]["ingest"]["connected"] is True
 
-        wait_until(ready, 60, 0.2, "serve ready")
+        wait_until(ready, 120, 0.2, "serve ready")  # two processes start (serve, its ingest child)
         metrics = httpx.get(f"http://127.0.0.1:{api_port}/metrics", timeout=5).text
-        assert "lianfang_ingest_broker_connected 1.0" in metrics
+        # ingest runs in serve's child process (alerts.engine: separate) and relays its metrics, labelled
+        assert re.search(r'lianfang_ingest_broker_connected\{ingest="lianfang-ingest"\} 1\.0', metrics), metrics
+        assert "lianfang_engine_lag_seconds" in metrics and "lianfang_engine_queue_batches" in metrics
         for name in (  # alert engine, notifications, the parallel ingest stages, the GC policy
             "lianfang_alert_evaluation_seconds_bucket",
             "lianfang_alerts_open",
