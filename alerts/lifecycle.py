@@ -21,7 +21,9 @@
   region and every escalation level it reached: ``alerts.notify.routing.targets``), unless a silence covers it.
 
 No I/O, no clock. Every operation returns ``LifecycleEvent``s; ``notify`` says whether people should be told.
-Changed alerts, silences and new comments are collected for the repository (``take_dirty``).
+Changed alerts, silences and new comments are collected for the repository (``take_dirty``), and so is the aux
+state, per key (``take_aux``): the recent fires of a dedup key, the last alert a key resolved, the offline keys of
+a device, a held fire. A batch writes only the keys it changed, not every key fired within the flap window.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ class AlertBook:
         self.next_id = next_id
         self.next_silence_id = next_silence_id
         self._dirty = _Dirty()
+        self._aux_dirty: set[tuple[str, str]] = set()  # (section, key) of the aux state changed since take_aux
 
     # --- queries -----------------------------------------------------------------------------------------
 
@@ -161,12 +164,16 @@ class AlertBook:
         times = [t for t in self.fires.get(key, []) if t > horizon]
         times.append(at)
         self.fires[key] = times
+        self._aux_dirty.add(("fires", key))
         return len(times)
 
     def _fire(self, ch: AlertChange, learned: datetime) -> list[LifecycleEvent]:
         key, at = ch.dedup_key, ch.at
         if ch.offline_signal:
-            self.offline.setdefault(ch.device_id, set()).add(key)
+            keys = self.offline.setdefault(ch.device_id, set())
+            if key not in keys:
+                keys.add(key)
+                self._aux_dirty.add(("offline", ch.device_id))
         open_id = self.open_by_key.get(key)
         if open_id is not None:
             alert = self.alerts[open_id]
@@ -187,6 +194,7 @@ class AlertBook:
             return events
         if ch.inhibitable and self.offline.get(ch.device_id):
             self.held[key] = ch
+            self._aux_dirty.add(("held", key))
             ghost = self._new_alert(ch, alert_id=0)
             return [LifecycleEvent("inhibited", ghost, at, False)]
         n = self._record_fire(key, at)
@@ -204,6 +212,7 @@ class AlertBook:
             alert.escalation_from = None if alert.silenced else learned
             self.open_by_key[key] = alert.id
             del self.last_resolved[key]
+            self._aux_dirty.add(("last_resolved", key))
             self._dirty.alerts.add(alert.id)
             return [LifecycleEvent("flapping", _snap(alert), at, not alert.silenced)]
         alert = self._new_alert(ch, alert_id=self.next_id)
@@ -237,7 +246,8 @@ class AlertBook:
     def _clear(self, ch: AlertChange, learned: datetime) -> list[LifecycleEvent]:
         key, at = ch.dedup_key, ch.at
         events: list[LifecycleEvent] = []
-        self.held.pop(key, None)
+        if self.held.pop(key, None) is not None:
+            self._aux_dirty.add(("held", key))
         open_id = self.open_by_key.get(key)
         if open_id is not None:
             alert = self.alerts[open_id]
@@ -251,10 +261,14 @@ class AlertBook:
             keys.discard(key)
             if not keys:
                 self.offline.pop(ch.device_id, None)
+                self._aux_dirty.add(("offline", ch.device_id))
                 for hk, held in list(self.held.items()):
                     if held.device_id == ch.device_id:
                         del self.held[hk]
+                        self._aux_dirty.add(("held", hk))
                         events.extend(self._fire(replace(held, at=max(held.at, at)), learned))
+            else:
+                self._aux_dirty.add(("offline", ch.device_id))
         return events
 
     def _resolve(self, alert: Alert, who: str, reason: str, at: datetime) -> LifecycleEvent:
@@ -266,8 +280,11 @@ class AlertBook:
         if self.open_by_key.get(alert.dedup_key) == alert.id:
             del self.open_by_key[alert.dedup_key]
         self.last_resolved[alert.dedup_key] = alert.id
-        for keys in self.offline.values():
-            keys.discard(alert.dedup_key)
+        self._aux_dirty.add(("last_resolved", alert.dedup_key))
+        for device_id, keys in self.offline.items():
+            if alert.dedup_key in keys:
+                keys.discard(alert.dedup_key)
+                self._aux_dirty.add(("offline", device_id))
         self._dirty.alerts.add(alert.id)
         return LifecycleEvent("resolved", _snap(alert), at, notify)
 
@@ -419,10 +436,12 @@ class AlertBook:
         horizon = now - timedelta(seconds=self.config.flap_window_s)
         for key in [k for k, ts in self.fires.items() if not ts or ts[-1] <= horizon]:
             del self.fires[key]
+            self._aux_dirty.add(("fires", key))
         for key, aid in list(self.last_resolved.items()):
             a = self.alerts.get(aid)
             if a is None or (a.resolved_at is not None and a.resolved_at <= horizon):
                 del self.last_resolved[key]
+                self._aux_dirty.add(("last_resolved", key))
         live = set(self.open_by_key.values()) | set(self.last_resolved.values())
         for aid in [i for i in self.alerts if i not in live]:
             del self.alerts[aid]
@@ -456,6 +475,34 @@ class AlertBook:
             "offline": {d: sorted(keys) for d, keys in self.offline.items()},
             "held": {k: _change_to_json(c) for k, c in self.held.items()},
         }
+
+    def aux_value(self, section: str, key: str) -> Any:
+        """One key of the aux state as JSON data (fires keep their datetimes: the repository writes them as ISO
+        8601 text), or None when the key is not there (a deleted row)."""
+        if section == "fires":
+            times = self.fires.get(key)
+            return None if times is None else list(times)
+        if section == "last_resolved":
+            return self.last_resolved.get(key)
+        if section == "offline":
+            keys = self.offline.get(key)
+            return None if keys is None else sorted(keys)
+        if section == "held":
+            held = self.held.get(key)
+            return None if held is None else _change_to_json(held)
+        raise ValueError(f"unknown aux section {section!r}")
+
+    def take_aux(self) -> dict[tuple[str, str], Any]:
+        """The aux keys changed since the last call, ``(section, key) -> value`` (None: the key was removed)."""
+        dirty, self._aux_dirty = self._aux_dirty, set()
+        return {sk: self.aux_value(*sk) for sk in dirty}
+
+    def mark_aux_dirty(self) -> None:
+        """Every aux key is to be written again (the aux state was restored from the old one-row format)."""
+        self._aux_dirty |= {("fires", k) for k in self.fires}
+        self._aux_dirty |= {("last_resolved", k) for k in self.last_resolved}
+        self._aux_dirty |= {("offline", k) for k in self.offline}
+        self._aux_dirty |= {("held", k) for k in self.held}
 
     def restore(
         self,

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import JSON, Column, DateTime, Engine, MetaData, String, Table, delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -23,7 +23,20 @@ from alerts.types import Alert, AlertState, Comment, Severity
 from core.db import Upserter
 from core.errors import StoreUnavailable
 
-LIFECYCLE_KEY = "lifecycle"
+LIFECYCLE_KEY = "lifecycle"  # the aux state as one ``alert_kv`` row, before migration 0012 (read, then dropped)
+AUX_SECTIONS = ("fires", "last_resolved", "offline", "held")
+
+# The lifecycle's aux state, one row per (section, key) (migration 0012_incremental_state).
+ALERT_AUX = Table(
+    "alert_aux",
+    MetaData(),
+    Column("section", String(16), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("value", JSON, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+AuxChanges = Mapping[tuple[str, str], Any]  # (section, key) -> value as JSON data, None: delete the row
 
 StateKey = tuple[str, str]  # (rule_id, subject)
 
@@ -167,7 +180,8 @@ class Snapshot:
     alerts: list[Alert] = field(default_factory=list)  # open ones and those resolved within the flap window
     silences: list[Silence] = field(default_factory=list)
     states: dict[StateKey, tuple[str, str]] = field(default_factory=dict)  # -> (kind, state as JSON text)
-    lifecycle: dict[str, Any] | None = None
+    lifecycle: dict[str, Any] | None = None  # the aux state, as ``AlertBook.aux_to_json`` gives it
+    lifecycle_legacy: bool = False  # read (at least partly) from the old one-row format: write it all again
     next_alert_id: int = 1
     next_silence_id: int = 1
 
@@ -178,6 +192,7 @@ class AlertRepository:
         # Built once per (table, columns): constructing an upsert costs SQLAlchemy ~0.25 ms (column proxies for
         # ``excluded``), more than executing it on SQLite, and every alert change runs up to four of them.
         self._upsert = Upserter(engine)
+        self._drop_legacy = False  # the old aux row was read: delete it with the first aux write
 
     # --- writes -------------------------------------------------------------------------------------------
 
@@ -188,10 +203,12 @@ class AlertRepository:
         silences: Iterable[Silence] = (),
         comments: Iterable[Comment] = (),
         states: Mapping[StateKey, tuple[str, str]] | None = None,
-        lifecycle: dict[str, Any] | None = None,
+        aux: AuxChanges | None = None,
         now: datetime,
     ) -> None:
-        """Write one consistent set of changes in one transaction."""
+        """Write one consistent set of changes in one transaction. ``aux``: the lifecycle's aux keys that changed
+        (``AlertBook.take_aux``); after a load from the old one-row format the first such write also deletes
+        that row (the service then passes every key)."""
         alert_rows = sorted((alert_to_row(a) for a in alerts), key=lambda r: r["id"])
         # Free the open keys of alerts resolved in this set first, so a new alert with the same key can take it.
         try:
@@ -218,15 +235,34 @@ class AlertRepository:
                         for k, (kind, st) in states.items()
                     ]
                     self._upsert(conn, RuleStateRow.__table__, srows, ["rule_id", "subject"])  # type: ignore[arg-type]
-                if lifecycle is not None:
-                    self._upsert(
-                        conn,
-                        AlertKvRow.__table__,  # type: ignore[arg-type]
-                        [{"key": LIFECYCLE_KEY, "value": jsonable(lifecycle), "updated_at": now}],
-                        ["key"],
-                    )
+                if aux:
+                    self._write_aux(conn, aux, now)
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"alert store write failed: {exc}") from exc
+
+    def _write_aux(self, conn: Any, aux: AuxChanges, now: datetime) -> None:
+        rows = [
+            {"section": sec, "key": key, "value": value, "updated_at": now}
+            for (sec, key), value in sorted(aux.items())
+            if value is not None
+        ]
+        if rows:
+            values = jsonable([r["value"] for r in rows])  # one C round trip: datetimes become ISO 8601 text
+            for r, v in zip(rows, values, strict=True):
+                r["value"] = v
+            self._upsert(conn, ALERT_AUX, rows, ["section", "key"])
+        gone: dict[str, list[str]] = {}
+        for (sec, key), value in aux.items():
+            if value is None:
+                gone.setdefault(sec, []).append(key)
+        for sec, keys in gone.items():
+            for i in range(0, len(keys), 500):
+                conn.execute(
+                    delete(ALERT_AUX).where((ALERT_AUX.c.section == sec) & ALERT_AUX.c.key.in_(keys[i : i + 500]))
+                )
+        if self._drop_legacy:
+            conn.execute(delete(AlertKvRow).where(AlertKvRow.key == LIFECYCLE_KEY))
+            self._drop_legacy = False
 
     # --- reads --------------------------------------------------------------------------------------------
 
@@ -248,7 +284,17 @@ class AlertRepository:
                 for r in s.scalars(select(RuleStateRow)):
                     snap.states[(r.rule_id, r.subject)] = (r.kind, r.state)
                 kv = s.get(AlertKvRow, LIFECYCLE_KEY)
-                snap.lifecycle = dict(kv.value) if kv is not None else None
+                aux: dict[str, Any] = {sec: {} for sec in AUX_SECTIONS}
+                if kv is not None:  # written before migration 0012: the base, the per-key rows are newer
+                    for sec in AUX_SECTIONS:
+                        aux[sec].update(dict(kv.value or {}).get(sec, {}))
+                    snap.lifecycle_legacy = True
+                    self._drop_legacy = True
+                aux_rows = conn.execute(select(ALERT_AUX.c.section, ALERT_AUX.c.key, ALERT_AUX.c.value)).all()
+                for sec, key, value in aux_rows:
+                    if sec in aux:
+                        aux[sec][key] = value
+                snap.lifecycle = aux if (kv is not None or aux_rows) else None
                 snap.next_alert_id = int(s.scalar(select(func.max(AlertRow.id))) or 0) + 1
                 snap.next_silence_id = int(s.scalar(select(func.max(SilenceRow.id))) or 0) + 1
         except SQLAlchemyError as exc:

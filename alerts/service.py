@@ -141,7 +141,7 @@ class _Payload:
     silences: dict[int, Silence]
     comments: list[Comment]
     states: dict[StateKey, tuple[str, str]]
-    aux: dict[str, Any] | None
+    aux: dict[tuple[str, str], Any]  # the lifecycle's aux keys changed (None: removed), AlertBook.take_aux
     now: datetime
 
     def merge(self, newer: _Payload) -> _Payload:
@@ -150,7 +150,7 @@ class _Payload:
             {**self.silences, **newer.silences},
             self.comments + newer.comments,
             {**self.states, **newer.states},
-            newer.aux if newer.aux is not None else self.aux,
+            {**self.aux, **newer.aux},
             newer.now,
         )
 
@@ -191,6 +191,8 @@ class AlertService:
         self._subscribers: list[Subscriber] = []
         self._batch_subscribers: list[Callable[[list[LifecycleEvent]], None]] = []  # joint/service.py
         self._subjects: dict[str, Subject] = {}
+        self._devices_seen: Mapping[str, DeviceInfo] | None = None  # the registry view of the last refresh
+        self._adhoc: set[str] = set()  # subjects ``_evaluate`` made for devices the registry view lacks
         self._device_rules: dict[str, list[EffectiveRule]] = {}
         self._plans: dict[str, _Plan] = {}
         self._regions: dict[str, RegionRef] = {}
@@ -225,6 +227,8 @@ class AlertService:
                 next_id=snap.next_alert_id,
                 next_silence_id=snap.next_silence_id,
             )
+            if snap.lifecycle_legacy:
+                self.book.mark_aux_dirty()  # moved to per-key rows by the next write
             now_ms = eng.ms(now)
             self._plans.clear()  # plans cache state objects, which are replaced here
             for key, (kind, data) in snap.states.items():
@@ -331,11 +335,25 @@ class AlertService:
 
     def refresh(self) -> None:
         with self._lock:
-            self._refresh(self._clock())
+            self._refresh(self._clock(), full=False)
 
-    def _refresh(self, now: datetime) -> None:
-        self._regions = dict(self._regions_fn())
+    def _refresh(self, now: datetime, *, full: bool = True) -> None:
+        """Re-read the regions and the devices. ``full``: rebuild every subject (at load, on new rules); else only
+        the devices whose ``DeviceInfo`` is not the object seen last time (``Registry.snapshot`` keeps the objects
+        of unchanged devices and returns the same dict while nothing changed), so a periodic refresh at 100,000
+        devices costs O(changes) (the registry's change log) plus one pass of identity checks."""
+        regions = dict(self._regions_fn())
         devices = self._devices_fn()
+        seen = self._devices_seen
+        if full or seen is None or regions != self._regions:
+            self._regions = regions
+            self._refresh_all(now, devices)
+        elif devices is not seen:
+            self._refresh_changed(now, devices, seen)
+        self._devices_seen = devices
+        self._adhoc.clear()
+
+    def _refresh_all(self, now: datetime, devices: Mapping[str, DeviceInfo]) -> None:
         subjects: dict[str, Subject] = {}
         old = self._subjects
         for d in devices.values():
@@ -349,15 +367,44 @@ class AlertService:
                 self._plans.pop(device_id, None)  # changed or gone: rebuilt when needed
                 self._device_rules.pop(device_id, None)
         for subj in subjects.values():  # watch every device for absence from now on, reported or not
-            self._plan(subj)  # index its rules now, not on its first record in the stream
-            for rule in self._rules_of(subj):
-                if rule.kind == "absence":
-                    key = (rule.rule_id, subj.device_id)
-                    if key not in self._states:
-                        self._states[key] = eng.new_state(rule, now=now)
-                        self._state_kind[key] = rule.kind
-                        self._essential.add(key)
-                    self._arm(rule, key, subj)
+            self._watch(subj, now)
+
+    def _refresh_changed(
+        self, now: datetime, devices: Mapping[str, DeviceInfo], seen: Mapping[str, DeviceInfo]
+    ) -> None:
+        """The devices added, changed or removed since ``seen``; the same result as ``_refresh_all``."""
+        subjects = self._subjects
+        gone = [k for k in seen.keys() - devices.keys()]
+        gone += [k for k in self._adhoc if k not in devices]  # subjects made up by ``_evaluate``: not registered
+        for d in devices.values():
+            if seen.get(d.device_id) is d and d.device_id not in self._adhoc:
+                continue
+            if not d.enabled:
+                gone.append(d.device_id)
+                continue
+            subj = self._subject(d.device_id, d.device_type, d.region_id, d.expected_interval_s)
+            prev = subjects.get(d.device_id)
+            if prev != subj:
+                subjects[d.device_id] = subj
+                self._plans.pop(d.device_id, None)
+                self._device_rules.pop(d.device_id, None)
+            self._watch(subjects[d.device_id], now)
+        for device_id in gone:
+            subjects.pop(device_id, None)
+            self._plans.pop(device_id, None)
+            self._device_rules.pop(device_id, None)
+
+    def _watch(self, subj: Subject, now: datetime) -> None:
+        """Index a device's rules now (not on its first record in the stream) and arm its absence rules."""
+        self._plan(subj)
+        for rule in self._rules_of(subj):
+            if rule.kind == "absence":
+                key = (rule.rule_id, subj.device_id)
+                if key not in self._states:
+                    self._states[key] = eng.new_state(rule, now=now)
+                    self._state_kind[key] = rule.kind
+                    self._essential.add(key)
+                self._arm(rule, key, subj)
 
     def _subject(self, device_id: str, device_type: str, region_id: str, interval: float = 60) -> Subject:
         ref = self._regions.get(region_id)
@@ -501,6 +548,7 @@ class AlertService:
                 return []
             subj = self._subject(rec.device_id, rec.device_type, rec.region_id)
             self._subjects[rec.device_id] = subj
+            self._adhoc.add(rec.device_id)
         plan = self._plan(subj)
         events: list[LifecycleEvent] = []
         if isinstance(rec, Reading):
@@ -637,6 +685,7 @@ class AlertService:
             return
         armed = self._armed.get(key)
         if armed is not None and armed <= due:
+            self._tick_subject[key] = subj  # the device's newest region and type (a refresh may have moved it)
             return  # an earlier wake-up is already queued; it re-arms for the later deadline
         self._rule_by_key[key] = rule
         self._tick_subject[key] = subj
@@ -685,9 +734,10 @@ class AlertService:
 
     def _take(self, now: datetime, keys: set[StateKey]) -> _Payload | None:
         """Collect what must be written (call with the state lock held): changed alerts, silences, comments, the
-        given rule states and the lifecycle's aux state. Serialised here, written later by ``_commit``."""
+        given rule states and the lifecycle's aux keys that changed. Serialised here, written later by ``_commit``."""
         alerts, silences, comments = self.book.take_dirty()
-        if not (alerts or silences or comments or keys):
+        aux = self.book.take_aux()
+        if not (alerts or silences or comments or keys or aux):
             return None
         states = {k: (self._state_kind[k], eng.state_dumps(self._states[k])) for k in keys if k in self._states}
         self._lazy -= keys
@@ -700,7 +750,7 @@ class AlertService:
             {x.id: x for x in silences},
             list(comments),
             states,
-            self.book.aux_to_json() if (alerts or silences) else None,
+            aux,
             now,
         )
 
@@ -722,7 +772,7 @@ class AlertService:
                     silences=pending.silences.values(),
                     comments=pending.comments,
                     states=pending.states,
-                    lifecycle=pending.aux,
+                    aux=pending.aux,
                     now=pending.now,
                 )
                 metrics.WRITE_SECONDS.observe(time.perf_counter() - started)

@@ -72,13 +72,29 @@ class RegionTree:
         self.levels: dict[str, str] = {}
         self.paths: dict[str, tuple[str, ...]] = {}
         self.devices: dict[str, tuple[str, str]] = {}
+        self._devices_seen: Mapping[str, Any] | None = None  # the registry view of the last reload
         self._loaded = float("-inf")
 
     def reload(self) -> None:
+        """Re-read the regions and the devices; only the devices whose ``DeviceInfo`` object changed are looked at
+        (``Registry.snapshot`` keeps the objects of unchanged devices and returns the same dict while nothing
+        changed), and ``devices`` is replaced, never modified (readers hold no lock)."""
         regions = list(self._regions_fn())
         self.levels = {r.id: r.level for r in regions}
         self.paths = {r.id: tuple(p for p in r.path.split("/") if p) for r in regions}
-        self.devices = {d.device_id: (d.device_type, d.region_id) for d in self._devices_fn().values()}
+        infos = self._devices_fn()
+        seen = self._devices_seen
+        if seen is None:
+            self.devices = {d.device_id: (d.device_type, d.region_id) for d in infos.values()}
+        elif infos is not seen:
+            devices = dict(self.devices)
+            for device_id, d in infos.items():
+                if seen.get(device_id) is not d:
+                    devices[device_id] = (d.device_type, d.region_id)
+            for device_id in seen.keys() - infos.keys():
+                devices.pop(device_id, None)
+            self.devices = devices
+        self._devices_seen = infos
         self._loaded = time.monotonic()
 
     def maybe_reload(self, *, miss: bool = False) -> None:

@@ -3,17 +3,40 @@
 SQLite or PostgreSQL. Incident, member and task writes are upserts by primary key, so writing the same snapshot
 twice is harmless (the service writes what a batch changed in one transaction and writes it again after the
 database was unavailable); timeline entries are appended. Library errors become ``StoreUnavailable``.
+
+The correlator's windows (``Correlator.windows()``: every pattern's state, one window per scope or device) are
+stored one row per (pattern, window) in ``joint_windows`` (migration 0012), and a write sends only the rows whose
+JSON differs from what this store last wrote or read (and deletes the rows of windows that are gone): with 10,000
+X9 windows open, a snapshot writes the few that changed, not a 10,000-window document. A pattern's state without
+windows (the other kinds) is its row ``""``. The old one-document row (``joint_kv`` ``windows``) is read when no
+rows exist and deleted by the first windows write.
 """
 
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Select, func, insert, select, update
+import orjson
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Engine,
+    MetaData,
+    Select,
+    String,
+    Table,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -37,7 +60,59 @@ from joint.models import (
     TimelineRow,
 )
 
-WINDOWS_KEY = "windows"
+WINDOWS_KEY = "windows"  # the windows as one joint_kv document, before migration 0012 (read, then dropped)
+
+JOINT_WINDOWS = Table(
+    "joint_windows",
+    MetaData(),
+    Column("pattern_id", String(64), primary_key=True),
+    Column("key", String(512), primary_key=True),
+    Column("value", JSON, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+WindowKey = tuple[str, str]  # (pattern id, "w:" + window key), or (pattern id, "") for the rest of its state
+
+
+def window_rows(windows: Mapping[str, Any]) -> dict[WindowKey, bytes]:
+    """``Correlator.windows()`` as rows, each value as JSON bytes (what is compared and written)."""
+    out: dict[WindowKey, bytes] = {}
+    state = windows.get("state")
+    if windows.get("v") != 1 or not isinstance(state, Mapping):
+        return {("", ""): _json(windows)}  # not the correlator's format: kept whole
+    for pid, doc in state.items():
+        wins = doc.get("windows") if isinstance(doc, Mapping) else None
+        if isinstance(wins, Mapping):
+            for key, slot in wins.items():
+                out[(pid, f"w:{key}")] = _json(slot)
+            doc = {**{k: v for k, v in doc.items() if k != "windows"}, "_windows": True}
+        out[(pid, "")] = _json(doc)
+    return out
+
+
+def windows_from_rows(rows: Iterable[tuple[str, str, Any]]) -> dict[str, Any]:
+    """The inverse of ``window_rows`` (with decoded values)."""
+    base: dict[str, dict[str, Any]] = {}
+    wins: dict[str, dict[str, Any]] = {}
+    for pid, key, value in rows:
+        if pid == "":
+            return dict(value)
+        if key == "":
+            base[pid] = dict(value)
+        elif key.startswith("w:"):
+            wins.setdefault(pid, {})[key[2:]] = value
+    state: dict[str, Any] = {}
+    for pid, doc in base.items():
+        if doc.pop("_windows", False):
+            doc["windows"] = wins.get(pid, {})
+        state[pid] = doc
+    return {"v": 1, "state": state}
+
+
+def _json(value: Any) -> bytes:
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+
+
 _OPEN_STATES = (str(IncidentState.OPEN), str(IncidentState.INVESTIGATING))
 
 
@@ -181,6 +256,10 @@ class JointStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._upsert = Upserter(engine)
+        self._written: dict[WindowKey, bytes] = {}  # the window rows as last written or read
+        self._wlock = threading.Lock()  # one windows write at a time (the diff is against _written)
+        self._drop_legacy = False
+        self.window_rows_written = 0  # rows upserted or deleted by windows writes (for the benchmarks)
 
     # --- writes -------------------------------------------------------------------------------------------
 
@@ -193,7 +272,9 @@ class JointStore:
         windows: dict[str, Any] | None = None,
         now: datetime,
     ) -> None:
-        """Write one consistent set of changes in one transaction (incidents with all their members)."""
+        """Write one consistent set of changes in one transaction (incidents with all their members).
+
+        ``windows`` (``Correlator.windows()``): only the windows that changed since the last write are written."""
         incs = sorted(incidents, key=lambda i: i.id)
         rows = [_incident_row(i) for i in incs]
         members = [_member_row(i.id, m) for i in incs for m in i.members.values()]
@@ -209,6 +290,27 @@ class JointStore:
             }
             for e in timeline
         ]
+        if windows is None:
+            self._save(rows, members, trows, erows, None, now)
+            return
+        with self._wlock:
+            current = window_rows(windows)
+            written = self._written
+            changed: dict[WindowKey, bytes | None] = {k: v for k, v in current.items() if written.get(k) != v}
+            changed.update({k: None for k in written.keys() - current.keys()})
+            self._save(rows, members, trows, erows, changed, now)
+            self._written = current
+            self.window_rows_written += len(changed)
+
+    def _save(
+        self,
+        rows: list[dict[str, Any]],
+        members: list[dict[str, Any]],
+        trows: list[dict[str, Any]],
+        erows: list[dict[str, Any]],
+        windows: Mapping[WindowKey, bytes | None] | None,
+        now: datetime,
+    ) -> None:
         try:
             with self.engine.begin() as conn:
                 closing = [r["id"] for r in rows if r["open_key"] is None]
@@ -225,14 +327,29 @@ class JointStore:
                 if erows:
                     conn.execute(insert(TimelineRow), erows)
                 if windows is not None:
-                    self._upsert(
-                        conn,
-                        JointKvRow.__table__,  # type: ignore[arg-type]
-                        [{"key": WINDOWS_KEY, "value": jsonable(windows), "updated_at": _instant(now)}],
-                        ["key"],
-                    )
+                    self._write_windows(conn, windows, now)
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"incident store write failed: {exc}") from exc
+
+    def _write_windows(self, conn: Any, windows: Mapping[WindowKey, bytes | None], now: datetime) -> None:
+        at = _instant(now)
+        upserts = [
+            {"pattern_id": pid, "key": key, "value": orjson.loads(v), "updated_at": at}
+            for (pid, key), v in sorted(windows.items())
+            if v is not None
+        ]
+        self._upsert(conn, JOINT_WINDOWS, upserts, ["pattern_id", "key"])
+        gone: dict[str, list[str]] = {}
+        for (pid, key), v in windows.items():
+            if v is None:
+                gone.setdefault(pid, []).append(key)
+        c = JOINT_WINDOWS.c
+        for pid, keys in gone.items():
+            for i in range(0, len(keys), 500):
+                conn.execute(delete(JOINT_WINDOWS).where((c.pattern_id == pid) & c.key.in_(keys[i : i + 500])))
+        if self._drop_legacy:
+            conn.execute(delete(JointKvRow).where(JointKvRow.key == WINDOWS_KEY))
+            self._drop_legacy = False
 
     # Thin, named writes for callers outside the service (API, linkage actions). Each is one transaction.
 
@@ -440,8 +557,18 @@ class JointStore:
             q = select(IncidentRow).where(IncidentRow.state.in_(_OPEN_STATES) | IncidentRow.id.in_(with_tasks))
             snap.incidents = self._with_members(s, list(s.scalars(q.order_by(IncidentRow.id))))
             snap.tasks = open_tasks
-            kv = s.get(JointKvRow, WINDOWS_KEY)
-            snap.windows = dict(kv.value) if kv is not None else None
+            c = JOINT_WINDOWS.c
+            rows = [(p, k, v) for p, k, v in s.execute(select(c.pattern_id, c.key, c.value))]
+            if rows:
+                snap.windows = windows_from_rows(rows)
+                written = {(p, k): _json(v) for p, k, v in rows}
+            else:
+                kv = s.get(JointKvRow, WINDOWS_KEY)
+                snap.windows = dict(kv.value) if kv is not None else None
+                written = {}
+            with self._wlock:
+                self._written = written
+                self._drop_legacy = s.get(JointKvRow, WINDOWS_KEY) is not None
             snap.next_incident_id = int(s.scalar(select(func.max(IncidentRow.id))) or 0) + 1
             snap.next_task_id = int(s.scalar(select(func.max(TaskRow.id))) or 0) + 1
 

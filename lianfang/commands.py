@@ -7,7 +7,7 @@ from dashboards.cli import dashboards_app
 from devices.cli import devices_app, regions_app
 from devices.cli_security import audit_app, certs_app, creds_app
 from gateway.cli import users_app
-from joint.cli import risk_app, stats_app
+from joint.cli import incidents_app, risk_app, stats_app
 from lianfang.cli import app
 from lianfang.config_cmd import config_app
 
@@ -22,6 +22,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(rules_app, name="rules")
 app.add_typer(stats_app, name="stats")
 app.add_typer(risk_app, name="risk")
+app.add_typer(incidents_app, name="incidents")
 
 from lianfang.store_cmd import store_app  # noqa: E402
 
