@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import BrokerUnavailable, UserError
-from devices.broker import BrokerConfig, passwd_line
+from core.settings import Settings
+from devices.broker import BROKER_PID_FILE, DEVICE_PASSWD_FILE, BrokerConfig, passwd_line
 from devices.broker_adapter import RESERVED_USERNAMES, BrokerIdentity, Progress
 from devices.dynsec import DynsecClient, role_name
 
@@ -383,3 +384,29 @@ class PasswdFileAdapter:
 
     def list(self) -> dict[str, BrokerIdentity]:
         return {d: BrokerIdentity(d, e.enabled) for d, e in self.read().items()}
+
+
+def adapter_for(
+    settings: Settings, dynsec: DynsecClient, *, progress: Progress | None = None
+) -> PasswdFileAdapter | None:
+    """The adapter for the configured broker: the embedded broker's password file when its generated config loads
+    one (``lianfang serve`` writes it so, ADR 0006); None (the caller uses dynsec) for an external broker."""
+    if not settings.mqtt.embedded_broker:
+        return None
+    directory = settings.mqtt.broker_dir
+    conf = directory / "mosquitto.conf"
+    try:
+        text = conf.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    if f"password_file {(directory / DEVICE_PASSWD_FILE).resolve()}" not in text:
+        return None
+    return PasswdFileAdapter(
+        directory / DEVICE_PASSWD_FILE,
+        host=settings.mqtt.host,
+        port=settings.mqtt.port,
+        reload=PidFileReload(directory / BROKER_PID_FILE, conf.resolve()),
+        tls_ca=settings.mqtt.tls_ca,
+        dynsec=dynsec,
+        progress=progress,
+    )

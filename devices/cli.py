@@ -28,6 +28,7 @@ from core.protocol import DEFAULT_INTERVAL_S, DEVICE_TYPES
 from core.settings import Settings
 from devices import cli_security
 from devices.audit import Actor
+from devices.broker_adapter_passwd import adapter_for
 from devices.cli_security import SecretFileOpt, TimeoutOpt, admin_password, hand_out_secrets
 from devices.dynsec import DynsecClient
 from devices.imports import (
@@ -72,7 +73,8 @@ def open_device_provisioner(
     with DynsecClient(
         settings.mqtt.host, settings.mqtt.port, admin_password(settings), timeout=timeout, tls_ca=settings.mqtt.tls_ca
     ) as dynsec:
-        yield Provisioner(registry, dynsec, actor=Actor.from_cli(), progress=progress)
+        adapter = adapter_for(settings, dynsec, progress=progress)
+        yield Provisioner(registry, dynsec, actor=Actor.from_cli(), progress=progress, adapter=adapter)
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from core.errors import BrokerUnavailable, LianfangError, StoreUnavailable, User
 from core.fsperm import private_dir
 from core.settings import Settings
 from devices.audit import Actor, AuditLog, AuditRecord, canonical, utc_instant
+from devices.broker_adapter_passwd import adapter_for
 from devices.certs import init_certs
 from devices.dynsec import DynsecClient, role_name
 from devices.provisioning import (
@@ -119,7 +120,8 @@ def open_provisioner(settings: Settings, *, timeout: float = 10.0, actor: Actor 
         with DynsecClient(
             settings.mqtt.host, settings.mqtt.port, admin_password(settings), timeout=timeout, tls_ca=tls_ca
         ) as dynsec:
-            yield Provisioner(registry, dynsec, actor=actor or Actor.from_cli())
+            adapter = adapter_for(settings, dynsec)
+            yield Provisioner(registry, dynsec, actor=actor or Actor.from_cli(), adapter=adapter)
     finally:
         registry.engine.dispose()
 

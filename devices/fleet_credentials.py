@@ -30,8 +30,9 @@ from core.errors import StoreUnavailable, UserError
 from core.settings import Settings
 from devices.audit import Actor
 from devices.broker import MosquittoProcess
-from devices.dynsec import DynsecClient, role_name
-from devices.provisioning import DeviceCredential, Provisioner, client_problems, verify_secret
+from devices.broker_adapter_passwd import adapter_for
+from devices.dynsec import DynsecClient
+from devices.provisioning import DeviceCredential, Provisioner, verify_secret
 from devices.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -128,21 +129,17 @@ def provision_fleet(
             actor=Actor("lianfang-demo", "demo"),
             process=process,
             offline_threshold=offline_threshold,
+            adapter=adapter_for(settings, dynsec),
         )
         creds = prov.credentials()
-        clients = {c["username"]: c for c in dynsec.list_clients()}
-        roles = {r["rolename"]: r for r in dynsec.list_roles()}
         disabled = {d.id for d in registry.devices(enabled=False)[0]}
         candidates = [(i, kept[i], creds[i].secret_hash) for i in ids if i in kept and i in creds]
-        matching = _still_valid(candidates)
-        good: set[str] = set()
-        for device_id in matching:
-            client = clients.get(device_id)
-            ok = not client_problems(device_id, client, roles.get(role_name(device_id)))
-            if ok and client is not None and bool(client.get("disabled")) != (device_id in disabled):
-                ok = False  # enabled state differs from the registry: renew it too
-            if ok:
-                good.add(device_id)
+        matching = sorted(_still_valid(candidates))
+        # The broker's identity as it should be, in the registry's enabled state (else renewed too).
+        problems = prov.adapter.verify(
+            matching, device_secrets={i: kept[i] for i in matching}, disabled=disabled.intersection(matching)
+        )
+        good = {i for i, why in problems.items() if not why}
         stale = [i for i in ids if i in creds and i not in good]
         if stale:
             # Their secrets are gone or their identities broken: drop the credentials so provision_new takes the
