@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.errors import StoreUnavailable
+from gateway.audit import AuditTrail
 from gateway.context import GatewayContext
 from gateway.metrics import MetricsMiddleware
 from gateway.params import ErrorBody
@@ -34,6 +35,7 @@ from gateway.routes import auth as auth_routes
 from gateway.routes import overview as overview_routes
 from gateway.routes import patterns as patterns_routes
 from gateway.routes import risk as risk_routes
+from gateway.routes import security as security_routes
 from gateway.routes import users as users_routes
 from gateway.views import page_config, page_csp
 
@@ -136,6 +138,7 @@ def create_app(ctx: GatewayContext) -> FastAPI:
     app.state.ctx = ctx
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(EmptyQueryIsAbsent)
+    app.add_middleware(AuditTrail)  # every write and sensitive read audited; the access log (gateway/audit.py)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -154,6 +157,7 @@ def create_app(ctx: GatewayContext) -> FastAPI:
     app.include_router(audit_routes.router)  # the audit log for auditors (gateway/routes/audit.py)
     app.include_router(auth_routes.router)  # login, logout (gateway/routes/auth.py)
     app.include_router(users_routes.router)  # people and roles (gateway/routes/users.py)
+    app.include_router(security_routes.router)  # the security policy (gateway/routes/security.py)
     app.include_router(overview_routes.router)  # key figures (gateway/routes/overview.py)
 
     @app.get("/metrics", include_in_schema=False)

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from core.db import Base
 from core.errors import StoreUnavailable, UserError
 from devices.models import Region
+from gateway.policy import PASSWORD_MAX, PASSWORD_MIN_FLOOR, load_policy, password_problem
 
 Role = Literal["admin", "operator", "viewer", "sysadmin", "secadmin", "auditor"]
 ROLES: tuple[str, ...] = ("admin", "operator", "viewer", "sysadmin", "secadmin", "auditor")
@@ -37,8 +38,10 @@ ROLE_ALIASES: dict[str, str] = {"region_admin": "admin"}
 OFFICER_ROLES: frozenset[str] = frozenset({"sysadmin", "secadmin", "auditor"})
 # Roles that must log in with TOTP when auth.totp_required_for_admins is on.
 ADMIN_ROLES: frozenset[str] = frozenset({"admin", "sysadmin", "secadmin"})
-MIN_PASSWORD = 10
-MAX_PASSWORD = 1024
+# The shortest password any policy allows and the longest; the security policy (gateway/policy.py) sets the
+# length and complexity in force.
+MIN_PASSWORD = PASSWORD_MIN_FLOOR
+MAX_PASSWORD = PASSWORD_MAX
 USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 TOKEN_PREFIX = "lf_"
 
@@ -144,9 +147,17 @@ def _check_officers(s: Session, person_id: str, role: str, except_user: int | No
             )
 
 
-def _check_password(password: str) -> None:
-    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
-        raise UserError(f"a password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters long")
+def check_password(registry_engine: Engine, password: str) -> None:
+    """UserError when ``password`` breaks the security policy in force (length, character classes)."""
+    problem = password_problem(password, load_policy(registry_engine))
+    if problem is not None:
+        raise UserError(problem)
+
+
+def _check_token_life(registry_engine: Engine, now: datetime, expires_at: datetime) -> None:
+    days = load_policy(registry_engine).token_max_days
+    if expires_at - now > timedelta(days=days):
+        raise UserError(f"the security policy allows tokens of at most {days} days")
 
 
 _hasher = PasswordHasher()
@@ -179,7 +190,9 @@ def create_user(
     if person_id is not None and not USER_NAME_RE.match(person_id):
         raise UserError(f"person id {person_id!r} must match {USER_NAME_RE.pattern}")
     if password is not None:
-        _check_password(password)
+        check_password(registry_engine, password)
+    if token_expires_at is not None:
+        _check_token_life(registry_engine, now, token_expires_at)
     token = new_token()
     try:
         with _session(registry_engine) as s, s.begin():
@@ -226,7 +239,7 @@ def update_user(
     if role is not None:
         role = canonical_role(role)
     if password is not None:
-        _check_password(password)
+        check_password(registry_engine, password)
     try:
         with _session(registry_engine) as s, s.begin():
             row = s.scalar(select(ApiUser).where(ApiUser.name == name))
@@ -344,11 +357,13 @@ def login(
     lockout_minutes: int,
     totp_required_for_admins: bool,
     origin: str = "",
+    absolute_minutes: int = 0,
 ) -> LoginResult:
     """Check a name, password and (if the user has one, or it is required) TOTP code; on success open a session.
 
     ``lockout_failures`` failures in a row lock the account for ``lockout_minutes``; while locked even the right
-    password is refused. A success resets the counter.
+    password is refused. A success resets the counter. The session ends ``session_minutes`` after login (moved on
+    by each use when sliding) and never later than ``absolute_minutes`` after login (0: no such limit).
     """
     try:
         with _session(registry_engine) as s, s.begin():
@@ -377,6 +392,8 @@ def login(
                 return LoginResult("totp_required", name, row.role)
             token = new_token()
             expires = now + timedelta(minutes=session_minutes)
+            if absolute_minutes:
+                expires = min(expires, now + timedelta(minutes=absolute_minutes))
             s.add(
                 ApiSession(
                     user_id=row.id,
@@ -425,6 +442,7 @@ def issue_token(registry_engine: Engine, name: str, *, now: datetime, expires_da
         raise UserError("--expires-days must be between 1 and 3660")
     token = new_token()
     expires = now + timedelta(days=expires_days)
+    _check_token_life(registry_engine, now, expires)
     try:
         with _session(registry_engine) as s, s.begin():
             row = s.scalar(select(ApiUser).where(ApiUser.name == name))
@@ -502,9 +520,13 @@ def authenticate(
     session_minutes: int,
     sliding: bool,
     audit_every: timedelta,
+    absolute_minutes: int = 0,
+    token_max_days: int | None = None,
 ) -> Authenticated | None:
     """The enabled user of a live token (legacy, integration or session), or None: unknown, forged, expired,
-    revoked, or the user disabled. Slides a session's expiry when ``sliding``."""
+    revoked, or the user disabled. Slides a session's expiry when ``sliding``, never past ``absolute_minutes``
+    after login (0: no limit); an integration token older than ``token_max_days`` is refused (the security
+    policy, checked on each use so a stricter policy applies at once)."""
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
     digest = hash_token(token)
@@ -524,12 +546,19 @@ def authenticate(
                 sess = s.scalar(select(ApiSession).where(ApiSession.token_sha256 == digest))
                 if sess is None or sess.revoked_at is not None or _aware(sess.expires_at) <= now:
                     return None
+                born = _aware(sess.created_at)
+                if sess.kind == "session" and absolute_minutes and now >= born + timedelta(minutes=absolute_minutes):
+                    return None
+                if sess.kind == "token" and token_max_days is not None and now >= born + timedelta(days=token_max_days):
+                    return None
                 row = s.get(ApiUser, sess.user_id)
                 if row is None:
                     return None
                 kind, audit_due = sess.kind, False
                 if sess.kind == "session" and sliding:
                     new_expiry = now + timedelta(minutes=session_minutes)
+                    if absolute_minutes:
+                        new_expiry = min(new_expiry, born + timedelta(minutes=absolute_minutes))
                     if new_expiry - _aware(sess.expires_at) >= timedelta(seconds=30):
                         sess.expires_at = new_expiry
                 elif sess.kind == "token" and (sess.audited_at is None or now - _aware(sess.audited_at) >= audit_every):

@@ -1,17 +1,22 @@
 """`lianfang users ...`: API users with a role and a region scope, their passwords, TOTP and integration tokens;
-tokens and secrets are printed once and never stored."""
+tokens and secrets are printed once and never stored. `lianfang users policy show|set`: the security policy
+(gateway/policy.py). Every change is written to the audit log with the OS user and host (success or refusal)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from core import clock
 from core.cliout import print_table
 from core.errors import StoreUnavailable, UserError
+from devices.audit import Actor, AuditLog
+from devices.registry import Registry
 from gateway.auth import (
     ROLE_ALIASES,
     ROLES,
@@ -23,6 +28,7 @@ from gateway.auth import (
     set_user_enabled,
     update_user,
 )
+from gateway.policy import BOUNDS, FIELDS, save_policy, stored_policy
 from lianfang.context import open_registry, settings_from
 
 users_app = typer.Typer(
@@ -37,6 +43,28 @@ ALL_REGIONS = "*"
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(1)
+
+
+@contextmanager
+def _acting(ctx: typer.Context, action: str, target: str, detail: Mapping[str, Any] | None) -> Iterator[Registry]:
+    """The registry for one change; the change is audited (ok, or refused with the error), errors are one line."""
+    settings = settings_from(ctx)
+    actor = Actor.from_cli()
+    try:
+        registry = open_registry(settings)
+        try:
+            log = AuditLog(registry.session)
+            try:
+                yield registry
+            except UserError as exc:
+                refused = {**(detail or {}), "error": str(exc)}
+                log.write(actor, action, [target], now=clock.now(), outcome="refused", detail=refused)
+                raise
+            log.write(actor, action, [target], now=clock.now(), detail=detail)
+        finally:
+            registry.engine.dispose()
+    except (UserError, StoreUnavailable) as exc:
+        raise _fail(str(exc)) from exc
 
 
 @users_app.command("add")
@@ -66,23 +94,28 @@ def add(
     settings = settings_from(ctx)
     secret = typer.prompt("password", hide_input=True, confirmation_prompt=True) if password else None
     now = clock.now()
-    try:
-        registry = open_registry(settings)
-        try:
-            token = create_user(
-                registry.engine,
-                name,
-                role,
-                None if region == ALL_REGIONS else region,
-                now,
-                password=secret,
-                person_id=person,
-                token_expires_at=None if expires_days is None else now + timedelta(days=expires_days),
-            )
-        finally:
-            registry.engine.dispose()
-    except (UserError, StoreUnavailable) as exc:
-        raise _fail(str(exc)) from exc
+    with _acting(
+        ctx,
+        "user.create",
+        name,
+        {
+            "role": role,
+            "region_id": region,
+            "person_id": person or name,
+            "password": password,
+            "expires_days": expires_days,
+        },
+    ) as registry:
+        token = create_user(
+            registry.engine,
+            name,
+            role,
+            None if region == ALL_REGIONS else region,
+            now,
+            password=secret,
+            person_id=person,
+            token_expires_at=None if expires_days is None else now + timedelta(days=expires_days),
+        )
     typer.echo(f"user {name} created ({role}, region {region}). API token, shown only once:", err=True)
     typer.echo(token)
     typer.echo(f"open the control room with http://{settings.api.host}:{settings.api.port}/#token=<token>", err=True)
@@ -139,31 +172,17 @@ def list_(
 @users_app.command("disable")
 def disable(ctx: typer.Context, name: Annotated[str, typer.Argument(help="The user to lock out.")]) -> None:
     """Revoke a user's token at once (the user stays listed)."""
-    settings = settings_from(ctx)
-    try:
-        registry = open_registry(settings)
-        try:
-            set_user_enabled(registry.engine, name, False)
-        finally:
-            registry.engine.dispose()
-    except (UserError, StoreUnavailable) as exc:
-        raise _fail(str(exc)) from exc
+    with _acting(ctx, "user.update", name, {"enabled": False}) as registry:
+        set_user_enabled(registry.engine, name, False)
     typer.echo(f"user {name} disabled")
 
 
 @users_app.command("passwd")
 def passwd(ctx: typer.Context, name: Annotated[str, typer.Argument(help="The user.")]) -> None:
     """Set a user's password (typed twice); ends a lockout."""
-    settings = settings_from(ctx)
     secret = typer.prompt("new password", hide_input=True, confirmation_prompt=True)
-    try:
-        registry = open_registry(settings)
-        try:
-            update_user(registry.engine, name, password=secret, now=clock.now())
-        finally:
-            registry.engine.dispose()
-    except (UserError, StoreUnavailable) as exc:
-        raise _fail(str(exc)) from exc
+    with _acting(ctx, "user.update", name, {"password_reset": True}) as registry:
+        update_user(registry.engine, name, password=secret, now=clock.now())
     typer.echo(f"password of {name} set")
 
 
@@ -172,15 +191,8 @@ def totp(ctx: typer.Context, name: Annotated[str, typer.Argument(help="The user.
     """Give a user a new TOTP secret and print it once (and its otpauth:// URI) for an authenticator app."""
     import pyotp
 
-    settings = settings_from(ctx)
-    try:
-        registry = open_registry(settings)
-        try:
-            secret = enable_totp(registry.engine, name)
-        finally:
-            registry.engine.dispose()
-    except (UserError, StoreUnavailable) as exc:
-        raise _fail(str(exc)) from exc
+    with _acting(ctx, "user.totp", name, None) as registry:
+        secret = enable_totp(registry.engine, name)
     typer.echo(f"TOTP secret of {name}, shown only once:", err=True)
     typer.echo(secret)
     typer.echo(pyotp.TOTP(secret).provisioning_uri(name=name, issuer_name="Lianfang"), err=True)
@@ -193,15 +205,8 @@ def token(
     expires_days: Annotated[int, typer.Option("--expires-days", min=1, max=3660, help="Days until it expires.")],
 ) -> None:
     """Issue an API token for an integration, expiring after --expires-days; printed only this once."""
-    settings = settings_from(ctx)
-    try:
-        registry = open_registry(settings)
-        try:
-            token_id, value, expires = issue_token(registry.engine, name, now=clock.now(), expires_days=expires_days)
-        finally:
-            registry.engine.dispose()
-    except (UserError, StoreUnavailable) as exc:
-        raise _fail(str(exc)) from exc
+    with _acting(ctx, "user.token.issue", name, {"expires_days": expires_days}) as registry:
+        token_id, value, expires = issue_token(registry.engine, name, now=clock.now(), expires_days=expires_days)
     typer.echo(f"token {token_id} of {name}, expires {expires.isoformat('T', 'seconds')}; shown only once:", err=True)
     typer.echo(value)
 
@@ -218,15 +223,8 @@ def revoke_token(
     """Revoke one integration token (--id) or all of a user's tokens and sessions (--all)."""
     if (token_id is None) == (not all_):
         raise _fail("give exactly one of --id and --all")
-    settings = settings_from(ctx)
-    try:
-        registry = open_registry(settings)
-        try:
-            n = revoke_tokens(registry.engine, name, now=clock.now(), token_id=token_id, legacy=all_)
-        finally:
-            registry.engine.dispose()
-    except (UserError, StoreUnavailable) as exc:
-        raise _fail(str(exc)) from exc
+    with _acting(ctx, "user.token.revoke", name, {"id": token_id, "all": all_}) as registry:
+        n = revoke_tokens(registry.engine, name, now=clock.now(), token_id=token_id, legacy=all_)
     typer.echo(f"{n} token(s) of {name} revoked")
 
 
@@ -245,23 +243,94 @@ def set_(
     """Change a user's role, region scope or (--enable) re-enable them; a second 三员 role of one person is refused."""
     if role is None and region is None and not enable:
         raise _fail("nothing to change: give --role, --region or --enable")
+    with _acting(ctx, "user.update", name, {"role": role, "region_id": region, "enable": enable}) as registry:
+        user = update_user(
+            registry.engine,
+            name,
+            role=role,
+            region_id=None if region in (None, ALL_REGIONS) else region,
+            set_region=region is not None,
+            enabled=True if enable else None,
+            now=clock.now(),
+        )
+    typer.echo(
+        f"user {name}: {user.role}, region {user.region_id or ALL_REGIONS}, enabled {'yes' if user.enabled else 'no'}"
+    )
+
+
+policy_app = typer.Typer(
+    help="The security policy (passwords, lockout, sessions, TOTP, token lifetime): the security administrator's.",
+    no_args_is_help=True,
+)
+users_app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("show")
+def policy_show(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")] = False,
+) -> None:
+    """The security policy in force; fields not set take their defaults from the settings (auth.*)."""
     settings = settings_from(ctx)
     try:
         registry = open_registry(settings)
         try:
-            user = update_user(
-                registry.engine,
-                name,
-                role=role,
-                region_id=None if region in (None, ALL_REGIONS) else region,
-                set_region=region is not None,
-                enabled=True if enable else None,
-                now=clock.now(),
-            )
+            stored = stored_policy(registry.engine, settings.auth)
         finally:
             registry.engine.dispose()
-    except (UserError, StoreUnavailable) as exc:
+    except StoreUnavailable as exc:
         raise _fail(str(exc)) from exc
-    typer.echo(
-        f"user {name}: {user.role}, region {user.region_id or ALL_REGIONS}, enabled {'yes' if user.enabled else 'no'}"
+    if as_json:
+        typer.echo(json.dumps(stored.as_json(), ensure_ascii=False, indent=2))
+        return
+    values = stored.policy.as_json()
+    print_table(
+        ("field", "value", "from"),
+        [(f, str(values[f]).lower(), "policy" if f in stored.set_fields else "default") for f in FIELDS],
     )
+
+
+def _policy_value(name: str, text: str) -> Any:
+    if text == "default":
+        return None
+    if name == "totp_required_for_admins":
+        if text not in ("true", "false"):
+            raise UserError(f"{name} must be true, false or default")
+        return text == "true"
+    try:
+        return int(text)
+    except ValueError:
+        lo, hi = BOUNDS[name]
+        raise UserError(f"{name} must be an integer from {lo} to {hi}, or default") from None
+
+
+@policy_app.command("set")
+def policy_set(
+    ctx: typer.Context,
+    assignments: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="FIELD=VALUE...",
+            help=f"One or more of: {', '.join(FIELDS)}; VALUE 'default' restores the default.",
+            show_default=False,
+        ),
+    ],
+) -> None:
+    """Change the security policy; it applies at once (open sessions are cut to the new limits)."""
+    changes: dict[str, Any] = {}
+    for item in assignments:
+        name, sep, text = item.partition("=")
+        if not sep or name not in FIELDS:
+            raise _fail(f"{item!r}: give FIELD=VALUE with FIELD one of {', '.join(FIELDS)}")
+        try:
+            changes[name] = _policy_value(name, text.strip().lower())
+        except UserError as exc:
+            raise _fail(str(exc)) from exc
+    settings = settings_from(ctx)
+    actor = Actor.from_cli()
+    with _acting(ctx, "security.policy", "security_policy", changes) as registry:
+        stored = save_policy(
+            registry.engine, changes, now=clock.now(), by=f"{actor.who} ({actor.origin})", auth=settings.auth
+        )
+    values = stored.policy.as_json()
+    typer.echo("security policy: " + ", ".join(f"{f}={str(values[f]).lower()}" for f in FIELDS))

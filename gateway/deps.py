@@ -18,10 +18,11 @@ from core.settings import Settings
 from core.store import TelemetryStore
 from devices.audit import Actor, AuditLog
 from devices.registry import Registry
-from gateway.audit import ApiAudit
+from gateway.audit import STATE_PRINCIPAL, STATE_ROUTE, ApiAudit
 from gateway.auth import Principal, any_users, authenticate
 from gateway.context import GatewayContext
 from gateway.live import Broadcaster
+from gateway.policy import load_policy
 
 logger = logging.getLogger(__name__)
 
@@ -109,19 +110,26 @@ def get_principal(ctx: ContextDep, registry: RegistryDep, request: Request, cred
     The development bypass applies only when the caller enabled ``dev_open``, settings say env=dev, and no API
     user exists yet.
     """
+    state = request.scope.setdefault("state", {})
+    route = request.scope.get("route")
+    state[STATE_ROUTE] = getattr(route, "path", None)
     if creds is None or not creds.credentials:
         if ctx.dev_open and ctx.settings.env == "dev" and not any_users(registry.engine):
-            return Principal(name="dev-open", role="admin", region_id=None, region_ids=None)
+            state[STATE_PRINCIPAL] = Principal(name="dev-open", role="admin", region_id=None, region_ids=None)
+            return cast(Principal, state[STATE_PRINCIPAL])
         raise _UNAUTHORIZED
     auth = ctx.settings.auth
     now = ctx.clock()
+    policy = load_policy(registry.engine, auth)  # the security policy in force, read on each use
     found = authenticate(
         registry.engine,
         creds.credentials,
         now=now,
-        session_minutes=auth.session_minutes,
-        sliding=auth.session_sliding,
+        session_minutes=policy.session_idle_minutes,
+        sliding=True,
         audit_every=timedelta(minutes=auth.token_use_audit_minutes),
+        absolute_minutes=policy.session_absolute_minutes,
+        token_max_days=policy.token_max_days,
     )
     if found is None:
         raise _UNAUTHORIZED
@@ -130,7 +138,11 @@ def get_principal(ctx: ContextDep, registry: RegistryDep, request: Request, cred
         actor = Actor(f"{user.name} ({user.role})", client_origin(request))
         AuditLog(registry.session).write(actor, "auth.token_use", [user.name], now=now, detail={"kind": found.kind})
     region_ids = None if user.region_id is None else frozenset(registry.subtree_ids(user.region_id))
-    return Principal(name=user.name, role=user.role, region_id=user.region_id, region_ids=region_ids, kind=found.kind)
+    principal = Principal(
+        name=user.name, role=user.role, region_id=user.region_id, region_ids=region_ids, kind=found.kind
+    )
+    state[STATE_PRINCIPAL] = principal
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -32,6 +32,7 @@ from core.errors import StoreUnavailable, UserError
 from core.protocol import DEVICE_ID_RE
 from core.settings import Settings
 from devices.registry import REGION_ID_RE, Registry
+from gateway.audit import ApiAudit
 from gateway.auth import Principal, user_by_name
 from gateway.deps import AlertsDep, AuditDep, NowDep, PrincipalDep, RegistryDep, SettingsDep, require_role
 from gateway.params import (
@@ -232,47 +233,72 @@ def _conflict(exc: UserError) -> HTTPException:
     return HTTPException(status.HTTP_409_CONFLICT, detail=str(exc))
 
 
+def _audit_refused(
+    audit: ApiAudit, principal: Principal, action: str, alert_id: int, now: datetime, exc: UserError
+) -> None:
+    audit.write(principal, action, f"alert {alert_id}", now=now, outcome="conflict", detail={"error": str(exc)[:300]})
+
+
 @router.post("/alerts/{alert_id}/ack")
-def acknowledge(alert_id: ObjectId, body: AckBody, svc: AlertsDep, principal: Writer) -> dict[str, Any]:
+def acknowledge(
+    alert_id: ObjectId, body: AckBody, svc: AlertsDep, principal: Writer, audit: AuditDep, now: NowDep
+) -> dict[str, Any]:
     """Acknowledge a firing alert (stops its escalation)."""
     _alert_or_404(svc, principal, alert_id)
     try:
-        return alert_json(svc.acknowledge(alert_id, principal.name, body.reason), principal)
+        out = alert_json(svc.acknowledge(alert_id, principal.name, body.reason), principal)
     except UserError as exc:
+        _audit_refused(audit, principal, "alert.ack", alert_id, now, exc)
         raise _conflict(exc) from exc
+    audit.write(principal, "alert.ack", f"alert {alert_id}", now=now, detail={"reason": body.reason})
+    return out
 
 
 @router.post("/alerts/{alert_id}/resolve")
-def resolve(alert_id: ObjectId, body: ResolveBody, svc: AlertsDep, principal: Writer) -> dict[str, Any]:
+def resolve(
+    alert_id: ObjectId, body: ResolveBody, svc: AlertsDep, principal: Writer, audit: AuditDep, now: NowDep
+) -> dict[str, Any]:
     """Resolve an open alert by hand; a reason is required."""
     _alert_or_404(svc, principal, alert_id)
     try:
-        return alert_json(svc.resolve(alert_id, principal.name, body.reason), principal)
+        out = alert_json(svc.resolve(alert_id, principal.name, body.reason), principal)
     except UserError as exc:
+        _audit_refused(audit, principal, "alert.resolve", alert_id, now, exc)
         raise _conflict(exc) from exc
+    audit.write(principal, "alert.resolve", f"alert {alert_id}", now=now, detail={"reason": body.reason})
+    return out
 
 
 @router.post("/alerts/{alert_id}/comments", status_code=status.HTTP_201_CREATED)
-def add_comment(alert_id: ObjectId, body: CommentBody, svc: AlertsDep, principal: Writer) -> dict[str, Any]:
+def add_comment(
+    alert_id: ObjectId, body: CommentBody, svc: AlertsDep, principal: Writer, audit: AuditDep, now: NowDep
+) -> dict[str, Any]:
     """Add a comment to the alert's timeline (open alerts and recently resolved ones)."""
     _alert_or_404(svc, principal, alert_id)
     try:
         alert = svc.comment(alert_id, principal.name, body.text)
     except UserError as exc:
+        _audit_refused(audit, principal, "alert.comment", alert_id, now, exc)
         raise _conflict(exc) from exc
+    audit.write(principal, "alert.comment", f"alert {alert_id}", now=now, detail={"chars": len(body.text)})
     out = alert_json(alert, principal)
     out["comments"] = [comment_json(c) for c in svc.repo.comments(alert_id)]
     return out
 
 
 @router.post("/alerts/{alert_id}/assign")
-def assign(alert_id: ObjectId, body: AssignBody, svc: AlertsDep, principal: Writer) -> dict[str, Any]:
+def assign(
+    alert_id: ObjectId, body: AssignBody, svc: AlertsDep, principal: Writer, audit: AuditDep, now: NowDep
+) -> dict[str, Any]:
     """Assign an open alert to someone (or unassign with null)."""
     _alert_or_404(svc, principal, alert_id)
     try:
-        return alert_json(svc.assign(alert_id, principal.name, body.assignee or None), principal)
+        out = alert_json(svc.assign(alert_id, principal.name, body.assignee or None), principal)
     except UserError as exc:
+        _audit_refused(audit, principal, "alert.assign", alert_id, now, exc)
         raise _conflict(exc) from exc
+    audit.write(principal, "alert.assign", f"alert {alert_id}", now=now, detail={"assignee": body.assignee or None})
+    return out
 
 
 # --- silences ----------------------------------------------------------------------------------------------------

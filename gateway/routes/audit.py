@@ -2,8 +2,8 @@
 
 Only the security auditor (``auditor``) and administrators of the whole tree may read it: the log is tree-wide
 and names every user, address and target. Every list item says whether it verifies against its neighbour in the
-chain (``verified``); ``/audit/verify`` walks the whole chain. An export is a sensitive read and is itself
-recorded in the log.
+chain (``verified``); ``/audit/verify`` walks the whole chain. Every read of the log (list, verify, export) is a
+sensitive read and is itself recorded in the log.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.responses import Response
 
 from devices.audit import AuditLog, AuditRecord, canonical, utc_instant
+from gateway.audit import SENSITIVE_READ
 from gateway.auth import Principal
 from gateway.deps import AuditDep, NowDep, PrincipalDep, RegistryDep
 from gateway.params import EPOCH, Limit, Offset, TimeQuery, error_responses, parse_time
@@ -79,7 +80,7 @@ def record_json(r: AuditRecord, verified: bool) -> dict[str, Any]:
     }
 
 
-@router.get("/audit")
+@router.get("/audit", dependencies=[SENSITIVE_READ])
 def list_audit(
     registry: RegistryDep,
     principal: Auditor,
@@ -158,7 +159,7 @@ def export_audit(
     )
 
 
-@router.get("/audit/verify")
+@router.get("/audit/verify", dependencies=[SENSITIVE_READ])
 def verify_audit(registry: RegistryDep, principal: Auditor) -> dict[str, Any]:
     """Walk the whole chain (like ``lianfang audit verify``): ``ok``, the number of records, the head (``last_seq``,
     ``last_hash``: an anchor to keep) and every problem (edited, deleted, reordered, truncated) with its record."""

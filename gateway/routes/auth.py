@@ -13,9 +13,11 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from devices.audit import Actor, AuditLog
+from gateway.audit import mark_audited
 from gateway.auth import MAX_PASSWORD, USER_NAME_RE, end_session, login
 from gateway.deps import BearerDep, NowDep, PrincipalDep, RegistryDep, SettingsDep, client_origin
 from gateway.params import error_responses
+from gateway.policy import load_policy
 from gateway.routes import API_PREFIX
 
 router = APIRouter(prefix=f"{API_PREFIX}/auth", tags=["auth"], responses=error_responses(400, 401, 422, 503))
@@ -42,8 +44,9 @@ class LoginAnswer(BaseModel):
 def login_(body: LoginBody, request: Request, registry: RegistryDep, settings: SettingsDep, now: NowDep) -> LoginAnswer:
     """Log in with a name and password (and a TOTP code for users who have one); answers a session token.
 
-    ``auth.lockout_failures`` failures in a row lock the account for ``auth.lockout_minutes``."""
-    auth = settings.auth
+    The security policy's ``lockout_failures`` failures in a row lock the account for its ``lockout_minutes``
+    (gateway/policy.py; defaults ``auth.lockout_failures`` and ``auth.lockout_minutes``)."""
+    policy = load_policy(registry.engine, settings.auth)
     origin = client_origin(request)
     result = login(
         registry.engine,
@@ -51,18 +54,20 @@ def login_(body: LoginBody, request: Request, registry: RegistryDep, settings: S
         body.password,
         body.totp,
         now=now,
-        session_minutes=auth.session_minutes,
-        lockout_failures=auth.lockout_failures,
-        lockout_minutes=auth.lockout_minutes,
-        totp_required_for_admins=auth.totp_required_for_admins,
+        session_minutes=policy.session_idle_minutes,
+        lockout_failures=policy.lockout_failures,
+        lockout_minutes=policy.lockout_minutes,
+        totp_required_for_admins=policy.totp_required_for_admins,
         origin=origin,
+        absolute_minutes=policy.session_absolute_minutes,
     )
     audit = AuditLog(registry.session)
+    mark_audited(request)
     actor = Actor(body.name if result.role is None else f"{body.name} ({result.role})", origin)
     if result.outcome == "lockout":
         audit.write(actor, "auth.login", [body.name], now=now, outcome="denied", detail={"reason": "password"})
         audit.write(
-            actor, "auth.lockout", [body.name], now=now, outcome="locked", detail={"minutes": auth.lockout_minutes}
+            actor, "auth.lockout", [body.name], now=now, outcome="locked", detail={"minutes": policy.lockout_minutes}
         )
     elif result.outcome != "ok":
         audit.write(actor, "auth.login", [body.name], now=now, outcome="denied", detail={"reason": result.outcome})
@@ -84,4 +89,5 @@ def logout(principal: PrincipalDep, creds: BearerDep, request: Request, registry
     end_session(registry.engine, creds.credentials, now=now)
     actor = Actor(f"{principal.name} ({principal.role})", client_origin(request))
     AuditLog(registry.session).write(actor, "auth.logout", [principal.name], now=now, outcome="ok")
+    mark_audited(request)
     return Response(status_code=204)

@@ -6,7 +6,7 @@
   inside their own scope; the security administrator then gives the role and scope.
 * ``PATCH /users/{name}``: ``role`` and ``region_id`` only by the security administrator; ``password`` only by
   the system administrator; ``enabled`` by either. Nobody changes their own role or scope. A second officer role
-  for the same person is refused (409).
+  for the same person is refused (409). A password the security policy refuses (gateway/policy.py) is a 422.
 
 A user outside the caller's scope is answered 404, like every other object. Each write is audited.
 """
@@ -21,7 +21,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import UserError
 from devices.registry import REGION_ID_RE
-from gateway.auth import MAX_PASSWORD, MIN_PASSWORD, ROLE_ALIASES, ROLES, USER_NAME_RE, ApiUser, Principal, user_by_name
+from gateway.auth import (
+    MAX_PASSWORD,
+    MIN_PASSWORD,
+    ROLE_ALIASES,
+    ROLES,
+    USER_NAME_RE,
+    ApiUser,
+    Principal,
+    check_password,
+    user_by_name,
+)
 from gateway.auth import create_user as create_api_user
 from gateway.auth import list_users as list_api_users
 from gateway.auth import update_user as update_api_user
@@ -93,6 +103,17 @@ def _in_scope(principal: Principal, region_id: str | None) -> bool:
     return region_id is not None and region_id in principal.region_ids
 
 
+def _password_ok(
+    registry: RegistryDep, audit: AuditDep, principal: Principal, action: str, name: str, password: str, now: datetime
+) -> None:
+    """422 (audited) for a password the security policy refuses (length, character classes)."""
+    try:
+        check_password(registry.engine, password)
+    except UserError as exc:
+        audit.write(principal, action, name, now=now, outcome="invalid", detail={"error": str(exc)})
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
+
+
 def _not_found(name: str) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no user {name!r}")
 
@@ -110,6 +131,7 @@ def create_user(body: NewUser, principal: SysAdmin, registry: RegistryDep, audit
     region = body.region_id if body.region_id is not None else principal.region_id
     if not _in_scope(principal, region) or (region is not None and registry.region(region) is None):
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no region {region!r}")
+    _password_ok(registry, audit, principal, "user.create", body.name, body.password, now)
     try:
         create_api_user(
             registry.engine, body.name, "viewer", region, now, password=body.password, person_id=body.person_id
@@ -151,6 +173,7 @@ def update_user(
     changes = {k: getattr(body, k) for k in sorted(given) if k != "password"}
     if body.password is not None:
         changes["password_reset"] = True
+        _password_ok(registry, audit, principal, "user.update", name, body.password, now)
     try:
         update_api_user(
             registry.engine,
