@@ -314,3 +314,169 @@ def risk_top(
     )
     if picture.truncated:
         note("truncated: more open items than risk.max_items; the oldest were not counted")
+
+
+# --- lianfang incidents ... : the state machine through the running server's API ---------------------------------
+
+incidents_app = typer.Typer(
+    help="Incidents (联防事件): list, show, and move them open -> investigating -> resolved -> closed with a cause "
+    "code, through the running server's API (as the user of --token; the server checks role and region).",
+    no_args_is_help=True,
+)
+UrlOpt = Annotated[
+    str | None,
+    typer.Option("--url", envvar="LIANFANG_API_URL", help="The server (default: http://api.host:api.port)."),
+]
+TokenOpt = Annotated[str, typer.Option("--token", envvar="LIANFANG_TOKEN", help="Your API token.", show_default=False)]
+IdArg = Annotated[int, typer.Argument(min=1, max=2**53 - 1, help="incident id")]
+CAUSES = ("false_alarm", "handled", "maintenance", "device_fault", "duplicate", "other")
+
+
+def _api(ctx: typer.Context, url: str | None, token: str, method: str, path: str, body: Any = None) -> Any:
+    """One call of /api/v1; the server's refusal (409 wrong state, 403 role, 404 scope, 422 input) as a UserError
+    with its reason."""
+    import httpx
+
+    if url is None:
+        api = _settings(ctx).api
+        url = f"http://{api.host}:{api.port}"
+    try:
+        r = httpx.request(
+            method,
+            f"{url.rstrip('/')}/api/v1{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+    except httpx.HTTPError as exc:
+        raise UserError(f"cannot reach the server at {url}: {exc}") from exc
+    if r.status_code >= 400:
+        try:
+            detail = r.json().get("detail")
+        except ValueError:
+            detail = r.text
+        if isinstance(detail, list):  # 422: one entry per field
+            detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" for d in detail)
+        raise UserError(f"{r.status_code}: {detail}")
+    return r.json()
+
+
+def _show_incident(doc: dict[str, Any], json_out: bool) -> None:
+    if json_out:
+        typer.echo(json.dumps(doc, ensure_ascii=False))
+        return
+    print_table(
+        ["id", "state", "severity", "type", "region", "title", "cause", "members", "tasks"],
+        [
+            [
+                str(doc["id"]),
+                doc["state"],
+                doc["severity"],
+                doc["type"],
+                doc["region_id"],
+                doc["title_zh"],
+                doc.get("cause_code") or "",
+                str(doc.get("member_count", "")),
+                " ".join(f"{t['department']}:{t['state']}" for t in doc.get("tasks", [])),
+            ]
+        ],
+    )
+
+
+@incidents_app.command("list")
+def incidents_list(
+    ctx: typer.Context,
+    token: TokenOpt,
+    url: UrlOpt = None,
+    state: Annotated[
+        str | None, typer.Option("--state", help="open, investigating, resolved, closed, or active")
+    ] = None,
+    region: RegionOpt = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
+    json_out: JsonOpt = False,
+) -> None:
+    """Incidents newest first (those your token may see)."""
+    from urllib.parse import urlencode
+
+    query = {k: v for k, v in {"state": state, "region": region, "limit": limit}.items() if v is not None}
+    try:
+        doc = _api(ctx, url, token, "GET", f"/incidents?{urlencode(query)}")
+    except UserError as exc:
+        raise _fail(exc) from exc
+    if json_out:
+        typer.echo(json.dumps(doc, ensure_ascii=False))
+        return
+    print_table(
+        ["id", "state", "severity", "type", "region", "title", "opened"],
+        [
+            [str(i["id"]), i["state"], i["severity"], i["type"], i["region_id"], i["title_zh"], i["opened_at"]]
+            for i in doc["items"]
+        ],
+        title=f"{doc['total']} incidents",
+    )
+
+
+@incidents_app.command("show")
+def incidents_show(
+    ctx: typer.Context, incident_id: IdArg, token: TokenOpt, url: UrlOpt = None, json_out: JsonOpt = False
+) -> None:
+    """One incident with its tasks (``--json``: members, timeline and actions too)."""
+    try:
+        _show_incident(_api(ctx, url, token, "GET", f"/incidents/{incident_id}"), json_out)
+    except UserError as exc:
+        raise _fail(exc) from exc
+
+
+def _transition(ctx: typer.Context, url: str | None, token: str, path: str, body: Any, json_out: bool) -> None:
+    try:
+        _show_incident(_api(ctx, url, token, "POST", path, body), json_out)
+    except UserError as exc:
+        raise _fail(exc) from exc
+
+
+@incidents_app.command("investigate")
+def incidents_investigate(
+    ctx: typer.Context, incident_id: IdArg, token: TokenOpt, url: UrlOpt = None, json_out: JsonOpt = False
+) -> None:
+    """open -> investigating: someone is on it."""
+    _transition(ctx, url, token, f"/incidents/{incident_id}/investigate", {}, json_out)
+
+
+@incidents_app.command("resolve")
+def incidents_resolve(
+    ctx: typer.Context,
+    incident_id: IdArg,
+    reason: Annotated[str, typer.Option("--reason", help="why it is resolved (required)", show_default=False)],
+    token: TokenOpt,
+    url: UrlOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """open or investigating -> resolved, by hand; its tasks stay until the departments close them."""
+    _transition(ctx, url, token, f"/incidents/{incident_id}/resolve", {"reason": reason}, json_out)
+
+
+@incidents_app.command("close")
+def incidents_close(
+    ctx: typer.Context,
+    incident_id: IdArg,
+    cause: Annotated[str, typer.Option("--cause", help=f"one of {', '.join(CAUSES)}", show_default=False)],
+    token: TokenOpt,
+    note: Annotated[str, typer.Option("--note", help="a note for the timeline")] = "",
+    url: UrlOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """-> closed with a cause code (from open, investigating or resolved); its open tasks close with it."""
+    _transition(ctx, url, token, f"/incidents/{incident_id}/close", {"cause_code": cause, "note": note}, json_out)
+
+
+@incidents_app.command("comment")
+def incidents_comment(
+    ctx: typer.Context,
+    incident_id: IdArg,
+    text: Annotated[str, typer.Argument(help="the comment")],
+    token: TokenOpt,
+    url: UrlOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Add a comment to the incident's timeline."""
+    _transition(ctx, url, token, f"/incidents/{incident_id}/comments", {"text": text}, json_out)
