@@ -62,6 +62,36 @@ const I18N = {
     f_cause: "关闭原因", f_members: "关联告警数", hiddenMembers: "另有 {n} 条不在您的管辖范围内",
     noRisk: "暂无风险数据", riskScore: "风险 {n}", incDone: "操作成功", noTasks: "无",
     readOnly: "仅可查看（事件范围高于您的辖区）",
+    v_monitor: "监控", v_device: "设备详情", v_map: "车辆地图", v_silences: "静默", v_rules: "告警规则",
+    v_audit: "审计日志", v_users: "用户管理",
+    k_devices: "设备在线", k_alerts: "未处理告警", k_incidents: "处置中事件", k_energy: "今日用电", k_vehicles: "车辆使用",
+    vsBaseline: "基线 {base} kWh，当前为基线的 {pct}%", noBaseline: "暂无基线（历史数据不足）", vehInUse: "使用中 / 总数",
+    asOf: "数据时间 {at}", overviewOff: "总览暂不可用",
+    deviceIdPh: "设备编号", open: "打开", field: "字段", range: "时间范围", r_1h: "最近 1 小时", r_2h: "最近 2 小时",
+    r_6h: "最近 6 小时", r_24h: "最近 24 小时", r_7d: "最近 7 天", r_30d: "最近 30 天", deviceAlerts: "该设备的告警",
+    pickDevice: "请在设备列表中点击一台设备，或输入设备编号。", firmware: "固件", counters: "数据质量",
+    countersText: "消息 {m}，缺号 {g}，重复 {d}，拒收 {r}", silenceDevice: "静默此设备", nPoints: "{n} 个数据点",
+    perBucket: "每 {b} 聚合", noDeviceAlerts: "该设备没有告警",
+    trip: "行程", mapInfo: "显示 {shown} 辆，共 {total} 辆", tilesOn: "底图：本单位瓦片服务", tilesOff: "底图：无（按区域坐标绘制）",
+    noCoords: "没有带坐标的区域或车辆", inUse: "使用中", parked: "停放", tripOf: "{id} 的行程（{n} 个点）",
+    tripHint: "点击车辆查看行程",
+    siActive: "生效中", siNew: "新建静默", siReason: "原因", siCreator: "创建人", siStarts: "开始", siEnds: "结束",
+    siEnd: "结束静默", siHelp: "静默期间匹配的告警不发送通知、不升级。范围可为区域、设备和/或规则。",
+    siCreate: "创建静默", siHours: "持续时间（小时）", siApprover: "批准人（可选，须为另一位管理员）",
+    siCreated: "已创建静默 #{id}", siEnded: "已结束静默 #{id}", noSilences: "没有静默", allRules: "全部规则",
+    overrides: "覆盖配置", ovEnabled: "启用", ovParams: "参数", ovSource: "来源", ovNew: "新增覆盖", ovEdit: "修改覆盖",
+    ovHelp: "覆盖在所选区域或设备上生效；停用规则仅限该区域的管理员。", noOverrides: "没有覆盖配置", inherit: "继承",
+    badJson: "参数不是有效的 JSON", edit: "修改", delete: "删除",
+    auVerify: "校验哈希链", auExport: "导出 CSV", auActor: "操作人", auAction: "操作", auTarget: "对象",
+    auAt: "时间", auSource: "来源", auOutcome: "结果", auVerified: "校验", auOk: "完好", auBroken: "被篡改",
+    auChainOk: "哈希链完好：共 {n} 条记录，最新序号 {seq}", auChainBad: "哈希链发现 {n} 处问题：",
+    auExported: "已导出 {kb} KB", filter: "筛选",
+    usNew: "新建用户", usRole: "角色", usPerson: "人员", usSecurity: "安全", usPw: "已设密码", usPwBtn: "重置密码",
+    usLocked: "锁定至 {until}", usRoleBtn: "角色与范围", usDisable: "停用", usEnable: "启用", usEnabled: "启用中",
+    usNewHelp: "新用户为所选区域的查看员；角色由安全管理员授予。", usCreate: "创建", usCreated: "已创建用户 {name}",
+    usRoleHelp: "三员分立：同一人只能担任系统管理员、安全管理员、安全审计员之一。", myScope: "我的范围",
+    comment: "备注", commentText: "备注内容", assign: "指派", silence: "静默", noteLabel: "处置说明",
+    required: "请填写：{field}",
   },
   en: {
     title: "Lianfang Control Room",
@@ -128,6 +158,43 @@ const I18N = {
     f_type: "Type", f_opened: "Opened", f_cause: "Cause", f_members: "Member alerts",
     hiddenMembers: "{n} more outside your regions", noRisk: "No risk data", riskScore: "risk {n}", incDone: "Done",
     noTasks: "none", readOnly: "Read only (the incident's scope lies above your regions)",
+    v_monitor: "Monitor", v_device: "Device", v_map: "Vehicle map", v_silences: "Silences", v_rules: "Alert rules",
+    v_audit: "Audit log", v_users: "Users",
+    k_devices: "Devices online", k_alerts: "Open alerts", k_incidents: "Active incidents", k_energy: "Energy today",
+    k_vehicles: "Vehicles in use",
+    vsBaseline: "baseline {base} kWh, now {pct}% of it", noBaseline: "no baseline yet (not enough history)",
+    vehInUse: "in use / total", asOf: "as of {at}", overviewOff: "overview unavailable",
+    deviceIdPh: "device ID", open: "Open", field: "Field", range: "Range", r_1h: "last hour", r_2h: "last 2 hours",
+    r_6h: "last 6 hours", r_24h: "last 24 hours", r_7d: "last 7 days", r_30d: "last 30 days",
+    deviceAlerts: "Alerts of this device",
+    pickDevice: "Click a device in the device list, or enter its ID.", firmware: "Firmware", counters: "Data quality",
+    countersText: "{m} messages, {g} gaps, {d} duplicates, {r} rejected", silenceDevice: "Silence this device",
+    nPoints: "{n} points", perBucket: "one per {b}", noDeviceAlerts: "No alerts for this device",
+    trip: "Trip", mapInfo: "{shown} of {total} vehicles", tilesOn: "Base map: your tile server",
+    tilesOff: "Base map: none (drawn from region coordinates)", noCoords: "No region or vehicle with coordinates",
+    inUse: "in use", parked: "parked", tripOf: "trip of {id} ({n} points)", tripHint: "click a vehicle for its trip",
+    siActive: "Active", siNew: "New silence", siReason: "Reason", siCreator: "Created by", siStarts: "Starts",
+    siEnds: "Ends", siEnd: "End silence",
+    siHelp: "Matching alerts are neither notified nor escalated while it lasts. Scope: a region, a device and/or a rule.",
+    siCreate: "Create silence", siHours: "Duration (hours)", siApprover: "Approver (optional, another admin)",
+    siCreated: "Silence #{id} created", siEnded: "Silence #{id} ended", noSilences: "No silences", allRules: "all rules",
+    overrides: "Overrides", ovEnabled: "Enabled", ovParams: "Params", ovSource: "Source", ovNew: "New override",
+    ovEdit: "Edit override",
+    ovHelp: "An override applies in the region or to the device; switching a rule off is for that region's admin.",
+    noOverrides: "No overrides", inherit: "inherited", badJson: "The params are not valid JSON", edit: "Edit",
+    delete: "Delete",
+    auVerify: "Verify the chain", auExport: "Export CSV", auActor: "Actor", auAction: "Action", auTarget: "Target",
+    auAt: "Time", auSource: "Source", auOutcome: "Outcome", auVerified: "Check", auOk: "intact", auBroken: "tampered",
+    auChainOk: "Hash chain intact: {n} records, last seq {seq}", auChainBad: "Hash chain: {n} problems:",
+    auExported: "Exported {kb} KB", filter: "Filter",
+    usNew: "New user", usRole: "Role", usPerson: "Person", usSecurity: "Security", usPw: "password set",
+    usPwBtn: "Reset password", usLocked: "locked until {until}", usRoleBtn: "Role and scope", usDisable: "Disable",
+    usEnable: "Enable", usEnabled: "enabled",
+    usNewHelp: "A new user is a viewer of the chosen region; the security administrator gives roles.",
+    usCreate: "Create", usCreated: "User {name} created",
+    usRoleHelp: "三员分立: one person holds at most one of system administrator, security administrator, auditor.",
+    myScope: "my scope", comment: "Comment", commentText: "Comment", assign: "Assign", silence: "Silence",
+    noteLabel: "Note", required: "Please fill in: {field}",
   },
 };
 const CRITICAL = new Set(["door_forced", "tamper", "power_cut", "power_loss"]);
@@ -174,6 +241,7 @@ function applyLang() {
   document.documentElement.lang = state.lang === "zh" ? "zh-CN" : "en";
   document.title = t("title");
   document.querySelectorAll("[data-i18n]").forEach((n) => { n.textContent = t(n.dataset.i18n); });
+  document.querySelectorAll("[data-i18n-ph]").forEach((n) => { n.placeholder = t(n.dataset.i18nPh); });
   $("lang").textContent = state.lang === "zh" ? "English" : "中文";
 }
 
@@ -292,6 +360,7 @@ async function loadMe() {
   $("user").textContent = me ? me.name + " · " + t("role_" + me.role) : "";
   document.body.classList.toggle("can-act", canAct());
   document.body.dataset.role = me ? me.role : "";
+  applyRole();  // views.js: the views and buttons of this role
 }
 function canAct() {
   return !!(state.me && state.me.can_act_on_alerts);
@@ -673,7 +742,7 @@ async function submitAction() {
     setTimeout(() => showMsg("al-msg", ""), 4000);
   } else {
     showMsg("act-msg", actionError(r.status, r.body), "err");
-    if (r.status === 401) askToken();
+    if (r.status === 401) askLogin();
   }
   loadAlerts().catch(() => {});
 }
@@ -698,6 +767,7 @@ function renderDrawer(a) {
     el("span", "tag st", t("st_" + a.state)),
     ...alertTags(a).filter((b) => !b.classList.contains("acked")),
     actionButtons(a),
+    alertExtraButtons(a),  // views.js: comment, assign, silence
   );
   const kv = $("dr-kv");
   kv.replaceChildren();
@@ -774,6 +844,7 @@ function onBatch(msg) {
   }
   for (const r of msg.readings || []) touchDevice(r.device_id, r.ts_ms);
   if ((msg.events || []).length || (msg.statuses || []).length) scheduleAlerts(1000);  // rules may have fired
+  if ((msg.events || []).length || (msg.statuses || []).length || (msg.readings || []).length) scheduleOverview(3000);
   if (msg.dropped) pushFeed(feedItem(Date.now(), t("dropped", { n: msg.dropped }), "", "warn"));
 }
 function parseFrame(frame) {
@@ -798,7 +869,7 @@ async function stream() {
     state.streamAbort = ctrl;
     try {
       const r = await fetch("/api/v1/stream", { headers: { Authorization: "Bearer " + state.token }, signal: ctrl.signal });
-      if (r.status === 401) { askToken(); setPill("h-stream", false); return; }
+      if (r.status === 401) { askLogin(); setPill("h-stream", false); return; }
       if (!r.ok || !r.body) throw new Error("HTTP " + r.status);
       setPill("h-stream", true);
       delay = 1000;
@@ -873,6 +944,7 @@ function onIncident(msg) {
     if (state.incDrawerId === i.id) loadIncident(i.id).catch(() => {});
   }
   scheduleAlerts(1000);  // muted members, incident ids of alerts
+  scheduleOverview(1000);
 }
 
 async function incSend(path, body) {
@@ -881,7 +953,7 @@ async function incSend(path, body) {
     showMsg("inc-dmsg", t("incDone"), "ok");
   } else {
     showMsg("inc-dmsg", actionError(r.status, r.body), "err");
-    if (r.status === 401) askToken();
+    if (r.status === 401) askLogin();
   }
   if (state.incDrawerId !== null) loadIncident(state.incDrawerId).catch(() => {});
   loadIncidents().catch(() => {});
@@ -903,18 +975,10 @@ function renderIncident(i) {
   const acts = $("inc-actions");
   acts.replaceChildren(el("span", "sev", t("sev_" + i.severity)), el("span", "tag st", t("ist_" + i.state)));
   if (!full) acts.append(badge("partial", t("readOnly")));
-  if (may && i.state === "open") acts.append(smallBtn(t("incAck"), "inc-ack", () => incSend("/incidents/" + i.id + "/ack")));
-  if (may && i.state !== "closed") {
-    const sel = el("select");
-    sel.id = "inc-cause";
-    for (const c of ["false_alarm", "handled", "maintenance", "device_fault", "duplicate", "other"]) {
-      const o = el("option", null, t("cause_" + c));
-      o.value = c;
-      sel.append(o);
-    }
-    acts.append(sel, smallBtn(t("incClose"), "inc-close",
-      () => incSend("/incidents/" + i.id + "/close", { cause_code: sel.value })));
-  }
+  // each action asks for its note (views.js incidentNote); closing also for the cause
+  if (may && i.state === "open") acts.append(smallBtn(t("incAck"), "inc-ack", () => incidentNote(i, "ack")));
+  if (may && i.state !== "closed") acts.append(smallBtn(t("incClose"), "inc-close", () => incidentNote(i, "close")));
+  if (may) acts.append(smallBtn(t("comment"), "inc-comment", () => commentOn("/incidents/" + i.id + "/comments", "I" + i.id, () => loadIncident(i.id))));
   const kv = $("inc-kv");
   kv.replaceChildren();
   kvRow(kv, t("f_id"), "I" + i.id, "mono");
@@ -1070,7 +1134,8 @@ async function refreshAll() {
     if (state.me === null) await loadMe();
     await loadRegions();
     await Promise.all([loadAlerts(), loadDevices(), loadEvents(), loadRejections(), loadHealth(), loadIncidents(),
-      loadRisk()]);
+      loadRisk(), loadOverview()]);
+    if (views.current !== "monitor" && views.loaders[views.current]) await views.loaders[views.current]();
   } catch (e) {
     if (!(e instanceof Unauthorized)) console.warn(e);
   }
@@ -1084,7 +1149,7 @@ function start() {
     if (state.drawerId !== null) openDrawer(state.drawerId);
     if (state.incDrawerId !== null) openIncident(state.incDrawerId);
   });
-  stream();
+  if (state.token) stream();  // without one the login form is open; it starts the stream once logged in
 }
 
 document.addEventListener("DOMContentLoaded", () => {

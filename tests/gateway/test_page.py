@@ -71,10 +71,17 @@ def test_the_vendored_chart_library_is_the_pinned_one_with_its_licence() -> None
 def test_every_page_string_exists_in_both_languages() -> None:
     html = (STATIC / "index.html").read_text(encoding="utf-8")
     js = (STATIC / "app.js").read_text(encoding="utf-8")
+    views = (STATIC / "views.js").read_text(encoding="utf-8")
     zh_block = js[js.index("zh: {") : js.index("en: {")]
     en_block = js[js.index("en: {") : js.index("const CRITICAL")]
-    keys = set(re.findall(r'data-i18n="([^"]+)"', html))
-    keys |= set(re.findall(r'\bt\("([a-zA-Z]+)"', js))
+    keys = set(re.findall(r'data-i18n(?:-ph)?="([^"]+)"', html))
+    for code in (js, views):
+        keys |= set(re.findall(r'\bt\("([a-zA-Z_]*[a-zA-Z])"', code))
+        # t(cond ? "a" : "b"): both
+        for a, b in re.findall(r'\bt\([^()"]*\? "([a-zA-Z_]+)" : "([a-zA-Z_]+)"\)', code):
+            keys |= {a, b}
+    keys |= {f"role_{r}" for r in ("viewer", "operator", "admin", "sysadmin", "secadmin", "auditor")}
+    keys |= {f"type_{d}" for d in ("gate", "vehicle", "energy_meter", "sensor")}
     keys |= {f"rs_{r}" for r in ("not_json", "schema", "bad_timestamp", "unregistered_device", "forged_identity")}
     # keys built at run time: severities, alert states, timeline entry kinds, the two actions
     keys |= {f"sev_{s}" for s in Severity} | {f"st_{s}" for s in AlertState}
@@ -137,7 +144,11 @@ def test_page_polls_the_alerts_endpoint_and_acts_on_alerts() -> None:
     assert side.index('id="alerts"') < side.index('data-i18n="liveFeed"')
     # CSP 'self': no inline script or style anywhere in the page
     assert "<style" not in html and " style=" not in html and "<script>" not in html
-    assert re.findall(r"<script[^>]*>", html) == ['<script src="/static/app.js" defer>']
+    assert re.findall(r"<script[^>]*>", html) == [
+        '<script src="/static/vendor/uPlot.iife.min.js" defer>',
+        '<script src="/static/app.js" defer>',
+        '<script src="/static/views.js" defer>',
+    ]
 
 
 @pytest.fixture
