@@ -16,14 +16,13 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from grafana_foundation_sdk.builders import bargauge, common, geomap, piechart, stat, table, text, timeseries
+from grafana_foundation_sdk.builders import bargauge, common, geomap, piechart, stat, table, timeseries
 from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import geomap as gm
-from grafana_foundation_sdk.models import text as tm
 
 from dashboards import schema as s
 from dashboards.queries import SQL, Influx, sql_ref
@@ -35,6 +34,9 @@ R = s.REGION_MATCH  # "region_path" =~ /\/$region\//
 OPEN_ALERT = "state <> 'resolved'"
 OPEN_INCIDENT = "state IN ('open', 'investigating')"
 IN_REGION_SQL = "region_path LIKE '%/$region/%'"
+# The InfluxDB backend's side store in the SQL database (core/store/side.py, migration 0012_telemetry_side).
+SIDE_STATE = "telemetry_device_state"
+SIDE_REJECTIONS = "telemetry_rejections"
 # An access event's result is inside its JSON data (core/store/influx.py writes it with orjson: no spaces).
 GRANTED = f'"{s.EVENT_DATA}" =~ /"result":"granted"/'
 DENIED = f'"{s.EVENT_DATA}" =~ /"result":"denied"/'
@@ -552,16 +554,16 @@ def alerts() -> dash.Dashboard:
 def data_quality() -> dash.Dashboard:
     """数据质量: points per type, messages without seq, seq span against points, devices that went quiet."""
     every = "/^(gate|vehicle|energy_meter|sensor|events)$/"
-    note = (
-        "拒收消息（按原因）与 ingest 精确统计的序号缺口、重复消息保存在 SQL 数据库的 telemetry_rejections、"
-        "telemetry_device_state 表中（本仪表板尚无对应面板）："
-        "请使用 `GET /api/v1/rejections`、`GET /api/v1/devices/{id}` 或 ingest 的 Prometheus 指标 "
-        "`lianfang_ingest_messages_rejected_total{reason}`、`lianfang_ingest_seq_gaps_total`（docs/dashboards.md）。"
+    # Ingest's exact counters and its rejections (the InfluxDB backend keeps them in the SQL database,
+    # core/store/side.py), scoped to the region through the registry; a rejection of an unknown device has no
+    # region and shows in no region's view ($__from/$__to: the time range in epoch ms).
+    in_region = (
+        "JOIN devices d ON d.id = x.device_id JOIN regions r ON r.id = d.region_id WHERE r.path LIKE '%/$region/%'"
     )
     return _dashboard(
         "lf-data-quality",
         "联防 · 数据质量",
-        "数据点数、未带序号的消息、序号跨度与点数之差（缺口估计）、长时间无数据的设备。",
+        "数据点数、未带序号的消息、序号跨度与点数之差（缺口估计）、拒收消息与 ingest 的精确统计、长时间无数据的设备。",
         [
             _series(
                 "数据点数（按类型）",
@@ -587,7 +589,22 @@ def data_quality() -> dash.Dashboard:
                     WHERE $timeFilter AND {R} AND "{s.SEQ}" >= 0 GROUP BY "{s.TAG_DEVICE}" """
                 ).table(),
             ),
-            text.Panel().title("拒收消息与精确的缺口统计").content(note).mode(tm.TextMode.MARKDOWN).span(12).height(8),
+            _table(
+                "拒收消息（按原因）",
+                SQL(
+                    f"""SELECT x.reason AS "原因", count(*) AS "次数", count(DISTINCT x.device_id) AS "设备数"
+                    FROM {SIDE_REJECTIONS} x {in_region} AND x.received_ms >= $__from AND x.received_ms < $__to
+                    GROUP BY x.reason ORDER BY 2 DESC"""
+                ),
+            ),
+            _table(
+                "ingest 精确统计（缺口、重复、非标准、拒收；累计）",
+                SQL(
+                    f"""SELECT x.device_id AS "设备", x.messages AS "消息", x.gaps AS "缺口", x.duplicates AS "重复",
+                    x.nonstandard AS "非标准", x.rejected AS "拒收" FROM {SIDE_STATE} x {in_region}
+                    ORDER BY x.gaps DESC, x.rejected DESC LIMIT 100"""
+                ),
+            ),
             _table(
                 "设备最后一次上报（最早的在前：久未上报）",
                 Influx(

@@ -15,6 +15,8 @@ from dashboards import build, schema
 ROOT = Path(__file__).resolve().parents[2]
 PROVISIONING = ROOT / "docker" / "grafana" / "provisioning"
 CJK = re.compile(r"[\u4e00-\u9fff]")
+# Grafana's own variables and macros a query may use without defining them ($__from/$__to: the range in epoch ms)
+GRAFANA_VARIABLES = {"timeFilter", "__interval", "__timeFilter", "__timeGroupAlias", "__from", "__to"}
 
 
 def _models() -> dict[str, dict[str, Any]]:
@@ -86,7 +88,7 @@ def test_every_query_uses_a_provisioned_datasource_and_variables_are_defined() -
                 assert by_uid.get(ref["uid"]) == ref["type"], (name, p["title"])
                 q = t.get("query") or t.get("rawSql") or ""
                 assert q.strip(), (name, p["title"])
-                used = set(re.findall(r"\$(\w+)", q)) - {"timeFilter", "__interval", "__timeFilter", "__timeGroupAlias"}
+                used = set(re.findall(r"\$(\w+)", q)) - GRAFANA_VARIABLES
                 assert used <= variables, (name, p["title"], used - variables)
             if len({json.dumps(t["datasource"]) for t in p.get("targets", [])}) == 1:
                 assert p["datasource"] == p["targets"][0]["datasource"]

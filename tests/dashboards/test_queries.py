@@ -191,6 +191,7 @@ def _seed_sql(engine: Engine, now: datetime) -> None:
     meta = MetaData()
     meta.reflect(engine)
     t = meta.tables
+    ms = int(now.timestamp() * 1000)
     with engine.begin() as conn:
         regions = [
             ("gd", "广东省", "province", None, "/gd/"),
@@ -265,6 +266,29 @@ def _seed_sql(engine: Engine, now: datetime) -> None:
                 deadline=now + timedelta(hours=1),
             )
         )
+        # the InfluxDB backend's side store (core/store/side.py): a device of gz's building and one of sz
+        for dev, region in (("gate-b1-1", "b1"), ("meter-sz-1", "sz")):
+            conn.execute(
+                insert(t["devices"]).values(
+                    id=dev, type="gate", region_id=region, attributes={}, created_at=now, updated_at=now
+                )
+            )
+            conn.execute(
+                insert(t["telemetry_device_state"]).values(
+                    device_id=dev, last_seen_ms=ms, messages=90, gaps=3, duplicates=1, nonstandard=0, rejected=2
+                )
+            )
+            for reason in ("schema", "schema", "timestamp"):
+                conn.execute(
+                    insert(t["telemetry_rejections"]).values(
+                        received_ms=ms - 60_000,
+                        device_id=dev,
+                        topic=f"lf/v1/{dev}/telemetry",
+                        reason=reason,
+                        detail="",
+                        payload=b"{}",
+                    )
+                )
         for k in range(3):
             at = now - timedelta(minutes=10 * k)
             for rid, score in (("gz", 5.0 + k), ("sz", 1.0)):
@@ -278,6 +302,8 @@ def _seed_sql(engine: Engine, now: datetime) -> None:
 def _sql(q: str, dialect: str, start: datetime, end: datetime) -> str:
     """Grafana's PostgreSQL macros expanded (on SQLite into SQLite's equivalents), variables replaced."""
     q = q.replace("$__interval", INTERVAL).replace("$region", REGION)
+    # Grafana's global $__from / $__to: the time range in epoch milliseconds
+    q = q.replace("$__from", str(int(start.timestamp() * 1000))).replace("$__to", str(int(end.timestamp() * 1000)))
     seconds = 600
 
     def group(m: re.Match[str]) -> str:
@@ -353,3 +379,20 @@ def test_every_panel_query_is_checked() -> None:
     variables = sum(1 for m in models for v in m.get("templating", {}).get("list", []) if v["type"] == "query")
     assert len(INFLUX_QUERIES) + len(SQL_QUERIES) == targets + variables
     assert len(SQL_QUERIES) > 10 and len(INFLUX_QUERIES) > 20
+
+
+def test_sql_side_store_panels_are_scoped_to_the_region(sql_engine: Engine) -> None:
+    """Rejections by reason and ingest's counters come from the side store's tables, for the region's devices only."""
+    now = datetime.now(UTC)
+    by_panel = {q.panel: q for q in SQL_QUERIES if q.dashboard == "data-quality"}
+    dialect = sql_engine.dialect.name
+    rejections = by_panel["拒收消息（按原因）"].text
+    exact = by_panel["ingest 精确统计（缺口、重复、非标准、拒收；累计）"].text
+    day = timedelta(days=1)
+    with sql_engine.connect() as conn:
+        reasons = conn.execute(text(_sql(rejections, dialect, now - timedelta(hours=1), now))).all()
+        counters = conn.execute(text(_sql(exact, dialect, now, now))).all()
+        before = conn.execute(text(_sql(rejections, dialect, now - 2 * day, now - day))).all()
+    assert [tuple(r) for r in reasons] == [("schema", 2, 1), ("timestamp", 1, 1)]  # gz's gate only, not sz's meter
+    assert [(r[0], r[2], r[5]) for r in counters] == [("gate-b1-1", 3, 2)]
+    assert before == []  # outside the time range
