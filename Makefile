@@ -71,6 +71,7 @@ unit: setup
 ## bench: the benchmarks at full size (minutes); bench-short: the CI mode
 bench: setup
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/ingest.py --store influxdb
 	$(BIN)/python bench/paho_floor.py
 	$(BIN)/python bench/provision.py
 	$(BIN)/python bench/alert_latency.py
@@ -83,6 +84,7 @@ bench: setup
 
 bench-short: setup
 	$(BIN)/python bench/ingest.py --short
+	$(BIN)/python bench/ingest.py --short --store influxdb
 	$(BIN)/python bench/paho_floor.py --short
 	$(BIN)/python bench/provision.py --short
 	$(BIN)/python bench/alert_latency.py --short
