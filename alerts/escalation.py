@@ -14,7 +14,11 @@ The due level is computed from ``escalation_from`` and the alert's persisted ``e
 survives a restart: after downtime an alert jumps straight to the level it should be at (one notification, to
 that level's region), never repeating a level it already reached.
 
-``Escalator.tick(now)`` drives it; call it periodically (e.g. every few seconds from apscheduler).
+``Escalator.tick(now)`` drives it; call it periodically (e.g. every few seconds from apscheduler). It remembers
+when each alert snapshot can next escalate (``next_due``), keyed by the snapshot object (``AlertService.open_alerts``
+makes a new one for every change of an alert), so a tick over 10,000 open alerts of which none is due costs a
+dictionary lookup per alert, not a policy and region-chain computation; the memo is dropped every
+``Escalator.memo_s`` of ``now`` (policies or region tree changed meanwhile) and when ``policies`` is replaced.
 """
 
 from __future__ import annotations
@@ -130,6 +134,18 @@ def _due(alert: Alert, policies: EscalationPolicies, ancestors: Sequence[str], n
     )
 
 
+def next_due(alert: Alert, policies: EscalationPolicies, ancestors: Sequence[str]) -> datetime | None:
+    """When ``alert`` would escalate next as it is now (None: it will not, unless it changes)."""
+    chain = list(ancestors) or [alert.region_id]
+    found = _clock(alert, policies, chain)
+    if found is None or alert.escalation_from is None:
+        return None
+    policy, top = found
+    if alert.escalation_level >= top:
+        return None
+    return policy.due_at(alert.escalation_from, alert.escalation_level + 1, alert.escalation_level)
+
+
 def due_escalations(
     alerts: Iterable[Alert],
     policies: EscalationPolicies,
@@ -194,11 +210,37 @@ class Escalator:
         self.open_alerts = open_alerts
         self.record = record
         self.notify = notify
+        self.memo_s = 60.0
+        self._memo: dict[int, tuple[Alert, datetime | None]] = {}  # alert id -> (snapshot, its next_due)
+        self._memo_from: datetime | None = None
+        self._memo_policies: EscalationPolicies | None = None
+
+    def _candidates(self, now: datetime) -> list[Alert]:
+        """The open alerts whose next escalation is due at ``now`` (the memo skips the rest)."""
+        if (
+            self._memo_from is None
+            or self._memo_policies is not self.policies
+            or not (self._memo_from <= now < self._memo_from + timedelta(seconds=self.memo_s))
+        ):
+            self._memo, self._memo_from, self._memo_policies = {}, now, self.policies
+        old, memo = self._memo, {}
+        out: list[Alert] = []
+        for alert in self.open_alerts():
+            hit = old.get(alert.id)
+            if hit is not None and hit[0] is alert:
+                due = hit[1]
+            else:
+                due = next_due(alert, self.policies, self.ancestors_of(alert.region_id))
+            memo[alert.id] = (alert, due)
+            if due is not None and due <= now:
+                out.append(alert)
+        self._memo = memo
+        return out
 
     def tick(self, now: datetime) -> list[Escalation]:
         """Escalate what is due at ``now``; returns the escalations that were recorded and notified."""
         done: list[Escalation] = []
-        for esc in due_escalations(self.open_alerts(), self.policies, self.ancestors_of, now):
+        for esc in due_escalations(self._candidates(now), self.policies, self.ancestors_of, now):
             updated = self.record(esc, now)
             if updated is None:
                 continue

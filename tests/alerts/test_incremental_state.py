@@ -193,3 +193,39 @@ def test_refresh_sees_devices_added_changed_and_removed(reg: Registry) -> None:
         conn.execute(text("SELECT 1"))
     svc.refresh()
     assert "temp-3" not in svc._subjects and "temp-1" in svc._subjects
+
+
+def test_escalator_skips_alerts_not_due_and_escalates_the_due_one() -> None:
+    from dataclasses import replace
+
+    from alerts.escalation import EscalationPolicies, EscalationPolicy, Escalator
+    from alerts.types import Alert, AlertState
+
+    def alert(i: int, told: datetime) -> Alert:
+        return Alert(
+            i, f"R:d{i}", "R", f"d{i}", "b", Severity.MAJOR, AlertState.FIRING, "z", "e", told, told,
+            region_path=("gd", "gz", "b"), learned_at=told, escalation_from=told,
+        )  # fmt: skip
+
+    alerts = {i: alert(i, T0) for i in range(1, 1001)}
+    chains: list[str] = []
+
+    def ancestors(region_id: str) -> list[str]:
+        chains.append(region_id)
+        return ["gd", "gz", region_id]
+
+    def record(esc: Any, now: datetime) -> Alert | None:
+        alerts[esc.alert_id] = replace(alerts[esc.alert_id], escalation_level=esc.level, escalation_from=esc.due_at)
+        return alerts[esc.alert_id]
+
+    sent: list[Any] = []
+    policies = EscalationPolicies(EscalationPolicy(after=(timedelta(minutes=15),)))
+    esc = Escalator(policies, ancestors, lambda: list(alerts.values()), record, sent.append)
+    assert esc.tick(T0 + timedelta(minutes=1)) == [] and len(chains) == 1000
+    assert esc.tick(T0 + timedelta(seconds=90)) == [] and len(chains) == 1000  # memo: nothing recomputed
+    alerts[7] = replace(alerts[7], escalation_from=T0 - timedelta(minutes=20))  # changed: a new snapshot
+    (done,) = esc.tick(T0 + timedelta(seconds=100))
+    assert (done.alert_id, done.level, done.target_region_id) == (7, 1, "gz") and len(sent) == 1
+    assert len(chains) == 1002  # only the changed alert was looked at again (its next due, then its escalation)
+    assert esc.tick(T0 + timedelta(seconds=110)) == []  # alert 7 is at level 1 now: next due 15 min later
+    assert len(esc.tick(T0 + timedelta(minutes=16))) == 1000  # the others reach level 1, alert 7 level 2
