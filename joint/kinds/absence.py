@@ -13,28 +13,22 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from joint.kinds.base import AlertFact, Entry, Hit, building_of, ms
-from joint.patterns import EffectivePattern, Members, member_matches
+from joint.kinds.base import AlertFact, Entry, Hit, JsonWindows, KindParams, entry_of, matches, ms, since
+from joint.patterns import EffectivePattern, Members
 
 MAX_ENTRIES = 1000
 
 
-class AbsenceParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
+class AbsenceParams(KindParams):
     anchor: Members
     expect: Members
     before_s: float = Field(default=900, ge=0)
     after_s: float = Field(default=900, ge=0)
 
 
-def _is(m: Members, f: AlertFact) -> bool:
-    return member_matches(m, f.rule_id, f.rule_kind, f.device_type, f.severity)
-
-
-class AbsenceKind:
+class AbsenceKind(JsonWindows):
     params_model: type[BaseModel] = AbsenceParams
 
     def member_conditions(self, params: Any) -> list[tuple[str, Members]]:
@@ -43,7 +37,7 @@ class AbsenceKind:
 
     def key(self, p: EffectivePattern, fact: AlertFact, scope: tuple[str, ...]) -> str | None:
         ap: AbsenceParams = p.params
-        return f"{p.id}|{scope[-1]}|{fact.alert_id}" if _is(ap.anchor, fact) else None
+        return f"{p.id}|{scope[-1]}|{fact.alert_id}" if matches(ap.anchor, fact) else None
 
     def observe(
         self,
@@ -59,16 +53,16 @@ class AbsenceKind:
         watches: dict[str, Any] = state.setdefault("watches", {})  # key -> watch
         region = scope[-1]
         at = ms(fact.at)
-        if _is(ap.expect, fact):
+        if matches(ap.expect, fact):
             horizon = at - int(ap.before_s * 1000) - int(ap.after_s * 1000)
-            seen[region] = [e for e in seen.get(region, []) if e[5] >= horizon][-MAX_ENTRIES:]
-            seen[region].append(Entry.of(fact, building_of(fact.region_path, levels)).dump())
+            seen[region] = since(seen.get(region, []), horizon)[-MAX_ENTRIES:]
+            seen[region].append(entry_of(fact, levels).dump())
             for key in [k for k, w in watches.items() if w["region"] == region]:
                 w = watches[key]
                 if w["at"] - int(ap.before_s * 1000) <= at <= w["at"] + int(ap.after_s * 1000):
                     del watches[key]  # the expected alert came
         out: list[Hit] = []
-        if _is(ap.anchor, fact):
+        if matches(ap.anchor, fact):
             lo, hi = at - int(ap.before_s * 1000), at + int(ap.after_s * 1000)
             if any(lo <= e[5] <= hi for e in seen.get(region, [])):
                 return out
@@ -78,7 +72,7 @@ class AbsenceKind:
                 "scope": list(scope),
                 "at": at,
                 "due": hi,
-                "entry": Entry.of(fact, building_of(fact.region_path, levels)).dump(),
+                "entry": entry_of(fact, levels).dump(),
             }
             out.extend(self._due(state, now))
         return out
@@ -91,9 +85,6 @@ class AbsenceKind:
             out.append(Hit(key, tuple(w["scope"]), (Entry.load(w["entry"]),), {"expected_missing": True}))
         return out
 
-    def resolved(self, p: EffectivePattern, alert_id: int, state: dict[str, Any]) -> None:
-        return None
-
     def tick(self, pattern: Any, state: dict[str, Any], now: datetime) -> list[Hit]:
         out = self._due(state, now)
         seen: dict[str, list[list[Any]]] = state.get("seen", {})
@@ -101,13 +92,7 @@ class AbsenceKind:
             p: EffectivePattern = pattern(None)
             ap: AbsenceParams = p.params
             horizon = ms(now) - int((ap.before_s + 2 * ap.after_s) * 1000)
-            seen[region] = [e for e in seen[region] if e[5] >= horizon]
+            seen[region] = since(seen[region], horizon)
             if not seen[region]:
                 del seen[region]
         return out
-
-    def dump(self, state: dict[str, Any]) -> dict[str, Any]:
-        return state  # JSON already
-
-    def load(self, doc: Mapping[str, Any]) -> dict[str, Any]:
-        return dict(doc)

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from alerts.types import Severity
+from joint.patterns import member_matches
 
 if TYPE_CHECKING:
     from joint.patterns import EffectivePattern, Members
@@ -110,6 +111,40 @@ def scope_path(path: Sequence[str], level: str, levels: Mapping[str, str]) -> tu
 def building_of(path: Sequence[str], levels: Mapping[str, str]) -> str:
     found = scope_path(path, "building", levels)
     return found[-1] if found else (path[-1] if path else "")
+
+
+def entry_of(fact: AlertFact, levels: Mapping[str, str]) -> Entry:
+    """The window entry of a fact, with the building it was raised in."""
+    return Entry.of(fact, building_of(fact.region_path, levels))
+
+
+def matches(m: Members, f: AlertFact) -> bool:
+    """Whether the fact meets a member condition (``first`` / ``then``, ``anchor`` / ``expect``, ...)."""
+    return member_matches(m, f.rule_id, f.rule_kind, f.device_type, f.severity)
+
+
+def since(entries: list[list[Any]], horizon_ms: int) -> list[list[Any]]:
+    """The raw entries (``Entry.dump`` lists) at or after ``horizon_ms``."""
+    return [e for e in entries if e[5] >= horizon_ms]
+
+
+class KindParams(BaseModel):
+    """The base of a kind's params: unknown keys and non-finite numbers are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class JsonWindows:
+    """For a kind whose windows are JSON already and that forgets nothing when an alert resolves."""
+
+    def resolved(self, p: EffectivePattern, alert_id: int, state: dict[str, Any]) -> None:
+        return None
+
+    def dump(self, state: dict[str, Any]) -> dict[str, Any]:
+        return state
+
+    def load(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(doc)
 
 
 class PatternKind(Protocol):

@@ -11,20 +11,18 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
-from joint.kinds.base import AlertFact, Entry, Hit, building_of, scope_path
+from joint.kinds.base import AlertFact, Hit, JsonWindows, KindParams, entry_of, scope_path
 from joint.models import ScopeLevel
 from joint.patterns import EffectivePattern, Members
 
 
-class CrossRegionParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
+class CrossRegionParams(KindParams):
     differ_at: ScopeLevel = ScopeLevel.CITY
 
 
-class CrossRegionKind:
+class CrossRegionKind(JsonWindows):
     params_model: type[BaseModel] = CrossRegionParams
 
     def member_conditions(self, params: Any) -> list[tuple[str, Members]]:
@@ -53,19 +51,10 @@ class CrossRegionKind:
             Hit(
                 f"{p.id}|{scope[-1]}|{fact.alert_id}",
                 scope,
-                (Entry.of(fact, building_of(fact.region_path, levels)),),
+                (entry_of(fact, levels),),
                 {"here": here[-1], "there": there[-1], "other_region": fact.related_path[-1]},
             )
         ]
 
-    def resolved(self, p: EffectivePattern, alert_id: int, state: dict[str, Any]) -> None:
-        return None
-
     def tick(self, pattern: Any, state: dict[str, Any], now: datetime) -> list[Hit]:
         return []
-
-    def dump(self, state: dict[str, Any]) -> dict[str, Any]:
-        return state  # JSON already
-
-    def load(self, doc: Mapping[str, Any]) -> dict[str, Any]:
-        return dict(doc)

@@ -21,18 +21,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from joint.kinds.base import AlertFact, Entry, Hit, building_of, ms
+from joint.kinds.base import AlertFact, Entry, Hit, KindParams, building_of, ms
 from joint.models import ScopeLevel
 from joint.patterns import EffectivePattern, Members
 
 MAX_ENTRIES = 10_000  # per window: a storm beyond this keeps the newest
 
 
-class GroupParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
+class GroupParams(KindParams):
     min_alerts: int = Field(default=1, ge=1)
     min_fires: int = Field(default=0, ge=0)
     min_devices: int = Field(default=1, ge=1)

@@ -13,17 +13,15 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from joint.kinds.base import AlertFact, Entry, Hit, building_of, ms
-from joint.patterns import EffectivePattern, Members, member_matches
+from joint.kinds.base import AlertFact, Entry, Hit, JsonWindows, KindParams, entry_of, matches, ms, since
+from joint.patterns import EffectivePattern, Members
 
 MAX_ENTRIES = 1000
 
 
-class SequenceParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
+class SequenceParams(KindParams):
     first: Members
     then: Members
     order: Literal["after", "any"] = "after"
@@ -31,11 +29,7 @@ class SequenceParams(BaseModel):
     min_then: int = Field(default=1, ge=1)
 
 
-def _is(m: Members, f: AlertFact) -> bool:
-    return member_matches(m, f.rule_id, f.rule_kind, f.device_type, f.severity)
-
-
-class SequenceKind:
+class SequenceKind(JsonWindows):
     params_model: type[BaseModel] = SequenceParams
 
     def member_conditions(self, params: Any) -> list[tuple[str, Members]]:
@@ -44,7 +38,7 @@ class SequenceKind:
 
     def key(self, p: EffectivePattern, fact: AlertFact, scope: tuple[str, ...]) -> str | None:
         sp: SequenceParams = p.params
-        if not (_is(sp.first, fact) or _is(sp.then, fact)):
+        if not (matches(sp.first, fact) or matches(sp.then, fact)):
             return None
         return f"{p.id}|{scope[-1]}"
 
@@ -65,10 +59,10 @@ class SequenceKind:
         slot = windows.setdefault(key, {"scope": list(scope), "first": [], "then": []})
         win = int(p.window_s * 1000)
         horizon = ms(now) - 2 * win
-        entry = Entry.of(fact, building_of(fact.region_path, levels))
+        entry = entry_of(fact, levels)
         for role, cond in (("first", sp.first), ("then", sp.then)):
             kept = [e for e in slot[role] if e[5] >= horizon and e[0] != fact.alert_id]
-            if _is(cond, fact):
+            if matches(cond, fact):
                 kept.append(entry.dump())
             slot[role] = kept[-MAX_ENTRIES:]
         firsts, thens = slot["first"], slot["then"]
@@ -88,9 +82,6 @@ class SequenceKind:
                 return [Hit(key, scope, members, {"first": f[0], "then": [t[0] for t in matched]})]
         return []
 
-    def resolved(self, p: EffectivePattern, alert_id: int, state: dict[str, Any]) -> None:
-        return None
-
     def tick(self, pattern: Any, state: dict[str, Any], now: datetime) -> list[Hit]:
         windows: dict[str, Any] = state.get("windows", {})
         for key in list(windows):
@@ -98,13 +89,7 @@ class SequenceKind:
             p: EffectivePattern = pattern(tuple(slot["scope"]))
             horizon = ms(now) - 2 * int(p.window_s * 1000)
             for role in ("first", "then"):
-                slot[role] = [e for e in slot[role] if e[5] >= horizon]
+                slot[role] = since(slot[role], horizon)
             if not slot["first"] and not slot["then"]:
                 del windows[key]
         return []
-
-    def dump(self, state: dict[str, Any]) -> dict[str, Any]:
-        return state  # JSON already
-
-    def load(self, doc: Mapping[str, Any]) -> dict[str, Any]:
-        return dict(doc)
