@@ -33,6 +33,7 @@ import contextlib
 import json
 import logging
 import multiprocessing as mp
+import os
 import queue
 import random
 import shutil
@@ -289,9 +290,10 @@ def main() -> None:
         lost_alerts = lost_incidents = 0
         open_before = open_after = 0
         seed_s = 0.0
+        incremental = load_avg = ""
         try:
             t_seed = time.perf_counter()
-            acked = seed_open_alerts(cfg.port, cfg.sim_password, vehicles) if args.seed == "mqtt" else 0
+            acked = seed_open_alerts(cfg.port, cfg.sim_password or "", vehicles) if args.seed == "mqtt" else 0
             deadline = time.monotonic() + 120
             while len(rt.alerts.service.open_alerts()) < args.open_alerts and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -350,6 +352,12 @@ def main() -> None:
             open_after = len(rt.alerts.service.open_alerts())
             joint_status = rt.joint.status()
             opened = rt.joint.opened - incidents_before
+            feed = rt.registry.feed if rt.registry is not None else None
+            incremental = (
+                f"registry reads: {feed.full_reads if feed else '?'} full, {feed.changed_reads if feed else '?'} "
+                f"with changes; joint window rows written {rt.joint.store.window_rows_written:,}"
+            )
+            load_avg = "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
         finally:
             stop.set()
             probe.loop_stop()
@@ -380,7 +388,7 @@ def main() -> None:
         f"lost alerts {lost_alerts}, lost incidents {lost_incidents}; incidents opened during probes {opened}; "
         f"open alerts {open_before} -> {open_after}; joint {joint_status}; ingest {ingest_rate:,.0f} msg/s "
         f"during probes, queue {queue_depth} at the end; registry {reg_s:.1f} s, start {start_s:.1f} s, "
-        f"seeding {seed_s:.1f} s",
+        f"seeding {seed_s:.1f} s; {incremental}; load average {load_avg}",
         file=sys.stderr,
     )
     if joint_lat:
