@@ -17,7 +17,16 @@ from core import clock
 from core.errors import UserError
 from joint.models import Incident, IncidentState, ScopeLevel, Task, TaskState
 from joint.notify import IncidentNotifier, coalesce, incident_line, plan_line, task_line
-from tests.alerts.notify_fixtures import T0, WEBHOOK_SECRET, WECOM_KEY, Receiver, ancestors_of, receiver  # noqa: F401
+from tests.alerts.notify_fixtures import (  # noqa: F401
+    T0,
+    WEBHOOK_SECRET,
+    WECOM_KEY,
+    Receiver,
+    SmtpServer,
+    ancestors_of,
+    receiver,
+    smtp_server,
+)
 from tests.helpers import wait_until
 
 
@@ -193,5 +202,44 @@ def test_the_joint_services_changes_reach_the_channels(receiver: Receiver) -> No
         (msg,) = wait_until(lambda: receiver.accepted("/hook/bldg"), 10, what="the incident's message")
         assert [(x["kind"], x["count"]) for x in msg.json()["incidents"]] == [("opened", 0), ("members", 3)]
         wait_until(lambda: receiver.accepted("/wecom/send"), 10, what="the task's message")
+    finally:
+        n.stop()
+
+
+def test_incident_mail_is_chinese_first_and_grouped(smtp_server: SmtpServer) -> None:  # noqa: F811
+    """The real SMTP server: a burst of incident lines to the building's mail channel is one message, its subject
+    and body in Chinese (a channel's language is zh-CN unless it says ``language: en``)."""
+    cfg = parse_notify_config(
+        {
+            "channels": [
+                {
+                    "name": "mail",
+                    "type": "email",
+                    "host": "127.0.0.1",
+                    "port": smtp_server.port,
+                    "security": "none",
+                    "sender": "lianfang@bureau.local",
+                    "recipients": ["duty@bureau.local"],
+                    "group_window_s": 0.3,
+                }
+            ],
+            "routes": [{"name": "building", "regions": ["bldg-1"], "channels": ["mail"]}],
+        }
+    )
+    n = IncidentNotifier(cfg, ancestors_of, idle_wait_s=0.05)
+    n.start()
+    try:
+        inc = incident()
+        n.incident("opened", inc, count=2)
+        for _ in range(25):
+            n.incident("members", inc, count=1)
+        (mail,) = wait_until(lambda: list(smtp_server.mailbox.messages), 10, what="the mail")
+        assert mail["Subject"] == "【联防】2 条事件通知"
+        body = mail.get_body(preferencelist=("plain",))
+        assert body is not None
+        text = body.get_content()
+        assert "新增 25 条关联告警" in text and "入侵：门禁被强行打开并有活动" in text
+        wait_until(lambda: not n.channels["mail"].pending, 5, what="nothing left")
+        assert len(smtp_server.mailbox.messages) == 1, "the burst went out as one mail"
     finally:
         n.stop()
