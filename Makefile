@@ -72,6 +72,7 @@ unit: setup
 bench: setup
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/ingest.py --store influxdb
+	$(BIN)/python bench/side_store.py
 	$(BIN)/python bench/paho_floor.py
 	$(BIN)/python bench/provision.py
 	$(BIN)/python bench/alert_latency.py
@@ -85,6 +86,7 @@ bench: setup
 bench-short: setup
 	$(BIN)/python bench/ingest.py --short
 	$(BIN)/python bench/ingest.py --short --store influxdb
+	$(BIN)/python bench/side_store.py --short
 	$(BIN)/python bench/paho_floor.py --short
 	$(BIN)/python bench/provision.py --short
 	$(BIN)/python bench/alert_latency.py --short

@@ -62,6 +62,32 @@ rejections = sa.Table(
 )
 
 COUNTERS = ("messages", "gaps", "duplicates", "nonstandard", "rejected")
+_STATE_COLUMNS = ("device_id", "last_seen_ms", "status", "status_ms", "fw", *COUNTERS)
+_STATE_TYPES = ("text", "bigint", "text", "bigint", "text", "bigint", "bigint", "bigint", "bigint", "bigint")
+
+# PostgreSQL: the batch's rows as one array per column, unnested into one INSERT ... ON CONFLICT (one statement and
+# one round trip per batch; an executemany of 2,000 rows took 1-1.4 s here, this a few tens of ms). The same
+# update as the SQLAlchemy statement of SqlSideStore._state_upsert, used on SQLite.
+_ARRAYS = ", ".join(f"CAST(:{c} AS {ty}[])" for c, ty in zip(_STATE_COLUMNS, _STATE_TYPES, strict=True))
+_PG_UPSERT = sa.text(
+    f"""INSERT INTO telemetry_device_state AS t ({", ".join(_STATE_COLUMNS)})
+    SELECT * FROM unnest({_ARRAYS})
+    ON CONFLICT (device_id) DO UPDATE SET
+      last_seen_ms = CASE WHEN excluded.last_seen_ms IS NOT NULL
+        AND (t.last_seen_ms IS NULL OR t.last_seen_ms < excluded.last_seen_ms) THEN excluded.last_seen_ms
+        ELSE t.last_seen_ms END,
+      status = CASE WHEN excluded.status_ms IS NOT NULL AND (t.status_ms IS NULL OR t.status_ms <= excluded.status_ms)
+        THEN excluded.status ELSE t.status END,
+      fw = CASE WHEN excluded.status_ms IS NOT NULL AND (t.status_ms IS NULL OR t.status_ms <= excluded.status_ms)
+        AND excluded.fw IS NOT NULL THEN excluded.fw ELSE t.fw END,
+      status_ms = CASE WHEN excluded.status_ms IS NOT NULL
+        AND (t.status_ms IS NULL OR t.status_ms <= excluded.status_ms) THEN excluded.status_ms ELSE t.status_ms END,
+      messages = t.messages + excluded.messages,
+      gaps = CASE WHEN t.gaps > {INT64_MAX} - excluded.gaps THEN {INT64_MAX} ELSE t.gaps + excluded.gaps END,
+      duplicates = t.duplicates + excluded.duplicates,
+      nonstandard = t.nonstandard + excluded.nonstandard,
+      rejected = t.rejected + excluded.rejected"""
+)
 
 
 def state_rows(counters: dict[str, DeviceCounters], statuses: Iterable[Status]) -> list[dict[str, Any]]:
@@ -151,7 +177,9 @@ class SqlSideStore:
             return
         try:
             with self.engine.begin() as conn:
-                if rows:
+                if rows and self._pg:
+                    conn.execute(_PG_UPSERT, {c: [r[c] for r in rows] for c in _STATE_COLUMNS})
+                elif rows:
                     conn.execute(self._upsert, rows)
                 if rej:
                     conn.execute(rejections.insert(), rej)
