@@ -39,3 +39,6 @@ class GatewayContext:
     # The alert side (``alerts.wiring.AlertsRuntime`` or an ``alerts.service.AlertService``); None: the alert
     # endpoints answer 503 "alerts not running".
     alerts: Any | None = None
+    # Device identities for the device management routes: a callable (actor) -> context manager of a
+    # ``devices.provisioning.Provisioner`` (``gateway.deps.ProvisioningFactory``); None: the configured broker.
+    provisioning: Any | None = None

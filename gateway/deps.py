@@ -6,7 +6,8 @@ Tests swap them with ``app.dependency_overrides[get_registry] = ...``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from typing import Annotated, Any, cast
 
@@ -17,6 +18,7 @@ from alerts.service import AlertService
 from core.settings import Settings
 from core.store import TelemetryStore
 from devices.audit import Actor, AuditLog
+from devices.provisioning import Provisioner
 from devices.registry import Registry
 from gateway.audit import STATE_PRINCIPAL, STATE_ROUTE, ApiAudit
 from gateway.auth import Principal, any_users, authenticate
@@ -157,3 +159,34 @@ def require_role(*roles: str) -> Callable[[Principal], Principal]:
         return principal
 
     return check
+
+
+# Opens a Provisioner (registry + broker admin connection) acting as the given actor, for one request.
+ProvisioningFactory = Callable[[Actor], AbstractContextManager[Provisioner]]
+
+
+def default_provisioning(ctx: GatewayContext) -> ProvisioningFactory:
+    """Device identities on the configured broker, as ``lianfang devices add`` makes them: the dynsec admin
+    (``mqtt.admin_password``, or the embedded broker's generated one) and the password-file adapter when the
+    embedded broker loads one."""
+
+    @contextmanager
+    def open_(actor: Actor) -> Iterator[Provisioner]:
+        from devices.broker_adapter_passwd import adapter_for
+        from devices.cli_security import admin_password  # the same lookup as the CLI's
+        from devices.dynsec import DynsecClient
+
+        mqtt = ctx.settings.mqtt
+        with DynsecClient(mqtt.host, mqtt.port, admin_password(ctx.settings), timeout=10.0, tls_ca=mqtt.tls_ca) as ds:
+            yield Provisioner(ctx.registry, ds, actor=actor, adapter=adapter_for(ctx.settings, ds))
+
+    return open_
+
+
+def get_provisioning(ctx: ContextDep) -> ProvisioningFactory:
+    """``ctx.provisioning`` when the caller set one (tests, an embedding process), else the configured broker."""
+    factory = getattr(ctx, "provisioning", None)
+    return cast(ProvisioningFactory, factory) if factory is not None else default_provisioning(ctx)
+
+
+ProvisioningDep = Annotated[ProvisioningFactory, Depends(get_provisioning)]

@@ -1,16 +1,48 @@
-"""Devices (list, one) and a device's telemetry (raw or bucketed), always inside the caller's scope."""
+"""Devices (list, one) and a device's telemetry (raw or bucketed), always inside the caller's scope; and the region
+admin's device management of their subtree, as ``lianfang devices add`` / ``rotate`` / ``delete`` do it:
+
+* ``POST /devices``: register a device in a region of the caller's scope and give it its broker identity; the
+  secret is in the answer, once (``Cache-Control: no-store``), stored only as a hash.
+* ``PATCH /devices/{id}``: name, expected interval, or another region inside the scope.
+* ``POST /devices/{id}/credentials``: a new secret (the first identity, or a rotation that kicks the connected
+  device and refuses the old secret); shown once; a sensitive action, audited.
+* ``POST /devices/{id}/decommission``: remove the broker identity and the credential (a connected device is
+  kicked) and disable the device; its registry row and history stay.
+
+Only the role ``admin`` (``region_admin``); a device or region outside the caller's subtree is 404. Every write is
+audited (``device.create``, ``device.update``, ``device.credentials``, ``device.decommission``, and the
+provisioner's own per-device records).
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
-from core.protocol import DEVICE_TYPES
+from core.errors import BrokerUnavailable, LianfangError, StoreUnavailable, UserError
+from core.protocol import DEVICE_ID_RE, DEVICE_TYPES
 from core.store import Agg
+from devices.audit import Actor
+from devices.imports import DeviceRow, device_row_problems, write_devices
 from devices.liveness import is_online
-from devices.registry import expected_interval
-from gateway.deps import NowDep, PrincipalDep, RegistryDep, SettingsDep, StoreDep
+from devices.provisioning import ProvisionOnWrite
+from devices.registry import REGION_ID_RE, expected_interval
+from gateway.audit import ApiAudit
+from gateway.auth import Principal
+from gateway.deps import (
+    AuditDep,
+    NowDep,
+    PrincipalDep,
+    ProvisioningDep,
+    RegistryDep,
+    SettingsDep,
+    StoreDep,
+    client_origin,
+    require_role,
+)
 from gateway.params import (
     DAY_MS,
     BucketQuery,
@@ -27,10 +59,13 @@ from gateway.params import (
     time_range,
 )
 from gateway.routes import API_PREFIX
-from gateway.scope import device_or_404, region_filter
+from gateway.scope import device_or_404, region_filter, region_or_404
 from gateway.views import device_summary, region_json
 
 router = APIRouter(prefix=API_PREFIX, tags=["devices"], responses=error_responses(401, 404, 422, 503))
+# The management routes also answer 400 (a body that is not UTF-8), 403 (not a region admin) and 409.
+_WRITE_ERRORS = error_responses(400, 403, 409)
+RegionAdmin = Annotated[Principal, Depends(require_role("admin"))]
 
 DeviceType = Literal["gate", "vehicle", "energy_meter", "sensor"]
 assert set(DeviceType.__args__) == set(DEVICE_TYPES)  # type: ignore[attr-defined]
@@ -161,3 +196,169 @@ def telemetry(
         buckets=[{"ts_ms": b.ts_ms, "value": b.value, "count": b.count} for b in buckets],
     )
     return out
+
+
+# --- management by region admins -----------------------------------------------------------------------------
+
+DeviceId = Annotated[str, Field(min_length=3, max_length=64, pattern=DEVICE_ID_RE.pattern)]
+RegionId = Annotated[str, Field(min_length=2, max_length=64, pattern=REGION_ID_RE.pattern)]
+DeviceName = Annotated[str, Field(max_length=128)]
+Interval = Annotated[int, Field(ge=1, le=86_400, description="expected seconds between reports (1..86400)")]
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+class NewDevice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: DeviceId
+    type: DeviceType
+    region_id: RegionId
+    name: DeviceName = ""
+    expected_interval_s: Interval | None = None
+
+
+class DeviceChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: DeviceName | None = None
+    region_id: RegionId | None = None
+    expected_interval_s: Interval | None = None
+
+
+def _actor(principal: Principal, request_origin: str) -> Actor:
+    return Actor(f"{principal.name} ({principal.role})", request_origin)
+
+
+def _refused(audit: ApiAudit, principal: Principal, action: str, device_id: str, exc: Exception, now: Any) -> None:
+    outcome = "error" if isinstance(exc, BrokerUnavailable | StoreUnavailable) else "refused"
+    audit.write(principal, action, f"device {device_id}", now=now, outcome=outcome, detail={"error": str(exc)[:300]})
+
+
+def _http(exc: Exception) -> HTTPException:
+    if isinstance(exc, BrokerUnavailable):
+        return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"broker unavailable: {exc}")
+    if isinstance(exc, UserError):
+        return HTTPException(status.HTTP_409_CONFLICT, detail=str(exc))
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"provisioning failed: {exc}")
+
+
+@router.post("/devices", status_code=status.HTTP_201_CREATED, responses=_WRITE_ERRORS)
+def create_device(
+    body: NewDevice,
+    request: Request,
+    principal: RegionAdmin,
+    registry: RegistryDep,
+    store: StoreDep,
+    provisioning: ProvisioningDep,
+    audit: AuditDep,
+    now: NowDep,
+) -> JSONResponse:
+    """Register a device in a region of the caller's subtree and create its broker identity. Answers the device
+    and its ``secret``, shown only this once. 409 if the id is taken; nothing is written if the broker cannot be
+    reached (503)."""
+    region_or_404(registry, principal, body.region_id)
+    if registry.device(body.id) is not None:
+        # Taken, in scope or not: the same answer, which names no region.
+        audit.write(principal, "device.create", f"device {body.id}", now=now, outcome="conflict")
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"device id {body.id!r} is taken")
+    given = frozenset(k for k in ("name", "expected_interval_s") if k in body.model_fields_set)
+    row = DeviceRow(body.id, body.type, body.region_id, None, body.name, body.expected_interval_s, given)
+    problems = device_row_problems(row, {body.region_id})
+    if problems:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="; ".join(problems))
+    detail = {"type": body.type, "region_id": body.region_id, "name": body.name}
+    try:
+        with provisioning(_actor(principal, client_origin(request))) as prov:
+            hook = ProvisionOnWrite(prov, now)
+            write_devices(registry, [row], now=now, on_written=hook)
+    except (LianfangError, StoreUnavailable) as exc:
+        _refused(audit, principal, "device.create", body.id, exc, now)
+        raise _http(exc) from exc
+    audit.write(principal, "device.create", f"device {body.id}", now=now, detail={**detail, "secret_shown": True})
+    device = registry.device(body.id)
+    assert device is not None
+    out = device_summary(device, store.device_states([body.id]).get(body.id), int(now.timestamp() * 1000))
+    out["secret"] = hook.secrets.get(body.id)
+    return JSONResponse(out, status_code=status.HTTP_201_CREATED, headers=_NO_STORE)
+
+
+@router.patch("/devices/{device_id}", responses=_WRITE_ERRORS)
+def update_device(
+    device_id: DevicePath,
+    body: DeviceChange,
+    principal: RegionAdmin,
+    registry: RegistryDep,
+    store: StoreDep,
+    audit: AuditDep,
+    now: NowDep,
+) -> dict[str, Any]:
+    """Change a device's name, expected interval or region (inside the caller's subtree)."""
+    device = device_or_404(registry, principal, device_id)
+    region = device.region_id
+    if body.region_id is not None:
+        region = region_or_404(registry, principal, body.region_id).id
+    given = frozenset(k for k in ("name", "expected_interval_s") if getattr(body, k) is not None)
+    row = DeviceRow(device.id, device.type, region, None, body.name or "", body.expected_interval_s, given)
+    changes = {k: getattr(body, k) for k in sorted(body.model_fields_set)}
+    try:
+        write_devices(registry, [row], now=now)
+    except (UserError, StoreUnavailable) as exc:
+        _refused(audit, principal, "device.update", device_id, exc, now)
+        raise _http(exc) from exc
+    audit.write(principal, "device.update", f"device {device_id}", now=now, detail=changes)
+    updated = registry.device(device_id)
+    assert updated is not None
+    return device_summary(updated, store.device_states([device_id]).get(device_id), int(now.timestamp() * 1000))
+
+
+@router.post("/devices/{device_id}/credentials", responses=_WRITE_ERRORS)
+def device_credentials(
+    device_id: DevicePath,
+    request: Request,
+    principal: RegionAdmin,
+    registry: RegistryDep,
+    provisioning: ProvisioningDep,
+    audit: AuditDep,
+    now: NowDep,
+) -> JSONResponse:
+    """A new secret for the device: its first broker identity, or a rotation (the connected device is kicked and
+    the old secret refused from now on). The secret is in the answer only this once."""
+    device_or_404(registry, principal, device_id)
+    try:
+        with provisioning(_actor(principal, client_origin(request))) as prov:
+            rotated = prov.credential(device_id) is not None
+            secret = prov.rotate(device_id, now) if rotated else prov.create(device_id, now)
+    except (LianfangError, StoreUnavailable) as exc:
+        _refused(audit, principal, "device.credentials", device_id, exc, now)
+        raise _http(exc) from exc
+    kind = "rotated" if rotated else "created"
+    audit.write(
+        principal, "device.credentials", f"device {device_id}", now=now, detail={"identity": kind, "secret_shown": True}
+    )
+    return JSONResponse({"device_id": device_id, "identity": kind, "secret": secret}, headers=_NO_STORE)
+
+
+@router.post("/devices/{device_id}/decommission", responses=_WRITE_ERRORS)
+def decommission_device(
+    device_id: DevicePath,
+    request: Request,
+    principal: RegionAdmin,
+    registry: RegistryDep,
+    provisioning: ProvisioningDep,
+    audit: AuditDep,
+    now: NowDep,
+) -> dict[str, Any]:
+    """Take a device out of service: its broker identity and credential removed (a connected device is kicked),
+    the device disabled (ingest rejects what still arrives). The registry row and its history stay."""
+    device_or_404(registry, principal, device_id)
+    try:
+        with provisioning(_actor(principal, client_origin(request))) as prov:
+            had = prov.credential(device_id) is not None
+            if had:
+                prov.delete(device_id, now)
+            registry.set_enabled(device_id, False, now=now)
+    except (LianfangError, StoreUnavailable) as exc:
+        _refused(audit, principal, "device.decommission", device_id, exc, now)
+        raise _http(exc) from exc
+    audit.write(principal, "device.decommission", f"device {device_id}", now=now, detail={"identity_removed": had})
+    return {"device_id": device_id, "enabled": False, "identity_removed": had}

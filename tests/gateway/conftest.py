@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from core.errors import BrokerUnavailable
 from core.protocol import Event, Reading, Rejection, Status
 from core.settings import Settings
 from core.store import WriteBatch
@@ -110,6 +112,12 @@ def seeded(sqlite_registry: Registry, store: SqliteStore) -> tuple[Registry, Sql
     return sqlite_registry, store
 
 
+@contextmanager
+def no_broker(_actor: Any) -> Iterator[Any]:
+    raise BrokerUnavailable("no broker in this test")
+    yield
+
+
 @dataclass
 class Gateway:
     ctx: GatewayContext
@@ -138,6 +146,7 @@ def gateway(seeded: tuple[Registry, SqliteStore]) -> Gateway:
         ingest_status=lambda: health["ingest"],
         clock=lambda: NOW,
         stream_keepalive_s=0.2,
+        provisioning=no_broker,  # never the configured (demo) broker; test_device_admin.py gives a real one
     )
     return Gateway(ctx, tokens, health)
 

@@ -48,6 +48,10 @@ MATRIX: dict[tuple[str, str], frozenset[str] | None] = {
     ("GET", "/devices/{device_id}"): ALL,
     ("GET", "/devices/{device_id}/telemetry"): ALL,
     ("GET", "/devices/{device_id}/rules"): ALL,
+    ("POST", "/devices"): frozenset({"admin"}),
+    ("PATCH", "/devices/{device_id}"): frozenset({"admin"}),
+    ("POST", "/devices/{device_id}/credentials"): frozenset({"admin"}),
+    ("POST", "/devices/{device_id}/decommission"): frozenset({"admin"}),
     ("GET", "/events"): ALL,
     ("GET", "/rejections"): ALL,
     ("GET", "/stream"): ALL,
@@ -119,6 +123,8 @@ REQUEST: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/patterns/{pattern_id}/overrides"): {"params": {"region": "gz"}, "json": {"enabled": True}},
     ("DELETE", "/patterns/{pattern_id}/overrides"): {"params": {"region": "gz"}},
     ("GET", "/devices/{device_id}/telemetry"): {"params": {"field": "power_kw"}},
+    ("PATCH", "/devices/{device_id}"): {"json": {"name": "东门"}},
+    ("POST", "/devices"): {"json": {"id": "gate-gz-0999", "type": "gate", "region_id": "gz-b1"}},
 }
 # In-scope values of path parameters (Guangzhou objects) and the out-of-scope ones for a Shenzhen user.
 IN_SCOPE = {"device_id": "gate-gz-0001", "region_id": "gz", "rule_id": "T.none", "name": "gz-duty"}
