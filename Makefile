@@ -77,6 +77,7 @@ bench: setup
 	$(BIN)/python bench/provision.py
 	$(BIN)/python bench/alert_latency.py
 	$(BIN)/python bench/correlate.py
+	$(BIN)/python bench/incremental_state.py
 	$(BIN)/python bench/broker_persistence.py
 	$(BIN)/python bench/broker_persistence.py --backlog 100000 --trials 3
 	$(BIN)/python bench/e2e.py
@@ -91,6 +92,7 @@ bench-short: setup
 	$(BIN)/python bench/provision.py --short
 	$(BIN)/python bench/alert_latency.py --short
 	$(BIN)/python bench/correlate.py --short
+	$(BIN)/python bench/incremental_state.py --short
 	$(BIN)/python bench/broker_persistence.py --short
 	$(BIN)/python bench/e2e.py --short
 	$(BIN)/python bench/alert_cpu.py --short
