@@ -104,6 +104,7 @@ def check(
             ([] if no_packs else [JOINT_PACKS]) + list(settings_from(ctx).joint.patterns_paths) + list(patterns or []),
             rs.rules,
             Known.from_registry(registry) if registry is not None else None,
+            engine,  # with the patterns and overrides edited through the API (joint/pattern_store.py)
         )
     except UserError as exc:
         raise _fail(exc) from exc
@@ -172,7 +173,8 @@ def explain(
     if show_patterns:  # correlation patterns as they apply on the device's region path (joint/patterns.py)
         try:
             paths = ([] if no_packs else [JOINT_PACKS]) + list(settings_from(ctx).joint.patterns_paths)
-            joint = load_patterns(paths + list(patterns or []), rs.rules).patterns
+            engine = None if no_api else registry.engine  # with the API's patterns and overrides
+            joint = load_patterns(paths + list(patterns or []), rs.rules, None, engine).patterns
         except UserError as exc:
             raise _fail(exc) from exc
         rows += [{**r, "rule": r["pattern"]} for r in joint.explain_rows(path)]

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy import Engine
 
 from alerts.rule_check import Finding, Known, closest
 from alerts.rules import RULE_ID_RE
@@ -440,14 +441,22 @@ class BuiltPatterns:
     warnings: list[str] = field(default_factory=list)
 
 
-def load_patterns(paths: Sequence[Path], rule_ids: Iterable[str], known: Known | None = None) -> BuiltPatterns:
-    """The pattern set of the files, with the names that can never match as problems. Raises UserError for a
-    file that does not parse or validate."""
+def load_patterns(
+    paths: Sequence[Path], rule_ids: Iterable[str], known: Known | None = None, engine: Engine | None = None
+) -> BuiltPatterns:
+    """The pattern set of the files, with the names that can never match as problems; with ``engine``, then the
+    patterns and overrides edited through the API stored there (``joint.pattern_store``: one that no longer fits is
+    a problem and left out, as the service does). Raises UserError for a file that does not parse or validate."""
+    from joint.pattern_store import PatternStore, add_api_layer
+
+    ids = list(rule_ids)
     docs = PatternSet.read(paths)
-    ps = PatternSet.from_parsed(docs)
-    findings = check_files(docs, rule_ids, known)
-    return BuiltPatterns(
-        ps,
-        [str(f) for f in findings if f.level == "error"],
-        [str(f) for f in findings if f.level == "warning"],
-    )
+    findings = check_files(docs, ids, known)
+    if engine is None:
+        built = BuiltPatterns(PatternSet.from_parsed(docs))
+    else:
+        store = PatternStore(engine)
+        built = add_api_layer(docs, store.defs(), store.overrides(), ids, known, strict=lambda _o: False)
+    built.problems[:0] = [str(f) for f in findings if f.level == "error"]
+    built.warnings += [str(f) for f in findings if f.level == "warning"]
+    return built

@@ -159,3 +159,32 @@ def test_cli_rules_explain_joint_shows_patterns_routing_and_origins(tmp_path: Pa
     assert rows[("X2", "window_s")]["value"] == 30 and rows[("X2", "window_s")]["source"].endswith("overrides[0]")
     assert rows[("X2", "routing[intrusion]")]["value"]["departments"] == ["security"]
     assert ("G1", "before_s") in rows  # the alert rules are still there
+
+
+def test_cli_rules_check_and_explain_include_the_patterns_edited_through_the_api(
+    tmp_path: Path, registry: Registry
+) -> None:
+    from joint.pattern_store import PatternStore
+
+    store = PatternStore(registry.engine)
+    now = datetime(2026, 3, 2, tzinfo=UTC)
+    store.save_override("X2", "gz", {"window_s": 45}, "api-user", now)
+    res = cli(tmp_path, "rules", "explain", "gate-gz-0001", "--joint", "--json")
+    assert res.exit_code == 0, res.output
+    rows = {(r["rule"], r["setting"]): r for r in json.loads(res.stdout)["settings"]}
+    assert rows[("X2", "window_s")] == {
+        "rule": "X2",
+        "pattern": "X2",
+        "kind": "sequence",
+        "setting": "window_s",
+        "value": 45,
+        "source": "api override X2 [region=gz]",
+    }
+    no_api = cli(tmp_path, "rules", "explain", "gate-gz-0001", "--joint", "--json", "--no-api")
+    rows = {(r["rule"], r["setting"]): r for r in json.loads(no_api.stdout)["settings"]}
+    assert rows[("X2", "window_s")]["value"] != 45
+    assert cli(tmp_path, "rules", "check").exit_code == 0
+    store.save_override("X2", "gz", {"params": {"first": {"rules": ["G11"]}}}, "sql", now)  # as if a rule went away
+    res = cli(tmp_path, "rules", "check")
+    assert res.exit_code == 1
+    assert "api override X2 [region=gz]: overrides[0].params.first.rules[0]: unknown rule 'G11'" in res.stderr
