@@ -325,14 +325,15 @@ class DeviceFeed:
             conn.commit()
         else:
             conn.rollback()
-        devices = dict(self.devices)
-        for dev in ids:
-            now_info = found.get(dev)
-            if now_info is None:
-                devices.pop(dev, None)
-            elif devices.get(dev) != now_info:
-                devices[dev] = now_info
-        self.devices = devices
+        current = self.devices
+        gone = [dev for dev in ids if dev not in found and dev in current]
+        moved = {dev: info for dev, info in found.items() if current.get(dev) != info}
+        if gone or moved:  # else (e.g. only a name changed): the same view, readers skip it by identity
+            devices = dict(current)
+            for dev in gone:
+                del devices[dev]
+            devices.update(moved)
+            self.devices = devices
         new_last = max(last, top)
         self._seen = {s for s in self._seen if s > new_last - self.OVERLAP} | {
             seq for seq, _ in fresh if seq > new_last - self.OVERLAP

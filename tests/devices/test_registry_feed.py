@@ -53,6 +53,8 @@ def test_snapshot_sees_every_kind_of_change(registry: Registry) -> None:
     assert "gate-0004" not in second and len(second) == 50
     assert first["gate-0001"].region_id == "gz" and "gate-0004" in first  # a view handed out is never modified
     assert second["gate-0010"] is first["gate-0010"]  # unchanged devices keep their object
+    registry.add_devices([DeviceSpec("gate-0010", "gate", "gz", name="东门")], now=NOW)  # nothing ingest reads
+    assert registry.snapshot() is second and registry.feed.changed_reads == 2
 
 
 def test_changes_made_by_another_process_and_rereads_are_small(db_url: str) -> None:
