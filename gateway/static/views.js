@@ -298,9 +298,13 @@ function bucketFor(hours) {
 async function loadChart() {
   const box = $("dv-chart");
   const field = $("dv-field").value;
-  if (device.plot) { device.plot.destroy(); device.plot = null; }
-  box.replaceChildren();
+  const gen = (device.gen = (device.gen || 0) + 1);  // a newer call (field or range changed) wins
+  const clear = () => {
+    if (device.plot) { device.plot.destroy(); device.plot = null; }
+    box.replaceChildren();
+  };
   if (!field) {
+    clear();
     box.append(el("div", "empty", t("noData")));
     $("dv-points").textContent = "";
     return;
@@ -311,6 +315,8 @@ async function loadChart() {
   const bucket = bucketFor(hours);
   if (bucket) q.set("bucket", bucket);
   const r = await apiCall("GET", "/devices/" + encodeURIComponent(device.id) + "/telemetry?" + q);
+  if (gen !== device.gen) return;
+  clear();
   if (r.status !== 200) {
     box.append(el("div", "empty", actionError(r.status, r.body)));
     return;
@@ -326,6 +332,7 @@ async function loadChart() {
     ys.push(v);
   }
   box.dataset.points = String(xs.length);
+  box.dataset.range = String(hours);
   box.dataset.field = field;
   $("dv-points").textContent = t("nPoints", { n: xs.length }) + (bucket ? " · " + t("perBucket", { b: bucket }) : "");
   if (!xs.length) {

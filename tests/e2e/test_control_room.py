@@ -211,7 +211,13 @@ def test_operator_logs_in_sees_an_alert_arrive_live_acks_it_silences_and_opens_t
             browser.close()
     assert not [p for p in problems if "Content Security Policy" in p or "page error" in p], problems
     assert not [p for p in problems if "request failed" in p and "/api/v1/stream" not in p], problems
-    assert {p.name for p in shots.taken} >= {"control-room.png", "device-view.png", "map.png", "silences.png"}
+    assert {p.name for p in shots.taken} >= {
+        "control-room.png",
+        "device-view.png",
+        "map.png",
+        "silences.png",
+        "rules.png",
+    }
 
 
 def _run(page: Any, s: Stack, shots: Shots) -> None:
@@ -280,6 +286,16 @@ def _run(page: Any, s: Stack, shots: Shots) -> None:
     expect(page.locator("#form-dialog")).to_be_hidden(timeout=10_000)
     silences = s.api("/silences")["items"]
     assert [(x["device_id"], x["reason"], x["creator"]) for x in silences] == [(GATE, REASON_SILENCE, "duty")]
+    # a comment and an assignment, each through its form, on the alert's timeline
+    drawer.locator('button[data-act="comment"]').click()
+    page.fill("#fd-text", "读卡器外壳被撬，已通知维修")
+    page.click("#fd-ok")
+    expect(page.locator("#dr-timeline")).to_contain_text("读卡器外壳被撬", timeout=10_000)
+    drawer.locator('button[data-act="assign"]').click()
+    page.fill("#fd-assignee", "zhang.wei")
+    page.click("#fd-ok")
+    expect(page.locator("#dr-kv")).to_contain_text("zhang.wei", timeout=10_000)
+    assert s.api(f"/alerts/{alert_id}")["assignee"] == "zhang.wei"
     page.click("#dr-close")
     page.click('#tabs [data-view="silences"]')
     row = page.locator(f'#si-body tr[data-id="{silences[0]["id"]}"]')
@@ -297,6 +313,7 @@ def _run(page: Any, s: Stack, shots: Shots) -> None:
     expect(page.locator("#dv-field")).to_have_value("power_kw")
     page.select_option("#dv-range", "1")
     chart = page.locator("#dv-chart")
+    expect(chart).to_have_attribute("data-range", "1", timeout=10_000)  # the last hour: raw points
     expect(chart.locator("canvas")).to_be_visible(timeout=10_000)
     expect(chart.locator(".u-legend")).to_contain_text("power_kw")
     assert int(chart.get_attribute("data-points") or 0) >= 30
@@ -314,6 +331,23 @@ def _run(page: Any, s: Stack, shots: Shots) -> None:
     expect(page.locator("#map path.trip")).to_be_visible(timeout=15_000)
     expect(page.locator("#map-legend")).to_contain_text(CAR)
     shots.take(page, "map")
+
+    # --- a rule override for the operator's region: severity tuned (switching off is for admins only) -----------
+    page.click('#tabs [data-view="rules"]')
+    page.locator('#ru-list li[data-id="G11.tamper"]').click()
+    expect(page.locator("#ru-title")).to_contain_text("G11.tamper", timeout=10_000)
+    page.locator('#ru-actions button[data-act="override-new"]').click()
+    assert page.locator("#fd-enabled option").all_inner_texts() == ["继承", "是"]  # no "off" for an operator
+    page.select_option("#fd-region", "gz-b1")
+    page.select_option("#fd-severity", "major")
+    page.click("#fd-ok")
+    expect(page.locator("#ru-ov")).to_contain_text("市府一号楼", timeout=10_000)
+    expect(page.locator("#ru-ov")).to_contain_text("重要")
+    rule = s.api("/rules/G11.tamper")
+    assert [(o["region"], o["severity"], o["created_by"]) for o in rule["overrides"] if o["source"] == "api"] == [
+        ("gz-b1", "major", "duty")
+    ]
+    shots.take(page, "rules")
 
     # --- English, the same view --------------------------------------------------------------------------------
     page.click("#lang")
