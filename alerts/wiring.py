@@ -34,7 +34,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.exc import SQLAlchemyError
 
 from alerts.escalation import Escalator
-from alerts.lifecycle import LifecycleEvent
+from alerts.lifecycle import AlertBook, LifecycleEvent
 from alerts.notify import DeliveryLog, Dispatcher, Notification, NotificationKind, NotifyConfig, load_notify_config
 from alerts.notify.channels import Channel
 from alerts.rule_check import Known
@@ -49,6 +49,7 @@ from core.settings import Settings
 from core.store import WriteBatch
 from devices.provisioning import expiring
 from devices.registry import Registry
+from ingest.forward import owned_partitions, partition_owner
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,24 @@ class RegionDirectory:
         return self._names.get(region_id, region_id)
 
 
+class PartitionedAlertBook(AlertBook):
+    """An alert book whose new alert ids are ``offset`` modulo ``stride``: engines of different partitions
+    (``alerts.engine_partitions``) share one alerts table without giving two alerts the same id."""
+
+    def __init__(self, config: Any, *, stride: int, offset: int) -> None:
+        self._stride, self._offset = stride, offset
+        self._nid = offset or stride
+        super().__init__(config)
+
+    @property
+    def next_id(self) -> int:
+        return self._nid
+
+    @next_id.setter
+    def next_id(self, value: int) -> None:
+        self._nid = value + (self._offset - value) % self._stride  # the first id >= value in this residue
+
+
 class AlertsRuntime:
     """Builds and owns the alert service, notifications and escalation; see the module doc.
 
@@ -134,10 +153,14 @@ class AlertsRuntime:
             notify_config = load_notify_config(cfg.notify_config) if cfg.notify_config is not None else NotifyConfig()
         self.notify_config = notify_config
         self.regions = RegionDirectory(registry, refresh_s=refresh_interval_s)
+        # An engine of some partitions only (lianfang/engine_role.py) evaluates, watches for absence, checks the
+        # credentials of and escalates the devices and alerts of its own regions.
+        self.owns = partition_owner(cfg, registry)
+        self.devices = registry.snapshot if self.owns is None else self._own_devices
         self.service = AlertService(
             registry.engine,
             self.rules,
-            registry.snapshot,
+            self.devices,
             regions_from_registry(registry),
             clock_fn=clock_fn,
             tick_interval_s=cfg.tick_interval_s,
@@ -163,6 +186,9 @@ class AlertsRuntime:
             lambda esc, now: self.service.set_escalation_level(esc.alert_id, esc.level, now, esc.due_at),
             self.dispatcher.notify,
         )
+        if self.owns is not None:
+            owned = owned_partitions(cfg)
+            self.service.book = PartitionedAlertBook(self.service.book.config, stride=cfg.partitions, offset=owned[0])
         self.rule_admin.apply = self._apply_rules
         self.service.subscribe(self._to_dispatcher)
         self._scheduler: BackgroundScheduler | None = None
@@ -173,6 +199,11 @@ class AlertsRuntime:
         # The feed of the engine role (lianfang/engine_role.py ``EngineConsumer.status``), when it runs there:
         # shown in status() and part of its "ok".
         self.engine_status: Callable[[], dict[str, Any]] | None = None
+
+    def _own_devices(self) -> Mapping[str, Any]:
+        owns = self.owns
+        assert owns is not None
+        return {k: d for k, d in self.registry.snapshot().items() if owns(d.region_id)}
 
     # --- rules ------------------------------------------------------------------------------------------
 
@@ -197,6 +228,9 @@ class AlertsRuntime:
 
     def _escalatable(self) -> list[Alert]:
         alerts = self.service.open_alerts()
+        if self.owns is not None:
+            owns = self.owns
+            alerts = [a for a in alerts if a.device_id == "platform" or owns(a.region_id)]
         return [a for a in alerts if not self._muted(a.id)] if self.mutes else alerts
 
     def _to_dispatcher(self, ev: LifecycleEvent) -> None:
@@ -222,7 +256,7 @@ class AlertsRuntime:
             soon = expiring(self.registry, now, timedelta(days=self.settings.credential_warning_days))
             if not soon:
                 return 0
-            devices = self.registry.snapshot()
+            devices = self.devices()
             now_ms = int(now.timestamp() * 1000)
             records: list[Record] = [
                 Event(

@@ -44,7 +44,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from core.protocol import Event, Reading, Record, Rejection, Status
-from core.settings import MqttSettings
+from core.settings import AlertSettings, MqttSettings
 from core.store import WriteBatch
 
 logger = logging.getLogger(__name__)
@@ -251,6 +251,26 @@ class Partitioner:
         if records.rejections:
             parts.setdefault(0, Part()).rejections.extend(records.rejections)
         return parts
+
+
+def owned_partitions(settings: AlertSettings) -> list[int]:
+    """The partitions an engine process consumes (``alerts.engine_partitions``; empty: all). ValueError for one
+    out of range."""
+    if not settings.engine_partitions:
+        return list(range(settings.partitions))
+    bad = [k for k in settings.engine_partitions if not 0 <= k < settings.partitions]
+    if bad:
+        raise ValueError(f"alerts.engine_partitions: {bad[0]} is not a partition (0..{settings.partitions - 1})")
+    return sorted(set(settings.engine_partitions))
+
+
+def partition_owner(settings: AlertSettings, registry: Any) -> Callable[[str], bool] | None:
+    """region id -> whether this engine process owns it; None when it owns every partition."""
+    owned = set(owned_partitions(settings))
+    if len(owned) == settings.partitions:
+        return None
+    p = Partitioner(settings.partitions, settings.partition_level, region_paths(registry))
+    return lambda region_id: p.of(region_id) in owned
 
 
 def region_paths(registry: Any) -> Callable[[], dict[str, tuple[str, ...]]]:

@@ -43,7 +43,7 @@ from core.errors import BrokerUnavailable
 from core.settings import AlertSettings, MqttSettings
 from core.store import BatchListener
 from ingest import metrics as ingest_metrics
-from ingest.forward import METRICS_FILTER, STATUS_FILTER, LossNotice, decode, engine_topic
+from ingest.forward import METRICS_FILTER, STATUS_FILTER, LossNotice, decode, engine_topic, owned_partitions
 
 logger = logging.getLogger(__name__)
 
@@ -67,16 +67,6 @@ def default_client_id(settings: AlertSettings) -> str:
     if len(mine) == settings.partitions:
         return "lianfang-engine"
     return "lianfang-engine-" + "-".join(f"p{k}" for k in mine)
-
-
-def owned_partitions(settings: AlertSettings) -> list[int]:
-    """The partitions this engine process consumes; a UserError-worthy ValueError for one out of range."""
-    if not settings.engine_partitions:
-        return list(range(settings.partitions))
-    bad = [k for k in settings.engine_partitions if not 0 <= k < settings.partitions]
-    if bad:
-        raise ValueError(f"alerts.engine_partitions: {bad[0]} is not a partition (0..{settings.partitions - 1})")
-    return sorted(set(settings.engine_partitions))
 
 
 @dataclass(slots=True)
@@ -374,6 +364,7 @@ ENGINE_STALLED_RULE = "platform.engine_stalled"
 def engine_stall_changes(
     status: Mapping[str, Any], known: bool | None, *, region_path: Sequence[str], now: datetime
 ) -> list[AlertChange]:
+    """(one alert per engine process: its client id is in the dedup key)"""
     """Pure: the platform alert "alert engine stalled" to raise or resolve, given the engine status and what was
     last sent (None: nothing yet, so a restart resolves one left open)."""
     firing = bool(status.get("stalled"))
@@ -386,7 +377,7 @@ def engine_stall_changes(
     return [
         AlertChange(
             rule_id=ENGINE_STALLED_RULE,
-            dedup_key=ENGINE_STALLED_RULE,
+            dedup_key=f"{ENGINE_STALLED_RULE}:{status.get('client_id', '')}",
             device_id=PLATFORM_DEVICE,
             region_id=region_path[-1] if region_path else "",
             severity=Severity.CRITICAL,

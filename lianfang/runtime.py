@@ -42,7 +42,7 @@ from devices.broker import BrokerConfig, MosquittoProcess
 from devices.certs import CertPaths
 from devices.registry import Registry
 from ingest.broker_drops import BrokerDropMonitor
-from ingest.forward import EngineForwarder, LossNotice, Partitioner, region_paths
+from ingest.forward import EngineForwarder, LossNotice, Partitioner, owned_partitions, region_paths
 from ingest.resend import Loss, ResendManager, ResendPolicy
 from ingest.service import WARM_ROWS, IngestService
 from joint.notify import IncidentNotifier
@@ -196,12 +196,14 @@ class Runtime:
             listeners.insert(0, self.alerts.on_batch)
             if consume:
                 self._start_engine(listeners)
-            # Region risk history (joint/risk_store.py, docs/risk.md): where the alert engine runs, once per install.
-            self.scheduler.add_job(
-                snapshotter_from_settings(self.registry.engine, self.registry.regions, s, clock.now).run,
-                "interval",
-                seconds=s.risk.snapshot_interval_s,
-            )
+            # Region risk history (joint/risk_store.py, docs/risk.md): where the alert engine runs, once per install
+            # (with engine partitions: by the engine of partition 0).
+            if 0 in owned_partitions(s.alerts):
+                self.scheduler.add_job(
+                    snapshotter_from_settings(self.registry.engine, self.registry.regions, s, clock.now).run,
+                    "interval",
+                    seconds=s.risk.snapshot_interval_s,
+                )
         if self.forwarding:
             self.forwarder = EngineForwarder(
                 s.mqtt,
@@ -389,7 +391,8 @@ class Runtime:
         self.engine.release(listeners, lost)
         self.alerts.engine_status = self.engine.status
         root = root_region_of(self.registry)
-        self.platform_alerts = PlatformAlerts(self.ingest_status, self.alerts.apply_platform_changes, root).start()
+        if 0 in self.engine.partitions:  # "ingest stalled" once per installation: by the engine of partition 0
+            self.platform_alerts = PlatformAlerts(self.ingest_status, self.alerts.apply_platform_changes, root).start()
         self.engine_alerts = EngineStallAlerts(self.engine.status, self.alerts.apply_platform_changes, root).start()
         self.broker_drops = BrokerDropMonitor(
             s.mqtt, on_drops=dq.broker_dropped, client_id=f"{self.engine.client_id}-sys"

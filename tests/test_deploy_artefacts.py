@@ -269,9 +269,10 @@ def test_compose_ingest_processes_have_distinct_client_ids() -> None:
     assert set(ids) == {"serve", "ingest-2"}
     assert len(set(ids.values())) == len(ids), ids
     assert all(_lianfang_env(n)["LIANFANG_MQTT__SHARED_GROUP"] == "ingest" for n in ids)
-    # one alert engine per installation (docs/deploy.md "Scaling ingest"): the gateway's
+    # one alert engine per installation, the gateway's; ingest-2 forwards to it (alerts.engine: separate)
     assert "LIANFANG_ALERTS__ENABLED" not in _lianfang_env("serve")
-    assert _lianfang_env("ingest-2")["LIANFANG_ALERTS__ENABLED"] == "false"
+    assert "LIANFANG_ALERTS__ENABLED" not in _lianfang_env("ingest-2")
+    assert "LIANFANG_ALERTS__ENGINE" not in _lianfang_env("ingest-2")  # the default: separate
 
 
 def test_compose_mosquitto_init_writes_where_the_broker_reads() -> None:

@@ -1,0 +1,275 @@
+"""The alert engine as its own role (issue 12), with real processes on one real Mosquitto.
+
+- 3 ``lianfang ingest`` processes (one shared subscription) and 2 ``lianfang alerts`` processes (partitions by
+  city: Guangzhou and Shenzhen of the sample tree) raise exactly the alerts the data holds, each once, each by the
+  engine of its city's partition;
+- an engine SIGKILLed while ingest drains (and kept dead while more is forwarded) loses no alert once it is back.
+
+The data: devices of the three types spread over the sample tree's twelve buildings, 2 s apart in device time,
+quiet except one record per device that raises exactly one alert (as in bench/e2e.py: a meter reading that goes
+backwards E5.negative, a gate's ``door_forced`` G1.event, a vehicle's ``power_cut`` V12.power_cut).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.db import make_engine, migrate
+from devices.imports import import_regions
+from devices.registry import DeviceSpec, Registry
+from ingest.forward import Partitioner, region_paths
+from tests.conftest import Broker
+from tests.helpers import mqtt_client, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+
+ROOT = Path(__file__).resolve().parents[2]
+RULE_OF = {"energy_meter": "E5.negative", "gate": "G1.event", "vehicle": "V12.power_cut"}
+TYPES = tuple(RULE_OF)
+
+
+def _bench() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_e2e_data", ROOT / "bench" / "e2e.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _setup(tmp_path: Path, n_devices: int) -> tuple[str, list[tuple[str, str, str]], Registry]:
+    url = f"sqlite:///{tmp_path}/registry.db"
+    engine = make_engine(url)
+    migrate(engine)
+    registry = Registry(engine)
+    now = datetime.now(UTC)
+    import_regions(registry, ROOT / "devices" / "sample" / "regions.yaml", now=now)
+    buildings = sorted(r.id for r in registry.regions() if r.level == "building")
+    devices = [
+        (f"{TYPES[i % 3].replace('_', '-')}-{i:04d}", TYPES[i % 3], buildings[i % len(buildings)])
+        for i in range(n_devices)
+    ]
+    registry.add_devices([DeviceSpec(d, t, r) for d, t, r in devices], now=now)
+    return url, devices, registry
+
+
+def _messages(
+    devices: list[tuple[str, str, str]], per_device: int, alert_at: dict[str, int]
+) -> list[list[tuple[str, bytes]]]:
+    """Per round (record k of every device): (topic, payload); each device's record ``alert_at[device]`` alerts."""
+    bench = _bench()
+    rng = random.Random(11)
+    base = int(time.time() * 1000) - per_device * 2000 - 60_000
+    kwh = {d: 1000.0 + i for i, (d, _, _) in enumerate(devices)}
+    rounds: list[list[tuple[str, bytes]]] = []
+    for seq in range(1, per_device + 1):
+        out = []
+        for device, dtype, _ in devices:
+            ts = base + seq * 2000
+            special = alert_at[device] == seq
+            if special and dtype in ("gate", "vehicle"):
+                ev = {"ts": ts, "seq": seq, "type": "door_forced" if dtype == "gate" else "power_cut"}
+                out.append((f"lf/v1/{device}/event", json.dumps(ev).encode()))
+                continue
+            kwh[device] += -5.0 if special else rng.uniform(0.01, 0.2)
+            doc = bench.telemetry(dtype, seq, ts, rng, kwh[device])
+            out.append((f"lf/v1/{device}/telemetry", json.dumps(doc).encode()))
+        rounds.append(out)
+    return rounds
+
+
+def _publish(broker: Broker, msgs: list[tuple[str, bytes]]) -> None:
+    sim = mqtt_client(broker.port, "lianfang-sim", broker.sim_password, client_id=f"sim-{time.monotonic_ns()}")
+    try:
+        infos = [sim.publish(topic, payload, qos=1) for topic, payload in msgs]
+        for info in infos:
+            info.wait_for_publish(30)
+    finally:
+        sim.disconnect()
+        sim.loop_stop()
+
+
+class Proc:
+    """One ``python -m lianfang <role>`` with its log in a file."""
+
+    def __init__(self, role: str, env: dict[str, str], log: Path) -> None:
+        self.role, self.env, self.log = role, env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        with self.log.open("ab") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "lianfang", self.role], env=self.env, stdout=fh, stderr=fh, cwd=ROOT
+            )
+
+    def messages(self) -> list[str]:
+        out = []
+        for line in self.log.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(str(json.loads(line)["msg"]))
+                except (ValueError, KeyError):
+                    continue
+        return out
+
+    def running(self) -> bool:
+        assert self.proc is not None
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
+        return any(m.endswith("running; SIGTERM to stop") for m in self.messages())
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(90)
+
+
+def _env(tmp_path: Path, broker: Broker, url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIANFANG_")}
+    env.update(
+        LIANFANG_DATA_DIR=str(tmp_path / "data"),
+        LIANFANG_DATABASE_URL=url,
+        LIANFANG_STORE__SQLITE_PATH=str(tmp_path / "telemetry.db"),
+        LIANFANG_MQTT__PORT=str(broker.port),
+        LIANFANG_MQTT__USERNAME=broker.platform_username,
+        LIANFANG_MQTT__PASSWORD=broker.platform_password,
+        LIANFANG_MQTT__EMBEDDED_BROKER="false",
+        LIANFANG_GC_SETTLE_S="0",
+        LIANFANG_LOG_LEVEL="INFO",
+        **extra,
+    )
+    return env
+
+
+def _alerts(db: Path) -> list[tuple[int, str, str]]:
+    with sqlite3.connect(db, timeout=30) as conn:
+        rows = conn.execute("SELECT id, rule_id, device_id FROM alerts WHERE device_id != 'platform'").fetchall()
+    return [(int(i), str(r), str(d)) for i, r, d in rows]
+
+
+def _stored(db: Path) -> int:
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db, timeout=30) as conn:
+        return int(
+            conn.execute("SELECT (SELECT count(*) FROM telemetry) + (SELECT count(*) FROM events)").fetchone()[0]
+        )
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for p in reversed(started):  # ingest (started last) first
+        if p.proc is not None and p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait(30)
+
+
+def _counted(messages: list[str], prefix: str, index: int) -> int:
+    """A number out of a stop line such as 'alert engine stopped: 12 parts, 480 records evaluated'."""
+    line = next(m for m in messages if m.startswith(prefix))
+    return int(line.split(":", 1)[1].replace(",", " ").split()[index])
+
+
+def test_three_ingest_and_two_engine_processes_raise_each_alert_once_in_its_partition(
+    broker: Broker, tmp_path: Path, procs: list[Proc]
+) -> None:
+    url, devices, registry = _setup(tmp_path, 48)
+    partitions = {"LIANFANG_ALERTS__PARTITIONS": "2", "LIANFANG_ALERTS__PARTITION_LEVEL": "2"}
+    part = Partitioner(2, 2, region_paths(registry))
+    assert {part.of(r) for _, _, r in devices} == {0, 1}, "the sample's two cities fall into both partitions"
+    for k in (0, 1):
+        procs.append(
+            Proc(
+                "alerts",
+                _env(tmp_path, broker, url, LIANFANG_ALERTS__ENGINE_PARTITIONS=f"[{k}]", **partitions),
+                tmp_path / f"engine-{k}.log",
+            )
+        )
+    for p in procs:  # the engines' sessions exist before any batch is forwarded
+        wait_until(p.running, 240, 0.2, f"{p.log.name} running")
+    for i in range(3):
+        env = _env(
+            tmp_path,
+            broker,
+            url,
+            LIANFANG_MQTT__SHARED_GROUP="ingest",
+            LIANFANG_MQTT__CLIENT_ID=f"ingest-{i}",
+            **partitions,
+        )
+        procs.append(Proc("ingest", env, tmp_path / f"ingest-{i}.log"))
+    for p in procs[2:]:
+        wait_until(p.running, 240, 0.2, f"{p.log.name} running")
+
+    per_device = 12
+    rounds = _messages(devices, per_device, {d: 10 for d, _, _ in devices})
+    _publish(broker, [m for r in rounds for m in r])
+    total = len(devices) * per_device
+    telemetry_db, registry_db = tmp_path / "telemetry.db", tmp_path / "registry.db"
+    wait_until(lambda: _stored(telemetry_db) >= total, 240, 0.2, "everything stored")
+    expected = {(RULE_OF[t], d) for d, t, _ in devices}
+    wait_until(lambda: {(r, d) for _, r, d in _alerts(registry_db)} >= expected, 120, 0.2, "every alert")
+    time.sleep(2)  # a duplicate would show up in this time
+    for p in reversed(procs):  # ingest first, then the engines
+        assert p.stop() == 0, p.log.read_text()[-3000:]
+
+    alerts = _alerts(registry_db)
+    assert Counter((r, d) for _, r, d in alerts if r in RULE_OF.values()) == Counter(expected), "each alert once"
+    region_of = {d: r for d, _, r in devices}
+    for alert_id, _, device in alerts:  # raised by the engine of the device's partition (its ids: k mod 2)
+        k = part.of(region_of[device])
+        assert alert_id % 2 == k, (alert_id, device, k)
+    assert _stored(telemetry_db) == total
+    evaluated = [_counted(p.messages(), "alert engine stopped", 2) for p in procs[:2]]
+    assert all(n > 0 for n in evaluated) and sum(evaluated) == total, evaluated
+    acked = [_counted(p.messages(), "ingest stopped", 2) for p in procs[2:]]
+    assert all(n > 0 for n in acked) and sum(acked) == total, acked
+
+
+def test_an_engine_killed_while_ingest_drains_loses_no_alert(broker: Broker, tmp_path: Path, procs: list[Proc]) -> None:
+    url, devices, _ = _setup(tmp_path, 36)
+    # A third of the devices alert early, the rest late: the late ones reach the engine after it was killed.
+    alert_at = {d: 5 if i % 3 == 0 else 25 for i, (d, _, _) in enumerate(devices)}
+    per_device = 30
+    rounds = _messages(devices, per_device, alert_at)
+    engine = Proc("alerts", _env(tmp_path, broker, url), tmp_path / "engine.log")
+    procs.append(engine)
+    wait_until(engine.running, 240, 0.2, "engine running")
+    ingest = Proc("ingest", _env(tmp_path, broker, url), tmp_path / "ingest.log")
+    procs.append(ingest)
+    wait_until(ingest.running, 240, 0.2, "ingest running")
+    registry_db, telemetry_db = tmp_path / "registry.db", tmp_path / "telemetry.db"
+
+    early = {(RULE_OF[t], d) for d, t, _ in devices if alert_at[d] == 5}
+    _publish(broker, [m for r in rounds[:10] for m in r])
+    wait_until(lambda: {(r, d) for _, r, d in _alerts(registry_db)} >= early, 120, 0.2, "the early alerts")
+    _publish(broker, [m for r in rounds[10:20] for m in r])
+    time.sleep(0.3)
+    engine.stop(signal.SIGKILL)  # mid-drain: what it held unacked comes back to its session
+    _publish(broker, [m for r in rounds[20:] for m in r])  # forwarded while no engine runs
+    total = len(devices) * per_device
+    wait_until(lambda: _stored(telemetry_db) >= total, 240, 0.2, "everything stored")
+    late = {(RULE_OF[t], d) for d, t, _ in devices if alert_at[d] == 25}
+    assert not late & {(r, d) for _, r, d in _alerts(registry_db)}, "a late alert without an engine"
+    engine.start()
+    wait_until(lambda: {(r, d) for _, r, d in _alerts(registry_db)} >= early | late, 240, 0.2, "every alert")
+    time.sleep(2)
+    assert ingest.stop() == 0 and engine.stop() == 0
+    alerts = _alerts(registry_db)
+    assert Counter((r, d) for _, r, d in alerts if r in RULE_OF.values()) == Counter(early | late), "each alert once"
