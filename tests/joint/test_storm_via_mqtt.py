@@ -1,0 +1,79 @@
+"""X9 end to end through a real Mosquitto, ingest and the alert engine (the stack of ``test_scenarios_via_mqtt``):
+an alarm storm from one device is one device-fault ticket, and unrelated alerts in the same window give nothing.
+
+- X9: one gate of agency gz-a2 reports a tamper event 11 times: its G11.tamper alert fires once and repeats ten
+  times (11 fires within the hour) -> one ``device_fault`` incident of the agency with that alert as its muted
+  member and a task for IT. The 12th event joins the open incident (no second one).
+- The near misses in the same window: a gate of another building reports 10 tamper events (10 fires: one short of
+  X9), a forced door alone in a third building (no second door: no X2), two buildings with tamper alerts (X5 needs
+  three). None of them makes an incident.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.store.sqlite import SqliteStore
+from devices.registry import DeviceSpec, Registry
+from joint.models import ScopeLevel
+from tests.helpers import wait_until
+from tests.joint.test_scenarios_via_mqtt import REGIONS, Seq, _forced, running_stack
+
+STORMY = "gate-a2-storm"  # gz-a2-b1
+TEN = "gate-b2-ten"  # gz-a1-b2: ten tamper events, one short of X9
+LONE_DOOR = "gate-b4-door"  # gz-a1-b4: a forced door alone
+
+
+@pytest.mark.integration
+def test_x9_one_device_fault_ticket_and_no_incident_from_the_near_misses(
+    broker: Any, sqlite_registry: Registry, store: SqliteStore, tmp_path: Path
+) -> None:
+    reg = sqlite_registry
+    now = datetime.now(UTC)
+    reg.upsert_regions(REGIONS, now=now)
+    reg.add_devices(
+        [
+            DeviceSpec(STORMY, "gate", "gz-a2-b1"),
+            DeviceSpec(TEN, "gate", "gz-a1-b2"),
+            DeviceSpec(LONE_DOOR, "gate", "gz-a1-b4"),
+        ],
+        now=now,
+    )
+    rules = tmp_path / "none.yaml"
+    rules.write_text("rules: []\n", encoding="utf-8")
+    seq = Seq()
+    tamper = '"type":"tamper"'
+    with running_stack(broker, reg, store, rules) as stack:
+        stack.publish([seq.msg(TEN, "event", tamper) for _ in range(10)] + _forced(seq, LONE_DOOR))
+        stack.publish([seq.msg(STORMY, "event", tamper) for _ in range(11)])
+
+        def tamper_of(device: str) -> Any:
+            found = [
+                a for a in stack.alerts.service.open_alerts() if a.device_id == device and a.rule_id == "G11.tamper"
+            ]
+            return found[0] if found else None
+
+        wait_until(lambda: (a := tamper_of(TEN)) is not None and a.count == 10, 20, what="ten fires of the near miss")
+        x9 = wait_until(lambda: stack.incident("X9"), 20, what="X9")
+        storm_alert = tamper_of(STORMY)
+        assert storm_alert is not None and storm_alert.count == 11
+        assert (x9.scope_level, x9.region_id, x9.type) == (ScopeLevel.AGENCY, "gz-a2", "device_fault")
+        assert x9.member_ids == [storm_alert.id] and x9.muted_ids == [storm_alert.id]
+        assert stack.joint.held(storm_alert.id)
+        assert [t.department for t in stack.joint.store.tasks(incident_id=x9.id)] == ["it"]
+        wait_until(
+            lambda: any(a.rule_id == "G1" for a in stack.alerts.service.open_alerts() if a.device_id == LONE_DOOR),
+            20,
+            what="the lone forced door's G1",
+        )
+
+        stack.publish([seq.msg(STORMY, "event", tamper)])  # the storm goes on: the same ticket
+        wait_until(lambda: (a := tamper_of(STORMY)) is not None and a.count == 12, 20, what="the 12th fire")
+        stack.joint.tick()
+        incidents = stack.incidents()
+    assert [(i.pattern_id, i.region_id) for i in incidents] == [("X9", "gz-a2")], "the near misses made none"
+    assert incidents[0].member_ids == [storm_alert.id]
