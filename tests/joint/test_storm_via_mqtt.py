@@ -1,5 +1,6 @@
-"""X9 end to end through a real Mosquitto, ingest and the alert engine (the stack of ``test_scenarios_via_mqtt``):
-an alarm storm from one device is one device-fault ticket, and unrelated alerts in the same window give nothing.
+"""X9 and X6 end to end through a real Mosquitto, ingest and the alert engine (the stack of
+``test_scenarios_via_mqtt``): an alarm storm from one device is one device-fault ticket, a credential used in two
+cities is one province incident, and unrelated alerts in the same window give nothing.
 
 - X9: one gate of agency gz-a2 reports a tamper event 11 times: its G11.tamper alert fires once and repeats ten
   times (11 fires within the hour) -> one ``device_fault`` incident of the agency with that alert as its muted
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from core.store.sqlite import SqliteStore
-from devices.registry import DeviceSpec, Registry
+from devices.registry import DeviceSpec, RegionSpec, Registry
 from joint.models import ScopeLevel
 from tests.helpers import wait_until
 from tests.joint.test_scenarios_via_mqtt import REGIONS, Seq, _forced, running_stack
@@ -77,3 +78,52 @@ def test_x9_one_device_fault_ticket_and_no_incident_from_the_near_misses(
         incidents = stack.incidents()
     assert [(i.pattern_id, i.region_id) for i in incidents] == [("X9", "gz-a2")], "the near misses made none"
     assert incidents[0].member_ids == [storm_alert.id]
+
+
+def _located(spec: RegionSpec, lat: float, lon: float) -> RegionSpec:
+    return RegionSpec(spec.id, spec.name, spec.level, spec.parent_id, lat, lon)
+
+
+@pytest.mark.integration
+def test_x6_one_credential_in_two_cities_is_a_province_incident_and_within_one_city_none(
+    broker: Any, sqlite_registry: Registry, store: SqliteStore, tmp_path: Path
+) -> None:
+    """X6 through the real stack: a card used in Guangzhou, then within a minute in Shenzhen (about 100 km): G7
+    (impossible travel) names the other gate, and X6 makes one province incident with a security task. The same
+    kind of hop between two buildings of Guangzhou (several km apart: G7 fires too) is no X6 incident."""
+    reg = sqlite_registry
+    now = datetime.now(UTC)
+    where = {"gz-a1-b1": (23.13, 113.26), "gz-a2-b1": (23.20, 113.40), "sz-a1-b1": (22.54, 114.06)}
+    reg.upsert_regions([_located(r, *where[r.id]) if r.id in where else r for r in REGIONS], now=now)
+    gates = {
+        "gz1": ("gate-gz-hop1", "gz-a1-b1"),
+        "gz2": ("gate-gz-hop2", "gz-a2-b1"),
+        "sz": ("gate-sz-hop", "sz-a1-b1"),
+    }
+    reg.add_devices([DeviceSpec(d, "gate", r) for d, r in gates.values()], now=now)
+    rules = tmp_path / "none.yaml"
+    rules.write_text("rules: []\n", encoding="utf-8")
+    seq = Seq()
+
+    def access(device: str, card: str) -> Any:
+        return seq.msg(device, "event", f'"type":"access","credential":"{card}","direction":"in","result":"granted"')
+
+    with running_stack(broker, reg, store, rules) as stack:
+        stack.publish([access(gates["gz1"][0], "card-local")])
+        stack.publish([access(gates["gz2"][0], "card-local")])  # within Guangzhou
+        stack.publish([access(gates["gz1"][0], "card-far")])
+        stack.publish([access(gates["sz"][0], "card-far")])  # Guangzhou -> Shenzhen
+        x6 = wait_until(lambda: stack.incident("X6"), 20, what="X6")
+        g7 = wait_until(
+            lambda: sorted(a.device_id for a in stack.alerts.service.open_alerts() if a.rule_id == "G7") or None,
+            20,
+            what="both G7 alerts",
+        )
+        wait_until(lambda: len(g7) == 2 or None, 1)
+        assert (x6.scope_level, x6.region_id, x6.type) == (ScopeLevel.PROVINCE, "gd", "cross_agency_credential")
+        assert [m.device_id for m in x6.members.values()] == [gates["sz"][0]]
+        assert x6.detail["there"] == "gz" and x6.detail["here"] == "sz"
+        assert [t.department for t in stack.joint.store.tasks(incident_id=x6.id)] == ["security"]
+        stack.joint.tick()
+        incidents = stack.incidents()
+    assert [i.pattern_id for i in incidents] == ["X6"], "the hop within one city made none"
