@@ -8,15 +8,18 @@ regions of its scope (a few thousand at most), never over the devices, so ``/api
 Online is the one rule of ``devices.liveness.is_online`` (fresh data within 2.5 expected intervals, no ``offline``
 status after it), applied at the request's ``now``: each online device has a deadline (last seen + 2.5 intervals)
 in a heap, and ``advance(now_ms)`` turns exactly the devices whose deadline has passed offline. A clock that goes
-backwards (tests with fixed clocks) re-evaluates every device once.
+backwards by more than a second (tests with fixed clocks) re-evaluates every device once; less (concurrent
+requests) is taken as the index's own time.
 
 Sources:
 
 * every durable write batch (``on_batch``, a ``Broadcaster`` listener): last seen, status, vehicles' ignition and
   speed, meters' ``energy_kwh``;
-* ``Registry.snapshot()`` and ``TelemetryStore.device_states()`` at build and again every ``resync_s`` seconds in a
-  background thread (``maybe_resync``): devices registered, moved, enabled or disabled by another process
-  (``lianfang devices import``) and store writes that did not pass through this process appear within that time.
+* ``Registry.snapshot()``, at most once a second (``check_registry``): it is incremental (the same dict while no
+  device changed, unchanged ``DeviceInfo`` objects kept), so only devices added, moved, enabled or disabled (by
+  the API, or by the CLI in another process) are looked at;
+* ``TelemetryStore.device_states()`` and the region tree every ``resync_s`` (60) seconds in a background thread
+  (``maybe_resync``), as a safety net for store writes that did not pass through this process.
 
 Vehicles "in use": enabled, online, and their newest word on it says so: a reading with ``ignition`` true or
 ``speed_kmh`` > 0 (false / 0 says not in use; a reading with neither field says nothing), or an ``ignition_on`` /
@@ -41,7 +44,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+import orjson
+from fastapi import Depends, Request, Response
 
 from core.protocol import DeviceInfo
 from core.store import DeviceState, TelemetryStore, WriteBatch
@@ -60,6 +64,10 @@ _REF_LOOKBACK_MS = 2 * DAY_MS
 
 VEHICLE = "vehicle"
 METER = "energy_meter"
+
+# Requests read the clock before they reach the index, in any order: a time this little before the index's own is
+# taken as the index's time (online state is that much later); further back, every device is judged again.
+CLOCK_SLACK_MS = 1000
 
 # total, online, disabled, in use
 _TOTAL, _ONLINE, _DISABLED, _IN_USE = range(4)
@@ -140,7 +148,8 @@ class FleetIndex:
         store: TelemetryStore,
         clock: Callable[[], datetime],
         *,
-        resync_s: float = 15.0,
+        resync_s: float = 60.0,
+        registry_check_s: float = 1.0,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -156,6 +165,10 @@ class FleetIndex:
         self._paths: dict[str, tuple[str, ...]] = {}
         self._synced_at = 0.0
         self._syncing = False
+        self.registry_check_s = registry_check_s
+        self._snapshot: dict[str, DeviceInfo] = {}
+        self._registry_checked = 0.0
+        self._checking = threading.Lock()
         # baseline: Beijing day -> region -> week -> hourly cumulative kWh (25 points), computed in the background
         self._baseline_day: int | None = None
         self._baseline: dict[str, list[list[float] | None]] | None = None
@@ -192,20 +205,68 @@ class FleetIndex:
         regions = self.registry.regions()
         snapshot = self.registry.snapshot()
         states = self.store.device_states(None)
-        with self._lock:
-            known = dict(self._devs)
-        new_ids = [i for i in snapshot if i not in known]
-        details = self._details([snapshot[i] for i in new_ids])
+        # What differs is found without the lock (a batch may change a device meanwhile: ``_upsert`` judges again
+        # under the lock), so requests wait only for the few devices that changed.
+        todo = [(info, states.get(i)) for i, info in snapshot.items() if self._differs(info, states.get(i))]
+        gone = [i for i in list(self._devs) if i not in snapshot]
+        details = self._details([info for info, _ in todo if info.device_id not in self._devs])
         paths = {r.id: tuple(p for p in r.path.split("/") if p) for r in regions}
         with self._lock:
-            self._regions, self._paths = regions, paths
-            for dev_id, info in snapshot.items():
-                self._upsert(info, states.get(dev_id), details.get(dev_id))
-            for dev_id in [i for i in self._devs if i not in snapshot]:
-                self._remove(self._devs.pop(dev_id))
+            self._regions, self._paths, self._snapshot = regions, paths, snapshot
+            for info, state in todo:
+                self._upsert(info, state, details.get(info.device_id))
+            for dev_id in gone:
+                if dev_id in self._devs:
+                    self._remove(self._devs.pop(dev_id))
             self._synced_at = time.monotonic()
         if initial:
             logger.info("fleet index: %d devices in %d regions", len(snapshot), len(regions))
+
+    def _differs(self, info: DeviceInfo, state: DeviceState | None) -> bool:
+        d = self._devs.get(info.device_id)
+        if d is None or (d.type, d.region_id, d.enabled, d.interval_s) != (
+            info.device_type,
+            info.region_id,
+            info.enabled,
+            info.expected_interval_s,
+        ):
+            return True
+        return state is not None and (
+            (state.last_seen_ms or 0) > (d.last_seen_ms or 0) or (state.status_ms or 0) > (d.status_ms or 0)
+        )
+
+    def check_registry(self) -> None:
+        """Apply the registry's changes (at most once every ``registry_check_s``): ``Registry.snapshot()`` is
+        incremental and answers the same dict while nothing changed, and keeps the ``DeviceInfo`` of every device
+        that did not change, so only the changed ones are looked at (a device added, moved, enabled or disabled
+        through the API or the CLI is counted within a second)."""
+        now = time.monotonic()
+        if now - self._registry_checked < self.registry_check_s or not self._checking.acquire(blocking=False):
+            return
+        try:
+            self._registry_checked = now
+            snapshot = self.registry.snapshot()
+            old = self._snapshot
+            if snapshot is old:
+                return
+            changed = [info for i, info in snapshot.items() if old.get(i) is not info]
+            gone = [i for i in old if i not in snapshot]
+            details = self._details([info for info in changed if info.device_id not in self._devs])
+            regions = None
+            if any(info.region_id not in self._paths for info in changed):
+                regions = self.registry.regions()
+            with self._lock:
+                if regions is not None:
+                    self._regions = regions
+                    self._paths = {r.id: tuple(p for p in r.path.split("/") if p) for r in regions}
+                for info in changed:
+                    self._upsert(info, None, details.get(info.device_id))
+                for dev_id in gone:
+                    if dev_id in self._devs:
+                        self._remove(self._devs.pop(dev_id))
+                self._snapshot = snapshot
+        finally:
+            self._checking.release()
 
     def _details(self, infos: Sequence[DeviceInfo]) -> dict[str, dict[str, Any]]:
         """Vehicles' newest ignition / speed and meters' energy today, from the store (new devices only)."""
@@ -320,13 +381,15 @@ class FleetIndex:
     def advance(self, now_ms: int) -> None:
         """Bring the online flags to ``now_ms``: only devices whose deadline passed are looked at."""
         with self._lock:
-            if now_ms < self._now_ms:  # the clock went back (tests): every device once
+            if now_ms < self._now_ms - CLOCK_SLACK_MS:  # the clock went back (tests): every device once
                 self._now_ms = now_ms
                 self._heap = []
                 for d in self._devs.values():
                     self._remove(d)
                     d.in_heap = False
                     self._add(d)
+                return
+            if now_ms <= self._now_ms:  # concurrent requests read the clock in any order: already there
                 return
             self._now_ms = now_ms
             heap = self._heap
@@ -400,6 +463,7 @@ class FleetIndex:
 
     def region_counts(self, now_ms: int) -> dict[str, dict[str, TypeCounts]]:
         """Each region's own devices (not its subtree) per type, at ``now_ms``."""
+        self.check_registry()
         self.advance(now_ms)
         self.maybe_resync()
         with self._lock:
@@ -410,6 +474,7 @@ class FleetIndex:
 
     def rollup(self, region_ids: Iterable[str] | None, now_ms: int) -> Rollup:
         """The counts of the devices registered in ``region_ids`` (None: every region), at ``now_ms``."""
+        self.check_registry()
         self.advance(now_ms)
         self.maybe_resync()
         today = beijing_day(now_ms)
@@ -460,7 +525,8 @@ class FleetIndex:
 
     def _meter_profile(self, device_id: str, start: int) -> list[float] | None:
         """Cumulative kWh from 00:00 at each full hour 0..24 of the day starting at ``start``; None without data."""
-        buckets = self.store.aggregate(device_id, "energy_kwh", start - DAY_MS, start + DAY_MS, HOUR_MS, "last", 48)
+        # the hour before 00:00 for the value at midnight, then the day: at most 25 rows of hourly ``last``
+        buckets = self.store.aggregate(device_id, "energy_kwh", start - HOUR_MS, start + DAY_MS, HOUR_MS, "last", 26)
         return hourly_profile([(b.ts_ms, b.value) for b in buckets if b.value is not None], start)
 
 
@@ -477,7 +543,7 @@ def _meter_reading(d: _Dev, ts_ms: int, value: float) -> None:
 
 
 def hourly_profile(buckets: Sequence[tuple[int, float]], start: int) -> list[float] | None:
-    """From hourly ``last`` buckets (epoch-aligned, [start - 1 day, start + 1 day)): the cumulative use at 00:00,
+    """From hourly ``last`` buckets (epoch-aligned, [start - 1 h, start + 1 day)): the cumulative use at 00:00,
     01:00, ..., 24:00 of the day starting at ``start``; None when the day has no reading. Pure."""
     points = sorted(buckets)
     if not any(start <= ts < start + DAY_MS for ts, _ in points):
@@ -516,6 +582,12 @@ def baseline_at(
 
 def _ms(at: datetime) -> int:
     return int(at.timestamp() * 1000)
+
+
+def json_response(content: Any) -> Response:
+    """``content`` serialised by orjson, skipping FastAPI's own encoder (which walks every value of a large tree
+    once more in Python). For answers made only of JSON types."""
+    return Response(orjson.dumps(content), media_type="application/json")
 
 
 def get_fleet(request: Request) -> FleetIndex:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from devices.models import Region
 from gateway.auth import Principal
 from gateway.deps import NowDep, PrincipalDep, RegistryDep
-from gateway.fleet import FleetDep, TypeCounts
+from gateway.fleet import FleetDep, TypeCounts, json_response
 from gateway.params import RegionPath, error_responses
 from gateway.routes import API_PREFIX
 from gateway.scope import region_or_404
@@ -58,17 +58,17 @@ def build_tree(
     return roots
 
 
-@router.get("/regions")
-def regions(fleet: FleetDep, principal: PrincipalDep, now: NowDep) -> dict[str, Any]:
+@router.get("/regions", response_model=dict[str, Any])
+def regions(fleet: FleetDep, principal: PrincipalDep, now: NowDep) -> Response:
     """The caller's part of the region tree, each node with device counts (total, online, offline, disabled)."""
     counts = fleet.region_counts(int(now.timestamp() * 1000))
-    return {"regions": build_tree(fleet.regions(), counts, principal)}
+    return json_response({"regions": build_tree(fleet.regions(), counts, principal)})
 
 
-@router.get("/regions/{region_id}")
+@router.get("/regions/{region_id}", response_model=dict[str, Any])
 def region(
     region_id: RegionPath, registry: RegistryDep, fleet: FleetDep, principal: PrincipalDep, now: NowDep
-) -> dict[str, Any]:
+) -> Response:
     """One region with its subtree and counts; 404 if it does not exist or is outside the caller's scope."""
     region_or_404(registry, principal, region_id)
     if not fleet.knows_region(region_id):  # created since the index last read the registry
@@ -76,4 +76,4 @@ def region(
     sub = Principal(principal.name, principal.role, region_id, frozenset(registry.subtree_ids(region_id)))
     counts = fleet.region_counts(int(now.timestamp() * 1000))
     roots = build_tree(fleet.regions(), counts, sub)
-    return roots[0]
+    return json_response(roots[0])
