@@ -29,7 +29,7 @@ from core.settings import Settings
 from devices.audit import Actor, AuditLog, AuditRecord, canonical, utc_instant
 from devices.broker_adapter_passwd import adapter_for
 from devices.certs import init_certs
-from devices.dynsec import DynsecClient, role_name
+from devices.dynsec import DynsecClient
 from devices.provisioning import (
     Drift,
     Provisioner,
@@ -361,12 +361,8 @@ def reconcile_plan(drift: list[Drift], identities: int, *, reprovision_missing: 
 
 
 def _device_identities(prov: Provisioner) -> int:
-    """Clients on the broker that are device identities (a device client has its own lf-dev-<id> role)."""
-    return sum(
-        1
-        for c in prov.dynsec.list_clients()
-        if any(r.get("rolename") == role_name(str(c.get("username"))) for r in c.get("roles", []))
-    )
+    """Device identities on the broker (dynsec: clients with their own lf-dev-<id> role; or the password file)."""
+    return len(prov.adapter.list())
 
 
 def _show_plan(plan: ReconcilePlan, where: str) -> None:
