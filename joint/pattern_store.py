@@ -24,7 +24,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from alerts.rule_check import Known
+from alerts.rule_store import _Edited, _utc  # the same who-and-when columns and UTC reading as the rule edits
 from alerts.specfile import fmt_errors
 from core.db import Base
 from core.errors import StoreUnavailable, UserError
@@ -45,13 +46,6 @@ OVERRIDE_FIELDS = ("enabled", "severity", "window_s", "mute_members", "params")
 
 
 # --- tables (migration 0012_joint_pattern_edits) -----------------------------------------------------------------
-
-
-class _Edited:
-    created_by: Mapped[str] = mapped_column(String(128))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_by: Mapped[str] = mapped_column(String(128))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class PatternDefRow(_Edited, Base):
@@ -147,10 +141,6 @@ class PatternRejected(UserError):
 
 class PatternConflict(UserError):
     """A write that contradicts what exists (a pattern id a file defines)."""
-
-
-def _utc(at: datetime) -> datetime:
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 def _key(pattern_id: str, region: str | None) -> str:

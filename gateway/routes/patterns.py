@@ -28,6 +28,7 @@ from gateway.context import GatewayContext
 from gateway.deps import AuditDep, ContextDep, NowDep, PrincipalDep, RegistryDep, require_role
 from gateway.params import Limit, RegionQuery, error_responses, finite_json, iso_at
 from gateway.routes import API_PREFIX
+from gateway.routes.rules import _CREATED, _bad  # the same answers as the rule edits
 from gateway.scope import not_found, region_or_404
 from joint.pattern_store import (
     ApiPattern,
@@ -50,9 +51,6 @@ PatternOrAllPath = Annotated[
     str, Path(max_length=64, pattern=rf"^\*$|{_ID}", description="pattern id, or * for every pattern")
 ]
 _PACKS = str(PACKS_DIR)
-_CREATED: dict[int | str, dict[str, Any]] = {
-    201: {"description": "created (200: replaced)", "content": {"application/json": {"schema": {"type": "object"}}}}
-}
 _ADMIN_ATTR = "_pattern_admin"
 
 
@@ -286,12 +284,6 @@ def _rejected(exc: PatternRejected) -> HTTPException:
             loc = ["body", *parts]
         detail.append({"loc": loc, "msg": line, "type": "value_error"})
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
-
-
-def _bad(loc: list[str], msg: str) -> HTTPException:
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT, detail=[{"loc": loc, "msg": msg, "type": "value_error"}]
-    )
 
 
 def _whole_tree_admin(principal: Principal, what: str) -> None:
