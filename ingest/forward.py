@@ -22,6 +22,14 @@ The payload is compact JSON (orjson) of the records, as lists::
      "x": [[device, topic, reason, detail, received_ms], ...],
      "l": [[device, from_seq, to_seq, reason, count, region, type], ...]}   (optional: seqs resend gave up on)
 
+Flow control: the engine publishes its progress (``lf/internal/v1/status/engine/<client id>``: its partitions,
+how many parts it holds, the ``sent_ms`` of the last part it finished) every few hundred milliseconds. Before a
+batch, the forwarder waits while an engine of a partition it sends to holds parts and is more than
+``max_lead_s`` behind, so ingest does not run ahead of the engine: its acknowledgements wait, and MQTT flow
+control holds the backlog in the broker, as it did with the engine in ingest's process. Without this an engine
+that falls behind sees its devices' records late and its absence timers fire on devices that did report. An
+engine not heard from for 10 s is not waited for: its parts wait for it in the broker.
+
 Ingest also publishes its status (``IngestService.status``) every few seconds, QoS 0, to
 ``lf/internal/v1/status/ingest/<client id>``: the process running the engine and the gateway shows it in
 ``/health/ready`` and raises the platform alert "ingest stalled" from it; and its ``lianfang_ingest_*`` metrics
@@ -53,6 +61,9 @@ INTERNAL_ROOT = "lf/internal/v1"
 ENGINE_TOPIC = INTERNAL_ROOT + "/engine/{k}"
 STATUS_TOPIC = INTERNAL_ROOT + "/status/ingest/{client_id}"
 STATUS_FILTER = INTERNAL_ROOT + "/status/ingest/+"
+ENGINE_STATUS_TOPIC = INTERNAL_ROOT + "/status/engine/{client_id}"
+ENGINE_STATUS_FILTER = INTERNAL_ROOT + "/status/engine/+"
+ENGINE_SILENT_S = 10.0  # an engine not heard from for this long is not waited for (its parts wait in the broker)
 METRICS_TOPIC = INTERNAL_ROOT + "/metrics/ingest/{client_id}"
 METRICS_FILTER = INTERNAL_ROOT + "/metrics/ingest/+"
 RELAYED_PREFIX = "lianfang_ingest_"  # the metric families an ingest process relays to the engine's /metrics
@@ -300,6 +311,7 @@ class EngineForwarder:
         client_id: str | None = None,
         status: Callable[[], Mapping[str, Any]] | None = None,
         status_interval_s: float = 2.0,
+        max_lead_s: float = 2.0,
     ) -> None:
         self.settings = settings
         self.partitioner = partitioner
@@ -317,6 +329,11 @@ class EngineForwarder:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_engine_status
+        self.max_lead_s = max_lead_s
+        self._engines: dict[str, tuple[dict[str, Any], float]] = {}  # client id -> (progress, when heard)
+        self._engines_changed = threading.Condition()
+        self.waited_s = 0.0
         self._acked = threading.Condition()
         self._done: set[int] = set()  # mids PUBACKed and not yet taken by forward()
         self._status = status
@@ -330,7 +347,38 @@ class EngineForwarder:
         if reason.is_failure:
             logger.error("engine forward: MQTT connect refused: %s", reason)
             return
+        client.subscribe(ENGINE_STATUS_FILTER, qos=0)
         self.connected.set()
+
+    def _on_engine_status(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            doc = orjson.loads(msg.payload)
+            if isinstance(doc, dict):
+                with self._engines_changed:
+                    self._engines[msg.topic.rsplit("/", 1)[-1]] = (doc, time.monotonic())
+                    self._engines_changed.notify_all()
+        except Exception:
+            logger.exception("engine forward: bad engine status on %s", msg.topic)
+
+    def _behind(self, partitions: Iterable[int]) -> bool:
+        """An engine of one of these partitions holds parts and is more than max_lead_s behind."""
+        now, now_ms = time.monotonic(), time.time_ns() // 1_000_000
+        wanted = set(partitions)
+        for doc, heard in self._engines.values():
+            if now - heard > ENGINE_SILENT_S or not wanted & set(doc.get("partitions") or ()):
+                continue
+            done = doc.get("evaluated_sent_ms")
+            if doc.get("queue") and isinstance(done, int) and now_ms - done > self.max_lead_s * 1000:
+                return True
+        return False
+
+    def _wait_for_engines(self, partitions: Iterable[int]) -> None:
+        keys = list(partitions)
+        started = time.monotonic()
+        with self._engines_changed:
+            while self._behind(keys) and not self._stop.is_set():
+                self._engines_changed.wait(0.2)
+        self.waited_s += time.monotonic() - started
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self.connected.clear()
@@ -376,6 +424,7 @@ class EngineForwarder:
         parts = self.partitioner.split(batch, extra)
         if not parts:
             return True
+        self._wait_for_engines(parts)
         sent_ms = time.time_ns() // 1_000_000
         mids: set[int] = set()
         for k, part in parts.items():

@@ -8,6 +8,12 @@ alerts, and alerts do not hold up storage. If the process dies first, everything
 engine recognises records it has already evaluated (``AlertService._replayed``), so a redelivery never raises an
 alert twice.
 
+With the alert engine in another process (``alerts.engine: separate``, ``forward``), the evaluator thread hands
+the batch to the engine partitions over the broker instead (ingest/forward.py) and the batch is acked only once
+the broker has PUBACKed every part: the store commit and the broker's hold for the engine, in parallel. The
+duplicates of messages the broker redelivered travel with it (``_InFlight.replays``): their first copy may have
+been stored and never forwarded.
+
 A failed write never jams the stream:
 
 - ``StoreUnavailable`` (the store as a whole: locked by another process, disk full, I/O error) is retried with

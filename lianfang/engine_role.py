@@ -43,7 +43,15 @@ from core.errors import BrokerUnavailable
 from core.settings import AlertSettings, MqttSettings
 from core.store import BatchListener
 from ingest import metrics as ingest_metrics
-from ingest.forward import METRICS_FILTER, STATUS_FILTER, LossNotice, decode, engine_topic, owned_partitions
+from ingest.forward import (
+    ENGINE_STATUS_TOPIC,
+    METRICS_FILTER,
+    STATUS_FILTER,
+    LossNotice,
+    decode,
+    engine_topic,
+    owned_partitions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +120,7 @@ class EngineConsumer:
         self.records = 0
         self.malformed = 0
         self._current_sent_ms: int | None = None  # the part in the worker's hands (since ingest forwarded it)
+        self._progress_at = 0.0  # when the progress (flow control of ingest/forward.py) was last published
         self._last_sent_ms: int | None = None
         self._ingest: dict[str, tuple[dict[str, Any], float]] = {}
         self._ingest_metrics: dict[str, tuple[str, float]] = {}
@@ -276,6 +285,22 @@ class EngineConsumer:
         self.records += n
         ENGINE_BATCHES.inc()
         ENGINE_RECORDS.inc(n)
+        if time.monotonic() - self._progress_at >= 0.2 or not self.queue.qsize():
+            self.publish_progress()
+
+    def publish_progress(self) -> None:
+        """What ingest's forwarders wait on (ingest/forward.py, flow control). QoS 0; never raises."""
+        self._progress_at = time.monotonic()
+        try:
+            doc = {
+                "partitions": self.partitions,
+                "queue": self.queue.qsize(),
+                "evaluated_sent_ms": self._last_sent_ms,
+                "at_ms": _now_ms(),
+            }
+            self.client.publish(ENGINE_STATUS_TOPIC.format(client_id=self.client_id), orjson.dumps(doc), qos=0)
+        except Exception:
+            logger.exception("engine: progress publish failed")
 
     def _ack(self, part: _Part) -> None:
         if part.qos > 0:
