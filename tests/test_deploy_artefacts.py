@@ -773,6 +773,6 @@ def test_deploy_doc_covers_every_service_and_setting_of_compose() -> None:
         assert f"`{key}`" in doc, f"docs/deploy.md does not explain {key}"
     for alert in ("platform.ingest_stalled", "platform.store_unavailable", "platform.broker_dropped", "DQ1"):
         assert alert in doc
-    for tool in ("pg_dump", "influx backup", "dynamic-security.json", "influx-side.db", "lianfang certs init"):
+    for tool in ("pg_dump", "influx backup", "dynamic-security.json", "telemetry_device_state", "lianfang certs init"):
         assert tool in doc
     assert "no Docker engine" in doc.replace("No Docker engine", "no Docker engine")
