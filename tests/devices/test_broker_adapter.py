@@ -264,3 +264,24 @@ def test_provisioner_through_the_passwd_adapter(env: Env, tmp_path: Path) -> Non
     assert env.login("gate-0004", out["gate-0004"]) == 5 and "orphan-0001" not in env.adapter.list()
     assert [d for d in prov.reconcile(NOW).drift if d.kind != "unprovisioned"] == []
     reg.engine.dispose()
+
+
+@pytest.mark.integration
+def test_the_cli_picks_the_password_file_of_the_embedded_broker(env: Env, tmp_path: Path) -> None:
+    from pydantic import SecretStr
+
+    from core.settings import MqttSettings, Settings
+    from devices.broker_adapter_passwd import adapter_for
+
+    embedded = Settings(mqtt=MqttSettings(port=env.cfg.port, broker_dir=env.cfg.directory, embedded_broker=True))
+    adapter = adapter_for(embedded, env.dynsec)
+    assert isinstance(adapter, PasswdFileAdapter)
+    secret = new_secret()
+    assert adapter.add({"gate-0001": secret}) == {}  # signals the running broker through its pid file
+    assert env.login("gate-0001", secret) == 0
+    external = Settings(mqtt=MqttSettings(port=env.cfg.port, admin_password=SecretStr("x"), embedded_broker=False))
+    assert adapter_for(external, env.dynsec) is None
+    env.process.stop()
+    adapter.dynsec = None  # (with it, the dynsec request fails first, also as BrokerUnavailable)
+    with pytest.raises(BrokerUnavailable, match="not running"):
+        adapter.add({"gate-0002": new_secret()})
