@@ -844,7 +844,7 @@ function onBatch(msg) {
   }
   for (const r of msg.readings || []) touchDevice(r.device_id, r.ts_ms);
   if ((msg.events || []).length || (msg.statuses || []).length) scheduleAlerts(1000);  // rules may have fired
-  if ((msg.events || []).length || (msg.statuses || []).length || (msg.readings || []).length) scheduleOverview(3000);
+  if ((msg.events || []).length || (msg.statuses || []).length || (msg.readings || []).length) scheduleOverview(5000);
   if (msg.dropped) pushFeed(feedItem(Date.now(), t("dropped", { n: msg.dropped }), "", "warn"));
 }
 function parseFrame(frame) {
