@@ -102,13 +102,15 @@ class PidFileReload:
     def __call__(self) -> None:
         try:
             pid = int(self.pid_path.read_text(encoding="utf-8").strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
         except (OSError, ValueError) as exc:
             raise BrokerUnavailable(
                 f"the embedded broker is not running ({self.pid_path}: {exc}); start 'lianfang serve' first"
             ) from exc
-        if "mosquitto" not in cmdline or str(self.conf_path) not in cmdline:
-            raise BrokerUnavailable(f"{self.pid_path} names pid {pid}, which is not this broker ({cmdline.strip()!r})")
+        conf = args[args.index("-c") + 1] if "-c" in args[:-1] else ""
+        if "mosquitto" not in args[0] or not conf or (cwd / conf).resolve() != self.conf_path.resolve():
+            raise BrokerUnavailable(f"{self.pid_path} names pid {pid}, which is not this broker ({' '.join(args)!r})")
         os.kill(pid, signal.SIGHUP)
 
 
