@@ -285,3 +285,16 @@ def test_the_cli_picks_the_password_file_of_the_embedded_broker(env: Env, tmp_pa
     adapter.dynsec = None  # (with it, the dynsec request fails first, also as BrokerUnavailable)
     with pytest.raises(BrokerUnavailable, match="not running"):
         adapter.add({"gate-0002": new_secret()})
+
+
+@pytest.mark.integration
+def test_a_broker_started_with_a_relative_directory_is_found_and_reloaded(tmp_path: Path) -> None:
+    import os
+
+    env = Env(Path(os.path.relpath(tmp_path / "relative")))  # serve's default broker_dir is relative (var/mosquitto)
+    try:
+        secret = new_secret()
+        assert env.adapter.add({"gate-0001": secret}) == {}
+        assert env.login("gate-0001", secret) == 0
+    finally:
+        env.close()
