@@ -92,6 +92,7 @@ const I18N = {
     usRoleHelp: "三员分立：同一人只能担任系统管理员、安全管理员、安全审计员之一。", myScope: "我的范围",
     comment: "备注", commentText: "备注内容", assign: "指派", silence: "静默", noteLabel: "处置说明",
     required: "请填写：{field}",
+    incResolve: "解除事件", resolveReasonInc: "解除原因（必填）",
   },
   en: {
     title: "Lianfang Control Room",
@@ -195,6 +196,7 @@ const I18N = {
     usRoleHelp: "三员分立: one person holds at most one of system administrator, security administrator, auditor.",
     myScope: "my scope", comment: "Comment", commentText: "Comment", assign: "Assign", silence: "Silence",
     noteLabel: "Note", required: "Please fill in: {field}",
+    incResolve: "Resolve incident", resolveReasonInc: "Why it is resolved (required)",
   },
 };
 const CRITICAL = new Set(["door_forced", "tamper", "power_cut", "power_loss"]);
@@ -977,6 +979,7 @@ function renderIncident(i) {
   if (!full) acts.append(badge("partial", t("readOnly")));
   // each action asks for its note (views.js incidentNote); closing also for the cause
   if (may && i.state === "open") acts.append(smallBtn(t("incAck"), "inc-ack", () => incidentNote(i, "ack")));
+  if (may && open) acts.append(smallBtn(t("incResolve"), "inc-resolve", () => incidentNote(i, "resolve")));
   if (may && i.state !== "closed") acts.append(smallBtn(t("incClose"), "inc-close", () => incidentNote(i, "close")));
   if (may) acts.append(smallBtn(t("comment"), "inc-comment", () => commentOn("/incidents/" + i.id + "/comments", "I" + i.id, () => loadIncident(i.id))));
   const kv = $("inc-kv");

@@ -526,15 +526,16 @@ async function loadSilences() {
   }
   $("si-total").textContent = String(data.total);
   for (const s of data.items) {
-    const tr = el("tr", s.active === false || s.ended_at ? "ended" : "");
+    const over = s.ended || s.active === false;  // ended by hand, expired, or not started yet
+    const tr = el("tr", over ? "ended" : "");
     tr.dataset.id = s.id;
     const acts = el("td");
     const scoped = state.me && state.me.region_id !== null;
-    if (canAct() && !s.ended_at && !(scoped && !s.region_id && !s.device_id)) {
+    if (canAct() && !s.ended && !(scoped && !s.region_id && !s.device_id)) {
       acts.append(smallBtn(t("siEnd"), "silence-end", () => endSilence(s)));
     }
     tr.append(td(s.id, "mono"), td(silenceScope(s)), td(s.rule_id || t("allRules"), "mono"), td(s.reason),
-      td(s.creator + (s.approver ? " / " + s.approver : "")), td(fmtFull(s.starts_at)), td(fmtFull(s.ended_at || s.ends_at)), acts);
+      td(s.creator + (s.approver ? " / " + s.approver : "")), td(fmtFull(s.starts_at)), td(fmtFull(s.ends_at)), acts);
     body.append(tr);
   }
   if (!data.items.length) {
@@ -879,9 +880,11 @@ function incidentNote(i, kind) {
     fields.push({ name: "cause_code", label: t("f_cause"), type: "select",
       options: ["false_alarm", "handled", "maintenance", "device_fault", "duplicate", "other"].map((c) => [c, t("cause_" + c)]) });
   }
-  fields.push({ name: "note", label: t("noteLabel"), type: "textarea" });
-  openForm(t(kind === "close" ? "incClose" : "incAck") + " · I" + i.id, incTitle(i), t(kind === "close" ? "incClose" : "incAck"), fields,
-    (v) => incSend("/incidents/" + i.id + "/" + kind, kind === "close" ? { cause_code: v.cause_code, note: v.note } : { note: v.note }));
+  if (kind === "resolve") fields.push({ name: "reason", label: t("resolveReasonInc"), type: "textarea", required: true });
+  else fields.push({ name: "note", label: t("noteLabel"), type: "textarea" });
+  const label = t({ ack: "incAck", close: "incClose", resolve: "incResolve" }[kind]);
+  const body = (v) => (kind === "close" ? { cause_code: v.cause_code, note: v.note } : kind === "resolve" ? { reason: v.reason } : { note: v.note });
+  openForm(label + " · I" + i.id, incTitle(i), label, fields, (v) => incSend("/incidents/" + i.id + "/" + kind, body(v)));
 }
 
 // --- wiring --------------------------------------------------------------------------------------------------

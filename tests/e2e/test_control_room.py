@@ -303,6 +303,13 @@ def _run(page: Any, s: Stack, shots: Shots) -> None:
     expect(row).to_contain_text(GATE)
     expect(row.locator('button[data-act="silence-end"]')).to_be_visible()
     shots.take(page, "silences")
+    row.locator('button[data-act="silence-end"]').click()
+    page.click("#fd-ok")
+    expect(page.locator("#si-msg")).to_contain_text(f"已结束静默 #{silences[0]['id']}", timeout=10_000)
+    expect(row).to_have_count(0)  # the list shows active silences; the ended one is in "all"
+    page.select_option("#si-active", "false")
+    expect(row).to_have_class(re.compile(r"\bended\b"), timeout=10_000)
+    assert s.api("/silences", active="false")["items"][0]["ended"] is True
 
     # --- the meter's device view: its chart over the last hour and its alerts -----------------------------------
     page.click('#tabs [data-view="monitor"]')
