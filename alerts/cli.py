@@ -21,10 +21,10 @@ from alerts.rules import PACKS_DIR, RuleSet, explain_rows
 from core.cliout import note, print_table
 from core.errors import StoreUnavailable, UserError
 from core.settings import Settings
+from devices.cli_context import open_registry, settings_from
 from devices.registry import Registry
 from joint.patterns import PACKS_DIR as JOINT_PACKS
 from joint.patterns import load_patterns
-from lianfang.context import open_registry, settings_from
 
 rules_app = typer.Typer(
     help="Alert rules: validate rule files, show the effective rules of a device and where each value came from.",

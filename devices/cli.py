@@ -29,6 +29,7 @@ from core.settings import Settings
 from devices import cli_security
 from devices.audit import Actor
 from devices.broker_adapter_passwd import adapter_for
+from devices.cli_context import open_registry, open_store, settings_from
 from devices.cli_security import SecretFileOpt, TimeoutOpt, admin_password, hand_out_secrets
 from devices.dynsec import DynsecClient
 from devices.imports import (
@@ -43,7 +44,6 @@ from devices.liveness import GRACE_FACTOR, is_online
 from devices.models import Device, Region
 from devices.provisioning import DeviceCredential, Provisioner, ProvisioningError, ProvisionOnWrite
 from devices.registry import Registry, expected_interval
-from lianfang.context import open_registry, open_store, settings_from
 
 regions_app = typer.Typer(
     help="The region tree: province > city > agency > building. Import it from a file, list it, draw it.",

@@ -29,6 +29,7 @@ from core.settings import Settings
 from devices.audit import Actor, AuditLog, AuditRecord, canonical, utc_instant
 from devices.broker_adapter_passwd import adapter_for
 from devices.certs import init_certs
+from devices.cli_context import broker_admin_password, open_registry, settings_from
 from devices.dynsec import DynsecClient
 from devices.provisioning import (
     Drift,
@@ -41,7 +42,6 @@ from devices.provisioning import (
 from devices.provisioning import (
     expiring as expiring_credentials,
 )
-from lianfang.context import open_registry, settings_from
 
 creds_app = typer.Typer(
     help="Device credentials on the broker: provision, rotate, disable/enable, delete, reprovision, check, "
@@ -97,18 +97,8 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
-def admin_password(settings: Settings) -> str:
-    """The dynsec admin password: ``mqtt.admin_password``, else the embedded broker's generated one."""
-    if settings.mqtt.admin_password is not None:
-        return settings.mqtt.admin_password.get_secret_value()
-    if settings.mqtt.embedded_broker:
-        from lianfang.runtime import BrokerSecrets, broker_secrets_path
-
-        path = broker_secrets_path(settings)
-        if path.exists():
-            return BrokerSecrets.load_or_create(path).admin
-        raise UserError(f"{path} does not exist: start the embedded broker once ('lianfang serve') first")
-    raise UserError("mqtt.admin_password is not set (LIANFANG_MQTT__ADMIN_PASSWORD) for the external broker")
+# The dynsec admin password (``mqtt.admin_password`` or the embedded broker's generated one).
+admin_password = broker_admin_password
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from core import clock
 from core.cliout import print_table
 from core.errors import StoreUnavailable, UserError
 from devices.audit import Actor, AuditLog
+from devices.cli_context import open_registry, settings_from
 from devices.registry import Registry
 from gateway.auth import (
     ROLE_ALIASES,
@@ -29,7 +30,6 @@ from gateway.auth import (
     update_user,
 )
 from gateway.policy import BOUNDS, FIELDS, save_policy, stored_policy
-from lianfang.context import open_registry, settings_from
 
 users_app = typer.Typer(
     help="API users of the control-room page and the REST API: a role (admin alias region_admin, operator, viewer; "

@@ -173,7 +173,7 @@ def default_provisioning(ctx: GatewayContext) -> ProvisioningFactory:
     @contextmanager
     def open_(actor: Actor) -> Iterator[Provisioner]:
         from devices.broker_adapter_passwd import adapter_for
-        from devices.cli_security import admin_password  # the same lookup as the CLI's
+        from devices.cli_context import broker_admin_password as admin_password  # the same lookup as the CLI's
         from devices.dynsec import DynsecClient
 
         mqtt = ctx.settings.mqtt

@@ -25,7 +25,10 @@ def _root(
     ] = None,
 ) -> None:
     """Lianfang (联防): IoT monitoring and joint risk control for facility-management bureaus."""
-    ctx.obj = {"config": config}
+    from lianfang.context import command_context
+
+    # Convention 16: the package CLIs take their settings, registry and store from here (devices/cli_context.py).
+    ctx.obj = {"config": config, "context": command_context()}
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from core.errors import UserError
 from core.settings import Settings, load_settings
 from core.store import TelemetryStore
 from core.store.sqlite import SqliteStore
+from devices.cli_context import CommandContext
 from devices.registry import Registry
 
 
@@ -31,6 +32,11 @@ def settings_from(ctx: typer.Context) -> Settings:
     obj["settings"] = settings
     root.obj = obj
     return settings
+
+
+def command_context() -> CommandContext:
+    """What the root command hands down to the package CLIs in ``ctx.obj["context"]`` (CONVENTIONS.md 16)."""
+    return CommandContext(settings=settings_from, open_registry=open_registry, open_store=open_store)
 
 
 def open_registry(settings: Settings) -> Registry:
