@@ -27,8 +27,9 @@ Vehicles "in use": enabled, online, and their newest word on it says so: a readi
 
 Energy "today": per meter, the increase of ``energy_kwh`` since its last reading before 00:00 Beijing time (after a
 ``reset`` the counter restarts, so a lower value counts from zero); meters that have not reported today count 0.
-At build, today's figure per meter is its highest value today minus its last value before today (or its lowest
-today when it has none before). The baseline is the mean, over the previous four same weekdays that have data, of
+When the index is built (and for a device new to it), a meter's figure is its newest value minus its last value
+in the hour before midnight (or its first value today), read from the store next to its last data; a reset
+earlier that day is not seen then. The baseline is the mean, over the previous four same weekdays that have data, of
 the same meters' consumption from 00:00 to the same time of day (hourly profile, interpolated), computed from the
 store once a day in a background thread (null until it is ready, or when there is no history).
 """
@@ -59,8 +60,6 @@ HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 _BJ_OFFSET_MS = 8 * HOUR_MS
 BASELINE_WEEKS = 4
-# How long back the last reading before a day's start may lie to count as the meter's value at 00:00.
-_REF_LOOKBACK_MS = 2 * DAY_MS
 
 VEHICLE = "vehicle"
 METER = "energy_meter"
@@ -209,7 +208,7 @@ class FleetIndex:
         # under the lock), so requests wait only for the few devices that changed.
         todo = [(info, states.get(i)) for i, info in snapshot.items() if self._differs(info, states.get(i))]
         gone = [i for i in list(self._devs) if i not in snapshot]
-        details = self._details([info for info, _ in todo if info.device_id not in self._devs])
+        details = self._details([info for info, _ in todo if info.device_id not in self._devs], states)
         paths = {r.id: tuple(p for p in r.path.split("/") if p) for r in regions}
         with self._lock:
             self._regions, self._paths, self._snapshot = regions, paths, snapshot
@@ -251,7 +250,8 @@ class FleetIndex:
                 return
             changed = [info for i, info in snapshot.items() if old.get(i) is not info]
             gone = [i for i in old if i not in snapshot]
-            details = self._details([info for info in changed if info.device_id not in self._devs])
+            new = [info for info in changed if info.device_id not in self._devs]
+            details = self._details(new, self.store.device_states([i.device_id for i in new]) if new else {})
             regions = None
             if any(info.region_id not in self._paths for info in changed):
                 regions = self.registry.regions()
@@ -268,55 +268,59 @@ class FleetIndex:
         finally:
             self._checking.release()
 
-    def _details(self, infos: Sequence[DeviceInfo]) -> dict[str, dict[str, Any]]:
-        """Vehicles' newest ignition / speed and meters' energy today, from the store (new devices only)."""
+    def _details(self, infos: Sequence[DeviceInfo], states: dict[str, DeviceState]) -> dict[str, dict[str, Any]]:
+        """Vehicles' newest ignition / speed and meters' energy today, from the store (devices new to the index).
+        Only windows next to each device's last data are read: a vehicle offline now cannot be in use, a meter
+        not seen today has used nothing today that the index could know of."""
         out: dict[str, dict[str, Any]] = {}
         today = beijing_day(self._now_ms)
         start = day_start_ms(today)
         for info in infos:
-            if info.device_type == VEHICLE:
-                values = self.store.last_values(info.device_id)
+            state = states.get(info.device_id)
+            seen = state.last_seen_ms if state is not None else None
+            if seen is None:
+                continue
+            grace = int(GRACE_FACTOR * info.expected_interval_s * 1000)
+            if info.device_type == VEHICLE and seen >= self._now_ms - grace:
                 said: tuple[int, bool] | None = None
                 for key in ("ignition", "speed_kmh"):
-                    if key in values:
-                        ts, v = values[key]
-                        m = moving_of({key: v})
+                    points = self.store.raw(info.device_id, key, seen - grace, seen + 1, 100)
+                    if points:
+                        ts, v = points[-1]
+                        m = moving_of({key: bool(v) if key == "ignition" else v})
                         if m is not None and (said is None or ts > said[0] or (ts == said[0] and m)):
                             said = (ts, m)
                 if said is not None:
                     out[info.device_id] = {"moving": said[1], "moving_ts": said[0]}
-            elif info.device_type == METER:
-                out[info.device_id] = self._meter_today(info.device_id, start)
+            elif info.device_type == METER and seen >= start:
+                found = self._meter_today(info.device_id, start, seen, grace)
+                if found is not None:
+                    out[info.device_id] = found
         return out
 
-    def _meter_today(self, device_id: str, start: int) -> dict[str, Any]:
-        end = self._now_ms + DAY_MS
-        span = end - (start - _REF_LOOKBACK_MS)
-        before = self.store.aggregate(device_id, "energy_kwh", start - _REF_LOOKBACK_MS, start, span, "last", 4)
+    def _meter_today(self, device_id: str, start: int, seen: int, grace: int) -> dict[str, Any] | None:
+        """Today's use of one meter: its newest ``energy_kwh`` minus its last value in the hour before midnight (or
+        its first value today). A reset earlier today is not seen here (the newest value is then too low)."""
+        newest = self.store.raw(device_id, "energy_kwh", max(start, seen - grace), seen + 1, 100)
+        if not newest:
+            buckets = self.store.aggregate(device_id, "energy_kwh", start, seen + 1, DAY_MS, "last", 2)
+            newest = [(seen, b.value) for b in buckets if b.value is not None][-1:]
+        if not newest:
+            return None
+        before = self.store.aggregate(device_id, "energy_kwh", start - HOUR_MS, start, HOUR_MS, "last", 2)
         ref = before[-1].value if before else None
-        hi = self.store.aggregate(device_id, "energy_kwh", start, end, span, "max", 4)
-        if not hi or hi[-1].value is None:
-            return {"kwh_last": ref, "kwh_day": -1, "kwh_used": 0.0}
-        last = self.store.aggregate(device_id, "energy_kwh", start, end, span, "last", 4)
         if ref is None:
-            lo = self.store.aggregate(device_id, "energy_kwh", start, end, span, "min", 4)
-            ref = min((b.value for b in lo if b.value is not None), default=None)
-        top = max(b.value for b in hi if b.value is not None)
-        used = max(0.0, top - (ref or 0.0))
-        return {
-            "kwh_last": last[-1].value if last else top,
-            "kwh_day": beijing_day(start),
-            "kwh_used": used,
-        }
+            first = self.store.raw(device_id, "energy_kwh", start, seen + 1, 1)
+            ref = first[0][1] if first else newest[-1][1]
+        ts, value = newest[-1]
+        return {"kwh_last": value, "kwh_ts": ts, "kwh_day": beijing_day(start), "kwh_used": max(0.0, value - ref)}
 
     def _upsert(self, info: DeviceInfo, state: DeviceState | None, detail: dict[str, Any] | None) -> None:
         d = self._devs.get(info.device_id)
         if d is None:
             d = _Dev(info.device_id, info.device_type, info.region_id, info.enabled, info.expected_interval_s)
-            if detail:
-                for key, value in detail.items():
-                    setattr(d, key, value)
-                d.kwh_ts = (state.last_seen_ms or -1) if state is not None else -1
+            for key, value in (detail or {}).items():
+                setattr(d, key, value)
             self._take_state(d, state)
             self._devs[d.id] = d
             self._add(d)

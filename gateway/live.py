@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import orjson
 from prometheus_client import Counter, Gauge
 
 from core.store import WriteBatch
@@ -32,6 +33,22 @@ _MAX_DATA_KEYS = 16
 
 
 Message = dict[str, Any]
+
+
+class Rendered(dict[str, Any]):
+    """A message with its SSE text made once: every subscriber of the same region scope gets the same object, so a
+    batch is summarised, scoped and serialised once per scope, not once per open stream."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, message: Message) -> None:
+        super().__init__(message)
+        self.text = sse("incident" if "incidents" in message else "batch", message)
+
+
+def sse(event: str, data: Message) -> str:
+    """One Server-Sent Event (compact JSON, UTF-8 as is)."""
+    return f"event: {event}\ndata: {orjson.dumps(data).decode()}\n\n"
 
 
 class StreamLimit(Exception):
@@ -181,9 +198,11 @@ class Broadcaster:
             path, members = tuple(region_path), tuple(member_regions)
             with self._lock:
                 subs = [s for s in self._subscribers if not s.closed]
+            message: Rendered | None = None
             for sub in subs:
                 if _incident_seen(sub, path, members):
-                    sub.offer({"incidents": [item]})
+                    message = message or Rendered({"incidents": [item]})
+                    sub.offer(message)
         except Exception:
             logger.exception("live stream: publishing an incident change failed")
 
@@ -200,8 +219,13 @@ class Broadcaster:
             if not subs:
                 return
             items = summarise(batch)
+            by_scope: dict[frozenset[str] | None, Rendered | None] = {}
             for sub in subs:
-                message = scoped(items, sub, self.max_items)
+                if sub.region_ids in by_scope:
+                    message = by_scope[sub.region_ids]
+                else:
+                    found = scoped(items, sub, self.max_items)
+                    message = by_scope[sub.region_ids] = None if found is None else Rendered(found)
                 if message is not None:
                     sub.offer(message)
         except Exception:

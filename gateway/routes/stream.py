@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,22 +10,18 @@ from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import StreamingResponse
 
 from gateway.deps import BroadcasterDep, ContextDep, PrincipalDep
-from gateway.live import Broadcaster, StreamLimit, Subscriber
+from gateway.live import Broadcaster, Rendered, StreamLimit, Subscriber, sse
 from gateway.params import error_responses
 from gateway.routes import API_PREFIX
 
 router = APIRouter(prefix=API_PREFIX, tags=["stream"], responses=error_responses(401, 429, 503))
 
 
-def _sse(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
-
-
 async def _events(
     request: Request, broadcaster: Broadcaster, sub: Subscriber, hello: dict[str, Any], keepalive_s: float
 ) -> AsyncIterator[str]:
     try:
-        yield "retry: 3000\n" + _sse("hello", hello)
+        yield "retry: 3000\n" + sse("hello", hello)
         reported_drops = 0
         while True:
             messages = await sub.next(keepalive_s)
@@ -35,7 +30,10 @@ async def _events(
                     if sub.dropped != reported_drops:
                         message = {**message, "dropped": sub.dropped - reported_drops}
                         reported_drops = sub.dropped
-                    yield _sse("incident" if "incidents" in message else "batch", message)
+                    elif isinstance(message, Rendered):  # made once for every stream of this scope
+                        yield message.text
+                        continue
+                    yield sse("incident" if "incidents" in message else "batch", message)
             elif sub.closed:
                 return
             else:
