@@ -439,6 +439,9 @@ class LinkageActions:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._late_until: datetime | None = None
+        # A command's steps are recorded in the order they happened: a device may answer (on ingest's thread)
+        # before ``confirm`` has recorded "sent"; its "result" waits for that.
+        self._steps_in_order = threading.Lock()
 
     # --- reads ------------------------------------------------------------------------------------------
 
@@ -487,20 +490,21 @@ class LinkageActions:
         now = self.clock()
         with self._lock:
             sent = self.book.confirm(action_id, by=by, now=now)
-        try:
-            ok = self._publish(sent.topic, sent.command_payload())
-        except Exception:
-            logger.exception("linkage command %s to %s failed", sent.name, sent.device_id)
-            ok = False
-        steps: list[tuple[LinkageAction, Step, str]] = [(sent, "confirmed", by)]
-        if ok:
-            steps.append((sent, "sent", SYSTEM))
-            final = sent
-        else:
-            with self._lock:
-                final = self.book.unsent(action_id, "the broker is unavailable; command not sent", self.clock())
-            steps.append((final, "unsent", SYSTEM))
-        self._tell(steps)
+        with self._steps_in_order:
+            try:
+                ok = self._publish(sent.topic, sent.command_payload())
+            except Exception:
+                logger.exception("linkage command %s to %s failed", sent.name, sent.device_id)
+                ok = False
+            steps: list[tuple[LinkageAction, Step, str]] = [(sent, "confirmed", by)]
+            if ok:
+                steps.append((sent, "sent", SYSTEM))
+                final = sent
+            else:
+                with self._lock:
+                    final = self.book.unsent(action_id, "the broker is unavailable; command not sent", self.clock())
+                steps.append((final, "unsent", SYSTEM))
+            self._tell(steps)
         logger.info("linkage command %s to %s confirmed by %s (%s)", sent.name, sent.device_id, by, final.state)
         return final
 
@@ -529,7 +533,9 @@ class LinkageActions:
                     a = self.book.result(ev.device_id, cmd_id, ok, str(ev.data.get("detail") or ""), now)
                     if a is not None:
                         changed.append((a, "result", ev.device_id))
-            self._tell(changed)
+            if changed:
+                with self._steps_in_order:
+                    self._tell(changed)
         except Exception:
             logger.exception("linkage actions: reading a batch's cmd_result events failed")
 
