@@ -1,10 +1,10 @@
 """The security policy the security administrator (secadmin) sets: passwords, lockout, sessions, TOTP, tokens.
 
 Stored in the SQL database (one row, table ``security_policy``, migration 0013), so every process enforces the same
-policy and a change applies at once: logins, password changes, session checks and integration tokens read it on
-each use. A field left empty (NULL) takes its default from the settings (``auth.*``, docs/operations.md) or, for
-the password rules, the built-in minimum; the API and ``lianfang security policy`` show the effective value of
-each field and where it comes from.
+policy, and a change applies at once: logins, password changes, session checks and integration tokens read it on
+each use (another process sees a change within :data:`CACHE_SECONDS`). A field left empty (NULL) takes its
+default from the settings (``auth.*``, docs/operations.md) or, for the password rules, the built-in minimum; the
+API and ``lianfang users policy show`` give the effective value of each field and whether it was set.
 
 Pure checks (:func:`password_problem`) take the policy and do no I/O.
 """
@@ -12,6 +12,9 @@ Pure checks (:func:`password_problem`) take the policy and do no I/O.
 from __future__ import annotations
 
 import string
+import threading
+import time
+import weakref
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -133,9 +136,40 @@ def stored_policy(engine: Engine, auth: AuthSettings | None = None) -> StoredPol
         raise StoreUnavailable(f"registry read failed: {exc}") from exc
 
 
+# Every authenticated request needs the policy: it is read at most once a second per engine (a read costs about
+# 2 ms on a loaded machine). A change made in this process clears it at once; other processes see it within
+# CACHE_SECONDS.
+CACHE_SECONDS = 1.0
+_cache: weakref.WeakKeyDictionary[Engine, tuple[float, SecurityPolicyRow | None]] = weakref.WeakKeyDictionary()
+_cache_lock = threading.Lock()
+
+
+def _cached_row(engine: Engine) -> SecurityPolicyRow | None:
+    now = time.monotonic()
+    with _cache_lock:
+        hit = _cache.get(engine)
+    if hit is not None and now - hit[0] < CACHE_SECONDS:
+        return hit[1]
+    try:
+        with Session(engine, expire_on_commit=False) as s:
+            row = s.get(SecurityPolicyRow, 1)
+            if row is not None:
+                s.expunge(row)
+    except SQLAlchemyError as exc:
+        raise StoreUnavailable(f"registry read failed: {exc}") from exc
+    with _cache_lock:
+        _cache[engine] = (now, row)
+    return row
+
+
+def forget_cached(engine: Engine) -> None:
+    with _cache_lock:
+        _cache.pop(engine, None)
+
+
 def load_policy(engine: Engine, auth: AuthSettings | None = None) -> Policy:
-    """The effective policy now (one primary-key read)."""
-    return stored_policy(engine, auth).policy
+    """The effective policy (read at most once a second per engine; see CACHE_SECONDS)."""
+    return _merge(_cached_row(engine), auth).policy
 
 
 def check_value(name: str, value: Any) -> None:
@@ -173,9 +207,11 @@ def save_policy(
             s.flush()
             result = _merge(row, auth)
             _cut_sessions(s, result.policy, now)
-            return result
     except SQLAlchemyError as exc:
         raise StoreUnavailable(f"registry write failed: {exc}") from exc
+    finally:
+        forget_cached(engine)
+    return result
 
 
 def _cut_sessions(s: Session, policy: Policy, now: datetime) -> None:
