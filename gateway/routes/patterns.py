@@ -16,6 +16,7 @@ an ``admin`` of the whole tree.
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Response, status
@@ -54,15 +55,24 @@ _PACKS = str(PACKS_DIR)
 _ADMIN_ATTR = "_pattern_admin"
 
 
+_RULE_IDS_TTL_S = 10.0  # where the alert engine runs elsewhere: the rule files and API rules re-read this often
+
+
 def _rule_ids(ctx: GatewayContext) -> list[str]:
-    """The alert rules a pattern may name: the running rule set here, else the rule files and API rules."""
+    """The alert rules a pattern may name: the running rule set here, else the rule files and API rules (read at
+    most every ``_RULE_IDS_TTL_S``: reading the packs takes a while)."""
     rules = getattr(ctx.alerts, "rules", None)
     if rules is not None and hasattr(rules, "rules"):
         return list(rules.rules)
+    cached: tuple[float, list[str]] | None = getattr(ctx, "_pattern_rule_ids", None)
+    if cached is not None and time.monotonic() - cached[0] < _RULE_IDS_TTL_S:
+        return cached[1]
     from alerts.rule_store import load_rules
     from alerts.rules import PACKS_DIR as RULE_PACKS
 
-    return list(load_rules([RULE_PACKS, *ctx.settings.alerts.rules_paths], ctx.registry.engine).rules.rules)
+    ids = list(load_rules([RULE_PACKS, *ctx.settings.alerts.rules_paths], ctx.registry.engine).rules.rules)
+    setattr(ctx, "_pattern_rule_ids", (time.monotonic(), ids))  # noqa: B010
+    return ids
 
 
 def get_pattern_admin(ctx: ContextDep) -> PatternAdmin:
