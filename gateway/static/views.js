@@ -59,20 +59,10 @@ function num(n, digits) {
 function regionName(id) {
   return id ? state.regionNames[id] || id : t("wholeTree");
 }
-function regionOptions(sel, withNone) {
-  sel.replaceChildren();
-  if (withNone) {
-    const o = el("option", null, "—");
-    o.value = "";
-    sel.append(o);
-  }
-  for (const [id, name] of Object.entries(state.regionNames)) {
-    const o = el("option", null, name + " (" + id + ")");
-    o.value = id;
-    sel.append(o);
-  }
+// The region choices of a form come from the tree; a form opened before the tree arrived waits for it.
+async function ensureRegions() {
+  if (!Object.keys(state.regionNames).length) await loadRegions().catch(() => {});
 }
-
 // --- a form dialog: fields, a reason where the API takes one, submit -> the API's answer in the page's words -----
 
 const formDialog = { submit: null };
@@ -512,6 +502,7 @@ function silenceScope(s) {
   return parts.join(" · ") || t("wholeTree");
 }
 async function loadSilences() {
+  await ensureRegions();  // region names in the rows
   const q = new URLSearchParams({ active: $("si-active").value, limit: 200 });
   const data = await api("/silences?" + q);
   const body = $("si-body");
@@ -550,7 +541,8 @@ function toIso(local) {
   // a datetime-local value is read as Beijing time (UTC+8, no daylight saving)
   return local ? local + (local.length === 16 ? ":00" : "") + "+08:00" : null;
 }
-function newSilence(preset) {
+async function newSilence(preset) {
+  await ensureRegions();
   const p = preset || {};
   const hours = role() === "admin" ? "8" : "2";
   const regionOpts = [["", "—"]].concat(Object.entries(state.regionNames).map(([id, name]) => [id, name + " (" + id + ")"]));
@@ -669,7 +661,8 @@ async function loadRule() {
     body.append(tr);
   }
 }
-function editOverride(rule, o) {
+async function editOverride(rule, o) {
+  await ensureRegions();
   const cur = o || {};
   const regionOpts = [["", "—"]].concat(Object.entries(state.regionNames).map(([id, name]) => [id, name + " (" + id + ")"]));
   const enabledOpts = [["", t("inherit")], ["true", t("yes")]];
@@ -783,6 +776,7 @@ async function exportAudit() {
 const ROLE_NAMES = ["viewer", "operator", "admin", "sysadmin", "secadmin", "auditor"];
 
 async function loadUsers() {
+  await ensureRegions();  // region names in the rows
   const r = await apiCall("GET", "/users");
   const body = $("us-body");
   body.replaceChildren();
@@ -813,7 +807,8 @@ function patchUser(u, change, done) {
     return r;
   });
 }
-function newUser() {
+async function newUser() {
+  await ensureRegions();
   const regionOpts = [["", t("myScope")]].concat(Object.entries(state.regionNames).map(([id, name]) => [id, name + " (" + id + ")"]));
   openForm(t("usNew"), t("usNewHelp"), t("usCreate"), [
     { name: "name", label: t("loginName"), required: true },
@@ -829,7 +824,8 @@ function newUser() {
     return r;
   });
 }
-function editUserRole(u) {
+async function editUserRole(u) {
+  await ensureRegions();
   const regionOpts = [["*", t("wholeTree")]].concat(Object.entries(state.regionNames).map(([id, name]) => [id, name + " (" + id + ")"]));
   openForm(t("usRoleBtn") + " · " + u.name, t("usRoleHelp"), t("save"), [
     { name: "role", label: t("usRole"), type: "select", options: ROLE_NAMES.map((x) => [x, t("role_" + x)]), value: u.role },
