@@ -24,7 +24,7 @@ import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import Engine
@@ -67,10 +67,12 @@ class Members(_Strict):
     them in three buildings are not a regional incident); ``rule_kinds``: the alert rule's kind (``absence``: a
     device-offline alert); ``device_types``; ``min_severity``."""
 
-    rules: list[str] = Field(default_factory=list)
-    exclude_rules: list[str] = Field(default_factory=list)
-    rule_kinds: list[str] = Field(default_factory=list)
-    device_types: list[str] = Field(default_factory=list)
+    rules: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(default_factory=list, max_length=200)
+    exclude_rules: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list, max_length=200
+    )
+    rule_kinds: list[Annotated[str, Field(max_length=32)]] = Field(default_factory=list, max_length=20)
+    device_types: list[Annotated[str, Field(max_length=32)]] = Field(default_factory=list, max_length=20)
     min_severity: Severity = Severity.INFO
 
     @field_validator("device_types")
@@ -94,9 +96,9 @@ class PatternSpec(_Strict):
     id: str = Field(pattern=RULE_ID_RE)
     kind: Literal["group", "sequence", "absence", "cross_region"]
     type: str = Field(min_length=1, max_length=64)  # the incident type the routing table maps to departments
-    title_zh: str = Field(min_length=1)
-    title_en: str = Field(min_length=1)
-    description: str = ""
+    title_zh: str = Field(min_length=1, max_length=255)  # joint_incidents.title_zh / title_en are 255
+    title_en: str = Field(min_length=1, max_length=255)
+    description: str = Field(default="", max_length=4000)
     enabled: bool = True
     severity: Severity = Severity.MAJOR
     raise_severity: int = Field(default=0, ge=0, le=3)  # severity = max(pattern's, members' highest + this)

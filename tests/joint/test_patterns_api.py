@@ -217,3 +217,17 @@ def test_a_stored_entry_that_no_longer_fits_is_skipped_not_fatal(rig: Rig) -> No
     assert svc.correlator.patterns.effective("X5", ("gd", "gz")).params.min_buildings >= 1
     listed = rig.call("GET", "/patterns").json()
     assert len(listed["problems"]) == 1 and "api override X5 [region=gz]" in listed["problems"][0]
+
+
+def test_pattern_bodies_are_bounded_in_the_openapi_document(rig: Rig) -> None:
+    r = rig.call("PUT", "/patterns/Z1", json={**NEW_PATTERN, "title_zh": "长" * 256})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "title_zh"]
+    r = rig.call("PUT", "/patterns/Z1", json={**NEW_PATTERN, "members": {"rules": ["E1"] * 201}})
+    assert r.status_code == 422
+    doc = rig.client.get("/api/v1/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    body = schemas["PatternBody"]["properties"]
+    assert body["title_zh"]["maxLength"] == 255 and body["description"]["maxLength"] == 4000
+    assert schemas["Members"]["properties"]["rules"]["maxItems"] == 200
+    override = schemas["PatternOverrideBody"]["properties"]
+    assert override["window_s"]["anyOf"][0]["maximum"] == 7 * 86400
