@@ -24,11 +24,12 @@ The payload is compact JSON (orjson) of the records, as lists::
 
 Flow control: the engine publishes its progress (``lf/internal/v1/status/engine/<client id>``: its partitions,
 how many parts it holds, the ``sent_ms`` of the last part it finished) every few hundred milliseconds. Before a
-batch, the forwarder waits while an engine of a partition it sends to holds parts and is more than
-``max_lead_s`` behind, so ingest does not run ahead of the engine: its acknowledgements wait, and MQTT flow
-control holds the backlog in the broker, as it did with the engine in ingest's process. Without this an engine
-that falls behind sees its devices' records late and its absence timers fire on devices that did report. An
-engine not heard from for 10 s is not waited for: its parts wait for it in the broker.
+batch, the forwarder waits while an engine of a partition it sends to holds more than ``max_engine_queue`` (32)
+parts, or holds parts and is more than ``max_lead_s`` (2 s) behind. So ingest does not run ahead of the engine:
+its acknowledgements wait, and MQTT flow control holds the backlog in the broker, as it did with the engine in
+ingest's process. Without this an engine that falls behind sees its devices' records late, and its absence
+timers fire on devices that did report. An engine not heard from for 10 s is not waited for: its parts wait for
+it in the broker.
 
 Ingest also publishes its status (``IngestService.status``) every few seconds, QoS 0, to
 ``lf/internal/v1/status/ingest/<client id>``: the process running the engine and the gateway shows it in
@@ -312,6 +313,7 @@ class EngineForwarder:
         status: Callable[[], Mapping[str, Any]] | None = None,
         status_interval_s: float = 2.0,
         max_lead_s: float = 2.0,
+        max_engine_queue: int = 32,
     ) -> None:
         self.settings = settings
         self.partitioner = partitioner
@@ -331,6 +333,7 @@ class EngineForwarder:
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_engine_status
         self.max_lead_s = max_lead_s
+        self.max_engine_queue = max_engine_queue
         self._engines: dict[str, tuple[dict[str, Any], float]] = {}  # client id -> (progress, when heard)
         self._engines_changed = threading.Condition()
         self.waited_s = 0.0
@@ -361,14 +364,17 @@ class EngineForwarder:
             logger.exception("engine forward: bad engine status on %s", msg.topic)
 
     def _behind(self, partitions: Iterable[int]) -> bool:
-        """An engine of one of these partitions holds parts and is more than max_lead_s behind."""
+        """An engine of one of these partitions holds more than max_engine_queue parts, or holds parts and is more
+        than max_lead_s behind."""
         now, now_ms = time.monotonic(), time.time_ns() // 1_000_000
         wanted = set(partitions)
         for doc, heard in self._engines.values():
             if now - heard > ENGINE_SILENT_S or not wanted & set(doc.get("partitions") or ()):
                 continue
-            done = doc.get("evaluated_sent_ms")
-            if doc.get("queue") and isinstance(done, int) and now_ms - done > self.max_lead_s * 1000:
+            done, queued = doc.get("evaluated_sent_ms"), int(doc.get("queue") or 0)
+            if queued > self.max_engine_queue:
+                return True
+            if queued and isinstance(done, int) and now_ms - done > self.max_lead_s * 1000:
                 return True
         return False
 
