@@ -1,4 +1,4 @@
-"""X9 and X6 end to end through a real Mosquitto, ingest and the alert engine (the stack of
+"""X9, X6 and X3 end to end through a real Mosquitto, ingest and the alert engine (the stack of
 ``test_scenarios_via_mqtt``): an alarm storm from one device is one device-fault ticket, a credential used in two
 cities is one province incident, and unrelated alerts in the same window give nothing.
 
@@ -12,7 +12,7 @@ cities is one province incident, and unrelated alerts in the same window give no
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +126,66 @@ def test_x6_one_credential_in_two_cities_is_a_province_incident_and_within_one_c
         stack.joint.tick()
         incidents = stack.incidents()
     assert [i.pattern_id for i in incidents] == ["X6"], "the hop within one city made none"
+
+
+@pytest.mark.integration
+def test_x3_vehicle_out_of_hours_without_a_gate_entry_and_with_one(
+    broker: Any, sqlite_registry: Registry, store: SqliteStore, tmp_path: Path
+) -> None:
+    """X3 through the real stack, with its watch shortened by an override edited through the API (the stored
+    layer the service loads at start): a car of agency gz-a1 used out of hours (V1) with no after-hours entry at
+    its agency is one vehicle-misuse incident of the agency, with tasks for vehicles and security; a car of agency
+    gz-a2 used while someone came in through a gate of that agency after hours (G5) is none. The working hours of
+    V1 and G5 are set three hours away from now, so the test holds at any hour."""
+    from alerts.calendar import BEIJING
+    from joint.pattern_store import PatternStore
+
+    reg = sqlite_registry
+    now = datetime.now(UTC)
+    reg.upsert_regions(REGIONS, now=now)
+    reg.add_devices(
+        [
+            DeviceSpec("car-a1", "vehicle", "gz-a1-b1"),
+            DeviceSpec("car-a2", "vehicle", "gz-a2-b1"),
+            DeviceSpec("gate-a2-night", "gate", "gz-a2-b1"),
+        ],
+        now=now,
+    )
+    local = now.astimezone(BEIJING)
+    hours = f"{(local + timedelta(hours=3)):%H:%M}-{(local + timedelta(hours=4)):%H:%M}"
+    rules = tmp_path / "hours.yaml"
+    rules.write_text(
+        "overrides:\n"
+        f"  - {{rule: V1, params: {{hours: '{hours}', grace_s: 0, min_distance_m: 0}}}}\n"
+        f"  - {{rule: G5, params: {{hours: '{hours}'}}}}\n",
+        encoding="utf-8",
+    )
+    PatternStore(reg.engine).save_override("X3", None, {"params": {"before_s": 30, "after_s": 2}}, "test", now)
+    seq = Seq()
+
+    def drive(car: str) -> list[Any]:
+        body = '"ignition":true,"lat":23.13,"lon":113.26,"speed_kmh":30'
+        return [seq.msg(car, "telemetry", body), seq.msg(car, "telemetry", body)]
+
+    entry = '"type":"access","credential":"card-9","direction":"in","result":"granted"'
+    with running_stack(broker, reg, store, rules) as stack:
+        stack.publish([seq.msg("gate-a2-night", "event", entry)])
+        wait_until(
+            lambda: any(a.rule_id == "G5" for a in stack.alerts.service.open_alerts()), 20, what="the after-hours entry"
+        )
+        stack.publish(drive("car-a2") + drive("car-a1"))
+        v1 = wait_until(
+            lambda: (
+                {a.device_id for a in stack.alerts.service.open_alerts() if a.rule_id == "V1"} >= {"car-a1", "car-a2"}
+            ),
+            20,
+            what="V1 of both cars",
+        )
+        assert v1
+        x3 = wait_until(lambda: stack.incident("X3"), 20, what="X3 after its 2 s watch")
+        assert (x3.scope_level, x3.region_id, x3.type) == (ScopeLevel.AGENCY, "gz-a1", "vehicle_misuse")
+        assert [m.device_id for m in x3.members.values()] == ["car-a1"]
+        assert sorted(t.department for t in stack.joint.store.tasks(incident_id=x3.id)) == ["security", "vehicles"]
+        stack.joint.tick(datetime.now(UTC) + timedelta(seconds=5))
+        incidents = stack.incidents()
+    assert [(i.pattern_id, i.region_id) for i in incidents] == [("X3", "gz-a1")], "the car with a gate entry: none"
