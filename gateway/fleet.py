@@ -53,6 +53,7 @@ from core.store import DeviceState, TelemetryStore, WriteBatch
 from devices.liveness import GRACE_FACTOR, is_online
 from devices.models import Region
 from devices.registry import Registry
+from gateway.views import region_json
 
 logger = logging.getLogger(__name__)
 
@@ -122,11 +123,18 @@ class _Dev:
 
 
 @dataclass(frozen=True, slots=True)
-class TypeCounts:
-    total: int = 0
-    online: int = 0
-    disabled: int = 0
-    in_use: int = 0
+class RegionRow:
+    """A region as the tree shows it, read once from the registry (plain values: no ORM access per request)."""
+
+    id: str
+    parent_id: str | None
+    path: tuple[str, ...]  # root first, the region itself last
+    json: dict[str, Any]  # gateway.views.region_json
+
+    @staticmethod
+    def of(region: Region) -> RegionRow:
+        path = tuple(p for p in region.path.split("/") if p)
+        return RegionRow(region.id, region.parent_id, path, region_json(region))
 
 
 @dataclass(slots=True)
@@ -160,7 +168,7 @@ class FleetIndex:
         self._energy: dict[str, dict[int, float]] = {}
         self._heap: list[tuple[float, str]] = []
         self._now_ms = 0
-        self._regions: list[Region] = []
+        self._regions: list[RegionRow] = []
         self._paths: dict[str, tuple[str, ...]] = {}
         self._synced_at = 0.0
         self._syncing = False
@@ -209,9 +217,10 @@ class FleetIndex:
         todo = [(info, states.get(i)) for i, info in snapshot.items() if self._differs(info, states.get(i))]
         gone = [i for i in list(self._devs) if i not in snapshot]
         details = self._details([info for info, _ in todo if info.device_id not in self._devs], states)
-        paths = {r.id: tuple(p for p in r.path.split("/") if p) for r in regions}
+        rows = [RegionRow.of(r) for r in regions]
+        paths = {r.id: r.path for r in rows}
         with self._lock:
-            self._regions, self._paths, self._snapshot = regions, paths, snapshot
+            self._regions, self._paths, self._snapshot = rows, paths, snapshot
             for info, state in todo:
                 self._upsert(info, state, details.get(info.device_id))
             for dev_id in gone:
@@ -257,8 +266,8 @@ class FleetIndex:
                 regions = self.registry.regions()
             with self._lock:
                 if regions is not None:
-                    self._regions = regions
-                    self._paths = {r.id: tuple(p for p in r.path.split("/") if p) for r in regions}
+                    self._regions = [RegionRow.of(r) for r in regions]
+                    self._paths = {r.id: r.path for r in self._regions}
                 for info in changed:
                     self._upsert(info, None, details.get(info.device_id))
                 for dev_id in gone:
@@ -456,25 +465,41 @@ class FleetIndex:
 
     # --- reading ----------------------------------------------------------------------------------------------
 
-    def regions(self) -> list[Region]:
+    def regions(self) -> list[RegionRow]:
         """The region tree as last read from the registry, ordered by path."""
         with self._lock:
             return list(self._regions)
 
-    def knows_region(self, region_id: str) -> bool:
-        with self._lock:
-            return region_id in self._paths
-
-    def region_counts(self, now_ms: int) -> dict[str, dict[str, TypeCounts]]:
-        """Each region's own devices (not its subtree) per type, at ``now_ms``."""
+    def subtree_counts(self, now_ms: int) -> dict[str, tuple[int, int, int]]:
+        """Per region, (total, online, disabled) over its whole subtree, at ``now_ms``: each region's own counters
+        added to itself and its ancestors (regions x depth, not devices)."""
         self.check_registry()
         self.advance(now_ms)
         self.maybe_resync()
+        out: dict[str, list[int]] = {}
         with self._lock:
-            return {
-                rid: {t: TypeCounts(*c) for t, c in by_type.items() if c[_TOTAL]}
-                for rid, by_type in self._counts.items()
-            }
+            paths = self._paths
+            for rid, by_type in self._counts.items():
+                total = online = disabled = 0
+                for c in by_type.values():
+                    total += c[_TOTAL]
+                    online += c[_ONLINE]
+                    disabled += c[_DISABLED]
+                if not total:
+                    continue
+                for anc in paths.get(rid, ()):
+                    acc = out.get(anc)
+                    if acc is None:
+                        out[anc] = [total, online, disabled]
+                    else:
+                        acc[0] += total
+                        acc[1] += online
+                        acc[2] += disabled
+        return {rid: (a[0], a[1], a[2]) for rid, a in out.items()}
+
+    def knows_region(self, region_id: str) -> bool:
+        with self._lock:
+            return region_id in self._paths
 
     def rollup(self, region_ids: Iterable[str] | None, now_ms: int) -> Rollup:
         """The counts of the devices registered in ``region_ids`` (None: every region), at ``now_ms``."""

@@ -10,58 +10,44 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from devices.models import Region
 from gateway.auth import Principal
 from gateway.deps import NowDep, PrincipalDep, RegistryDep
-from gateway.fleet import FleetDep, TypeCounts, json_response
+from gateway.fleet import FleetDep, RegionRow, json_response
 from gateway.params import RegionPath, error_responses
 from gateway.routes import API_PREFIX
 from gateway.scope import region_or_404
-from gateway.views import region_json
 
 router = APIRouter(prefix=API_PREFIX, tags=["regions"], responses=error_responses(401, 404, 422, 503))
 
 
 def build_tree(
-    regions: list[Region],
-    counts: dict[str, dict[str, TypeCounts]],
+    regions: list[RegionRow],
+    counts: dict[str, tuple[int, int, int]],
     principal: Principal,
 ) -> list[dict[str, Any]]:
-    """Visible regions as nested nodes; each counts the devices of its whole subtree. ``counts`` holds each
-    region's own devices per type. Pure."""
-    visible = [r for r in regions if principal.sees_region(r.id)]
+    """Visible regions as nested nodes; ``counts`` holds each region's (total, online, disabled) over its whole
+    subtree (``FleetIndex.subtree_counts``). Pure."""
     nodes: dict[str, dict[str, Any]] = {}
-    for r in visible:
-        node = region_json(r)
-        node["devices"] = {"total": 0, "online": 0, "offline": 0, "disabled": 0}
-        node["children"] = []
-        nodes[r.id] = node
-    for r in visible:
-        own = counts.get(r.id)
-        if not own:
-            continue
-        total = sum(c.total for c in own.values())
-        online = sum(c.online for c in own.values())
-        disabled = sum(c.disabled for c in own.values())
-        for rid in (p for p in r.path.split("/") if p):
-            counted = nodes.get(rid)
-            if counted is not None:
-                n = counted["devices"]
-                n["total"] += total
-                n["online"] += online
-                n["disabled"] += disabled
-                n["offline"] += total - online - disabled
     roots: list[dict[str, Any]] = []
-    for r in visible:  # ordered by path: parents come before children
+    for r in regions:  # ordered by path: parents come before children
+        if not principal.sees_region(r.id):
+            continue
+        total, online, disabled = counts.get(r.id, (0, 0, 0))
+        node = {
+            **r.json,
+            "devices": {"total": total, "online": online, "offline": total - online - disabled, "disabled": disabled},
+            "children": [],
+        }
+        nodes[r.id] = node
         parent = nodes.get(r.parent_id) if r.parent_id is not None else None
-        (parent["children"] if parent is not None else roots).append(nodes[r.id])
+        (parent["children"] if parent is not None else roots).append(node)
     return roots
 
 
 @router.get("/regions", response_model=dict[str, Any])
 def regions(fleet: FleetDep, principal: PrincipalDep, now: NowDep) -> Response:
     """The caller's part of the region tree, each node with device counts (total, online, offline, disabled)."""
-    counts = fleet.region_counts(int(now.timestamp() * 1000))
+    counts = fleet.subtree_counts(int(now.timestamp() * 1000))
     return json_response({"regions": build_tree(fleet.regions(), counts, principal)})
 
 
@@ -74,6 +60,6 @@ def region(
     if not fleet.knows_region(region_id):  # created since the index last read the registry
         fleet.build()
     sub = Principal(principal.name, principal.role, region_id, frozenset(registry.subtree_ids(region_id)))
-    counts = fleet.region_counts(int(now.timestamp() * 1000))
+    counts = fleet.subtree_counts(int(now.timestamp() * 1000))
     roots = build_tree(fleet.regions(), counts, sub)
     return json_response(roots[0])
