@@ -1,4 +1,4 @@
-"""X9, X6 and X3 end to end through a real Mosquitto, ingest and the alert engine (the stack of
+"""X9, X6, X3 and X1 end to end through a real Mosquitto, ingest and the alert engine (the stack of
 ``test_scenarios_via_mqtt``): an alarm storm from one device is one device-fault ticket, a credential used in two
 cities is one province incident, and unrelated alerts in the same window give nothing.
 
@@ -189,3 +189,63 @@ def test_x3_vehicle_out_of_hours_without_a_gate_entry_and_with_one(
         stack.joint.tick(datetime.now(UTC) + timedelta(seconds=5))
         incidents = stack.incidents()
     assert [(i.pattern_id, i.region_id) for i in incidents] == [("X3", "gz-a1")], "the car with a gate entry: none"
+
+
+@pytest.mark.integration
+def test_x1_after_hours_entry_then_a_load_rise_in_the_building(
+    broker: Any, sqlite_registry: Registry, store: SqliteStore, tmp_path: Path
+) -> None:
+    """X1 through the real stack: an after-hours entry (G5) into building b1, then a load rise there is one
+    after-hours-energy incident of the building, one severity level above its members, with tasks for security and
+    energy; a load rise in building b2 with no entry is none. The pack's load rules (E1, E4, E4.step) need a day of
+    history, so the test's rule file has a plain threshold on power (T.load) and an override stored through the API
+    makes it X1's ``then``; the window, scope, severity and routing are the pack's."""
+    from alerts.calendar import BEIJING
+    from joint.pattern_store import PatternStore
+
+    reg = sqlite_registry
+    now = datetime.now(UTC)
+    reg.upsert_regions(REGIONS, now=now)
+    reg.add_devices(
+        [
+            DeviceSpec("gate-b1-night", "gate", "gz-a1-b1"),
+            DeviceSpec("meter-b1", "energy_meter", "gz-a1-b1"),
+            DeviceSpec("meter-b2", "energy_meter", "gz-a1-b2"),
+        ],
+        now=now,
+    )
+    local = now.astimezone(BEIJING)
+    hours = f"{(local + timedelta(hours=3)):%H:%M}-{(local + timedelta(hours=4)):%H:%M}"
+    rules = tmp_path / "x1.yaml"
+    rules.write_text(
+        "rules:\n"
+        "  - {id: T.load, kind: threshold, device_types: [energy_meter], severity: warning, title_zh: 负荷高,"
+        " title_en: Load high, params: {field: power_kw, op: '>', value: 50}}\n"
+        "overrides:\n"
+        f"  - {{rule: G5, params: {{hours: '{hours}'}}}}\n",
+        encoding="utf-8",
+    )
+    PatternStore(reg.engine).save_override("X1", None, {"params": {"then": {"rules": ["T.load"]}}}, "test", now)
+    seq = Seq()
+    entry = '"type":"access","credential":"card-7","direction":"in","result":"granted"'
+    load = '"energy_kwh":100.0,"power_kw":80.0'
+    with running_stack(broker, reg, store, rules) as stack:
+        stack.publish([seq.msg("gate-b1-night", "event", entry)])
+        wait_until(lambda: any(a.rule_id == "G5" for a in stack.alerts.service.open_alerts()), 20, what="G5")
+        stack.publish([seq.msg("meter-b2", "telemetry", load), seq.msg("meter-b1", "telemetry", load)])
+        x1 = wait_until(lambda: stack.incident("X1"), 20, what="X1")
+        assert (x1.scope_level, x1.region_id, x1.type) == (ScopeLevel.BUILDING, "gz-a1-b1", "after_hours_energy")
+        assert sorted(m.rule_id for m in x1.members.values()) == ["G5", "T.load"]
+        assert x1.severity == "major", "one level above its members (warning)"
+        assert sorted(t.department for t in stack.joint.store.tasks(incident_id=x1.id)) == ["energy", "security"]
+        wait_until(
+            lambda: (
+                {a.device_id for a in stack.alerts.service.open_alerts() if a.rule_id == "T.load"}
+                == {"meter-b1", "meter-b2"}
+            ),
+            20,
+            what="both load alerts",
+        )
+        stack.joint.tick()
+        incidents = stack.incidents()
+    assert [(i.pattern_id, i.region_id) for i in incidents] == [("X1", "gz-a1-b1")], "b2's load alone: none"
