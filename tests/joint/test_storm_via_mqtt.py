@@ -1,4 +1,4 @@
-"""X9, X6, X3 and X1 end to end through a real Mosquitto, ingest and the alert engine (the stack of
+"""X9, X6, X3, X1 and X8 end to end through a real Mosquitto, ingest and the alert engine (the stack of
 ``test_scenarios_via_mqtt``): an alarm storm from one device is one device-fault ticket, a credential used in two
 cities is one province incident, and unrelated alerts in the same window give nothing.
 
@@ -249,3 +249,61 @@ def test_x1_after_hours_entry_then_a_load_rise_in_the_building(
         stack.joint.tick()
         incidents = stack.incidents()
     assert [(i.pattern_id, i.region_id) for i in incidents] == [("X1", "gz-a1-b1")], "b2's load alone: none"
+
+
+@pytest.mark.integration
+def test_x8_load_in_an_empty_building_and_none_where_someone_came_in(
+    broker: Any, sqlite_registry: Registry, store: SqliteStore, tmp_path: Path
+) -> None:
+    """X8 through the real stack: a night / non-working-day load alert in a building nobody entered after hours in
+    the day before is one empty-building-load incident with an energy task; the same load in a building with an
+    after-hours entry (G5) is none. As for X1, the pack's E2 / E3 need nights of history: a threshold (T.load) is
+    made X8's anchor through an API override; the day-long look-back, scope and routing are the pack's."""
+    from alerts.calendar import BEIJING
+    from joint.pattern_store import PatternStore
+
+    reg = sqlite_registry
+    now = datetime.now(UTC)
+    reg.upsert_regions(REGIONS, now=now)
+    reg.add_devices(
+        [
+            DeviceSpec("meter-empty", "energy_meter", "gz-a1-b3"),
+            DeviceSpec("meter-used", "energy_meter", "gz-a1-b4"),
+            DeviceSpec("gate-b4-night", "gate", "gz-a1-b4"),
+        ],
+        now=now,
+    )
+    local = now.astimezone(BEIJING)
+    hours = f"{(local + timedelta(hours=3)):%H:%M}-{(local + timedelta(hours=4)):%H:%M}"
+    rules = tmp_path / "x8.yaml"
+    rules.write_text(
+        "rules:\n"
+        "  - {id: T.load, kind: threshold, device_types: [energy_meter], severity: warning, title_zh: 负荷高,"
+        " title_en: Load high, params: {field: power_kw, op: '>', value: 50}}\n"
+        "overrides:\n"
+        f"  - {{rule: G5, params: {{hours: '{hours}'}}}}\n",
+        encoding="utf-8",
+    )
+    PatternStore(reg.engine).save_override("X8", None, {"params": {"anchor": {"rules": ["T.load"]}}}, "test", now)
+    seq = Seq()
+    entry = '"type":"access","credential":"card-8","direction":"in","result":"granted"'
+    load = '"energy_kwh":100.0,"power_kw":80.0'
+    with running_stack(broker, reg, store, rules) as stack:
+        stack.publish([seq.msg("gate-b4-night", "event", entry)])
+        wait_until(lambda: any(a.rule_id == "G5" for a in stack.alerts.service.open_alerts()), 20, what="G5")
+        stack.publish([seq.msg("meter-used", "telemetry", load), seq.msg("meter-empty", "telemetry", load)])
+        x8 = wait_until(lambda: stack.incident("X8"), 20, what="X8")
+        assert (x8.scope_level, x8.region_id, x8.type) == (ScopeLevel.BUILDING, "gz-a1-b3", "empty_building_load")
+        assert [m.device_id for m in x8.members.values()] == ["meter-empty"]
+        assert [t.department for t in stack.joint.store.tasks(incident_id=x8.id)] == ["energy"]
+        wait_until(
+            lambda: (
+                {a.device_id for a in stack.alerts.service.open_alerts() if a.rule_id == "T.load"}
+                == {"meter-empty", "meter-used"}
+            ),
+            20,
+            what="both load alerts",
+        )
+        stack.joint.tick(datetime.now(UTC) + timedelta(seconds=5))
+        incidents = stack.incidents()
+    assert [(i.pattern_id, i.region_id) for i in incidents] == [("X8", "gz-a1-b3")], "b4 had an entry: none"
