@@ -29,6 +29,54 @@ TEN = "gate-b2-ten"  # gz-a1-b2: ten tamper events, one short of X9
 LONE_DOOR = "gate-b4-door"  # gz-a1-b4: a forced door alone
 
 
+ENTRY = '"type":"access","credential":"card-7","direction":"in","result":"granted"'  # an after-hours entry (G5)
+LOAD = '"energy_kwh":100.0,"power_kw":80.0'  # above T.load
+
+
+def _hours_away(now: datetime) -> str:
+    """Working hours three hours from now (Beijing time): now is out of hours, at any hour of any day."""
+    from alerts.calendar import BEIJING
+
+    local = now.astimezone(BEIJING)
+    return f"{(local + timedelta(hours=3)):%H:%M}-{(local + timedelta(hours=4)):%H:%M}"
+
+
+def _load_setup(reg: Registry, tmp_path: Path, devices: list[DeviceSpec], pattern: str, params: dict[str, Any]) -> Path:
+    """Regions and devices; a rule file with T.load (power above 50 kW) and G5's hours away from now; the
+    pattern's params changed through the API layer (the pack's load rules need a day of history)."""
+    from joint.pattern_store import PatternStore
+
+    now = datetime.now(UTC)
+    reg.upsert_regions(REGIONS, now=now)
+    reg.add_devices(devices, now=now)
+    rules = tmp_path / "load.yaml"
+    rules.write_text(
+        "rules:\n"
+        "  - {id: T.load, kind: threshold, device_types: [energy_meter], severity: warning, title_zh: 负荷高,"
+        " title_en: Load high, params: {field: power_kw, op: '>', value: 50}}\n"
+        "overrides:\n"
+        f"  - {{rule: G5, params: {{hours: '{_hours_away(now)}'}}}}\n",
+        encoding="utf-8",
+    )
+    PatternStore(reg.engine).save_override(pattern, None, {"params": params}, "test", now)
+    return rules
+
+
+def _entry_then_loads(stack: Any, seq: Seq, gate: str, meters: list[str]) -> None:
+    """An after-hours entry at ``gate`` (waited for), then a load above T.load from each meter."""
+    stack.publish([seq.msg(gate, "event", ENTRY)])
+    wait_until(lambda: any(a.rule_id == "G5" for a in stack.alerts.service.open_alerts()), 20, what="G5")
+    stack.publish([seq.msg(m, "telemetry", LOAD) for m in meters])
+
+
+def _all_loads(stack: Any, meters: set[str]) -> None:
+    wait_until(
+        lambda: {a.device_id for a in stack.alerts.service.open_alerts() if a.rule_id == "T.load"} == meters,
+        20,
+        what="every load alert",
+    )
+
+
 @pytest.mark.integration
 def test_x9_one_device_fault_ticket_and_no_incident_from_the_near_misses(
     broker: Any, sqlite_registry: Registry, store: SqliteStore, tmp_path: Path
@@ -137,7 +185,6 @@ def test_x3_vehicle_out_of_hours_without_a_gate_entry_and_with_one(
     its agency is one vehicle-misuse incident of the agency, with tasks for vehicles and security; a car of agency
     gz-a2 used while someone came in through a gate of that agency after hours (G5) is none. The working hours of
     V1 and G5 are set three hours away from now, so the test holds at any hour."""
-    from alerts.calendar import BEIJING
     from joint.pattern_store import PatternStore
 
     reg = sqlite_registry
@@ -151,8 +198,7 @@ def test_x3_vehicle_out_of_hours_without_a_gate_entry_and_with_one(
         ],
         now=now,
     )
-    local = now.astimezone(BEIJING)
-    hours = f"{(local + timedelta(hours=3)):%H:%M}-{(local + timedelta(hours=4)):%H:%M}"
+    hours = _hours_away(now)
     rules = tmp_path / "hours.yaml"
     rules.write_text(
         "overrides:\n"
@@ -167,9 +213,8 @@ def test_x3_vehicle_out_of_hours_without_a_gate_entry_and_with_one(
         body = '"ignition":true,"lat":23.13,"lon":113.26,"speed_kmh":30'
         return [seq.msg(car, "telemetry", body), seq.msg(car, "telemetry", body)]
 
-    entry = '"type":"access","credential":"card-9","direction":"in","result":"granted"'
     with running_stack(broker, reg, store, rules) as stack:
-        stack.publish([seq.msg("gate-a2-night", "event", entry)])
+        stack.publish([seq.msg("gate-a2-night", "event", ENTRY)])
         wait_until(
             lambda: any(a.rule_id == "G5" for a in stack.alerts.service.open_alerts()), 20, what="the after-hours entry"
         )
@@ -200,52 +245,20 @@ def test_x1_after_hours_entry_then_a_load_rise_in_the_building(
     energy; a load rise in building b2 with no entry is none. The pack's load rules (E1, E4, E4.step) need a day of
     history, so the test's rule file has a plain threshold on power (T.load) and an override stored through the API
     makes it X1's ``then``; the window, scope, severity and routing are the pack's."""
-    from alerts.calendar import BEIJING
-    from joint.pattern_store import PatternStore
-
-    reg = sqlite_registry
-    now = datetime.now(UTC)
-    reg.upsert_regions(REGIONS, now=now)
-    reg.add_devices(
-        [
-            DeviceSpec("gate-b1-night", "gate", "gz-a1-b1"),
-            DeviceSpec("meter-b1", "energy_meter", "gz-a1-b1"),
-            DeviceSpec("meter-b2", "energy_meter", "gz-a1-b2"),
-        ],
-        now=now,
-    )
-    local = now.astimezone(BEIJING)
-    hours = f"{(local + timedelta(hours=3)):%H:%M}-{(local + timedelta(hours=4)):%H:%M}"
-    rules = tmp_path / "x1.yaml"
-    rules.write_text(
-        "rules:\n"
-        "  - {id: T.load, kind: threshold, device_types: [energy_meter], severity: warning, title_zh: 负荷高,"
-        " title_en: Load high, params: {field: power_kw, op: '>', value: 50}}\n"
-        "overrides:\n"
-        f"  - {{rule: G5, params: {{hours: '{hours}'}}}}\n",
-        encoding="utf-8",
-    )
-    PatternStore(reg.engine).save_override("X1", None, {"params": {"then": {"rules": ["T.load"]}}}, "test", now)
-    seq = Seq()
-    entry = '"type":"access","credential":"card-7","direction":"in","result":"granted"'
-    load = '"energy_kwh":100.0,"power_kw":80.0'
-    with running_stack(broker, reg, store, rules) as stack:
-        stack.publish([seq.msg("gate-b1-night", "event", entry)])
-        wait_until(lambda: any(a.rule_id == "G5" for a in stack.alerts.service.open_alerts()), 20, what="G5")
-        stack.publish([seq.msg("meter-b2", "telemetry", load), seq.msg("meter-b1", "telemetry", load)])
+    devices = [
+        DeviceSpec("gate-b1-night", "gate", "gz-a1-b1"),
+        DeviceSpec("meter-b1", "energy_meter", "gz-a1-b1"),
+        DeviceSpec("meter-b2", "energy_meter", "gz-a1-b2"),
+    ]
+    rules = _load_setup(sqlite_registry, tmp_path, devices, "X1", {"then": {"rules": ["T.load"]}})
+    with running_stack(broker, sqlite_registry, store, rules) as stack:
+        _entry_then_loads(stack, Seq(), "gate-b1-night", ["meter-b2", "meter-b1"])
         x1 = wait_until(lambda: stack.incident("X1"), 20, what="X1")
         assert (x1.scope_level, x1.region_id, x1.type) == (ScopeLevel.BUILDING, "gz-a1-b1", "after_hours_energy")
         assert sorted(m.rule_id for m in x1.members.values()) == ["G5", "T.load"]
         assert x1.severity == "major", "one level above its members (warning)"
         assert sorted(t.department for t in stack.joint.store.tasks(incident_id=x1.id)) == ["energy", "security"]
-        wait_until(
-            lambda: (
-                {a.device_id for a in stack.alerts.service.open_alerts() if a.rule_id == "T.load"}
-                == {"meter-b1", "meter-b2"}
-            ),
-            20,
-            what="both load alerts",
-        )
+        _all_loads(stack, {"meter-b1", "meter-b2"})
         stack.joint.tick()
         incidents = stack.incidents()
     assert [(i.pattern_id, i.region_id) for i in incidents] == [("X1", "gz-a1-b1")], "b2's load alone: none"
@@ -259,51 +272,19 @@ def test_x8_load_in_an_empty_building_and_none_where_someone_came_in(
     the day before is one empty-building-load incident with an energy task; the same load in a building with an
     after-hours entry (G5) is none. As for X1, the pack's E2 / E3 need nights of history: a threshold (T.load) is
     made X8's anchor through an API override; the day-long look-back, scope and routing are the pack's."""
-    from alerts.calendar import BEIJING
-    from joint.pattern_store import PatternStore
-
-    reg = sqlite_registry
-    now = datetime.now(UTC)
-    reg.upsert_regions(REGIONS, now=now)
-    reg.add_devices(
-        [
-            DeviceSpec("meter-empty", "energy_meter", "gz-a1-b3"),
-            DeviceSpec("meter-used", "energy_meter", "gz-a1-b4"),
-            DeviceSpec("gate-b4-night", "gate", "gz-a1-b4"),
-        ],
-        now=now,
-    )
-    local = now.astimezone(BEIJING)
-    hours = f"{(local + timedelta(hours=3)):%H:%M}-{(local + timedelta(hours=4)):%H:%M}"
-    rules = tmp_path / "x8.yaml"
-    rules.write_text(
-        "rules:\n"
-        "  - {id: T.load, kind: threshold, device_types: [energy_meter], severity: warning, title_zh: 负荷高,"
-        " title_en: Load high, params: {field: power_kw, op: '>', value: 50}}\n"
-        "overrides:\n"
-        f"  - {{rule: G5, params: {{hours: '{hours}'}}}}\n",
-        encoding="utf-8",
-    )
-    PatternStore(reg.engine).save_override("X8", None, {"params": {"anchor": {"rules": ["T.load"]}}}, "test", now)
-    seq = Seq()
-    entry = '"type":"access","credential":"card-8","direction":"in","result":"granted"'
-    load = '"energy_kwh":100.0,"power_kw":80.0'
-    with running_stack(broker, reg, store, rules) as stack:
-        stack.publish([seq.msg("gate-b4-night", "event", entry)])
-        wait_until(lambda: any(a.rule_id == "G5" for a in stack.alerts.service.open_alerts()), 20, what="G5")
-        stack.publish([seq.msg("meter-used", "telemetry", load), seq.msg("meter-empty", "telemetry", load)])
+    devices = [
+        DeviceSpec("meter-empty", "energy_meter", "gz-a1-b3"),
+        DeviceSpec("meter-used", "energy_meter", "gz-a1-b4"),
+        DeviceSpec("gate-b4-night", "gate", "gz-a1-b4"),
+    ]
+    rules = _load_setup(sqlite_registry, tmp_path, devices, "X8", {"anchor": {"rules": ["T.load"]}})
+    with running_stack(broker, sqlite_registry, store, rules) as stack:
+        _entry_then_loads(stack, Seq(), "gate-b4-night", ["meter-used", "meter-empty"])
         x8 = wait_until(lambda: stack.incident("X8"), 20, what="X8")
         assert (x8.scope_level, x8.region_id, x8.type) == (ScopeLevel.BUILDING, "gz-a1-b3", "empty_building_load")
         assert [m.device_id for m in x8.members.values()] == ["meter-empty"]
         assert [t.department for t in stack.joint.store.tasks(incident_id=x8.id)] == ["energy"]
-        wait_until(
-            lambda: (
-                {a.device_id for a in stack.alerts.service.open_alerts() if a.rule_id == "T.load"}
-                == {"meter-empty", "meter-used"}
-            ),
-            20,
-            what="both load alerts",
-        )
+        _all_loads(stack, {"meter-empty", "meter-used"})
         stack.joint.tick(datetime.now(UTC) + timedelta(seconds=5))
         incidents = stack.incidents()
     assert [(i.pattern_id, i.region_id) for i in incidents] == [("X8", "gz-a1-b3")], "b4 had an entry: none"
