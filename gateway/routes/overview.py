@@ -3,14 +3,18 @@
 Devices per type (total, online), open alerts per severity, active incidents per severity, the energy meters' use
 today against its baseline and the vehicles in use. Device figures come from the in-memory fleet index
 (``gateway.fleet``: its docstring defines "online", "in use", "today" and the baseline); alert and incident
-figures are two grouped SQL counts on indexed columns. The page polls it (it is not on the live stream).
+figures are two grouped SQL counts on indexed columns, cached per scope for at most 2 s and dropped when the alert
+service of this process stores a change. The page polls it (it is not on the live stream).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -74,10 +78,61 @@ def incident_counts(registry: Registry, principal: Principal, region: str | None
     return _severities(rows)
 
 
+class CountCache:
+    """Alert and incident counts per scope, kept at most ``max_age_s`` and dropped at once when the alert service
+    of this process stores a change (``AlertService.subscribe_batch``). Where the alert engine runs in another
+    process, the age bound alone applies."""
+
+    def __init__(self, max_age_s: float = 2.0) -> None:
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._items: dict[tuple[Any, ...], tuple[float, dict[str, int]]] = {}
+
+    def clear(self, _events: object = None) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def get(self, key: tuple[Any, ...], compute: Callable[[], dict[str, int]]) -> dict[str, int]:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._items.get(key)
+        if hit is not None and now - hit[0] < self.max_age_s:
+            return dict(hit[1])
+        value = compute()
+        with self._lock:
+            self._items[key] = (now, value)
+        return dict(value)
+
+
+_CACHE_LOCK = threading.Lock()
+
+
+def get_counts(request: Request) -> CountCache:
+    """The app's count cache, subscribed to the alert service's changes when one runs in this process."""
+    state = request.app.state
+    cache: CountCache | None = getattr(state, "overview_counts", None)
+    if cache is not None:
+        return cache
+    with _CACHE_LOCK:
+        cache = getattr(state, "overview_counts", None)
+        if cache is None:
+            cache = CountCache()
+            alerts = state.ctx.alerts
+            service = getattr(alerts, "service", alerts)
+            if service is not None and hasattr(service, "subscribe_batch"):
+                service.subscribe_batch(cache.clear)
+            state.overview_counts = cache
+    return cache
+
+
+CountsDep = Annotated[CountCache, Depends(get_counts)]
+
+
 @router.get("/overview")
 def overview(
     registry: RegistryDep,
     fleet: FleetDep,
+    counts: CountsDep,
     principal: PrincipalDep,
     now: NowDep,
     region: RegionQuery = None,
@@ -101,13 +156,15 @@ def overview(
     for t, c in roll.by_type.items():
         by_type[t] = {"total": c[0], "online": c[1]}
     vehicles = roll.by_type.get(VEHICLE, [0, 0, 0, 0])
-    incidents = incident_counts(registry, principal, region)
+    incidents = counts.get(
+        ("incidents", region, principal.region_id), lambda: incident_counts(registry, principal, region)
+    )
     meters = roll.by_type.get(METER, [0, 0, 0, 0])
     return {
         "region_id": scope_id,
         "at": iso(now_ms),
         "devices": {"by_type": by_type},
-        "alerts": {"by_severity": alert_counts(registry, scope_id)},
+        "alerts": {"by_severity": counts.get(("alerts", scope_id), lambda: alert_counts(registry, scope_id))},
         "incidents": {"open": sum(incidents.values()), "by_severity": incidents},
         "energy": {
             "meters": meters[0],

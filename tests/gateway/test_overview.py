@@ -291,3 +291,28 @@ def _walk(nodes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         out[n["id"]] = n
         out.update(_walk(n["children"]))
     return out
+
+
+def test_alert_counts_follow_changes_within_the_cache_age(client: Client, gateway: Gateway) -> None:
+    assert client.get("/overview").json()["alerts"]["by_severity"]["info"] == 0
+    with Session(gateway.ctx.registry.engine) as s, s.begin():
+        s.add(_alert(9, "gate-gz-0001", "/gd/gz/gz-jgj/gz-b1/", "info", "firing"))
+    wait_until(lambda: client.get("/overview").json()["alerts"]["by_severity"]["info"] == 1, 5, what="2 s cache")
+    assert client.get("/overview", user="sz").json()["alerts"]["by_severity"]["info"] == 0
+
+
+def test_count_cache_is_dropped_on_a_change() -> None:
+    from gateway.routes.overview import CountCache
+
+    calls = []
+
+    def compute() -> dict[str, int]:
+        calls.append(1)
+        return {"major": len(calls)}
+
+    cache = CountCache(max_age_s=60)
+    assert cache.get(("alerts", None), compute) == {"major": 1}
+    assert cache.get(("alerts", None), compute) == {"major": 1}  # cached
+    assert cache.get(("alerts", "gz"), compute) == {"major": 2}  # per scope
+    cache.clear([])  # the alert service stored a change
+    assert cache.get(("alerts", None), compute) == {"major": 3}
