@@ -189,7 +189,7 @@ class StreamClient(threading.Thread):
         super().__init__(name=name, daemon=True)
         self.port, self.token = port, token
         self.lags: dict[tuple[str, int], float] = {}
-        self.reading_lags: list[float] = []  # the gate heartbeats (the newest reading per device and batch)
+        self.reading_lags: list[float] = []  # gate heartbeats (the newest reading per device, every 10th batch)
         self.opened = threading.Event()
         self.stop = threading.Event()
         self.error: str | None = None
@@ -212,9 +212,13 @@ class StreamClient(threading.Thread):
                     return
                 if not line.startswith(b"data:"):
                     continue
-                msg = json.loads(line[5:])
                 now_ms = time.time() * 1000
                 self.batches += 1
+                # parsed only when it holds an event counted here, a drop count, or (heartbeat lag) every 10th batch:
+                # 50 clients in one Python process must not fall behind the server they measure
+                if b'"door_forced"' not in line and b'"dropped"' not in line and self.batches % 10:
+                    continue
+                msg = json.loads(line[5:])
                 self.dropped += int(msg.get("dropped", 0))
                 for e in msg.get("events", ()):
                     if e.get("type") == "door_forced":
