@@ -48,6 +48,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Depends, Request, Response
 
+from core import gcpolicy
 from core.protocol import DeviceInfo
 from core.store import DeviceState, TelemetryStore, WriteBatch
 from devices.liveness import GRACE_FACTOR, is_online
@@ -632,6 +633,9 @@ def get_fleet(request: Request) -> FleetIndex:
             index = FleetIndex(ctx.registry, ctx.store, ctx.clock)
             ctx.broadcaster.add_listener(index.on_batch)
             index.build()
+            # a record per device lives as long as the process: out of the full collections (core/gcpolicy.py),
+            # which would otherwise walk them every few hundred requests
+            gcpolicy.settle("fleet index built")
             state.fleet = index
     return index
 
