@@ -166,6 +166,9 @@ class Runtime:
             )
         listeners = list(self.listeners)
         consume = self.engine_here and not self.with_ingest and s.alerts.enabled  # the engine role, fed over MQTT
+        if self.engine_here and s.alerts.enabled:
+            # Built first: it checks the rule files, so a typo is one clear line before any broker connection.
+            self.alerts = AlertsRuntime(s, self.registry)
         if consume:
             # The engine's session first (so nothing forwarded to it is dropped), evaluating nothing until the
             # engine is loaded; then ingest starts in its child process, in parallel with the engine's loading.
@@ -183,9 +186,8 @@ class Runtime:
             if self.spawn_ingest:
                 self.ingest_child = IngestChild(s)
                 self.ingest_child.start()
-        if self.engine_here and s.alerts.enabled:
+        if self.alerts is not None:
             # Alerts start before ingest and stop after it: no batch arrives after their final state write.
-            self.alerts = AlertsRuntime(s, self.registry)
             if s.joint.enabled:  # joint prevention and control: attached and loaded before alerts flow
                 self.joint = build_joint(s, self.registry, self.alerts)
                 # The gateway is given the alerts runtime: it finds the joint service there (routes/incidents.py).
