@@ -53,6 +53,11 @@ class MqttSettings(_Section):
     # with broker_autosave_on_changes every this many changes.
     broker_autosave_interval: int = Field(default=1, ge=1)
     broker_autosave_on_changes: bool = False
+    # Where the embedded broker keeps device identities (docs/adr/0006-live-provisioning.md): "dynsec" (default)
+    # binds each device's client id to its username at CONNECT, as PROTOCOL.md requires, but every change rewrites
+    # the whole dynamic-security file (a live import is quadratic in the fleet); "password_file" adds thousands of
+    # devices to a running broker in seconds, without that client-id binding.
+    device_identities: Literal["dynsec", "password_file"] = "dynsec"
 
 
 class StoreSettings(_Section):

@@ -156,7 +156,8 @@ class Runtime:
                 sim_password=sec.sim if s.env == "dev" else None,
                 autosave_interval_s=s.mqtt.broker_autosave_interval,
                 autosave_on_changes=s.mqtt.broker_autosave_on_changes,
-                device_passwd=True,  # device identities in a password file, changed live (ADR 0006)
+                # device identities in a password file, changed live, when chosen (ADR 0006; dynsec otherwise)
+                device_passwd=s.mqtt.device_identities == "password_file",
                 **tls_files(s),
             )
             self.broker = MosquittoProcess(cfg)
