@@ -64,6 +64,7 @@ ENGINE_LAG = Gauge(
 )
 ENGINE_CONNECTED = Gauge("lianfang_engine_broker_connected", "1 when the engine role is connected to the broker")
 
+CONNECTED_METRIC = "lianfang_ingest_broker_connected"
 STATUS_STALE_S = 10.0  # an ingest process that has not reported for this long is not fine
 STATUS_FORGET_S = 300.0  # ... and is forgotten after this long (it was stopped or scaled in)
 
@@ -343,9 +344,20 @@ class EngineConsumer:
 
     def ingest_metrics(self) -> dict[str, str]:
         """The latest ``lianfang_ingest_*`` exposition of every ingest process heard from recently."""
+        return {src: text for src, (text, _) in self.relayed_ingest_metrics().items()}
+
+    def relayed_ingest_metrics(self) -> dict[str, tuple[str, bool]]:
+        """Each ingest process's latest exposition, and whether it still holds: it came within STATUS_STALE_S
+        and this process hears the broker (the relay goes through it, so without the broker a relayed value is
+        only the last one seen)."""
         now = time.monotonic()
+        live = self.connected.is_set()
         with self._ingest_lock:
-            return {src: text for src, (text, at) in self._ingest_metrics.items() if now - at <= STATUS_FORGET_S}
+            return {
+                src: (text, live and now - at <= STATUS_STALE_S)
+                for src, (text, at) in self._ingest_metrics.items()
+                if now - at <= STATUS_FORGET_S
+            }
 
     def ingest_status(self) -> dict[str, Any]:
         """The ingest processes' statuses as one, in the shape of ``Runtime.ingest_status`` (``stalled``,
@@ -474,8 +486,8 @@ class RelayedIngestMetrics:
     (ingest/forward.py), each sample labelled ``ingest="<client id>"``. ``install`` takes this process's own
     (idle) ingest metrics out of the registry while it is installed, so no name is exposed twice."""
 
-    def __init__(self, texts: Callable[[], Mapping[str, str]]) -> None:
-        self._texts = texts
+    def __init__(self, texts: Callable[[], Mapping[str, tuple[str, bool]]]) -> None:
+        self._texts = texts  # client id -> (exposition, still current)
         self._own = [m for m in vars(ingest_metrics).values() if isinstance(m, MetricWrapperBase)]
         self._installed = False
 
@@ -484,7 +496,7 @@ class RelayedIngestMetrics:
 
     def collect(self) -> list[Metric]:
         merged: dict[str, Metric] = {}
-        for src, text in sorted(self._texts().items()):
+        for src, (text, current) in sorted(self._texts().items()):
             try:
                 families = list(text_string_to_metric_families(text))
             except ValueError:
@@ -495,7 +507,10 @@ class RelayedIngestMetrics:
                 if m is None:
                     m = merged[fam.name] = Metric(fam.name, fam.documentation, fam.type, fam.unit)
                 for smp in fam.samples:
-                    m.add_sample(smp.name, {**smp.labels, "ingest": src}, smp.value, smp.timestamp, smp.exemplar)
+                    value = smp.value
+                    if smp.name == CONNECTED_METRIC and not current:
+                        value = 0.0  # not heard from through the broker: its connection is not known to be up
+                    m.add_sample(smp.name, {**smp.labels, "ingest": src}, value, smp.timestamp, smp.exemplar)
         return list(merged.values())
 
     def install(self) -> RelayedIngestMetrics:

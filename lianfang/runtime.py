@@ -183,7 +183,7 @@ class Runtime:
             except BrokerUnavailable:
                 self.stop()
                 raise
-            self.relayed_metrics = RelayedIngestMetrics(self.engine.ingest_metrics).install()
+            self.relayed_metrics = RelayedIngestMetrics(self.engine.relayed_ingest_metrics).install()
             if self.spawn_ingest:
                 self.ingest_child = IngestChild(s)
                 self.ingest_child.start()

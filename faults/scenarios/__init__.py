@@ -251,6 +251,11 @@ BROKER_DROP_ALERT = re.compile(r"(?i)(drop|overflow|queue)")
 STALL_ALERT = re.compile(r"(?i)(stall|store unavailable|store_unavailable|ingest)")
 
 
+def metric_values(metrics: dict[str, float], name: str) -> list[float]:
+    """Every series of one metric, whatever its labels (serve relays ingest's metrics with ``ingest="<id>"``)."""
+    return [v for k, v in metrics.items() if k.split("{")[0] == name]
+
+
 def metric_sum_any(metrics: dict[str, float], pattern: str) -> float:
     rx = re.compile(pattern)
     return sum(v for k, v in metrics.items() if rx.search(k) and not k.split("{")[0].endswith(("_created",)))

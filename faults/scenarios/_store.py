@@ -19,6 +19,7 @@ from faults.scenarios import (
     fleet,
     is_platform_alert,
     metric_sum_any,
+    metric_values,
     settle,
     traffic,
     watch,
@@ -33,8 +34,8 @@ def _platform_alert(items: list[dict[str, Any]]) -> bool:
 
 def _stall_metric(m: dict[str, float]) -> bool:
     """The held backlog shows: store errors counted (or a stall flagged) while messages wait unacknowledged."""
-    held = m.get("lianfang_ingest_unacked_messages", 0) > 0
-    failing = m.get("lianfang_ingest_store_errors_total", 0) > 0 or metric_sum_any(m, STALL_METRIC) > 0
+    held = sum(metric_values(m, "lianfang_ingest_unacked_messages")) > 0
+    failing = sum(metric_values(m, "lianfang_ingest_store_errors_total")) > 0 or metric_sum_any(m, STALL_METRIC) > 0
     return held and failing
 
 

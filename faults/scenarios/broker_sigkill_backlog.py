@@ -25,6 +25,7 @@ from faults.scenarios import (
     count,
     fleet,
     loss_accounted,
+    metric_values,
     settle,
     watch,
 )
@@ -60,7 +61,7 @@ def sigkill_with_backlog(ctx: Ctx, res: Result, overrides: dict[str, Any], *, re
                 obs,
                 t0,
                 ctx.pick(10, 60) if require_loss else ctx.pick(5, 30),
-                metric=lambda m: m.get("lianfang_ingest_seq_gaps_total", 0) > 0,
+                metric=lambda m: sum(metric_values(m, "lianfang_ingest_seq_gaps_total")) > 0,
                 alert=lambda items: any(
                     a.get("device_id") in UNBUFFERED and DATA_QUALITY_ALERT.search(alert_text(a)) for a in items
                 ),
