@@ -46,6 +46,7 @@ from ingest import metrics as ingest_metrics
 from ingest.forward import (
     ENGINE_STATUS_TOPIC,
     METRICS_FILTER,
+    RELAYED_PREFIX,
     STATUS_FILTER,
     LossNotice,
     decode,
@@ -488,7 +489,13 @@ class RelayedIngestMetrics:
 
     def __init__(self, texts: Callable[[], Mapping[str, tuple[str, bool]]]) -> None:
         self._texts = texts  # client id -> (exposition, still current)
-        self._own = [m for m in vars(ingest_metrics).values() if isinstance(m, MetricWrapperBase)]
+        # Only the families ingest relays (lianfang_ingest_*): the rest of ingest/metrics.py (the broker's dropped
+        # messages, counted by this process's own monitor) stays this process's.
+        self._own = [
+            m
+            for m in vars(ingest_metrics).values()
+            if isinstance(m, MetricWrapperBase) and any(d.name.startswith(RELAYED_PREFIX) for d in m.describe())
+        ]
         self._installed = False
 
     def describe(self) -> list[Metric]:

@@ -26,3 +26,16 @@ def test_relayed_connected_holds_only_while_the_relay_is_current() -> None:
     assert got[(CONNECTED_METRIC, "ingest-b")] == 0.0  # stale: not known to be connected
     # other figures are the last ones relayed, labelled by process
     assert got[("lianfang_ingest_received_total", "ingest-b")] == 42.0
+
+
+def test_install_takes_out_only_the_relayed_families() -> None:
+    from prometheus_client import REGISTRY
+
+    relay = RelayedIngestMetrics(lambda: {}).install()
+    try:
+        # this process's own broker-drop counter stays exposed; its idle ingest gauges do not
+        assert REGISTRY.get_sample_value("lianfang_broker_dropped_messages_total") is not None
+        assert REGISTRY.get_sample_value(CONNECTED_METRIC) is None
+    finally:
+        relay.uninstall()
+    assert REGISTRY.get_sample_value(CONNECTED_METRIC) is not None
