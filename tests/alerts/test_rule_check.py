@@ -293,6 +293,7 @@ def test_serve_refuses_to_start_with_one_clear_line(tmp_path: Path, capsys: pyte
     import typer
 
     from core.settings import StoreSettings
+    from devices.broker import free_port
     from lianfang.serve_cmd import run_service
 
     path = tmp_path / "typos.yaml"
@@ -305,7 +306,7 @@ def test_serve_refuses_to_start_with_one_clear_line(tmp_path: Path, capsys: pyte
         alerts=AlertSettings(rules_paths=[path]),
     )
     with pytest.raises(typer.Exit) as exc:
-        run_service(settings)
+        run_service(settings, port=free_port())  # not 8000: a demo may be running on this machine
     assert exc.value.exit_code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
