@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Self
 
 from alerts.types import AlertChange, Severity
 from core import clock
@@ -125,7 +125,13 @@ class PlatformAlerts:
         self.raised = 0
         self.resolved = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="platform-alerts", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+
+    thread_name = "platform-alerts"
+
+    def changes(self, status: Mapping[str, Any], root: tuple[str, ...], now: datetime) -> list[AlertChange]:
+        """Pure: what to raise or resolve for this status (a subclass watches another status)."""
+        return platform_changes(status, self.known, region_path=root, now=now)
 
     def poll_once(self) -> list[AlertChange]:
         """One check: read the status, send what changed. Never raises."""
@@ -138,7 +144,7 @@ class PlatformAlerts:
             except Exception as exc:  # the registry is down too: scope to no region rather than say nothing
                 logger.warning("platform alerts: root region unknown (%s); raising without a region", exc)
                 root = ()
-            changes = platform_changes(status, self.known, region_path=root, now=self._clock())
+            changes = self.changes(status, root, self._clock())
             if not changes:
                 return []
             self._apply(changes)
@@ -159,7 +165,7 @@ class PlatformAlerts:
         while not self._stop.wait(self.interval_s):
             self.poll_once()
 
-    def start(self) -> PlatformAlerts:
+    def start(self) -> Self:
         self.poll_once()
         self._thread.start()
         return self

@@ -36,9 +36,8 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from alerts.platform import PLATFORM_DEVICE
+from alerts.platform import PLATFORM_DEVICE, PlatformAlerts
 from alerts.types import AlertChange, Severity
-from core import clock
 from core.errors import BrokerUnavailable
 from core.settings import AlertSettings, MqttSettings
 from core.store import BatchListener
@@ -430,56 +429,15 @@ def engine_stall_changes(
     ]
 
 
-class EngineStallAlerts:
+class EngineStallAlerts(PlatformAlerts):
     """Polls the engine status every ``interval_s``; raises or resolves "alert engine stalled" through ``apply``
-    (``AlertsRuntime.apply_platform_changes``). The check runs on its own thread, not the engine worker's."""
+    (``AlertsRuntime.apply_platform_changes``). The check runs on its own thread, not the engine worker's; the
+    polling, logging and counting are PlatformAlerts'."""
 
-    def __init__(
-        self,
-        status: Callable[[], Mapping[str, Any]],
-        apply: Callable[[list[AlertChange]], object],
-        root_region: Callable[[], Sequence[str]],
-        *,
-        interval_s: float = 5.0,
-        clock_fn: Callable[[], datetime] = clock.now,
-    ) -> None:
-        self._status = status
-        self._apply = apply
-        self._root = root_region
-        self.interval_s = interval_s
-        self._clock = clock_fn
-        self.known: bool | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="engine-stall-alerts", daemon=True)
+    thread_name = "engine-stall-alerts"
 
-    def poll_once(self) -> list[AlertChange]:
-        try:
-            changes = engine_stall_changes(
-                self._status(), self.known, region_path=tuple(self._root()), now=self._clock()
-            )
-            if changes:
-                self._apply(changes)
-                self.known = changes[0].firing
-                log = logger.error if self.known else logger.info
-                log("platform alert %s %s", ENGINE_STALLED_RULE, "raised" if self.known else "clear")
-            return changes
-        except Exception:
-            logger.exception("engine stall check failed")
-            return []
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.poll_once()
-
-    def start(self) -> EngineStallAlerts:
-        self.poll_once()
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(10)
+    def changes(self, status: Mapping[str, Any], root: tuple[str, ...], now: datetime) -> list[AlertChange]:
+        return engine_stall_changes(status, self.known.get(ENGINE_STALLED_RULE), region_path=root, now=now)
 
 
 class RelayedIngestMetrics:
