@@ -42,6 +42,7 @@ from alerts.rules import (
 )
 from alerts.types import AlertChange
 from core.protocol import Event, Reading, Record, Status
+from core.trips import haversine_m
 
 MAX_GROUPS = 1000  # per (rule, device): distinct credentials etc. kept
 MAX_RECENT = 32
@@ -170,12 +171,6 @@ def _lag(seen_ms: int, ts_ms: int) -> int:
     flushed, a redelivery after an outage) the two differ by the delay: the deadline moves by it, so the rest of
     the backlog, arriving right behind, decides whether the condition held, not the wall clock."""
     return max(0, seen_ms - ts_ms) if seen_ms else 0
-
-
-def haversine_m(a: Sequence[float], b: Sequence[float]) -> float:
-    lat1, lon1, lat2, lon2 = map(math.radians, (a[0], a[1], b[0], b[1]))
-    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
-    return 2 * 6_371_000 * math.asin(min(1.0, math.sqrt(h)))
 
 
 def point_in_polygon(lat: float, lon: float, poly: Sequence[Sequence[float]]) -> bool:
