@@ -36,26 +36,21 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from alerts.wiring import AlertsRuntime
-from core.settings import AlertSettings, Settings
 from core.store.sqlite import SqliteStore
 from devices.registry import DeviceSpec, Registry
 from devices.sim_publisher import SharedPublisher
 from devices.simulator import BEIJING, Fleet, Incident, SimMessage, WorkCalendar
-from ingest.service import IngestService
 from tests.alerts.engine_helpers import Run, make_rule, reading, subject
+from tests.alerts.mqtt_harness import docs, running_stack
 from tests.alerts.test_pack_scenarios import REGIONS, Dev
 from tests.helpers import wait_until
-from tests.ingest.conftest import ingest_on
 
 # --- the night fleet: one device per scenario, a near miss next to each --------------------------------------
 
@@ -179,10 +174,6 @@ def busy_messages(start: datetime) -> list[SimMessage]:
     return fleet.advance(start + timedelta(minutes=BUSY_MINUTES))
 
 
-def docs(msgs: Sequence[SimMessage], device_id: str, kind: str) -> list[dict[str, Any]]:
-    return [m.doc() for m in msgs if m.device_id == device_id and m.kind == kind]
-
-
 class LivePublisher:
     """The live fleet on its own connection and thread: advanced to the wall clock every 0.1 s, published."""
 
@@ -216,47 +207,6 @@ class LivePublisher:
         self._stop.set()
         self._thread.join(5)
         self.pub.close()
-
-
-@dataclass
-class Stack:
-    alerts: AlertsRuntime
-    ingest: IngestService
-    pub: SharedPublisher
-
-    def publish(self, msgs: Sequence[SimMessage]) -> None:
-        for m in msgs:
-            self.pub.publish(m)
-        assert self.pub.flush(15), "broker did not acknowledge every message"
-
-    def wait_acked(self, n: int, what: str) -> None:
-        wait_until(lambda: self.ingest.stats.acked >= n, 15, what=what)
-
-    def stored(self) -> list[tuple[str, str, int]]:
-        """(rule, device, count) of every alert stored, open or resolved."""
-        return sorted((a.rule_id, a.device_id, a.count) for a in self.alerts.service.repo.alerts())
-
-
-@contextmanager
-def running_stack(broker: Any, reg: Registry, store: SqliteStore, rules: Path) -> Iterator[Stack]:
-    """AlertsRuntime (default packs + ``rules``, 50 ms ticks) behind a real IngestService on ``broker``."""
-    settings = Settings(alerts=AlertSettings(rules_paths=[rules], tick_interval_s=0.05, escalation_tick_s=0.5))
-    alerts = AlertsRuntime(settings, reg, notify_stop_timeout_s=3, notify_idle_wait_s=0.05)
-    ingest = ingest_on(broker, store, reg.snapshot, listeners=[alerts.on_batch])
-    pub = SharedPublisher("127.0.0.1", broker.port, "lianfang-sim", broker.sim_password)
-    alerts.start()
-    try:
-        ingest.start()
-        try:
-            pub.start()
-            try:
-                yield Stack(alerts, ingest, pub)
-            finally:
-                pub.close()
-        finally:
-            ingest.stop()
-    finally:
-        alerts.stop()
 
 
 @pytest.mark.integration
