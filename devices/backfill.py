@@ -1,0 +1,499 @@
+"""History back-fill: weeks of realistic telemetry written straight into the telemetry store (``WriteBatch``).
+
+``lianfang sim backfill --weeks N`` (devices/sim_cli.py) and the demo's first start (lianfang/demo.py) use it so that
+the reports (vehicles, energy, coverage, scorecard) have history to show. The generator is pure (no I/O, no
+clock): :func:`generate` yields one ``WriteBatch`` per Beijing day for [start, end); :func:`backfill` writes them.
+Each device draws from its own ``random.Random`` seeded with ``(seed, device id)``, so the history of a device is
+the same for a given seed whatever other devices are back-filled with it.
+
+Behaviour (Beijing time; working days are the official calendar with its make-up working days, the simulator's
+``WorkCalendar``):
+
+- gates: a roster of people per gate (``roster_size``); on a working day each comes in around their own arrival
+  time (08:00-09:30) and leaves around their own time (17:00-18:30), some by the exit button; a few visitors
+  during the day; a few denied attempts. On a non-working day only a few (about 4 %) come in. Telemetry
+  ``door_open`` / ``occupancy`` every ``heartbeat_s``.
+- vehicles: parked at their depot (their region's coordinates) at night; on working days trips between 08:30 and
+  17:00 to the other buildings and agencies of their city and back, with ``ignition_on`` / ``ignition_off``
+  (and sometimes ``driver_login``) events and positions every 30-60 s while moving; a parked position every
+  ``heartbeat_s``. Usage differs: agencies in sorted order ``i % 5 == 1`` are under-used (x0.3), ``i % 5 == 3``
+  busy (x1.8); one vehicle in ten is hardly used (x0.15). A few trips after hours on working days.
+- energy meters: ``power_kw`` on the simulator's hour-of-week load shape (``load_share``), ``energy_kwh``
+  integrating it (never decreasing), every ``meter_interval_s``. Waste patterns: about 12 % of meters keep a high
+  night base load (equipment left on, +25 % of nominal 20:00-07:00), about 8 % run on non-working days like on a
+  working day. A meter with sub-meters (attribute ``parent_meter`` on the subs) reads the sum of its subs.
+- sensors: ``temperature_c`` / ``humidity_pct`` with a daily cycle every ``heartbeat_s``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from typing import Protocol
+
+from core.protocol import Event, Reading, Status
+from core.store import WriteBatch
+from devices.simulator import BEIJING, SimDevice, Site, WorkCalendar, _km, load_share
+
+DAY_MS = 86_400_000
+MINUTE_MS = 60_000
+
+# Usage factors of vehicles (see the module docstring).
+UNDER_USED_AGENCY = 0.3
+BUSY_AGENCY = 1.8
+IDLE_VEHICLE = 0.15
+TRIPS_PER_WORKING_DAY = 2.5
+TRIPS_PER_OFF_DAY = 0.1
+AFTER_HOURS_TRIP_P = 0.03
+# Meter waste patterns.
+NIGHT_WASTE_P = 0.12
+NIGHT_WASTE_SHARE = 0.25
+WEEKEND_WASTE_P = 0.08
+# Gates.
+PRESENT_WORKING_P = 0.93
+PRESENT_OFF_P = 0.04
+EXIT_BUTTON_P = 0.35
+DENIED_P = 0.03
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillOptions:
+    seed: int = 1
+    meter_interval_s: int = 900  # 15-minute readings (E8 looks at 15-minute demand)
+    heartbeat_s: int = 3600  # gates, sensors, parked vehicles
+    roster_size: int = 30  # people per gate
+    move_interval_s: tuple[int, int] = (30, 60)  # vehicle positions while moving
+
+
+@dataclass(slots=True)
+class BackfillCounts:
+    days: int = 0
+    readings: int = 0
+    events: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Person:
+    person_id: str
+    credential: str
+    arrive_min: float
+    leave_min: float
+
+
+@dataclass(slots=True)
+class _Dev:
+    dev: SimDevice
+    rng: random.Random
+    # gates
+    roster: list[_Person] = field(default_factory=list)
+    # vehicles
+    usage: float = 1.0
+    lat: float = 0.0
+    lon: float = 0.0
+    odometer: float = 0.0
+    fuel: float = 80.0
+    drivers: tuple[str, ...] = ()
+    # meters
+    nominal_kw: float = 50.0
+    energy: float = 0.0
+    night_waste: bool = False
+    weekend_waste: bool = False
+    subs: list[_Dev] = field(default_factory=list)
+    parent: str | None = None
+
+
+def _ms(local: datetime) -> int:
+    return int(local.timestamp() * 1000)
+
+
+def _new_state(dev: SimDevice, seed: int, usage: float, parent: str | None) -> _Dev:
+    rng = random.Random(f"{seed}:{dev.id}")
+    st = _Dev(dev, rng, parent=parent)
+    if dev.type == "gate":
+        st.roster = [
+            _Person(
+                f"p-{dev.id}-{k:03d}",
+                f"card-{rng.getrandbits(32):08x}",
+                rng.uniform(8 * 60, 9 * 60 + 30),
+                rng.uniform(17 * 60, 18 * 60 + 30),
+            )
+            for k in range(rng.randint(20, 40))
+        ]
+    elif dev.type == "vehicle":
+        st.usage = usage * (IDLE_VEHICLE if rng.random() < 0.1 else 1.0)
+        st.lat, st.lon = dev.lat, dev.lon
+        st.odometer = round(rng.uniform(5_000, 80_000), 1)
+        st.drivers = tuple(f"drv-{dev.id}-{k}" for k in range(rng.randint(1, 3)))
+    elif dev.type == "energy_meter":
+        st.nominal_kw = dev.nominal_kw if dev.nominal_kw is not None else rng.uniform(20, 200)
+        st.energy = round(rng.uniform(1_000, 50_000), 3)
+        st.night_waste = rng.random() < NIGHT_WASTE_P
+        st.weekend_waste = rng.random() < WEEKEND_WASTE_P
+    return st
+
+
+def agency_usage(region_ids: Sequence[str]) -> dict[str, float]:
+    """Usage factor per vehicle region: in sorted order, ``i % 5 == 1`` under-used, ``i % 5 == 3`` busy."""
+    out: dict[str, float] = {}
+    for i, rid in enumerate(sorted(set(region_ids))):
+        out[rid] = UNDER_USED_AGENCY if i % 5 == 1 else BUSY_AGENCY if i % 5 == 3 else 1.0
+    return out
+
+
+def _states(devices: Sequence[SimDevice], parents: Mapping[str, str], seed: int) -> list[_Dev]:
+    usage = agency_usage([d.region_id for d in devices if d.type == "vehicle"])
+    states = [_new_state(d, seed, usage.get(d.region_id, 1.0), parents.get(d.id)) for d in devices]
+    by_id = {s.dev.id: s for s in states}
+    for s in states:
+        if s.parent is not None and s.dev.type == "energy_meter":
+            parent = by_id.get(s.parent)
+            if parent is not None and parent.dev.type == "energy_meter" and parent.parent is None:
+                parent.subs.append(s)
+            else:
+                s.parent = None  # its parent is not back-filled: it reads on its own
+    for s in states:
+        if s.subs:  # the parent reads the sum of its subs: start from their sum
+            s.energy = round(sum(x.energy for x in s.subs), 3)
+    return states
+
+
+class _Day:
+    """What one day of one device produces."""
+
+    def __init__(self, st: _Dev, day: date, working: bool, out: WriteBatch, end_ms: int) -> None:
+        self.st = st
+        self.day = day
+        self.working = working
+        self.out = out
+        self.end_ms = end_ms
+        self.midnight = _ms(datetime.combine(day, time(0), BEIJING))
+        self.first = len(out.readings)  # where this device's readings of the day start in ``out``
+        self.readings = 0
+        self.events = 0
+        self._event_ts: set[tuple[int, str]] = set()
+
+    def at(self, minute: float) -> int:
+        return self.midnight + int(minute * MINUTE_MS)
+
+    def reading(self, ts: int, fields: dict[str, float | bool]) -> None:
+        if ts >= self.end_ms:
+            return
+        d = self.st.dev
+        self.out.readings.append(Reading(d.id, d.region_id, d.type, ts, None, fields))
+        self.readings += 1
+
+    def event(self, ts: int, etype: str, data: dict[str, object]) -> None:
+        while (ts, etype) in self._event_ts:  # events are unique on device + time + type
+            ts += 1
+        if ts >= self.end_ms:
+            return
+        self._event_ts.add((ts, etype))
+        d = self.st.dev
+        self.out.events.append(Event(d.id, d.region_id, d.type, ts, None, etype, data))
+        self.events += 1
+
+
+# --- gates ----------------------------------------------------------------------------------------------------
+
+
+def _gate_day(g: _Day, opts: BackfillOptions) -> None:
+    rng = g.st.rng
+    passes: list[tuple[int, str, _Person | None]] = []  # (ts, direction, person)
+    for p in g.st.roster:
+        if g.working:
+            if rng.random() >= PRESENT_WORKING_P:
+                continue
+            t_in, t_out = p.arrive_min + rng.gauss(0, 12), p.leave_min + rng.gauss(0, 20)
+        else:
+            if rng.random() >= PRESENT_OFF_P:
+                continue
+            t_in, t_out = rng.uniform(9 * 60, 11 * 60), rng.uniform(14 * 60, 17 * 60)
+        t_in, t_out = max(6 * 60.0, t_in), min(23 * 60.0, max(t_in + 30, t_out))
+        passes += [(g.at(t_in), "in", p), (g.at(t_out), "out", p)]
+    visitors = sum(1 for _ in range(len(g.st.roster) // 5) if rng.random() < 0.5) if g.working else 0
+    for _ in range(visitors):
+        t_in = rng.uniform(9 * 60 + 30, 16 * 60)
+        passes += [(g.at(t_in), "in", None), (g.at(t_in + rng.uniform(15, 120)), "out", None)]
+    passes.sort(key=lambda x: (x[0], x[1]))
+    occupancy, hourly, k = 0, [], 0
+    for ts, direction, person in passes:
+        if rng.random() < DENIED_P:
+            g.event(
+                ts - rng.randint(5_000, 30_000),
+                "access",
+                {"credential": f"card-{rng.getrandbits(32):08x}", "direction": direction, "result": "denied"},
+            )
+        if direction == "out" and rng.random() < EXIT_BUTTON_P:
+            g.event(ts, "request_to_exit", {})
+        else:
+            cred = person.credential if person is not None else f"visitor-{rng.getrandbits(24):06x}"
+            data: dict[str, object] = {"credential": cred, "direction": direction, "result": "granted"}
+            data["method"] = "card" if rng.random() < 0.6 else "face"
+            if person is not None:
+                data["person_id"] = person.person_id
+            g.event(ts, "access", data)
+        occupancy = occupancy + 1 if direction == "in" else max(0, occupancy - 1)
+        hourly.append((ts, occupancy))
+    for ts in range(g.midnight, g.midnight + DAY_MS, opts.heartbeat_s * 1000):
+        while k < len(hourly) and hourly[k][0] <= ts:
+            k += 1
+        g.reading(ts, {"door_open": False, "occupancy": hourly[k - 1][1] if k else 0})
+
+
+# --- vehicles -------------------------------------------------------------------------------------------------
+
+
+def _poisson(rng: random.Random, lam: float) -> int:
+    n, p, limit = 0, 1.0, math.exp(-lam)
+    while True:
+        p *= rng.random()
+        if p <= limit:
+            return n
+        n += 1
+
+
+class _Drive:
+    """One vehicle's day in time order: parked beats fill the time between legs."""
+
+    def __init__(self, g: _Day, opts: BackfillOptions) -> None:
+        self.g, self.opts, self.st = g, opts, g.st
+        self.step = opts.heartbeat_s * 1000
+        self.next_beat = g.midnight
+
+    def fields(
+        self, speed: float, heading: float, ignition: bool, lat: float, lon: float, odo: float, fuel: float
+    ) -> dict[str, float | bool]:
+        return {
+            "lat": round(lat, 6),
+            "lon": round(lon, 6),
+            "speed_kmh": round(speed, 1),
+            "heading_deg": round(heading, 1),
+            "ignition": ignition,
+            "odometer_km": round(odo, 1),
+            "fuel_pct": round(fuel, 1),
+        }
+
+    def park_until(self, t_ms: int) -> None:
+        st = self.st
+        while self.next_beat < t_ms:
+            self.g.reading(self.next_beat, self.fields(0.0, 0.0, False, st.lat, st.lon, st.odometer, st.fuel))
+            self.next_beat += self.step
+
+    def leg(self, t_ms: int, dst: tuple[float, float]) -> int:
+        """Drive from where the vehicle is to ``dst`` starting at ``t_ms``; returns the arrival time."""
+        self.park_until(t_ms)
+        g, st, rng = self.g, self.st, self.st.rng
+        src = (st.lat, st.lon)
+        km = _km(src[0], src[1], dst[0], dst[1]) * 1.3  # roads are not straight
+        speed = rng.uniform(25, 45)
+        duration = int(km / speed * 3_600_000) + MINUTE_MS
+        heading = math.degrees(math.atan2(dst[1] - src[1], dst[0] - src[0])) % 360.0
+        g.event(t_ms, "ignition_on", {})
+        if rng.random() < 0.5:
+            g.event(t_ms, "driver_login", {"driver_id": rng.choice(st.drivers)})
+        odo0, fuel0 = st.odometer, st.fuel
+        g.reading(t_ms, self.fields(0.0, heading, True, src[0], src[1], odo0, fuel0))
+        lo, hi = self.opts.move_interval_s
+        t = t_ms + rng.randint(lo, hi) * 1000
+        while t < t_ms + duration:
+            f = (t - t_ms) / duration
+            lat, lon = src[0] + (dst[0] - src[0]) * f, src[1] + (dst[1] - src[1]) * f
+            v = speed * rng.uniform(0.6, 1.4)
+            g.reading(t, self.fields(v, heading, True, lat, lon, odo0 + km * f, fuel0 - km * f * 0.08))
+            t += rng.randint(lo, hi) * 1000
+        arrive = t_ms + duration
+        st.odometer += km
+        st.fuel = max(5.0, st.fuel - km * 0.08)
+        if st.fuel < 20:
+            st.fuel = 95.0  # refuelled
+        st.lat, st.lon = dst
+        g.event(arrive, "ignition_off", {})
+        g.reading(arrive, self.fields(0.0, heading, False, dst[0], dst[1], st.odometer, st.fuel))
+        self.next_beat = max(self.next_beat, arrive + 1)
+        self.next_beat += (-(self.next_beat - g.midnight)) % self.step  # back on the beat grid
+        return arrive
+
+    def round_trip(self, t_ms: int) -> int:
+        """Out to another site, a stay, and back to the depot; returns when it is back."""
+        rng = self.st.rng
+        arrive = self.leg(t_ms, _destination(self.st))
+        return self.leg(arrive + rng.randint(15, 90) * MINUTE_MS, (self.st.dev.lat, self.st.dev.lon))
+
+
+def _destination(st: _Dev) -> tuple[float, float]:
+    sites: Sequence[Site] = st.dev.sites
+    if sites:
+        s = st.rng.choice(sites)
+        return s.lat, s.lon
+    km, angle = st.rng.uniform(2, 8), st.rng.uniform(0, 2 * math.pi)
+    lat = st.dev.lat + km * math.cos(angle) / 111.0
+    return lat, st.dev.lon + km * math.sin(angle) / (111.0 * max(0.2, math.cos(math.radians(st.dev.lat))))
+
+
+def _vehicle_day(g: _Day, opts: BackfillOptions) -> None:
+    st, rng = g.st, g.st.rng
+    drive = _Drive(g, opts)
+    lam = (TRIPS_PER_WORKING_DAY if g.working else TRIPS_PER_OFF_DAY) * st.usage
+    t = g.at(8 * 60 + 30 + rng.uniform(0, 90))
+    for _ in range(_poisson(rng, lam)):
+        if t >= g.at(16 * 60):
+            break
+        home = drive.round_trip(t)
+        t = home + rng.randint(20, 120) * MINUTE_MS
+    if g.working and rng.random() < AFTER_HOURS_TRIP_P * st.usage:
+        drive.round_trip(max(t, g.at(rng.uniform(19 * 60, 21 * 60))))
+    drive.park_until(g.midnight + DAY_MS)
+
+
+# --- meters and sensors ---------------------------------------------------------------------------------------
+
+
+def _power(st: _Dev, local: datetime, working: bool) -> float:
+    shape_working = working or st.weekend_waste
+    share = load_share(local, shape_working) * (0.8 if shape_working and not working else 1.0)
+    if st.night_waste and (local.hour >= 20 or local.hour < 7):
+        share += NIGHT_WASTE_SHARE
+    return max(0.0, st.nominal_kw * share * (1 + st.rng.gauss(0, 0.03)))
+
+
+def _meter_day(g: _Day, opts: BackfillOptions, subs: Sequence[_Day]) -> None:
+    """A meter's readings; a parent meter's power and energy are the sums of its subs' (already generated)."""
+    st = g.st
+    step = opts.meter_interval_s * 1000
+    sub_rows: list[dict[int, dict[str, float | bool]]] = [
+        {r.ts_ms: r.fields for r in s.out.readings[s.first : s.first + s.readings]} for s in subs
+    ]
+    for ts in range(g.midnight, g.midnight + DAY_MS, step):
+        if ts >= g.end_ms:
+            break
+        if st.subs:
+            power = sum(float(rows.get(ts, {}).get("power_kw", 0.0)) for rows in sub_rows)
+            energy = sum(float(rows.get(ts, {}).get("energy_kwh", 0.0)) for rows in sub_rows)
+        else:
+            local = datetime.fromtimestamp(ts / 1000, BEIJING)
+            power = _power(st, local, g.working)
+            st.energy += power * step / 3_600_000
+            energy = st.energy
+        g.reading(ts, {"energy_kwh": round(energy, 3), "power_kw": round(power, 3)})
+
+
+def _sensor_day(g: _Day, opts: BackfillOptions) -> None:
+    rng = g.st.rng
+    for ts in range(g.midnight, g.midnight + DAY_MS, opts.heartbeat_s * 1000):
+        local = datetime.fromtimestamp(ts / 1000, BEIJING)
+        phase = 2 * math.pi * (local.hour + local.minute / 60 - 9) / 24
+        temp = 22 + 3 * math.sin(phase) + rng.gauss(0, 0.2)
+        hum = 55 - 8 * math.sin(phase) + rng.gauss(0, 1)
+        g.reading(ts, {"temperature_c": round(temp, 2), "humidity_pct": round(min(100.0, max(0.0, hum)), 1)})
+
+
+# --- the whole history ----------------------------------------------------------------------------------------
+
+
+def generate(
+    devices: Sequence[SimDevice],
+    start: datetime,
+    end: datetime,
+    *,
+    options: BackfillOptions | None = None,
+    parents: Mapping[str, str] | None = None,
+    calendar: WorkCalendar | None = None,
+) -> Iterator[tuple[date, WriteBatch]]:
+    """One batch per Beijing day from ``start``'s day up to ``end`` (exclusive; records at or after it are left
+    out, records before ``start`` too). ``parents``: sub-meter id -> its parent meter's id."""
+    opts = options or BackfillOptions()
+    cal = calendar or WorkCalendar()
+    states = _states(devices, parents or {}, opts.seed)
+    # sub-meters before their parents (a parent sums its subs' readings of the same day)
+    order = sorted(states, key=lambda s: 1 if s.subs else 0)
+    start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+    day = start.astimezone(BEIJING).date()
+    last = (end - timedelta(milliseconds=1)).astimezone(BEIJING).date()
+    while day <= last:
+        working = cal.is_working_day(day)
+        batch = WriteBatch()
+        days: dict[str, _Day] = {}
+        for st in order:
+            g = _Day(st, day, working, batch, end_ms)
+            days[st.dev.id] = g
+            t = st.dev.type
+            if t == "gate":
+                _gate_day(g, opts)
+            elif t == "vehicle":
+                _vehicle_day(g, opts)
+            elif t == "energy_meter":
+                _meter_day(g, opts, [days[s.dev.id] for s in st.subs])
+            else:
+                _sensor_day(g, opts)
+        if start_ms > days_start_ms(day):
+            batch.readings = [r for r in batch.readings if r.ts_ms >= start_ms]
+            batch.events = [e for e in batch.events if e.ts_ms >= start_ms]
+        _count(batch)
+        yield day, batch
+        day += timedelta(days=1)
+
+
+def days_start_ms(day: date) -> int:
+    return _ms(datetime.combine(day, time(0), BEIJING))
+
+
+def _count(batch: WriteBatch) -> None:
+    for r in batch.readings:
+        c = batch.counter(r.device_id)
+        c.messages += 1
+        c.last_seen_ms = max(c.last_seen_ms, r.ts_ms)
+    for e in batch.events:
+        c = batch.counter(e.device_id)
+        c.messages += 1
+        c.last_seen_ms = max(c.last_seen_ms, e.ts_ms)
+
+
+class BatchWriter(Protocol):
+    """What back-fill needs of a telemetry store."""
+
+    def write(self, batch: WriteBatch) -> None: ...
+
+
+def backfill(
+    store: BatchWriter,
+    devices: Sequence[SimDevice],
+    start: datetime,
+    end: datetime,
+    *,
+    options: BackfillOptions | None = None,
+    parents: Mapping[str, str] | None = None,
+    progress: Callable[[date, BackfillCounts], None] | None = None,
+    max_batch: int = 200_000,
+) -> BackfillCounts:
+    """Generate and write the history of [start, end) day by day (several days per write while a batch stays
+    under ``max_batch`` records); returns what was written. Each device also gets an ``online`` status at its
+    first record."""
+    counts = BackfillCounts()
+    pending = WriteBatch()
+    first = True
+    for day, batch in generate(devices, start, end, options=options, parents=parents):
+        if first:
+            seen: set[str] = set()
+            for dev_id, region_id, ts in [(x.device_id, x.region_id, x.ts_ms) for x in batch.readings + batch.events]:
+                if dev_id not in seen:
+                    seen.add(dev_id)
+                    batch.statuses.append(Status(dev_id, region_id, ts, "online"))
+            first = False
+        counts.days += 1
+        counts.readings += len(batch.readings)
+        counts.events += len(batch.events)
+        for rd in batch.readings:
+            counts.by_type[rd.device_type] = counts.by_type.get(rd.device_type, 0) + 1
+        pending.extend(batch)
+        if len(pending) >= max_batch:
+            store.write(pending)
+            pending = WriteBatch()
+        if progress is not None:
+            progress(day, counts)
+    if len(pending):
+        store.write(pending)
+    return counts

@@ -1,0 +1,154 @@
+"""History back-fill (devices/backfill.py): counts per device per day, the official calendar (holidays and make-up
+working days), meters monotonic and sub-meters summing to their parent, vehicles parked at their depot at night,
+determinism with the seed, and the write path into the SQLite store."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+from core.store import WriteBatch
+from core.store.sqlite import SqliteStore
+from devices.backfill import BackfillOptions, agency_usage, backfill, generate
+from devices.simulator import BEIJING, SimDevice, Site
+
+SITES = (Site("b2", 23.14, 113.30), Site("b3", 23.10, 113.25))
+DEVICES = [
+    SimDevice("gate-1", "gate", "b1", 23.12, 113.26),
+    SimDevice("gate-2", "gate", "b1", 23.12, 113.26),
+    SimDevice("car-1", "vehicle", "a1", 23.12, 113.26, sites=SITES),
+    SimDevice("car-2", "vehicle", "a1", 23.12, 113.26, sites=SITES),
+    SimDevice("meter-main", "energy_meter", "b1", 23.12, 113.26),
+    SimDevice("meter-sub1", "energy_meter", "b1", 23.12, 113.26),
+    SimDevice("meter-sub2", "energy_meter", "b1", 23.12, 113.26),
+    SimDevice("sensor-1", "sensor", "b1", 23.12, 113.26),
+]
+PARENTS = {"meter-sub1": "meter-main", "meter-sub2": "meter-main"}
+# 2026-09-19 (Saturday) to 2026-10-12: the make-up working Sunday 2026-09-20, the National Day holiday 10-01..07,
+# the make-up working Saturday 10-10.
+START = datetime(2026, 9, 12, tzinfo=BEIJING)
+END = datetime(2026, 10, 12, tzinfo=BEIJING)
+
+
+def _days(seed: int = 7, **kw: object) -> list[tuple[date, WriteBatch]]:
+    opts = BackfillOptions(seed=seed)
+    return list(generate(DEVICES, START, END, options=opts, parents=PARENTS, **kw))  # type: ignore[arg-type]
+
+
+def _day(ts_ms: int) -> date:
+    return datetime.fromtimestamp(ts_ms / 1000, BEIJING).date()
+
+
+def test_one_batch_per_day_and_counts_per_device_per_day() -> None:
+    days = _days()
+    assert [d for d, _ in days] == [date(2026, 9, 12) + timedelta(days=k) for k in range(30)]
+    for _, batch in days:
+        per_dev = Counter(r.device_id for r in batch.readings)
+        assert per_dev["meter-main"] == per_dev["meter-sub1"] == 96  # every 15 minutes
+        assert per_dev["sensor-1"] == 24  # hourly
+        assert per_dev["gate-1"] == 24  # hourly heartbeat
+        assert per_dev["car-1"] >= 20  # parked beats, plus positions while moving
+    for d, batch in days:
+        assert {_day(r.ts_ms) for r in batch.readings} == {d}
+        assert all(_day(e.ts_ms) == d for e in batch.events)
+
+
+def _gate_events(days: list[tuple[date, WriteBatch]]) -> dict[date, int]:
+    return {d: sum(1 for e in b.events if e.device_type == "gate") for d, b in days}
+
+
+def test_official_calendar_holidays_and_make_up_days() -> None:
+    per_day = _gate_events(_days())
+    working_thursday, holiday_thursday = per_day[date(2026, 9, 24)], per_day[date(2026, 10, 1)]
+    assert working_thursday > 60
+    assert holiday_thursday < working_thursday / 5
+    # make-up working days (a Sunday and a Saturday) look like working days; an ordinary Sunday does not
+    assert per_day[date(2026, 9, 20)] > per_day[date(2026, 9, 13)] * 5
+    assert per_day[date(2026, 10, 10)] > per_day[date(2026, 10, 4)] * 5
+    trips = {d: sum(1 for e in b.events if e.type == "ignition_on") for d, b in _days()}
+    holiday_trips = sum(trips[date(2026, 10, k)] for k in range(1, 8))
+    work_trips = sum(trips[d] for d in trips if date(2026, 9, 21) <= d <= date(2026, 9, 24))
+    assert work_trips > holiday_trips
+
+
+def test_meters_monotonic_and_subs_sum_to_parent() -> None:
+    series: dict[str, list[tuple[int, float]]] = {}
+    for _, batch in _days():
+        for r in batch.readings:
+            if r.device_type == "energy_meter":
+                series.setdefault(r.device_id, []).append((r.ts_ms, float(r.fields["energy_kwh"])))
+    for values in series.values():
+        assert values == sorted(values)  # time order
+        assert all(b[1] >= a[1] for a, b in itertools.pairwise(values))
+    main = dict(series["meter-main"])
+    for ts, value in series["meter-sub1"]:
+        assert abs(main[ts] - value - dict(series["meter-sub2"])[ts]) < 0.01
+
+
+def test_night_load_and_waste_shape() -> None:
+    """Power at 03:00 is a base load well below the working-day 10:00 load."""
+    for d, batch in _days():
+        if d != date(2026, 9, 24):
+            continue
+        power = {
+            datetime.fromtimestamp(r.ts_ms / 1000, BEIJING).hour: float(r.fields["power_kw"])
+            for r in batch.readings
+            if r.device_id == "meter-sub1" and r.ts_ms % 3_600_000 == 0
+        }
+        assert power[3] < power[10] * 0.8
+
+
+def test_vehicles_parked_at_depot_at_night() -> None:
+    for _, batch in _days():
+        for r in batch.readings:
+            if r.device_type != "vehicle":
+                continue
+            hour = datetime.fromtimestamp(r.ts_ms / 1000, BEIJING).hour
+            if hour < 6:
+                assert (r.fields["lat"], r.fields["lon"], r.fields["ignition"]) == (23.12, 113.26, False)
+        odo: dict[str, float] = {}
+        for r in sorted(batch.readings, key=lambda x: x.ts_ms):
+            if r.device_type == "vehicle":
+                assert float(r.fields["odometer_km"]) >= odo.get(r.device_id, 0.0) - 0.05
+                odo[r.device_id] = float(r.fields["odometer_km"])
+
+
+def test_moving_positions_every_30_to_60_s() -> None:
+    batch = next(b for d, b in _days() if d == date(2026, 9, 24))
+    moving = sorted(r.ts_ms for r in batch.readings if r.device_id == "car-1" and r.fields["ignition"])
+    gaps = [b - a for a, b in itertools.pairwise(moving) if b - a < 300_000]
+    assert gaps and all(gap <= 61_000 for gap in gaps)
+
+
+def test_deterministic_with_the_seed() -> None:
+    def digest(days: list[tuple[date, WriteBatch]]) -> list[tuple[str, int, str]]:
+        return [(r.device_id, r.ts_ms, str(r.fields)) for _, b in days for r in b.readings] + [
+            (e.device_id, e.ts_ms, str(e.data)) for _, b in days for e in b.events
+        ]
+
+    assert digest(_days(7)) == digest(_days(7))
+    assert digest(_days(7)) != digest(_days(8))
+
+
+def test_agency_usage_has_under_used_and_busy_agencies() -> None:
+    usage = agency_usage([f"a{k}" for k in range(6)])
+    assert sorted(usage.values()) == [0.3, 1.0, 1.0, 1.0, 1.0, 1.8]
+
+
+def test_backfill_writes_through_the_store(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "t.db", synchronous="NORMAL", background_checkpoint=False)
+    try:
+        end = START + timedelta(days=3, hours=5)
+        counts = backfill(store, DEVICES, START, end, options=BackfillOptions(seed=3), parents=PARENTS)
+        assert counts.days == 4
+        assert store.count_readings() == counts.readings
+        assert store.count_readings("meter-main") == 3 * 96 + 5 * 4
+        last = store.last_values("meter-main")
+        assert last["energy_kwh"][0] < int(end.timestamp() * 1000)
+        states = store.device_states(["gate-1"])
+        assert states["gate-1"].status == "online"
+        assert states["gate-1"].messages > 0
+    finally:
+        store.close()
