@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from core.errors import StoreUnavailable
 from gateway.audit import AuditTrail
 from gateway.context import GatewayContext
+from gateway.fleet import start_fleet
 from gateway.metrics import MetricsMiddleware
 from gateway.params import ErrorBody
 from gateway.routes import API_PREFIX, alerts, devices, events, health, incidents, ingress, me, regions, rules, stream
@@ -120,6 +121,8 @@ def create_app(ctx: GatewayContext) -> FastAPI:
         if ctx.dev_open and ctx.settings.env == "dev":
             logger.warning("gateway: dev_open is on; requests without a token are admin until a user exists")
         incidents.attach(ctx)  # the live stream of incidents, the linkage actions
+        if ctx.warm_fleet:
+            start_fleet(_app.state)  # the overview's and the tree's counts, built off the request path
         yield
         incidents.detach(ctx)
         ctx.broadcaster.close()

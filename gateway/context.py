@@ -42,3 +42,6 @@ class GatewayContext:
     # Device identities for the device management routes: a callable (actor) -> context manager of a
     # ``devices.provisioning.Provisioner`` (``gateway.deps.ProvisioningFactory``); None: the configured broker.
     provisioning: Any | None = None
+    # Build the device counts of the overview and the region tree in the background at start-up
+    # (``gateway.fleet.start_fleet``) instead of on the first request; ``serve`` turns it on.
+    warm_fleet: bool = False

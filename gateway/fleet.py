@@ -46,7 +46,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, Request, Response
+from fastapi import Depends, HTTPException, Request, Response, status
 
 from core import gcpolicy
 from core.protocol import DeviceInfo
@@ -620,22 +620,69 @@ def json_response(content: Any) -> Response:
     return Response(orjson.dumps(content), media_type="application/json")
 
 
+# How long a request that arrives while the start-up build runs waits for it before answering 503 (Retry-After).
+WARM_WAIT_S = 5.0
+
+
+def _make_index(state: Any) -> FleetIndex:
+    ctx = state.ctx
+    index = FleetIndex(ctx.registry, ctx.store, ctx.clock)
+    ctx.broadcaster.add_listener(index.on_batch)
+    index.build()
+    # a record per device lives as long as the process: out of the full collections (core/gcpolicy.py),
+    # which would otherwise walk them every few hundred requests
+    gcpolicy.settle("fleet index built")
+    return index
+
+
+def start_fleet(state: Any) -> threading.Thread:
+    """Build the app's index in a background thread now (``serve`` at start-up, ``GatewayContext.warm_fleet``), so
+    the first ``/api/v1/overview`` or ``/api/v1/regions`` finds it ready instead of reading every device itself.
+    The energy baseline is started too (it is the other cold read)."""
+
+    def run() -> None:
+        try:
+            with _BUILD_LOCK:
+                if getattr(state, "fleet", None) is None:
+                    index = _make_index(state)
+                    state.fleet = index
+                    index._start_baseline(beijing_day(index._now_ms))
+        except Exception:
+            logger.exception("fleet index: the start-up build failed (the first request builds it)")
+        finally:
+            state.fleet_warming = None
+
+    thread = threading.Thread(target=run, name="fleet-build", daemon=True)
+    state.fleet_warming = thread
+    thread.start()
+    return thread
+
+
 def get_fleet(request: Request) -> FleetIndex:
-    """The app's index, built on first use (the first request waits for it) and fed by the live stream's batches."""
+    """The app's index. Built at start-up in the background when the app was asked to (``start_fleet``): a request
+    arriving during that build waits for it up to ``WARM_WAIT_S`` (then 503 with Retry-After), it never scans the
+    devices itself. Without a start-up build, the first request builds it (and waits). Fed by the live stream's
+    batches either way."""
     state = request.app.state
     index: FleetIndex | None = getattr(state, "fleet", None)
     if index is not None:
         return index
+    warming: threading.Thread | None = getattr(state, "fleet_warming", None)
+    if warming is not None:
+        warming.join(WARM_WAIT_S)
+        built: FleetIndex | None = getattr(state, "fleet", None)
+        if built is not None:
+            return built
+        if warming.is_alive():
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                detail="counting the devices after start-up, retry in a few seconds",
+                headers={"Retry-After": "2"},
+            )
     with _BUILD_LOCK:
         index = getattr(state, "fleet", None)
         if index is None:
-            ctx = state.ctx
-            index = FleetIndex(ctx.registry, ctx.store, ctx.clock)
-            ctx.broadcaster.add_listener(index.on_batch)
-            index.build()
-            # a record per device lives as long as the process: out of the full collections (core/gcpolicy.py),
-            # which would otherwise walk them every few hundred requests
-            gcpolicy.settle("fleet index built")
+            index = _make_index(state)
             state.fleet = index
     return index
 

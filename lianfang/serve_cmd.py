@@ -90,6 +90,7 @@ def run_service(
         broadcaster=broadcaster,
         ingress=ingress,
         alerts=runtime.alerts,
+        warm_fleet=True,  # the overview's counts built at start-up, not by the first request
     )
     server = _Server(
         uvicorn.Config(

@@ -48,7 +48,7 @@ from gateway.params import (
 )
 from gateway.routes import API_PREFIX
 from gateway.routes.incidents import incidents_of_alerts
-from gateway.scope import device_or_404, not_found, region_or_404
+from gateway.scope import device_or_404, not_found, region_or_404, subtree_path, under_path
 
 router = APIRouter(prefix=API_PREFIX, tags=["alerts"], responses=error_responses(400, 401, 403, 404, 409, 422, 503))
 
@@ -171,7 +171,8 @@ def list_alerts(
         region_or_404(registry, principal, region)
     scope = region if region is not None else principal.region_id
     if scope is not None:
-        q = q.where(AlertRow.region_path.contains(f"/{scope}/", autoescape=True))
+        dialect = svc.repo.engine.dialect.name
+        q = q.where(under_path(AlertRow.region_path, subtree_path(registry, scope), dialect))  # an index range
     if device is not None:
         device_or_404(registry, principal, device)
         q = q.where(AlertRow.device_id == device)

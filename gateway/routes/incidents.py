@@ -39,7 +39,7 @@ from gateway.deps import AuditDep, ContextDep, NowDep, PrincipalDep, RegistryDep
 from gateway.live import Broadcaster
 from gateway.params import Limit, ObjectId, Offset, RegionQuery, error_responses, iso_at
 from gateway.routes import API_PREFIX
-from gateway.scope import not_found, region_or_404
+from gateway.scope import not_found, region_or_404, subtree_path, under_path
 from joint.actions import (
     SYSTEM,
     ActionConflict,
@@ -371,7 +371,7 @@ def _list_query(
         region_or_404(registry, principal, region)
         q = q.where(
             or_(
-                IncidentRow.region_path.contains(f"/{region}/", autoescape=True),
+                under_path(IncidentRow.region_path, subtree_path(registry, region), registry.engine.dialect.name),
                 IncidentRow.id.in_(
                     select(IncidentMemberRow.incident_id).where(
                         IncidentMemberRow.region_id.in_(registry.subtree_ids(region))
@@ -382,7 +382,9 @@ def _list_query(
     if principal.region_ids is not None and principal.region_id is not None:
         q = q.where(
             or_(
-                IncidentRow.region_path.contains(f"/{principal.region_id}/", autoescape=True),
+                under_path(
+                    IncidentRow.region_path, subtree_path(registry, principal.region_id), registry.engine.dialect.name
+                ),
                 IncidentRow.id.in_(
                     select(IncidentMemberRow.incident_id).where(
                         IncidentMemberRow.region_id.in_(sorted(principal.region_ids))

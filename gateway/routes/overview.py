@@ -28,7 +28,7 @@ from gateway.deps import NowDep, PrincipalDep, RegistryDep
 from gateway.fleet import METER, VEHICLE, FleetDep
 from gateway.params import RegionQuery, error_responses, iso
 from gateway.routes import API_PREFIX
-from gateway.scope import region_filter
+from gateway.scope import region_filter, subtree_path, under_path
 from joint.models import IncidentMemberRow, IncidentRow, IncidentState
 
 router = APIRouter(prefix=API_PREFIX, tags=["overview"], responses=error_responses(401, 404, 422, 503))
@@ -49,7 +49,7 @@ def alert_counts(registry: Registry, scope_id: str | None) -> dict[str, int]:
     """Open (firing or acknowledged) alerts per severity under ``scope_id`` (None: all)."""
     q = select(AlertRow.severity, func.count()).where(AlertRow.state.in_(OPEN_ALERT_STATES))
     if scope_id is not None:
-        q = q.where(AlertRow.region_path.contains(f"/{scope_id}/", autoescape=True))
+        q = q.where(under_path(AlertRow.region_path, subtree_path(registry, scope_id), registry.engine.dialect.name))
     try:
         with registry.engine.connect() as conn:
             rows = [(str(s), int(n)) for s, n in conn.execute(q.group_by(AlertRow.severity))]
@@ -69,7 +69,8 @@ def incident_counts(registry: Registry, principal: Principal, region: str | None
         scopes.append((principal.region_id, sorted(principal.region_ids)))
     for rid, ids in scopes:
         members = select(IncidentMemberRow.incident_id).where(IncidentMemberRow.region_id.in_(ids))
-        q = q.where(or_(IncidentRow.region_path.contains(f"/{rid}/", autoescape=True), IncidentRow.id.in_(members)))
+        within = under_path(IncidentRow.region_path, subtree_path(registry, rid), registry.engine.dialect.name)
+        q = q.where(or_(within, IncidentRow.id.in_(members)))
     try:
         with registry.engine.connect() as conn:
             rows = [(str(s), int(n)) for s, n in conn.execute(q.group_by(IncidentRow.severity))]

@@ -280,7 +280,10 @@ def test_pure_helpers() -> None:
     assert prof[:4] == [0.0, 2.0, 5.0, 6.0]
     assert prof[24] == 6.0
     assert hourly_profile([(start - HOUR_MS, 5.0)], start) is None
-    profiles = {"a": [[float(h) for h in range(25)], None, [2.0 * h for h in range(25)], None], "b": [None] * 4}
+    profiles: dict[str, list[list[float] | None]] = {
+        "a": [[float(h) for h in range(25)], None, [2.0 * h for h in range(25)], None],
+        "b": [None] * 4,
+    }
     assert baseline_at(profiles, ["a", "b"], 90 * 60_000) == (1.5 + 3.0) / 2
     assert baseline_at(profiles, ["b"], 0) is None
 
@@ -316,3 +319,59 @@ def test_count_cache_is_dropped_on_a_change() -> None:
     assert cache.get(("alerts", "gz"), compute) == {"major": 2}  # per scope
     cache.clear([])  # the alert service stored a change
     assert cache.get(("alerts", None), compute) == {"major": 3}
+
+
+def test_warm_start_builds_the_counts_off_the_request_path(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve's app (``warm_fleet``) builds the fleet index in the background at start-up: the first overview and
+    region-tree requests find it ready and never read every device on their own thread."""
+    import threading
+
+    from gateway.fleet import FleetIndex
+
+    builders: list[str] = []
+    real_build = FleetIndex.build
+
+    def build(self: FleetIndex) -> None:
+        builders.append(threading.current_thread().name)
+        real_build(self)
+
+    monkeypatch.setattr(FleetIndex, "build", build)
+    gateway.ctx.warm_fleet = True
+    app = create_app(gateway.ctx)
+    with TestClient(app) as c:
+        wait_until(lambda: getattr(app.state, "fleet", None) is not None, 30, what="the start-up build")
+        client = Client(c, gateway.tokens)
+        first = client.get("/overview")
+        assert first.status_code == 200, first.text
+        assert first.json()["devices"]["by_type"]["gate"] == {"total": 3, "online": 1}
+        assert client.get("/regions").status_code == 200
+    assert builders == ["fleet-build"]
+
+
+def test_a_request_during_the_start_up_build_waits_for_it(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request that comes while the start-up build still runs waits for that build (it does not start its own);
+    one that outlasts ``WARM_WAIT_S`` is a 503 with Retry-After."""
+    import threading
+
+    from gateway import fleet
+
+    release = threading.Event()
+    builders: list[str] = []
+    real_build = fleet.FleetIndex.build
+
+    def slow_build(self: fleet.FleetIndex) -> None:
+        builders.append(threading.current_thread().name)
+        release.wait(30)
+        real_build(self)
+
+    monkeypatch.setattr(fleet.FleetIndex, "build", slow_build)
+    monkeypatch.setattr(fleet, "WARM_WAIT_S", 0.2)
+    gateway.ctx.warm_fleet = True
+    app = create_app(gateway.ctx)
+    with TestClient(app) as c:
+        client = Client(c, gateway.tokens)
+        busy = client.get("/overview")
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "2", busy.text
+        release.set()
+        wait_until(lambda: client.get("/overview").status_code == 200, 30, what="the overview after the build")
+    assert builders == ["fleet-build"]
