@@ -1,0 +1,479 @@
+"""The vehicles report (issue 13, rules V8/V9): utilisation, hour-of-week heatmap, after-hours and holiday use,
+allocation advice. ``build(source, request) -> Report``.
+
+Thin reader, pure figures: the vehicles and their agency and city come from the registry (one query each for the
+regions and the vehicles of the subtree); positions come from the telemetry store (``lat`` and ``lon`` in windows
+of ``CHUNK_MS``, at most ``CHUNK_POINTS`` points a query) and are fed to ``core.trips.TripTracker`` as they are read,
+so a vehicle's history is never held whole. Everything else is reports/vehicle_stats.py.
+
+Reading only what is needed: when a vehicle's terminal sends ``ignition_on`` / ``ignition_off`` events in the
+period, only the windows around them (``IGNITION_PAD_MS`` either side) are read; the hours parked in between are
+not. A vehicle with no ignition events in the period is read whole. Options: ``positions="all"`` reads every
+vehicle whole; ``working_hours="08:30-17:30"``; the ``Policy`` fields (``target_hours_per_workday``,
+``under_ratio``, ``over_ratio``, ``short_ratio``, ``margin_ratio``, ``margin_min``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from alerts.calendar import Calendar, WorkingHours
+from core.errors import UserError
+from core.store import TelemetryStore
+from core.trips import Fix, Segment, TripParams, TripTracker
+from devices.models import Device, Region
+from reports.model import Cell, Chart, Column, Finding, Report, ReportRequest, ReportSource, Table
+from reports.vehicle_stats import (
+    WEEKDAYS_EN,
+    WEEKDAYS_ZH,
+    GroupUsage,
+    Policy,
+    Usage,
+    Vehicle,
+    clip,
+    group_usage,
+    hour_of_week_hours,
+    is_short,
+    moves,
+    needed,
+    vehicle_usage,
+)
+
+CHUNK_MS = 7 * 86_400_000
+CHUNK_POINTS = 50_000
+LEAD_MS = 2 * 3_600_000  # read this much before the period so a trip under way at its start is seen whole
+IGNITION_PAD_MS = 15 * 60_000
+EVENT_LIMIT = 2_000_000
+
+
+# --- registry -------------------------------------------------------------------------------------------------
+
+
+def _ms(dt: Any) -> int:
+    return int(dt.timestamp() * 1000)
+
+
+def load_vehicles(source: ReportSource, region_id: str) -> tuple[str, list[Vehicle]]:
+    """The region's name and its enabled vehicles, each with its agency and city (nearest ancestor of that level;
+    the vehicle's own region when it has none)."""
+    with Session(source.engine) as s:
+        root = s.get(Region, region_id)
+        if root is None:
+            raise UserError(f"region {region_id!r} does not exist")
+        root_name, root_path = root.name, root.path
+        regions = {r.id: (r.name, r.level) for r in s.scalars(select(Region))}
+        paths = dict(s.execute(select(Region.id, Region.path).where(Region.path.startswith(root_path))).tuples())
+        rows = s.execute(
+            select(Device.id, Device.name, Device.region_id)
+            .where(Device.type == "vehicle", Device.enabled.is_(True), Device.region_id.in_(list(paths)))
+            .order_by(Device.id)
+        ).tuples()
+        out = []
+        for device_id, name, rid in rows:
+            chain = tuple(p for p in paths[rid].split("/") if p)
+            agency = next((r for r in reversed(chain) if regions[r][1] == "agency"), rid)
+            city = next((r for r in reversed(chain) if regions[r][1] == "city"), chain[0])
+            out.append(Vehicle(device_id, name or device_id, agency, regions[agency][0], city, regions[city][0], chain))
+    return root_name, out
+
+
+# --- telemetry --------------------------------------------------------------------------------------------------
+
+
+def read_fixes(store: TelemetryStore, device_id: str, start_ms: int, end_ms: int) -> Iterator[list[Fix]]:
+    """A vehicle's positions in [start, end), oldest first, in chunks (``lat`` and ``lon`` joined on time)."""
+    t = start_ms
+    while t < end_ms:
+        hi = min(t + CHUNK_MS, end_ms)
+        lats = store.raw(device_id, "lat", t, hi, CHUNK_POINTS)
+        if len(lats) == CHUNK_POINTS:
+            hi = lats[-1][0] + 1
+        lons = dict(store.raw(device_id, "lon", t, hi, CHUNK_POINTS))
+        chunk = [Fix(ts, lat, lons[ts]) for ts, lat in lats if ts in lons]
+        if chunk:
+            yield chunk
+        t = hi
+
+
+def ignition_windows(
+    store: TelemetryStore, device_ids: list[str], start_ms: int, end_ms: int
+) -> dict[str, list[tuple[int, int]]]:
+    """Per vehicle with ignition events in [start, end): the merged windows from each ``ignition_on`` to the next
+    ``ignition_off`` (the period's edges when one is missing), padded by ``IGNITION_PAD_MS``."""
+    events = store.events(device_ids, start_ms, end_ms, ["ignition_on", "ignition_off"], EVENT_LIMIT)
+    if len(events) >= EVENT_LIMIT:
+        return {}  # too many to trust the windows: read everything
+    by_device: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for e in reversed(events):  # oldest first
+        by_device[e.device_id].append((e.ts_ms, e.type))
+    out: dict[str, list[tuple[int, int]]] = {}
+    for device_id, evs in by_device.items():
+        raw: list[tuple[int, int]] = []
+        on: int | None = start_ms if evs[0][1] == "ignition_off" else None
+        for ts, kind in evs:
+            if kind == "ignition_on":
+                on = ts if on is None else on
+            elif on is not None:
+                raw.append((on, ts))
+                on = None
+        if on is not None:
+            raw.append((on, end_ms))
+        merged: list[tuple[int, int]] = []
+        for a, b in raw:
+            a, b = max(start_ms, a - IGNITION_PAD_MS), min(end_ms, b + IGNITION_PAD_MS)
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        out[device_id] = merged
+    return out
+
+
+def vehicle_trips(
+    store: TelemetryStore,
+    device_id: str,
+    windows: Sequence[tuple[int, int]],
+    params: TripParams,
+) -> list[Segment]:
+    """Trips of one vehicle over ``windows`` (each segmented on its own: nothing is assumed between them)."""
+    trips: list[Segment] = []
+    for a, b in windows:
+        tracker = TripTracker(params)
+        for chunk in read_fixes(store, device_id, a, b):
+            for fix in chunk:
+                trips.extend(s for s in tracker.feed(fix) if s.kind == "trip")
+        trips.extend(s for s in tracker.finish() if s.kind == "trip")
+    return trips
+
+
+# --- the report -------------------------------------------------------------------------------------------------
+
+
+def policy_from(options: dict[str, Any]) -> Policy:
+    kwargs: dict[str, Any] = {}
+    for f in fields(Policy):
+        if f.name in options and f.name != "hours":
+            kwargs[f.name] = type(getattr(Policy(), f.name))(options[f.name])
+    if "working_hours" in options:
+        kwargs["hours"] = WorkingHours.parse(str(options["working_hours"]))
+    return Policy(**kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """Everything the report shows, computed (pure) from the vehicles and their trips."""
+
+    usages: list[Usage]
+    agencies: list[GroupUsage]
+    cities: list[GroupUsage]
+
+
+def compute(
+    vehicles: Sequence[Vehicle],
+    trips: dict[str, list[Segment]],
+    start_ms: int,
+    end_ms: int,
+    calendar: Calendar,
+    policy: Policy,
+) -> Figures:
+    """Per vehicle, agency (with its heatmap) and city."""
+    cell_hours = hour_of_week_hours(start_ms, end_ms)
+    heat: dict[str, list[float]] = defaultdict(lambda: [0.0] * 168)
+    usages: list[Usage] = []
+    intervals: dict[str, list[tuple[int, int]]] = {}
+    for v in vehicles:
+        mine = trips.get(v.id, [])
+        usages.append(vehicle_usage(v, mine, start_ms, end_ms, calendar, policy, heat[v.agency_id]))
+        intervals[v.id] = [(a, b) for a, b, _, _ in clip(mine, start_ms, end_ms)]
+    by_agency: dict[str, list[Usage]] = defaultdict(list)
+    by_city: dict[str, list[Usage]] = defaultdict(list)
+    for u in usages:
+        by_agency[u.vehicle.agency_id].append(u)
+        by_city[u.vehicle.city_id].append(u)
+    agencies = [
+        group_usage(a, us[0].vehicle.agency_name, us, intervals, heat[a], cell_hours)
+        for a, us in sorted(by_agency.items())
+    ]
+    cities = [group_usage(c, us[0].vehicle.city_name, us, intervals, None, None) for c, us in sorted(by_city.items())]
+    return Figures(usages, agencies, cities)
+
+
+def _h(seconds: float) -> float:
+    return round(seconds / 3600, 1)
+
+
+def _pct(ratio: float) -> float:
+    return round(100 * ratio, 1)
+
+
+VEHICLE_COLUMNS = (
+    Column("vehicle", "车辆", "Vehicle"),
+    Column("agency", "单位", "Agency"),
+    Column("trips", "出车次数", "Trips"),
+    Column("km", "里程", "Distance", "km"),
+    Column("engine_h", "行驶时长", "Engine hours", "h"),
+    Column("use_share", "工作时间使用率", "Share of working hours in use", "%"),
+    Column("target_ratio", "目标完成率", "Use against target", "%"),
+    Column("after_hours_h", "工作日非工作时间", "After hours (working days)", "h"),
+    Column("non_working_h", "非工作日", "Non-working days", "h"),
+    Column("holiday_h", "法定节假日", "Public holidays", "h"),
+    Column("off_hours_trips", "非工作时间出车", "Trips off hours"),
+)
+
+GROUP_COLUMNS = (
+    Column("name", "名称", "Name"),
+    Column("fleet", "车辆数", "Vehicles"),
+    Column("trips", "出车次数", "Trips"),
+    Column("km", "里程", "Distance", "km"),
+    Column("engine_h", "行驶时长", "Engine hours", "h"),
+    Column("use_share", "工作时间使用率", "Share of working hours in use", "%"),
+    Column("target_ratio", "目标完成率", "Use against target", "%"),
+    Column("peak", "最大同时用车", "Peak concurrent use"),
+    Column("saturated_h", "全部车辆在用时长", "Time with every vehicle out", "h"),
+    Column("needed", "同等服务所需车辆", "Vehicles needed at the same service level"),
+    Column("after_hours_h", "工作日非工作时间", "After hours (working days)", "h"),
+    Column("non_working_h", "非工作日", "Non-working days", "h"),
+    Column("holiday_h", "法定节假日", "Public holidays", "h"),
+)
+
+
+def _vehicle_row(u: Usage) -> dict[str, Cell]:
+    return {
+        "vehicle": u.vehicle.name,
+        "agency": u.vehicle.agency_name,
+        "trips": u.trips,
+        "km": round(u.km, 1),
+        "engine_h": _h(u.engine_s),
+        "use_share": _pct(u.use_share),
+        "target_ratio": _pct(u.target_ratio),
+        "after_hours_h": _h(u.after_hours_s),
+        "non_working_h": _h(u.non_working_s),
+        "holiday_h": _h(u.holiday_s),
+        "off_hours_trips": u.off_hours_trips,
+    }
+
+
+def _group_row(g: GroupUsage, policy: Policy) -> dict[str, Cell]:
+    return {
+        "name": g.name,
+        "fleet": g.fleet,
+        "trips": int(g.total("trips")),
+        "km": round(g.total("km"), 1),
+        "engine_h": _h(g.total("engine_s")),
+        "use_share": _pct(g.use_share),
+        "target_ratio": _pct(g.target_ratio),
+        "peak": g.peak,
+        "saturated_h": _h(g.saturated_s),
+        "needed": needed(g.peak, policy),
+        "after_hours_h": _h(g.total("after_hours_s")),
+        "non_working_h": _h(g.total("non_working_s")),
+        "holiday_h": _h(g.total("holiday_s")),
+    }
+
+
+def findings(fig: Figures, policy: Policy) -> list[Finding]:
+    """The allocation advice and the off-hours summary, each with the numbers behind it."""
+    out: list[Finding] = []
+    target_h = policy.target_hours_per_workday
+    for u in sorted(fig.usages, key=lambda u: (u.target_ratio, u.vehicle.id)):
+        if u.target_s <= 0:
+            continue
+        nums: dict[str, Cell] = {
+            "vehicle": u.vehicle.id,
+            "agency": u.vehicle.agency_id,
+            "in_use_working_h": _h(u.working_s),
+            "target_h": _h(u.target_s),
+            "target_ratio_pct": _pct(u.target_ratio),
+            "trips": u.trips,
+            "km": round(u.km, 1),
+        }
+        name, agency, pct = u.vehicle.name, u.vehicle.agency_name, _pct(u.target_ratio)
+        if u.target_ratio < policy.under_ratio:
+            out.append(
+                Finding(
+                    "under_used",
+                    f"{agency}的{name}使用不足:工作时间在用 {_h(u.working_s)} 小时,仅为目标"
+                    f"({u.working_days} 个工作日 × {target_h:g} 小时)的 {pct}%,可调剂或处置。",
+                    f"{name} ({agency}) is under-used: {_h(u.working_s)} h in use in working hours, {pct}% of its "
+                    f"target ({u.working_days} working days x {target_h:g} h); reallocate or dispose of it.",
+                    nums,
+                )
+            )
+        elif u.target_ratio > policy.over_ratio:
+            out.append(
+                Finding(
+                    "over_used",
+                    f"{agency}的{name}使用强度高:工作时间在用 {_h(u.working_s)} 小时,为目标的 {pct}%。",
+                    f"{name} ({agency}) is over-used: {_h(u.working_s)} h in use in working hours, {pct}% of target.",
+                    nums,
+                )
+            )
+    for g in fig.agencies:
+        if is_short(g, policy):
+            out.append(
+                Finding(
+                    "short",
+                    f"{g.name}用车紧张:最多同时在用 {g.peak} 辆,共有 {g.fleet} 辆,"
+                    f"全部车辆同时在用累计 {_h(g.saturated_s)} 小时。",
+                    f"{g.name} is short of vehicles: peak concurrent use {g.peak} of {g.fleet}, every vehicle out "
+                    f"for {_h(g.saturated_s)} h in total.",
+                    {"agency": g.id, "peak": g.peak, "fleet": g.fleet, "saturated_h": _h(g.saturated_s)},
+                )
+            )
+    names = {g.id: g.name for g in fig.agencies}
+    for city in fig.cities:
+        in_city = [g for g in fig.agencies if g.vehicles and g.vehicles[0].vehicle.city_id == city.id]
+        for m in moves(city.id, in_city, policy):
+            out.append(
+                Finding(
+                    "move",
+                    f"建议将 {m.vehicle_id} 从{names[m.from_agency]}(目标完成率 {_pct(m.from_target_ratio)}%)"
+                    f"调配至{names[m.to_agency]}(最多同时在用 {m.to_peak}/{m.to_fleet} 辆)。",
+                    f"Move {m.vehicle_id} from {names[m.from_agency]} ({_pct(m.from_target_ratio)}% of target) to "
+                    f"{names[m.to_agency]} (peak concurrent use {m.to_peak} of {m.to_fleet}).",
+                    {
+                        "city": city.id,
+                        "vehicle": m.vehicle_id,
+                        "from_agency": m.from_agency,
+                        "to_agency": m.to_agency,
+                        "from_target_ratio_pct": _pct(m.from_target_ratio),
+                        "to_peak": m.to_peak,
+                        "to_fleet": m.to_fleet,
+                        "to_saturated_h": _h(m.to_saturated_s),
+                    },
+                )
+            )
+        need = needed(city.peak, policy)
+        if city.fleet > need:
+            margin = need - city.peak
+            out.append(
+                Finding(
+                    "retire",
+                    f"{city.name}共有 {city.fleet} 辆车,期间最多同时在用 {city.peak} 辆;保留 {need} 辆"
+                    f"(含余量 {margin} 辆)即可保持同等服务水平,可压减 {city.fleet - need} 辆。",
+                    f"{city.name} has {city.fleet} vehicles and at most {city.peak} were out at once; {need} "
+                    f"(a margin of {margin}) keep the same service level: {city.fleet - need} could be retired.",
+                    {
+                        "city": city.id,
+                        "fleet": city.fleet,
+                        "peak": city.peak,
+                        "margin": margin,
+                        "needed": need,
+                        "retire": city.fleet - need,
+                    },
+                )
+            )
+    off = [u for u in fig.usages if u.off_hours_trips]
+    if off:
+        trips = sum(u.off_hours_trips for u in off)
+        holiday_km = round(sum(u.holiday_km for u in off), 1)
+        out.append(
+            Finding(
+                "off_hours",
+                f"{len(off)} 辆车有 {trips} 次出车在非工作时间或非工作日(其中法定节假日行驶 {holiday_km} 公里),"
+                f"请核对派车记录。",
+                f"{len(off)} vehicles made {trips} trips after hours or on non-working days ({holiday_km} km on "
+                f"public holidays): check them against the dispatch records.",
+                {
+                    "vehicles": len(off),
+                    "trips": trips,
+                    "after_hours_h": _h(sum(u.after_hours_s for u in off)),
+                    "non_working_h": _h(sum(u.non_working_s for u in off)),
+                    "holiday_h": _h(sum(u.holiday_s for u in off)),
+                    "holiday_km": holiday_km,
+                },
+            )
+        )
+    return out
+
+
+def heatmaps(fig: Figures) -> list[Chart]:
+    return [
+        Chart(
+            f"heatmap:{g.id}",
+            f"{g.name} 用车时段分布(北京时间,车辆在用比例)",
+            f"{g.name}: share of the fleet in use by hour of week (Beijing time)",
+            "heatmap",
+            tuple(f"{h:02d}" for h in range(24)),
+            {f"{WEEKDAYS_ZH[d]} {WEEKDAYS_EN[d]}": tuple(g.heatmap[d]) for d in range(7)},
+            "%",
+        )
+        for g in fig.agencies
+    ]
+
+
+SUMMARY_LABELS: dict[str, tuple[str, str]] = {
+    "vehicles": ("车辆数", "Vehicles"),
+    "trips": ("出车次数", "Trips"),
+    "km": ("总里程(公里)", "Distance (km)"),
+    "engine_h": ("行驶时长(小时)", "Engine hours"),
+    "use_share_pct": ("工作时间使用率(%)", "Share of working hours in use (%)"),
+    "off_hours_trips": ("非工作时间出车次数", "Trips off hours"),
+    "holiday_h": ("法定节假日用车(小时)", "Use on public holidays (h)"),
+    "under_used": ("使用不足车辆", "Under-used vehicles"),
+    "short_agencies": ("用车紧张单位", "Agencies short of vehicles"),
+    "retire": ("可压减车辆", "Vehicles that could be retired"),
+}
+
+
+def build(source: ReportSource, request: ReportRequest) -> Report:
+    policy = policy_from(request.options)
+    start_ms, end_ms = _ms(request.start), _ms(min(request.end, request.now))
+    region_name, vehicles = load_vehicles(source, request.region_id)
+    ids = [v.id for v in vehicles]
+    lead = start_ms - LEAD_MS
+    windows = {} if request.options.get("positions") == "all" else ignition_windows(source.telemetry, ids, lead, end_ms)
+    params = TripParams()
+    trips = {v: vehicle_trips(source.telemetry, v, windows.get(v, [(lead, end_ms)]), params) for v in ids}
+    fig = compute(vehicles, trips, start_ms, end_ms, source.calendar, policy)
+    advice = findings(fig, policy)
+    everyone = GroupUsage("", "", fig.usages)
+    summary: dict[str, Cell] = {
+        "vehicles": len(vehicles),
+        "trips": int(everyone.total("trips")),
+        "km": round(everyone.total("km"), 1),
+        "engine_h": _h(everyone.total("engine_s")),
+        "use_share_pct": _pct(everyone.use_share),
+        "off_hours_trips": int(everyone.total("off_hours_trips")),
+        "holiday_h": _h(everyone.total("holiday_s")),
+        "under_used": sum(f.key == "under_used" for f in advice),
+        "short_agencies": sum(f.key == "short" for f in advice),
+        "retire": sum(int(f.numbers["retire"] or 0) for f in advice if f.key == "retire"),
+    }
+    return Report(
+        kind="vehicles",
+        region_id=request.region_id,
+        region_name=region_name,
+        start=request.start,
+        end=request.end,
+        generated_at=request.now,
+        title_zh=f"{region_name}公务用车使用与配置分析",
+        title_en=f"{region_name}: official vehicle use and allocation",
+        summary=summary,
+        summary_labels=SUMMARY_LABELS,
+        tables=(
+            Table("vehicles", "车辆使用情况", "Use per vehicle", VEHICLE_COLUMNS, tuple(map(_vehicle_row, fig.usages))),
+            Table(
+                "agencies",
+                "单位用车情况",
+                "Use per agency",
+                GROUP_COLUMNS,
+                tuple(_group_row(g, policy) for g in fig.agencies),
+            ),
+            Table(
+                "cities",
+                "城市用车情况",
+                "Use per city",
+                GROUP_COLUMNS,
+                tuple(_group_row(g, policy) for g in fig.cities),
+            ),
+        ),
+        charts=tuple(heatmaps(fig)),
+        findings=tuple(advice),
+    )
