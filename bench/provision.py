@@ -192,12 +192,14 @@ class Platform:
         self.client.loop_stop()
 
 
-def traffic(port: int, creds: dict[str, str], rate: float, platform_user: str, platform_pw: str, conn: Any) -> None:
-    """The connected devices and the platform subscriber, in their own process (as they would be: the import's
-    process must not share its CPU and GIL with them). Commands over ``conn``: start, stop."""
+def traffic(
+    port: int, device_port: int, creds: dict[str, str], rate: float, platform_user: str, platform_pw: str, conn: Any
+) -> None:
+    """The connected devices (on the device listener) and the platform subscriber, in their own process (as they
+    would be: the import's process must not share its CPU and GIL with them). Commands over ``conn``: start, stop."""
     cfg = BrokerConfig(directory=Path("."), port=port, platform_username=platform_user, platform_password=platform_pw)
     platform = Platform(cfg)
-    pubs = Publishers(port, creds, rate)
+    pubs = Publishers(device_port, creds, rate)
     pubs.start()
     conn.send(("ready", pubs.connected))
     assert conn.recv() == "stop"
@@ -253,6 +255,7 @@ def main() -> int:
             admin_password="bench-" + uuid.uuid4().hex,
             platform_password="bench-" + uuid.uuid4().hex,
             device_passwd=True,
+            device_port=free_port(),  # devices on their own listener (client id := username), as serve runs it
         )
         proc = MosquittoProcess(cfg)
         proc.start()
@@ -292,7 +295,15 @@ def main() -> int:
                 creds = {i: first.secrets[i] for i in old_ids[: args.connected]}
                 proc_t = mp.get_context("spawn").Process(
                     target=traffic,
-                    args=(cfg.port, creds, args.rate, cfg.platform_username, cfg.platform_password, child),
+                    args=(
+                        cfg.port,
+                        cfg.device_listener_port,
+                        creds,
+                        args.rate,
+                        cfg.platform_username,
+                        cfg.platform_password,
+                        child,
+                    ),
                     daemon=True,
                 )
                 proc_t.start()

@@ -58,6 +58,18 @@ class MqttSettings(_Section):
     # the whole dynamic-security file (a live import is quadratic in the fleet); "password_file" adds thousands of
     # devices to a running broker in seconds, without that client-id binding.
     device_identities: Literal["dynsec", "password_file"] = "dynsec"
+    # With device_identities: password_file, devices connect to their own listener on this port (default: port + 1):
+    # it knows only device accounts (the password file and pattern ACLs) and replaces every client id with the
+    # username (use_username_as_clientid), so no device can take another's client id; the platform's listener on
+    # `port` knows only the platform accounts (dynsec). Unused with dynsec (devices use `port`).
+    device_port: int | None = Field(default=None, ge=1, le=65535)
+
+    @property
+    def device_listener_port(self) -> int:
+        """The port devices connect to (and where device logins are verified)."""
+        if self.device_identities != "password_file":
+            return self.port
+        return self.device_port if self.device_port is not None else self.port + 1
 
 
 class StoreSettings(_Section):

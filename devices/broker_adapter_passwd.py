@@ -222,7 +222,7 @@ class PasswdFileAdapter:
         return cls(
             cfg.passwd_path,
             host=cfg.host,
-            port=cfg.port,
+            port=cfg.device_listener_port,
             reload=PidFileReload(cfg.pid_path, cfg.conf_path.resolve()),
             dynsec=dynsec,
             progress=progress,
@@ -406,7 +406,7 @@ def adapter_for(
     return PasswdFileAdapter(
         directory / DEVICE_PASSWD_FILE,
         host=settings.mqtt.host,
-        port=settings.mqtt.port,
+        port=settings.mqtt.device_listener_port,
         reload=PidFileReload(directory / BROKER_PID_FILE, conf.resolve()),
         tls_ca=settings.mqtt.tls_ca,
         dynsec=dynsec,

@@ -276,7 +276,12 @@ def check(
     with _provisioner(ctx, timeout) as prov:
         try:
             report = prov.check(
-                device_id, secret, host=settings.mqtt.host, port=settings.mqtt.port, now=clock.now(), timeout=timeout
+                device_id,
+                secret,
+                host=settings.mqtt.host,
+                port=settings.mqtt.device_listener_port,
+                now=clock.now(),
+                timeout=timeout,
             )
         except LianfangError as exc:
             raise _fail(str(exc)) from exc
@@ -465,7 +470,7 @@ def export_config(
     doc = installer_config(
         device_id,
         host=host or settings.mqtt.host,
-        port=settings.mqtt.port,
+        port=settings.mqtt.device_listener_port,
         tls_port=tls_port,
         secret=secret,
         ca_file=ca_file,

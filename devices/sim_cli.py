@@ -213,8 +213,9 @@ def simulate(
         )
         broker_host, broker_port = host or settings.mqtt.host, port or settings.mqtt.port
         publisher: DevicePublisher | SharedPublisher
-        if device_secrets is not None:
-            publisher = DevicePublisher(broker_host, broker_port, device_secrets, tls_ca=settings.mqtt.tls_ca)
+        if device_secrets is not None:  # each device logs in with its own account: the device listener
+            device_port = port or settings.mqtt.device_listener_port
+            publisher = DevicePublisher(broker_host, device_port, device_secrets, tls_ca=settings.mqtt.tls_ca)
         else:
             assert password is not None
             publisher = SharedPublisher(broker_host, broker_port, username, password)

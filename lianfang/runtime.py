@@ -158,6 +158,7 @@ class Runtime:
                 autosave_on_changes=s.mqtt.broker_autosave_on_changes,
                 # device identities in a password file, changed live, when chosen (ADR 0006; dynsec otherwise)
                 device_passwd=s.mqtt.device_identities == "password_file",
+                device_port=s.mqtt.device_listener_port,
                 **tls_files(s),
             )
             self.broker = MosquittoProcess(cfg)

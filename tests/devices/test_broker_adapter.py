@@ -5,6 +5,7 @@ their sessions dropped, the Provisioner and `credentials check` on top of it, le
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -58,6 +59,7 @@ class Env:
             admin_password="adm-" + uuid.uuid4().hex,
             platform_password="plat-" + uuid.uuid4().hex,
             device_passwd=True,
+            device_port=free_port(),
         )
         self.process = MosquittoProcess(self.cfg)
         self.process.start()
@@ -69,7 +71,7 @@ class Env:
         self.process.stop()
 
     def login(self, user: str, secret: str) -> int:
-        (code,) = login_codes("127.0.0.1", self.cfg.port, [(user, secret)])
+        (code,) = login_codes("127.0.0.1", self.cfg.device_listener_port, [(user, secret)])
         return code
 
 
@@ -129,7 +131,7 @@ def test_bulk_add_into_a_running_broker_keeps_everyone_connected(env: Env) -> No
     first = {f"gate-{i:04d}": new_secret() for i in range(300)}
     assert env.adapter.add(first) == {}
     assert set(env.adapter.verify(list(first), device_secrets=first).values()) == {""}
-    connected = [Device(env.cfg.port, d, first[d]) for d in list(first)[:20]]
+    connected = [Device(env.cfg.device_listener_port, d, first[d]) for d in list(first)[:20]]
     platform = mqtt_client(env.cfg.port, env.cfg.platform_username, env.cfg.platform_password, "platform-keep")
     dropped: list[object] = []
     platform.on_disconnect = lambda *a: dropped.append(a)
@@ -152,7 +154,7 @@ def test_bulk_add_into_a_running_broker_keeps_everyone_connected(env: Env) -> No
 def test_a_device_uses_only_its_own_topics(env: Env) -> None:
     secrets = {"gate-0001": new_secret(), "gate-0002": new_secret()}
     assert env.adapter.add(secrets) == {}
-    dev = Device(env.cfg.port, "gate-0001", secrets["gate-0001"])
+    dev = Device(env.cfg.device_listener_port, "gate-0001", secrets["gate-0001"])
     platform = mqtt_client(env.cfg.port, env.cfg.platform_username, env.cfg.platform_password, "platform-acl")
     try:
         for topic in ("lf/v1/gate-0001/telemetry", "lf/v1/gate-0001/event", "lf/v1/gate-0001/status"):
@@ -175,7 +177,7 @@ def test_a_device_uses_only_its_own_topics(env: Env) -> None:
 def test_rotated_disabled_and_removed_credentials_stop_working(env: Env) -> None:
     old = new_secret()
     assert env.adapter.add({"gate-0001": old, "gate-0002": new_secret()}) == {}
-    dev = Device(env.cfg.port, "gate-0001", old)
+    dev = Device(env.cfg.device_listener_port, "gate-0001", old)
     dev.client.reconnect_delay_set(30, 60)  # a kicked session stays down long enough to be seen
     try:
         new = new_secret()
@@ -203,7 +205,7 @@ def test_rotated_disabled_and_removed_credentials_stop_working(env: Env) -> None
 @pytest.mark.integration
 def test_a_broker_that_does_not_reload_is_an_error_not_a_hang(env: Env) -> None:
     adapter = PasswdFileAdapter(
-        env.cfg.passwd_path, host="127.0.0.1", port=env.cfg.port, reload=lambda: None, timeout=1.0
+        env.cfg.passwd_path, host="127.0.0.1", port=env.cfg.device_listener_port, reload=lambda: None, timeout=1.0
     )
     with pytest.raises(BrokerUnavailable, match="did not load"):
         adapter.add({"gate-0001": new_secret()})
@@ -220,6 +222,36 @@ def test_a_legacy_dynsec_identity_is_replaced_not_shadowing(env: Env) -> None:
     assert env.adapter.add({"gate-0001": new}) == {}  # reprovision: the dynsec client goes, the file decides
     assert env.login("gate-0001", old) == 5 and env.login("gate-0001", new) == 0
     assert env.dynsec.get_client("gate-0001") is None
+    (on_platform,) = login_codes("127.0.0.1", env.cfg.port, [("gate-0001", old)])
+    assert on_platform == 5  # the legacy identity is gone from the platform listener too
+
+
+@pytest.mark.integration
+def test_the_device_listener_binds_the_client_id_to_the_username(env: Env) -> None:
+    """PROTOCOL.md: no device can use another's client id. dynsec refuses a foreign one at CONNECT; the device
+    listener replaces it with the username, so gate-0002 claiming 'gate-0001' does not take gate-0001's session.
+    Device accounts are unknown on the platform listener, platform accounts unknown on the device listener."""
+    secrets = {"gate-0001": new_secret(), "gate-0002": new_secret()}
+    assert env.adapter.add(secrets) == {}
+    owner = Device(env.cfg.device_listener_port, "gate-0001", secrets["gate-0001"])
+    intruder = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="gate-0001", protocol=mqtt.MQTTv5)
+    intruder.username_pw_set("gate-0002", secrets["gate-0002"])
+    try:
+        intruder.connect("127.0.0.1", env.cfg.device_listener_port)
+        intruder.loop_start()
+        wait_until(intruder.is_connected, 10, what="gate-0002 connected")
+        time.sleep(1.0)
+        assert owner.disconnects == 0 and owner.client.is_connected()
+        assert owner.publish_code("lf/v1/gate-0001/telemetry") < 128
+        (device_on_platform,) = login_codes("127.0.0.1", env.cfg.port, [("gate-0001", secrets["gate-0001"])])
+        (platform_on_devices,) = login_codes(
+            "127.0.0.1", env.cfg.device_listener_port, [(env.cfg.platform_username, env.cfg.platform_password)]
+        )
+        assert device_on_platform == 5 and platform_on_devices == 5
+    finally:
+        intruder.disconnect()
+        intruder.loop_stop()
+        owner.close()
 
 
 # --- the Provisioner on the password file ----------------------------------------------------------------------
@@ -244,7 +276,7 @@ def test_provisioner_through_the_passwd_adapter(env: Env, tmp_path: Path) -> Non
     out = prov.provision_new(ids, NOW)
     assert sorted(out) == ids and prov.provision_new(ids, NOW) == {}
     assert env.login("gate-0007", out["gate-0007"]) == 0
-    report = prov.check("gate-0007", out["gate-0007"], host="127.0.0.1", port=env.cfg.port, now=NOW)
+    report = prov.check("gate-0007", out["gate-0007"], host="127.0.0.1", port=env.cfg.device_listener_port, now=NOW)
     assert report.ok, [p for p in report.probes if not p.ok]
     assert any(p.action == "receive" and p.topic == "#" for p in report.probes)
     rotated = prov.rotate("gate-0001", NOW)
@@ -273,7 +305,15 @@ def test_the_cli_picks_the_password_file_of_the_embedded_broker(env: Env, tmp_pa
     from core.settings import MqttSettings, Settings
     from devices.broker_adapter_passwd import adapter_for
 
-    embedded = Settings(mqtt=MqttSettings(port=env.cfg.port, broker_dir=env.cfg.directory, embedded_broker=True))
+    embedded = Settings(
+        mqtt=MqttSettings(
+            port=env.cfg.port,
+            broker_dir=env.cfg.directory,
+            embedded_broker=True,
+            device_identities="password_file",
+            device_port=env.cfg.device_port,
+        )
+    )
     adapter = adapter_for(embedded, env.dynsec)
     assert isinstance(adapter, PasswdFileAdapter)
     secret = new_secret()

@@ -145,3 +145,39 @@ def test_tls_port_without_certificates_is_a_clear_error(tmp_path: Path) -> None:
         from lianfang.runtime import tls_files
 
         tls_files(settings)
+
+
+def test_password_file_identities_get_their_own_device_listener(tmp_path: Path) -> None:
+    """mqtt.device_identities: password_file (ADR 0006): serve's broker opens the device listener on
+    mqtt.device_port, where a device imported live logs in and publishes, and the platform keeps its own port."""
+    from devices.broker_adapter_passwd import adapter_for, login_codes
+    from devices.dynsec import DynsecClient
+    from devices.provisioning import new_secret
+
+    port, device_port = free_port(), free_port()
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=f"sqlite:///{tmp_path}/registry.db",
+        store=StoreSettings(sqlite_path=tmp_path / "t.db"),
+        mqtt={  # type: ignore[arg-type]
+            "port": port,
+            "broker_dir": tmp_path / "mosquitto",
+            "device_identities": "password_file",
+            "device_port": device_port,
+        },
+    )
+    assert settings.mqtt.device_listener_port == device_port
+    runtime = Runtime(settings, with_ingest=False)
+    runtime.start()
+    try:
+        secrets = BrokerSecrets.load_or_create(tmp_path / "broker-secrets.json")
+        with DynsecClient("127.0.0.1", port, secrets.admin, timeout=30) as dynsec:
+            adapter = adapter_for(settings, dynsec)
+            assert adapter is not None and adapter.port == device_port
+            secret = new_secret()
+            assert adapter.add({"gate-0001": secret}) == {}
+        assert login_codes("127.0.0.1", device_port, [("gate-0001", secret)]) == [0]
+        assert login_codes("127.0.0.1", port, [("gate-0001", secret)]) == [5]  # not on the platform's listener
+        assert login_codes("127.0.0.1", port, [("lianfang-platform", secrets.platform)]) == [0]
+    finally:
+        runtime.stop()
