@@ -236,7 +236,8 @@ def regions_import(
 ) -> None:
     """Create or update regions from a file; safe to run again.
 
-    YAML: a list under `regions:`, each entry with id, name, level and optional lat/lon.
+    YAML: a list under `regions:`, each entry with id, name, level and optional lat/lon and attributes
+    (headcount, floor_area_m2, quotas, tariff, contracted_kw: see docs/cli.md).
     Levels: province, city, agency, building. Nest entries under `children:`, or give `parent_id:` (flat list).
     CSV: the header id,name,level,parent_id,lat,lon.
     Every problem is reported as FILE:LINE; if there is any, nothing is written.
@@ -267,6 +268,7 @@ def regions_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
                     "parent_id": r.parent_id,
                     "lat": r.lat,
                     "lon": r.lon,
+                    "attributes": dict(r.attributes or {}),
                     "devices": counts.get(r.id, 0),
                 }
                 for r in regions

@@ -32,6 +32,7 @@ from sqlalchemy import select
 from core.errors import UserError
 from core.protocol import DEVICE_ID_RE, DEVICE_TYPES
 from devices.models import LEVELS, Device
+from devices.region_attrs import BadAttribute, check_attribute
 from devices.registry import REGION_ID_RE, DeviceSpec, RegionSpec, Registry
 
 MAX_NAME = 200
@@ -39,7 +40,7 @@ _DEVICE_REQUIRED = ("id", "type", "region_id")
 _DEVICE_OPTIONAL = ("name", "expected_interval_s")
 _REGION_REQUIRED = ("id", "name", "level")
 _REGION_OPTIONAL = ("parent_id", "lat", "lon")
-_REGION_YAML_KEYS = frozenset(_REGION_REQUIRED + _REGION_OPTIONAL + ("children",))
+_REGION_YAML_KEYS = frozenset(_REGION_REQUIRED + _REGION_OPTIONAL + ("children", "attributes"))
 _ID_HINT = "lower-case letters, digits and '-', 3 to 64 characters, not starting with '-'"
 
 # Called as progress(phase, done, total) while a file is imported; phase is "checking" (rows) then "writing".
@@ -175,7 +176,7 @@ def plan_regions(rows: Sequence[RegionRow], existing: Mapping[str, RegionSpec]) 
         old = existing.get(row.spec.id)
         if old is None:
             plan.created.append(row.spec.id)
-        elif old == row.spec:
+        elif (old if row.spec.attributes is not None else replace(old, attributes=None)) == row.spec:
             plan.unchanged.append(row.spec.id)
             continue
         else:
@@ -188,7 +189,10 @@ def import_regions(registry: Registry, path: Path, *, now: datetime, dry_run: bo
     """Import a region file: all or nothing, idempotent. Raises ImportProblems naming every bad entry."""
     source = str(path)
     rows = read_region_file(path)
-    existing = {r.id: RegionSpec(r.id, r.name, r.level, r.parent_id, r.lat, r.lon) for r in registry.regions()}
+    existing = {
+        r.id: RegionSpec(r.id, r.name, r.level, r.parent_id, r.lat, r.lon, dict(r.attributes or {}))
+        for r in registry.regions()
+    }
     problems = check_regions(rows, existing, source)
     if problems:
         raise ImportProblems(problems)
@@ -268,6 +272,12 @@ def _walk_yaml(
                 continue
             if key == "children":
                 children = value_node
+                continue
+            if key == "attributes":
+                attributes, attr_problems = _region_attributes(value_node, f"{at}.attributes", source)
+                problems.extend(attr_problems)
+                bad = bad or bool(attr_problems)
+                values[key] = attributes
                 continue
             if not isinstance(value_node, yaml.ScalarNode):
                 problems.append(Problem(source, key_line, f"{at}.{key}: must be a single value"))
@@ -370,7 +380,38 @@ def _region_spec(
         return None, problems
     assert isinstance(region_id, str) and isinstance(name, str) and isinstance(level, str)
     parent = parent_id if isinstance(parent_id, str) else None
-    return RegionSpec(region_id, name.strip(), level, parent, coords["lat"], coords["lon"]), []
+    attributes = values.get("attributes")
+    return RegionSpec(region_id, name.strip(), level, parent, coords["lat"], coords["lon"], attributes), []
+
+
+def _region_attributes(node: yaml.Node, at: str, source: str) -> tuple[dict[str, Any], list[Problem]]:
+    """Check a YAML ``attributes:`` mapping (devices/region_attrs.py); each problem names its key's line."""
+    if not isinstance(node, yaml.MappingNode):
+        return {}, [Problem(source, node.start_mark.line + 1, f"{at}: must be a mapping of attribute: value")]
+    out: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for key_node, value_node in node.value:
+        key = _scalar(key_node)
+        line = key_node.start_mark.line + 1
+        if key in out:
+            problems.append(Problem(source, line, f"{at}.{key}: given twice"))
+            continue
+        try:
+            out[key] = check_attribute(key, _plain(value_node))
+        except BadAttribute as exc:
+            problems.append(Problem(source, line, f"{at}.{key}: {exc}"))
+    return out, problems
+
+
+def _plain(node: yaml.Node) -> Any:
+    """A YAML node as plain Python; "22:00" stays text (YAML 1.1 would read it as the base-60 number 1320)."""
+    if isinstance(node, yaml.MappingNode):
+        return {_scalar(k): _plain(v) for k, v in node.value}
+    if isinstance(node, yaml.SequenceNode):
+        return [_plain(v) for v in node.value]
+    if isinstance(node, yaml.ScalarNode) and ":" in str(node.value) and node.style is None:
+        return str(node.value)
+    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
 
 
 # --- devices -----------------------------------------------------------------------------------------------

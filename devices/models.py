@@ -24,6 +24,8 @@ class Region(Base):
     path: Mapped[str] = mapped_column(String(1024))
     lat: Mapped[float | None] = mapped_column(Float, nullable=True)
     lon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Headcount, floor area, energy quotas, tariff, contracted capacity (devices/region_attrs.py); {} if none.
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

@@ -51,6 +51,8 @@ class RegionSpec:
     parent_id: str | None = None
     lat: float | None = None
     lon: float | None = None
+    # devices/region_attrs.py; None: not given (an update keeps the stored attributes).
+    attributes: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,8 @@ class Registry:
                         updated += 1
                     row.name, row.level, row.parent_id, row.path = spec.name, spec.level, spec.parent_id, path
                     row.lat, row.lon = spec.lat, spec.lon
+                    if spec.attributes is not None or row.attributes is None:
+                        row.attributes = dict(spec.attributes or {})
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"registry write failed: {exc}") from exc
         return created, updated

@@ -37,6 +37,7 @@ def region_json(region: Region) -> dict[str, Any]:
         "parent_id": region.parent_id,
         "lat": region.lat,
         "lon": region.lon,
+        "attributes": dict(region.attributes or {}),
     }
 
 
