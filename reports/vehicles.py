@@ -68,12 +68,15 @@ def load_vehicles(source: ReportSource, region_id: str) -> tuple[str, list[Vehic
             raise UserError(f"region {region_id!r} does not exist")
         root_name, root_path = root.name, root.path
         regions = {r.id: (r.name, r.level) for r in s.scalars(select(Region))}
-        paths = dict(s.execute(select(Region.id, Region.path).where(Region.path.startswith(root_path))).tuples())
+        paths: dict[str, str] = {
+            rid: path
+            for rid, path in s.execute(select(Region.id, Region.path).where(Region.path.startswith(root_path)))
+        }
         rows = s.execute(
             select(Device.id, Device.name, Device.region_id)
             .where(Device.type == "vehicle", Device.enabled.is_(True), Device.region_id.in_(list(paths)))
             .order_by(Device.id)
-        ).tuples()
+        )
         out = []
         for device_id, name, rid in rows:
             chain = tuple(p for p in paths[rid].split("/") if p)
