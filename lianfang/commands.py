@@ -45,3 +45,7 @@ app.command("simulate")(simulate)
 from lianfang.demo import demo  # noqa: E402
 
 app.command("demo")(long_running(demo))
+
+from reports.cli import report_app  # noqa: E402
+
+app.add_typer(report_app, name="report")  # reports (docs/reports.md)
