@@ -95,6 +95,40 @@ def moving_of(fields: dict[str, Any]) -> bool | None:
     return said
 
 
+@dataclass(frozen=True, slots=True)
+class VehiclePos:
+    """A vehicle's newest position (``lat``/``lon`` of one reading, ``ts_ms`` its time) with the speed, ignition
+    and heading known at that time (the same reading's, else the newest before it; None: never said)."""
+
+    ts_ms: int
+    lat: float
+    lon: float
+    speed_kmh: float | None = None
+    ignition: bool | None = None
+    heading_deg: float | None = None
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def next_pos(old: VehiclePos | None, ts_ms: int, fields: dict[str, Any]) -> VehiclePos | None:
+    """The position after a vehicle reading: a newer reading with ``lat`` and ``lon`` moves it (speed, ignition
+    and heading from that reading, else kept); one without them, or older, changes nothing. Pure."""
+    lat, lon = _num(fields.get("lat")), _num(fields.get("lon"))
+    if lat is None or lon is None or (old is not None and ts_ms < old.ts_ms):
+        return old
+    speed, heading, ignition = _num(fields.get("speed_kmh")), _num(fields.get("heading_deg")), fields.get("ignition")
+    return VehiclePos(
+        ts_ms,
+        lat,
+        lon,
+        speed if speed is not None else (old.speed_kmh if old else None),
+        ignition if isinstance(ignition, bool) else (old.ignition if old else None),
+        heading if heading is not None else (old.heading_deg if old else None),
+    )
+
+
 @dataclass(slots=True)
 class _Dev:
     id: str
@@ -113,6 +147,7 @@ class _Dev:
     kwh_ts: int = -1
     kwh_day: int = -1  # the Beijing day of ``kwh_used``
     kwh_used: float = 0.0
+    pos: VehiclePos | None = None  # vehicles: the newest position and what came with it
 
     def state(self) -> DeviceState:
         return DeviceState(self.id, self.last_seen_ms, self.status, self.status_ms, None, 0, 0, 0, 0, 0)
@@ -136,6 +171,19 @@ class RegionRow:
     def of(region: Region) -> RegionRow:
         path = tuple(p for p in region.path.split("/") if p)
         return RegionRow(region.id, region.parent_id, path, region_json(region))
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleRow:
+    """A vehicle as the map shows it (``FleetIndex.vehicles``)."""
+
+    id: str
+    region_id: str
+    enabled: bool
+    online: bool
+    in_use: bool
+    last_seen_ms: int | None
+    pos: VehiclePos | None
 
 
 @dataclass(slots=True)
@@ -291,21 +339,32 @@ class FleetIndex:
             if seen is None:
                 continue
             grace = int(GRACE_FACTOR * info.expected_interval_s * 1000)
-            if info.device_type == VEHICLE and seen >= self._now_ms - grace:
-                said: tuple[int, bool] | None = None
-                for key in ("ignition", "speed_kmh"):
-                    points = self.store.raw(info.device_id, key, seen - grace, seen + 1, 100)
-                    if points:
-                        ts, v = points[-1]
-                        m = moving_of({key: bool(v) if key == "ignition" else v})
-                        if m is not None and (said is None or ts > said[0] or (ts == said[0] and m)):
-                            said = (ts, m)
-                if said is not None:
-                    out[info.device_id] = {"moving": said[1], "moving_ts": said[0]}
+            if info.device_type == VEHICLE:
+                out[info.device_id] = self._vehicle_detail(info.device_id, seen, grace)
             elif info.device_type == METER and seen >= start:
                 found = self._meter_today(info.device_id, start, seen, grace)
                 if found is not None:
                     out[info.device_id] = found
+        return out
+
+    def _vehicle_detail(self, device_id: str, seen: int, grace: int) -> dict[str, Any]:
+        """One read of a vehicle's newest values: its position (for the map), and, while it is online, whether it
+        is in use (the newest ignition / speed within its grace before its last data)."""
+        last = self.store.last_values(device_id)
+        out: dict[str, Any] = {}
+        if "lat" in last and "lon" in last:
+            ts = min(last["lat"][0], last["lon"][0])
+            out["pos"] = next_pos(None, ts, {k: v for k, (_, v) in last.items()})
+        if seen >= self._now_ms - grace:
+            said: tuple[int, bool] | None = None
+            for key in ("ignition", "speed_kmh"):
+                if key in last and last[key][0] >= seen - grace:
+                    ts, v = last[key]
+                    m = moving_of({key: bool(v) if key == "ignition" else v})
+                    if m is not None and (said is None or ts > said[0] or (ts == said[0] and m)):
+                        said = (ts, m)
+            if said is not None:
+                out["moving"], out["moving_ts"] = said[1], said[0]
         return out
 
     def _meter_today(self, device_id: str, start: int, seen: int, grace: int) -> dict[str, Any] | None:
@@ -450,6 +509,8 @@ class FleetIndex:
                     d.status, d.status_ms = s.state, s.ts_ms
             for r in batch.readings:
                 if r.device_type == VEHICLE:
+                    if "lat" in r.fields and (p := self._devs.get(r.device_id)) is not None:
+                        p.pos = next_pos(p.pos, r.ts_ms, r.fields)
                     said = moving_of(r.fields)
                     if said is not None and (d := take(r.device_id)) is not None and r.ts_ms >= d.moving_ts:
                         d.moving, d.moving_ts = said, r.ts_ms
@@ -497,6 +558,22 @@ class FleetIndex:
                         acc[1] += online
                         acc[2] += disabled
         return {rid: (a[0], a[1], a[2]) for rid, a in out.items()}
+
+    def vehicles(self, region_ids: Iterable[str] | None, now_ms: int) -> list[VehicleRow]:
+        """Every vehicle registered in ``region_ids`` (None: all), sorted by id, with its online state at
+        ``now_ms``, in-use flag, last seen time and newest position: from memory, no store read."""
+        self.check_registry()
+        self.advance(now_ms)
+        self.maybe_resync()
+        wanted = None if region_ids is None else set(region_ids)
+        with self._lock:
+            rows = [
+                VehicleRow(d.id, d.region_id, d.enabled, d.online, d.online and d.moving, d.last_seen_ms, d.pos)
+                for d in self._devs.values()
+                if d.type == VEHICLE and (wanted is None or d.region_id in wanted)
+            ]
+        rows.sort(key=lambda v: v.id)
+        return rows
 
     def knows_region(self, region_id: str) -> bool:
         with self._lock:

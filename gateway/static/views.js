@@ -379,32 +379,15 @@ async function loadPageConfig() {
   } catch (e) { /* no tiles */ }
   map.configLoaded = true;
 }
-async function mapLimit(items, n, fn) {
-  const out = [];
-  let i = 0;
-  async function worker() {
-    while (i < items.length) {
-      const k = i;
-      i += 1;
-      out[k] = await fn(items[k]);
-    }
-  }
-  await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
-  return out;
-}
 async function loadMap() {
   await loadPageConfig();
-  const q = new URLSearchParams({ type: "vehicle", limit: 200 });
+  const q = new URLSearchParams({ limit: 2000 });
   if (state.region) q.set("region", state.region);
-  const [tree, list] = await Promise.all([api("/regions"), api("/devices?" + q)]);
-  // One request per vehicle for its last position (GET /devices/{id}); 200 at most.
-  const details = await mapLimit(list.items || [], 6, (d) => api("/devices/" + encodeURIComponent(d.id)).catch(() => null));
-  map.vehicles = details.filter((d) => d && d.last_values && d.last_values.lat && d.last_values.lon).map((d) => ({
-    id: d.id, name: d.name, online: d.online, region_id: d.region_id,
-    lat: d.last_values.lat.value, lon: d.last_values.lon.value,
-    speed: d.last_values.speed_kmh ? d.last_values.speed_kmh.value : null,
-    ignition: d.last_values.ignition ? d.last_values.ignition.value : null,
-    at: d.last_values.lat.ts,
+  // One request for every vehicle's last position (GET /vehicles/positions), not one per vehicle.
+  const [tree, list] = await Promise.all([api("/regions"), api("/vehicles/positions?" + q)]);
+  map.vehicles = (list.items || []).filter((v) => typeof v.lat === "number" && typeof v.lon === "number").map((v) => ({
+    id: v.id, name: v.name, online: v.online, region_id: v.region_id, lat: v.lat, lon: v.lon,
+    speed: v.speed_kmh, ignition: v.ignition, at: v.position_at,
   }));
   const regions = flatRegions(tree.regions, []).filter((r) => typeof r.lat === "number" && typeof r.lon === "number"
     && (!state.subtree || state.subtree.has(r.id)));

@@ -44,6 +44,7 @@ MATRIX: dict[tuple[str, str], frozenset[str] | None] = {
     ("GET", "/regions"): ALL,
     ("GET", "/regions/{region_id}"): ALL,
     ("GET", "/overview"): ALL,
+    ("GET", "/vehicles/positions"): ALL,
     ("GET", "/devices"): ALL,
     ("GET", "/devices/{device_id}"): ALL,
     ("GET", "/devices/{device_id}/telemetry"): ALL,
