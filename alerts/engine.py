@@ -18,10 +18,11 @@ import json
 import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Protocol
 
+from alerts import kinds_presence as presence
 from alerts.calendar import BEIJING, Calendar, WorkingHours, beijing
 from alerts.rules import (
     AbsenceParams,
@@ -33,8 +34,10 @@ from alerts.rules import (
     EventCountParams,
     GeofenceParams,
     Match,
+    PassbackParams,
     ScheduleParams,
     SequenceParams,
+    StillInsideParams,
     ThresholdParams,
     TimeWindow,
     TravelParams,
@@ -399,6 +402,8 @@ State = (
     | TravelState
     | DemandState
     | ClockSkewState
+    | presence.PassbackState
+    | presence.StillInsideState
 )
 STATE_TYPES: dict[str, type[Any]] = {
     "threshold": ThresholdState,
@@ -412,8 +417,11 @@ STATE_TYPES: dict[str, type[Any]] = {
     "travel": TravelState,
     "demand": DemandState,
     "clock_skew": ClockSkewState,
+    "passback": presence.PassbackState,
+    "still_inside": presence.StillInsideState,
 }
-RULE_SCOPED = frozenset({"travel"})  # one state per rule (across devices), not per (rule, device)
+# one state per rule (across devices), not per (rule, device)
+RULE_SCOPED = frozenset({"travel", "passback", "still_inside"})
 
 
 def state_key(rule: EffectiveRule, subject: Subject) -> str:
@@ -1317,6 +1325,85 @@ class _ClockSkew(_Untimed):
         return [_emit(rule, subj, False, recv, skew_s=st.skew_s)]
 
 
+def _access(p: PassbackParams | StillInsideParams, rec: Record) -> tuple[str, str] | None:
+    """(who, direction) of an access event the presence rule counts, or None."""
+    if not isinstance(rec, Event) or match_record(p.match, rec) is not True:
+        return None
+    who, direction = rec.data.get(p.key), rec.data.get("direction")
+    if who is None or direction not in ("in", "out"):
+        return None
+    return str(who), str(direction)
+
+
+def _where(subj: Subject) -> presence.Where:
+    return presence.Where(subj.device_id, subj.region_id, subj.region_path)
+
+
+def _presence_alerts(rule: EffectiveRule, subj: Subject, changes: list[presence.Change]) -> list[AlertChange]:
+    """Alert changes of a rule-scoped presence rule: about the gate each change names (one alert per person)."""
+    out = []
+    for c in changes:
+        w = c.where
+        at = replace(subj, device_id=w.device_id, region_id=w.region_id, region_path=w.region_path)
+        out.append(_emit(rule, at, c.firing, c.at_ms, c.who, **c.detail))
+    return out
+
+
+class _Passback:
+    """G3 anti-passback (alerts.kinds_presence)."""
+
+    def evaluate(
+        self, rule: EffectiveRule, st: presence.PassbackState, subj: Subject, rec: Record, now_ms: int, env: Env
+    ) -> list[AlertChange]:
+        got = _access(rule.params, rec)
+        if got is None:
+            return []
+        changes = presence.passback_access(rule.params, st, _where(subj), got[0], got[1], rec.ts_ms)
+        return _presence_alerts(rule, subj, changes)
+
+    def tick(
+        self, rule: EffectiveRule, st: presence.PassbackState, subj: Subject, now_ms: int, env: Env
+    ) -> list[AlertChange]:
+        return _presence_alerts(rule, subj, presence.passback_tick(rule.params, st, now_ms))
+
+    def deadline(self, rule: EffectiveRule, st: presence.PassbackState, subj: Subject) -> int | None:
+        return presence.passback_deadline(rule.params, st)
+
+
+class _StillInside:
+    """G10 still inside at close (alerts.kinds_presence)."""
+
+    def evaluate(
+        self, rule: EffectiveRule, st: presence.StillInsideState, subj: Subject, rec: Record, now_ms: int, env: Env
+    ) -> list[AlertChange]:
+        p: StillInsideParams = rule.params
+        changes: list[presence.Change] = []
+        got = _access(p, rec)
+        if got is not None:
+            changes = presence.still_inside_access(p, st, env.calendar, _where(subj), *got, rec.ts_ms, now_ms)
+        if not isinstance(rec, Status):
+            changes += presence.still_inside_seen(p, st, subj.region_id, rec.ts_ms)
+        return _presence_alerts(rule, subj, changes)
+
+    def tick(
+        self, rule: EffectiveRule, st: presence.StillInsideState, subj: Subject, now_ms: int, env: Env
+    ) -> list[AlertChange]:
+        return _presence_alerts(rule, subj, presence.still_inside_tick(rule.params, st, now_ms))
+
+    def deadline(self, rule: EffectiveRule, st: presence.StillInsideState, subj: Subject) -> int | None:
+        return presence.still_inside_deadline(st)
+
+
+class _Periodic(_Untimed):
+    """E6 / E7 are judged over whole days and months from the telemetry store (alerts/energy_checks.py), never per
+    record: ``route`` sends them nothing, so they cost nothing per message."""
+
+    def evaluate(
+        self, rule: EffectiveRule, st: PeriodicState, subj: Subject, rec: Record, now_ms: int, env: Env
+    ) -> list[AlertChange]:
+        return []
+
+
 KINDS: dict[str, _Kind] = {
     "threshold": _Threshold(),
     "delta": _Delta(),
@@ -1329,6 +1416,8 @@ KINDS: dict[str, _Kind] = {
     "travel": _Travel(),
     "demand": _Demand(),
     "clock_skew": _ClockSkew(),
+    "passback": _Passback(),
+    "still_inside": _StillInside(),
 }
 
 
@@ -1401,7 +1490,7 @@ def route(rule: EffectiveRule) -> Route:
         return Route(None if p.match.field is not None or p.min_distance_m > 0 else (), p.match.event is not None)
     if kind == "event_count":
         return Route((p.match.field,) if p.match.field else (), p.match.event is not None)
-    if kind == "travel":
+    if kind in ("travel", "passback"):
         return Route((), True)
     return Route(None, True)  # sequence: trigger and required may be readings or events
 

@@ -44,10 +44,12 @@ from alerts.rules import (
     GeofenceParams,
     Match,
     OverrideSpec,
+    PassbackParams,
     RuleFile,
     RuleSpec,
     ScheduleParams,
     SequenceParams,
+    StillInsideParams,
     ThresholdParams,
     TravelParams,
 )
@@ -242,6 +244,11 @@ def _params(p: BaseModel, c: _Checker, path: str, given: Mapping[str, Any]) -> N
         event = c.match(p.match, at("match"))
         if event is not None:
             c.event_key(event, p.key, at("key"))
+    elif isinstance(p, PassbackParams | StillInsideParams):
+        event = c.match(p.match, at("match"))
+        if event is not None:
+            c.event_key(event, p.key, at("key"))
+            c.event_key(event, "direction", at("match"))  # presence needs in / out
 
 
 def _kind_findings(

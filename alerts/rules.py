@@ -277,6 +277,39 @@ class TravelParams(_Strict):
     clear_after_s: float | None = Field(default=None, gt=0)
 
 
+class _PresenceParams(_Strict):
+    """Who is inside an area, from access events with a ``direction`` (in / out): G3 and G10. The area of a gate is
+    ``area`` when set (per-gate overrides name e.g. a floor), else the gate's region (its building)."""
+
+    match: Match = Match(event="access", where={"result": "granted"})
+    key: str = Field(default="credential", min_length=1, max_length=64)  # event data key: who
+    area: str | None = Field(default=None, min_length=1, max_length=64)
+
+    @field_validator("match")
+    @classmethod
+    def _event(cls, v: Match) -> Match:
+        if v.event is None:
+            raise ValueError("presence rules match an event (an access with a direction)")
+        return v
+
+
+class PassbackParams(_PresenceParams):
+    """G3 anti-passback: in twice with no out between (or out twice) in the same area, within the timeout."""
+
+    mode: Literal["soft", "hard"] = "soft"  # soft: logged (raised and resolved at once); hard: stays open
+    presence_timeout_s: float = Field(default=43200, gt=0, le=7 * 86400)  # older presence is forgotten
+    clear_after_s: float | None = Field(default=None, gt=0, le=30 * 86400)  # hard: quiet time that clears
+
+
+class StillInsideParams(_PresenceParams):
+    """G10 still inside at close: an entry with no exit by the end of the open hours (+ grace) of its day; an
+    entry while closed gets ``grace_s`` from the entry. Clears on the exit."""
+
+    open_hours: TimeWindow = TimeWindow(hours="08:30-17:30", days="working")  # building open (calendar days)
+    grace_s: float = Field(default=1800, ge=0, le=86400)
+    forget_s: float = Field(default=86400, gt=0, le=7 * 86400)  # an entry unanswered this long is dropped
+
+
 Kind = Literal[
     "threshold",
     "delta",
@@ -289,6 +322,8 @@ Kind = Literal[
     "travel",
     "demand",
     "clock_skew",
+    "passback",
+    "still_inside",
 ]
 PARAMS: dict[str, type[_Strict]] = {
     "threshold": ThresholdParams,
@@ -302,6 +337,8 @@ PARAMS: dict[str, type[_Strict]] = {
     "travel": TravelParams,
     "demand": DemandParams,
     "clock_skew": ClockSkewParams,
+    "passback": PassbackParams,
+    "still_inside": StillInsideParams,
 }
 # Kinds whose alerts go stale when the device is offline: held back while the device's offline alert is open.
 INHIBITABLE_KINDS = frozenset({"threshold", "delta", "geofence", "baseline", "demand"})

@@ -1,7 +1,8 @@
 """Trips and stops (rule V9): segment a vehicle's positions into alternating trips and stops.
 
-Pure: no I/O, no clock. The batch form :func:`segment` is the streaming form :class:`TripTracker` fed every fix,
-so the engine's rule state, the reports and the tests all use one definition:
+Pure: no I/O, no clock. The batch form :func:`segment` is the streaming form (:func:`track_feed` on a JSON-native
+:class:`TrackState`, or :class:`TripTracker`) fed every fix, so the engine's rule state (V8), the reports and the
+tests all use one definition:
 
 - a *stay* starts at an anchor fix and lasts while later fixes are within ``stop_radius_m`` of it; once it has
   lasted ``min_stop_s`` it is confirmed and everything from the anchor on is a stop, until a fix leaves the radius
@@ -20,8 +21,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 SegmentKind = Literal["trip", "stop"]
 
@@ -75,123 +76,128 @@ def qualifies_as_trip(seg: Segment, params: TripParams) -> bool:
     return seg.distance_m >= params.min_trip_m and seg.duration_s >= params.min_trip_s
 
 
-def _merge(a: Segment, b: Segment) -> Segment:
-    return replace(a, end_ms=b.end_ms, end=b.end, distance_m=a.distance_m + b.distance_m)
+Point = list[Any]  # a fix as the tracker keeps it: [index, ts_ms, lat, lon, path length up to it in m]
 
 
 @dataclass(slots=True)
-class _Point:
-    """A fix as the tracker keeps it: its index, time, position and the path length up to it."""
+class TrackState:
+    """The streaming segmenter's state: JSON-native fields only, so a rule state can extend it and be snapshotted
+    as it is (alerts/engine.py). Use it through :func:`track_feed` / :func:`track_finish` or :class:`TripTracker`.
+    """
 
-    idx: int
-    ts_ms: int
-    pos: tuple[float, float]
-    cum_m: float
+    prev: Point | None = None  # the last fix
+    anchor: Point | None = None  # the first fix of the current stay candidate
+    confirmed: bool = False  # the candidate has lasted min_stop_s: a stop
+    run_kind: str | None = None  # the kind of the open run of intervals
+    run_start: Point | None = None
+    held: list[Any] | None = None  # the stop not yet handed out: [start_ms, end_ms, lat0, lon0, lat1, lon1, m]
+    count: int = 0
+
+
+def track_feed(st: TrackState, ts_ms: int, lat: float, lon: float, params: TripParams) -> list[Segment]:
+    """Feed one fix; returns the segments it closed (usually none). An older fix than the last is ignored.
+
+    A trip is handed out when it has ended (the stay after it is confirmed, or a gap began); a stop when the
+    next trip has ended (only then is it known that no short movement extends it). Every segment handed out is
+    final: ``segment`` of the same fixes starts with them. Cost: two distances and a few comparisons."""
+    out: list[Segment] = []
+    prev = st.prev
+    if prev is None:
+        st.prev = st.anchor = st.run_start = [0, ts_ms, lat, lon, 0.0]
+        st.count = 1
+        return out
+    if ts_ms < prev[1]:
+        return out
+    p: Point = [st.count, ts_ms, lat, lon, prev[4] + haversine_m((prev[2], prev[3]), (lat, lon))]
+    st.count += 1
+    anchor = st.anchor
+    assert anchor is not None
+    if ts_ms - prev[1] > params.gap_stop_s * 1000:
+        _label(st, "stop", prev, params, out)
+        st.anchor, st.confirmed = p, False
+    elif haversine_m((anchor[2], anchor[3]), (lat, lon)) <= params.stop_radius_m:
+        if not st.confirmed and ts_ms - anchor[1] >= params.min_stop_s * 1000:
+            if anchor[0] != prev[0]:  # intervals since the anchor were provisional movement: they were a stop
+                start = st.run_start
+                assert start is not None and st.run_kind is not None
+                if start[0] < anchor[0]:
+                    _close_run(st, st.run_kind, start, anchor, params, out)
+                    st.run_start = anchor
+                st.run_kind = "stop"
+            st.confirmed = True
+        _label(st, "stop" if st.confirmed else "trip", prev, params, out)
+    else:
+        _label(st, "trip", prev, params, out)
+        st.anchor, st.confirmed = p, False
+    st.prev = p
+    return out
+
+
+def track_finish(st: TrackState, params: TripParams) -> list[Segment]:
+    """Close the open run (the end of the data) and hand out everything held; the state is then empty."""
+    out: list[Segment] = []
+    prev = st.prev
+    if prev is not None:
+        assert st.run_start is not None
+        _close_run(st, st.run_kind or "stop", st.run_start, prev, params, out)
+        if st.held is not None:
+            out.append(_stop(st.held))
+    st.prev = st.anchor = st.run_start = st.held = None
+    st.run_kind, st.confirmed, st.count = None, False, 0
+    return out
+
+
+def _label(st: TrackState, kind: str, prev: Point, params: TripParams, out: list[Segment]) -> None:
+    """The interval from ``prev`` to the new fix is ``kind``."""
+    if st.run_kind is None:
+        st.run_kind = kind
+    elif st.run_kind != kind:
+        assert st.run_start is not None
+        _close_run(st, st.run_kind, st.run_start, prev, params, out)
+        st.run_kind, st.run_start = kind, prev
+
+
+def _stop(h: list[Any]) -> Segment:
+    return Segment("stop", h[0], h[1], (h[2], h[3]), (h[4], h[5]), h[6])
+
+
+def _close_run(st: TrackState, kind: str, start: Point, end: Point, params: TripParams, out: list[Segment]) -> None:
+    dist = end[4] - start[4]
+    if kind == "trip" and dist >= params.min_trip_m and end[1] - start[1] >= params.min_trip_s * 1000:
+        if st.held is not None:
+            out.append(_stop(st.held))
+            st.held = None
+        out.append(Segment("trip", start[1], end[1], (start[2], start[3]), (end[2], end[3]), dist))
+        return
+    held = st.held  # a stop, or a movement too short to be a trip: folded into the stop around it
+    if held is None:
+        st.held = [start[1], end[1], start[2], start[3], end[2], end[3], dist]
+    else:
+        held[1], held[4], held[5], held[6] = end[1], end[2], end[3], held[6] + dist
 
 
 @dataclass(slots=True)
 class TripTracker:
-    """The incremental segmenter: ``feed`` fixes in time order, get closed segments back.
-
-    A closed segment is returned once the next segment of the other kind is known (a stop when the trip after it
-    has qualified and ended, a trip when the stop after it is confirmed), so every returned segment is final.
-    ``finish`` closes what is open (end of the data). Per fix: two distance computations and a few comparisons.
-    Out-of-order fixes (older than the last one) are ignored.
-    """
+    """The incremental segmenter as an object: ``feed`` fixes in time order, get closed segments back
+    (:func:`track_feed`); ``finish`` at the end of the data."""
 
     params: TripParams = field(default_factory=TripParams)
-    _prev: _Point | None = None
-    _anchor: _Point | None = None
-    _confirmed: bool = False
-    _run_kind: SegmentKind | None = None
-    _run_start: _Point | None = None
-    _held: Segment | None = None
-    _count: int = 0
+    state: TrackState = field(default_factory=TrackState)
 
     @property
     def last_ts_ms(self) -> int | None:
-        return self._prev.ts_ms if self._prev is not None else None
+        return int(self.state.prev[1]) if self.state.prev is not None else None
 
     @property
     def stationary(self) -> bool:
         """Is the vehicle in a confirmed stay?"""
-        return self._confirmed
+        return self.state.confirmed
 
     def feed(self, fix: Fix) -> list[Segment]:
-        out: list[Segment] = []
-        prev = self._prev
-        if prev is None:
-            p = _Point(0, fix.ts_ms, fix.pos, 0.0)
-            self._prev = self._anchor = self._run_start = p
-            self._count = 1
-            return out
-        if fix.ts_ms < prev.ts_ms:
-            return out
-        p = _Point(self._count, fix.ts_ms, fix.pos, prev.cum_m + haversine_m(prev.pos, fix.pos))
-        self._count += 1
-        anchor = self._anchor
-        assert anchor is not None
-        params = self.params
-        if (fix.ts_ms - prev.ts_ms) / 1000 > params.gap_stop_s:
-            self._label("stop", prev, out)
-            self._anchor, self._confirmed = p, False
-        elif haversine_m(anchor.pos, fix.pos) <= params.stop_radius_m:
-            if not self._confirmed and (fix.ts_ms - anchor.ts_ms) / 1000 >= params.min_stop_s:
-                self._relabel_from_anchor(anchor, out)
-                self._confirmed = True
-            self._label("stop" if self._confirmed else "trip", prev, out)
-        else:
-            self._label("trip", prev, out)
-            self._anchor, self._confirmed = p, False
-        self._prev = p
-        return out
+        return track_feed(self.state, fix.ts_ms, fix.lat, fix.lon, self.params)
 
     def finish(self) -> list[Segment]:
-        """Close the open run and return everything still held (the tracker is then empty)."""
-        out: list[Segment] = []
-        prev = self._prev
-        if prev is not None:
-            assert self._run_start is not None
-            self._close_run(self._run_kind or "stop", self._run_start, prev, out)
-            if self._held is not None:
-                out.append(self._held)
-        self._prev = self._anchor = self._run_start = None
-        self._held, self._run_kind, self._confirmed, self._count = None, None, False, 0
-        return out
-
-    def _label(self, kind: SegmentKind, prev: _Point, out: list[Segment]) -> None:
-        """The interval from ``prev`` to the new fix is ``kind``."""
-        if self._run_kind is None:
-            self._run_kind = kind
-        elif self._run_kind != kind:
-            assert self._run_start is not None
-            self._close_run(self._run_kind, self._run_start, prev, out)
-            self._run_kind, self._run_start = kind, prev
-
-    def _relabel_from_anchor(self, anchor: _Point, out: list[Segment]) -> None:
-        """A stay is confirmed: the provisional movement since the anchor was a stop."""
-        start = self._run_start
-        assert start is not None
-        if self._prev is None or anchor.idx == self._prev.idx:
-            return  # nothing labelled since the anchor
-        if start.idx < anchor.idx:
-            assert self._run_kind is not None
-            self._close_run(self._run_kind, start, anchor, out)
-            self._run_start = anchor
-        self._run_kind = "stop"
-
-    def _close_run(self, kind: SegmentKind, start: _Point, end: _Point, out: list[Segment]) -> None:
-        seg = Segment(kind, start.ts_ms, end.ts_ms, start.pos, end.pos, end.cum_m - start.cum_m)
-        if kind == "trip" and not qualifies_as_trip(seg, self.params):
-            seg = replace(seg, kind="stop")
-        held = self._held
-        if held is None:
-            self._held = seg
-        elif held.kind == seg.kind:
-            self._held = _merge(held, seg)
-        else:
-            out.append(held)
-            self._held = seg
+        return track_finish(self.state, self.params)
 
 
 def segment(fixes: Sequence[Fix], params: TripParams = TripParams()) -> list[Segment]:

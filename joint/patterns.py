@@ -52,6 +52,8 @@ ALERT_RULE_KINDS = (
     "travel",
     "demand",
     "clock_skew",
+    "passback",
+    "still_inside",
 )
 
 

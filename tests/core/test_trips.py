@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from dataclasses import asdict
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.trips import Fix, Segment, TripParams, TripTracker, engine_seconds, haversine_m, segment
+from core.trips import (
+    Fix,
+    Segment,
+    TrackState,
+    TripParams,
+    TripTracker,
+    engine_seconds,
+    haversine_m,
+    segment,
+    track_feed,
+    track_finish,
+)
 
 BASE = 1_800_000_000_000
 HOME = (23.1291, 113.2644)
@@ -177,3 +190,19 @@ def test_engine_seconds_counts_ignition_on_intervals_but_not_gaps() -> None:
         Fix(BASE + 1_200_000 + 7_200_000, *HOME, ignition=True),  # gap: not counted
     ]
     assert engine_seconds(fixes) == 900
+
+
+@settings(max_examples=50, deadline=None)
+@given(tracks(), st.integers(min_value=0, max_value=119))
+def test_track_state_survives_a_json_round_trip_mid_stream(fixes: list[Fix], cut: int) -> None:
+    """The engine snapshots the state as JSON and restores it after a restart: the result must not change."""
+    params = TripParams()
+    st1 = TrackState()
+    got: list[Segment] = []
+    for f in fixes[:cut]:
+        got.extend(track_feed(st1, f.ts_ms, f.lat, f.lon, params))
+    st2 = TrackState(**json.loads(json.dumps(asdict(st1))))
+    for f in fixes[cut:]:
+        got.extend(track_feed(st2, f.ts_ms, f.lat, f.lon, params))
+    got.extend(track_finish(st2, params))
+    assert got == segment(fixes, params)
