@@ -6,25 +6,35 @@ regions and the vehicles of the subtree); positions come from the telemetry stor
 of ``CHUNK_MS``, at most ``CHUNK_POINTS`` points a query) and are fed to ``core.trips.TripTracker`` as they are read,
 so a vehicle's history is never held whole. Everything else is reports/vehicle_stats.py.
 
-Reading only what is needed: when a vehicle's terminal sends ``ignition_on`` / ``ignition_off`` events in the
-period, only the windows around them (``IGNITION_PAD_MS`` either side) are read; the hours parked in between are
-not. A vehicle with no ignition events in the period is read whole. Options: ``positions="all"`` reads every
-vehicle whole; ``working_hours="08:30-17:30"``; the ``Policy`` fields (``target_hours_per_workday``,
+Reading only what is needed (option ``trips``):
+
+- ``positions``: V9 trips segmented from positions. When a vehicle's terminal sends ``ignition_on`` /
+  ``ignition_off`` events in the period, only the windows around them (``IGNITION_PAD_MS`` either side) are read;
+  the hours parked in between are not. A vehicle with no ignition events is read whole; ``positions="all"`` reads
+  every vehicle whole.
+- ``ignition``: a trip is an ignition-on span of at least ``min_trip_s``, its distance the vehicle's odometer
+  kilometres over the period shared out by duration (no positions read: one events query for all vehicles and a
+  few odometer points each). A vehicle without ignition events or odometer readings falls back to ``positions``.
+- ``auto`` (default): ``positions`` while the windows to read hold at most ``POSITION_BUDGET_FIXES`` fixes,
+  ``ignition`` above. The summary's ``trip_source`` says which was used.
+
+Other options: ``working_hours="08:30-17:30"`` and the ``Policy`` fields (``target_hours_per_workday``,
 ``under_ratio``, ``over_ratio``, ``short_ratio``, ``margin_ratio``, ``margin_min``).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from alerts.calendar import Calendar, WorkingHours
 from core.errors import UserError
+from core.protocol import DEFAULT_INTERVAL_S
 from core.store import TelemetryStore
 from core.trips import Fix, Segment, TripParams, TripTracker
 from devices.models import Device, Region
@@ -34,6 +44,7 @@ from reports.vehicle_stats import (
     WEEKDAYS_ZH,
     GroupUsage,
     Policy,
+    TripLike,
     Usage,
     Vehicle,
     clip,
@@ -48,7 +59,10 @@ from reports.vehicle_stats import (
 CHUNK_MS = 7 * 86_400_000
 CHUNK_POINTS = 50_000
 LEAD_MS = 2 * 3_600_000  # read this much before the period so a trip under way at its start is seen whole
-IGNITION_PAD_MS = 15 * 60_000
+# Reading and segmenting positions costs ~5 us a fix here: with "trips=auto", above this many fixes in the windows
+# to read, vehicles with ignition events and an odometer get their trips from the ignition events instead.
+POSITION_BUDGET_FIXES = 400_000
+IGNITION_PAD_MS = 6 * 60_000  # > TripParams.min_stop_s, so the stops either side of a trip are confirmed
 EVENT_LIMIT = 2_000_000
 
 
@@ -104,38 +118,96 @@ def read_fixes(store: TelemetryStore, device_id: str, start_ms: int, end_ms: int
         t = hi
 
 
-def ignition_windows(
+def ignition_spans(
     store: TelemetryStore, device_ids: list[str], start_ms: int, end_ms: int
-) -> dict[str, list[tuple[int, int]]]:
-    """Per vehicle with ignition events in [start, end): the merged windows from each ``ignition_on`` to the next
-    ``ignition_off`` (the period's edges when one is missing), padded by ``IGNITION_PAD_MS``."""
+) -> dict[str, list[tuple[int, int]]] | None:
+    """Per vehicle with ignition events in [start, end): each ``ignition_on`` to the next ``ignition_off`` (the
+    period's edges when one is missing). None when there are too many events to trust the answer."""
     events = store.events(device_ids, start_ms, end_ms, ["ignition_on", "ignition_off"], EVENT_LIMIT)
     if len(events) >= EVENT_LIMIT:
-        return {}  # too many to trust the windows: read everything
+        return None
     by_device: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for e in reversed(events):  # oldest first
         by_device[e.device_id].append((e.ts_ms, e.type))
     out: dict[str, list[tuple[int, int]]] = {}
     for device_id, evs in by_device.items():
-        raw: list[tuple[int, int]] = []
+        spans: list[tuple[int, int]] = []
         on: int | None = start_ms if evs[0][1] == "ignition_off" else None
         for ts, kind in evs:
             if kind == "ignition_on":
                 on = ts if on is None else on
             elif on is not None:
-                raw.append((on, ts))
+                spans.append((on, ts))
                 on = None
         if on is not None:
-            raw.append((on, end_ms))
-        merged: list[tuple[int, int]] = []
-        for a, b in raw:
-            a, b = max(start_ms, a - IGNITION_PAD_MS), min(end_ms, b + IGNITION_PAD_MS)
-            if merged and a <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-            else:
-                merged.append((a, b))
-        out[device_id] = merged
+            spans.append((on, end_ms))
+        out[device_id] = spans
     return out
+
+
+def padded(spans: Sequence[tuple[int, int]], start_ms: int, end_ms: int) -> list[tuple[int, int]]:
+    """``spans`` widened by ``IGNITION_PAD_MS`` either side (within the period), overlaps merged."""
+    merged: list[tuple[int, int]] = []
+    for a, b in spans:
+        a, b = max(start_ms, a - IGNITION_PAD_MS), min(end_ms, b + IGNITION_PAD_MS)
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def ignition_windows(
+    store: TelemetryStore, device_ids: list[str], start_ms: int, end_ms: int
+) -> dict[str, list[tuple[int, int]]]:
+    """Per vehicle with ignition events: the windows of positions worth reading (``padded`` ignition spans)."""
+    spans = ignition_spans(store, device_ids, start_ms, end_ms) or {}
+    return {d: padded(s, start_ms, end_ms) for d, s in spans.items()}
+
+
+def _last_point(store: TelemetryStore, device_id: str, fld: str, lo: int, hi: int) -> tuple[int, float] | None:
+    last = None
+    while True:
+        rows = store.raw(device_id, fld, lo, hi, CHUNK_POINTS)
+        if rows:
+            last = rows[-1]
+        if len(rows) < CHUNK_POINTS:
+            return last
+        lo = rows[-1][0] + 1
+
+
+def odometer_km(store: TelemetryStore, device_id: str, start_ms: int, end_ms: int) -> float | None:
+    """Kilometres on the odometer from its first reading in [start, end) to its last (looked for an hour before
+    the end, then a day, a week, the whole period); None without two readings."""
+    first = store.raw(device_id, "odometer_km", start_ms, end_ms, 1)
+    if not first:
+        return None
+    t0, km0 = first[0]
+    for back in (3_600_000, 86_400_000, 7 * 86_400_000, end_ms - t0):
+        last = _last_point(store, device_id, "odometer_km", max(t0, end_ms - back), end_ms)
+        if last is not None:
+            break
+    if last is None or last[0] <= t0:
+        return None
+    return max(0.0, last[1] - km0)
+
+
+@dataclass(frozen=True, slots=True)
+class IgnitionTrip:
+    """A trip from the ignition events (the fast path): its distance is the vehicle's odometer kilometres over the
+    period shared out by duration."""
+
+    start_ms: int
+    end_ms: int
+    distance_m: float
+    kind: str = "trip"
+
+
+def ignition_trips(spans: Sequence[tuple[int, int]], km: float, params: TripParams) -> list[IgnitionTrip]:
+    """Ignition spans of at least ``min_trip_s``, sharing ``km`` by duration."""
+    kept = [(a, b) for a, b in spans if (b - a) / 1000 >= params.min_trip_s]
+    total = sum(b - a for a, b in kept)
+    return [IgnitionTrip(a, b, 1000 * km * (b - a) / total if total else 0.0) for a, b in kept]
 
 
 def vehicle_trips(
@@ -179,7 +251,7 @@ class Figures:
 
 def compute(
     vehicles: Sequence[Vehicle],
-    trips: dict[str, list[Segment]],
+    trips: Mapping[str, Sequence[TripLike]],
     start_ms: int,
     end_ms: int,
     calendar: Calendar,
@@ -413,6 +485,7 @@ def heatmaps(fig: Figures) -> list[Chart]:
 
 SUMMARY_LABELS: dict[str, tuple[str, str]] = {
     "vehicles": ("车辆数", "Vehicles"),
+    "trip_source": ("行程来源(定位/点火)", "Trips from (positions / ignition)"),
     "trips": ("出车次数", "Trips"),
     "km": ("总里程(公里)", "Distance (km)"),
     "engine_h": ("行驶时长(小时)", "Engine hours"),
@@ -425,20 +498,46 @@ SUMMARY_LABELS: dict[str, tuple[str, str]] = {
 }
 
 
+TripSource = Literal["positions", "ignition"]
+
+
+def read_trips(
+    store: TelemetryStore, ids: Sequence[str], start_ms: int, end_ms: int, options: dict[str, Any]
+) -> tuple[dict[str, list[TripLike]], dict[str, TripSource]]:
+    """Each vehicle's trips over [start - LEAD_MS, end) and where they came from (module doc: "trips")."""
+    mode = str(options.get("trips", "auto"))
+    if mode not in ("auto", "positions", "ignition"):
+        raise UserError(f"option trips={mode!r}: one of auto, positions, ignition")
+    params = TripParams()
+    lead = start_ms - LEAD_MS
+    spans = {} if options.get("positions") == "all" else ignition_spans(store, list(ids), lead, end_ms) or {}
+    windows = {d: padded(s, lead, end_ms) for d, s in spans.items()}
+    if mode == "auto":
+        interval = DEFAULT_INTERVAL_S["vehicle"] * 1000
+        span_ms = sum(sum(b - a for a, b in windows.get(d, [(lead, end_ms)])) for d in ids)
+        mode = "positions" if span_ms / interval <= POSITION_BUDGET_FIXES else "ignition"
+    trips: dict[str, list[TripLike]] = {}
+    sources: dict[str, TripSource] = {}
+    for d in ids:
+        km = odometer_km(store, d, start_ms, end_ms) if mode == "ignition" and d in spans else None
+        if km is not None:
+            trips[d], sources[d] = list(ignition_trips(spans[d], km, params)), "ignition"
+        else:
+            trips[d], sources[d] = list(vehicle_trips(store, d, windows.get(d, [(lead, end_ms)]), params)), "positions"
+    return trips, sources
+
+
 def build(source: ReportSource, request: ReportRequest) -> Report:
     policy = policy_from(request.options)
     start_ms, end_ms = _ms(request.start), _ms(min(request.end, request.now))
     region_name, vehicles = load_vehicles(source, request.region_id)
-    ids = [v.id for v in vehicles]
-    lead = start_ms - LEAD_MS
-    windows = {} if request.options.get("positions") == "all" else ignition_windows(source.telemetry, ids, lead, end_ms)
-    params = TripParams()
-    trips = {v: vehicle_trips(source.telemetry, v, windows.get(v, [(lead, end_ms)]), params) for v in ids}
+    trips, sources = read_trips(source.telemetry, [v.id for v in vehicles], start_ms, end_ms, request.options)
     fig = compute(vehicles, trips, start_ms, end_ms, source.calendar, policy)
     advice = findings(fig, policy)
     everyone = GroupUsage("", "", fig.usages)
     summary: dict[str, Cell] = {
         "vehicles": len(vehicles),
+        "trip_source": "+".join(sorted(set(sources.values()))) or "positions",
         "trips": int(everyone.total("trips")),
         "km": round(everyone.total("km"), 1),
         "engine_h": _h(everyone.total("engine_s")),

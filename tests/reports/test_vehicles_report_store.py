@@ -7,10 +7,11 @@ from datetime import datetime
 import pytest
 
 from alerts.calendar import BEIJING, Calendar
+from core.errors import UserError
 from core.protocol import Event, Reading
 from core.store import WriteBatch
 from core.store.sqlite import SqliteStore
-from core.trips import haversine_m
+from core.trips import TripParams, haversine_m
 from devices.registry import DeviceSpec, RegionSpec, Registry
 from reports import vehicles
 from reports.model import ReportRequest
@@ -85,6 +86,8 @@ def seeded(sqlite_registry: Registry, store: SqliteStore) -> LiveSource:
     drive(b, "car-2", "nj-fin-b1", at(10), at(10, 30), DEPOT, SITE)
     event(b, "car-2", "nj-fin-b1", at(10, 30), "ignition_off")
     park(b, "car-2", "nj-fin-b1", at(10, 30) + STEP_MS, at(12), SITE)
+    for ts, km in ((at(8) + 1, 1000.0), (at(10, 20) + 1, 1006.5), (at(11, 59) + 1, 1010.0)):
+        b.readings.append(Reading("car-2", "nj-fin-b1", "vehicle", ts, None, {"odometer_km": km}))
     # car-3 is disabled and car-sz in another city: neither is in the Nanjing report.
     drive(b, "car-3", "nj-fin", at(9), at(9, 30), DEPOT, SITE)
     drive(b, "car-sz", "sz-tax", at(9), at(9, 30), DEPOT, SITE)
@@ -129,6 +132,33 @@ def test_reading_everything_sees_the_bad_run(seeded: LiveSource) -> None:
     assert rows["苏A00002"]["trips"] == 2
 
 
+def test_trips_from_ignition_events_and_the_odometer(seeded: LiveSource) -> None:
+    report = vehicles.build(seeded, request(trips="ignition"))
+    rows = {r["vehicle"]: r for r in report.tables[0].rows}
+    assert (rows["苏A00002"]["trips"], rows["苏A00002"]["km"], rows["苏A00002"]["engine_h"]) == (1, 10.0, 0.5)
+    assert rows["苏A00001"]["trips"] == 1  # no ignition events: segmented from its positions
+    assert report.summary["trip_source"] == "ignition+positions"
+    assert vehicles.build(seeded, request()).summary["trip_source"] == "positions"  # auto: within the budget
+
+
+def test_auto_above_the_position_budget_uses_ignition(seeded: LiveSource, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vehicles, "POSITION_BUDGET_FIXES", 10)
+    assert vehicles.build(seeded, request()).summary["trip_source"] == "ignition+positions"
+    with pytest.raises(UserError):
+        vehicles.build(seeded, request(trips="gps"))
+
+
+def test_odometer_km(seeded: LiveSource) -> None:
+    assert vehicles.odometer_km(seeded.telemetry, "car-2", at(8), at(13)) == 10.0
+    assert vehicles.odometer_km(seeded.telemetry, "car-2", at(8), at(10)) is None  # one reading
+    assert vehicles.odometer_km(seeded.telemetry, "car-1", at(8), at(13)) is None
+
+
+def test_ignition_trips_share_the_km_by_duration() -> None:
+    trips = vehicles.ignition_trips([(0, 600_000), (700_000, 760_000), (800_000, 2_600_000)], 24.0, TripParams())
+    assert [(t.start_ms, t.end_ms, t.distance_m) for t in trips] == [(0, 600_000, 6000), (800_000, 2_600_000, 18000)]
+
+
 def test_read_fixes_in_chunks(seeded: LiveSource, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vehicles, "CHUNK_POINTS", 7)
     chunks = list(vehicles.read_fixes(seeded.telemetry, "car-1", at(8), at(12)))
@@ -147,6 +177,9 @@ def test_ignition_windows_pair_and_pad() -> None:
             return [StoredEvent("c", "r", ts, f"ignition_{k}", None, {}) for k, ts in reversed(evs)]
 
     w = vehicles.ignition_windows(Events(), ["c"], 0, 1_000_000_000)  # type: ignore[arg-type]
+    assert vehicles.ignition_spans(Events(), ["c"], 0, 1_000_000_000) == {  # type: ignore[arg-type]
+        "c": [(0, 100_000_000), (200_000_000, 201_000_000), (900_000_000, 1_000_000_000)]
+    }
     pad = vehicles.IGNITION_PAD_MS
     assert w == {
         "c": [(0, 100_000_000 + pad), (200_000_000 - pad, 201_000_000 + pad), (900_000_000 - pad, 1_000_000_000)]
