@@ -30,7 +30,7 @@ from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
 from typing import Literal, Protocol
 
-from alerts.calendar import BEIJING, Calendar, WorkingHours
+from alerts.calendar import Calendar, WorkingHours
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -153,19 +153,23 @@ def _hours_ms(hours: WorkingHours) -> tuple[int, int]:
     return a, b
 
 
-def _boundaries(t: int, hours: WorkingHours) -> int:
-    """The first instant after ``t`` where the hour-of-week cell or the working-hours edge changes."""
-    nxt = ((t + _OFFSET_MS) // HOUR_MS + 1) * HOUR_MS - _OFFSET_MS
-    a, b = _hours_ms(hours)
-    day0 = _day_start_ms(_local_day(t))
+def _next_edge(t: int, a: int, b: int) -> int:
+    """The first instant after ``t`` where the hour-of-week cell or a working-hours edge (``a``, ``b``: ms into
+    the Beijing day) changes."""
+    local = t + _OFFSET_MS
+    nxt = (local // HOUR_MS + 1) * HOUR_MS
+    day0 = local - local % DAY_MS
     for edge in (day0 + a, day0 + b, day0 + DAY_MS + a, day0 + DAY_MS + b):
-        if t < edge < nxt:
+        if local < edge < nxt:
             nxt = edge
-    return nxt
+    return nxt - _OFFSET_MS
 
 
 def _to_dt(ts_ms: int) -> datetime:
     return datetime.fromtimestamp(ts_ms / 1000, UTC)
+
+
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
 def split_time(
@@ -173,18 +177,20 @@ def split_time(
 ) -> Iterator[tuple[int, int, int, TimeClass, bool]]:
     """Pieces of [start, end) that each lie in one hour-of-week cell and one time class:
     (piece start, piece end, cell = weekday * 24 + hour, class, holiday)."""
+    a, b = _hours_ms(hours)
+    overnight = b <= a
     t = start_ms
     while t < end_ms:
-        nxt = min(_boundaries(t, hours), end_ms)
-        local = _to_dt(t).astimezone(BEIJING)
-        day = local.date()
-        cell = local.weekday() * 24 + local.hour
-        cls: TimeClass
-        if calendar.in_hours(local, hours, "working", region_path):
-            cls = "working"
+        nxt = min(_next_edge(t, a, b), end_ms)
+        day_idx, in_day = divmod(t + _OFFSET_MS, DAY_MS)
+        day = date.fromordinal(_EPOCH_ORDINAL + day_idx)
+        cell = (day_idx + 3) % 7 * 24 + in_day // HOUR_MS  # 1970-01-01 was a Thursday
+        working_day = calendar.is_working_day(day, region_path)
+        if overnight:  # overnight hours belong to their start day: let the calendar say
+            in_hours = calendar.in_hours(_to_dt(t), hours, "working", region_path)
         else:
-            # Overnight working hours belong to their start day; the day class is that of the calendar day here.
-            cls = "after_hours" if calendar.is_working_day(day, region_path) else "non_working"
+            in_hours = working_day and a <= in_day < b
+        cls: TimeClass = "working" if in_hours else "after_hours" if working_day else "non_working"
         holiday = cls == "non_working" and calendar.holiday_name(day) is not None
         yield t, nxt, cell, cls, holiday
         t = nxt
