@@ -38,9 +38,10 @@ app.command("ingest")(long_running(ingest))
 app.command("alerts")(long_running(alerts))
 app.command("engine", hidden=True)(long_running(alerts))  # alias of `alerts`
 
-from devices.sim_cli import simulate  # noqa: E402
+from devices.sim_cli import sim_app, simulate  # noqa: E402
 
 app.command("simulate")(simulate)
+app.add_typer(sim_app, name="sim")  # lianfang sim backfill (docs/simulator.md)
 
 from lianfang.demo import demo  # noqa: E402
 
