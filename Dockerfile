@@ -30,8 +30,9 @@ ENV PYTHONUNBUFFERED=1 \
 RUN groupadd --system --gid 10001 lianfang \
  && useradd --system --uid 10001 --gid lianfang --home-dir /var/lib/lianfang --no-create-home \
         --shell /usr/sbin/nologin lianfang \
- && mkdir -p /var/lib/lianfang /var/lib/lianfang-broker \
+ && mkdir -p /var/lib/lianfang /var/lib/lianfang-broker /var/lib/lianfang-identities \
  && chown lianfang:lianfang /var/lib/lianfang /var/lib/lianfang-broker \
+ && install -d -o lianfang -g lianfang -m 0700 /var/lib/lianfang-identities \
  && install -d -o 1883 -g 1883 -m 0700 /var/lib/lianfang-certs
 
 # Only the builder's wheels, no index: what runs is exactly what was built.

@@ -392,10 +392,23 @@ def adapter_for(
     settings: Settings, dynsec: DynsecClient, *, progress: Progress | None = None
 ) -> PasswdFileAdapter | None:
     """The adapter for the configured broker: the embedded broker's password file when its generated config loads
-    one (``lianfang serve`` writes it so, ADR 0006); None (the caller uses dynsec) for an external broker."""
-    if not settings.mqtt.embedded_broker:
-        return None
+    one (``lianfang serve`` writes it so, ADR 0006); for an external broker, the password file in
+    ``mqtt.broker_dir`` when ``mqtt.device_identities`` is ``password_file`` (compose: a volume shared with the
+    broker container, whose docker/mosquitto/run.sh installs each new version and reloads the broker: the canary
+    login waits for that); None otherwise (the caller uses dynsec)."""
     directory = settings.mqtt.broker_dir
+    if not settings.mqtt.embedded_broker:
+        if settings.mqtt.device_identities != "password_file":
+            return None
+        return PasswdFileAdapter(
+            directory / DEVICE_PASSWD_FILE,
+            host=settings.mqtt.host,
+            port=settings.mqtt.device_listener_port,
+            reload=lambda: None,  # the broker's side watches the file (docker/mosquitto/run.sh)
+            tls_ca=settings.mqtt.tls_ca,
+            dynsec=dynsec,
+            progress=progress,
+        )
     conf = directory / "mosquitto.conf"
     try:
         text = conf.read_text(encoding="utf-8")
