@@ -35,6 +35,7 @@ from gateway.routes import audit as audit_routes
 from gateway.routes import auth as auth_routes
 from gateway.routes import overview as overview_routes
 from gateway.routes import patterns as patterns_routes
+from gateway.routes import reports as reports_routes
 from gateway.routes import risk as risk_routes
 from gateway.routes import security as security_routes
 from gateway.routes import users as users_routes
@@ -163,6 +164,7 @@ def create_app(ctx: GatewayContext) -> FastAPI:
     app.include_router(users_routes.router)  # people and roles (gateway/routes/users.py)
     app.include_router(security_routes.router)  # the security policy (gateway/routes/security.py)
     app.include_router(overview_routes.router)  # key figures (gateway/routes/overview.py)
+    app.include_router(reports_routes.router)  # reports (gateway/routes/reports.py, docs/reports.md)
     app.include_router(vehicles_routes.router)  # the map's vehicle positions (gateway/routes/vehicles.py)
 
     @app.get("/metrics", include_in_schema=False)

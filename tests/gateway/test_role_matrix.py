@@ -105,6 +105,7 @@ MATRIX: dict[tuple[str, str], frozenset[str] | None] = {
     ("DELETE", "/patterns/{pattern_id}"): frozenset({"admin"}),
     ("GET", "/security/policy"): OFFICERS,
     ("PATCH", "/security/policy"): frozenset({"secadmin"}),
+    ("GET", "/reports/{kind}"): ALL,
 }
 # Not called here: device messages (device secrets, tests/gateway/test_ingress.py), the endless live stream (its
 # 401 and scope have tests/gateway/test_live.py), and routes another engineer is adding right now must get a row.
