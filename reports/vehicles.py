@@ -287,69 +287,59 @@ def _pct(ratio: float) -> float:
     return round(100 * ratio, 1)
 
 
+USE_COLUMNS = (
+    Column("trips", "出车次数", "Trips"),
+    Column("km", "里程", "Distance", "km"),
+    Column("engine_h", "行驶时长", "Engine hours", "h"),
+    Column("use_share", "工作时间使用率", "Share of working hours in use", "%"),
+    Column("target_ratio", "目标完成率", "Use against target", "%"),
+)
+OFF_HOURS_COLUMNS = (
+    Column("after_hours_h", "工作日非工作时间", "After hours (working days)", "h"),
+    Column("non_working_h", "非工作日", "Non-working days", "h"),
+    Column("holiday_h", "法定节假日", "Public holidays", "h"),
+)
 VEHICLE_COLUMNS = (
     Column("vehicle", "车辆", "Vehicle"),
     Column("agency", "单位", "Agency"),
-    Column("trips", "出车次数", "Trips"),
-    Column("km", "里程", "Distance", "km"),
-    Column("engine_h", "行驶时长", "Engine hours", "h"),
-    Column("use_share", "工作时间使用率", "Share of working hours in use", "%"),
-    Column("target_ratio", "目标完成率", "Use against target", "%"),
-    Column("after_hours_h", "工作日非工作时间", "After hours (working days)", "h"),
-    Column("non_working_h", "非工作日", "Non-working days", "h"),
-    Column("holiday_h", "法定节假日", "Public holidays", "h"),
+    *USE_COLUMNS,
+    *OFF_HOURS_COLUMNS,
     Column("off_hours_trips", "非工作时间出车", "Trips off hours"),
 )
-
 GROUP_COLUMNS = (
     Column("name", "名称", "Name"),
     Column("fleet", "车辆数", "Vehicles"),
-    Column("trips", "出车次数", "Trips"),
-    Column("km", "里程", "Distance", "km"),
-    Column("engine_h", "行驶时长", "Engine hours", "h"),
-    Column("use_share", "工作时间使用率", "Share of working hours in use", "%"),
-    Column("target_ratio", "目标完成率", "Use against target", "%"),
+    *USE_COLUMNS,
     Column("peak", "最大同时用车", "Peak concurrent use"),
     Column("saturated_h", "全部车辆在用时长", "Time with every vehicle out", "h"),
     Column("needed", "同等服务所需车辆", "Vehicles needed at the same service level"),
-    Column("after_hours_h", "工作日非工作时间", "After hours (working days)", "h"),
-    Column("non_working_h", "非工作日", "Non-working days", "h"),
-    Column("holiday_h", "法定节假日", "Public holidays", "h"),
+    *OFF_HOURS_COLUMNS,
 )
 
 
-def _vehicle_row(u: Usage) -> dict[str, Cell]:
+def _use_cells(g: GroupUsage) -> dict[str, Cell]:
+    """The USE_COLUMNS and OFF_HOURS_COLUMNS cells of a group (a vehicle is a group of one)."""
     return {
-        "vehicle": u.vehicle.name,
-        "agency": u.vehicle.agency_name,
-        "trips": u.trips,
-        "km": round(u.km, 1),
-        "engine_h": _h(u.engine_s),
-        "use_share": _pct(u.use_share),
-        "target_ratio": _pct(u.target_ratio),
-        "after_hours_h": _h(u.after_hours_s),
-        "non_working_h": _h(u.non_working_s),
-        "holiday_h": _h(u.holiday_s),
-        "off_hours_trips": u.off_hours_trips,
-    }
-
-
-def _group_row(g: GroupUsage, policy: Policy) -> dict[str, Cell]:
-    return {
-        "name": g.name,
-        "fleet": g.fleet,
         "trips": int(g.total("trips")),
         "km": round(g.total("km"), 1),
         "engine_h": _h(g.total("engine_s")),
         "use_share": _pct(g.use_share),
         "target_ratio": _pct(g.target_ratio),
-        "peak": g.peak,
-        "saturated_h": _h(g.saturated_s),
-        "needed": needed(g.peak, policy),
         "after_hours_h": _h(g.total("after_hours_s")),
         "non_working_h": _h(g.total("non_working_s")),
         "holiday_h": _h(g.total("holiday_s")),
     }
+
+
+def _vehicle_row(u: Usage) -> dict[str, Cell]:
+    alone = GroupUsage(u.vehicle.id, u.vehicle.name, [u])
+    cells = {"vehicle": u.vehicle.name, "agency": u.vehicle.agency_name, **_use_cells(alone)}
+    return {**cells, "off_hours_trips": u.off_hours_trips}
+
+
+def _group_row(g: GroupUsage, policy: Policy) -> dict[str, Cell]:
+    extra: dict[str, Cell] = {"peak": g.peak, "saturated_h": _h(g.saturated_s), "needed": needed(g.peak, policy)}
+    return {"name": g.name, "fleet": g.fleet, **_use_cells(g), **extra}
 
 
 def findings(fig: Figures, policy: Policy) -> list[Finding]:
