@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy import select
@@ -230,13 +230,36 @@ def vehicle_trips(
 # --- the report -------------------------------------------------------------------------------------------------
 
 
+# Bounds of the policy options (inclusive); the API's schema mirrors them.
+POLICY_BOUNDS: dict[str, tuple[float, float]] = {
+    "target_hours_per_workday": (0.1, 24),
+    "under_ratio": (0, 10),
+    "over_ratio": (0, 10),
+    "short_ratio": (0.01, 1),
+    "margin_ratio": (0, 10),
+    "margin_min": (0, 1000),
+}
+
+
 def policy_from(options: dict[str, Any]) -> Policy:
+    """The ``Policy`` of a request's options; UserError naming the option when one is out of bounds."""
     kwargs: dict[str, Any] = {}
-    for f in fields(Policy):
-        if f.name in options and f.name != "hours":
-            kwargs[f.name] = type(getattr(Policy(), f.name))(options[f.name])
+    default = Policy()
+    for name, (lo, hi) in POLICY_BOUNDS.items():
+        if name not in options:
+            continue
+        try:
+            value = type(getattr(default, name))(options[name])
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"option {name}={options[name]!r}: {exc}") from exc
+        if not lo <= value <= hi:
+            raise UserError(f"option {name}={value}: must be within {lo:g}-{hi:g}")
+        kwargs[name] = value
     if "working_hours" in options:
-        kwargs["hours"] = WorkingHours.parse(str(options["working_hours"]))
+        try:
+            kwargs["hours"] = WorkingHours.parse(str(options["working_hours"]))
+        except ValueError as exc:
+            raise UserError(f"option working_hours={options['working_hours']!r}: {exc}") from exc
     return Policy(**kwargs)
 
 

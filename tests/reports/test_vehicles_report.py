@@ -22,10 +22,12 @@ import math
 from datetime import datetime
 from itertools import pairwise
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from alerts.calendar import BEIJING, Calendar, WorkingHours
+from core.errors import UserError
 from core.trips import Segment
 from reports.vehicle_stats import (
     Policy,
@@ -39,7 +41,7 @@ from reports.vehicle_stats import (
     split_time,
     time_at_or_above,
 )
-from reports.vehicles import Figures, compute, findings, heatmaps
+from reports.vehicles import Figures, compute, findings, heatmaps, policy_from
 
 CAL = Calendar()
 POLICY = Policy()
@@ -214,3 +216,11 @@ def test_concurrency_never_exceeds_the_fleet_and_matches_a_brute_force_count(
     covered = set().union(*(range(a, b) for a, b in intervals))
     assert math.isclose(time_at_or_above(steps, 1) * 1000, len(covered))
     assert math.isclose(time_at_or_above(steps, len(fleet) + 1), 0)
+
+
+def test_policy_options_are_bounded() -> None:
+    p = policy_from({"target_hours_per_workday": "4", "margin_min": 2, "working_hours": "09:00-18:00"})
+    assert (p.target_hours_per_workday, p.margin_min, p.hours) == (4.0, 2, WorkingHours.parse("09:00-18:00"))
+    for bad in ({"short_ratio": 0}, {"under_ratio": "x"}, {"margin_min": 5000}, {"working_hours": "9-"}):
+        with pytest.raises(UserError):
+            policy_from(bad)
