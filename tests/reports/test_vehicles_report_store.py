@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import random
+from datetime import datetime, timedelta
 
+import orjson
 import pytest
 
 from alerts.calendar import BEIJING, Calendar
@@ -13,6 +15,7 @@ from core.store import WriteBatch
 from core.store.sqlite import SqliteStore
 from core.trips import TripParams, haversine_m
 from devices.registry import DeviceSpec, RegionSpec, Registry
+from devices.simulator import Fleet, RegionPoint, fleet_from_registry
 from reports import vehicles
 from reports.model import ReportRequest
 from reports.source import LiveSource
@@ -184,3 +187,47 @@ def test_ignition_windows_pair_and_pad() -> None:
     assert w == {
         "c": [(0, 100_000_000 + pad), (200_000_000 - pad, 201_000_000 + pad), (900_000_000 - pad, 1_000_000_000)]
     }
+
+
+def test_on_the_simulators_history_both_trip_sources_agree(sqlite_registry: Registry, store: SqliteStore) -> None:
+    """Four simulated vehicles, Thu 2026-02-12 to Sun 02-15 (Sat 02-14 a make-up working day the simulator drives
+    on): trips and hours from positions and from ignition events agree; the Saturday is working time."""
+    start, days = datetime(2026, 2, 12, tzinfo=BEIJING), 4
+    end = start + timedelta(days=days)
+    regions = [
+        RegionSpec("js", "江苏省", "province"),
+        RegionSpec("nj", "南京市", "city", "js", 32.06, 118.79),
+        RegionSpec("nj-a", "单位甲", "agency", "nj", 32.04, 118.78),
+        RegionSpec("nj-b", "单位乙", "agency", "nj", 32.10, 118.90),
+    ]
+    sqlite_registry.upsert_regions(regions, now=end)
+    devs = [(f"car-{i}", "vehicle", ("nj-a", "nj-b")[i % 2], 30) for i in range(4)]
+    sqlite_registry.add_devices([DeviceSpec(i, t, r) for i, t, r, _ in devs], now=end)
+    points = [RegionPoint(r.id, r.parent_id, r.level, r.lat, r.lon) for r in regions]
+    fleet = Fleet(fleet_from_registry(devs, points), rng=random.Random(3), start=start)
+    batch = WriteBatch()
+    home = {d: r for d, _, r, _ in devs}
+    for m in fleet.advance(end):
+        doc = orjson.loads(m.payload)
+        if m.kind == "telemetry":
+            fields = {k: v for k, v in doc.items() if k not in ("ts", "seq")}
+            batch.readings.append(Reading(m.device_id, home[m.device_id], "vehicle", m.ts_ms, m.seq, fields))
+        elif m.kind == "event":
+            batch.events.append(Event(m.device_id, home[m.device_id], "vehicle", m.ts_ms, m.seq, doc["type"], doc))
+    store.write(batch)
+    source = LiveSource(sqlite_registry.engine, store, Calendar())
+    reports = {
+        mode: vehicles.build(source, ReportRequest("vehicles", "nj", start, end, end, {"trips": mode}))
+        for mode in ("positions", "ignition")
+    }
+    assert reports["positions"].summary["trip_source"] == "positions"
+    assert reports["ignition"].summary["trip_source"] == "ignition"
+    by_mode = {mode: {r["vehicle"]: r for r in rep.tables[0].rows} for mode, rep in reports.items()}
+    assert int(reports["positions"].summary["trips"] or 0) >= 20  # the simulator made a working week's trips
+    for car, pos in by_mode["positions"].items():
+        ign = by_mode["ignition"][car]
+        assert abs(int(pos["trips"] or 0) - int(ign["trips"] or 0)) <= 1, car
+        assert abs(float(pos["engine_h"] or 0) - float(ign["engine_h"] or 0)) <= 0.3, car
+        assert pos["non_working_h"] == 0 and pos["holiday_h"] == 0, car  # the simulator rests on 02-15 only
+    saturday = next(c for c in reports["positions"].charts if c.key == "heatmap:nj-a").series["周六 Sat"]
+    assert sum(saturday) > 0  # the make-up Saturday's trips are there, in working time
