@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from alerts import kinds_presence as presence
 from alerts.calendar import BEIJING, Calendar, WorkingHours, beijing
 from alerts.rules import (
+    PERIODIC_KINDS,
     AbsenceParams,
     BaselineParams,
     ClockSkewParams,
@@ -61,6 +62,7 @@ class Subject:
     region_path: tuple[str, ...] = ()
     expected_interval_s: float = 60
     site: tuple[float, float] | None = None  # (lat, lon) of the device's site, for impossible travel
+    contracted_kw: float | None = None  # nearest region's ``contracted_kw`` attribute (E8)
 
 
 @dataclass(slots=True)
@@ -371,6 +373,14 @@ class DemandState:
 
 
 @dataclass(slots=True)
+class PeriodicState:
+    """Kinds judged by the energy checks job (E6, E7: alerts/energy_checks.py): nothing kept on the stream."""
+
+    def essential(self) -> tuple[object, ...]:
+        return ()
+
+
+@dataclass(slots=True)
 class ClockSkewState:
     firing: bool = False
     streak: int = 0  # skewed records in a row (not firing) / records within bounds in a row (firing)
@@ -404,6 +414,7 @@ State = (
     | ClockSkewState
     | presence.PassbackState
     | presence.StillInsideState
+    | PeriodicState
 )
 STATE_TYPES: dict[str, type[Any]] = {
     "threshold": ThresholdState,
@@ -419,6 +430,8 @@ STATE_TYPES: dict[str, type[Any]] = {
     "clock_skew": ClockSkewState,
     "passback": presence.PassbackState,
     "still_inside": presence.StillInsideState,
+    "submeter_balance": PeriodicState,
+    "quota": PeriodicState,
 }
 # one state per rule (across devices), not per (rule, device)
 RULE_SCOPED = frozenset({"travel", "passback", "still_inside"})
@@ -1256,6 +1269,12 @@ class _Demand(_Untimed):
             detail.update(quantile=round(q, 3), limit=round(q * p.factor, 3))
         if base is not None:
             detail.update(baseline=round(base, 3), cusum=round(st.cusum, 2))
+        if p.capacity_share is not None:
+            contracted = p.contracted_kw if p.contracted_kw is not None else subj.contracted_kw
+            if contracted is not None:
+                limit = contracted * p.capacity_share
+                spike = spike or d > limit  # above the capacity share: fires and holds off the clear like a spike
+                detail.update(contracted_kw=contracted, limit=round(limit, 3), share=round(d / contracted, 3))
         if st.firing:
             # back to normal: ``clear_intervals`` in a row with no spike and (step test) their residuals back at
             # the baseline on average, not above it (the CUSUM itself would take as long to come down as it took
@@ -1271,7 +1290,8 @@ class _Demand(_Untimed):
             st.firing, st.normal, st.cusum, st.reason, st.recent_z = False, 0, 0.0, "", []
             return [_emit(rule, subj, False, at_ms, **detail)]
         if spike or step:
-            st.firing, st.reason = True, "+".join(r for r, on in (("spike", spike), ("step", step)) if on)
+            reason = "capacity" if p.quantile is None and spike else "spike"
+            st.firing, st.reason = True, "+".join(r for r, on in ((reason, spike), ("step", step)) if on)
             return [_emit(rule, subj, True, at_ms, reason=st.reason, **detail)]
         # learn only from normal intervals, so an anomaly does not become the new normal
         st.seen += 1
@@ -1418,6 +1438,8 @@ KINDS: dict[str, _Kind] = {
     "clock_skew": _ClockSkew(),
     "passback": _Passback(),
     "still_inside": _StillInside(),
+    "submeter_balance": _Periodic(),
+    "quota": _Periodic(),
 }
 
 
@@ -1459,6 +1481,8 @@ def interested(rule: EffectiveRule, record: Record) -> bool:
         return isinstance(record, Event) or (isinstance(record, Reading) and p.field in record.fields)
     if kind == "geofence":
         return isinstance(record, Reading) and p.lat_field in record.fields
+    if kind in PERIODIC_KINDS:
+        return False
     return True
 
 
@@ -1492,6 +1516,8 @@ def route(rule: EffectiveRule) -> Route:
         return Route((p.match.field,) if p.match.field else (), p.match.event is not None)
     if kind in ("travel", "passback"):
         return Route((), True)
+    if kind in PERIODIC_KINDS:
+        return Route((), False)
     return Route(None, True)  # sequence: trigger and required may be readings or events
 
 

@@ -45,11 +45,13 @@ from alerts.rules import (
     Match,
     OverrideSpec,
     PassbackParams,
+    QuotaParams,
     RuleFile,
     RuleSpec,
     ScheduleParams,
     SequenceParams,
     StillInsideParams,
+    SubmeterBalanceParams,
     ThresholdParams,
     TravelParams,
 )
@@ -221,7 +223,7 @@ def _params(p: BaseModel, c: _Checker, path: str, given: Mapping[str, Any]) -> N
         k = c.field(p.field, at("field"))
         c.value(p.field, k, p.op, p.value, at("value"))
         c.fields_equal(p.where, at("where"))
-    elif isinstance(p, DeltaParams | BaselineParams | DemandParams):
+    elif isinstance(p, DeltaParams | BaselineParams | DemandParams | SubmeterBalanceParams | QuotaParams):
         c.field(p.field, at("field"), numeric=True)
         if isinstance(p, DeltaParams) and "reset_event" in given and p.reset_event is not None:
             c.event(p.reset_event, at("reset_event"))

@@ -244,11 +244,15 @@ class DemandParams(_Strict):
     min_samples: int = Field(default=4, ge=1)  # per hour-of-week bin (pooled over the same hour of other days)
     alpha: float = Field(default=0.05, gt=0, le=1)  # learning rate floor of the baseline bins and of sigma
     clear_intervals: int = Field(default=4, ge=1)  # intervals in a row with no spike (and residuals back) clear
+    # capacity test (E8): demand above this share of the contracted capacity: ``contracted_kw`` here (an override
+    # per meter or region), else the ``contracted_kw`` region attribute nearest the meter (devices/region_attrs.py)
+    capacity_share: float | None = Field(default=None, gt=0, le=2)
+    contracted_kw: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _a_test(self) -> DemandParams:
-        if self.quantile is None and self.cusum_h is None:
-            raise ValueError("set quantile (spike test) or cusum_h (step test), or both")
+        if self.quantile is None and self.cusum_h is None and self.capacity_share is None:
+            raise ValueError("set quantile (spike test), cusum_h (step test) or capacity_share (peak demand)")
         return self
 
 
@@ -310,6 +314,24 @@ class StillInsideParams(_PresenceParams):
     forget_s: float = Field(default=86400, gt=0, le=7 * 86400)  # an entry unanswered this long is dropped
 
 
+class SubmeterBalanceParams(_Strict):
+    """E6: a parent meter's day of use (its ``energy_kwh`` counter) against the sum of its children's (meters whose
+    ``parent_meter`` device attribute names it); judged once per Beijing day by the energy checks job."""
+
+    field: str = "energy_kwh"
+    tolerance: float = Field(default=0.08, gt=0, lt=1)  # |parent - children| / parent above this fires
+    min_kwh: float = Field(default=10, ge=0)  # a parent day below this is not judged
+
+
+class QuotaParams(_Strict):
+    """E7: an agency's calendar month of use per capita / per m2 against its quota (region attributes); judged once
+    the month is complete, by the energy checks job."""
+
+    field: str = "energy_kwh"
+    basis: Literal["any", "per_capita", "per_m2"] = "any"  # any: over either quota fires
+    margin: float = Field(default=0, ge=0, le=1)  # fires above quota x (1 + margin)
+
+
 Kind = Literal[
     "threshold",
     "delta",
@@ -324,6 +346,8 @@ Kind = Literal[
     "clock_skew",
     "passback",
     "still_inside",
+    "submeter_balance",
+    "quota",
 ]
 PARAMS: dict[str, type[_Strict]] = {
     "threshold": ThresholdParams,
@@ -339,7 +363,11 @@ PARAMS: dict[str, type[_Strict]] = {
     "clock_skew": ClockSkewParams,
     "passback": PassbackParams,
     "still_inside": StillInsideParams,
+    "submeter_balance": SubmeterBalanceParams,
+    "quota": QuotaParams,
 }
+# Kinds judged over whole days or months by the energy checks job (alerts/energy_checks.py), not on the stream.
+PERIODIC_KINDS = frozenset({"submeter_balance", "quota"})
 # Kinds whose alerts go stale when the device is offline: held back while the device's offline alert is open.
 INHIBITABLE_KINDS = frozenset({"threshold", "delta", "geofence", "baseline", "demand"})
 

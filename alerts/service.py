@@ -53,13 +53,19 @@ class RegionRef:
     path: tuple[str, ...]  # root first, the region itself last
     lat: float | None = None
     lon: float | None = None
+    contracted_kw: float | None = None  # the region attribute (E8 peak demand)
 
 
 def regions_from_registry(registry: Any) -> Callable[[], dict[str, RegionRef]]:
     """A region provider reading ``devices.registry.Registry.regions()``."""
 
     def load() -> dict[str, RegionRef]:
-        return {r.id: RegionRef(tuple(p for p in r.path.split("/") if p), r.lat, r.lon) for r in registry.regions()}
+        return {
+            r.id: RegionRef(
+                tuple(p for p in r.path.split("/") if p), r.lat, r.lon, (r.attributes or {}).get("contracted_kw")
+            )
+            for r in registry.regions()
+        }
 
     return load
 
@@ -415,12 +421,16 @@ class AlertService:
         ref = self._regions.get(region_id)
         path = ref.path if ref is not None else (region_id,)
         site = None
+        contracted: float | None = None
         for rid in reversed(path):
             r = self._regions.get(rid)
-            if r is not None and r.lat is not None and r.lon is not None:
+            if r is None:
+                continue
+            if site is None and r.lat is not None and r.lon is not None:
                 site = (r.lat, r.lon)
-                break
-        return Subject(device_id, device_type, region_id, path, interval, site)
+            if contracted is None:
+                contracted = r.contracted_kw
+        return Subject(device_id, device_type, region_id, path, interval, site, contracted_kw=contracted)
 
     def _rules_of(self, subj: Subject) -> list[EffectiveRule]:
         rules = self._device_rules.get(subj.device_id)

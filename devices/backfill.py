@@ -13,11 +13,12 @@ Behaviour (Beijing time; working days are the official calendar with its make-up
   time (08:00-09:30) and leaves around their own time (17:00-18:30), some by the exit button; a few visitors
   during the day; a few denied attempts. On a non-working day only a few (about 4 %) come in. Telemetry
   ``door_open`` / ``occupancy`` every ``heartbeat_s``.
-- vehicles: parked at their depot (their region's coordinates) at night; on working days trips between 08:30 and
-  17:00 to the other buildings and agencies of their city and back, with ``ignition_on`` / ``ignition_off``
-  (and sometimes ``driver_login``) events and positions every 30-60 s while moving; a parked position every
-  ``heartbeat_s``. Usage differs: agencies in sorted order ``i % 5 == 1`` are under-used (x0.3), ``i % 5 == 3``
-  busy (x1.8); one vehicle in ten is hardly used (x0.15). A few trips after hours on working days.
+- vehicles: parked at their depot (their region's coordinates) at night; on working days outings between 08:30
+  and 17:00 to one to three of the other buildings and agencies of their city (or elsewhere in it) and back,
+  with ``ignition_on`` / ``ignition_off`` (and sometimes ``driver_login``) events and positions every 30-60 s
+  while moving; a parked position every ``heartbeat_s``. Usage differs: agencies in sorted order ``i % 5 == 1``
+  are under-used (x0.3), ``i % 5 == 3`` busy (x1.8); one vehicle in ten is hardly used (x0.15). A few trips
+  after hours on working days.
 - energy meters: ``power_kw`` on the simulator's hour-of-week load shape (``load_share``), ``energy_kwh``
   integrating it (never decreasing), every ``meter_interval_s``. Waste patterns: about 12 % of meters keep a high
   night base load (equipment left on, +25 % of nominal 20:00-07:00), about 8 % run on non-working days like on a
@@ -45,9 +46,10 @@ MINUTE_MS = 60_000
 UNDER_USED_AGENCY = 0.3
 BUSY_AGENCY = 1.8
 IDLE_VEHICLE = 0.15
-TRIPS_PER_WORKING_DAY = 2.5
+TRIPS_PER_WORKING_DAY = 3.0
 TRIPS_PER_OFF_DAY = 0.1
 AFTER_HOURS_TRIP_P = 0.03
+ELSEWHERE_P = 0.4
 # Meter waste patterns.
 NIGHT_WASTE_P = 0.12
 NIGHT_WASTE_SHARE = 0.25
@@ -289,8 +291,8 @@ class _Drive:
         g, st, rng = self.g, self.st, self.st.rng
         src = (st.lat, st.lon)
         km = _km(src[0], src[1], dst[0], dst[1]) * 1.3  # roads are not straight
-        speed = rng.uniform(25, 45)
-        duration = int(km / speed * 3_600_000) + MINUTE_MS
+        speed = rng.uniform(20, 35)  # city traffic
+        duration = int(km / speed * 3_600_000) + 2 * MINUTE_MS
         heading = math.degrees(math.atan2(dst[1] - src[1], dst[0] - src[0])) % 360.0
         g.event(t_ms, "ignition_on", {})
         if rng.random() < 0.5:
@@ -318,18 +320,22 @@ class _Drive:
         return arrive
 
     def round_trip(self, t_ms: int) -> int:
-        """Out to another site, a stay, and back to the depot; returns when it is back."""
+        """Out to one to three other sites with a stay at each, and back to the depot; returns when it is back."""
         rng = self.st.rng
-        arrive = self.leg(t_ms, _destination(self.st))
-        return self.leg(arrive + rng.randint(15, 90) * MINUTE_MS, (self.st.dev.lat, self.st.dev.lon))
+        t = t_ms
+        for _ in range(rng.randint(1, 3)):
+            t = self.leg(t, _destination(self.st)) + rng.randint(10, 60) * MINUTE_MS
+        return self.leg(t, (self.st.dev.lat, self.st.dev.lon))
 
 
 def _destination(st: _Dev) -> tuple[float, float]:
+    """Another building or agency of the city; one stop in ``ELSEWHERE_P`` is elsewhere in the city (a meeting,
+    an inspection: 3-12 km away), as is every stop of a vehicle whose city has no other located site."""
     sites: Sequence[Site] = st.dev.sites
-    if sites:
+    if sites and st.rng.random() >= ELSEWHERE_P:
         s = st.rng.choice(sites)
         return s.lat, s.lon
-    km, angle = st.rng.uniform(2, 8), st.rng.uniform(0, 2 * math.pi)
+    km, angle = st.rng.uniform(3, 12), st.rng.uniform(0, 2 * math.pi)
     lat = st.dev.lat + km * math.cos(angle) / 111.0
     return lat, st.dev.lon + km * math.sin(angle) / (111.0 * max(0.2, math.cos(math.radians(st.dev.lat))))
 
@@ -497,3 +503,35 @@ def backfill(
     if len(pending):
         store.write(pending)
     return counts
+
+
+class StoredLastValues(Protocol):
+    def last_values(self, device_id: str) -> dict[str, tuple[int, float | bool]]: ...
+
+
+class HistoryStore(BatchWriter, StoredLastValues, Protocol):
+    """A telemetry store as :func:`backfill_once` needs it."""
+
+
+def history_present(store: StoredLastValues, devices: Sequence[SimDevice]) -> bool:
+    """Whether the store already holds data of these devices (the first device of each type is asked)."""
+    probes: dict[str, str] = {}
+    for d in devices:
+        probes.setdefault(d.type, d.id)
+    return any(store.last_values(device_id) for device_id in probes.values())
+
+
+def backfill_once(
+    store: HistoryStore,
+    devices: Sequence[SimDevice],
+    start: datetime,
+    end: datetime,
+    *,
+    options: BackfillOptions | None = None,
+    parents: Mapping[str, str] | None = None,
+) -> BackfillCounts | None:
+    """:func:`backfill` unless the store already holds data of the devices (a demo that ran before: its meters
+    and odometers must not go back); None when skipped."""
+    if not devices or history_present(store, devices):
+        return None
+    return backfill(store, devices, start, end, options=options, parents=parents)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -15,13 +16,15 @@ import typer
 
 from core import clock
 from core.logs import setup_logging
+from core.settings import Settings
+from devices.backfill import BackfillOptions, backfill_once
 from devices.fleet_credentials import provision_fleet
-from devices.registry import DeviceSpec
+from devices.registry import DeviceSpec, Registry
 from devices.sample import RegionLike, demo_device_specs, sample_regions
-from devices.sim_cli import devices_from_registry, run_simulation, stored_last_values
+from devices.sim_cli import backfill_devices, devices_from_registry, run_simulation, stored_last_values
 from devices.sim_publisher import DevicePublisher
 from devices.simulator import BEIJING, Fleet, SimDevice, parse_incident
-from lianfang.context import open_registry, settings_from
+from lianfang.context import open_registry, open_store, settings_from
 from lianfang.runtime import Runtime
 from lianfang.serve_cmd import run_service
 
@@ -65,6 +68,8 @@ DEMO_NOMINAL_KW: dict[str, float] = {"meter-gz-a02-b1-01": 60.0}
 DEMO_RULES_FILE = Path(__file__).with_name("demo-rules.yaml")
 DEMO_RULES_NOW_FILE = "demo-rules-now.yaml"
 DEFAULT_SEED = 1
+# Weeks of history the demo back-fills at its first start (devices/backfill.py): a month, and a previous week.
+DEMO_HISTORY_WEEKS = 5
 
 
 def demo_rules_now(start: datetime, device_ids: Collection[str] | None = None) -> str:
@@ -128,6 +133,30 @@ def demo_fleet(
     )
 
 
+def backfill_demo_history(settings: Settings, registry: Registry, *, weeks: int, seed: int, now: datetime) -> None:
+    """Back-fill ``weeks`` of the fleet's history up to ``now`` once: nothing when the store already holds data of
+    the fleet (a demo that ran before)."""
+    devices, parents = backfill_devices(registry)
+    store = open_store(settings)
+    try:
+        t0 = time.monotonic()
+        counts = backfill_once(
+            store, devices, now - timedelta(weeks=weeks), now, options=BackfillOptions(seed=seed), parents=parents
+        )
+    finally:
+        store.close()
+    if counts is None:
+        logger.info("demo history: the store already holds data of the fleet, nothing back-filled")
+    else:
+        logger.info(
+            "demo history: %d weeks back-filled in %.1f s: %d readings, %d events",
+            weeks,
+            time.monotonic() - t0,
+            counts.readings,
+            counts.events,
+        )
+
+
 def demo(
     ctx: typer.Context,
     per_building: Annotated[
@@ -144,6 +173,15 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed of the simulated fleet (the same seed, the same run).")] = (
         DEFAULT_SEED
     ),
+    history_weeks: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=52,
+            help="Weeks of history back-filled at the first start, so that the reports show numbers (0: none; "
+            "skipped when the store already holds data of the fleet).",
+        ),
+    ] = DEMO_HISTORY_WEEKS,
 ) -> None:
     """Start the demo: sample regions (广东省, 广州市, 深圳市 …), a few hundred simulated devices with live data and
     scripted incidents (an intrusion and a regional cluster among them, with department tasks, within three
@@ -154,7 +192,11 @@ def demo(
     registry = open_registry(settings)
     registry.upsert_regions(sample_regions(), now=now)
     specs = demo_specs(registry.regions(), per_building, vehicles_per_agency)
-    created, _ = registry.add_devices(specs, now=now)
+    # With history, the fleet is registered as old as its history (reports count devices created before a period).
+    back_to = now - timedelta(weeks=history_weeks) if simulate else now
+    created, _ = registry.add_devices(specs, now=back_to)
+    if simulate and history_weeks:
+        backfill_demo_history(settings, registry, weeks=history_weeks, seed=seed, now=now)
     registry.engine.dispose()
     logger.info("demo registry ready: %d devices (%d new)", len(specs), created)
     if not settings.joint.enabled or not (settings.joint.packs or settings.joint.patterns_paths):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from core.store import WriteBatch
 from core.store.sqlite import SqliteStore
-from devices.backfill import BackfillOptions, agency_usage, backfill, generate
+from devices.backfill import BackfillOptions, agency_usage, backfill, backfill_once, generate
 from devices.simulator import BEIJING, SimDevice, Site
 
 SITES = (Site("b2", 23.14, 113.30), Site("b3", 23.10, 113.25))
@@ -189,3 +189,15 @@ def test_cli_sim_backfill_region_and_devices(tmp_path: Path) -> None:
         store.close()
     res = CliRunner().invoke(app, ["sim", "backfill", "--weeks", "1", "--devices", "no-such-device"], env=env)
     assert res.exit_code == 1 and "no-such-device" in res.stderr
+
+
+def test_backfill_once_skips_a_store_that_holds_data(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "t.db", synchronous="NORMAL", background_checkpoint=False)
+    try:
+        end = START + timedelta(days=1)
+        first = backfill_once(store, DEVICES, START, end, parents=PARENTS)
+        assert first is not None and first.readings == store.count_readings()
+        assert backfill_once(store, DEVICES, START, end + timedelta(days=1), parents=PARENTS) is None
+        assert store.count_readings() == first.readings
+    finally:
+        store.close()
