@@ -255,6 +255,57 @@ class AuthSettings(_Section):
     totp_required_for_admins: bool = False  # administrators (admin, sysadmin, secadmin) must log in with TOTP
 
 
+class ReportScheduleSettings(_Section):
+    """One scheduled report (docs/reports.md "Schedules"): built at ``cron`` (Beijing time) and delivered."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["vehicles", "energy", "coverage", "scorecard"]
+    region: str = Field(min_length=2, max_length=64)
+    period: str = Field(default="7d", min_length=2, max_length=32)  # reports/period.py, relative to the run
+    cron: str = Field(min_length=9, max_length=120)  # "minute hour day month day-of-week", Beijing time
+    channels: list[str] = Field(min_length=1, max_length=20)  # channel names of alerts.notify_config
+    format: Literal["html", "pdf", "csv", "json"] = "html"  # what e-mail attaches
+    lang: Literal["zh", "en"] = "zh"
+
+    @field_validator("period")
+    @classmethod
+    def _period(cls, v: str) -> str:
+        from datetime import UTC, datetime
+
+        from reports.period import parse_period
+
+        try:
+            parse_period(v, datetime(2026, 1, 1, tzinfo=UTC))
+        except UserError as exc:
+            raise ValueError(str(exc)) from exc
+        return v
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from reports.schedule import cron_trigger
+
+        cron_trigger(v)  # ValueError naming the bad field
+        return v
+
+
+class ReportSettings(_Section):
+    """Reports (reports/, docs/reports.md): scheduled deliveries."""
+
+    schedules: list[ReportScheduleSettings] = Field(default_factory=list, max_length=200)
+    # The page's address as people reach it (e.g. https://lianfang.example.gov.cn): IM messages link the report.
+    link_base: str | None = Field(default=None, max_length=300, pattern=r"^https?://\S+$")
+
+    @field_validator("schedules")
+    @classmethod
+    def _unique(cls, v: list[ReportScheduleSettings]) -> list[ReportScheduleSettings]:
+        names = [x.name for x in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate schedule name(s) {', '.join(dupes)}")
+        return v
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LIANFANG_", env_nested_delimiter="__", extra="forbid")
 
@@ -278,6 +329,7 @@ class Settings(BaseSettings):
     risk: RiskSettings = RiskSettings()
     joint: JointSettings = JointSettings()
     auth: AuthSettings = AuthSettings()
+    reports: ReportSettings = ReportSettings()
 
     @field_validator("database_url")
     @classmethod

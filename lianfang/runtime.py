@@ -208,6 +208,8 @@ class Runtime:
                     "interval",
                     seconds=s.risk.snapshot_interval_s,
                 )
+                if s.reports.schedules:  # scheduled reports (reports/schedule.py, docs/reports.md), once per install
+                    self._start_report_schedules()
         if self.forwarding:
             self.forwarder = EngineForwarder(
                 s.mqtt,
@@ -247,6 +249,26 @@ class Runtime:
         if s.gc_settle_s > 0:
             gcpolicy.settle("start-up")
             self.scheduler.add_job(gcpolicy.settle, "interval", args=["periodic"], seconds=s.gc_settle_s)
+
+    def _start_report_schedules(self) -> None:
+        from reports.schedule import start_report_schedules
+        from reports.source import LiveSource
+
+        assert self.alerts is not None and self.registry is not None and self.store is not None
+        assert self.scheduler is not None
+        registry = self.registry
+        source = LiveSource(registry.engine, self.store, self.alerts.rules.calendar)
+        try:
+            start_report_schedules(
+                self.settings.reports,
+                source,
+                self.alerts.notify_config,
+                self.scheduler,
+                lambda rid: registry.region(rid) is not None,
+            )
+        except UserError:
+            self.stop()
+            raise
 
     def wait_ingest(self, timeout: float = 60.0) -> None:
         """With ingest as a child process: return once it has reported that it is connected (so ``serve`` is up

@@ -377,8 +377,9 @@ def svg_chart(chart: Chart) -> str:
 # --- HTML --------------------------------------------------------------------------------------------------
 
 CSS = """
-body{font-family:"Noto Sans CJK SC","Source Han Sans SC","Microsoft YaHei","PingFang SC",sans-serif;color:#111;
-margin:24px;font-size:13px}
+body{font-family:"Noto Sans CJK SC","Source Han Sans SC","WenQuanYi Micro Hei","Microsoft YaHei",
+"PingFang SC",sans-serif;
+color:#111;margin:24px;font-size:13px}
 h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;border-bottom:2px solid #2563eb;padding-bottom:2px;margin-top:24px}
 h3{font-size:14px;margin:16px 0 6px}.meta{color:#555;margin-bottom:12px}
 table{border-collapse:collapse;width:100%;margin:6px 0 12px}th,td{border:1px solid #ccc;padding:3px 6px;text-align:left}

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from devices.audit import AuditLog
 from gateway.app import create_app
 from reports import registry as report_registry
-from tests.gateway.conftest import Gateway, gateway, seeded  # noqa: F401  (fixtures)
+from tests.gateway.conftest import Gateway
 
 URL = "/api/v1/reports"
 PERIOD = "2026-11-20..2026-11-26"  # ends 2026-11-27 00:00 Beijing, after the seeded NOW
@@ -29,7 +29,7 @@ class Client:
 
 
 @pytest.fixture
-def api(gateway: Gateway) -> Iterator[Client]:  # noqa: F811
+def api(gateway: Gateway) -> Iterator[Client]:
     with TestClient(create_app(gateway.ctx)) as client:
         yield Client(client, gateway.tokens)
 
@@ -88,7 +88,7 @@ def test_a_builder_not_installed_is_501(api: Client, monkeypatch: pytest.MonkeyP
     assert r.status_code == 501 and "not available" in r.json()["detail"]
 
 
-def test_each_report_read_is_audited(api: Client, gateway: Gateway) -> None:  # noqa: F811
+def test_each_report_read_is_audited(api: Client, gateway: Gateway) -> None:
     assert api.get("coverage", "sz", period=PERIOD).status_code == 200
     rec = AuditLog(gateway.ctx.registry.session).records(limit=1)[0]
     assert rec.action == "GET /reports/{kind}"
