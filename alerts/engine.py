@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Protocol
 
 from alerts import kinds_presence as presence
+from alerts import kinds_vehicle as vehicle
 from alerts.calendar import BEIJING, Calendar, WorkingHours, beijing
 from alerts.rules import (
     PERIODIC_KINDS,
@@ -46,7 +47,7 @@ from alerts.rules import (
 )
 from alerts.types import AlertChange
 from core.protocol import Event, Reading, Record, Status
-from core.trips import haversine_m
+from core.trips import TripParams, haversine_m, point_in_polygon
 
 MAX_GROUPS = 1000  # per (rule, device): distinct credentials etc. kept
 MAX_RECENT = 32
@@ -56,6 +57,9 @@ MAX_RECENT = 32
 class Subject:
     """The device a rule is evaluated for, from the registry snapshot."""
 
+    # a vehicle's home depot (lat, lon, radius_m) and overnight lot polygon, from its attributes (V2, V13)
+    depot: vehicle.Depot | None = field(default=None, kw_only=True)
+    lot: vehicle.Lot | None = field(default=None, kw_only=True)
     device_id: str
     device_type: str
     region_id: str
@@ -70,6 +74,7 @@ class Env:
     """What rules may consult besides the record: the calendar with rosters and sealing periods."""
 
     calendar: Calendar = field(default_factory=Calendar)
+    dispatches: vehicle.DispatchBook = field(default_factory=vehicle.DispatchBook)  # approved (V2, V13)
     _hours: dict[tuple[int, tuple[str, ...]], tuple[bool, int, int]] = field(default_factory=dict, repr=False)
     _last: tuple[int, tuple[str, ...], tuple[bool, int, int]] | None = field(default=None, repr=False)
 
@@ -176,20 +181,6 @@ def _lag(seen_ms: int, ts_ms: int) -> int:
     flushed, a redelivery after an outage) the two differ by the delay: the deadline moves by it, so the rest of
     the backlog, arriving right behind, decides whether the condition held, not the wall clock."""
     return max(0, seen_ms - ts_ms) if seen_ms else 0
-
-
-def point_in_polygon(lat: float, lon: float, poly: Sequence[Sequence[float]]) -> bool:
-    """Ray casting on (lat, lon) treated as planar: fine at city / province scale."""
-    inside = False
-    n = len(poly)
-    j = n - 1
-    for i in range(n):
-        yi, xi = poly[i][0], poly[i][1]
-        yj, xj = poly[j][0], poly[j][1]
-        if (yi > lat) != (yj > lat) and lon < (xj - xi) * (lat - yi) / (yj - yi) + xi:
-            inside = not inside
-        j = i
-    return inside
 
 
 def in_window(env: Env, w: TimeWindow, ts_ms: int, region_path: tuple[str, ...]) -> bool:
@@ -402,6 +393,9 @@ class TravelState:
 
 State = (
     ThresholdState
+    | vehicle.DepotExitState
+    | vehicle.UtilisationState
+    | vehicle.OvernightLotState
     | DeltaState
     | AbsenceState
     | ScheduleState
@@ -418,6 +412,9 @@ State = (
 )
 STATE_TYPES: dict[str, type[Any]] = {
     "threshold": ThresholdState,
+    "depot_exit": vehicle.DepotExitState,
+    "utilisation": vehicle.UtilisationState,
+    "overnight_lot": vehicle.OvernightLotState,
     "delta": DeltaState,
     "absence": AbsenceState,
     "schedule": ScheduleState,
@@ -911,6 +908,104 @@ class _Geofence:
         if st.firing or st.since_ms is None:
             return None
         return st.since_ms + int(p.min_outside_s * 1000) + _lag(st.seen_ms, st.last_ts_ms)
+
+
+def _position(rec: Record) -> tuple[float, float] | None:
+    """(lat, lon) of a reading that has both as numbers."""
+    if not isinstance(rec, Reading):
+        return None
+    lat, lon = rec.fields.get("lat"), rec.fields.get("lon")
+    if lat is None or lon is None or isinstance(lat, bool) or isinstance(lon, bool):
+        return None
+    return (lat, lon)
+
+
+def _vehicle_alerts(rule: EffectiveRule, subj: Subject, changes: list[vehicle.Change]) -> list[AlertChange]:
+    return [_emit(rule, subj, c.firing, c.at_ms, "", **c.detail) for c in changes]
+
+
+class _DepotExit:
+    """V2 movement without dispatch (alerts.kinds_vehicle): needs the vehicle's ``depot``."""
+
+    def evaluate(
+        self, rule: EffectiveRule, st: vehicle.DepotExitState, subj: Subject, rec: Record, now_ms: int, env: Env
+    ) -> list[AlertChange]:
+        pos = _position(rec) if subj.depot is not None else None
+        if pos is None or subj.depot is None:
+            return []
+        p = rule.params
+        changes = vehicle.depot_exit_position(
+            p, st, subj.depot, env.dispatches, subj.device_id, pos[0], pos[1], rec.ts_ms, now_ms
+        )
+        return _vehicle_alerts(rule, subj, changes)
+
+    def tick(
+        self, rule: EffectiveRule, st: vehicle.DepotExitState, subj: Subject, now_ms: int, env: Env
+    ) -> list[AlertChange]:
+        changes = vehicle.depot_exit_tick(rule.params, st, env.dispatches, subj.device_id, now_ms)
+        return _vehicle_alerts(rule, subj, changes)
+
+    def deadline(self, rule: EffectiveRule, st: vehicle.DepotExitState, subj: Subject) -> int | None:
+        return vehicle.depot_exit_deadline(rule.params, st) if subj.depot is not None else None
+
+
+_TRIP_PARAMS = TripParams()  # V9 as DOMAIN-RULES gives it
+
+
+class _Utilisation:
+    """V8 utilisation (alerts.kinds_vehicle) on the V9 segmenter (core.trips): judged after each local midnight."""
+
+    def evaluate(
+        self, rule: EffectiveRule, st: vehicle.UtilisationState, subj: Subject, rec: Record, now_ms: int, env: Env
+    ) -> list[AlertChange]:
+        if not isinstance(rec, Reading):
+            return []
+        pos = _position(rec)
+        ign = rec.fields.get("ignition")
+        if pos is None and not isinstance(ign, bool):
+            return []
+        lat, lon = pos if pos is not None else (None, None)
+        vehicle.utilisation_position(
+            rule.params, st, _TRIP_PARAMS, rec.ts_ms, lat, lon, ign if isinstance(ign, bool) else None
+        )
+        return []
+
+    def tick(
+        self, rule: EffectiveRule, st: vehicle.UtilisationState, subj: Subject, now_ms: int, env: Env
+    ) -> list[AlertChange]:
+        changes = vehicle.utilisation_tick(rule.params, st, env.calendar, subj.region_path, now_ms)
+        return _vehicle_alerts(rule, subj, changes)
+
+    def deadline(self, rule: EffectiveRule, st: vehicle.UtilisationState, subj: Subject) -> int | None:
+        return vehicle.utilisation_deadline(st)
+
+
+class _OvernightLot:
+    """V13 parked off-site overnight (alerts.kinds_vehicle): needs the vehicle's ``lot``."""
+
+    def evaluate(
+        self, rule: EffectiveRule, st: vehicle.OvernightLotState, subj: Subject, rec: Record, now_ms: int, env: Env
+    ) -> list[AlertChange]:
+        pos = _position(rec) if subj.lot is not None else None
+        if pos is None or subj.lot is None:
+            return []
+        changes = vehicle.overnight_position(
+            rule.params, st, subj.lot, env.dispatches, subj.device_id, env.calendar, subj.region_path, *pos, rec.ts_ms
+        )
+        return _vehicle_alerts(rule, subj, changes)
+
+    def tick(
+        self, rule: EffectiveRule, st: vehicle.OvernightLotState, subj: Subject, now_ms: int, env: Env
+    ) -> list[AlertChange]:
+        if subj.lot is None:
+            return []
+        changes = vehicle.overnight_tick(
+            rule.params, st, subj.lot, env.dispatches, subj.device_id, env.calendar, subj.region_path, now_ms
+        )
+        return _vehicle_alerts(rule, subj, changes)
+
+    def deadline(self, rule: EffectiveRule, st: vehicle.OvernightLotState, subj: Subject) -> int | None:
+        return vehicle.overnight_deadline(rule.params, st) if subj.lot is not None else None
 
 
 # "w:how" keys of the hour-of-week bins, built once: [working][how] and, per hour of day, the 7 days' keys
@@ -1426,6 +1521,9 @@ class _Periodic(_Untimed):
 
 KINDS: dict[str, _Kind] = {
     "threshold": _Threshold(),
+    "depot_exit": _DepotExit(),
+    "utilisation": _Utilisation(),
+    "overnight_lot": _OvernightLot(),
     "delta": _Delta(),
     "absence": _Absence(),
     "schedule": _Schedule(),
@@ -1463,11 +1561,16 @@ def next_deadline(rule: EffectiveRule, state: State, subject: Subject) -> int | 
     return KINDS[rule.kind].deadline(rule, state, subject)
 
 
+VEHICLE_KINDS = frozenset({"depot_exit", "utilisation", "overnight_lot"})  # alerts.kinds_vehicle
+
+
 def interested(rule: EffectiveRule, record: Record) -> bool:
     """Cheap pre-filter: can this record matter to the rule at all?"""
     kind = rule.kind
     if kind == "absence":
         return True
+    if kind in VEHICLE_KINDS:
+        return isinstance(record, Reading) and ("lat" in record.fields or kind == "utilisation")
     p = rule.params
     if isinstance(record, Status):
         return False
@@ -1500,6 +1603,8 @@ def route(rule: EffectiveRule) -> Route:
     kind, p = rule.kind, rule.params
     if kind == "absence":
         return Route(None, True, True)
+    if kind in VEHICLE_KINDS:
+        return Route(("lat", "ignition") if kind == "utilisation" else ("lat",), False)
     if kind == "threshold":
         return Route(None if p.where else (p.field,), False)
     if kind in ("baseline", "demand"):

@@ -17,6 +17,7 @@ before device-type-specific at the same region); the device itself. Every value 
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -272,6 +273,46 @@ class ClockSkewParams(_Strict):
         return self
 
 
+class DepotExitParams(_Strict):
+    """V2 movement without dispatch: the vehicle is outside its home depot (the device attribute ``depot``) with no
+    approved dispatch open (devices/dispatch.py) for ``min_outside_s``."""
+
+    radius_m: float | None = Field(default=None, gt=0, le=5000)  # None: the depot's own radius_m (default 50 m)
+    min_outside_s: float = Field(default=300, ge=0, le=86400)
+    early_s: float = Field(default=1800, ge=0, le=86400)  # a dispatch covers from its start minus this
+    late_s: float = Field(default=3600, ge=0, le=86400)  # to its end plus this
+
+
+class UtilisationParams(_Strict):
+    """V8 utilisation: km, trips (V9, core/trips.py) and engine hours per working day over the last
+    ``window_days``, against the targets; judged once a day after local midnight."""
+
+    window_days: int = Field(default=30, ge=1, le=90)
+    target_km_per_day: float = Field(default=60, gt=0, le=2000)
+    target_trips_per_day: float = Field(default=2, gt=0, le=100)
+    target_engine_h_per_day: float = Field(default=2, gt=0, le=24)
+    under: float = Field(default=0.35, ge=0, le=1)  # under-use: every measure below this share of its target
+    over: float = Field(default=1.1, ge=1, le=10)  # over-use: any measure above this share of its target
+
+
+class OvernightLotParams(_Strict):
+    """V13 parked off-site overnight: at each check time (Beijing) the vehicle's last position is outside its lot
+    (the device attribute ``lot``)."""
+
+    at: list[str] = Field(default_factory=lambda: ["22:00", "06:00"], min_length=1, max_length=8)
+    nights: Literal["any", "working", "non_working"] = "any"  # class of the night's evening (06:00: the day before)
+    max_age_s: float = Field(default=172800, gt=0, le=30 * 86400)  # an older last position is not judged
+    exempt_dispatched: bool = True  # an approved dispatch covering the check time (a trip away) is fine
+
+    @field_validator("at")
+    @classmethod
+    def _times(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", t):
+                raise ValueError(f"{t!r} is not HH:MM")
+        return v
+
+
 class TravelParams(_Strict):
     match: Match = Match(event="access", where={"result": "granted"})
     key: str = "credential"
@@ -334,6 +375,9 @@ class QuotaParams(_Strict):
 
 Kind = Literal[
     "threshold",
+    "depot_exit",
+    "utilisation",
+    "overnight_lot",
     "delta",
     "absence",
     "schedule",
@@ -351,6 +395,9 @@ Kind = Literal[
 ]
 PARAMS: dict[str, type[_Strict]] = {
     "threshold": ThresholdParams,
+    "depot_exit": DepotExitParams,
+    "utilisation": UtilisationParams,
+    "overnight_lot": OvernightLotParams,
     "delta": DeltaParams,
     "absence": AbsenceParams,
     "schedule": ScheduleParams,

@@ -33,6 +33,7 @@ from sqlalchemy import Engine
 from alerts import engine as eng
 from alerts import metrics
 from alerts.engine import AbsenceState, Env, Subject, ThresholdState
+from alerts.kinds_vehicle import DispatchBook, parse_depot, parse_lot, place_problems
 from alerts.lifecycle import AlertBook, LifecycleConfig, LifecycleEvent, Silence
 from alerts.repository import AlertRepository, StateKey
 from alerts.rules import EffectiveRule, RuleSet
@@ -180,8 +181,10 @@ class AlertService:
         refresh_interval_s: float = 60.0,
         snapshot_chunk: int = 5000,
         snapshot_txn: int = 250,
+        dispatches: Callable[[int], DispatchBook] | None = None,
     ) -> None:
         self.repo = AlertRepository(engine)
+        self._dispatches_fn = dispatches  # devices/dispatch.py DispatchStore.book, read on each registry refresh
         self.rules = rules
         self.env = Env(rules.calendar)
         self._devices_fn = devices
@@ -355,6 +358,11 @@ class AlertService:
         devices costs O(changes) (the registry's change log) plus one pass of identity checks."""
         regions = dict(self._regions_fn())
         devices = self._devices_fn()
+        if self._dispatches_fn is not None:  # approved vehicle dispatches around now (V2, V13): never per message
+            try:
+                self.env.dispatches = self._dispatches_fn(eng.ms(now))
+            except StoreUnavailable as exc:
+                logger.warning("vehicle dispatches not re-read (the last ones stay): %s", exc)
         seen = self._devices_seen
         if full or seen is None or regions != self._regions:
             self._regions = regions
@@ -369,7 +377,7 @@ class AlertService:
         old = self._subjects
         for d in devices.values():
             if d.enabled:
-                subj = self._subject(d.device_id, d.device_type, d.region_id, d.expected_interval_s)
+                subj = self._placed(self._subject(d.device_id, d.device_type, d.region_id, d.expected_interval_s), d)
                 prev = old.get(d.device_id)
                 subjects[d.device_id] = prev if prev == subj else subj  # same object: its plan stays valid
         self._subjects = subjects
@@ -393,7 +401,7 @@ class AlertService:
             if not d.enabled:
                 gone.append(d.device_id)
                 continue
-            subj = self._subject(d.device_id, d.device_type, d.region_id, d.expected_interval_s)
+            subj = self._placed(self._subject(d.device_id, d.device_type, d.region_id, d.expected_interval_s), d)
             prev = subjects.get(d.device_id)
             if prev != subj:
                 subjects[d.device_id] = subj
@@ -404,6 +412,16 @@ class AlertService:
             subjects.pop(device_id, None)
             self._plans.pop(device_id, None)
             self._device_rules.pop(device_id, None)
+
+    @staticmethod
+    def _placed(subj: Subject, d: DeviceInfo) -> Subject:
+        """A vehicle's depot and lot (its ``depot`` / ``lot`` attributes: V2, V13) on its subject."""
+        a = d.attributes
+        if not a:
+            return subj
+        for problem in place_problems(a):
+            logger.warning("device %s: attribute %s; rules needing it skip the device", d.device_id, problem)
+        return replace(subj, depot=parse_depot(a.get("depot")), lot=parse_lot(a.get("lot")))
 
     def _watch(self, subj: Subject, now: datetime) -> None:
         """Index a device's rules now (not on its first record in the stream) and arm its absence rules."""
@@ -444,7 +462,7 @@ class AlertService:
         (absence, held-for, ...) take the new rule: re-armed for its deadline, or dropped if it is gone."""
         with self._lock:
             self.rules = rules
-            self.env = Env(rules.calendar)
+            self.env = Env(rules.calendar, self.env.dispatches)
             self._device_rules.clear()
             self._plans.clear()
             self._refresh(self._clock())

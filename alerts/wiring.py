@@ -47,6 +47,7 @@ from core.errors import StoreUnavailable
 from core.protocol import Event, Record
 from core.settings import Settings
 from core.store import WriteBatch
+from devices.dispatch import DispatchStore
 from devices.provisioning import expiring
 from devices.registry import Registry
 from ingest.forward import owned_partitions, partition_owner
@@ -166,6 +167,7 @@ class AlertsRuntime:
             tick_interval_s=cfg.tick_interval_s,
             snapshot_interval_s=snapshot_interval_s,
             refresh_interval_s=refresh_interval_s,
+            dispatches=DispatchStore(registry.engine).book,
         )
         self.dispatcher = Dispatcher(
             notify_config,

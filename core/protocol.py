@@ -51,6 +51,9 @@ INBOUND_KINDS = ("telemetry", "event", "status")
 DEFAULT_INTERVAL_S: dict[str, int] = {"gate": 60, "vehicle": 30, "energy_meter": 60, "sensor": 300}
 
 
+RULE_ATTRIBUTES: tuple[str, ...] = ("depot", "lot")  # device attributes the alert engine reads (alerts/kinds_vehicle)
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceInfo:
     """What the pipeline needs to know about a device, from the registry cache."""
@@ -60,6 +63,8 @@ class DeviceInfo:
     region_id: str
     enabled: bool = True
     expected_interval_s: int = 60
+    # The registry attributes rules read (``RULE_ATTRIBUTES``: a vehicle's depot and lot); None when it has none.
+    attributes: Mapping[str, Any] | None = field(default=None, hash=False)
 
 
 @dataclass(slots=True)

@@ -34,6 +34,20 @@ def haversine_m(a: Sequence[float], b: Sequence[float]) -> float:
     return 2 * 6_371_000 * math.asin(min(1.0, math.sqrt(h)))
 
 
+def point_in_polygon(lat: float, lon: float, poly: Sequence[Sequence[float]]) -> bool:
+    """Ray casting on (lat, lon) treated as planar: fine at city / province scale."""
+    inside = False
+    n = len(poly)
+    j = n - 1
+    for i in range(n):
+        yi, xi = poly[i][0], poly[i][1]
+        yj, xj = poly[j][0], poly[j][1]
+        if (yi > lat) != (yj > lat) and lon < (xj - xi) * (lat - yi) / (yj - yi) + xi:
+            inside = not inside
+        j = i
+    return inside
+
+
 @dataclass(frozen=True, slots=True)
 class Fix:
     ts_ms: int

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from core.db import session_factory
 from core.errors import StoreUnavailable, UserError
-from core.protocol import DEFAULT_INTERVAL_S, DEVICE_ID_RE, DEVICE_TYPES, DeviceInfo
+from core.protocol import DEFAULT_INTERVAL_S, DEVICE_ID_RE, DEVICE_TYPES, RULE_ATTRIBUTES, DeviceInfo
 from devices.models import LEVELS, Device, Region
 
 # The change log of ``devices`` (migration 0012_incremental_state: rows written by triggers, never by this code).
@@ -220,11 +220,19 @@ class Registry:
         return self.feed.read()
 
 
-_DEVICE_COLUMNS = (Device.id, Device.type, Device.region_id, Device.enabled, Device.expected_interval_s)
+_DEVICE_COLUMNS = (
+    Device.id,
+    Device.type,
+    Device.region_id,
+    Device.enabled,
+    Device.expected_interval_s,
+    Device.attributes,
+)
 
 
-def _info(d: str, t: str, r: str, e: Any, i: int | None) -> DeviceInfo:
-    return DeviceInfo(d, t, r, bool(e), i or DEFAULT_INTERVAL_S.get(t, 60))
+def _info(d: str, t: str, r: str, e: Any, i: int | None, a: Any = None) -> DeviceInfo:
+    kept = {k: a[k] for k in RULE_ATTRIBUTES if k in a} if isinstance(a, dict) else None
+    return DeviceInfo(d, t, r, bool(e), i or DEFAULT_INTERVAL_S.get(t, 60), kept or None)
 
 
 class DeviceFeed:

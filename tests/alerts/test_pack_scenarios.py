@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from alerts.kinds_vehicle import DispatchBook
 from alerts.rules import PACKS_DIR, RuleSet
 from alerts.service import AlertService, regions_from_registry
 from core.protocol import DEFAULT_INTERVAL_S, Event, Reading, Record, decode
@@ -67,6 +69,7 @@ class Dev:
     lon: float = GZ[1]
     pool: str | None = None  # the simulator's region: gates of one pool share their people
     sites: tuple[Site, ...] = ()
+    attributes: dict[str, Any] | None = field(default=None, hash=False)  # registry attributes (a vehicle's depot)
 
     def sim(self) -> SimDevice:
         return SimDevice(
@@ -101,10 +104,11 @@ def simulate(
     seed: int = 7,
     step_s: float = 600,
     extra_yaml: str = "",
+    dispatches: Callable[[int], DispatchBook] | None = None,
 ) -> Run:
     """Run a seeded fleet with only ``rule`` enabled; return the alerts it raised."""
     reg.upsert_regions(REGIONS, now=start)
-    reg.add_devices([DeviceSpec(d.id, d.type, d.region) for d in devices], now=start)
+    reg.add_devices([DeviceSpec(d.id, d.type, d.region, attributes=d.attributes) for d in devices], now=start)
     only = tmp_path / f"only-{rule}.yaml"
     only.write_text(
         f"overrides:\n  - {{rule: '*', enabled: false}}\n  - {{rule: {rule}, enabled: true}}\n{extra_yaml}",
@@ -112,7 +116,9 @@ def simulate(
     )
     rules = RuleSet.load([PACKS_DIR, only])
     clock_at = [start]
-    svc = AlertService(reg.engine, rules, reg.snapshot, regions_from_registry(reg), clock_fn=lambda: clock_at[0])
+    svc = AlertService(
+        reg.engine, rules, reg.snapshot, regions_from_registry(reg), clock_fn=lambda: clock_at[0], dispatches=dispatches
+    )
     svc.load(start)
     infos = reg.snapshot()
     fleet = Fleet([d.sim() for d in devices], rng=random.Random(seed), start=start, incidents=incidents)
