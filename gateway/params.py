@@ -208,6 +208,12 @@ def finite_json(value: Any, path: str = "") -> Any:
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"page size, at most {MAX_LIMIT}")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")]
 ObjectId = Annotated[int, Path(ge=1, le=MAX_ID, description="integer id")]
+# Why a person does something: required (not blank) where the action must be explained, written to the audit log.
+REASON_MAX = 2000
+Reason = Annotated[str, Field(min_length=1, max_length=REASON_MAX, pattern=r"\S", description="why (audited)")]
+ReasonQuery = Annotated[
+    str, Query(min_length=1, max_length=REASON_MAX, pattern=r"\S", description="why (required, audited)")
+]
 
 # --- names ---------------------------------------------------------------------------------------------------
 

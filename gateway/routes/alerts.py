@@ -41,6 +41,7 @@ from gateway.params import (
     Limit,
     ObjectId,
     Offset,
+    Reason,
     RegionQuery,
     RuleQuery,
     error_responses,
@@ -457,16 +458,22 @@ def add_silence(
     return silence_json(silence, now)
 
 
+class EndSilenceBody(_Body):
+    reason: Reason  # why it ends early: required, audited
+
+
 @router.post("/silences/{silence_id}/end")
 def end_silence(
     silence_id: ObjectId,
+    body: EndSilenceBody,
     svc: AlertsDep,
     registry: RegistryDep,
     principal: Writer,
     now: NowDep,
     audit: AuditDep,
 ) -> dict[str, Any]:
-    """End a silence now; alerts it held back that still fire are re-notified (unless renotify is off)."""
+    """End a silence now; alerts it held back that still fire are re-notified (unless renotify is off). The body's
+    ``reason`` is required and written to the audit log."""
     found = svc.repo.silence(silence_id)
     if found is None or not _silence_visible(found, principal, registry):
         raise not_found("silence", str(silence_id))
@@ -476,7 +483,7 @@ def end_silence(
         svc.end_silence(silence_id)
     except UserError as exc:
         raise _conflict(exc) from exc
-    audit.write(principal, "silence.end", f"silence {silence_id}", now=now)
+    audit.write(principal, "silence.end", f"silence {silence_id}", now=now, detail={"reason": body.reason})
     ended = svc.repo.silence(silence_id)
     assert ended is not None
     return silence_json(ended, now)

@@ -34,6 +34,8 @@ from gateway.params import (
     DevicePath,
     DeviceQuery,
     Limit,
+    Reason,
+    ReasonQuery,
     RegionQuery,
     RuleOrAllPath,
     RulePath,
@@ -283,6 +285,7 @@ class OverrideBody(_Body):
     params: dict[str, Any] = Field(
         default_factory=dict, description="merged key by key over the inherited params; numbers must be finite"
     )
+    reason: Reason  # why the override is set or changed: required, written to the audit log
 
     @field_validator("params")
     @classmethod
@@ -413,6 +416,7 @@ def put_override(
             "severity": None if body.severity is None else str(body.severity),
             "params": body.params,
             "created": created,
+            "reason": body.reason,
         },
     )
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
@@ -427,11 +431,13 @@ def delete_override(
     principal: Writer,
     now: NowDep,
     audit: AuditDep,
+    reason: ReasonQuery,
     region: RegionQ = None,
     device_type: TypeQ = None,
     device: DeviceQ = None,
 ) -> dict[str, Any]:
-    """Delete the API override at that scope (404 if there is none); the inherited values apply again at once."""
+    """Delete the API override at that scope (404 if there is none); the inherited values apply again at once.
+    ``reason`` is required (a blank one is a 422) and written to the audit log."""
     scope = _scope(registry, principal, region, device_type, device)
     gone = rules.delete_override(rule_id, scope, actor=principal.name, now=now)
     if gone is None:
@@ -441,7 +447,13 @@ def delete_override(
         "rule.override.delete",
         scope.label(rule_id),
         now=now,
-        detail={"rule": rule_id, **_scope_json(scope), "enabled": gone.enabled, "params": gone.params},
+        detail={
+            "rule": rule_id,
+            **_scope_json(scope),
+            "enabled": gone.enabled,
+            "params": gone.params,
+            "reason": reason,
+        },
     )
     return {"deleted": api_override_json(gone, applied=False)}
 

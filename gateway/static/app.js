@@ -75,7 +75,7 @@ const I18N = {
     trip: "行程", mapInfo: "显示 {shown} 辆，共 {total} 辆", tilesOn: "底图：本单位瓦片服务", tilesOff: "底图：无（按区域坐标绘制）",
     noCoords: "没有带坐标的区域或车辆", inUse: "使用中", parked: "停放", tripOf: "{id} 的行程（{n} 个点）",
     tripHint: "点击车辆查看行程",
-    siActive: "生效中", siNew: "新建静默", siReason: "原因", siCreator: "创建人", siStarts: "开始", siEnds: "结束",
+    siActive: "生效中", siNew: "新建静默", siReason: "原因", whyReason: "原因（必填，记入审计日志）", siCreator: "创建人", siStarts: "开始", siEnds: "结束",
     siEnd: "结束静默", siHelp: "静默期间匹配的告警不发送通知、不升级。范围可为区域、设备和/或规则。",
     siCreate: "创建静默", siHours: "持续时间（小时）", siApprover: "批准人（可选，须为另一位管理员）",
     siCreated: "已创建静默 #{id}", siEnded: "已结束静默 #{id}", noSilences: "没有静默", allRules: "全部规则",
@@ -174,7 +174,7 @@ const I18N = {
     trip: "Trip", mapInfo: "{shown} of {total} vehicles", tilesOn: "Base map: your tile server",
     tilesOff: "Base map: none (drawn from region coordinates)", noCoords: "No region or vehicle with coordinates",
     inUse: "in use", parked: "parked", tripOf: "trip of {id} ({n} points)", tripHint: "click a vehicle for its trip",
-    siActive: "Active", siNew: "New silence", siReason: "Reason", siCreator: "Created by", siStarts: "Starts",
+    siActive: "Active", siNew: "New silence", siReason: "Reason", whyReason: "Reason (required, written to the audit log)", siCreator: "Created by", siStarts: "Starts",
     siEnds: "Ends", siEnd: "End silence",
     siHelp: "Matching alerts are neither notified nor escalated while it lasts. Scope: a region, a device and/or a rule.",
     siCreate: "Create silence", siHours: "Duration (hours)", siApprover: "Approver (optional, another admin)",
@@ -220,7 +220,7 @@ const state = {
   alertsTimer: null,
   drawerId: null,
   action: null,
-  me: null,  // GET /api/v1/me: name, role, region_id, can_act_on_alerts
+  me: null,  // GET /api/v1/me: name, role, region_id, actions
   risk: {},  // region id -> rolled-up risk score (GET /api/v1/risk)
   incDrawerId: null,
   incTimer: null,
@@ -364,8 +364,11 @@ async function loadMe() {
   document.body.dataset.role = me ? me.role : "";
   applyRole();  // views.js: the views and buttons of this role
 }
+function can(action) {  // GET /api/v1/me "actions" (gateway/actions.py): a button only for what the server allows
+  return !!(state.me && (state.me.actions || []).includes(action));
+}
 function canAct() {
-  return !!(state.me && state.me.can_act_on_alerts);
+  return can("alerts.ack");
 }
 
 // --- health ------------------------------------------------------------------------------------------------
@@ -904,7 +907,7 @@ function incTitle(i) {
   return (state.lang === "en" ? i.title_en || i.title_zh : i.title_zh || i.title_en) || i.type;
 }
 function isAdmin() {
-  return !!(state.me && state.me.role === "admin");
+  return can("incidents.confirm_action");
 }
 function incidentRow(i) {
   const li = el("li", "inc sev-" + i.severity + " ist-" + i.state);
@@ -971,7 +974,7 @@ function smallBtn(label, act, fn) {
 function renderIncident(i) {
   const full = i.visibility === "full";
   const open = i.state === "open" || i.state === "investigating";
-  const may = canAct() && full;
+  const may = can("incidents.act") && full;
   $("inc-title").textContent = incTitle(i) + " · I" + i.id;
   $("inc-drawer").className = "drawer sev-" + i.severity;
   const acts = $("inc-actions");

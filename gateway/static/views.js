@@ -9,16 +9,16 @@ function role() {
   return state.me ? state.me.role : "";
 }
 function canAudit() {
-  return role() === "auditor" || (role() === "admin" && state.me.region_id === null);
+  return can("audit.read");
 }
 function canSeeUsers() {
-  return ["sysadmin", "secadmin", "auditor"].includes(role());
+  return can("users.read");
 }
 function applyRole() {
   document.querySelectorAll('#tabs [data-view="audit"]').forEach((b) => { b.hidden = !canAudit(); });
   document.querySelectorAll('#tabs [data-view="users"]').forEach((b) => { b.hidden = !canSeeUsers(); });
   document.querySelectorAll(".needs-act").forEach((b) => { b.hidden = !canAct(); });
-  $("us-new").hidden = role() !== "sysadmin";
+  $("us-new").hidden = !can("users.create");
   const tab = document.querySelector('#tabs [data-view="' + views.current + '"]');
   if (tab && tab.hidden) showView("monitor");
 }
@@ -69,6 +69,11 @@ const formDialog = { submit: null };
 
 // fields: [{name, label, type: text|textarea|select|number|password|checkbox|datetime, options: [[v, label]], value,
 // required}]; submit(values) -> {status, body}
+// The reason an action must give (ending a silence, editing or deleting an override): the API requires it, the audit
+// log keeps it.
+function reasonField() {
+  return { name: "reason", label: t("whyReason"), type: "textarea", required: true };
+}
 function openForm(title, sub, okLabel, fields, submit) {
   $("fd-title").textContent = title;
   $("fd-sub").textContent = sub || "";
@@ -265,7 +270,7 @@ async function loadDeviceView() {
   for (const [k, v] of Object.entries(d.last_values || {})) kvRow(kv, k, String(v.value) + " · " + fmtFull(v.ts), "mono");
   const acts = $("dv-actions");
   acts.replaceChildren();
-  if (canAct()) acts.append(smallBtn(t("silenceDevice"), "silence-device", () => newSilence({ device_id: d.id })));
+  if (can("silences.create")) acts.append(smallBtn(t("silenceDevice"), "silence-device", () => newSilence({ device_id: d.id })));
   const sel = $("dv-field");
   const fields = numericFields(d);
   const keep = fields.includes(sel.value) ? sel.value : fields.includes("power_kw") ? "power_kw" : fields[0];
@@ -505,7 +510,7 @@ async function loadSilences() {
     tr.dataset.id = s.id;
     const acts = el("td");
     const scoped = state.me && state.me.region_id !== null;
-    if (canAct() && !s.ended && !(scoped && !s.region_id && !s.device_id)) {
+    if (can("silences.end") && !s.ended && !(scoped && !s.region_id && !s.device_id)) {
       acts.append(smallBtn(t("siEnd"), "silence-end", () => endSilence(s)));
     }
     tr.append(td(s.id, "mono"), td(silenceScope(s)), td(s.rule_id || t("allRules"), "mono"), td(s.reason),
@@ -555,8 +560,8 @@ async function newSilence(preset) {
   });
 }
 function endSilence(s) {
-  openForm(t("siEnd") + " #" + s.id, silenceScope(s) + " · " + s.reason, t("siEnd"), [], async () => {
-    const r = await apiCall("POST", "/silences/" + s.id + "/end", {});
+  openForm(t("siEnd") + " #" + s.id, silenceScope(s) + " · " + s.reason, t("siEnd"), [reasonField()], async (v) => {
+    const r = await apiCall("POST", "/silences/" + s.id + "/end", { reason: v.reason });
     if (r.status === 200) {
       showMsg("si-msg", t("siEnded", { id: s.id }), "ok");
       loadSilences().catch(() => {});
@@ -621,13 +626,13 @@ async function loadRule() {
   kvRow(kv, t("detail"), r.description);
   const acts = $("ru-actions");
   acts.replaceChildren();
-  if (canAct()) acts.append(smallBtn(t("ovNew"), "override-new", () => editOverride(r, null)));
+  if (can("rules.override")) acts.append(smallBtn(t("ovNew"), "override-new", () => editOverride(r, null)));
   const body = $("ru-ov");
   body.replaceChildren();
   for (const o of r.overrides || []) {
     const tr = el("tr", o.applied ? "" : "ended");
     const cell = el("td");
-    if (canAct() && o.source === "api") {
+    if (can("rules.override") && o.source === "api") {
       cell.append(smallBtn(t("edit"), "override-edit", () => editOverride(r, o)),
         smallBtn(t("delete"), "override-delete", () => deleteOverride(r, o)));
     }
@@ -649,7 +654,7 @@ async function editOverride(rule, o) {
   const cur = o || {};
   const regionOpts = [["", "—"]].concat(Object.entries(state.regionNames).map(([id, name]) => [id, name + " (" + id + ")"]));
   const enabledOpts = [["", t("inherit")], ["true", t("yes")]];
-  if (role() === "admin") enabledOpts.push(["false", t("no")]);  // switching a rule off: region admins only
+  if (can("rules.disable")) enabledOpts.push(["false", t("no")]);  // switching a rule off: region admins only
   openForm(t(o ? "ovEdit" : "ovNew") + " · " + rule.id, t("ovHelp"), t("save"), [
     { name: "region", label: t("region"), type: "select", options: regionOpts, value: cur.region || state.region || "" },
     { name: "device", label: t("f_device"), value: cur.device || "" },
@@ -658,10 +663,11 @@ async function editOverride(rule, o) {
     { name: "severity", label: t("f_severity"), type: "select",
       options: [["", t("inherit")]].concat(SEVERITIES.map((s) => [s, t("sev_" + s)])), value: cur.severity || "" },
     { name: "params", label: t("ovParams") + " (JSON)", type: "textarea", value: JSON.stringify(cur.params || {}) },
+    reasonField(),
   ], async (v) => {
     let params;
     try { params = JSON.parse(v.params || "{}"); } catch (e) { return { status: 422, body: { detail: t("badJson") } }; }
-    const body = { params };
+    const body = { params, reason: v.reason };
     if (v.enabled) body.enabled = v.enabled === "true";
     if (v.severity) body.severity = v.severity;
     const q = ovQuery({ region: v.device ? null : v.region, device: v.device || null });
@@ -671,8 +677,9 @@ async function editOverride(rule, o) {
   });
 }
 function deleteOverride(rule, o) {
-  openForm(t("delete") + " · " + rule.id, ovScope(o), t("delete"), [], async () => {
-    const r = await apiCall("DELETE", "/rules/" + encodeURIComponent(rule.id) + "/overrides?" + ovQuery(o));
+  openForm(t("delete") + " · " + rule.id, ovScope(o), t("delete"), [reasonField()], async (v) => {
+    const q = ovQuery(o) + "&" + new URLSearchParams({ reason: v.reason });
+    const r = await apiCall("DELETE", "/rules/" + encodeURIComponent(rule.id) + "/overrides?" + q);
     if (r.status === 200) { showMsg("ru-msg", t("incDone"), "ok"); loadRule().catch(() => {}); }
     return r;
   });
@@ -774,9 +781,9 @@ async function loadUsers() {
     const sec = [u.has_password ? t("usPw") : null, u.has_totp ? "TOTP" : null,
       u.locked_until ? t("usLocked", { until: fmtFull(u.locked_until) }) : null].filter(Boolean).join(" · ");
     const acts = el("td");
-    if (role() === "secadmin") acts.append(smallBtn(t("usRoleBtn"), "user-role", () => editUserRole(u)));
-    if (role() === "sysadmin") acts.append(smallBtn(t("usPwBtn"), "user-password", () => resetPassword(u)));
-    if (role() === "sysadmin" || role() === "secadmin") {
+    if (can("users.roles")) acts.append(smallBtn(t("usRoleBtn"), "user-role", () => editUserRole(u)));
+    if (can("users.password")) acts.append(smallBtn(t("usPwBtn"), "user-password", () => resetPassword(u)));
+    if (can("users.enable")) {
       acts.append(smallBtn(t(u.enabled ? "usDisable" : "usEnable"), "user-enable", () => toggleUser(u)));
     }
     tr.append(td(u.name, "mono"), td(t("role_" + u.role)), td(regionName(u.region_id)), td(u.person_id, "mono"),

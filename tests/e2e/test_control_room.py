@@ -304,6 +304,7 @@ def _run(page: Any, s: Stack, shots: Shots) -> None:
     expect(row.locator('button[data-act="silence-end"]')).to_be_visible()
     shots.take(page, "silences")
     row.locator('button[data-act="silence-end"]').click()
+    page.fill("#fd-reason", "检修提前完成")  # ending early needs a reason (audited)
     page.click("#fd-ok")
     expect(page.locator("#si-msg")).to_contain_text(f"已结束静默 #{silences[0]['id']}", timeout=10_000)
     expect(row).to_have_count(0)  # the list shows active silences; the ended one is in "all"
@@ -347,6 +348,7 @@ def _run(page: Any, s: Stack, shots: Shots) -> None:
     assert page.locator("#fd-enabled option").all_inner_texts() == ["继承", "是"]  # no "off" for an operator
     page.select_option("#fd-region", "gz-b1")
     page.select_option("#fd-severity", "major")
+    page.fill("#fd-reason", "门禁误报较多，调高级别")  # an override edit needs a reason (audited)
     page.click("#fd-ok")
     expect(page.locator("#ru-ov")).to_contain_text("市府一号楼", timeout=10_000)
     expect(page.locator("#ru-ov")).to_contain_text("重要")

@@ -131,7 +131,7 @@ def test_alert_actions_need_operator_and_reach_the_live_lifecycle(api: Client, s
     assert api.post(f"/alerts/{aid}/ack", {"reason": "late"}, user="gz").status_code == 409
 
 
-def test_silences_scoped_create_list_and_effect(api: Client, svc: AlertService) -> None:
+def test_silences_scoped_create_list_and_effect(api: Client, svc: AlertService, gateway: Gateway) -> None:
     until = (NOW + timedelta(hours=2)).isoformat()
     body = {"region_id": "gz-b1", "reason": "门禁检修", "ends_at": until}
     assert api.post("/silences", body, user="gzb1").status_code == 403  # viewer
@@ -151,11 +151,16 @@ def test_silences_scoped_create_list_and_effect(api: Client, svc: AlertService) 
     svc.process([tamper("gate-gz-0002", "gz-b1", NOW_MS + 1000, 1)], now=NOW)  # device time inside the window
     gz2 = api.get("/alerts", device="gate-gz-0002").json()["items"]
     assert [a["silenced"] for a in gz2] == [True]
-    assert api.post(f"/silences/{sil['id']}/end", {}, user="sz").status_code == 403
-    ended = api.post(f"/silences/{sil['id']}/end", {}, user="gz")
+    assert api.post(f"/silences/{sil['id']}/end", {"reason": "test"}, user="sz").status_code == 403
+    # ending early needs a reason (like ack), and it goes to the audit log
+    assert api.post(f"/silences/{sil['id']}/end", {}, user="gz").status_code == 422
+    assert api.post(f"/silences/{sil['id']}/end", {"reason": "  "}, user="gz").status_code == 422
+    ended = api.post(f"/silences/{sil['id']}/end", {"reason": "检修提前完成"}, user="gz")
     assert ended.status_code == 200 and ended.json()["ended"] is True
     assert api.get("/silences", user="gz").json()["items"] == []
-    assert api.post(f"/silences/{sil['id']}/end", {}, user="gz").status_code == 409  # already ended
+    assert api.post(f"/silences/{sil['id']}/end", {"reason": "test"}, user="gz").status_code == 409  # already ended
+    ends = _audit(gateway, "silence.end")
+    assert [(r.detail or {}).get("reason") for r in ends] == ["检修提前完成"]
 
 
 # --- guarded powers ----------------------------------------------------------------------------------------------
@@ -222,7 +227,7 @@ def test_silence_approver_must_be_another_admin_covering_the_scope(api: Client, 
 def test_silences_are_written_to_the_audit_log(api: Client, gateway: Gateway) -> None:
     ends = (NOW + timedelta(hours=3)).isoformat()
     made = api.post("/silences", {"region_id": "gz", "reason": "停电检修", "ends_at": ends}, user="gz").json()
-    api.post(f"/silences/{made['id']}/end", {}, user="gz")
+    api.post(f"/silences/{made['id']}/end", {"reason": "test"}, user="gz")
     [added] = _audit(gateway, "silence.add")
     assert added.actor == "gz-duty (operator)" and added.origin.startswith("api from ")
     assert added.target == f"silence {made['id']}"

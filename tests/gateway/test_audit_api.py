@@ -112,7 +112,12 @@ def test_audit_api_verify_names_tampering(api: Client, gateway: Gateway) -> None
 
 
 def test_rule_history_marks_an_sql_edited_actor(api: Client, gateway: Gateway) -> None:
-    assert api.put("/rules/G11.tamper/overrides", {"severity": "major"}, user="gzadmin", region="gz").status_code == 201
+    assert (
+        api.put(
+            "/rules/G11.tamper/overrides", {"reason": "test", "severity": "major"}, user="gzadmin", region="gz"
+        ).status_code
+        == 201
+    )
     history = api.get("/rules/G11.tamper/history").json()["items"]
     assert [(c["actor"], c["verified"]) for c in history] == [("gz-admin", True)]
     with gateway.ctx.registry.engine.begin() as conn:

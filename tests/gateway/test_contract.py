@@ -101,7 +101,7 @@ def test_out_of_range_parameters_are_422_naming_the_parameter(api: Client, url: 
 
 def test_out_of_range_ids_in_actions_are_422(api: Client) -> None:
     assert api.post("/alerts/5518787791339668897792/ack", {}).status_code == 422
-    assert api.post("/silences/9223372036854775808/end", {}).status_code == 422
+    assert api.post("/silences/9223372036854775808/end", {"reason": "test"}).status_code == 422
 
 
 # --- empty query values, unknown filters, paging ---------------------------------------------------------------
@@ -131,7 +131,7 @@ def test_silences_are_paged(api: Client) -> None:
         api.post("/silences", {"device_id": d, "reason": "检修", "ends_at": until}).json()["id"]
         for d in ("gate-gz-0001", "gate-gz-0002", "gate-sz-0001")
     ]
-    api.post(f"/silences/{made[0]}/end", {})
+    api.post(f"/silences/{made[0]}/end", {"reason": "test"})
     page = api.get("/silences", active="false", limit=2, offset=1).json()
     assert page["total"] == 3 and page["limit"] == 2 and page["offset"] == 1
     assert [s["id"] for s in page["items"]] == made[1:]

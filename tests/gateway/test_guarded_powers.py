@@ -69,23 +69,36 @@ GZ_GATE = ["gd", "gz", "gz-jgj", "gz-b1"]
 
 def test_an_operator_cannot_switch_alerting_off_for_a_city(api: Client, runtime: AlertsRuntime) -> None:
     # one override of every rule would silence the whole city
-    star = api.put("/rules/*/overrides", {"enabled": False}, user="gz", region="gz")
+    star = api.put("/rules/*/overrides", {"reason": "test", "enabled": False}, user="gz", region="gz")
     assert star.status_code == 403 and "admin" in star.json()["detail"]
-    off = api.put("/rules/G11.tamper/overrides", {"enabled": False}, user="gz", region="gz")
+    off = api.put("/rules/G11.tamper/overrides", {"reason": "test", "enabled": False}, user="gz", region="gz")
     assert off.status_code == 403 and "enabled: false" in off.json()["detail"]
     assert (
-        api.put("/rules/G11.tamper/overrides", {"enabled": False}, user="gz", device="gate-gz-0001").status_code == 403
+        api.put(
+            "/rules/G11.tamper/overrides", {"reason": "test", "enabled": False}, user="gz", device="gate-gz-0001"
+        ).status_code
+        == 403
     )
     assert enabled_for(runtime, "G11.tamper", "gate-gz-0001", GZ_GATE)
     # tuning stays an operator's job
-    assert api.put("/rules/G11.tamper/overrides", {"severity": "major"}, user="gz", region="gz").status_code == 201
+    assert (
+        api.put(
+            "/rules/G11.tamper/overrides", {"reason": "test", "severity": "major"}, user="gz", region="gz"
+        ).status_code
+        == 201
+    )
 
 
 def test_a_region_admin_may_switch_a_rule_off_in_their_region_only(
     api: Client, runtime: AlertsRuntime, gateway: Gateway
 ) -> None:
-    assert api.put("/rules/G11.tamper/overrides", {"enabled": False}, user="gzadmin", region="sz").status_code == 404
-    off = api.put("/rules/G11.tamper/overrides", {"enabled": False}, user="gzadmin", region="gz")
+    assert (
+        api.put(
+            "/rules/G11.tamper/overrides", {"reason": "test", "enabled": False}, user="gzadmin", region="sz"
+        ).status_code
+        == 404
+    )
+    off = api.put("/rules/G11.tamper/overrides", {"reason": "test", "enabled": False}, user="gzadmin", region="gz")
     assert off.status_code == 201, off.text
     assert not enabled_for(runtime, "G11.tamper", "gate-gz-0001", GZ_GATE)
     [record] = audit(gateway, "rule.override.put")
@@ -93,7 +106,7 @@ def test_a_region_admin_may_switch_a_rule_off_in_their_region_only(
     assert record.target == "api override G11.tamper [region=gz]"
     assert record.detail["enabled"] is False and record.detail["region"] == "gz"
     # the region admin switches it back on by deleting the override; that is recorded too
-    assert api.delete("/rules/G11.tamper/overrides", user="gzadmin", region="gz").status_code == 200
+    assert api.delete("/rules/G11.tamper/overrides", reason="test", user="gzadmin", region="gz").status_code == 200
     [gone] = audit(gateway, "rule.override.delete")
     assert gone.actor == "gz-admin (admin)" and gone.detail["enabled"] is False
     assert enabled_for(runtime, "G11.tamper", "gate-gz-0001", GZ_GATE)

@@ -111,7 +111,7 @@ def test_rule_endpoints_answer_503_without_the_alert_runtime(gateway: Gateway) -
             c.get("/rules"),
             c.get("/rules/G1"),
             c.get("/devices/gate-gz-0001/rules"),
-            c.put("/rules/G1/overrides", {"enabled": False}, region="gz"),
+            c.put("/rules/G1/overrides", {"reason": "test", "enabled": False}, region="gz"),
         ):
             assert resp.status_code == 503, resp.text
             assert resp.json()["detail"] == "alerts not running"
@@ -134,9 +134,14 @@ def test_list_rules_shows_packs_files_and_where_each_is_defined(api: Client) -> 
 
 
 def test_get_rule_with_overrides_is_scoped(api: Client) -> None:
-    made = api.put("/rules/T.power/overrides", {"params": {"value": 60}}, user="gz", region="gz")
+    made = api.put("/rules/T.power/overrides", {"reason": "test", "params": {"value": 60}}, user="gz", region="gz")
     assert made.status_code == 201, made.text
-    assert api.put("/rules/T.power/overrides", {"severity": "major"}, device_type="energy_meter").status_code == 201
+    assert (
+        api.put(
+            "/rules/T.power/overrides", {"reason": "test", "severity": "major"}, device_type="energy_meter"
+        ).status_code
+        == 201
+    )
     full = api.get("/rules/T.power").json()
     assert full["params"] == {"field": "power_kw", "op": ">", "value": 50}
     scopes = [(o["source"], o["region"], o["device_type"]) for o in full["overrides"]]
@@ -159,7 +164,12 @@ def test_explain_device_names_where_each_value_came_from_and_is_scoped(api: Clie
     power = settings_of(body, "T.power")
     assert power["value"]["value"] == 50 and power["value"]["source"].startswith("rule T.power (")
     assert power["for_s"]["source"] == "default of kind threshold"
-    assert api.put("/rules/T.power/overrides", {"params": {"value": 70}}, user="gz", region="gz").status_code == 201
+    assert (
+        api.put(
+            "/rules/T.power/overrides", {"reason": "test", "params": {"value": 70}}, user="gz", region="gz"
+        ).status_code
+        == 201
+    )
     after = settings_of(api.get("/devices/meter-gz-0001/rules", user="gz").json(), "T.power")
     assert after["value"] == {"setting": "value", "value": 70, "source": "api override T.power [region=gz]"}
     sz = settings_of(api.get("/devices/meter-sz-0001/rules").json(), "T.power")
@@ -169,7 +179,12 @@ def test_explain_device_names_where_each_value_came_from_and_is_scoped(api: Clie
     assert api.get("/devices/gate-gz-0001/rules", user="sz").status_code == 404
     assert api.get("/devices/nope/rules").status_code == 404
     # disabled rules only with all=true
-    assert api.put("/rules/T.temp/overrides", {"enabled": False}, user="gzadmin", region="gz-jgj").status_code == 201
+    assert (
+        api.put(
+            "/rules/T.temp/overrides", {"reason": "test", "enabled": False}, user="gzadmin", region="gz-jgj"
+        ).status_code
+        == 201
+    )
     ids = [r["id"] for r in api.get("/devices/meter-gz-0001/rules", user="gz").json()["rules"]]
     assert "T.temp" not in ids and "T.power" in ids
     every = api.get("/devices/meter-gz-0001/rules", user="gz", all="true").json()["rules"]
@@ -182,19 +197,21 @@ def test_explain_device_names_where_each_value_came_from_and_is_scoped(api: Clie
 
 
 def test_override_put_replaces_delete_restores_and_history_keeps_who(api: Client, runtime: AlertsRuntime) -> None:
-    first = api.put("/rules/T.power/overrides", {"params": {"value": 70}}, user="gz", region="gz")
+    first = api.put("/rules/T.power/overrides", {"reason": "test", "params": {"value": 70}}, user="gz", region="gz")
     assert first.status_code == 201 and first.json()["params"] == {"value": 70}
-    again = api.put("/rules/T.power/overrides", {"params": {"value": 75}, "severity": "major"}, region="gz")
+    again = api.put(
+        "/rules/T.power/overrides", {"reason": "test", "params": {"value": 75}, "severity": "major"}, region="gz"
+    )
     assert again.status_code == 200, again.text
     assert again.json()["created_by"] == "gz-duty" and again.json()["updated_by"] == "admin"
     assert effective_value(runtime, "meter-gz-0001", "T.power", GZ_METER) == 75
     rules = runtime.service.rules.explain("meter-gz-0001", "energy_meter", GZ_METER)
     assert str(next(r for r in rules if r.rule_id == "T.power").severity) == "major"
     assert len([o for o in api.get("/rules/T.power").json()["overrides"] if o["source"] == "api"]) == 1
-    gone = api.delete("/rules/T.power/overrides", user="gz", region="gz")
+    gone = api.delete("/rules/T.power/overrides", reason="test", user="gz", region="gz")
     assert gone.status_code == 200 and gone.json()["deleted"]["params"] == {"value": 75}
     assert effective_value(runtime, "meter-gz-0001", "T.power", GZ_METER) == 50
-    assert api.delete("/rules/T.power/overrides", user="gz", region="gz").status_code == 404
+    assert api.delete("/rules/T.power/overrides", reason="test", user="gz", region="gz").status_code == 404
     history = api.get("/rules/T.power/history").json()["items"]
     assert [(c["action"], c["actor"]) for c in history] == [
         ("deleted", "gz-duty"),
@@ -206,17 +223,26 @@ def test_override_put_replaces_delete_restores_and_history_keeps_who(api: Client
 
 
 def test_override_needs_a_value_and_a_known_rule(api: Client) -> None:
-    assert api.put("/rules/T.power/overrides", {}, user="gz", region="gz").status_code == 422
-    assert api.put("/rules/NOPE/overrides", {"enabled": False}, user="gzadmin", region="gz").status_code == 404
-    bad_key = api.put("/rules/T.power/overrides", {"enabled": False, "colour": "red"}, user="gz", region="gz")
+    assert api.put("/rules/T.power/overrides", {"reason": "test"}, user="gz", region="gz").status_code == 422
+    assert (
+        api.put("/rules/NOPE/overrides", {"reason": "test", "enabled": False}, user="gzadmin", region="gz").status_code
+        == 404
+    )
+    bad_key = api.put(
+        "/rules/T.power/overrides", {"reason": "test", "enabled": False, "colour": "red"}, user="gz", region="gz"
+    )
     assert bad_key.status_code == 422 and bad_key.json()["detail"][0]["loc"] == ["body", "colour"]
-    bad_sev = api.put("/rules/T.power/overrides", {"severity": "apocalyptic"}, user="gz", region="gz")
+    bad_sev = api.put("/rules/T.power/overrides", {"reason": "test", "severity": "apocalyptic"}, user="gz", region="gz")
     assert bad_sev.status_code == 422
-    both = api.put("/rules/T.power/overrides", {"enabled": False}, user="gz", region="gz", device="meter-gz-0001")
+    both = api.put(
+        "/rules/T.power/overrides", {"reason": "test", "enabled": False}, user="gz", region="gz", device="meter-gz-0001"
+    )
     assert both.status_code == 422 and both.json()["detail"][0]["loc"] == ["query", "device"]
-    star = api.put("/rules/*/overrides", {"enabled": False}, user="gzadmin", region="gz-b1")
+    star = api.put("/rules/*/overrides", {"reason": "test", "enabled": False}, user="gzadmin", region="gz-b1")
     assert star.status_code == 201, star.text
-    star_params = api.put("/rules/*/overrides", {"params": {"value": 1}}, user="gzadmin", region="gz-b1")
+    star_params = api.put(
+        "/rules/*/overrides", {"reason": "test", "params": {"value": 1}}, user="gzadmin", region="gz-b1"
+    )
     assert star_params.status_code == 422
     assert "cannot set params" in star_params.json()["detail"][0]["msg"]
 
@@ -225,17 +251,19 @@ def test_invalid_override_is_422_naming_the_field_path_and_never_reaches_the_eng
     api: Client, runtime: AlertsRuntime
 ) -> None:
     rules_before = runtime.service.rules
-    resp = api.put("/rules/T.power/overrides", {"params": {"for_s": -1}}, user="gz", region="gz")
+    resp = api.put("/rules/T.power/overrides", {"reason": "test", "params": {"for_s": -1}}, user="gz", region="gz")
     assert resp.status_code == 422, resp.text
     (problem,) = resp.json()["detail"]
     assert problem["loc"] == ["body", "params", "for_s"]
     assert problem["msg"] == (
         "api override T.power [region=gz]: params.for_s: Input should be greater than or equal to 0"
     )
-    unknown = api.put("/rules/T.power/overrides", {"params": {"speed": 3}}, user="gz", region="gz")
+    unknown = api.put("/rules/T.power/overrides", {"reason": "test", "params": {"speed": 3}}, user="gz", region="gz")
     assert unknown.status_code == 422
     assert unknown.json()["detail"][0]["msg"].endswith("params.speed: Extra inputs are not permitted")
-    hysteresis = api.put("/rules/T.power/overrides", {"params": {"clear_value": 99}}, user="gz", region="gz")
+    hysteresis = api.put(
+        "/rules/T.power/overrides", {"reason": "test", "params": {"clear_value": 99}}, user="gz", region="gz"
+    )
     assert hysteresis.status_code == 422
     assert "clear_value must be <= value" in hysteresis.json()["detail"][0]["msg"]
     assert runtime.service.rules is rules_before  # nothing was swapped in
@@ -245,7 +273,7 @@ def test_invalid_override_is_422_naming_the_field_path_and_never_reaches_the_eng
 
 
 def test_override_scope_is_enforced_on_the_server(api: Client) -> None:
-    body = {"params": {"value": 99}}
+    body = {"reason": "test", "params": {"value": 99}}
     # a city-scoped operator cannot override for another city, its devices, or the province above it
     assert api.put("/rules/T.power/overrides", body, user="gz", region="sz").status_code == 404
     assert api.put("/rules/T.power/overrides", body, user="gz", region="gd").status_code == 404
@@ -263,8 +291,8 @@ def test_override_scope_is_enforced_on_the_server(api: Client) -> None:
     assert api.put("/rules/T.power/overrides", body, user="gzadmin", region="gz").status_code == 201
     assert api.put("/rules/T.power/overrides", body, region="sz").status_code == 201  # admin of the whole tree
     # and delete only what is theirs
-    assert api.delete("/rules/T.power/overrides", user="gz", region="sz").status_code == 404
-    assert api.delete("/rules/T.power/overrides", user="sz", region="sz").status_code == 403
+    assert api.delete("/rules/T.power/overrides", reason="test", user="gz", region="sz").status_code == 404
+    assert api.delete("/rules/T.power/overrides", reason="test", user="sz", region="sz").status_code == 403
     # the history is scoped like the overrides
     seen = {(c["region"], c["device"]) for c in api.get("/rules/T.power/history", user="gz").json()["items"]}
     assert seen == {(None, "meter-gz-0001"), ("gz", None)}
@@ -302,7 +330,12 @@ def test_api_defined_rules_need_a_whole_tree_admin_and_validate(api: Client, run
     listed = {r["id"]: r for r in api.get("/rules").json()["items"]}
     assert listed["X.volt"]["defined_in"] == "api" and listed["X.volt"]["severity"] == "major"
     # overridable like any other rule, by region-scoped operators too
-    assert api.put("/rules/X.volt/overrides", {"params": {"value": 190}}, user="gz", region="gz").status_code == 201
+    assert (
+        api.put(
+            "/rules/X.volt/overrides", {"reason": "test", "params": {"value": 190}}, user="gz", region="gz"
+        ).status_code
+        == 201
+    )
     volt = settings_of(api.get("/devices/meter-gz-0001/rules", user="gz").json(), "X.volt")
     assert volt["value"]["value"] == 190 and volt["op"]["source"] == "rule X.volt (api)"
     # a replacement must still fit the overrides of it
@@ -340,7 +373,12 @@ def test_api_edits_survive_a_restart(gateway: Gateway, settings: Settings, runti
     gateway.ctx.alerts = runtime
     with TestClient(create_app(gateway.ctx)) as client:
         c = Client(client, gateway.tokens)
-        assert c.put("/rules/T.power/overrides", {"params": {"value": 80}}, user="gz", region="gz").status_code == 201
+        assert (
+            c.put(
+                "/rules/T.power/overrides", {"reason": "test", "params": {"value": 80}}, user="gz", region="gz"
+            ).status_code
+            == 201
+        )
         assert c.put("/rules/X.volt", NEW_RULE).status_code == 201
     restarted = make_runtime(gateway, settings)  # a new process: files and database read again
     gateway.ctx.alerts = restarted
@@ -359,7 +397,12 @@ def test_a_stored_override_that_no_longer_fits_the_files_is_skipped_and_reported
     gateway.ctx.alerts = runtime
     with TestClient(create_app(gateway.ctx)) as client:
         c = Client(client, gateway.tokens)
-        assert c.put("/rules/T.temp/overrides", {"params": {"count": 3}}, user="gz", region="gz").status_code == 201
+        assert (
+            c.put(
+                "/rules/T.temp/overrides", {"reason": "test", "params": {"count": 3}}, user="gz", region="gz"
+            ).status_code
+            == 201
+        )
     # the rule file loses T.temp; the service still starts, without the stale override
     only_power = tmp_path / "power.yaml"
     only_power.write_text(RULES_YAML.split("  - id: T.temp")[0], encoding="utf-8")
@@ -370,7 +413,9 @@ def test_a_stored_override_that_no_longer_fits_the_files_is_skipped_and_reported
     with TestClient(create_app(gateway.ctx)) as client:
         c = Client(client, gateway.tokens)
         assert c.get("/rules").json()["problems"] == restarted.rule_admin.problems
-        assert c.delete("/rules/T.temp/overrides", user="gz", region="gz").status_code == 200  # can be cleaned up
+        assert (
+            c.delete("/rules/T.temp/overrides", reason="test", user="gz", region="gz").status_code == 200
+        )  # can be cleaned up
     assert restarted.rule_admin.problems == []
 
 
@@ -399,7 +444,10 @@ def test_an_override_through_the_api_changes_what_fires_in_the_running_service(
             rt.on_batch(power("meter-gz-0001", "gz-jgj", t + 1000, temp_c=35))  # T.temp: 1 of 2 in a row
             # raise the threshold in Guangzhou: 70 kW no longer fires there, and still does in Shenzhen
             assert (
-                c.put("/rules/T.power/overrides", {"params": {"value": 80}}, user="gz", region="gz").status_code == 201
+                c.put(
+                    "/rules/T.power/overrides", {"reason": "test", "params": {"value": 80}}, user="gz", region="gz"
+                ).status_code
+                == 201
             )
             rt.on_batch(power("meter-gz-0001", "gz-jgj", t + 2000, power_kw=70))
             rt.on_batch(power("meter-sz-0001", "sz-jgj", t + 2000, power_kw=70))
@@ -408,16 +456,26 @@ def test_an_override_through_the_api_changes_what_fires_in_the_running_service(
             rt.on_batch(power("meter-gz-0001", "gz-jgj", t + 3000, temp_c=36))
             assert open_alerts("T.temp") == ["meter-gz-0001"]
             # lower it for one meter: the same 70 kW fires now, without a restart
-            lowered = c.put("/rules/T.power/overrides", {"params": {"value": 65}}, user="gz", device="meter-gz-0001")
+            lowered = c.put(
+                "/rules/T.power/overrides",
+                {"reason": "test", "params": {"value": 65}},
+                user="gz",
+                device="meter-gz-0001",
+            )
             assert lowered.status_code == 201
             rt.on_batch(power("meter-gz-0001", "gz-jgj", t + 4000, power_kw=70))
             assert open_alerts("T.power") == ["meter-gz-0001", "meter-sz-0001"]
             # the device override goes: back to the region's 80, and 70 kW clears the alert
-            assert c.delete("/rules/T.power/overrides", user="gz", device="meter-gz-0001").status_code == 200
+            assert (
+                c.delete("/rules/T.power/overrides", reason="test", user="gz", device="meter-gz-0001").status_code
+                == 200
+            )
             rt.on_batch(power("meter-gz-0001", "gz-jgj", t + 5000, power_kw=70))
             assert open_alerts("T.power") == ["meter-sz-0001"]
             # switched off in Shenzhen: its readings are not judged any more
-            assert c.put("/rules/T.power/overrides", {"enabled": False}, region="sz").status_code == 201
+            assert (
+                c.put("/rules/T.power/overrides", {"reason": "test", "enabled": False}, region="sz").status_code == 201
+            )
             rt.on_batch(power("meter-sz-0001", "sz-jgj", t + 6000, power_kw=10))
             assert open_alerts("T.power") == ["meter-sz-0001"]  # nothing evaluates it, so it stays open
     finally:
@@ -432,7 +490,7 @@ def test_override_naming_an_unknown_field_or_value_is_422_with_the_path_and_the_
 ) -> None:
     rules_before = runtime.service.rules
     # the override that would quietly switch overspeed off for every vehicle of the city
-    resp = api.put("/rules/V6/overrides", {"params": {"field": "sped_kmh"}}, user="gz", region="gz")
+    resp = api.put("/rules/V6/overrides", {"reason": "test", "params": {"field": "sped_kmh"}}, user="gz", region="gz")
     assert resp.status_code == 422, resp.text
     (problem,) = resp.json()["detail"]
     assert problem["loc"] == ["body", "params", "field"]
@@ -440,12 +498,14 @@ def test_override_naming_an_unknown_field_or_value_is_422_with_the_path_and_the_
         "api override V6 [region=gz]: params.field: unknown field 'sped_kmh' for vehicle; did you mean 'speed_kmh'?"
     )
     denied = {"match": {"event": "access", "where": {"result": "deny"}}}
-    resp = api.put("/rules/G6/overrides", {"params": denied}, user="gz", region="gz")
+    resp = api.put("/rules/G6/overrides", {"reason": "test", "params": denied}, user="gz", region="gz")
     assert resp.status_code == 422, resp.text
     (problem,) = resp.json()["detail"]
     assert problem["loc"] == ["body", "params", "match", "where", "result"]
     assert "params.match.where.result: 'deny' is never sent as access.result" in problem["msg"]
-    resp = api.put("/rules/V6/overrides", {"enabled": False}, device_type="gate")  # V6 is a vehicle rule
+    resp = api.put(
+        "/rules/V6/overrides", {"reason": "test", "enabled": False}, device_type="gate"
+    )  # V6 is a vehicle rule
     assert resp.status_code == 422, resp.text
     assert resp.json()["detail"][0]["loc"] == ["query", "device_type"]
     assert runtime.service.rules is rules_before
@@ -479,3 +539,20 @@ def test_api_rule_naming_an_unknown_metric_or_event_is_422(api: Client) -> None:
     assert resp.json()["detail"][0]["loc"] == ["body", "params", "match", "event"]
     assert "did you mean 'tamper'?" in resp.json()["detail"][0]["msg"]
     assert api.get("/rules/X.speed").status_code == 404 and api.get("/rules/X.tamper").status_code == 404
+
+
+def test_override_edits_and_deletes_need_a_reason_that_is_audited(api: Client, gateway: Gateway) -> None:
+    from devices.audit import AuditLog
+
+    body = {"params": {"value": 70}}
+    assert api.put("/rules/T.power/overrides", body, user="gz", region="gz").status_code == 422  # no reason
+    assert api.put("/rules/T.power/overrides", {**body, "reason": " "}, user="gz", region="gz").status_code == 422
+    made = api.put("/rules/T.power/overrides", {**body, "reason": "夏季负荷高"}, user="gz", region="gz")
+    assert made.status_code == 201, made.text
+    assert api.delete("/rules/T.power/overrides", user="gz", region="gz").status_code == 422  # no reason
+    assert api.delete("/rules/T.power/overrides", reason="", user="gz", region="gz").status_code == 422
+    assert api.delete("/rules/T.power/overrides", reason="入秋恢复", user="gz", region="gz").status_code == 200
+    log = AuditLog(gateway.ctx.registry.session)
+    put = [r.detail.get("reason") for r in log.records(action="rule.override.put")]
+    gone = [r.detail.get("reason") for r in log.records(action="rule.override.delete")]
+    assert (put, gone) == (["夏季负荷高"], ["入秋恢复"])
