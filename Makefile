@@ -84,6 +84,7 @@ bench: setup
 	$(BIN)/python bench/e2e.py --alerts off
 	$(BIN)/python bench/alert_cpu.py
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/report.py
 
 bench-short: setup
 	$(BIN)/python bench/ingest.py --short
@@ -98,6 +99,7 @@ bench-short: setup
 	$(BIN)/python bench/e2e.py --short
 	$(BIN)/python bench/alert_cpu.py --short
 	$(BIN)/python bench/api.py --short
+	$(BIN)/python bench/report.py --short
 
 ## faults: the fault suite against the real processes (minutes; needs root for the tmpfs of store_full);
 ## faults-short: its short mode, which also runs in `make test` (tests/faults/test_fault_suite.py)
