@@ -249,18 +249,19 @@ def clip(trips: Iterable[TripLike], start_ms: int, end_ms: int) -> list[tuple[in
 
 def vehicle_usage(
     vehicle: Vehicle,
-    trips: Iterable[TripLike],
+    clipped: Iterable[tuple[int, int, float, bool]],
     start_ms: int,
     end_ms: int,
     calendar: Calendar,
     policy: Policy,
     heat: list[float] | None = None,
 ) -> Usage:
-    """One vehicle's figures over [start, end); adds its in-use seconds per hour-of-week cell to ``heat``."""
+    """One vehicle's figures over [start, end) from its ``clip``-ped trips; adds its in-use seconds per
+    hour-of-week cell to ``heat``."""
     u = Usage(vehicle)
     u.available_s, u.working_days = available_working_s(start_ms, end_ms, calendar, policy.hours, vehicle.region_path)
     u.target_s = u.working_days * policy.target_hours_per_workday * 3600
-    for lo, hi, metres, starts_inside in clip(trips, start_ms, end_ms):
+    for lo, hi, metres, starts_inside in clipped:
         km = metres / 1000
         span_s = (hi - lo) / 1000
         u.km += km
@@ -296,16 +297,17 @@ def vehicle_usage(
 def concurrency(intervals: Iterable[tuple[int, int]]) -> tuple[int, int | None, list[tuple[int, int]]]:
     """Peak number of overlapping [start, end) intervals, when it was first reached, and the step function
     [(t, count from t on)] (an interval ending at t does not overlap one starting at t)."""
-    deltas: dict[int, int] = {}
-    for a, b in intervals:
-        if b > a:
-            deltas[a] = deltas.get(a, 0) + 1
-            deltas[b] = deltas.get(b, 0) - 1
+    kept = [(a, b) for a, b in intervals if b > a]
+    edges = [(a, 1) for a, _ in kept] + [(b, -1) for _, b in kept]
+    edges.sort()  # at the same instant the ends (-1) come first
     peak, peak_at, level = 0, None, 0
-    steps = []
-    for t in sorted(deltas):
-        level += deltas[t]
-        steps.append((t, level))
+    steps: list[tuple[int, int]] = []
+    for t, delta in edges:
+        level += delta
+        if steps and steps[-1][0] == t:
+            steps[-1] = (t, level)
+        else:
+            steps.append((t, level))
         if level > peak:
             peak, peak_at = level, t
     return peak, peak_at, steps
