@@ -299,7 +299,9 @@ def _change(
     **detail: object,
 ) -> AlertChange | None:
     region = path[-1] if path else ""
-    key = rule.dedup_key.format(rule=rule.rule_id, device=device_id, region=region, group=group or device_id)
+    # E7's alerts all belong to one pseudo device: the agency stands in for it in the key
+    subject = group or device_id
+    key = rule.dedup_key.format(rule=rule.rule_id, device=subject, region=region, group=subject)
     if known.get(key) == firing:  # unknown: sent either way, so a restart resolves what the last run left open
         return None
     if group:
@@ -432,8 +434,10 @@ def energy_check_changes(
     known: Mapping[str, bool],
     *,
     now: datetime,
+    e6_due: bool = True,
+    e7_due: bool = True,
 ) -> list[AlertChange]:
-    """E6 for yesterday (Beijing) and E7 for last month, as changes against ``known``."""
+    """E6 for yesterday (Beijing) and E7 for last month, as changes against ``known`` (each only when due)."""
     regions, meters = load_tree(engine)
     e6: dict[str, EffectiveRule] = {}
     e7: dict[str, EffectiveRule] = {}
@@ -447,7 +451,7 @@ def energy_check_changes(
                     e7.setdefault(agency.id, rule)
     out: list[AlertChange] = []
     today = now.astimezone(BEIJING).date()
-    if e6:
+    if e6 and e6_due:
         day = today - timedelta(days=1)
         start, end = _day_start(day), _day_start(today)
         parent_of = {m.id: m.parent_meter for m in meters if m.parent_meter is not None}
@@ -455,7 +459,7 @@ def energy_check_changes(
         use = _totals(meter_hours(store, sorted(involved), _ms(start), _ms(end)))
         paths = {m.id: m.path for m in meters}
         out += balance_changes(submeter_balance(parent_of, use), e6, paths, known, day=day, now=now)
-    if e7:
+    if e7 and e7_due:
         first = today.replace(day=1)
         prev_first = (first - timedelta(days=1)).replace(day=1)
         start, end = _day_start(prev_first), _day_start(first)
@@ -475,8 +479,9 @@ def _ms(at: datetime) -> int:
 
 
 class EnergyChecks:
-    """Runs ``energy_check_changes`` every ``interval_s`` (default hourly: the verdicts change once a day) on a
-    daemon thread and hands the changes to ``apply`` (the alert lifecycle, e.g.
+    """Runs ``energy_check_changes`` every ``interval_s`` (default hourly; E6 is judged once a day, E7 once a
+    month, again after the rules changed) on a daemon thread or a scheduler's job (``poll_once``) and hands the
+    changes to ``apply`` (the alert lifecycle, e.g.
     ``AlertsRuntime.apply_platform_changes``). ``rules`` returns the current rule set."""
 
     thread_name = "energy-checks"
@@ -495,18 +500,29 @@ class EnergyChecks:
         self.interval_s = interval_s
         self._clock = clock_fn
         self.known: dict[str, bool] = {}
+        self._judged_day: tuple[date, RuleSet] | None = None  # what was last judged, with which rules
+        self._judged_month: tuple[date, RuleSet] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
 
     def poll_once(self) -> list[AlertChange]:
         """One pass; never raises (a failure is logged and retried at the next poll)."""
         try:
-            changes = energy_check_changes(self._engine, self._store, self._rules(), self.known, now=self._clock())
+            now, rules = self._clock(), self._rules()
+            day = now.astimezone(BEIJING).date()
+            e6_due = (day, rules) != self._judged_day  # once per day (again after a rule change)
+            e7_due = (day.replace(day=1), rules) != self._judged_month
+            if not e6_due and not e7_due:
+                return []
+            changes = energy_check_changes(
+                self._engine, self._store, rules, self.known, now=now, e6_due=e6_due, e7_due=e7_due
+            )
             if changes:
                 self._apply(changes)
         except Exception:
             logger.exception("energy checks (E6, E7) failed")
             return []
+        self._judged_day, self._judged_month = (day, rules), (day.replace(day=1), rules)
         for ch in changes:
             self.known[ch.dedup_key] = ch.firing
         return changes
