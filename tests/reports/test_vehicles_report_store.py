@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import orjson
 import pytest
+from typer.testing import CliRunner
 
+import lianfang.commands  # noqa: F401  (registers the sub-apps on the root app)
 from alerts.calendar import BEIJING, Calendar
+from core.db import make_engine, migrate
 from core.errors import UserError
 from core.protocol import Event, Reading
 from core.store import WriteBatch
@@ -16,6 +21,7 @@ from core.store.sqlite import SqliteStore
 from core.trips import TripParams, haversine_m
 from devices.registry import DeviceSpec, RegionSpec, Registry
 from devices.simulator import Fleet, RegionPoint, fleet_from_registry
+from lianfang.cli import app
 from reports import vehicles
 from reports.model import ReportRequest
 from reports.source import LiveSource
@@ -189,25 +195,27 @@ def test_ignition_windows_pair_and_pad() -> None:
     }
 
 
-def test_on_the_simulators_history_both_trip_sources_agree(sqlite_registry: Registry, store: SqliteStore) -> None:
-    """Four simulated vehicles, Thu 2026-02-12 to Sun 02-15 (Sat 02-14 a make-up working day the simulator drives
-    on): trips and hours from positions and from ignition events agree; the Saturday is working time."""
-    start, days = datetime(2026, 2, 12, tzinfo=BEIJING), 4
-    end = start + timedelta(days=days)
+SIM_START = datetime(2026, 2, 12, tzinfo=BEIJING)
+SIM_END = SIM_START + timedelta(days=4)
+
+
+def seed_simulated(registry: Registry, store: SqliteStore) -> None:
+    """Four simulated vehicles in two agencies of Nanjing, Thu 2026-02-12 to Sun 02-15 (Sat 02-14 a make-up
+    working day the simulator drives on)."""
     regions = [
         RegionSpec("js", "江苏省", "province"),
         RegionSpec("nj", "南京市", "city", "js", 32.06, 118.79),
         RegionSpec("nj-a", "单位甲", "agency", "nj", 32.04, 118.78),
         RegionSpec("nj-b", "单位乙", "agency", "nj", 32.10, 118.90),
     ]
-    sqlite_registry.upsert_regions(regions, now=end)
+    registry.upsert_regions(regions, now=SIM_END)
     devs = [(f"car-{i}", "vehicle", ("nj-a", "nj-b")[i % 2], 30) for i in range(4)]
-    sqlite_registry.add_devices([DeviceSpec(i, t, r) for i, t, r, _ in devs], now=end)
+    registry.add_devices([DeviceSpec(i, t, r) for i, t, r, _ in devs], now=SIM_END)
     points = [RegionPoint(r.id, r.parent_id, r.level, r.lat, r.lon) for r in regions]
-    fleet = Fleet(fleet_from_registry(devs, points), rng=random.Random(3), start=start)
+    fleet = Fleet(fleet_from_registry(devs, points), rng=random.Random(3), start=SIM_START)
     batch = WriteBatch()
     home = {d: r for d, _, r, _ in devs}
-    for m in fleet.advance(end):
+    for m in fleet.advance(SIM_END):
         doc = orjson.loads(m.payload)
         if m.kind == "telemetry":
             fields = {k: v for k, v in doc.items() if k not in ("ts", "seq")}
@@ -215,6 +223,13 @@ def test_on_the_simulators_history_both_trip_sources_agree(sqlite_registry: Regi
         elif m.kind == "event":
             batch.events.append(Event(m.device_id, home[m.device_id], "vehicle", m.ts_ms, m.seq, doc["type"], doc))
     store.write(batch)
+
+
+def test_on_the_simulators_history_both_trip_sources_agree(sqlite_registry: Registry, store: SqliteStore) -> None:
+    """On the simulator's history trips and hours from positions and from ignition events agree; the make-up
+    Saturday is working time."""
+    seed_simulated(sqlite_registry, store)
+    start, end = SIM_START, SIM_END
     source = LiveSource(sqlite_registry.engine, store, Calendar())
     reports = {
         mode: vehicles.build(source, ReportRequest("vehicles", "nj", start, end, end, {"trips": mode}))
@@ -231,3 +246,24 @@ def test_on_the_simulators_history_both_trip_sources_agree(sqlite_registry: Regi
         assert pos["non_working_h"] == 0 and pos["holiday_h"] == 0, car  # the simulator rests on 02-15 only
     saturday = next(c for c in reports["positions"].charts if c.key == "heatmap:nj-a").series["周六 Sat"]
     assert sum(saturday) > 0  # the make-up Saturday's trips are there, in working time
+
+
+def test_cli_renders_the_vehicles_report(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path}/registry.db")
+    migrate(engine)
+    store = SqliteStore(tmp_path / "telemetry.db")
+    seed_simulated(Registry(engine), store)
+    store.close()
+    engine.dispose()
+    env = {"LIANFANG_DATA_DIR": str(tmp_path), "LIANFANG_CONFIG": None}
+    args = ["report", "vehicles", "-r", "nj", "--period", "2026-02-12..2026-02-15"]
+    r = CliRunner().invoke(app, [*args, "--json"], env=env)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    summary = {s["key"]: s["value"] for s in doc["summary"]}
+    assert summary["vehicles"] == 4 and summary["trips"] >= 20
+    html = tmp_path / "v.html"
+    r = CliRunner().invoke(app, [*args, "--out", str(html)], env=env)
+    assert r.exit_code == 0, r.output
+    text = html.read_text(encoding="utf-8")
+    assert "公务用车使用与配置分析" in text and "单位甲 用车时段分布" in text
