@@ -33,11 +33,12 @@ import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from functools import lru_cache
 from typing import Protocol
 
 from core.protocol import Event, Reading, Status
 from core.store import WriteBatch
-from devices.simulator import BEIJING, SimDevice, Site, WorkCalendar, _km, load_share
+from devices.simulator import _WEEKDAY_FACTOR, BEIJING, SimDevice, Site, WorkCalendar, _km, load_share
 
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
@@ -173,7 +174,7 @@ class _Day:
         self.out = out
         self.end_ms = end_ms
         self.midnight = _ms(datetime.combine(day, time(0), BEIJING))
-        self.first = len(out.readings)  # where this device's readings of the day start in ``out``
+        self.series: list[tuple[float, float]] = []  # a meter's (power, energy) of the day, for its parent's sum
         self.readings = 0
         self.events = 0
         self._event_ts: set[tuple[int, str]] = set()
@@ -358,33 +359,39 @@ def _vehicle_day(g: _Day, opts: BackfillOptions) -> None:
 # --- meters and sensors ---------------------------------------------------------------------------------------
 
 
-def _power(st: _Dev, local: datetime, working: bool) -> float:
-    shape_working = working or st.weekend_waste
-    share = load_share(local, shape_working) * (0.8 if shape_working and not working else 1.0)
-    if st.night_waste and (local.hour >= 20 or local.hour < 7):
-        share += NIGHT_WASTE_SHARE
-    return max(0.0, st.nominal_kw * share * (1 + st.rng.gauss(0, 0.03)))
+@lru_cache(maxsize=64)
+def _shares(working: bool, step_s: int) -> tuple[float, ...]:
+    """The load shape's share at each reading of a day (the weekday factor aside), every ``step_s`` from 00:00."""
+    day = datetime(2026, 1, 5, tzinfo=BEIJING)  # a Monday: load_share's weekday factor is 1.03 on Mondays
+    monday = 1.03 if working else 1.0
+    return tuple(load_share(day + timedelta(seconds=k), working) / monday for k in range(0, 86_400, step_s))
 
 
 def _meter_day(g: _Day, opts: BackfillOptions, subs: Sequence[_Day]) -> None:
     """A meter's readings; a parent meter's power and energy are the sums of its subs' (already generated)."""
     st = g.st
     step = opts.meter_interval_s * 1000
-    sub_rows: list[dict[int, dict[str, float | bool]]] = [
-        {r.ts_ms: r.fields for r in s.out.readings[s.first : s.first + s.readings]} for s in subs
-    ]
-    for ts in range(g.midnight, g.midnight + DAY_MS, step):
+    if st.subs:
+        for k, points in enumerate(zip(*(s.series for s in subs), strict=True)):
+            power, energy = sum(p for p, _ in points), sum(e for _, e in points)
+            g.reading(g.midnight + k * step, {"energy_kwh": round(energy, 3), "power_kw": round(power, 3)})
+        return
+    shape_working = g.working or st.weekend_waste
+    weekday = _WEEKDAY_FACTOR[g.day.weekday()] if g.working else 1.0
+    scale = st.nominal_kw * weekday * (0.8 if shape_working and not g.working else 1.0)
+    night = st.nominal_kw * NIGHT_WASTE_SHARE if st.night_waste else 0.0
+    gauss, hours = st.rng.gauss, step / 3_600_000
+    for k, share in enumerate(_shares(shape_working, opts.meter_interval_s)):
+        ts = g.midnight + k * step
         if ts >= g.end_ms:
             break
-        if st.subs:
-            power = sum(float(rows.get(ts, {}).get("power_kw", 0.0)) for rows in sub_rows)
-            energy = sum(float(rows.get(ts, {}).get("energy_kwh", 0.0)) for rows in sub_rows)
-        else:
-            local = datetime.fromtimestamp(ts / 1000, BEIJING)
-            power = _power(st, local, g.working)
-            st.energy += power * step / 3_600_000
-            energy = st.energy
-        g.reading(ts, {"energy_kwh": round(energy, 3), "power_kw": round(power, 3)})
+        hour = k * opts.meter_interval_s // 3600
+        base = scale * share + (night if hour >= 20 or hour < 7 else 0.0)
+        power = max(0.0, base * (1 + gauss(0, 0.03)))
+        st.energy += power * hours
+        power, energy = round(power, 3), round(st.energy, 3)
+        g.series.append((power, energy))
+        g.reading(ts, {"energy_kwh": energy, "power_kw": power})
 
 
 def _sensor_day(g: _Day, opts: BackfillOptions) -> None:
