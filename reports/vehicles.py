@@ -437,7 +437,7 @@ def findings(fig: Figures, policy: Policy) -> list[Finding]:
                 )
             )
         need = needed(city.peak, policy)
-        if city.fleet > need:
+        if city.fleet > need and city.peak > 0:  # no use at all is a data question before a fleet one
             margin = need - city.peak
             out.append(
                 Finding(

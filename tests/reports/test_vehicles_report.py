@@ -224,3 +224,10 @@ def test_policy_options_are_bounded() -> None:
     for bad in ({"short_ratio": 0}, {"under_ratio": "x"}, {"margin_min": 5000}, {"working_hours": "9-"}):
         with pytest.raises(UserError):
             policy_from(bad)
+
+
+def test_no_retirement_advice_for_a_city_without_any_use() -> None:
+    fig = compute(VEHICLES[5:], {}, START_MS, END_MS, CAL, POLICY)  # c2's d1 and d2, no trips at all
+    advice = findings(fig, POLICY)
+    assert fig.cities[0].peak == 0 and not [f for f in advice if f.key == "retire"]
+    assert sorted(str(f.numbers["vehicle"]) for f in advice if f.key == "under_used") == ["d1", "d2"]
