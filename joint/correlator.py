@@ -57,6 +57,11 @@ TEXTS: dict[str, tuple[str, str]] = {
     "closed": ("已关闭：{cause_zh}", "closed: {cause}"),
     "escalated": ("升级：由 {before} 升至{level_zh} {region}", "escalated from {before} to {level} {region}"),
     "investigating": ("开始处置", "investigating"),
+    "assigned": (
+        "指派给 {to}（含 {tasks} 个部门任务）：{reason}",
+        "assigned to {to} (with {tasks} department tasks): {reason}",
+    ),
+    "unassigned": ("取消指派：{reason}", "unassigned: {reason}"),
     "task_created": ("{dept_zh}部门任务，截止 {due_zh}", "task for {dept}, due {due_en}"),
     "task_acknowledged": ("任务 {task}（{dept_zh}）已确认", "task {task} ({dept}) acknowledged"),
     "task_closed": ("任务 {task}（{dept_zh}）已完成", "task {task} ({dept}) closed"),
@@ -106,7 +111,7 @@ class IncidentChange:
     """What happened to an incident; ``incident`` (and ``task``) are snapshots taken at the time.
 
     kind: opened | member_added | muted | unmuted | member_resolved | escalated | investigating | resolved |
-    closed | commented | task_created | task_acknowledged | task_closed | task_overdue
+    closed | commented | assigned | task_created | task_acknowledged | task_closed | task_overdue
     """
 
     kind: str
@@ -557,6 +562,30 @@ class Correlator:
         for t in tasks:
             if t.incident_id == inc.id and t.open:
                 self.tasks[t.id] = t
+
+    def assign(
+        self, incident_id: int, who: str, assignee: str | None, reason: str, now: datetime
+    ) -> list[IncidentChange]:
+        """Assign an incident that is not closed, and its open department tasks, to ``assignee`` (None: unassign);
+        the reason goes on the timeline. Kept in the incident's ``detail`` (``assignee``, ``assigned_by``,
+        ``assigned_at``, ``task_assignees``: task id -> user), so it is stored and rebuilt with the incident."""
+        inc = self.get(incident_id)
+        if inc.state is IncidentState.CLOSED:
+            raise IncidentNotFound(f"incident {incident_id} is closed")
+        tasks = {str(t.id): assignee for t in self.tasks_of(incident_id) if t.open}
+        inc.detail["assignee"] = assignee
+        inc.detail["assigned_by"] = who
+        inc.detail["assigned_at"] = now.isoformat()
+        held = inc.detail.get("task_assignees")
+        inc.detail["task_assignees"] = {**(held if isinstance(held, dict) else {}), **tasks}
+        self._touch(inc, now)
+        text = (
+            say("assigned", to=assignee, tasks=len(tasks), reason=reason)
+            if assignee
+            else say("unassigned", reason=reason)
+        )
+        self._log(inc, now, TimelineKind.ACTION, text, who, to=assignee, reason=reason)
+        return [IncidentChange("assigned", _snap(inc), now, actor=who)]
 
     def comment(self, incident_id: int, who: str, text: str, now: datetime) -> list[IncidentChange]:
         inc = self.get(incident_id)

@@ -370,13 +370,26 @@ class JointService:
     def resolve(self, incident_id: int, who: str, reason: str) -> list[IncidentChange]:
         return self._act(lambda now: self.correlator.resolve(incident_id, who, reason, now))
 
+    def _adopt(self, incident_id: int) -> None:
+        """An incident resolved by hand before a restart is only stored: taken back in (under the lock)."""
+        if incident_id not in self.correlator.incidents:
+            stored = self.store.get(incident_id)
+            if stored is not None:
+                self.correlator.adopt(stored, self.store.tasks(incident_id=incident_id))
+
     def close(self, incident_id: int, who: str, cause_code: str) -> list[IncidentChange]:
         def act(now: datetime) -> list[IncidentChange]:
-            if incident_id not in self.correlator.incidents:  # resolved by hand before a restart: only stored
-                stored = self.store.get(incident_id)
-                if stored is not None:
-                    self.correlator.adopt(stored, self.store.tasks(incident_id=incident_id))
+            self._adopt(incident_id)
             return self.correlator.close(incident_id, who, cause_code, now)
+
+        return self._act(act)
+
+    def assign(self, incident_id: int, who: str, assignee: str | None, reason: str) -> list[IncidentChange]:
+        """Assign the incident and its open tasks to ``assignee`` (None: unassign); see ``Correlator.assign``."""
+
+        def act(now: datetime) -> list[IncidentChange]:
+            self._adopt(incident_id)
+            return self.correlator.assign(incident_id, who, assignee, reason, now)
 
         return self._act(act)
 

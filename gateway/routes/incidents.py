@@ -33,7 +33,7 @@ from sqlalchemy import Engine, or_, select
 from alerts.types import Severity
 from core.errors import StoreUnavailable, UserError
 from devices.registry import Registry
-from gateway.auth import Principal
+from gateway.auth import USER_NAME_RE, Principal, user_by_name
 from gateway.context import GatewayContext
 from gateway.deps import AuditDep, ContextDep, NowDep, PrincipalDep, RegistryDep, require_role
 from gateway.live import Broadcaster
@@ -90,6 +90,8 @@ class JointOps(Protocol):
 
     def close_task(self, task_id: int, who: str, note: str | None = None) -> Any: ...
 
+    def assign(self, incident_id: int, who: str, assignee: str | None, reason: str) -> Any: ...
+
 
 @dataclass
 class JointSide:
@@ -127,6 +129,7 @@ def incident_doc_live(i: Incident, kind: str) -> dict[str, Any]:
         "title_en": i.title_en,
         "region_id": i.region_id,
         "updated_at": iso_at(i.updated_at),
+        "assignee": i.detail.get("assignee"),
     }
 
 
@@ -308,6 +311,9 @@ def incident_json(i: Incident, principal: Principal, *, full: bool) -> dict[str,
         "member_count": len(members),
         "members_hidden": len(i.members) - len(members),
         "muted_count": sum(1 for m in members if m.muted),
+        "assignee": i.detail.get("assignee"),
+        "assigned_by": i.detail.get("assigned_by"),
+        "assigned_at": i.detail.get("assigned_at"),
     }
 
 
@@ -323,7 +329,7 @@ def member_json(m: Any) -> dict[str, Any]:
     }
 
 
-def task_json(t: Task, now: datetime) -> dict[str, Any]:
+def task_json(t: Task, now: datetime, assignees: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "id": t.id,
         "incident_id": t.incident_id,
@@ -338,7 +344,13 @@ def task_json(t: Task, now: datetime) -> dict[str, Any]:
         "closed_at": iso_at(t.closed_at),
         "escalation_level": t.escalation_level,
         "note": t.note,
+        "assignee": (assignees or {}).get(str(t.id)),
     }
+
+
+def _task_assignees(i: Incident) -> dict[str, Any]:
+    held = i.detail.get("task_assignees")
+    return held if isinstance(held, dict) else {}
 
 
 def entry_json(e: TimelineEntry) -> dict[str, Any]:
@@ -441,7 +453,7 @@ def get_incident(incident_id: ObjectId, side: SideDep, principal: PrincipalDep, 
     hidden = {a for a, m in inc.members.items() if not (full or principal.sees_region(m.region_id))}
     out["members"] = [member_json(m) for m in sorted(visible, key=lambda m: m.alert_id)]
     out["timeline"] = [entry_json(e) for e in side.store.timeline(incident_id) if _entry_visible(e, hidden)]
-    out["tasks"] = [task_json(t, now) for t in side.store.tasks(incident_id=incident_id)]
+    out["tasks"] = [task_json(t, now, _task_assignees(inc)) for t in side.store.tasks(incident_id=incident_id)]
     actions = side.actions.for_incident(incident_id) if side.actions is not None else []
     out["actions"] = [a.doc() for a in actions if full or principal.sees_region(a.region_id)]
     return out
@@ -480,7 +492,7 @@ class ResolveBody(_Body):
 def _after(side: JointSide, principal: Principal, incident_id: int, now: datetime) -> dict[str, Any]:
     inc, full = _incident_or_404(side, principal, incident_id)
     out = incident_json(inc, principal, full=full)
-    out["tasks"] = [task_json(t, now) for t in side.store.tasks(incident_id=incident_id)]
+    out["tasks"] = [task_json(t, now, _task_assignees(inc)) for t in side.store.tasks(incident_id=incident_id)]
     return out
 
 
@@ -581,6 +593,55 @@ def close_task(task_id: ObjectId, body: NoteBody, act: ActDep) -> dict[str, Any]
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"task {task_id} is already closed")
     note = body.note or None
     return act("task.close", lambda ops: ops.close_task(task_id, act.principal.name, note), {"task": task_id})
+
+
+class AssignBody(_Body):
+    assignee: str | None = Field(
+        max_length=64,
+        pattern=USER_NAME_RE.pattern,
+        description="the user who takes the incident and its open department tasks; null to unassign",
+    )
+    reason: str = Field(min_length=1, max_length=2000, pattern=r"\S", description="why (goes on the timeline)")
+
+
+def _assignable(registry: Registry, principal: Principal, inc: Incident, name: str) -> str | None:
+    """Why ``name`` cannot take the incident, or None: an enabled operator or admin whose scope holds the
+    incident's region, and whom the caller can see (a user outside the caller's scope reads as not existing)."""
+    user = user_by_name(registry.engine, name)
+    if user is None or not (user.region_id is None or principal.sees_region(user.region_id)):
+        return f"no user {name!r}"
+    if not user.enabled:
+        return f"user {name!r} is disabled"
+    if user.role not in ("operator", "admin"):
+        return f"user {name!r} ({user.role}) cannot act on incidents: operator or admin needed"
+    if user.region_id is not None and user.region_id not in (*inc.region_path, inc.region_id):
+        return f"user {name!r} is scoped to {user.region_id}, which does not hold this incident's {inc.region_id}"
+    return None
+
+
+@router.post("/incidents/{incident_id}/assign")
+def assign(body: AssignBody, act: ActDep, registry: RegistryDep) -> dict[str, Any]:
+    """Assign an incident that is not closed, with its open department tasks, to a user (or unassign with
+    ``assignee: null``); the reason is required and goes on the timeline, the change on the live stream. 422 when
+    the user cannot take it (unknown, disabled, not an operator or admin, scoped elsewhere); 409 when closed."""
+    reason = body.reason.strip()
+    if body.assignee is not None:
+        why = _assignable(registry, act.principal, _writable(act.side, act.principal, act.incident_id), body.assignee)
+        if why is not None:
+            act.audit.write(
+                act.principal,
+                "incident.assign",
+                f"incident {act.incident_id}",
+                now=act.now,
+                outcome="invalid",
+                detail={"assignee": body.assignee, "error": why},
+            )
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=why)
+    return act(
+        "assign",
+        lambda ops: ops.assign(act.incident_id, act.principal.name, body.assignee, reason),
+        {"assignee": body.assignee, "reason": reason},
+    )
 
 
 # --- linkage actions -------------------------------------------------------------------------------------------
