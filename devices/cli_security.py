@@ -584,6 +584,19 @@ def audit_csv_row(r: AuditRecord) -> list[str]:
     return [str(r.seq), *text, _cell(canonical(r.detail)), r.prev_hash, r.hash]
 
 
+def _record_audit_read(settings: Settings, action: str, detail: dict[str, Any], outcome: str = "ok") -> None:
+    """Reading the audit log from the CLI is itself audited (who at this terminal: ``Actor.from_cli``)."""
+    registry = open_registry(settings)
+    try:
+        AuditLog(registry.session).write(
+            Actor.from_cli(), action, ["audit_log"], now=clock.now(), outcome=outcome, detail=detail
+        )
+    except StoreUnavailable as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        registry.engine.dispose()
+
+
 @audit_app.command("verify")
 def audit_verify(
     ctx: typer.Context,
@@ -593,7 +606,8 @@ def audit_verify(
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Walk the hash chain and name every edited, deleted or reordered record; exit 1 when any is found."""
+    """Walk the hash chain and name every edited, deleted or reordered record; exit 1 when any is found. The check
+    is recorded in the audit log afterwards (``audit.verify``, outcome ok or failed)."""
     settings = settings_from(ctx)
     try:
         anc = None if anchor is None else _parse_anchor(anchor)
@@ -606,6 +620,8 @@ def audit_verify(
         raise _fail(str(exc)) from exc
     finally:
         registry.engine.dispose()
+    detail = {"records": result.count, "problems": len(result.problems), "anchor": anchor}
+    _record_audit_read(settings, "audit.verify", detail, "ok" if result.ok else "failed")
     if json_out:
         typer.echo(json.dumps(result.as_json(), indent=1))
     else:
@@ -662,8 +678,10 @@ def audit_list(
     json_out: JsonOpt = False,
     csv_out: CsvOpt = False,
 ) -> None:
-    """Audit records, newest first, filtered."""
+    """Audit records, newest first, filtered; the reading is audited (``audit.list``)."""
     rows = _audit_rows(ctx, actor, action, target, since, until, limit)
+    filters = {"actor": actor, "action": action, "target": target, "since": since, "until": until}
+    _record_audit_read(settings_from(ctx), "audit.list", {"records": len(rows), **filters})
     _print_audit(rows, json_out=json_out, csv_out=csv_out)
 
 
@@ -680,27 +698,8 @@ def audit_export(
     """Every matching record in chain order (oldest first) as CSV, or JSON with --json; the export is audited."""
     rows = _audit_rows(ctx, actor, action, target, since, until, 10_000_000)
     rows.reverse()
-    settings = settings_from(ctx)
-    registry = open_registry(settings)
-    try:
-        AuditLog(registry.session).write(
-            Actor.from_cli(),
-            "audit.export",
-            ["audit_log"],
-            now=clock.now(),
-            detail={
-                "records": len(rows),
-                "actor": actor,
-                "action": action,
-                "target": target,
-                "since": since,
-                "until": until,
-            },
-        )
-    except StoreUnavailable as exc:
-        raise _fail(str(exc)) from exc
-    finally:
-        registry.engine.dispose()
+    filters = {"actor": actor, "action": action, "target": target, "since": since, "until": until}
+    _record_audit_read(settings_from(ctx), "audit.export", {"records": len(rows), **filters})
     _print_audit(rows, json_out=json_out, csv_out=not json_out)
 
 
