@@ -463,10 +463,11 @@ def findings(fig: Figures, policy: Policy) -> list[Finding]:
         out.append(
             Finding(
                 "off_hours",
-                f"{len(off)} 辆车有 {trips} 次出车在非工作时间或非工作日(其中法定节假日行驶 {holiday_km} 公里),"
-                f"请核对派车记录。",
-                f"{len(off)} vehicles made {trips} trips after hours or on non-working days ({holiday_km} km on "
-                f"public holidays): check them against the dispatch records.",
+                f"{len(off)} 辆车有 {trips} 次出车在非工作时间或非工作日"
+                f"{f'(其中法定节假日行驶 {holiday_km} 公里)' if holiday_km else ''},请核对派车记录。",
+                f"{len(off)} vehicles made {trips} trips after hours or on non-working days"
+                f"{f' ({holiday_km} km on public holidays)' if holiday_km else ''}: check them against the dispatch "
+                f"records.",
                 {
                     "vehicles": len(off),
                     "trips": trips,
@@ -567,8 +568,8 @@ def build(source: ReportSource, request: ReportRequest) -> Report:
         start=request.start,
         end=request.end,
         generated_at=request.now,
-        title_zh=f"{region_name}公务用车使用与配置分析",
-        title_en=f"{region_name}: official vehicle use and allocation",
+        title_zh="公务用车使用与配置分析",
+        title_en="Official vehicle use and allocation",
         summary=summary,
         summary_labels=SUMMARY_LABELS,
         tables=(

@@ -149,6 +149,7 @@ def test_allocation_advice_with_its_numbers() -> None:
     (off,) = [f for f in advice if f.key == "off_hours"]
     assert off.numbers["vehicles"] == 2 and off.numbers["trips"] == 4 and off.numbers["holiday_km"] == 20
     assert off.numbers["holiday_h"] == 2.0 and off.numbers["after_hours_h"] == 1.5
+    assert "2 辆车有 4 次出车" in off.text_zh and "法定节假日行驶 20.0 公里" in off.text_zh
     assert all(f.text_zh and f.text_en for f in advice)
 
 
