@@ -93,6 +93,12 @@ const I18N = {
     comment: "备注", commentText: "备注内容", assign: "指派", silence: "静默", noteLabel: "处置说明",
     required: "请填写：{field}",
     incResolve: "解除事件", resolveReasonInc: "解除原因（必填）",
+    assignReasonInc: "指派原因（必填）", unassignHint: "留空即取消指派",
+    // reports view (reports.js)
+    v_reports: "报告", rpCoverage: "数据覆盖与质量", rpVehicles: "公务用车", rpEnergy: "能耗", rpScorecard: "区域评分卡",
+    rpBuild: "生成报告", rpCsv: "下载 CSV", rpHtml: "下载 HTML", rpFindings: "待办与建议", rpBuilding: "正在生成报告…",
+    rpNone: "无", rpPeriod: "统计周期（北京时间）：{start} – {end}", rpMoreRows: "仅显示前 {n} 行，完整内容请下载 CSV 或 HTML。",
+    rpNotAvailable: "该报告暂不可用：{detail}", rpDownloaded: "已下载 {name}",
   },
   en: {
     title: "Lianfang Control Room",
@@ -197,6 +203,13 @@ const I18N = {
     myScope: "my scope", comment: "Comment", commentText: "Comment", assign: "Assign", silence: "Silence",
     noteLabel: "Note", required: "Please fill in: {field}",
     incResolve: "Resolve incident", resolveReasonInc: "Why it is resolved (required)",
+    assignReasonInc: "Why (required)", unassignHint: "empty: unassign",
+    // reports view (reports.js)
+    v_reports: "Reports", rpCoverage: "Data coverage and quality", rpVehicles: "Vehicles", rpEnergy: "Energy",
+    rpScorecard: "Region scorecard", rpBuild: "Build report", rpCsv: "Download CSV", rpHtml: "Download HTML",
+    rpFindings: "Findings", rpBuilding: "Building the report…", rpNone: "none",
+    rpPeriod: "Period (Beijing time): {start} – {end}", rpMoreRows: "First {n} rows only; download the CSV or HTML for all.",
+    rpNotAvailable: "This report is not available: {detail}", rpDownloaded: "Downloaded {name}",
   },
 };
 const CRITICAL = new Set(["door_forced", "tamper", "power_cut", "power_loss"]);

@@ -148,6 +148,7 @@ def test_page_polls_the_alerts_endpoint_and_acts_on_alerts() -> None:
         '<script src="/static/vendor/uPlot.iife.min.js" defer>',
         '<script src="/static/app.js" defer>',
         '<script src="/static/views.js" defer>',
+        '<script src="/static/reports.js" defer>',
     ]
 
 
