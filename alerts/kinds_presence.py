@@ -10,10 +10,10 @@ credential). States are dataclasses of JSON-native fields, restored across a res
   never entered), the earlier one within ``presence_timeout_s``; an older presence is forgotten (no alert, and no
   alert for a first sighting: nothing is known then). Soft mode logs (raised and resolved at once); hard mode
   stays open until ``clear_after_s`` of quiet for that credential, or by hand.
-- still_inside: an ``in`` opens a presence due at the close of the building's open hours of its day plus
-  ``grace_s`` (an entry while the building is closed: ``grace_s`` after the entry); an ``out`` ends it and clears
-  a firing alert. It fires when device time in the same area passes the due time (any record of a gate of the
-  area: a backlog arrives in order), or when the engine's clock passes it (plus how late the entry arrived).
+- still_inside: an ``in`` opens a presence due at the building's next close (the end of its open hours on an
+  open day of the calendar) plus ``grace_s``; an ``out`` ends it and clears a firing alert. It fires when device
+  time in the same area passes the due time (any record of a gate of the area: a backlog arrives in order), or
+  when the engine's clock passes it (plus how late the entry arrived).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from alerts.rules import PassbackParams, StillInsideParams
 
 MAX_PRESENCE = 20_000  # remembered (area, person) pairs per rule; the oldest are dropped beyond it
 SEP = "\x1f"  # between area and person in a key
+CLOSE_HORIZON_DAYS = 15  # the next close is looked for this many days ahead (the longest official holidays: 8 days)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,29 +135,30 @@ class StillInsideState:
     inside: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     seen: dict[str, int] = field(default_factory=dict)  # area -> newest device time seen at its gates
     next_due: dict[str, int] = field(default_factory=dict)  # area -> earliest due of its presences not firing
+    version: int = 0  # counts presences opened, ended and fired: what moves the deadline (cheap to compare)
 
     def essential(self) -> tuple[object, ...]:
-        return tuple(sorted((a, w) for a, people in self.inside.items() for w, row in people.items() if row[3]))
+        return (self.version,)
 
 
 def close_due_ms(p: StillInsideParams, cal: Calendar, entered_ms: int, region_path: tuple[str, ...]) -> int:
-    """When a presence that began at ``entered_ms`` is overdue: the end of the open hours it falls in or before
-    (same day), plus ``grace_s``; ``grace_s`` after the entry if the building is closed then (a closed day, or
-    after the close)."""
+    """When a presence that began at ``entered_ms`` is overdue: the first close + ``grace_s`` after the entry (a
+    close: the end of the open hours of an open day, today included). An entry later than that, or on a day off,
+    is judged at the next close (being in the building while it is closed is G5's business)."""
     hours = WorkingHours.parse(p.open_hours.hours)
     local = datetime.fromtimestamp(entered_ms / 1000, BEIJING)
     grace_ms = int(p.grace_s * 1000)
-    today = local.date()
-    for day in (today - timedelta(days=1), today):  # an overnight window may have begun the day before
+    for offset in range(-1, CLOSE_HORIZON_DAYS):  # from the day before: an overnight window may end today
+        day = local.date() + timedelta(days=offset)
         if not _open_day(p, cal, day, region_path):
             continue
         start = datetime.combine(day, hours.start, BEIJING)
         end = datetime.combine(day, hours.end, BEIJING)
         if end <= start:
             end += timedelta(days=1)
-        if local < end and (day == today or local >= start):
+        if int(end.timestamp() * 1000) + grace_ms > entered_ms:  # inside at that close + grace
             return int(end.timestamp() * 1000) + grace_ms
-    return entered_ms + grace_ms
+    return entered_ms + grace_ms  # no open day ahead (a long holiday): judged after the grace
 
 
 def _open_day(p: StillInsideParams, cal: Calendar, day: date, region_path: tuple[str, ...]) -> bool:
@@ -182,6 +184,7 @@ def still_inside_access(
     if prev is not None and ts_ms <= prev[0]:
         return []  # older than the presence we know
     out: list[Change] = []
+    st.version += 1
     if prev is not None:
         del people[who]
         if prev[3]:
@@ -227,6 +230,7 @@ def _overdue(p: StillInsideParams, st: StillInsideState, due: Any, area: str) ->
             continue
         if due(row):
             row[3] = True
+            st.version += 1
             detail: dict[str, object] = {"area": area, "entered_ms": row[0], "due_ms": row[1]}
             out.append(Change(True, row[1], who, Where.of(row[4:]), detail))
     waiting = [row[1] for row in people.values() if not row[3]]

@@ -347,8 +347,8 @@ class PassbackParams(_PresenceParams):
 
 
 class StillInsideParams(_PresenceParams):
-    """G10 still inside at close: an entry with no exit by the end of the open hours (+ grace) of its day; an
-    entry while closed gets ``grace_s`` from the entry. Clears on the exit."""
+    """G10 still inside at close: an entry with no exit by the building's next close (the end of ``open_hours`` on
+    an open day) + ``grace_s``. Clears on the exit."""
 
     open_hours: TimeWindow = TimeWindow(hours="08:30-17:30", days="working")  # building open (calendar days)
     grace_s: float = Field(default=1800, ge=0, le=86400)

@@ -153,6 +153,8 @@ INCIDENT_TARGETS: dict[str, str | None] = {
     "meter_flat": "energy_meter",
     "clock_skew": None,  # any device type
     "clock_lag": None,
+    "visit": "gate",  # a card enters (and leaves after duration_s; None: never): G10 and its near miss
+    "passback": "gate",  # a card enters twice with no exit between, then leaves (G3)
 }
 # Kinds that fit more than one device type.
 INCIDENT_TARGET_TYPES: dict[str, tuple[str, ...]] = {"tamper": ("gate", "energy_meter")}
@@ -171,6 +173,8 @@ DEFAULT_DURATION_S: dict[str, float | None] = {
     "meter_flat": 7 * 3600.0,
     "clock_skew": None,  # for good
     "clock_lag": None,
+    "visit": None,  # stays inside
+    "passback": 120.0,  # in, in again after half of it, out at its end
 }
 # A gate with a scripted forced door has no access in this long before it (open delay 2.5 s + hold 9 s at most,
 # plus G1's 3 s window): a normal entry can neither hold the door open nor excuse the forced opening.
@@ -203,6 +207,7 @@ class Incident:
     start: datetime
     duration_s: float | None = None
     factor: float | None = None  # None: DEFAULT_FACTOR of the kind (see ``amount``)
+    credential: str | None = None  # visit / passback: the card used (None: a new one); the same card at other gates
 
     def __post_init__(self) -> None:
         if self.kind not in INCIDENT_TARGETS:
@@ -533,6 +538,7 @@ class _Person:
 # Agenda actions
 _ONLINE, _BEAT, _ARRIVE, _OPEN, _CLOSE, _TRIP_END, _INCIDENT, _INCIDENT_END, _DENY, _DRIVE_END = range(10)
 _CLOCK_END = 10
+_BADGE_IN, _BADGE_OUT = 11, 12  # visit / passback incidents: their card at the reader (arg: the incident index)
 _OPEN_OUT, _OPEN_IN, _OPEN_FORCED = 0, 1, 2
 
 
@@ -578,6 +584,7 @@ class Fleet:
         self._index: dict[str, int] = {}
         self._people: dict[str, list[_Person]] = {}
         self._burst_credentials: dict[int, str] = {}  # denied_burst incident index -> its credential
+        self._incident_cards: dict[int, str] = {}  # visit / passback incident index -> its card
         self._arrival_rate_ms = _GATE_PEAK * self.rate / 3_600_000
         self._forced_at: dict[int, list[int]] = {}  # gate index -> times of its scripted forced doors
         resume = resume or {}
@@ -775,6 +782,9 @@ class Fleet:
         elif action == _INCIDENT_END and st.silent:
             st.silent = False
             self._status(st, t, online=True)
+        elif action in (_BADGE_IN, _BADGE_OUT):
+            assert isinstance(st, _Gate)
+            self._badge(t, st, idx, self._incident_cards[arg], "in" if action == _BADGE_IN else "out")
         elif action == _CLOCK_END and arg == st.clock_token:
             st.clock_offset_ms = 0
 
@@ -822,6 +832,14 @@ class Fleet:
         elif inc.kind == "meter_flat":
             assert isinstance(st, _Meter)
             st.flat_until = t + duration_ms
+        elif inc.kind in ("visit", "passback"):
+            assert isinstance(st, _Gate)
+            self._incident_cards[k] = inc.credential or f"card-{self.rng.getrandbits(32):08x}"
+            self._badge(t, st, idx, self._incident_cards[k], "in")
+            if inc.kind == "passback":
+                self._push(t + duration_ms // 2, idx, _BADGE_IN, k)
+            if inc.duration is not None:
+                self._push(t + duration_ms, idx, _BADGE_OUT, k)
         elif inc.kind in ("clock_skew", "clock_lag"):
             sign = 1 if inc.kind == "clock_skew" else -1
             st.clock_offset_ms = sign * int(inc.amount * 1000)
@@ -863,6 +881,12 @@ class Fleet:
             self._emit(st, t, "event", body)
         if granted:
             self._push(t + rng.randint(300, 2500), idx, _OPEN, _OPEN_IN if direction == "in" else _OPEN_OUT)
+
+    def _badge(self, t: int, st: _Gate, idx: int, credential: str, direction: str) -> None:
+        """A scripted card at the reader: granted, the door opens a second later."""
+        body = {"type": "access", "credential": credential, "direction": direction, "result": "granted"}
+        self._emit(st, t, "event", {**body, "method": "card"})
+        self._push(t + 1000, idx, _OPEN, _OPEN_IN if direction == "in" else _OPEN_OUT)
 
     def _open(self, t: int, st: _Gate, idx: int, how: int, hold_ms: int = 0) -> None:
         if how == _OPEN_IN:

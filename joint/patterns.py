@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import Engine
 
 from alerts.rule_check import Finding, Known, closest
-from alerts.rules import RULE_ID_RE
+from alerts.rules import PARAMS, RULE_ID_RE
 from alerts.specfile import finite as _finite
 from alerts.specfile import fmt_errors, parse_doc, read_yaml, yaml_files
 from alerts.types import Severity
@@ -40,21 +40,7 @@ from joint.models import DEPARTMENTS, ScopeLevel
 
 API_ORIGIN = "api"  # where patterns and overrides edited through the API come from (joint/pattern_store.py)
 PACKS_DIR = Path(__file__).parent / "packs"  # the default correlation patterns (X rules) shipped with Lianfang
-ALERT_RULE_KINDS = (
-    "threshold",
-    "delta",
-    "absence",
-    "schedule",
-    "event_count",
-    "sequence",
-    "geofence",
-    "baseline",
-    "travel",
-    "demand",
-    "clock_skew",
-    "passback",
-    "still_inside",
-)
+ALERT_RULE_KINDS = tuple(PARAMS)  # every kind of alerts/rules.py
 
 
 class _Strict(BaseModel):

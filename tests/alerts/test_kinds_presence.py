@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -160,26 +160,26 @@ def test_g10_device_time_of_the_area_fires_a_backlog() -> None:
     assert run.firing() == [True]
 
 
-def test_g10_entries_while_closed_and_on_days_off() -> None:
+def test_g10_due_at_the_next_close_of_the_calendar() -> None:
     p = StillInsideParams()
     cal = Run(pack_rule("G10"), GATE_A).env.calendar
     path = GATE_A.region_path
 
-    def due(t: datetime) -> datetime:
-        return datetime.fromtimestamp(close_due_ms(p, cal, int(t.timestamp() * 1000), path) / 1000, BEIJING)
+    def due(t: datetime, params: StillInsideParams = p) -> datetime:
+        return datetime.fromtimestamp(close_due_ms(params, cal, int(t.timestamp() * 1000), path) / 1000, BEIJING)
 
-    assert due(bj(2, 7)) == bj(2, 18)  # early, before opening: today's close
-    assert due(bj(2, 20)) == bj(2, 20, 30)  # after close: 30 min
-    assert due(bj(7, 10)) == bj(7, 10, 30)  # a Saturday: closed all day
-    # National Day 2026 (a statutory holiday on a Thursday) is closed; a make-up working Sunday is open
-    holiday = datetime(2026, 10, 1, 10, tzinfo=BEIJING)
-    assert due(holiday) == holiday + timedelta(minutes=30)
-    makeup = datetime(2026, 9, 20, 10, tzinfo=BEIJING)  # Sunday 2026-09-20, 调休 working day
+    assert due(bj(2, 2)) == bj(2, 18)  # at night or early: that working day's close
+    assert due(bj(2, 17, 45)) == bj(2, 18)  # after the close, inside the grace: still that close
+    assert due(bj(2, 20)) == bj(3, 18)  # after it: the next working day's
+    assert due(bj(6, 20)) == bj(9, 18)  # Friday evening: Monday's close
+    assert due(bj(7, 10)) == bj(9, 18)  # a Saturday: Monday's close
+    # National Day 2026 (holidays.China): 1-7 October off; Thursday 8 October is the next working day
+    assert due(datetime(2026, 9, 30, 20, tzinfo=BEIJING)) == datetime(2026, 10, 8, 18, tzinfo=BEIJING)
+    makeup = datetime(2026, 9, 20, 10, tzinfo=BEIJING)  # Sunday 2026-09-20, a 调休 working day
     assert due(makeup) == datetime(2026, 9, 20, 18, tzinfo=BEIJING)
     night = StillInsideParams.model_validate({"open_hours": {"hours": "22:00-06:00", "days": "any"}})
-    assert datetime.fromtimestamp(close_due_ms(night, cal, int(bj(3, 2).timestamp() * 1000), path) / 1000, BEIJING) == (
-        bj(3, 6, 30)
-    )
+    assert due(bj(3, 2), night) == bj(3, 6, 30)  # inside the overnight window that began the day before
+    assert due(bj(3, 12), night) == bj(4, 6, 30)
 
 
 def test_g10_re_entry_resolves_the_old_alert_and_starts_again() -> None:
