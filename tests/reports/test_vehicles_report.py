@@ -232,3 +232,15 @@ def test_no_retirement_advice_for_a_city_without_any_use() -> None:
     advice = findings(fig, POLICY)
     assert fig.cities[0].peak == 0 and not [f for f in advice if f.key == "retire"]
     assert sorted(str(f.numbers["vehicle"]) for f in advice if f.key == "under_used") == ["d1", "d2"]
+
+
+@given(
+    st.integers(0, 20 * 86_400_000),
+    st.integers(1, 4 * 86_400_000),
+    st.sampled_from(["08:30-17:30", "09:00-12:00", "22:00-06:00", "00:00-23:59"]),
+)
+def test_working_pieces_add_up_to_the_working_time_available(offset: int, length: int, text: str) -> None:
+    hours = WorkingHours.parse(text)
+    a = START_MS - 10 * 86_400_000 + offset  # from late January, across the Spring Festival holidays
+    working_ms = sum(q - p for p, q, _, cls, _ in split_time(a, a + length, CAL, hours) if cls == "working")
+    assert math.isclose(working_ms / 1000, available_working_s(a, a + length, CAL, hours)[0])
