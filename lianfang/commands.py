@@ -50,3 +50,7 @@ app.command("demo")(long_running(demo))
 from reports.cli import report_app  # noqa: E402
 
 app.add_typer(report_app, name="report")  # reports (docs/reports.md)
+
+from devices.dispatch_cli import dispatches_app  # noqa: E402
+
+app.add_typer(dispatches_app, name="dispatches")  # vehicle dispatch records, rule V2 (docs/alerts.md)
