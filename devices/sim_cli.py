@@ -10,7 +10,7 @@ import random
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Protocol
@@ -313,6 +313,9 @@ def backfill_cmd(
         registry = open_registry(settings)
         try:
             sim_devices, parents = backfill_devices(registry, region=region, device_ids=devices)
+            ids = {d.id for d in sim_devices}
+            rows, _ = registry.devices(enabled=True)
+            younger = sum(1 for d in rows if d.id in ids and d.created_at is not None and _aware(d.created_at) > start)
         finally:
             registry.engine.dispose()
         if not sim_devices:
@@ -337,3 +340,13 @@ def backfill_cmd(
         f"back-filled {len(sim_devices)} devices over {counts.days} days: {counts.readings} readings ({by_type}), "
         f"{counts.events} events"
     )
+    if younger:
+        typer.echo(
+            f"note: {younger} of them were registered after the history's start; reports count a device only in "
+            "periods that end after its registration",
+            err=True,
+        )
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)

@@ -634,7 +634,10 @@ SUMMARY_KEYS = (
 
 
 def build(source: ReportSource, request: ReportRequest) -> Report:
-    hours = WorkingHours.parse(str(request.options.get("hours", "08:30-17:30")))
+    try:
+        hours = WorkingHours.parse(str(request.options.get("working_hours", "08:30-17:30")))
+    except ValueError as exc:
+        raise UserError(f"option working_hours: {exc} (HH:MM-HH:MM)") from exc
     now = request.now
     with Session(source.engine) as s:
         tree = read_tree(s, request.region_id)
