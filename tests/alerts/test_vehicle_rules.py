@@ -34,7 +34,7 @@ from alerts.rules import OvernightLotParams, UtilisationParams
 from core.db import make_engine, migrate
 from core.protocol import Reading, Record
 from core.trips import Fix, TripParams, engine_seconds, segment
-from devices.dispatch import DispatchStore
+from devices.dispatch import DispatchConflict, DispatchStore
 from devices.registry import Registry
 from devices.simulator import Incident
 from tests.alerts.test_pack_scenarios import GZ, MONDAY, SATURDAY, Dev, at, eng_ms, simulate
@@ -281,3 +281,34 @@ def test_dispatch_book_from_the_database(reg: Registry) -> None:
     book = store.book(now + hour)
     assert book.covers("car-1", now + hour) and not book.covers("car-1", now + hour + 1)
     assert store.book(now + 5 * 86_400_000).windows == {}  # long past
+
+
+def test_dispatch_store_on_both_databases(registry: Registry) -> None:
+    """Migration 0015 and the store on SQLite and PostgreSQL: filters, paging, conflicts, the book."""
+    store = DispatchStore(registry.engine)
+    t0, hour = eng_ms(at(MONDAY, 8)), 3_600_000
+    made = [
+        store.create(
+            vehicle_id=f"car-{i % 2}",
+            region_id="gz" if i % 2 else "sz",
+            driver="李四",
+            purpose="调研",
+            requested_by="op",
+            planned_start_ms=t0 + i * hour,
+            planned_end_ms=t0 + (i + 1) * hour,
+            now_ms=t0,
+        )
+        for i in range(5)
+    ]
+    page, total = store.list(region_ids=["gz"], limit=1)
+    assert total == 2 and [d.id for d in page] == [made[3].id]  # newest planned start first
+    assert store.list(start_ms=t0 + 4 * hour + 1)[1] == 1  # plans overlapping the range
+    store.approve(made[0].id, approver="chief", now_ms=t0)
+    with pytest.raises(DispatchConflict):
+        store.approve(made[0].id, approver="chief", now_ms=t0)
+    with pytest.raises(DispatchConflict):
+        store.approve(made[1].id, approver="op", now_ms=t0)  # the requester
+    store.close(made[2].id, now_ms=t0)  # a pending one closed: cancelled
+    assert [d.status for d in store.list(status="approved")[0]] == ["approved"]
+    assert store.list(status="closed")[0][0].id == made[2].id
+    assert store.book(t0).windows == {"car-0": ((t0, t0 + hour),)}
