@@ -94,6 +94,7 @@ const I18N = {
     required: "请填写：{field}",
     incResolve: "解除事件", resolveReasonInc: "解除原因（必填）",
     assignReasonInc: "指派原因（必填）", unassignHint: "留空即取消指派",
+    assignReasonInc: "指派原因（必填）", unassignHint: "留空即取消指派",
     // reports view (reports.js)
     v_reports: "报告", rpCoverage: "数据覆盖与质量", rpVehicles: "公务用车", rpEnergy: "能耗", rpScorecard: "区域评分卡",
     rpBuild: "生成报告", rpCsv: "下载 CSV", rpHtml: "下载 HTML", rpFindings: "待办与建议", rpBuilding: "正在生成报告…",
@@ -203,6 +204,7 @@ const I18N = {
     myScope: "my scope", comment: "Comment", commentText: "Comment", assign: "Assign", silence: "Silence",
     noteLabel: "Note", required: "Please fill in: {field}",
     incResolve: "Resolve incident", resolveReasonInc: "Why it is resolved (required)",
+    assignReasonInc: "Why (required)", unassignHint: "empty: unassign",
     assignReasonInc: "Why (required)", unassignHint: "empty: unassign",
     // reports view (reports.js)
     v_reports: "Reports", rpCoverage: "Data coverage and quality", rpVehicles: "Vehicles", rpEnergy: "Energy",
@@ -932,6 +934,7 @@ function incidentRow(i) {
   const trail = regionTrail(i.region_path);
   li.append(el("span", "inc-meta", (trail[trail.length - 1] || i.region_id) + " · " + t("f_members") + " "
     + i.member_count + " · " + ago(msOf(i.opened_at)) + " · I" + i.id));
+  if (i.assignee) li.append(el("span", "who", t("assignedTo", { who: i.assignee })));
   li.addEventListener("click", () => openIncident(i.id));
   li.addEventListener("keydown", (ev) => { if (ev.key === "Enter") openIncident(i.id); });
   return li;
@@ -998,6 +1001,7 @@ function renderIncident(i) {
   if (may && open) acts.append(smallBtn(t("incResolve"), "inc-resolve", () => incidentNote(i, "resolve")));
   if (may && i.state !== "closed") acts.append(smallBtn(t("incClose"), "inc-close", () => incidentNote(i, "close")));
   if (may) acts.append(smallBtn(t("comment"), "inc-comment", () => commentOn("/incidents/" + i.id + "/comments", "I" + i.id, () => loadIncident(i.id))));
+  if (may && i.state !== "closed") acts.append(smallBtn(t("assign"), "inc-assign", () => incidentAssign(i)));  // views.js
   const kv = $("inc-kv");
   kv.replaceChildren();
   kvRow(kv, t("f_id"), "I" + i.id, "mono");
@@ -1007,6 +1011,7 @@ function renderIncident(i) {
   kvRow(kv, t("f_updated"), fmtFull(i.updated_at));
   kvRow(kv, t("f_cause"), i.cause_code && t("cause_" + i.cause_code));
   kvRow(kv, t("f_escalation"), i.escalation_level || null);
+  kvRow(kv, t("f_assignee"), i.assignee);
   const tasks = $("inc-tasks");
   tasks.replaceChildren();
   for (const k of i.tasks || []) {
@@ -1016,6 +1021,7 @@ function renderIncident(i) {
       el("span", "tag st", t("tst_" + k.state)), el("span", "who", fmtFull(k.deadline)));
     if (k.overdue) li.append(badge("overdue", t("overdue")));
     if (k.acknowledged_by) li.append(el("span", "who", k.acknowledged_by));
+    if (k.assignee) li.append(el("span", "who", t("assignedTo", { who: k.assignee })));
     if (may && k.state === "open") li.append(smallBtn(t("taskAck"), "task-ack", () => incSend("/incidents/" + i.id + "/tasks/" + k.id + "/ack")));
     if (may && k.state !== "closed") li.append(smallBtn(t("taskClose"), "task-close", () => incSend("/incidents/" + i.id + "/tasks/" + k.id + "/close")));
     tasks.append(li);

@@ -873,6 +873,14 @@ function incidentNote(i, kind) {
   openForm(label + " · I" + i.id, incTitle(i), label, fields, (v) => incSend("/incidents/" + i.id + "/" + kind, body(v)));
 }
 
+// Assign an incident and its open department tasks (the API requires the reason); an empty name unassigns.
+function incidentAssign(i) {
+  openForm(t("assign") + " · I" + i.id, incTitle(i) + " · " + t("unassignHint"), t("assign"), [
+    { name: "assignee", label: t("f_assignee"), value: i.assignee || (state.me ? state.me.name : "") },
+    { name: "reason", label: t("assignReasonInc"), type: "textarea", required: true },
+  ], (v) => incSend("/incidents/" + i.id + "/assign", { assignee: v.assignee || null, reason: v.reason }));
+}
+
 // --- wiring --------------------------------------------------------------------------------------------------
 
 views.loaders = {
