@@ -36,6 +36,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,6 +44,7 @@ from typing import Any
 
 import pytest
 
+from core.protocol import DEFAULT_INTERVAL_S
 from core.store.sqlite import SqliteStore
 from devices.registry import DeviceSpec, Registry
 from devices.sim_publisher import SharedPublisher
@@ -95,6 +97,16 @@ METER_LIVE_OK = Dev("meter-l-ok", "energy_meter", "gz-b1")
 METER_LIVE_BLIP = Dev("meter-l-blip", "energy_meter", "gz-b1")  # near miss: silent for 1.5 s, then back
 METER_LIVE_GONE = Dev("meter-l-gone", "energy_meter", "gz-b1")  # silent for good: E5.offline 5 s later
 LIVE = [METER_LIVE_OK, METER_LIVE_BLIP, METER_LIVE_GONE]
+
+# --- the presence fleet: G3 and G10 at two doors of another building, an afternoon of a recent working day ------
+#
+# The simulator's random visitors do not keep track of who is inside (a random person, a random direction), so
+# G3 and G10 are off in gz-b1 (the other fleets) and the presence gates have no random visitors (QUIET): only the
+# scripted cards pass. G10 fires on device time: the gates' heartbeats after 18:00 show that the close has passed.
+
+PRESENCE = [Dev("gate-p-0001", "gate", "gz-b2"), Dev("gate-p-0002", "gate", "gz-b2")]
+PRESENCE_FROM, PRESENCE_HOURS = 16, 2.5  # 16:00-18:30 Beijing time
+QUIET = 0.001  # rate multiplier: a random visitor every ~11 h at the peak; heartbeats kept at 60 s (below)
 LIVE_INTERVAL_S = 1.0
 LIVE_FACTOR = 5  # E5.offline: 1 s x 5 (the pack: the registry's interval x 2.5)
 CAR_OFFLINE_S = 6  # V12.offline's interval_s for the two silent cars (the pack: 600)
@@ -111,6 +123,7 @@ EXPECTED = {
     ("E5.negative", METER_DROP.id),
     ("E5.offline", METER_LIVE_GONE.id),
 }
+EXPECTED |= {("G3", PRESENCE[0].id), ("G10", PRESENCE[1].id)}
 NEAR_MISSES = {GATE_DENIED_2.id, GATE_SILENT.id, CAR_64.id, CAR_PARKED.id, METER_SPIKE.id}
 NEAR_MISSES |= {d.id for d in BUSY} | {METER_LIVE_OK.id, METER_LIVE_BLIP.id}
 
@@ -118,6 +131,9 @@ OVERRIDES = (
     "overrides:\n"
     # time-of-day schedules: the device timestamps are a night and a morning of the past, the wall clock is now
     "  - {rule: G5, enabled: false}\n"
+    # the random visitors of the night and busy fleets (see PRESENCE)
+    "  - {rule: G3, region: gz-b1, enabled: false}\n"
+    "  - {rule: G10, region: gz-b1, enabled: false}\n"
     "  - {rule: V1, enabled: false}\n"
     # short absence timers (they run on the wall clock), for the devices that test them only
     f"  - {{rule: V12.offline, device: {CAR_GONE.id}, params: {{interval_s: {CAR_OFFLINE_S}}}}}\n"
@@ -169,6 +185,30 @@ def night_messages(start: datetime) -> list[SimMessage]:
     return fleet.advance(start + timedelta(minutes=NIGHT_MINUTES))
 
 
+def quiet_fleet(devices: Sequence[Dev], start: datetime, incidents: Sequence[Incident], seed: int = 1) -> Fleet:
+    """Gates without random visitors (``QUIET``), reporting every 60 s as usual; only the incidents pass."""
+    sims = [replace(d.sim(), interval_s=DEFAULT_INTERVAL_S["gate"] * QUIET) for d in devices]
+    return Fleet(sims, rng=random.Random(seed), start=start, incidents=incidents, rate_multiplier=QUIET)
+
+
+def presence_messages(day: datetime) -> list[SimMessage]:
+    """G3: a card in, in again, out (gate 1); near miss: in and out (gate 1). G10: a card in at 16:30 and out at
+    18:20, after the close (17:30) + 30 min (gate 2); near miss: out at 17:50 (gate 1)."""
+    start = day.replace(hour=PRESENCE_FROM)
+    g1, g2 = PRESENCE[0].id, PRESENCE[1].id
+
+    def at(minutes: float) -> datetime:
+        return start + timedelta(minutes=minutes)
+
+    incidents = [
+        Incident("passback", g1, at(10), duration_s=120, credential="card-p-g3"),
+        Incident("visit", g1, at(20), duration_s=120, credential="card-p-g3-ok"),
+        Incident("visit", g2, at(30), duration_s=110 * 60, credential="card-p-g10"),
+        Incident("visit", g1, at(30), duration_s=80 * 60, credential="card-p-g10-ok"),
+    ]
+    return quiet_fleet(PRESENCE, start, incidents).advance(start + timedelta(hours=PRESENCE_HOURS))
+
+
 def busy_messages(start: datetime) -> list[SimMessage]:
     fleet = Fleet([d.sim() for d in BUSY], rng=random.Random(8), start=start)
     return fleet.advance(start + timedelta(minutes=BUSY_MINUTES))
@@ -177,13 +217,17 @@ def busy_messages(start: datetime) -> list[SimMessage]:
 class LivePublisher:
     """The live fleet on its own connection and thread: advanced to the wall clock every 0.1 s, published."""
 
-    def __init__(self, broker: Any, start: datetime) -> None:
-        devices = [replace(d.sim(), interval_s=LIVE_INTERVAL_S) for d in LIVE]
-        incidents = [
-            Incident("silent", METER_LIVE_BLIP.id, start + timedelta(seconds=1.5), duration_s=1.5),
-            Incident("silent", METER_LIVE_GONE.id, start + timedelta(seconds=1.5)),
-        ]
-        self.fleet = Fleet(devices, rng=random.Random(5), start=start, incidents=incidents)
+    def __init__(
+        self, broker: Any, start: datetime, devices: Sequence[Dev] = (), incidents: Sequence[Incident] = ()
+    ) -> None:
+        if not devices:  # the live meters of the first test
+            devices = LIVE
+            incidents = [
+                Incident("silent", METER_LIVE_BLIP.id, start + timedelta(seconds=1.5), duration_s=1.5),
+                Incident("silent", METER_LIVE_GONE.id, start + timedelta(seconds=1.5)),
+            ]
+        sims = [replace(d.sim(), interval_s=LIVE_INTERVAL_S) for d in devices]
+        self.fleet = Fleet(sims, rng=random.Random(5), start=start, incidents=incidents)
         self.pub = SharedPublisher(
             "127.0.0.1", broker.port, "lianfang-sim", broker.sim_password, client_id="lianfang-sim-live"
         )
@@ -216,12 +260,13 @@ def test_incident_scenarios_through_mosquitto_raise_exactly_the_expected_alerts_
     reg = sqlite_registry
     now = datetime.now(UTC)
     reg.upsert_regions(REGIONS, now=now)
-    reg.add_devices([DeviceSpec(d.id, d.type, d.region) for d in [*NIGHT, *BUSY, *LIVE]], now=now)
+    reg.add_devices([DeviceSpec(d.id, d.type, d.region) for d in [*NIGHT, *BUSY, *LIVE, *PRESENCE]], now=now)
     rules = tmp_path / "scenarios.yaml"
     rules.write_text(OVERRIDES, encoding="utf-8")
     night = night_messages(night_start(now))
     busy = busy_messages(busy_start(now))
-    recorded = night + busy
+    presence = presence_messages(busy_start(now))
+    recorded = night + busy + presence
 
     # The scenarios are what they claim to be (independent of the alert engine).
     speeds = [d["speed_kmh"] for d in docs(night, CAR_64.id, "telemetry")]
@@ -233,6 +278,9 @@ def test_incident_scenarios_through_mosquitto_raise_exactly_the_expected_alerts_
     assert not any(d["ignition"] for d in docs(night, CAR_PARKED.id, "telemetry"))
     assert sum(d["door_open"] is True for g in BUSY for d in docs(busy, g.id, "telemetry")) > 20
     assert {m.device_id for m in night if m.will} == {GATE_SILENT.id, CAR_GONE.id, CAR_PARKED.id}
+    cards = [e["credential"] for g in PRESENCE for e in docs(presence, g.id, "event") if e["type"] == "access"]
+    assert set(cards) == {"card-p-g3", "card-p-g3-ok", "card-p-g10", "card-p-g10-ok"}  # nobody else
+    assert sum(d["door_open"] is False for g in PRESENCE for d in docs(presence, g.id, "telemetry")) > 250
 
     live = LivePublisher(broker, datetime.now(UTC))
     with running_stack(broker, reg, store, rules) as stack:
