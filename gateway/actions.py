@@ -54,6 +54,10 @@ ACTIONS: dict[str, Action] = {
         ),
     ),
     "incidents.confirm_action": Action(ADMIN),  # decided in the handler (the device's region admin)
+    "dispatches.request": Action(
+        WRITERS, routes=(("POST", "/dispatches"), ("POST", "/dispatches/{dispatch_id}/close"))
+    ),
+    "dispatches.approve": Action(ADMIN, routes=(("POST", "/dispatches/{dispatch_id}/approve"),)),
     "devices.write": Action(
         ADMIN,
         routes=(
@@ -73,6 +77,8 @@ ACTIONS: dict[str, Action] = {
     "users.password": Action(frozenset({"sysadmin"})),  # PATCH /users/{name} with a password
     "users.enable": Action(frozenset({"sysadmin", "secadmin"}), routes=(("PATCH", "/users/{name}"),)),
     "users.roles": Action(frozenset({"secadmin"})),  # PATCH /users/{name} with a role or scope
+    "config.read": Action(frozenset({"sysadmin"}), tree_wide=True, routes=(("GET", "/config"),)),
+    "config.write": Action(frozenset({"sysadmin"}), tree_wide=True, routes=(("PATCH", "/config"),)),
     "security.policy.read": Action(OFFICERS, routes=(("GET", "/security/policy"),)),
     "security.policy.write": Action(frozenset({"secadmin"}), tree_wide=True, routes=(("PATCH", "/security/policy"),)),
 }

@@ -33,6 +33,7 @@ from gateway.params import ErrorBody
 from gateway.routes import API_PREFIX, alerts, devices, events, health, incidents, ingress, me, regions, rules, stream
 from gateway.routes import audit as audit_routes
 from gateway.routes import auth as auth_routes
+from gateway.routes import config as config_routes
 from gateway.routes import dispatches as dispatches_routes
 from gateway.routes import overview as overview_routes
 from gateway.routes import patterns as patterns_routes
@@ -167,6 +168,7 @@ def create_app(ctx: GatewayContext) -> FastAPI:
     app.include_router(overview_routes.router)  # key figures (gateway/routes/overview.py)
     app.include_router(reports_routes.router)  # reports (gateway/routes/reports.py, docs/reports.md)
     app.include_router(vehicles_routes.router)  # the map's vehicle positions (gateway/routes/vehicles.py)
+    app.include_router(config_routes.router)  # the sysadmin's configuration API (gateway/routes/config.py)
     app.include_router(dispatches_routes.router)  # vehicle dispatch records, V2 (gateway/routes/dispatches.py)
 
     @app.get("/metrics", include_in_schema=False)

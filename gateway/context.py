@@ -45,3 +45,5 @@ class GatewayContext:
     # Build the device counts of the overview and the region tree in the background at start-up
     # (``gateway.fleet.start_fleet``) instead of on the first request; ``serve`` turns it on.
     warm_fleet: bool = False
+    # Runtime settings changed through PATCH /api/v1/config since start (gateway/routes/config.py), newest last.
+    config_changes: list[dict[str, Any]] = field(default_factory=list)

@@ -45,6 +45,8 @@ MATRIX: dict[tuple[str, str], frozenset[str] | None] = {
     ("GET", "/regions/{region_id}"): ALL,
     ("GET", "/overview"): ALL,
     ("GET", "/vehicles/positions"): ALL,
+    ("GET", "/config"): frozenset({"sysadmin"}),
+    ("PATCH", "/config"): frozenset({"sysadmin"}),
     ("GET", "/devices"): ALL,
     ("GET", "/devices/{device_id}"): ALL,
     ("GET", "/devices/{device_id}/telemetry"): ALL,
