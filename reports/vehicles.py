@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import select
@@ -69,7 +70,7 @@ EVENT_LIMIT = 500_000  # per vehicle
 # --- registry -------------------------------------------------------------------------------------------------
 
 
-def _ms(dt: Any) -> int:
+def _ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
 
 
@@ -178,7 +179,10 @@ def _last_point(store: TelemetryStore, device_id: str, fld: str, lo: int, hi: in
 
 def odometer_km(store: TelemetryStore, device_id: str, start_ms: int, end_ms: int) -> float | None:
     """Kilometres on the odometer from its first reading in [start, end) to its last (looked for an hour before
-    the end, then a day, a week, the whole period); None without two readings."""
+    the end, then a day, a week, the whole period); None without two readings. A terminal whose newest messages
+    carry no odometer is taken to have none (so the period's rows are not searched for one)."""
+    if "odometer_km" not in store.last_values(device_id):
+        return None
     first = store.raw(device_id, "odometer_km", start_ms, end_ms, 1)
     if not first:
         return None
