@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from alerts.calendar import BEIJING, Calendar
@@ -92,20 +92,25 @@ def _options(request: ReportRequest) -> dict[str, float]:
 
 
 class _Hours:
-    """Calendar facts of an hour (epoch ms) for a region path: (working day?, hour of week, hour of day, date)."""
+    """Calendar facts of an hour (epoch ms) for a region path: (working day?, hour of week, hour of day, date).
+    The local time of each hour is computed once for all buildings; the working day once per (date, path)."""
 
     def __init__(self, calendar: Calendar) -> None:
         self.calendar = calendar
-        self._cache: dict[tuple[int, tuple[str, ...]], tuple[bool, int, int, str]] = {}
+        self._local: dict[int, tuple[int, int, date]] = {}
+        self._working: dict[tuple[date, tuple[str, ...]], bool] = {}
 
-    def __call__(self, t: int, path: tuple[str, ...]) -> tuple[bool, int, int, str]:
-        key = (t, path)
-        hit = self._cache.get(key)
-        if hit is None:
-            local = datetime.fromtimestamp(t / 1000, UTC).astimezone(BEIJING)
-            working = self.calendar.is_working_day(local.date(), path)
-            hit = self._cache[key] = (working, local.weekday() * 24 + local.hour, local.hour, local.date().isoformat())
-        return hit
+    def __call__(self, t: int, path: tuple[str, ...]) -> tuple[bool, int, int, date]:
+        local = self._local.get(t)
+        if local is None:
+            at = datetime.fromtimestamp(t / 1000, UTC).astimezone(BEIJING)
+            local = self._local[t] = (at.weekday() * 24 + at.hour, at.hour, at.date())
+        how, hour, day = local
+        key = (day, path)
+        working = self._working.get(key)
+        if working is None:
+            working = self._working[key] = self.calendar.is_working_day(day, path)
+        return working, how, hour, day
 
 
 def build(source: ReportSource, request: ReportRequest) -> Report:
@@ -168,7 +173,7 @@ def _building(
         price = prices[hour] if prices is not None else 0.0
         fig.actual_kwh += x
         cost_yuan += x * price
-        day_row = fig.daily.setdefault(day, [0.0, 0.0])
+        day_row = fig.daily.setdefault(day.isoformat(), [0.0, 0.0])
         day_row[0] += x
         expected = bin_expected(bins, working, how, MIN_BIN_SAMPLES)
         if expected is None:
