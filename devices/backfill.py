@@ -30,15 +30,19 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
-from typing import Protocol
+from typing import Any, Protocol
+
+from sqlalchemy.engine import Engine
 
 from core.protocol import Event, Reading, Status
 from core.store import WriteBatch
 from devices.simulator import _WEEKDAY_FACTOR, BEIJING, SimDevice, Site, WorkCalendar, _km, load_share
+from joint.risk import RegionNode, RiskItem, RiskWeights, compute
+from joint.risk_store import HistoryPoint
 
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
@@ -542,3 +546,223 @@ def backfill_once(
     if not devices or history_present(store, devices):
         return None
     return backfill(store, devices, start, end, options=options, parents=parents)
+
+
+# --- alerts and risk history (optional) ---------------------------------------------------------------------------
+
+# Rules of the default packs the alert history draws from, per device type, with their weights. Severity and titles
+# come from the pack files (alert_templates), so the history never names a rule that does not exist.
+ALERT_RULES: dict[str, tuple[tuple[str, int], ...]] = {
+    "gate": (("G2", 5), ("G5", 2), ("G6", 2), ("G11.offline", 1)),
+    "vehicle": (("V1", 3), ("V6", 3), ("V7", 2)),
+    "energy_meter": (("E2", 2), ("E1", 2), ("E4", 1)),
+}
+# Alerts per device and day.
+ALERT_RATE: dict[str, float] = {"gate": 0.012, "vehicle": 0.02, "energy_meter": 0.01}
+# Median minutes to acknowledge per agency, in sorted order (i % 5): response differs between regions.
+ACK_MEDIAN_MIN = (4.0, 8.0, 15.0, 30.0, 60.0)
+AUTO_RESOLVE_P = 0.05  # resolved (the condition cleared) before anyone acknowledged
+RISK_STEP = timedelta(minutes=15)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertTemplate:
+    rule_id: str
+    severity: str
+    title_zh: str
+    title_en: str
+
+
+@dataclass(frozen=True, slots=True)
+class PastAlert:
+    rule: AlertTemplate
+    device_id: str
+    region_id: str
+    raised_at: datetime
+    acknowledged_at: datetime | None
+    resolved_at: datetime
+
+
+class RegionLike(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def parent_id(self) -> str | None: ...
+    @property
+    def level(self) -> str: ...
+
+
+def alert_templates(pack_docs: Iterable[Mapping[str, Any]]) -> dict[str, AlertTemplate]:
+    """The ALERT_RULES' templates from the rule packs' parsed YAML (a missing rule is a KeyError)."""
+    by_id = {str(r["id"]): r for doc in pack_docs for r in doc.get("rules", [])}
+    out = {}
+    for rules in ALERT_RULES.values():
+        for rule_id, _w in rules:
+            r = by_id[rule_id]
+            out[rule_id] = AlertTemplate(rule_id, str(r["severity"]), str(r["title_zh"]), str(r["title_en"]))
+    return out
+
+
+def _agency_of(region_id: str, by_id: Mapping[str, RegionLike]) -> str:
+    current = by_id.get(region_id)
+    while current is not None and current.level != "agency" and current.parent_id is not None:
+        current = by_id.get(current.parent_id)
+    return current.id if current is not None and current.level == "agency" else region_id
+
+
+def alert_history(
+    devices: Sequence[SimDevice],
+    regions: Sequence[RegionLike],
+    templates: Mapping[str, AlertTemplate],
+    start: datetime,
+    end: datetime,
+    *,
+    seed: int = 1,
+) -> list[PastAlert]:
+    """Resolved alerts raised in [start, end) (resolved before ``end``), oldest first: per device and day with
+    probability ALERT_RATE of its type, a rule of ALERT_RULES; acknowledged after a log-normal delay around its
+    agency's median (ACK_MEDIAN_MIN, agencies in sorted order), resolved after a delay around three times that;
+    AUTO_RESOLVE_P of them resolved with no acknowledgement."""
+    by_id = {r.id: r for r in regions}
+    agencies = sorted({_agency_of(d.region_id, by_id) for d in devices})
+    median = {a: ACK_MEDIAN_MIN[i % len(ACK_MEDIAN_MIN)] for i, a in enumerate(agencies)}
+    out: list[PastAlert] = []
+    days = max(0, math.ceil((end - start).total_seconds() / 86_400))
+    for d in devices:
+        rules = ALERT_RULES.get(d.type)
+        if not rules:
+            continue
+        rng = random.Random(f"{seed}:alerts:{d.id}")
+        m = median[_agency_of(d.region_id, by_id)]
+        for k in range(days):
+            if rng.random() >= ALERT_RATE[d.type]:
+                continue
+            rule_id = rng.choices([r for r, _ in rules], [w for _, w in rules])[0]
+            raised = start + timedelta(days=k, minutes=rng.uniform(7 * 60, 22 * 60))
+            if rng.random() < AUTO_RESOLVE_P:
+                ack, resolved = None, raised + timedelta(minutes=rng.uniform(10, 60))
+            else:
+                ack = raised + timedelta(minutes=rng.lognormvariate(math.log(m), 0.6))
+                resolved = ack + timedelta(minutes=rng.lognormvariate(math.log(3 * m), 0.7))
+            if raised >= start and resolved < end:
+                out.append(PastAlert(templates[rule_id], d.id, d.region_id, raised, ack, resolved))
+    out.sort(key=lambda a: (a.raised_at, a.device_id))
+    return out
+
+
+def risk_history(
+    alerts: Sequence[PastAlert],
+    regions: Sequence[RegionLike],
+    weights: RiskWeights,
+    start: datetime,
+    end: datetime,
+    *,
+    step: timedelta = RISK_STEP,
+) -> list[HistoryPoint]:
+    """The snapshots ``RiskSnapshotter`` would have written every ``step`` over these alerts: a point per region
+    with a score above 0, and a 0 for each region that had one at the previous snapshot."""
+    nodes = [RegionNode(r.id, r.parent_id, r.level) for r in regions]
+    points: list[HistoryPoint] = []
+    hot: set[str] = set()
+    t, i = start, 0
+    open_now: list[PastAlert] = []
+    while t < end:
+        while i < len(alerts) and alerts[i].raised_at <= t:
+            open_now.append(alerts[i])
+            i += 1
+        open_now = [a for a in open_now if a.resolved_at > t]
+        if open_now or hot:
+            items = [
+                RiskItem(
+                    "alert",
+                    n,
+                    a.region_id,
+                    a.rule.severity,
+                    a.raised_at,
+                    handled=a.acknowledged_at is not None and a.acknowledged_at <= t,
+                    handled_at=a.acknowledged_at if a.acknowledged_at is not None and a.acknowledged_at <= t else None,
+                    label=a.rule.rule_id,
+                )
+                for n, a in enumerate(open_now)
+            ]
+            picture = compute(nodes, items, weights, now=t, top_contributors=0)
+            now_hot = {r.id for r in picture.regions.values() if r.score > 0}
+            points += [
+                HistoryPoint(r.id, t, r.score, r.own, r.subtree_alerts, r.subtree_incidents)
+                for r in picture.regions.values()
+                if r.score > 0
+            ]
+            points += [HistoryPoint(rid, t, 0.0, 0.0, 0, 0) for rid in sorted(hot - now_hot)]
+            hot = now_hot
+        t += step
+    return points
+
+
+def alert_rows(alerts: Sequence[PastAlert], paths: Mapping[str, str], first_id: int) -> list[dict[str, Any]]:
+    """``alerts`` table rows (resolved, inactive), ids from ``first_id``."""
+    rows = []
+    for n, a in enumerate(alerts):
+        i = first_id + n
+        rows.append(
+            {
+                "id": i,
+                "dedup_key": f"{a.rule.rule_id}|{a.device_id}|history-{i}",
+                "open_key": None,
+                "rule_id": a.rule.rule_id,
+                "device_id": a.device_id,
+                "region_id": a.region_id,
+                "region_path": paths.get(a.region_id, f"/{a.region_id}/"),
+                "severity": a.rule.severity,
+                "state": "resolved",
+                "title_zh": a.rule.title_zh,
+                "title_en": a.rule.title_en,
+                "started_at": a.raised_at.astimezone(UTC),
+                "updated_at": a.resolved_at.astimezone(UTC),
+                "detail": {"history": "simulated back-fill"},
+                "acknowledged_by": None if a.acknowledged_at is None else "值班员 (simulated)",
+                "acknowledged_at": None if a.acknowledged_at is None else a.acknowledged_at.astimezone(UTC),
+                "resolved_at": a.resolved_at.astimezone(UTC),
+                "resolved_by": "值班员 (simulated)" if a.acknowledged_at is not None else None,
+                "resolve_reason": "模拟历史数据 / simulated history",
+                "escalation_level": 0,
+                "flapping": False,
+                "count": 1,
+                "silenced": False,
+                "active": False,
+                "learned_at": a.raised_at.astimezone(UTC),
+            }
+        )
+    return rows
+
+
+def write_alert_history(
+    engine: Engine,
+    devices: Sequence[SimDevice],
+    regions: Sequence[RegionLike],
+    paths: Mapping[str, str],
+    start: datetime,
+    end: datetime,
+    *,
+    seed: int = 1,
+    weights: RiskWeights | None = None,
+) -> tuple[int, int]:
+    """Write :func:`alert_history` (ids after the table's highest) and its :func:`risk_history` into the SQL
+    database; returns (alerts, risk points). Only with the alert service stopped: a running engine allocates
+    alert ids from the highest it read at its start."""
+    import yaml
+    from sqlalchemy import func, insert, select
+
+    from alerts.models import AlertRow
+    from alerts.rules import PACKS_DIR
+    from joint.risk_store import RiskHistory
+
+    docs = [yaml.safe_load(p.read_text(encoding="utf-8")) or {} for p in sorted(PACKS_DIR.glob("*.yaml"))]
+    alerts = alert_history(devices, regions, alert_templates(docs), start, end, seed=seed)
+    points = risk_history(alerts, regions, weights or RiskWeights(), start, end)
+    with engine.begin() as conn:
+        first = int(conn.execute(select(func.max(AlertRow.id))).scalar() or 0) + 1
+        rows = alert_rows(alerts, paths, first)
+        for i in range(0, len(rows), 5_000):
+            conn.execute(insert(AlertRow), rows[i : i + 5_000])
+    RiskHistory(engine).write(points)
+    return len(alerts), len(points)

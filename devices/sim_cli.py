@@ -299,6 +299,14 @@ def backfill_cmd(
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same history.")] = 1,
     meter_interval: Annotated[int, typer.Option(min=60, max=3600, help="Seconds between a meter's readings.")] = 900,
+    alerts: Annotated[
+        bool,
+        typer.Option(
+            "--alerts/--no-alerts",
+            help="Also write resolved alerts and the risk snapshots they make into the SQL database. Only with the "
+            "service stopped: a running alert engine allocates ids from the highest it read at its start.",
+        ),
+    ] = False,
 ) -> None:
     """Write weeks of realistic history (gates with rosters on the official calendar, vehicle trips between the
     region's buildings, meters with a daily/weekly baseline and a few waste patterns, sensors) straight into the
@@ -332,13 +340,34 @@ def backfill_cmd(
             )
         finally:
             store.close()
+        history = ""
+        if alerts:
+            from devices.backfill import write_alert_history
+            from joint.risk import RiskWeights
+
+            registry = open_registry(settings)
+            try:
+                regions = registry.regions()
+                n_alerts, n_points = write_alert_history(
+                    registry.engine,
+                    sim_devices,
+                    regions,
+                    {r.id: r.path for r in regions},
+                    start,
+                    end,
+                    seed=seed,
+                    weights=RiskWeights.from_settings(settings.risk),
+                )
+            finally:
+                registry.engine.dispose()
+            history = f", {n_alerts} resolved alerts, {n_points} risk points"
     except (UserError, StoreUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     by_type = ", ".join(f"{k} {n}" for k, n in sorted(counts.by_type.items()))
     typer.echo(
         f"back-filled {len(sim_devices)} devices over {counts.days} days: {counts.readings} readings ({by_type}), "
-        f"{counts.events} events"
+        f"{counts.events} events{history}"
     )
     if younger:
         typer.echo(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -177,9 +178,9 @@ def test_cli_sim_backfill_region_and_devices(tmp_path: Path) -> None:
         "LIANFANG_DATA_DIR": str(tmp_path / "var"),
         "LIANFANG_CONFIG": None,
     }
-    res = CliRunner().invoke(app, ["sim", "backfill", "--weeks", "1", "--region", "gd-gz-a01"], env=env)
+    res = CliRunner().invoke(app, ["sim", "backfill", "--weeks", "1", "--region", "gd-gz-a01", "--alerts"], env=env)
     assert res.exit_code == 0, (res.stdout, res.stderr)
-    assert "back-filled" in res.stdout
+    assert "back-filled" in res.stdout and "resolved alerts" in res.stdout
     store = SqliteStore(tmp_path / "telemetry.db", background_checkpoint=False)
     try:
         written = set(store.device_states())
@@ -201,3 +202,100 @@ def test_backfill_once_skips_a_store_that_holds_data(tmp_path: Path) -> None:
         assert store.count_readings() == first.readings
     finally:
         store.close()
+
+
+# --- alerts and risk history ---------------------------------------------------------------------------------------
+
+
+def _pack_docs() -> list[dict[str, object]]:
+    import yaml
+
+    from alerts.rules import PACKS_DIR
+
+    return [yaml.safe_load(p.read_text(encoding="utf-8")) or {} for p in sorted(PACKS_DIR.glob("*.yaml"))]
+
+
+@dataclass(frozen=True)
+class _Region:
+    id: str
+    parent_id: str | None
+    level: str
+
+
+TREE = [_Region("pv", None, "province"), _Region("c1", "pv", "city")] + [
+    x for k in (1, 2, 3) for x in (_Region(f"a{k}", "c1", "agency"), _Region(f"b{k}", f"a{k}", "building"))
+]
+FLEET = [SimDevice(f"gate-{k}-{n}", "gate", f"b{k}", 23.1, 113.2) for k in (1, 2, 3) for n in range(10)] + [
+    SimDevice(f"car-{k}-{n}", "vehicle", f"a{k}", 23.1, 113.2) for k in (1, 2, 3) for n in range(5)
+]
+
+
+def test_alert_history_names_real_rules_of_the_device_type_and_resolves_in_the_period() -> None:
+    from devices.backfill import ALERT_RULES, alert_history, alert_templates
+
+    docs = _pack_docs()
+    types = {str(r["id"]): r["device_types"] for d in docs for r in d.get("rules", [])}  # type: ignore[attr-defined]
+    for dtype, rules in ALERT_RULES.items():
+        assert all(dtype in types[rule] for rule, _ in rules)
+    alerts = alert_history(FLEET, TREE, alert_templates(docs), START, END, seed=3)
+    assert len(alerts) > 10
+    assert alerts == alert_history(FLEET, TREE, alert_templates(docs), START, END, seed=3)
+    kinds = {d.id: d.type for d in FLEET}
+    for a in alerts:
+        assert START <= a.raised_at < a.resolved_at < END
+        assert a.acknowledged_at is None or a.raised_at < a.acknowledged_at <= a.resolved_at
+        assert any(a.rule.rule_id == r for r, _ in ALERT_RULES[kinds[a.device_id]])
+
+
+def test_alert_response_differs_between_agencies() -> None:
+    """Agencies in sorted order: a1 acknowledges around 4 min, a2 around 8, a3 around 15 (ACK_MEDIAN_MIN)."""
+    from statistics import median
+
+    from devices.backfill import alert_history, alert_templates
+
+    alerts = alert_history(FLEET, TREE, alert_templates(_pack_docs()), START, END + timedelta(days=200), seed=3)
+    by_agency: dict[str, list[float]] = {}
+    for a in alerts:
+        if a.acknowledged_at is not None:
+            agency = "a" + a.device_id.split("-")[1]
+            by_agency.setdefault(agency, []).append((a.acknowledged_at - a.raised_at).total_seconds() / 60)
+    m = {k: median(v) for k, v in by_agency.items()}
+    assert 2.5 < m["a1"] < 6 and 5 < m["a2"] < 12 and 10 < m["a3"] < 22
+
+
+def test_risk_history_rises_while_alerts_are_open_and_returns_to_zero() -> None:
+    from devices.backfill import AlertTemplate, PastAlert, risk_history
+    from joint.risk import RiskWeights
+
+    rule = AlertTemplate("G2", "warning", "门长时间未关", "Door held open")
+    t0 = START + timedelta(hours=10)
+    alert = PastAlert(rule, "gate-1-0", "b1", t0, t0 + timedelta(minutes=20), t0 + timedelta(minutes=50))
+    points = risk_history([alert], TREE, RiskWeights(), START, START + timedelta(days=1))
+    c1 = [(p.at, p.score) for p in points if p.region_id == "c1"]
+    assert [at for at, score in c1 if score > 0] == [t0 + timedelta(minutes=m) for m in (0, 15, 30, 45)]
+    assert c1[-1] == (t0 + timedelta(minutes=60), 0.0)  # one 0 after it resolved, then nothing
+    assert c1[3][1] < c1[1][1]  # acknowledged at +20 min: it weighs less
+    assert {p.region_id for p in points} == {"pv", "c1", "a1", "b1"}
+
+
+def test_write_alert_history_continues_ids_and_reads_back_in_the_statistics(tmp_path: Path) -> None:
+    from sqlalchemy import func, select
+
+    from alerts.models import AlertRow
+    from core.db import make_engine, migrate
+    from devices.backfill import write_alert_history
+    from joint.risk_store import RiskHistory, alert_records
+
+    engine = make_engine(f"sqlite:///{tmp_path}/r.db")
+    migrate(engine)
+    paths = {"b1": "/pv/c1/a1/b1/", "b2": "/pv/c1/a2/b2/", "b3": "/pv/c1/a3/b3/"}
+    paths |= {"a1": "/pv/c1/a1/", "a2": "/pv/c1/a2/", "a3": "/pv/c1/a3/"}
+    n1, p1 = write_alert_history(engine, FLEET, TREE, paths, START, END, seed=3)
+    n2, _ = write_alert_history(engine, FLEET, TREE, paths, START, END, seed=4)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(AlertRow)).scalar() == n1 + n2
+        assert conn.execute(select(func.max(AlertRow.id))).scalar() == n1 + n2
+    records, _ = alert_records(engine, START, END, within="c1", limit=10_000)
+    assert len(records) == n1 + n2 and all(r.resolved_at is not None for r in records)
+    assert p1 > 0 and RiskHistory(engine).count() > p1
+    engine.dispose()
