@@ -229,6 +229,11 @@ class FleetIndex:
         self._baseline_day: int | None = None
         self._baseline: dict[str, list[list[float] | None]] | None = None
         self._baseline_thread: threading.Thread | None = None
+        # bumped by every change of the region tree or of a device's region, enabled flag or online state (what
+        # ``subtree_counts`` sums): the tree's counts and answers are cached per version (``current``,
+        # ``subtree_counts``, the region tree's bytes in gateway/routes/regions.py)
+        self._version = 0
+        self._subtree_cache: tuple[int, dict[str, tuple[int, int, int]]] | None = None
 
     # --- build and resync -----------------------------------------------------------------------------------------
 
@@ -270,11 +275,13 @@ class FleetIndex:
         paths = {r.id: r.path for r in rows}
         with self._lock:
             self._regions, self._paths, self._snapshot = rows, paths, snapshot
+            self._version += 1
             for info, state in todo:
                 self._upsert(info, state, details.get(info.device_id))
             for dev_id in gone:
                 if dev_id in self._devs:
                     self._remove(self._devs.pop(dev_id))
+                    self._version += 1
             self._synced_at = time.monotonic()
         if initial:
             logger.info("fleet index: %d devices in %d regions", len(snapshot), len(regions))
@@ -316,12 +323,14 @@ class FleetIndex:
             with self._lock:
                 if regions is not None:
                     self._regions = [RegionRow.of(r) for r in regions]
+                    self._version += 1
                     self._paths = {r.id: r.path for r in self._regions}
                 for info in changed:
                     self._upsert(info, None, details.get(info.device_id))
                 for dev_id in gone:
                     if dev_id in self._devs:
                         self._remove(self._devs.pop(dev_id))
+                        self._version += 1
                 self._snapshot = snapshot
         finally:
             self._checking.release()
@@ -385,6 +394,7 @@ class FleetIndex:
         return {"kwh_last": value, "kwh_ts": ts, "kwh_day": beijing_day(start), "kwh_used": max(0.0, value - ref)}
 
     def _upsert(self, info: DeviceInfo, state: DeviceState | None, detail: dict[str, Any] | None) -> None:
+        self._version += 1
         d = self._devs.get(info.device_id)
         if d is None:
             d = _Dev(info.device_id, info.device_type, info.region_id, info.enabled, info.expected_interval_s)
@@ -455,6 +465,7 @@ class FleetIndex:
         """Bring the online flags to ``now_ms``: only devices whose deadline passed are looked at."""
         with self._lock:
             if now_ms < self._now_ms - CLOCK_SLACK_MS:  # the clock went back (tests): every device once
+                self._version += 1
                 self._now_ms = now_ms
                 self._heap = []
                 for d in self._devs.values():
@@ -472,8 +483,11 @@ class FleetIndex:
                 if due is None:
                     continue
                 due.in_heap = False
+                was = due.online
                 self._remove(due)
                 self._add(due)  # offline now, or pushed again with its newer deadline
+                if due.online != was:
+                    self._version += 1
 
     # --- batches --------------------------------------------------------------------------------------------------
 
@@ -490,12 +504,15 @@ class FleetIndex:
         with self._lock:
             touched: dict[str, _Dev] = {}
 
+            before: dict[str, tuple[str, bool, bool]] = {}
+
             def take(dev_id: str) -> _Dev | None:
                 d = touched.get(dev_id)
                 if d is None:
                     d = self._devs.get(dev_id)
                     if d is None:
                         return None
+                    before[dev_id] = (d.region_id, d.enabled, d.online)
                     self._remove(d)
                     touched[dev_id] = d
                 return d
@@ -524,6 +541,8 @@ class FleetIndex:
                     d.moving, d.moving_ts = e.type == "ignition_on", e.ts_ms
             for d in touched.values():
                 self._add(d)
+                if before[d.id] != (d.region_id, d.enabled, d.online):
+                    self._version += 1
 
     # --- reading ----------------------------------------------------------------------------------------------
 
@@ -540,6 +559,10 @@ class FleetIndex:
         self.maybe_resync()
         out: dict[str, list[int]] = {}
         with self._lock:
+            cached = self._subtree_cache
+            if cached is not None and cached[0] == self._version:
+                return cached[1]
+            version = self._version
             paths = self._paths
             for rid, by_type in self._counts.items():
                 total = online = disabled = 0
@@ -557,7 +580,19 @@ class FleetIndex:
                         acc[0] += total
                         acc[1] += online
                         acc[2] += disabled
-        return {rid: (a[0], a[1], a[2]) for rid, a in out.items()}
+        result = {rid: (a[0], a[1], a[2]) for rid, a in out.items()}
+        with self._lock:
+            self._subtree_cache = (version, result)
+        return result
+
+    def current(self, now_ms: int) -> int:
+        """The index brought to ``now_ms`` (registry changes, online deadlines, resync) and its version: equal
+        versions mean equal counts and region tree, so an answer built from them may be reused."""
+        self.check_registry()
+        self.advance(now_ms)
+        self.maybe_resync()
+        with self._lock:
+            return self._version
 
     def vehicles(self, region_ids: Iterable[str] | None, now_ms: int) -> list[VehicleRow]:
         """Every vehicle registered in ``region_ids`` (None: all), sorted by id, with its online state at

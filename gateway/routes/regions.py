@@ -6,9 +6,12 @@ batch: a request rolls them up over the visible regions, never over the devices.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Response
+import orjson
+from fastapi import APIRouter, Request, Response
 
 from gateway.auth import Principal
 from gateway.deps import NowDep, PrincipalDep, RegistryDep
@@ -44,11 +47,56 @@ def build_tree(
     return roots
 
 
+class TreeCache:
+    """The tree's answer (JSON bytes) per scope for one version of the fleet index: concurrent and repeated requests
+    of the same scope share one build while no count or region changed (``FleetIndex.current``). Thread-safe."""
+
+    def __init__(self, max_scopes: int = 256) -> None:
+        self.max_scopes = max_scopes
+        self._lock = threading.Lock()
+        self._version = -1
+        self._items: dict[str | None, bytes] = {}
+
+    def get(self, version: int, scope: str | None, build: Callable[[], bytes]) -> bytes:
+        with self._lock:
+            if version == self._version and scope in self._items:
+                return self._items[scope]
+        body = build()
+        with self._lock:
+            if version != self._version:
+                self._version, self._items = version, {}
+            if len(self._items) < self.max_scopes:
+                self._items[scope] = body
+        return body
+
+
+def _tree_cache(request: Request) -> TreeCache:
+    state = request.app.state
+    cache: TreeCache | None = getattr(state, "region_tree_cache", None)
+    if cache is None:
+        with _CACHE_LOCK:
+            cache = getattr(state, "region_tree_cache", None)
+            if cache is None:
+                cache = state.region_tree_cache = TreeCache()
+    return cache
+
+
+_CACHE_LOCK = threading.Lock()
+
+
 @router.get("/regions", response_model=dict[str, Any])
-def regions(fleet: FleetDep, principal: PrincipalDep, now: NowDep) -> Response:
+def regions(fleet: FleetDep, principal: PrincipalDep, now: NowDep, request: Request) -> Response:
     """The caller's part of the region tree, each node with device counts (total, online, offline, disabled)."""
-    counts = fleet.subtree_counts(int(now.timestamp() * 1000))
-    return json_response({"regions": build_tree(fleet.regions(), counts, principal)})
+    now_ms = int(now.timestamp() * 1000)
+    version = fleet.current(now_ms)
+
+    def build() -> bytes:
+        tree = build_tree(fleet.regions(), fleet.subtree_counts(now_ms), principal)
+        return orjson.dumps({"regions": tree})
+
+    # the visible part depends only on the principal's scope root (its subtree)
+    body = _tree_cache(request).get(version, principal.region_id, build)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/regions/{region_id}", response_model=dict[str, Any])

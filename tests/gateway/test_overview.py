@@ -375,3 +375,36 @@ def test_a_request_during_the_start_up_build_waits_for_it(gateway: Gateway, monk
         release.set()
         wait_until(lambda: client.get("/overview").status_code == 200, 30, what="the overview after the build")
     assert builders == ["fleet-build"]
+
+
+def test_region_tree_is_built_once_per_index_version(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Repeated and concurrent tree requests of one scope share one build while nothing counted changed; a batch
+    that changes what the tree counts (a device coming online) makes the next request build it again."""
+    from gateway.routes import regions as regions_route
+
+    builds: list[str | None] = []
+    real = regions_route.build_tree
+
+    def counting(rows: Any, counts: Any, principal: Any) -> Any:
+        builds.append(principal.region_id)
+        return real(rows, counts, principal)
+
+    monkeypatch.setattr(regions_route, "build_tree", counting)
+    with TestClient(create_app(gateway.ctx)) as c:
+        client = Client(c, gateway.tokens)
+        first = client.get("/regions").json()
+        assert client.get("/regions").json() == first
+        client.get("/regions", user="gz")
+        client.get("/regions", user="gz")
+        assert builds == [None, "gz"]
+        heartbeat = WriteBatch()  # a device already online reports again: nothing the tree counts changes
+        heartbeat.counter("gate-sz-0001").last_seen_ms = NOW_MS - 1000
+        gateway.ctx.broadcaster.publish(heartbeat)
+        client.get("/regions")
+        assert builds == [None, "gz"]
+        online = WriteBatch()  # the stale Guangzhou gate comes back
+        online.counter("gate-gz-0001").last_seen_ms = NOW_MS - 1000
+        gateway.ctx.broadcaster.publish(online)
+        after = _walk(client.get("/regions").json()["regions"])
+        assert builds == [None, "gz", None]
+        assert after["gz-b1"]["devices"]["online"] == 1
