@@ -50,9 +50,20 @@ from devices.region_attrs import Tariff, inherited
 from reports.model import Cell, Chart, Column, Finding, Report, ReportRequest, ReportSource, Table
 
 NIGHT_END_HOUR = 5  # 00:00-05:00 is the night of the night base load
+WORK_HOURS = (8, 18)  # [start, end) hour of the working-hours mean the night base load is compared with
 MIN_BIN_SAMPLES = 2
-DEFAULTS: dict[str, float] = {"baseline_days": 28, "tolerance": 0.10, "balance_tolerance": 0.08}
-LIMITS: dict[str, tuple[float, float]] = {"baseline_days": (7, 365), "tolerance": (0, 10), "balance_tolerance": (0, 1)}
+DEFAULTS: dict[str, float] = {
+    "baseline_days": 28,
+    "tolerance": 0.10,
+    "balance_tolerance": 0.08,
+    "night_share_limit": 0.40,
+}
+LIMITS: dict[str, tuple[float, float]] = {
+    "baseline_days": (7, 365),
+    "tolerance": (0, 10),
+    "balance_tolerance": (0, 1),
+    "night_share_limit": (0, 2),
+}
 
 
 @dataclass(slots=True)
@@ -68,6 +79,9 @@ class BuildingFigures:
     spike_kwh: float = 0.0
     waste_yuan: float | None = None
     cost_yuan: float | None = None
+    night_share: float | None = None  # mean night (00:00-05:00) load / mean working-hours load
+    night_excess_kwh: float = 0.0  # night use above night_share_limit x the working-hours mean
+    night_excess_yuan: float | None = None
     daily: dict[str, list[float]] = field(default_factory=dict)  # local date -> [actual, expected]
 
     @property
@@ -167,10 +181,18 @@ def _building(
     prices = Tariff.of(tariff).hourly_prices() if tariff is not None else None
     waste_yuan = cost_yuan = 0.0
     tol = opts["tolerance"]
-    for t in sorted(t for t in total if start_ms <= t < end_ms):
+    period = sorted(t for t in total if start_ms <= t < end_ms)
+    nights: list[tuple[float, float]] = []  # (kWh, price) of the night hours
+    work_sum = work_n = 0.0
+    for t in period:
         x = total[t]
         working, how, hour, day = cal(t, path)
         price = prices[hour] if prices is not None else 0.0
+        if hour < NIGHT_END_HOUR:
+            nights.append((x, price))
+        elif working and WORK_HOURS[0] <= hour < WORK_HOURS[1]:
+            work_sum += x
+            work_n += 1
         fig.actual_kwh += x
         cost_yuan += x * price
         day_row = fig.daily.setdefault(day.isoformat(), [0.0, 0.0])
@@ -191,8 +213,17 @@ def _building(
             fig.non_working_kwh += excess
         else:
             fig.spike_kwh += excess
+    excess_yuan = 0.0
+    if work_n and nights and work_sum > 0:
+        work_mean = work_sum / work_n
+        fig.night_share = sum(x for x, _ in nights) / len(nights) / work_mean
+        floor = opts["night_share_limit"] * work_mean
+        for x, price in nights:
+            if x > floor:
+                fig.night_excess_kwh += x - floor
+                excess_yuan += (x - floor) * price
     if prices is not None:
-        fig.waste_yuan, fig.cost_yuan = waste_yuan, cost_yuan
+        fig.waste_yuan, fig.cost_yuan, fig.night_excess_yuan = waste_yuan, cost_yuan, excess_yuan
     return fig
 
 
@@ -276,6 +307,9 @@ def _building_table(buildings: Sequence[BuildingFigures]) -> Table:
         Column("waste_kwh", "浪费合计", "Total waste", "kWh"),
         Column("waste_yuan", "浪费金额", "Waste cost", "元"),
         Column("cost_yuan", "电费", "Energy cost", "元"),
+        Column("night_share_pct", "夜间负荷/工作时段负荷", "Night load / working-hours load", "%"),
+        Column("night_excess_kwh", "夜间基础负荷超限", "Night base load above the limit", "kWh"),
+        Column("night_excess_yuan", "夜间超限金额", "Night excess cost", "元"),
     )
     rows = tuple(
         {
@@ -290,6 +324,9 @@ def _building_table(buildings: Sequence[BuildingFigures]) -> Table:
             "waste_kwh": _r(b.waste_kwh),
             "waste_yuan": _r(b.waste_yuan, 2),
             "cost_yuan": _r(b.cost_yuan, 2),
+            "night_share_pct": _pct(b.night_share),
+            "night_excess_kwh": _r(b.night_excess_kwh),
+            "night_excess_yuan": _r(b.night_excess_yuan, 2),
         }
         for b in sorted(buildings, key=lambda b: (-b.waste_kwh, b.id))
     )
@@ -412,6 +449,22 @@ def _findings(
                     "non_working_kwh": _r(b.non_working_kwh),
                     "spike_kwh": _r(b.spike_kwh),
                 },
+            )
+        )
+    limit = opts["night_share_limit"]
+    for b in sorted(buildings, key=lambda b: (-b.night_excess_kwh, b.id)):
+        if b.night_share is None or b.night_share <= limit:
+            continue
+        yuan_zh = f"（约 {b.night_excess_yuan:.2f} 元）" if b.night_excess_yuan is not None else ""
+        yuan_en = f" (about {b.night_excess_yuan:.2f} yuan)" if b.night_excess_yuan is not None else ""
+        out.append(
+            Finding(
+                f"night:{b.id}",
+                f"{b.name}夜间（0-5 时）平均负荷为工作时段的 {b.night_share * 100:.1f}%，高于 {limit * 100:.0f}%："
+                f"超出部分 {b.night_excess_kwh:.1f} kWh{yuan_zh}，请检查夜间未关闭的设备。",
+                f"{b.name}'s night load (00:00-05:00) is {b.night_share * 100:.1f} % of its working-hours load, above "
+                f"{limit * 100:.0f} %: {b.night_excess_kwh:.1f} kWh above that{yuan_en}; check for equipment left on.",
+                {"building": b.id, "night_share_pct": _pct(b.night_share), "night_excess_kwh": _r(b.night_excess_kwh)},
             )
         )
     for q in quotas:

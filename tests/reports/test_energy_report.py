@@ -230,3 +230,20 @@ def test_a_building_subtree_and_bad_options(source: Source) -> None:
     assert report.tables[2].rows == ()
     with pytest.raises(Exception, match="tolerance"):
         _report(source, tolerance=-1)
+
+
+def test_night_base_load_against_the_working_hours(source: Source) -> None:
+    # b2: nights 2 kWh/h, working hours (08:00-18:00 of working days) 10 kWh/h: a share of 20 %
+    b = _rows(_report(source), "buildings")
+    assert b["b2"]["night_share_pct"] == 20.0
+    assert b["b2"]["night_excess_kwh"] == 0  # under the default limit of 40 %
+    # b1: 35 night hours with 9 kWh extra, 50 working hours with 10.5 kWh extra (the spike, the near miss)
+    assert b["b1"]["night_share_pct"] == round(100 * ((35 * 2 + 9) / 35) / ((500 + 10 + 0.5) / 50), 1)
+    # a limit of 15 %: b2's floor is 1.5 kWh/h, each of its 35 night hours 0.5 kWh above it at 0.5 yuan
+    report = _report(source, night_share_limit=0.15)
+    b = _rows(report, "buildings")
+    assert b["b2"]["night_excess_kwh"] == 17.5
+    assert b["b2"]["night_excess_yuan"] == 8.75
+    night = [f for f in report.findings if f.key == "night:b2"]
+    assert len(night) == 1 and "20.0%" in night[0].text_zh and "17.5 kWh" in night[0].text_en
+    assert not [f for f in _report(source).findings if f.key.startswith("night:")]
