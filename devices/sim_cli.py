@@ -289,6 +289,20 @@ def backfill_devices(
     return devices, parents
 
 
+def alert_history_into(
+    registry: Registry, settings: Settings, devices: Sequence[SimDevice], start: datetime, end: datetime, *, seed: int
+) -> tuple[int, int]:
+    """``devices.backfill.write_alert_history`` into the registry's database, with the settings' risk weights;
+    returns (alerts, risk points). Only with the alert service stopped."""
+    from devices.backfill import write_alert_history
+    from joint.risk import RiskWeights
+
+    regions = registry.regions()
+    paths = {r.id: r.path for r in regions}
+    weights = RiskWeights.from_settings(settings.risk)
+    return write_alert_history(registry.engine, devices, regions, paths, start, end, seed=seed, weights=weights)
+
+
 @sim_app.command("backfill")
 def backfill_cmd(
     ctx: typer.Context,
@@ -342,22 +356,9 @@ def backfill_cmd(
             store.close()
         history = ""
         if alerts:
-            from devices.backfill import write_alert_history
-            from joint.risk import RiskWeights
-
             registry = open_registry(settings)
             try:
-                regions = registry.regions()
-                n_alerts, n_points = write_alert_history(
-                    registry.engine,
-                    sim_devices,
-                    regions,
-                    {r.id: r.path for r in regions},
-                    start,
-                    end,
-                    seed=seed,
-                    weights=RiskWeights.from_settings(settings.risk),
-                )
+                n_alerts, n_points = alert_history_into(registry, settings, sim_devices, start, end, seed=seed)
             finally:
                 registry.engine.dispose()
             history = f", {n_alerts} resolved alerts, {n_points} risk points"

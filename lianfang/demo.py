@@ -17,14 +17,19 @@ import typer
 from core import clock
 from core.logs import setup_logging
 from core.settings import Settings
-from devices.backfill import BackfillOptions, backfill_once, write_alert_history
+from devices.backfill import BackfillOptions, backfill_once
 from devices.fleet_credentials import provision_fleet
 from devices.registry import DeviceSpec, Registry
 from devices.sample import RegionLike, demo_device_specs, sample_regions
-from devices.sim_cli import backfill_devices, devices_from_registry, run_simulation, stored_last_values
+from devices.sim_cli import (
+    alert_history_into,
+    backfill_devices,
+    devices_from_registry,
+    run_simulation,
+    stored_last_values,
+)
 from devices.sim_publisher import DevicePublisher
 from devices.simulator import BEIJING, Fleet, SimDevice, parse_incident
-from joint.risk import RiskWeights
 from lianfang.context import open_registry, open_store, settings_from
 from lianfang.runtime import Runtime
 from lianfang.serve_cmd import run_service
@@ -149,17 +154,7 @@ def backfill_demo_history(settings: Settings, registry: Registry, *, weeks: int,
         logger.info("demo history: the store already holds data of the fleet, nothing back-filled")
         return
     # Resolved alerts and the risk snapshots they make (the service is not running yet: alert ids are free).
-    regions = registry.regions()
-    alerts, points = write_alert_history(
-        registry.engine,
-        devices,
-        regions,
-        {r.id: r.path for r in regions},
-        start,
-        now,
-        seed=seed,
-        weights=RiskWeights.from_settings(settings.risk),
-    )
+    alerts, points = alert_history_into(registry, settings, devices, start, now, seed=seed)
     logger.info(
         "demo history: %d weeks back-filled in %.1f s: %d readings, %d events, %d resolved alerts, %d risk points",
         weeks,
