@@ -19,11 +19,14 @@ period the week before.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import insert
 
 from alerts.calendar import BEIJING, Calendar
@@ -284,3 +287,33 @@ def test_pure_helpers() -> None:
     spans = ignition_intervals([("v", 50, "ignition_off"), ("v", 70, "ignition_on")], 0, 100)
     assert spans == {"v": [(0, 50), (70, 100)]}
     assert daily_peaks([(at(START, 1), 5.0), (at(START, 2), 3.0), (at(END, 1), 9.0)], START, END) == [5.0] + [0.0] * 6
+
+
+@given(st.lists(st.tuples(st.integers(0, 1000), st.sampled_from(["ignition_on", "ignition_off"])), max_size=40))
+def test_ignition_intervals_stay_inside_the_period_and_never_overlap(events: list[tuple[int, str]]) -> None:
+    spans = ignition_intervals([("v", ts, kind) for ts, kind in events], 100, 900).get("v", [])
+    assert all(100 <= a < b <= 900 for a, b in spans)
+    assert all(b1 <= a2 for (_, b1), (a2, _) in itertools.pairwise(spans))
+    ons = sorted(ts for ts, kind in events if kind == "ignition_on" and 100 <= ts < 900)
+    if ons and not any(kind == "ignition_off" and ts > ons[-1] for ts, kind in events):
+        assert spans and spans[-1][1] == 900  # on at the end: in use until the end
+
+
+@given(st.dictionaries(st.text("abc", min_size=1, max_size=3), st.none() | st.integers(0, 5).map(float)))
+def test_ranks_order_and_ties(values: dict[str, float | None]) -> None:
+    r = ranks(values, higher_is_better=False)
+    assert {k for k, v in values.items() if v is None} == {k for k, v in r.items() if v is None}
+    have = {k: v for k, v in values.items() if v is not None}
+    for a, va in have.items():
+        ra = r[a]
+        assert ra == 1 + sum(1 for vb in have.values() if vb < va)  # 1 + how many are strictly better
+
+
+@given(st.lists(st.tuples(st.integers(0, 7 * 24 * 60 - 1), st.floats(0, 100)), max_size=30))
+def test_daily_peaks_one_per_day_each_the_highest(points: list[tuple[int, float]]) -> None:
+    pts = [(START + timedelta(minutes=m), s) for m, s in points]
+    peaks = daily_peaks(pts, START, END)
+    assert len(peaks) == 7
+    for k in range(7):
+        day = [s for t, s in pts if (t - START).days == k]
+        assert peaks[k] == (max(day) if day else 0.0)
