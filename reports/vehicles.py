@@ -384,14 +384,17 @@ def findings(fig: Figures, policy: Policy) -> list[Finding]:
             "trips": u.trips,
             "km": round(u.km, 1),
         }
-        name, agency, pct = u.vehicle.name, u.vehicle.agency_name, _pct(u.target_ratio)
+        pct = _pct(u.target_ratio)
+        named = u.vehicle.agency_name in u.vehicle.name  # "某局 公务车 苏A001" already says whose it is
+        who_zh = u.vehicle.name if named else f"{u.vehicle.agency_name}的{u.vehicle.name}"
+        who_en = u.vehicle.name if named else f"{u.vehicle.name} ({u.vehicle.agency_name})"
         if u.target_ratio < policy.under_ratio:
             out.append(
                 Finding(
                     "under_used",
-                    f"{agency}的{name}使用不足:工作时间在用 {_h(u.working_s)} 小时,仅为目标"
+                    f"{who_zh}使用不足:工作时间在用 {_h(u.working_s)} 小时,仅为目标"
                     f"({u.working_days} 个工作日 × {target_h:g} 小时)的 {pct}%,可调剂或处置。",
-                    f"{name} ({agency}) is under-used: {_h(u.working_s)} h in use in working hours, {pct}% of its "
+                    f"{who_en} is under-used: {_h(u.working_s)} h in use in working hours, {pct}% of its "
                     f"target ({u.working_days} working days x {target_h:g} h); reallocate or dispose of it.",
                     nums,
                 )
@@ -400,8 +403,8 @@ def findings(fig: Figures, policy: Policy) -> list[Finding]:
             out.append(
                 Finding(
                     "over_used",
-                    f"{agency}的{name}使用强度高:工作时间在用 {_h(u.working_s)} 小时,为目标的 {pct}%。",
-                    f"{name} ({agency}) is over-used: {_h(u.working_s)} h in use in working hours, {pct}% of target.",
+                    f"{who_zh}使用强度高:工作时间在用 {_h(u.working_s)} 小时,为目标的 {pct}%。",
+                    f"{who_en} is over-used: {_h(u.working_s)} h in use in working hours, {pct}% of target.",
                     nums,
                 )
             )

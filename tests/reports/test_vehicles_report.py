@@ -137,6 +137,7 @@ def test_heatmap_cells_are_the_share_of_the_fleet_in_use() -> None:
 def test_allocation_advice_with_its_numbers() -> None:
     advice = findings(figures(), POLICY)
     under = [f.numbers["vehicle"] for f in advice if f.key == "under_used"]
+    assert next(f for f in advice if f.key == "under_used").text_zh.startswith("agency A的a3使用不足")
     assert under == ["a3", "d2", "d1", "a2", "b1"]
     assert not [f for f in advice if f.key == "over_used"]
     (short,) = [f for f in advice if f.key == "short"]
@@ -158,6 +159,11 @@ def test_over_used_vehicle() -> None:
     advice = findings(compute(VEHICLES[:1], heavy, START_MS, END_MS, CAL, POLICY), POLICY)
     (over,) = [f for f in advice if f.key == "over_used"]
     assert over.numbers["target_ratio_pct"] == 300.0
+    named = [Vehicle("a1", "agency A 公务车 a1", "A", "agency A", "c1", "city c1")]  # the name says whose it is
+    (over,) = [
+        f for f in findings(compute(named, heavy, START_MS, END_MS, CAL, POLICY), POLICY) if f.key == "over_used"
+    ]
+    assert over.text_zh.startswith("agency A 公务车 a1使用强度高") and over.text_en.startswith("agency A 公务车 a1 is")
 
 
 def test_a_trip_across_the_period_start_is_clipped_and_not_counted() -> None:
