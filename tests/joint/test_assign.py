@@ -6,8 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from gateway.routes.incidents import attach
+from joint.correlator import IncidentChange
 from joint.service import JointService, RegionTree
-from tests.gateway.conftest import NOW, gateway, seeded  # noqa: F401
+from tests.gateway.conftest import NOW, Gateway, gateway, seeded  # noqa: F401
 from tests.joint.test_api import Rig, rig  # noqa: F401
 
 
@@ -77,3 +81,37 @@ def test_a_closed_incident_is_409_and_an_assignment_survives_a_restart(rig: Rig)
     again.load()
     assert again.correlator.incidents[1].detail["assignee"] == "gz-duty"
     assert again.correlator.incidents[1].detail["task_assignees"] == {"11": "gz-duty"}
+
+
+def test_an_opened_incident_proposes_its_gate_locks_in_one_write_and_one_live_item(
+    rig: Rig,  # noqa: F811
+    gateway: Gateway,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The auto-proposal on the alert path (gateway/routes/incidents.py ``_Recorder.held``): one timeline write and
+    one live item for all the gates of the building, not a write and a read of the incident per gate."""
+    side = attach(gateway.ctx)
+    writes: list[int] = []
+    live: list[str] = []
+    add = side.store.add_timeline
+    publish = gateway.ctx.broadcaster.publish_incident
+
+    def counted_add(entries: list[Any], now: Any) -> None:
+        writes.append(len(entries))
+        add(entries, now=now)
+
+    def counted_publish(doc: dict[str, Any], *a: Any) -> None:
+        live.append(doc["kind"])
+        publish(doc, *a)
+
+    monkeypatch.setattr(side.store, "add_timeline", counted_add)
+    monkeypatch.setattr(gateway.ctx.broadcaster, "publish_incident", counted_publish)
+    inc = rig.service.correlator.incidents[1]  # an intrusion in gz-b1, whose two gates obey lock
+    rig.service._publish([IncidentChange("opened", inc, NOW)])
+    assert writes == [2] and live == ["opened", "action_proposed"]
+    steps = [e["data"].get("step") for e in rig.call("GET", "/incidents/1").json()["timeline"]]
+    assert steps.count("proposed") == 2
+    items = rig.call("GET", "/incidents/1/actions", "gz").json()["items"]
+    assert sorted(a["device_id"] for a in items) == ["gate-gz-0001", "gate-gz-0002"]
+    r = rig.call("POST", f"/incidents/1/actions/{items[0]['id']}/decline", "gzadmin", json={"reason": "演练"})
+    assert r.status_code == 200 and writes == [2, 1], "a later step is written on its own"
