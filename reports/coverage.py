@@ -43,13 +43,18 @@ MAX_REJECTIONS = 200_000
 MAX_DEVICE_ROWS = 500
 NAMED = 5  # devices named in a finding
 
+# ingest's rejection reasons (core/protocol.py InvalidMessage, ingest/pipeline.py), as the page names them
 REJECTION_REASONS_ZH: dict[str, str] = {
-    "schema": "格式不符",
-    "auth": "身份不符",
-    "unknown_device": "未登记设备",
-    "disabled": "设备已停用",
-    "bad_timestamp": "时间戳异常",
+    "not_json": "非 JSON",
+    "not_object": "非对象",
     "too_large": "消息过大",
+    "schema": "字段不合规",
+    "bad_timestamp": "时间戳错误",
+    "unknown_event": "未知事件",
+    "forged_identity": "伪造身份",
+    "unregistered_device": "未注册设备",
+    "disabled_device": "已停用设备",
+    "retained": "保留消息",
     "internal_error": "平台内部错误",
 }
 
@@ -386,7 +391,9 @@ def _device_rows(facts: Mapping[str, DeviceFacts], lang_sep: str = " / ") -> tup
                 "type": f.type,
                 "region": f.region_id,
                 "issues": "、".join(ISSUE_TITLES[i][0] for i in issues) + lang_sep + ", ".join(issues),
-                "last_seen": None if last is None else beijing(datetime.fromtimestamp(last / 1000, UTC)).isoformat(),
+                "last_seen": None
+                if last is None
+                else f"{beijing(datetime.fromtimestamp(last / 1000, UTC)):%Y-%m-%d %H:%M}",
                 "gaps": f.gaps,
                 "lost": f.lost,
                 "rejected": sum(f.rejected.values()),
@@ -402,7 +409,7 @@ DEVICE_COLUMNS = (
     Column("type", "类型", "Type"),
     Column("region", "区域", "Region"),
     Column("issues", "问题", "Issues"),
-    Column("last_seen", "最后上报", "Last seen"),
+    Column("last_seen", "最后上报(北京时间)", "Last seen (Beijing)"),
     Column("gaps", "序号缺口(累计)", "Seq gaps (to date)"),
     Column("lost", "丢失(本期)", "Lost (period)"),
     Column("rejected", "拒收(本期)", "Rejected (period)"),

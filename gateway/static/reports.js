@@ -5,7 +5,7 @@
 "use strict";
 
 const REPORT_ROWS = 200;
-const report = { last: null, params: null };
+const report = { last: null, params: null, link: null };
 
 function pickLang(zh, en) {
   return state.lang === "en" ? en || zh : zh || en;
@@ -37,22 +37,24 @@ async function fillReportRegions() {
   if (keep && state.regionNames[keep]) sel.value = keep;
 }
 
-// Parameters from the address (#reports?kind=&region=&period=): the links of scheduled report messages.
+// Parameters from the address (#reports?kind=&region=&period=): the links of scheduled report messages. Read when
+// the script runs, before app.js takes its own parameters (token, region) from the address and clears it.
 function reportParamsFromHash() {
   const h = location.hash || "";
   if (!h.startsWith("#reports")) return null;
   const q = new URLSearchParams(h.split("?")[1] || "");
   return { kind: q.get("kind"), region: q.get("region"), period: q.get("period") };
 }
+report.link = reportParamsFromHash();
 
 async function loadReports() {
   await fillReportRegions();
-  const fromHash = reportParamsFromHash();
+  const fromHash = report.link;
+  report.link = null;
   if (fromHash) {
     if (fromHash.kind) $("rp-kind").value = fromHash.kind;
     if (fromHash.region && state.regionNames[fromHash.region]) $("rp-region").value = fromHash.region;
     if (fromHash.period) $("rp-period").value = fromHash.period;
-    history.replaceState(null, "", location.pathname + location.search);
     await buildReport();
   } else if (report.last) {
     renderReport(report.last);
@@ -160,13 +162,18 @@ document.addEventListener("DOMContentLoaded", () => {
   $("rp-csv").addEventListener("click", () => { downloadReport("csv").catch(() => {}); });
   $("rp-html").addEventListener("click", () => { downloadReport("html").catch(() => {}); });
   // A link to the reports view (a scheduled report's message): open it once the page knows who is logged in.
-  if (reportParamsFromHash()) {
+  window.addEventListener("hashchange", () => {
+    report.link = reportParamsFromHash();
+    if (report.link && state.me) showView("reports");
+  });
+  if (report.link) {
     let tries = 0;
     const wait = setInterval(() => {
       tries += 1;
-      if (state.me || tries > 60) {
+      const ready = state.me && !document.querySelector("dialog[open]");  // logged in, no login form open
+      if (ready || tries > 1200) {
         clearInterval(wait);
-        if (state.me) showView("reports");
+        if (ready) showView("reports");
       }
     }, 500);
   }

@@ -103,7 +103,7 @@ def seed(registry: Registry, store: Any) -> None:
         rej("meter-2", "bad_timestamp", bj(11, 4)),
         rej("meter-2", "bad_timestamp", bj(11, 7, 23)),
         rej("meter-2", "bad_timestamp", bj(11, 8, 1)),  # after the period
-        rej("nobody", "unknown_device", bj(11, 3)),  # not in the registry
+        rej("nobody", "unregistered_device", bj(11, 3)),  # not in the registry
         rej("gate-z", "schema", bj(11, 3)),  # another province
     ]
     store.write(batch)

@@ -60,7 +60,7 @@ def test_files(run: Run, tmp_path: Path) -> None:
     assert "数据覆盖与质量报告" in html.read_text(encoding="utf-8")
     r = run("coverage", "-r", "js", *PERIOD, "--out", str(csv), "--table", "rejections", "--lang", "en")
     assert r.exit_code == 0, r.output
-    assert csv.read_bytes().decode("utf-8-sig").splitlines()[1] == "bad_timestamp,时间戳异常,3"
+    assert csv.read_bytes().decode("utf-8-sig").splitlines()[1] == "bad_timestamp,时间戳错误,3"
 
 
 @pytest.mark.parametrize(

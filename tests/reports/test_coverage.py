@@ -65,6 +65,7 @@ def test_rejections_and_devices(source: LiveSource) -> None:
     assert set(devices) == {"gate-1", "veh-1", "meter-1", "meter-2", "gate-0"}
     assert devices["meter-2"]["skew_s"] == 310.5 and devices["meter-2"]["rejected"] == 3
     assert devices["gate-1"]["lost"] == 4 and devices["gate-1"]["gaps"] == 10
+    assert devices["gate-1"]["last_seen"] == "2026-11-07 23:59" and devices["meter-1"]["last_seen"] is None
     assert str(devices["meter-1"]["issues"]).endswith("never")
     assert devices["veh-1"]["issues"] == "离线、消息被拒收、非标准字段 / stale, rejected, nonstandard"
 
