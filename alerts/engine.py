@@ -966,7 +966,7 @@ class _Utilisation:
             return []
         lat, lon = pos if pos is not None else (None, None)
         vehicle.utilisation_position(
-            rule.params, st, _TRIP_PARAMS, rec.ts_ms, lat, lon, ign if isinstance(ign, bool) else None
+            rule.params, st, _TRIP_PARAMS, rec.ts_ms, lat, lon, ign if isinstance(ign, bool) else None, now_ms
         )
         return []
 
@@ -990,7 +990,16 @@ class _OvernightLot:
         if pos is None or subj.lot is None:
             return []
         changes = vehicle.overnight_position(
-            rule.params, st, subj.lot, env.dispatches, subj.device_id, env.calendar, subj.region_path, *pos, rec.ts_ms
+            rule.params,
+            st,
+            subj.lot,
+            env.dispatches,
+            subj.device_id,
+            env.calendar,
+            subj.region_path,
+            *pos,
+            rec.ts_ms,
+            now_ms,
         )
         return _vehicle_alerts(rule, subj, changes)
 
@@ -1188,7 +1197,9 @@ class _Baseline:
     def deadline(self, rule: EffectiveRule, st: BaselineState, subj: Subject) -> int | None:
         p: BaselineParams = rule.params
         if p.aggregate == "daily_mean":
-            return st.day_end_ms if st.day is not None else None
+            if st.day is None or st.day_end_ms is None:
+                return None
+            return st.day_end_ms + _lag(st.seen_ms, st.last_ts_ms)  # a backlog: its next readings close the day
         if st.firing or not st.cond or st.since_ms is None:
             return None
         return st.since_ms + int(p.for_s * 1000) + _lag(st.seen_ms, st.last_ts_ms)

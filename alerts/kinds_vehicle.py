@@ -166,8 +166,7 @@ def _depot_fire(st: DepotExitState, at_ms: int) -> list[Change]:
 def depot_exit_deadline(p: DepotExitParams, st: DepotExitState) -> int | None:
     if st.firing or st.since_ms is None:
         return None
-    lag = max(0, st.seen_ms - st.last_ts_ms) if st.seen_ms else 0  # a backlog: device time decides, not the clock
-    return st.since_ms + int(p.min_outside_s * 1000) + lag
+    return st.since_ms + int(p.min_outside_s * 1000) + _lag(st.seen_ms, st.last_ts_ms)
 
 
 def depot_exit_tick(
@@ -198,11 +197,14 @@ class UtilisationState(TrackState):
     ign_ts_ms: int = 0  # when
     has_ignition: bool = False  # reports ignition at all (else engine time is trip time)
     last_ts_ms: int = 0
+    seen_ms: int = 0  # when (engine time) the last reading was evaluated: a backlog's lag moves the judgement
     judged_day: int | None = None  # the last day judged
     firing: str = ""  # "" | "under" | "over"
+    day: int | None = None  # the Beijing day of the last reading (its deadline moves when the day does)
+    day_end_ms: int = 0
 
     def essential(self) -> tuple[object, ...]:
-        return (self.firing, self.judged_day)
+        return (self.firing, self.judged_day, self.day)
 
 
 def day_of(ts_ms: int) -> int:
@@ -229,17 +231,21 @@ def utilisation_position(
     lat: float | None,
     lon: float | None,
     ignition: bool | None,
+    now_ms: int = 0,
 ) -> None:
     """A reading of the vehicle: feeds the segmenter (a position) and the engine-hours count (ignition). Trips are
     counted on the Beijing day they started, engine time on the day of each interval's start."""
     if ts_ms < st.last_ts_ms:
         return
-    st.last_ts_ms = ts_ms
-    day = day_of(ts_ms)
+    st.last_ts_ms, st.seen_ms = ts_ms, now_ms
+    prev_day = st.day
+    if st.day is None or ts_ms >= st.day_end_ms:
+        st.day = day_of(ts_ms)
+        st.day_end_ms = day_start_ms(st.day + 1)
     if st.first_day is None:
-        st.first_day = day
+        st.first_day = st.day
     if st.ignition and ts_ms - st.ign_ts_ms <= trip.gap_stop_s * 1000:
-        _add(st, day_of(st.ign_ts_ms), 2, (ts_ms - st.ign_ts_ms) / 1000)
+        _add(st, prev_day if prev_day is not None else st.day, 2, (ts_ms - st.ign_ts_ms) / 1000)
     if ignition is not None:
         st.ignition, st.ign_ts_ms, st.has_ignition = ignition, ts_ms, True
     elif st.ignition:
@@ -259,12 +265,18 @@ def _count_trip(st: UtilisationState, seg: Segment) -> None:
         _add(st, d, 2, seg.duration_s)
 
 
+def _lag(seen_ms: int, ts_ms: int) -> int:
+    """How far behind the engine's clock the device's data arrived (0 for live data): a recorded backlog is judged
+    on device time, its timers wait as long after their instant as the data is late."""
+    return max(0, seen_ms - ts_ms) if seen_ms else 0
+
+
 def utilisation_deadline(st: UtilisationState) -> int | None:
-    """The end of the next day to judge (local midnight)."""
+    """The end of the next day to judge (local midnight, plus the data's lag)."""
     if st.first_day is None:
         return None
     nxt = (st.judged_day if st.judged_day is not None else st.first_day - 1) + 1
-    return day_start_ms(nxt + 1)
+    return day_start_ms(nxt + 1) + _lag(st.seen_ms, st.last_ts_ms)
 
 
 def utilisation_tick(
@@ -275,7 +287,7 @@ def utilisation_tick(
     due = utilisation_deadline(st)
     if due is None or now_ms < due or st.first_day is None:
         return []
-    last = day_of(now_ms) - 1  # the last day that has ended
+    last = day_of(now_ms - _lag(st.seen_ms, st.last_ts_ms)) - 1  # the last day that has ended (device time)
     st.judged_day = last
     for k in [k for k in st.days if int(k) <= last - p.window_days - 1]:
         del st.days[k]
@@ -330,6 +342,7 @@ class OvernightLotState:
     lat: float | None = None
     lon: float | None = None
     pos_ms: int = 0  # time of the last position
+    seen_ms: int = 0  # when (engine time) it was evaluated
     checked_ms: int = 0  # the last check instant judged (or the first position: checks after it count)
 
     def essential(self) -> tuple[object, ...]:
@@ -414,6 +427,7 @@ def overnight_position(
     lat: float,
     lon: float,
     ts_ms: int,
+    now_ms: int = 0,
 ) -> list[Change]:
     """A position: first the checks its time has passed are judged on the position before it (where the vehicle
     was at the check), then it becomes the known position; back inside the lot clears."""
@@ -424,7 +438,7 @@ def overnight_position(
         st.checked_ms = ts_ms
     else:
         out = _due_checks(p, st, lot, book, vehicle_id, cal, region_path, ts_ms)
-    st.lat, st.lon, st.pos_ms = lat, lon, ts_ms
+    st.lat, st.lon, st.pos_ms, st.seen_ms = lat, lon, ts_ms, now_ms
     if st.firing and point_in_polygon(lat, lon, lot):
         st.firing = False
         out.append(Change(False, ts_ms, {"reason": "back in its lot", "lat": lat, "lon": lon}))
@@ -432,7 +446,10 @@ def overnight_position(
 
 
 def overnight_deadline(p: OvernightLotParams, st: OvernightLotState) -> int | None:
-    return next_check_ms(p, st.checked_ms) if st.lat is not None else None
+    """The next check instant, plus the data's lag (a recorded backlog decides its checks on device time)."""
+    if st.lat is None:
+        return None
+    return next_check_ms(p, st.checked_ms) + _lag(st.seen_ms, st.pos_ms)
 
 
 def overnight_tick(
@@ -448,4 +465,4 @@ def overnight_tick(
     """The engine's clock passed a check with no newer position: judge it on the last known position."""
     if st.lat is None:
         return []
-    return _due_checks(p, st, lot, book, vehicle_id, cal, region_path, now_ms)
+    return _due_checks(p, st, lot, book, vehicle_id, cal, region_path, now_ms - _lag(st.seen_ms, st.pos_ms))
