@@ -621,6 +621,17 @@ def findings(tree: Tree, scores: Scores, rank: Mapping[str, Mapping[str, int | N
     return out
 
 
+UNITS_ZH = {"min": "分钟", "%": "%", "kWh": "kWh"}
+METRIC_UNITS = {k: u for k, _zh, _en, u, _h in METRICS}
+
+
+def _with_unit(key: str) -> tuple[str, str]:
+    """The metric's (zh, en) label with its unit: "告警处置用时中位数（分钟）"."""
+    zh, en = METRIC_NAMES[key]
+    unit = METRIC_UNITS[key]
+    return (zh, en) if unit is None else (f"{zh}（{UNITS_ZH.get(unit, unit)}）", f"{en} ({unit})")
+
+
 SUMMARY_KEYS = (
     "alerts",
     "alert_tta_p50",
@@ -708,7 +719,7 @@ def build(source: ReportSource, request: ReportRequest) -> Report:
     summary["rank_alert_ttr_p50"] = rank["alert_ttr_p50"].get(t)
     summary["rank_coverage_pct"] = rank["coverage_pct"].get(t)
     summary["truncated"] = cur.truncated or prev.truncated
-    labels = {k: METRIC_NAMES[k] for k in SUMMARY_KEYS}
+    labels = {k: _with_unit(k) for k in SUMMARY_KEYS}
     labels.update(
         siblings=("同级地区数", "Sibling regions"),
         rank_alert_ttr_p50=("处置用时同级排名", "Rank: time to resolve"),

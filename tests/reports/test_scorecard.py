@@ -210,6 +210,8 @@ def test_summary_figures(source: LiveSource) -> None:
     assert s["energy_vs_baseline_pct"] == 190.9
     assert s["use_pct"] == 5.6
     assert (s["siblings"], s["rank_alert_ttr_p50"], s["rank_coverage_pct"]) == (2, 2, 2)
+    assert r.summary_labels["alert_ttr_p50"] == ("告警处置用时中位数（分钟）", "Alert time to resolve p50 (min)")
+    assert set(r.summary_labels) == set(s)
 
 
 def test_region_and_children_rows(source: LiveSource) -> None:
