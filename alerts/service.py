@@ -415,13 +415,21 @@ class AlertService:
 
     @staticmethod
     def _placed(subj: Subject, d: DeviceInfo) -> Subject:
-        """A vehicle's depot and lot (its ``depot`` / ``lot`` attributes: V2, V13) on its subject."""
+        """A vehicle's depot and lot (its ``depot`` / ``lot`` attributes: V2, V13) and a meter's own contracted
+        capacity (``contracted_kw``: E8, before its region's) on its subject."""
         a = d.attributes
         if not a:
             return subj
         for problem in place_problems(a):
             logger.warning("device %s: attribute %s; rules needing it skip the device", d.device_id, problem)
-        return replace(subj, depot=parse_depot(a.get("depot")), lot=parse_lot(a.get("lot")))
+        kw = a.get("contracted_kw")
+        own = float(kw) if isinstance(kw, int | float) and not isinstance(kw, bool) and kw > 0 else None
+        return replace(
+            subj,
+            depot=parse_depot(a.get("depot")),
+            lot=parse_lot(a.get("lot")),
+            contracted_kw=own if own is not None else subj.contracted_kw,
+        )
 
     def _watch(self, subj: Subject, now: datetime) -> None:
         """Index a device's rules now (not on its first record in the stream) and arm its absence rules."""

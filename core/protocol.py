@@ -51,7 +51,9 @@ INBOUND_KINDS = ("telemetry", "event", "status")
 DEFAULT_INTERVAL_S: dict[str, int] = {"gate": 60, "vehicle": 30, "energy_meter": 60, "sensor": 300}
 
 
-RULE_ATTRIBUTES: tuple[str, ...] = ("depot", "lot")  # device attributes the alert engine reads (alerts/kinds_vehicle)
+# device attributes the alert engine reads: a vehicle's depot and lot (alerts/kinds_vehicle), a meter's contracted
+# capacity (E8, alerts/engine.py demand kind)
+RULE_ATTRIBUTES: tuple[str, ...] = ("depot", "lot", "contracted_kw")
 
 
 @dataclass(frozen=True, slots=True)

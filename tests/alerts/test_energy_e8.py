@@ -3,10 +3,15 @@ contracted capacity, from the region attribute or the rule's own ``contracted_kw
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
 import pytest
 
-from alerts.rules import RuleSet
-from core.protocol import Reading
+from alerts.rules import PACKS_DIR, RuleSet
+from alerts.service import AlertService, regions_from_registry
+from core.protocol import Reading, Record
+from devices.registry import DeviceSpec, RegionSpec, Registry
 from tests.alerts.engine_helpers import PackRun, Run, make_rule, reading, subject
 
 
@@ -74,3 +79,50 @@ def test_demand_rule_needs_a_test() -> None:
                 )
             ]
         )
+
+
+def test_e8_through_the_service_meter_attribute_before_region_attribute(sqlite_registry: Registry) -> None:
+    """The registry's capacities reach E8: a meter's own ``contracted_kw`` attribute (300 kW) wins over its
+    building's (400 kW); at 330 kW the first is over 90 % (270 kW), the second not (360 kW)."""
+    reg = sqlite_registry
+    start = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
+    reg.upsert_regions(
+        [
+            RegionSpec("gd", "广东省", "province"),
+            RegionSpec("gz", "广州市", "city", "gd"),
+            RegionSpec("gz-b1", "一号楼", "building", "gz", attributes={"contracted_kw": 400.0}),
+        ],
+        now=start,
+    )
+    reg.add_devices(
+        [
+            DeviceSpec("em-own", "energy_meter", "gz-b1", attributes={"contracted_kw": 300}),
+            DeviceSpec("em-region", "energy_meter", "gz-b1"),
+        ],
+        now=start,
+    )
+    rules = RuleSet.from_documents(
+        [
+            ("packs", {"rules": [r for r in _pack_rules() if r["id"] == "E8"]}),
+        ]
+    )
+    svc = AlertService(reg.engine, rules, reg.snapshot, regions_from_registry(reg), clock_fn=lambda: start)
+    svc.load(start)
+    for minute in range(41):
+        t = start + timedelta(minutes=minute)
+        ts = int(t.timestamp() * 1000)
+        batch: list[Record] = [
+            Reading(d, "gz-b1", "energy_meter", ts, minute, {"energy_kwh": 1000 + 330 * minute / 60})
+            for d in ("em-own", "em-region")
+        ]
+        svc.process(batch, now=t)
+    fired = {(a.rule_id, a.device_id) for a in svc.repo.alerts()}
+    assert fired == {("E8", "em-own")}
+
+
+def _pack_rules() -> list[dict[str, Any]]:
+    import yaml
+
+    doc = yaml.safe_load((PACKS_DIR / "energy.yaml").read_text(encoding="utf-8"))
+    rules: list[dict[str, Any]] = doc["rules"]
+    return rules
