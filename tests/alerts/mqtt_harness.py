@@ -37,13 +37,13 @@ class Stack:
     ingest: IngestService
     pub: SharedPublisher
 
-    def publish(self, msgs: Sequence[SimMessage]) -> None:
+    def publish(self, msgs: Sequence[SimMessage], timeout_s: float = 15) -> None:
         for m in msgs:
             self.pub.publish(m)
-        assert self.pub.flush(15), "broker did not acknowledge every message"
+        assert self.pub.flush(timeout_s), "broker did not acknowledge every message"
 
-    def wait_acked(self, n: int, what: str) -> None:
-        wait_until(lambda: self.ingest.stats.acked >= n, 15, what=what)
+    def wait_acked(self, n: int, what: str, timeout_s: float = 15) -> None:
+        wait_until(lambda: self.ingest.stats.acked >= n, timeout_s, what=what)
 
     def stored(self) -> list[tuple[str, str, int]]:
         """(rule, device, count) of every alert stored, open or resolved."""

@@ -48,10 +48,10 @@ from core.protocol import DEFAULT_INTERVAL_S
 from core.store.sqlite import SqliteStore
 from devices.registry import DeviceSpec, Registry
 from devices.sim_publisher import SharedPublisher
-from devices.simulator import BEIJING, Fleet, Incident, SimMessage, WorkCalendar
+from devices.simulator import BEIJING, Fleet, Incident, SimMessage, Site, WorkCalendar
 from tests.alerts.engine_helpers import Run, make_rule, reading, subject
 from tests.alerts.mqtt_harness import docs, running_stack
-from tests.alerts.test_pack_scenarios import REGIONS, Dev
+from tests.alerts.test_pack_scenarios import NORTH, REGIONS, SZ, Dev
 from tests.helpers import wait_until
 
 # --- the night fleet: one device per scenario, a near miss next to each --------------------------------------
@@ -398,3 +398,233 @@ def test_baseline_fired_by_its_timer_reports_the_rate() -> None:
     assert run.firing() == [True]
     value = run.changes[0].detail["value"]
     assert isinstance(value, float) and abs(value - 40) < 1, value  # was: 10005.333, the counter
+
+
+# --- the rest of the catalogue through Mosquitto: each rule on its own devices ----------------------------------
+#
+# G7, G11.offline, V3, V4, V7, E1, E2, E3, E5.flat and E5.skew, each with a device that fires it once and a near miss
+# next to it (the scenarios of tests/alerts/test_pack_scenarios.py). Each device has only its rule enabled (an
+# override per device), since a meter taught days of baseline also trips the other energy rules. Recorded days of
+# the last weeks (ingest takes 30 days), the absence and clock rules live on the wall clock.
+
+CAT_RULES: dict[str, tuple[str, str]] = {}  # device -> (rule, "fire" | "miss")
+
+
+def cat(rule: str, fires: bool, *devs: Dev) -> list[Dev]:
+    for d in devs:
+        CAT_RULES[d.id] = (rule, "fire" if fires else "miss")
+    return list(devs)
+
+
+# G7: a card at Guangzhou then Shenzhen (~100 km) 10 minutes later; near miss: two buildings 300 m apart
+G7_SZ = cat("G7", True, Dev("gate-c-g7sz", "gate", "sz-b1", lat=SZ[0], lon=SZ[1]))[0]
+G7_GZ, G7_GZ2 = cat("G7", False, Dev("gate-c-g7gz", "gate", "gz-b1"), Dev("gate-c-g7gz2", "gate", "gz-b2"))
+# G11.offline and E5.skew: live devices reporting every second (short timers)
+L_GONE, L_BLIP = (
+    cat("G11.offline", True, Dev("gate-c-gone", "gate", "gz-b1")),
+    cat("G11.offline", False, Dev("gate-c-blip", "gate", "gz-b1")),
+)
+L_SKEW, L_SKEW_OK = (
+    cat("E5.skew", True, Dev("meter-c-skew", "energy_meter", "gz-b1")),
+    cat("E5.skew", False, Dev("meter-c-skew-ok", "energy_meter", "gz-b1")),
+)
+# V3: trips in Shenzhen while Shenzhen's vehicles are sealed; near miss: the same trip in Guangzhou
+V3_CAR = cat("V3", True, Dev("car-c-v3", "vehicle", "sz-b1", lat=SZ[0], lon=SZ[1]))[0]
+V3_OK = cat("V3", False, Dev("car-c-v3-ok", "vehicle", "gz-b1"))[0]
+# V4: from a depot near the northern border to a site beyond it (Hunan); near miss: a site just inside
+V4_OUT = cat(
+    "V4", True, Dev("car-c-v4", "vehicle", "sg-b1", NORTH[0], NORTH[1], sites=(Site("sg-b1", 25.75, NORTH[1]),))
+)
+V4_IN = cat(
+    "V4", False, Dev("car-c-v4-ok", "vehicle", "sg-b1", NORTH[0], NORTH[1], sites=(Site("sg-b1", 25.45, NORTH[1]),))
+)
+V7_CAR, V7_OK = (
+    cat("V7", True, Dev("car-c-v7", "vehicle", "gz-b1"))[0],
+    cat("V7", False, Dev("car-c-v7-ok", "vehicle", "gz-b1"))[0],
+)
+E1_M, E1_OK = (
+    cat("E1", True, Dev("meter-c-e1", "energy_meter", "gz-b1"))[0],
+    cat("E1", False, Dev("meter-c-e1-ok", "energy_meter", "gz-b1"))[0],
+)
+E2_M, E2_OK = (
+    cat("E2", True, Dev("meter-c-e2", "energy_meter", "gz-b1"))[0],
+    cat("E2", False, Dev("meter-c-e2-ok", "energy_meter", "gz-b1"))[0],
+)
+E3_M, E3_OK = (
+    cat("E3", True, Dev("meter-c-e3", "energy_meter", "gz-b1"))[0],
+    cat("E3", False, Dev("meter-c-e3-ok", "energy_meter", "gz-b1"))[0],
+)
+FLAT_M, FLAT_OK = (
+    cat("E5.flat", True, Dev("meter-c-flat", "energy_meter", "gz-b1"))[0],
+    cat("E5.flat", False, Dev("meter-c-flat-ok", "energy_meter", "gz-b1"))[0],
+)
+CAT_LIVE = [L_GONE[0], L_BLIP[0], L_SKEW[0], L_SKEW_OK[0]]
+CAT_DEVICES = [G7_GZ, G7_SZ, G7_GZ2, *CAT_LIVE, V3_CAR, V3_OK, *V4_OUT, *V4_IN, V7_CAR, V7_OK]
+CAT_DEVICES += [E1_M, E1_OK, E2_M, E2_OK, E3_M, E3_OK, FLAT_M, FLAT_OK]
+CAT_EXPECTED = {(rule, d) for d, (rule, how) in CAT_RULES.items() if how == "fire"}
+METER_INTERVAL_S = 120.0  # the recorded meters: 30 readings an hour (the baselines want 20 per hour bin)
+
+
+def cat_rules(sealed: tuple[datetime, datetime]) -> str:
+    lines = ["overrides:"]
+    for d, (rule, _) in CAT_RULES.items():
+        lines += [
+            f"  - {{rule: '*', device: {d}, enabled: false}}",
+            f"  - {{rule: {rule}, device: {d}, enabled: true}}",
+        ]
+    for d in (L_GONE[0], L_BLIP[0]):
+        lines.append(f"  - {{rule: G11.offline, device: {d.id}, params: {{interval_s: {LIVE_INTERVAL_S}, factor: 5}}}}")
+    for d in (L_SKEW[0], L_SKEW_OK[0]):  # held 2 s instead of 10 min of receive time
+        lines.append(f"  - {{rule: E5.skew, device: {d.id}, params: {{for_s: 2}}}}")
+    lines += ["sealing:", f"  - {{region: sz-b1, start: '{sealed[0].isoformat()}', end: '{sealed[1].isoformat()}'}}"]
+    return "\n".join(lines) + "\n"
+
+
+def days_back(now: datetime, test: Any, first: int = 2) -> datetime:
+    """Midnight (Beijing) of the latest day ``first`` or more days ago for which ``test(day)`` holds."""
+    day = now.astimezone(BEIJING).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=first)
+    while not test(day):
+        day -= timedelta(days=1)
+    return day
+
+
+def meters(devs: Sequence[Dev], start: datetime, hours: float, incidents: Sequence[Incident]) -> list[SimMessage]:
+    sims = [replace(d.sim(), interval_s=METER_INTERVAL_S) for d in devs]
+    return Fleet(sims, rng=random.Random(2), start=start, incidents=incidents).advance(start + timedelta(hours=hours))
+
+
+def catalogue_messages(now: datetime) -> tuple[list[SimMessage], tuple[datetime, datetime]]:
+    """The recorded part, and the sealing period of V3."""
+    cal = WorkCalendar()
+    working = cal.is_working_day
+    out: list[SimMessage] = []
+    # gates and cars: a recent night from 02:00
+    night = night_start(now) - timedelta(days=1)
+
+    def n(minutes: float) -> datetime:
+        return night + timedelta(minutes=minutes)
+
+    g7 = [
+        Incident("visit", G7_GZ.id, n(10), duration_s=60, credential="card-c-far"),
+        Incident("visit", G7_SZ.id, n(20), duration_s=60, credential="card-c-far"),  # 100 km in 9 min
+        Incident("visit", G7_GZ.id, n(10), duration_s=60, credential="card-c-near"),
+        Incident("visit", G7_GZ2.id, n(15), duration_s=60, credential="card-c-near"),  # 300 m
+    ]
+    out += quiet_fleet([G7_GZ, G7_SZ, G7_GZ2], night, g7).advance(n(40))
+    sealed = (night, n(12))  # the outbound trip only (the trip back starts after it)
+    cars = [V3_CAR, V3_OK, *V4_OUT, *V4_IN, V7_CAR, V7_OK]
+    car_incidents = [Incident("night_vehicle", d.id, n(5)) for d in (V3_CAR, V3_OK, V4_OUT[0], V4_IN[0])]
+    car_incidents += [
+        Incident("idling", V7_CAR.id, n(10), duration_s=900),
+        Incident("idling", V7_OK.id, n(10), duration_s=300),
+    ]
+    out += Fleet([d.sim() for d in cars], rng=random.Random(4), start=night, incidents=car_incidents).advance(n(75))
+    # E1: a working day teaches the baseline; the next working day 10:00-12:00 the load is x1.6 (near miss x1.1)
+    d1 = days_back(now, lambda d: working(d.date()) and working((d + timedelta(days=1)).date()))
+    t = d1 + timedelta(hours=34)
+    e1 = [Incident("energy_spike", E1_M.id, t, duration_s=7200, factor=1.6)]
+    e1 += [Incident("energy_spike", E1_OK.id, t, duration_s=7200, factor=1.1)]
+    out += meters([E1_M, E1_OK], d1, 24 + 12.5, e1)
+    # E2 (five working days: the night baseline is per day class): a night teaches; three high nights (x1.5) in
+    # a row fire; near miss: two, then a normal night
+    d2 = days_back(now, lambda d: all(working((d + timedelta(days=k)).date()) for k in range(5)), first=5)
+    e2 = [Incident("energy_spike", E2_M.id, d2 + timedelta(days=k), duration_s=5 * 3600, factor=1.5) for k in (1, 2, 3)]
+    e2 += [Incident("energy_spike", E2_OK.id, d2 + timedelta(days=k), duration_s=5 * 3600, factor=1.5) for k in (1, 2)]
+    out += meters([E2_M, E2_OK], d2, 4 * 24 + 6, e2)
+    # E3: x2 for 3 h from 10:00 on a day off (fires) and on a working day (near miss), the day before teaches
+    off = days_back(now, lambda d: not working(d.date()))
+    wd = days_back(now, lambda d: working(d.date()))
+    out += meters(
+        [E3_M],
+        off - timedelta(days=1),
+        24 + 13.5,
+        [Incident("energy_spike", E3_M.id, off + timedelta(hours=10), duration_s=3 * 3600, factor=2.0)],
+    )
+    out += meters(
+        [E3_OK],
+        wd - timedelta(days=1),
+        24 + 13.5,
+        [Incident("energy_spike", E3_OK.id, wd + timedelta(hours=10), duration_s=3 * 3600, factor=2.0)],
+    )
+    # E5.flat: the counter stuck from 10:00 on a working day for 7 h (6 h of occupied time: fires) or 5 h
+    flat = [Incident("meter_flat", FLAT_M.id, wd + timedelta(hours=10), duration_s=7 * 3600)]
+    flat += [Incident("meter_flat", FLAT_OK.id, wd + timedelta(hours=10), duration_s=5 * 3600)]
+    out += meters([FLAT_M, FLAT_OK], wd + timedelta(hours=9.5), 9, flat)
+    return out, sealed
+
+
+@pytest.mark.integration
+def test_catalogue_scenarios_through_mosquitto_fire_once_and_near_misses_do_not(
+    broker: Any, sqlite_registry: Registry, store: SqliteStore, tmp_path: Path
+) -> None:
+    reg = sqlite_registry
+    now = datetime.now(UTC)
+    reg.upsert_regions(REGIONS, now=now)
+    reg.add_devices([DeviceSpec(d.id, d.type, d.region) for d in CAT_DEVICES], now=now)
+    recorded, sealed = catalogue_messages(now)
+    rules = tmp_path / "catalogue.yaml"
+    rules.write_text(cat_rules(sealed), encoding="utf-8")
+
+    # The scenarios are what they claim to be.
+    trips = [
+        m.ts_ms for m in recorded if m.device_id == V3_CAR.id and m.kind == "event" and m.doc()["type"] == "ignition_on"
+    ]
+    assert sum(sealed[0].timestamp() * 1000 <= t < sealed[1].timestamp() * 1000 for t in trips) == 1
+    far = [m.doc() for m in recorded if m.device_id == V4_OUT[0].id and m.kind == "telemetry"]
+    assert max(d["lat"] for d in far) > 25.6  # crossed the border (V4's box ends at 25.6)
+    assert (
+        max(d["lat"] for m in recorded if m.device_id == V4_IN[0].id and m.kind == "telemetry" for d in [m.doc()])
+        < 25.6
+    )
+
+    start = datetime.now(UTC)
+    live = LivePublisher(
+        broker,
+        start,
+        CAT_LIVE,
+        [
+            Incident("silent", L_GONE[0].id, start + timedelta(seconds=1.5)),
+            Incident("silent", L_BLIP[0].id, start + timedelta(seconds=1.5), duration_s=1.5),
+            Incident("clock_skew", L_SKEW[0].id, start + timedelta(seconds=1), factor=240),
+            Incident("clock_skew", L_SKEW_OK[0].id, start + timedelta(seconds=1), factor=100),
+        ],
+    )
+    with running_stack(broker, reg, store, rules) as stack:
+        live.start()
+        try:
+            stack.publish(recorded, timeout_s=120)
+            stack.wait_acked(len(recorded), "ingest acked the recorded messages", timeout_s=120)
+            try:
+                wait_until(lambda: {(r, d) for r, d, _ in stack.stored()} >= CAT_EXPECTED, 30, what="alerts")
+            except AssertionError:
+                got = {(r, d) for r, d, _ in stack.stored()}
+                missing, extra = sorted(CAT_EXPECTED - got), sorted(got - CAT_EXPECTED)
+                raise AssertionError(f"missing {missing}, unexpected {extra}") from None
+            time.sleep(1)  # the live near misses keep running a little longer
+            stored = stack.stored()
+            assert stack.ingest.stats.rejected == {}
+        finally:
+            live.stop()
+    assert stored == sorted((rule, device, 1) for rule, device in CAT_EXPECTED)
+
+
+def test_daily_mean_day_is_not_closed_by_the_wall_clock_during_a_backlog() -> None:
+    # Found by E2's scenario through Mosquitto: a recorded night arrives a day late; the day's deadline (05:00,
+    # device time) was long past on the engine's clock, so the first tick closed the night after its first reading
+    # (too little data: not judged) and three high nights never fired. The deadline now moves by the lag.
+    midnight = datetime(2026, 3, 2, tzinfo=BEIJING)
+    params = {"field": "energy_kwh", "source": "rate_per_hour", "hours": [0, 5], "aggregate": "daily_mean"}
+    rule = make_rule("baseline", {**params, "min_samples": 1}, device_type="energy_meter")
+    subj = subject("meter-1", "energy_meter")
+    run = Run(rule, subj, base=midnight)
+    day_s, kwh = 86400, 1000.0
+    for i in range(0, 6 * 60, 2):  # night 1 (live): learned
+        run.feed(reading(60 * i, subj, base=midnight, energy_kwh=round(kwh, 3)))
+        kwh += 10 / 30
+    for i in range(0, 12, 2):  # night 2, the first ten minutes, arriving a day late
+        t = day_s + 60 * i
+        run.feed(reading(t, subj, base=midnight, energy_kwh=round(kwh, 3)), now_s=t + day_s)
+        kwh += 10 / 30
+    assert run.deadline() == midnight + timedelta(days=2, hours=5)  # 05:00 of night 2, plus the day of lag
+    run.tick(day_s + 60 * 10 + day_s + 1)
+    assert run.state.day is not None  # type: ignore[union-attr]  # still collecting night 2 (was: closed)
