@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from core.store import WriteBatch
 from core.store.sqlite import SqliteStore
 from devices.backfill import BackfillOptions, agency_usage, backfill, backfill_once, generate
@@ -299,3 +301,43 @@ def test_write_alert_history_continues_ids_and_reads_back_in_the_statistics(tmp_
     assert len(records) == n1 + n2 and all(r.resolved_at is not None for r in records)
     assert p1 > 0 and RiskHistory(engine).count() > p1
     engine.dispose()
+
+
+def test_demo_back_fills_its_history_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`lianfang demo`'s first start writes the fleet's history, alerts and risk points; a second start (the store
+    holds data of the fleet) writes nothing, so meters and odometers never go back."""
+    from sqlalchemy import func, select
+
+    from alerts.models import AlertRow
+    from core.settings import load_settings
+    from devices.sample import sample_regions
+    from joint.risk_store import RiskHistory
+    from lianfang.context import open_registry
+    from lianfang.demo import MIN_PER_BUILDING, backfill_demo_history, demo_specs
+
+    monkeypatch.setenv("LIANFANG_DATABASE_URL", f"sqlite:///{tmp_path}/registry.db")
+    monkeypatch.setenv("LIANFANG_STORE__SQLITE_PATH", str(tmp_path / "telemetry.db"))
+    monkeypatch.setenv("LIANFANG_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.delenv("LIANFANG_CONFIG", raising=False)
+    settings = load_settings()
+    registry = open_registry(settings)
+    now = datetime(2026, 10, 12, 9, 0, tzinfo=BEIJING)
+    registry.upsert_regions(sample_regions(), now=now - timedelta(weeks=2))
+    registry.add_devices(demo_specs(registry.regions(), MIN_PER_BUILDING, 1), now=now - timedelta(weeks=2))
+
+    def written() -> tuple[int, int, int]:
+        store = SqliteStore(tmp_path / "telemetry.db", background_checkpoint=False)
+        try:
+            readings = store.count_readings()
+        finally:
+            store.close()
+        with registry.engine.connect() as conn:
+            alerts = int(conn.execute(select(func.count()).select_from(AlertRow)).scalar() or 0)
+        return readings, alerts, RiskHistory(registry.engine).count()
+
+    backfill_demo_history(settings, registry, weeks=2, seed=1, now=now)
+    first = written()
+    assert first[0] > 10_000 and first[1] > 0 and first[2] > 0
+    backfill_demo_history(settings, registry, weeks=2, seed=1, now=now + timedelta(hours=1))
+    assert written() == first
+    registry.engine.dispose()
