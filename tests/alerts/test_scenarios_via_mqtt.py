@@ -6,7 +6,7 @@ registry) -> ``AlertsRuntime.on_batch`` with the default packs. The only rule ch
 G5 and V1 (time-of-day schedules) off, and short absence timers for the few
 devices that test absence.
 
-Three fleets in one run:
+Four fleets in one run:
 
 - the night fleet, the 30 minutes from 02:00 Beijing time of a recent night (device timestamps in the past):
   one device per incident kind and a near miss next to each, as in tests/alerts/test_pack_scenarios.py;
@@ -14,10 +14,15 @@ Three fleets in one run:
   near miss of G1);
 - the live fleet, three meters reporting every second in real time while the test runs (E5.offline with a 5 s
   timeout): one goes silent for good (fires), one for 1.5 s (does not), one keeps reporting.
+- the presence fleet, 16:00-18:30 of a recent working day at two doors of another building (gates with no random
+  visitors): G3 (a card in twice) and G10 (a card still inside at 17:30 + 30 min), each with a near miss.
 
 Then every recorded message with a ``seq`` is published again, as a gateway re-sending its buffer would, and no
 alert may change, not even its ``count`` (docs/alerts.md, "Replays": ingest drops ``(device, seq)`` duplicates
 and the service skips a ``seq`` it saw; ``count + 1`` is only the fallback across a restart).
+
+``test_catalogue_scenarios_*`` covers the rest of the catalogue (G7, G11.offline, V3, V4, V7, E1, E2, E3, E5.flat,
+E5.skew), each rule alone on its devices: fires once, the near miss next to it does not.
 
 Found on the way, fixed in alerts/engine.py, each with its own test below:
 
@@ -28,6 +33,8 @@ Found on the way, fixed in alerts/engine.py, each with its own test below:
 - A replayed ``online`` status (statuses carry no ``seq``) resolved an open absence alert although it was older
   than the last record seen, and the rule then fired again: a second alert. Only a newer record clears it now.
 - A baseline alert fired by its timer reported the raw counter as ``value`` instead of the rate.
+- A ``daily_mean`` baseline (E2) closed a recorded night at the first wall-clock tick: its deadline was device
+  time. It now moves by the lag as well.
 """
 
 from __future__ import annotations
