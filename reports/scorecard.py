@@ -12,9 +12,10 @@ Figures, each over a region's whole subtree (docs/reports.md "Scorecard" says th
   looks at the last data only);
 - **risk**: the mean over the period's days of each day's highest risk score (``region_risk_history``; a day
   without a snapshot counts 0: the snapshotter writes hot regions only);
-- **energy**: kWh of the main meters (no ``parent_meter`` attribute: sub-meters would count twice), counter at
-  the end minus counter at the start, per day; against the baseline = the previous period's kWh per day of the
-  same meters (``vs baseline`` = 100 x this / baseline);
+- **energy**: kWh per day of the main meters (no ``parent_meter`` attribute: sub-meters would count twice): each
+  meter's last counter in the period minus its first, over the days between the two readings (a meter that
+  reported only part of the period is not diluted); against the baseline = the previous period's kWh per day of
+  the same meters (``vs baseline`` = 100 x this / baseline);
 - **fleet**: share of working time in use = vehicles' ignition-on time inside working hours of working days
   (official calendar, make-up days included) / (vehicles x working time of the period).
 
@@ -89,13 +90,14 @@ class Dev:
 @dataclass(slots=True)
 class DevFacts:
     reporting: bool = False
-    kwh: float | None = None  # main meters: counter delta over the period
+    kwh_per_day: float | None = None  # main meters: counter delta / the days between the two readings
     in_use_s: float = 0.0  # vehicles: ignition-on time inside working time
     available_s: float = 0.0  # vehicles: working time of the period
 
 
-def meter_delta(store: TelemetryStore, device_id: str, start_ms: int, end_ms: int) -> float | None:
-    """Counter at the end minus counter at the start of [start, end) (``energy_kwh``); None without two readings."""
+def meter_delta(store: TelemetryStore, device_id: str, start_ms: int, end_ms: int) -> tuple[float, float] | None:
+    """(kWh, days): the last counter (``energy_kwh``) in [start, end) minus the first, and the days between the two
+    readings; None without two readings."""
     first = store.raw(device_id, "energy_kwh", start_ms, end_ms, 1)
     if not first:
         return None
@@ -110,7 +112,7 @@ def meter_delta(store: TelemetryStore, device_id: str, start_ms: int, end_ms: in
         last = [(b.ts_ms, b.value) for b in buckets if b.value is not None]
     if not last or last[-1][0] <= first[0][0]:
         return None
-    return max(0.0, last[-1][1] - first[0][1])
+    return max(0.0, last[-1][1] - first[0][1]), (last[-1][0] - first[0][0]) / DAY_MS
 
 
 def ignition_intervals(
@@ -156,7 +158,8 @@ def device_facts(
         fld = PRIMARY_FIELD.get(d.type)
         f.reporting = fld is not None and bool(store.raw(d.id, fld, start_ms, end_ms, 1))
         if d.main_meter and f.reporting:
-            f.kwh = meter_delta(store, d.id, start_ms, end_ms)
+            delta = meter_delta(store, d.id, start_ms, end_ms)
+            f.kwh_per_day = None if delta is None else delta[0] / delta[1]
     vehicles = [d for d in devices if d.type == "vehicle"]
     if vehicles:
         events = store.events([v.id for v in vehicles], start_ms, end_ms, ["ignition_on", "ignition_off"], MAX_EVENTS)
@@ -188,7 +191,7 @@ class Figures:
     expected: int = 0
     reporting: int = 0
     risk: float | None = None
-    kwh: float = 0.0
+    kwh_per_day: float = 0.0
     meters: int = 0
     vehicles: int = 0
     in_use_s: float = 0.0
@@ -243,10 +246,6 @@ class Period:
     end: datetime  # exclusive; the data end is min(end, now)
     data_end: datetime
 
-    @property
-    def days(self) -> float:
-        return max(0.0, (self.data_end - self.start).total_seconds() / 86_400)
-
 
 def figures(
     units: Sequence[str],
@@ -271,8 +270,8 @@ def figures(
                 continue
             fig_u.expected += 1
             fig_u.reporting += f.reporting
-            if f.kwh is not None:
-                fig_u.kwh += f.kwh
+            if f.kwh_per_day is not None:
+                fig_u.kwh_per_day += f.kwh_per_day
                 fig_u.meters += 1
             if d.type == "vehicle":
                 fig_u.vehicles += 1
@@ -282,19 +281,14 @@ def figures(
 
 
 def energy_vs_baseline(
-    devices: Sequence[Dev],
-    units: Sequence[str],
-    cur: Mapping[str, DevFacts],
-    prev: Mapping[str, DevFacts],
-    cur_days: float,
-    prev_days: float,
+    devices: Sequence[Dev], units: Sequence[str], cur: Mapping[str, DevFacts], prev: Mapping[str, DevFacts]
 ) -> dict[str, float | None]:
     """Per unit: 100 x kWh per day this period / kWh per day of the previous period, over the main meters that
     have both (None when there is no baseline)."""
     now: dict[str, float] = dict.fromkeys(units, 0.0)
     base: dict[str, float] = dict.fromkeys(units, 0.0)
     for d in devices:
-        a, b = cur[d.id].kwh, prev[d.id].kwh
+        a, b = cur[d.id].kwh_per_day, prev[d.id].kwh_per_day
         if a is None or b is None:
             continue
         for u in d.chain:
@@ -303,10 +297,7 @@ def energy_vs_baseline(
                 base[u] += b
     out: dict[str, float | None] = {}
     for u in units:
-        if base[u] <= 0 or cur_days <= 0 or prev_days <= 0:
-            out[u] = None
-        else:
-            out[u] = 100.0 * (now[u] / cur_days) / (base[u] / prev_days)
+        out[u] = None if base[u] <= 0 else 100.0 * now[u] / base[u]
     return out
 
 
@@ -438,7 +429,7 @@ HIGHER_BETTER = {k: h for k, _zh, _en, _u, h in METRICS}
 RANKED = ("alert_tta_p50", "alert_ttr_p50", "coverage_pct", "risk", "energy_vs_baseline_pct", "use_pct")
 
 
-def metric_values(fig: Figures, days: float, vs_baseline: float | None) -> dict[str, float | None]:
+def metric_values(fig: Figures, vs_baseline: float | None) -> dict[str, float | None]:
     return {
         "alerts": float(fig.alerts.count),
         "alert_tta_p50": _r(_minutes(fig.alerts, "tta", "p50")),
@@ -452,7 +443,7 @@ def metric_values(fig: Figures, days: float, vs_baseline: float | None) -> dict[
         "expected": float(fig.expected),
         "coverage_pct": _r(fig.coverage_pct),
         "risk": _r(fig.risk, 2),
-        "kwh_per_day": _r(fig.kwh / days) if fig.meters and days > 0 else None,
+        "kwh_per_day": _r(fig.kwh_per_day) if fig.meters else None,
         "energy_vs_baseline_pct": _r(vs_baseline),
         "use_pct": _r(fig.use_pct),
     }
@@ -482,15 +473,13 @@ def compute_scores(
 ) -> Scores:
     """``prev2``: the period before the previous one (the previous period's own baseline), when read."""
     fc, fp = period_figures(cur, tree, devices, units), period_figures(prev, tree, devices, units)
-    vc = energy_vs_baseline(devices, units, cur.facts, prev.facts, cur.period.days, prev.period.days)
+    vc = energy_vs_baseline(devices, units, cur.facts, prev.facts)
     vp: Mapping[str, float | None] = (
-        energy_vs_baseline(devices, units, prev.facts, prev2.facts, prev.period.days, prev2.period.days)
-        if prev2 is not None
-        else dict.fromkeys(units)
+        energy_vs_baseline(devices, units, prev.facts, prev2.facts) if prev2 is not None else dict.fromkeys(units)
     )
     return Scores(
-        {u: metric_values(fc[u], cur.period.days, vc[u]) for u in units},
-        {u: metric_values(fp[u], prev.period.days, vp[u]) for u in units},
+        {u: metric_values(fc[u], vc[u]) for u in units},
+        {u: metric_values(fp[u], vp[u]) for u in units},
     )
 
 

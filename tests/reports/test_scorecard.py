@@ -7,7 +7,8 @@ period the week before.
 - Coverage: c1 expects 6 devices (a1: m1 main meter, m1s its sub, g1 gate, v1 vehicle; a2: g2 gate, m2 main
   meter). This week all but g2 report: 5/6 = 83.3 % (a1 100 %, a2 50 %); last week only m1 and m2: 33.3 %.
 - Energy (main meters only; the sub m1s would count twice): m1 1000 -> 1700 last week, 2000 -> 3400 this week;
-  m2 500 -> 570, 600 -> 670. c1: 1470 kWh = 210 kWh/day against 770 = 110/day: 190.9 % of the baseline.
+  m2 500 -> 570, 600 -> 670, each between Monday 01:00 and Sunday 23:30 (6.9375 days). c1: 1470 kWh = 211.9
+  kWh/day against 770 = 111.0/day: 190.9 % of the baseline.
 - Fleet: v1 on Mon 09:00-11:00 (2 h working) and Tue 17:00-18:00 (0.5 h working): 2.5 / 45 h = 5.6 %.
 - Alerts this week: a1 ack 5 / resolve 30 min, a1 ack 15 / resolve 90 min, a2 ack 10 min, open. c1: 3 alerts,
   TTA p50 10 (nearest rank of 5, 10, 15), p90 15; TTR p50 30, p90 90; 1 open. c2 (a3): ack 2, resolve 20 min:
@@ -221,7 +222,7 @@ def test_region_and_children_rows(source: LiveSource) -> None:
     assert (c1["incident_tta_p50"], c1["incident_ttr_p50"]) == (10, 60)
     assert (c1["expected"], a1["expected"], a2["expected"]) == (6, 4, 2)
     assert (a1["coverage_pct"], a2["coverage_pct"]) == (100, 50)
-    assert c1["kwh_per_day"] == 210
+    assert c1["kwh_per_day"] == 211.9
     assert (a1["alerts"], a1["alert_tta_p50"], a1["alert_ttr_p50"]) == (2, 5, 30)
     assert (a2["alerts"], a2["alert_tta_p50"], a2["alert_ttr_p50"]) == (1, 10, None)
     assert a2["use_pct"] is None  # no vehicle
@@ -246,7 +247,7 @@ def test_previous_period(source: LiveSource) -> None:
     }
     assert (rows["Coverage"]["previous"], rows["Coverage"]["delta"]) == (33.3, 50)
     assert (rows["Alerts"]["previous"], rows["Risk (mean daily peak)"]["previous"]) == (1, 0)
-    assert rows["Energy per day"]["previous"] == 110
+    assert rows["Energy per day"]["previous"] == 111
 
 
 def test_findings_with_numbers(source: LiveSource) -> None:
