@@ -132,7 +132,8 @@ def simulate(
             "--incident",
             help="KIND:DEVICE:START_OFFSET_S[:DURATION_S[:FACTOR]], repeatable. KIND is door_forced, "
             "door_forced_event, denied_burst (FACTOR denials), tamper, night_vehicle, overspeed (FACTOR km/h), "
-            "idling, power_cut, energy_spike (power x FACTOR), meter_reset_drop, meter_flat or silent; the offset "
+            "idling, power_cut, energy_spike (power x FACTOR), meter_reset_drop, meter_flat, visit (a card in, "
+            "out after DURATION_S), passback (a card in twice) or silent; the offset "
             "counts from the start of the run.",
         ),
     ] = None,
