@@ -39,7 +39,7 @@ from devices.models import Device, Region
 from reports.model import Cell, Chart, Column, Finding, Report, ReportRequest, ReportSource, Table
 
 DQ_RULE = "DQ1"
-MAX_REJECTIONS = 200_000
+MAX_REJECTIONS = 100_000
 MAX_DEVICE_ROWS = 500
 NAMED = 5  # devices named in a finding
 
