@@ -99,7 +99,8 @@ def test_regions_import_twice_then_list_json(run: Run) -> None:
     assert len(regions) == 21
     gz = next(r for r in regions if r["id"] == "gd-gz")
     assert gz == {"id": "gd-gz", "name": "广州市", "level": "city", "parent_id": "gd", "lat": 23.1291,
-                  "lon": 113.2644, "attributes": {}, "devices": 0}  # fmt: skip
+                  "lon": 113.2644, "devices": 0,
+                  "attributes": {"quota_kwh_per_capita_month": 300.0, "quota_kwh_per_m2_month": 6.0}}  # fmt: skip
 
 
 def test_regions_import_bad_yaml_names_file_line_and_field(run: Run, tmp_path: Path) -> None:
