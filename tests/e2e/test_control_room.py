@@ -358,6 +358,20 @@ def _run(page: Any, s: Stack, shots: Shots) -> None:
     ]
     shots.take(page, "rules")
 
+    # --- the reports view: the data coverage report of the operator's city, its CSV ----------------------------
+    page.click('#tabs [data-view="reports"]')
+    page.select_option("#rp-region", "gz")
+    page.fill("#rp-period", "7d")
+    page.click("#rp-build")
+    expect(page.locator("#rp-title")).to_contain_text("数据覆盖与质量报告", timeout=30_000)
+    expect(page.locator("#rp-summary")).to_contain_text("应报设备")
+    expect(page.locator("#rp-tables table").first).to_contain_text("gz")
+    with page.expect_download() as download:
+        page.click("#rp-csv")
+    name = download.value.suggested_filename
+    assert name.startswith("coverage-gz-") and name.endswith(".csv"), name
+    shots.take(page, "reports")
+
     # --- English, the same view --------------------------------------------------------------------------------
     page.click("#lang")
     expect(page.locator('#tabs [data-view="map"]')).to_have_text("Vehicle map")
