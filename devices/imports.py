@@ -13,13 +13,15 @@ The flow is the same for both kinds of file:
 
 Region files are YAML (a nested tree under ``children`` or a flat list with ``parent_id``) or CSV with the header
 ``id,name,level,parent_id,lat,lon``. Device files are CSV with the header
-``id,type,region_id,name,expected_interval_s`` (``name`` and ``expected_interval_s`` are optional columns).
+``id,type,region_id,name,expected_interval_s`` (``name`` and ``expected_interval_s`` are optional columns, as are
+the energy meters' attribute columns ``parent_meter`` and ``contracted_kw``: an empty cell removes it).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -37,7 +39,9 @@ from devices.registry import REGION_ID_RE, DeviceSpec, RegionSpec, Registry
 
 MAX_NAME = 200
 _DEVICE_REQUIRED = ("id", "type", "region_id")
-_DEVICE_OPTIONAL = ("name", "expected_interval_s")
+# Device attributes a CSV may set (energy meters: E6's submeter tree, E8's capacity); an empty cell removes it.
+_DEVICE_ATTRIBUTE_COLUMNS = ("parent_meter", "contracted_kw")
+_DEVICE_OPTIONAL = ("name", "expected_interval_s", *_DEVICE_ATTRIBUTE_COLUMNS)
 _REGION_REQUIRED = ("id", "name", "level")
 _REGION_OPTIONAL = ("parent_id", "lat", "lon")
 _REGION_YAML_KEYS = frozenset(_REGION_REQUIRED + _REGION_OPTIONAL + ("children", "attributes"))
@@ -428,6 +432,8 @@ class DeviceRow:
     name: str = ""
     expected_interval_s: int | None = None
     given: frozenset[str] = frozenset()
+    # attribute columns given (``_DEVICE_ATTRIBUTE_COLUMNS``): value, or None to remove the attribute
+    attributes: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass(slots=True)
@@ -470,6 +476,15 @@ def read_device_csv(path: Path) -> tuple[list[DeviceRow], list[Problem]]:
                     Problem(source, line, f"expected_interval_s {raw_interval!r} is not a whole number of seconds")
                 )
                 continue
+        attributes: dict[str, Any] = {k: cells[k] or None for k in _DEVICE_ATTRIBUTE_COLUMNS if k in cells}
+        if attributes.get("contracted_kw") is not None:
+            try:
+                attributes["contracted_kw"] = float(attributes["contracted_kw"])
+            except ValueError:
+                problems.append(
+                    Problem(source, line, f"contracted_kw {cells['contracted_kw']!r} is not a number of kW")
+                )
+                continue
         rows.append(
             DeviceRow(
                 id=cells["id"],
@@ -479,6 +494,7 @@ def read_device_csv(path: Path) -> tuple[list[DeviceRow], list[Problem]]:
                 name=cells.get("name", ""),
                 expected_interval_s=interval,
                 given=given,
+                attributes=attributes,
             )
         )
     return rows, problems
@@ -530,6 +546,14 @@ def device_row_problems(row: DeviceRow, region_ids: Collection[str]) -> list[str
         reasons.append(f"name is longer than {MAX_NAME} characters")
     if row.expected_interval_s is not None and row.expected_interval_s <= 0:
         reasons.append("expected_interval_s must be a positive number of seconds")
+    parent = row.attributes.get("parent_meter")
+    kw = row.attributes.get("contracted_kw")
+    if (parent is not None or kw is not None) and row.type != "energy_meter":
+        reasons.append("parent_meter and contracted_kw apply to energy meters only")
+    if parent is not None and (parent == row.id or not DEVICE_ID_RE.match(str(parent))):
+        reasons.append(f"parent_meter {parent!r} must be another meter's id")
+    if kw is not None and not (isinstance(kw, float) and math.isfinite(kw) and kw > 0):
+        reasons.append(f"contracted_kw {kw!r} must be more than 0 kW")
     return reasons
 
 
@@ -542,10 +566,16 @@ def plan_devices(rows: Iterable[DeviceRow], existing: Mapping[str, DeviceSpec]) 
         interval = (
             row.expected_interval_s if "expected_interval_s" in row.given or old is None else old.expected_interval_s
         )
-        spec = DeviceSpec(row.id, row.type, row.region_id, name, interval, dict(old.attributes or {}) if old else None)
+        attributes = dict(old.attributes or {}) if old else {}
+        for key, value in row.attributes.items():  # columns given: set, or remove when empty
+            if value is None:
+                attributes.pop(key, None)
+            else:
+                attributes[key] = value
+        spec = DeviceSpec(row.id, row.type, row.region_id, name, interval, attributes if old or attributes else None)
         if old is None:
             plan.created.append(row.id)
-        elif replace(old, attributes=spec.attributes) == spec:
+        elif old == replace(spec, attributes=dict(spec.attributes or {})):
             plan.unchanged.append(row.id)
             continue
         else:

@@ -167,3 +167,55 @@ def test_inherited_takes_the_nearest() -> None:
     assert inherited("tariff", chain) == {"flat": 0.5}
     assert inherited("contracted_kw", chain) == 400.0
     assert inherited("headcount", chain) is None
+
+
+# --- device CSV: the energy meters' attribute columns ----------------------------------------------------------
+
+
+def test_device_csv_sets_and_removes_meter_attributes(sqlite_registry: Registry, tmp_path: Path) -> None:
+    from devices.imports import import_devices
+
+    reg = sqlite_registry
+    import_regions(reg, _write(tmp_path, TREE), now=NOW)
+    csv = tmp_path / "devices.csv"
+    csv.write_text(
+        "id,type,region_id,parent_meter,contracted_kw\n"
+        "em-main,energy_meter,gd-gz-a01-b1,,450\n"
+        "em-sub-1,energy_meter,gd-gz-a01-b1,em-main,\n",
+        encoding="utf-8",
+    )
+    first = import_devices(reg, csv, now=NOW)
+    assert sorted(first.created) == ["em-main", "em-sub-1"]
+    main, sub = reg.device("em-main"), reg.device("em-sub-1")
+    assert main is not None and main.attributes == {"contracted_kw": 450.0}
+    assert sub is not None and sub.attributes == {"parent_meter": "em-main"}
+    assert import_devices(reg, csv, now=NOW).unchanged == ["em-main", "em-sub-1"]
+    # an empty cell removes the attribute; a file without the column keeps it
+    csv.write_text("id,type,region_id,contracted_kw\nem-main,energy_meter,gd-gz-a01-b1,\n", encoding="utf-8")
+    assert import_devices(reg, csv, now=NOW).updated == ["em-main"]
+    main = reg.device("em-main")
+    assert main is not None and main.attributes == {}
+    csv.write_text("id,type,region_id\nem-sub-1,energy_meter,gd-gz-a01-b1\n", encoding="utf-8")
+    assert import_devices(reg, csv, now=NOW).unchanged == ["em-sub-1"]
+
+
+def test_device_csv_bad_meter_attributes_name_their_lines(sqlite_registry: Registry, tmp_path: Path) -> None:
+    from devices.imports import import_devices
+
+    import_regions(sqlite_registry, _write(tmp_path, TREE), now=NOW)
+    csv = tmp_path / "devices.csv"
+    csv.write_text(
+        "id,type,region_id,parent_meter,contracted_kw\n"
+        "gate-0001,gate,gd-gz-a01-b1,,100\n"
+        "em-0001,energy_meter,gd-gz-a01-b1,em-0001,\n"
+        "em-0002,energy_meter,gd-gz-a01-b1,,lots\n"
+        "em-0003,energy_meter,gd-gz-a01-b1,,-5\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ImportProblems) as exc:
+        import_devices(sqlite_registry, csv, now=NOW)
+    by_line = {p.line: p.message for p in exc.value.problems}
+    assert "energy meters only" in by_line[2]
+    assert "another meter's id" in by_line[3]
+    assert "not a number" in by_line[4]
+    assert "more than 0" in by_line[5]
