@@ -3,11 +3,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+from dataclasses import replace
 from html.parser import HTMLParser
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.errors import UserError
+from reports.model import Column, Table
 from reports.render import fmt_cell, pdf_browser, render, render_csv, render_html, render_json
 from tests.reports.sample import sample_report
 
@@ -97,3 +103,38 @@ def test_pdf_through_headless_chromium() -> None:
     pdf = render(sample_report(), "pdf")
     assert pdf.startswith(b"%PDF")
     assert len(pdf) > 1000
+
+
+_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=20)
+_cell = st.one_of(st.none(), st.booleans(), st.integers(-(10**9), 10**9), st.floats(allow_nan=True), _text)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(_cell, min_size=2, max_size=2), max_size=8), _text)
+def test_any_table_round_trips_through_csv_json_and_html(rows: list[list[Any]], title: str) -> None:
+    cols = (Column("a", "甲" + title, "A"), Column("b", "乙", "B", "kWh"))
+    table = Table("t", "表" + title, "T", cols, tuple({"a": r[0], "b": r[1]} for r in rows))
+    r = replace(sample_report(), tables=(table,), title_zh=title or "空")
+    back = list(csv.reader(io.StringIO(render_csv(r).decode("utf-8-sig"), newline="")))
+    assert back[0] == ["甲" + title, "乙 (kWh)"] and len(back) == len(rows) + 1
+    for got, row in zip(back[1:], rows, strict=True):
+        assert got == [_plain(v) for v in row]
+    doc = json.loads(render_json(r))
+    for got_row, row in zip(doc["tables"][0]["rows"], rows, strict=True):
+        for got, v in zip((got_row["a"], got_row["b"]), row, strict=True):
+            assert got == (None if isinstance(v, float) and not math.isfinite(v) else v)
+    page = render_html(r)
+    parsed = _parse(page)
+    body = "".join(parsed.text)
+    for row in rows:
+        for v in row:
+            assert fmt_cell(v, "zh") in body
+    assert "http://" not in page.decode() and "https://" not in page.decode()
+
+
+def _plain(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    return str(v)
