@@ -521,6 +521,17 @@ class FleetIndex:
                 seen = counters.last_seen_ms
                 if seen and (d := take(dev_id)) is not None and (d.last_seen_ms is None or seen > d.last_seen_ms):
                     d.last_seen_ms = seen
+            if not batch.counters and (batch.readings or batch.events):
+                # a part forwarded to the engine role (ingest/forward.py) carries no counters: the records' own
+                # times (never later than now) stand in for "last seen", else the index would learn that a device
+                # came online only from the store's resync
+                now_ms = _ms(self.clock())
+                times = [(r.device_id, r.ts_ms) for r in batch.readings]
+                times += [(e.device_id, e.ts_ms) for e in batch.events]
+                for dev_id, ts in times:
+                    seen = min(ts, now_ms)
+                    if (d := take(dev_id)) is not None and (d.last_seen_ms is None or seen > d.last_seen_ms):
+                        d.last_seen_ms = seen
             for s in batch.statuses:
                 if (d := take(s.device_id)) is not None and (d.status_ms is None or s.ts_ms >= d.status_ms):
                     d.status, d.status_ms = s.state, s.ts_ms

@@ -408,3 +408,18 @@ def test_region_tree_is_built_once_per_index_version(gateway: Gateway, monkeypat
         after = _walk(client.get("/regions").json()["regions"])
         assert builds == [None, "gz", None]
         assert after["gz-b1"]["devices"]["online"] == 1
+
+
+def test_an_engine_part_without_counters_still_brings_a_device_online(gateway: Gateway) -> None:
+    """In ``serve`` the stream's batches are the engine's parts (ingest/forward.py), which carry no counters: the
+    readings' own times (at most now) stand in for last seen, so the tiles follow at once, not at the resync."""
+    with TestClient(create_app(gateway.ctx)) as c:
+        client = Client(c, gateway.tokens)
+        assert client.get("/overview").json()["devices"]["by_type"]["gate"] == {"total": 3, "online": 1}
+        part = WriteBatch()  # no counters
+        part.readings.append(Reading("gate-gz-0002", "gz-b1", "gate", NOW_MS - 1000, None, {"door_open": False}))
+        part.events.append(Event("gate-gz-0001", "gz-b1", "gate", NOW_MS + 3_600_000, None, "access", {}))  # future
+        gateway.ctx.broadcaster.publish(part)
+        assert client.get("/overview").json()["devices"]["by_type"]["gate"] == {"total": 3, "online": 3}
+        fleet = c.app.state.fleet  # type: ignore[attr-defined]
+        assert fleet._devs["gate-gz-0001"].last_seen_ms == NOW_MS  # a device's future clock is taken as now
