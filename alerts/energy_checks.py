@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import calendar as _cal
 import logging
-import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Self
+from typing import Any
 
 from sqlalchemy import Engine, select
 
@@ -480,11 +479,9 @@ def _ms(at: datetime) -> int:
 
 class EnergyChecks:
     """Runs ``energy_check_changes`` every ``interval_s`` (default hourly; E6 is judged once a day, E7 once a
-    month, again after the rules changed) on a daemon thread or a scheduler's job (``poll_once``) and hands the
-    changes to ``apply`` (the alert lifecycle, e.g.
+    month, again after the rules changed) as a scheduler's job (``poll_once``: ``serve`` runs it on its
+    apscheduler, lianfang/runtime.py) and hands the changes to ``apply`` (the alert lifecycle, e.g.
     ``AlertsRuntime.apply_platform_changes``). ``rules`` returns the current rule set."""
-
-    thread_name = "energy-checks"
 
     def __init__(
         self,
@@ -502,8 +499,6 @@ class EnergyChecks:
         self.known: dict[str, bool] = {}
         self._judged_day: tuple[date, RuleSet] | None = None  # what was last judged, with which rules
         self._judged_month: tuple[date, RuleSet] | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
 
     def poll_once(self) -> list[AlertChange]:
         """One pass; never raises (a failure is logged and retried at the next poll)."""
@@ -526,17 +521,3 @@ class EnergyChecks:
         for ch in changes:
             self.known[ch.dedup_key] = ch.firing
         return changes
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.poll_once()
-
-    def start(self) -> Self:
-        self.poll_once()
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(10)
