@@ -256,10 +256,15 @@ class AlertService:
                 self._states[key] = st
                 self._state_kind[key] = kind
             self._refresh(now)
+            wide: dict[str, Subject] = {}  # a rule-wide state's rule (travel, G3, G10) -> a device it applies to
+            if any(skey == "*" for _, skey in self._states):
+                for device in self._subjects.values():
+                    for rule in self._rules_of(device):
+                        wide.setdefault(rule.rule_id, device)
             for (rule_id, skey), _ in list(self._states.items()):  # re-arm restored timers (held-for, ...)
-                subj = self._subjects.get(skey)
+                subj = wide.get(rule_id) if skey == "*" else self._subjects.get(skey)
                 if subj is None:
-                    continue  # rule-wide state: re-armed by its next record
+                    continue  # the device or the rule is gone
                 for rule in self._rules_of(subj):
                     if rule.rule_id == rule_id and rule.kind == self._state_kind[(rule_id, skey)]:
                         self._arm(rule, (rule_id, skey), subj)

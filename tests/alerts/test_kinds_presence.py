@@ -227,3 +227,67 @@ def test_every_alert_kind_is_known_to_the_correlation_patterns() -> None:
     from joint.patterns import ALERT_RULE_KINDS
 
     assert set(PARAMS) == set(KINDS) == set(STATE_TYPES) == set(ALERT_RULE_KINDS)
+
+
+# --- through the service: the rule-scoped state survives a restart ----------------------------------------------
+
+
+def test_g10_and_g3_hard_survive_a_service_restart(sqlite_registry: Any, tmp_path: Any) -> None:
+    from alerts.service import AlertService, regions_from_registry
+    from core.protocol import Event
+    from devices.registry import DeviceSpec, RegionSpec
+
+    reg = sqlite_registry
+    reg.upsert_regions(
+        [
+            RegionSpec("gd", "广东省", "province"),
+            RegionSpec("gz", "广州市", "city", "gd"),
+            RegionSpec("b1", "一号楼", "building", "gz"),
+        ],
+        now=T0,
+    )
+    reg.add_devices([DeviceSpec("gate-a", "gate", "b1"), DeviceSpec("gate-b", "gate", "b1")], now=T0)
+    only = tmp_path / "only.yaml"
+    only.write_text(
+        "overrides:\n  - {rule: '*', enabled: false}\n  - {rule: G10, enabled: true}\n"
+        "  - {rule: G3, enabled: true, severity: major, params: {mode: hard, clear_after_s: 3600}}\n",
+        encoding="utf-8",
+    )
+    rules = RuleSet.load([PACKS_DIR, only])
+    clock = [T0]
+
+    def service() -> AlertService:
+        svc = AlertService(reg.engine, rules, reg.snapshot, regions_from_registry(reg), clock_fn=lambda: clock[0])
+        svc.load(clock[0])
+        return svc
+
+    def access(svc: AlertService, t: datetime, gate: str, direction: str) -> None:
+        clock[0] = t
+        ev = Event(
+            gate,
+            "b1",
+            "gate",
+            int(t.timestamp() * 1000),
+            None,
+            "access",
+            {"credential": "c1", "direction": direction, "result": "granted"},
+        )
+        svc.process([ev], now=t)
+
+    svc = service()
+    access(svc, bj(2, 10), "gate-a", "in")
+    access(svc, bj(2, 10, 5), "gate-b", "in")  # G3 (hard): stays open
+    # a crash: no stop; a new service on the same database
+    svc2 = service()
+
+    def open_alerts() -> set[tuple[str, str]]:
+        return {(a.rule_id, a.device_id) for a in svc2.repo.alerts() if a.resolved_at is None}
+
+    clock[0] = bj(2, 10, 30)
+    svc2.tick(clock[0])
+    assert open_alerts() == {("G3", "gate-b")}
+    clock[0] = bj(2, 18)
+    svc2.tick(clock[0])  # both timers were re-armed from the restored rule-wide states
+    assert open_alerts() == {("G10", "gate-b")}  # G3 quiet for an hour: resolved; G10 due at 17:30 + 30 min
+    access(svc2, bj(2, 18, 10), "gate-a", "out")
+    assert open_alerts() == set()  # the exit resolved G10
