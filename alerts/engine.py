@@ -958,15 +958,12 @@ class _Utilisation:
     def evaluate(
         self, rule: EffectiveRule, st: vehicle.UtilisationState, subj: Subject, rec: Record, now_ms: int, env: Env
     ) -> list[AlertChange]:
-        if not isinstance(rec, Reading):
+        pos = _position(rec)  # vehicle telemetry always has lat / lon (PROTOCOL.md), ignition mostly
+        if pos is None or not isinstance(rec, Reading):
             return []
-        pos = _position(rec)
         ign = rec.fields.get("ignition")
-        if pos is None and not isinstance(ign, bool):
-            return []
-        lat, lon = pos if pos is not None else (None, None)
         vehicle.utilisation_position(
-            rule.params, st, _TRIP_PARAMS, rec.ts_ms, lat, lon, ign if isinstance(ign, bool) else None, now_ms
+            rule.params, st, _TRIP_PARAMS, rec.ts_ms, pos[0], pos[1], ign if isinstance(ign, bool) else None, now_ms
         )
         return []
 
@@ -1575,13 +1572,24 @@ def next_deadline(rule: EffectiveRule, state: State, subject: Subject) -> int | 
 VEHICLE_KINDS = frozenset({"depot_exit", "utilisation", "overnight_lot"})  # alerts.kinds_vehicle
 
 
+def applies(rule: EffectiveRule, subject: Subject) -> bool:
+    """Can the rule ever matter for this device? False for V2 / V13 without the vehicle's depot / lot: the service
+    leaves such a rule out of the device's plan (and a registry change that adds the place rebuilds the plan)."""
+    kind = rule.kind
+    if kind == "depot_exit":
+        return subject.depot is not None
+    if kind == "overnight_lot":
+        return subject.lot is not None
+    return True
+
+
 def interested(rule: EffectiveRule, record: Record) -> bool:
     """Cheap pre-filter: can this record matter to the rule at all?"""
     kind = rule.kind
     if kind == "absence":
         return True
     if kind in VEHICLE_KINDS:
-        return isinstance(record, Reading) and ("lat" in record.fields or kind == "utilisation")
+        return isinstance(record, Reading) and "lat" in record.fields
     p = rule.params
     if isinstance(record, Status):
         return False
@@ -1615,7 +1623,7 @@ def route(rule: EffectiveRule) -> Route:
     if kind == "absence":
         return Route(None, True, True)
     if kind in VEHICLE_KINDS:
-        return Route(("lat", "ignition") if kind == "utilisation" else ("lat",), False)
+        return Route(("lat",), False)  # one field only: a rule routed by two would run twice for a reading
     if kind == "threshold":
         return Route(None if p.where else (p.field,), False)
     if kind in ("baseline", "demand"):

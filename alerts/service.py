@@ -547,6 +547,8 @@ class AlertService:
         if plan is None or plan.subj is not subj:
             plan = _Plan(subj)
             for rule in self._rules_of(subj):
+                if not eng.applies(rule, subj):
+                    continue  # e.g. V2 for a vehicle with no depot: never reached, costs nothing per message
                 key = (rule.rule_id, eng.state_key(rule, subj))
                 entry = _Entry(rule, key, eng.KINDS[rule.kind].evaluate)
                 quiet = eng.quiet_threshold(rule)
