@@ -135,10 +135,14 @@ class StillInsideState:
     inside: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     seen: dict[str, int] = field(default_factory=dict)  # area -> newest device time seen at its gates
     next_due: dict[str, int] = field(default_factory=dict)  # area -> earliest due of its presences not firing
-    version: int = 0  # counts presences opened, ended and fired: what moves the deadline (cheap to compare)
+    # What the service persists with the batch and re-arms on: alerts raised and resolved (a count) and the earliest
+    # deadline. Presences themselves are learning state (written in chunks): a busy gate does not rewrite them all
+    # with every access. ``earliest`` may run early after an exit (the tick finds nothing and re-arms exactly).
+    fired: int = 0
+    earliest: int | None = None
 
     def essential(self) -> tuple[object, ...]:
-        return (self.version,)
+        return (self.fired, self.earliest)
 
 
 def close_due_ms(p: StillInsideParams, cal: Calendar, entered_ms: int, region_path: tuple[str, ...]) -> int:
@@ -184,17 +188,19 @@ def still_inside_access(
     if prev is not None and ts_ms <= prev[0]:
         return []  # older than the presence we know
     out: list[Change] = []
-    st.version += 1
     if prev is not None:
         del people[who]
         if prev[3]:
+            st.fired += 1
             reason = "left" if direction == "out" else "entered again"
             out.append(Change(False, ts_ms, who, Where.of(prev[4:]), {"reason": reason, "area": area}))
     if direction == "in":
         due = close_due_ms(p, cal, ts_ms, where.region_path)
-        people[who] = [ts_ms, due, max(0, now_ms - ts_ms), False, *where.as_list()]
+        lag = max(0, now_ms - ts_ms)
+        people[who] = [ts_ms, due, lag, False, *where.as_list()]
         _trim(people, MAX_PRESENCE)
         st.next_due[area] = min(due, st.next_due.get(area, due))
+        st.earliest = due + lag if st.earliest is None else min(st.earliest, due + lag)
     return out
 
 
@@ -230,7 +236,7 @@ def _overdue(p: StillInsideParams, st: StillInsideState, due: Any, area: str) ->
             continue
         if due(row):
             row[3] = True
-            st.version += 1
+            st.fired += 1
             detail: dict[str, object] = {"area": area, "entered_ms": row[0], "due_ms": row[1]}
             out.append(Change(True, row[1], who, Where.of(row[4:]), detail))
     waiting = [row[1] for row in people.values() if not row[3]]
@@ -240,6 +246,8 @@ def _overdue(p: StillInsideParams, st: StillInsideState, due: Any, area: str) ->
         st.next_due.pop(area, None)
     if not people:
         del st.inside[area]
+    if out:
+        st.earliest = still_inside_deadline(st)
     return out
 
 
