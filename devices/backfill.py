@@ -735,6 +735,103 @@ def alert_rows(alerts: Sequence[PastAlert], paths: Mapping[str, str], first_id: 
     return rows
 
 
+# Joint incidents the alert history opens (joint/packs/joint.yaml): anchor rule -> pattern; with this probability.
+INCIDENT_PATTERNS: dict[str, str] = {"V1": "X3", "E2": "X8"}
+INCIDENT_P = 0.8
+
+
+def incident_rows(
+    alerts: Sequence[PastAlert],
+    alert_ids: Sequence[int],
+    joint_doc: Mapping[str, Any],
+    paths: Mapping[str, str],
+    first_incident: int,
+    first_task: int,
+    *,
+    seed: int = 1,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """``joint_incidents``, ``joint_tasks`` and ``joint_incident_members`` rows: INCIDENT_P of the alerts of an
+    INCIDENT_PATTERNS rule opened that pattern's incident 30 s after the alert, with a task per department of its
+    routing, acknowledged a minute after the alert was (never when it was not) and closed when it resolved."""
+    patterns = {str(p["id"]): p for p in joint_doc.get("patterns", [])}
+    routing = {str(r["type"]): r for r in joint_doc.get("routing", [])}
+    rng = random.Random(f"{seed}:incidents")
+    incidents: list[dict[str, Any]] = []
+    tasks: list[dict[str, Any]] = []
+    members: list[dict[str, Any]] = []
+    for a, alert_id in zip(alerts, alert_ids, strict=True):
+        pattern_id = INCIDENT_PATTERNS.get(a.rule.rule_id)
+        if pattern_id is None or rng.random() >= INCIDENT_P:
+            continue
+        pat = patterns[pattern_id]
+        route = routing.get(str(pat["type"])) or routing["*"]
+        i = first_incident + len(incidents)
+        opened = (a.raised_at + timedelta(seconds=30)).astimezone(UTC)
+        resolved = a.resolved_at.astimezone(UTC)
+        incidents.append(
+            {
+                "id": i,
+                "pattern_id": pattern_id,
+                "type": str(pat["type"]),
+                "title_zh": str(pat["title_zh"]),
+                "title_en": str(pat["title_en"]),
+                "severity": str(pat["severity"]),
+                "state": "closed",
+                "cause_code": None,
+                "scope_level": str(pat["scope"]),
+                "region_id": a.region_id,
+                "region_path": paths.get(a.region_id, f"/{a.region_id}/"),
+                "group_key": f"{pattern_id}|{a.region_id}|history-{i}",
+                "open_key": None,
+                "opened_at": opened,
+                "updated_at": resolved,
+                "resolved_at": resolved,
+                "closed_at": resolved,
+                "closed_by": "值班员 (simulated)",
+                "escalation_level": 0,
+                "detail": {"history": "simulated back-fill"},
+            }
+        )
+        members.append(
+            {
+                "incident_id": i,
+                "alert_id": alert_id,
+                "added_at": opened,
+                "rule_id": a.rule.rule_id,
+                "device_id": a.device_id,
+                "region_id": a.region_id,
+                "muted": False,
+                "resolved": True,
+            }
+        )
+        ack = None if a.acknowledged_at is None else (a.acknowledged_at + timedelta(minutes=1)).astimezone(UTC)
+        for dept in route["departments"]:
+            tasks.append(
+                {
+                    "id": first_task + len(tasks),
+                    "incident_id": i,
+                    "department": str(dept),
+                    "state": "closed",
+                    "created_at": opened,
+                    "deadline": opened + timedelta(seconds=float(route["deadline_s"])),
+                    "acknowledged_by": None if ack is None else "值班员 (simulated)",
+                    "acknowledged_at": None if ack is None else min(ack, resolved),
+                    "closed_by": "值班员 (simulated)",
+                    "closed_at": resolved,
+                    "escalation_level": 0,
+                    "note": None,
+                }
+            )
+    return incidents, tasks, members
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryCounts:
+    alerts: int
+    incidents: int
+    risk_points: int
+
+
 def write_alert_history(
     engine: Engine,
     devices: Sequence[SimDevice],
@@ -745,24 +842,38 @@ def write_alert_history(
     *,
     seed: int = 1,
     weights: RiskWeights | None = None,
-) -> tuple[int, int]:
-    """Write :func:`alert_history` (ids after the table's highest) and its :func:`risk_history` into the SQL
-    database; returns (alerts, risk points). Only with the alert service stopped: a running engine allocates
-    alert ids from the highest it read at its start."""
+) -> HistoryCounts:
+    """Write :func:`alert_history` (ids after the table's highest), the incidents it opens (:func:`incident_rows`)
+    and its :func:`risk_history` into the SQL database. Only with the alert service stopped: a running engine
+    allocates alert and incident ids from the highest it read at its start."""
     import yaml
     from sqlalchemy import func, insert, select
 
     from alerts.models import AlertRow
     from alerts.rules import PACKS_DIR
+    from joint.models import IncidentMemberRow, IncidentRow, TaskRow
+    from joint.patterns import PACKS_DIR as JOINT_PACKS_DIR
     from joint.risk_store import RiskHistory
 
     docs = [yaml.safe_load(p.read_text(encoding="utf-8")) or {} for p in sorted(PACKS_DIR.glob("*.yaml"))]
+    joint_doc = yaml.safe_load((JOINT_PACKS_DIR / "joint.yaml").read_text(encoding="utf-8")) or {}
     alerts = alert_history(devices, regions, alert_templates(docs), start, end, seed=seed)
     points = risk_history(alerts, regions, weights or RiskWeights(), start, end)
     with engine.begin() as conn:
         first = int(conn.execute(select(func.max(AlertRow.id))).scalar() or 0) + 1
+        first_incident = int(conn.execute(select(func.max(IncidentRow.id))).scalar() or 0) + 1
+        first_task = int(conn.execute(select(func.max(TaskRow.id))).scalar() or 0) + 1
         rows = alert_rows(alerts, paths, first)
-        for i in range(0, len(rows), 5_000):
-            conn.execute(insert(AlertRow), rows[i : i + 5_000])
+        incidents, tasks, members = incident_rows(
+            alerts, [r["id"] for r in rows], joint_doc, paths, first_incident, first_task, seed=seed
+        )
+        for table, batch in (
+            (AlertRow, rows),
+            (IncidentRow, incidents),
+            (TaskRow, tasks),
+            (IncidentMemberRow, members),
+        ):
+            for i in range(0, len(batch), 5_000):
+                conn.execute(insert(table), batch[i : i + 5_000])
     RiskHistory(engine).write(points)
-    return len(alerts), len(points)
+    return HistoryCounts(len(alerts), len(incidents), len(points))

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Protocol
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 import typer
 
@@ -33,6 +33,9 @@ from devices.simulator import (
     parse_incident,
 )
 from lianfang.context import open_registry, open_store, settings_from
+
+if TYPE_CHECKING:
+    from devices.backfill import HistoryCounts
 
 logger = logging.getLogger(__name__)
 
@@ -292,9 +295,9 @@ def backfill_devices(
 
 def alert_history_into(
     registry: Registry, settings: Settings, devices: Sequence[SimDevice], start: datetime, end: datetime, *, seed: int
-) -> tuple[int, int]:
-    """``devices.backfill.write_alert_history`` into the registry's database, with the settings' risk weights;
-    returns (alerts, risk points). Only with the alert service stopped."""
+) -> HistoryCounts:
+    """``devices.backfill.write_alert_history`` into the registry's database, with the settings' risk weights.
+    Only with the alert service stopped."""
     from devices.backfill import write_alert_history
     from joint.risk import RiskWeights
 
@@ -359,10 +362,10 @@ def backfill_cmd(
         if alerts:
             registry = open_registry(settings)
             try:
-                n_alerts, n_points = alert_history_into(registry, settings, sim_devices, start, end, seed=seed)
+                h = alert_history_into(registry, settings, sim_devices, start, end, seed=seed)
             finally:
                 registry.engine.dispose()
-            history = f", {n_alerts} resolved alerts, {n_points} risk points"
+            history = f", {h.alerts} resolved alerts, {h.incidents} closed incidents, {h.risk_points} risk points"
     except (UserError, StoreUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -18,6 +18,7 @@ from core import clock
 from core.logs import setup_logging
 from core.settings import Settings
 from devices.backfill import BackfillOptions, backfill_once
+from devices.dispatch import DispatchStore, seed_demo_dispatches
 from devices.fleet_credentials import provision_fleet
 from devices.registry import DeviceSpec, Registry
 from devices.sample import RegionLike, demo_device_specs, sample_regions
@@ -154,15 +155,17 @@ def backfill_demo_history(settings: Settings, registry: Registry, *, weeks: int,
         logger.info("demo history: the store already holds data of the fleet, nothing back-filled")
         return
     # Resolved alerts and the risk snapshots they make (the service is not running yet: alert ids are free).
-    alerts, points = alert_history_into(registry, settings, devices, start, now, seed=seed)
+    history = alert_history_into(registry, settings, devices, start, now, seed=seed)
     logger.info(
-        "demo history: %d weeks back-filled in %.1f s: %d readings, %d events, %d resolved alerts, %d risk points",
+        "demo history: %d weeks back-filled in %.1f s: %d readings, %d events, %d resolved alerts, %d closed "
+        "incidents, %d risk points",
         weeks,
         time.monotonic() - t0,
         counts.readings,
         counts.events,
-        alerts,
-        points,
+        history.alerts,
+        history.incidents,
+        history.risk_points,
     )
 
 
@@ -204,6 +207,9 @@ def demo(
     # With history, the fleet is registered as old as its history (reports count devices created before a period).
     back_to = now - timedelta(weeks=history_weeks) if simulate else now
     created, _ = registry.add_devices(specs, now=back_to)
+    # Approved dispatches (V2) for every vehicle but the first, this week's working hours (devices/dispatch.py).
+    cars = sorted((sp.id, sp.region_id) for sp in specs if sp.type == "vehicle")
+    seed_demo_dispatches(DispatchStore(registry.engine), cars, int(now.timestamp() * 1000))
     if simulate and history_weeks:
         backfill_demo_history(settings, registry, weeks=history_weeks, seed=seed, now=now)
     registry.engine.dispose()

@@ -286,20 +286,32 @@ def test_write_alert_history_continues_ids_and_reads_back_in_the_statistics(tmp_
     from alerts.models import AlertRow
     from core.db import make_engine, migrate
     from devices.backfill import write_alert_history
-    from joint.risk_store import RiskHistory, alert_records
+    from joint.models import IncidentMemberRow, IncidentRow
+    from joint.risk_store import RiskHistory, alert_records, incident_records
 
     engine = make_engine(f"sqlite:///{tmp_path}/r.db")
     migrate(engine)
     paths = {"b1": "/pv/c1/a1/b1/", "b2": "/pv/c1/a2/b2/", "b3": "/pv/c1/a3/b3/"}
     paths |= {"a1": "/pv/c1/a1/", "a2": "/pv/c1/a2/", "a3": "/pv/c1/a3/"}
-    n1, p1 = write_alert_history(engine, FLEET, TREE, paths, START, END, seed=3)
-    n2, _ = write_alert_history(engine, FLEET, TREE, paths, START, END, seed=4)
+    h1 = write_alert_history(engine, FLEET, TREE, paths, START, END, seed=3)
+    h2 = write_alert_history(engine, FLEET, TREE, paths, START, END, seed=4)
+    n1, p1, n2 = h1.alerts, h1.risk_points, h2.alerts
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(AlertRow)).scalar() == n1 + n2
         assert conn.execute(select(func.max(AlertRow.id))).scalar() == n1 + n2
     records, _ = alert_records(engine, START, END, within="c1", limit=10_000)
     assert len(records) == n1 + n2 and all(r.resolved_at is not None for r in records)
     assert p1 > 0 and RiskHistory(engine).count() > p1
+    incidents, _ = incident_records(engine, START, END, within="c1", limit=10_000)
+    assert h1.incidents > 0 and len(incidents) == h1.incidents + h2.incidents
+    assert all(
+        i.resolved_at is not None and i.keys["type"] in ("vehicle_misuse", "empty_building_load") for i in incidents
+    )
+    with engine.connect() as conn:
+        ids = conn.execute(select(IncidentRow.id).order_by(IncidentRow.id)).scalars().all()
+        assert list(ids) == list(range(1, len(incidents) + 1))
+        members = conn.execute(select(func.count()).select_from(IncidentMemberRow)).scalar()
+        assert members == len(incidents)
     engine.dispose()
 
 
