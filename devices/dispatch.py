@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, time, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import BigInteger, Boolean, Engine, Integer, String, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from alerts.calendar import BEIJING
 from alerts.kinds_vehicle import DispatchBook
 from core.db import Base, session_factory
 from core.errors import StoreUnavailable, UserError
@@ -123,7 +125,7 @@ class DispatchStore:
         self.engine = engine
         self._sessions = session_factory(engine)
 
-    def _session(self) -> Session:
+    def session(self) -> Session:
         return self._sessions()  # type: ignore[no-any-return]
 
     def create(
@@ -152,7 +154,7 @@ class DispatchStore:
             updated_ms=now_ms,
         )
         try:
-            with self._session() as s, s.begin():
+            with self.session() as s, s.begin():
                 s.add(row)
                 s.flush()
                 return Dispatch.of(row)
@@ -161,7 +163,7 @@ class DispatchStore:
 
     def get(self, dispatch_id: int) -> Dispatch | None:
         try:
-            with self._session() as s:
+            with self.session() as s:
                 row = s.get(DispatchRow, dispatch_id)
                 return Dispatch.of(row) if row is not None else None
         except SQLAlchemyError as exc:
@@ -194,7 +196,7 @@ class DispatchStore:
         if end_ms is not None:
             q = q.where(DispatchRow.planned_start_ms < end_ms)
         try:
-            with self._session() as s:
+            with self.session() as s:
                 total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
                 rows = s.scalars(
                     q.order_by(DispatchRow.planned_start_ms.desc(), DispatchRow.id.desc()).offset(offset).limit(limit)
@@ -233,7 +235,7 @@ class DispatchStore:
 
     def _change(self, dispatch_id: int, change: Any, now_ms: int) -> Dispatch:
         try:
-            with self._session() as s, s.begin():
+            with self.session() as s, s.begin():
                 row = s.get(DispatchRow, dispatch_id, with_for_update=True)
                 if row is None:
                     raise LookupError(dispatch_id)
@@ -257,7 +259,7 @@ class DispatchStore:
             ),
         )
         try:
-            with self._session() as s:
+            with self.session() as s:
                 found = [Dispatch.of(r) for r in s.scalars(q)]
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"dispatch read failed: {exc}") from exc
@@ -265,3 +267,53 @@ class DispatchStore:
         for d in found:
             windows.setdefault(d.vehicle_id, []).append(d.window())
         return DispatchBook({k: tuple(sorted(v)) for k, v in windows.items()})
+
+
+DEMO_HOURS = ((7, 30), (19, 0))  # Beijing: the demo's daily dispatches cover the simulator's working-day trips
+
+
+def seed_demo_dispatches(
+    store: DispatchStore, vehicles: Sequence[tuple[str, str]], now_ms: int, *, days: int = 7, skip: int = 1
+) -> int:
+    """Approved dispatches for the demo: each vehicle (id, region) but the first ``skip`` gets one per day from
+    today for ``days`` days, 07:30-19:00 Beijing, unless it already has one that day (a restarted demo adds only
+    the new days). The vehicles left out drive without one: rule V2 shows them. Returns the dispatches added."""
+    today = datetime.fromtimestamp(now_ms / 1000, BEIJING).date()
+    (h0, m0), (h1, m1) = DEMO_HOURS
+    rows: list[DispatchRow] = []
+    try:
+        with store.session() as s, s.begin():
+            for offset in range(days):
+                day = today + timedelta(days=offset)
+                start = int(datetime.combine(day, time(h0, m0), BEIJING).timestamp() * 1000)
+                end = int(datetime.combine(day, time(h1, m1), BEIJING).timestamp() * 1000)
+                have = set(
+                    s.scalars(
+                        select(DispatchRow.vehicle_id).where(
+                            DispatchRow.planned_start_ms < end, DispatchRow.planned_end_ms > start
+                        )
+                    )
+                )
+                for vehicle_id, region_id in vehicles[skip:]:
+                    if vehicle_id in have:
+                        continue
+                    rows.append(
+                        DispatchRow(
+                            vehicle_id=vehicle_id,
+                            region_id=region_id,
+                            driver="演示驾驶员",
+                            purpose="日常公务（演示）",
+                            requested_by="demo-clerk",
+                            planned_start_ms=start,
+                            planned_end_ms=end,
+                            approved=True,
+                            approver="demo-chief",
+                            approved_ms=now_ms,
+                            created_ms=now_ms,
+                            updated_ms=now_ms,
+                        )
+                    )
+            s.add_all(rows)
+    except SQLAlchemyError as exc:
+        raise StoreUnavailable(f"dispatch write failed: {exc}") from exc
+    return len(rows)

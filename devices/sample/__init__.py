@@ -12,9 +12,9 @@ agency a01 in Guangzhou), ``meter-gz-a01-b1-01`` (its main meter; the others are
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from devices.imports import read_region_file
 from devices.registry import DeviceSpec, RegionSpec
@@ -96,13 +96,30 @@ def demo_device_specs(
         city = code.split("-", 1)[0]
         letter = _PLATE_LETTER.get(city, "X")
         depot = buildings[0].id if buildings else None
+        places = vehicle_places(agency.id, by_id)
         for n in range(1, vehicles_per_agency + 1):
             plate = f"粤{letter}G{agency_index % 10}{n:03d}"
-            attrs = {"plate": plate, **({"depot": depot} if depot else {})}
+            attrs = {"plate": plate, **({"depot_building": depot} if depot else {}), **places}
             specs.append(
                 DeviceSpec(f"car-{code}-{n:02d}", "vehicle", agency.id, f"{agency.name} 公务车 {plate}", None, attrs)
             )
     return specs
+
+
+def vehicle_places(region_id: str, by_id: Mapping[str, RegionLike]) -> dict[str, Any]:
+    """A vehicle's ``depot`` (100 m around where the simulator parks it: its region's coordinates or the nearest
+    located ancestor's) and overnight ``lot`` (a square of about 220 m around it), for rules V2 and V13; none when
+    no region up the tree is located."""
+    current: str | None = region_id
+    while current is not None and current in by_id:
+        r = by_id[current]
+        lat, lon = getattr(r, "lat", None), getattr(r, "lon", None)
+        if lat is not None and lon is not None:
+            d = 0.001
+            lot = [[round(lat + a, 6), round(lon + b, 6)] for a, b in ((-d, -d), (d, -d), (d, d), (-d, d))]
+            return {"depot": {"lat": lat, "lon": lon, "radius_m": 100}, "lot": lot}
+        current = r.parent_id
+    return {}
 
 
 def _short_code(region: RegionLike, by_id: dict[str, RegionLike]) -> str:

@@ -34,7 +34,7 @@ from alerts.rules import OvernightLotParams, UtilisationParams
 from core.db import make_engine, migrate
 from core.protocol import Reading, Record
 from core.trips import Fix, TripParams, engine_seconds, segment
-from devices.dispatch import DispatchConflict, DispatchStore
+from devices.dispatch import DispatchConflict, DispatchStore, seed_demo_dispatches
 from devices.registry import Registry
 from devices.simulator import Incident
 from tests.alerts.test_pack_scenarios import GZ, MONDAY, SATURDAY, Dev, at, eng_ms, simulate
@@ -312,3 +312,15 @@ def test_dispatch_store_on_both_databases(registry: Registry) -> None:
     assert [d.status for d in store.list(status="approved")[0]] == ["approved"]
     assert store.list(status="closed")[0][0].id == made[2].id
     assert store.book(t0).windows == {"car-0": ((t0, t0 + hour),)}
+
+
+def test_demo_dispatches_cover_the_working_day_and_leave_one_car_out(reg: Registry) -> None:
+    store = DispatchStore(reg.engine)
+    cars = [("car-a", "gz"), ("car-b", "gz"), ("car-c", "sz")]
+    now = eng_ms(at(MONDAY, 6))
+    assert seed_demo_dispatches(store, cars, now, days=2) == 4
+    assert seed_demo_dispatches(store, cars, now, days=3) == 2  # a restart adds only the new day
+    book = store.book(now)
+    assert not book.covers("car-a", eng_ms(at(MONDAY, 10)))  # left out: V2 shows it
+    assert book.covers("car-b", eng_ms(at(MONDAY, 10))) and book.covers("car-c", eng_ms(at(MONDAY, 34)))
+    assert not book.covers("car-b", eng_ms(at(MONDAY, 20)))

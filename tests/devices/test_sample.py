@@ -4,6 +4,7 @@ import re
 from collections import Counter
 from datetime import UTC, datetime
 
+from alerts.kinds_vehicle import place_problems
 from core.protocol import DEVICE_ID_RE, DEVICE_TYPES
 from devices.registry import Registry
 from devices.sample import demo_device_specs, sample_regions
@@ -53,7 +54,9 @@ def test_demo_device_specs_are_a_few_hundred_well_formed_devices() -> None:
     sub = next(s for s in specs if s.id == "meter-gz-a01-b1-02")
     assert sub.attributes == {"role": "sub", "parent_meter": "meter-gz-a01-b1-01"}
     car = next(s for s in specs if s.id == "car-sz-a02-01")
-    assert car.attributes is not None and car.attributes["depot"] == "gd-sz-a02-b1"
+    assert car.attributes is not None and car.attributes["depot_building"] == "gd-sz-a02-b1"
+    assert place_problems(car.attributes) == []  # depot and lot for V2 / V13 (alerts/kinds_vehicle.py)
+    assert set(car.attributes) == {"plate", "depot_building", "depot", "lot"}
     assert str(car.attributes["plate"]).startswith("粤B")
 
 
