@@ -423,6 +423,13 @@ def cat(rule: str, fires: bool, *devs: Dev) -> list[Dev]:
     return list(devs)
 
 
+def pair(rule: str, device_type: str, name: str) -> tuple[Dev, Dev]:
+    """A device in gz-b1 that fires ``rule`` and its near miss ``{name}-ok``."""
+    return cat(rule, True, Dev(name, device_type, "gz-b1"))[0], cat(
+        rule, False, Dev(f"{name}-ok", device_type, "gz-b1")
+    )[0]
+
+
 # G7: a card at Guangzhou then Shenzhen (~100 km) 10 minutes later; near miss: two buildings 300 m apart
 G7_SZ = cat("G7", True, Dev("gate-c-g7sz", "gate", "sz-b1", lat=SZ[0], lon=SZ[1]))[0]
 G7_GZ, G7_GZ2 = cat("G7", False, Dev("gate-c-g7gz", "gate", "gz-b1"), Dev("gate-c-g7gz2", "gate", "gz-b2"))
@@ -445,26 +452,11 @@ V4_OUT = cat(
 V4_IN = cat(
     "V4", False, Dev("car-c-v4-ok", "vehicle", "sg-b1", NORTH[0], NORTH[1], sites=(Site("sg-b1", 25.45, NORTH[1]),))
 )
-V7_CAR, V7_OK = (
-    cat("V7", True, Dev("car-c-v7", "vehicle", "gz-b1"))[0],
-    cat("V7", False, Dev("car-c-v7-ok", "vehicle", "gz-b1"))[0],
-)
-E1_M, E1_OK = (
-    cat("E1", True, Dev("meter-c-e1", "energy_meter", "gz-b1"))[0],
-    cat("E1", False, Dev("meter-c-e1-ok", "energy_meter", "gz-b1"))[0],
-)
-E2_M, E2_OK = (
-    cat("E2", True, Dev("meter-c-e2", "energy_meter", "gz-b1"))[0],
-    cat("E2", False, Dev("meter-c-e2-ok", "energy_meter", "gz-b1"))[0],
-)
-E3_M, E3_OK = (
-    cat("E3", True, Dev("meter-c-e3", "energy_meter", "gz-b1"))[0],
-    cat("E3", False, Dev("meter-c-e3-ok", "energy_meter", "gz-b1"))[0],
-)
-FLAT_M, FLAT_OK = (
-    cat("E5.flat", True, Dev("meter-c-flat", "energy_meter", "gz-b1"))[0],
-    cat("E5.flat", False, Dev("meter-c-flat-ok", "energy_meter", "gz-b1"))[0],
-)
+V7_CAR, V7_OK = pair("V7", "vehicle", "car-c-v7")
+E1_M, E1_OK = pair("E1", "energy_meter", "meter-c-e1")
+E2_M, E2_OK = pair("E2", "energy_meter", "meter-c-e2")
+E3_M, E3_OK = pair("E3", "energy_meter", "meter-c-e3")
+FLAT_M, FLAT_OK = pair("E5.flat", "energy_meter", "meter-c-flat")
 CAT_LIVE = [L_GONE[0], L_BLIP[0], L_SKEW[0], L_SKEW_OK[0]]
 CAT_DEVICES = [G7_GZ, G7_SZ, G7_GZ2, *CAT_LIVE, V3_CAR, V3_OK, *V4_OUT, *V4_IN, V7_CAR, V7_OK]
 CAT_DEVICES += [E1_M, E1_OK, E2_M, E2_OK, E3_M, E3_OK, FLAT_M, FLAT_OK]
