@@ -3,9 +3,11 @@
 Figures (docs/reports.md "Data coverage and quality" says the same):
 
 - **expected**: devices enabled in the registry and created before the period's end;
-- **reporting**: expected devices whose last data (``device_state.last_seen``) is at or after the period's start;
+- **reporting**: expected devices with data in the period: their last data (``device_state.last_seen``) is inside
+  it, or after it and the store holds a reading or an event of theirs inside it (``reported_between``);
   **never reported**: no data at all; **stale**: not online at the period's end (``devices/liveness.py``: no data
-  for 2.5 expected intervals, or an ``offline`` status after the last data), never-reported ones included;
+  for 2.5 expected intervals, or an ``offline`` status after the last data; a device with nothing in a past period
+  is stale), never-reported ones included;
 - **seq gaps**: missing seqs ingest detected (``device_state.gaps``, counted to date); **lost**: seqs that could not
   be recovered: the seq ranges of DQ1 alerts (``ingest/resend.py`` -> ``alerts/data_quality.py``), those raised
   in the period, and to date; **recovered** (to date) = gaps - lost to date, at least 0: resent by the device and
@@ -33,13 +35,15 @@ from alerts.calendar import beijing
 from alerts.models import AlertRow
 from core.errors import UserError
 from core.protocol import DEFAULT_INTERVAL_S
-from core.store import DeviceState
+from core.store import DeviceState, TelemetryStore
 from devices.liveness import is_online
 from devices.models import Device, Region
 from reports.model import Cell, Chart, Column, Finding, Report, ReportRequest, ReportSource, Table
 
 DQ_RULE = "DQ1"
 MAX_REJECTIONS = 100_000
+MAX_PROBES = 5_000  # devices asked whether they reported inside a past period; beyond: counted as reporting
+PROBE_FIELDS = 3
 MAX_DEVICE_ROWS = 500
 NAMED = 5  # devices named in a finding
 
@@ -176,6 +180,15 @@ def _alerts(s: Session, root_path: str, end: datetime) -> list[AlertRow]:
     return list(s.scalars(q))
 
 
+def reported_between(store: TelemetryStore, device_id: str, start_ms: int, end_ms: int) -> bool:
+    """Did the device store anything in [start, end)? A reading of one of its (newest) numeric fields, else an
+    event: a few indexed look-ups, asked only of devices whose last data is after the period."""
+    fields = [k for k, (_, v) in store.last_values(device_id).items() if isinstance(v, int | float)]
+    if any(store.raw(device_id, fld, start_ms, end_ms, 1) for fld in fields[:PROBE_FIELDS]):
+        return True
+    return bool(store.events([device_id], start_ms, end_ms, None, 1))
+
+
 def _facts(source: ReportSource, request: ReportRequest) -> tuple[list[Region], dict[str, DeviceFacts], bool]:
     start, end = request.start, request.end
     ref_ms = _ms(min(end, request.now))
@@ -188,12 +201,18 @@ def _facts(source: ReportSource, request: ReportRequest) -> tuple[list[Region], 
         for d in devices
     }
     states = source.telemetry.device_states(list(facts)) if facts else {}
-    start_ms = _ms(start)
+    start_ms, end_ms = _ms(start), _ms(end)
+    probes = 0
     for f in facts.values():
         st = f.state = states.get(f.device_id)
-        f.never = st is None or st.last_seen_ms is None
-        f.reporting = not f.never and st is not None and st.last_seen_ms is not None and st.last_seen_ms >= start_ms
+        last = None if st is None else st.last_seen_ms
+        f.never = last is None
+        f.reporting = last is not None and start_ms <= last < end_ms
         f.stale = f.never or not is_online(st, f.interval_s, ref_ms)
+        if last is not None and last >= end_ms:  # it reported after the period: did it during the period?
+            probes += 1
+            f.reporting = probes > MAX_PROBES or reported_between(source.telemetry, f.device_id, start_ms, end_ms)
+            f.stale = f.stale or not f.reporting  # nothing in the period: not online at its end
         if st is not None:
             f.gaps, f.nonstandard = st.gaps, st.nonstandard
     for a in alerts:
@@ -217,7 +236,6 @@ def _facts(source: ReportSource, request: ReportRequest) -> tuple[list[Region], 
                     continue
                 f.skew_s = skew if f.skew_s is None else max(f.skew_s, skew)
     rejections = source.telemetry.rejections(None, None, MAX_REJECTIONS)
-    end_ms = _ms(end)
     for rej in rejections:
         if start_ms <= rej.received_ms < end_ms:
             fr = facts.get(rej.device_id)

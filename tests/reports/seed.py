@@ -11,6 +11,9 @@ report made 2026-11-08 12:00 Beijing.
 | g0 gate | sz | last seen 10-15 (before the period) | not reporting, stale |
 | s1 sensor | sz | disabled | not expected |
 | s2 sensor | sz | created 11-08 10:00 (after the end) | not expected |
+| gate-late | sz | last seen 11-08 06:00, an event then, nothing in the period | not reporting, stale |
+| gate-evt | sz | last seen 11-08 06:00, an event on 11-04 | reporting (from its event) |
+| meter-3 | sz | last seen 11-08 06:00, a reading on 11-05 | reporting (from its reading) |
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from alerts.calendar import BEIJING
 from alerts.models import AlertRow
-from core.protocol import Rejection
+from core.protocol import Event, Reading, Rejection
 from core.store import DeviceCounters, WriteBatch
 from devices.registry import DeviceSpec, RegionSpec, Registry
 
@@ -80,6 +83,9 @@ def seed(registry: Registry, store: Any) -> None:
             DeviceSpec("gate-0", "gate", "sz"),
             DeviceSpec("sensor-1", "sensor", "sz"),
             DeviceSpec("gate-z", "gate", "other"),
+            DeviceSpec("gate-late", "gate", "sz"),
+            DeviceSpec("gate-evt", "gate", "sz"),
+            DeviceSpec("meter-3", "energy_meter", "sz"),
         ],
         now=CREATED,
     )
@@ -91,6 +97,19 @@ def seed(registry: Registry, store: Any) -> None:
     batch.counters["meter-2"] = DeviceCounters(last_seen_ms=ms(bj(11, 7, 23, 59)), messages=70, rejected=3)
     batch.counters["gate-0"] = DeviceCounters(last_seen_ms=ms(bj(10, 15)), messages=5)
     batch.counters["gate-z"] = DeviceCounters(last_seen_ms=ms(bj(11, 7)), messages=5, gaps=99)
+    after = ms(bj(11, 8, 6))
+    for dev in ("gate-late", "gate-evt", "meter-3"):
+        batch.counters[dev] = DeviceCounters(last_seen_ms=after, messages=2)
+    batch.events += [
+        Event("gate-late", "sz", "gate", after, None, "access", {"result": "granted"}),
+        Event("gate-evt", "sz", "gate", ms(bj(11, 4)), None, "access", {"result": "granted"}),
+        Event("gate-evt", "sz", "gate", after, None, "access", {"result": "granted"}),
+    ]
+    batch.readings += [
+        Reading("meter-3", "sz", "energy_meter", ms(bj(11, 5)), None, {"energy_kwh": 10.0}),
+        Reading("meter-3", "sz", "energy_meter", after, None, {"energy_kwh": 12.0}),
+        Reading("gate-late", "sz", "gate", after, None, {"occupancy": 1}),
+    ]
 
     def rej(device: str, reason: str, at: datetime) -> Rejection:
         return Rejection(device, f"lf/v1/{device}/telemetry", reason, "x", b"{}", ms(at))

@@ -44,7 +44,7 @@ def test_json(run: Run) -> None:
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["period"]["start"] == "2026-11-01T00:00:00+08:00"
-    assert {s["key"]: s["value"] for s in doc["summary"]}["expected"] == 5
+    assert {s["key"]: s["value"] for s in doc["summary"]}["expected"] == 8
 
 
 def test_terminal_summary_names_findings(run: Run) -> None:

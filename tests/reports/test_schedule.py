@@ -126,7 +126,7 @@ def test_a_schedule_fires_and_delivers(source: LiveSource, receiver: Receiver, s
     [mail] = smtp_server.mailbox.messages
     assert "数据覆盖与质量报告" in str(mail["Subject"])
     body = mail.get_body(preferencelist=("plain",))
-    assert body is not None and "应报设备: 5" in body.get_content()
+    assert body is not None and "应报设备: 8" in body.get_content()
     html = mail.get_body(preferencelist=("html",))
     assert html is not None and "需处理的设备" in html.get_content()
     files = [(p.get_filename(), p.get_content_type()) for p in mail.iter_attachments()]
@@ -135,14 +135,14 @@ def test_a_schedule_fires_and_delivers(source: LiveSource, receiver: Receiver, s
     # signed webhook: accepted by the receiver's signature check, with the report's figures
     [hook] = receiver.accepted("/hook")
     doc = hook.json()
-    assert {s["key"]: s["value"] for s in doc["report"]["summary"]}["expected"] == 5
+    assert {s["key"]: s["value"] for s in doc["report"]["summary"]}["expected"] == 8
     assert "tables" not in doc["report"] and len(doc["report"]["findings"]) == 8
     assert doc["language"] == "zh-CN" and doc["title"].startswith("数据覆盖与质量报告")
 
     # WeCom robot: a zh-CN Markdown summary with the findings and the link to the page
     [robot] = receiver.accepted("/wecom/send")
     text = robot.text()
-    assert "**上报设备**: 3" in text and "南京市：1 台设备从未上报数据" in text
+    assert "**上报设备**: 5" in text and "南京市：1 台设备从未上报数据" in text
     assert "https://lianfang.example.gov.cn/#reports?kind=coverage&region=js" in text
 
 
