@@ -152,7 +152,9 @@ def build(source: ReportSource, request: ReportRequest) -> Report:
         inside = [v for t, v in hours.get(m.id, {}).items() if start_ms <= t < end_ms]
         period_use[m.id] = sum(inside) if inside else None
     balances = submeter_balance({m.id: m.parent_meter for m in meters if m.parent_meter in ids}, period_use)
-    quotas = quota_rows(agency_uses(regions, meters, period_use), month_scale(request.start, request.end))
+    # only agencies wholly inside the report's region: a building's report has no agency total to rank
+    agencies = [a for a in agency_uses(regions, meters, period_use) if root.id in regions[a.agency_id].path]
+    quotas = quota_rows(agencies, month_scale(request.start, request.end))
     return _report(request, root, buildings, quotas, balances, opts)
 
 

@@ -227,7 +227,9 @@ def test_findings_carry_the_numbers(source: Source) -> None:
 def test_a_building_subtree_and_bad_options(source: Source) -> None:
     report = _report(source, region="b2")
     assert set(_rows(report, "buildings")) == {"b2"}
+    assert report.tables[1].rows == ()  # its agency a2 is not wholly inside: no quota row from one building
     assert report.tables[2].rows == ()
+    assert set(_rows(_report(source, region="a2"), "quota")) == {"a2"}
     with pytest.raises(Exception, match="tolerance"):
         _report(source, tolerance=-1)
 
