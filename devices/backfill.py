@@ -71,7 +71,7 @@ class BackfillOptions:
     seed: int = 1
     meter_interval_s: int = 900  # 15-minute readings (E8 looks at 15-minute demand)
     heartbeat_s: int = 3600  # gates, sensors, parked vehicles
-    roster_size: int = 30  # people per gate
+    roster_size: int = 30  # people per gate, on average (2/3 to 4/3 of it)
     move_interval_s: tuple[int, int] = (30, 60)  # vehicle positions while moving
 
 
@@ -117,7 +117,7 @@ def _ms(local: datetime) -> int:
     return int(local.timestamp() * 1000)
 
 
-def _new_state(dev: SimDevice, seed: int, usage: float, parent: str | None) -> _Dev:
+def _new_state(dev: SimDevice, seed: int, usage: float, parent: str | None, roster_size: int) -> _Dev:
     rng = random.Random(f"{seed}:{dev.id}")
     st = _Dev(dev, rng, parent=parent)
     if dev.type == "gate":
@@ -128,7 +128,7 @@ def _new_state(dev: SimDevice, seed: int, usage: float, parent: str | None) -> _
                 rng.uniform(8 * 60, 9 * 60 + 30),
                 rng.uniform(17 * 60, 18 * 60 + 30),
             )
-            for k in range(rng.randint(20, 40))
+            for k in range(rng.randint(max(1, roster_size * 2 // 3), max(1, roster_size * 4 // 3)))
         ]
     elif dev.type == "vehicle":
         st.usage = usage * (IDLE_VEHICLE if rng.random() < 0.1 else 1.0)
@@ -151,9 +151,11 @@ def agency_usage(region_ids: Sequence[str]) -> dict[str, float]:
     return out
 
 
-def _states(devices: Sequence[SimDevice], parents: Mapping[str, str], seed: int) -> list[_Dev]:
+def _states(devices: Sequence[SimDevice], parents: Mapping[str, str], opts: BackfillOptions) -> list[_Dev]:
     usage = agency_usage([d.region_id for d in devices if d.type == "vehicle"])
-    states = [_new_state(d, seed, usage.get(d.region_id, 1.0), parents.get(d.id)) for d in devices]
+    states = [
+        _new_state(d, opts.seed, usage.get(d.region_id, 1.0), parents.get(d.id), opts.roster_size) for d in devices
+    ]
     by_id = {s.dev.id: s for s in states}
     for s in states:
         if s.parent is not None and s.dev.type == "energy_meter":
@@ -424,7 +426,7 @@ def generate(
     out, records before ``start`` too). ``parents``: sub-meter id -> its parent meter's id."""
     opts = options or BackfillOptions()
     cal = calendar or WorkCalendar()
-    states = _states(devices, parents or {}, opts.seed)
+    states = _states(devices, parents or {}, opts)
     # sub-meters before their parents (a parent sums its subs' readings of the same day)
     order = sorted(states, key=lambda s: 1 if s.subs else 0)
     start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
