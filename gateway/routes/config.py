@@ -31,7 +31,7 @@ from gateway.deps import AuditDep, ContextDep, NowDep, require_role
 from gateway.params import Reason, error_responses, iso_at
 from gateway.routes import API_PREFIX
 
-router = APIRouter(prefix=API_PREFIX, tags=["config"], responses=error_responses(401, 403, 422, 503))
+router = APIRouter(prefix=API_PREFIX, tags=["config"], responses=error_responses(400, 401, 403, 422, 503))
 
 SysAdmin = Annotated[Principal, Depends(require_role("sysadmin"))]
 
