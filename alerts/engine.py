@@ -516,7 +516,7 @@ class _Threshold:
             return []
         st.last_ts_ms, st.seen_ms = rec.ts_ms, now_ms
         v = rec.fields[p.field]
-        st.value = v
+        held_value, st.value = st.value, v
         where_ok = all(st.known.get(k) == w for k, w in p.where.items())
         cond = where_ok and compare(p.op, v, p.value)
         w = p.suppress_during
@@ -526,6 +526,15 @@ class _Threshold:
                 return self._reset(rule, st, subj, rec.ts_ms, suppressed)
             return []
         if not cond:
+            if st.since_ms is not None and st.streak >= p.count and p.for_s > 0:
+                due = st.since_ms + int(p.for_s * 1000)  # device time
+                if rec.ts_ms >= due and not (w is not None and in_window(env, w, due, subj.region_path)):
+                    # A backlog: the condition held for for_s and this later reading ended it before the timer ran
+                    # (the engine's clock waits by the data's lag): raised at its deadline, resolved now.
+                    st.value = held_value
+                    fired = self._fire(rule, st, subj, due)
+                    st.value = v
+                    return fired + self._reset(rule, st, subj, rec.ts_ms)
             st.streak, st.since_ms, st.suppressed_ms = 0, None, None
             return []
         if suppressed:  # e.g. the door is scheduled unlocked: an open door is fine

@@ -56,7 +56,7 @@ from core.store.sqlite import SqliteStore
 from devices.registry import DeviceSpec, Registry
 from devices.sim_publisher import SharedPublisher
 from devices.simulator import BEIJING, Fleet, Incident, SimMessage, Site, WorkCalendar
-from tests.alerts.engine_helpers import Run, make_rule, reading, subject
+from tests.alerts.engine_helpers import Run, at, make_rule, reading, subject
 from tests.alerts.mqtt_harness import docs, running_stack
 from tests.alerts.test_pack_scenarios import NORTH, REGIONS, SZ, Dev
 from tests.helpers import wait_until
@@ -627,3 +627,21 @@ def test_daily_mean_day_is_not_closed_by_the_wall_clock_during_a_backlog() -> No
     assert run.deadline() == midnight + timedelta(days=2, hours=5)  # 05:00 of night 2, plus the day of lag
     run.tick(day_s + 60 * 10 + day_s + 1)
     assert run.state.day is not None  # type: ignore[union-attr]  # still collecting night 2 (was: closed)
+
+
+def test_backlog_door_held_open_60_s_with_no_reading_in_between_raises_g2() -> None:
+    # Found adding G2 to the Mosquitto scenarios: from a backlog, the reading that closed the door arrived before the
+    # held-for timer (which waits by the data's lag), and the condition that held for 60 s was dropped. It is now
+    # raised at its deadline and resolved by that reading; 30 s open stays quiet.
+    rule = make_rule("threshold", {"field": "door_open", "op": "==", "value": True, "for_s": 45}, device_type="gate")
+    for open_s, fires in ((60, True), (30, False)):
+        subj = subject("gate-1", "gate")
+        run = Run(rule, subj)
+        late = 3600  # the whole backlog arrives an hour late, in order, within a second
+        run.feed(reading(0, subj, door_open=False), now_s=late)
+        run.feed(reading(10, subj, door_open=True), now_s=late)
+        run.feed(reading(10 + open_s, subj, door_open=False), now_s=late + 0.5)
+        assert run.tick(late + 1) == []
+        assert run.firing() == ([True, False] if fires else [])
+        if fires:
+            assert [c.at for c in run.changes] == [at(55), at(70)] and run.changes[0].detail["value"] is True
