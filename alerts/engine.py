@@ -989,35 +989,26 @@ class _Utilisation:
 class _OvernightLot:
     """V13 parked off-site overnight (alerts.kinds_vehicle): needs the vehicle's ``lot``."""
 
+    @staticmethod
+    def _watch(rule: EffectiveRule, subj: Subject, env: Env) -> vehicle.Watch | None:
+        if subj.lot is None:
+            return None
+        return vehicle.Watch(rule.params, subj.lot, env.dispatches, subj.device_id, env.calendar, subj.region_path)
+
     def evaluate(
         self, rule: EffectiveRule, st: vehicle.OvernightLotState, subj: Subject, rec: Record, now_ms: int, env: Env
     ) -> list[AlertChange]:
-        pos = _position(rec) if subj.lot is not None else None
-        if pos is None or subj.lot is None:
+        pos = _position(rec)
+        w = self._watch(rule, subj, env) if pos is not None else None
+        if pos is None or w is None:
             return []
-        changes = vehicle.overnight_position(
-            rule.params,
-            st,
-            subj.lot,
-            env.dispatches,
-            subj.device_id,
-            env.calendar,
-            subj.region_path,
-            *pos,
-            rec.ts_ms,
-            now_ms,
-        )
-        return _vehicle_alerts(rule, subj, changes)
+        return _vehicle_alerts(rule, subj, vehicle.overnight_position(w, st, *pos, rec.ts_ms, now_ms))
 
     def tick(
         self, rule: EffectiveRule, st: vehicle.OvernightLotState, subj: Subject, now_ms: int, env: Env
     ) -> list[AlertChange]:
-        if subj.lot is None:
-            return []
-        changes = vehicle.overnight_tick(
-            rule.params, st, subj.lot, env.dispatches, subj.device_id, env.calendar, subj.region_path, now_ms
-        )
-        return _vehicle_alerts(rule, subj, changes)
+        w = self._watch(rule, subj, env)
+        return _vehicle_alerts(rule, subj, vehicle.overnight_tick(w, st, now_ms)) if w is not None else []
 
     def deadline(self, rule: EffectiveRule, st: vehicle.OvernightLotState, subj: Subject) -> int | None:
         return vehicle.overnight_deadline(rule.params, st) if subj.lot is not None else None

@@ -374,19 +374,30 @@ def next_check_ms(p: OvernightLotParams, after_ms: int) -> int:
     raise AssertionError("a check time every day")  # pragma: no cover
 
 
-def _judge(
-    p: OvernightLotParams, st: OvernightLotState, lot: Lot, book: DispatchBook, vehicle_id: str, check_ms: int
-) -> list[Change]:
-    if st.lat is None or st.lon is None or check_ms - st.pos_ms > p.max_age_s * 1000:
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """What V13 judges one vehicle against: the rule's params, the vehicle's lot, the approved dispatches, the
+    calendar and the vehicle's region path."""
+
+    p: OvernightLotParams
+    lot: Lot
+    book: DispatchBook
+    vehicle_id: str
+    cal: Calendar
+    region_path: Sequence[str]
+
+
+def _judge(w: Watch, st: OvernightLotState, check_ms: int) -> list[Change]:
+    if st.lat is None or st.lon is None or check_ms - st.pos_ms > w.p.max_age_s * 1000:
         return []  # where it is is not known (the terminal's silence is V12's business)
-    inside = point_in_polygon(st.lat, st.lon, lot)
+    inside = point_in_polygon(st.lat, st.lon, w.lot)
     detail: dict[str, object] = {"check": check_ms, "lat": st.lat, "lon": st.lon, "position_at": st.pos_ms}
     if inside:
         if st.firing:
             st.firing = False
             return [Change(False, check_ms, {**detail, "reason": "in its lot"})]
         return []
-    if p.exempt_dispatched and book.covers(vehicle_id, check_ms):
+    if w.p.exempt_dispatched and w.book.covers(w.vehicle_id, check_ms):
         return []
     if st.firing:
         return []
@@ -394,40 +405,21 @@ def _judge(
     return [Change(True, check_ms, detail)]
 
 
-def _due_checks(
-    p: OvernightLotParams,
-    st: OvernightLotState,
-    lot: Lot,
-    book: DispatchBook,
-    vehicle_id: str,
-    cal: Calendar,
-    region_path: Sequence[str],
-    upto_ms: int,
-) -> list[Change]:
+def _due_checks(w: Watch, st: OvernightLotState, upto_ms: int) -> list[Change]:
     """Judge the latest check instant in (checked_ms, upto_ms] of a night the rule watches (the earlier ones
     missed say nothing newer: the position is the same)."""
     after = max(st.checked_ms, upto_ms - 8 * DAY_MS)
     latest = None
-    while (nxt := next_check_ms(p, after)) <= upto_ms:
+    while (nxt := next_check_ms(w.p, after)) <= upto_ms:
         after = nxt
-        if _night_ok(p, cal, _night_of(nxt), region_path):
+        if _night_ok(w.p, w.cal, _night_of(nxt), w.region_path):
             latest = nxt
     st.checked_ms = max(st.checked_ms, after)
-    return _judge(p, st, lot, book, vehicle_id, latest) if latest is not None else []
+    return _judge(w, st, latest) if latest is not None else []
 
 
 def overnight_position(
-    p: OvernightLotParams,
-    st: OvernightLotState,
-    lot: Lot,
-    book: DispatchBook,
-    vehicle_id: str,
-    cal: Calendar,
-    region_path: Sequence[str],
-    lat: float,
-    lon: float,
-    ts_ms: int,
-    now_ms: int = 0,
+    w: Watch, st: OvernightLotState, lat: float, lon: float, ts_ms: int, now_ms: int = 0
 ) -> list[Change]:
     """A position: first the checks its time has passed are judged on the position before it (where the vehicle
     was at the check), then it becomes the known position; back inside the lot clears."""
@@ -437,9 +429,9 @@ def overnight_position(
     if st.lat is None:
         st.checked_ms = ts_ms
     else:
-        out = _due_checks(p, st, lot, book, vehicle_id, cal, region_path, ts_ms)
+        out = _due_checks(w, st, ts_ms)
     st.lat, st.lon, st.pos_ms, st.seen_ms = lat, lon, ts_ms, now_ms
-    if st.firing and point_in_polygon(lat, lon, lot):
+    if st.firing and point_in_polygon(lat, lon, w.lot):
         st.firing = False
         out.append(Change(False, ts_ms, {"reason": "back in its lot", "lat": lat, "lon": lon}))
     return out
@@ -452,17 +444,8 @@ def overnight_deadline(p: OvernightLotParams, st: OvernightLotState) -> int | No
     return next_check_ms(p, st.checked_ms) + _lag(st.seen_ms, st.pos_ms)
 
 
-def overnight_tick(
-    p: OvernightLotParams,
-    st: OvernightLotState,
-    lot: Lot,
-    book: DispatchBook,
-    vehicle_id: str,
-    cal: Calendar,
-    region_path: Sequence[str],
-    now_ms: int,
-) -> list[Change]:
+def overnight_tick(w: Watch, st: OvernightLotState, now_ms: int) -> list[Change]:
     """The engine's clock passed a check with no newer position: judge it on the last known position."""
     if st.lat is None:
         return []
-    return _due_checks(p, st, lot, book, vehicle_id, cal, region_path, now_ms - _lag(st.seen_ms, st.pos_ms))
+    return _due_checks(w, st, now_ms - _lag(st.seen_ms, st.pos_ms))

@@ -10,6 +10,7 @@ write goes to the audit log (``dispatch.create`` / ``approve`` / ``close``). Tim
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -159,6 +160,28 @@ def add_cmd(
     _show(d, as_json)
 
 
+def _change(
+    ctx: typer.Context,
+    dispatch_id: int,
+    by: str | None,
+    action: str,
+    change: Callable[[DispatchStore, str, int], Dispatch],
+    as_json: bool,
+) -> None:
+    """``change(store, who, now_ms)`` on one dispatch, audited as ``action``; user errors exit 1 with one line."""
+    actor, now = _actor(by), clock.now()
+    try:
+        registry, store = _open(ctx)
+        try:
+            d = change(store, actor.who, int(now.timestamp() * 1000))
+        except LookupError as exc:
+            raise UserError(f"dispatch {dispatch_id} does not exist") from exc
+        _audit(registry, actor, action, d, now)
+    except LianfangError as exc:
+        raise _fail(exc) from exc
+    _show(d, as_json)
+
+
 @dispatches_app.command("approve")
 def approve_cmd(
     ctx: typer.Context,
@@ -167,17 +190,11 @@ def approve_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Approve a pending dispatch (not one's own request)."""
-    actor, now = _actor(by), clock.now()
-    try:
-        registry, store = _open(ctx)
-        try:
-            d = store.approve(dispatch_id, approver=actor.who, now_ms=int(now.timestamp() * 1000))
-        except LookupError as exc:
-            raise UserError(f"dispatch {dispatch_id} does not exist") from exc
-        _audit(registry, actor, "dispatch.approve", d, now)
-    except LianfangError as exc:
-        raise _fail(exc) from exc
-    _show(d, as_json)
+
+    def approve(store: DispatchStore, who: str, now_ms: int) -> Dispatch:
+        return store.approve(dispatch_id, approver=who, now_ms=now_ms)
+
+    _change(ctx, dispatch_id, by, "dispatch.approve", approve, as_json)
 
 
 @dispatches_app.command("close")
@@ -190,19 +207,13 @@ def close_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Record the actual end (and start) of a dispatch; closing a pending one cancels it."""
-    actor, now = _actor(by), clock.now()
-    try:
-        registry, store = _open(ctx)
-        try:
-            d = store.close(
-                dispatch_id,
-                now_ms=int(now.timestamp() * 1000),
-                actual_start_ms=_ms(started, "--started") if started else None,
-                actual_end_ms=_ms(ended, "--ended") if ended else None,
-            )
-        except LookupError as exc:
-            raise UserError(f"dispatch {dispatch_id} does not exist") from exc
-        _audit(registry, actor, "dispatch.close", d, now)
-    except LianfangError as exc:
-        raise _fail(exc) from exc
-    _show(d, as_json)
+
+    def close(store: DispatchStore, who: str, now_ms: int) -> Dispatch:
+        return store.close(
+            dispatch_id,
+            now_ms=now_ms,
+            actual_start_ms=_ms(started, "--started") if started else None,
+            actual_end_ms=_ms(ended, "--ended") if ended else None,
+        )
+
+    _change(ctx, dispatch_id, by, "dispatch.close", close, as_json)

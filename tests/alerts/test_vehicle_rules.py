@@ -20,6 +20,7 @@ from alerts.kinds_vehicle import (
     DispatchBook,
     OvernightLotState,
     UtilisationState,
+    Watch,
     day_of,
     next_check_ms,
     overnight_position,
@@ -101,19 +102,18 @@ def test_v13_checks_at_22_and_06_beijing() -> None:
 def test_v13_judges_the_position_before_the_check_and_clears_back_in_the_lot() -> None:
     p, lot = OvernightLotParams(), parse_lot(LOT)
     assert lot is not None
-    state, cal, book = OvernightLotState(), Calendar(), DispatchBook()
+    state, w = OvernightLotState(), Watch(p, lot, DispatchBook(), "car", Calendar(), ())
     away = (GZ[0] + 0.05, GZ[1])
 
     def pos(where: tuple[float, float], t: datetime) -> list[bool]:
-        got = overnight_position(p, state, lot, book, "car", cal, (), where[0], where[1], _ms(t))
-        return [c.firing for c in got]
+        return [c.firing for c in overnight_position(w, state, where[0], where[1], _ms(t))]
 
     assert pos(GZ, at(MONDAY, 18)) == []
     assert pos(away, at(MONDAY, 21, 50)) == []
     assert pos(away, at(MONDAY, 22, 10)) == [True]  # at 22:00 it was (still) away
     assert pos(GZ, at(MONDAY, 23)) == [False]  # back in its lot
     # a silent night: the engine's clock judges the check on the last known position
-    assert [c.firing for c in overnight_tick(p, state, lot, book, "car", cal, (), _ms(at(MONDAY, 30)))] == []
+    assert [c.firing for c in overnight_tick(w, state, _ms(at(MONDAY, 30)))] == []
 
 
 def test_v13_an_approved_dispatch_covers_a_night_away() -> None:
@@ -121,13 +121,12 @@ def test_v13_an_approved_dispatch_covers_a_night_away() -> None:
     assert lot is not None
     away = (GZ[0] + 0.05, GZ[1])
     book = DispatchBook({"car": ((_ms(at(MONDAY, 14)), _ms(at(MONDAY, 40))),)})
-    state = OvernightLotState()
-    overnight_position(p, state, lot, book, "car", Calendar(), (), *away, _ms(at(MONDAY, 20)))
-    assert overnight_tick(p, state, lot, book, "car", Calendar(), (), _ms(at(MONDAY, 22))) == []
-    no_book = OvernightLotState()
-    overnight_position(p, no_book, lot, DispatchBook(), "car", Calendar(), (), *away, _ms(at(MONDAY, 20)))
-    fired = overnight_tick(p, no_book, lot, DispatchBook(), "car", Calendar(), (), _ms(at(MONDAY, 22)))
-    assert [c.firing for c in fired] == [True]
+    covered, state = Watch(p, lot, book, "car", Calendar(), ()), OvernightLotState()
+    overnight_position(covered, state, *away, _ms(at(MONDAY, 20)))
+    assert overnight_tick(covered, state, _ms(at(MONDAY, 22))) == []
+    bare, no_book = Watch(p, lot, DispatchBook(), "car", Calendar(), ()), OvernightLotState()
+    overnight_position(bare, no_book, *away, _ms(at(MONDAY, 20)))
+    assert [c.firing for c in overnight_tick(bare, no_book, _ms(at(MONDAY, 22)))] == [True]
 
 
 # --- V8 pure ---------------------------------------------------------------------------------------------------
