@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from alerts.calendar import Calendar
+from alerts.engine import Env, Subject, evaluate, new_state, state_dumps, state_loads
 from alerts.kinds_vehicle import (
     DispatchBook,
     OvernightLotState,
@@ -31,7 +32,7 @@ from alerts.kinds_vehicle import (
     utilisation_position,
     utilisation_tick,
 )
-from alerts.rules import OvernightLotParams, UtilisationParams
+from alerts.rules import PACKS_DIR, OvernightLotParams, RuleSet, UtilisationParams
 from core.db import make_engine, migrate
 from core.protocol import Reading, Record
 from core.trips import Fix, TripParams, engine_seconds, segment
@@ -323,3 +324,27 @@ def test_demo_dispatches_cover_the_working_day_and_leave_one_car_out(reg: Regist
     assert not book.covers("car-a", eng_ms(at(MONDAY, 10)))  # left out: V2 shows it
     assert book.covers("car-b", eng_ms(at(MONDAY, 10))) and book.covers("car-c", eng_ms(at(MONDAY, 34)))
     assert not book.covers("car-b", eng_ms(at(MONDAY, 20)))
+
+
+@pytest.mark.parametrize("kind", ["depot_exit", "utilisation", "overnight_lot"])
+def test_vehicle_states_survive_a_restart_as_json(reg: Registry, tmp_path: Path, kind: str) -> None:
+    """The service snapshots rule states as JSON and restores them: the same state comes back, and goes on alike."""
+    rules = RuleSet.load([PACKS_DIR])
+    rid = {"depot_exit": "V2", "utilisation": "V8", "overnight_lot": "V13"}[kind]
+    subj = Subject("car-1", "vehicle", "gz", ("gz",), depot=parse_depot(PLACES["depot"]), lot=parse_lot(PLACES["lot"]))
+    rule = next(r for r in rules.for_device("car-1", "vehicle", ("gz",)) if r.rule_id == rid)
+    env = Env(rules.calendar)
+    state = new_state(rule, now=MONDAY)
+    for i in range(40):
+        t = at(MONDAY, 9) + timedelta(minutes=i)
+        lat = GZ[0] + (0.02 * i / 40 if i < 30 else 0.02)
+        evaluate(
+            rule,
+            state,
+            subj,
+            Reading("car-1", "gz", "vehicle", _ms(t), None, {"lat": lat, "lon": GZ[1], "ignition": True}),
+            now=t,
+            env=env,
+        )
+    back = state_loads(kind, state_dumps(state))
+    assert back == state
