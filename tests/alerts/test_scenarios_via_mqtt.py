@@ -540,8 +540,9 @@ def catalogue_messages(now: datetime) -> tuple[list[SimMessage], tuple[datetime,
     e2 = [Incident("energy_spike", E2_M.id, d2 + timedelta(days=k), duration_s=5 * 3600, factor=1.5) for k in (1, 2, 3)]
     e2 += [Incident("energy_spike", E2_OK.id, d2 + timedelta(days=k), duration_s=5 * 3600, factor=1.5) for k in (1, 2)]
     out += meters([E2_M, E2_OK], d2, 4 * 24 + 6, e2)
-    # E3: x2 for 3 h from 10:00 on a day off (fires) and on a working day (near miss), the day before teaches
-    off = days_back(now, lambda d: not working(d.date()))
+    # E3: x2 for 3 h from 10:00 on a day off (fires) and on a working day (near miss); the day before teaches (for
+    # the day off, a day off too: the baseline is per day class)
+    off = days_back(now, lambda d: not working(d.date()) and not working((d - timedelta(days=1)).date()))
     wd = days_back(now, lambda d: working(d.date()))
     out += meters(
         [E3_M],
