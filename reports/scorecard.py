@@ -14,10 +14,11 @@ Figures, each over a region's whole subtree (docs/reports.md "Scorecard" says th
   without a snapshot counts 0: the snapshotter writes hot regions only);
 - **energy**: kWh per day of the main meters (no ``parent_meter`` attribute: sub-meters would count twice): each
   meter's last counter in the period minus its first, over the days between the two readings (a meter that
-  reported only part of the period is not diluted); against the baseline = the previous period's kWh per day of
-  the same meters (``vs baseline`` = 100 x this / baseline);
+  reported only part of the period is not diluted; under half of the period is no figure); against the
+  baseline = the previous period's kWh per day of the same meters (``vs baseline`` = 100 x this / baseline);
 - **fleet**: share of working time in use = vehicles' ignition-on time inside working hours of working days
-  (official calendar, make-up days included) / (vehicles x working time of the period).
+  (official calendar, make-up days included) / the working time from each vehicle's first data in the period to
+  its end, over the vehicles with data in the period.
 
 Previous period: the calendar month before when the period is a calendar month (Beijing time), else the same
 length just before. Ranks: 1 is best (lowest response times, risk and energy against baseline; highest coverage
@@ -54,6 +55,9 @@ PRIMARY_FIELD: dict[str, str] = {
 MAX_RECORDS = 500_000  # alerts (and incidents) read per period
 MAX_EVENTS = 2_000_000  # ignition events per period
 MAX_RISK_POINTS = 100_000
+# A meter's kWh per day counts when its first and last readings span at least this share of the period (a baseline
+# from two days of a month that had no data before is no baseline).
+MIN_METER_SPAN = 0.5
 # Findings thresholds.
 LOW_COVERAGE_PCT = 95.0
 ENERGY_UP_PCT = 105.0
@@ -90,6 +94,7 @@ class Dev:
 @dataclass(slots=True)
 class DevFacts:
     reporting: bool = False
+    first_ms: int | None = None  # its first reading of its type's main field in the period
     kwh_per_day: float | None = None  # main meters: counter delta / the days between the two readings
     in_use_s: float = 0.0  # vehicles: ignition-on time inside working time
     available_s: float = 0.0  # vehicles: working time of the period
@@ -106,10 +111,14 @@ def meter_delta(store: TelemetryStore, device_id: str, start_ms: int, end_ms: in
         last = store.raw(device_id, "energy_kwh", max(start_ms, end_ms - window), end_ms, 10_000)
         if last:
             break
-    if not last:
+    if not last:  # the newest day with a reading, then its readings (a bucket's time is the bucket's start)
         days = (end_ms - start_ms) // DAY_MS + 2
-        buckets = store.aggregate(device_id, "energy_kwh", start_ms, end_ms, DAY_MS, "max", days)
-        last = [(b.ts_ms, b.value) for b in buckets if b.value is not None]
+        buckets = [
+            b for b in store.aggregate(device_id, "energy_kwh", start_ms, end_ms, DAY_MS, "count", days) if b.count
+        ]
+        if buckets:
+            day = buckets[-1].ts_ms
+            last = store.raw(device_id, "energy_kwh", max(start_ms, day), min(end_ms, day + DAY_MS), 100_000)
     if not last or last[-1][0] <= first[0][0]:
         return None
     return max(0.0, last[-1][1] - first[0][1]), (last[-1][0] - first[0][0]) / DAY_MS
@@ -156,20 +165,25 @@ def device_facts(
     for d in devices:
         f = out[d.id]
         fld = PRIMARY_FIELD.get(d.type)
-        f.reporting = fld is not None and bool(store.raw(d.id, fld, start_ms, end_ms, 1))
+        first = store.raw(d.id, fld, start_ms, end_ms, 1) if fld is not None else []
+        f.reporting = bool(first)
+        f.first_ms = first[0][0] if first else None
         if d.main_meter and f.reporting:
             delta = meter_delta(store, d.id, start_ms, end_ms)
-            f.kwh_per_day = None if delta is None else delta[0] / delta[1]
+            if delta is not None and delta[1] >= MIN_METER_SPAN * (end_ms - start_ms) / DAY_MS:
+                f.kwh_per_day = delta[0] / delta[1]
     vehicles = [d for d in devices if d.type == "vehicle"]
     if vehicles:
         events = store.events([v.id for v in vehicles], start_ms, end_ms, ["ignition_on", "ignition_off"], MAX_EVENTS)
         spans = ignition_intervals(((e.device_id, e.ts_ms, e.type) for e in events), start_ms, end_ms)
-        available: dict[tuple[str, ...], float] = {}
+        available: dict[tuple[tuple[str, ...], int], float] = {}
         for v in vehicles:
-            if v.chain not in available:
-                available[v.chain] = available_working_s(start_ms, end_ms, calendar, hours, v.chain)[0]
+            # observed from its first data in the period (a vehicle whose history starts late is not idle before)
+            since = max(start_ms, out[v.id].first_ms or end_ms)
+            if (v.chain, since) not in available:
+                available[(v.chain, since)] = available_working_s(since, end_ms, calendar, hours, v.chain)[0]
             f = out[v.id]
-            f.available_s = available[v.chain]
+            f.available_s = available[(v.chain, since)]
             f.in_use_s = sum(
                 (b - a) / 1000
                 for s, e in spans.get(v.id, [])
@@ -273,7 +287,7 @@ def figures(
             if f.kwh_per_day is not None:
                 fig_u.kwh_per_day += f.kwh_per_day
                 fig_u.meters += 1
-            if d.type == "vehicle":
+            if d.type == "vehicle" and f.reporting:  # a vehicle with no data says nothing about its use
                 fig_u.vehicles += 1
                 fig_u.in_use_s += f.in_use_s
                 fig_u.available_s += f.available_s

@@ -320,3 +320,29 @@ def test_daily_peaks_one_per_day_each_the_highest(points: list[tuple[int, float]
     for k in range(7):
         day = [s for t, s in pts if (t - START).days == k]
         assert peaks[k] == (max(day) if day else 0.0)
+
+
+def test_meter_covering_under_half_the_period_gives_no_figure_and_a_silent_vehicle_no_use(tmp_path: Path) -> None:
+    """A baseline from a meter's last two days of a week is no baseline; a vehicle that sent nothing is not 0 %."""
+    from alerts.calendar import WorkingHours
+    from reports.scorecard import Dev, device_facts
+
+    store = SqliteStore(tmp_path / "s.db", synchronous="NORMAL", background_checkpoint=False)
+    try:
+        b = WriteBatch()
+        b.readings += [
+            _reading("mx1", "a1", "energy_meter", at(START, 1), energy_kwh=0.0),
+            _reading("mx1", "a1", "energy_meter", at(START, 1, d=3), energy_kwh=300.0),  # 3 of 7 days
+            _reading("mx2", "a1", "energy_meter", at(START, 1), energy_kwh=0.0),
+            _reading("mx2", "a1", "energy_meter", at(START, 1, d=4), energy_kwh=400.0),  # 4 of 7 days
+        ]
+        store.write(b)
+        src = LiveSource(None, store, Calendar())  # type: ignore[arg-type]  # device_facts reads no SQL
+        devs = [Dev(i, "energy_meter", "a1", ("a1",), True) for i in ("mx1", "mx2")]
+        devs.append(Dev("vx1", "vehicle", "a1", ("a1",)))
+        facts = device_facts(src, devs, START, END, WorkingHours())
+        assert facts["mx1"].kwh_per_day is None
+        assert facts["mx2"].kwh_per_day == 100.0
+        assert not facts["vx1"].reporting
+    finally:
+        store.close()
