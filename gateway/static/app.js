@@ -94,7 +94,6 @@ const I18N = {
     required: "请填写：{field}",
     incResolve: "解除事件", resolveReasonInc: "解除原因（必填）",
     assignReasonInc: "指派原因（必填）", unassignHint: "留空即取消指派",
-    assignReasonInc: "指派原因（必填）", unassignHint: "留空即取消指派",
     // reports view (reports.js)
     v_reports: "报告", rpCoverage: "数据覆盖与质量", rpVehicles: "公务用车", rpEnergy: "能耗", rpScorecard: "区域评分卡",
     rpBuild: "生成报告", rpCsv: "下载 CSV", rpHtml: "下载 HTML", rpFindings: "待办与建议", rpBuilding: "正在生成报告…",
@@ -204,7 +203,6 @@ const I18N = {
     myScope: "my scope", comment: "Comment", commentText: "Comment", assign: "Assign", silence: "Silence",
     noteLabel: "Note", required: "Please fill in: {field}",
     incResolve: "Resolve incident", resolveReasonInc: "Why it is resolved (required)",
-    assignReasonInc: "Why (required)", unassignHint: "empty: unassign",
     assignReasonInc: "Why (required)", unassignHint: "empty: unassign",
     // reports view (reports.js)
     v_reports: "Reports", rpCoverage: "Data coverage and quality", rpVehicles: "Vehicles", rpEnergy: "Energy",
