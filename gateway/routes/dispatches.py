@@ -39,7 +39,7 @@ from gateway.routes import API_PREFIX
 from gateway.scope import device_or_404, not_found, region_filter
 
 router = APIRouter(prefix=API_PREFIX, tags=["dispatches"], responses=error_responses(401, 404, 422, 503))
-_WRITE_ERRORS = error_responses(403, 409)
+_WRITE_ERRORS = error_responses(400, 403, 409)  # 400: a body that is not UTF-8
 Writer = Annotated[Principal, Depends(require_role("operator", "admin"))]
 Admin = Annotated[Principal, Depends(require_role("admin"))]
 Text = Annotated[str, Field(min_length=1, max_length=100, pattern=r"\S")]
