@@ -11,6 +11,8 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.store import WriteBatch
 from core.store.sqlite import SqliteStore
@@ -353,3 +355,26 @@ def test_demo_back_fills_its_history_once(tmp_path: Path, monkeypatch: pytest.Mo
     backfill_demo_history(settings, registry, weeks=2, seed=1, now=now + timedelta(hours=1))
     assert written() == first
     registry.engine.dispose()
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(0, 2**31), st.integers(0, 23 * 60), st.integers(1, 3 * 24 * 60))
+def test_any_seed_and_window_keeps_meters_monotonic_subs_summed_and_records_inside(
+    seed: int, offset_min: int, length_min: int
+) -> None:
+    start = START + timedelta(minutes=offset_min)
+    end = start + timedelta(minutes=length_min)
+    last: dict[str, float] = {}
+    values: dict[tuple[str, int], float] = {}
+    for _, batch in generate(DEVICES, start, end, options=BackfillOptions(seed=seed), parents=PARENTS):
+        for r in batch.readings:
+            assert start.timestamp() * 1000 <= r.ts_ms < end.timestamp() * 1000
+            if r.device_type == "energy_meter":
+                e = float(r.fields["energy_kwh"])
+                assert e >= last.get(r.device_id, 0.0)
+                last[r.device_id] = e
+                values[(r.device_id, r.ts_ms)] = e
+        assert all(start.timestamp() * 1000 <= e.ts_ms < end.timestamp() * 1000 for e in batch.events)
+    for (dev, ts), e in values.items():
+        if dev == "meter-main":
+            assert abs(e - values[("meter-sub1", ts)] - values[("meter-sub2", ts)]) < 0.01
