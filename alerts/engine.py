@@ -930,7 +930,7 @@ def _position(rec: Record) -> tuple[float, float] | None:
 
 
 def _vehicle_alerts(rule: EffectiveRule, subj: Subject, changes: list[vehicle.Change]) -> list[AlertChange]:
-    return [_emit(rule, subj, c.firing, c.at_ms, "", **c.detail) for c in changes]
+    return [_emit(rule, subj, c.firing, c.at_ms, c.group, **c.detail) for c in changes]
 
 
 class _DepotExit:

@@ -43,6 +43,7 @@ class Change:
     firing: bool
     at_ms: int
     detail: dict[str, object]
+    group: str = ""  # one alert per group (V8: per window), when the rule's dedup key names {group}
 
 
 # --- places ------------------------------------------------------------------------------------------------------
@@ -189,7 +190,7 @@ def depot_exit_tick(
 @dataclass(slots=True)
 class UtilisationState(TrackState):
     """The trip segmenter's state plus, per Beijing day (date ordinal as a string), [km, trips, engine seconds]
-    of the last ``window_days`` + 1 days, and the judgement."""
+    of the longest window + 1 days, and the judgement."""
 
     days: dict[str, list[float]] = field(default_factory=dict)
     first_day: int | None = None  # the first day the vehicle was seen: a window is judged once fully observed
@@ -199,12 +200,12 @@ class UtilisationState(TrackState):
     last_ts_ms: int = 0
     seen_ms: int = 0  # when (engine time) the last reading was evaluated: a backlog's lag moves the judgement
     judged_day: int | None = None  # the last day judged
-    firing: str = ""  # "" | "under" | "over"
+    firing: dict[str, str] = field(default_factory=dict)  # window ("7d") -> "under" | "over", while firing
     day: int | None = None  # the Beijing day of the last reading (its deadline moves when the day does)
     day_end_ms: int = 0
 
     def essential(self) -> tuple[object, ...]:
-        return (self.firing, self.judged_day, self.day)
+        return (tuple(sorted(self.firing.items())), self.judged_day, self.day)
 
 
 def day_of(ts_ms: int) -> int:
@@ -282,17 +283,27 @@ def utilisation_deadline(st: UtilisationState) -> int | None:
 def utilisation_tick(
     p: UtilisationParams, st: UtilisationState, cal: Calendar, region_path: Sequence[str], now_ms: int
 ) -> list[Change]:
-    """Judge the days that have ended: the last ``window_days`` (ending with the day judged) against the targets
-    per working day. Under-use: every measure below ``under`` x target; over-use: any above ``over`` x target."""
+    """Judge the days that have ended: each window of the last ``windows`` days (ending with the day judged)
+    against the targets per working day, one alert per window (group ``7d``, ``30d``). Under-use: every measure
+    below ``under`` x target; over-use: any above ``over`` x target."""
     due = utilisation_deadline(st)
     if due is None or now_ms < due or st.first_day is None:
         return []
     last = day_of(now_ms - _lag(st.seen_ms, st.last_ts_ms)) - 1  # the last day that has ended (device time)
     st.judged_day = last
-    for k in [k for k in st.days if int(k) <= last - p.window_days - 1]:
+    for k in [k for k in st.days if int(k) <= last - max(p.windows) - 1]:
         del st.days[k]
-    first = last - p.window_days + 1
-    if st.first_day > first:
+    out: list[Change] = []
+    for n in sorted(p.windows):
+        out.extend(_judge_window(p, st, cal, region_path, last, n))
+    return out
+
+
+def _judge_window(
+    p: UtilisationParams, st: UtilisationState, cal: Calendar, region_path: Sequence[str], last: int, n: int
+) -> list[Change]:
+    first = last - n + 1
+    if st.first_day is None or st.first_day > first:
         return []  # not observed for a whole window yet
     km = trips = engine_s = 0.0
     for d in range(first, last + 1):
@@ -312,9 +323,9 @@ def utilisation_tick(
         verdict = "over"
     else:
         verdict = ""
-    at = day_start_ms(last + 1)
+    at, group = day_start_ms(last + 1), f"{n}d"
     detail: dict[str, object] = {
-        "window_days": p.window_days,
+        "window_days": n,
         "from": date.fromordinal(first).isoformat(),
         "to": date.fromordinal(last).isoformat(),
         "working_days": working,
@@ -324,12 +335,14 @@ def utilisation_tick(
         "utilisation": {k: round(v, 3) for k, v in ratios.items()},
     }
     out: list[Change] = []
-    if st.firing and verdict != st.firing:
-        out.append(Change(False, at, {**detail, "was": st.firing}))
-        st.firing = ""
-    if verdict and not st.firing:
-        st.firing = verdict
-        out.append(Change(True, at, {**detail, "direction": verdict}))
+    was = st.firing.get(group, "")
+    if was and verdict != was:
+        out.append(Change(False, at, {**detail, "was": was}, group))
+        del st.firing[group]
+        was = ""
+    if verdict and not was:
+        st.firing[group] = verdict
+        out.append(Change(True, at, {**detail, "direction": verdict}, group))
     return out
 
 

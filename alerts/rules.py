@@ -284,15 +284,22 @@ class DepotExitParams(_Strict):
 
 
 class UtilisationParams(_Strict):
-    """V8 utilisation: km, trips (V9, core/trips.py) and engine hours per working day over the last
-    ``window_days``, against the targets; judged once a day after local midnight."""
+    """V8 utilisation: km, trips (V9, core/trips.py) and engine hours per working day over each of the last
+    ``windows`` days (one alert per window), against the targets; judged once a day after local midnight."""
 
-    window_days: int = Field(default=30, ge=1, le=90)
+    windows: list[int] = Field(default_factory=lambda: [7, 30], min_length=1, max_length=4)
     target_km_per_day: float = Field(default=60, gt=0, le=2000)
     target_trips_per_day: float = Field(default=2, gt=0, le=100)
     target_engine_h_per_day: float = Field(default=2, gt=0, le=24)
     under: float = Field(default=0.35, ge=0, le=1)  # under-use: every measure below this share of its target
     over: float = Field(default=1.1, ge=1, le=10)  # over-use: any measure above this share of its target
+
+    @field_validator("windows")
+    @classmethod
+    def _windows(cls, v: list[int]) -> list[int]:
+        if any(not 1 <= n <= 90 for n in v) or len(set(v)) != len(v):
+            raise ValueError("windows are distinct numbers of days from 1 to 90")
+        return v
 
 
 class OvernightLotParams(_Strict):

@@ -153,7 +153,7 @@ def _drive_day(state: UtilisationState, p: UtilisationParams, day: datetime, km:
 
 
 def test_v8_counts_trips_km_and_engine_hours_per_day_as_the_batch_segmenter() -> None:
-    p = UtilisationParams(window_days=1, target_km_per_day=10, target_trips_per_day=4, target_engine_h_per_day=2)
+    p = UtilisationParams(windows=[1], target_km_per_day=10, target_trips_per_day=4, target_engine_h_per_day=2)
     state = UtilisationState()
     fixes = _drive_day(state, p, MONDAY, km=10, trips=2)
     utilisation_position(p, state, TripParams(), _ms(at(MONDAY, 23)), GZ[0], GZ[1], False)
@@ -169,7 +169,7 @@ def test_v8_counts_trips_km_and_engine_hours_per_day_as_the_batch_segmenter() ->
 
 
 def test_v8_under_use_needs_every_measure_low_and_a_whole_window_observed() -> None:
-    p = UtilisationParams(window_days=2, target_km_per_day=100, target_trips_per_day=2, target_engine_h_per_day=2)
+    p = UtilisationParams(windows=[2], target_km_per_day=100, target_trips_per_day=2, target_engine_h_per_day=2)
     state = UtilisationState()
     _drive_day(state, p, MONDAY, km=10, trips=1)  # 10 km, 2 trips, 0.5 h on Monday
     assert utilisation_tick(p, state, Calendar(), (), _ms(at(MONDAY, 24, 1))) == []  # only 1 of 2 days seen
@@ -225,7 +225,7 @@ def test_v13_out_at_22(reg: Registry, tmp_path: Path, minute: int, fires: bool) 
 
 
 def test_v8_weekend_under_use_and_a_working_week_near_miss(reg: Registry, tmp_path: Path) -> None:
-    window = "  - {rule: V8, params: {window_days: 2}}\n"
+    window = "  - {rule: V8, params: {windows: [2]}}\n"
     idle = simulate(reg, tmp_path, "V8", [CAR], start=SATURDAY, hours=49, step_s=1800, extra_yaml=window)
     assert idle.alerts == [("V8", CAR.id)]  # parked all weekend: nothing used
 
@@ -244,7 +244,7 @@ def test_v8_working_day_against_targets(reg: Registry, tmp_path: Path, share: fl
     engine_h = engine_seconds(monday) / 3600
     targets = f"target_km_per_day: {km * share}, target_trips_per_day: {len(trips) * share}, "
     targets += f"target_engine_h_per_day: {engine_h * share}"
-    extra = f"  - {{rule: V8, params: {{window_days: 1, {targets}}}}}\n"
+    extra = f"  - {{rule: V8, params: {{windows: [1], {targets}}}}}\n"
     run = simulate(reg, tmp_path, "V8", [CAR], start=MONDAY, hours=25, step_s=1800, extra_yaml=extra)
     assert run.alerts == ([("V8", CAR.id)] if fires else [])
     if fires:
@@ -348,3 +348,14 @@ def test_vehicle_states_survive_a_restart_as_json(reg: Registry, tmp_path: Path,
         )
     back = state_loads(kind, state_dumps(state))
     assert back == state
+
+
+def test_v8_judges_each_window_on_its_own() -> None:
+    p = UtilisationParams(windows=[1, 2], target_km_per_day=10, target_trips_per_day=2, target_engine_h_per_day=1)
+    state = UtilisationState()
+    _drive_day(state, p, MONDAY, km=10, trips=1)  # Monday: 10 km, 2 trips, 0.5 h; Tuesday parked
+    assert utilisation_tick(p, state, Calendar(), (), _ms(at(MONDAY, 24, 1))) == []  # Monday alone: 1.0, 1.0, 0.5
+    changes = utilisation_tick(p, state, Calendar(), (), _ms(at(MONDAY, 48, 1)))
+    # Tuesday alone: nothing used (under); Monday + Tuesday: 0.5, 0.5, 0.25 (not every measure under 0.35)
+    assert [(c.firing, c.group, c.detail["direction"]) for c in changes] == [(True, "1d", "under")]
+    assert state.firing == {"1d": "under"}

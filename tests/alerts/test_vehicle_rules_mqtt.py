@@ -47,9 +47,9 @@ OVERRIDES = (
     "  - {rule: V1, enabled: false}\n"  # night drives: not what this file tests
     "  - {rule: V2, params: {min_outside_s: 120}}\n"
     "  - {rule: V13, params: {at: ['02:10']}}\n"
-    f"  - {{rule: V8, device: {V8_OVER.id}, params: {{window_days: 1, target_km_per_day: 1,"
+    f"  - {{rule: V8, device: {V8_OVER.id}, params: {{windows: [1], target_km_per_day: 1,"
     " target_trips_per_day: 0.5, target_engine_h_per_day: 0.1}}\n"
-    f"  - {{rule: V8, device: {V8_OK.id}, params: {{window_days: 1, under: 0, over: 10}}}}\n"
+    f"  - {{rule: V8, device: {V8_OK.id}, params: {{windows: [1], under: 0, over: 10}}}}\n"
 )
 
 
