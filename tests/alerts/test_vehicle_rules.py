@@ -12,17 +12,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alerts.calendar import Calendar
 from alerts.engine import Env, Subject, evaluate, new_state, state_dumps, state_loads
 from alerts.kinds_vehicle import (
+    DepotExitState,
     DispatchBook,
     OvernightLotState,
     UtilisationState,
     Watch,
     day_of,
+    depot_exit_position,
     next_check_ms,
     overnight_position,
     overnight_tick,
@@ -32,7 +34,7 @@ from alerts.kinds_vehicle import (
     utilisation_position,
     utilisation_tick,
 )
-from alerts.rules import PACKS_DIR, OvernightLotParams, RuleSet, UtilisationParams
+from alerts.rules import PACKS_DIR, DepotExitParams, OvernightLotParams, RuleSet, UtilisationParams
 from core.db import make_engine, migrate
 from core.protocol import Reading, Record
 from core.trips import Fix, TripParams, engine_seconds, segment
@@ -359,3 +361,31 @@ def test_v8_judges_each_window_on_its_own() -> None:
     # Tuesday alone: nothing used (under); Monday + Tuesday: 0.5, 0.5, 0.25 (not every measure under 0.35)
     assert [(c.firing, c.group, c.detail["direction"]) for c in changes] == [(True, "1d", "under")]
     assert state.firing == {"1d": "under"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 120), st.booleans()), min_size=1, max_size=40),
+    st.booleans(),
+)
+def test_v2_fires_exactly_when_out_uncovered_for_min_outside(steps: list[tuple[int, bool]], covered: bool) -> None:
+    """Positions every few seconds, each in or out of the depot: V2 fires at the first position that has been out
+    (with no dispatch) for min_outside_s since the first out position of the run, never when a dispatch covers."""
+    p = DepotExitParams(min_outside_s=300, early_s=0, late_s=0)
+    depot = (GZ[0], GZ[1], 50.0)
+    book = DispatchBook({"car": ((0, 2**62),)} if covered else {})
+    state = DepotExitState()
+    t, since, firing = eng_ms(MONDAY), None, False
+    for dt_s, out in steps:
+        t += dt_s * 1000
+        lat = GZ[0] + (0.01 if out else 0.0)
+        got = depot_exit_position(p, state, depot, book, "car", lat, GZ[1], t, t)
+        expect: list[bool] = []
+        if not out or covered:
+            expect = [False] if firing else []
+            since, firing = None, False
+        else:
+            since = t if since is None else since
+            if not firing and t - since >= 300_000:
+                expect, firing = [True], True
+        assert [c.firing for c in got] == expect
