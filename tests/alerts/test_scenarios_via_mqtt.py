@@ -476,10 +476,10 @@ METER_INTERVAL_S = 120.0  # the recorded meters: 30 readings an hour (the baseli
 
 def cat_rules(sealed: tuple[datetime, datetime]) -> str:
     lines = ["overrides:"]
-    for d, (rule, _) in CAT_RULES.items():
+    for device_id, (rule, _) in CAT_RULES.items():
         lines += [
-            f"  - {{rule: '*', device: {d}, enabled: false}}",
-            f"  - {{rule: {rule}, device: {d}, enabled: true}}",
+            f"  - {{rule: '*', device: {device_id}, enabled: false}}",
+            f"  - {{rule: {rule}, device: {device_id}, enabled: true}}",
         ]
     for d in (L_GONE[0], L_BLIP[0]):
         lines.append(f"  - {{rule: G11.offline, device: {d.id}, params: {{interval_s: {LIVE_INTERVAL_S}, factor: 5}}}}")
