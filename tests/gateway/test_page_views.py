@@ -92,6 +92,8 @@ def test_officers_manage_users_and_read_verify_and_export_the_audit(
     page.fill("#au-actor", "sec-wang")
     page.click('#au-filter button[type="submit"]')
     expect(body.locator("tr")).not_to_have_count(0, timeout=10_000)
+    # the filtered page replaces the unfiltered one: wait for it before reading every row
+    expect(body.locator("tr td:nth-child(3)").first).to_contain_text("sec-wang", timeout=10_000)
     for actor in body.locator("tr td:nth-child(3)").all_inner_texts():
         assert "sec-wang" in actor, actor
     page.click("#au-verify")
