@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,6 +32,7 @@ from typing import Any, Protocol
 import yaml
 from sqlalchemy import select
 
+from alerts.kinds_vehicle import place_problems
 from core.errors import UserError
 from core.protocol import DEVICE_ID_RE, DEVICE_TYPES
 from devices.models import LEVELS, Device
@@ -39,8 +41,10 @@ from devices.registry import REGION_ID_RE, DeviceSpec, RegionSpec, Registry
 
 MAX_NAME = 200
 _DEVICE_REQUIRED = ("id", "type", "region_id")
-# Device attributes a CSV may set (energy meters: E6's submeter tree, E8's capacity); an empty cell removes it.
-_DEVICE_ATTRIBUTE_COLUMNS = ("parent_meter", "contracted_kw")
+# Device attributes a CSV may set (energy meters: E6's submeter tree, E8's capacity; vehicles: V2's depot and V13's
+# lot, JSON in the cell); an empty cell removes it.
+_DEVICE_ATTRIBUTE_COLUMNS = ("parent_meter", "contracted_kw", "depot", "lot")
+_JSON_ATTRIBUTES = ("depot", "lot")
 _DEVICE_OPTIONAL = ("name", "expected_interval_s", *_DEVICE_ATTRIBUTE_COLUMNS)
 _REGION_REQUIRED = ("id", "name", "level")
 _REGION_OPTIONAL = ("parent_id", "lat", "lon")
@@ -477,6 +481,11 @@ def read_device_csv(path: Path) -> tuple[list[DeviceRow], list[Problem]]:
                 )
                 continue
         attributes: dict[str, Any] = {k: cells[k] or None for k in _DEVICE_ATTRIBUTE_COLUMNS if k in cells}
+        try:  # depot {"lat": .., "lon": .., "radius_m": ..}, lot [[lat, lon], ...]: checked in device_row_problems
+            attributes.update({k: json.loads(attributes[k]) for k in _JSON_ATTRIBUTES if attributes.get(k)})
+        except ValueError as exc:
+            problems.append(Problem(source, line, f"depot / lot must be JSON: {exc}"))
+            continue
         if attributes.get("contracted_kw") is not None:
             try:
                 attributes["contracted_kw"] = float(attributes["contracted_kw"])
@@ -554,6 +563,10 @@ def device_row_problems(row: DeviceRow, region_ids: Collection[str]) -> list[str
         reasons.append(f"parent_meter {parent!r} must be another meter's id")
     if kw is not None and not (isinstance(kw, float) and math.isfinite(kw) and kw > 0):
         reasons.append(f"contracted_kw {kw!r} must be more than 0 kW")
+    places = {k: v for k, v in row.attributes.items() if k in _JSON_ATTRIBUTES and v is not None}
+    if places and row.type != "vehicle":
+        reasons.append("depot and lot apply to vehicles only")
+    reasons.extend(place_problems(places))
     return reasons
 
 

@@ -7,6 +7,8 @@ dispatch book read from the database.
 
 from __future__ import annotations
 
+import csv
+import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -39,9 +41,10 @@ from core.db import make_engine, migrate
 from core.protocol import Reading, Record
 from core.trips import Fix, TripParams, engine_seconds, segment
 from devices.dispatch import DispatchConflict, DispatchStore, seed_demo_dispatches
+from devices.imports import ImportProblems, import_devices
 from devices.registry import Registry
 from devices.simulator import Incident
-from tests.alerts.test_pack_scenarios import GZ, MONDAY, SATURDAY, Dev, at, eng_ms, simulate
+from tests.alerts.test_pack_scenarios import GZ, MONDAY, REGIONS, SATURDAY, Dev, at, eng_ms, simulate
 
 LOT = [
     [GZ[0] - 0.001, GZ[1] - 0.001],
@@ -389,3 +392,29 @@ def test_v2_fires_exactly_when_out_uncovered_for_min_outside(steps: list[tuple[i
             if not firing and t - since >= 300_000:
                 expect, firing = [True], True
         assert [c.firing for c in got] == expect
+
+
+def test_depot_and_lot_from_a_device_csv_reach_the_engine(reg: Registry, tmp_path: Path) -> None:
+    """`lianfang devices import` takes depot / lot as JSON cells, checks them, and the registry's snapshot (what
+    the alert service builds subjects from) carries them."""
+    reg.upsert_regions(REGIONS, now=MONDAY)
+    depot, lot = json.dumps(PLACES["depot"]), json.dumps(PLACES["lot"])
+    good = tmp_path / "good.csv"
+    with good.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "type", "region_id", "depot", "lot"])
+        w.writerow(["car-i-0001", "vehicle", "gz-b1", depot, lot])
+    import_devices(reg, good, now=MONDAY)
+    info = reg.snapshot()["car-i-0001"]
+    assert info.attributes == {"depot": PLACES["depot"], "lot": PLACES["lot"]}
+    bad = tmp_path / "bad.csv"
+    with bad.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "type", "region_id", "depot", "lot"])
+        w.writerow(["meter-i-0001", "energy_meter", "gz-b1", depot, ""])  # not a vehicle
+        w.writerow(["car-i-0002", "vehicle", "gz-b1", '{"lat": 95, "lon": 113}', ""])  # not WGS-84
+        w.writerow(["car-i-0003", "vehicle", "gz-b1", "", "[[23.1, 113.2]"])  # not JSON
+    with pytest.raises(ImportProblems) as err:
+        import_devices(reg, bad, now=MONDAY)
+    text = str(err.value)
+    assert "vehicles only" in text and "WGS-84" in text and "must be JSON" in text
