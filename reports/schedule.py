@@ -201,7 +201,11 @@ def deliver(
     for cfg in channels:
         if isinstance(cfg, EmailChannelConfig):
             if files is None:
-                files = attachments(report, schedule.format, lang)
+                try:
+                    files = attachments(report, schedule.format, lang)
+                except UserError as exc:  # e.g. PDF without chromium: the summary still goes out, with HTML
+                    logger.warning("scheduled report %s: %s; attaching HTML instead", schedule.name, exc)
+                    files = attachments(report, "html", lang)
             channel: Channel = ReportEmailChannel(cfg, files)
         else:
             channel = make_channel(cfg)

@@ -17,6 +17,7 @@ from core.errors import UserError
 from core.settings import ReportSettings, load_settings
 from core.store.sqlite import SqliteStore
 from devices.registry import Registry
+from reports.render import pdf_browser
 from reports.schedule import ReportSchedules, cron_trigger
 from reports.source import LiveSource
 from tests.alerts.notify_fixtures import WEBHOOK_SECRET, WECOM_KEY, Receiver, SmtpServer
@@ -168,3 +169,26 @@ def test_start_installs_one_cron_job_per_schedule(
     assert set(jobs) == {"report-weekly-coverage", "report-monthly"}
     fire = jobs["report-monthly"].trigger.get_next_fire_time(None, NOW)
     assert fire.isoformat() == "2026-12-01T09:00:00+08:00"
+
+
+def test_pdf_without_chromium_still_mails_the_html(
+    source: LiveSource, receiver: Receiver, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import reports.render
+
+    monkeypatch.setattr(reports.render, "pdf_browser", lambda: None)
+    base = {k: v for k, v in SCHEDULE.items() if k != "link_base"} | {"format": "pdf", "channels": ["mail"]}
+    jobs = ReportSchedules(ReportSettings.model_validate({"schedules": [base]}), source, _notify(receiver, smtp_server))
+    assert [(d.channel, d.ok) for d in jobs.run("weekly-coverage", now=NOW)] == [("mail", True)]
+    [mail] = smtp_server.mailbox.messages
+    assert [p.get_filename() for p in mail.iter_attachments()] == ["coverage-js-20261101.html"]
+
+
+@pytest.mark.skipif(pdf_browser() is None, reason="no chromium on PATH")
+def test_pdf_is_attached(source: LiveSource, receiver: Receiver, smtp_server: SmtpServer) -> None:
+    base = {k: v for k, v in SCHEDULE.items() if k != "link_base"} | {"format": "pdf", "channels": ["mail"]}
+    jobs = ReportSchedules(ReportSettings.model_validate({"schedules": [base]}), source, _notify(receiver, smtp_server))
+    assert [(d.channel, d.ok) for d in jobs.run("weekly-coverage", now=NOW)] == [("mail", True)]
+    [mail] = smtp_server.mailbox.messages
+    [pdf] = list(mail.iter_attachments())
+    assert pdf.get_filename() == "coverage-js-20261101.pdf" and pdf.get_content().startswith(b"%PDF")
