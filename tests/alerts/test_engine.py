@@ -782,31 +782,14 @@ def _e5_flat(p: PackRun, fire: bool) -> None:
         p.feed([reading(i * 900, s, energy_kwh=100.0 if fire or i < 20 else 100.0 + i)])
 
 
-def _g3(p: PackRun, fire: bool) -> None:
-    s = p.subj
-    p.feed([event(0, s, "access", credential="c", direction="in", result="granted")])
-    p.feed([event(60, s, "access", credential="c", direction="in" if fire else "out", result="granted")])
-
-
-def _g10(p: PackRun, fire: bool) -> None:
-    # In at 10:00 on a working day; still inside at 18:00 (17:30 close + 30 min), or out at 17:50.
-    s = p.subj
-    p.feed([event(0, s, "access", credential="c", direction="in", result="granted")])
-    if not fire:
-        p.feed([event(7 * 3600 + 50 * 60, s, "access", credential="c", direction="out", result="granted")])
-    p.tick(8 * 3600)
-
-
 SEAL = Calendar(sealing=[SealingPeriod("gz", T0, T0.replace(day=9), "两会封存")])
 SCENARIOS = [
     ("G1", gate, _g1, None),
     ("G2", gate, _g2, None),
     ("G2.pre", gate, _g2, None),
-    ("G3", gate, _g3, None),
     ("G5", gate, _g5, None),
     ("G6", gate, _g6, None),
     ("G7", gate, _g7, None),
-    ("G10", gate, _g10, None),
     ("G11.tamper", gate, _g11, None),
     ("G11.offline", gate, _g11_offline, None),
     ("V1", vehicle, _v1, None),

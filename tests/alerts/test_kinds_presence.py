@@ -29,8 +29,11 @@ def access(run: Run, t: float, subj: Subject, direction: str, card: str = "card-
 
 
 def pack_rule(rule_id: str) -> Any:
+    """The pack's rule (off by default: regions whose doors read both ways turn it on)."""
     rs = RuleSet.load([PACKS_DIR])
-    return next(r for r in rs.for_device("gate-a", "gate", GATE_A.region_path) if r.rule_id == rule_id)
+    rule = next(r for r in rs.explain("gate-a", "gate", GATE_A.region_path) if r.rule_id == rule_id)
+    assert not rule.enabled
+    return rule
 
 
 # --- passback (G3) -----------------------------------------------------------------------------------------------

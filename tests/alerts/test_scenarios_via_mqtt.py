@@ -110,9 +110,9 @@ LIVE = [METER_LIVE_OK, METER_LIVE_BLIP, METER_LIVE_GONE]
 
 # --- the presence fleet: G3 and G10 at two doors of another building, an afternoon of a recent working day ------
 #
-# The simulator's random visitors do not keep track of who is inside (a random person, a random direction), so
-# G3 and G10 are off in gz-b1 (the other fleets) and the presence gates have no random visitors (QUIET): only the
-# scripted cards pass. G10 fires on device time: the gates' heartbeats after 18:00 show that the close has passed.
+# G3 and G10 are off in the packs (they need doors that read cards both ways); the overrides turn them on for
+# gz-b2 only: the simulator's random visitors (the other fleets) do not keep track of who is inside (a random
+# person, a random direction), and the presence gates have no random visitors (QUIET): only the scripted cards pass. G10 fires on device time: the gates' heartbeats after 18:00 show that the close has passed.
 
 PRESENCE = [Dev("gate-p-0001", "gate", "gz-b2"), Dev("gate-p-0002", "gate", "gz-b2")]
 PRESENCE_FROM, PRESENCE_HOURS = 16, 2.5  # 16:00-18:30 Beijing time
@@ -141,9 +141,9 @@ OVERRIDES = (
     "overrides:\n"
     # time-of-day schedules: the device timestamps are a night and a morning of the past, the wall clock is now
     "  - {rule: G5, enabled: false}\n"
-    # the random visitors of the night and busy fleets (see PRESENCE)
-    "  - {rule: G3, region: gz-b1, enabled: false}\n"
-    "  - {rule: G10, region: gz-b1, enabled: false}\n"
+    # G3 and G10 (off in the packs) on for the presence fleet's building only (see PRESENCE)
+    "  - {rule: G3, region: gz-b2, enabled: true}\n"
+    "  - {rule: G10, region: gz-b2, enabled: true}\n"
     "  - {rule: V1, enabled: false}\n"
     # short absence timers (they run on the wall clock), for the devices that test them only
     f"  - {{rule: V12.offline, device: {CAR_GONE.id}, params: {{interval_s: {CAR_OFFLINE_S}}}}}\n"
