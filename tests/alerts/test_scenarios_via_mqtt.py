@@ -112,7 +112,8 @@ LIVE = [METER_LIVE_OK, METER_LIVE_BLIP, METER_LIVE_GONE]
 #
 # G3 and G10 are off in the packs (they need doors that read cards both ways); the overrides turn them on for
 # gz-b2 only: the simulator's random visitors (the other fleets) do not keep track of who is inside (a random
-# person, a random direction), and the presence gates have no random visitors (QUIET): only the scripted cards pass. G10 fires on device time: the gates' heartbeats after 18:00 show that the close has passed.
+# person, a random direction), and the presence gates have no random visitors (QUIET): only the scripted cards
+# pass. G10 fires on device time: the gates' heartbeats after 18:00 show that the close has passed.
 
 PRESENCE = [Dev("gate-p-0001", "gate", "gz-b2"), Dev("gate-p-0002", "gate", "gz-b2")]
 PRESENCE_FROM, PRESENCE_HOURS = 16, 2.5  # 16:00-18:30 Beijing time
