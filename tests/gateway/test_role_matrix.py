@@ -108,6 +108,11 @@ MATRIX: dict[tuple[str, str], frozenset[str] | None] = {
     ("DELETE", "/patterns/{pattern_id}"): frozenset({"admin"}),
     ("GET", "/security/policy"): OFFICERS,
     ("PATCH", "/security/policy"): frozenset({"secadmin"}),
+    ("GET", "/dispatches"): ALL,  # vehicle dispatch records (gateway/routes/dispatches.py)
+    ("GET", "/dispatches/{dispatch_id}"): ALL,
+    ("POST", "/dispatches"): WRITERS,
+    ("POST", "/dispatches/{dispatch_id}/approve"): frozenset({"admin"}),
+    ("POST", "/dispatches/{dispatch_id}/close"): WRITERS,
     ("GET", "/reports/{kind}"): ALL,
 }
 # Not called here: device messages (device secrets, tests/gateway/test_ingress.py), the endless live stream (its
