@@ -1603,9 +1603,7 @@ def interested(rule: EffectiveRule, record: Record) -> bool:
         return isinstance(record, Event) or (isinstance(record, Reading) and p.field in record.fields)
     if kind == "geofence":
         return isinstance(record, Reading) and p.lat_field in record.fields
-    if kind in PERIODIC_KINDS:
-        return False
-    return True
+    return kind not in PERIODIC_KINDS
 
 
 @dataclass(frozen=True, slots=True)
