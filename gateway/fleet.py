@@ -158,6 +158,24 @@ class _Dev:
         return self.last_seen_ms + GRACE_FACTOR * self.interval_s * 1000
 
 
+# What a device counts as: region, type, enabled, online, moving, the Beijing day of its kWh and the kWh.
+_Counted = tuple[str, str, bool, bool, bool, int, float]
+
+
+def _counted(d: _Dev) -> _Counted:
+    return (d.region_id, d.type, d.enabled, d.online, d.moving, d.kwh_day, d.kwh_used)
+
+
+def _online(d: _Dev, now_ms: int) -> bool:
+    """devices.liveness.is_online on the index's own fields (no DeviceState per device and batch)."""
+    seen = d.last_seen_ms
+    if seen is None:
+        return False
+    if d.status == "offline" and d.status_ms is not None and d.status_ms >= seen:
+        return False
+    return now_ms - seen <= GRACE_FACTOR * d.interval_s * 1000
+
+
 @dataclass(frozen=True, slots=True)
 class RegionRow:
     """A region as the tree shows it, read once from the registry (plain values: no ORM access per request)."""
@@ -449,17 +467,30 @@ class FleetIndex:
         self._count(d, -1)
 
     def _count(self, d: _Dev, sign: int) -> None:
-        c = self._counts.setdefault(d.region_id, {}).setdefault(d.type, [0, 0, 0, 0])
+        self._count_key(_counted(d), sign)
+
+    def _count_key(self, key: _Counted, sign: int) -> None:
+        region_id, dev_type, enabled, online, moving, kwh_day, kwh_used = key
+        c = self._counts.setdefault(region_id, {}).setdefault(dev_type, [0, 0, 0, 0])
         c[_TOTAL] += sign
-        if not d.enabled:
+        if not enabled:
             c[_DISABLED] += sign
-        if d.online:
+        if online:
             c[_ONLINE] += sign
-            if d.type == VEHICLE and d.moving:
+            if dev_type == VEHICLE and moving:
                 c[_IN_USE] += sign
-        if d.type == METER and d.kwh_day >= 0 and d.kwh_used:
-            days = self._energy.setdefault(d.region_id, {})
-            days[d.kwh_day] = days.get(d.kwh_day, 0.0) + sign * d.kwh_used
+        if dev_type == METER and kwh_day >= 0 and kwh_used:
+            days = self._energy.setdefault(region_id, {})
+            days[kwh_day] = days.get(kwh_day, 0.0) + sign * kwh_used
+
+    def recount(self) -> tuple[dict[str, dict[str, list[int]]], dict[str, dict[int, float]]]:
+        """The counts and energy sums computed afresh from every device (what the incremental ones must equal)."""
+        fresh = FleetIndex.__new__(FleetIndex)
+        fresh._counts, fresh._energy = {}, {}
+        with self._lock:
+            for d in self._devs.values():
+                fresh._count(d, 1)
+        return fresh._counts, fresh._energy
 
     def advance(self, now_ms: int) -> None:
         """Bring the online flags to ``now_ms``: only devices whose deadline passed are looked at."""
@@ -502,19 +533,18 @@ class FleetIndex:
         if not self._devs:
             return
         with self._lock:
-            touched: dict[str, _Dev] = {}
-
-            before: dict[str, tuple[str, bool, bool]] = {}
+            # what each touched device counted as before the batch; its counts change only if that changes (most
+            # batches only move an online device's last-seen time: no recount, no version bump)
+            before: dict[str, tuple[_Dev, _Counted]] = {}
 
             def take(dev_id: str) -> _Dev | None:
-                d = touched.get(dev_id)
+                seen = before.get(dev_id)
+                if seen is not None:
+                    return seen[0]
+                d = self._devs.get(dev_id)
                 if d is None:
-                    d = self._devs.get(dev_id)
-                    if d is None:
-                        return None
-                    before[dev_id] = (d.region_id, d.enabled, d.online)
-                    self._remove(d)
-                    touched[dev_id] = d
+                    return None
+                before[dev_id] = (d, _counted(d))
                 return d
 
             for dev_id, counters in batch.counters.items():
@@ -550,10 +580,20 @@ class FleetIndex:
                 ignition = e.type in ("ignition_on", "ignition_off")
                 if ignition and (d := take(e.device_id)) is not None and e.ts_ms >= d.moving_ts:
                     d.moving, d.moving_ts = e.type == "ignition_on", e.ts_ms
-            for d in touched.values():
-                self._add(d)
-                if before[d.id] != (d.region_id, d.enabled, d.online):
-                    self._version += 1
+            now_ms = self._now_ms
+            for d, was in before.values():
+                d.online = d.enabled and _online(d, now_ms)
+                if d.online and not d.in_heap:
+                    deadline = d.deadline()
+                    if deadline is not None:
+                        heapq.heappush(self._heap, (deadline, d.id))
+                        d.in_heap = True
+                now = _counted(d)
+                if now != was:
+                    self._count_key(was, -1)
+                    self._count_key(now, 1)
+                    if now[:4] != was[:4]:  # region, type, enabled, online: what the tree's counts show
+                        self._version += 1
 
     # --- reading ----------------------------------------------------------------------------------------------
 

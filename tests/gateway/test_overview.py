@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
 from alerts.models import AlertRow
@@ -423,3 +425,50 @@ def test_an_engine_part_without_counters_still_brings_a_device_online(gateway: G
         assert client.get("/overview").json()["devices"]["by_type"]["gate"] == {"total": 3, "online": 3}
         fleet = c.app.state.fleet  # type: ignore[attr-defined]
         assert fleet._devs["gate-gz-0001"].last_seen_ms == NOW_MS  # a device's future clock is taken as now
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=99),  # which device of the fixture's fleet
+            st.sampled_from(["data", "ignition_on", "ignition_off", "offline", "kwh", "no_counters", "clock"]),
+            st.integers(min_value=-200, max_value=200),  # seconds from NOW
+        ),
+        max_size=25,
+    )
+)
+def test_incremental_counts_equal_a_recount_after_any_batches(gateway: Gateway, steps: list[Any]) -> None:
+    """Batches only recount a device whose counted state changed (fast path): the counts must still equal the
+    ones computed afresh from every device, whatever the batches and the clock do."""
+    now = [NOW]
+    gateway.ctx.clock = lambda: now[0]
+    with TestClient(create_app(gateway.ctx)) as c:
+        Client(c, gateway.tokens).get("/overview")  # builds the index
+        fleet = c.app.state.fleet  # type: ignore[attr-defined]
+        kwh = 1200.0
+        devices = sorted(fleet._devs)
+        for which, what, dt in steps:
+            dev_id = devices[which % len(devices)]
+            ts = NOW_MS + dt * 1000
+            info = fleet._devs[dev_id]
+            b = WriteBatch()
+            if what == "clock":
+                now[0] = NOW + timedelta(seconds=dt + 200)
+                fleet.advance(int(now[0].timestamp() * 1000))
+                continue
+            if what in ("ignition_on", "ignition_off"):
+                b.events.append(Event(dev_id, info.region_id, info.type, ts, None, what, {}))
+            elif what == "offline":
+                b.statuses.append(Status(dev_id, info.region_id, ts, "offline"))
+            elif what == "kwh":
+                kwh += 1.5
+                b.readings.append(Reading(dev_id, info.region_id, info.type, ts, None, {"energy_kwh": kwh}))
+            else:
+                b.readings.append(Reading(dev_id, info.region_id, info.type, ts, None, {"speed_kmh": 10.0}))
+            if what != "no_counters":
+                b.counter(dev_id).last_seen_ms = ts
+            fleet.on_batch(b)
+            counts, energy = fleet.recount()
+            assert fleet._counts == counts, (dev_id, what, dt)
+            assert fleet._energy == energy
