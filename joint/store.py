@@ -257,9 +257,14 @@ class JointStore:
         self.engine = engine
         self._upsert = Upserter(engine)
         self._written: dict[WindowKey, bytes] = {}  # the window rows as last written or read
-        self._wlock = threading.Lock()  # one windows write at a time (the diff is against _written)
+        self._wlock = threading.Lock()  # one write at a time (the diffs are against _written and _members_written)
+        # (incident id, alert id) -> the member row as this store last wrote it: an incident is saved with all its
+        # members, but only new or changed member rows are written (a city cluster of hundreds of members would
+        # otherwise rewrite them all at every change, holding the database's write lock that alert commits wait on)
+        self._members_written: dict[tuple[int, int], tuple[Any, ...]] = {}
         self._drop_legacy = False
         self.window_rows_written = 0  # rows upserted or deleted by windows writes (for the benchmarks)
+        self.member_rows_written = 0  # incident member rows upserted (likewise)
 
     # --- writes -------------------------------------------------------------------------------------------
 
@@ -290,17 +295,26 @@ class JointStore:
             }
             for e in timeline
         ]
-        if windows is None:
-            self._save(rows, members, trows, erows, None, now)
-            return
         with self._wlock:
-            current = window_rows(windows)
-            written = self._written
-            changed: dict[WindowKey, bytes | None] = {k: v for k, v in current.items() if written.get(k) != v}
-            changed.update({k: None for k in written.keys() - current.keys()})
-            self._save(rows, members, trows, erows, changed, now)
-            self._written = current
-            self.window_rows_written += len(changed)
+            known = self._members_written
+            fresh = [m for m in members if known.get((m["incident_id"], m["alert_id"])) != tuple(m.values())]
+            if windows is None:
+                self._save(rows, fresh, trows, erows, None, now)
+            else:
+                current = window_rows(windows)
+                written = self._written
+                changed: dict[WindowKey, bytes | None] = {k: v for k, v in current.items() if written.get(k) != v}
+                changed.update({k: None for k in written.keys() - current.keys()})
+                self._save(rows, fresh, trows, erows, changed, now)
+                self._written = current
+                self.window_rows_written += len(changed)
+            for m in fresh:  # only once the transaction committed (a failed one is written in full next time)
+                known[(m["incident_id"], m["alert_id"])] = tuple(m.values())
+            self.member_rows_written += len(fresh)
+            closed = {r["id"] for r in rows if r["open_key"] is None}
+            if closed:  # a closed incident's members are seldom written again: forget them (a miss writes again)
+                for key in [k for k in known if k[0] in closed]:
+                    del known[key]
 
     def _save(
         self,

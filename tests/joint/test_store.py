@@ -125,3 +125,26 @@ def test_store_load_rebuilds_open_incidents_tasks_and_windows(registry: Registry
     assert snap.tasks == [tasks[0]]
     assert snap.windows == {"k": {"a": 1}}
     assert (snap.next_incident_id, snap.next_task_id) == (4, 6)
+
+
+def test_an_incident_saved_again_writes_only_its_new_and_changed_members(registry: Registry) -> None:
+    """A city cluster keeps growing: each save writes the members that are new or changed, not all of them, and
+    what is stored is still every member as the incident holds it (also after another store wrote, and after a
+    restart of the store)."""
+    store = JointStore(registry.engine)
+    inc = _incident(1, ("gd", "gz"))
+    for a in range(1, 201):
+        inc.members[a] = IncidentMember(a, T0, "G1.event", f"g{a}", "b1")
+    store.save(incidents=[inc], now=T0)
+    assert store.member_rows_written == 200
+    inc.members[201] = IncidentMember(201, T0, "G1.event", "g201", "b2")
+    inc.members[5].resolved = True
+    store.save(incidents=[inc], now=T0)
+    assert store.member_rows_written == 202  # the new one and the changed one
+    store.save(incidents=[inc], now=T0)
+    assert store.member_rows_written == 202  # nothing changed: no member row written
+    got = store.get(1)
+    assert got is not None and got.member_ids == list(range(1, 202)) and got.members[5].resolved
+    fresh = JointStore(registry.engine)  # a restarted process knows nothing written: writes every member once
+    fresh.save(incidents=[inc], now=T0)
+    assert fresh.member_rows_written == 201
