@@ -20,6 +20,21 @@ import holidays
 BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 
 
+BEIJING_OFFSET_MS = 8 * 3_600_000
+DAY_MS = 86_400_000
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+def beijing_date(ts_ms: int) -> date:
+    """The Beijing calendar date of an instant (epoch ms): integer arithmetic, no datetime per call."""
+    return date.fromordinal(_EPOCH_ORDINAL + (ts_ms + BEIJING_OFFSET_MS) // DAY_MS)
+
+
+def beijing_midnight_ms(day: date) -> int:
+    """00:00 Beijing time of ``day`` in epoch ms (the inverse of ``beijing_date`` at a day's start)."""
+    return (day.toordinal() - _EPOCH_ORDINAL) * DAY_MS - BEIJING_OFFSET_MS
+
+
 def beijing(at: datetime) -> datetime:
     """``at`` (aware) in Beijing time; a naive datetime is taken to be UTC."""
     if at.tzinfo is None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from alerts.calendar import BEIJING
+from alerts.calendar import BEIJING, beijing_midnight_ms
 from alerts.rules import EffectiveRule, QuotaParams, RuleSet, SubmeterBalanceParams
 from alerts.types import AlertChange
 from core import clock
@@ -423,7 +423,7 @@ def agency_uses(
 
 
 def _day_start(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=BEIJING).astimezone(UTC)
+    return datetime.fromtimestamp(beijing_midnight_ms(day) / 1000, UTC)
 
 
 def energy_check_changes(

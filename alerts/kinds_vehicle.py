@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from alerts.calendar import BEIJING, Calendar
+from alerts.calendar import BEIJING, Calendar, beijing_date, beijing_midnight_ms
 from alerts.rules import DepotExitParams, OvernightLotParams, UtilisationParams
 from core.trips import Segment, TrackState, TripParams, haversine_m, point_in_polygon, track_feed
 
@@ -209,12 +209,12 @@ class UtilisationState(TrackState):
 
 
 def day_of(ts_ms: int) -> int:
-    """The Beijing date ordinal of an instant."""
-    return (datetime.fromtimestamp(ts_ms / 1000, BEIJING)).date().toordinal()
+    """The Beijing date ordinal of an instant (the key of ``UtilisationState.days``)."""
+    return beijing_date(ts_ms).toordinal()
 
 
 def day_start_ms(day: int) -> int:
-    return int(datetime.combine(date.fromordinal(day), time(), BEIJING).timestamp() * 1000)
+    return beijing_midnight_ms(date.fromordinal(day))
 
 
 def _add(st: UtilisationState, day: int, i: int, x: float) -> None:

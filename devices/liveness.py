@@ -15,8 +15,17 @@ GRACE_FACTOR = 2.5
 
 def is_online(state: DeviceState | None, interval_s: int, now_ms: int) -> bool:
     """True when the device's last data is fresh and no ``offline`` status arrived after it."""
-    if state is None or state.last_seen_ms is None:
+    if state is None:
         return False
-    if state.status == "offline" and state.status_ms is not None and state.status_ms >= state.last_seen_ms:
+    return online_at(state.last_seen_ms, state.status, state.status_ms, interval_s, now_ms)
+
+
+def online_at(
+    last_seen_ms: int | None, status: str | None, status_ms: int | None, interval_s: int, now_ms: int
+) -> bool:
+    """``is_online`` on plain values (callers that keep them per device: no DeviceState to build)."""
+    if last_seen_ms is None:
         return False
-    return now_ms - state.last_seen_ms <= GRACE_FACTOR * interval_s * 1000
+    if status == "offline" and status_ms is not None and status_ms >= last_seen_ms:
+        return False
+    return now_ms - last_seen_ms <= GRACE_FACTOR * interval_s * 1000

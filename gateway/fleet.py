@@ -48,10 +48,11 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Depends, HTTPException, Request, Response, status
 
+from alerts.calendar import BEIJING_OFFSET_MS
 from core import gcpolicy
 from core.protocol import DeviceInfo
 from core.store import DeviceState, TelemetryStore, WriteBatch
-from devices.liveness import GRACE_FACTOR, is_online
+from devices.liveness import GRACE_FACTOR, is_online, online_at
 from devices.models import Region
 from devices.registry import Registry
 from gateway.views import region_json
@@ -60,7 +61,6 @@ logger = logging.getLogger(__name__)
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
-_BJ_OFFSET_MS = 8 * HOUR_MS
 BASELINE_WEEKS = 4
 
 VEHICLE = "vehicle"
@@ -76,12 +76,12 @@ _TOTAL, _ONLINE, _DISABLED, _IN_USE = range(4)
 
 def beijing_day(ts_ms: int) -> int:
     """The Beijing calendar day of an instant, as days since 1970-01-01 (Beijing). Pure."""
-    return (ts_ms + _BJ_OFFSET_MS) // DAY_MS
+    return (ts_ms + BEIJING_OFFSET_MS) // DAY_MS
 
 
 def day_start_ms(day: int) -> int:
     """00:00 Beijing time of ``day`` (``beijing_day``) in epoch ms. Pure."""
-    return day * DAY_MS - _BJ_OFFSET_MS
+    return day * DAY_MS - BEIJING_OFFSET_MS
 
 
 def moving_of(fields: dict[str, Any]) -> bool | None:
@@ -164,16 +164,6 @@ _Counted = tuple[str, str, bool, bool, bool, int, float]
 
 def _counted(d: _Dev) -> _Counted:
     return (d.region_id, d.type, d.enabled, d.online, d.moving, d.kwh_day, d.kwh_used)
-
-
-def _online(d: _Dev, now_ms: int) -> bool:
-    """devices.liveness.is_online on the index's own fields (no DeviceState per device and batch)."""
-    seen = d.last_seen_ms
-    if seen is None:
-        return False
-    if d.status == "offline" and d.status_ms is not None and d.status_ms >= seen:
-        return False
-    return now_ms - seen <= GRACE_FACTOR * d.interval_s * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -582,7 +572,7 @@ class FleetIndex:
                     d.moving, d.moving_ts = e.type == "ignition_on", e.ts_ms
             now_ms = self._now_ms
             for d, was in before.values():
-                d.online = d.enabled and _online(d, now_ms)
+                d.online = d.enabled and online_at(d.last_seen_ms, d.status, d.status_ms, d.interval_s, now_ms)
                 if d.online and not d.in_heap:
                     deadline = d.deadline()
                     if deadline is not None:

@@ -30,7 +30,7 @@ from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
 from typing import Literal, Protocol
 
-from alerts.calendar import Calendar, WorkingHours
+from alerts.calendar import Calendar, WorkingHours, beijing_date, beijing_midnight_ms
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -139,12 +139,8 @@ class GroupUsage:
 # --- time splitting --------------------------------------------------------------------------------------
 
 
-def _local_day(ts_ms: int) -> date:
-    return date.fromordinal(date(1970, 1, 1).toordinal() + (ts_ms + _OFFSET_MS) // DAY_MS)
-
-
-def _day_start_ms(day: date) -> int:
-    return (day.toordinal() - date(1970, 1, 1).toordinal()) * DAY_MS - _OFFSET_MS
+_local_day = beijing_date
+_day_start_ms = beijing_midnight_ms
 
 
 def _hours_ms(hours: WorkingHours) -> tuple[int, int]:

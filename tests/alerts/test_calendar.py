@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from alerts.calendar import BEIJING, Calendar, RosterEntry, SealingPeriod, WorkingHours, beijing
 
@@ -78,3 +81,14 @@ def test_calendar_sealing_period_with_exempt_duty_vehicle() -> None:
     assert cal.sealed("car-duty", bj(2026, 10, 3, 9, 0), ("gd", "gz")) is None
     assert cal.sealed("car-1", bj(2026, 10, 9, 9, 0), ("gd", "gz")) is None
     assert cal.sealed("car-1", bj(2026, 10, 3, 9, 0), ("gd", "sz")) is None
+
+
+@given(st.integers(min_value=0, max_value=4_102_444_800_000))  # 1970..2100
+def test_beijing_date_and_midnight_agree_with_datetime(ts_ms: int) -> None:
+    from alerts.calendar import beijing_date, beijing_midnight_ms
+
+    day = datetime.fromtimestamp(ts_ms / 1000, BEIJING).date()
+    assert beijing_date(ts_ms) == day
+    midnight = beijing_midnight_ms(day)
+    assert midnight <= ts_ms < midnight + 86_400_000
+    assert datetime.fromtimestamp(midnight / 1000, BEIJING).time() == time(0, 0)
