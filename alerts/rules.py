@@ -420,7 +420,7 @@ PARAMS: dict[str, type[_Strict]] = {
     "submeter_balance": SubmeterBalanceParams,
     "quota": QuotaParams,
 }
-# Kinds judged over whole days or months by the energy checks job (alerts/energy_checks.py), not on the stream.
+# Kinds judged over whole days or months by the energy checks job (alerts/energy_jobs.py), not on the stream.
 PERIODIC_KINDS = frozenset({"submeter_balance", "quota"})
 # Kinds whose alerts go stale when the device is offline: held back while the device's offline alert is open.
 INHIBITABLE_KINDS = frozenset({"threshold", "delta", "geofence", "baseline", "demand"})

@@ -28,7 +28,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from pydantic import SecretStr
 
 from alerts.data_quality import DataQualityAlerts
-from alerts.energy_checks import EnergyChecks
+from alerts.energy_jobs import EnergyChecks
 from alerts.platform import PlatformAlerts, root_region_of
 from alerts.wiring import AlertsRuntime
 from core import clock, gcpolicy
@@ -211,7 +211,7 @@ class Runtime:
                 )
                 if s.reports.schedules:  # scheduled reports (reports/schedule.py, docs/reports.md), once per install
                     self._start_report_schedules()
-                # E6 submeter balance and E7 quota: judged hourly from the store (alerts/energy_checks.py)
+                # E6 submeter balance and E7 quota: judged hourly from the store (alerts/energy_jobs.py)
                 rt, store = self.alerts, self.store
                 assert store is not None
                 checks = EnergyChecks(self.registry.engine, store, lambda: rt.rules, rt.apply_platform_changes)

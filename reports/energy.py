@@ -1,7 +1,7 @@
 """The energy report: per building, actual use against the learned baseline, estimated waste in kWh and yuan, the
 E7 quota ranking of agencies within their city and the E6 submeter balance, with findings in zh-CN and English.
 
-Data: hourly buckets of each meter's ``energy_kwh`` counter (``alerts.energy_checks.meter_hours``: one aggregate
+Data: hourly buckets of each meter's ``energy_kwh`` counter (``alerts.energy_jobs.meter_hours``: one aggregate
 query per meter, never raw points), over the period and ``baseline_days`` (default 28) before it.
 
 - A building's use is the sum of its meters that are not submeters of another meter in the report
@@ -37,13 +37,12 @@ from alerts.energy_checks import (
     RegionInfo,
     agency_uses,
     attrs_chain,
-    load_tree,
-    meter_hours,
     month_scale,
     nearest,
     quota_rows,
     submeter_balance,
 )
+from alerts.energy_jobs import load_tree, meter_hours
 from alerts.engine import bin_expected, bin_learn
 from core.errors import UserError
 from devices.region_attrs import Tariff, inherited

@@ -10,14 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from alerts.calendar import BEIJING
-from alerts.energy_checks import (
-    HOUR_MS,
-    QUOTA_DEVICE,
-    EnergyChecks,
-    energy_check_changes,
-    hourly_kwh,
-    submeter_balance,
-)
+from alerts.energy_checks import HOUR_MS, QUOTA_DEVICE, hourly_kwh, submeter_balance
+from alerts.energy_jobs import EnergyChecks, energy_check_changes
 from alerts.rules import PACKS_DIR, RuleSet
 from alerts.types import AlertChange
 from core.protocol import Reading

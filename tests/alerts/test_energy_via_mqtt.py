@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 
 from alerts.calendar import BEIJING
-from alerts.energy_checks import QUOTA_DEVICE, energy_check_changes
+from alerts.energy_checks import QUOTA_DEVICE
+from alerts.energy_jobs import energy_check_changes
 from core.store.sqlite import SqliteStore
 from devices.registry import DeviceSpec, RegionSpec, Registry
 from devices.simulator import SimMessage
