@@ -53,16 +53,28 @@ class MqttSettings(_Section):
     # with broker_autosave_on_changes every this many changes.
     broker_autosave_interval: int = Field(default=1, ge=1)
     broker_autosave_on_changes: bool = False
-    # Where the embedded broker keeps device identities (docs/adr/0006-live-provisioning.md): "dynsec" (default)
-    # binds each device's client id to its username at CONNECT, as PROTOCOL.md requires, but every change rewrites
-    # the whole dynamic-security file (a live import is quadratic in the fleet); "password_file" adds thousands of
-    # devices to a running broker in seconds, without that client-id binding.
-    device_identities: Literal["dynsec", "password_file"] = "dynsec"
+    # Where device identities live (docs/adr/0006-live-provisioning.md). "password_file" (the default with the
+    # embedded broker, since session 6): a Mosquitto password file with pattern ACLs, reloaded live, so thousands of
+    # devices are added to a running broker in seconds; devices connect to their own listener on device_port. "dynsec"
+    # (the default with an external broker, embedded_broker: false, unless set): dynamic-security clients, each
+    # change rewriting the whole dynsec file (a live import is quadratic in the fleet); devices connect to `port`.
+    device_identities: Literal["dynsec", "password_file"] = "password_file"
     # With device_identities: password_file, devices connect to their own listener on this port (default: port + 1):
     # it knows only device accounts (the password file and pattern ACLs) and replaces every client id with the
     # username (use_username_as_clientid), so no device can take another's client id; the platform's listener on
     # `port` knows only the platform accounts (dynsec). Unused with dynsec (devices use `port`).
     device_port: int | None = Field(default=None, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _identities_follow_the_broker(self) -> MqttSettings:
+        """Unless set, an external broker keeps device identities in dynsec: its password file is reloaded only by
+        a watcher on the broker's side (compose's docker/mosquitto/run.sh), which a plain broker does not have.
+
+        Replaced without marking it as set (as Settings' data_dir defaults), so the environment layered over the
+        config file (``model_dump(exclude_unset=True)``) still leaves it out and the final embedded_broker decides."""
+        if "device_identities" not in self.model_fields_set and not self.embedded_broker:
+            object.__setattr__(self, "device_identities", "dynsec")
+        return self
 
     @property
     def device_listener_port(self) -> int:
@@ -86,6 +98,13 @@ class StoreSettings(_Section):
     influx_bucket: str = "telemetry"
     influx_token: SecretStr = SecretStr("")
     influx_database: str = "telemetry"
+    # InfluxDB backend: 0 writes each batch's per-device counters, last-seen times and statuses to the side store
+    # (telemetry_device_state) with the batch; > 0 adds the counters and last-seen times up in memory per ingest
+    # process and flushes them every that many seconds (30 in the national plan, with EMQX hash_clientid):
+    # rows/s bounded by devices per interval, at the price of up to one interval of counts lost in a crash and
+    # last-seen times up to one interval late for other processes (docs/scaling.md "PostgreSQL primary and
+    # replicas"). Keep it below 1.5 times the shortest expected device interval (the API's online state).
+    side_flush_interval_s: float = Field(default=0.0, ge=0, le=3600)
 
     @model_validator(mode="before")
     @classmethod
@@ -315,6 +334,11 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     # Default: sqlite:///DATA_DIR/registry.db.
     database_url: str = "sqlite:///var/registry.db"
+    # Optional PostgreSQL streaming replica of database_url (docs/scaling.md "PostgreSQL primary and replicas"):
+    # the API's read-only requests (lists, details, reports, statistics, overview, audit reads) use it; writes,
+    # logins and token checks, the same user's reads for 5 s after a write, and the engines use database_url.
+    # Unreachable or more than 30 s behind: reads fall back to database_url (a warning, a note in /health/ready).
+    database_read_url: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Long-lived objects out of the full garbage collections (core/gcpolicy.py): at start-up and then every this
     # many seconds. 0 turns it off.
@@ -337,6 +361,15 @@ class Settings(BaseSettings):
         if not v.startswith(("sqlite:", "postgresql")):
             raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
         return v
+
+    @field_validator("database_read_url")
+    @classmethod
+    def _read_replica(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        if not v.startswith("postgresql"):
+            raise ValueError("must be a postgresql+psycopg:// URL of a streaming replica of database_url")
+        return v.strip()
 
     @model_validator(mode="after")
     def _paths_follow_data_dir(self) -> Settings:

@@ -57,7 +57,7 @@ def influx_store(settings: Settings, region_paths: Callable[[], Mapping[str, str
         bucket=st.influx_bucket,
         token=st.influx_token.get_secret_value(),
         database=st.influx_database,
-        side=SqlSideStore(make_engine(settings.database_url)),
+        side=SqlSideStore(make_engine(settings.database_url), flush_interval_s=st.side_flush_interval_s),
         region_paths=region_paths,
     )
 

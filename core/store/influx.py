@@ -23,7 +23,9 @@ Reads use InfluxQL on ``/query`` (``core.store.influxql``), never Flux. The sche
 Statuses, per-device counters and rejections are kept in the side store, :class:`~core.store.side.SqlSideStore`:
 two tables of Lianfang's SQL database (``database_url``; PostgreSQL in production, shared by every ingest process),
 written after InfluxDB confirmed the points, in one transaction: a retried batch rewrites its points (idempotent on
-series + time) and counts its messages once.
+series + time) and counts its messages once. With ``store.side_flush_interval_s`` > 0 the counters and last-seen
+times are added up in memory and flushed on an interval instead (core/store/side.py, "Aggregated mode"); ``close``
+flushes them.
 """
 
 from __future__ import annotations

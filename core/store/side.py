@@ -12,15 +12,34 @@ counted, and the retried batch counts its messages once. Counters, the last-seen
 are one upsert row per device, in device order, so two ingest processes that write overlapping devices wait for
 each other rather than deadlock. A failure of the database as a whole (unreachable, locked, a deadlock all the
 same) is :class:`~core.errors.StoreUnavailable`: ingest holds the batch unacked and retries it.
+
+Aggregated mode (``store.side_flush_interval_s`` > 0, docs/scaling.md "PostgreSQL primary and replicas"): the
+per-batch upsert is one row per device per batch, up to one row per message at a catch-up peak. With EMQX's
+``hash_clientid`` a device's messages come to one ingest process, so the process adds its devices' counters up in
+memory (the newest last-seen time kept) and upserts them once per interval: rows/s are bounded by the devices a
+process sees per interval, whatever the message rate. What stays per batch, in the batch's transaction: the
+rejections (rows of their own), and the full row of every device that has a status in the batch (an ``offline``
+announcement is seen at once; statuses are rare). The aggregate is flushed by a background thread every
+interval, before a batch when it holds ``max_pending`` devices, and by :meth:`SqlSideStore.close` (ingest's
+graceful stop: ``Runtime.stop`` closes the store after ingest drained). A flush that fails keeps the aggregate and
+is retried by the next one; when the aggregate is full and cannot be flushed, ``write`` raises
+``StoreUnavailable`` before writing anything of the batch (ingest holds it unacked, as today): memory is bounded.
+Points and acks do not wait for a flush. The price: a crash (no graceful stop) loses at most one interval of
+counts and last-seen times (statistics: the acked messages are not redelivered), and readers in other processes
+(the API's device views, reports) see last-seen times and counters up to one interval late; in this process
+:meth:`SqlSideStore.device_states` adds the aggregate not yet committed to what the database holds.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import Connection, Engine, case, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -28,8 +47,12 @@ from core.errors import StoreUnavailable
 from core.protocol import Rejection, Status
 from core.store import DeviceCounters, DeviceState, WriteBatch
 
+logger = logging.getLogger(__name__)
+
 INT64_MAX = 2**63 - 1
 IDS_PER_QUERY = 500
+# Aggregated mode: devices held in memory before a batch must wait for a flush (about 200 bytes each).
+MAX_PENDING = 200_000
 
 metadata = sa.MetaData()
 
@@ -124,16 +147,85 @@ def state_rows(counters: dict[str, DeviceCounters], statuses: Iterable[Status]) 
     return rows
 
 
+def add_counters(into: dict[str, DeviceCounters], counters: dict[str, DeviceCounters]) -> None:
+    """Add ``counters`` to the aggregate ``into`` (pure): counts add up (gaps saturate at INT64_MAX, as in the
+    database), the last-seen time is the newest."""
+    for dev, c in counters.items():
+        mine = into.get(dev)
+        if mine is None:
+            into[dev] = DeviceCounters(
+                c.last_seen_ms, c.messages, min(c.gaps, INT64_MAX), c.duplicates, c.nonstandard, c.rejected
+            )
+            continue
+        mine.last_seen_ms = max(mine.last_seen_ms, c.last_seen_ms)
+        mine.messages += c.messages
+        mine.gaps = min(mine.gaps + c.gaps, INT64_MAX)
+        mine.duplicates += c.duplicates
+        mine.nonstandard += c.nonstandard
+        mine.rejected += c.rejected
+
+
+def with_pending(state: DeviceState | None, dev: str, c: DeviceCounters) -> DeviceState:
+    """A device's state as the database will hold it once ``c`` (not yet flushed) is added (pure)."""
+    seen = c.last_seen_ms or None
+    if state is None:
+        return DeviceState(dev, seen, None, None, None, c.messages, c.gaps, c.duplicates, c.nonstandard, c.rejected)
+    last: int | None = state.last_seen_ms
+    if seen is not None and (last is None or last < seen):
+        last = seen
+    return DeviceState(
+        dev,
+        last,
+        state.status,
+        state.status_ms,
+        state.fw,
+        state.messages + c.messages,
+        min(state.gaps + c.gaps, INT64_MAX),
+        state.duplicates + c.duplicates,
+        state.nonstandard + c.nonstandard,
+        state.rejected + c.rejected,
+    )
+
+
+@dataclass(slots=True)
+class FlushStats:
+    """What the aggregated mode has done (tests, the benchmark, logs)."""
+
+    flushes: int = 0  # flushes that committed rows
+    rows: int = 0  # device rows upserted by them
+    failures: int = 0  # flushes that failed (their aggregate kept, retried by the next)
+    dropped: int = 0  # device rows the database refused on their own (DataError / IntegrityError), logged
+
+
 class SqlSideStore:
     """Device state, counters and rejections of the InfluxDB backend in the SQL database (SQLite or PostgreSQL).
 
-    The tables come from the Alembic migration (``core.db.migrate``); this class never creates them."""
+    The tables come from the Alembic migration (``core.db.migrate``); this class never creates them.
+    ``flush_interval_s`` > 0: the aggregated mode of the module docstring (0: one upsert per device per batch)."""
 
-    def __init__(self, engine: Engine, *, owns_engine: bool = True) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        owns_engine: bool = True,
+        flush_interval_s: float = 0.0,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
         self.engine = engine
         self._owns_engine = owns_engine
         self._pg = engine.dialect.name == "postgresql"
         self._upsert = self._state_upsert()
+        self.flush_interval_s = flush_interval_s
+        self.max_pending = max_pending
+        self.stats = FlushStats()
+        # The aggregate not yet flushed, and the one a flush is writing (None when none is): both guarded by
+        # _lock. A flush commits while holding _lock, so a reader (device_states) never counts rows twice.
+        self._pending: dict[str, DeviceCounters] = {}
+        self._inflight: dict[str, DeviceCounters] | None = None
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()  # one flush at a time
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     @property
     def where(self) -> str:
@@ -170,23 +262,122 @@ class SqlSideStore:
 
     def write(self, batch: WriteBatch) -> None:
         """The batch's statuses, counters and rejections in one transaction (its readings and events are not
-        read: they are InfluxDB's)."""
-        rows = state_rows(batch.counters, batch.statuses)
-        rej = [_rejection_row(x) for x in batch.rejections]
+        read: they are InfluxDB's). Aggregated mode: its rejections and the rows of its devices with a status in
+        that transaction, the other devices' counters added to the aggregate once it committed."""
+        if self.flush_interval_s <= 0:
+            self._write_rows(state_rows(batch.counters, batch.statuses), batch.rejections)
+            return
+        with_status = {s.device_id for s in batch.statuses}
+        now = {d: c for d, c in batch.counters.items() if d in with_status} if with_status else {}
+        later = {d: c for d, c in batch.counters.items() if d not in with_status} if with_status else batch.counters
+        if later and len(self._pending) >= self.max_pending:
+            self.flush()  # StoreUnavailable: nothing of the batch was written; ingest retries it
+        self._write_rows(state_rows(now, batch.statuses) if with_status else [], batch.rejections)
+        if later:
+            with self._lock:
+                add_counters(self._pending, later)
+            self._start_flusher()
+
+    def _write_rows(self, rows: list[dict[str, Any]], rejected: list[Rejection]) -> None:
+        rej = [_rejection_row(x) for x in rejected]
         if not rows and not rej:
             return
         try:
             with self.engine.begin() as conn:
-                if rows and self._pg:
-                    conn.execute(_PG_UPSERT, {c: [r[c] for r in rows] for c in _STATE_COLUMNS})
-                elif rows:
-                    conn.execute(self._upsert, rows)
+                if rows:
+                    self._execute_upsert(conn, rows)
                 if rej:
                     conn.execute(rejections.insert(), rej)
         except (sa.exc.DataError, sa.exc.IntegrityError):
             raise  # a value of the batch: ingest's writer splits the batch to isolate its message
         except SQLAlchemyError as exc:  # the database as a whole (down, locked, deadlock, not migrated): retry later
             raise StoreUnavailable(f"side store {self.where}: write failed: {_short(exc)}") from exc
+
+    def _execute_upsert(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        if self._pg:
+            conn.execute(_PG_UPSERT, {c: [r[c] for r in rows] for c in _STATE_COLUMNS})
+        else:
+            conn.execute(self._upsert, rows)
+
+    # --- aggregated mode ------------------------------------------------------------------------------------
+
+    @property
+    def pending_devices(self) -> int:
+        """Devices whose counters are held in memory, not yet committed (aggregated mode)."""
+        with self._lock:
+            return len(self._pending) + len(self._inflight or ())
+
+    def flush(self) -> int:
+        """Upsert the aggregate, one row per device in device order, in one transaction; returns the rows
+        written. On a failure of the database the aggregate is kept (the next flush retries it, nothing counted
+        twice) and :class:`StoreUnavailable` is raised; a row the database refuses on its own (DataError,
+        IntegrityError) is logged and dropped, the others written."""
+        with self._flush_lock:
+            with self._lock:
+                if not self._pending:
+                    return 0
+                inflight, self._pending = self._pending, {}
+                self._inflight = inflight
+            rows = state_rows(inflight, ())
+            try:
+                try:
+                    self._commit_rows(rows)
+                except (sa.exc.DataError, sa.exc.IntegrityError):
+                    self._commit_one_by_one(rows)
+            except SQLAlchemyError as exc:
+                with self._lock:
+                    rest, self._inflight = self._inflight or {}, None
+                    add_counters(rest, self._pending)  # what came meanwhile is newer: added onto the kept rows
+                    self._pending = rest
+                self.stats.failures += 1
+                raise StoreUnavailable(f"side store {self.where}: flush failed: {_short(exc)}") from exc
+            self.stats.flushes += 1
+            self.stats.rows += len(rows)
+            return len(rows)
+
+    def _commit_rows(self, rows: list[dict[str, Any]]) -> None:
+        with self.engine.connect() as conn:
+            self._execute_upsert(conn, rows)
+            with self._lock:  # a reader sees the rows either in the aggregate or in the database, never both
+                conn.commit()
+                self._inflight = None
+
+    def _commit_one_by_one(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            dev = row["device_id"]
+            try:
+                with self.engine.connect() as conn:
+                    self._execute_upsert(conn, [row])
+                    with self._lock:
+                        conn.commit()
+                        if self._inflight is not None:
+                            self._inflight.pop(dev, None)
+            except (sa.exc.DataError, sa.exc.IntegrityError) as exc:
+                logger.error("side store: device %r's counters refused, dropped: %s", dev, _short(exc))
+                self.stats.dropped += 1
+                with self._lock:
+                    if self._inflight is not None:
+                        self._inflight.pop(dev, None)
+        with self._lock:
+            self._inflight = None
+
+    def _start_flusher(self) -> None:
+        if self._thread is not None or self._stop.is_set():
+            return
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._flush_loop, name="side-store-flush", daemon=True)
+        self._thread.start()
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.flush_interval_s):
+            try:
+                self.flush()
+            except StoreUnavailable as exc:
+                logger.warning("side store: %s; %d devices kept for the next flush", exc, self.pending_devices)
+            except Exception:  # the thread must outlive a surprise: the next interval retries
+                logger.exception("side store: flush failed")
 
     def import_rows(self, states: list[DeviceState], rejected: list[Rejection]) -> None:
         """Copy device states (replacing them) and rejections from another store (``lianfang store migrate``)."""
@@ -226,6 +417,22 @@ class SqlSideStore:
             raise StoreUnavailable(f"side store {self.where}: read failed: {_short(exc)}") from exc
 
     def device_states(self, device_ids: list[str] | None = None) -> dict[str, DeviceState]:
+        """Per device, what the database holds plus (aggregated mode) this process's aggregate not yet
+        committed: exact in this process; other processes see the database alone (up to one interval late)."""
+        if self.flush_interval_s <= 0:
+            return self._device_states(device_ids)
+        with self._lock:  # a flush commits under this lock: its rows are in the aggregate or the database
+            pending: dict[str, DeviceCounters] = {}
+            add_counters(pending, self._inflight or {})
+            add_counters(pending, self._pending)
+            states = self._device_states(device_ids)
+        wanted = None if device_ids is None else set(device_ids)
+        for dev, c in pending.items():
+            if wanted is None or dev in wanted:
+                states[dev] = with_pending(states.get(dev), dev, c)
+        return states
+
+    def _device_states(self, device_ids: list[str] | None) -> dict[str, DeviceState]:
         t = device_state
         cols = [t.c.device_id, t.c.last_seen_ms, t.c.status, t.c.status_ms, t.c.fw, *(t.c[c] for c in COUNTERS)]
         if device_ids is None:
@@ -278,8 +485,19 @@ class SqlSideStore:
         return True
 
     def close(self) -> None:
-        if self._owns_engine:
-            self.engine.dispose()
+        """Aggregated mode: stop the flusher and flush what is held (a failure is logged with what is lost)."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
+        try:
+            if self.flush_interval_s > 0:
+                self.flush()
+        except StoreUnavailable as exc:
+            logger.error("side store: closing, the counters of %d devices are lost: %s", self.pending_devices, exc)
+        finally:
+            if self._owns_engine:
+                self.engine.dispose()
 
 
 def _text(s: str) -> str:
