@@ -145,7 +145,13 @@ def simulate(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed, for a repeatable run.")] = None,
     host: Annotated[str | None, typer.Option(help="MQTT broker host (default: settings mqtt.host).")] = None,
-    port: Annotated[int | None, typer.Option(help="MQTT broker port (default: settings mqtt.port).")] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            help="MQTT broker port (default: settings mqtt.port; with --credentials the devices' listener, "
+            "mqtt.device_port, port + 1 with the embedded broker's password file)."
+        ),
+    ] = None,
     username: Annotated[str, typer.Option(help="MQTT account allowed to publish for every device.")] = SIM_USERNAME,
     password: Annotated[
         str | None,
@@ -218,8 +224,8 @@ def simulate(
         broker_host, broker_port = host or settings.mqtt.host, port or settings.mqtt.port
         publisher: DevicePublisher | SharedPublisher
         if device_secrets is not None:  # each device logs in with its own account: the device listener
-            device_port = port or settings.mqtt.device_listener_port
-            publisher = DevicePublisher(broker_host, device_port, device_secrets, tls_ca=settings.mqtt.tls_ca)
+            broker_port = port or settings.mqtt.device_listener_port
+            publisher = DevicePublisher(broker_host, broker_port, device_secrets, tls_ca=settings.mqtt.tls_ca)
         else:
             assert password is not None
             publisher = SharedPublisher(broker_host, broker_port, username, password)

@@ -221,11 +221,15 @@ def demo(
 
     def start_fleet(runtime: Runtime) -> Callable[[], None]:
         host, port = runtime.settings.mqtt.host, runtime.settings.mqtt.port
+        # Devices log in on their own listener (port + 1 with the default password file, ADR 0006); the platform's
+        # accounts on mqtt.port.
+        device_port = runtime.settings.mqtt.device_listener_port
         url = f"http://{settings.api.host}:{settings.api.port}/"
+        broker = f"mqtt://{host}:{port}" + (f" (devices: {device_port})" if device_port != port else "")
         typer.echo(
             f"\n  联防 Lianfang demo\n"
             f"  control room: {url}   (API: {url}api/v1/docs, metrics: {url}metrics)\n"
-            f"  broker: mqtt://{host}:{port}   devices: {len(specs)}   Ctrl-C stops everything\n",
+            f"  broker: {broker}   devices: {len(specs)}   Ctrl-C stops everything\n",
             err=True,
         )
         if not simulate:
@@ -246,7 +250,7 @@ def demo(
         resume = stored_last_values(runtime.store, devices)
         fleet = demo_fleet(devices, clock.now(), seed=seed, rate_multiplier=rate_multiplier, resume=resume)
         logger.info("demo fleet: %d devices, %d resumed from the store", len(devices), len(resume))
-        publisher = DevicePublisher(host, port, secrets)
+        publisher = DevicePublisher(host, device_port, secrets)
         publisher.gate_control = fleet.set_locked  # linkage commands: a locked gate grants no access
         publisher.start()
         stop = threading.Event()

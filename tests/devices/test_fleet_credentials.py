@@ -111,6 +111,7 @@ def test_simulate_with_credentials_connects_each_device_with_its_own_identity(
     env = {
         "LIANFANG_DATABASE_URL": db_url,
         "LIANFANG_MQTT__PORT": str(broker.port),
+        "LIANFANG_MQTT__EMBEDDED_BROKER": "false",  # the fixture's broker: identities in dynsec, devices on its port
         "LIANFANG_SIM_PASSWORD": "",  # the shared simulator account is not used
     }
     try:

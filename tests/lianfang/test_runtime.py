@@ -103,36 +103,64 @@ def test_serve_runs_broker_ingest_and_api_and_stops_cleanly_on_sigterm(tmp_path:
     assert any(m.startswith("mosquitto stopped") for m in messages)
 
 
-def test_embedded_broker_serves_mqtt_over_tls_when_a_tls_port_is_set(tmp_path: Path) -> None:
+def _tls_connack(port: int, ca: Path, user: str, password: str) -> int:
+    """The CONNACK reason code of an MQTT v5 login over TLS (client id = username, as devices do)."""
     import ssl
 
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
+    codes: list[int] = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=user, protocol=mqtt.MQTTv5)
+    client.username_pw_set(user, password)
+    client.tls_set(ca_certs=str(ca), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    client.on_connect = lambda _c, _u, _f, rc, _p: codes.append(rc.value)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        wait_until(lambda: codes, 10, what="CONNACK over TLS")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return codes[0]
+
+
+@pytest.mark.parametrize("identities", ["password_file", "dynsec"])
+def test_embedded_broker_serves_mqtt_over_tls_when_a_tls_port_is_set(tmp_path: Path, identities: str) -> None:
+    """The TLS listener is the devices' one: with the password file (the default) it knows only device accounts,
+    like the device listener; with dynsec every dynsec account, the platform's included."""
+    from devices.broker_adapter_passwd import adapter_for
     from devices.certs import init_certs
+    from devices.dynsec import DynsecClient
+    from devices.provisioning import new_secret
 
     paths = init_certs(tmp_path / "certs", ["127.0.0.1", "localhost"], now=clock.now())
-    tls_port = free_port()
+    port, tls_port = free_port(), free_port()
+    mqtt_settings = {"port": port, "tls_port": tls_port, "broker_dir": tmp_path / "mosquitto"}
+    if identities == "dynsec":
+        mqtt_settings["device_identities"] = "dynsec"
     settings = Settings(
         data_dir=tmp_path,
         database_url=f"sqlite:///{tmp_path}/registry.db",
         store=StoreSettings(sqlite_path=tmp_path / "t.db"),
-        mqtt={"port": free_port(), "tls_port": tls_port, "broker_dir": tmp_path / "mosquitto"},  # type: ignore[arg-type]
+        mqtt=mqtt_settings,  # type: ignore[arg-type]
     )
+    assert settings.mqtt.device_identities == identities
     runtime = Runtime(settings, with_ingest=False)
     runtime.start()
     try:
         secrets = BrokerSecrets.load_or_create(tmp_path / "broker-secrets.json")
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="lianfang-platform", protocol=mqtt.MQTTv5)
-        client.username_pw_set("lianfang-platform", secrets.platform)
-        client.tls_set(ca_certs=str(paths.ca_cert), tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        client.connect("127.0.0.1", tls_port)
-        client.loop_start()
-        try:
-            wait_until(client.is_connected, 10, what="TLS connection")
-        finally:
-            client.disconnect()
-            client.loop_stop()
+        platform = _tls_connack(tls_port, paths.ca_cert, "lianfang-platform", secrets.platform)
+        if identities == "dynsec":
+            assert platform == 0
+            return
+        assert platform == 135  # not authorized: platform accounts stay on mqtt.port
+        with DynsecClient("127.0.0.1", port, secrets.admin, timeout=30) as dynsec:
+            adapter = adapter_for(settings, dynsec)
+            assert adapter is not None
+            secret = new_secret()
+            assert adapter.add({"gate-0001": secret}) == {}
+        assert _tls_connack(tls_port, paths.ca_cert, "gate-0001", secret) == 0
     finally:
         runtime.stop()
 
