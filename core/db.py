@@ -48,6 +48,14 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def make_read_engine(url: str, *, connect_timeout_s: int = 2) -> Engine:
+    """An engine on a PostgreSQL read replica (``database_read_url``, core/replica.py): a short connect timeout,
+    so a replica that went away costs a read at most that long before it falls back to the primary."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": connect_timeout_s})
+
+
 def migrate(engine: Engine) -> None:
     """Upgrade the database to the newest schema."""
     cfg = Config()

@@ -47,3 +47,18 @@ class GatewayContext:
     warm_fleet: bool = False
     # Runtime settings changed through PATCH /api/v1/config since start (gateway/routes/config.py), newest last.
     config_changes: list[dict[str, Any]] = field(default_factory=list)
+    # The API's reads on a PostgreSQL replica (``core.replica.ReadRouter`` over the registry's engine and the
+    # replica's); None: made from ``settings.database_read_url`` when that is set, else every read uses the
+    # registry's engine. ``gateway.deps.get_read_db`` asks it per request.
+    read_router: Any | None = None
+    # The registry on the replica's engine (made with the router): what read-only routes get as ReadRegistryDep.
+    read_registry: Registry | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.read_router is None and self.settings.database_read_url:
+            from core.db import make_read_engine
+            from core.replica import ReadRouter
+
+            self.read_router = ReadRouter(self.registry.engine, make_read_engine(self.settings.database_read_url))
+        if self.read_router is not None:
+            self.read_registry = Registry(self.read_router.replica)

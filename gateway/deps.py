@@ -8,11 +8,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any, cast
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine
 
 from alerts.service import AlertService
 from core.settings import Settings
@@ -136,6 +138,8 @@ def get_principal(ctx: ContextDep, registry: RegistryDep, request: Request, cred
     if found is None:
         raise _UNAUTHORIZED
     user = found.user
+    if ctx.read_router is not None and request.method not in _READ_METHODS:
+        ctx.read_router.note_write(user.name)  # read-your-writes: this user's reads go to the primary for a while
     if found.audit_due:
         actor = Actor(f"{user.name} ({user.role})", client_origin(request))
         AuditLog(registry.session).write(actor, "auth.token_use", [user.name], now=now, detail={"kind": found.kind})
@@ -148,6 +152,42 @@ def get_principal(ctx: ContextDep, registry: RegistryDep, request: Request, cred
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Where a request's reads were served from, for operators and tests: "replica" or "primary".
+READ_FROM_HEADER = "X-Lianfang-Read-From"
+
+
+@dataclass(frozen=True)
+class ReadDb:
+    """The SQL database one read-only request reads: the replica's engine and registry, or the primary's."""
+
+    engine: Engine
+    registry: Registry
+    on_replica: bool
+
+
+def get_read_db(ctx: ContextDep, principal: PrincipalDep, response: Response) -> ReadDb:
+    """For read-only routes (lists, details, reports, statistics, overview, audit reads): the replica of
+    ``database_read_url`` when it is set, reachable, not too far behind, and the caller did not write in the last
+    seconds (core/replica.py); else the primary. Writes, logins and token checks never use this."""
+    router = ctx.read_router
+    if router is None or ctx.read_registry is None:
+        return ReadDb(ctx.registry.engine, ctx.registry, False)
+    engine, on_replica = router.engine_for_read(principal.name)
+    response.headers[READ_FROM_HEADER] = "replica" if on_replica else "primary"
+    return ReadDb(engine, ctx.read_registry if on_replica else ctx.registry, on_replica)
+
+
+ReadDbDep = Annotated[ReadDb, Depends(get_read_db)]
+
+
+def get_read_registry(db: ReadDbDep) -> Registry:
+    return db.registry
+
+
+# The registry for a read-only route: on the replica when reads go there (get_read_db), else RegistryDep's.
+ReadRegistryDep = Annotated[Registry, Depends(get_read_registry)]
 
 
 def require_role(*roles: str) -> Callable[[Principal], Principal]:

@@ -56,11 +56,18 @@ def summary(settings: Settings) -> list[tuple[str, str]]:
         db = make_url(settings.database_url).render_as_string(hide_password=True)
     except Exception:
         db = "(unparseable URL)"
+    read_db = "none (reads use the database)"
+    if settings.database_read_url:
+        try:
+            read_db = make_url(settings.database_read_url).render_as_string(hide_password=True)
+        except Exception:
+            read_db = "(unparseable URL)"
     mqtt = settings.mqtt
     broker = f"{mqtt.host}:{mqtt.port} as {mqtt.username}" + (" (embedded Mosquitto)" if mqtt.embedded_broker else "")
     return [
         ("env", settings.env),
         ("database", db),
+        ("read replica", read_db),
         ("telemetry store", store_summary(settings)),
         ("mqtt broker", broker),
         ("ingest", f"batch {settings.ingest.batch_size}, wait {settings.ingest.batch_wait_ms} ms"),

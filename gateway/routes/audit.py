@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from devices.audit import AuditLog, AuditRecord, canonical, utc_instant
 from gateway.audit import SENSITIVE_READ
 from gateway.auth import Principal
-from gateway.deps import AuditDep, NowDep, PrincipalDep, RegistryDep
+from gateway.deps import AuditDep, NowDep, PrincipalDep, ReadRegistryDep
 from gateway.params import EPOCH, Limit, Offset, TimeQuery, error_responses, parse_time
 from gateway.routes import API_PREFIX
 
@@ -82,7 +82,7 @@ def record_json(r: AuditRecord, verified: bool) -> dict[str, Any]:
 
 @router.get("/audit", dependencies=[SENSITIVE_READ])
 def list_audit(
-    registry: RegistryDep,
+    registry: ReadRegistryDep,
     principal: Auditor,
     actor: ActorQ = None,
     action: ActionQ = None,
@@ -113,7 +113,7 @@ def _cell(value: str) -> str:
 
 @router.get("/audit/export", response_class=Response, responses={200: {"content": {"text/csv": {}}}})
 def export_audit(
-    registry: RegistryDep,
+    registry: ReadRegistryDep,
     principal: Auditor,
     audit: AuditDep,
     now: NowDep,
@@ -160,7 +160,7 @@ def export_audit(
 
 
 @router.get("/audit/verify", dependencies=[SENSITIVE_READ])
-def verify_audit(registry: RegistryDep, principal: Auditor) -> dict[str, Any]:
+def verify_audit(registry: ReadRegistryDep, principal: Auditor) -> dict[str, Any]:
     """Walk the whole chain (like ``lianfang audit verify``): ``ok``, the number of records, the head (``last_seq``,
     ``last_hash``: an anchor to keep) and every problem (edited, deleted, reordered, truncated) with its record."""
     return AuditLog(registry.session).verify().as_json()

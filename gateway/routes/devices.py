@@ -37,6 +37,7 @@ from gateway.deps import (
     NowDep,
     PrincipalDep,
     ProvisioningDep,
+    ReadRegistryDep,
     RegistryDep,
     SettingsDep,
     StoreDep,
@@ -73,7 +74,7 @@ assert set(DeviceType.__args__) == set(DEVICE_TYPES)  # type: ignore[attr-define
 
 @router.get("/devices")
 def list_devices(
-    registry: RegistryDep,
+    registry: ReadRegistryDep,
     store: StoreDep,
     principal: PrincipalDep,
     now: NowDep,
@@ -109,7 +110,7 @@ def list_devices(
 
 @router.get("/devices/{device_id}")
 def get_device(
-    device_id: DevicePath, registry: RegistryDep, store: StoreDep, principal: PrincipalDep, now: NowDep
+    device_id: DevicePath, registry: ReadRegistryDep, store: StoreDep, principal: PrincipalDep, now: NowDep
 ) -> dict[str, Any]:
     """Registry fields, online state, last seen, data-quality counters and the last value of every field."""
     device = device_or_404(registry, principal, device_id)

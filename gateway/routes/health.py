@@ -37,7 +37,11 @@ def _component(callback: HealthCallback) -> dict[str, Any]:
 def ready(ctx: ContextDep, store: StoreDep, registry: RegistryDep, response: Response) -> dict[str, Any]:
     """Readiness: 200 when the store, the registry database, the broker and ingest are all fine, else 503 with
     ``reasons``. Ingest is not fine while it is stalled (``ingest/stall.py``): its oldest unacknowledged message
-    is older than ``ingest.stall_after_s``, its writer has spent that long on one batch, or the store fails."""
+    is older than ``ingest.stall_after_s``, its writer has spent that long on one batch, or the store fails.
+
+    With ``database_read_url``, ``checks.database_replica`` shows the replica (reachable, replay lag, LSNs, where
+    reads go); a replica down or too far behind is listed in ``notes`` and does not make the API unready: its reads
+    fall back to the primary."""
     checks: dict[str, dict[str, Any]] = {}
     try:
         checks["store"] = {"ok": bool(store.ping())}
@@ -55,6 +59,11 @@ def ready(ctx: ContextDep, store: StoreDep, registry: RegistryDep, response: Res
         checks["alerts"] = _component(ctx.alerts.status)
     if ctx.ingress is not None:
         checks["http_ingress"] = _component(ctx.ingress.status)
+    notes: list[str] = []
+    if ctx.read_router is not None:  # database_read_url: measured now; down or behind is a note, reads use the primary
+        checks["database_replica"] = _component(ctx.read_router.status)
+        if checks["database_replica"].get("note"):
+            notes.append(f"database_replica: {checks['database_replica']['note']}")
     is_ready = all(c["ok"] for c in checks.values())
     if not is_ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
@@ -64,5 +73,5 @@ def ready(ctx: ContextDep, store: StoreDep, registry: RegistryDep, response: Res
             for name, c in checks.items()
             if not c["ok"]
         ]
-        return {"ready": False, "reasons": reasons, "checks": checks}
-    return {"ready": is_ready, "checks": checks}
+        return {"ready": False, "reasons": reasons, "checks": checks, **({"notes": notes} if notes else {})}
+    return {"ready": is_ready, "checks": checks, **({"notes": notes} if notes else {})}

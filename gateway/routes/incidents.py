@@ -31,13 +31,24 @@ from typing import Annotated, Any, Literal, Protocol, cast
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine, or_, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from alerts.types import Severity
 from core.errors import StoreUnavailable, UserError
 from devices.registry import Registry
 from gateway.auth import USER_NAME_RE, Principal, user_by_name
 from gateway.context import GatewayContext
-from gateway.deps import AuditDep, ContextDep, NowDep, PrincipalDep, RegistryDep, require_role
+from gateway.deps import (
+    AuditDep,
+    ContextDep,
+    NowDep,
+    PrincipalDep,
+    ReadDbDep,
+    ReadRegistryDep,
+    RegistryDep,
+    require_role,
+)
 from gateway.live import Broadcaster
 from gateway.params import Limit, ObjectId, Offset, RegionQuery, error_responses, iso_at
 from gateway.routes import API_PREFIX
@@ -451,7 +462,8 @@ def _list_query(
 @router.get("/incidents")
 def list_incidents(
     side: SideDep,
-    registry: RegistryDep,
+    registry: ReadRegistryDep,
+    db: ReadDbDep,
     principal: PrincipalDep,
     state: Annotated[StateFilter | None, Query(description="active = open or investigating")] = None,
     severity: Annotated[list[Severity] | None, Query(max_length=8, description="repeat for several")] = None,
@@ -461,14 +473,23 @@ def list_incidents(
     offset: Offset = 0,
 ) -> dict[str, Any]:
     """Incidents newest first, with the caller's visibility of each (``full`` or ``partial``); ``total`` counts all
-    matches. ``region``: incidents scoped inside that subtree, or with a member alert there."""
+    matches. ``region``: incidents scoped inside that subtree, or with a member alert there. Read on the replica
+    when one is configured (``GET /incidents/{id}`` and the caller's reads right after a change read the primary)."""
     from sqlalchemy import func
 
     q = _list_query(principal, registry, region, state, severity, type)
     store = side.store
-    total = int(store._session_read(lambda s: s.scalar(select(func.count()).select_from(q.subquery()))) or 0)
+
+    def read(fn: Any) -> Any:  # the store's reads, on the read engine (replica or primary)
+        try:
+            with db.engine.connect() as conn:
+                return fn(Session(bind=conn))
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"incident store read failed: {exc}") from exc
+
+    total = int(read(lambda s: s.scalar(select(func.count()).select_from(q.subquery()))) or 0)
     page = q.order_by(IncidentRow.opened_at.desc(), IncidentRow.id.desc()).offset(offset).limit(limit)
-    incidents: list[Incident] = store._session_read(lambda s: store._with_members(s, list(s.scalars(page))))
+    incidents: list[Incident] = read(lambda s: store._with_members(s, list(s.scalars(page))))
     items = []
     for inc in incidents:
         seen = visibility(inc, principal)

@@ -24,7 +24,7 @@ from core.errors import StoreUnavailable
 from core.protocol import DEVICE_TYPES
 from devices.registry import Registry
 from gateway.auth import Principal
-from gateway.deps import NowDep, PrincipalDep, RegistryDep
+from gateway.deps import NowDep, PrincipalDep, ReadRegistryDep
 from gateway.fleet import METER, VEHICLE, FleetDep
 from gateway.params import RegionQuery, error_responses, iso
 from gateway.routes import API_PREFIX
@@ -131,7 +131,7 @@ CountsDep = Annotated[CountCache, Depends(get_counts)]
 
 @router.get("/overview")
 def overview(
-    registry: RegistryDep,
+    registry: ReadRegistryDep,
     fleet: FleetDep,
     counts: CountsDep,
     principal: PrincipalDep,

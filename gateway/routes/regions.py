@@ -14,7 +14,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from gateway.auth import Principal
-from gateway.deps import NowDep, PrincipalDep, RegistryDep
+from gateway.deps import NowDep, PrincipalDep, ReadRegistryDep
 from gateway.fleet import FleetDep, RegionRow, json_response
 from gateway.params import RegionPath, error_responses
 from gateway.routes import API_PREFIX
@@ -101,7 +101,7 @@ def regions(fleet: FleetDep, principal: PrincipalDep, now: NowDep, request: Requ
 
 @router.get("/regions/{region_id}", response_model=dict[str, Any])
 def region(
-    region_id: RegionPath, registry: RegistryDep, fleet: FleetDep, principal: PrincipalDep, now: NowDep
+    region_id: RegionPath, registry: ReadRegistryDep, fleet: FleetDep, principal: PrincipalDep, now: NowDep
 ) -> Response:
     """One region with its subtree and counts; 404 if it does not exist or is outside the caller's scope."""
     region_or_404(registry, principal, region_id)

@@ -21,7 +21,7 @@ from devices.registry import Registry
 from gateway.audit import SENSITIVE_READ
 from gateway.auth import Principal
 from gateway.context import GatewayContext
-from gateway.deps import ContextDep, NowDep, PrincipalDep, RegistryDep
+from gateway.deps import ContextDep, NowDep, PrincipalDep, ReadRegistryDep
 from gateway.params import ErrorBody, RegionQuery, error_responses
 from gateway.routes import API_PREFIX
 from gateway.scope import not_found, region_or_404
@@ -124,7 +124,7 @@ def _build(
 async def get_report(
     request: Request,
     ctx: ContextDep,
-    registry: RegistryDep,
+    registry: ReadRegistryDep,
     principal: PrincipalDep,
     now: NowDep,
     kind: KindPath,

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from gateway.auth import Principal
-from gateway.deps import NowDep, PrincipalDep, RegistryDep, SettingsDep
+from gateway.deps import NowDep, PrincipalDep, ReadRegistryDep, RegistryDep, SettingsDep
 from gateway.params import DAY_MS, EPOCH, Limit, RegionQuery, TimeQuery, error_responses, iso_at, time_range
 from gateway.routes import API_PREFIX
 from gateway.scope import region_or_404
@@ -227,7 +227,7 @@ def _within(registry: RegistryDep, principal: Principal, region: str | None) -> 
 
 @router.get("/risk", response_model=RiskTree)
 def risk_tree(
-    registry: RegistryDep, settings: SettingsDep, principal: PrincipalDep, now: NowDep, region: RegionQuery = None
+    registry: ReadRegistryDep, settings: SettingsDep, principal: PrincipalDep, now: NowDep, region: RegionQuery = None
 ) -> RiskTree:
     """The risk score of every region the caller may see, as a tree (``region``: only that subtree)."""
     p = _picture(registry, settings, now, 0)
@@ -237,7 +237,7 @@ def risk_tree(
 
 @router.get("/risk/top", response_model=TopRisks)
 def risk_top(
-    registry: RegistryDep,
+    registry: ReadRegistryDep,
     settings: SettingsDep,
     principal: PrincipalDep,
     now: NowDep,
@@ -275,7 +275,7 @@ def risk_top(
 
 @router.get("/risk/history", response_model=RiskHistoryOut)
 def risk_history(
-    registry: RegistryDep,
+    registry: ReadRegistryDep,
     settings: SettingsDep,
     principal: PrincipalDep,
     now: NowDep,
@@ -329,7 +329,7 @@ def _stats(records: list[Record], truncated: bool, group_by: str, t0: datetime, 
 
 @router.get("/stats/alerts", response_model=StatsOut)
 def alert_stats(
-    registry: RegistryDep,
+    registry: ReadRegistryDep,
     settings: SettingsDep,
     principal: PrincipalDep,
     now: NowDep,
@@ -350,7 +350,7 @@ def alert_stats(
 
 @router.get("/stats/incidents", response_model=StatsOut)
 def incident_stats(
-    registry: RegistryDep,
+    registry: ReadRegistryDep,
     settings: SettingsDep,
     principal: PrincipalDep,
     now: NowDep,
