@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -34,7 +34,17 @@ from core.settings import Settings
 from devices.registry import REGION_ID_RE, Registry
 from gateway.audit import ApiAudit
 from gateway.auth import Principal, user_by_name
-from gateway.deps import AlertsDep, AuditDep, NowDep, PrincipalDep, RegistryDep, SettingsDep, require_role
+from gateway.deps import (
+    AlertsDep,
+    AuditDep,
+    NowDep,
+    PrincipalDep,
+    ReadDbDep,
+    ReadRegistryDep,
+    RegistryDep,
+    SettingsDep,
+    require_role,
+)
 from gateway.params import (
     DeviceQuery,
     Instant,
@@ -106,9 +116,10 @@ def why_silenced(svc: AlertService, items: list[dict[str, Any]]) -> None:
         ]
 
 
-def with_incidents(svc: AlertService, items: list[dict[str, Any]]) -> None:
-    """Add ``incident_id`` to each alert JSON: the (newest) incident it is a member of, or null."""
-    found = incidents_of_alerts(svc.repo.engine, [int(i["id"]) for i in items])
+def with_incidents(svc: AlertService, items: list[dict[str, Any]], engine: Engine | None = None) -> None:
+    """Add ``incident_id`` to each alert JSON: the (newest) incident it is a member of, or null (read on
+    ``engine``, default the alert store's)."""
+    found = incidents_of_alerts(engine or svc.repo.engine, [int(i["id"]) for i in items])
     for item in items:
         item["incident_id"] = found.get(int(item["id"]))
 
@@ -138,9 +149,9 @@ def silence_json(s: Silence, now: datetime) -> dict[str, Any]:
 # --- reads -------------------------------------------------------------------------------------------------------
 
 
-def _read(svc: AlertService, query: Any) -> list[AlertRow]:
+def _read(svc: AlertService, query: Any, engine: Engine | None = None) -> list[AlertRow]:
     try:
-        with svc.repo.engine.connect() as conn:
+        with (engine or svc.repo.engine).connect() as conn:
             return list(Session(bind=conn).scalars(query))
     except SQLAlchemyError as exc:
         raise StoreUnavailable(f"alert store read failed: {exc}") from exc
@@ -156,7 +167,8 @@ def _alert_or_404(svc: AlertService, principal: Principal, alert_id: int) -> Ale
 @router.get("/alerts")
 def list_alerts(
     svc: AlertsDep,
-    registry: RegistryDep,
+    registry: ReadRegistryDep,
+    db: ReadDbDep,
     principal: PrincipalDep,
     state: Annotated[StateFilter | None, Query(description="open = firing or acknowledged")] = None,
     severity: Annotated[list[Severity] | None, Query(max_length=8, description="repeat for several severities")] = None,
@@ -166,13 +178,14 @@ def list_alerts(
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> dict[str, Any]:
-    """Alerts newest first; ``total`` counts all matches."""
+    """Alerts newest first; ``total`` counts all matches. Read on the replica when one is configured (it may lag
+    the primary by its replay delay; the caller's own changes and ``GET /alerts/{id}`` read the primary)."""
     q = select(AlertRow)
     if region is not None:
         region_or_404(registry, principal, region)
     scope = region if region is not None else principal.region_id
     if scope is not None:
-        dialect = svc.repo.engine.dialect.name
+        dialect = db.engine.dialect.name
         q = q.where(under_path(AlertRow.region_path, subtree_path(registry, scope), dialect))  # an index range
     if device is not None:
         device_or_404(registry, principal, device)
@@ -186,14 +199,15 @@ def list_alerts(
     if rule is not None:
         q = q.where(AlertRow.rule_id == rule)
     try:
-        with svc.repo.engine.connect() as conn:
+        with db.engine.connect() as conn:
             total = int(conn.scalar(select(func.count()).select_from(q.subquery())) or 0)
     except SQLAlchemyError as exc:
         raise StoreUnavailable(f"alert store read failed: {exc}") from exc
-    rows = _read(svc, q.order_by(AlertRow.started_at.desc(), AlertRow.id.desc()).offset(offset).limit(limit))
+    page = q.order_by(AlertRow.started_at.desc(), AlertRow.id.desc()).offset(offset).limit(limit)
+    rows = _read(svc, page, db.engine)
     items = [alert_json(row_to_alert(r), principal) for r in rows]
     why_silenced(svc, items)
-    with_incidents(svc, items)
+    with_incidents(svc, items, db.engine)
     return {"total": total, "limit": limit, "offset": offset, "items": items}
 
 
