@@ -4,8 +4,10 @@ devices stay connected and publishing.
     python bench/provision.py [--existing 10000] [--devices 10000] [--connected 300] [--rate 2]
                               [--adapter passwd|dynsec] [--short]
 
-Starts its own Mosquitto (the generated config with ``device_passwd``: dynsec for the platform accounts, a password
-file with %u pattern ACLs for devices, ADR 0006) and a temporary SQLite registry with the sample region tree.
+Starts its own Mosquitto the way ``lianfang serve`` starts its embedded broker from the settings (by default,
+``mqtt.device_identities: password_file`` since session 6: dynsec for the platform accounts, a password file with %u
+pattern ACLs on the devices' own listener, ADR 0006) and a temporary SQLite registry with the sample region tree;
+the adapter is the one ``lianfang devices import`` picks for those settings (``adapter_for``).
 It provisions the first ``--existing`` devices (CSV import with the provisioning hook, like ``lianfang devices
 import``), connects ``--connected`` of them, which publish QoS 1 telemetry with a sequence number ``--rate`` times a
 second each, and a platform subscriber that receives it. Then it times the import of ``--devices`` new devices
@@ -14,8 +16,10 @@ rewrite of the password file and one SIGHUP), and verification of every new iden
 secret, then credential and audit rows. After it, the publishers go on for two seconds and stop.
 
 Reports the import time, connections dropped (must be 0), identities verified (all), messages lost (acknowledged
-by the broker but not received by the platform: must be 0). ``--adapter dynsec`` runs the same with the dynsec
-adapter over ``$CONTROL`` (quadratic in Mosquitto 2.0: use small numbers). ``--short``: 500 + 500, 50 connected.
+by the broker but not received by the platform: must be 0). ``--adapter dynsec`` runs the same with
+``mqtt.device_identities: dynsec`` (the dynsec adapter over ``$CONTROL``, devices on the platform port; quadratic
+in Mosquitto 2.0: use small numbers); ``--adapter passwd`` sets ``password_file``; without it, the default.
+``--short``: 500 + 500, 50 connected.
 
 Prints one result line: ``provision: N new devices into a running broker holding M in X s (Y/s) [...]``.
 """
@@ -42,10 +46,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.db import make_engine, migrate
+from core.settings import MqttSettings, Settings
 from devices.audit import Actor
 from devices.broker import BrokerConfig, MosquittoProcess, free_port
 from devices.broker_adapter import BrokerAdapter, DynsecAdapter
-from devices.broker_adapter_passwd import PasswdFileAdapter, _connect_packet
+from devices.broker_adapter_passwd import _connect_packet, adapter_for
 from devices.dynsec import DynsecClient
 from devices.imports import import_devices, import_regions
 from devices.provisioning import Provisioner, ProvisionOnWrite, SecretHasher
@@ -234,7 +239,12 @@ def main() -> int:
     ap.add_argument("--devices", type=int, default=10_000, help="new devices imported while it runs")
     ap.add_argument("--connected", type=int, default=300, help="existing devices connected and publishing")
     ap.add_argument("--rate", type=float, default=2.0, help="messages per second per connected device")
-    ap.add_argument("--adapter", choices=("passwd", "dynsec"), default="passwd")
+    ap.add_argument(
+        "--adapter",
+        choices=("passwd", "dynsec"),
+        default=None,
+        help="where device identities live (default: the settings' default, mqtt.device_identities)",
+    )
     ap.add_argument("--short", action="store_true", help="500 existing + 500 new, 50 connected (CI)")
     ap.add_argument("--kdf-n", type=int, default=SecretHasher().n, help="scrypt cost n for the registry hashes")
     args = ap.parse_args()
@@ -249,13 +259,23 @@ def main() -> int:
         now = datetime.now(UTC)
         import_regions(registry, ROOT / "devices" / "sample" / "regions.yaml", now=now)
         buildings = [r.id for r in registry.regions() if r.level == "building"]
-        cfg = BrokerConfig(
-            directory=d / "mosquitto",
-            port=free_port(),
+        chosen = {"passwd": {"device_identities": "password_file"}, "dynsec": {"device_identities": "dynsec"}}
+        settings = Settings(
+            data_dir=d,
+            mqtt=MqttSettings(
+                port=free_port(),
+                device_port=free_port(),  # the devices' listener (port + 1 may be taken)
+                broker_dir=d / "mosquitto",
+                **chosen.get(args.adapter, {}),
+            ),
+        )
+        cfg = BrokerConfig(  # as lianfang/runtime.py starts the embedded broker
+            directory=settings.mqtt.broker_dir,
+            port=settings.mqtt.port,
             admin_password="bench-" + uuid.uuid4().hex,
             platform_password="bench-" + uuid.uuid4().hex,
-            device_passwd=True,
-            device_port=free_port(),  # devices on their own listener (client id := username), as serve runs it
+            device_passwd=settings.mqtt.device_identities == "password_file",
+            device_port=settings.mqtt.device_listener_port,
         )
         proc = MosquittoProcess(cfg)
         proc.start()
@@ -269,10 +289,9 @@ def main() -> int:
 
         try:
             with DynsecClient("127.0.0.1", cfg.port, cfg.admin_password, timeout=60) as dynsec:
-                adapter: BrokerAdapter = (
-                    PasswdFileAdapter.for_broker(cfg, dynsec=dynsec, progress=tick)
-                    if args.adapter == "passwd"
-                    else DynsecAdapter(dynsec, progress=tick)
+                # as `lianfang devices import` picks it (devices/cli.py): the password file the broker loads, or dynsec
+                adapter: BrokerAdapter = adapter_for(settings, dynsec, progress=tick) or DynsecAdapter(
+                    dynsec, progress=tick
                 )
                 prov = Provisioner(
                     registry,
@@ -340,7 +359,7 @@ def main() -> int:
           f"scrypt n={args.kdf_n}; first {args.existing} devices {initial:.1f} s; "
           f"load average {load0[0]:.1f} before, {load1[0]:.1f} after; "
           f"platform disconnects {platform_drops}", file=sys.stderr)  # fmt: skip
-    name = adapter.name
+    name = f"{adapter.name}, mqtt.device_identities: {settings.mqtt.device_identities}"
     print(
         f"provision: {args.devices} new devices into a running broker holding {args.existing} in {elapsed:.1f} s "
         f"({args.devices / elapsed:.0f}/s) [{name}, live]; connections dropped {dropped}/{connected}; "
