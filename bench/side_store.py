@@ -1,12 +1,20 @@
 """Side-store benchmark: the InfluxDB backend's device-state upserts (core/store/side.py) per second.
 
-    python bench/side_store.py [--sql sqlite|postgresql] [--batches N] [--devices D] [--writers W] [--short]
+    python bench/side_store.py [--sql sqlite|postgresql] [--batches N] [--devices D] [--writers W]
+                               [--interval S] [--status-every K] [--seconds T] [--short]
 
 Each batch is what ingest writes after InfluxDB confirmed a batch of 2,000 interleaved messages: one upsert row per
-device (2,000 devices of D, counters and a status), in one transaction. W writers (threads, an engine each, as
-W ingest processes) write at once over overlapping devices. The database is a fresh migrated SQLite file, or a
-fresh PostgreSQL database on 127.0.0.1:5432 (LIANFANG_TEST_PG: the admin URL), dropped at the end. Prints one
-line: device rows upserted per second, and checks that every count arrived.
+device (2,000 devices of D, counters, and a status for one device in K), in one transaction. W writers (threads,
+an engine each, as W ingest processes) write at once over overlapping devices. The database is a fresh migrated
+SQLite file, or a fresh PostgreSQL database on 127.0.0.1:5432 (LIANFANG_TEST_PG: the admin URL), dropped at the
+end. Prints one line: device rows upserted per second, and checks that every count arrived.
+
+``--interval S`` (> 0): the aggregated mode (``store.side_flush_interval_s``): each writer adds its batches'
+counters up in memory and flushes every S seconds (and when it closes, which is timed); the line then gives the
+messages absorbed per second next to the device rows written per second (the devices with a status, written
+with their batch, and the flushed rows). With W writers the devices overlap (as without ``hash_clientid``).
+``--seconds T``: each writer writes batches for T seconds (as fast as it can) instead of N batches, so that a run
+spans several intervals.
 """
 
 from __future__ import annotations
@@ -40,14 +48,14 @@ def _pg(create: bool, name: str) -> str:
     return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
 
 
-def _batch(devices: list[str], k: int) -> WriteBatch:
+def _batch(devices: list[str], k: int, status_every: int = 10) -> WriteBatch:
     b = WriteBatch()
     start = (k * ROWS) % len(devices)
     for i in range(ROWS):
         dev = devices[(start + i) % len(devices)]
         c = b.counter(dev)
         c.messages, c.last_seen_ms = 1, 1_700_000_000_000 + k
-        if i % 10 == 0:
+        if status_every and i % status_every == 0:
             b.statuses.append(Status(dev, "r", 1_700_000_000_000 + k, "online", None))
     return b
 
@@ -58,6 +66,9 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=100, help="batches per writer")
     ap.add_argument("--devices", type=int, default=20_000)
     ap.add_argument("--writers", type=int, default=1)
+    ap.add_argument("--interval", type=float, default=0.0, help="aggregated mode: flush every S seconds")
+    ap.add_argument("--status-every", type=int, default=10, help="a status for one device in K (0: none)")
+    ap.add_argument("--seconds", type=float, default=0.0, help="write for T seconds instead of N batches")
     ap.add_argument("--short", action="store_true", help="CI mode: 10 batches per writer")
     args = ap.parse_args()
     batches = 10 if args.short else args.batches
@@ -72,15 +83,23 @@ def main() -> None:
             SqlSideStore(engine, owns_engine=False).write(_batch(devices, k))
         errors: list[BaseException] = []
 
+        flushed: list[int] = []
+        written: list[int] = []
+
         def run(w: int) -> None:
-            side = SqlSideStore(make_engine(url))
+            side = SqlSideStore(make_engine(url), flush_interval_s=args.interval)
+            k = 0
             try:
-                for k in range(batches):
-                    side.write(_batch(devices, k + w * 7))
+                deadline = time.perf_counter() + args.seconds
+                while k < batches if args.seconds <= 0 else time.perf_counter() < deadline:
+                    side.write(_batch(devices, k + w * 7, args.status_every))
+                    k += 1
             except BaseException as exc:  # reported below
                 errors.append(exc)
             finally:
-                side.close()
+                side.close()  # the aggregated mode's last flush
+                flushed.append(side.stats.rows)
+                written.append(k)
 
         threads = [threading.Thread(target=run, args=(w,)) for w in range(args.writers)]
         t0 = time.perf_counter()
@@ -95,14 +114,24 @@ def main() -> None:
     finally:
         if args.sql == "postgresql":
             _pg(False, name)
-    rows = batches * args.writers * ROWS
+    rows = sum(written) * ROWS
     expected = (args.devices // ROWS) * ROWS + rows
     ok = not errors and total == expected
-    print(
-        f"side_store: {rows} device rows in {elapsed:.2f} s = {rows / elapsed:,.0f} rows/s "
-        f"({rows / elapsed / ROWS:,.1f} batches/s of {ROWS}; sql={args.sql}, writers={args.writers}, "
-        f"devices={args.devices}; counts {'exact' if ok else f'WRONG {total} != {expected} {errors[:1]}'})"
-    )
+    counts = "exact" if ok else f"WRONG {total} != {expected} {errors[:1]}"
+    where = f"sql={args.sql}, writers={args.writers}, devices={args.devices}, a status every {args.status_every}"
+    if args.interval <= 0:
+        print(
+            f"side_store: {rows} device rows in {elapsed:.2f} s = {rows / elapsed:,.0f} rows/s "
+            f"({rows / elapsed / ROWS:,.1f} batches/s of {ROWS}; {where}; counts {counts})"
+        )
+    else:
+        with_batch = sum(written) * (len(range(0, ROWS, args.status_every)) if args.status_every else 0)
+        written = with_batch + sum(flushed)
+        print(
+            f"side_store: interval {args.interval:g} s: {rows} messages absorbed in {elapsed:.2f} s = "
+            f"{rows / elapsed:,.0f} msg/s; {written} device rows written = {written / elapsed:,.0f} rows/s "
+            f"({with_batch} with their batch for a status, {sum(flushed)} flushed); {where}; counts {counts}"
+        )
     sys.exit(0 if ok else 1)
 
 
