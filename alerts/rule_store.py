@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import JSON, Boolean, DateTime, Engine, Integer, String, select
+from sqlalchemy import JSON, Boolean, DateTime, Engine, Integer, String, func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -257,6 +257,15 @@ class RuleStore:
         try:
             with self._session() as s:
                 return [_to_rule(r) for r in s.scalars(select(RuleDefRow).order_by(RuleDefRow.created_at))]
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"rule store read failed: {exc}") from exc
+
+    def version(self) -> int:
+        """The id of the newest change (0: never edited); it moves with every write. Engines of other processes
+        reload the rule set when it moves (alerts/wiring.py ``AlertsRuntime.poll_rules``)."""
+        try:
+            with self._session() as s:
+                return int(s.scalar(select(func.max(RuleChangeRow.id))) or 0)
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"rule store read failed: {exc}") from exc
 

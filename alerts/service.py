@@ -224,6 +224,9 @@ class AlertService:
         self._scheduler: BackgroundScheduler | None = None
         self._started = False
         self._store_down = False
+        # Which stored alerts this service holds live (an engine of some partitions: its own; people's actions on
+        # the others go to their owner, lianfang/engine_commands.py). None: every alert.
+        self.keeps: Callable[[Alert], bool] | None = None
 
     # --- start / stop ---------------------------------------------------------------------------------------
 
@@ -232,9 +235,11 @@ class AlertService:
         now = now or self._clock()
         window = timedelta(seconds=self.book.config.flap_window_s)
         snap = self.repo.load(resolved_since=now - window)
+        keeps = self.keeps
+        alerts = snap.alerts if keeps is None else [a for a in snap.alerts if keeps(a)]
         with self._lock:
             self.book.restore(
-                snap.alerts,
+                alerts,
                 snap.silences,
                 snap.lifecycle,
                 next_id=snap.next_alert_id,

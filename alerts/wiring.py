@@ -37,20 +37,21 @@ from alerts.escalation import Escalator
 from alerts.lifecycle import AlertBook, LifecycleEvent
 from alerts.notify import DeliveryLog, Dispatcher, Notification, NotificationKind, NotifyConfig, load_notify_config
 from alerts.notify.channels import Channel
+from alerts.platform import PLATFORM_DEVICE
 from alerts.rule_check import Known
 from alerts.rule_store import RuleAdmin, RuleStore
 from alerts.rules import PACKS_DIR, RuleSet
 from alerts.service import AlertService, notification_kind, regions_from_registry
 from alerts.types import Alert, AlertChange
 from core import clock
-from core.errors import StoreUnavailable
+from core.errors import StoreUnavailable, UserError
 from core.protocol import Event, Record
 from core.settings import Settings
 from core.store import WriteBatch
 from devices.dispatch import DispatchStore
 from devices.provisioning import expiring
 from devices.registry import Registry
-from ingest.forward import owned_partitions, partition_owner
+from ingest.forward import Partitioner, owned_partitions, partition_owner, region_paths
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class AlertsRuntime:
         refresh_interval_s: float = 60.0,
         notify_stop_timeout_s: float = 5.0,
         notify_idle_wait_s: float = 1.0,
+        sync_poll_s: float = 2.0,
     ) -> None:
         cfg = settings.alerts
         self.settings = cfg
@@ -188,9 +190,19 @@ class AlertsRuntime:
             lambda esc, now: self.service.set_escalation_level(esc.alert_id, esc.level, now, esc.due_at),
             self.dispatcher.notify,
         )
+        # With engine partitions: which engine owns an alert (people's actions on another's go there over the
+        # broker, lianfang/engine_commands.py), and the silences and rule edits every engine takes from SQL.
+        self.partitioner: Partitioner | None = None
+        self.owned: frozenset[int] = frozenset(range(cfg.partitions))
+        self.commands: Any = None  # lianfang.engine_commands.EngineCommands, started by lianfang/runtime.py
+        self._rules_version = 0
+        self.sync_poll_s = sync_poll_s
         if self.owns is not None:
             owned = owned_partitions(cfg)
+            self.owned = frozenset(owned)
+            self.partitioner = Partitioner(cfg.partitions, cfg.partition_level, region_paths(registry))
             self.service.book = PartitionedAlertBook(self.service.book.config, stride=cfg.partitions, offset=owned[0])
+            self.service.keeps = lambda a: self.owner_of(a) is None
         self.rule_admin.apply = self._apply_rules
         self.service.subscribe(self._to_dispatcher)
         self._scheduler: BackgroundScheduler | None = None
@@ -217,6 +229,92 @@ class AlertsRuntime:
         """Rebuild the rule set (files as read at start, the API layer as stored now) and swap it into the running
         service. API writes through ``rule_admin`` do this themselves."""
         return self.rule_admin.reload()
+
+    def poll_rules(self) -> bool:
+        """Reload the rule set when its stored version moved (an API edit made in another engine's process); True
+        if it did. A job of engines of some partitions only: with one engine every edit is made here."""
+        version = self.rule_admin.store.version()
+        if version == self._rules_version:
+            return False
+        self.rule_admin.reload()
+        self._rules_version = version
+        logger.info("alerts: rules reloaded (stored version %d)", version)
+        return True
+
+    # --- several engines: who owns an alert, people's actions from the gateway, silences ------------------
+
+    def partition_of(self, alert: Alert) -> int:
+        """The partition whose engine holds ``alert`` live: its region's, or for a platform alert (raised by
+        the engine that saw the problem, on the root region) the residue of its id (alerts/wiring.py
+        ``PartitionedAlertBook``)."""
+        if self.partitioner is None:
+            return 0
+        if alert.device_id == PLATFORM_DEVICE:
+            return alert.id % self.settings.partitions
+        return self.partitioner.of(alert.region_id)
+
+    def owner_of(self, alert: Alert) -> int | None:
+        """None when this process's engine holds ``alert`` live (always with one engine); else the partition
+        whose engine does."""
+        if self.partitioner is None:
+            return None
+        k = self.partition_of(alert)
+        return None if k in self.owned else k
+
+    def handle_command(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A person's action sent by the gateway of another process (lianfang/engine_commands.py): applied here,
+        where the alert lives, as the gateway would apply it in its own process. The gateway audits it."""
+        svc = self.service
+        try:
+            alert_id, who = int(args["alert_id"]), str(args["who"])
+            if op == "alert.ack":
+                svc.acknowledge(alert_id, who, str(args.get("reason") or ""))
+            elif op == "alert.resolve":
+                svc.resolve(alert_id, who, str(args["reason"]))
+            elif op == "alert.comment":
+                svc.comment(alert_id, who, str(args["text"]))
+            elif op == "alert.assign":
+                assignee = args.get("assignee")
+                svc.assign(alert_id, who, str(assignee) if assignee else None)
+            else:
+                return {"status": 400, "detail": f"unknown command {op!r}"}
+        except (KeyError, TypeError, ValueError) as exc:
+            return {"status": 400, "detail": f"a malformed command {op!r}: {exc}"}
+        except UserError as exc:
+            return {"status": 409, "detail": str(exc)}
+        return {"status": 200}
+
+    def sync_silences(self) -> int:
+        """Take the silences created or ended in another engine's process (the gateway's) from SQL: a new one is
+        applied at the next tick, one ended early ends here at the time it ended there. Returns how many changed.
+        A job of engines of some partitions only."""
+        svc = self.service
+        stored = {s.id: s for s in svc.repo.silences(active_only=True)}
+        with svc._lock:
+            live = {i for i, s in svc.book.silences.items() if not s.ended}
+        gone = {i: svc.repo.silence(i) for i in live - stored.keys()}
+        changed = 0
+
+        def run() -> list[LifecycleEvent]:
+            nonlocal changed
+            book = svc.book
+            for sid, silence in stored.items():
+                if sid not in book.silences:
+                    book.silences[sid] = silence  # not dirty: it is stored; the tick applies it
+                    book.next_silence_id = max(book.next_silence_id, sid + 1)
+                    changed += 1
+            for sid, ended in gone.items():
+                mine = book.silences.get(sid)
+                if mine is None or mine.ended:
+                    continue
+                mine.ends_at = min(mine.ends_at, ended.ends_at) if ended is not None else self._clock()
+                changed += 1
+            return book.tick(now=self._clock()) if changed else []
+
+        svc._act(run)
+        if changed:
+            logger.info("alerts: %d silences taken from another process", changed)
+        return changed
 
     # --- the hand-offs ----------------------------------------------------------------------------------
 
@@ -311,6 +409,11 @@ class AlertsRuntime:
                 id="alerts-credentials",
                 next_run_time=self._clock(),
             )
+            if self.owns is not None:  # other engines' processes: their silences and rule edits, from SQL
+                self._rules_version = self.rule_admin.store.version()
+                poll = self.sync_poll_s
+                sched.add_job(self._job(self.sync_silences), "interval", seconds=poll, id="alerts-silences")
+                sched.add_job(self._job(self.poll_rules), "interval", seconds=poll, id="alerts-rules")
             sched.start()
             self._scheduler = sched
             self._state = "running"
@@ -321,9 +424,24 @@ class AlertsRuntime:
             len(self.notify_config.routes),
         )
 
+    @staticmethod
+    def _job(fn: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except StoreUnavailable as exc:
+                logger.warning("alerts job %s: store unavailable, will retry: %s", fn.__name__, exc)
+            except Exception:
+                logger.exception("alerts job %s failed", fn.__name__)
+
+        return run
+
     def stop(self) -> None:
         """Graceful and idempotent: stop escalation and timers, write all alert state, then drain notifications
         (what is left resumes at the next start)."""
+        if self.commands is not None:  # no more actions from other processes
+            self.commands.stop()
+            self.commands = None
         with self._lock:
             if self._state == "stopped":
                 return

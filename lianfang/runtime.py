@@ -52,6 +52,7 @@ from joint.risk_store import snapshotter_from_settings
 from joint.service import JointService
 from joint.service import build as build_joint
 from lianfang.context import open_registry, open_store
+from lianfang.engine_commands import EngineCommands
 from lianfang.engine_role import EngineConsumer, EngineStallAlerts, RelayedIngestMetrics
 from lianfang.ingest_child import IngestChild
 
@@ -428,6 +429,10 @@ class Runtime:
         if 0 in self.engine.partitions:  # "ingest stalled" once per installation: by the engine of partition 0
             self.platform_alerts = PlatformAlerts(self.ingest_status, self.alerts.apply_platform_changes, root).start()
         self.engine_alerts = EngineStallAlerts(self.engine.status, self.alerts.apply_platform_changes, root).start()
+        if self.alerts.owns is not None:  # several engines: people's actions on this one's alerts come over the broker
+            self.alerts.commands = EngineCommands(
+                s.mqtt, sorted(self.alerts.owned), self.alerts.handle_command, client_id=f"{self.engine.client_id}-cmd"
+            ).start()
         self.broker_drops = BrokerDropMonitor(
             s.mqtt, on_drops=dq.broker_dropped, client_id=f"{self.engine.client_id}-sys"
         )

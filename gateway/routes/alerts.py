@@ -1,7 +1,9 @@
 """Alerts and silences: lists, one alert with its timeline, and people's actions, inside the caller's scope.
 
 Reads go to the alerts tables; actions go through the running ``AlertService`` (so they reach the live lifecycle,
-are stored and notified like any other change). Without a running alert service every endpoint answers 503.
+are stored and notified like any other change); with several engine processes, an action on an alert another
+engine holds goes to that engine over the broker (gateway/remote_actions.py) and answers 503 when it is down.
+Without a running alert service every endpoint answers 503.
 An alert or silence outside the caller's subtree is answered as if it did not exist (404). Writes need the role
 ``operator`` or ``admin``; the acting person is the caller's API user name.
 
@@ -57,6 +59,7 @@ from gateway.params import (
     error_responses,
     iso_at,
 )
+from gateway.remote_actions import RemoteDep
 from gateway.routes import API_PREFIX
 from gateway.routes.incidents import incidents_of_alerts
 from gateway.scope import device_or_404, not_found, region_or_404, subtree_path, under_path
@@ -257,12 +260,20 @@ def _audit_refused(
 
 @router.post("/alerts/{alert_id}/ack")
 def acknowledge(
-    alert_id: ObjectId, body: AckBody, svc: AlertsDep, principal: Writer, audit: AuditDep, now: NowDep
+    alert_id: ObjectId,
+    body: AckBody,
+    svc: AlertsDep,
+    principal: Writer,
+    audit: AuditDep,
+    now: NowDep,
+    remote: RemoteDep,
 ) -> dict[str, Any]:
     """Acknowledge a firing alert (stops its escalation)."""
-    _alert_or_404(svc, principal, alert_id)
+    found = _alert_or_404(svc, principal, alert_id)
     try:
-        out = alert_json(svc.acknowledge(alert_id, principal.name, body.reason), principal)
+        args = {"who": principal.name, "reason": body.reason}
+        done = remote.act(svc, found, "alert.ack", args, lambda: svc.acknowledge(alert_id, principal.name, body.reason))
+        out = alert_json(done, principal)
     except UserError as exc:
         _audit_refused(audit, principal, "alert.ack", alert_id, now, exc)
         raise _conflict(exc) from exc
@@ -272,12 +283,20 @@ def acknowledge(
 
 @router.post("/alerts/{alert_id}/resolve")
 def resolve(
-    alert_id: ObjectId, body: ResolveBody, svc: AlertsDep, principal: Writer, audit: AuditDep, now: NowDep
+    alert_id: ObjectId,
+    body: ResolveBody,
+    svc: AlertsDep,
+    principal: Writer,
+    audit: AuditDep,
+    now: NowDep,
+    remote: RemoteDep,
 ) -> dict[str, Any]:
     """Resolve an open alert by hand; a reason is required."""
-    _alert_or_404(svc, principal, alert_id)
+    found = _alert_or_404(svc, principal, alert_id)
     try:
-        out = alert_json(svc.resolve(alert_id, principal.name, body.reason), principal)
+        args = {"who": principal.name, "reason": body.reason}
+        done = remote.act(svc, found, "alert.resolve", args, lambda: svc.resolve(alert_id, principal.name, body.reason))
+        out = alert_json(done, principal)
     except UserError as exc:
         _audit_refused(audit, principal, "alert.resolve", alert_id, now, exc)
         raise _conflict(exc) from exc
@@ -287,12 +306,19 @@ def resolve(
 
 @router.post("/alerts/{alert_id}/comments", status_code=status.HTTP_201_CREATED)
 def add_comment(
-    alert_id: ObjectId, body: CommentBody, svc: AlertsDep, principal: Writer, audit: AuditDep, now: NowDep
+    alert_id: ObjectId,
+    body: CommentBody,
+    svc: AlertsDep,
+    principal: Writer,
+    audit: AuditDep,
+    now: NowDep,
+    remote: RemoteDep,
 ) -> dict[str, Any]:
     """Add a comment to the alert's timeline (open alerts and recently resolved ones)."""
-    _alert_or_404(svc, principal, alert_id)
+    found = _alert_or_404(svc, principal, alert_id)
     try:
-        alert = svc.comment(alert_id, principal.name, body.text)
+        args = {"who": principal.name, "text": body.text}
+        alert = remote.act(svc, found, "alert.comment", args, lambda: svc.comment(alert_id, principal.name, body.text))
     except UserError as exc:
         _audit_refused(audit, principal, "alert.comment", alert_id, now, exc)
         raise _conflict(exc) from exc
@@ -304,12 +330,22 @@ def add_comment(
 
 @router.post("/alerts/{alert_id}/assign")
 def assign(
-    alert_id: ObjectId, body: AssignBody, svc: AlertsDep, principal: Writer, audit: AuditDep, now: NowDep
+    alert_id: ObjectId,
+    body: AssignBody,
+    svc: AlertsDep,
+    principal: Writer,
+    audit: AuditDep,
+    now: NowDep,
+    remote: RemoteDep,
 ) -> dict[str, Any]:
     """Assign an open alert to someone (or unassign with null)."""
-    _alert_or_404(svc, principal, alert_id)
+    found = _alert_or_404(svc, principal, alert_id)
     try:
-        out = alert_json(svc.assign(alert_id, principal.name, body.assignee or None), principal)
+        args = {"who": principal.name, "assignee": body.assignee or None}
+        done = remote.act(
+            svc, found, "alert.assign", args, lambda: svc.assign(alert_id, principal.name, body.assignee or None)
+        )
+        out = alert_json(done, principal)
     except UserError as exc:
         _audit_refused(audit, principal, "alert.assign", alert_id, now, exc)
         raise _conflict(exc) from exc

@@ -23,13 +23,14 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from core.db import make_engine, migrate
+from devices.broker import free_port
 from devices.imports import import_regions
 from devices.registry import DeviceSpec, Registry
 from ingest.forward import Partitioner, region_paths
@@ -273,3 +274,164 @@ def test_an_engine_killed_while_ingest_drains_loses_no_alert(broker: Broker, tmp
     assert ingest.stop() == 0 and engine.stop() == 0
     alerts = _alerts(registry_db)
     assert Counter((r, d) for _, r, d in alerts if r in RULE_OF.values()) == Counter(early | late), "each alert once"
+
+
+# --- people's actions with two engine processes (lianfang/engine_commands.py) ---------------------------------
+
+
+def _door_forced(broker: Broker, device_seqs: list[tuple[str, int]]) -> None:
+    now_ms = int(time.time() * 1000)
+    _publish(
+        broker,
+        [
+            (f"lf/v1/{d}/event", json.dumps({"ts": now_ms - 1000 + i, "seq": seq, "type": "door_forced"}).encode())
+            for i, (d, seq) in enumerate(device_seqs)
+        ],
+    )
+
+
+def _rows(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db, timeout=30) as conn:
+        return [tuple(r) for r in conn.execute(sql, args).fetchall()]
+
+
+def _g1(db: Path) -> dict[int, dict[str, Any]]:
+    cols = ("id", "device_id", "state", "count", "silenced", "acknowledged_by", "assignee", "resolved_by")
+    rows = _rows(db, f"SELECT {', '.join(cols)} FROM alerts WHERE rule_id = 'G1.event'")
+    return {int(r[0]): dict(zip(cols, r, strict=True)) for r in rows}
+
+
+def test_actions_on_an_alert_reach_the_engine_process_that_owns_it(
+    broker: Broker, tmp_path: Path, procs: list[Proc]
+) -> None:
+    """`lianfang serve` runs the gateway and the engine of partition 0; `lianfang alerts` the engine of partition 1
+    (cities of the sample tree). Acknowledge, comment, assign and resolve on partition 1's alerts are applied by
+    its engine: what it then does with the alert (a repeat keeps it acknowledged, a repeat after resolve opens a
+    new alert) agrees with SQL. A silence made through the gateway silences both partitions' alerts, and ending it
+    unsilences them. With that engine down an action answers 503 and changes nothing, also once it is back."""
+    import httpx
+
+    from gateway.auth import create_user
+
+    url, devices, registry = _setup(tmp_path, 24)
+    part = Partitioner(2, 2, region_paths(registry))
+    gates = [(d, part.of(r)) for d, t, r in devices if t == "gate"]
+    assert {k for _, k in gates} == {0, 1}, gates
+    token = create_user(registry.engine, "op1", "operator", None, datetime.now(UTC))
+    api_port = free_port()
+    partitions = {"LIANFANG_ALERTS__PARTITIONS": "2", "LIANFANG_ALERTS__PARTITION_LEVEL": "2"}
+    engine1 = Proc(
+        "alerts",
+        _env(tmp_path, broker, url, LIANFANG_ALERTS__ENGINE_PARTITIONS="[1]", **partitions),
+        tmp_path / "engine-1.log",
+    )
+    procs.append(engine1)
+    wait_until(engine1.running, 240, 0.2, "engine 1 running")
+    serve = Proc(
+        "serve",
+        _env(
+            tmp_path,
+            broker,
+            url,
+            LIANFANG_ALERTS__ENGINE_PARTITIONS="[0]",
+            LIANFANG_API__HOST="127.0.0.1",
+            LIANFANG_API__PORT=str(api_port),
+            LIANFANG_MQTT__ADMIN_PASSWORD=broker.admin_password,
+            **partitions,
+        ),
+        tmp_path / "serve.log",
+    )
+    procs.append(serve)
+    api = httpx.Client(base_url=f"http://127.0.0.1:{api_port}/api/v1", headers={"Authorization": f"Bearer {token}"})
+
+    def up() -> bool:
+        assert serve.proc is not None and serve.proc.poll() is None, serve.log.read_text()[-3000:]
+        try:
+            return api.get("/alerts", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, 240, 0.2, "serve answering")
+    db = tmp_path / "registry.db"
+    seq = dict.fromkeys((d for d, _ in gates), 0)
+
+    def fire(ds: list[str]) -> None:
+        for d in ds:
+            seq[d] += 1
+        _door_forced(broker, [(d, seq[d]) for d in ds])
+
+    fire([d for d, _ in gates])
+    wait_until(lambda: len(_g1(db)) == len(gates), 120, 0.2, "an alert per gate")
+    alerts = _g1(db)
+    owner = dict(gates)
+    assert all(i % 2 == owner[a["device_id"]] for i, a in alerts.items()), "ids of the owner's residue"
+    one = sorted(i for i, a in alerts.items() if owner[a["device_id"]] == 1)
+    zero = sorted(i for i, a in alerts.items() if owner[a["device_id"]] == 0)
+    assert len(one) >= 4 and len(zero) >= 1, (one, zero)
+    a_ack, a_res, a_down, a_assign = one[:4]
+
+    # Acknowledge, comment, assign: applied by engine 1 and answered with the alert as stored.
+    r = api.post(f"/alerts/{a_ack}/ack", json={"reason": "on my way"}, timeout=20)
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "acknowledged" and r.json()["acknowledged_by"] == "op1"
+    r = api.post(f"/alerts/{a_ack}/comments", json={"text": "door checked"}, timeout=20)
+    assert r.status_code == 201, r.text
+    assert [c["text"] for c in r.json()["comments"] if c["kind"] == "comment"] == ["door checked"]
+    r = api.post(f"/alerts/{a_assign}/assign", json={"assignee": "wang"}, timeout=20)
+    assert r.status_code == 200 and r.json()["assignee"] == "wang", r.text
+    r = api.post(f"/alerts/{a_ack}/ack", json={"reason": "again"}, timeout=20)
+    assert r.status_code == 409 and "already acknowledged" in r.text, r.text  # the owner's refusal
+    r = api.post(f"/alerts/{zero[0]}/ack", json={"reason": "local"}, timeout=20)
+    assert r.status_code == 200 and r.json()["state"] == "acknowledged", r.text  # partition 0: in-process
+    # Resolve: the owner's live copy is resolved too.
+    r = api.post(f"/alerts/{a_res}/resolve", json={"reason": "false alarm"}, timeout=20)
+    assert r.status_code == 200 and r.json()["state"] == "resolved", r.text
+    audit = _rows(db, "SELECT action, outcome FROM audit_log WHERE action LIKE 'alert.%' ORDER BY id")
+    assert ("alert.ack", "conflict") in audit and audit.count(("alert.ack", "ok")) == 2, audit
+
+    # The owner's memory agrees with SQL: a repeat keeps the acknowledged alert acknowledged (a stale firing copy
+    # would write it back to firing), and a repeat of the resolved one opens a new alert.
+    fire([alerts[a_ack]["device_id"], alerts[a_res]["device_id"], alerts[a_assign]["device_id"]])
+    wait_until(lambda: _g1(db)[a_ack]["count"] == 2, 60, 0.2, "the repeat counted by engine 1")
+    wait_until(lambda: len(_g1(db)) == len(gates) + 1, 60, 0.2, "a new alert after the resolved one")
+    after = _g1(db)
+    assert after[a_ack]["state"] == "acknowledged" and after[a_ack]["acknowledged_by"] == "op1", after[a_ack]
+    assert after[a_res]["state"] == "resolved" and after[a_res]["resolved_by"] == "op1", after[a_res]
+    assert after[a_assign]["assignee"] == "wang" and after[a_assign]["count"] == 2, after[a_assign]
+    (new,) = set(after) - set(alerts)
+    assert after[new]["device_id"] == alerts[a_res]["device_id"] and new % 2 == 1, after[new]
+    comments = _rows(db, "SELECT author, text FROM alert_comments WHERE alert_id = ? AND kind = 'comment'", a_ack)
+    assert comments == [("op1", "door checked")], comments
+
+    # A silence made through the gateway: both engines silence their open alerts, and unsilence them at its end.
+    ends = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    r = api.post("/silences", json={"rule_id": "G1.event", "reason": "maintenance", "ends_at": ends}, timeout=20)
+    assert r.status_code == 201, r.text
+    silence_id = r.json()["id"]
+
+    def open_ones() -> dict[int, dict[str, Any]]:
+        return {i: a for i, a in _g1(db).items() if a["state"] != "resolved"}
+
+    wait_until(lambda: all(a["silenced"] for a in open_ones().values()), 30, 0.2, "every open G1 alert silenced")
+    assert {i % 2 for i in open_ones()} == {0, 1}
+    r = api.post(f"/silences/{silence_id}/end", json={"reason": "maintenance done"}, timeout=20)
+    assert r.status_code == 200, r.text
+    wait_until(lambda: not any(a["silenced"] for a in open_ones().values()), 30, 0.2, "every G1 alert unsilenced")
+
+    # The owner down: 503, and nothing changes (not even once it is back).
+    assert engine1.stop() == 0
+    t0 = time.monotonic()
+    r = api.post(f"/alerts/{a_down}/ack", json={"reason": "nobody home"}, timeout=30)
+    assert r.status_code == 503 and "partition 1" in r.json()["detail"], r.text
+    assert time.monotonic() - t0 < 15
+    assert _g1(db)[a_down]["state"] == "firing"
+    engine1.start()
+    wait_until(
+        lambda: engine1.messages().count("alert engine running; SIGTERM to stop") == 2, 240, 0.2, "engine 1 back"
+    )
+    time.sleep(3)
+    assert _g1(db)[a_down]["state"] == "firing", "a request of the down time applied later"
+    r = api.post(f"/alerts/{a_down}/ack", json={"reason": "now"}, timeout=20)
+    assert r.status_code == 200 and r.json()["state"] == "acknowledged", r.text
+    for p in (serve, engine1):
+        assert p.stop() == 0, p.log.read_text()[-3000:]
