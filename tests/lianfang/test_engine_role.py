@@ -296,7 +296,7 @@ def _rows(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 
 
 def _g1(db: Path) -> dict[int, dict[str, Any]]:
-    cols = ("id", "device_id", "state", "count", "silenced", "acknowledged_by", "assignee", "resolved_by")
+    cols = ("id", "device_id", "state", "count", "silenced", "acknowledged_by", "assignee", "resolved_by", "severity")
     rows = _rows(db, f"SELECT {', '.join(cols)} FROM alerts WHERE rule_id = 'G1.event'")
     return {int(r[0]): dict(zip(cols, r, strict=True)) for r in rows}
 
@@ -316,6 +316,7 @@ def test_actions_on_an_alert_reach_the_engine_process_that_owns_it(
     url, devices, registry = _setup(tmp_path, 24)
     part = Partitioner(2, 2, region_paths(registry))
     gates = [(d, part.of(r)) for d, t, r in devices if t == "gate"]
+    region_of = {d: r for d, _, r in devices}
     assert {k for _, k in gates} == {0, 1}, gates
     token = create_user(registry.engine, "op1", "operator", None, datetime.now(UTC))
     api_port = free_port()
@@ -389,6 +390,16 @@ def test_actions_on_an_alert_reach_the_engine_process_that_owns_it(
     audit = _rows(db, "SELECT action, outcome FROM audit_log WHERE action LIKE 'alert.%' ORDER BY id")
     assert ("alert.ack", "conflict") in audit and audit.count(("alert.ack", "ok")) == 2, audit
 
+    # A rule edit through the gateway reaches engine 1 (its stored version moved): partition 1's city critical.
+    path = registry.region(region_of[alerts[a_res]["device_id"]])
+    assert path is not None
+    city = [x for x in path.path.split("/") if x][1]
+    r = api.put(
+        "/rules/G1.event/overrides", params={"region": city}, json={"severity": "critical", "reason": "t"}, timeout=20
+    )
+    assert r.status_code in (200, 201), r.text
+    wait_until(lambda: "alerts: rules reloaded" in " ".join(engine1.messages()), 30, 0.2, "engine 1 reloads rules")
+
     # The owner's memory agrees with SQL: a repeat keeps the acknowledged alert acknowledged (a stale firing copy
     # would write it back to firing), and a repeat of the resolved one opens a new alert.
     fire([alerts[a_ack]["device_id"], alerts[a_res]["device_id"], alerts[a_assign]["device_id"]])
@@ -400,6 +411,7 @@ def test_actions_on_an_alert_reach_the_engine_process_that_owns_it(
     assert after[a_assign]["assignee"] == "wang" and after[a_assign]["count"] == 2, after[a_assign]
     (new,) = set(after) - set(alerts)
     assert after[new]["device_id"] == alerts[a_res]["device_id"] and new % 2 == 1, after[new]
+    assert after[new]["severity"] == "critical", after[new]  # raised under the edited rule
     comments = _rows(db, "SELECT author, text FROM alert_comments WHERE alert_id = ? AND kind = 'comment'", a_ack)
     assert comments == [("op1", "door checked")], comments
 
