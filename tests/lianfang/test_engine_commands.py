@@ -76,7 +76,7 @@ def test_a_request_delivered_twice_is_applied_once_and_a_late_one_not_at_all(
     owner, _, handler = pair
     raw = mqtt_client(broker.port, broker.platform_username, broker.platform_password, client_id="t-raw")
     replies: list[tuple[bytes, bytes]] = []
-    raw.on_message = lambda c, u, m: replies.append((m.properties.CorrelationData, m.payload))
+    raw.on_message = lambda c, u, m: replies.append((getattr(m.properties, "CorrelationData", b""), bytes(m.payload)))
     raw.subscribe("lf/internal/v1/cmd/reply/t-raw", qos=1)
     time.sleep(0.3)
 
