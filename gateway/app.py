@@ -30,6 +30,7 @@ from gateway.context import GatewayContext
 from gateway.fleet import start_fleet
 from gateway.metrics import MetricsMiddleware
 from gateway.params import ErrorBody
+from gateway.read_from import ReadFromHeader
 from gateway.routes import API_PREFIX, alerts, devices, events, health, incidents, ingress, me, regions, rules, stream
 from gateway.routes import audit as audit_routes
 from gateway.routes import auth as auth_routes
@@ -146,6 +147,7 @@ def create_app(ctx: GatewayContext) -> FastAPI:
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(EmptyQueryIsAbsent)
     app.add_middleware(AuditTrail)  # every write and sensitive read audited; the access log (gateway/audit.py)
+    app.add_middleware(ReadFromHeader)  # where a read's SQL was served: replica or primary (database_read_url)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

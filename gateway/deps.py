@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any, cast
 
-from fastapi import Depends, HTTPException, Request, Response, status
+from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 
@@ -27,6 +27,7 @@ from gateway.auth import Principal, any_users, authenticate
 from gateway.context import GatewayContext
 from gateway.live import Broadcaster
 from gateway.policy import load_policy
+from gateway.read_from import STATE_READ_FROM
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +155,6 @@ def get_principal(ctx: ContextDep, registry: RegistryDep, request: Request, cred
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# Where a request's reads were served from, for operators and tests: "replica" or "primary".
-READ_FROM_HEADER = "X-Lianfang-Read-From"
 
 
 @dataclass(frozen=True)
@@ -167,7 +166,7 @@ class ReadDb:
     on_replica: bool
 
 
-def get_read_db(ctx: ContextDep, principal: PrincipalDep, response: Response) -> ReadDb:
+def get_read_db(ctx: ContextDep, principal: PrincipalDep, request: Request) -> ReadDb:
     """For read-only routes (lists, details, reports, statistics, overview, audit reads): the replica of
     ``database_read_url`` when it is set, reachable, not too far behind, and the caller did not write in the last
     seconds (core/replica.py); else the primary. Writes, logins and token checks never use this."""
@@ -175,7 +174,8 @@ def get_read_db(ctx: ContextDep, principal: PrincipalDep, response: Response) ->
     if router is None or ctx.read_registry is None:
         return ReadDb(ctx.registry.engine, ctx.registry, False)
     engine, on_replica = router.engine_for_read(principal.name)
-    response.headers[READ_FROM_HEADER] = "replica" if on_replica else "primary"
+    # The X-Lianfang-Read-From header (gateway/read_from.py), for operators and tests.
+    request.scope.setdefault("state", {})[STATE_READ_FROM] = "replica" if on_replica else "primary"
     return ReadDb(engine, ctx.read_registry if on_replica else ctx.registry, on_replica)
 
 

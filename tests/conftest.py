@@ -18,6 +18,10 @@ from core.db import make_engine, migrate
 from core.store.sqlite import SqliteStore
 from devices.broker import BrokerConfig, MosquittoProcess, free_port
 from devices.registry import Registry
+from tests.pg_replica import PgPair
+from tests.pg_replica import start_pair as start_pg_pair
+from tests.pg_replica import stop_pair as stop_pg_pair
+from tests.pg_replica import unavailable as pg_replica_unavailable
 
 PG_ADMIN_URL = os.environ.get("LIANFANG_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
@@ -139,3 +143,17 @@ def _unfreeze_gc() -> Iterator[None]:
     """A test that starts the service runtime freezes the heap (core/gcpolicy.py); give it back afterwards."""
     yield
     gc.unfreeze()
+
+
+@pytest.fixture(scope="module")
+def pg_replica() -> Iterator[PgPair]:
+    """A PostgreSQL 15 primary of our own and its streaming replica, on free ports (tests/pg_replica.py); skipped
+    when Debian's PostgreSQL binaries are not installed. Module-scoped: tests create their own databases on it."""
+    reason = pg_replica_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    pair = start_pg_pair()
+    try:
+        yield pair
+    finally:
+        stop_pg_pair(pair)
