@@ -101,7 +101,7 @@ def start_pair() -> PgPair:
             # trust for replication from 127.0.0.1 is in initdb's pg_hba.conf with --auth=trust
             f.write(
                 "\nlisten_addresses = '127.0.0.1'\nwal_level = replica\nmax_wal_senders = 5\n"
-                "hot_standby = on\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                "hot_standby = on\nfsync = off\nfull_page_writes = off\n"
                 "wal_receiver_status_interval = 1s\nshared_buffers = 32MB\n"
             )
         pair._pg_ctl("primary", pair.primary_port, "start")
@@ -125,7 +125,7 @@ def wait_replayed(primary: Any, replica: Any, timeout: float = 30.0) -> None:
     from sqlalchemy import text
 
     with primary.connect() as conn:
-        target = conn.scalar(text("SELECT pg_current_wal_lsn()"))
+        target = conn.scalar(text("SELECT pg_current_wal_insert_lsn()"))
     deadline = time.monotonic() + timeout
     while True:
         with replica.connect() as conn:
