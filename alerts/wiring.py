@@ -261,9 +261,20 @@ class AlertsRuntime:
         k = self.partition_of(alert)
         return None if k in self.owned else k
 
+    def incident_owner(self, incident_id: int) -> int | None:
+        """None when this process's engine holds the incident live (always with one engine); else the partition
+        whose engine does: the residue of its id (lianfang/partitioned_joint.py)."""
+        if self.partitioner is None:
+            return None
+        k = incident_id % self.settings.partitions
+        return None if k in self.owned else k
+
     def handle_command(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         """A person's action sent by the gateway of another process (lianfang/engine_commands.py): applied here,
-        where the alert lives, as the gateway would apply it in its own process. The gateway audits it."""
+        where the alert or incident lives, as the gateway would apply it in its own process. The gateway audits
+        it."""
+        if op.startswith("incident."):
+            return self._incident_command(op, args)
         svc = self.service
         try:
             alert_id, who = int(args["alert_id"]), str(args["who"])
@@ -281,6 +292,39 @@ class AlertsRuntime:
         except (KeyError, TypeError, ValueError) as exc:
             return {"status": 400, "detail": f"a malformed command {op!r}: {exc}"}
         except UserError as exc:
+            return {"status": 409, "detail": str(exc)}
+        return {"status": 200}
+
+    def _incident_command(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        joint = getattr(self, "joint", None)  # joint.service.JointService, set by lianfang/runtime.py
+        if joint is None:
+            return {"status": 503, "detail": "joint control does not run in the owning engine"}
+        try:
+            who = str(args["who"])
+            iid = int(args.get("incident_id") or 0)
+            note = str(args["note"]) if args.get("note") else None
+            calls: dict[str, Callable[[], object]] = {
+                "incident.investigate": lambda: joint.investigate(iid, who),
+                "incident.comment": lambda: joint.comment(iid, who, str(args["text"])),
+                "incident.resolve": lambda: joint.resolve(iid, who, str(args["reason"])),
+                "incident.close": lambda: (
+                    note and joint.comment(iid, who, note),
+                    joint.close(iid, who, str(args["cause_code"])),
+                ),
+                "incident.assign": lambda: joint.assign(
+                    iid, who, str(args["assignee"]) if args.get("assignee") else None, str(args["reason"])
+                ),
+                "incident.task_ack": lambda: joint.acknowledge_task(int(args["task_id"]), who, note),
+                "incident.task_close": lambda: joint.close_task(int(args["task_id"]), who, note),
+            }
+        except (KeyError, TypeError, ValueError) as exc:
+            return {"status": 400, "detail": f"a malformed command {op!r}: {exc}"}
+        call = calls.get(op)
+        if call is None:
+            return {"status": 400, "detail": f"unknown command {op!r}"}
+        try:
+            call()
+        except (UserError, KeyError, ValueError) as exc:  # as the gateway's local path: a wrong state is a 409
             return {"status": 409, "detail": str(exc)}
         return {"status": 200}
 

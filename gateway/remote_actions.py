@@ -1,4 +1,4 @@
-"""People's actions on an alert that another engine process holds live (docs/scaling.md, the engine as its own role).
+"""People's actions on an alert or incident another engine process holds live (docs/scaling.md).
 
 With several engine processes (``alerts.engine_partitions``) the gateway's own engine holds only its partitions'
 alerts. An action (acknowledge, resolve, comment, assign) on another partition's alert is sent to the engine that
@@ -40,14 +40,25 @@ class RemoteActions:
         k = self.owner(alert)
         if k is None:
             return local()
+        self.send(k, op, {"alert_id": alert.id, **args})
+        return self._stored(svc, alert.id)
+
+    def incident_owner(self, incident_id: int) -> int | None:
+        """The partition whose engine (in another process) holds the incident; None when it is held here."""
+        owner_of = getattr(self.runtime, "incident_owner", None)
+        return None if owner_of is None else owner_of(incident_id)
+
+    def send(self, k: int, op: str, args: dict[str, Any]) -> None:
+        """Have the engine of partition ``k`` apply ``op``. UserError (409) when it refuses; HTTP 503 when it does
+        not answer in time; 502 for any other answer."""
         commands = getattr(self.runtime, "commands", None)
         if commands is None:
             raise HTTPException(
                 status.HTTP_503_SERVICE_UNAVAILABLE,
-                detail=f"alert {alert.id} belongs to the engine of partition {k}, which this process cannot reach",
+                detail=f"this belongs to the engine of partition {k}, which this process cannot reach",
             )
         try:
-            reply = commands.call(k, op, {"alert_id": alert.id, **args})
+            reply = commands.call(k, op, args)
         except BrokerUnavailable as exc:  # lianfang.engine_commands.EngineUnavailable: no answer in time
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from exc
         code = int(reply.get("status") or 500)
@@ -58,7 +69,6 @@ class RemoteActions:
                 status.HTTP_502_BAD_GATEWAY,
                 detail=f"the engine of partition {k} answered {code}: {reply.get('detail')}",
             )
-        return self._stored(svc, alert.id)
 
     @staticmethod
     def _stored(svc: AlertService, alert_id: int) -> Alert:

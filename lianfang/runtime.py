@@ -55,6 +55,7 @@ from lianfang.context import open_registry, open_store
 from lianfang.engine_commands import EngineCommands
 from lianfang.engine_role import EngineConsumer, EngineStallAlerts, RelayedIngestMetrics
 from lianfang.ingest_child import IngestChild
+from lianfang.partitioned_joint import PartitionedCorrelator
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +195,10 @@ class Runtime:
             # Alerts start before ingest and stop after it: no batch arrives after their final state write.
             if s.joint.enabled:  # joint prevention and control: attached and loaded before alerts flow
                 self.joint = build_joint(s, self.registry, self.alerts)
+                if self.alerts.owns is not None:  # several engines: incident ids of its residue, its own loaded
+                    self.joint.correlator = PartitionedCorrelator(
+                        self.joint.patterns, {}, stride=s.alerts.partitions, owned=sorted(self.alerts.owned)
+                    )
                 # The gateway is given the alerts runtime: it finds the joint service there (routes/incidents.py).
                 self.alerts.joint = self.joint  # type: ignore[attr-defined]
                 self.incident_notifier = start_incident_notifications(self.joint, self.alerts)

@@ -51,6 +51,7 @@ from gateway.deps import (
 )
 from gateway.live import Broadcaster
 from gateway.params import Limit, ObjectId, Offset, RegionQuery, error_responses, iso_at
+from gateway.remote_actions import RemoteActions, RemoteDep
 from gateway.routes import API_PREFIX
 from gateway.scope import not_found, region_or_404, subtree_path, under_path
 from joint.actions import (
@@ -559,16 +560,28 @@ class Act:
     incident_id: int
     now: datetime
     audit: Any
+    remote: RemoteActions | None = None
 
     def __call__(
-        self, action: str, call: Callable[[JointOps], object], detail: dict[str, Any] | None = None
+        self,
+        action: str,
+        call: Callable[[JointOps], object],
+        detail: dict[str, Any] | None = None,
+        command: tuple[str, dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Check the caller may change the incident, do ``call`` through the joint service, write the audit record
-        and answer the incident as it is now. A wrong state (the service's UserError) is a 409 saying why."""
+        and answer the incident as it is now. A wrong state (the service's UserError) is a 409 saying why.
+
+        With several engine processes an incident another engine holds gets ``command`` (op, args) sent to that
+        engine instead (gateway/remote_actions.py): 503 when it does not answer."""
         _writable(self.side, self.principal, self.incident_id)
-        ops = _ops(self.side)
+        owner = self.remote.incident_owner(self.incident_id) if self.remote is not None else None
         try:
-            call(ops)
+            if owner is not None and self.remote is not None and command is not None:
+                op, args = command
+                self.remote.send(owner, op, {"incident_id": self.incident_id, "who": self.principal.name, **args})
+            else:
+                call(_ops(self.side))
         except (UserError, KeyError, ValueError) as exc:
             raise _conflict(exc) from exc
         self.audit.write(
@@ -577,8 +590,10 @@ class Act:
         return _after(self.side, self.principal, self.incident_id, self.now)
 
 
-def get_act(incident_id: ObjectId, side: SideDep, principal: Writer, now: NowDep, audit: AuditDep) -> Act:
-    return Act(side, principal, incident_id, now, audit)
+def get_act(
+    incident_id: ObjectId, side: SideDep, principal: Writer, now: NowDep, audit: AuditDep, remote: RemoteDep
+) -> Act:
+    return Act(side, principal, incident_id, now, audit, remote)
 
 
 ActDep = Annotated[Act, Depends(get_act)]
@@ -587,13 +602,13 @@ ActDep = Annotated[Act, Depends(get_act)]
 @router.post("/incidents/{incident_id}/ack")
 def acknowledge(body: NoteBody, act: ActDep) -> dict[str, Any]:
     """Acknowledge an open incident: someone is on it (``open`` -> ``investigating``, like ``investigate``)."""
-    return act("ack", lambda ops: ops.investigate(act.incident_id, act.principal.name))
+    return act("ack", lambda ops: ops.investigate(act.incident_id, act.principal.name), None, _INVESTIGATE)
 
 
 @router.post("/incidents/{incident_id}/investigate")
 def investigate(body: NoteBody, act: ActDep) -> dict[str, Any]:
     """Start investigating an open incident (``open`` -> ``investigating``); 409 from any other state."""
-    return act("investigate", lambda ops: ops.investigate(act.incident_id, act.principal.name))
+    return act("investigate", lambda ops: ops.investigate(act.incident_id, act.principal.name), None, _INVESTIGATE)
 
 
 @router.post("/incidents/{incident_id}/resolve")
@@ -602,7 +617,12 @@ def resolve(body: ResolveBody, act: ActDep) -> dict[str, Any]:
     muted members are un-muted; its tasks stay until the departments close them, or it is closed with a cause
     code. 409 when it is already resolved or closed."""
     reason = body.reason.strip()
-    return act("resolve", lambda ops: ops.resolve(act.incident_id, act.principal.name, reason), {"reason": reason})
+    return act(
+        "resolve",
+        lambda ops: ops.resolve(act.incident_id, act.principal.name, reason),
+        {"reason": reason},
+        ("incident.resolve", {"reason": reason}),
+    )
 
 
 @router.post("/incidents/{incident_id}/close")
@@ -615,13 +635,18 @@ def close(body: CloseBody, act: ActDep) -> dict[str, Any]:
             ops.comment(act.incident_id, act.principal.name, body.note)
         ops.close(act.incident_id, act.principal.name, body.cause_code)
 
-    return act("close", call, {"cause_code": body.cause_code})
+    command = ("incident.close", {"cause_code": body.cause_code, "note": body.note.strip() and body.note})
+    return act("close", call, {"cause_code": body.cause_code}, command)
 
 
 @router.post("/incidents/{incident_id}/comments", status_code=status.HTTP_201_CREATED)
 def add_comment(body: CommentBody, act: ActDep) -> dict[str, Any]:
     """Add a comment to the incident's timeline (while it is open, investigating or resolved)."""
-    return act("comment", lambda ops: ops.comment(act.incident_id, act.principal.name, body.text))
+    command = ("incident.comment", {"text": body.text})
+    return act("comment", lambda ops: ops.comment(act.incident_id, act.principal.name, body.text), None, command)
+
+
+_INVESTIGATE: tuple[str, dict[str, Any]] = ("incident.investigate", {})
 
 
 def _task_of(act: Act, task_id: int) -> Task:
@@ -637,7 +662,10 @@ def acknowledge_task(task_id: ObjectId, body: NoteBody, act: ActDep) -> dict[str
     """A department acknowledges its part (stops its escalation)."""
     _task_of(act, task_id)
     note = body.note or None
-    return act("task.ack", lambda ops: ops.acknowledge_task(task_id, act.principal.name, note), {"task": task_id})
+    command = ("incident.task_ack", {"task_id": task_id, "note": note})
+    return act(
+        "task.ack", lambda ops: ops.acknowledge_task(task_id, act.principal.name, note), {"task": task_id}, command
+    )
 
 
 @router.post("/incidents/{incident_id}/tasks/{task_id}/close")
@@ -646,7 +674,8 @@ def close_task(task_id: ObjectId, body: NoteBody, act: ActDep) -> dict[str, Any]
     if not _task_of(act, task_id).open:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"task {task_id} is already closed")
     note = body.note or None
-    return act("task.close", lambda ops: ops.close_task(task_id, act.principal.name, note), {"task": task_id})
+    command = ("incident.task_close", {"task_id": task_id, "note": note})
+    return act("task.close", lambda ops: ops.close_task(task_id, act.principal.name, note), {"task": task_id}, command)
 
 
 class AssignBody(_Body):
@@ -695,6 +724,7 @@ def assign(body: AssignBody, act: ActDep, registry: RegistryDep) -> dict[str, An
         "assign",
         lambda ops: ops.assign(act.incident_id, act.principal.name, body.assignee, reason),
         {"assignee": body.assignee, "reason": reason},
+        ("incident.assign", {"assignee": body.assignee, "reason": reason}),
     )
 
 

@@ -314,6 +314,11 @@ def test_actions_on_an_alert_reach_the_engine_process_that_owns_it(
     from gateway.auth import create_user
 
     url, devices, registry = _setup(tmp_path, 24)
+    # More gates, in every building: the city incident X5 (5 alerts of one rule in 3 buildings) opens in both cities.
+    buildings = sorted(r.id for r in registry.regions() if r.level == "building")
+    extra = [(f"gate-x{i:02d}", "gate", buildings[i % len(buildings)]) for i in range(16)]
+    registry.add_devices([DeviceSpec(d, t, r) for d, t, r in extra], now=datetime.now(UTC))
+    devices = devices + extra
     part = Partitioner(2, 2, region_paths(registry))
     gates = [(d, part.of(r)) for d, t, r in devices if t == "gate"]
     region_of = {d: r for d, _, r in devices}
@@ -430,6 +435,27 @@ def test_actions_on_an_alert_reach_the_engine_process_that_owns_it(
     assert r.status_code == 200, r.text
     wait_until(lambda: not any(a["silenced"] for a in open_ones().values()), 30, 0.2, "every G1 alert unsilenced")
 
+    # Incidents: each engine numbers its own (ids of its residue), and an action on partition 1's goes to engine 1.
+    def incidents() -> dict[int, tuple[str, str]]:
+        rows = _rows(db, "SELECT id, pattern_id, state FROM joint_incidents")
+        return {int(i): (str(p), str(st)) for i, p, st in rows}
+
+    wait_until(lambda: sum(p == "X5" for p, _ in incidents().values()) >= 2, 60, 0.2, "an X5 incident per city")
+    x5 = {i for i, (p, _) in incidents().items() if p == "X5"}
+    assert {i % 2 for i in x5} == {0, 1}, x5
+    inc1 = min(i for i in x5 if i % 2 == 1)
+    r = api.post(f"/incidents/{inc1}/investigate", json={"note": ""}, timeout=20)
+    assert r.status_code == 200 and r.json()["state"] == "investigating", r.text
+    r = api.post(f"/incidents/{inc1}/investigate", json={"note": ""}, timeout=20)
+    assert r.status_code == 409, r.text  # refused by engine 1: it is investigating there
+    r = api.post(f"/incidents/{inc1}/comments", json={"text": "patrol sent"}, timeout=20)
+    assert r.status_code == 201, r.text
+    r = api.post(f"/incidents/{inc1}/resolve", json={"reason": "patrol found nothing"}, timeout=20)
+    assert r.status_code == 200 and r.json()["state"] == "resolved", r.text
+    assert incidents()[inc1][1] == "resolved"
+    texts = [t for (t,) in _rows(db, "SELECT text FROM joint_timeline WHERE incident_id = ?", inc1)]
+    assert any("patrol sent" in t for t in texts), texts
+
     # The owner down: 503, and nothing changes (not even once it is back).
     assert engine1.stop() == 0
     t0 = time.monotonic()
@@ -437,6 +463,8 @@ def test_actions_on_an_alert_reach_the_engine_process_that_owns_it(
     assert r.status_code == 503 and "partition 1" in r.json()["detail"], r.text
     assert time.monotonic() - t0 < 15
     assert _g1(db)[a_down]["state"] == "firing"
+    r = api.post(f"/incidents/{inc1}/comments", json={"text": "nobody home"}, timeout=30)
+    assert r.status_code == 503, r.text
     engine1.start()
     wait_until(
         lambda: engine1.messages().count("alert engine running; SIGTERM to stop") == 2, 240, 0.2, "engine 1 back"
