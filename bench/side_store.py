@@ -84,6 +84,7 @@ def main() -> None:
         errors: list[BaseException] = []
 
         flushed: list[int] = []
+        flush_s: list[tuple[int, float, float]] = []  # per writer: flushes, seconds, longest
         written: list[int] = []
 
         def run(w: int) -> None:
@@ -99,6 +100,7 @@ def main() -> None:
             finally:
                 side.close()  # the aggregated mode's last flush
                 flushed.append(side.stats.rows)
+                flush_s.append((side.stats.flushes, side.stats.seconds, side.stats.longest_s))
                 written.append(k)
 
         threads = [threading.Thread(target=run, args=(w,)) for w in range(args.writers)]
@@ -130,7 +132,9 @@ def main() -> None:
         print(
             f"side_store: interval {args.interval:g} s: {rows} messages absorbed in {elapsed:.2f} s = "
             f"{rows / elapsed:,.0f} msg/s; {written} device rows written = {written / elapsed:,.0f} rows/s "
-            f"({with_batch} with their batch for a status, {sum(flushed)} flushed); {where}; counts {counts}"
+            f"({with_batch} with their batch for a status, {sum(flushed)} flushed in {sum(f[0] for f in flush_s)} "
+            f"flushes of {sum(f[1] for f in flush_s) / max(1, sum(f[0] for f in flush_s)):.2f} s on average, "
+            f"{max((f[2] for f in flush_s), default=0):.2f} s the longest); {where}; counts {counts}"
         )
     sys.exit(0 if ok else 1)
 

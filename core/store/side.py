@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -195,6 +196,8 @@ class FlushStats:
     rows: int = 0  # device rows upserted by them
     failures: int = 0  # flushes that failed (their aggregate kept, retried by the next)
     dropped: int = 0  # device rows the database refused on their own (DataError / IntegrityError), logged
+    seconds: float = 0.0  # time spent in the flushes that committed
+    longest_s: float = 0.0  # the longest of them
 
 
 class SqlSideStore:
@@ -318,6 +321,7 @@ class SqlSideStore:
                     return 0
                 inflight, self._pending = self._pending, {}
                 self._inflight = inflight
+            started = time.perf_counter()
             rows = state_rows(inflight, ())
             try:
                 try:
@@ -331,8 +335,11 @@ class SqlSideStore:
                     self._pending = rest
                 self.stats.failures += 1
                 raise StoreUnavailable(f"side store {self.where}: flush failed: {_short(exc)}") from exc
+            took = time.perf_counter() - started
             self.stats.flushes += 1
             self.stats.rows += len(rows)
+            self.stats.seconds += took
+            self.stats.longest_s = max(self.stats.longest_s, took)
             return len(rows)
 
     def _commit_rows(self, rows: list[dict[str, Any]]) -> None:
