@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -439,6 +440,41 @@ def write_broker_files(cfg: BrokerConfig) -> None:
         if _gateway_password(cfg) is not None:
             _add_gateway_account(cfg)
         _upgrade_role_acls(cfg)
+        if cfg.device_passwd:
+            _warn_about_legacy_devices(cfg)
+
+
+def legacy_device_clients(doc: Mapping[str, Any]) -> list[str]:
+    """Device identities in a dynsec document (a client holding its own ``lf-dev-<id>`` role): what versions before
+    the password-file default created."""
+    out = []
+    for c in doc.get("clients", []):
+        user = c.get("username") if isinstance(c, dict) else None
+        if isinstance(user, str) and any(r.get("rolename") == f"lf-dev-{user}" for r in c.get("roles", [])):
+            out.append(user)
+    return out
+
+
+def _warn_about_legacy_devices(cfg: BrokerConfig) -> None:
+    """With the password file (the default since session 6, ADR 0006), devices an older version created in dynsec
+    log in only on the platform's listener: say so once at start, with the way out."""
+    try:
+        legacy = legacy_device_clients(json.loads(cfg.dynsec_path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return
+    if legacy:
+        tls = f"; not on the TLS listener {cfg.tls_port}" if cfg.tls_port is not None else ""
+        logger.warning(
+            "broker: %d device identities (e.g. %s) are still in dynamic security (created before the password "
+            "file became the default): they log in on the platform's port %d only%s. Rotate or reprovision them "
+            "('lianfang credentials rotate ID': the new secret goes into the password file, the device then uses "
+            "port %d), or keep them in dynsec with mqtt.device_identities: dynsec (docs/adr/0006-live-provisioning.md)",
+            len(legacy),
+            legacy[0],
+            cfg.port,
+            tls,
+            cfg.device_listener_port,
+        )
 
 
 def _upgrade_role_acls(cfg: BrokerConfig) -> None:

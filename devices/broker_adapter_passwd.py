@@ -12,12 +12,16 @@ login proves the broker has loaded this very version of the file before anything
 
 Verification logs in as each device with its secret (MQTT 3.1.1 CONNECT under a throwaway client id, then
 DISCONNECT: the device's own session is not touched) and reads the file back for the enabled state. What this
-mechanism gives up against dynsec: the client id is no longer bound to the username (see ADR 0006 and
-docs/security.md): topics still follow the username, so no device can publish or read as another.
+mechanism gives up against dynsec: a foreign client id is not refused at CONNECT; the device listener replaces it
+with the username (see ADR 0006 and docs/security.md), and topics follow the username, so no device can publish or
+read as another.
 
-Identities that an older version created in dynsec are asked first by the broker (the plugin runs before the
-password file); with a ``dynsec`` client, rotate/disable/remove also delete such a legacy identity so the
-password file alone decides.
+Identities that an older version created in dynsec (a client with its ``lf-dev-<id>`` role; "legacy") keep
+working on the platform listener (``legacy_port``, mqtt.port), which loads dynsec: with a ``dynsec`` client the
+adapter lists them, verifies them as the dynsec adapter does (binding, role, enabled state; no login, which would
+take the device's session over) and enables or disables them in dynsec; (re)provisioning, rotation and removal
+move them out of dynsec: the new secret goes into the file (the device then connects to the device listener) and
+the dynsec client and role are deleted.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from pathlib import Path
 from core.errors import BrokerUnavailable, UserError
 from core.settings import Settings
 from devices.broker import BROKER_PID_FILE, DEVICE_PASSWD_FILE, BrokerConfig, passwd_line
-from devices.broker_adapter import RESERVED_USERNAMES, BrokerIdentity, Progress
+from devices.broker_adapter import RESERVED_USERNAMES, BrokerIdentity, DynsecAdapter, Progress
 from devices.dynsec import DynsecClient, role_name
 
 logger = logging.getLogger(__name__)
@@ -204,9 +208,12 @@ class PasswdFileAdapter:
         dynsec: DynsecClient | None = None,
         timeout: float = 30.0,
         progress: Progress | None = None,
+        legacy_port: int | None = None,
     ) -> None:
         self.path = passwd_path
         self.host, self.port, self.tls_ca = host, port, tls_ca
+        # where legacy (dynsec) device identities log in: the platform listener (login_port); None: unknown
+        self.legacy_port = legacy_port
         self.reload = reload
         self.dynsec = dynsec
         self.timeout = timeout
@@ -226,6 +233,7 @@ class PasswdFileAdapter:
             reload=PidFileReload(cfg.pid_path, cfg.conf_path.resolve()),
             dynsec=dynsec,
             progress=progress,
+            legacy_port=cfg.port,
         )
 
     def _tick(self, what: str, done: int, total: int) -> None:
@@ -280,6 +288,27 @@ class PasswdFileAdapter:
                 )
             time.sleep(0.05)
 
+    def _legacy(self, device_ids: Collection[str] | None = None) -> dict[str, bool]:
+        """Device identities an older version created in dynsec (a client holding its ``lf-dev-<id>`` role), of
+        ``device_ids`` (None: all): ``{device_id: enabled}``. Empty without a dynsec client or ids to look up."""
+        if self.dynsec is None or (device_ids is not None and not device_ids):
+            return {}
+        wanted = None if device_ids is None else set(device_ids)
+        out: dict[str, bool] = {}
+        for c in self.dynsec.list_clients():
+            user = c.get("username")
+            if not isinstance(user, str) or (wanted is not None and user not in wanted):
+                continue
+            if any(r.get("rolename") == role_name(user) for r in c.get("roles", [])):
+                out[user] = not bool(c.get("disabled"))
+        return out
+
+    def login_port(self, device_id: str) -> int:
+        """Where this device logs in: the device listener, or the platform listener for a legacy dynsec identity."""
+        if self.legacy_port is not None and device_id not in self.read() and self._legacy([device_id]):
+            return self.legacy_port
+        return self.port
+
     def _drop_legacy(self, device_ids: Collection[str]) -> dict[str, str]:
         """Delete dynsec identities of these devices (created by an older version): dynsec is asked first."""
         if self.dynsec is None or not device_ids:
@@ -317,26 +346,46 @@ class PasswdFileAdapter:
         return errors
 
     def rotate(self, device_secrets: Mapping[str, str]) -> dict[str, str]:
+        """New secrets; a legacy dynsec identity moves into the file with its new secret (enabled as it was)."""
         hashes = {d: _hash_of(d, s) for d, s in device_secrets.items()}
+        present = self.read()
+        legacy = self._legacy([d for d in device_secrets if d not in present])
         errors: dict[str, str] = {}
         with self._locked() as entries:
             for d, h in hashes.items():
                 if d in entries:
                     entries[d] = Entry(h, entries[d].enabled)
+                elif d in legacy:
+                    entries[d] = Entry(h, legacy[d])
                 else:
                     errors[d] = "missing on the broker"
+        errors.update(self._drop_legacy([d for d in legacy if d not in errors]))
         return errors
 
     def set_enabled(self, device_ids: Sequence[str], enabled: bool) -> dict[str, str]:
+        """In the file; a legacy dynsec identity is enabled or disabled in dynsec (its secret is not known here,
+        so it cannot move into the file: it stays where the device logs in)."""
         errors: dict[str, str] = {}
-        with self._locked() as entries:
-            for d in device_ids:
-                if d in entries:
-                    entries[d].enabled = enabled
-                else:
-                    errors[d] = "missing on the broker"
-        if not enabled:
-            errors.update({d: why for d, why in self._drop_legacy(device_ids).items() if d not in errors})
+        present = self.read()
+        legacy = self._legacy([d for d in device_ids if d not in present])
+        if any(d in present for d in device_ids) or not legacy:
+            with self._locked() as entries:
+                for d in device_ids:
+                    if d in entries:
+                        entries[d].enabled = enabled
+                    elif d not in legacy:
+                        errors[d] = "missing on the broker"
+        if legacy and self.dynsec is not None:
+            command = "enableClient" if enabled else "disableClient"
+            ids = sorted(legacy)
+            for d, resp in zip(
+                ids, self.dynsec.execute([{"command": command, "username": d} for d in ids]), strict=True
+            ):
+                if resp.error is not None:
+                    errors[d] = f"legacy dynsec {command}: {resp.error}"
+        if not enabled:  # a left-over dynsec twin of an identity in the file must not keep accepting its old secret
+            twins = [d for d in device_ids if d in present]
+            errors.update({d: why for d, why in self._drop_legacy(twins).items() if d not in errors})
         return errors
 
     def remove(self, device_ids: Sequence[str]) -> dict[str, str]:
@@ -355,9 +404,16 @@ class PasswdFileAdapter:
         """The file holds each identity in the expected state, and the broker accepts every enabled device's secret
         (a real login each) and refuses a disabled one's."""
         entries = self.read()
+        legacy = self._legacy([d for d in device_ids if d not in entries])
         out: dict[str, str] = {}
+        if legacy and self.dynsec is not None:
+            # as the dynsec adapter reads them: binding, role, ACLs, enabled state (a login as the device would
+            # take its session over: dynsec binds the client id)
+            out.update(DynsecAdapter(self.dynsec).verify(sorted(legacy), disabled=set(disabled) & set(legacy)))
         logins: list[tuple[str, str]] = []
         for d in device_ids:
+            if d in legacy:
+                continue
             e = entries.get(d)
             if e is None:
                 out[d] = "missing on the broker"
@@ -385,7 +441,10 @@ class PasswdFileAdapter:
         return out
 
     def list(self) -> dict[str, BrokerIdentity]:
-        return {d: BrokerIdentity(d, e.enabled) for d, e in self.read().items()}
+        """The file's identities and the legacy dynsec ones (the file's entry wins)."""
+        out = DynsecAdapter(self.dynsec).list() if self.dynsec is not None else {}
+        out.update({d: BrokerIdentity(d, e.enabled) for d, e in self.read().items()})
+        return out
 
 
 def adapter_for(
@@ -408,6 +467,7 @@ def adapter_for(
             tls_ca=settings.mqtt.tls_ca,
             dynsec=dynsec,
             progress=progress,
+            legacy_port=settings.mqtt.port,  # identities an older version created in dynsec
         )
     conf = directory / "mosquitto.conf"
     try:
@@ -424,4 +484,5 @@ def adapter_for(
         tls_ca=settings.mqtt.tls_ca,
         dynsec=dynsec,
         progress=progress,
+        legacy_port=settings.mqtt.port,  # identities an older version created in dynsec
     )

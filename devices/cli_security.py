@@ -27,7 +27,7 @@ from core.errors import BrokerUnavailable, LianfangError, StoreUnavailable, User
 from core.fsperm import private_dir
 from core.settings import Settings
 from devices.audit import Actor, AuditLog, AuditRecord, canonical, utc_instant
-from devices.broker_adapter_passwd import adapter_for
+from devices.broker_adapter_passwd import PasswdFileAdapter, adapter_for
 from devices.certs import init_certs
 from devices.cli_context import broker_admin_password, open_registry, settings_from
 from devices.dynsec import DynsecClient
@@ -275,11 +275,14 @@ def check(
         raise _fail(str(exc)) from exc
     with _provisioner(ctx, timeout) as prov:
         try:
+            port = settings.mqtt.device_listener_port
+            if isinstance(prov.adapter, PasswdFileAdapter):  # an identity an older version left in dynsec: mqtt.port
+                port = prov.adapter.login_port(device_id)
             report = prov.check(
                 device_id,
                 secret,
                 host=settings.mqtt.host,
-                port=settings.mqtt.device_listener_port,
+                port=port,
                 now=clock.now(),
                 timeout=timeout,
             )

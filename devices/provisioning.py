@@ -739,7 +739,8 @@ class Provisioner:
     ) -> CheckReport:
         """Connect as the device and prove what it may and may not do (see ``check_device``)."""
         self._device(device_id)
-        passwd = getattr(self.adapter, "name", "") == "mosquitto-passwd"
+        # the password file's device listener; a legacy dynsec identity is checked on the platform's (dynsec decides)
+        passwd = getattr(self.adapter, "name", "") == "mosquitto-passwd" and port == getattr(self.adapter, "port", port)
         report = check_device(device_id, secret, host=host, port=port, timeout=timeout, pattern_acls=passwd)
         self.audit.write(self.actor, "check", [device_id], now=now, outcome="ok" if report.ok else "failed")
         return report

@@ -338,3 +338,59 @@ def test_a_broker_started_with_a_relative_directory_is_found_and_reloaded(tmp_pa
         assert env.login("gate-0001", secret) == 0
     finally:
         env.close()
+
+
+@pytest.mark.integration
+def test_a_fleet_created_in_dynsec_by_an_older_version_works_on_the_default(env: Env, tmp_path: Path) -> None:
+    """Upgrading to the password file (the default since session 6): devices an older version created in dynsec
+    keep their secrets and the platform port; reconcile sees no drift, check/disable/enable work on them in dynsec,
+    rotation moves one into the file (device port), removal deletes its dynsec client and role."""
+    ids = ["gate-0001", "gate-0002", "gate-0003"]
+    reg = _registry(tmp_path, ids)
+    old = Provisioner(reg, env.dynsec, actor=ACTOR).provision_new(ids, NOW)  # what the older version did
+    assert sorted(old) == ids and env.adapter.read() == {}
+    prov = Provisioner(reg, env.dynsec, actor=ACTOR, adapter=env.adapter)
+
+    def on_platform(device_id: str, secret: str) -> int:
+        """CONNACK of the device on the platform's listener, with its own client id (dynsec binds it); paho
+        reports a refusal as the v5 code (135)."""
+        codes: list[int] = []
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv311)
+        client.username_pw_set(device_id, secret)
+        client.on_connect = lambda _c, _u, _f, rc, _p: codes.append(rc.value)
+        client.connect("127.0.0.1", env.cfg.port)
+        client.loop_start()
+        try:
+            wait_until(lambda: codes, 10, what=f"CONNACK of {device_id}")
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        return codes[0]
+
+    dev = Device(env.cfg.port, "gate-0001", old["gate-0001"])  # still connects where it always did
+    try:
+        assert dev.publish_code("lf/v1/gate-0001/telemetry") < 128
+        assert dev.publish_code("lf/v1/gate-0002/telemetry") == NOT_AUTHORIZED
+    finally:
+        dev.close()
+    assert env.adapter.login_port("gate-0001") == env.cfg.port
+    assert prov.reconcile(NOW).drift == []
+    report = prov.check("gate-0001", old["gate-0001"], host="127.0.0.1", port=env.cfg.port, now=NOW)
+    assert report.ok, [p for p in report.probes if not p.ok]
+
+    prov.disable("gate-0002", NOW)  # in dynsec: its secret is not known here, it cannot move
+    assert on_platform("gate-0002", old["gate-0002"]) == NOT_AUTHORIZED and reg.device("gate-0002").enabled is False  # type: ignore[union-attr]
+    assert [(d.device_id, d.kind) for d in prov.reconcile(NOW).drift] == []
+    prov.enable("gate-0002", NOW)
+    assert on_platform("gate-0002", old["gate-0002"]) == 0
+
+    new = prov.rotate("gate-0001", NOW)  # moves into the file: the device listener, the new secret
+    assert env.login("gate-0001", new) == 0 and on_platform("gate-0001", old["gate-0001"]) == NOT_AUTHORIZED
+    assert env.dynsec.get_client("gate-0001") is None and env.adapter.login_port("gate-0001") == env.cfg.device_port
+    assert env.adapter.read()["gate-0001"].enabled
+
+    prov.delete("gate-0003", NOW)
+    assert env.dynsec.get_client("gate-0003") is None and on_platform("gate-0003", old["gate-0003"]) == NOT_AUTHORIZED
+    assert {d: i.enabled for d, i in env.adapter.list().items()} == {"gate-0001": True, "gate-0002": True}
+    assert [(d.device_id, d.kind) for d in prov.reconcile(NOW).drift] == [("gate-0003", "unprovisioned")]
+    reg.engine.dispose()

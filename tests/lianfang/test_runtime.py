@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -207,5 +208,86 @@ def test_password_file_identities_get_their_own_device_listener(tmp_path: Path) 
         assert login_codes("127.0.0.1", device_port, [("gate-0001", secret)]) == [0]
         assert login_codes("127.0.0.1", port, [("gate-0001", secret)]) == [5]  # not on the platform's listener
         assert login_codes("127.0.0.1", port, [("lianfang-platform", secrets.platform)]) == [0]
+    finally:
+        runtime.stop()
+
+
+def test_a_fleet_an_older_version_kept_in_dynsec_works_after_the_default_switch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """serve before session 6 kept device identities in dynsec; restarted on the same data with the defaults
+    (password_file, ADR 0006) it warns about them, they keep logging in and publishing on mqtt.port, reconcile
+    sees no drift, and a rotation moves one into the password file and onto the device listener."""
+    import logging
+    import threading
+    from datetime import UTC, datetime
+
+    from devices.audit import Actor
+    from devices.broker_adapter_passwd import PasswdFileAdapter, adapter_for, login_codes
+    from devices.dynsec import DynsecClient
+    from devices.provisioning import Provisioner
+    from devices.registry import DeviceSpec, RegionSpec
+    from tests.helpers import mqtt_client
+
+    now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    ids = ["gate-0001", "gate-0002"]
+    port, device_port = free_port(), free_port()
+    common = {
+        "data_dir": tmp_path,
+        "database_url": f"sqlite:///{tmp_path}/registry.db",
+        "store": StoreSettings(sqlite_path=tmp_path / "t.db"),
+    }
+    before = Settings(**common, mqtt={"port": port, "device_identities": "dynsec"})  # type: ignore[arg-type]
+    runtime = Runtime(before, with_ingest=False)
+    runtime.start()
+    try:
+        assert runtime.registry is not None
+        runtime.registry.upsert_regions([RegionSpec("gd", "广东省", "province")], now=now)
+        runtime.registry.add_devices([DeviceSpec(i, "gate", "gd") for i in ids], now=now)
+        admin = BrokerSecrets.load_or_create(tmp_path / "broker-secrets.json").admin
+        with DynsecClient("127.0.0.1", port, admin, timeout=30) as dynsec:
+            assert adapter_for(before, dynsec) is None  # dynsec's broker: the dynsec adapter
+            old = Provisioner(runtime.registry, dynsec, actor=Actor("test", "test")).provision_new(ids, now)
+    finally:
+        runtime.stop()
+
+    after = Settings(**common, mqtt={"port": port, "device_port": device_port})  # type: ignore[arg-type]
+    assert after.mqtt.device_identities == "password_file" and after.mqtt.device_listener_port == device_port
+    runtime = Runtime(after, with_ingest=False)
+    with caplog.at_level(logging.WARNING, logger="devices.broker"):
+        runtime.start()
+    try:
+        assert "2 device identities (e.g. gate-0001) are still in dynamic security" in caplog.text
+        platform_pw = BrokerSecrets.load_or_create(tmp_path / "broker-secrets.json").platform
+        got: list[str] = []
+        arrived = threading.Event()
+
+        def on_message(*args: object) -> None:
+            got.append(args[2].topic)  # type: ignore[attr-defined]
+            arrived.set()
+
+        platform = mqtt_client(port, "lianfang-platform", platform_pw, "test-platform")
+        platform.on_message = on_message
+        platform.subscribe("lf/v1/+/telemetry", qos=1)
+        device = mqtt_client(port, "gate-0001", old["gate-0001"])  # where it always connected, its own secret
+        try:
+            time.sleep(0.3)
+            device.publish("lf/v1/gate-0001/telemetry", b'{"ts":1}', qos=1).wait_for_publish(5)
+            assert arrived.wait(5) and got == ["lf/v1/gate-0001/telemetry"]
+        finally:
+            device.disconnect()
+            device.loop_stop()
+            platform.disconnect()
+            platform.loop_stop()
+        admin = BrokerSecrets.load_or_create(tmp_path / "broker-secrets.json").admin
+        with DynsecClient("127.0.0.1", port, admin, timeout=30) as dynsec:
+            adapter = adapter_for(after, dynsec)
+            assert isinstance(adapter, PasswdFileAdapter) and adapter.port == device_port
+            assert runtime.registry is not None
+            prov = Provisioner(runtime.registry, dynsec, actor=Actor("test", "test"), adapter=adapter)
+            assert prov.reconcile(now).drift == []
+            new = prov.rotate("gate-0001", now)
+            assert dynsec.get_client("gate-0001") is None and dynsec.get_client("gate-0002") is not None
+        assert login_codes("127.0.0.1", device_port, [("gate-0001", new)]) == [0]
     finally:
         runtime.stop()
