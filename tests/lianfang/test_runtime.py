@@ -289,5 +289,14 @@ def test_a_fleet_an_older_version_kept_in_dynsec_works_after_the_default_switch(
             new = prov.rotate("gate-0001", now)
             assert dynsec.get_client("gate-0001") is None and dynsec.get_client("gate-0002") is not None
         assert login_codes("127.0.0.1", device_port, [("gate-0001", new)]) == [0]
+        # the demo's fleet (all on the device listener): gate-0001's secret is kept, gate-0002's dynsec identity
+        # (valid, but only on mqtt.port) is replaced by a new one in the password file
+        from devices.fleet_credentials import provision_fleet, save_secrets
+
+        kept = tmp_path / "fleet-secrets.csv"
+        save_secrets(kept, {"gate-0001": new, "gate-0002": old["gate-0002"]})
+        fleet = provision_fleet(after, runtime.registry, ids, now, secrets_path=kept)
+        assert fleet["gate-0001"] == new and fleet["gate-0002"] != old["gate-0002"]
+        assert login_codes("127.0.0.1", device_port, sorted(fleet.items())) == [0, 0]
     finally:
         runtime.stop()
