@@ -540,6 +540,12 @@ class MosquittoProcess:
                 f"port {self.cfg.port} on {self.cfg.host} is already in use (another broker or an old Lianfang "
                 f"still running?): stop it or choose another port (LIANFANG_MQTT__PORT)"
             )
+        if self.cfg.device_passwd and _port_in_use(self.cfg.host, self.cfg.device_listener_port):
+            raise BrokerUnavailable(
+                f"port {self.cfg.device_listener_port} on {self.cfg.host}, the devices' listener (mqtt.device_port, "
+                f"default mqtt.port + 1), is already in use: stop what holds it or choose another port "
+                f"(LIANFANG_MQTT__DEVICE_PORT)"
+            )
         write_broker_files(self.cfg)
         self.proc = subprocess.Popen(
             [self.binary, "-c", str(self.cfg.conf_path)],
@@ -550,6 +556,8 @@ class MosquittoProcess:
         )
         try:
             wait_for_port(self.cfg.host, self.cfg.port, timeout)
+            if self.cfg.device_passwd:  # the devices' listener too (the demo's fleet connects right after)
+                wait_for_port(self.cfg.host, self.cfg.device_listener_port, timeout)
         except BrokerUnavailable as exc:
             err = b""
             if self.proc.poll() is not None and self.proc.stderr is not None:

@@ -3,10 +3,11 @@
 Each document runs in a fresh working directory (with the repository's ``examples/`` and ``devices/`` linked in, so
 the documented relative paths resolve) whose ``var/`` is the data directory (``LIANFANG_DATA_DIR``), against a real
 Mosquitto (the ``broker`` fixture) whose generated passwords are put where the embedded broker keeps them
-(``var/broker-secrets.json``). Lines that start with ``lianfang`` run through the CLI in process (``CliRunner``)
-and must exit 0; commands that start long-running services are skipped, each with its reason (``SKIPPED``). Any
-other line in a ``sh`` block fails the test unless the block is marked with ``<!-- docs-test: skip REASON -->``
-on the line before its fence.
+(``var/broker-secrets.json``). The broker is configured as ``lianfang serve`` starts it with the default settings
+(device identities in the password file, devices on their own listener, ADR 0006). Lines that start with
+``lianfang`` run through the CLI in process (``CliRunner``) and must exit 0; commands that start long-running
+services are skipped, each with its reason (``SKIPPED``). Any other line in a ``sh`` block fails the test unless the
+block is marked with ``<!-- docs-test: skip REASON -->`` on the line before its fence.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from devices.broker import BrokerConfig, MosquittoProcess, free_port
 from lianfang import commands  # noqa: F401  (registers the sub-apps)
 from lianfang.cli import app
 from tests.conftest import Broker
@@ -107,14 +110,50 @@ def plan(path: Path) -> tuple[list[Command], list[str]]:
     return run, skipped
 
 
-def workdir(tmp_path: Path, broker: Broker) -> tuple[Path, dict[str, str]]:
+@dataclass
+class ServeBroker(Broker):
+    device_port: int
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[ServeBroker]:
+    """Mosquitto as `lianfang serve` starts it by default (mqtt.device_identities: password_file): dynsec for the
+    platform's accounts on ``port``, the device password file on ``device_port``; in the working directory's
+    ``var/mosquitto`` (``mqtt.broker_dir``), where the CLI finds its generated config and password file as it finds
+    serve's."""
+    cfg = BrokerConfig(
+        directory=tmp_path / "work" / "var" / "mosquitto",
+        port=free_port(),
+        admin_password="test-admin-" + uuid.uuid4().hex,
+        platform_password="test-platform-" + uuid.uuid4().hex,
+        sim_password="test-sim-" + uuid.uuid4().hex,
+        device_passwd=True,
+        device_port=free_port(),
+    )
+    proc = MosquittoProcess(cfg)
+    proc.start()
+    yield ServeBroker(
+        cfg.port,
+        cfg.directory,
+        cfg.admin_password,
+        cfg.platform_username,
+        cfg.platform_password,
+        cfg.sim_password or "",
+        proc,
+        cfg.device_listener_port,
+    )
+    proc.stop()
+
+
+def workdir(tmp_path: Path, broker: ServeBroker) -> tuple[Path, dict[str, str]]:
     """A working directory like a checkout (examples/ and devices/ linked), its data dir and the environment."""
-    work = tmp_path / "work"
-    work.mkdir()
+    work = tmp_path / "work"  # the broker fixture made work/var/mosquitto
+    work.mkdir(exist_ok=True)
     for name in ("examples", "devices"):
         (work / name).symlink_to(ROOT / name, target_is_directory=True)
     data = work / "var"
-    data.mkdir()
+    data.mkdir(exist_ok=True)
+    assert broker.directory == data / "mosquitto"
     secrets = {"admin": broker.admin_password, "platform": broker.platform_password, "sim": broker.sim_password}
     (data / "broker-secrets.json").write_text(json.dumps(secrets), encoding="utf-8")
     (data / "broker-secrets.json").chmod(0o600)
@@ -123,8 +162,9 @@ def workdir(tmp_path: Path, broker: Broker) -> tuple[Path, dict[str, str]]:
         # Spelled out too, so the test does not depend on how the defaults follow the data dir.
         "LIANFANG_DATABASE_URL": f"sqlite:///{data / 'registry.db'}",
         "LIANFANG_STORE__SQLITE_PATH": str(data / "telemetry.db"),
-        "LIANFANG_MQTT__BROKER_DIR": str(data / "mosquitto"),
+        "LIANFANG_MQTT__BROKER_DIR": str(data / "mosquitto"),  # the broker's directory, as serve's
         "LIANFANG_MQTT__PORT": str(broker.port),
+        "LIANFANG_MQTT__DEVICE_PORT": str(broker.device_port),
         "LIANFANG_CONFIG": "",
         "LIANFANG_SIM_PASSWORD": "",
         "COLUMNS": "200",
@@ -151,7 +191,7 @@ def run_doc(path: Path, work: Path, env: dict[str, str], monkeypatch: pytest.Mon
 @pytest.mark.integration
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_docs_commands_run_as_written(
-    doc: Path, broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    doc: Path, broker: ServeBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     work, env = workdir(tmp_path, broker)
     skipped = run_doc(doc, work, env, monkeypatch)
@@ -160,7 +200,7 @@ def test_docs_commands_run_as_written(
 
 
 def test_docs_commands_fail_when_a_documented_command_fails(
-    broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    broker: ServeBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     doc = tmp_path / "broken.md"
     doc.write_text(

@@ -62,6 +62,7 @@ def test_serve_runs_broker_ingest_and_api_and_stops_cleanly_on_sigterm(tmp_path:
             "LIANFANG_DATABASE_URL": f"sqlite:///{tmp_path}/registry.db",
             "LIANFANG_STORE__SQLITE_PATH": str(tmp_path / "telemetry.db"),
             "LIANFANG_MQTT__PORT": str(mqtt_port),
+            "LIANFANG_MQTT__DEVICE_PORT": str(free_port()),  # the devices' listener (mqtt.port + 1 may be taken)
             "LIANFANG_MQTT__BROKER_DIR": str(tmp_path / "mosquitto"),
             "LIANFANG_API__PORT": str(api_port),
         }
@@ -138,6 +139,7 @@ def test_embedded_broker_serves_mqtt_over_tls_when_a_tls_port_is_set(tmp_path: P
     paths = init_certs(tmp_path / "certs", ["127.0.0.1", "localhost"], now=clock.now())
     port, tls_port = free_port(), free_port()
     mqtt_settings = {"port": port, "tls_port": tls_port, "broker_dir": tmp_path / "mosquitto"}
+    mqtt_settings["device_port"] = free_port()  # the devices' listener (mqtt.port + 1 may be taken)
     if identities == "dynsec":
         mqtt_settings["device_identities"] = "dynsec"
     settings = Settings(

@@ -70,6 +70,19 @@ def test_ingest_broker_port_in_use_is_one_line_and_warns_about_loose_permissions
 
 
 @pytest.mark.integration
+def test_the_devices_port_in_use_is_one_line(monkeypatch: pytest.MonkeyPatch, taken_port: int) -> None:
+    """The default identities (password_file, ADR 0006) open a second listener for devices on mqtt.port + 1."""
+    monkeypatch.setenv("LIANFANG_MQTT__PORT", str(free_port()))
+    monkeypatch.setenv("LIANFANG_MQTT__DEVICE_PORT", str(taken_port))
+    code, err = run("ingest")
+    assert code == 1
+    assert error_lines(err) == [
+        f"error: port {taken_port} on 127.0.0.1, the devices' listener (mqtt.device_port, default mqtt.port + 1), "
+        "is already in use: stop what holds it or choose another port (LIANFANG_MQTT__DEVICE_PORT)"
+    ]
+
+
+@pytest.mark.integration
 def test_serve_api_port_in_use_fails_before_anything_starts(tmp_path: Path, taken_port: int) -> None:
     code, err = run("serve", "--port", str(taken_port))
     assert code == 1
