@@ -297,6 +297,7 @@ def _rows(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 
 def _g1(db: Path) -> dict[int, dict[str, Any]]:
     cols = ("id", "device_id", "state", "count", "silenced", "acknowledged_by", "assignee", "resolved_by", "severity")
+    cols += ("escalation_level",)
     rows = _rows(db, f"SELECT {', '.join(cols)} FROM alerts WHERE rule_id = 'G1.event'")
     return {int(r[0]): dict(zip(cols, r, strict=True)) for r in rows}
 
@@ -325,7 +326,14 @@ def test_actions_on_an_alert_reach_the_engine_process_that_owns_it(
     assert {k for _, k in gates} == {0, 1}, gates
     token = create_user(registry.engine, "op1", "operator", None, datetime.now(UTC))
     api_port = free_port()
-    partitions = {"LIANFANG_ALERTS__PARTITIONS": "2", "LIANFANG_ALERTS__PARTITION_LEVEL": "2"}
+    notify = tmp_path / "notify.yaml"  # escalation after 15 s (one level), checked every second
+    notify.write_text("escalation:\n  default: {after_s: [15], max_levels: 1}\n", encoding="utf-8")
+    partitions = {
+        "LIANFANG_ALERTS__PARTITIONS": "2",
+        "LIANFANG_ALERTS__PARTITION_LEVEL": "2",
+        "LIANFANG_ALERTS__NOTIFY_CONFIG": str(notify),
+        "LIANFANG_ALERTS__ESCALATION_TICK_S": "1",
+    }
     engine1 = Proc(
         "alerts",
         _env(tmp_path, broker, url, LIANFANG_ALERTS__ENGINE_PARTITIONS="[1]", **partitions),
@@ -455,6 +463,11 @@ def test_actions_on_an_alert_reach_the_engine_process_that_owns_it(
     assert incidents()[inc1][1] == "resolved"
     texts = [t for (t,) in _rows(db, "SELECT text FROM joint_timeline WHERE incident_id = ?", inc1)]
     assert any("patrol sent" in t for t in texts), texts
+
+    # Escalation by engine 1 (15 s after it learned of an alert, or after the silence ended): the acknowledged alert
+    # does not escalate, the assigned one (still firing) does.
+    wait_until(lambda: _g1(db)[a_assign]["escalation_level"] == 1, 60, 0.2, "the firing alert escalated")
+    assert _g1(db)[a_ack]["escalation_level"] == 0
 
     # The owner down: 503, and nothing changes (not even once it is back).
     assert engine1.stop() == 0
