@@ -250,7 +250,7 @@ def test_compose_environment_is_accepted_by_the_settings(monkeypatch: pytest.Mon
     assert settings.mqtt.embedded_broker is False
     assert settings.mqtt.host == "mosquitto"
     assert settings.mqtt.shared_group == "ingest"
-    assert settings.mqtt.device_identities == "dynsec"  # .env.example's choice; password_file: 1885 for devices
+    assert settings.mqtt.device_identities == "password_file"  # .env.example's choice (ADR 0006): 1885 for devices
     assert settings.mqtt.device_port == 1885 and str(settings.mqtt.broker_dir) == "/var/lib/lianfang-identities"
     assert settings.mqtt.password.get_secret_value() == "secret-for-LIANFANG_MQTT_PASSWORD"
     assert settings.mqtt.admin_password is not None
