@@ -189,6 +189,22 @@ def test_lists_read_the_replica_writes_land_on_the_primary_and_the_writer_reads_
         assert resp.headers[READ_FROM_HEADER] == "replica", path
     stats = rep.get("/stats/alerts", user="admin", group_by="rule")
     assert stats.status_code == 200 and stats.headers[READ_FROM_HEADER] == "replica", stats.text
+    # Every read route's work runs on a read-only server: a write slipped into one would fail here.
+    for path, user, params in (
+        ("/devices/gate-gz-0099", "gz", {}),
+        ("/regions", "admin", {}),
+        ("/stats/incidents", "admin", {"group_by": "type"}),
+        ("/risk/top", "admin", {}),
+        ("/risk/history", "admin", {}),
+        ("/audit/verify", "auditor", {}),
+        ("/audit/export", "auditor", {}),
+        ("/reports/energy", "admin", {"period": "7d"}),
+        ("/reports/coverage", "gz", {"period": "7d", "format": "csv"}),
+    ):
+        resp = rep.get(path, user=user, **params)
+        assert resp.status_code == 200, (path, resp.text)
+        # The region tree is answered from the in-memory fleet index (gateway/fleet.py): no SQL, no header.
+        assert resp.headers.get(READ_FROM_HEADER) == (None if path == "/regions" else "replica"), path
 
 
 def test_a_stopped_replica_makes_reads_fall_back_to_the_primary(
