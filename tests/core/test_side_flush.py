@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from core.settings import IngestSettings
 from core.store import DeviceState, WriteBatch
 from core.store.influx import InfluxStore
 from core.store.side import SqlSideStore
+from devices.broker import free_port
 from devices.registry import Registry
 from ingest.service import IngestService
 from tests.conftest import Broker
@@ -313,3 +315,35 @@ def test_ingest_counts_reach_the_database_when_the_store_is_closed(
         svc.stop()
         store.close()
     assert other.device_states()["meter-0001"].messages == n
+
+
+def test_the_setting_reaches_the_side_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``LIANFANG_STORE__SIDE_FLUSH_INTERVAL_S`` -> ``store.side_flush_interval_s`` -> the InfluxDB store's side
+    store (``lianfang.store_cmd.influx_store``, what ``open_store`` builds for ingest); 0 by default."""
+    from core.settings import load_settings
+    from lianfang.store_cmd import influx_store
+
+    url = f"sqlite:///{tmp_path}/registry.db"
+    migrate(make_engine(url))
+    for key, value in {
+        "LIANFANG_DATA_DIR": str(tmp_path),
+        "LIANFANG_DATABASE_URL": url,
+        "LIANFANG_STORE__BACKEND": "influxdb",
+        "LIANFANG_STORE__INFLUX_URL": f"http://127.0.0.1:{free_port()}",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("LIANFANG_CONFIG", raising=False)
+    assert load_settings().store.side_flush_interval_s == 0
+    monkeypatch.setenv("LIANFANG_STORE__SIDE_FLUSH_INTERVAL_S", "30")
+    store = influx_store(load_settings())
+    try:
+        assert store.side.flush_interval_s == 30
+        store.side.write(batch_of({"a": 2}))
+        assert store.side.pending_devices == 1
+    finally:
+        store.close()  # flushes
+    check = SqlSideStore(make_engine(url))
+    try:
+        assert check.device_states()["a"].messages == 2
+    finally:
+        check.close()
