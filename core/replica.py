@@ -63,10 +63,10 @@ def route(
     """Where one read goes: "own-write" (the primary: the caller wrote within the read-your-writes window),
     "primary" (the replica is down or behind), "replica", "probe" (reachable, the lag is due to be measured) or
     "retry" (down, and due to be tried again). Pure."""
-    if not state.reachable:
-        return "retry" if now >= state.retry_at else "primary"
     if wrote_at is not None and now - wrote_at < max(ryw_min_s, (state.lag_s or 0.0) + 1.0):
         return "own-write"
+    if not state.reachable:
+        return "retry" if now >= state.retry_at else "primary"
     if state.checked is None or now - state.checked >= recheck_s:
         return "probe"
     if state.lag_s is not None and state.lag_s > max_lag_s:

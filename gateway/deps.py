@@ -27,7 +27,7 @@ from gateway.auth import Principal, any_users, authenticate
 from gateway.context import GatewayContext
 from gateway.live import Broadcaster
 from gateway.policy import load_policy
-from gateway.read_from import STATE_READ_FROM
+from gateway.read_from import READ_METHODS, STATE_READ_FROM
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def get_principal(ctx: ContextDep, registry: RegistryDep, request: Request, cred
     if found is None:
         raise _UNAUTHORIZED
     user = found.user
-    if ctx.read_router is not None and request.method not in _READ_METHODS:
+    if ctx.read_router is not None and request.method not in READ_METHODS:
         ctx.read_router.note_write(user.name)  # read-your-writes: this user's reads go to the primary for a while
     if found.audit_due:
         actor = Actor(f"{user.name} ({user.role})", client_origin(request))
@@ -153,8 +153,6 @@ def get_principal(ctx: ContextDep, registry: RegistryDep, request: Request, cred
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
-
-_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ def test_route() -> None:
     down = ReplicaState(reachable=False, retry_at=110.0)
     assert route(down, 109.9, wrote_at=None, **KW) == "primary"
     assert route(down, 110.0, wrote_at=None, **KW) == "retry"
-    assert route(down, 110.0, wrote_at=109.0, **KW) == "retry"
+    assert route(down, 110.0, wrote_at=109.0, **KW) == "own-write"  # a writer never probes a replica coming back
 
 
 def test_database_read_url_is_a_postgresql_url_and_config_check_hides_its_password() -> None:
