@@ -37,7 +37,6 @@ from alerts.escalation import Escalator
 from alerts.lifecycle import AlertBook, LifecycleEvent
 from alerts.notify import DeliveryLog, Dispatcher, Notification, NotificationKind, NotifyConfig, load_notify_config
 from alerts.notify.channels import Channel
-from alerts.platform import PLATFORM_DEVICE
 from alerts.rule_check import Known
 from alerts.rule_store import RuleAdmin, RuleStore
 from alerts.rules import PACKS_DIR, RuleSet
@@ -51,7 +50,7 @@ from core.store import WriteBatch
 from devices.dispatch import DispatchStore
 from devices.provisioning import expiring
 from devices.registry import Registry
-from ingest.forward import Partitioner, owned_partitions, partition_owner, region_paths
+from ingest.forward import owned_partitions, partition_owner
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +191,6 @@ class AlertsRuntime:
         )
         # With engine partitions: which engine owns an alert (people's actions on another's go there over the
         # broker, lianfang/engine_commands.py), and the silences and rule edits every engine takes from SQL.
-        self.partitioner: Partitioner | None = None
         self.owned: frozenset[int] = frozenset(range(cfg.partitions))
         self.commands: Any = None  # lianfang.engine_commands.EngineCommands, started by lianfang/runtime.py
         self._rules_version = 0
@@ -200,7 +198,6 @@ class AlertsRuntime:
         if self.owns is not None:
             owned = owned_partitions(cfg)
             self.owned = frozenset(owned)
-            self.partitioner = Partitioner(cfg.partitions, cfg.partition_level, region_paths(registry))
             self.service.book = PartitionedAlertBook(self.service.book.config, stride=cfg.partitions, offset=owned[0])
             self.service.keeps = lambda a: self.owner_of(a) is None
         self.rule_admin.apply = self._apply_rules
@@ -243,28 +240,20 @@ class AlertsRuntime:
 
     # --- several engines: who owns an alert, people's actions from the gateway, silences ------------------
 
-    def partition_of(self, alert: Alert) -> int:
-        """The partition whose engine holds ``alert`` live: its region's, or for a platform alert (raised by
-        the engine that saw the problem, on the root region) the residue of its id (alerts/wiring.py
-        ``PartitionedAlertBook``)."""
-        if self.partitioner is None:
-            return 0
-        if alert.device_id == PLATFORM_DEVICE:
-            return alert.id % self.settings.partitions
-        return self.partitioner.of(alert.region_id)
-
     def owner_of(self, alert: Alert) -> int | None:
         """None when this process's engine holds ``alert`` live (always with one engine); else the partition
-        whose engine does."""
-        if self.partitioner is None:
+        whose engine does: the residue of its id (``PartitionedAlertBook``), which names the engine that raised
+        it. That is the engine of the device's partition, and for the alerts an engine raises outside its
+        devices (platform alerts, E6/E7 of the partition-0 engine) the engine that judges them again."""
+        if self.owns is None:
             return None
-        k = self.partition_of(alert)
+        k = alert.id % self.settings.partitions
         return None if k in self.owned else k
 
     def incident_owner(self, incident_id: int) -> int | None:
         """None when this process's engine holds the incident live (always with one engine); else the partition
         whose engine does: the residue of its id (lianfang/partitioned_joint.py)."""
-        if self.partitioner is None:
+        if self.owns is None:
             return None
         k = incident_id % self.settings.partitions
         return None if k in self.owned else k
@@ -371,10 +360,9 @@ class AlertsRuntime:
         return any(m(alert_id) for m in self.mutes)
 
     def _escalatable(self) -> list[Alert]:
+        # With engine partitions the book holds only this engine's alerts (``keeps``): each is escalated here,
+        # also those it raised outside its devices' regions (E6/E7 by the engine of partition 0).
         alerts = self.service.open_alerts()
-        if self.owns is not None:
-            owns = self.owns
-            alerts = [a for a in alerts if a.device_id == "platform" or owns(a.region_id)]
         return [a for a in alerts if not self._muted(a.id)] if self.mutes else alerts
 
     def _to_dispatcher(self, ev: LifecycleEvent) -> None:
