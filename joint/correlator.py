@@ -11,7 +11,9 @@
   period (``tick``). An incident closes when all its tasks are closed (with no tasks: when it resolves).
 - Scope escalation (X5): ``tick`` raises a still-open incident's scope as its pattern says.
 - ``take_dirty``: the incidents, tasks and timeline entries changed since the last call, for the store;
-  ``windows`` / ``restore``: everything needed after a restart.
+  ``take_window_changes``: the windows (one part per pattern and window key) changed since the last call, and the
+  patterns whose windows were all dropped, for the store; ``windows`` / ``restore``: everything needed after a
+  restart (``windows`` dumps every window: the store's incremental writes add up to it).
 """
 
 from __future__ import annotations
@@ -159,6 +161,9 @@ class Correlator:
         self.state: dict[str, dict[str, Any]] = {}  # pattern id -> its kind's windows
         self.released: set[int] = set()  # muted alerts that resolved in the current batch (hold their resolution)
         self._dirty = _Dirty()
+        # pattern id -> the window keys its kind changed since take_window_changes ("": the rest of its state)
+        self._changed: dict[str, set[str]] = {}
+        self._dropped: set[str] = set()  # patterns whose windows were dropped since then (all their parts)
         self._gone: dict[int, Incident] = {}  # closed since the last take_dirty (written, then forgotten)
         self._gone_tasks: list[Task] = []
 
@@ -207,8 +212,38 @@ class Correlator:
         ]
         for pid in dropped:
             del self.state[pid]
+            self._changed.pop(pid, None)
+            self._dropped.add(pid)
         self.patterns = patterns
         return dropped
+
+    def take_window_changes(self) -> tuple[dict[tuple[str, str], Any], set[str]]:
+        """What changed in the windows since the last call: ``((pattern id, key) -> part, dropped patterns)``. A
+        part is the kind's ``dump_part``: a window (None: gone), or with key ``""`` the rest of the pattern's state.
+        A dropped pattern's stored parts all go (before any part of it given here, written after its drop)."""
+        changed, self._changed = self._changed, {}
+        dropped, self._dropped = self._dropped, set()
+        parts: dict[tuple[str, str], Any] = {}
+        for pid, keys in changed.items():
+            state = self.state.get(pid)
+            spec = self.patterns.patterns.get(pid)
+            if state is None or spec is None or not keys:
+                continue
+            kind = KINDS[spec.kind]
+            for key in keys:
+                parts[(pid, key)] = kind.dump_part(state, key)
+        return parts, dropped
+
+    def _windows_of(self, pid: str) -> tuple[dict[str, Any], set[str]]:
+        """A pattern's state (created empty: its part ``""`` is new) and the set its kind marks changes in."""
+        changed = self._changed.get(pid)
+        if changed is None:
+            changed = self._changed[pid] = set()
+        state = self.state.get(pid)
+        if state is None:
+            state = self.state[pid] = {}
+            changed.add("")
+        return state, changed
 
     # --- helpers -------------------------------------------------------------------------------------------
 
@@ -290,7 +325,8 @@ class Correlator:
                 entry = Entry.of(fact, fact.region_id)
                 out.extend(self._add_members(inc, p, [entry], now))
                 continue  # the incident owns it: no window counts it again
-            for hit in k.observe(p, fact, scope, self.state.setdefault(pid, {}), self.levels, now):
+            state, changed = self._windows_of(pid)
+            for hit in k.observe(p, fact, scope, state, self.levels, now, changed):
                 out.extend(self._hit(p, hit, now))
         return out
 
@@ -298,7 +334,8 @@ class Correlator:
         out: list[IncidentChange] = []
         for pid, spec in self.patterns.patterns.items():
             if pid in self.state:
-                KINDS[spec.kind].resolved(self._pattern(pid, ()), fact.alert_id, self.state[pid])
+                state, changed = self._windows_of(pid)
+                KINDS[spec.kind].resolved(self._pattern(pid, ()), fact.alert_id, state, changed)
         for inc_id in sorted(self.by_alert.get(fact.alert_id, ())):
             inc = self.incidents[inc_id]
             m = inc.members[fact.alert_id]
@@ -461,11 +498,11 @@ class Correlator:
         """Due absence watches, scope escalations, overdue tasks; prunes the windows."""
         out: list[IncidentChange] = []
         for pid, spec in self.patterns.patterns.items():
-            state = self.state.get(pid)
-            if state is None:
+            if pid not in self.state:
                 continue
+            state, changed = self._windows_of(pid)
             kind = KINDS[spec.kind]
-            for hit in kind.tick(lambda scope, pid=pid: self._pattern(pid, scope), state, now):
+            for hit in kind.tick(lambda scope, pid=pid: self._pattern(pid, scope), state, now, changed):
                 p = self._pattern(pid, hit.scope)
                 if p.enabled:
                     out.extend(self._hit(p, hit, now))
@@ -669,11 +706,13 @@ class Correlator:
                 if m.muted and inc.open:
                     self.muted[m.alert_id] = inc.id
         self.tasks = {t.id: t for t in tasks if t.incident_id in self.incidents}
+        self._changed, self._dropped = {}, set()  # what was read is what the store has
         if windows and windows.get("v") == 1 and isinstance(windows.get("state"), dict):
             self.state = {
                 pid: KINDS[self.patterns.patterns[pid].kind].load(doc)
                 for pid, doc in windows["state"].items()
                 if pid in self.patterns.patterns
             }
+            self._dropped = {pid for pid in windows["state"] if pid not in self.patterns.patterns}
         self.next_incident_id = max(self.next_incident_id, next_incident_id)
         self.next_task_id = max(self.next_task_id, next_task_id)

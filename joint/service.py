@@ -9,7 +9,9 @@
 - What changed is written through ``joint.store.JointStore`` in one transaction per batch, then told to the
   subscribers (``subscribe(callback)``: ``IncidentChange``s, e.g. the incident notifications and the live stream).
 - A timer every ``tick_interval_s`` runs what is due (absence watches, scope escalation, overdue tasks); the
-  windows are written by a job every ``snapshot_interval_s`` when they changed (not on the alert path), and at stop.
+  windows are written by a job every ``snapshot_interval_s`` (not on the alert path), and at stop: only the windows
+  the correlator's kinds changed since the last write (``Correlator.take_window_changes``; a tick that prunes
+  nothing changes nothing), serialised under the lock (a few, not every window) and written after it.
 - ``load()`` (at start) rebuilds the open incidents, their tasks and the windows from the store: a restart keeps
   every incident and window (windows changed after the last write are lost on a crash, at most
   ``snapshot_interval_s`` of them; a graceful stop writes them).
@@ -40,7 +42,7 @@ from joint.kinds import AlertFact
 from joint.models import Incident, ScopeLevel, Task, TimelineEntry
 from joint.pattern_store import PatternAdmin, PatternStore
 from joint.patterns import PACKS_DIR, PatternSet
-from joint.store import JointStore
+from joint.store import JointStore, WindowWrite, part_rows
 
 if TYPE_CHECKING:
     from alerts.service import AlertService
@@ -132,7 +134,7 @@ class JointService:
         self._lock = threading.RLock()
         self._subscribers: list[IncidentSubscriber] = []
         self._scheduler: BackgroundScheduler | None = None
-        self._windows_dirty = False
+        self._windows_pending: WindowWrite | None = None  # taken from the correlator, not written yet
         self._pending: tuple[list[Incident], list[Task], list[TimelineEntry]] | None = None
         self._loaded = False
         self.opened = 0
@@ -160,6 +162,8 @@ class JointService:
                 next_incident_id=snap.next_incident_id,
                 next_task_id=snap.next_task_id,
             )
+            if snap.legacy:  # the old one-document row: the next write writes every window (and drops that row)
+                self._windows_pending = WindowWrite.every(self.correlator.windows())
             self._loaded = True
         logger.info(
             "joint service loaded: %d patterns, %d open incidents, %d open tasks, %d muted alerts",
@@ -271,7 +275,6 @@ class JointService:
                 for ev in events:
                     if ev.kind in ("created", "repeated", "flapping", "resolved"):
                         changes.extend(self.correlator.observe(ev.kind, self._fact(ev), ev.at))
-                        self._windows_dirty = True
                 self._commit(changes, events[-1].at if events else self._clock())
         except Exception:
             logger.exception("joint correlation failed on a batch of %d alert events", len(events))
@@ -305,7 +308,6 @@ class JointService:
         now = now or self._clock()
         with self._lock:
             changes = self.correlator.tick(now)
-            self._windows_dirty = True
             self._commit(changes, now)
         return changes
 
@@ -333,21 +335,26 @@ class JointService:
         self._publish(changes)
 
     def flush(self, force: bool = False) -> None:
-        """Write the windows if they changed (and anything a failed write left). The windows are taken under the
-        lock and written after it, so the alert path waits only for the copy."""
+        """Write the windows that changed since the last write (and anything a failed write left). They are taken
+        and serialised under the lock (only those: the alert path waits for a few windows' JSON, not every
+        window's) and written after it. ``force``: write even when nothing changed (a no-op then)."""
         with self._lock:
-            if not (self._windows_dirty or force or self._pending is not None):
+            parts, dropped = self.correlator.take_window_changes()
+            ww = WindowWrite(part_rows(parts), dropped)
+            if self._windows_pending is not None:
+                ww = self._windows_pending.then(ww)
+                self._windows_pending = None
+            if not (ww or force or self._pending is not None):
                 return
             now = self._clock()
-            windows = self.correlator.windows()
-            self._windows_dirty = False
             pending, self._pending = self._pending, None
         incs, tasks, entries = pending or ([], [], [])
         try:
-            self.store.save(incidents=incs, tasks=tasks, timeline=entries, windows=windows, now=now)
+            self.store.save(incidents=incs, tasks=tasks, timeline=entries, windows=ww or None, now=now)
         except StoreUnavailable:
-            with self._lock:
-                self._windows_dirty = True
+            with self._lock:  # kept for the next write, before what changes meanwhile
+                later = self._windows_pending
+                self._windows_pending = ww if later is None else ww.then(later)
                 if pending is not None and self._pending is None:
                     self._pending = pending
             raise

@@ -5,11 +5,12 @@ twice is harmless (the service writes what a batch changed in one transaction an
 database was unavailable); timeline entries are appended. Library errors become ``StoreUnavailable``.
 
 The correlator's windows (``Correlator.windows()``: every pattern's state, one window per scope or device) are
-stored one row per (pattern, window) in ``joint_windows`` (migration 0012), and a write sends only the rows whose
-JSON differs from what this store last wrote or read (and deletes the rows of windows that are gone): with 10,000
-X9 windows open, a snapshot writes the few that changed, not a 10,000-window document. A pattern's state without
-windows (the other kinds) is its row ``""``. The old one-document row (``joint_kv`` ``windows``) is read when no
-rows exist and deleted by the first windows write.
+stored one row per (pattern, window) in ``joint_windows`` (migration 0012). The service writes only what changed
+(``WindowWrite``: the rows of ``Correlator.take_window_changes()``, built by ``part_rows``): with 10,000 X9 windows
+open, a snapshot serialises and writes the few windows that changed, not 10,000. A write also skips the rows whose
+JSON equals what this store last wrote or read. A pattern's state without windows (the other kinds) is its row
+``""``. The old one-document row (``joint_kv`` ``windows``) is read when no rows exist (``JointSnapshot.legacy``:
+the service then writes every window once) and deleted by the first windows write.
 """
 
 from __future__ import annotations
@@ -74,6 +75,13 @@ JOINT_WINDOWS = Table(
 WindowKey = tuple[str, str]  # (pattern id, "w:" + window key), or (pattern id, "") for the rest of its state
 
 
+def _rest(doc: Any) -> Any:
+    """A pattern's row ``""``: its state without its windows (marked as having had them)."""
+    if isinstance(doc, Mapping) and isinstance(doc.get("windows"), Mapping):
+        return {**{k: v for k, v in doc.items() if k != "windows"}, "_windows": True}
+    return doc
+
+
 def window_rows(windows: Mapping[str, Any]) -> dict[WindowKey, bytes]:
     """``Correlator.windows()`` as rows, each value as JSON bytes (what is compared and written)."""
     out: dict[WindowKey, bytes] = {}
@@ -85,9 +93,49 @@ def window_rows(windows: Mapping[str, Any]) -> dict[WindowKey, bytes]:
         if isinstance(wins, Mapping):
             for key, slot in wins.items():
                 out[(pid, f"w:{key}")] = _json(slot)
-            doc = {**{k: v for k, v in doc.items() if k != "windows"}, "_windows": True}
-        out[(pid, "")] = _json(doc)
+        out[(pid, "")] = _json(_rest(doc))
     return out
+
+
+def part_rows(parts: Mapping[tuple[str, str], Any]) -> dict[WindowKey, bytes | None]:
+    """``Correlator.take_window_changes()``'s parts as rows (None: the window is gone), the same rows as
+    ``window_rows`` gives for those parts."""
+    out: dict[WindowKey, bytes | None] = {}
+    for (pid, key), value in parts.items():
+        if key:
+            out[(pid, f"w:{key}")] = None if value is None else _json(value)
+        else:
+            out[(pid, "")] = _json(_rest(value))
+    return out
+
+
+@dataclass(slots=True)
+class WindowWrite:
+    """Window rows to write: ``rows`` (JSON bytes; None deletes the row), after deleting every row of the
+    ``dropped`` patterns. ``full``: ``rows`` are all the rows there are (any other stored row is deleted)."""
+
+    rows: dict[WindowKey, bytes | None] = field(default_factory=dict)
+    dropped: set[str] = field(default_factory=set)
+    full: bool = False
+
+    @classmethod
+    def every(cls, windows: Mapping[str, Any]) -> WindowWrite:
+        """Every window of ``Correlator.windows()`` (any other stored row is deleted)."""
+        rows: dict[WindowKey, bytes | None] = {}
+        rows.update(window_rows(windows))
+        return cls(rows, full=True)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows or self.dropped or self.full)
+
+    def then(self, newer: WindowWrite) -> WindowWrite:
+        """This write followed by ``newer`` as one (a failed write is merged into the next)."""
+        if newer.full:
+            return newer
+        rows = {k: v for k, v in self.rows.items() if k[0] not in newer.dropped}
+        rows.update(newer.rows)
+        dropped = self.dropped | newer.dropped
+        return WindowWrite(rows, set() if self.full else dropped, self.full)
 
 
 def windows_from_rows(rows: Iterable[tuple[str, str, Any]]) -> dict[str, Any]:
@@ -250,6 +298,7 @@ class JointSnapshot:
     windows: dict[str, Any] | None = None
     next_incident_id: int = 1
     next_task_id: int = 1
+    legacy: bool = False  # the windows came from the old one-document row (the next write has to write them all)
 
 
 class JointStore:
@@ -274,12 +323,13 @@ class JointStore:
         incidents: Iterable[Incident] = (),
         timeline: Iterable[TimelineEntry] = (),
         tasks: Iterable[Task] = (),
-        windows: dict[str, Any] | None = None,
+        windows: dict[str, Any] | WindowWrite | None = None,
         now: datetime,
     ) -> None:
         """Write one consistent set of changes in one transaction (incidents with all their members).
 
-        ``windows`` (``Correlator.windows()``): only the windows that changed since the last write are written."""
+        ``windows``: a ``WindowWrite``, or every window (``Correlator.windows()``); either way only the rows that
+        differ from what this store last wrote or read are written."""
         incs = sorted(incidents, key=lambda i: i.id)
         rows = [_incident_row(i) for i in incs]
         members = [_member_row(i.id, m) for i in incs for m in i.members.values()]
@@ -299,15 +349,28 @@ class JointStore:
             known = self._members_written
             fresh = [m for m in members if known.get((m["incident_id"], m["alert_id"])) != tuple(m.values())]
             if windows is None:
-                self._save(rows, fresh, trows, erows, None, now)
+                self._save(rows, fresh, trows, erows, None, (), now)
             else:
-                current = window_rows(windows)
+                ww = windows if isinstance(windows, WindowWrite) else WindowWrite.every(windows)
                 written = self._written
-                changed: dict[WindowKey, bytes | None] = {k: v for k, v in current.items() if written.get(k) != v}
-                changed.update({k: None for k in written.keys() - current.keys()})
-                self._save(rows, fresh, trows, erows, changed, now)
-                self._written = current
-                self.window_rows_written += len(changed)
+                dropped = ww.dropped if not ww.full else set()
+                changed: dict[WindowKey, bytes | None] = {
+                    k: v
+                    for k, v in ww.rows.items()
+                    if (written.get(k) != v and (v is not None or k in written)) or (k[0] in dropped and v is not None)
+                }
+                if ww.full:
+                    changed.update({k: None for k in written.keys() - ww.rows.keys()})
+                self._save(rows, fresh, trows, erows, changed, sorted(dropped), now)
+                gone = [k for k in written if k[0] in dropped]
+                for k in gone:
+                    del written[k]
+                for k, v in changed.items():
+                    if v is None:
+                        written.pop(k, None)
+                    else:
+                        written[k] = v
+                self.window_rows_written += len(changed) + len(gone)
             for m in fresh:  # only once the transaction committed (a failed one is written in full next time)
                 known[(m["incident_id"], m["alert_id"])] = tuple(m.values())
             self.member_rows_written += len(fresh)
@@ -323,6 +386,7 @@ class JointStore:
         trows: list[dict[str, Any]],
         erows: list[dict[str, Any]],
         windows: Mapping[WindowKey, bytes | None] | None,
+        dropped: Sequence[str],
         now: datetime,
     ) -> None:
         try:
@@ -341,11 +405,16 @@ class JointStore:
                 if erows:
                     conn.execute(insert(TimelineRow), erows)
                 if windows is not None:
-                    self._write_windows(conn, windows, now)
+                    self._write_windows(conn, windows, dropped, now)
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"incident store write failed: {exc}") from exc
 
-    def _write_windows(self, conn: Any, windows: Mapping[WindowKey, bytes | None], now: datetime) -> None:
+    def _write_windows(
+        self, conn: Any, windows: Mapping[WindowKey, bytes | None], dropped: Sequence[str], now: datetime
+    ) -> None:
+        c = JOINT_WINDOWS.c
+        if dropped:  # before the rows written after the drop
+            conn.execute(delete(JOINT_WINDOWS).where(c.pattern_id.in_(dropped)))
         at = _instant(now)
         upserts = [
             {"pattern_id": pid, "key": key, "value": orjson.loads(v), "updated_at": at}
@@ -357,7 +426,6 @@ class JointStore:
         for (pid, key), v in windows.items():
             if v is None:
                 gone.setdefault(pid, []).append(key)
-        c = JOINT_WINDOWS.c
         for pid, keys in gone.items():
             for i in range(0, len(keys), 500):
                 conn.execute(delete(JOINT_WINDOWS).where((c.pattern_id == pid) & c.key.in_(keys[i : i + 500])))
@@ -583,6 +651,7 @@ class JointStore:
             with self._wlock:
                 self._written = written
                 self._drop_legacy = s.get(JointKvRow, WINDOWS_KEY) is not None
+            snap.legacy = not rows and snap.windows is not None
             snap.next_incident_id = int(s.scalar(select(func.max(IncidentRow.id))) or 0) + 1
             snap.next_task_id = int(s.scalar(select(func.max(TaskRow.id))) or 0) + 1
 

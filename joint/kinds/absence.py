@@ -15,7 +15,19 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from joint.kinds.base import AlertFact, Entry, Hit, JsonWindows, KindParams, entry_of, matches, ms, since
+from joint.kinds.base import (
+    AlertFact,
+    Changed,
+    Entry,
+    Hit,
+    JsonWindows,
+    KindParams,
+    entry_of,
+    mark,
+    matches,
+    ms,
+    since,
+)
 from joint.patterns import EffectivePattern, Members
 
 MAX_ENTRIES = 1000
@@ -47,13 +59,18 @@ class AbsenceKind(JsonWindows):
         state: dict[str, Any],
         levels: Mapping[str, str],
         now: datetime,
+        changed: Changed | None = None,
     ) -> list[Hit]:
+        # The state is one part (no ``windows``): any change of it marks ``""``.
         ap: AbsenceParams = p.params
+        if "seen" not in state or "watches" not in state:
+            mark(changed, "")
         seen: dict[str, list[list[Any]]] = state.setdefault("seen", {})  # scope region -> expected alerts
         watches: dict[str, Any] = state.setdefault("watches", {})  # key -> watch
         region = scope[-1]
         at = ms(fact.at)
         if matches(ap.expect, fact):
+            mark(changed, "")
             horizon = at - int(ap.before_s * 1000) - int(ap.after_s * 1000)
             seen[region] = since(seen.get(region, []), horizon)[-MAX_ENTRIES:]
             seen[region].append(entry_of(fact, levels).dump())
@@ -67,6 +84,7 @@ class AbsenceKind(JsonWindows):
             if any(lo <= e[5] <= hi for e in seen.get(region, [])):
                 return out
             key = f"{p.id}|{region}|{fact.alert_id}"
+            mark(changed, "")
             watches[key] = {
                 "region": region,
                 "scope": list(scope),
@@ -74,25 +92,29 @@ class AbsenceKind(JsonWindows):
                 "due": hi,
                 "entry": entry_of(fact, levels).dump(),
             }
-            out.extend(self._due(state, now))
+            out.extend(self._due(state, now, changed))
         return out
 
-    def _due(self, state: dict[str, Any], now: datetime) -> list[Hit]:
+    def _due(self, state: dict[str, Any], now: datetime, changed: Changed | None) -> list[Hit]:
         watches: dict[str, Any] = state.get("watches", {})
         out: list[Hit] = []
         for key in [k for k, w in watches.items() if w["due"] <= ms(now)]:
             w = watches.pop(key)
+            mark(changed, "")
             out.append(Hit(key, tuple(w["scope"]), (Entry.load(w["entry"]),), {"expected_missing": True}))
         return out
 
-    def tick(self, pattern: Any, state: dict[str, Any], now: datetime) -> list[Hit]:
-        out = self._due(state, now)
+    def tick(self, pattern: Any, state: dict[str, Any], now: datetime, changed: Changed | None = None) -> list[Hit]:
+        out = self._due(state, now, changed)
         seen: dict[str, list[list[Any]]] = state.get("seen", {})
         for region in list(seen):
             p: EffectivePattern = pattern(None)
             ap: AbsenceParams = p.params
             horizon = ms(now) - int((ap.before_s + 2 * ap.after_s) * 1000)
-            seen[region] = since(seen[region], horizon)
+            if any(e[5] < horizon for e in seen[region]):
+                seen[region] = since(seen[region], horizon)
+                mark(changed, "")
             if not seen[region]:
                 del seen[region]
+                mark(changed, "")
         return out

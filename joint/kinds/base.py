@@ -134,21 +134,41 @@ class KindParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class JsonWindows:
-    """For a kind whose windows are JSON already and that forgets nothing when an alert resolves."""
+Changed = set[str]  # the keys of the windows a call changed ("" for the state outside ``windows``)
 
-    def resolved(self, p: EffectivePattern, alert_id: int, state: dict[str, Any]) -> None:
+
+def mark(changed: Changed | None, key: str) -> None:
+    """Note that the window ``key`` (added, modified or gone) or, with ``""``, the rest of the state changed."""
+    if changed is not None:
+        changed.add(key)
+
+
+class JsonWindows:
+    """For a kind whose windows are JSON already and that forgets nothing when an alert resolves. Its windows, if
+    any, are ``state["windows"]`` (key -> JSON); everything else in the state is one part (``""``)."""
+
+    def resolved(
+        self, p: EffectivePattern, alert_id: int, state: dict[str, Any], changed: Changed | None = None
+    ) -> None:
         return None
 
     def dump(self, state: dict[str, Any]) -> dict[str, Any]:
         return state
+
+    def dump_part(self, state: dict[str, Any], key: str) -> Any:
+        if key:
+            return state.get("windows", {}).get(key)
+        return {k: ({} if k == "windows" else v) for k, v in state.items()}
 
     def load(self, doc: Mapping[str, Any]) -> dict[str, Any]:
         return dict(doc)
 
 
 class PatternKind(Protocol):
-    """One kind of correlation pattern. ``state`` is the kind's windows for one pattern (JSON-able, mutated)."""
+    """One kind of correlation pattern. ``state`` is the kind's windows for one pattern (JSON-able, mutated).
+
+    ``changed`` (optional on every call that mutates): the kind adds the key of every window it adds, modifies or
+    drops, and ``""`` when the rest of its state changes, so the store writes only those parts (``dump_part``)."""
 
     params_model: type[BaseModel]
 
@@ -168,20 +188,29 @@ class PatternKind(Protocol):
         state: dict[str, Any],
         levels: Mapping[str, str],
         now: datetime,
+        changed: Changed | None = None,
     ) -> list[Hit]:
         """Take a fired alert into the windows; the hits it completes."""
         ...
 
-    def resolved(self, p: EffectivePattern, alert_id: int, state: dict[str, Any]) -> None:
+    def resolved(
+        self, p: EffectivePattern, alert_id: int, state: dict[str, Any], changed: Changed | None = None
+    ) -> None:
         """An alert resolved (its windows may forget it)."""
         ...
 
-    def tick(self, pattern: Any, state: dict[str, Any], now: datetime) -> list[Hit]:
-        """What is due at ``now`` (``pattern(scope)`` gives the effective pattern of a scope); prunes windows."""
+    def tick(self, pattern: Any, state: dict[str, Any], now: datetime, changed: Changed | None = None) -> list[Hit]:
+        """What is due at ``now`` (``pattern(scope)`` gives the effective pattern of a scope); prunes windows. A
+        tick that prunes nothing changes nothing."""
         ...
 
     def dump(self, state: dict[str, Any]) -> dict[str, Any]:
         """The state as JSON data (for the store)."""
+        ...
+
+    def dump_part(self, state: dict[str, Any], key: str) -> Any:
+        """One part of ``dump(state)``: the window ``key`` (None when it is gone), or with ``""`` the rest (the
+        dump with ``"windows"``, if it has them, as ``{}``)."""
         ...
 
     def load(self, doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from joint.kinds.base import AlertFact, Hit, JsonWindows, KindParams, entry_of, scope_path
+from joint.kinds.base import AlertFact, Changed, Hit, JsonWindows, KindParams, entry_of, scope_path
 from joint.models import ScopeLevel
 from joint.patterns import EffectivePattern, Members
 
@@ -39,8 +39,9 @@ class CrossRegionKind(JsonWindows):
         state: dict[str, Any],
         levels: Mapping[str, str],
         now: datetime,
+        changed: Changed | None = None,
     ) -> list[Hit]:
-        cp: CrossRegionParams = p.params
+        cp: CrossRegionParams = p.params  # no windows: the state is never changed
         if not fact.related_path:
             return []
         here = scope_path(fact.region_path, str(cp.differ_at), levels)
@@ -56,5 +57,5 @@ class CrossRegionKind(JsonWindows):
             )
         ]
 
-    def tick(self, pattern: Any, state: dict[str, Any], now: datetime) -> list[Hit]:
+    def tick(self, pattern: Any, state: dict[str, Any], now: datetime, changed: Changed | None = None) -> list[Hit]:
         return []

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from joint.kinds.base import AlertFact, Entry, Hit, KindParams, building_of, ms
+from joint.kinds.base import AlertFact, Changed, Entry, Hit, KindParams, building_of, mark, ms
 from joint.models import ScopeLevel
 from joint.patterns import EffectivePattern, Members
 
@@ -106,11 +106,15 @@ class GroupKind:
         state: dict[str, Any],
         levels: Mapping[str, str],
         now: datetime,
+        changed: Changed | None = None,
     ) -> list[Hit]:
         gp: GroupParams = p.params
         key = self.key(p, fact, scope)
         assert key is not None
+        if "windows" not in state:
+            mark(changed, "")
         windows, by_alert = self._state(state)
+        mark(changed, key)  # added to, and emptied on a hit
         w = windows.get(key)
         if w is None:
             w = windows[key] = _Window(scope)
@@ -155,7 +159,9 @@ class GroupKind:
                 if not keys:
                     del by_alert[alert_id]
 
-    def resolved(self, p: EffectivePattern, alert_id: int, state: dict[str, Any]) -> None:
+    def resolved(
+        self, p: EffectivePattern, alert_id: int, state: dict[str, Any], changed: Changed | None = None
+    ) -> None:
         gp: GroupParams = p.params
         windows, by_alert = self._state(state)
         for key in list(by_alert.get(alert_id, ())):
@@ -167,10 +173,12 @@ class GroupKind:
                 self._forget(key, [alert_id], by_alert)
                 if not w.entries:
                     del windows[key]
-            elif alert_id in w.entries:
+                mark(changed, key)
+            elif alert_id in w.entries and w.entries[alert_id].open:
                 w.entries[alert_id].open = False
+                mark(changed, key)
 
-    def tick(self, pattern: Any, state: dict[str, Any], now: datetime) -> list[Hit]:
+    def tick(self, pattern: Any, state: dict[str, Any], now: datetime, changed: Changed | None = None) -> list[Hit]:
         # Runs under the service's lock every tick over every window (X9 keeps one per device that fired: 10,000
         # with 10,000 open alerts), so the horizon is computed once per scope, not once per window.
         windows, by_alert = self._state(state)
@@ -184,8 +192,10 @@ class GroupKind:
             gone = w.prune(horizon)
             if gone:
                 self._forget(key, gone, by_alert)
+                mark(changed, key)
             if not w.entries:
                 del windows[key]
+                mark(changed, key)
         return []
 
     def dump(self, state: dict[str, Any]) -> dict[str, Any]:
@@ -196,6 +206,12 @@ class GroupKind:
                 for k, w in windows.items()
             }
         }
+
+    def dump_part(self, state: dict[str, Any], key: str) -> Any:
+        if not key:
+            return {"windows": {}}
+        w = state.get("windows", {}).get(key)
+        return None if w is None else {"scope": list(w.scope), "entries": [e.dump() for e in w.entries.values()]}
 
     def load(self, doc: Mapping[str, Any]) -> dict[str, Any]:
         windows: dict[str, _Window] = {}

@@ -15,7 +15,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from joint.kinds.base import AlertFact, Entry, Hit, JsonWindows, KindParams, entry_of, matches, ms, since
+from joint.kinds.base import (
+    AlertFact,
+    Changed,
+    Entry,
+    Hit,
+    JsonWindows,
+    KindParams,
+    entry_of,
+    mark,
+    matches,
+    ms,
+    since,
+)
 from joint.patterns import EffectivePattern, Members
 
 MAX_ENTRIES = 1000
@@ -50,13 +62,17 @@ class SequenceKind(JsonWindows):
         state: dict[str, Any],
         levels: Mapping[str, str],
         now: datetime,
+        changed: Changed | None = None,
     ) -> list[Hit]:
         sp: SequenceParams = p.params
         key = self.key(p, fact, scope)
         if key is None:
             return []
+        if "windows" not in state:
+            mark(changed, "")
         windows: dict[str, Any] = state.setdefault("windows", {})
         slot = windows.setdefault(key, {"scope": list(scope), "first": [], "then": []})
+        mark(changed, key)
         win = int(p.window_s * 1000)
         horizon = ms(now) - 2 * win
         entry = entry_of(fact, levels)
@@ -82,14 +98,18 @@ class SequenceKind(JsonWindows):
                 return [Hit(key, scope, members, {"first": f[0], "then": [t[0] for t in matched]})]
         return []
 
-    def tick(self, pattern: Any, state: dict[str, Any], now: datetime) -> list[Hit]:
+    def tick(self, pattern: Any, state: dict[str, Any], now: datetime, changed: Changed | None = None) -> list[Hit]:
         windows: dict[str, Any] = state.get("windows", {})
         for key in list(windows):
             slot = windows[key]
             p: EffectivePattern = pattern(tuple(slot["scope"]))
             horizon = ms(now) - 2 * int(p.window_s * 1000)
             for role in ("first", "then"):
-                slot[role] = since(slot[role], horizon)
+                entries = slot[role]
+                if any(e[5] < horizon for e in entries):
+                    slot[role] = since(entries, horizon)
+                    mark(changed, key)
             if not slot["first"] and not slot["then"]:
                 del windows[key]
+                mark(changed, key)
         return []
