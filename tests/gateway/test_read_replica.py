@@ -22,6 +22,7 @@ from core.protocol import Event
 from core.replica import ReadRouter
 from core.settings import Settings
 from core.store.sqlite import SqliteStore
+from devices.broker import free_port
 from devices.registry import DeviceSpec, Registry
 from gateway.app import GatewayContext, create_app
 from gateway.auth import create_user
@@ -29,8 +30,6 @@ from gateway.read_from import READ_FROM_HEADER
 from tests.gateway.conftest import DEVICES, NOW, NOW_MS, REGIONS, fill_store, no_broker
 from tests.helpers import wait_until
 from tests.pg_replica import PgPair, wait_replayed
-
-pytestmark = pytest.mark.postgres
 
 
 @dataclass
@@ -137,6 +136,7 @@ def _by_device(resp: Any) -> dict[str, dict[str, Any]]:
     return {a["device_id"]: a for a in resp.json()["items"]}
 
 
+@pytest.mark.postgres
 def test_lists_read_the_replica_writes_land_on_the_primary_and_the_writer_reads_its_own(rep: Rep) -> None:
     listed = rep.get("/alerts")
     assert listed.headers[READ_FROM_HEADER] == "replica"
@@ -207,6 +207,7 @@ def test_lists_read_the_replica_writes_land_on_the_primary_and_the_writer_reads_
         assert resp.headers.get(READ_FROM_HEADER) == (None if path == "/regions" else "replica"), path
 
 
+@pytest.mark.postgres
 def test_a_stopped_replica_makes_reads_fall_back_to_the_primary(
     rep: Rep, pg_replica: PgPair, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -241,3 +242,36 @@ def test_a_stopped_replica_makes_reads_fall_back_to_the_primary(
     ready = rep.get("/health/ready").json()
     assert ready["checks"]["database_replica"]["reachable"] is True and "notes" not in ready
     assert "lianfang_db_replica_serving 1.0" in rep.client.get("/metrics").text
+
+
+def test_the_setting_alone_wires_the_router_and_an_unreachable_replica_is_a_note(
+    seeded: tuple[Registry, SqliteStore],
+) -> None:
+    """What `lianfang serve` does: GatewayContext makes the router from settings.database_read_url. A replica that
+    refuses connections (nothing listens on the port) sends every read to the primary, and readiness stays 200."""
+    registry, store = seeded
+    token = create_user(registry.engine, "admin", "admin", None, NOW)
+    settings = Settings(database_read_url=f"postgresql+psycopg://lianfang:s3cret@127.0.0.1:{free_port()}/lianfang")
+    ctx = GatewayContext(
+        settings=settings,
+        registry=registry,
+        store=store,
+        broker_status=lambda: {"ok": True},
+        ingest_status=lambda: {"connected": True},
+        clock=lambda: NOW,
+        provisioning=no_broker,
+    )
+    assert isinstance(ctx.read_router, ReadRouter) and ctx.read_registry is not None
+    assert ctx.read_registry.engine is ctx.read_router.replica and ctx.read_router.primary is registry.engine
+    h = {"Authorization": f"Bearer {token}"}
+    try:
+        with TestClient(create_app(ctx)) as client:
+            resp = client.get("/api/v1/devices", headers=h)
+            assert resp.status_code == 200 and resp.headers[READ_FROM_HEADER] == "primary"
+            assert resp.json()["total"] == len(DEVICES)
+            ready = client.get("/api/v1/health/ready")
+            assert ready.status_code == 200, ready.text
+            note = ready.json()["notes"][0]
+            assert note.startswith("database_replica: replica unreachable") and "s3cret" not in ready.text
+    finally:
+        ctx.read_router.replica.dispose()
