@@ -516,6 +516,12 @@ class AlertsRuntime:
             out["dead_channels"] = dead
         if self.rule_admin.problems:
             out["rule_problems"] = list(self.rule_admin.problems)
+        if self.commands is not None:  # people's actions from the gateway's process (several engines)
+            cmd = self.commands.status()
+            out["commands"] = cmd
+            if not cmd.get("ok"):
+                out["ok"] = False
+                out["reason"] = "the command channel is not connected to the broker"
         if self.engine_status is not None:
             feed = self.engine_status()
             out["engine"] = feed

@@ -366,6 +366,9 @@ def test_actions_on_an_alert_reach_the_engine_process_that_owns_it(
             return False
 
     wait_until(up, 240, 0.2, "serve answering")
+    ready = httpx.get(f"http://127.0.0.1:{api_port}/api/v1/health/ready", timeout=10).json()
+    assert ready["checks"]["alerts"]["commands"]["ok"] is True, ready["checks"]["alerts"]
+    assert ready["checks"]["alerts"]["commands"]["partitions"] == [0]
     db = tmp_path / "registry.db"
     seq = dict.fromkeys((d for d, _ in gates), 0)
 
