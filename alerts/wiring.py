@@ -144,6 +144,10 @@ class AlertsRuntime:
         self.settings = cfg
         self.registry = registry
         self._clock = clock_fn
+        # An engine of some partitions reloads the rules when their stored version moves (``poll_rules``): the
+        # version read before they are built, so an edit made meanwhile is taken at the first poll.
+        partial = len(owned_partitions(cfg)) < cfg.partitions
+        self._rules_version = RuleStore(registry.engine).version() if partial else 0
         # Files, then the API layer from the database (alerts/rule_store.py); API edits go through rule_admin.
         # A rule that can never match (an unknown field, event, region or device: alerts/rule_check.py) is a
         # UserError here: the service refuses to start with one line naming it.
@@ -193,7 +197,6 @@ class AlertsRuntime:
         # broker, lianfang/engine_commands.py), and the silences and rule edits every engine takes from SQL.
         self.owned: frozenset[int] = frozenset(range(cfg.partitions))
         self.commands: Any = None  # lianfang.engine_commands.EngineCommands, started by lianfang/runtime.py
-        self._rules_version = 0
         self.sync_poll_s = sync_poll_s
         if self.owns is not None:
             owned = owned_partitions(cfg)
@@ -442,7 +445,6 @@ class AlertsRuntime:
                 next_run_time=self._clock(),
             )
             if self.owns is not None:  # other engines' processes: their silences and rule edits, from SQL
-                self._rules_version = self.rule_admin.store.version()
                 poll = self.sync_poll_s
                 sched.add_job(self._job(self.sync_silences), "interval", seconds=poll, id="alerts-silences")
                 sched.add_job(self._job(self.poll_rules), "interval", seconds=poll, id="alerts-rules")
