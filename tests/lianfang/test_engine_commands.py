@@ -35,6 +35,8 @@ class Recorder:
             return {"status": 409, "detail": "no"}
         if op == "boom":
             raise RuntimeError("bug")
+        if op == "slow":
+            time.sleep(0.5)
         return {"status": 200, "detail": f"{op} done"}
 
 
@@ -77,26 +79,32 @@ def test_a_request_delivered_twice_is_applied_once_and_a_late_one_not_at_all(
     raw = mqtt_client(broker.port, broker.platform_username, broker.platform_password, client_id="t-raw")
     replies: list[tuple[bytes, bytes]] = []
     raw.on_message = lambda c, u, m: replies.append((getattr(m.properties, "CorrelationData", b""), bytes(m.payload)))
+    subscribed = threading.Event()
+    raw.on_subscribe = lambda *a: subscribed.set()
     raw.subscribe("lf/internal/v1/cmd/reply/t-raw", qos=1)
-    time.sleep(0.3)
+    assert subscribed.wait(10)
 
-    def send(rid: bytes, deadline_ms: int) -> None:
+    def send(rid: bytes, deadline_ms: int, op: str = "slow") -> None:
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.ResponseTopic = "lf/internal/v1/cmd/reply/t-raw"
         props.CorrelationData = rid
-        doc = {"op": "alert.comment", "args": {"alert_id": 9}, "deadline_ms": deadline_ms}
+        doc = {"op": op, "args": {"alert_id": 9}, "deadline_ms": deadline_ms}
         raw.publish(request_topic(1), orjson.dumps(doc), qos=1, properties=props).wait_for_publish(5)
 
     try:
         far = int(time.time() * 1000) + 60_000
         send(b"req-1", far)
-        send(b"req-1", far)  # a redelivery: same request id
-        wait_until(lambda: len(replies) == 2, 10, what="two replies")
+        send(b"req-1", far)  # a redelivery while the first is being applied: answered by its one reply
+        wait_until(lambda: replies, 10, what="the reply")
+        time.sleep(0.7)
+        assert [r for r, _ in replies] == [b"req-1"]
+        send(b"req-1", far)  # a redelivery after it was applied: answered again from the cache
+        wait_until(lambda: len(replies) == 2, 10, what="the cached reply")
         assert [r for r, _ in replies] == [b"req-1", b"req-1"]
         assert {orjson.loads(p)["status"] for _, p in replies} == {200}
-        assert handler.calls == [("alert.comment", {"alert_id": 9})], "applied once"
-        assert owner.duplicates == 1
-        send(b"req-2", int(time.time() * 1000) - 1)  # past its deadline: the caller has given up
+        assert handler.calls == [("slow", {"alert_id": 9})], "applied once"
+        assert owner.duplicates == 2
+        send(b"req-2", int(time.time() * 1000) - 1, "alert.comment")  # past its deadline: the caller gave up
         wait_until(lambda: owner.late == 1, 10, what="the late request seen")
         assert len(handler.calls) == 1 and len(replies) == 2
     finally:
