@@ -70,10 +70,21 @@ def summary(settings: Settings) -> list[tuple[str, str]]:
         ("read replica", read_db),
         ("telemetry store", store_summary(settings)),
         ("mqtt broker", broker),
+        ("device listener", device_listener_summary(settings)),
         ("ingest", f"batch {settings.ingest.batch_size}, wait {settings.ingest.batch_wait_ms} ms"),
         ("api", f"http://{settings.api.host}:{settings.api.port}"),
         ("log level", settings.log_level),
     ]
+
+
+def device_listener_summary(settings: Settings) -> str:
+    """Where devices connect and which identities that listener knows (ADR 0006)."""
+    mqtt = settings.mqtt
+    where = f"{mqtt.host}:{mqtt.device_listener_port}"
+    if mqtt.device_identities == "password_file":
+        default = " (mqtt.port + 1)" if mqtt.device_port is None else ""
+        return f"{where}{default}, identities: password_file (devices only)"
+    return f"{where} (mqtt.port, shared with the platform), identities: dynsec"
 
 
 def store_summary(settings: Settings) -> str:
