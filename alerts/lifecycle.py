@@ -76,6 +76,35 @@ class Silence:
         return not self.ended and self.starts_at <= at < self.ends_at
 
 
+def check_silence(
+    reason: str,
+    creator: str,
+    starts_at: datetime,
+    ends_at: datetime,
+    region_id: str | None,
+    device_id: str | None,
+    rule_id: str | None,
+) -> None:
+    """UserError when a silence with these fields cannot be made (``AlertBook.add_silence`` checks the same)."""
+    if not reason.strip():
+        raise UserError("silence: a reason is required")
+    if not creator:
+        raise UserError("silence: creator is required")
+    if ends_at <= starts_at:
+        raise UserError("silence: ends_at must be after starts_at")
+    if region_id is None and device_id is None and rule_id is None:
+        raise UserError("silence: give a scope (region, device and/or rule)")
+
+
+def silences_holding(alert: Alert, silences: Iterable[Silence], at: datetime) -> list[Silence]:
+    """The silences active at ``at`` that hold ``alert`` back (nothing is sent about it): empty unless the alert
+    is open and marked silenced. Pure: the gateway matches the stored silences against any listed alert, whichever
+    engine process holds it."""
+    if not alert.open or not alert.silenced:
+        return []
+    return [s for s in silences if s.active(at) and s.covers(alert)]
+
+
 @dataclass(frozen=True, slots=True)
 class LifecycleEvent:
     """What happened to an alert. ``alert`` is a snapshot taken at the time of the event."""
@@ -354,14 +383,7 @@ class AlertBook:
         approver: str | None = None,
         renotify: bool = True,
     ) -> Silence:
-        if not reason.strip():
-            raise UserError("silence: a reason is required")
-        if not creator:
-            raise UserError("silence: creator is required")
-        if ends_at <= starts_at:
-            raise UserError("silence: ends_at must be after starts_at")
-        if region_id is None and device_id is None and rule_id is None:
-            raise UserError("silence: give a scope (region, device and/or rule)")
+        check_silence(reason, creator, starts_at, ends_at, region_id, device_id, rule_id)
         s = Silence(
             self.next_silence_id,
             reason,

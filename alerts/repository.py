@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import JSON, Column, DateTime, Engine, MetaData, String, Table, delete, func, insert, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from alerts.lifecycle import Silence
@@ -335,6 +335,25 @@ class AlertRepository:
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"alert store read failed: {exc}") from exc
         return [Comment(r.alert_id, r.author, r.text, _utc(r.at) or r.at, r.kind) for r in rows]
+
+    def insert_silence(self, s: Silence, *, attempts: int = 50) -> int:
+        """Store a new silence under the first id not taken, at least ``s.id``, and return that id. Several
+        processes may create silences at once (two ``lianfang serve`` behind a balancer, each numbering from its
+        own engine's counter): the row's primary key decides, and a process that lost the race takes the next
+        free id (docs/scaling.md)."""
+        want = s.id
+        for _ in range(attempts):
+            try:
+                with self.engine.begin() as conn:
+                    top = int(conn.scalar(select(func.max(SilenceRow.id))) or 0)
+                    sid = max(want, top + 1)
+                    conn.execute(insert(SilenceRow), [{**_silence_row(s), "id": sid}])
+                return sid
+            except IntegrityError:
+                want = sid + 1  # another process took it between our read and our insert
+            except SQLAlchemyError as exc:
+                raise StoreUnavailable(f"alert store write failed: {exc}") from exc
+        raise StoreUnavailable(f"no free silence id after {attempts} attempts")
 
     def silences(self, *, active_only: bool = False, offset: int = 0, limit: int | None = None) -> list[Silence]:
         """Silences oldest first (``active_only``: those not ended yet), a page of them when ``limit`` is given."""

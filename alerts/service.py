@@ -34,7 +34,7 @@ from alerts import engine as eng
 from alerts import metrics
 from alerts.engine import AbsenceState, Env, Subject, ThresholdState
 from alerts.kinds_vehicle import DispatchBook, parse_depot, parse_lot, place_problems
-from alerts.lifecycle import AlertBook, LifecycleConfig, LifecycleEvent, Silence
+from alerts.lifecycle import AlertBook, LifecycleConfig, LifecycleEvent, Silence, check_silence
 from alerts.repository import AlertRepository, StateKey
 from alerts.rules import EffectiveRule, RuleSet
 from alerts.types import Alert, AlertChange, AlertState, Comment
@@ -906,11 +906,40 @@ class AlertService:
         return self._act(lambda: self.book.assign(alert_id, who, assignee, now=self._clock()))[0].alert
 
     def add_silence(self, **kw: Any) -> Silence:
-        """See ``AlertBook.add_silence`` (reason, creator, starts_at, ends_at, scope, approver, renotify)."""
+        """See ``AlertBook.add_silence`` (reason, creator, starts_at, ends_at, scope, approver, renotify).
+
+        The silence's row is inserted first, under an id no other process holds (``AlertRepository.
+        insert_silence``): with two gateway processes each engine's counter alone could give two silences the
+        same id."""
         out: list[Silence] = []
+        check_silence(
+            str(kw.get("reason") or ""),
+            str(kw.get("creator") or ""),
+            kw["starts_at"],
+            kw["ends_at"],
+            kw.get("region_id"),
+            kw.get("device_id"),
+            kw.get("rule_id"),
+        )
 
         def run() -> list[LifecycleEvent]:
-            out.append(self.book.add_silence(now=self._clock(), **kw))
+            now = self._clock()
+            book = self.book
+            draft = Silence(
+                book.next_silence_id,
+                kw["reason"],
+                kw["creator"],
+                kw["starts_at"],
+                kw["ends_at"],
+                kw.get("region_id"),
+                kw.get("device_id"),
+                kw.get("rule_id"),
+                kw.get("approver"),
+                kw.get("renotify", True),
+                now,
+            )
+            book.next_silence_id = self.repo.insert_silence(draft)
+            out.append(book.add_silence(now=now, **kw))
             return []
 
         self._act(run)
