@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -24,6 +25,40 @@ from tests.pg_replica import stop_pair as stop_pg_pair
 from tests.pg_replica import unavailable as pg_replica_unavailable
 
 PG_ADMIN_URL = os.environ.get("LIANFANG_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports on 127.0.0.1, all held bound while they are chosen (two free_port() calls in a row
+    can return the same port, or one the other's successor)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port_pair(attempts: int = 50) -> int:
+    """A free port whose successor is free too: the embedded broker's mqtt.port when mqtt.device_port is left to
+    its default (port + 1, the devices' listener with device_identities: password_file). Prefer giving the device
+    port explicitly (``port, device_port = free_ports(2)``); this is for tests that exercise the default."""
+    for _ in range(attempts):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            if port >= 65535:
+                continue
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError(f"no free port with a free successor in {attempts} attempts")
 
 
 @dataclass

@@ -35,11 +35,11 @@ import httpx
 import pytest
 
 from core.db import make_engine, migrate
-from devices.broker import free_port
 from devices.registry import DeviceSpec, RegionSpec, Registry
 from devices.sim_publisher import SharedPublisher
 from devices.simulator import SimMessage
 from gateway.auth import create_user
+from tests.conftest import free_ports
 from tests.helpers import wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -116,7 +116,7 @@ def _seed(db_url: str) -> str:
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     """``lianfang serve`` on free ports over a seeded registry; the simulator's account publishes for devices."""
-    api_port, mqtt_port = free_port(), free_port()
+    api_port, mqtt_port, device_port = free_ports(3)  # the devices' listener given: mqtt.port + 1 may be taken
     db_url = f"sqlite:///{tmp_path}/registry.db"
     admin_token = _seed(db_url)
     env = dict(os.environ)
@@ -126,6 +126,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             "LIANFANG_DATABASE_URL": db_url,
             "LIANFANG_STORE__SQLITE_PATH": str(tmp_path / "telemetry.db"),
             "LIANFANG_MQTT__PORT": str(mqtt_port),
+            "LIANFANG_MQTT__DEVICE_PORT": str(device_port),
             "LIANFANG_MQTT__BROKER_DIR": str(tmp_path / "mosquitto"),
             "LIANFANG_API__PORT": str(api_port),
         }

@@ -25,10 +25,10 @@ from prometheus_client import REGISTRY
 from alerts.platform import INGEST_STALLED, STORE_UNAVAILABLE
 from core.db import make_engine, migrate
 from core.settings import IngestSettings, MqttSettings, Settings, StoreSettings
-from devices.broker import free_port
 from devices.registry import Registry
 from gateway.app import GatewayContext, create_app
 from lianfang.runtime import BrokerSecrets, Runtime, broker_secrets_path
+from tests.conftest import free_port_pair
 from tests.helpers import mqtt_client, wait_until
 from tests.ingest.conftest import seed_registry
 
@@ -56,7 +56,7 @@ def runtime(tmp_path: Path) -> Iterator[Runtime]:
         database_url=db_url,
         gc_settle_s=0,
         store=StoreSettings(sqlite_path=tmp_path / "telemetry.db"),
-        mqtt=MqttSettings(port=free_port(), broker_dir=tmp_path / "mosquitto"),
+        mqtt=MqttSettings(port=free_port_pair(), broker_dir=tmp_path / "mosquitto"),  # devices: port + 1
         ingest=IngestSettings(batch_wait_ms=5, stall_after_s=2),
     )
     rt = Runtime(settings)

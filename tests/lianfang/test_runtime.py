@@ -20,6 +20,7 @@ from core.settings import Settings, StoreSettings
 from core.store import WriteBatch
 from devices.broker import free_port
 from lianfang.runtime import BrokerSecrets, Runtime
+from tests.conftest import free_ports
 from tests.helpers import wait_until
 
 DAY = 86_400_000
@@ -55,14 +56,14 @@ def test_broker_secrets_are_generated_once_and_private(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_serve_runs_broker_ingest_and_api_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    api_port, mqtt_port = free_port(), free_port()
+    api_port, mqtt_port, device_port = free_ports(3)
     env = dict(os.environ)
     env.update(
         {
             "LIANFANG_DATABASE_URL": f"sqlite:///{tmp_path}/registry.db",
             "LIANFANG_STORE__SQLITE_PATH": str(tmp_path / "telemetry.db"),
             "LIANFANG_MQTT__PORT": str(mqtt_port),
-            "LIANFANG_MQTT__DEVICE_PORT": str(free_port()),  # the devices' listener (mqtt.port + 1 may be taken)
+            "LIANFANG_MQTT__DEVICE_PORT": str(device_port),  # the devices' listener (mqtt.port + 1 may be taken)
             "LIANFANG_MQTT__BROKER_DIR": str(tmp_path / "mosquitto"),
             "LIANFANG_API__PORT": str(api_port),
         }
@@ -137,9 +138,9 @@ def test_embedded_broker_serves_mqtt_over_tls_when_a_tls_port_is_set(tmp_path: P
     from devices.provisioning import new_secret
 
     paths = init_certs(tmp_path / "certs", ["127.0.0.1", "localhost"], now=clock.now())
-    port, tls_port = free_port(), free_port()
+    port, tls_port, device_port = free_ports(3)
     mqtt_settings = {"port": port, "tls_port": tls_port, "broker_dir": tmp_path / "mosquitto"}
-    mqtt_settings["device_port"] = free_port()  # the devices' listener (mqtt.port + 1 may be taken)
+    mqtt_settings["device_port"] = device_port  # the devices' listener (mqtt.port + 1 may be taken)
     if identities == "dynsec":
         mqtt_settings["device_identities"] = "dynsec"
     settings = Settings(
@@ -185,7 +186,7 @@ def test_password_file_identities_get_their_own_device_listener(tmp_path: Path) 
     from devices.dynsec import DynsecClient
     from devices.provisioning import new_secret
 
-    port, device_port = free_port(), free_port()
+    port, device_port = free_ports(2)
     settings = Settings(
         data_dir=tmp_path,
         database_url=f"sqlite:///{tmp_path}/registry.db",
@@ -233,7 +234,7 @@ def test_a_fleet_an_older_version_kept_in_dynsec_works_after_the_default_switch(
 
     now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
     ids = ["gate-0001", "gate-0002"]
-    port, device_port = free_port(), free_port()
+    port, device_port = free_ports(2)
     common = {
         "data_dir": tmp_path,
         "database_url": f"sqlite:///{tmp_path}/registry.db",

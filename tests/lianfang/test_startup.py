@@ -20,6 +20,7 @@ from lianfang import commands  # noqa: F401  (registers the sub-apps)
 from lianfang.cli import app
 from lianfang.runtime import BrokerSecrets, Runtime, broker_secrets_path
 from lianfang.startup import explain
+from tests.conftest import free_port_pair
 
 
 @pytest.fixture(autouse=True)
@@ -144,7 +145,8 @@ def test_two_data_dirs_are_two_installations(tmp_path: Path, monkeypatch: pytest
     try:
         for name in ("one", "two"):
             monkeypatch.setenv("LIANFANG_DATA_DIR", str(tmp_path / name))
-            monkeypatch.setenv("LIANFANG_MQTT__PORT", str(free_port()))
+            # the defaults: the devices' listener on mqtt.port + 1, which must be free too
+            monkeypatch.setenv("LIANFANG_MQTT__PORT", str(free_port_pair()))
             runtime = Runtime(load_settings(), with_ingest=False)
             runtime.start()
             runtimes.append(runtime)

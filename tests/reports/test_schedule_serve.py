@@ -13,10 +13,10 @@ import yaml
 from core.db import make_engine, migrate
 from core.errors import UserError
 from core.settings import Settings, StoreSettings
-from devices.broker import free_port
 from devices.registry import RegionSpec, Registry
 from lianfang.runtime import Runtime
 from tests.alerts.notify_fixtures import WEBHOOK_SECRET, Receiver
+from tests.conftest import free_ports
 from tests.reports.seed import CREATED, NOW
 
 SCHEDULE = {"name": "weekly", "kind": "coverage", "region": "js", "period": "week", "cron": "0 8 * * 1"}
@@ -30,7 +30,8 @@ def _settings(tmp_path: Path, http: Receiver, channels: list[str]) -> Settings:
     notify = tmp_path / "notify.yaml"
     hook = {"name": "hook", "type": "webhook", "url": f"{http.base}/hook/r", "secret": WEBHOOK_SECRET}
     notify.write_text(yaml.safe_dump({"channels": [hook]}), encoding="utf-8")
-    mqtt: Any = {"port": free_port(), "broker_dir": tmp_path / "mosquitto"}
+    port, device_port = free_ports(2)  # the devices' listener given: mqtt.port + 1 may be taken
+    mqtt: Any = {"port": port, "device_port": device_port, "broker_dir": tmp_path / "mosquitto"}
     return Settings(
         data_dir=tmp_path,
         database_url=f"sqlite:///{tmp_path}/registry.db",
