@@ -27,7 +27,8 @@ from core.errors import BrokerUnavailable, LianfangError, StoreUnavailable, User
 from core.fsperm import private_dir
 from core.settings import Settings
 from devices.audit import Actor, AuditLog, AuditRecord, canonical, utc_instant
-from devices.broker_adapter_passwd import PasswdFileAdapter, adapter_for
+from devices.broker import DEVICE_PASSWD_FILE
+from devices.broker_adapter_passwd import PasswdFileAdapter, adapter_for, parse_passwd
 from devices.certs import init_certs
 from devices.cli_context import broker_admin_password, open_registry, settings_from
 from devices.dynsec import DynsecClient
@@ -457,8 +458,12 @@ def export_config(
     host: Annotated[str | None, typer.Option("--host", help="Broker address as the device sees it.")] = None,
     tls_port: Annotated[int | None, typer.Option("--tls-port", help="The broker's TLS port, if any.")] = None,
     ca_file: Annotated[str | None, typer.Option("--ca-file", help="CA certificate to load into the device.")] = None,
+    timeout: TimeoutOpt = 5.0,
 ) -> None:
-    """What an installer types into the device (JSON)."""
+    """What an installer types into the device (JSON).
+
+    The port is where this device logs in: the devices' listener (mqtt.device_port) for an identity in the
+    password file, mqtt.port for one an older version left in dynsec (asked of the broker only then)."""
     settings = settings_from(ctx)
     try:
         registry = open_registry(settings)
@@ -470,15 +475,45 @@ def export_config(
         secret = read_secret_file(secret_file, device_id) if secret_file is not None else None
     except LianfangError as exc:
         raise _fail(str(exc)) from exc
+    port, warning = export_port(settings, device_id, timeout=timeout)
+    if warning is not None:
+        typer.echo(f"warning: {warning}", err=True)  # stdout is the JSON
     doc = installer_config(
         device_id,
         host=host or settings.mqtt.host,
-        port=settings.mqtt.device_listener_port,
+        port=port,
         tls_port=tls_port,
         secret=secret,
         ca_file=ca_file,
     )
     typer.echo(json.dumps(doc, ensure_ascii=False, indent=1))
+
+
+def export_port(settings: Settings, device_id: str, *, timeout: float) -> tuple[int, str | None]:
+    """The port ``device_id`` logs in on, and a warning when it could not be known.
+
+    With password-file identities (ADR 0006) a device in the file uses the devices' listener (no broker asked); one
+    that is not there may still hold a dynsec identity an older version created, which logs in on mqtt.port only:
+    the broker's dynsec is asked (PasswdFileAdapter.login_port). Unreachable: the devices' listener, with a warning."""
+    mqtt = settings.mqtt
+    port = mqtt.device_listener_port
+    if port == mqtt.port:
+        return port, None
+    try:
+        in_file = device_id in parse_passwd((mqtt.broker_dir / DEVICE_PASSWD_FILE).read_text(encoding="utf-8"))
+    except OSError:
+        in_file = False
+    if in_file:
+        return port, None
+    try:
+        with DynsecClient(mqtt.host, mqtt.port, admin_password(settings), timeout=timeout, tls_ca=mqtt.tls_ca) as dyn:
+            adapter = adapter_for(settings, dyn)
+            return (adapter.login_port(device_id) if adapter is not None else port), None
+    except LianfangError as exc:
+        return port, (
+            f"could not ask the broker whether {device_id} still has a dynsec identity (those log in on mqtt.port "
+            f"{mqtt.port}): {exc}; printed the devices' listener {port}"
+        )
 
 
 @creds_app.command("expiring")
