@@ -21,23 +21,22 @@ starts, so the entry can be fixed or deleted through the API.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import JSON, Boolean, DateTime, Engine, Integer, String, func, select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import JSON, Boolean, DateTime, Engine, Integer, String, select
+from sqlalchemy.orm import Mapped, mapped_column
 
 from alerts.rule_check import Known, check_files, check_override, check_rule, errors, summary, warnings
 from alerts.rules import OverrideSpec, RuleFile, RuleSet, RuleSpec, fmt_errors
+from alerts.spec_admin import Edited, SpecAdmin, SpecConflict, SpecRejected, SpecStore, utc
 from alerts.types import Severity
 from core.db import Base
-from core.errors import StoreUnavailable, UserError
+from core.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +46,7 @@ API_ORIGIN = "api"  # where API-defined rules come from (``RuleSet.rule_origin``
 # --- tables (migration 0006) -----------------------------------------------------------------------------------
 
 
-class _Edited:
-    """Who made an API edit and who changed it last, and when (both tables)."""
-
-    created_by: Mapped[str] = mapped_column(String(128))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_by: Mapped[str] = mapped_column(String(128))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-class RuleOverrideRow(_Edited, Base):
+class RuleOverrideRow(Edited, Base):
     __tablename__ = "alert_rule_overrides"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -70,7 +60,7 @@ class RuleOverrideRow(_Edited, Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
-class RuleDefRow(_Edited, Base):
+class RuleDefRow(Edited, Base):
     __tablename__ = "alert_rule_defs"
 
     rule_id: Mapped[str] = mapped_column(String(128), primary_key=True)
@@ -172,15 +162,11 @@ class RuleChange:
     after: dict[str, Any] | None
 
 
-class RuleRejected(UserError):
+class RuleRejected(SpecRejected):
     """A write that would make the rule set invalid; the message is the rule files' (origin: field path: what)."""
 
-    def __init__(self, message: str, origin: str) -> None:
-        super().__init__(message)
-        self.origin = origin
 
-
-class RuleConflict(UserError):
+class RuleConflict(SpecConflict):
     """A write that contradicts what exists (a rule id a file defines, a kind that cannot change)."""
 
 
@@ -198,11 +184,6 @@ def _override_spec(
     )
 
 
-def _utc(at: datetime) -> datetime:
-    """SQLite gives naive datetimes back: they were written in UTC."""
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-
-
 def _to_override(row: RuleOverrideRow) -> ApiOverride:
     return ApiOverride(
         row.id,
@@ -212,9 +193,9 @@ def _to_override(row: RuleOverrideRow) -> ApiOverride:
         row.severity,
         dict(row.params),
         row.created_by,
-        _utc(row.created_at),
+        utc(row.created_at),
         row.updated_by,
-        _utc(row.updated_at),
+        utc(row.updated_at),
     )
 
 
@@ -224,116 +205,57 @@ def _to_rule(row: RuleDefRow) -> ApiRule:
         row.kind,
         dict(row.spec),
         row.created_by,
-        _utc(row.created_at),
+        utc(row.created_at),
         row.updated_by,
-        _utc(row.updated_at),
+        utc(row.updated_at),
     )
 
 
 # --- the store -----------------------------------------------------------------------------------------------
 
 
-class RuleStore:
-    """The API layer's rows. Reads and writes raise StoreUnavailable when the database is down."""
+class RuleStore(SpecStore[ApiRule, ApiOverride, RuleChange, Scope]):
+    """The API layer's rows (``alerts.spec_admin.SpecStore``). Reads and writes raise StoreUnavailable when the
+    database is down."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    noun, scope_word, id_col = "rule", "scope", "rule_id"
+    def_table, override_table, change_table = RuleDefRow, RuleOverrideRow, RuleChangeRow
+    conflict = RuleConflict
 
-    def _session(self) -> Session:
-        return Session(self.engine, expire_on_commit=False)
+    def _to_def(self, row: RuleDefRow) -> ApiRule:
+        return _to_rule(row)
 
-    def overrides(self, rule_id: str | None = None) -> list[ApiOverride]:
-        """API overrides in the order they were first created (the order they are applied in)."""
-        q = select(RuleOverrideRow).order_by(RuleOverrideRow.id)
-        if rule_id is not None:
-            q = q.where(RuleOverrideRow.rule_id == rule_id)
-        try:
-            with self._session() as s:
-                return [_to_override(r) for r in s.scalars(q)]
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable(f"rule store read failed: {exc}") from exc
+    def _to_override(self, row: RuleOverrideRow) -> ApiOverride:
+        return _to_override(row)
+
+    def _to_change(self, r: RuleChangeRow) -> RuleChange:
+        scope = Scope(r.region_id, r.device_type, r.device_id)
+        return RuleChange(r.id, utc(r.at), r.actor, r.target, r.action, r.rule_id, r.kind, scope, r.before, r.after)
+
+    def _scope_columns(self, scope: Scope) -> dict[str, Any]:
+        return {"region_id": scope.region, "device_type": scope.device_type, "device_id": scope.device}
+
+    def _scope_key(self, spec_id: str, scope: Scope) -> str:
+        return scope.key(spec_id)
+
+    def _override_scope(self, o: ApiOverride) -> Scope:
+        return o.scope
+
+    def _override_values(self, o: ApiOverride) -> dict[str, Any]:
+        return o.values()
+
+    def _def_columns(self, d: ApiRule) -> dict[str, Any]:
+        return {"kind": d.kind}
 
     def rules(self) -> list[ApiRule]:
-        try:
-            with self._session() as s:
-                return [_to_rule(r) for r in s.scalars(select(RuleDefRow).order_by(RuleDefRow.created_at))]
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable(f"rule store read failed: {exc}") from exc
-
-    def version(self) -> int:
-        """The id of the newest change (0: never edited); it moves with every write. Engines of other processes
-        reload the rule set when it moves (alerts/wiring.py ``AlertsRuntime.poll_rules``)."""
-        try:
-            with self._session() as s:
-                return int(s.scalar(select(func.max(RuleChangeRow.id))) or 0)
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable(f"rule store read failed: {exc}") from exc
-
-    def history(self, rule_id: str | None = None, limit: int = 100) -> list[RuleChange]:
-        """Changes newest first."""
-        q = select(RuleChangeRow).order_by(RuleChangeRow.id.desc()).limit(limit)
-        if rule_id is not None:
-            q = q.where(RuleChangeRow.rule_id == rule_id)
-        try:
-            with self._session() as s:
-                return [
-                    RuleChange(
-                        r.id,
-                        _utc(r.at),
-                        r.actor,
-                        r.target,
-                        r.action,
-                        r.rule_id,
-                        r.kind,
-                        Scope(r.region_id, r.device_type, r.device_id),
-                        r.before,
-                        r.after,
-                    )
-                    for r in s.scalars(q)
-                ]
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable(f"rule store read failed: {exc}") from exc
+        return self._defs()
 
     def kinds_used(self, rule_id: str) -> set[str]:
         """Every kind an API rule of this id ever had (its alert state may still exist)."""
         q = select(RuleChangeRow.kind).where(
             RuleChangeRow.target == "rule", RuleChangeRow.rule_id == rule_id, RuleChangeRow.kind.is_not(None)
         )
-        try:
-            with self._session() as s:
-                return {k for k in s.scalars(q) if k is not None}
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable(f"rule store read failed: {exc}") from exc
-
-    @staticmethod
-    def _log(
-        s: Session,
-        at: datetime,
-        actor: str,
-        target: str,
-        action: str,
-        rule_id: str,
-        *,
-        kind: str | None = None,
-        scope: Scope = Scope(),
-        before: dict[str, Any] | None = None,
-        after: dict[str, Any] | None = None,
-    ) -> None:
-        s.add(
-            RuleChangeRow(
-                at=at,
-                actor=actor,
-                target=target,
-                action=action,
-                rule_id=rule_id,
-                kind=kind,
-                region_id=scope.region,
-                device_type=scope.device_type,
-                device_id=scope.device,
-                before=before,
-                after=after,
-            )
-        )
+        return self._read(lambda s: {k for k in s.scalars(q) if k is not None})
 
     def save_override(
         self,
@@ -346,88 +268,18 @@ class RuleStore:
         now: datetime,
     ) -> tuple[ApiOverride, bool]:
         """Create or replace the override of ``rule_id`` at ``scope``. Returns it and whether it is new."""
-        now = _utc(now)
-        try:
-            with self._session() as s, s.begin():
-                row = s.scalar(select(RuleOverrideRow).where(RuleOverrideRow.scope_key == scope.key(rule_id)))
-                before = None if row is None else _to_override(row).values()
-                if row is None:
-                    row = RuleOverrideRow(
-                        rule_id=rule_id,
-                        region_id=scope.region,
-                        device_type=scope.device_type,
-                        device_id=scope.device,
-                        scope_key=scope.key(rule_id),
-                        created_by=actor,
-                        created_at=now,
-                    )
-                    s.add(row)
-                row.enabled, row.severity, row.params = enabled, severity, dict(params)
-                row.updated_by, row.updated_at = actor, now
-                s.flush()
-                saved = _to_override(row)
-                action = "created" if before is None else "updated"
-                self._log(s, now, actor, "override", action, rule_id, scope=scope, before=before, after=saved.values())
-        except IntegrityError as exc:
-            raise RuleConflict(f"the override of {rule_id} at this scope was changed meanwhile; retry") from exc
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable(f"rule store write failed: {exc}") from exc
-        return saved, before is None
+        columns = {"enabled": enabled, "severity": severity, "params": dict(params)}
+        return self._save_override(rule_id, scope, columns, actor, now)
 
     def delete_override(self, rule_id: str, scope: Scope, actor: str, now: datetime) -> ApiOverride | None:
-        now = _utc(now)
-        try:
-            with self._session() as s, s.begin():
-                row = s.scalar(select(RuleOverrideRow).where(RuleOverrideRow.scope_key == scope.key(rule_id)))
-                if row is None:
-                    return None
-                gone = _to_override(row)
-                s.delete(row)
-                self._log(s, now, actor, "override", "deleted", rule_id, scope=scope, before=gone.values())
-                return gone
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable(f"rule store write failed: {exc}") from exc
+        return self._delete_override(rule_id, scope, actor, now)
 
     def save_rule(self, spec: RuleSpec, actor: str, now: datetime) -> tuple[ApiRule, bool]:
-        data = spec.model_dump(mode="json")
-        now = _utc(now)
-        try:
-            with self._session() as s, s.begin():
-                row = s.get(RuleDefRow, spec.id)
-                before = None if row is None else dict(row.spec)
-                if row is None:
-                    row = RuleDefRow(rule_id=spec.id, created_by=actor, created_at=now)
-                    s.add(row)
-                row.kind, row.spec, row.updated_by, row.updated_at = spec.kind, data, actor, now
-                s.flush()
-                saved = _to_rule(row)
-                action = "created" if before is None else "updated"
-                self._log(s, now, actor, "rule", action, spec.id, kind=spec.kind, before=before, after=data)
-        except IntegrityError as exc:
-            raise RuleConflict(f"rule {spec.id!r} was changed meanwhile; retry") from exc
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable(f"rule store write failed: {exc}") from exc
-        return saved, before is None
+        return self._save_def(spec.id, spec.kind, spec.model_dump(mode="json"), actor, now)
 
     def delete_rule(self, rule_id: str, actor: str, now: datetime) -> tuple[ApiRule | None, list[ApiOverride]]:
         """Delete an API rule and the API overrides of it (they would refer to nothing)."""
-        now = _utc(now)
-        try:
-            with self._session() as s, s.begin():
-                row = s.get(RuleDefRow, rule_id)
-                if row is None:
-                    return None, []
-                gone = _to_rule(row)
-                ovs = list(s.scalars(select(RuleOverrideRow).where(RuleOverrideRow.rule_id == rule_id)))
-                removed = [_to_override(o) for o in ovs]
-                for o, ov in zip(ovs, removed, strict=True):
-                    s.delete(o)
-                    self._log(s, now, actor, "override", "deleted", rule_id, scope=ov.scope, before=ov.values())
-                s.delete(row)
-                self._log(s, now, actor, "rule", "deleted", rule_id, kind=gone.kind, before=gone.spec)
-                return gone, removed
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable(f"rule store write failed: {exc}") from exc
+        return self._delete_def(rule_id, actor, now)
 
 
 # --- the effective rule set ----------------------------------------------------------------------------------
@@ -494,7 +346,7 @@ def add_api_layer(
     return problems
 
 
-class RuleAdmin:
+class RuleAdmin(SpecAdmin[ApiOverride]):
     """The running rule set: the files (read once) plus the API layer; validates, stores and applies API edits.
 
     ``apply`` receives every new rule set (``AlertService.set_rules``); writes are serialised by a lock.
@@ -507,10 +359,10 @@ class RuleAdmin:
         apply: Callable[[RuleSet], None] | None = None,
         known: Callable[[], Known] | None = None,
     ) -> None:
+        super().__init__(store, known)
+        self.store: RuleStore = store
         self.paths = list(paths)
-        self.store = store
         self.apply = apply
-        self.known = known  # the registry's regions and devices, read for every check
         self._files = RuleSet.read(self.paths)  # UserError for a bad file: fails at start-up
         # A rule of the files that can never match fails the start-up too, in one line (rules check lists all).
         findings = check_files(self._files, RuleSet.from_parsed(self._files).rules, self._known())
@@ -520,7 +372,6 @@ class RuleAdmin:
         self.warnings = [str(w) for w in warnings(findings)]
         for line in self.warnings:
             logger.warning("rule files: %s", line)
-        self._lock = threading.RLock()
         built = self._build(self.store.rules(), self.store.overrides())
         for line in built.problems:
             logger.error("rule edited through the API not applied: %s", line)
@@ -530,9 +381,6 @@ class RuleAdmin:
     @property
     def files(self) -> list[tuple[str, RuleFile]]:
         return list(self._files)
-
-    def _known(self) -> Known | None:
-        return self.known() if self.known is not None else None
 
     def _build(
         self,
@@ -553,6 +401,9 @@ class RuleAdmin:
                 self.apply(built.rules)
             return built.rules
 
+    def _changed(self) -> None:
+        self.reload()
+
     # --- writes ------------------------------------------------------------------------------------------
 
     def put_override(
@@ -568,24 +419,15 @@ class RuleAdmin:
     ) -> tuple[ApiOverride, bool]:
         """Validate, store and apply the override of ``rule_id`` at ``scope`` (replacing one there). Raises
         RuleRejected with the rule files' message when it does not validate."""
-        with self._lock:
-            new = ApiOverride(0, rule_id, scope, enabled, severity, dict(params), actor, now, actor, now)
-            existing = self.store.overrides()
-            key = scope.key(rule_id)
-            candidate = [new if o.scope.key(o.rule_id) == key else o for o in existing]
-            if not any(o is new for o in candidate):
-                candidate.append(new)
-            self._build(self.store.rules(), candidate, strict=lambda origin: origin == new.origin)
-            saved, created = self.store.save_override(rule_id, scope, enabled, severity, params, actor, now)
-            self.reload()
-            return saved, created
+        new = ApiOverride(0, rule_id, scope, enabled, severity, dict(params), actor, now, actor, now)
+        return self._put_override(
+            new,
+            lambda candidate, strict: self._build(self.store.rules(), candidate, strict=strict),
+            lambda: self.store.save_override(rule_id, scope, enabled, severity, params, actor, now),
+        )
 
     def delete_override(self, rule_id: str, scope: Scope, *, actor: str, now: datetime) -> ApiOverride | None:
-        with self._lock:
-            gone = self.store.delete_override(rule_id, scope, actor, now)
-            if gone is not None:
-                self.reload()
-            return gone
+        return self._delete(lambda: self.store.delete_override(rule_id, scope, actor, now), lambda g: g is not None)
 
     def put_rule(self, spec: RuleSpec, *, actor: str, now: datetime) -> tuple[ApiRule, bool]:
         """Validate, store and apply an API-defined rule. Raises RuleConflict for an id a file defines or a kind
@@ -610,16 +452,10 @@ class RuleAdmin:
                 raise RuleRejected(str(exc), API_ORIGIN) from exc
             # The existing overrides of the rule must still fit its new params.
             add_api_layer(rs, [], self.store.overrides(spec.id), strict=lambda _o: True, known=self._known())
-            saved, created = self.store.save_rule(spec, actor, now)
-            self.reload()
-            return saved, created
+            return self._store(lambda: self.store.save_rule(spec, actor, now))
 
     def delete_rule(self, rule_id: str, *, actor: str, now: datetime) -> tuple[ApiRule | None, list[ApiOverride]]:
-        with self._lock:
-            gone, removed = self.store.delete_rule(rule_id, actor, now)
-            if gone is not None:
-                self.reload()
-            return gone, removed
+        return self._delete(lambda: self.store.delete_rule(rule_id, actor, now), lambda g: g[0] is not None)
 
 
 def load_rules(paths: Sequence[Path], engine: Engine | None, known: Known | None = None) -> Built:

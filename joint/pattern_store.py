@@ -21,7 +21,6 @@ an error in the log and listed in ``problems``; the service still starts, so the
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,15 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import JSON, DateTime, Engine, Integer, String, func, select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import JSON, DateTime, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
 
 from alerts.rule_check import Known
-from alerts.rule_store import _Edited, _utc  # the same who-and-when columns and UTC reading as the rule edits
+from alerts.spec_admin import Edited, SpecAdmin, SpecConflict, SpecRejected, SpecStore, utc
 from alerts.specfile import fmt_errors
 from core.db import Base
-from core.errors import StoreUnavailable, UserError
+from core.errors import UserError
 from joint.patterns import API_ORIGIN, BuiltPatterns, PatternFile, PatternOverride, PatternSet, PatternSpec, check_files
 
 logger = logging.getLogger(__name__)
@@ -48,7 +46,7 @@ OVERRIDE_FIELDS = ("enabled", "severity", "window_s", "mute_members", "params")
 # --- tables (migration 0012_joint_pattern_edits) -----------------------------------------------------------------
 
 
-class PatternDefRow(_Edited, Base):
+class PatternDefRow(Edited, Base):
     __tablename__ = "joint_pattern_defs"
 
     pattern_id: Mapped[str] = mapped_column(String(128), primary_key=True)
@@ -56,7 +54,7 @@ class PatternDefRow(_Edited, Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
-class PatternOverrideRow(_Edited, Base):
+class PatternOverrideRow(Edited, Base):
     __tablename__ = "joint_pattern_overrides"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -131,15 +129,11 @@ class PatternChange:
     after: dict[str, Any] | None
 
 
-class PatternRejected(UserError):
+class PatternRejected(SpecRejected):
     """A write that would make the pattern set invalid; the message is the pattern files' (origin: path: what)."""
 
-    def __init__(self, message: str, origin: str) -> None:
-        super().__init__(message)
-        self.origin = origin
 
-
-class PatternConflict(UserError):
+class PatternConflict(SpecConflict):
     """A write that contradicts what exists (a pattern id a file defines)."""
 
 
@@ -149,7 +143,7 @@ def _key(pattern_id: str, region: str | None) -> str:
 
 def _to_def(r: PatternDefRow) -> ApiPattern:
     return ApiPattern(
-        r.pattern_id, r.kind, dict(r.spec), r.created_by, _utc(r.created_at), r.updated_by, _utc(r.updated_at)
+        r.pattern_id, r.kind, dict(r.spec), r.created_by, utc(r.created_at), r.updated_by, utc(r.updated_at)
     )
 
 
@@ -160,175 +154,66 @@ def _to_override(r: PatternOverrideRow) -> ApiPatternOverride:
         r.region_id,
         dict(r.values),
         r.created_by,
-        _utc(r.created_at),
+        utc(r.created_at),
         r.updated_by,
-        _utc(r.updated_at),
+        utc(r.updated_at),
     )
 
 
 # --- the store -----------------------------------------------------------------------------------------------
 
 
-class PatternStore:
-    """The API layer's rows. Reads and writes raise StoreUnavailable when the database is down."""
+class PatternStore(SpecStore[ApiPattern, ApiPatternOverride, PatternChange, str | None]):
+    """The API layer's rows (``alerts.spec_admin.SpecStore``; the scope of an override is a region id, None for
+    every region). Reads and writes raise StoreUnavailable when the database is down."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    noun, scope_word, id_col = "pattern", "region", "pattern_id"
+    def_table, override_table, change_table = PatternDefRow, PatternOverrideRow, PatternChangeRow
+    conflict = PatternConflict
 
-    def _read(self, fn: Callable[[Session], Any]) -> Any:
-        try:
-            with Session(self.engine, expire_on_commit=False) as s:
-                return fn(s)
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable(f"pattern store read failed: {exc}") from exc
+    def _to_def(self, row: PatternDefRow) -> ApiPattern:
+        return _to_def(row)
 
-    def _write(self, fn: Callable[[Session], Any], conflict: str) -> Any:
-        try:
-            with Session(self.engine, expire_on_commit=False) as s, s.begin():
-                return fn(s)
-        except IntegrityError as exc:
-            raise PatternConflict(f"{conflict} was changed meanwhile; retry") from exc
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable(f"pattern store write failed: {exc}") from exc
+    def _to_override(self, row: PatternOverrideRow) -> ApiPatternOverride:
+        return _to_override(row)
 
-    def version(self) -> int:
-        """The id of the newest change (0: never edited); it moves with every write."""
-        return int(self._read(lambda s: s.scalar(select(func.max(PatternChangeRow.id)))) or 0)
+    def _to_change(self, r: PatternChangeRow) -> PatternChange:
+        return PatternChange(r.id, utc(r.at), r.actor, r.target, r.action, r.pattern_id, r.region_id, r.before, r.after)
+
+    def _scope_columns(self, scope: str | None) -> dict[str, Any]:
+        return {"region_id": scope}
+
+    def _scope_key(self, spec_id: str, scope: str | None) -> str:
+        return _key(spec_id, scope)
+
+    def _override_scope(self, o: ApiPatternOverride) -> str | None:
+        return o.region
+
+    def _override_values(self, o: ApiPatternOverride) -> dict[str, Any]:
+        return dict(o.values)
 
     def defs(self) -> list[ApiPattern]:
-        q = select(PatternDefRow).order_by(PatternDefRow.created_at, PatternDefRow.pattern_id)
-        return self._read(lambda s: [_to_def(r) for r in s.scalars(q)])  # type: ignore[no-any-return]
-
-    def overrides(self, pattern_id: str | None = None) -> list[ApiPatternOverride]:
-        """API overrides in the order they were first created (the order they are applied in)."""
-        q = select(PatternOverrideRow).order_by(PatternOverrideRow.id)
-        if pattern_id is not None:
-            q = q.where(PatternOverrideRow.pattern_id == pattern_id)
-        return self._read(lambda s: [_to_override(r) for r in s.scalars(q)])  # type: ignore[no-any-return]
-
-    def history(self, pattern_id: str | None = None, limit: int = 100) -> list[PatternChange]:
-        """Changes newest first."""
-        q = select(PatternChangeRow).order_by(PatternChangeRow.id.desc()).limit(limit)
-        if pattern_id is not None:
-            q = q.where(PatternChangeRow.pattern_id == pattern_id)
-
-        def read(s: Session) -> list[PatternChange]:
-            return [
-                PatternChange(
-                    r.id, _utc(r.at), r.actor, r.target, r.action, r.pattern_id, r.region_id, r.before, r.after
-                )
-                for r in s.scalars(q)
-            ]
-
-        return self._read(read)  # type: ignore[no-any-return]
-
-    @staticmethod
-    def _log(
-        s: Session,
-        at: datetime,
-        actor: str,
-        target: str,
-        action: str,
-        pattern_id: str,
-        region: str | None = None,
-        *,
-        before: dict[str, Any] | None = None,
-        after: dict[str, Any] | None = None,
-    ) -> None:
-        s.add(
-            PatternChangeRow(
-                at=at,
-                actor=actor,
-                target=target,
-                action=action,
-                pattern_id=pattern_id,
-                region_id=region,
-                before=before,
-                after=after,
-            )
-        )
+        return self._defs()
 
     def save_override(
         self, pattern_id: str, region: str | None, values: dict[str, Any], actor: str, now: datetime
     ) -> tuple[ApiPatternOverride, bool]:
         """Create or replace the override of ``pattern_id`` at ``region``. Returns it and whether it is new."""
-        now = _utc(now)
-
-        def write(s: Session) -> tuple[ApiPatternOverride, bool]:
-            row = s.scalar(select(PatternOverrideRow).where(PatternOverrideRow.scope_key == _key(pattern_id, region)))
-            before = None if row is None else dict(row.values)
-            if row is None:
-                row = PatternOverrideRow(
-                    pattern_id=pattern_id,
-                    region_id=region,
-                    scope_key=_key(pattern_id, region),
-                    created_by=actor,
-                    created_at=now,
-                )
-                s.add(row)
-            row.values, row.updated_by, row.updated_at = dict(values), actor, now
-            s.flush()
-            action = "created" if before is None else "updated"
-            self._log(s, now, actor, "override", action, pattern_id, region, before=before, after=dict(values))
-            return _to_override(row), before is None
-
-        return self._write(write, f"the override of {pattern_id} at this region")  # type: ignore[no-any-return]
+        return self._save_override(pattern_id, region, {"values": dict(values)}, actor, now)
 
     def delete_override(
         self, pattern_id: str, region: str | None, actor: str, now: datetime
     ) -> ApiPatternOverride | None:
-        now = _utc(now)
-
-        def write(s: Session) -> ApiPatternOverride | None:
-            row = s.scalar(select(PatternOverrideRow).where(PatternOverrideRow.scope_key == _key(pattern_id, region)))
-            if row is None:
-                return None
-            gone = _to_override(row)
-            s.delete(row)
-            self._log(s, now, actor, "override", "deleted", pattern_id, region, before=gone.values)
-            return gone
-
-        return self._write(write, f"the override of {pattern_id}")  # type: ignore[no-any-return]
+        return self._delete_override(pattern_id, region, actor, now)
 
     def save_def(self, spec: PatternSpec, actor: str, now: datetime) -> tuple[ApiPattern, bool]:
-        data = spec.model_dump(mode="json")
-        now = _utc(now)
-
-        def write(s: Session) -> tuple[ApiPattern, bool]:
-            row = s.get(PatternDefRow, spec.id)
-            before = None if row is None else dict(row.spec)
-            if row is None:
-                row = PatternDefRow(pattern_id=spec.id, created_by=actor, created_at=now)
-                s.add(row)
-            row.kind, row.spec, row.updated_by, row.updated_at = spec.kind, data, actor, now
-            s.flush()
-            action = "created" if before is None else "updated"
-            self._log(s, now, actor, "pattern", action, spec.id, before=before, after=data)
-            return _to_def(row), before is None
-
-        return self._write(write, f"pattern {spec.id!r}")  # type: ignore[no-any-return]
+        return self._save_def(spec.id, spec.kind, spec.model_dump(mode="json"), actor, now)
 
     def delete_def(
         self, pattern_id: str, actor: str, now: datetime
     ) -> tuple[ApiPattern | None, list[ApiPatternOverride]]:
         """Delete an API pattern and the API overrides of it (they would refer to nothing)."""
-        now = _utc(now)
-
-        def write(s: Session) -> tuple[ApiPattern | None, list[ApiPatternOverride]]:
-            row = s.get(PatternDefRow, pattern_id)
-            if row is None:
-                return None, []
-            gone = _to_def(row)
-            rows = list(s.scalars(select(PatternOverrideRow).where(PatternOverrideRow.pattern_id == pattern_id)))
-            removed = [_to_override(o) for o in rows]
-            for o, ov in zip(rows, removed, strict=True):
-                s.delete(o)
-                self._log(s, now, actor, "override", "deleted", pattern_id, ov.region, before=ov.values)
-            s.delete(row)
-            self._log(s, now, actor, "pattern", "deleted", pattern_id, before=gone.spec)
-            return gone, removed
-
-        return self._write(write, f"pattern {pattern_id!r}")  # type: ignore[no-any-return]
+        return self._delete_def(pattern_id, actor, now)
 
 
 # --- the effective pattern set -------------------------------------------------------------------------------
@@ -384,7 +269,7 @@ def add_api_layer(
     return built
 
 
-class PatternAdmin:
+class PatternAdmin(SpecAdmin[ApiPatternOverride]):
     """The pattern files (read once) plus the API layer: validates and stores API edits; builds the current set.
 
     ``rule_ids()`` gives the alert rules a pattern may name, ``known()`` the registry's regions (read for every
@@ -397,15 +282,11 @@ class PatternAdmin:
         rule_ids: Callable[[], Iterable[str]],
         known: Callable[[], Known] | None = None,
     ) -> None:
+        super().__init__(store, known)
+        self.store: PatternStore = store
         self.paths = list(paths)
-        self.store = store
         self.rule_ids = rule_ids
-        self.known = known
         self.files = PatternSet.read(self.paths)  # UserError for a bad file: fails at start-up
-        self._lock = threading.RLock()
-
-    def _known(self) -> Known | None:
-        return self.known() if self.known is not None else None
 
     def file_problems(self) -> list[str]:
         """The files' patterns that can never match (``rules check``'s errors)."""
@@ -447,21 +328,17 @@ class PatternAdmin:
     ) -> tuple[ApiPatternOverride, bool]:
         """Validate and store the override of ``pattern_id`` (``*``: every pattern) at ``region`` (None: every
         region). Raises PatternRejected with the pattern files' message when it does not validate."""
-        with self._lock:
-            new = ApiPatternOverride(0, pattern_id, region, dict(values), actor, now, actor, now)
-            key = _key(pattern_id, region)
-            existing = self.store.overrides()
-            candidate = [new if _key(o.pattern_id, o.region) == key else o for o in existing]
-            if not any(o is new for o in candidate):
-                candidate.append(new)
-            self.build(overrides=candidate, strict=lambda origin: origin == new.origin)
-            return self.store.save_override(pattern_id, region, values, actor, now)
+        new = ApiPatternOverride(0, pattern_id, region, dict(values), actor, now, actor, now)
+        return self._put_override(
+            new,
+            lambda candidate, strict: self.build(overrides=candidate, strict=strict),
+            lambda: self.store.save_override(pattern_id, region, values, actor, now),
+        )
 
     def delete_override(
         self, pattern_id: str, region: str | None, *, actor: str, now: datetime
     ) -> ApiPatternOverride | None:
-        with self._lock:
-            return self.store.delete_override(pattern_id, region, actor, now)
+        return self._delete(lambda: self.store.delete_override(pattern_id, region, actor, now), lambda g: g is not None)
 
     def put_pattern(self, spec: PatternSpec, *, actor: str, now: datetime) -> tuple[ApiPattern, bool]:
         """Validate and store an API-defined pattern. PatternConflict for an id a file defines; PatternRejected
@@ -475,10 +352,9 @@ class PatternAdmin:
             origin = f"{API_ORIGIN} pattern {spec.id}"
             mine = {o.origin for o in self.store.overrides(spec.id)}
             self.build(defs=defs, strict=lambda o: o == origin or o in mine)
-            return self.store.save_def(spec, actor, now)
+            return self._store(lambda: self.store.save_def(spec, actor, now))
 
     def delete_pattern(
         self, pattern_id: str, *, actor: str, now: datetime
     ) -> tuple[ApiPattern | None, list[ApiPatternOverride]]:
-        with self._lock:
-            return self.store.delete_def(pattern_id, actor, now)
+        return self._delete(lambda: self.store.delete_def(pattern_id, actor, now), lambda g: g[0] is not None)
