@@ -55,7 +55,7 @@ from lianfang.context import open_registry, open_store
 from lianfang.engine_commands import EngineCommands
 from lianfang.engine_role import EngineConsumer, EngineStallAlerts, RelayedIngestMetrics
 from lianfang.ingest_child import IngestChild
-from lianfang.partitioned_joint import PartitionedCorrelator
+from lianfang.partitioned_joint import PartitionedCorrelator, warn_wide_patterns
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +199,7 @@ class Runtime:
                     self.joint.correlator = PartitionedCorrelator(
                         self.joint.patterns, {}, stride=s.alerts.partitions, owned=sorted(self.alerts.owned)
                     )
+                    warn_wide_patterns(self.joint.patterns, s.alerts.partition_level, self.registry.regions())
                 # The gateway is given the alerts runtime: it finds the joint service there (routes/incidents.py).
                 self.alerts.joint = self.joint  # type: ignore[attr-defined]
                 self.incident_notifier = start_incident_notifications(self.joint, self.alerts)

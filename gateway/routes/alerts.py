@@ -24,7 +24,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from alerts.lifecycle import Silence
+from alerts.lifecycle import Silence, silences_holding
 from alerts.models import AlertRow
 from alerts.repository import row_to_alert
 from alerts.rules import RULE_ID_RE
@@ -108,14 +108,18 @@ def alert_json(a: Alert, principal: Principal) -> dict[str, Any]:
     }
 
 
-def why_silenced(svc: AlertService, items: list[dict[str, Any]]) -> None:
-    """Add ``silenced_by`` to each alert JSON: the active silences that hold its notifications (and escalation)
-    back, as ``{id, reason, creator, approver, ends_at}``; empty when nothing holds it back."""
-    found = svc.silenced_by([int(i["id"]) for i in items if i.get("silenced")])
-    for item in items:
+def why_silenced(svc: AlertService, alerts: list[Alert], items: list[dict[str, Any]], now: datetime) -> None:
+    """Add ``silenced_by`` to each alert JSON (``items[i]`` is ``alerts[i]``): the active silences that hold its
+    notifications (and escalation) back, as ``{id, reason, creator, approver, ends_at}``; empty when nothing holds
+    it back. The stored silences are matched against the alert as listed (``silences_holding``), so an alert that
+    another engine process holds (several engines, docs/scaling.md) shows its silences too."""
+    silences: list[Silence] = []
+    if any(a.silenced and a.open for a in alerts):
+        silences = svc.repo.silences(active_only=True)
+    for alert, item in zip(alerts, items, strict=True):
         item["silenced_by"] = [
             {"id": s.id, "reason": s.reason, "creator": s.creator, "approver": s.approver, "ends_at": _iso(s.ends_at)}
-            for s in found.get(int(item["id"]), [])
+            for s in silences_holding(alert, silences, now)
         ]
 
 
@@ -173,6 +177,7 @@ def list_alerts(
     registry: ReadRegistryDep,
     db: ReadDbDep,
     principal: PrincipalDep,
+    now: NowDep,
     state: Annotated[StateFilter | None, Query(description="open = firing or acknowledged")] = None,
     severity: Annotated[list[Severity] | None, Query(max_length=8, description="repeat for several severities")] = None,
     rule: RuleQuery = None,
@@ -208,18 +213,19 @@ def list_alerts(
         raise StoreUnavailable(f"alert store read failed: {exc}") from exc
     page = q.order_by(AlertRow.started_at.desc(), AlertRow.id.desc()).offset(offset).limit(limit)
     rows = _read(svc, page, db.engine)
-    items = [alert_json(row_to_alert(r), principal) for r in rows]
-    why_silenced(svc, items)
+    alerts = [row_to_alert(r) for r in rows]
+    items = [alert_json(a, principal) for a in alerts]
+    why_silenced(svc, alerts, items, now)
     with_incidents(svc, items, db.engine)
     return {"total": total, "limit": limit, "offset": offset, "items": items}
 
 
 @router.get("/alerts/{alert_id}")
-def get_alert(alert_id: ObjectId, svc: AlertsDep, principal: PrincipalDep) -> dict[str, Any]:
+def get_alert(alert_id: ObjectId, svc: AlertsDep, principal: PrincipalDep, now: NowDep) -> dict[str, Any]:
     """One alert with its timeline (comments, acknowledgement, assignment, resolution), oldest first."""
     alert = _alert_or_404(svc, principal, alert_id)
     out = alert_json(alert, principal)
-    why_silenced(svc, [out])
+    why_silenced(svc, [alert], [out], now)
     with_incidents(svc, [out])
     out["comments"] = [comment_json(c) for c in svc.repo.comments(alert_id)]
     return out
