@@ -20,26 +20,18 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Response, status
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field
 
 from alerts.rule_check import Known
 from alerts.types import Severity
 from gateway.auth import Principal
 from gateway.context import GatewayContext
 from gateway.deps import AuditDep, ContextDep, NowDep, PrincipalDep, RegistryDep, require_role
-from gateway.params import Limit, RegionQuery, error_responses, finite_json, iso_at
+from gateway.params import Limit, RegionQuery, error_responses, iso_at
 from gateway.routes import API_PREFIX
-from gateway.routes.rules import _CREATED, _bad  # the same answers as the rule edits
 from gateway.scope import not_found, region_or_404
-from joint.pattern_store import (
-    ApiPattern,
-    ApiPatternOverride,
-    PatternAdmin,
-    PatternChange,
-    PatternConflict,
-    PatternRejected,
-    PatternStore,
-)
+from gateway.spec_routes import CREATED, FiniteParams, SpecAnswers, answered, bad, edited_json, whole_tree_admin
+from joint.pattern_store import ApiPatternOverride, PatternAdmin, PatternChange, PatternStore
 from joint.patterns import API_ORIGIN, PACKS_DIR, BuiltPatterns, PatternSpec
 
 router = APIRouter(prefix=API_PREFIX, tags=["patterns"], responses=error_responses(400, 401, 403, 404, 409, 422, 503))
@@ -52,6 +44,7 @@ PatternOrAllPath = Annotated[
     str, Path(max_length=64, pattern=rf"^\*$|{_ID}", description="pattern id, or * for every pattern")
 ]
 _PACKS = str(PACKS_DIR)
+_ANSWERS = SpecAnswers("pattern_id", ("pattern", "id"), frozenset({"region"}), ("patterns", "overrides"), API_ORIGIN)
 _ADMIN_ATTR = "_pattern_admin"
 
 
@@ -125,15 +118,6 @@ def pattern_summary(spec: PatternSpec, origin: str) -> dict[str, Any]:
     }
 
 
-def _edited(o: ApiPattern | ApiPatternOverride) -> dict[str, Any]:
-    return {
-        "created_by": o.created_by,
-        "created_at": iso_at(o.created_at),
-        "updated_by": o.updated_by,
-        "updated_at": iso_at(o.updated_at),
-    }
-
-
 def override_json(o: ApiPatternOverride, applied: bool = True) -> dict[str, Any]:
     return {
         "pattern": o.pattern_id,
@@ -143,7 +127,7 @@ def override_json(o: ApiPatternOverride, applied: bool = True) -> dict[str, Any]
         "source": "api",
         "origin": o.origin,
         "applied": applied,
-        **_edited(o),
+        **edited_json(o),
     }
 
 
@@ -204,7 +188,7 @@ def get_pattern(
     out["definition"] = spec.model_dump(mode="json")
     api_def = next((d for d in admin.store.defs() if d.pattern_id == pattern_id), None)
     if api_def is not None:
-        out.update(_edited(api_def))
+        out.update(edited_json(api_def))
     applied = {origin for _, origin in ps.overrides}
     overrides: list[dict[str, Any]] = []
     for ov, origin in ps.overrides:
@@ -247,11 +231,7 @@ def pattern_history(
 # --- overrides ---------------------------------------------------------------------------------------------------
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PatternOverrideBody(_Body):
+class PatternOverrideBody(FiniteParams):
     enabled: bool | None = Field(default=None, description="switch the pattern on or off here; null: inherited")
     severity: Severity | None = Field(default=None, description="null: inherited")
     window_s: float | None = Field(default=None, gt=0, le=7 * 86400, description="the window in seconds")
@@ -259,11 +239,6 @@ class PatternOverrideBody(_Body):
     params: dict[str, Any] = Field(
         default_factory=dict, description="the kind's params, merged key by key over the inherited ones"
     )
-
-    @field_validator("params")
-    @classmethod
-    def _finite(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return finite_json(v)  # type: ignore[no-any-return]
 
     def values(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -274,31 +249,8 @@ class PatternOverrideBody(_Body):
         return out
 
 
-def _rejected(exc: PatternRejected) -> HTTPException:
-    """422 with one entry per problem: the pattern files' message, and where in the request it points."""
-    detail = []
-    for line in str(exc).splitlines():
-        rest = line.removeprefix(f"{exc.origin}: ")
-        path = rest.split(": ", 1)[0] if rest != line else ""
-        # patterns[0].members.rules[1] / overrides[0].params.first.rules[0] -> ["body", ..., "rules", 1]
-        parts: list[str | int] = [
-            int(p) if p.isdigit() else p for p in path.replace("[", ".").replace("]", "").split(".") if p
-        ]
-        if parts and parts[0] in ("patterns", "overrides"):
-            parts = parts[2:]
-        if parts and parts[0] == "region":
-            loc: list[str | int] = ["query", "region"]
-        elif parts and parts[0] in ("pattern", "id"):
-            loc = ["path", "pattern_id"]
-        else:
-            loc = ["body", *parts]
-        detail.append({"loc": loc, "msg": line, "type": "value_error"})
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
-
-
 def _whole_tree_admin(principal: Principal, what: str) -> None:
-    if principal.role != "admin" or principal.region_ids is not None:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"{what} needs an admin of the whole tree")
+    whole_tree_admin(principal, f"{what} needs")
 
 
 def _override_scope(registry: Any, principal: Principal, pattern_id: str, region: str | None) -> None:
@@ -308,7 +260,7 @@ def _override_scope(registry: Any, principal: Principal, pattern_id: str, region
         region_or_404(registry, principal, region)
 
 
-@router.put("/patterns/{pattern_id}/overrides", responses=_CREATED)
+@router.put("/patterns/{pattern_id}/overrides", responses=CREATED)
 def put_override(
     pattern_id: PatternOrAllPath,
     body: PatternOverrideBody,
@@ -332,15 +284,11 @@ def put_override(
         )
     values = body.values()
     if not values:
-        raise _bad(["body"], "set at least one of enabled, severity, window_s, mute_members, params")
+        raise bad(["body"], "set at least one of enabled, severity, window_s, mute_members, params")
     if pattern_id != "*" and pattern_id not in admin.build().patterns.patterns:
         raise not_found("pattern", pattern_id)
-    try:
+    with _ANSWERS.errors():
         saved, created = admin.put_override(pattern_id, region, values, actor=principal.name, now=now)
-    except PatternRejected as exc:
-        raise _rejected(exc) from exc
-    except PatternConflict as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
     audit.write(
         principal,
         "pattern.override.put",
@@ -348,7 +296,7 @@ def put_override(
         now=now,
         detail={"pattern": pattern_id, "region": region, **values, "created": created},
     )
-    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    answered(response, created)
     return override_json(saved)
 
 
@@ -382,7 +330,7 @@ class PatternBody(PatternSpec):
     id: str | None = None  # type: ignore[assignment]
 
 
-@router.put("/patterns/{pattern_id}", responses=_CREATED)
+@router.put("/patterns/{pattern_id}", responses=CREATED)
 def put_pattern(
     pattern_id: PatternPath,
     body: PatternBody,
@@ -395,18 +343,9 @@ def put_pattern(
     """Define (201) or replace (200) a pattern through the API; ids defined by a pack or pattern file are 409
     (override them instead). Checked like ``rules check``; the running correlator picks it up within seconds."""
     _whole_tree_admin(principal, "pattern definitions")
-    if body.id is not None and body.id != pattern_id:
-        raise _bad(["body", "id"], f"the id in the body ({body.id!r}) is not the id in the path ({pattern_id!r})")
-    try:
-        spec = PatternSpec.model_validate({**body.model_dump(exclude={"id"}), "id": pattern_id})
-    except ValidationError as exc:
-        raise _bad(["path", "pattern_id"], f"{API_ORIGIN}: id: {exc.errors()[0]['msg']}") from exc
-    try:
+    spec = _ANSWERS.spec(PatternSpec, body, pattern_id)
+    with _ANSWERS.errors():
         saved, created = admin.put_pattern(spec, actor=principal.name, now=now)
-    except PatternRejected as exc:
-        raise _rejected(exc) from exc
-    except PatternConflict as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
     audit.write(
         principal,
         "pattern.put",
@@ -414,10 +353,10 @@ def put_pattern(
         now=now,
         detail={"kind": spec.kind, "enabled": spec.enabled, "created": created},
     )
-    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    answered(response, created)
     out = pattern_summary(spec, API_ORIGIN)
     out["definition"] = saved.spec
-    out.update(_edited(saved))
+    out.update(edited_json(saved))
     return out
 
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from alerts.rule_store import API_ORIGIN, ApiOverride, RuleAdmin, RuleChange, RuleConflict, RuleRejected, Scope
+from alerts.rule_store import API_ORIGIN, ApiOverride, RuleAdmin, RuleChange, Scope
 from alerts.rules import PACKS_DIR, RuleSpec, explain_rows
 from alerts.types import Severity
 from devices.registry import Registry
@@ -46,6 +46,7 @@ from gateway.params import (
 from gateway.routes import API_PREFIX
 from gateway.routes.devices import DeviceType
 from gateway.scope import device_or_404, not_found, region_or_404
+from gateway.spec_routes import CREATED, FiniteParams, SpecAnswers, answered, bad, edited_json, whole_tree_admin
 
 router = APIRouter(prefix=API_PREFIX, tags=["rules"], responses=error_responses(400, 401, 403, 404, 409, 422, 503))
 
@@ -63,10 +64,7 @@ def get_rule_admin(ctx: ContextDep) -> RuleAdmin:
 
 
 RulesDep = Annotated[RuleAdmin, Depends(get_rule_admin)]
-# A PUT answers 201 when it creates and 200 when it replaces; both carry the object.
-_CREATED: dict[int | str, dict[str, Any]] = {
-    201: {"description": "created (200: replaced)", "content": {"application/json": {"schema": {"type": "object"}}}}
-}
+_ANSWERS = SpecAnswers("rule_id", ("rule", "id"), frozenset({"region", "device_type", "device"}), (), API_ORIGIN)
 
 
 # --- JSON shapes -------------------------------------------------------------------------------------------------
@@ -114,10 +112,7 @@ def api_override_json(o: ApiOverride, applied: bool = True) -> dict[str, Any]:
         "source": "api",
         "origin": o.origin,
         "applied": applied,
-        "created_by": o.created_by,
-        "created_at": _iso(o.created_at),
-        "updated_by": o.updated_by,
-        "updated_at": _iso(o.updated_at),
+        **edited_json(o),
     }
 
 
@@ -182,12 +177,7 @@ def get_rule(rule_id: RulePath, rules: RulesDep, registry: RegistryDep, principa
     )
     api_rule = next((d for d in rules.store.rules() if d.rule_id == rule_id), None)
     if api_rule is not None:
-        out.update(
-            created_by=api_rule.created_by,
-            created_at=_iso(api_rule.created_at),
-            updated_by=api_rule.updated_by,
-            updated_at=_iso(api_rule.updated_at),
-        )
+        out.update(edited_json(api_rule))
     applied = {layer.origin for layer in rs.layers}
     overrides: list[dict[str, Any]] = []
     for layer in rs.layers:
@@ -275,51 +265,13 @@ def explain_device(
 # --- overrides ---------------------------------------------------------------------------------------------------
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class OverrideBody(_Body):
+class OverrideBody(FiniteParams):
     enabled: bool | None = Field(default=None, description="switch the rule on or off here; null: inherited")
     severity: Severity | None = Field(default=None, description="null: inherited")
     params: dict[str, Any] = Field(
         default_factory=dict, description="merged key by key over the inherited params; numbers must be finite"
     )
     reason: Reason  # why the override is set or changed: required, written to the audit log
-
-    @field_validator("params")
-    @classmethod
-    def _finite(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return cast(dict[str, Any], finite_json(v))
-
-
-def _bad(loc: list[str], msg: str) -> HTTPException:
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT, detail=[{"loc": loc, "msg": msg, "type": "value_error"}]
-    )
-
-
-_QUERY_FIELDS = {"region", "device_type", "device"}
-
-
-def _rejected(exc: RuleRejected) -> HTTPException:
-    """422 with one entry per problem: the rule files' message, and where in the request it points."""
-    detail = []
-    for line in str(exc).splitlines():
-        rest = line.removeprefix(f"{exc.origin}: ")
-        path = rest.split(": ", 1)[0] if rest != line else ""
-        # rules[3].params.required[0].event -> ["params", "required", 0, "event"] (list indexes as FastAPI's loc)
-        parts: list[str | int] = [
-            int(p) if p.isdigit() else p for p in path.replace("[", ".").replace("]", "").split(".") if p
-        ]
-        if parts and parts[0] in _QUERY_FIELDS:
-            loc: list[str | int] = ["query", parts[0]]
-        elif parts and parts[0] in ("rule", "id"):
-            loc = ["path", "rule_id"]
-        else:
-            loc = ["body", *parts]
-        detail.append({"loc": loc, "msg": line, "type": "value_error"})
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
 
 
 def _scope(
@@ -332,7 +284,7 @@ def _scope(
     """The override's scope, checked against the caller's: 404 outside their subtree, 403 for the whole tree."""
     if device is not None:
         if region is not None or device_type is not None:
-            raise _bad(["query", "device"], "a device override names only the device (its region and type follow)")
+            raise bad(["query", "device"], "a device override names only the device (its region and type follow)")
         device_or_404(registry, principal, device)
     if region is not None:
         region_or_404(registry, principal, region)
@@ -366,7 +318,7 @@ def _guard_disabling(principal: Principal, rule_id: str, body: OverrideBody) -> 
         )
 
 
-@router.put("/rules/{rule_id}/overrides", responses=_CREATED)
+@router.put("/rules/{rule_id}/overrides", responses=CREATED)
 def put_override(
     rule_id: RuleOrAllPath,
     body: OverrideBody,
@@ -389,8 +341,8 @@ def put_override(
     if rule_id != "*" and rule_id not in rules.rules.rules:
         raise not_found("rule", rule_id)
     if body.enabled is None and body.severity is None and not body.params:
-        raise _bad(["body"], "set at least one of enabled, severity, params")
-    try:
+        raise bad(["body"], "set at least one of enabled, severity, params")
+    with _ANSWERS.errors():
         saved, created = rules.put_override(
             rule_id,
             scope,
@@ -400,10 +352,6 @@ def put_override(
             actor=principal.name,
             now=now,
         )
-    except RuleRejected as exc:
-        raise _rejected(exc) from exc
-    except RuleConflict as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
     audit.write(
         principal,
         "rule.override.put",
@@ -419,7 +367,7 @@ def put_override(
             "reason": body.reason,
         },
     )
-    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    answered(response, created)
     return api_override_json(saved)
 
 
@@ -473,11 +421,10 @@ class RuleBody(RuleSpec):
 
 
 def _whole_tree_admin(principal: Principal) -> None:
-    if principal.region_ids is not None:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="rule definitions need an admin of the whole tree")
+    whole_tree_admin(principal, "rule definitions need")
 
 
-@router.put("/rules/{rule_id}", responses=_CREATED)
+@router.put("/rules/{rule_id}", responses=CREATED)
 def put_rule(
     rule_id: RulePath,
     body: RuleBody,
@@ -490,18 +437,9 @@ def put_rule(
     """Define (201) or replace (200) a rule through the API. Ids defined by a pack or rule file are 409 (override
     them instead)."""
     _whole_tree_admin(principal)
-    if body.id is not None and body.id != rule_id:
-        raise _bad(["body", "id"], f"the id in the body ({body.id!r}) is not the id in the path ({rule_id!r})")
-    try:
-        spec = RuleSpec.model_validate({**body.model_dump(exclude={"id"}), "id": rule_id})
-    except ValidationError as exc:
-        raise _bad(["path", "rule_id"], f"{API_ORIGIN}: id: {exc.errors()[0]['msg']}") from exc
-    try:
+    spec = _ANSWERS.spec(RuleSpec, body, rule_id)
+    with _ANSWERS.errors():
         saved, created = rules.put_rule(spec, actor=principal.name, now=now)
-    except RuleRejected as exc:
-        raise _rejected(exc) from exc
-    except RuleConflict as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
     audit.write(
         principal,
         "rule.put",
@@ -509,15 +447,9 @@ def put_rule(
         now=now,
         detail={"enabled": spec.enabled, "kind": spec.kind, "params": spec.params, "created": created},
     )
-    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    answered(response, created)
     out = rule_summary(spec, API_ORIGIN)
-    out.update(
-        params=spec.params,
-        created_by=saved.created_by,
-        created_at=_iso(saved.created_at),
-        updated_by=saved.updated_by,
-        updated_at=_iso(saved.updated_at),
-    )
+    out.update(params=spec.params, **edited_json(saved))
     return out
 
 
