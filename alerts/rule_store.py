@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import JSON, Boolean, DateTime, Engine, Integer, String, select
+from sqlalchemy import JSON, Boolean, Engine, Integer, String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from alerts.rule_check import Known, check_files, check_override, check_rule, errors, summary, warnings
 from alerts.rules import OverrideSpec, RuleFile, RuleSet, RuleSpec, fmt_errors
-from alerts.spec_admin import Edited, SpecAdmin, SpecConflict, SpecRejected, SpecStore, utc
+from alerts.spec_admin import Changed, Edited, SpecAdmin, SpecConflict, SpecRejected, SpecStore, utc
 from alerts.types import Severity
 from core.db import Base
 from core.errors import UserError
@@ -68,21 +68,14 @@ class RuleDefRow(Edited, Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
-class RuleChangeRow(Base):
+class RuleChangeRow(Changed, Base):
     __tablename__ = "alert_rule_changes"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    actor: Mapped[str] = mapped_column(String(128))
-    target: Mapped[str] = mapped_column(String(16))  # override | rule
-    action: Mapped[str] = mapped_column(String(16))  # created | updated | deleted
     rule_id: Mapped[str] = mapped_column(String(128))
     kind: Mapped[str | None] = mapped_column(String(32), nullable=True)
     region_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     device_type: Mapped[str | None] = mapped_column(String(32), nullable=True)
     device_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    before: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 # --- values --------------------------------------------------------------------------------------------------

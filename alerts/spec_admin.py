@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from sqlalchemy import DateTime, Engine, String, func, select
+from sqlalchemy import JSON, DateTime, Engine, Integer, String, func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -29,6 +29,19 @@ class Edited:
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_by: Mapped[str] = mapped_column(String(128))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Changed:
+    """An entry of a change history: who changed what when, with the values before and after (None: created /
+    deleted). A subclass adds the id column and the scope columns."""
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(128))
+    target: Mapped[str] = mapped_column(String(16))  # override | the noun of a definition (rule, pattern)
+    action: Mapped[str] = mapped_column(String(16))  # created | updated | deleted
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 def utc(at: datetime) -> datetime:

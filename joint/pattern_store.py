@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import JSON, DateTime, Integer, String
+from sqlalchemy import JSON, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from alerts.rule_check import Known
-from alerts.spec_admin import Edited, SpecAdmin, SpecConflict, SpecRejected, SpecStore, utc
+from alerts.spec_admin import Changed, Edited, SpecAdmin, SpecConflict, SpecRejected, SpecStore, utc
 from alerts.specfile import fmt_errors
 from core.db import Base
 from core.errors import UserError
@@ -64,18 +64,11 @@ class PatternOverrideRow(Edited, Base):
     values: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
-class PatternChangeRow(Base):
+class PatternChangeRow(Changed, Base):
     __tablename__ = "joint_pattern_changes"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    actor: Mapped[str] = mapped_column(String(128))
-    target: Mapped[str] = mapped_column(String(16))  # override | pattern
-    action: Mapped[str] = mapped_column(String(16))  # created | updated | deleted
     pattern_id: Mapped[str] = mapped_column(String(128))
     region_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    before: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 # --- values --------------------------------------------------------------------------------------------------

@@ -140,3 +140,19 @@ def test_cli_check_and_explain_include_the_api_layer(tmp_path: Path, over: Path)
     assert bad.exit_code == 1
     assert "api override V6 [region=gz]: rule: unknown rule 'V6' (skipped)" in bad.stderr
     assert _cli(db, "rules", "check", "--no-packs", "--no-api").exit_code == 0
+
+
+def test_store_version_moves_with_every_write(registry: Registry) -> None:
+    """``RuleStore.version`` (read by ``AlertsRuntime.poll_rules``): 0 before any edit, then the newest change's
+    id, moving with each write, a delete included, and not with a read or a delete of nothing."""
+    store = RuleStore(registry.engine)
+    assert store.version() == 0
+    store.save_override("V6", Scope(region="gz"), None, None, {"value": 90}, "gz-duty", NOW)
+    v1 = store.version()
+    assert v1 > 0 and store.history()[0].id == v1
+    store.overrides()
+    assert store.delete_override("V6", Scope("sz"), "boss", NOW) is None and store.version() == v1
+    store.save_override("V6", Scope(region="gz"), False, None, {}, "boss", NOW)
+    v2 = store.version()
+    assert v2 > v1
+    assert store.delete_override("V6", Scope("gz"), "boss", NOW) is not None and store.version() > v2
