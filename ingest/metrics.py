@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 from core.errors import REJECTION_REASONS
+from core.store.side import FlushHooks, SqlSideStore
 
 RECEIVED = Counter("lianfang_ingest_messages_received_total", "MQTT messages received by ingest")
 STORED = Counter("lianfang_ingest_records_stored_total", "Records (readings, events, statuses) durably stored")
@@ -46,6 +47,37 @@ BROKER_DROPPED = Counter(
     "lianfang_broker_dropped_messages_total",
     "Messages the broker dropped (queue full: max_queued_messages), from $SYS/broker/publish/messages/dropped",
 )
+# The InfluxDB backend's side store in aggregated mode (core/store/side.py, store.side_flush_interval_s > 0): wired
+# by observe_side_store; relayed like the other lianfang_ingest_* families when ingest runs in its own process.
+SIDE_PENDING = Gauge(
+    "lianfang_ingest_side_store_pending_devices",
+    "Devices whose counters and last-seen times are held in memory, not yet flushed to the SQL database",
+)
+SIDE_FLUSHES = Counter("lianfang_ingest_side_store_flushes_total", "Side store flushes that committed their rows")
+SIDE_FLUSH_FAILURES = Counter(
+    "lianfang_ingest_side_store_flush_failures_total", "Side store flushes that failed (the aggregate kept, retried)"
+)
+SIDE_FLUSH_SECONDS = Histogram(
+    "lianfang_ingest_side_store_flush_seconds",
+    "Duration of one side store flush that committed",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+def observe_side_store(side: SqlSideStore) -> SqlSideStore:
+    """Export an aggregated-mode side store's flushes and pending devices as lianfang_ingest_side_store_*
+    (this process's registry; the newest store observed is the one the pending gauge reads)."""
+    if side.flush_interval_s <= 0:
+        return side
+
+    def flushed(_rows: int, seconds: float) -> None:
+        SIDE_FLUSHES.inc()
+        SIDE_FLUSH_SECONDS.observe(seconds)
+
+    side.hooks = FlushHooks(flushed=flushed, failed=SIDE_FLUSH_FAILURES.inc)
+    SIDE_PENDING.set_function(lambda: float(side.pending_devices))
+    return side
+
 
 for _reason in REJECTION_REASONS:
     REJECTED.labels(_reason)

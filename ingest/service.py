@@ -341,6 +341,8 @@ class IngestService:
             "store_errors": self.writer.store_errors,
             "store_unavailable": self.writer.store_error,
             "isolated": self.writer.isolated,
+            # the store's own note (the InfluxDB side store's flushes failing), for /health/ready's store check
+            "store_note": note() if callable(note := getattr(self.store, "health_note", None)) else None,
             "writer_alive": all(t.is_alive() for t in self._threads),
             "stalled": bool(reasons),
             "reason": "; ".join(reasons) if reasons else None,

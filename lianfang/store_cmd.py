@@ -33,6 +33,7 @@ from core.store import DeviceState
 from core.store.influx import InfluxStore, batch_lines
 from core.store.influxql import QueryError, ident
 from core.store.side import SqlSideStore
+from ingest.metrics import observe_side_store
 from lianfang.context import open_registry, open_store, settings_from
 
 store_app = typer.Typer(help="The telemetry store: check it, migrate it to InfluxDB.", no_args_is_help=True)
@@ -57,7 +58,9 @@ def influx_store(settings: Settings, region_paths: Callable[[], Mapping[str, str
         bucket=st.influx_bucket,
         token=st.influx_token.get_secret_value(),
         database=st.influx_database,
-        side=SqlSideStore(make_engine(settings.database_url), flush_interval_s=st.side_flush_interval_s),
+        side=observe_side_store(  # its flushes in lianfang_ingest_side_store_* (relayed from ingest's process)
+            SqlSideStore(make_engine(settings.database_url), flush_interval_s=st.side_flush_interval_s)
+        ),
         region_paths=region_paths,
     )
 

@@ -366,6 +366,10 @@ class InfluxStore:
     def ping(self) -> bool:
         return self.ql.ping() and self.side.ping()
 
+    def health_note(self) -> str | None:
+        """The side store's aggregated mode: a note while its flushes have failed for over two intervals."""
+        return self.side.health_note()
+
     def close(self) -> None:
         self._write_api.close()  # type: ignore[no-untyped-call]
         self._client.close()  # type: ignore[no-untyped-call]

@@ -35,8 +35,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -198,6 +198,35 @@ class FlushStats:
     dropped: int = 0  # device rows the database refused on their own (DataError / IntegrityError), logged
     seconds: float = 0.0  # time spent in the flushes that committed
     longest_s: float = 0.0  # the longest of them
+    # Wall-clock time (s) of the first failure since the last flush that committed; None while flushes succeed.
+    failing_since: float | None = None
+    last_error: str | None = None
+
+
+@dataclass(slots=True)
+class FlushHooks:
+    """Called by the aggregated mode (ingest/metrics.py wires them to lianfang_ingest_side_store_*): after a flush
+    committed (rows, seconds) and after one failed. Kept free of Prometheus so core does not import ingest."""
+
+    flushed: Callable[[int, float], None] = field(default=lambda _rows, _s: None)
+    failed: Callable[[], None] = field(default=lambda: None)
+
+
+def flush_note(
+    failing_since: float | None, last_error: str | None, pending: int, *, interval_s: float, now: float
+) -> str | None:
+    """The health note of the aggregated mode (pure): flushes failing for longer than two intervals, else None."""
+    if interval_s <= 0 or failing_since is None:
+        return None
+    failing_s = now - failing_since
+    if failing_s <= 2 * interval_s:
+        return None
+    took = round(failing_s) if failing_s >= 10 else round(failing_s, 1)
+    return (
+        f"side store flushes failing for {took} s (interval {interval_s:g} s): the counters and last-seen "
+        f"times of {pending} devices are held in memory, not in the database"
+        + (f"; last error: {last_error}" if last_error else "")
+    )
 
 
 class SqlSideStore:
@@ -221,6 +250,7 @@ class SqlSideStore:
         self.flush_interval_s = flush_interval_s
         self.max_pending = max_pending
         self.stats = FlushStats()
+        self.hooks = FlushHooks()
         # The aggregate not yet flushed, and the one a flush is writing (None when none is): both guarded by
         # _lock. A flush commits while holding _lock, so a reader (device_states) never counts rows twice.
         self._pending: dict[str, DeviceCounters] = {}
@@ -334,13 +364,30 @@ class SqlSideStore:
                     add_counters(rest, self._pending)  # what came meanwhile is newer: added onto the kept rows
                     self._pending = rest
                 self.stats.failures += 1
+                self.stats.last_error = _short(exc)
+                if self.stats.failing_since is None:
+                    self.stats.failing_since = time.time()
+                _call(self.hooks.failed)
                 raise StoreUnavailable(f"side store {self.where}: flush failed: {_short(exc)}") from exc
             took = time.perf_counter() - started
             self.stats.flushes += 1
             self.stats.rows += len(rows)
             self.stats.seconds += took
             self.stats.longest_s = max(self.stats.longest_s, took)
+            self.stats.failing_since = self.stats.last_error = None
+            _call(self.hooks.flushed, len(rows), took)
             return len(rows)
+
+    def health_note(self, now: float | None = None) -> str | None:
+        """Aggregated mode: a note for /health/ready when flushes have failed for longer than two intervals."""
+        st = self.stats
+        return flush_note(
+            st.failing_since,
+            st.last_error,
+            self.pending_devices,
+            interval_s=self.flush_interval_s,
+            now=time.time() if now is None else now,
+        )
 
     def _commit_rows(self, rows: list[dict[str, Any]]) -> None:
         with self.engine.connect() as conn:
@@ -522,6 +569,14 @@ def _rejection_row(x: Rejection) -> dict[str, Any]:
         "detail": _text(x.detail),
         "payload": x.payload,
     }
+
+
+def _call(hook: Callable[..., None], *args: Any) -> None:
+    """A metrics hook must not fail a flush."""
+    try:
+        hook(*args)
+    except Exception:
+        logger.exception("side store: metrics hook failed")
 
 
 def _short(exc: BaseException) -> str:

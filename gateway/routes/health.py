@@ -33,6 +33,27 @@ def _component(callback: HealthCallback) -> dict[str, Any]:
     return info
 
 
+def _store_notes(store: object, ingest: dict[str, Any]) -> list[str]:
+    """Notes of the telemetry store (InfluxStore.health_note): this process's store, and the stores of the ingest
+    processes that report over the broker (their status' store_note), each named by its process."""
+    out: list[str] = []
+    try:
+        own = getattr(store, "health_note", None)
+        note = own() if callable(own) else None
+    except Exception as exc:
+        note = f"health note failed: {str(exc)[:200]}"
+    if note:
+        out.append(note)
+    if ingest.get("store_note") and not out:  # ingest in this process writes the same store: its note is the one above
+        out.append(str(ingest["store_note"]))
+    processes = ingest.get("processes")
+    if isinstance(processes, dict):
+        for src, doc in sorted(processes.items()):
+            if isinstance(doc, dict) and doc.get("store_note"):
+                out.append(f"ingest {src}: {doc['store_note']}")
+    return out
+
+
 @router.get("/health/ready")
 def ready(ctx: ContextDep, store: StoreDep, registry: RegistryDep, response: Response) -> dict[str, Any]:
     """Readiness: 200 when the store, the registry database, the broker and ingest are all fine, else 503 with
@@ -60,6 +81,10 @@ def ready(ctx: ContextDep, store: StoreDep, registry: RegistryDep, response: Res
     if ctx.ingress is not None:
         checks["http_ingress"] = _component(ctx.ingress.status)
     notes: list[str] = []
+    store_notes = _store_notes(store, checks["ingest"])
+    if store_notes:  # the side store's flushes failing (core/store/side.py): a note, the points still go in
+        checks["store"]["note"] = "; ".join(store_notes)
+        notes.extend(f"store: {n}" for n in store_notes)
     if ctx.read_router is not None:  # database_read_url: measured now; down or behind is a note, reads use the primary
         checks["database_replica"] = _component(ctx.read_router.status)
         if checks["database_replica"].get("note"):
@@ -69,7 +94,7 @@ def ready(ctx: ContextDep, store: StoreDep, registry: RegistryDep, response: Res
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         # One line per failing component, e.g. "ingest: the oldest of 1200 unacknowledged messages is 41 s old".
         reasons = [
-            f"{name}: {c.get('reason') or c.get('error') or c.get('detail') or 'not ok'}"
+            f"{name}: {c.get('reason') or c.get('error') or c.get('detail') or c.get('note') or 'not ok'}"
             for name, c in checks.items()
             if not c["ok"]
         ]
