@@ -14,13 +14,15 @@ from prometheus_client import REGISTRY, generate_latest
 from sqlalchemy import text
 
 from core.db import make_engine, migrate
-from core.settings import load_settings
+from core.settings import IngestSettings, MqttSettings, load_settings
 from core.store import WriteBatch
 from core.store.side import flush_note
+from devices.broker import free_port
 from devices.registry import Registry
 from gateway.app import create_app
 from gateway.context import GatewayContext
 from ingest.forward import relayed_metrics
+from ingest.service import IngestService
 from lianfang.engine_role import RelayedIngestMetrics
 from tests.helpers import wait_until
 from tests.influx_servers import Server
@@ -123,6 +125,11 @@ def test_flushes_are_metrics_and_a_failing_flush_is_a_health_note(
             assert note.startswith("side store flushes failing for") and "of 2 devices" in note
             assert "no such table: telemetry_device_state" in note  # the database's own error
             assert doc["notes"] == [f"store: {note}"] and doc["reasons"] == [f"store: {note}"]
+            # what an ingest process reports over the broker (ingest/forward.py publishes IngestService.status)
+            svc = IngestService(
+                MqttSettings(port=free_port(), embedded_broker=False), IngestSettings(), store, ctx.registry.snapshot
+            )
+            assert str(svc.status()["store_note"]).startswith("side store flushes failing for")
 
             # relayed from an ingest process (ingest/forward.py): the families travel, and the engine's side
             # takes its own idle ones out while it shows the relayed ones (no name twice)
