@@ -197,6 +197,9 @@ class AlertsRuntime:
         # broker, lianfang/engine_commands.py), and the silences and rule edits every engine takes from SQL.
         self.owned: frozenset[int] = frozenset(range(cfg.partitions))
         self.commands: Any = None  # lianfang.engine_commands.EngineCommands, started by lianfang/runtime.py
+        # joint.actions.LinkageActions of this engine's incidents (the gateway's in `serve`, the engine role's own
+        # in `lianfang alerts`: lianfang/engine_linkage.py); linkage commands from the gateway go to it.
+        self.linkage: Any = None
         self.sync_poll_s = sync_poll_s
         if self.owns is not None:
             owned = owned_partitions(cfg)
@@ -288,6 +291,8 @@ class AlertsRuntime:
         return {"status": 200}
 
     def _incident_command(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        if op.startswith("incident.action_"):
+            return self._linkage_command(op, args)
         joint = getattr(self, "joint", None)  # joint.service.JointService, set by lianfang/runtime.py
         if joint is None:
             return {"status": 503, "detail": "joint control does not run in the owning engine"}
@@ -319,6 +324,38 @@ class AlertsRuntime:
         except (UserError, KeyError, ValueError) as exc:  # as the gateway's local path: a wrong state is a 409
             return {"status": 409, "detail": str(exc)}
         return {"status": 200}
+
+    def _linkage_command(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Linkage actions (joint/actions.py) on an incident this engine holds: proposed, confirmed (the command
+        published here, once: a redelivered request is answered from the channel's cache) or declined by the
+        linkage actions of this process, whose ``cmd_result`` events come with this engine's batches. The gateway
+        checked who may do it and audits it."""
+        from joint.actions import Target
+
+        linkage = self.linkage
+        if linkage is None:
+            return {"status": 503, "detail": "linkage actions do not run in the owning engine"}
+        try:
+            iid, who = int(args["incident_id"]), str(args["who"])
+            if op == "incident.action_propose":
+                targets = [Target(str(d), str(r), str(t)) for d, r, t in args["targets"]]
+                made = linkage.propose(iid, str(args["name"]), targets, by=who, reason=str(args.get("reason") or ""))
+                return {"status": 200, "items": [a.doc() for a in made]}
+            action_id = str(args["action_id"])
+            a = linkage.get(action_id)
+            if a is None or a.incident_id != iid:
+                return {"status": 404, "detail": f"action {action_id} not found"}
+            if op == "incident.action_confirm":
+                done = linkage.confirm(action_id, by=who)
+            elif op == "incident.action_decline":
+                done = linkage.decline(action_id, by=who, reason=str(args.get("reason") or ""))
+            else:
+                return {"status": 400, "detail": f"unknown command {op!r}"}
+        except (KeyError, TypeError, ValueError) as exc:
+            return {"status": 400, "detail": f"a malformed command {op!r}: {exc}"}
+        except UserError as exc:  # ActionConflict, or a proposal the book refuses
+            return {"status": 409, "detail": str(exc)}
+        return {"status": 200, "action": done.doc()}
 
     def sync_silences(self) -> int:
         """Take the silences created or ended in another engine's process (the gateway's) from SQL: a new one is

@@ -48,8 +48,9 @@ class RemoteActions:
         owner_of = getattr(self.runtime, "incident_owner", None)
         return None if owner_of is None else owner_of(incident_id)
 
-    def send(self, k: int, op: str, args: dict[str, Any]) -> None:
-        """Have the engine of partition ``k`` apply ``op``. UserError (409) when it refuses; HTTP 503 when it does
+    def send(self, k: int, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Have the engine of partition ``k`` apply ``op`` and return its reply (``status`` 200 and what the op
+        answers). UserError (409) when it refuses; HTTP 404 when it does not know the object; HTTP 503 when it does
         not answer in time; 502 for any other answer."""
         commands = getattr(self.runtime, "commands", None)
         if commands is None:
@@ -64,11 +65,14 @@ class RemoteActions:
         code = int(reply.get("status") or 500)
         if code == 409:
             raise UserError(str(reply.get("detail") or "refused by the owning engine"))
+        if code == 404:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(reply.get("detail") or "not found"))
         if code != 200:
             raise HTTPException(
                 status.HTTP_502_BAD_GATEWAY,
                 detail=f"the engine of partition {k} answered {code}: {reply.get('detail')}",
             )
+        return dict(reply)
 
     @staticmethod
     def _stored(svc: AlertService, alert_id: int) -> Alert:

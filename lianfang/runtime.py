@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from joint.service import JointService
 from joint.service import build as build_joint
 from lianfang.context import open_registry, open_store
 from lianfang.engine_commands import EngineCommands
+from lianfang.engine_linkage import start_engine_linkage
 from lianfang.engine_role import EngineConsumer, EngineStallAlerts, RelayedIngestMetrics
 from lianfang.ingest_child import IngestChild
 from lianfang.partitioned_joint import PartitionedCorrelator, warn_wide_patterns
@@ -128,6 +130,7 @@ class Runtime:
     engine_alerts: EngineStallAlerts | None = None  # the platform alert "alert engine stalled"
     ingest_child: IngestChild | None = None  # lianfang serve's ingest process
     relayed_metrics: RelayedIngestMetrics | None = None  # ingest's metrics in this process's /metrics
+    linkage_stop: Callable[[], None] | None = None  # the engine role's linkage actions (lianfang/engine_linkage.py)
 
     @property
     def engine_here(self) -> bool:
@@ -206,6 +209,15 @@ class Runtime:
                 self.joint.start()
             self.alerts.start()
             listeners.insert(0, self.alerts.on_batch)
+            if self.joint is not None and self.alerts.owns is not None and consume and not self.spawn_ingest:
+                # The engine role alone (no gateway here): the linkage actions of its incidents run here, their
+                # cmd_result events come with its batches (lianfang/engine_linkage.py). `serve`'s are the gateway's.
+                assert self.engine is not None
+                linkage, self.linkage_stop = start_engine_linkage(
+                    s, self.registry, self.joint, self.alerts.owned, f"{self.engine.client_id}-actions"
+                )
+                self.alerts.linkage = linkage
+                listeners.append(linkage.on_batch)
             if consume:
                 self._start_engine(listeners)
             # Region risk history (joint/risk_store.py, docs/risk.md): where the alert engine runs, once per install
@@ -347,6 +359,9 @@ class Runtime:
         if self.relayed_metrics is not None:
             self.relayed_metrics.uninstall()
             self.relayed_metrics = None
+        if self.linkage_stop is not None:
+            self.linkage_stop()
+            self.linkage_stop = None
         if self.alerts is not None:
             self.alerts.stop()
             self.alerts = None

@@ -56,7 +56,7 @@ from gateway.routes import API_PREFIX
 from gateway.scope import not_found, region_or_404, subtree_path, under_path
 from joint.actions import (
     SYSTEM,
-    ActionConflict,
+    ActionBook,
     ActionDenied,
     LinkageAction,
     LinkageActions,
@@ -197,9 +197,18 @@ def attach(ctx: GatewayContext) -> JointSide:
         recorder = _Recorder(store, broadcaster, ctx.clock)
         actions = LinkageActions(publish, record=recorder, clock=ctx.clock)
         try:
-            actions.replay(_stored_actions(store))
+            docs = _stored_actions(store)
+            owned = getattr(ctx.alerts, "owned", None)
+            if getattr(ctx.alerts, "owns", None) is not None and owned is not None:
+                # several engines: only the gateway's engine's incidents; the others' are held by their engine
+                from lianfang.engine_linkage import owned_action_docs
+
+                docs = owned_action_docs(docs, ctx.settings.alerts.partitions, owned)
+            actions.replay(docs)
         except Exception:
             logger.exception("incidents: rebuilding the linkage actions from the timelines failed")
+        if ctx.alerts is not None and hasattr(ctx.alerts, "linkage"):
+            ctx.alerts.linkage = actions  # linkage commands for this engine's incidents (alerts/wiring.py)
         broadcaster.add_listener(actions.on_batch)
         actions.start()
         stops.insert(0, actions.stop)
@@ -273,11 +282,14 @@ class _Recorder:
                 self._live(inc, (str(e.data["step"]) for e in entries))
 
 
-def _stored_actions(store: JointStore) -> list[dict[str, Any]]:
-    """The action documents of every timeline entry, oldest first (the durable record of the actions)."""
+def _stored_actions(store: JointStore, incident_id: int | None = None) -> list[dict[str, Any]]:
+    """The action documents of every timeline entry (of one incident), oldest first (the durable record of the
+    actions)."""
     from joint.models import TimelineRow
 
     q = select(TimelineRow.data).where(TimelineRow.kind == str(TimelineKind.ACTION)).order_by(TimelineRow.id)
+    if incident_id is not None:
+        q = q.where(TimelineRow.incident_id == incident_id)
     rows: list[Any] = store._session_read(lambda s: list(s.scalars(q)))
     return [d["action"] for d in rows if isinstance(d, dict) and isinstance(d.get("action"), dict)]
 
@@ -293,6 +305,16 @@ def _ops(side: JointSide) -> JointOps:
     if side.service is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="the joint service is not running here")
     return cast(JointOps, side.service)
+
+
+def _incident_actions(side: JointSide, remote: RemoteActions | None, incident_id: int) -> list[LinkageAction]:
+    """The incident's linkage actions: live here, or (held by another engine process) as its timeline stores
+    them, each in its last recorded state."""
+    if remote is not None and remote.incident_owner(incident_id) is not None:
+        book = ActionBook()
+        book.replay(_stored_actions(side.store, incident_id))
+        return book.for_incident(incident_id)
+    return side.actions.for_incident(incident_id) if side.actions is not None else []
 
 
 def _actions(side: JointSide) -> LinkageActions:
@@ -500,7 +522,9 @@ def list_incidents(
 
 
 @router.get("/incidents/{incident_id}")
-def get_incident(incident_id: ObjectId, side: SideDep, principal: PrincipalDep, now: NowDep) -> dict[str, Any]:
+def get_incident(
+    incident_id: ObjectId, side: SideDep, principal: PrincipalDep, now: NowDep, remote: RemoteDep
+) -> dict[str, Any]:
     """One incident with its members, timeline (oldest first), department tasks and linkage actions."""
     inc, full = _incident_or_404(side, principal, incident_id)
     out = incident_json(inc, principal, full=full)
@@ -509,7 +533,7 @@ def get_incident(incident_id: ObjectId, side: SideDep, principal: PrincipalDep, 
     out["members"] = [member_json(m) for m in sorted(visible, key=lambda m: m.alert_id)]
     out["timeline"] = [entry_json(e) for e in side.store.timeline(incident_id) if _entry_visible(e, hidden)]
     out["tasks"] = [task_json(t, now, _task_assignees(inc)) for t in side.store.tasks(incident_id=incident_id)]
-    actions = side.actions.for_incident(incident_id) if side.actions is not None else []
+    actions = _incident_actions(side, remote, incident_id)
     out["actions"] = [a.doc() for a in actions if full or principal.sees_region(a.region_id)]
     return out
 
@@ -769,10 +793,10 @@ def _targets(registry: Registry, inc: Incident, device_ids: list[str] | None) ->
 
 
 @router.get("/incidents/{incident_id}/actions")
-def list_actions(incident_id: ObjectId, side: SideDep, principal: PrincipalDep) -> dict[str, Any]:
+def list_actions(incident_id: ObjectId, side: SideDep, principal: PrincipalDep, remote: RemoteDep) -> dict[str, Any]:
     """The incident's linkage actions (proposed, declined, sent, succeeded, failed, expired), oldest first."""
     _inc, full = _incident_or_404(side, principal, incident_id)
-    actions = side.actions.for_incident(incident_id) if side.actions is not None else []
+    actions = _incident_actions(side, remote, incident_id)
     items = [a.doc() for a in actions if full or principal.sees_region(a.region_id)]
     return {"total": len(items), "items": items}
 
@@ -786,15 +810,33 @@ def propose_actions(
     principal: PrincipalDep,
     now: NowDep,
     audit: AuditDep,
+    remote: RemoteDep,
 ) -> dict[str, Any]:
     """Propose a command for devices of the incident's region (one action per device); nothing is sent until an
-    administrator of the devices' region confirms. Needs the role operator or admin."""
+    administrator of the devices' region confirms. Needs the role operator or admin. With several engine processes
+    an incident another engine holds gets its proposal there (503 when it does not answer)."""
     inc = _writable(side, principal, incident_id)
-    actions = _actions(side)
+    owner = remote.incident_owner(incident_id)
+    actions = _actions(side) if owner is None else None
     targets = _targets(registry, inc, body.device_ids)
     try:
         check_propose(principal.role, principal.sees_region, targets)
-        made = actions.propose(incident_id, body.name, targets, by=principal.name, reason=body.reason)
+        if actions is not None:
+            made = actions.propose(incident_id, body.name, targets, by=principal.name, reason=body.reason)
+        else:
+            assert owner is not None
+            reply = remote.send(
+                owner,
+                "incident.action_propose",
+                {
+                    "incident_id": incident_id,
+                    "who": principal.name,
+                    "name": body.name,
+                    "targets": [[t.device_id, t.region_id, t.device_type] for t in targets],
+                    "reason": body.reason,
+                },
+            )
+            made = [LinkageAction.from_doc(d) for d in reply.get("items") or []]
     except ActionDenied as exc:
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(exc)) from exc
     except UserError as exc:
@@ -811,18 +853,36 @@ def propose_actions(
 
 
 def _decide(
-    side: JointSide, principal: Principal, incident_id: int, action_id: str
-) -> tuple[LinkageActions, LinkageAction]:
+    side: JointSide, principal: Principal, incident_id: int, action_id: str, remote: RemoteActions
+) -> tuple[Callable[..., LinkageAction], LinkageAction]:
+    """The action (live here, or as stored when another engine holds the incident) once the caller may decide on
+    it, and the step to take: ``step("confirm" | "decline", reason)`` applied here or by the owning engine."""
     _writable(side, principal, incident_id)
-    actions = _actions(side)
-    a = actions.get(action_id)
+    owner = remote.incident_owner(incident_id)
+    if owner is None:
+        actions = _actions(side)
+        a = actions.get(action_id)
+
+        def step(what: str, reason: str = "") -> LinkageAction:
+            if what == "confirm":
+                return actions.confirm(action_id, by=principal.name)
+            return actions.decline(action_id, by=principal.name, reason=reason)
+
+    else:
+        a = next((x for x in _incident_actions(side, remote, incident_id) if x.id == action_id), None)
+
+        def step(what: str, reason: str = "") -> LinkageAction:
+            args = {"incident_id": incident_id, "who": principal.name, "action_id": action_id, "reason": reason}
+            reply = remote.send(owner, f"incident.action_{what}", args)
+            return LinkageAction.from_doc(reply["action"])
+
     if a is None or a.incident_id != incident_id:
         raise not_found("action", action_id)
     try:
         check_decide(principal.role, principal.name, principal.sees_region, a)
     except ActionDenied as exc:
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(exc)) from exc
-    return actions, a
+    return step, a
 
 
 @router.post("/incidents/{incident_id}/actions/{action_id}/confirm")
@@ -834,13 +894,15 @@ def confirm_action(
     principal: PrincipalDep,
     now: NowDep,
     audit: AuditDep,
+    remote: RemoteDep,
 ) -> dict[str, Any]:
     """Confirm a proposed action: the command goes out on the device's cmd topic with an expiry. Needs the role
-    admin, a scope covering the device, and someone other than the proposer."""
-    actions, a = _decide(side, principal, incident_id, action_id)
+    admin, a scope covering the device, and someone other than the proposer. With several engine processes the
+    engine that holds the incident publishes it (once)."""
+    step, a = _decide(side, principal, incident_id, action_id, remote)
     try:
-        done = actions.confirm(a.id, by=principal.name)
-    except ActionConflict as exc:
+        done = step("confirm")
+    except UserError as exc:  # ActionConflict here, or the owning engine's refusal
         audit.write(
             principal,
             "incident.action.confirm",
@@ -875,12 +937,13 @@ def decline_action(
     principal: PrincipalDep,
     now: NowDep,
     audit: AuditDep,
+    remote: RemoteDep,
 ) -> dict[str, Any]:
     """Decline a proposed action (nothing is sent)."""
-    actions, a = _decide(side, principal, incident_id, action_id)
+    step, a = _decide(side, principal, incident_id, action_id, remote)
     try:
-        done = actions.decline(a.id, by=principal.name, reason=body.reason)
-    except ActionConflict as exc:
+        done = step("decline", body.reason)
+    except UserError as exc:  # ActionConflict here, or the owning engine's refusal
         raise _conflict(exc) from exc
     audit.write(
         principal,

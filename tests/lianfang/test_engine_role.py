@@ -325,6 +325,7 @@ def test_actions_on_an_alert_reach_the_engine_process_that_owns_it(
     region_of = {d: r for d, _, r in devices}
     assert {k for _, k in gates} == {0, 1}, gates
     token = create_user(registry.engine, "op1", "operator", None, datetime.now(UTC))
+    admin_token = create_user(registry.engine, "adm", "admin", None, datetime.now(UTC))
     api_port = free_port()
     notify = tmp_path / "notify.yaml"  # escalation after 15 s (one level), checked every second
     notify.write_text("escalation:\n  default: {after_s: [15], max_levels: 1}\n", encoding="utf-8")
@@ -357,6 +358,7 @@ def test_actions_on_an_alert_reach_the_engine_process_that_owns_it(
     )
     procs.append(serve)
     api = httpx.Client(base_url=f"http://127.0.0.1:{api_port}/api/v1", headers={"Authorization": f"Bearer {token}"})
+    admin = httpx.Client(base_url=api.base_url, headers={"Authorization": f"Bearer {admin_token}"})
 
     def up() -> bool:
         assert serve.proc is not None and serve.proc.poll() is None, serve.log.read_text()[-3000:]
@@ -366,6 +368,9 @@ def test_actions_on_an_alert_reach_the_engine_process_that_owns_it(
             return False
 
     wait_until(up, 240, 0.2, "serve answering")
+    for p in (engine1, serve):  # the province-wide patterns named at start (partition level 2: cities)
+        warned = [m for m in p.messages() if "patterns wider than the partition level 2" in m]
+        assert warned and "X5 (province), X6 (province)" in warned[0], p.messages()[:40]
     ready = httpx.get(f"http://127.0.0.1:{api_port}/api/v1/health/ready", timeout=10).json()
     assert ready["checks"]["alerts"]["commands"]["ok"] is True, ready["checks"]["alerts"]
     assert ready["checks"]["alerts"]["commands"]["partitions"] == [0]
@@ -442,6 +447,12 @@ def test_actions_on_an_alert_reach_the_engine_process_that_owns_it(
 
     wait_until(lambda: all(a["silenced"] for a in open_ones().values()), 30, 0.2, "every open G1 alert silenced")
     assert {i % 2 for i in open_ones()} == {0, 1}
+    # silenced_by names the silence for both partitions' alerts (before, only for the gateway engine's own).
+    listed = api.get("/alerts", params={"rule": "G1.event", "state": "open", "limit": 200}, timeout=20).json()["items"]
+    assert {a["id"] % 2 for a in listed} == {0, 1}
+    assert all([s["id"] for s in a["silenced_by"]] == [silence_id] for a in listed), listed
+    r = api.get(f"/alerts/{a_ack}", timeout=20)  # engine 1's
+    assert [s["id"] for s in r.json()["silenced_by"]] == [silence_id], r.text
     r = api.post(f"/silences/{silence_id}/end", json={"reason": "maintenance done"}, timeout=20)
     assert r.status_code == 200, r.text
     wait_until(lambda: not any(a["silenced"] for a in open_ones().values()), 30, 0.2, "every G1 alert unsilenced")
@@ -461,6 +472,49 @@ def test_actions_on_an_alert_reach_the_engine_process_that_owns_it(
     assert r.status_code == 409, r.text  # refused by engine 1: it is investigating there
     r = api.post(f"/incidents/{inc1}/comments", json={"text": "patrol sent"}, timeout=20)
     assert r.status_code == 201, r.text
+
+    # Linkage actions on partition 1's incident: proposed, confirmed and declined by engine 1, which publishes the
+    # command once; the gate's cmd_result (forwarded to engine 1 with its partition's batches) closes it there.
+    cmds: list[tuple[str, dict[str, Any]]] = []
+    watch = mqtt_client(broker.port, broker.platform_username, broker.platform_password, client_id="t-cmds")
+    watch.on_message = lambda _c, _u, m: cmds.append((m.topic, json.loads(m.payload)))
+    watch.subscribe("lf/v1/+/cmd", qos=1)
+    time.sleep(0.5)
+    g_a, g_b, g_c = sorted(d for d, k in gates if k == 1)[:3]
+    r = api.post(
+        f"/incidents/{inc1}/actions", json={"name": "lock", "device_ids": [g_a, g_b, g_c], "reason": "t"}, timeout=20
+    )
+    assert r.status_code == 201 and [a["state"] for a in r.json()["items"]] == ["proposed"] * 3, r.text
+    act = {a["device_id"]: a["id"] for a in r.json()["items"]}
+
+    def actions_of(iid: int) -> dict[str, dict[str, Any]]:
+        got = api.get(f"/incidents/{iid}/actions", timeout=20)
+        assert got.status_code == 200, got.text
+        return {a["device_id"]: a for a in got.json()["items"]}
+
+    assert {d: a["state"] for d, a in actions_of(inc1).items()} == dict.fromkeys([g_a, g_b, g_c], "proposed")
+    r = admin.post(f"/incidents/{inc1}/actions/{act[g_a]}/confirm", json={}, timeout=20)
+    assert r.status_code == 200 and r.json()["state"] == "sent", r.text
+    cmd_id = r.json()["cmd_id"]
+    r = admin.post(f"/incidents/{inc1}/actions/{act[g_a]}/confirm", json={}, timeout=20)
+    assert r.status_code == 409, r.text  # engine 1: it is sent, not proposed
+    r = admin.post(f"/incidents/{inc1}/actions/{act[g_b]}/decline", json={"reason": "no"}, timeout=20)
+    assert r.status_code == 200 and r.json()["state"] == "declined", r.text
+    wait_until(lambda: len(cmds) >= 1, 15, 0.1, "the lock command on the gate's cmd topic")
+    time.sleep(1)
+    assert [(t, c["cmd_id"], c["name"]) for t, c in cmds] == [(f"lf/v1/{g_a}/cmd", cmd_id, "lock")], cmds  # once
+    seq[g_a] += 1
+    result = {"ts": int(time.time() * 1000), "seq": seq[g_a], "type": "cmd_result", "cmd_id": cmd_id, "ok": True}
+    _publish(broker, [(f"lf/v1/{g_a}/event", json.dumps(result).encode())])
+    wait_until(lambda: actions_of(inc1)[g_a]["state"] == "succeeded", 30, 0.2, "the cmd_result on engine 1's incident")
+    states = {d: a["state"] for d, a in actions_of(inc1).items()}
+    assert states == {g_a: "succeeded", g_b: "declined", g_c: "proposed"}, states
+    r = api.get(f"/incidents/{inc1}", timeout=20)
+    assert {a["device_id"]: a["state"] for a in r.json()["actions"]} == states, r.text
+    steps = _rows(db, "SELECT actor, text FROM joint_timeline WHERE incident_id = ? AND kind = 'action'", inc1)
+    assert sum(1 for _, t in steps if t.startswith("指令已下发")) == 1, steps  # "sent" recorded once
+    audit = _rows(db, "SELECT action, outcome FROM audit_log WHERE action LIKE 'incident.action.%' ORDER BY id")
+    assert ("incident.action.confirm", "refused") in audit and audit.count(("incident.action.propose", "ok")) == 3
     r = api.post(f"/incidents/{inc1}/resolve", json={"reason": "patrol found nothing"}, timeout=20)
     assert r.status_code == 200 and r.json()["state"] == "resolved", r.text
     assert incidents()[inc1][1] == "resolved"
@@ -481,6 +535,8 @@ def test_actions_on_an_alert_reach_the_engine_process_that_owns_it(
     assert _g1(db)[a_down]["state"] == "firing"
     r = api.post(f"/incidents/{inc1}/comments", json={"text": "nobody home"}, timeout=30)
     assert r.status_code == 503, r.text
+    r = admin.post(f"/incidents/{inc1}/actions/{act[g_c]}/confirm", json={}, timeout=30)
+    assert r.status_code == 503, r.text  # nothing sent
     engine1.start()
     wait_until(
         lambda: engine1.messages().count("alert engine running; SIGTERM to stop") == 2, 240, 0.2, "engine 1 back"
@@ -489,5 +545,13 @@ def test_actions_on_an_alert_reach_the_engine_process_that_owns_it(
     assert _g1(db)[a_down]["state"] == "firing", "a request of the down time applied later"
     r = api.post(f"/alerts/{a_down}/ack", json={"reason": "now"}, timeout=20)
     assert r.status_code == 200 and r.json()["state"] == "acknowledged", r.text
+    # engine 1 rebuilt its incident's actions from the timeline: the proposal left is confirmed there, once
+    r = admin.post(f"/incidents/{inc1}/actions/{act[g_c]}/confirm", json={}, timeout=20)
+    assert r.status_code == 200 and r.json()["state"] == "sent", r.text
+    wait_until(lambda: len(cmds) >= 2, 15, 0.1, "the second lock command")
+    time.sleep(1)
+    assert [t for t, _ in cmds] == [f"lf/v1/{g_a}/cmd", f"lf/v1/{g_c}/cmd"], cmds
+    watch.disconnect()
+    watch.loop_stop()
     for p in (serve, engine1):
         assert p.stop() == 0, p.log.read_text()[-3000:]
