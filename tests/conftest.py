@@ -169,8 +169,8 @@ def _no_leaked_threads() -> Iterator[None]:
     leaked = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon]
     for t in leaked:
         t.join(timeout=2)
-    leaked = [t.name for t in leaked if t.is_alive()]
-    assert not leaked, f"test leaked threads: {leaked}"
+    names = [t.name for t in leaked if t.is_alive()]
+    assert not names, f"test leaked threads: {names}"
 
 
 @pytest.fixture(autouse=True)

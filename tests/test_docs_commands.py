@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from devices.broker import BrokerConfig, MosquittoProcess, free_port
+from devices.broker import BrokerConfig, MosquittoProcess
 from lianfang import commands  # noqa: F401  (registers the sub-apps)
 from lianfang.cli import app
-from tests.conftest import Broker
+from tests.conftest import Broker, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "docs" / "cli.md"]
@@ -121,14 +121,15 @@ def broker(tmp_path: Path) -> Iterator[ServeBroker]:
     platform's accounts on ``port``, the device password file on ``device_port``; in the working directory's
     ``var/mosquitto`` (``mqtt.broker_dir``), where the CLI finds its generated config and password file as it finds
     serve's."""
+    port, device_port = free_ports(2)
     cfg = BrokerConfig(
         directory=tmp_path / "work" / "var" / "mosquitto",
-        port=free_port(),
+        port=port,
         admin_password="test-admin-" + uuid.uuid4().hex,
         platform_password="test-platform-" + uuid.uuid4().hex,
         sim_password="test-sim-" + uuid.uuid4().hex,
         device_passwd=True,
-        device_port=free_port(),
+        device_port=device_port,
     )
     proc = MosquittoProcess(cfg)
     proc.start()

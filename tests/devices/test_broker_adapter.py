@@ -18,7 +18,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from core.errors import BrokerUnavailable
 from devices.audit import Actor
-from devices.broker import BrokerConfig, MosquittoProcess, free_port, passwd_line
+from devices.broker import BrokerConfig, MosquittoProcess, passwd_line
 from devices.broker_adapter import DynsecAdapter
 from devices.broker_adapter_passwd import (
     CANARY_USERNAME,
@@ -31,6 +31,7 @@ from devices.broker_adapter_passwd import (
 from devices.dynsec import DynsecClient
 from devices.provisioning import Provisioner, new_secret
 from devices.registry import DeviceSpec, RegionSpec, Registry
+from tests.conftest import free_ports
 from tests.helpers import mqtt_client, wait_until
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -53,13 +54,14 @@ def test_passwd_file_round_trip_keeps_disabled_entries_and_skips_the_canary() ->
 
 class Env:
     def __init__(self, directory: Path) -> None:
+        port, device_port = free_ports(2)
         self.cfg = BrokerConfig(
             directory=directory,
-            port=free_port(),
+            port=port,
             admin_password="adm-" + uuid.uuid4().hex,
             platform_password="plat-" + uuid.uuid4().hex,
             device_passwd=True,
-            device_port=free_port(),
+            device_port=device_port,
         )
         self.process = MosquittoProcess(self.cfg)
         self.process.start()
