@@ -4,9 +4,11 @@ behind ``silenced_by`` (``silences_holding``)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from alerts.lifecycle import Silence, silences_holding
 from alerts.repository import AlertRepository
@@ -107,3 +109,47 @@ def test_silences_holding_matches_scope_time_and_state() -> None:
     assert silences_holding(_alert(silenced=False), every, NOW) == []  # not held back: nothing to explain
     assert silences_holding(_alert(state=AlertState.RESOLVED), every, NOW) == []
     assert [s.id for s in silences_holding(_alert(), every, NOW + timedelta(minutes=2))] == [1, 2, 3, 6]
+
+
+def _writer_process(url: str, k: int, start: Any, out: Any) -> None:
+    """One process of its own (spawned): loads the alert service and creates silences once both are ready."""
+    engine = make_engine(url)
+    reg = Registry(engine)
+    svc = AlertService(
+        engine, RuleSet.load([PACKS_DIR]), reg.snapshot, regions_from_registry(reg), clock_fn=lambda: NOW
+    )
+    svc.load(now=NOW)
+    start.wait(30)
+    ids = [
+        svc.add_silence(
+            reason=f"process {k} #{n}",
+            creator=f"user{k}",
+            starts_at=NOW,
+            ends_at=NOW + timedelta(hours=1),
+            device_id=f"gate-{k}-{n:03d}",
+        ).id
+        for n in range(PER_WRITER)
+    ]
+    out.put((k, ids))
+    engine.dispose()
+
+
+def test_two_processes_never_give_two_silences_the_same_id(registry: Registry) -> None:
+    url = registry.engine.url.render_as_string(hide_password=False)
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_writer_process, args=(url, k, start, out)) for k in (0, 1)]
+    for p in procs:
+        p.start()
+    try:
+        got = dict(out.get(timeout=120) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(30)
+    assert [p.exitcode for p in procs] == [0, 0]
+    ids = got[0] + got[1]
+    assert len(set(ids)) == 2 * PER_WRITER, sorted(ids)
+    stored = {s.id: s for s in AlertRepository(registry.engine).silences()}
+    assert sorted(stored) == sorted(ids)
+    for k in (0, 1):
+        assert all(stored[i].reason.startswith(f"process {k} ") for i in got[k])
