@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
 from core.fsperm import private_file
+from core.sqlite_writelock import LockingConnection, lock_for
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -28,14 +29,22 @@ class Base(DeclarativeBase):
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
-        if path and path != ":memory:" and not path.startswith("file:"):
+        on_file = bool(path) and path != ":memory:" and not path.startswith("file:")
+        if on_file:
             # 0600 (SQLite gives the WAL and shared-memory files the same mode), its directory 0700 when created:
             # the registry holds secret and token hashes and the audit log.
             private_file(Path(path))
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # The file's in-process write lock (core/sqlite_writelock.py): this process's writers queue for it instead
+        # of sleeping in SQLite's busy handler.
+        wlock = lock_for(str(Path(path).resolve())) if on_file else None
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30, "factory": LockingConnection}
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            if wlock is not None and isinstance(dbapi_conn, LockingConnection):
+                dbapi_conn.attach(wlock)
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
