@@ -167,6 +167,27 @@ class AttemptRow:
     alert_count: int
 
 
+def _delivery_row(key: str, ch: str | None, n: Notification, now: datetime) -> dict[str, Any]:
+    a = n.alert
+    return {
+        "notification_key": key,
+        "alert_id": a.id,
+        "dedup_key": a.dedup_key,
+        "rule_id": a.rule_id,
+        "device_id": a.device_id,
+        "target_region_id": n.target,
+        "kind": n.kind.value,
+        "level": n.level,
+        "severity": a.severity.value,
+        "channel": ch,
+        "status": PENDING if ch is not None else UNROUTED,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+        "payload": to_payload(n),
+    }
+
+
 class DeliveryLog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -181,6 +202,10 @@ class DeliveryLog:
         if not planned:
             return []
         keys = [(notification_key(n), ch) for ch, n in planned]
+        # The rows are built before the first write: the file's write lock (core/sqlite_writelock.py), which the
+        # alert commits wait for, is then held for one multi-row INSERT ... RETURNING, not a statement per row.
+        rows: list[dict[str, Any]] = []
+        routed: list[tuple[str | None, Notification]] = []
         out: list[tuple[int, str | None, Notification]] = []
         try:
             with self.engine.begin() as conn:
@@ -196,29 +221,13 @@ class DeliveryLog:
                     if (key, ch) in existing:
                         continue
                     existing.add((key, ch))
-                    a = n.alert
-                    row_id = conn.execute(
-                        insert(deliveries)
-                        .values(
-                            notification_key=key,
-                            alert_id=a.id,
-                            dedup_key=a.dedup_key,
-                            rule_id=a.rule_id,
-                            device_id=a.device_id,
-                            target_region_id=n.target,
-                            kind=n.kind.value,
-                            level=n.level,
-                            severity=a.severity.value,
-                            channel=ch,
-                            status=PENDING if ch is not None else UNROUTED,
-                            attempts=0,
-                            created_at=now,
-                            updated_at=now,
-                            payload=to_payload(n),
-                        )
-                        .returning(deliveries.c.id)
-                    ).scalar_one()
-                    out.append((int(row_id), ch, n))
+                    rows.append(_delivery_row(key, ch, n, now))
+                    routed.append((ch, n))
+                if rows:
+                    ids = conn.execute(
+                        insert(deliveries).returning(deliveries.c.id, sort_by_parameter_order=True), rows
+                    ).scalars()
+                    out = [(int(row_id), ch, n) for row_id, (ch, n) in zip(ids, routed, strict=True)]
         except OperationalError as exc:
             raise StoreUnavailable("delivery log: cannot write") from exc
         return out
