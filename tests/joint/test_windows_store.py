@@ -291,3 +291,41 @@ def test_a_tick_that_prunes_nothing_changes_nothing() -> None:
     parts, _ = c.take_window_changes()
     x9 = {key: v for (pid, key), v in parts.items() if pid == "X9"}
     assert x9 == {f"X9|gz-a1|gate-{i}": None for i in range(50)}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["fire", "resolve", "tick"]),
+            st.integers(min_value=0, max_value=11),  # device
+            st.integers(min_value=0, max_value=5_400),  # seconds to move the clock on (X9's window: 1 h)
+        ),
+        max_size=60,
+    )
+)
+def test_a_tick_visits_due_windows_only_and_keeps_what_a_full_scan_keeps(steps: list[tuple[str, int, int]]) -> None:
+    """The deadline heap of ``group`` windows (joint/kinds/group.py) against a full scan at every tick: the same
+    windows, the same entries, at every step."""
+    heap, scan = correlator(), correlator()
+    now = T1
+    alert_of: dict[int, int] = {}
+    for kind, dev, dt in steps:
+        now += s(dt / 10)
+        if kind == "fire":
+            f = fact("G1", f"gate-{dev}", f"gz-a1-b{1 + dev % 4}", now, alert_id=alert_of.setdefault(dev, 10_000 + dev))
+            for c in (heap, scan):
+                c.observe("created", f, now)
+        elif kind == "resolve" and dev in alert_of:
+            f = fact("G1", f"gate-{dev}", f"gz-a1-b{1 + dev % 4}", now, alert_id=alert_of.pop(dev))
+            for c in (heap, scan):
+                c.observe("resolved", f, now)
+        else:
+            for state in scan.state.values():
+                state.pop("due", None)  # forget the heap: this tick visits every window
+            heap.tick(now + s(dt))
+            scan.tick(now + s(dt))
+            assert heap.windows() == scan.windows()
+    heap.tick(now + s(7200))
+    scan.tick(now + s(7200))
+    assert heap.windows() == scan.windows()
