@@ -22,12 +22,22 @@ from prometheus_client import Gauge
 
 logger = logging.getLogger(__name__)
 
+# Generation-1 collections between two full collections (CPython's default: 10). After ``gc.freeze()`` CPython's own
+# brake on full collections (only when the survivors pending since the last one exceed 25 % of the long-lived
+# total) no longer holds: the total counts only the unfrozen survivors, so every 10th generation-1 collection was a
+# full one, 33 in the 3 minutes of bench/correlate.py (p50 48 ms, up to 142 ms, every thread stopped). With 100:
+# 4 (and the periodic ``settle`` still collects fully every ``gc_settle_s``). docs/performance.md, "Correlation".
+FULL_AFTER_GEN1 = 100
+
 FROZEN = Gauge("lianfang_gc_frozen_objects", "Objects in the permanent GC generation (gc.freeze)")
 
 
 def settle(reason: str) -> int:
-    """Collect, then freeze what survived. Returns how many objects are frozen in all."""
+    """Collect, then freeze what survived; full collections after ``FULL_AFTER_GEN1`` generation-1 ones from now
+    on. Returns how many objects are frozen in all."""
     started = time.perf_counter()
+    gen0, gen1, _ = gc.get_threshold()
+    gc.set_threshold(gen0, gen1, FULL_AFTER_GEN1)
     gc.collect()
     gc.freeze()
     frozen = gc.get_freeze_count()

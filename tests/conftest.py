@@ -175,9 +175,12 @@ def _no_leaked_threads() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _unfreeze_gc() -> Iterator[None]:
-    """A test that starts the service runtime freezes the heap (core/gcpolicy.py); give it back afterwards."""
+    """A test that starts the service runtime freezes the heap and spaces full collections (core/gcpolicy.py); give
+    both back afterwards."""
+    thresholds = gc.get_threshold()
     yield
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 @pytest.fixture(scope="module")

@@ -94,3 +94,12 @@ def test_settle_moves_survivors_out_of_the_collections() -> None:
     assert all(not any(o is h for o in gc.get_objects()) for h in held[:3])  # frozen objects are not tracked
     gc.unfreeze()
     assert gc.get_freeze_count() == 0
+
+
+def test_settle_spaces_full_collections() -> None:
+    """After gc.freeze() CPython's 25 % brake on full collections no longer holds; settle() sets the third threshold
+    so that only every FULL_AFTER_GEN1-th generation-1 collection is a full one (the conftest fixture restores it)."""
+    gc.set_threshold(700, 10, 10)
+    gcpolicy.settle("test")
+    assert gc.get_threshold() == (700, 10, gcpolicy.FULL_AFTER_GEN1)
+    assert gcpolicy.FULL_AFTER_GEN1 > 10
