@@ -216,20 +216,33 @@ class Broadcaster:
         try:
             with self._lock:
                 subs = [s for s in self._subscribers if not s.closed]
-            if not subs:
-                return
-            items = summarise(batch)
-            by_scope: dict[frozenset[str] | None, Rendered | None] = {}
-            for sub in subs:
-                if sub.region_ids in by_scope:
-                    message = by_scope[sub.region_ids]
-                else:
-                    found = scoped(items, sub, self.max_items)
-                    message = by_scope[sub.region_ids] = None if found is None else Rendered(found)
-                if message is not None:
-                    sub.offer(message)
+            if subs:
+                self._fan(summarise(batch), subs)
         except Exception:
             logger.exception("live stream: publishing a batch failed")
+
+    def publish_summary(self, items: dict[str, list[Message]]) -> None:
+        """A batch summarised by another process (``summarise``'s shape; lianfang/engine_live.py), region-scoped
+        for every subscriber as a local batch. Never raises; any thread."""
+        try:
+            with self._lock:
+                subs = [s for s in self._subscribers if not s.closed]
+            if subs:
+                full = {k: list(items.get(k) or []) for k in ("readings", "events", "statuses", "rejections")}
+                self._fan(full, subs)
+        except Exception:
+            logger.exception("live stream: publishing a relayed batch failed")
+
+    def _fan(self, items: dict[str, list[Message]], subs: list[Subscriber]) -> None:
+        by_scope: dict[frozenset[str] | None, Rendered | None] = {}
+        for sub in subs:
+            if sub.region_ids in by_scope:
+                message = by_scope[sub.region_ids]
+            else:
+                found = scoped(items, sub, self.max_items)
+                message = by_scope[sub.region_ids] = None if found is None else Rendered(found)
+            if message is not None:
+                sub.offer(message)
 
 
 def _incident_seen(sub: Subscriber, region_path: Iterable[str], member_regions: Iterable[str]) -> bool:

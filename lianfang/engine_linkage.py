@@ -50,15 +50,21 @@ def owned_action_docs(docs: list[dict[str, Any]], stride: int, owned: Collection
 
 
 def start_engine_linkage(
-    settings: Settings, registry: Registry, joint: JointService, owned: Collection[int], client_id: str
+    settings: Settings,
+    registry: Registry,
+    joint: JointService,
+    owned: Collection[int],
+    client_id: str,
+    stream: Any = None,
 ) -> tuple[LinkageActions, Callable[[], None]]:
-    """The started linkage actions of an engine of the partitions ``owned`` and the function that stops them."""
+    """The started linkage actions of an engine of the partitions ``owned`` and the function that stops them.
+    ``stream``: where the steps' live items go (lianfang/engine_live.py ``LivePublisher``; default nowhere)."""
     from gateway.routes.incidents import _Recorder, _stored_actions, _targets
 
     store = JointStore(registry.engine)
     sender = MqttCommandSender(settings.mqtt, client_id=client_id)
     sender.start()
-    recorder = _Recorder(store, _NoStream(), clock.now)  # type: ignore[arg-type]
+    recorder = _Recorder(store, stream or _NoStream(), clock.now)  # type: ignore[arg-type]
     actions = LinkageActions(sender, record=recorder, clock=clock.now)
     try:
         actions.replay(owned_action_docs(_stored_actions(store), settings.alerts.partitions, owned))

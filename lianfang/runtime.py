@@ -55,6 +55,7 @@ from joint.service import build as build_joint
 from lianfang.context import open_registry, open_store
 from lianfang.engine_commands import EngineCommands
 from lianfang.engine_linkage import start_engine_linkage
+from lianfang.engine_live import LivePublisher
 from lianfang.engine_role import EngineConsumer, EngineStallAlerts, RelayedIngestMetrics
 from lianfang.ingest_child import IngestChild
 from lianfang.partitioned_joint import PartitionedCorrelator, warn_wide_patterns
@@ -131,6 +132,7 @@ class Runtime:
     ingest_child: IngestChild | None = None  # lianfang serve's ingest process
     relayed_metrics: RelayedIngestMetrics | None = None  # ingest's metrics in this process's /metrics
     linkage_stop: Callable[[], None] | None = None  # the engine role's linkage actions (lianfang/engine_linkage.py)
+    live: LivePublisher | None = None  # the engine role's live relay to the gateway (lianfang/engine_live.py)
 
     @property
     def engine_here(self) -> bool:
@@ -209,12 +211,22 @@ class Runtime:
                 self.joint.start()
             self.alerts.start()
             listeners.insert(0, self.alerts.on_batch)
+            if self.alerts.owns is not None and consume and not self.spawn_ingest:
+                # The engine role alone: its batches and incident changes to the gateway's live stream
+                # (lianfang/engine_live.py), after the alert engine's listener and the commits.
+                assert self.engine is not None
+                self.live = LivePublisher(
+                    s.mqtt, s.alerts.partitions, self.alerts.owned, client_id=f"{self.engine.client_id}-live"
+                ).start()
+                listeners.append(self.live.on_batch)
+                if self.joint is not None:
+                    self.joint.subscribe(self.live.on_change)
             if self.joint is not None and self.alerts.owns is not None and consume and not self.spawn_ingest:
                 # The engine role alone (no gateway here): the linkage actions of its incidents run here, their
                 # cmd_result events come with its batches (lianfang/engine_linkage.py). `serve`'s are the gateway's.
                 assert self.engine is not None
                 linkage, self.linkage_stop = start_engine_linkage(
-                    s, self.registry, self.joint, self.alerts.owned, f"{self.engine.client_id}-actions"
+                    s, self.registry, self.joint, self.alerts.owned, f"{self.engine.client_id}-actions", self.live
                 )
                 self.alerts.linkage = linkage
                 listeners.append(linkage.on_batch)
@@ -362,6 +374,9 @@ class Runtime:
         if self.linkage_stop is not None:
             self.linkage_stop()
             self.linkage_stop = None
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
         if self.alerts is not None:
             self.alerts.stop()
             self.alerts = None

@@ -12,7 +12,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -24,6 +24,7 @@ from gateway.app import GatewayContext, create_app
 from gateway.ingress_publisher import IngressPublisher
 from gateway.live import Broadcaster
 from lianfang.context import settings_from
+from lianfang.engine_live import LiveSubscriber
 from lianfang.runtime import Runtime
 from lianfang.startup import check_api_port, explain
 
@@ -35,7 +36,16 @@ OnStarted = Callable[[Runtime], Callable[[], None]]
 
 class _Server(uvicorn.Server):
     """uvicorn re-raises SIGINT / SIGTERM after a graceful stop, which would kill the process before the runtime
-    (ingest acks, broker) is stopped; here the signal only ends serving and the caller shuts down in order."""
+    (ingest acks, broker) is stopped; here the signal only ends serving and the caller shuts down in order.
+    The signal also closes the live streams (``on_exit``): uvicorn waits for open connections before it stops,
+    and an SSE stream never ends on its own."""
+
+    on_exit: Callable[[], None] | None = None
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        if self.on_exit is not None:  # not in the signal handler: it takes locks the interrupted code may hold
+            threading.Thread(target=self.on_exit, name="close-streams", daemon=True).start()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -63,16 +73,20 @@ def run_service(
         settings, listeners=[broadcaster.publish], with_ingest=not split, with_engine=True, spawn_ingest=split
     )
     ingress: IngressPublisher | None = None
+    live: LiveSubscriber | None = None
     try:
         check_api_port(api_host, api_port)  # before the broker and ingest start, not after
         runtime.start()
         runtime.wait_ingest()
+        live = _live_of_other_engines(runtime, broadcaster)
         # HTTP ingress publishes accepted device messages into the broker: the same pipeline as MQTT.
         ingress = IngressPublisher.from_settings(runtime.settings, admin_password(runtime.settings))
         ingress.start()
     except BaseException as exc:
         if ingress is not None:
             ingress.close()
+        if live is not None:
+            live.stop()
         runtime.stop()
         line = explain(exc, settings) if isinstance(exc, Exception) else None
         if line is None:
@@ -101,6 +115,7 @@ def run_service(
             access_log=False,
         )
     )
+    server.on_exit = broadcaster.close
     stop_extra: Callable[[], None] | None = None
     try:
         if on_started is not None:
@@ -110,7 +125,22 @@ def run_service(
         if stop_extra is not None:
             stop_extra()
         ingress.close()
+        if live is not None:
+            live.stop()
         runtime.stop()
+
+
+def _live_of_other_engines(runtime: Runtime, broadcaster: Broadcaster) -> LiveSubscriber | None:
+    """With several engine processes: the other partitions' live items into this gateway's stream
+    (lianfang/engine_live.py). None with one engine (it owns every partition)."""
+    alerts = runtime.alerts
+    if alerts is None or alerts.owns is None:
+        return None
+    others = [k for k in range(runtime.settings.alerts.partitions) if k not in alerts.owned]
+    if not others:
+        return None
+    base = runtime.engine.client_id if runtime.engine is not None else runtime.settings.mqtt.client_id
+    return LiveSubscriber(runtime.settings.mqtt, others, broadcaster, client_id=f"{base}-live").start()
 
 
 def serve(

@@ -290,6 +290,38 @@ def _door_forced(broker: Broker, device_seqs: list[tuple[str, int]]) -> None:
     )
 
 
+class _Stream:
+    """GET /api/v1/stream read on a daemon thread: every (event, data) frame."""
+
+    def __init__(self, url: str, token: str) -> None:
+        import threading
+
+        self.url, self.token = url, token
+        self.frames: list[tuple[str, dict[str, Any]]] = []
+        self.hello = threading.Event()
+        threading.Thread(target=self._run, name="test-sse", daemon=True).start()
+
+    def _run(self) -> None:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.token}"}
+        with httpx.stream("GET", self.url, headers=headers, timeout=httpx.Timeout(10, read=60)) as r:
+            event = ""
+            for line in r.iter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    self.frames.append((event, json.loads(line[5:])))
+                    if event == "hello":
+                        self.hello.set()
+
+    def events(self) -> list[dict[str, Any]]:
+        return [e for ev, d in list(self.frames) if ev == "batch" for e in d.get("events", [])]
+
+    def incidents(self) -> list[dict[str, Any]]:
+        return [i for ev, d in list(self.frames) if ev == "incident" for i in d["incidents"]]
+
+
 def _rows(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
     with sqlite3.connect(db, timeout=30) as conn:
         return [tuple(r) for r in conn.execute(sql, args).fetchall()]
@@ -326,6 +358,11 @@ def test_actions_on_an_alert_reach_the_engine_process_that_owns_it(
     assert {k for _, k in gates} == {0, 1}, gates
     token = create_user(registry.engine, "op1", "operator", None, datetime.now(UTC))
     admin_token = create_user(registry.engine, "adm", "admin", None, datetime.now(UTC))
+    # the live stream of a user of each city: partition 1's items reach the gateway from engine 1 (engine_live.py)
+    city_of = {part.of(r.id): r.id for r in registry.regions() if r.level == "city"}
+    city_tokens = {
+        k: create_user(registry.engine, f"city{k}", "operator", c, datetime.now(UTC)) for k, c in city_of.items()
+    }
     api_port = free_port()
     notify = tmp_path / "notify.yaml"  # escalation after 15 s (one level), checked every second
     notify.write_text("escalation:\n  default: {after_s: [15], max_levels: 1}\n", encoding="utf-8")
@@ -376,6 +413,9 @@ def test_actions_on_an_alert_reach_the_engine_process_that_owns_it(
     assert ready["checks"]["alerts"]["commands"]["partitions"] == [0]
     db = tmp_path / "registry.db"
     seq = dict.fromkeys((d for d, _ in gates), 0)
+    streams = {k: _Stream(f"http://127.0.0.1:{api_port}/api/v1/stream", t) for k, t in city_tokens.items()}
+    for st in streams.values():
+        assert st.hello.wait(20), st.frames
 
     def fire(ds: list[str]) -> None:
         for d in ds:
@@ -390,6 +430,13 @@ def test_actions_on_an_alert_reach_the_engine_process_that_owns_it(
     one = sorted(i for i, a in alerts.items() if owner[a["device_id"]] == 1)
     zero = sorted(i for i, a in alerts.items() if owner[a["device_id"]] == 0)
     assert len(one) >= 4 and len(zero) >= 1, (one, zero)
+    # The events that raised them are live for the user of their city only, partition 1's relayed by engine 1.
+    forced = {k: {d for d, p in gates if p == k} for k in (0, 1)}
+
+    def live_gates(k: int) -> set[str]:
+        return {e["device_id"] for e in streams[k].events() if e["type"] == "door_forced"}
+
+    wait_until(lambda: live_gates(1) == forced[1] and live_gates(0) == forced[0], 20, 0.2, "each city's stream")
     a_ack, a_res, a_down, a_assign = one[:4]
 
     # Acknowledge, comment, assign: applied by engine 1 and answered with the alert as stored.
@@ -466,8 +513,20 @@ def test_actions_on_an_alert_reach_the_engine_process_that_owns_it(
     x5 = {i for i, (p, _) in incidents().items() if p == "X5"}
     assert {i % 2 for i in x5} == {0, 1}, x5
     inc1 = min(i for i in x5 if i % 2 == 1)
+    inc0 = min(i for i in x5 if i % 2 == 0)
+    # Engine 1's incident is live for its city's user (relayed) and not for the other city's, and vice versa.
+    wait_until(lambda: inc1 in {i["id"] for i in streams[1].incidents()}, 20, 0.2, "engine 1's incident live")
+    wait_until(lambda: inc0 in {i["id"] for i in streams[0].incidents()}, 20, 0.2, "engine 0's incident live")
+    assert inc1 not in {i["id"] for i in streams[0].incidents()}, streams[0].incidents()
+    assert inc0 not in {i["id"] for i in streams[1].incidents()}, streams[1].incidents()
+    assert all(e["region_id"] != "" and e["device_id"] not in forced[1] for e in streams[0].events())
     r = api.post(f"/incidents/{inc1}/investigate", json={"note": ""}, timeout=20)
     assert r.status_code == 200 and r.json()["state"] == "investigating", r.text
+
+    def live_kinds(iid: int) -> set[str]:
+        return {i["kind"] for i in streams[1].incidents() if i["id"] == iid}
+
+    wait_until(lambda: "investigating" in live_kinds(inc1), 20, 0.2, "engine 1's investigate live")
     r = api.post(f"/incidents/{inc1}/investigate", json={"note": ""}, timeout=20)
     assert r.status_code == 409, r.text  # refused by engine 1: it is investigating there
     r = api.post(f"/incidents/{inc1}/comments", json={"text": "patrol sent"}, timeout=20)
@@ -486,6 +545,7 @@ def test_actions_on_an_alert_reach_the_engine_process_that_owns_it(
     )
     assert r.status_code == 201 and [a["state"] for a in r.json()["items"]] == ["proposed"] * 3, r.text
     act = {a["device_id"]: a["id"] for a in r.json()["items"]}
+    wait_until(lambda: "action_proposed" in live_kinds(inc1), 20, 0.2, "engine 1's linkage step live")
 
     def actions_of(iid: int) -> dict[str, dict[str, Any]]:
         got = api.get(f"/incidents/{iid}/actions", timeout=20)
