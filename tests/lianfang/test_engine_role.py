@@ -328,7 +328,17 @@ def _rows(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 
 
 def _g1(db: Path) -> dict[int, dict[str, Any]]:
-    cols = ("id", "device_id", "state", "count", "silenced", "acknowledged_by", "assignee", "resolved_by", "severity")
+    cols: tuple[str, ...] = (
+        "id",
+        "device_id",
+        "state",
+        "count",
+        "silenced",
+        "acknowledged_by",
+        "assignee",
+        "resolved_by",
+        "severity",
+    )
     cols += ("escalation_level",)
     rows = _rows(db, f"SELECT {', '.join(cols)} FROM alerts WHERE rule_id = 'G1.event'")
     return {int(r[0]): dict(zip(cols, r, strict=True)) for r in rows}
