@@ -31,7 +31,6 @@ from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -39,6 +38,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from core.errors import BrokerUnavailable
 from core.settings import MqttSettings
 from ingest.forward import INTERNAL_ROOT
+from lianfang.engine_role import platform_client
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +109,7 @@ class EngineCommands:
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._worker = threading.Thread(target=self._run, name="engine-commands", daemon=True)
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        self.client.username_pw_set(mqtt_settings.username, mqtt_settings.password.get_secret_value())
-        if mqtt_settings.tls_ca is not None:
-            self.client.tls_set(ca_certs=str(mqtt_settings.tls_ca))
-        self.client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self.client = platform_client(mqtt_settings, client_id)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe

@@ -69,6 +69,17 @@ STATUS_STALE_S = 10.0  # an ingest process that has not reported for this long i
 STATUS_FORGET_S = 300.0  # ... and is forgotten after this long (it was stopped or scaled in)
 
 
+def platform_client(mqtt_settings: MqttSettings, client_id: str, *, manual_ack: bool = False) -> mqtt.Client:
+    """An MQTT 5 client of the platform account (the engine's feed, its command channel, its live relay): the
+    platform's username and password, TLS when ``mqtt.tls_ca`` is set, reconnects 1-10 s apart."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=manual_ack)
+    client.username_pw_set(mqtt_settings.username, mqtt_settings.password.get_secret_value())
+    if mqtt_settings.tls_ca is not None:
+        client.tls_set(ca_certs=str(mqtt_settings.tls_ca))
+    client.reconnect_delay_set(min_delay=1, max_delay=10)
+    return client
+
+
 def default_client_id(settings: AlertSettings) -> str:
     if settings.engine_client_id:
         return settings.engine_client_id
@@ -126,13 +137,7 @@ class EngineConsumer:
         self._ingest: dict[str, tuple[dict[str, Any], float]] = {}
         self._ingest_metrics: dict[str, tuple[str, float]] = {}
         self._ingest_lock = threading.Lock()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5, manual_ack=True
-        )
-        self.client.username_pw_set(mqtt_settings.username, mqtt_settings.password.get_secret_value())
-        if mqtt_settings.tls_ca is not None:
-            self.client.tls_set(ca_certs=str(mqtt_settings.tls_ca))
-        self.client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self.client = platform_client(mqtt_settings, self.client_id, manual_ack=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
