@@ -46,6 +46,7 @@ from core.errors import UserError
 from core.protocol import topic_for
 from core.settings import MqttSettings
 from core.store import WriteBatch
+from devices.registry import Registry
 from ingest.resend import CommandLink
 
 logger = logging.getLogger(__name__)
@@ -580,6 +581,12 @@ STEP_TEXT: dict[Step, tuple[str, str]] = {
     "expired": ("联动已过期：{name} {device}", "Expired: {name} {device}"),
 }
 COMMAND_LABEL = {"lock": ("锁闭", "lock"), "unlock": ("解锁", "unlock")}
+
+
+def gate_targets(registry: Registry, region_id: str) -> list[Target]:
+    """The enabled gates of a region's subtree (at most 200): what an incident's automatic lock proposal targets."""
+    devices, _ = registry.devices(region_ids=registry.subtree_ids(region_id), device_type="gate", limit=200)
+    return [Target(d.id, d.region_id, d.type) for d in devices if d.enabled]
 
 
 def step_text(action: LinkageAction, step: Step) -> str:

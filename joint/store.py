@@ -454,6 +454,15 @@ class JointStore:
 
     # --- reads --------------------------------------------------------------------------------------------
 
+    def action_docs(self, incident_id: int | None = None) -> list[dict[str, Any]]:
+        """The linkage-action documents of every timeline entry (of one incident), oldest first: the durable record
+        the linkage actions are rebuilt from after a restart."""
+        q = select(TimelineRow.data).where(TimelineRow.kind == str(TimelineKind.ACTION)).order_by(TimelineRow.id)
+        if incident_id is not None:
+            q = q.where(TimelineRow.incident_id == incident_id)
+        rows: list[Any] = self._session_read(lambda s: list(s.scalars(q)))
+        return [d["action"] for d in rows if isinstance(d, dict) and isinstance(d.get("action"), dict)]
+
     def _session_read(self, fn: Any) -> Any:
         try:
             with self.engine.connect() as conn:

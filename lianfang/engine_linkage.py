@@ -22,7 +22,7 @@ from typing import Any
 from core import clock
 from core.settings import Settings
 from devices.registry import Registry
-from joint.actions import SYSTEM, LinkageActions, MqttCommandSender, auto_proposal
+from joint.actions import SYSTEM, LinkageActions, MqttCommandSender, auto_proposal, gate_targets
 from joint.service import JointService
 from joint.store import JointStore
 
@@ -59,7 +59,7 @@ def start_engine_linkage(
 ) -> tuple[LinkageActions, Callable[[], None]]:
     """The started linkage actions of an engine of the partitions ``owned`` and the function that stops them.
     ``stream``: where the steps' live items go (lianfang/engine_live.py ``LivePublisher``; default nowhere)."""
-    from gateway.routes.incidents import _Recorder, _stored_actions, _targets
+    from gateway.routes.incidents import _Recorder
 
     store = JointStore(registry.engine)
     sender = MqttCommandSender(settings.mqtt, client_id=client_id)
@@ -67,7 +67,7 @@ def start_engine_linkage(
     recorder = _Recorder(store, stream or _NoStream(), clock.now)  # type: ignore[arg-type]
     actions = LinkageActions(sender, record=recorder, clock=clock.now)
     try:
-        actions.replay(owned_action_docs(_stored_actions(store), settings.alerts.partitions, owned))
+        actions.replay(owned_action_docs(store.action_docs(), settings.alerts.partitions, owned))
     except Exception:
         logger.exception("linkage actions: rebuilding from the timelines failed")
 
@@ -77,7 +77,7 @@ def start_engine_linkage(
         if change.kind != "opened" or name is None:
             return
         try:
-            targets = _targets(registry, inc, None)
+            targets = gate_targets(registry, inc.region_id)
             if targets:
                 with recorder.held(inc):
                     actions.propose(inc.id, name, targets, by=SYSTEM, reason=inc.title_zh)

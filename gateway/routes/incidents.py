@@ -66,6 +66,7 @@ from joint.actions import (
     auto_proposal,
     check_decide,
     check_propose,
+    gate_targets,
     step_text,
     step_text_en,
 )
@@ -173,7 +174,7 @@ def attach(ctx: GatewayContext) -> JointSide:
                 name = auto_proposal(inc.type)
                 if change.kind == "opened" and name is not None and side_now is not None and side_now.actions:
                     try:
-                        targets = _targets(ctx.registry, inc, None)
+                        targets = gate_targets(ctx.registry, inc.region_id)
                         if targets:
                             with side_now.recorder.held(inc) if side_now.recorder else nullcontext():
                                 side_now.actions.propose(inc.id, name, targets, by=SYSTEM, reason=inc.title_zh)
@@ -197,7 +198,7 @@ def attach(ctx: GatewayContext) -> JointSide:
         recorder = _Recorder(store, broadcaster, ctx.clock)
         actions = LinkageActions(publish, record=recorder, clock=ctx.clock)
         try:
-            docs = _stored_actions(store)
+            docs = store.action_docs()
             owned = getattr(ctx.alerts, "owned", None)
             if getattr(ctx.alerts, "owns", None) is not None and owned is not None:
                 # several engines: only the gateway's engine's incidents; the others' are held by their engine
@@ -282,18 +283,6 @@ class _Recorder:
                 self._live(inc, (str(e.data["step"]) for e in entries))
 
 
-def _stored_actions(store: JointStore, incident_id: int | None = None) -> list[dict[str, Any]]:
-    """The action documents of every timeline entry (of one incident), oldest first (the durable record of the
-    actions)."""
-    from joint.models import TimelineRow
-
-    q = select(TimelineRow.data).where(TimelineRow.kind == str(TimelineKind.ACTION)).order_by(TimelineRow.id)
-    if incident_id is not None:
-        q = q.where(TimelineRow.incident_id == incident_id)
-    rows: list[Any] = store._session_read(lambda s: list(s.scalars(q)))
-    return [d["action"] for d in rows if isinstance(d, dict) and isinstance(d.get("action"), dict)]
-
-
 def get_side(ctx: ContextDep) -> JointSide:
     return attach(ctx)
 
@@ -312,7 +301,7 @@ def _incident_actions(side: JointSide, remote: RemoteActions | None, incident_id
     them, each in its last recorded state."""
     if remote is not None and remote.incident_owner(incident_id) is not None:
         book = ActionBook()
-        book.replay(_stored_actions(side.store, incident_id))
+        book.replay(side.store.action_docs(incident_id))
         return book.for_incident(incident_id)
     return side.actions.for_incident(incident_id) if side.actions is not None else []
 
@@ -771,8 +760,7 @@ class DecideBody(_Body):
 
 def _targets(registry: Registry, inc: Incident, device_ids: list[str] | None) -> list[Target]:
     if device_ids is None:
-        devices, _ = registry.devices(region_ids=registry.subtree_ids(inc.region_id), device_type="gate", limit=200)
-        return [Target(d.id, d.region_id, d.type) for d in devices if d.enabled]
+        return gate_targets(registry, inc.region_id)
     out: list[Target] = []
     allowed = set(registry.subtree_ids(inc.region_id))
     for did in dict.fromkeys(device_ids):
