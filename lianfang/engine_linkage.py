@@ -59,12 +59,12 @@ def start_engine_linkage(
 ) -> tuple[LinkageActions, Callable[[], None]]:
     """The started linkage actions of an engine of the partitions ``owned`` and the function that stops them.
     ``stream``: where the steps' live items go (lianfang/engine_live.py ``LivePublisher``; default nowhere)."""
-    from gateway.routes.incidents import _Recorder
+    from gateway.incident_live import StepRecorder
 
     store = JointStore(registry.engine)
     sender = MqttCommandSender(settings.mqtt, client_id=client_id)
     sender.start()
-    recorder = _Recorder(store, stream or _NoStream(), clock.now)  # type: ignore[arg-type]
+    recorder = StepRecorder(store, stream or _NoStream(), clock.now)
     actions = LinkageActions(sender, record=recorder, clock=clock.now)
     try:
         actions.replay(owned_action_docs(store.action_docs(), settings.alerts.partitions, owned))

@@ -132,7 +132,7 @@ class LivePublisher(_Link):
             logger.exception("live relay: publishing an incident change failed")
 
     def on_change(self, change: Any) -> None:
-        from gateway.routes.incidents import incident_doc_live
+        from gateway.incident_live import incident_doc_live
 
         inc = getattr(change, "incident", None)
         if inc is None:

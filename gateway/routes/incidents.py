@@ -21,9 +21,8 @@ Writes need the role ``operator`` or ``admin`` and full visibility; linkage conf
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal, Protocol, cast
@@ -49,7 +48,7 @@ from gateway.deps import (
     RegistryDep,
     require_role,
 )
-from gateway.live import Broadcaster
+from gateway.incident_live import StepRecorder, incident_doc_live
 from gateway.params import Limit, ObjectId, Offset, RegionQuery, error_responses, iso_at
 from gateway.remote_actions import RemoteActions, RemoteDep
 from gateway.routes import API_PREFIX
@@ -61,16 +60,13 @@ from joint.actions import (
     LinkageAction,
     LinkageActions,
     MqttCommandSender,
-    Step,
     Target,
     auto_proposal,
     check_decide,
     check_propose,
     gate_targets,
-    step_text,
-    step_text_en,
 )
-from joint.models import Incident, IncidentMemberRow, IncidentRow, Task, TimelineEntry, TimelineKind
+from joint.models import Incident, IncidentMemberRow, IncidentRow, Task, TimelineEntry
 from joint.store import JointStore
 
 logger = logging.getLogger(__name__)
@@ -117,7 +113,7 @@ class JointSide:
     service: Any | None
     actions: LinkageActions | None
     stops: list[Callable[[], None]] = field(default_factory=list)
-    recorder: _Recorder | None = None
+    recorder: StepRecorder | None = None
 
 
 _SIDE_ATTR = "_joint_side"  # the JointSide of a GatewayContext, kept on the context itself
@@ -130,23 +126,6 @@ def _service_of(ctx: GatewayContext) -> Any | None:
         if svc is not None:
             return svc
     return None
-
-
-def incident_doc_live(i: Incident, kind: str) -> dict[str, Any]:
-    """The small live-stream item of an incident change; the page reads the rest through the API."""
-    return {
-        "id": i.id,
-        "kind": kind,
-        "type": i.type,
-        "pattern_id": i.pattern_id,
-        "state": str(i.state),
-        "severity": str(i.severity),
-        "title_zh": i.title_zh,
-        "title_en": i.title_en,
-        "region_id": i.region_id,
-        "updated_at": iso_at(i.updated_at),
-        "assignee": i.detail.get("assignee"),
-    }
 
 
 def attach(ctx: GatewayContext) -> JointSide:
@@ -187,7 +166,7 @@ def attach(ctx: GatewayContext) -> JointSide:
             logger.exception("incidents: subscribing the live stream to incident changes failed")
     stops: list[Callable[[], None]] = []
     actions: LinkageActions | None = None
-    recorder: _Recorder | None = None
+    recorder: StepRecorder | None = None
     publish: Callable[[str, bytes], bool] | None = getattr(ctx, "linkage_publish", None)
     if publish is None and ctx.ingress is not None:
         sender = MqttCommandSender(ctx.settings.mqtt, client_id=f"{ctx.settings.mqtt.client_id}-actions")
@@ -195,7 +174,7 @@ def attach(ctx: GatewayContext) -> JointSide:
         stops.append(sender.stop)
         publish = sender
     if publish is not None:
-        recorder = _Recorder(store, broadcaster, ctx.clock)
+        recorder = StepRecorder(store, broadcaster, ctx.clock)
         actions = LinkageActions(publish, record=recorder, clock=ctx.clock)
         try:
             docs = store.action_docs()
@@ -231,56 +210,6 @@ def detach(ctx: GatewayContext) -> None:
             stop()
         except Exception:
             logger.exception("incidents: stopping failed")
-
-
-class _Recorder:
-    """Records each step of a linkage action on its incident's timeline and tells the live stream.
-
-    Inside ``held(inc)`` (the auto-proposal when an incident opens, on the alert path: one action per gate of the
-    building, up to 200) the steps of that incident are kept and written at the end in one transaction, with one
-    live item per step kind built from the incident at hand; otherwise each step is written at once and the
-    incident read back for its live item. (Per step, that was a transaction and a read of the incident with its
-    members: the auto-proposals took a quarter of the engine's thread in bench/e2e.py.)"""
-
-    def __init__(self, store: JointStore, broadcaster: Broadcaster, clock: Callable[[], datetime]) -> None:
-        self.store, self.broadcaster, self.clock = store, broadcaster, clock
-        self._local = threading.local()
-
-    def __call__(self, a: LinkageAction, step: Step, actor: str) -> None:
-        now = self.clock()
-        entry = TimelineEntry(
-            a.incident_id,
-            now,
-            TimelineKind.ACTION,
-            actor,
-            step_text(a, step),
-            {"action": a.doc(), "step": step, "text_en": step_text_en(a, step)},
-        )
-        held: tuple[Incident, list[TimelineEntry]] | None = getattr(self._local, "held", None)
-        if held is not None and held[0].id == a.incident_id:
-            held[1].append(entry)
-            return
-        self.store.add_timeline([entry], now=now)
-        self._live(self.store.get(a.incident_id), [step])
-
-    def _live(self, inc: Incident | None, steps: Iterable[str]) -> None:
-        if inc is None:
-            return
-        members = {m.region_id for m in inc.members.values()}
-        for step in dict.fromkeys(steps):
-            self.broadcaster.publish_incident(incident_doc_live(inc, f"action_{step}"), inc.region_path, members)
-
-    @contextmanager
-    def held(self, inc: Incident) -> Iterator[None]:
-        entries: list[TimelineEntry] = []
-        self._local.held = (inc, entries)
-        try:
-            yield
-        finally:
-            self._local.held = None
-            if entries:
-                self.store.add_timeline(entries, now=self.clock())
-                self._live(inc, (str(e.data["step"]) for e in entries))
 
 
 def get_side(ctx: ContextDep) -> JointSide:

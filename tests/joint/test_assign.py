@@ -88,7 +88,7 @@ def test_an_opened_incident_proposes_its_gate_locks_in_one_write_and_one_live_it
     gateway: Gateway,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The auto-proposal on the alert path (gateway/routes/incidents.py ``_Recorder.held``): one timeline write and
+    """The auto-proposal on the alert path (gateway/incident_live.py ``StepRecorder.held``): one timeline write and
     one live item for all the gates of the building, not a write and a read of the incident per gate."""
     side = attach(gateway.ctx)
     writes: list[int] = []
