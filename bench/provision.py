@@ -5,7 +5,7 @@ devices stay connected and publishing.
                               [--adapter passwd|dynsec] [--short]
 
 Starts its own Mosquitto the way ``lianfang serve`` starts its embedded broker from the settings (by default,
-``mqtt.device_identities: password_file`` since session 6: dynsec for the platform accounts, a password file with %u
+``mqtt.device_identities: password_file``: dynsec for the platform accounts, a password file with %u
 pattern ACLs on the devices' own listener, ADR 0006) and a temporary SQLite registry with the sample region tree;
 the adapter is the one ``lianfang devices import`` picks for those settings (``adapter_for``).
 It provisions the first ``--existing`` devices (CSV import with the provisioning hook, like ``lianfang devices

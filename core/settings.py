@@ -54,7 +54,7 @@ class MqttSettings(_Section):
     broker_autosave_interval: int = Field(default=1, ge=1)
     broker_autosave_on_changes: bool = False
     # Where device identities live (docs/adr/0006-live-provisioning.md). "password_file" (the default with the
-    # embedded broker, since session 6): a Mosquitto password file with pattern ACLs, reloaded live, so thousands of
+    # embedded broker, ADR 0006): a Mosquitto password file with pattern ACLs, reloaded live, so thousands of
     # devices are added to a running broker in seconds; devices connect to their own listener on device_port. "dynsec"
     # (the default with an external broker, embedded_broker: false, unless set): dynamic-security clients, each
     # change rewriting the whole dynsec file (a live import is quadratic in the fleet); devices connect to `port`.

@@ -456,7 +456,7 @@ def legacy_device_clients(doc: Mapping[str, Any]) -> list[str]:
 
 
 def _warn_about_legacy_devices(cfg: BrokerConfig) -> None:
-    """With the password file (the default since session 6, ADR 0006), devices an older version created in dynsec
+    """With the password file (embedded default, ADR 0006), devices an older version created in dynsec
     log in only on the platform's listener: say so once at start, with the way out."""
     try:
         legacy = legacy_device_clients(json.loads(cfg.dynsec_path.read_text(encoding="utf-8")))
